@@ -1,0 +1,9 @@
+//! dt-agent: compiles rule files into BPF map entries, loads and attaches dt's kernel programs,
+//! and serves the control verbs.
+
+pub mod agent;
+pub mod rules;
+pub mod stats;
+
+pub use agent::{Agent, AgentConfig};
+pub use stats::Stats;

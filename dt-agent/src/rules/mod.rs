@@ -1,0 +1,1 @@
+//! Rule files: parsing, validation and compilation (filled in by the rules work).

@@ -1,0 +1,299 @@
+//! The BPF map layout: names, sizes and `#[repr(C)]` value types, with padding spelled out.
+//!
+//! The layout is versioned by [`LAYOUT_VERSION`]. Pinned maps live under
+//! `/sys/fs/bpf/dt/v<LAYOUT_VERSION>/`, so an agent never adopts maps of another layout. Bump it
+//! whenever a map's type, key, value or size changes.
+
+/// Version of everything in this module. Part of the pin path, and stored in [`Control`].
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Rules in one rule set.
+pub const MAX_RULES: usize = 128;
+/// Counter slots. A slot belongs to a rule *name* for the agent's lifetime (and, pinned, across
+/// restarts), so removed rules keep their final counts; this bounds distinct names seen.
+pub const MAX_SLOTS: u32 = 1024;
+/// Distinct values per condition kind in one rule set (one bit each in a `u64`).
+pub const MAX_CONDS: usize = 64;
+/// Aho-Corasick states per rule set (bounds the total bytes of all `body_contains` needles).
+pub const MAX_AC_STATES: u32 = 1024;
+/// Longest `body_contains` needle.
+pub const MAX_NEEDLE_LEN: usize = 128;
+/// Longest attribute key in a rule (and the longest record attribute key that can match).
+pub const MAX_ATTR_KEY_LEN: usize = 64;
+/// Longest attribute value in a rule.
+pub const MAX_ATTR_VALUE_LEN: usize = 128;
+/// Longest `service` value in a rule.
+pub const MAX_SERVICE_LEN: usize = 128;
+/// Bytes of a [`StrKey`]: an attribute key followed by its value, or a service name.
+pub const STR_KEY_BYTES: usize = MAX_ATTR_KEY_LEN + MAX_ATTR_VALUE_LEN;
+/// Rule names are stored in the pinned name→slot table up to this length.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Longest HTTP request head (request line + headers) followed. Longer heads are passed through
+/// and the connection is left alone from then on.
+pub const MAX_HEAD_LEN: u32 = 8192;
+/// Default bound on a whole request (head + body) that is corked and edited. It stays below the
+/// sk_msg cork capacity (17 scatterlist elements of up to 32 KiB), see KERNEL-NOTES.
+pub const DEFAULT_MAX_REQUEST: u32 = 256 * 1024;
+/// Hard ceiling for the configurable bound.
+pub const MAX_REQUEST_CEILING: u32 = 512 * 1024;
+
+/// Dropped-record ranges (merged runs) one request may carry. More passes the request through.
+pub const MAX_POPS: usize = 256;
+/// Length prefixes (ScopeLogs / ResourceLogs) one request may need rewritten.
+pub const MAX_FIXES: usize = 64;
+
+// ------------------------------------------------------------------------------------------
+// Actions, hooks
+
+pub const ACTION_COUNT: u8 = 0;
+pub const ACTION_DROP: u8 = 1;
+pub const ACTION_SAMPLE: u8 = 2;
+pub const ACTION_RATE_LIMIT: u8 = 3;
+pub const ACTION_REDACT: u8 = 4;
+pub const ACTION_CAPTURE: u8 = 5;
+
+/// Severity numbers outside 0..=24 are folded to this value, which no range contains.
+pub const SEV_OUT_OF_RANGE: u8 = 255;
+
+// ------------------------------------------------------------------------------------------
+// Rule sets
+
+/// One compiled rule. A record matches when its severity is in `sev_lo..=sev_hi` and every bit
+/// of `body`, `attrs` and `service` is set in the record's condition words.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Rule {
+    /// Counter slot (index into the `RULE_COUNTERS` per-CPU array).
+    pub slot: u16,
+    pub action: u8,
+    /// Severity range, inclusive. `0..=255` means no severity condition.
+    pub sev_lo: u8,
+    pub sev_hi: u8,
+    pub _pad: [u8; 3],
+    /// Bits of `body_contains` needles (Aho-Corasick outputs) that must be present.
+    pub body: u64,
+    /// Bits of `attributes` key=value pairs that must be present.
+    pub attrs: u64,
+    /// Bits of `service` values that must match.
+    pub service: u64,
+    /// Action parameter (keep_one_in, per_second, redact flags), unused by count and drop.
+    pub param: u64,
+}
+
+/// A whole rule set, stored in one of two slots of the `RULESETS` array (double buffering):
+/// the agent writes the inactive slot, then flips [`Control::active`].
+#[derive(Copy, Clone)]
+#[repr(C)]
+pub struct RuleSet {
+    /// Generation of this slot's contents; 0 while the agent is rewriting it.
+    pub generation: u64,
+    pub n_rules: u32,
+    /// Aho-Corasick states in use (0 = no body needles).
+    pub ac_states: u32,
+    pub rules: [Rule; MAX_RULES],
+}
+
+impl RuleSet {
+    pub const EMPTY: RuleSet = RuleSet {
+        generation: 0,
+        n_rules: 0,
+        ac_states: 0,
+        rules: [Rule {
+            slot: 0,
+            action: 0,
+            sev_lo: 0,
+            sev_hi: 0,
+            _pad: [0; 3],
+            body: 0,
+            attrs: 0,
+            service: 0,
+            param: 0,
+        }; MAX_RULES],
+    };
+}
+
+/// Key of the `STRINGS` hash map, which maps a service name or an attribute key=value pair of a
+/// rule set slot to the condition bits it sets.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct StrKey {
+    /// Rule set slot (0 or 1).
+    pub slot: u8,
+    /// [`STR_SERVICE`] or [`STR_ATTR`].
+    pub kind: u8,
+    /// Length of the attribute key (0 for a service name).
+    pub klen: u8,
+    pub _pad: u8,
+    /// Length of the value.
+    pub vlen: u32,
+    /// Key bytes then value bytes; the rest is zero.
+    pub bytes: [u8; STR_KEY_BYTES],
+}
+
+pub const STR_SERVICE: u8 = 1;
+pub const STR_ATTR: u8 = 2;
+
+impl StrKey {
+    pub const ZERO: StrKey = StrKey {
+        slot: 0,
+        kind: 0,
+        klen: 0,
+        _pad: 0,
+        vlen: 0,
+        bytes: [0; STR_KEY_BYTES],
+    };
+}
+
+/// One Aho-Corasick state of the `AC` array (index `slot * MAX_AC_STATES + state`): the bits of
+/// the needles that end here, and the next state for every byte.
+#[derive(Copy, Clone)]
+#[repr(C)]
+pub struct AcRow {
+    pub out: u64,
+    pub next: [u16; 256],
+}
+
+/// The single entry of the `CONTROL` array.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Control {
+    /// `generation << 1 | slot`: written as one aligned u64 so a flip is atomic.
+    pub active: u64,
+    /// 1 = rules are evaluated; 0 = the rip cord: every request passes untouched.
+    pub enabled: u32,
+    /// [`LAYOUT_VERSION`] of the agent that created the maps.
+    pub layout: u32,
+    /// Requests whose whole length is larger than this pass through as `oversize`.
+    pub max_request: u32,
+    pub _pad: u32,
+}
+
+impl Control {
+    pub fn active_slot(&self) -> u32 {
+        (self.active & 1) as u32
+    }
+    pub fn active_generation(&self) -> u64 {
+        self.active >> 1
+    }
+    pub fn pack(generation: u64, slot: u32) -> u64 {
+        (generation << 1) | (slot as u64 & 1)
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Counters (per CPU; userspace sums them over every possible CPU)
+
+/// Per-rule counters, in the `RULE_COUNTERS` per-CPU array indexed by slot.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct RuleCounters {
+    pub matched: u64,
+    pub kept: u64,
+    pub dropped: u64,
+    pub dropped_bytes: u64,
+    pub redacted: u64,
+}
+
+/// Why a request left untouched. Index into [`Totals::passthrough`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Passthrough {
+    Compressed = 0,
+    Json = 1,
+    Chunked = 2,
+    NotLogs = 3,
+    Oversize = 4,
+    Partial = 5,
+    Malformed = 6,
+    Disabled = 7,
+    Other = 8,
+    PullFailed = 9,
+    ExpectContinue = 10,
+    Generation = 11,
+    EditLimit = 12,
+    BadHttp = 13,
+}
+
+pub const N_PASSTHROUGH: usize = 16;
+
+impl Passthrough {
+    /// Every reason, in index order, with the key used in `stats --json`.
+    pub const ALL: [(Passthrough, &'static str); 14] = [
+        (Passthrough::Compressed, "compressed"),
+        (Passthrough::Json, "json"),
+        (Passthrough::Chunked, "chunked"),
+        (Passthrough::NotLogs, "not_logs"),
+        (Passthrough::Oversize, "oversize"),
+        (Passthrough::Partial, "partial"),
+        (Passthrough::Malformed, "malformed"),
+        (Passthrough::Disabled, "disabled"),
+        (Passthrough::Other, "other"),
+        (Passthrough::PullFailed, "pull_failed"),
+        (Passthrough::ExpectContinue, "expect_continue"),
+        (Passthrough::Generation, "generation"),
+        (Passthrough::EditLimit, "edit_limit"),
+        (Passthrough::BadHttp, "bad_http"),
+    ];
+}
+
+/// Whole-path counters, the single entry of the `TOTALS` per-CPU array.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Totals {
+    /// Connections put into the SockHash by sock_ops.
+    pub connections: u64,
+    /// HTTP requests seen on hooked connections.
+    pub requests: u64,
+    /// Requests walked as OTLP/HTTP protobuf `/v1/logs`.
+    pub log_requests: u64,
+    /// Log records in walked requests.
+    pub records: u64,
+    pub records_dropped: u64,
+    /// HTTP bytes before and after edits, heads included.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Pops the kernel refused (ENOMEM); those records were kept and uncounted as dropped.
+    pub edit_failures: u64,
+    /// Bytes sent on connections that stopped being followed (chunked, bad HTTP).
+    pub untracked_bytes: u64,
+    pub passthrough: [u64; N_PASSTHROUGH],
+}
+
+// ------------------------------------------------------------------------------------------
+// Per-socket state (socket storage)
+
+/// Per-connection state, kept in socket storage (`SOCK_STATE`): sendmsg on one socket is
+/// serialised by the socket lock, so this doubles as the walk's scratch space.
+#[derive(Copy, Clone)]
+#[repr(C)]
+pub struct SockState {
+    /// [`PHASE_IDLE`], [`PHASE_CORKED`] or [`PHASE_UNTRACKED`].
+    pub phase: u32,
+    /// Rule set slot captured when the current request was first seen.
+    pub slot: u32,
+    /// Generation captured with `slot`.
+    pub generation: u64,
+    /// The corked request: its head and whole length, and where its Content-Length digits are.
+    pub head_len: u32,
+    pub total: u32,
+    pub cl_off: u32,
+    pub cl_digits: u32,
+    pub walk: crate::walk::Walk,
+}
+
+pub const PHASE_IDLE: u32 = 0;
+pub const PHASE_CORKED: u32 = 1;
+pub const PHASE_UNTRACKED: u32 = 2;
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for Rule {}
+    unsafe impl aya::Pod for RuleSet {}
+    unsafe impl aya::Pod for StrKey {}
+    unsafe impl aya::Pod for AcRow {}
+    unsafe impl aya::Pod for Control {}
+    unsafe impl aya::Pod for RuleCounters {}
+    unsafe impl aya::Pod for Totals {}
+}

@@ -1,0 +1,107 @@
+//! Byte access and protobuf varints, over any [`Source`]: a slice on the host, a window of an
+//! sk_msg in the kernel.
+
+/// Random access to the bytes of one message.
+pub trait Source {
+    /// The byte at absolute offset `off`, or `None` when it cannot be read (past the end, or the
+    /// kernel could not make it accessible).
+    fn byte(&mut self, off: u32) -> Option<u8>;
+}
+
+/// A [`Source`] over a byte slice (host side: tests and tools).
+pub struct SliceSource<'a>(pub &'a [u8]);
+
+impl Source for SliceSource<'_> {
+    #[inline(always)]
+    fn byte(&mut self, off: u32) -> Option<u8> {
+        self.0.get(off as usize).copied()
+    }
+}
+
+/// Why a walk or a parse stopped before the end.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// The bytes are not a valid encoding.
+    Malformed,
+    /// A byte could not be read (the kernel refused to pull it).
+    Unreadable,
+    /// The request needs more edits than the walk can hold.
+    EditLimit,
+}
+
+/// Reads a varint at `off` that must end before `end`. Returns the value and its length.
+#[inline(always)]
+pub fn varint<S: Source>(s: &mut S, off: u32, end: u32) -> Result<(u64, u32), Error> {
+    let mut v: u64 = 0;
+    let mut i: u32 = 0;
+    while i < 10 {
+        let at = off.wrapping_add(i);
+        if at >= end || at < off {
+            return Err(Error::Malformed);
+        }
+        let b = match s.byte(at) {
+            Some(b) => b,
+            None => return Err(Error::Unreadable),
+        };
+        if i == 9 && b > 1 {
+            return Err(Error::Malformed);
+        }
+        v |= ((b & 0x7f) as u64) << (7 * i);
+        if b < 0x80 {
+            return Ok((v, i + 1));
+        }
+        i += 1;
+    }
+    Err(Error::Malformed)
+}
+
+/// Encodes `v` as a varint of exactly `n` bytes (1..=10), padding with continuation bytes.
+/// Returns `false` when `v` does not fit. Decoders (prost, upb, protowire) accept padded varints.
+#[inline(always)]
+pub fn padded_varint(v: u64, n: u32, out: &mut [u8; 10]) -> bool {
+    if n == 0 || n > 10 || (n < 10 && v >> (7 * n) != 0) {
+        return false;
+    }
+    let mut i = 0u32;
+    while i < 10 {
+        if i < n {
+            let mut b = ((v >> (7 * i)) & 0x7f) as u8;
+            if i + 1 < n {
+                b |= 0x80;
+            }
+            out[i as usize] = b;
+        }
+        i += 1;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_round_trip_padded() {
+        for v in [0u64, 1, 127, 128, 300, 16383, 16384, 1 << 28, u32::MAX as u64] {
+            for n in 1..=10u32 {
+                let mut out = [0u8; 10];
+                let fits = padded_varint(v, n, &mut out);
+                assert_eq!(fits, n == 10 || v >> (7 * n) == 0, "v={v} n={n}");
+                if fits {
+                    let (got, len) = varint(&mut SliceSource(&out[..n as usize]), 0, n).unwrap();
+                    assert_eq!((got, len), (v, n));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn negative_int32_takes_ten_bytes() {
+        let bytes = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        let (v, n) = varint(&mut SliceSource(&bytes), 0, 10).unwrap();
+        assert_eq!((v as i64, n), (-1, 10));
+        let bad = [0xff; 10];
+        assert_eq!(varint(&mut SliceSource(&bad), 0, 10), Err(Error::Malformed));
+        assert_eq!(varint(&mut SliceSource(&bytes), 0, 5), Err(Error::Malformed));
+    }
+}
