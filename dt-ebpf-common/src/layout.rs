@@ -70,7 +70,8 @@ pub struct Rule {
     /// Severity range, inclusive. `0..=255` means no severity condition.
     pub sev_lo: u8,
     pub sev_hi: u8,
-    pub _pad: [u8; 3],
+    pub _pad0: u8,
+    pub _pad1: u16,
     /// Bits of `body_contains` needles (Aho-Corasick outputs) that must be present.
     pub body: u64,
     /// Bits of `attributes` key=value pairs that must be present.
@@ -104,7 +105,8 @@ impl RuleSet {
             action: 0,
             sev_lo: 0,
             sev_hi: 0,
-            _pad: [0; 3],
+            _pad0: 0,
+            _pad1: 0,
             body: 0,
             attrs: 0,
             service: 0,
@@ -257,6 +259,10 @@ pub struct Totals {
     pub edit_failures: u64,
     /// Bytes sent on connections that stopped being followed (chunked, bad HTTP).
     pub untracked_bytes: u64,
+    /// Requests corked, and corked requests the program has since run on in full (or in part).
+    /// While the sums differ, requests are held in the kernel; an exiting agent waits for them.
+    pub corked: u64,
+    pub uncorked: u64,
     pub passthrough: [u64; N_PASSTHROUGH],
 }
 
@@ -279,7 +285,23 @@ pub struct SockState {
     pub total: u32,
     pub cl_off: u32,
     pub cl_digits: u32,
+    /// The readable window of the message being looked at (kernel side), kept here rather than
+    /// on the BPF stack so that the verifier sees it as opaque map memory.
+    pub win: WinState,
+    /// The request head being parsed.
+    pub head: crate::http::Head,
     pub walk: crate::walk::Walk,
+}
+
+/// Bounds of the readable window of a message: `start..end` is pulled, nothing at or past
+/// `limit` may be.
+#[derive(Copy, Clone, Debug, Default)]
+#[repr(C)]
+pub struct WinState {
+    pub start: u32,
+    pub end: u32,
+    pub limit: u32,
+    pub failed: u32,
 }
 
 pub const PHASE_IDLE: u32 = 0;

@@ -18,9 +18,9 @@
 //!   over 10 bytes, group wire types, field number 0) stops the walk: the request passes through.
 
 use crate::{
-    AcRow, Rule, RuleSet, StrKey, ACTION_DROP, MAX_ATTR_KEY_LEN, MAX_ATTR_VALUE_LEN, MAX_FIXES,
-    MAX_POPS, MAX_RULES, MAX_SERVICE_LEN, SEV_OUT_OF_RANGE, STR_ATTR, STR_KEY_BYTES, STR_SERVICE,
-    wire::{Error, Source, padded_varint, varint},
+    ACTION_DROP, AcRow, MAX_ATTR_KEY_LEN, MAX_ATTR_VALUE_LEN, MAX_FIXES, MAX_POPS, MAX_RULES,
+    MAX_SERVICE_LEN, Rule, RuleSet, SEV_OUT_OF_RANGE, STR_ATTR, STR_KEY_BYTES, STR_SERVICE, StrKey,
+    wire::{Error, Source, varint},
 };
 
 /// What the walker needs from the rule set beyond the [`RuleSet`] itself.
@@ -38,9 +38,10 @@ pub trait Env {
 pub trait Editor {
     /// Removes `len` bytes at `off`. `false` when the kernel refused (the bytes stay).
     fn pop(&mut self, off: u32, len: u32) -> bool;
-    /// Overwrites `len` bytes at `off` with `bytes[..len]`. `false` when the bytes could not be
-    /// reached.
-    fn write(&mut self, off: u32, bytes: &[u8; 20], len: u32) -> bool;
+    /// Makes the `len` (at most 20) bytes at `off` writable. `false` when they can't be reached.
+    fn reach(&mut self, off: u32, len: u32) -> bool;
+    /// Overwrites the byte at `off`, inside the range last reached.
+    fn put(&mut self, off: u32, b: u8);
 }
 
 // Frame kinds.
@@ -61,13 +62,22 @@ pub const R_KV_VALUE: u8 = 3;
 pub const R_BODY: u8 = 4;
 
 // AnyValue kinds.
-pub const V_NONE: u8 = 0;
-pub const V_STRING: u8 = 1;
-pub const V_OTHER: u8 = 2;
+pub const V_NONE: u32 = 0;
+pub const V_STRING: u32 = 1;
+pub const V_OTHER: u32 = 2;
 
+/// Walking fields of the current frame.
 pub const MODE_FIELDS: u32 = 0;
-pub const MODE_BODY_SCAN: u32 = 1;
-pub const MODE_DONE: u32 = 2;
+/// The current frame has ended: act on it.
+pub const MODE_END: u32 = 1;
+/// Scanning the record's body for needles.
+pub const MODE_BODY_SCAN: u32 = 2;
+/// Evaluating the rules on the record just walked.
+pub const MODE_EVAL: u32 = 3;
+pub const MODE_DONE: u32 = 4;
+/// A record attribute's key is in the lookup key: add its value, look the pair up, and end the
+/// KeyValue frame.
+pub const MODE_ATTR_VALUE: u32 = 5;
 
 const NO_FIX: u8 = 0xff;
 const DEPTH_MASK: u32 = 7;
@@ -114,7 +124,8 @@ pub struct Fix {
     /// Bytes removed inside the container so far.
     pub removed: u32,
     pub len: u8,
-    pub _pad: [u8; 3],
+    pub _pad0: u8,
+    pub _pad1: u16,
 }
 
 /// Per-rule results of one request, committed to the counters once the request is done.
@@ -145,6 +156,9 @@ pub struct Walk {
     // ResourceLogs being walked.
     pub svc_off: u32,
     pub svc_len: u32,
+    /// 1 when the last `service.name` seen is a string.
+    pub svc_set: u32,
+    pub _pad1: u32,
     pub svc_bits: u64,
 
     // KeyValue being walked.
@@ -165,11 +179,12 @@ pub struct Walk {
     pub attr_bits: u64,
     pub body_bits: u64,
 
+    /// Scratch for [`launder`].
+    pub scratch: u32,
     // Body scan.
     pub scan_pos: u32,
     pub scan_end: u32,
     pub ac_state: u32,
-    pub _pad0: u32,
 
     // Results.
     pub records: u32,
@@ -228,7 +243,14 @@ impl Walk {
         self.head_removed = 0;
         let mut i = 0;
         while i < MAX_RULES {
-            self.acc[i] = RuleAcc::default();
+            // Field by field: a block fill would become a memset call on the BPF target.
+            let a = &mut self.acc[i];
+            // SAFETY: plain stores to fields of `a`.
+            unsafe {
+                core::ptr::write_volatile(&mut a.matched, 0);
+                core::ptr::write_volatile(&mut a.dropped, 0);
+                core::ptr::write_volatile(&mut a.dropped_bytes, 0);
+            }
             i += 1;
         }
     }
@@ -274,7 +296,8 @@ impl Walk {
             value: f.end - f.start,
             removed: 0,
             len: f.prefix_len,
-            _pad: [0; 3],
+            _pad0: 0,
+            _pad1: 0,
         };
         self.frames[(d & DEPTH_MASK) as usize].fix = n as u8;
         self.n_fixes = n + 1;
@@ -282,12 +305,16 @@ impl Walk {
     }
 }
 
-/// Runs one step of the walk.
+/// Runs one step of the walk. Each step does one kind of bounded work, so that the verifier
+/// sees short paths: one field, one frame end, one chunk of a body, or one rule evaluation.
 #[inline(always)]
 pub fn step<S: Source, E: Env>(w: &mut Walk, s: &mut S, env: &mut E) -> Step {
     let r = match w.mode {
-        MODE_FIELDS => field_step(w, s, env),
+        MODE_FIELDS => field_step(w, s),
+        MODE_END => end_frame(w, s, env),
         MODE_BODY_SCAN => scan_step(w, s, env),
+        MODE_EVAL => evaluate(w, env),
+        MODE_ATTR_VALUE => attr_value_step(w, s, env),
         _ => return Step::Done,
     };
     match r {
@@ -313,23 +340,42 @@ const WT_I64: u64 = 1;
 const WT_LEN: u64 = 2;
 const WT_I32: u64 = 5;
 
+/// Passes `v` through memory. For the kernel's verifier, a value read back from map memory is
+/// unknown, so the paths that computed different `v` (say, one per varint length) merge again
+/// instead of multiplying through the rest of the step.
 #[inline(always)]
-fn field_step<S: Source, E: Env>(w: &mut Walk, s: &mut S, env: &mut E) -> Result<(), Error> {
+fn launder(slot: &mut u32, v: u32) -> u32 {
+    // SAFETY: a store to and a load from a valid `u32`.
+    unsafe {
+        core::ptr::write_volatile(slot, v);
+        core::ptr::read_volatile(slot)
+    }
+}
+
+/// Bytes made readable at the start of each field: a tag and a length or value varint.
+const FIELD_READ: u32 = 20;
+
+#[inline(always)]
+fn field_step<S: Source>(w: &mut Walk, s: &mut S) -> Result<(), Error> {
     let f = w.frame();
     if w.pos >= f.end {
         if w.pos > f.end {
             return Err(Error::Malformed);
         }
-        return end_frame(w, s, env, f);
+        w.mode = MODE_END;
+        return Ok(());
     }
     let tag_off = w.pos;
+    if !s.ensure(tag_off, FIELD_READ) {
+        return Err(Error::Unreadable);
+    }
     let (tag, n) = varint(s, tag_off, f.end)?;
     let field = tag >> 3;
     let wt = tag & 7;
     if field == 0 || field > u32::MAX as u64 {
         return Err(Error::Malformed);
     }
-    let at = tag_off + n;
+    let at = launder(&mut w.scratch, tag_off + n);
     // Which (kind, field) pairs dt reads, and with which wire type.
     let known = known_wire_type(f.kind, field);
     if known != u64::MAX && known != wt {
@@ -338,7 +384,7 @@ fn field_step<S: Source, E: Env>(w: &mut Walk, s: &mut S, env: &mut E) -> Result
     match wt {
         WT_VARINT => {
             let (v, m) = varint(s, at, f.end)?;
-            w.pos = at + m;
+            w.pos = launder(&mut w.scratch, at + m);
             on_scalar(w, f, field, Some(v));
         }
         WT_I64 => {
@@ -357,6 +403,7 @@ fn field_step<S: Source, E: Env>(w: &mut Walk, s: &mut S, env: &mut E) -> Result
         }
         WT_LEN => {
             let (len, m) = varint(s, at, f.end)?;
+            let m = launder(&mut w.scratch, m);
             let start = at + m;
             if len > (f.end - start) as u64 {
                 return Err(Error::Malformed);
@@ -393,7 +440,11 @@ fn on_scalar(w: &mut Walk, f: Frame, field: u64, v: Option<u64>) {
     match (f.kind, field) {
         (K_RECORD, 2) => {
             let v = v.unwrap_or(0) as i64;
-            w.sev = if (0..=24).contains(&v) { v as u32 } else { SEV_OUT_OF_RANGE as u32 };
+            w.sev = if (0..=24).contains(&v) {
+                v as u32
+            } else {
+                SEV_OUT_OF_RANGE as u32
+            };
         }
         (K_ANY, 2..=4) => set_value(w, f.role, V_OTHER, 0, 0),
         _ => {}
@@ -415,9 +466,19 @@ fn set_value(w: &mut Walk, role: u8, kind: u32, off: u32, len: u32) {
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn on_len(w: &mut Walk, f: Frame, field: u64, tag_off: u32, len_off: u32, len_len: u32, start: u32, end: u32) {
+fn on_len(
+    w: &mut Walk,
+    f: Frame,
+    field: u64,
+    tag_off: u32,
+    len_off: u32,
+    len_len: u32,
+    start: u32,
+    end: u32,
+) {
     match (f.kind, field) {
         (K_REQ, 1) => {
+            w.svc_set = 0;
             w.svc_off = 0;
             w.svc_len = 0;
             w.svc_bits = 0;
@@ -457,36 +518,43 @@ fn on_len(w: &mut Walk, f: Frame, field: u64, tag_off: u32, len_off: u32, len_le
     }
 }
 
-/// Copies `len` bytes at `off` into the key buffer at `at`. `len + at` must fit.
+/// Copies `len` bytes at `off` into the key buffer at `at`.
 #[inline(always)]
-fn copy_into_key<S: Source>(w: &mut Walk, s: &mut S, off: u32, len: u32, at: u32) -> Result<(), Error> {
-    let mut i = 0u32;
-    while i < STR_KEY_BYTES as u32 {
-        if i >= len {
-            break;
-        }
-        let b = s.byte(off + i).ok_or(Error::Unreadable)?;
-        let j = (at + i) as usize;
-        if j < STR_KEY_BYTES {
-            w.key.bytes[j] = b;
-        }
-        i += 1;
+fn copy_into_key<S: Source>(
+    w: &mut Walk,
+    s: &mut S,
+    off: u32,
+    len: u32,
+    at: u32,
+) -> Result<(), Error> {
+    if s.copy_into(off, len, &mut w.key.bytes, at) {
+        Ok(())
+    } else {
+        Err(Error::Unreadable)
     }
-    Ok(())
 }
 
 #[inline(always)]
 fn clear_key(w: &mut Walk, slot: u8, kind: u8, klen: u32, vlen: u32) {
-    w.key = StrKey::ZERO;
+    let mut i = 0;
+    while i < STR_KEY_BYTES {
+        // SAFETY: a plain store; volatile so it stays a store, not a memset call.
+        unsafe { core::ptr::write_volatile(&mut w.key.bytes[i], 0) };
+        i += 1;
+    }
+    w.key._pad = 0;
     w.key.slot = slot;
     w.key.kind = kind;
     w.key.klen = klen as u8;
     w.key.vlen = vlen;
 }
 
+/// Acts on the frame that just ended, then goes back to walking its parent's fields.
 #[inline(always)]
-fn end_frame<S: Source, E: Env>(w: &mut Walk, s: &mut S, env: &mut E, f: Frame) -> Result<(), Error> {
+fn end_frame<S: Source, E: Env>(w: &mut Walk, s: &mut S, env: &mut E) -> Result<(), Error> {
+    let f = w.frame();
     let slot = env.slot();
+    w.mode = MODE_FIELDS;
     match f.kind {
         K_REQ => {
             w.mode = MODE_DONE;
@@ -495,7 +563,7 @@ fn end_frame<S: Source, E: Env>(w: &mut Walk, s: &mut S, env: &mut E, f: Frame) 
         K_RL_SCAN => {
             // The resource is known: look its service name up, then walk the ScopeLogs.
             w.svc_bits = 0;
-            if w.svc_len != 0 && w.svc_len as usize <= MAX_SERVICE_LEN {
+            if w.svc_set != 0 && w.svc_len as usize <= MAX_SERVICE_LEN {
                 clear_key(w, slot, STR_SERVICE, 0, w.svc_len);
                 copy_into_key(w, s, w.svc_off, w.svc_len, 0)?;
                 w.svc_bits = env.lookup(&w.key);
@@ -506,45 +574,40 @@ fn end_frame<S: Source, E: Env>(w: &mut Walk, s: &mut S, env: &mut E, f: Frame) 
             return Ok(());
         }
         K_KV => {
-            if w.val_kind == V_STRING && w.key_set != 0 {
-                if f.role == R_RESOURCE_ATTR {
-                    if is_service_name(s, w.key_off, w.key_len) {
-                        w.svc_off = w.val_off;
-                        w.svc_len = w.val_len;
-                        // An empty service.name is a value too; mark it non-zero-length-safe.
-                        if w.val_len == 0 {
-                            w.svc_len = 0;
-                        }
-                    }
-                } else if w.key_len as usize <= MAX_ATTR_KEY_LEN
-                    && w.val_len as usize <= MAX_ATTR_VALUE_LEN
-                {
-                    let (ko, kl, vo, vl) = (w.key_off, w.key_len, w.val_off, w.val_len);
-                    clear_key(w, slot, STR_ATTR, kl, vl);
-                    copy_into_key(w, s, ko, kl, 0)?;
-                    copy_into_key(w, s, vo, vl, kl)?;
-                    w.attr_bits |= env.lookup(&w.key);
+            let is_string = w.val_kind == V_STRING;
+            if w.key_set != 0 && f.role == R_RESOURCE_ATTR {
+                if is_service_name(s, w.key_off, w.key_len)? {
+                    // The last service.name wins; a non-string one means no service.
+                    w.svc_set = is_string as u32;
+                    w.svc_off = w.val_off;
+                    w.svc_len = w.val_len;
                 }
-            } else if f.role == R_RESOURCE_ATTR
-                && w.key_set != 0
-                && is_service_name(s, w.key_off, w.key_len)
+            } else if w.key_set != 0
+                && is_string
+                && w.key_len as usize <= MAX_ATTR_KEY_LEN
+                && w.val_len as usize <= MAX_ATTR_VALUE_LEN
             {
-                // A later non-string service.name replaces an earlier string one.
-                w.svc_len = 0;
+                // Two steps, one copy each: two copies of unknown length in one step would
+                // have the verifier check the second once per way the first can end.
+                let (ko, kl, vl) = (w.key_off, w.key_len, w.val_len);
+                clear_key(w, slot, STR_ATTR, kl, vl);
+                copy_into_key(w, s, ko, kl, 0)?;
+                w.mode = MODE_ATTR_VALUE;
+                return Ok(());
             }
         }
         K_RECORD => {
             w.depth -= 1;
             w.pos = f.end;
-            let rs = env.rules();
-            if w.body_kind == V_STRING && w.body_len > 0 && rs.ac_states > 0 {
+            if w.body_kind == V_STRING && w.body_len > 0 && env.rules().ac_states > 0 {
                 w.mode = MODE_BODY_SCAN;
                 w.scan_pos = w.body_off;
                 w.scan_end = w.body_off + w.body_len;
                 w.ac_state = 0;
-                return Ok(());
+            } else {
+                w.mode = MODE_EVAL;
             }
-            return evaluate(w, env);
+            return Ok(());
         }
         _ => {}
     }
@@ -554,19 +617,33 @@ fn end_frame<S: Source, E: Env>(w: &mut Walk, s: &mut S, env: &mut E, f: Frame) 
 }
 
 #[inline(always)]
-fn is_service_name<S: Source>(s: &mut S, off: u32, len: u32) -> bool {
+fn attr_value_step<S: Source, E: Env>(w: &mut Walk, s: &mut S, env: &mut E) -> Result<(), Error> {
+    copy_into_key(w, s, w.val_off, w.val_len, w.key_len)?;
+    w.attr_bits |= env.lookup(&w.key);
+    let f = w.frame();
+    w.depth -= 1;
+    w.pos = f.end;
+    w.mode = MODE_FIELDS;
+    Ok(())
+}
+
+#[inline(always)]
+fn is_service_name<S: Source>(s: &mut S, off: u32, len: u32) -> Result<bool, Error> {
     let lit = b"service.name";
     if len != lit.len() as u32 {
-        return false;
+        return Ok(false);
+    }
+    if !s.ensure(off, len) {
+        return Err(Error::Unreadable);
     }
     let mut i = 0;
     while i < 12 {
         if s.byte(off + i as u32) != Some(lit[i]) {
-            return false;
+            return Ok(false);
         }
         i += 1;
     }
-    true
+    Ok(true)
 }
 
 #[inline(always)]
@@ -574,6 +651,9 @@ fn scan_step<S: Source, E: Env>(w: &mut Walk, s: &mut S, env: &mut E) -> Result<
     let mut state = w.ac_state;
     let mut bits = w.body_bits;
     let mut pos = w.scan_pos;
+    if !s.ensure(pos, SCAN_CHUNK) {
+        return Err(Error::Unreadable);
+    }
     let mut i = 0;
     while i < SCAN_CHUNK {
         if pos >= w.scan_end {
@@ -594,8 +674,8 @@ fn scan_step<S: Source, E: Env>(w: &mut Walk, s: &mut S, env: &mut E) -> Result<
     }
     let row = env.ac_row(state).ok_or(Error::Unreadable)?;
     w.body_bits |= row.out;
-    w.mode = MODE_FIELDS;
-    evaluate(w, env)
+    w.mode = MODE_EVAL;
+    Ok(())
 }
 
 /// Whether `rule` matches the record described by the walk's record state.
@@ -612,27 +692,45 @@ pub fn rule_matches(rule: &Rule, sev: u32, body: u64, attrs: u64, service: u64) 
 /// `drop` stops.
 #[inline(always)]
 fn evaluate<E: Env>(w: &mut Walk, env: &mut E) -> Result<(), Error> {
+    w.mode = MODE_FIELDS;
     w.records += 1;
     let rs = env.rules();
-    let n = if (rs.n_rules as usize) < MAX_RULES { rs.n_rules as usize } else { MAX_RULES };
-    let (sev, body, attrs, svc) = (w.sev, w.body_bits, w.attr_bits, w.svc_bits);
-    let mut dropped_by: Option<usize> = None;
+    let n = if (rs.n_rules as usize) < MAX_RULES {
+        rs.n_rules as usize
+    } else {
+        MAX_RULES
+    };
+    let mut drop_at = u32::MAX;
     let mut i = 0usize;
     while i < MAX_RULES {
         if i >= n {
             break;
         }
         let r = &rs.rules[i];
+        // The record's facts are read from the walk on every rule (volatile: kept as loads), so
+        // the verifier carries nothing from one rule's comparisons to the next.
+        // SAFETY: plain loads of fields of `w`.
+        let (sev, body, attrs, svc) = unsafe {
+            (
+                core::ptr::read_volatile(&w.sev),
+                core::ptr::read_volatile(&w.body_bits),
+                core::ptr::read_volatile(&w.attr_bits),
+                core::ptr::read_volatile(&w.svc_bits),
+            )
+        };
         if rule_matches(r, sev, body, attrs, svc) {
             w.acc[i].matched += 1;
             if r.action == ACTION_DROP {
-                dropped_by = Some(i);
+                drop_at = i as u32;
                 break;
             }
         }
         i += 1;
     }
-    let Some(rule) = dropped_by else { return Ok(()) };
+    let rule = launder(&mut w.scratch, drop_at) as usize;
+    if rule >= MAX_RULES {
+        return Ok(());
+    }
     let off = w.rec_off;
     let len = w.rec_end - w.rec_off;
     // The enclosing ScopeLogs is at depth-1 (the record frame is already popped: depth points at
@@ -718,17 +816,8 @@ pub fn apply_step<D: Editor>(w: &mut Walk, ed: &mut D) -> bool {
         w.apply_fix = x - 1;
         let fx = w.fixes[(x as usize - 1) % MAX_FIXES];
         if fx.removed > 0 {
-            let mut buf = [0u8; 10];
-            if padded_varint((fx.value - fx.removed) as u64, fx.len as u32, &mut buf) {
-                let mut out = [0u8; 20];
-                let mut i = 0;
-                while i < 10 {
-                    out[i] = buf[i];
-                    i += 1;
-                }
-                // The prefix was made reachable before any pop; this cannot fail.
-                ed.write(fx.off, &out, fx.len as u32);
-            }
+            // The prefix was made reachable before any pop, and pops never split it.
+            write_varint(ed, fx.off, (fx.value - fx.removed) as u64, fx.len as u32);
         }
         return true;
     }
@@ -738,32 +827,50 @@ pub fn apply_step<D: Editor>(w: &mut Walk, ed: &mut D) -> bool {
     false
 }
 
-/// Rewrites the Content-Length digits for the bytes removed: the new number right-aligned in the
-/// old digits, the leading spare digits popped (or, if the kernel refuses, left as zeros).
-fn rewrite_content_length<D: Editor>(w: &mut Walk, ed: &mut D) {
-    let old = w.body_end - w.body_start;
-    let mut v = old - w.removed;
-    let n = w.cl_digits;
-    let mut out = [b'0'; 20];
-    let mut i = n;
-    let mut k = 0;
-    while k < 10 {
-        if i == 0 {
+/// Writes `v` as a varint of exactly `n` bytes at `off` (padded with continuation bytes, which
+/// decoders accept). `v` fits: it is never more than the value the prefix held before.
+#[inline(always)]
+fn write_varint<D: Editor>(ed: &mut D, off: u32, v: u64, n: u32) {
+    if n == 0 || n > 10 || !ed.reach(off, n) {
+        return;
+    }
+    let mut i = 0u32;
+    while i < 10 {
+        if i >= n {
             break;
         }
-        i -= 1;
-        out[i as usize % 20] = b'0' + (v % 10) as u8;
+        let mut b = ((v >> (7 * i)) & 0x7f) as u8;
+        if i + 1 < n {
+            b |= 0x80;
+        }
+        ed.put(off + i, b);
+        i += 1;
+    }
+}
+
+/// Rewrites the Content-Length digits for the bytes removed: the new number right-aligned in the
+/// old digits, the leading spare digits popped (or, if the kernel refuses, left as zeros).
+#[inline(always)]
+fn rewrite_content_length<D: Editor>(w: &mut Walk, ed: &mut D) {
+    let new = (w.body_end - w.body_start) - w.removed;
+    let n = w.cl_digits;
+    if n == 0 || n > 10 || !ed.reach(w.cl_off, n) {
+        return;
+    }
+    let mut v = new;
+    let mut need = 0u32;
+    let mut k = 0u32;
+    while k < 10 {
+        if k >= n {
+            break;
+        }
+        ed.put(w.cl_off + (n - 1 - k), b'0' + (v % 10) as u8);
+        if v > 0 || k == 0 {
+            need = k + 1;
+        }
         v /= 10;
         k += 1;
     }
-    // Digits the new number needs.
-    let mut need = 1;
-    let mut t = (old - w.removed) / 10;
-    while need < 10 && t > 0 {
-        need += 1;
-        t /= 10;
-    }
-    ed.write(w.cl_off, &out, n);
     if need < n && ed.pop(w.cl_off, n - need) {
         w.head_removed = n - need;
     }

@@ -1,17 +1,58 @@
 //! Byte access and protobuf varints, over any [`Source`]: a slice on the host, a window of an
 //! sk_msg in the kernel.
 
-/// Random access to the bytes of one message.
+/// Random access to the bytes of one message, through a readable window.
+///
+/// The kernel can only read bytes it has pulled into a linear window; [`Source::ensure`] is the
+/// one place that may pull, so that byte reads stay cheap for the verifier.
 pub trait Source {
-    /// The byte at absolute offset `off`, or `None` when it cannot be read (past the end, or the
-    /// kernel could not make it accessible).
+    /// Makes the bytes `off..off + len` readable, as far as the message goes. `false` when the
+    /// kernel could not make them accessible.
+    fn ensure(&mut self, off: u32, len: u32) -> bool;
+    /// The byte at `off`, or `None` when it is past the end or outside the readable window.
     fn byte(&mut self, off: u32) -> Option<u8>;
+
+    /// Copies the `len` bytes at `off` into `dst[at..]` (bytes past the end of `dst` are
+    /// dropped). `false` when a byte could not be read. The kernel overrides this with a
+    /// `bpf_loop`, which its verifier checks once instead of once per path into the loop.
+    #[inline(always)]
+    fn copy_into(
+        &mut self,
+        off: u32,
+        len: u32,
+        dst: &mut [u8; crate::STR_KEY_BYTES],
+        at: u32,
+    ) -> bool {
+        if !self.ensure(off, len) {
+            return false;
+        }
+        let mut i = 0u32;
+        while i < crate::STR_KEY_BYTES as u32 {
+            if i >= len {
+                break;
+            }
+            let Some(b) = self.byte(off + i) else {
+                return false;
+            };
+            let j = (at + i) as usize;
+            if j < crate::STR_KEY_BYTES {
+                dst[j] = b;
+            }
+            i += 1;
+        }
+        true
+    }
 }
 
 /// A [`Source`] over a byte slice (host side: tests and tools).
 pub struct SliceSource<'a>(pub &'a [u8]);
 
 impl Source for SliceSource<'_> {
+    #[inline(always)]
+    fn ensure(&mut self, _off: u32, _len: u32) -> bool {
+        true
+    }
+
     #[inline(always)]
     fn byte(&mut self, off: u32) -> Option<u8> {
         self.0.get(off as usize).copied()
@@ -29,7 +70,8 @@ pub enum Error {
     EditLimit,
 }
 
-/// Reads a varint at `off` that must end before `end`. Returns the value and its length.
+/// Reads a varint at `off` that must end before `end`. Returns the value and its length. The
+/// caller has made the bytes readable.
 #[inline(always)]
 pub fn varint<S: Source>(s: &mut S, off: u32, end: u32) -> Result<(u64, u32), Error> {
     let mut v: u64 = 0;
@@ -82,7 +124,17 @@ mod tests {
 
     #[test]
     fn varints_round_trip_padded() {
-        for v in [0u64, 1, 127, 128, 300, 16383, 16384, 1 << 28, u32::MAX as u64] {
+        for v in [
+            0u64,
+            1,
+            127,
+            128,
+            300,
+            16383,
+            16384,
+            1 << 28,
+            u32::MAX as u64,
+        ] {
             for n in 1..=10u32 {
                 let mut out = [0u8; 10];
                 let fits = padded_varint(v, n, &mut out);
@@ -102,6 +154,9 @@ mod tests {
         assert_eq!((v as i64, n), (-1, 10));
         let bad = [0xff; 10];
         assert_eq!(varint(&mut SliceSource(&bad), 0, 10), Err(Error::Malformed));
-        assert_eq!(varint(&mut SliceSource(&bytes), 0, 5), Err(Error::Malformed));
+        assert_eq!(
+            varint(&mut SliceSource(&bytes), 0, 5),
+            Err(Error::Malformed)
+        );
     }
 }

@@ -1,0 +1,1 @@
+// Walker unit tests.
