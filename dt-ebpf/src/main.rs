@@ -1,2 +1,25 @@
+//! dt's kernel programs.
+//!
+//! - `dt_sockops` (sock_ops, on a cgroup v2): puts TCP connections to the configured OTLP/HTTP
+//!   ports into the `SOCKS` SockHash.
+//! - `dt_msg` (sk_msg, on `SOCKS`): follows HTTP/1.1 request boundaries on each connection,
+//!   corks every `POST /v1/logs` protobuf request whole, walks it, evaluates the rules per log
+//!   record, removes dropped records and fixes every length. Anything else passes untouched.
+//!
+//! The program never returns anything but SK_PASS: a send never fails because of dt.
 #![no_std]
 #![no_main]
+
+mod maps;
+mod msg;
+mod sockops;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

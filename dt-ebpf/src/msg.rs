@@ -1,0 +1,628 @@
+//! sk_msg: follow HTTP/1.1 requests on a hooked connection and filter OTLP log requests.
+//!
+//! Per connection (socket storage), a request is in one of three phases:
+//! - IDLE: the next byte starts a request. The head is parsed; a request dt does not edit is
+//!   passed with `apply_bytes(its length)` so the kernel skips the rest of it; a request dt edits
+//!   is corked whole (`cork_bytes(its length)`), unless it is already all here.
+//! - CORKED: this run sees the corked request from its first byte. It is walked, the plan is
+//!   applied, and `apply_bytes(new length)` hands any bytes after it to the next run.
+//! - UNTRACKED: the request boundary is lost (chunked, not HTTP/1.x): everything passes.
+//!
+//! Every run sets both `apply_bytes` and `cork_bytes` explicitly: the kernel reuses its cork
+//! message across sends, and stale values in it would cork or skip the wrong bytes.
+
+use core::{ffi::c_void, ptr};
+
+use aya_ebpf::{
+    bindings::{BPF_SK_STORAGE_GET_F_CREATE, sk_action, sk_msg_md},
+    helpers::generated::{
+        bpf_loop, bpf_msg_apply_bytes, bpf_msg_cork_bytes, bpf_msg_pop_data, bpf_msg_pull_data,
+        bpf_sk_storage_get,
+    },
+    macros::sk_msg,
+    programs::SkMsgContext,
+};
+use dt_ebpf_common::{
+    ACTION_DROP, AcRow, Control, MAX_AC_STATES, MAX_FIXES, MAX_HEAD_LEN, MAX_POPS, MAX_RULES,
+    PHASE_CORKED, PHASE_IDLE, PHASE_UNTRACKED, Passthrough, RuleSet, STR_KEY_BYTES, SockState,
+    StrKey, Totals, WinState,
+    http::{self, Feed},
+    walk::{self, Editor, Env, Step},
+    wire::{Error, Source},
+};
+
+use crate::maps::{AC, CONTROL, RULE_COUNTERS, RULESETS, SOCK_STATE, STRINGS, TOTALS};
+
+/// Bytes made directly readable by one pull (a power of two, below the verifier's 64 KiB).
+const WINDOW: u32 = 16384;
+/// Upper bound on walk steps for one request.
+const MAX_STEPS: u32 = 1 << 20;
+
+#[sk_msg]
+pub fn dt_msg(ctx: SkMsgContext) -> u32 {
+    let (apply, cork) = match handle(&ctx) {
+        Next::Verdict(v) => v,
+        Next::Walk(st) => unpack(walk_request(ctx.msg, st)),
+    };
+    unsafe {
+        bpf_msg_apply_bytes(ctx.msg, apply);
+        bpf_msg_cork_bytes(ctx.msg, cork);
+    }
+    sk_action::SK_PASS
+}
+
+/// What to tell the kernel: apply the verdict to this many bytes (0 = the whole message), cork
+/// until this many bytes are here (0 = don't).
+type Verdict = (u32, u32);
+
+const WHOLE: Verdict = (0, 0);
+
+/// What the head says to do next: answer now, or walk the whole request (which is here).
+enum Next {
+    Verdict(Verdict),
+    Walk(*mut SockState),
+}
+
+/// A verdict as one register (what a BPF function can return).
+#[inline(always)]
+fn pack((apply, cork): Verdict) -> u64 {
+    ((apply as u64) << 32) | cork as u64
+}
+
+#[inline(always)]
+fn unpack(v: u64) -> Verdict {
+    ((v >> 32) as u32, v as u32)
+}
+
+#[inline(always)]
+fn handle(ctx: &SkMsgContext) -> Next {
+    let msg = ctx.msg;
+    let size = ctx.size();
+    let Some(totals) = TOTALS.get_ptr_mut(0) else {
+        return Next::Verdict(WHOLE);
+    };
+    let totals = unsafe { &mut *totals };
+    let Some(control) = CONTROL.get(0) else {
+        return Next::Verdict(WHOLE);
+    };
+    let sk = unsafe { (*msg).__bindgen_anon_3.sk };
+    if sk.is_null() {
+        return Next::Verdict(WHOLE);
+    }
+    let st = unsafe {
+        bpf_sk_storage_get(
+            ptr::from_ref(&SOCK_STATE).cast_mut().cast(),
+            sk.cast(),
+            ptr::null_mut(),
+            BPF_SK_STORAGE_GET_F_CREATE as u64,
+        )
+    } as *mut SockState;
+    if st.is_null() {
+        // No state, no boundaries: nothing to do but pass.
+        untracked(totals, size);
+        return Next::Verdict(WHOLE);
+    }
+    let st = unsafe { &mut *st };
+    match st.phase {
+        PHASE_UNTRACKED => {
+            untracked(totals, size);
+            Next::Verdict(WHOLE)
+        }
+        PHASE_CORKED => corked(size, st, control, totals),
+        _ => fresh(msg, size, st, control, totals),
+    }
+}
+
+#[inline(always)]
+fn untracked(totals: &mut Totals, size: u32) {
+    totals.bytes_in += size as u64;
+    totals.bytes_out += size as u64;
+    totals.untracked_bytes += size as u64;
+}
+
+/// Passes a whole request of `total` bytes untouched, counted under `why`.
+#[inline(always)]
+fn pass(totals: &mut Totals, why: Passthrough, total: u32) -> Verdict {
+    let i = why as usize;
+    if i < totals.passthrough.len() {
+        totals.passthrough[i] += 1;
+    }
+    totals.bytes_in += total as u64;
+    totals.bytes_out += total as u64;
+    (total, 0)
+}
+
+/// Stops following the connection: this message and everything after it pass.
+#[inline(always)]
+fn lose_track(st: &mut SockState, totals: &mut Totals, why: Passthrough, size: u32) -> Verdict {
+    st.phase = PHASE_UNTRACKED;
+    totals.requests += 1;
+    let i = why as usize;
+    if i < totals.passthrough.len() {
+        totals.passthrough[i] += 1;
+    }
+    untracked(totals, size);
+    WHOLE
+}
+
+// ------------------------------------------------------------------------------------------
+// A request starts here
+
+extern "C" fn head_cb(i: u64, ctx: *mut c_void) -> i64 {
+    let src = unsafe { &mut *(ctx as *mut Window) };
+    let off = i as u32;
+    let Some(b) = src.byte(off) else {
+        return 1;
+    };
+    // SAFETY: the head is a field of the socket's state that the window never touches.
+    let head = unsafe { &mut *ptr::addr_of_mut!((*src.st).head) };
+    if head.feed(off, b) == Feed::Done {
+        return 1;
+    }
+    0
+}
+
+#[inline(always)]
+fn fresh(
+    msg: *mut sk_msg_md,
+    size: u32,
+    st: &mut SockState,
+    control: &Control,
+    totals: &mut Totals,
+) -> Next {
+    let n = if size < MAX_HEAD_LEN {
+        size
+    } else {
+        MAX_HEAD_LEN
+    };
+    st.head.reset();
+    let mut src = Window::new(msg, st, n);
+    if !src.ensure(0, n) {
+        return Next::Verdict(lose_track(st, totals, Passthrough::PullFailed, size));
+    }
+    unsafe {
+        bpf_loop(n, head_cb as *mut c_void, ptr::from_mut(&mut src).cast(), 0);
+    }
+    let h = st.head;
+    if h.bad != 0 {
+        return Next::Verdict(lose_track(st, totals, Passthrough::BadHttp, size));
+    }
+    if h.len == 0 {
+        if n >= MAX_HEAD_LEN {
+            return Next::Verdict(lose_track(st, totals, Passthrough::BadHttp, size));
+        }
+        // The head is not all here yet; it cannot end without more bytes, so wait for one more.
+        return Next::Verdict((0, size + 1));
+    }
+    if h.chunked != 0 {
+        return Next::Verdict(lose_track(st, totals, Passthrough::Chunked, size));
+    }
+    totals.requests += 1;
+    let total = h.len as u64
+        + if h.has_cl != 0 {
+            h.content_length as u64
+        } else {
+            0
+        };
+    let why = if control.enabled == 0 {
+        Some(Passthrough::Disabled)
+    } else if h.post_logs == 0 {
+        Some(Passthrough::NotLogs)
+    } else if h.compressed != 0 {
+        Some(Passthrough::Compressed)
+    } else if h.ctype == http::CTYPE_JSON {
+        Some(Passthrough::Json)
+    } else if h.ctype != http::CTYPE_PROTOBUF {
+        Some(Passthrough::Other)
+    } else if h.expect != 0 {
+        Some(Passthrough::ExpectContinue)
+    } else if total > control.max_request as u64 {
+        Some(Passthrough::Oversize)
+    } else {
+        None
+    };
+    let total = total as u32;
+    if let Some(why) = why {
+        return Next::Verdict(pass(totals, why, total));
+    }
+    st.slot = control.active_slot();
+    st.generation = control.active_generation();
+    st.head_len = h.len;
+    st.total = total;
+    st.cl_off = h.cl_off;
+    st.cl_digits = if h.has_cl != 0 { h.cl_digits } else { 0 };
+    if size < total {
+        st.phase = PHASE_CORKED;
+        totals.corked += 1;
+        return Next::Verdict((0, total));
+    }
+    Next::Walk(st)
+}
+
+#[inline(always)]
+fn corked(size: u32, st: &mut SockState, control: &Control, totals: &mut Totals) -> Next {
+    st.phase = PHASE_IDLE;
+    totals.uncorked += 1;
+    let total = st.total;
+    if size < total {
+        // The kernel ran out of cork space and runs us on part of the request: the verdict on
+        // these bytes is final, so the whole request passes.
+        return Next::Verdict(pass(totals, Passthrough::Partial, total));
+    }
+    if control.enabled == 0 {
+        return Next::Verdict(pass(totals, Passthrough::Disabled, total));
+    }
+    Next::Walk(st)
+}
+
+// ------------------------------------------------------------------------------------------
+// Walking and editing one whole request
+
+#[repr(C)]
+struct WalkCtx {
+    src: Window,
+    env: KernelEnv,
+    result: i32,
+}
+
+const WALK_RUNNING: i32 = 0;
+const WALK_DONE: i32 = 1;
+
+extern "C" fn walk_cb(_i: u64, ctx: *mut c_void) -> i64 {
+    let c = unsafe { &mut *(ctx as *mut WalkCtx) };
+    let w = unsafe { &mut (*c.src.st).walk };
+    match walk::step(w, &mut c.src, &mut c.env) {
+        Step::More => 0,
+        Step::Done => {
+            c.result = WALK_DONE;
+            1
+        }
+        Step::Failed(e) => {
+            c.result = match e {
+                Error::Malformed => -1,
+                Error::Unreadable => -2,
+                Error::EditLimit => -3,
+            };
+            1
+        }
+    }
+}
+
+extern "C" fn apply_cb(_i: u64, ctx: *mut c_void) -> i64 {
+    let src = unsafe { &mut *(ctx as *mut Window) };
+    let w = unsafe { &mut (*src.st).walk };
+    if walk::apply_step(w, src) { 0 } else { 1 }
+}
+
+/// Walks the request the socket's state describes, applies the plan, and counts. Not inlined:
+/// one call site, so the verifier checks the walk once.
+#[inline(never)]
+fn walk_request(msg: *mut sk_msg_md, st: *mut SockState) -> u64 {
+    let Some(totals) = TOTALS.get_ptr_mut(0) else {
+        return pack(WHOLE);
+    };
+    let totals = unsafe { &mut *totals };
+    let st = unsafe { &mut *st };
+    pack(walk_request_inner(msg, st, totals))
+}
+
+#[inline(always)]
+fn walk_request_inner(msg: *mut sk_msg_md, st: &mut SockState, totals: &mut Totals) -> Verdict {
+    let total = st.total;
+    let slot = st.slot & 1;
+    let Some(rs) = RULESETS.get(slot) else {
+        return pass(totals, Passthrough::Other, total);
+    };
+    let generation = st.generation;
+    if rs.generation != generation {
+        return pass(totals, Passthrough::Generation, total);
+    }
+    totals.log_requests += 1;
+    // Best effort: one linear copy of the request makes every later window pull free. If the
+    // kernel can't allocate it, the walk pulls window by window.
+    unsafe { bpf_msg_pull_data(msg, 0, total, 0) };
+    st.walk.start(st.head_len, total, st.cl_off, st.cl_digits);
+    let st_ptr: *mut SockState = st;
+    let mut wc = WalkCtx {
+        src: Window::new(msg, st_ptr, total),
+        env: KernelEnv { rs, slot },
+        result: WALK_RUNNING,
+    };
+    unsafe {
+        bpf_loop(
+            MAX_STEPS,
+            walk_cb as *mut c_void,
+            ptr::from_mut(&mut wc).cast(),
+            0,
+        );
+    }
+    let why = match wc.result {
+        WALK_DONE => None,
+        -1 => Some(Passthrough::Malformed),
+        -2 => Some(Passthrough::PullFailed),
+        -3 => Some(Passthrough::EditLimit),
+        _ => Some(Passthrough::Other),
+    };
+    if let Some(why) = why {
+        return pass(totals, why, total);
+    }
+    // The agent marks a slot with generation 0 before rewriting it: a walk that overlapped a
+    // rewrite is thrown away, counters untouched.
+    if rs.generation != generation {
+        return pass(totals, Passthrough::Generation, total);
+    }
+    if st.walk.n_pops > 0 {
+        // Make every length prefix and the Content-Length reachable before the first pop, so
+        // that once removing starts, every rewrite succeeds.
+        let mut src = Window::new(msg, st_ptr, total);
+        if !reach_fixes(&mut src, unsafe { &(*st_ptr).walk }) {
+            return pass(totals, Passthrough::PullFailed, total);
+        }
+        walk::apply_start(unsafe { &mut (*st_ptr).walk });
+        unsafe {
+            bpf_loop(
+                (MAX_POPS + MAX_FIXES + 2) as u32,
+                apply_cb as *mut c_void,
+                ptr::from_mut(&mut src).cast(),
+                0,
+            );
+        }
+    }
+    let w = unsafe { &(*st_ptr).walk };
+    commit(rs, w, totals);
+    let out = total - w.removed - w.head_removed;
+    totals.bytes_in += total as u64;
+    totals.bytes_out += out as u64;
+    (out, 0)
+}
+
+/// Pulls every length prefix to rewrite, and the Content-Length digits.
+#[inline(always)]
+fn reach_fixes(src: &mut Window, w: &walk::Walk) -> bool {
+    let n = w.n_fixes as usize;
+    let mut i = 0usize;
+    while i < MAX_FIXES {
+        if i >= n {
+            break;
+        }
+        let f = &w.fixes[i];
+        if !src.reach(f.off, f.len as u32) {
+            return false;
+        }
+        i += 1;
+    }
+    w.cl_digits == 0 || src.reach(w.cl_off, w.cl_digits)
+}
+
+/// Adds one request's per-rule results and totals to the per-CPU counters.
+#[inline(always)]
+fn commit(rs: &RuleSet, w: &walk::Walk, totals: &mut Totals) {
+    let n = rs.n_rules as usize;
+    let mut i = 0usize;
+    while i < MAX_RULES {
+        if i >= n {
+            break;
+        }
+        let (Some(a), Some(r)) = (w.acc.get(i), rs.rules.get(i)) else {
+            break;
+        };
+        if a.matched != 0 {
+            if let Some(c) = RULE_COUNTERS.get_ptr_mut(r.slot as u32) {
+                let c = unsafe { &mut *c };
+                c.matched += a.matched as u64;
+                c.dropped += a.dropped as u64;
+                c.dropped_bytes += a.dropped_bytes;
+                if r.action == ACTION_DROP {
+                    c.kept += (a.matched - a.dropped) as u64;
+                }
+            }
+        }
+        i += 1;
+    }
+    totals.records += w.records as u64;
+    totals.records_dropped += w.records_dropped as u64;
+    totals.edit_failures += w.edit_failures as u64;
+}
+
+// ------------------------------------------------------------------------------------------
+// The message as the walker sees it
+
+/// A window of the message made directly readable with `bpf_msg_pull_data`. Its bounds live
+/// in the socket's state (opaque map memory to the verifier, so loops over it converge fast),
+/// and packet pointers are never kept across calls: every access re-reads `data`/`data_end`.
+#[repr(C)]
+struct Window {
+    msg: *mut sk_msg_md,
+    /// The socket's state; only its `win` field is touched through the window.
+    st: *mut SockState,
+}
+
+impl Window {
+    /// A window over the first `limit` bytes of the message, nothing readable yet.
+    #[inline(always)]
+    fn new(msg: *mut sk_msg_md, st: *mut SockState, limit: u32) -> Self {
+        let w = Window { msg, st };
+        let s = w.state();
+        s.start = 0;
+        s.end = 0;
+        s.limit = limit;
+        s.failed = 0;
+        w
+    }
+
+    #[inline(always)]
+    fn state(&self) -> &mut WinState {
+        // SAFETY: `st` is this socket's storage, valid for the whole program run, and only this
+        // run (the socket lock is held) touches it; nothing else borrows its `win` field.
+        unsafe { &mut *ptr::addr_of_mut!((*self.st).win) }
+    }
+
+    /// Makes `off..off + len` (len <= 20) directly accessible, exactly.
+    #[inline(always)]
+    fn reach(&mut self, off: u32, len: u32) -> bool {
+        let s = self.state();
+        if len == 0 || len > 20 || off + len > s.limit {
+            return false;
+        }
+        if unsafe { bpf_msg_pull_data(self.msg, off, off + len, 0) } != 0 {
+            s.start = 0;
+            s.end = 0;
+            return false;
+        }
+        s.start = off;
+        s.end = off + len;
+        true
+    }
+}
+
+impl Source for Window {
+    #[inline(always)]
+    fn ensure(&mut self, off: u32, len: u32) -> bool {
+        let msg = self.msg;
+        let s = self.state();
+        let limit = s.limit;
+        if off >= limit {
+            // Nothing there to read; `byte` will say so.
+            return true;
+        }
+        let want_end = if limit - off > len { off + len } else { limit };
+        if off >= s.start && want_end <= s.end {
+            return true;
+        }
+        let end = if limit - off > WINDOW {
+            off + WINDOW
+        } else {
+            limit
+        };
+        if unsafe { bpf_msg_pull_data(msg, off, end, 0) } != 0 {
+            s.failed = 1;
+            s.start = 0;
+            s.end = 0;
+            return false;
+        }
+        s.start = off;
+        s.end = end;
+        true
+    }
+
+    #[inline(always)]
+    fn copy_into(&mut self, off: u32, len: u32, dst: &mut [u8; STR_KEY_BYTES], at: u32) -> bool {
+        if len as usize > STR_KEY_BYTES || !self.ensure(off, len) {
+            return false;
+        }
+        let mut c = CopyCtx {
+            src: self,
+            dst: dst.as_mut_ptr(),
+            off,
+            at,
+            ok: 1,
+        };
+        unsafe { bpf_loop(len, copy_cb as *mut c_void, ptr::from_mut(&mut c).cast(), 0) };
+        c.ok != 0
+    }
+
+    #[inline(always)]
+    fn byte(&mut self, off: u32) -> Option<u8> {
+        let msg = self.msg;
+        let s = self.state();
+        let start = s.start;
+        if off < start || off >= s.end {
+            return None;
+        }
+        let data = unsafe { (*msg).__bindgen_anon_1.data } as usize;
+        let data_end = unsafe { (*msg).__bindgen_anon_2.data_end } as usize;
+        let p = data + ((off - start) & (WINDOW - 1)) as usize;
+        if p + 1 > data_end {
+            return None;
+        }
+        Some(unsafe { *(p as *const u8) })
+    }
+}
+
+#[repr(C)]
+struct CopyCtx {
+    src: *mut Window,
+    dst: *mut u8,
+    off: u32,
+    at: u32,
+    ok: u32,
+}
+
+extern "C" fn copy_cb(i: u64, ctx: *mut c_void) -> i64 {
+    let c = unsafe { &mut *(ctx as *mut CopyCtx) };
+    let src = unsafe { &mut *c.src };
+    let Some(b) = src.byte(c.off + i as u32) else {
+        c.ok = 0;
+        return 1;
+    };
+    let j = (c.at as u64 + i) as usize;
+    if j < STR_KEY_BYTES {
+        unsafe { *c.dst.add(j) = b };
+    }
+    0
+}
+
+impl Editor for Window {
+    #[inline(always)]
+    fn pop(&mut self, off: u32, len: u32) -> bool {
+        let msg = self.msg;
+        let s = self.state();
+        s.start = 0;
+        s.end = 0;
+        if unsafe { bpf_msg_pop_data(msg, off, len, 0) } != 0 {
+            return false;
+        }
+        s.limit -= len;
+        true
+    }
+
+    #[inline(always)]
+    fn reach(&mut self, off: u32, len: u32) -> bool {
+        Window::reach(self, off, len)
+    }
+
+    #[inline(always)]
+    fn put(&mut self, off: u32, b: u8) {
+        let msg = self.msg;
+        let start = self.state().start;
+        let data = unsafe { (*msg).__bindgen_anon_1.data } as usize;
+        let data_end = unsafe { (*msg).__bindgen_anon_2.data_end } as usize;
+        let p = data + (off.wrapping_sub(start) & 31) as usize;
+        if p + 1 > data_end {
+            return;
+        }
+        unsafe { *(p as *mut u8) = b };
+    }
+}
+
+/// The rule set as the walker sees it.
+#[repr(C)]
+struct KernelEnv {
+    rs: &'static RuleSet,
+    slot: u32,
+}
+
+impl Env for KernelEnv {
+    #[inline(always)]
+    fn rules(&self) -> &RuleSet {
+        self.rs
+    }
+
+    #[inline(always)]
+    fn slot(&self) -> u8 {
+        self.slot as u8
+    }
+
+    #[inline(always)]
+    fn lookup(&mut self, key: &StrKey) -> u64 {
+        unsafe { STRINGS.get(key) }.copied().unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn ac_row(&mut self, state: u32) -> Option<&AcRow> {
+        if state >= MAX_AC_STATES {
+            return None;
+        }
+        AC.get(self.slot * MAX_AC_STATES + state)
+    }
+}
