@@ -1,1 +1,39 @@
-//! Rule files: parsing, validation and compilation (filled in by the rules work).
+//! Rule files: parsing, validation and compilation into the kernel's rule set.
+//!
+//! The pipeline has two stages:
+//!
+//! 1. [`load_dir`] / [`load_files`] / [`load_sources`] read `*.toml` rule files (see
+//!    INTERFACE.md, "Rule files") into validated [`RuleDef`]s. Everything that can be checked on
+//!    one rule in isolation is checked here, plus the uniqueness of names across the set.
+//! 2. [`compile`] turns a whole rule set into the map contents the kernel reads ([`Compiled`]):
+//!    the [`RuleSet`](dt_ebpf_common::RuleSet), the service and attribute strings, and the
+//!    Aho-Corasick automaton for `body_contains`. The kernel's limits (sizes and counts) and the
+//!    actions the kernel cannot run yet are checked here.
+//!
+//! Both stages report problems as [`Diagnostic`]s (`file:line:column: message`) and go on after
+//! one: every file and every rule is checked. (A rule whose table has the wrong shape, such as an
+//! unknown key or a wrong type, reports that one problem.) [`check_files`] runs both stages, for
+//! `dt-agent check`.
+//!
+//! [`HostEnv`] runs the kernel's OTLP walker on the host over a [`Compiled`] rule set.
+
+mod ac;
+mod compile;
+mod diag;
+mod env;
+mod load;
+mod model;
+mod parse;
+mod severity;
+mod slots;
+
+#[cfg(test)]
+mod tests;
+
+pub use compile::{Compiled, CompiledRule, compile};
+pub use diag::{Diagnostic, Pos};
+pub use env::HostEnv;
+pub use load::{check_files, load_dir, load_files, load_sources};
+pub use model::{Action, At, Hook, Match, RuleDef};
+pub use severity::SeverityRange;
+pub use slots::SlotTable;

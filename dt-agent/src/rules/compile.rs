@@ -1,0 +1,387 @@
+//! Compiling a rule set into the map contents the kernel reads.
+//!
+//! Conditions are deduplicated across the rule set: each distinct `body_contains` needle, each
+//! distinct attribute `(key, value)` pair and each distinct `service` gets one bit in its
+//! condition word. The walker sets a record's bits (needles through the Aho-Corasick automaton,
+//! strings through the `STRINGS` map), and a rule matches when all of its bits are set.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::Hash;
+use std::path::PathBuf;
+
+use dt_ebpf_common::{
+    AcRow, MAX_AC_STATES, MAX_ATTR_KEY_LEN, MAX_ATTR_VALUE_LEN, MAX_CONDS, MAX_NEEDLE_LEN,
+    MAX_RULES, MAX_SERVICE_LEN, MAX_SLOTS, Rule, RuleSet, STR_ATTR, STR_SERVICE, StrKey,
+};
+use serde::Serialize;
+
+use super::ac::{AcBuilder, TooManyStates};
+use super::diag::{Diagnostic, Pos};
+use super::model::{Action, At, RuleDef};
+use super::slots::SlotTable;
+
+/// One rule of a compiled rule set, in evaluation order (index `i` is `ruleset.rules[i]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CompiledRule {
+    pub name: String,
+    /// The action's name (`"drop"`).
+    pub action: String,
+    /// The hook's name (`"otlp"`).
+    pub hook: String,
+    /// Where the rule is defined: its file and the line of its `[[rule]]` header.
+    pub file: PathBuf,
+    pub line: usize,
+    /// Its counter slot.
+    pub slot: u16,
+}
+
+/// A compiled rule set: everything the kernel needs to evaluate it.
+#[derive(Clone)]
+pub struct Compiled {
+    pub rules: Vec<CompiledRule>,
+    /// The `RULESETS` entry (generation 0: the agent stamps the generation when it installs it).
+    pub ruleset: RuleSet,
+    /// The `STRINGS` entries (with rule set slot 0): service names and attribute pairs, each
+    /// with the condition bits it sets.
+    pub strings: Vec<(StrKey, u64)>,
+    /// The `AC` rows, row `i` being state `i`; empty when no rule uses `body_contains`.
+    pub ac: Vec<AcRow>,
+}
+
+impl fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = (self.ruleset.n_rules as usize).min(MAX_RULES);
+        f.debug_struct("Compiled")
+            .field("rules", &self.rules)
+            .field("kernel_rules", &&self.ruleset.rules[..n])
+            .field("strings", &self.strings.len())
+            .field("ac_states", &self.ruleset.ac_states)
+            .finish()
+    }
+}
+
+/// Compiles `defs` (in evaluation order, names unique: one [`load_dir`](super::load_dir) or
+/// [`load_files`](super::load_files) result) for the kernel, assigning counter slots from
+/// `slots`.
+///
+/// Every problem is reported: the kernel's limits (see `dt_ebpf_common::layout`), counter slots
+/// running out, and actions the kernel cannot run yet. `slots` is only updated on success, so a
+/// rejected rule set leaves no trace.
+pub fn compile(defs: &[RuleDef], slots: &mut SlotTable) -> Result<Compiled, Vec<Diagnostic>> {
+    let mut compiler = Compiler::new(slots.clone());
+    for def in defs {
+        compiler.rule(def);
+    }
+    let (compiled, new_slots) = compiler.finish()?;
+    *slots = new_slots;
+    Ok(compiled)
+}
+
+/// Refuses the actions the kernel programs cannot run yet.
+///
+/// TEMPORARY: this is the one place that restricts rule sets to `count` and `drop`; delete the
+/// restriction for each action as the kernel side learns it (and encode its `param` in
+/// [`action_param`]).
+fn check_supported(action: &Action) -> Result<(), String> {
+    match action {
+        Action::Count | Action::Drop => Ok(()),
+        other => Err(format!("action \"{}\" is not supported yet", other.name())),
+    }
+}
+
+/// The kernel rule's `param` for `action`.
+fn action_param(action: &Action) -> u64 {
+    match action {
+        Action::Sample { keep_one_in } => *keep_one_in,
+        Action::RateLimit { per_second } => *per_second,
+        // Redact's encoding comes with its kernel support.
+        Action::Count | Action::Drop | Action::Redact { .. } | Action::Capture => 0,
+    }
+}
+
+/// Distinct values of one condition kind, each with its bit (in order of first use).
+struct CondBits<K> {
+    /// What the values are called in diagnostics (`"body_contains values"`).
+    what: &'static str,
+    bits: HashMap<K, u32>,
+    order: Vec<K>,
+}
+
+/// A new value did not fit in the 64 bits of a condition word.
+struct TooManyConds;
+
+impl<K: Clone + Eq + Hash> CondBits<K> {
+    fn new(what: &'static str) -> Self {
+        CondBits {
+            what,
+            bits: HashMap::new(),
+            order: Vec::new(),
+        }
+    }
+
+    /// The bit of `value`, and whether it is new.
+    fn bit(&mut self, value: &K) -> Result<(u32, bool), TooManyConds> {
+        if let Some(&bit) = self.bits.get(value) {
+            return Ok((bit, false));
+        }
+        if self.order.len() >= MAX_CONDS {
+            return Err(TooManyConds);
+        }
+        let bit = self.order.len() as u32;
+        self.bits.insert(value.clone(), bit);
+        self.order.push(value.clone());
+        Ok((bit, true))
+    }
+
+    fn limit_message(&self) -> String {
+        format!(
+            "too many distinct {}: a rule set can use at most {MAX_CONDS}",
+            self.what
+        )
+    }
+
+    /// Each value with its bit, in bit order.
+    fn iter(&self) -> impl Iterator<Item = (&K, u64)> {
+        self.order.iter().enumerate().map(|(i, k)| (k, 1u64 << i))
+    }
+}
+
+/// The rule-set-wide limits.
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum Limit {
+    Rules,
+    Needles,
+    AcStates,
+    Attributes,
+    Services,
+}
+
+struct Compiler<'d> {
+    slots: SlotTable,
+    rules: Vec<CompiledRule>,
+    kernel_rules: Vec<Rule>,
+    needles: CondBits<&'d str>,
+    automaton: AcBuilder,
+    attributes: CondBits<(&'d str, &'d str)>,
+    services: CondBits<&'d str>,
+    diags: Vec<Diagnostic>,
+    /// Rule-set-wide limits already reported (each is reported once).
+    reported: Vec<Limit>,
+}
+
+impl<'d> Compiler<'d> {
+    fn new(slots: SlotTable) -> Self {
+        Compiler {
+            slots,
+            rules: Vec::new(),
+            kernel_rules: Vec::new(),
+            needles: CondBits::new("body_contains values"),
+            automaton: AcBuilder::new(),
+            attributes: CondBits::new("attribute key = value pairs"),
+            services: CondBits::new("service values"),
+            diags: Vec::new(),
+            reported: Vec::new(),
+        }
+    }
+
+    fn error(&mut self, def: &RuleDef, pos: Pos, message: impl Into<String>) {
+        self.diags.push(Diagnostic::new(&def.file, pos, message));
+    }
+
+    /// Reports a rule-set-wide limit the first time it is hit.
+    fn limit(&mut self, def: &RuleDef, pos: Pos, limit: Limit, message: String) {
+        if !self.reported.contains(&limit) {
+            self.reported.push(limit);
+            self.error(def, pos, message);
+        }
+    }
+
+    fn rule(&mut self, def: &'d RuleDef) {
+        if let Err(message) = check_supported(&def.action.value) {
+            self.error(def, def.action.pos, message);
+        }
+        let body = self.body_bits(def);
+        let attrs = self.attribute_bits(def);
+        let service = self.service_bits(def);
+        let slot = self.slot(def);
+        let severity = def.conditions.severity_range();
+        // Every hook is `otlp` so far, whose rules all go to the one kernel rule set.
+        for &hook in &def.hooks {
+            if self.kernel_rules.len() >= MAX_RULES {
+                let message = format!("too many rules: a rule set holds at most {MAX_RULES}");
+                self.limit(def, def.name.pos, Limit::Rules, message);
+                continue;
+            }
+            self.kernel_rules.push(Rule {
+                slot,
+                action: def.action.value.code(),
+                sev_lo: severity.lo,
+                sev_hi: severity.hi,
+                body,
+                attrs,
+                service,
+                param: action_param(&def.action.value),
+                ..Rule::default()
+            });
+            self.rules.push(CompiledRule {
+                name: def.name.value.clone(),
+                action: def.action.value.name().to_string(),
+                hook: hook.name().to_string(),
+                file: def.file.clone(),
+                line: def.pos.line,
+                slot,
+            });
+        }
+    }
+
+    fn slot(&mut self, def: &RuleDef) -> u16 {
+        match self.slots.assign(&def.name.value) {
+            Some(slot) => slot,
+            None => {
+                let message = format!(
+                    "no free counter slot for rule \"{}\": all {MAX_SLOTS} slots are taken by \
+                     rule names seen before (a name keeps its slot for good)",
+                    def.name.value
+                );
+                self.error(def, def.name.pos, message);
+                0
+            }
+        }
+    }
+
+    /// Checks a string's length against `1..=max` bytes (or `0..=max` when `may_be_empty`).
+    fn length_ok(
+        &mut self,
+        def: &RuleDef,
+        value: &At<String>,
+        what: &str,
+        max: usize,
+        may_be_empty: bool,
+    ) -> bool {
+        let len = value.value.len();
+        if len == 0 && !may_be_empty {
+            self.error(def, value.pos, format!("{what} must not be empty"));
+            return false;
+        }
+        if len > max {
+            let message = format!("{what} is {len} bytes; the limit is {max}");
+            self.error(def, value.pos, message);
+            return false;
+        }
+        true
+    }
+
+    fn body_bits(&mut self, def: &'d RuleDef) -> u64 {
+        let Some(needle) = &def.conditions.body_contains else {
+            return 0;
+        };
+        if !self.length_ok(def, needle, "body_contains", MAX_NEEDLE_LEN, false) {
+            return 0;
+        }
+        let (bit, new) = match self.needles.bit(&needle.value.as_str()) {
+            Ok(found) => found,
+            Err(TooManyConds) => {
+                let message = self.needles.limit_message();
+                self.limit(def, needle.pos, Limit::Needles, message);
+                return 0;
+            }
+        };
+        if new && self.automaton.insert(needle.value.as_bytes(), bit) == Err(TooManyStates) {
+            let message = format!(
+                "body_contains needles need more than {MAX_AC_STATES} automaton states \
+                 (about {} bytes in total, less shared prefixes); use fewer or shorter needles",
+                MAX_AC_STATES - 1
+            );
+            self.limit(def, needle.pos, Limit::AcStates, message);
+        }
+        1 << bit
+    }
+
+    fn attribute_bits(&mut self, def: &'d RuleDef) -> u64 {
+        let mut bits = 0;
+        for (key, value) in &def.conditions.attributes {
+            let key_ok = self.length_ok(def, key, "attribute key", MAX_ATTR_KEY_LEN, false);
+            let value_ok = self.length_ok(def, value, "attribute value", MAX_ATTR_VALUE_LEN, true);
+            if !(key_ok && value_ok) {
+                continue;
+            }
+            match self
+                .attributes
+                .bit(&(key.value.as_str(), value.value.as_str()))
+            {
+                Ok((bit, _)) => bits |= 1 << bit,
+                Err(TooManyConds) => {
+                    let message = self.attributes.limit_message();
+                    self.limit(def, key.pos, Limit::Attributes, message);
+                }
+            }
+        }
+        bits
+    }
+
+    fn service_bits(&mut self, def: &'d RuleDef) -> u64 {
+        let Some(service) = &def.conditions.service else {
+            return 0;
+        };
+        if !self.length_ok(def, service, "service", MAX_SERVICE_LEN, false) {
+            return 0;
+        }
+        match self.services.bit(&service.value.as_str()) {
+            Ok((bit, _)) => 1 << bit,
+            Err(TooManyConds) => {
+                let message = self.services.limit_message();
+                self.limit(def, service.pos, Limit::Services, message);
+                0
+            }
+        }
+    }
+
+    fn finish(self) -> Result<(Compiled, SlotTable), Vec<Diagnostic>> {
+        if !self.diags.is_empty() {
+            return Err(self.diags);
+        }
+        let ac = if self.needles.order.is_empty() {
+            Vec::new()
+        } else {
+            self.automaton.build()
+        };
+        let mut ruleset = RuleSet::EMPTY;
+        ruleset.n_rules = self.kernel_rules.len() as u32;
+        ruleset.ac_states = ac.len() as u32;
+        ruleset.rules[..self.kernel_rules.len()].copy_from_slice(&self.kernel_rules);
+        let services = self.services.iter().map(|(s, bits)| (service_key(s), bits));
+        let attributes = self
+            .attributes
+            .iter()
+            .map(|((k, v), bits)| (attribute_key(k, v), bits));
+        let compiled = Compiled {
+            rules: self.rules,
+            ruleset,
+            strings: services.chain(attributes).collect(),
+            ac,
+        };
+        Ok((compiled, self.slots))
+    }
+}
+
+/// The `STRINGS` key of a service name (at most `MAX_SERVICE_LEN` bytes).
+fn service_key(service: &str) -> StrKey {
+    let mut key = StrKey::ZERO;
+    key.kind = STR_SERVICE;
+    key.vlen = service.len() as u32;
+    key.bytes[..service.len()].copy_from_slice(service.as_bytes());
+    key
+}
+
+/// The `STRINGS` key of an attribute pair (key and value within their limits).
+fn attribute_key(name: &str, value: &str) -> StrKey {
+    let mut key = StrKey::ZERO;
+    key.kind = STR_ATTR;
+    key.klen = name.len() as u8;
+    key.vlen = value.len() as u32;
+    let (k, v) = key.bytes.split_at_mut(name.len());
+    k.copy_from_slice(name.as_bytes());
+    v[..value.len()].copy_from_slice(value.as_bytes());
+    key
+}

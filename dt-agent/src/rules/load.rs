@@ -1,0 +1,128 @@
+//! Reading rule files and directories into a rule set.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+use super::compile::compile;
+use super::diag::{Diagnostic, Pos, SourceText};
+use super::model::RuleDef;
+use super::parse::parse_file;
+use super::slots::SlotTable;
+
+/// Loads every `*.toml` file directly in `dir`, in file name order (names starting with `.` are
+/// skipped, as a shell glob would). A missing or unreadable directory is a diagnostic at line 1,
+/// column 1 of `dir`. See [`load_files`].
+pub fn load_dir(dir: &Path) -> Result<Vec<RuleDef>, Vec<Diagnostic>> {
+    let paths = rule_files_in(dir).map_err(|d| vec![d])?;
+    load_files(&paths)
+}
+
+/// Loads the rule files `paths`, in that order. Every problem in every file is reported (I/O
+/// errors included); the rule set is returned only when there are none.
+///
+/// This checks each rule on its own and the uniqueness of names across the set; the kernel's
+/// limits are checked by [`compile`](super::compile).
+pub fn load_files(paths: &[PathBuf]) -> Result<Vec<RuleDef>, Vec<Diagnostic>> {
+    let mut loader = Loader::default();
+    for path in paths {
+        match std::fs::read_to_string(path) {
+            Ok(text) => loader.add(path, &text),
+            Err(e) => loader.fail(Diagnostic::new(
+                path,
+                Pos::START,
+                format!("cannot read rule file: {e}"),
+            )),
+        }
+    }
+    loader.finish()
+}
+
+/// Like [`load_files`], for file contents already in memory: `(path, text)` in rule set order.
+/// The paths are only used to label rules and diagnostics.
+pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<Vec<RuleDef>, Vec<Diagnostic>> {
+    let mut loader = Loader::default();
+    for (path, text) in sources {
+        loader.add(path, text);
+    }
+    loader.finish()
+}
+
+/// Everything `dt-agent check` verifies: loads `paths` and compiles them (with a fresh
+/// [`SlotTable`]), so the kernel's size and count limits are checked too.
+pub fn check_files(paths: &[PathBuf]) -> Result<Vec<RuleDef>, Vec<Diagnostic>> {
+    let defs = load_files(paths)?;
+    compile(&defs, &mut SlotTable::default())?;
+    Ok(defs)
+}
+
+/// The `*.toml` files directly in `dir`, sorted by file name.
+fn rule_files_in(dir: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
+    let unreadable = |e: std::io::Error| {
+        Diagnostic::new(dir, Pos::START, format!("cannot read rules directory: {e}"))
+    };
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(unreadable)? {
+        let path = entry.map_err(unreadable)?.path();
+        if is_rule_file_name(&path) && !path.is_dir() {
+            paths.push(path);
+        }
+    }
+    paths.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    Ok(paths)
+}
+
+fn is_rule_file_name(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(OsStr::to_str) else {
+        return false;
+    };
+    !name.starts_with('.') && path.extension() == Some(OsStr::new("toml"))
+}
+
+/// Accumulates the rules and diagnostics of a rule set, file by file.
+#[derive(Default)]
+struct Loader {
+    rules: Vec<RuleDef>,
+    diags: Vec<Diagnostic>,
+    /// Where each rule name was first defined (file, line).
+    names: HashMap<String, (PathBuf, usize)>,
+}
+
+impl Loader {
+    fn add(&mut self, path: &Path, text: &str) {
+        let src = SourceText::new(path, text);
+        let (rules, mut diags) = parse_file(&src);
+        for rule in rules {
+            match self.names.get(&rule.name.value) {
+                Some((file, line)) => diags.push(Diagnostic::new(
+                    path,
+                    rule.name.pos,
+                    format!(
+                        "duplicate rule name \"{}\": first defined at {}:{line}",
+                        rule.name.value,
+                        file.display()
+                    ),
+                )),
+                None => {
+                    let first = (rule.file.clone(), rule.name.pos.line);
+                    self.names.insert(rule.name.value.clone(), first);
+                    self.rules.push(rule);
+                }
+            }
+        }
+        diags.sort_by_key(Diagnostic::pos);
+        self.diags.extend(diags);
+    }
+
+    fn fail(&mut self, diag: Diagnostic) {
+        self.diags.push(diag);
+    }
+
+    fn finish(self) -> Result<Vec<RuleDef>, Vec<Diagnostic>> {
+        if self.diags.is_empty() {
+            Ok(self.rules)
+        } else {
+            Err(self.diags)
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Counter slots: which index of the per-CPU `RULE_COUNTERS` array belongs to which rule name.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use dt_ebpf_common::MAX_SLOTS;
+use serde::{Deserialize, Serialize};
+
+/// Maps rule names to counter slots (`< MAX_SLOTS`).
+///
+/// Assignments are stable: once a name has a slot it keeps it for the life of the table, even
+/// while the rule is out of the rule set, so a removed rule keeps its final counts and a re-added
+/// one continues them. New names take the lowest free slot. The table serializes as a map from
+/// name to slot, so it can be persisted next to pinned maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "BTreeMap<String, u16>", into = "BTreeMap<String, u16>")]
+pub struct SlotTable {
+    by_name: BTreeMap<String, u16>,
+    taken: BTreeSet<u16>,
+}
+
+impl SlotTable {
+    /// An empty table.
+    pub fn new() -> SlotTable {
+        SlotTable::default()
+    }
+
+    /// The slot of `name`, if it has one.
+    pub fn get(&self, name: &str) -> Option<u16> {
+        self.by_name.get(name).copied()
+    }
+
+    /// Every `(name, slot)`, ordered by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u16)> {
+        self.by_name
+            .iter()
+            .map(|(name, &slot)| (name.as_str(), slot))
+    }
+
+    /// Number of names with a slot.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// Whether no name has a slot.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// The slot of `name`, assigning the lowest free one first if needed. `None` when every slot
+    /// is taken.
+    pub fn assign(&mut self, name: &str) -> Option<u16> {
+        if let Some(slot) = self.get(name) {
+            return Some(slot);
+        }
+        let slot = (0..MAX_SLOTS)
+            .filter_map(|s| u16::try_from(s).ok())
+            .find(|s| !self.taken.contains(s))?;
+        self.by_name.insert(name.to_owned(), slot);
+        self.taken.insert(slot);
+        Some(slot)
+    }
+}
+
+impl TryFrom<BTreeMap<String, u16>> for SlotTable {
+    type Error = String;
+
+    fn try_from(by_name: BTreeMap<String, u16>) -> Result<SlotTable, String> {
+        let mut taken = BTreeSet::new();
+        for (name, &slot) in &by_name {
+            if u32::from(slot) >= MAX_SLOTS {
+                return Err(format!(
+                    "slot {slot} of rule \"{name}\" is out of range (at most {MAX_SLOTS} slots)"
+                ));
+            }
+            if !taken.insert(slot) {
+                return Err(format!("slot {slot} is given to more than one rule"));
+            }
+        }
+        Ok(SlotTable { by_name, taken })
+    }
+}
+
+impl From<SlotTable> for BTreeMap<String, u16> {
+    fn from(table: SlotTable) -> BTreeMap<String, u16> {
+        table.by_name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_names_take_the_lowest_free_slot() {
+        let mut t = SlotTable::new();
+        assert_eq!(t.assign("a"), Some(0));
+        assert_eq!(t.assign("b"), Some(1));
+        assert_eq!(t.assign("a"), Some(0));
+        assert_eq!(t.assign("c"), Some(2));
+        assert_eq!(t.get("b"), Some(1));
+        assert_eq!(t.get("z"), None);
+        assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn lowest_free_slot_fills_holes() {
+        let table: BTreeMap<String, u16> = [("a".to_string(), 0), ("c".to_string(), 2)].into();
+        let mut t = SlotTable::try_from(table).unwrap();
+        assert_eq!(t.assign("b"), Some(1));
+        assert_eq!(t.assign("d"), Some(3));
+    }
+
+    #[test]
+    fn exhausted_table_assigns_nothing_new() {
+        let mut t = SlotTable::new();
+        for i in 0..MAX_SLOTS {
+            assert_eq!(t.assign(&format!("r{i}")).map(u32::from), Some(i));
+        }
+        assert_eq!(t.assign("one-too-many"), None);
+        assert_eq!(t.assign("r7"), Some(7));
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let mut t = SlotTable::new();
+        t.assign("x");
+        t.assign("y");
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(json, r#"{"x":0,"y":1}"#);
+        let back: SlotTable = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, t);
+        assert_eq!(back.iter().collect::<Vec<_>>(), vec![("x", 0), ("y", 1)]);
+    }
+
+    #[test]
+    fn rejects_bad_persisted_tables() {
+        let dup = serde_json::from_str::<SlotTable>(r#"{"x":3,"y":3}"#);
+        assert!(dup.unwrap_err().to_string().contains("more than one rule"));
+        let big = serde_json::from_str::<SlotTable>(r#"{"x":5000}"#);
+        assert!(big.unwrap_err().to_string().contains("out of range"));
+    }
+}

@@ -1,0 +1,401 @@
+//! Compiling rule sets: encoding, deduplication, limits, slots.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use dt_ebpf_common::{
+    ACTION_COUNT, ACTION_DROP, MAX_AC_STATES, MAX_RULES, MAX_SLOTS, STR_ATTR, STR_SERVICE, StrKey,
+};
+
+use super::{FILE, build, error, errors, load, rule};
+use crate::rules::ac::scan;
+use crate::rules::{Action, Compiled, CompiledRule, RuleDef, SlotTable, check_files, compile};
+
+fn compiled(text: &str) -> Compiled {
+    build(text).unwrap_or_else(|e| panic!("{e:#?}"))
+}
+
+/// The condition bits set by a `STRINGS` key, found by its kind and bytes.
+fn string_bits(c: &Compiled, kind: u8, klen: usize, bytes: &[u8]) -> Option<u64> {
+    c.strings
+        .iter()
+        .find(|(k, _)| k.kind == kind && k.klen as usize == klen && k.bytes.starts_with(bytes))
+        .map(|&(_, bits)| bits)
+}
+
+fn rule_with_match(name: &str, action: &str, conditions: &str) -> String {
+    format!("{}[rule.match]\n{conditions}\n", rule(name, action))
+}
+
+#[test]
+fn encodes_rules_in_order() {
+    let text = format!(
+        "{}{}",
+        rule_with_match("quiet", "drop", "severity = \"<INFO\""),
+        rule("all", "count"),
+    );
+    let c = compiled(&text);
+    assert_eq!(
+        c.rules,
+        vec![
+            CompiledRule {
+                name: "quiet".into(),
+                action: "drop".into(),
+                hook: "otlp".into(),
+                file: PathBuf::from(FILE),
+                line: 1,
+                slot: 0,
+            },
+            CompiledRule {
+                name: "all".into(),
+                action: "count".into(),
+                hook: "otlp".into(),
+                file: PathBuf::from(FILE),
+                line: 6,
+                slot: 1,
+            },
+        ]
+    );
+    let rs = &c.ruleset;
+    assert_eq!((rs.generation, rs.n_rules, rs.ac_states), (0, 2, 0));
+    let r = &rs.rules[0];
+    assert_eq!(
+        (r.slot, r.action, r.sev_lo, r.sev_hi),
+        (0, ACTION_DROP, 1, 8)
+    );
+    assert_eq!((r.body, r.attrs, r.service, r.param), (0, 0, 0, 0));
+    let r = &rs.rules[1];
+    assert_eq!(
+        (r.slot, r.action, r.sev_lo, r.sev_hi),
+        (1, ACTION_COUNT, 0, 255)
+    );
+    assert!(c.strings.is_empty() && c.ac.is_empty());
+    assert_eq!(rs.rules[2], Default::default());
+}
+
+#[test]
+fn empty_rule_set_compiles() {
+    let c = compile(&[], &mut SlotTable::new()).unwrap();
+    assert_eq!((c.ruleset.n_rules, c.ruleset.ac_states), (0, 0));
+    assert!(c.rules.is_empty() && c.strings.is_empty() && c.ac.is_empty());
+}
+
+#[test]
+fn conditions_are_deduplicated_into_bits() {
+    let text = format!(
+        "{}{}{}",
+        rule_with_match(
+            "a",
+            "count",
+            "service = \"checkout\"\nbody_contains = \"health\"\nattributes = { \"http.route\" = \"/healthz\", env = \"dev\" }"
+        ),
+        rule_with_match(
+            "b",
+            "count",
+            "service = \"cart\"\nbody_contains = \"retry\"\nattributes = { env = \"dev\" }"
+        ),
+        rule_with_match(
+            "c",
+            "drop",
+            "service = \"checkout\"\nbody_contains = \"health\"\nattributes = { env = \"prod\" }"
+        ),
+    );
+    let c = compiled(&text);
+    let [a, b, r] = [c.ruleset.rules[0], c.ruleset.rules[1], c.ruleset.rules[2]];
+    assert_eq!((a.service, b.service, r.service), (0b01, 0b10, 0b01));
+    assert_eq!((a.body, b.body, r.body), (0b01, 0b10, 0b01));
+    // A rule needs every one of its attributes.
+    assert_eq!((a.attrs, b.attrs, r.attrs), (0b011, 0b010, 0b100));
+
+    assert_eq!(c.strings.len(), 2 + 3);
+    assert_eq!(string_bits(&c, STR_SERVICE, 0, b"checkout"), Some(0b01));
+    assert_eq!(string_bits(&c, STR_SERVICE, 0, b"cart"), Some(0b10));
+    assert_eq!(
+        string_bits(&c, STR_ATTR, 10, b"http.route/healthz"),
+        Some(0b001)
+    );
+    assert_eq!(string_bits(&c, STR_ATTR, 3, b"envdev"), Some(0b010));
+    assert_eq!(string_bits(&c, STR_ATTR, 3, b"envprod"), Some(0b100));
+
+    assert_eq!(c.ruleset.ac_states as usize, c.ac.len());
+    assert_eq!(c.ac.len(), 1 + "health".len() + "retry".len());
+    assert_eq!(scan(&c.ac, b"please retry the healthcheck"), 0b11);
+}
+
+#[test]
+fn string_keys_are_zero_padded_with_exact_lengths() {
+    let c = compiled(&rule_with_match(
+        "a",
+        "drop",
+        "service = \"svc\"\nattributes = { k = \"value\" }",
+    ));
+    let mut service = StrKey::ZERO;
+    service.kind = STR_SERVICE;
+    service.vlen = 3;
+    service.bytes[..3].copy_from_slice(b"svc");
+    let mut attr = StrKey::ZERO;
+    attr.kind = STR_ATTR;
+    attr.klen = 1;
+    attr.vlen = 5;
+    attr.bytes[..6].copy_from_slice(b"kvalue");
+    assert_eq!(c.strings, vec![(service, 1), (attr, 1)]);
+}
+
+#[test]
+fn unsupported_actions_are_refused_at_the_action() {
+    for (body, name) in [
+        ("action = \"sample\"\nkeep_one_in = 2", "sample"),
+        ("action = \"rate_limit\"\nper_second = 2", "rate_limit"),
+        ("action = \"redact\"\nmask_body = true", "redact"),
+    ] {
+        let text = format!("[[rule]]\nname = \"a\"\n{body}\n");
+        assert!(load(&text).is_ok(), "{name} must parse and validate");
+        assert_eq!(
+            error(&text),
+            format!("r.toml:3:10: action \"{name}\" is not supported yet")
+        );
+    }
+}
+
+#[test]
+fn needles_are_1_to_128_bytes() {
+    let ok = rule_with_match(
+        "a",
+        "drop",
+        &format!("body_contains = \"{}\"", "x".repeat(128)),
+    );
+    assert_eq!(compiled(&ok).ac.len(), 129);
+    let long = rule_with_match(
+        "a",
+        "drop",
+        &format!("body_contains = \"{}\"", "x".repeat(129)),
+    );
+    assert_eq!(
+        error(&long),
+        "r.toml:5:17: body_contains is 129 bytes; the limit is 128"
+    );
+}
+
+#[test]
+fn attribute_keys_and_values_have_limits() {
+    let key = |n: usize| format!("attributes = {{ \"{}\" = \"v\" }}", "k".repeat(n));
+    let value = |n: usize| format!("attributes = {{ k = \"{}\" }}", "v".repeat(n));
+    compiled(&rule_with_match("a", "drop", &key(64)));
+    compiled(&rule_with_match("a", "drop", &value(128)));
+    assert_eq!(
+        error(&rule_with_match("a", "drop", &key(65))),
+        "r.toml:5:16: attribute key is 65 bytes; the limit is 64"
+    );
+    assert_eq!(
+        error(&rule_with_match("a", "drop", &value(129))),
+        "r.toml:5:20: attribute value is 129 bytes; the limit is 128"
+    );
+}
+
+#[test]
+fn services_are_at_most_128_bytes() {
+    let service = |n: usize| format!("service = \"{}\"", "s".repeat(n));
+    compiled(&rule_with_match("a", "drop", &service(128)));
+    assert_eq!(
+        error(&rule_with_match("a", "drop", &service(129))),
+        "r.toml:5:11: service is 129 bytes; the limit is 128"
+    );
+}
+
+/// `n` count rules, rule `i` having the conditions `conditions(i)`.
+fn many_rules(n: usize, conditions: impl Fn(usize) -> String) -> String {
+    (0..n)
+        .map(|i| rule_with_match(&format!("r{i}"), "count", &conditions(i)))
+        .collect()
+}
+
+/// Line of the match condition of rule `i` in [`many_rules`] (5 lines per rule).
+fn condition_line(i: usize) -> usize {
+    5 * i + 5
+}
+
+#[test]
+fn at_most_64_distinct_needles() {
+    let needle = |i: usize| format!("body_contains = \"needle-{i}\"");
+    compiled(&many_rules(64, needle));
+    // Repeating a needle costs no new bit.
+    compiled(&many_rules(80, |i| needle(i % 64)));
+    let e = error(&many_rules(66, needle));
+    let line = condition_line(64);
+    assert_eq!(
+        e,
+        format!(
+            "r.toml:{line}:17: too many distinct body_contains values: a rule set can use at most 64"
+        )
+    );
+}
+
+#[test]
+fn at_most_64_distinct_attribute_pairs() {
+    let attr = |i: usize| format!("attributes = {{ k = \"{i}\" }}");
+    compiled(&many_rules(64, attr));
+    let e = error(&many_rules(65, attr));
+    assert_eq!(
+        e,
+        format!(
+            "r.toml:{}:16: too many distinct attribute key = value pairs: a rule set can use at most 64",
+            condition_line(64)
+        )
+    );
+}
+
+#[test]
+fn at_most_64_distinct_services() {
+    let service = |i: usize| format!("service = \"svc-{i}\"");
+    compiled(&many_rules(64, service));
+    let e = error(&many_rules(65, service));
+    assert_eq!(
+        e,
+        format!(
+            "r.toml:{}:11: too many distinct service values: a rule set can use at most 64",
+            condition_line(64)
+        )
+    );
+}
+
+#[test]
+fn automaton_states_are_limited() {
+    // Needles with distinct first bytes share no state: 1 + 128 per needle.
+    let needle = |i: usize| {
+        format!(
+            "body_contains = \"{}\"",
+            char::from(b'A' + i as u8).to_string().repeat(128)
+        )
+    };
+    let fits = (MAX_AC_STATES as usize - 1) / 128;
+    let c = compiled(&many_rules(fits, needle));
+    assert_eq!(c.ac.len(), 1 + 128 * fits);
+    let e = error(&many_rules(fits + 2, needle));
+    assert!(
+        e.starts_with(&format!(
+            "r.toml:{}:17: body_contains needles need more than 1024 automaton states",
+            condition_line(fits)
+        )),
+        "{e}"
+    );
+}
+
+#[test]
+fn at_most_128_rules() {
+    let text: String = (0..=MAX_RULES)
+        .map(|i| rule(&format!("r{i}"), "count"))
+        .collect();
+    let e = error(&text);
+    assert_eq!(
+        e,
+        format!(
+            "r.toml:{}:8: too many rules: a rule set holds at most 128",
+            3 * MAX_RULES + 2
+        )
+    );
+    let text: String = (0..MAX_RULES)
+        .map(|i| rule(&format!("r{i}"), "count"))
+        .collect();
+    assert_eq!(compiled(&text).ruleset.n_rules as usize, MAX_RULES);
+}
+
+#[test]
+fn every_compile_error_is_reported() {
+    let text = format!(
+        "{}{}",
+        rule_with_match(
+            "a",
+            "sample",
+            &format!("body_contains = \"{}\"", "x".repeat(200))
+        ),
+        rule_with_match("b", "drop", &format!("service = \"{}\"", "s".repeat(200))),
+    )
+    .replace(
+        "action = \"sample\"",
+        "action = \"sample\"\nkeep_one_in = 3",
+    );
+    let errors = errors(&text);
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+}
+
+fn defs(names: &[&str]) -> Vec<RuleDef> {
+    let text: String = names.iter().map(|n| rule(n, "count")).collect();
+    load(&text).unwrap()
+}
+
+fn slots_of(c: &Compiled) -> Vec<(&str, u16)> {
+    c.rules.iter().map(|r| (r.name.as_str(), r.slot)).collect()
+}
+
+#[test]
+fn slots_are_stable_across_rule_sets() {
+    let mut slots = SlotTable::new();
+    let c = compile(&defs(&["a", "b", "c"]), &mut slots).unwrap();
+    assert_eq!(slots_of(&c), [("a", 0), ("b", 1), ("c", 2)]);
+    // Removing a rule keeps its slot reserved...
+    let c = compile(&defs(&["c", "a"]), &mut slots).unwrap();
+    assert_eq!(slots_of(&c), [("c", 2), ("a", 0)]);
+    assert_eq!(slots.get("b"), Some(1));
+    // ...so new names do not take it, and re-adding the rule gets it back.
+    let c = compile(&defs(&["d", "b", "a"]), &mut slots).unwrap();
+    assert_eq!(slots_of(&c), [("d", 3), ("b", 1), ("a", 0)]);
+}
+
+#[test]
+fn new_names_fill_the_lowest_free_slot() {
+    let persisted: BTreeMap<String, u16> =
+        [("a".into(), 0), ("c".into(), 2), ("e".into(), 4)].into();
+    let mut slots = SlotTable::try_from(persisted).unwrap();
+    let c = compile(&defs(&["x", "c", "y", "z"]), &mut slots).unwrap();
+    assert_eq!(slots_of(&c), [("x", 1), ("c", 2), ("y", 3), ("z", 5)]);
+}
+
+#[test]
+fn a_failed_compile_assigns_no_slots() {
+    let mut slots = SlotTable::new();
+    let good = defs(&["ok", "other"]);
+    let mut bad = good.clone();
+    bad[1].action.value = Action::Sample { keep_one_in: 2 };
+    assert!(compile(&bad, &mut slots).is_err());
+    assert!(slots.is_empty());
+    compile(&good, &mut slots).unwrap();
+    assert_eq!(slots.len(), 2);
+}
+
+#[test]
+fn exhausted_slots_are_an_error() {
+    let mut slots = SlotTable::new();
+    for i in 0..MAX_SLOTS {
+        slots.assign(&format!("old-{i}"));
+    }
+    let before = slots.clone();
+    let diags = compile(&defs(&["old-3", "new"]), &mut slots).unwrap_err();
+    assert_eq!(diags.len(), 1);
+    assert_eq!(
+        diags[0].to_string(),
+        "r.toml:5:8: no free counter slot for rule \"new\": all 1024 slots are taken by rule names seen before (a name keeps its slot for good)"
+    );
+    assert_eq!(slots, before);
+}
+
+#[test]
+fn check_files_applies_compile_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, rule("a", "drop")).unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        rule("b", "sample").replace("sample\"", "sample\"\nkeep_one_in = 2"),
+    )
+    .unwrap();
+    assert_eq!(check_files(std::slice::from_ref(&good)).unwrap().len(), 1);
+    let diags = check_files(&[good, bad.clone()]).unwrap_err();
+    assert_eq!(
+        diags[0].to_string(),
+        format!(
+            "{}:3:10: action \"sample\" is not supported yet",
+            bad.display()
+        )
+    );
+}

@@ -1,0 +1,542 @@
+//! Parsing and validating rule files.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::{FILE, error, errors, load, rule};
+use crate::rules::{
+    Action, Diagnostic, Hook, Pos, SeverityRange, load_dir, load_files, load_sources,
+};
+
+fn load_one(text: &str) -> crate::rules::RuleDef {
+    let mut rules = load(text).unwrap_or_else(|e| panic!("{e:#?}"));
+    assert_eq!(rules.len(), 1);
+    rules.remove(0)
+}
+
+fn display(diags: &[Diagnostic]) -> Vec<String> {
+    diags.iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn minimal_rule_gets_defaults() {
+    let r = load_one(&rule("a", "drop"));
+    assert_eq!(r.file, PathBuf::from(FILE));
+    assert_eq!(r.pos, Pos { line: 1, column: 1 });
+    assert_eq!(r.name.value, "a");
+    assert_eq!(r.name.pos, Pos { line: 2, column: 8 });
+    assert_eq!(r.action.value, Action::Drop);
+    assert_eq!(
+        r.action.pos,
+        Pos {
+            line: 3,
+            column: 10
+        }
+    );
+    assert_eq!(r.hooks, vec![Hook::Otlp]);
+    assert_eq!(r.conditions, Default::default());
+    assert_eq!(r.conditions.severity_range(), SeverityRange::ANY);
+}
+
+#[test]
+fn full_rule_parses_every_key() {
+    let r = load_one(
+        r#"
+[[rule]]
+name = "full"
+action = "count"
+hooks = ["otlp"]
+[rule.match]
+severity = "<INFO"
+service = "checkout"
+body_contains = "healthcheck"
+attributes = { "http.route" = "/healthz", "a" = "" }
+"#,
+    );
+    let m = &r.conditions;
+    assert_eq!(r.pos, Pos { line: 2, column: 1 });
+    assert_eq!(
+        m.severity.as_ref().map(|s| s.value),
+        Some(SeverityRange { lo: 1, hi: 8 })
+    );
+    assert_eq!(
+        m.service.as_ref().map(|s| s.value.as_str()),
+        Some("checkout")
+    );
+    assert_eq!(
+        m.body_contains.as_ref().map(|s| s.pos),
+        Some(Pos {
+            line: 9,
+            column: 17
+        })
+    );
+    // Attributes keep their source order.
+    let attrs: Vec<_> = m
+        .attributes
+        .iter()
+        .map(|(k, v)| (k.value.as_str(), v.value.as_str()))
+        .collect();
+    assert_eq!(attrs, vec![("http.route", "/healthz"), ("a", "")]);
+}
+
+#[test]
+fn action_parameters_parse() {
+    let text = r#"
+[[rule]]
+name = "s"
+action = "sample"
+keep_one_in = 10
+[[rule]]
+name = "r"
+action = "rate_limit"
+per_second = 5
+[[rule]]
+name = "x"
+action = "redact"
+remove_attributes = ["user.email"]
+mask_body = true
+[[rule]]
+name = "m"
+action = "redact"
+mask_body = true
+"#;
+    let rules = load(text).unwrap();
+    assert_eq!(rules[0].action.value, Action::Sample { keep_one_in: 10 });
+    assert_eq!(rules[1].action.value, Action::RateLimit { per_second: 5 });
+    match &rules[2].action.value {
+        Action::Redact {
+            remove_attributes,
+            mask_body,
+        } => {
+            assert_eq!(remove_attributes[0].value, "user.email");
+            assert!(*mask_body);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        matches!(&rules[3].action.value, Action::Redact { remove_attributes, mask_body: true } if remove_attributes.is_empty())
+    );
+}
+
+#[test]
+fn integer_severity_is_a_bare_number() {
+    let r = load_one("[[rule]]\nname = \"a\"\naction = \"count\"\nmatch = { severity = 9 }\n");
+    assert_eq!(
+        r.conditions.severity_range(),
+        SeverityRange { lo: 9, hi: 9 }
+    );
+}
+
+#[test]
+fn empty_file_is_an_empty_rule_set() {
+    assert_eq!(load("").unwrap(), vec![]);
+    assert_eq!(load("# just a comment\n").unwrap(), vec![]);
+}
+
+#[test]
+fn unknown_rule_key_is_an_error_at_the_key() {
+    let e = error("[[rule]]\nname = \"a\"\naction = \"drop\"\nnme = \"x\"\n");
+    assert!(e.starts_with("r.toml:4:1: unknown field `nme`"), "{e}");
+}
+
+#[test]
+fn unknown_match_key_is_an_error_at_the_key() {
+    let e = error(
+        "[[rule]]\nname = \"a\"\naction = \"drop\"\n[rule.match]\nseverity = \"INFO\"\n  body = \"x\"\n",
+    );
+    assert!(e.starts_with("r.toml:6:3: unknown field `body`"), "{e}");
+}
+
+#[test]
+fn unknown_top_level_key_is_an_error() {
+    let e = error(&format!("{}\n[rules]\nx = 1\n", rule("a", "drop")));
+    assert!(e.starts_with("r.toml:5:2: unknown key `rules`"), "{e}");
+}
+
+#[test]
+fn bad_toml_syntax_is_an_error_with_its_position() {
+    let e = error("[[rule]]\nname = \"a\"\naction = drop\n");
+    assert!(e.starts_with("r.toml:3:10: "), "{e}");
+    assert!(e.contains("quoted"), "{e}");
+}
+
+#[test]
+fn every_syntax_error_is_reported_in_order() {
+    let errors = errors("[[rule]]\nname = \"a\" x\naction = drop\n");
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(errors[0].starts_with("r.toml:2:"), "{errors:#?}");
+    assert!(errors[1].starts_with("r.toml:3:10: "), "{errors:#?}");
+}
+
+#[test]
+fn wrong_types_are_errors_at_the_value() {
+    let cases = [
+        (
+            "name = 5\naction = \"drop\"",
+            "r.toml:2:8: invalid type: integer `5`, expected a string",
+        ),
+        (
+            "name = \"a\"\naction = 1",
+            "r.toml:3:10: invalid type: integer `1`, expected a string",
+        ),
+        (
+            "name = \"a\"\naction = \"sample\"\nkeep_one_in = \"3\"",
+            "r.toml:4:15: invalid type: string \"3\"",
+        ),
+        (
+            "name = \"a\"\naction = \"redact\"\nmask_body = \"yes\"",
+            "r.toml:4:13: invalid type: string \"yes\", expected a boolean",
+        ),
+        (
+            "name = \"a\"\naction = \"drop\"\nhooks = \"otlp\"",
+            "r.toml:4:9: invalid type: string \"otlp\", expected a sequence",
+        ),
+        (
+            "name = \"a\"\naction = \"drop\"\nmatch = { attributes = { x = 1 } }",
+            "r.toml:4:30: invalid type: integer `1`, expected a string",
+        ),
+        (
+            "name = \"a\"\naction = \"drop\"\nmatch = { severity = true }",
+            "r.toml:4:22: invalid type: boolean `true`, expected a severity string",
+        ),
+        (
+            "name = \"a\"\naction = \"drop\"\nmatch = { service = [\"x\"] }",
+            "r.toml:4:21: invalid type: sequence, expected a string",
+        ),
+        (
+            "name = \"a\"\naction = \"drop\"\nmatch = 3",
+            "r.toml:4:9: invalid type: integer `3`",
+        ),
+    ];
+    for (body, want) in cases {
+        let e = error(&format!("[[rule]]\n{body}\n"));
+        assert!(e.starts_with(want), "got {e}\nwant {want}");
+    }
+}
+
+#[test]
+fn missing_required_keys_are_errors_at_the_table() {
+    let e = error("\n[[rule]]\naction = \"drop\"\n");
+    assert_eq!(e, "r.toml:2:1: missing field `name`");
+    let e = error("[[rule]]\nname = \"a\"\n");
+    assert_eq!(e, "r.toml:1:1: missing field `action`");
+}
+
+#[test]
+fn unknown_action_is_an_error_at_the_value() {
+    let e = error("[[rule]]\nname = \"a\"\naction = \"delete\"\n");
+    assert_eq!(
+        e,
+        "r.toml:3:10: unknown action \"delete\": expected one of count, drop, sample, rate_limit, redact, capture"
+    );
+}
+
+#[test]
+fn names_must_be_1_to_64_bytes() {
+    let e = error(&rule("", "drop"));
+    assert_eq!(e, "r.toml:2:8: name must not be empty");
+    let long = "n".repeat(65);
+    assert_eq!(
+        error(&rule(&long, "drop")),
+        "r.toml:2:8: name is 65 bytes; the limit is 64"
+    );
+    load_one(&rule(&"n".repeat(64), "drop"));
+}
+
+#[test]
+fn parameters_belong_to_their_action() {
+    let cases = [
+        (
+            "action = \"drop\"\nkeep_one_in = 3",
+            "r.toml:4:15: keep_one_in is only for action \"sample\"",
+        ),
+        (
+            "action = \"count\"\nper_second = 3",
+            "r.toml:4:14: per_second is only for action \"rate_limit\"",
+        ),
+        (
+            "action = \"drop\"\nmask_body = true",
+            "r.toml:4:13: mask_body is only for action \"redact\"",
+        ),
+        (
+            "action = \"sample\"\nkeep_one_in = 2\nremove_attributes = [\"a\"]",
+            "r.toml:5:21: remove_attributes is only for action \"redact\"",
+        ),
+        (
+            "action = \"sample\"",
+            "r.toml:3:10: action \"sample\" needs keep_one_in",
+        ),
+        (
+            "action = \"rate_limit\"",
+            "r.toml:3:10: action \"rate_limit\" needs per_second",
+        ),
+        (
+            "action = \"sample\"\nkeep_one_in = 0",
+            "r.toml:4:15: keep_one_in must be at least 1",
+        ),
+        (
+            "action = \"rate_limit\"\nper_second = -5",
+            "r.toml:4:14: per_second must be at least 1",
+        ),
+        (
+            "action = \"redact\"",
+            "r.toml:3:10: action \"redact\" needs remove_attributes or mask_body = true",
+        ),
+        (
+            "action = \"redact\"\nmask_body = false",
+            "r.toml:3:10: action \"redact\" needs remove_attributes or mask_body = true",
+        ),
+        (
+            "action = \"redact\"\nremove_attributes = []",
+            "r.toml:3:10: action \"redact\" needs remove_attributes or mask_body = true",
+        ),
+        (
+            "action = \"redact\"\nremove_attributes = [\"a\", \"\"]",
+            "r.toml:4:27: an attribute name must not be empty",
+        ),
+    ];
+    for (body, want) in cases {
+        assert_eq!(error(&format!("[[rule]]\nname = \"a\"\n{body}\n")), want);
+    }
+}
+
+#[test]
+fn hooks_default_to_otlp_and_accept_only_otlp() {
+    let r = load_one("[[rule]]\nname = \"a\"\naction = \"drop\"\nhooks = [\"otlp\"]\n");
+    assert_eq!(r.hooks, vec![Hook::Otlp]);
+    let cases = [
+        (
+            "hooks = [\"uprobe:malloc\"]",
+            "r.toml:4:10: uprobe hooks are not supported yet",
+        ),
+        (
+            "hooks = [\"otlp\", \"uprobe:x\"]",
+            "r.toml:4:18: uprobe hooks are not supported yet",
+        ),
+        (
+            "hooks = [\"http\"]",
+            "r.toml:4:10: unknown hook \"http\": expected \"otlp\" or \"uprobe:NAME\"",
+        ),
+        (
+            "hooks = [\"otlp\", \"otlp\"]",
+            "r.toml:4:18: hook \"otlp\" is listed twice",
+        ),
+        (
+            "hooks = []",
+            "r.toml:4:9: hooks must not be empty (leave it out for [\"otlp\"])",
+        ),
+    ];
+    for (line, want) in cases {
+        assert_eq!(
+            error(&format!(
+                "[[rule]]\nname = \"a\"\naction = \"drop\"\n{line}\n"
+            )),
+            want
+        );
+    }
+}
+
+#[test]
+fn capture_is_refused_on_the_otlp_hook() {
+    assert_eq!(
+        error(&rule("a", "capture")),
+        "r.toml:3:10: capture is only for uprobe hooks"
+    );
+}
+
+#[test]
+fn empty_condition_strings_are_errors() {
+    let cases = [
+        ("service = \"\"", "r.toml:5:11: service must not be empty"),
+        (
+            "body_contains = \"\"",
+            "r.toml:5:17: body_contains must not be empty",
+        ),
+        (
+            "attributes = { \"\" = \"v\" }",
+            "r.toml:5:16: an attribute key must not be empty",
+        ),
+    ];
+    for (line, want) in cases {
+        let text = format!("{}[rule.match]\n{line}\n", rule("a", "drop"));
+        assert_eq!(error(&text), want);
+    }
+}
+
+#[test]
+fn severity_errors_point_at_the_value() {
+    let text = format!("{}[rule.match]\nseverity = \"<TRACE\"\n", rule("a", "drop"));
+    assert_eq!(
+        error(&text),
+        "r.toml:5:12: invalid severity \"<TRACE\": it matches no severity number"
+    );
+    let text = format!("{}[rule.match]\nseverity = 0\n", rule("a", "drop"));
+    assert!(error(&text).starts_with("r.toml:5:12: severity number 0 is out of range"));
+}
+
+#[test]
+fn probe_tables_are_not_supported_yet() {
+    let text = format!("{}\n[[probe]]\nname = \"p\"\n", rule("a", "drop"));
+    assert_eq!(
+        error(&text),
+        "r.toml:5:1: [[probe]] tables are not supported yet"
+    );
+}
+
+#[test]
+fn rule_must_be_an_array_of_tables() {
+    let e = error("[rule]\nname = \"a\"\naction = \"drop\"\n");
+    assert_eq!(
+        e,
+        "r.toml:1:2: `rule` must be an array of tables: write [[rule]]"
+    );
+    let e = error("rule = [1]\n");
+    assert_eq!(e, "r.toml:1:9: a rule must be a table: write [[rule]]");
+}
+
+#[test]
+fn every_problem_of_a_rule_is_reported() {
+    let text = r#"[[rule]]
+name = ""
+action = "drop"
+hooks = ["uprobe:x"]
+[rule.match]
+severity = "LOUD"
+service = ""
+"#;
+    let errors = errors(text);
+    assert_eq!(errors.len(), 4, "{errors:#?}");
+    assert!(errors[0].starts_with("r.toml:2:8: name must not be empty"));
+    assert!(errors[1].starts_with("r.toml:4:10: uprobe hooks"));
+    assert!(errors[2].starts_with("r.toml:6:12: invalid severity \"LOUD\": unknown level"));
+    assert!(errors[3].starts_with("r.toml:7:11: service must not be empty"));
+}
+
+#[test]
+fn every_bad_rule_of_a_file_is_reported() {
+    let text = format!(
+        "{}{}{}",
+        rule("a", "nope"),
+        rule("b", "drop"),
+        "[[rule]]\nname = \"c\"\naction = \"drop\"\nextra = 1\n"
+    );
+    let errors = errors(&text);
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(errors[0].starts_with("r.toml:3:10: unknown action \"nope\""));
+    assert!(errors[1].starts_with("r.toml:10:1: unknown field `extra`"));
+}
+
+#[test]
+fn duplicate_names_across_files_point_at_the_second() {
+    let sources = [
+        (
+            PathBuf::from("a.toml"),
+            format!("# first\n{}", rule("dup", "count")),
+        ),
+        (
+            PathBuf::from("b.toml"),
+            format!("{}{}", rule("other", "count"), rule("dup", "drop")),
+        ),
+    ];
+    let diags = load_sources(&sources).unwrap_err();
+    assert_eq!(
+        display(&diags),
+        vec!["b.toml:5:8: duplicate rule name \"dup\": first defined at a.toml:3"]
+    );
+}
+
+#[test]
+fn duplicate_names_in_one_file_are_errors() {
+    let text = format!("{}{}", rule("dup", "count"), rule("dup", "drop"));
+    assert_eq!(
+        error(&text),
+        "r.toml:5:8: duplicate rule name \"dup\": first defined at r.toml:2"
+    );
+}
+
+#[test]
+fn errors_of_every_file_are_collected() {
+    let sources = [
+        (PathBuf::from("a.toml"), rule("a", "bogus")),
+        (PathBuf::from("b.toml"), rule("b", "drop")),
+        (PathBuf::from("c.toml"), "[[rule]\n".to_string()),
+    ];
+    let diags = load_sources(&sources).unwrap_err();
+    assert_eq!(diags.len(), 2, "{diags:#?}");
+    assert_eq!(diags[0].file, PathBuf::from("a.toml"));
+    assert_eq!(diags[1].file, PathBuf::from("c.toml"));
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn load_dir_reads_toml_files_in_name_order() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "20-b.toml", &rule("b", "drop"));
+    write(
+        dir.path(),
+        "10-a.toml",
+        &format!("{}{}", rule("a1", "count"), rule("a2", "count")),
+    );
+    write(dir.path(), "notes.txt", "not rules");
+    write(dir.path(), ".hidden.toml", "not = valid");
+    fs::create_dir(dir.path().join("sub.toml")).unwrap();
+    let rules = load_dir(dir.path()).unwrap();
+    let names: Vec<_> = rules.iter().map(|r| r.name.value.as_str()).collect();
+    assert_eq!(names, ["a1", "a2", "b"]);
+    assert_eq!(rules[2].file, dir.path().join("20-b.toml"));
+}
+
+#[test]
+fn load_files_keeps_the_given_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = write(dir.path(), "b.toml", &rule("b", "drop"));
+    let a = write(dir.path(), "a.toml", &rule("a", "drop"));
+    let rules = load_files(&[b, a]).unwrap();
+    let names: Vec<_> = rules.iter().map(|r| r.name.value.as_str()).collect();
+    assert_eq!(names, ["b", "a"]);
+}
+
+#[test]
+fn missing_directory_is_a_diagnostic() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope");
+    let diags = load_dir(&missing).unwrap_err();
+    assert_eq!(diags.len(), 1);
+    assert_eq!(
+        (diags[0].file.as_path(), diags[0].pos()),
+        (missing.as_path(), Pos::START)
+    );
+    assert!(
+        diags[0]
+            .message
+            .starts_with("cannot read rules directory: "),
+        "{}",
+        diags[0]
+    );
+}
+
+#[test]
+fn unreadable_files_are_diagnostics_and_other_files_still_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let binary = dir.path().join("binary.toml");
+    fs::write(&binary, [0xff, 0xfe, 0x00]).unwrap();
+    let bad = write(dir.path(), "bad.toml", &rule("x", "nope"));
+    let diags = load_files(&[missing.clone(), binary.clone(), bad.clone()]).unwrap_err();
+    assert_eq!(diags.len(), 3, "{diags:#?}");
+    assert_eq!(
+        (diags[0].file.clone(), diags[0].pos()),
+        (missing, Pos::START)
+    );
+    assert!(diags[0].message.starts_with("cannot read rule file: "));
+    assert_eq!(
+        (diags[1].file.clone(), diags[1].pos()),
+        (binary, Pos::START)
+    );
+    assert_eq!(diags[2].file, bad);
+}
