@@ -2,6 +2,7 @@
 //! and serves the control verbs.
 
 pub mod agent;
+pub mod control;
 pub mod rules;
 pub mod stats;
 

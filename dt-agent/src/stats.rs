@@ -28,6 +28,8 @@ pub struct TotalStats {
     pub bytes_out: u64,
     pub edit_failures: u64,
     pub untracked_bytes: u64,
+    /// Requests held in the kernel right now (corked, waiting for the rest of their bytes).
+    pub in_flight: u64,
     /// Requests that left byte-for-byte untouched, by reason (every reason is always present).
     pub passthrough: std::collections::BTreeMap<String, u64>,
 }

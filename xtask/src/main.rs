@@ -1,1 +1,86 @@
-fn main() {}
+//! Developer tasks for the dt workspace, run as `cargo xtask <task>`.
+//!
+//! - `setup`: install what building and testing need (idempotent, fast when done already).
+//! - `run`:   setup, build the agent, and run it on the workspace's `rules/`.
+//! - `test`:  setup, then run every test in the workspace, kernel tests included.
+
+mod cmd;
+mod run;
+mod setup;
+mod test;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Developer tasks for dt",
+    bin_name = "cargo xtask"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Check and install what building and testing need: the nightly rust-src component,
+    /// bpf-linker, the Debian packages the tests use, and bpffs at /sys/fs/bpf.
+    /// Idempotent; installing packages and mounting bpffs need root.
+    Setup,
+    /// Run setup, build dt-agent (release), and run `dt-agent run --rules <workspace>/rules ARGS...`.
+    Run {
+        /// Extra arguments for `dt-agent run` (after `--`), e.g. `-- --port 4318 --pin`.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<String>,
+    },
+    /// Run setup, then every test of the workspace: `cargo test --workspace --all-targets`.
+    ///
+    /// ARGS go to `cargo test`; a second `--` among them starts the test-harness arguments,
+    /// e.g. `cargo xtask test -- -p dt-agent -- rules::`. The harness gets `--test-threads=2`
+    /// unless ARGS set it. As root on Linux, DT_REQUIRE_KERNEL_TESTS=1 turns kernel-test skips
+    /// into failures.
+    Test {
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<String>,
+    },
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.task {
+        Task::Setup => setup::setup(),
+        Task::Run { args } => run::run(&args),
+        Task::Test { args } => test::test(&args),
+    }
+}
+
+/// The workspace root: the parent of this crate's manifest directory.
+pub fn workspace_root() -> Result<PathBuf> {
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let root = manifest_dir
+        .parent()
+        .with_context(|| format!("{} has no parent directory", manifest_dir.display()))?;
+    Ok(root.to_path_buf())
+}

@@ -1,0 +1,106 @@
+//! `cargo xtask test [-- ARGS...]`: setup, then every test of the workspace.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::{cmd, setup, workspace_root};
+
+/// Workspace members that only build for the BPF target (the agent's build script builds them);
+/// a host `cargo test --workspace` must leave them out.
+const BPF_ONLY: &[&str] = &["dt-ebpf"];
+
+/// Default test-harness threads: kernel tests are heavy, and the machines have two cores.
+const TEST_THREADS: &str = "--test-threads=2";
+
+pub fn test(args: &[String]) -> Result<()> {
+    setup::setup()?;
+    let root = workspace_root()?;
+    let mut command = test_command(&root, args);
+    if cfg!(target_os = "linux") && cmd::is_root() {
+        // Kernel tests fail instead of skipping when they cannot run, so CI never skips silently.
+        command.env("DT_REQUIRE_KERNEL_TESTS", "1");
+    }
+    cmd::run(&mut command)
+}
+
+/// `cargo test` for the workspace with ARGS, run in `root`.
+fn test_command(root: &Path, args: &[String]) -> Command {
+    // ARGS before a `--` go to cargo, the rest to the test harness.
+    let (cargo_args, harness_args) = match args.iter().position(|a| a == "--") {
+        Some(i) => (&args[..i], &args[i + 1..]),
+        None => (args, &[][..]),
+    };
+    let selects_packages = cargo_args
+        .iter()
+        .any(|a| a == "-p" || a.starts_with("--package") || (a.starts_with("-p") && a.len() > 2));
+
+    let mut command = cmd::new("cargo");
+    command.arg("test");
+    if !selects_packages {
+        command.arg("--workspace");
+        for pkg in BPF_ONLY {
+            command.args(["--exclude", pkg]);
+        }
+    }
+    command.arg("--all-targets").args(cargo_args).arg("--");
+    if !harness_args.iter().any(|a| a.starts_with("--test-threads")) {
+        command.arg(TEST_THREADS);
+    }
+    command.args(harness_args).current_dir(root);
+    command
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Cli, Task};
+    use clap::Parser;
+
+    fn line(argv: &[&str]) -> String {
+        let cli = Cli::try_parse_from(argv).unwrap();
+        let Task::Test { args } = cli.task else {
+            panic!("not the test task")
+        };
+        let c = test_command(Path::new("/ws"), &args);
+        cmd::display(&c)
+    }
+
+    #[test]
+    fn plain() {
+        assert_eq!(
+            line(&["xtask", "test"]),
+            "cargo test --workspace --exclude dt-ebpf --all-targets -- --test-threads=2"
+        );
+    }
+
+    #[test]
+    fn cargo_and_harness_args() {
+        assert_eq!(
+            line(&[
+                "xtask",
+                "test",
+                "--",
+                "-p",
+                "dt-agent",
+                "--",
+                "rules::",
+                "--nocapture"
+            ]),
+            "cargo test --all-targets -p dt-agent -- --test-threads=2 rules:: --nocapture"
+        );
+        assert_eq!(
+            line(&["xtask", "test", "--", "walk", "--", "--test-threads=1"]),
+            "cargo test --workspace --exclude dt-ebpf --all-targets walk -- --test-threads=1"
+        );
+    }
+
+    #[test]
+    fn hyphen_args_without_separator() {
+        assert_eq!(
+            line(&["xtask", "test", "--release"]),
+            "cargo test --workspace --exclude dt-ebpf --all-targets --release -- --test-threads=2"
+        );
+    }
+}
