@@ -17,6 +17,10 @@ fn main() -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("no parent for {}", ebpf.manifest_path))?;
+    // The eBPF object is built from dt-ebpf and the shared code it uses: rebuild on either.
+    if let Some(common) = root.parent().map(|ws| ws.join("dt-ebpf-common")) {
+        println!("cargo:rerun-if-changed={common}");
+    }
     let package = aya_build::Package {
         name: ebpf.name.as_str(),
         root_dir: root.as_str(),

@@ -369,15 +369,28 @@ impl Drop for Agent {
     }
 }
 
-/// Compiles every rule file of a directory, or fails with every diagnostic, one per line.
-pub fn compile_dir(dir: &Path, slots: &mut SlotTable) -> anyhow::Result<Compiled> {
-    let defs = rules::load_dir(dir).map_err(diagnostics_error)?;
-    rules::compile(&defs, slots).map_err(diagnostics_error)
+/// Every problem of a rule set that was refused, as `file:line:column: message` lines.
+#[derive(Debug)]
+pub struct RuleErrors(pub Vec<rules::Diagnostic>);
+
+impl std::fmt::Display for RuleErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
 }
 
-fn diagnostics_error(diags: Vec<rules::Diagnostic>) -> anyhow::Error {
-    let text: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
-    anyhow!("{}", text.join("\n"))
+impl std::error::Error for RuleErrors {}
+
+/// Compiles every rule file of a directory, or fails with [`RuleErrors`].
+pub fn compile_dir(dir: &Path, slots: &mut SlotTable) -> anyhow::Result<Compiled> {
+    let defs = rules::load_dir(dir).map_err(RuleErrors)?;
+    Ok(rules::compile(&defs, slots).map_err(RuleErrors)?)
 }
 
 fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {

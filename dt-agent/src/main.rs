@@ -79,7 +79,12 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("dt-agent: {e:#}");
+            if let Some(errors) = e.downcast_ref::<dt_agent::agent::RuleErrors>() {
+                eprintln!("{errors}");
+                eprintln!("dt-agent: the rule set was refused; nothing was attached");
+            } else {
+                eprintln!("dt-agent: {e:#}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -39,7 +39,7 @@ pub const DEFAULT_MAX_REQUEST: u32 = 256 * 1024;
 pub const MAX_REQUEST_CEILING: u32 = 512 * 1024;
 
 /// Dropped-record ranges (merged runs) one request may carry. More passes the request through.
-pub const MAX_POPS: usize = 256;
+pub const MAX_POPS: usize = 1024;
 /// Length prefixes (ScopeLogs / ResourceLogs) one request may need rewritten.
 pub const MAX_FIXES: usize = 64;
 

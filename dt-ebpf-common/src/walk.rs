@@ -875,6 +875,3 @@ fn rewrite_content_length<D: Editor>(w: &mut Walk, ed: &mut D) {
         w.head_removed = n - need;
     }
 }
-
-#[cfg(test)]
-mod tests;

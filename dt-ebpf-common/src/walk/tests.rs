@@ -1,1 +1,0 @@
-// Walker unit tests.
