@@ -399,10 +399,8 @@ impl Head {
                 }
             }
             N_TE => self.chunked = 1,
-            N_EXPECT => {
-                if self.values & V_CONTINUE != 0 && self.vend == VALUES[3].len() as u32 {
-                    self.expect = 1;
-                }
+            N_EXPECT if self.values & V_CONTINUE != 0 && self.vend == VALUES[3].len() as u32 => {
+                self.expect = 1;
             }
             _ => {}
         }

@@ -422,9 +422,9 @@ fn field_step<S: Source>(w: &mut Walk, s: &mut S) -> Result<(), Error> {
 fn known_wire_type(kind: u8, field: u64) -> u64 {
     match (kind, field) {
         (K_REQ, 1) => WT_LEN,
-        (K_RL_SCAN | K_RL, 1 | 2 | 3) => WT_LEN,
+        (K_RL_SCAN | K_RL, 1..=3) => WT_LEN,
         (K_RESOURCE, 1) => WT_LEN,
-        (K_SCOPE, 1 | 2 | 3) => WT_LEN,
+        (K_SCOPE, 1..=3) => WT_LEN,
         (K_RECORD, 2) => WT_VARINT,
         (K_RECORD, 5 | 6) => WT_LEN,
         (K_KV, 1 | 2) => WT_LEN,

@@ -406,8 +406,10 @@ fn commit(rs: &RuleSet, w: &walk::Walk, totals: &mut Totals) {
         let (Some(a), Some(r)) = (w.acc.get(i), rs.rules.get(i)) else {
             break;
         };
-        if a.matched != 0 {
-            if let Some(c) = RULE_COUNTERS.get_ptr_mut(r.slot as u32) {
+        if a.matched != 0
+            && let Some(c) = RULE_COUNTERS.get_ptr_mut(r.slot as u32)
+        {
+            {
                 let c = unsafe { &mut *c };
                 c.matched += a.matched as u64;
                 c.dropped += a.dropped as u64;
@@ -441,7 +443,7 @@ impl Window {
     /// A window over the first `limit` bytes of the message, nothing readable yet.
     #[inline(always)]
     fn new(msg: *mut sk_msg_md, st: *mut SockState, limit: u32) -> Self {
-        let w = Window { msg, st };
+        let mut w = Window { msg, st };
         let s = w.state();
         s.start = 0;
         s.end = 0;
@@ -451,7 +453,7 @@ impl Window {
     }
 
     #[inline(always)]
-    fn state(&self) -> &mut WinState {
+    fn state(&mut self) -> &mut WinState {
         // SAFETY: `st` is this socket's storage, valid for the whole program run, and only this
         // run (the socket lock is held) touches it; nothing else borrows its `win` field.
         unsafe { &mut *ptr::addr_of_mut!((*self.st).win) }
@@ -460,11 +462,12 @@ impl Window {
     /// Makes `off..off + len` (len <= 20) directly accessible, exactly.
     #[inline(always)]
     fn reach(&mut self, off: u32, len: u32) -> bool {
+        let msg = self.msg;
         let s = self.state();
         if len == 0 || len > 20 || off + len > s.limit {
             return false;
         }
-        if unsafe { bpf_msg_pull_data(self.msg, off, off + len, 0) } != 0 {
+        if unsafe { bpf_msg_pull_data(msg, off, off + len, 0) } != 0 {
             s.start = 0;
             s.end = 0;
             return false;

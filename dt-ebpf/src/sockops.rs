@@ -27,16 +27,15 @@ fn hook(ctx: &SockOpsContext) {
         return;
     }
     let port = u32::from_be(ctx.remote_port());
-    if unsafe { PORTS.get(&port) }.is_none() {
+    if unsafe { PORTS.get(port) }.is_none() {
         return;
     }
     let mut cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
     if SOCKS
         .update(&mut cookie, unsafe { &mut *ctx.ops }, BPF_ANY as u64)
         .is_ok()
+        && let Some(t) = TOTALS.get_ptr_mut(0)
     {
-        if let Some(t) = TOTALS.get_ptr_mut(0) {
-            unsafe { (*t).connections += 1 };
-        }
+        unsafe { (*t).connections += 1 };
     }
 }
