@@ -1,0 +1,156 @@
+//! The flat view of a log record that tests compare: what was sent and what arrived.
+
+use std::collections::BTreeMap;
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value::Value};
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use prost::Message;
+
+/// One log record with its resource's `service.name` and its scope's name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ReceivedRecord {
+    /// The resource's `service.name` (empty when absent).
+    pub service: String,
+    /// The instrumentation scope's name (empty when absent).
+    pub scope: String,
+    pub severity_number: i32,
+    /// The body when it is a string.
+    pub body: Option<String>,
+    /// Attributes in order; non-string values are rendered as `<type>:<value>`.
+    pub attributes: Vec<(String, String)>,
+}
+
+impl ReceivedRecord {
+    /// The attribute `key`, if present (last one wins).
+    pub fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A record as sent, with the size of its whole encoding inside ScopeLogs (tag, length prefix
+/// and message): what `dropped_bytes` counts when it is dropped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SentRecord {
+    pub record: ReceivedRecord,
+    pub field_len: u64,
+}
+
+/// Length of a varint.
+pub fn varint_len(mut v: u64) -> u64 {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
+}
+
+/// Size of `ScopeLogs.log_records` field #2 holding `rec`: tag (1 byte), length, message.
+pub fn log_record_field_len(rec: &LogRecord) -> u64 {
+    let n = rec.encoded_len() as u64;
+    1 + varint_len(n) + n
+}
+
+/// Renders an attribute value.
+pub fn render_value(v: Option<&AnyValue>) -> String {
+    match v.and_then(|v| v.value.as_ref()) {
+        None => "empty:".into(),
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::BoolValue(b)) => format!("bool:{b}"),
+        Some(Value::IntValue(i)) => format!("int:{i}"),
+        Some(Value::DoubleValue(d)) => format!("double:{d}"),
+        Some(Value::BytesValue(b)) => format!("bytes:{b:02x?}"),
+        Some(other) => format!("other:{other:?}"),
+    }
+}
+
+/// Converts one proto LogRecord (with its service and scope).
+pub fn to_received(service: &str, scope: &str, r: &LogRecord) -> ReceivedRecord {
+    let body = match r.body.as_ref().and_then(|b| b.value.as_ref()) {
+        Some(Value::StringValue(s)) => Some(s.clone()),
+        _ => None,
+    };
+    ReceivedRecord {
+        service: service.to_owned(),
+        scope: scope.to_owned(),
+        severity_number: r.severity_number,
+        body,
+        attributes: r
+            .attributes
+            .iter()
+            .map(|kv| (kv.key.clone(), render_value(kv.value.as_ref())))
+            .collect(),
+    }
+}
+
+/// Every record of `req`, in wire order, with its field length.
+pub fn flatten_sent(req: &ExportLogsServiceRequest) -> Vec<SentRecord> {
+    let mut out = Vec::new();
+    for rl in &req.resource_logs {
+        let service = rl
+            .resource
+            .as_ref()
+            .and_then(|r| {
+                r.attributes
+                    .iter()
+                    .rev()
+                    .find(|kv| kv.key == "service.name")
+            })
+            .map(|kv| render_value(kv.value.as_ref()))
+            .unwrap_or_default();
+        for sl in &rl.scope_logs {
+            let scope = sl
+                .scope
+                .as_ref()
+                .map(|s| s.name.clone())
+                .unwrap_or_default();
+            for r in &sl.log_records {
+                out.push(SentRecord {
+                    record: to_received(&service, &scope, r),
+                    field_len: log_record_field_len(r),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Every record of `req`, in wire order.
+pub fn flatten(req: &ExportLogsServiceRequest) -> Vec<ReceivedRecord> {
+    flatten_sent(req).into_iter().map(|s| s.record).collect()
+}
+
+/// Asserts `got` and `expected` hold the same records as multisets, with a readable diff.
+pub fn assert_same_records(what: &str, expected: &[ReceivedRecord], got: &[ReceivedRecord]) {
+    let mut want: BTreeMap<&ReceivedRecord, i64> = BTreeMap::new();
+    for r in expected {
+        *want.entry(r).or_default() += 1;
+    }
+    for r in got {
+        *want.entry(r).or_default() -= 1;
+    }
+    let missing: Vec<_> = want.iter().filter(|(_, n)| **n > 0).collect();
+    let extra: Vec<_> = want.iter().filter(|(_, n)| **n < 0).collect();
+    if missing.is_empty() && extra.is_empty() {
+        return;
+    }
+    let mut msg = format!(
+        "{what}: expected {} records, got {}; {} distinct missing, {} distinct unexpected\n",
+        expected.len(),
+        got.len(),
+        missing.len(),
+        extra.len()
+    );
+    for (r, n) in missing.iter().take(10) {
+        msg += &format!("  missing x{n}: {r:?}\n");
+    }
+    for (r, n) in extra.iter().take(10) {
+        msg += &format!("  unexpected x{}: {r:?}\n", -**n);
+    }
+    panic!("{msg}");
+}

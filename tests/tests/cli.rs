@@ -1,0 +1,364 @@
+//! The `dt-agent` binary: `check`, `run`, `stats --json`, SIGTERM.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use dt_tests::otlp::{encode, sent_records};
+use dt_tests::{
+    HttpRequestBuilder, LogsRequestBuilder, RawClient, Rec, Receiver, RuleSpec, Split, TempRules,
+    WAIT, agent_bin, assert_expected, assert_no_passthrough, evaluate, kernel_or_skip,
+};
+
+/// Runs `dt-agent args...` to completion (at most 30 s).
+fn dt_agent(args: &[&str]) -> Output {
+    let child = Command::new(agent_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn dt-agent");
+    wait_output(child, Duration::from_secs(30), args)
+}
+
+fn wait_output(mut child: Child, timeout: Duration, args: &[&str]) -> Output {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "dt-agent {args:?} did not finish in {timeout:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts exit 1 and a `file:line:column: message` line for `file` at `line` (and `column`
+/// when given) whose message contains `needle`. Returns the column found.
+fn assert_diag(o: &Output, file: &Path, line: usize, column: Option<usize>, needle: &str) -> usize {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "exit status; stderr:\n{err}");
+    let prefix = format!("{}:{line}:", file.display());
+    for l in err.lines() {
+        let Some(rest) = l.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some((col, message)) = rest.split_once(": ") else {
+            continue;
+        };
+        let Ok(col) = col.parse::<usize>() else {
+            continue;
+        };
+        if !message.contains(needle) {
+            continue;
+        }
+        if let Some(want) = column {
+            assert_eq!(col, want, "column of {l:?}");
+        }
+        assert!(col >= 1);
+        return col;
+    }
+    panic!("no `{prefix}<column>: ...{needle}...` line in stderr:\n{err}");
+}
+
+const VALID_A: &str = r#"# noise first
+[[rule]]
+name = "drop-debug-noise"
+action = "drop"
+[rule.match]
+severity = "<INFO"
+
+[[rule]]
+name = "count-checkout"
+action = "count"
+[rule.match]
+service = "checkout"
+"#;
+
+const VALID_B: &str = r#"[[rule]]
+name = "drop-healthz"
+action = "drop"
+[rule.match]
+body_contains = "healthcheck"
+attributes = { "http.route" = "/healthz" }
+
+[[rule]]
+name = "count-warn-range"
+action = "count"
+[rule.match]
+severity = "WARN..ERROR"
+"#;
+
+#[test]
+fn cli_check_valid_files_exit_0() {
+    let dir = TempRules::with_files(&[("10-a.toml", VALID_A), ("20-b.toml", VALID_B)]);
+    let a = dir.file("10-a.toml");
+    let b = dir.file("20-b.toml");
+    let o = dt_agent(&["check", a.to_str().unwrap(), b.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "stderr:\n{}", stderr(&o));
+    assert!(
+        stderr(&o).lines().all(|l| !l.contains(".toml:")),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn cli_check_unknown_key() {
+    let dir = TempRules::new();
+    let f = dir.write(
+        "bad.toml",
+        "[[rule]]\nname = \"a\"\naction = \"drop\"\n[rule.match]\nseverty = \"DEBUG\"\n",
+    );
+    let o = dt_agent(&["check", f.to_str().unwrap()]);
+    assert_diag(&o, &f, 5, Some(1), "severty");
+}
+
+#[test]
+fn cli_check_unknown_top_level_rule_key() {
+    let dir = TempRules::new();
+    let f = dir.write(
+        "bad.toml",
+        "[[rule]]\nname = \"a\"\naction = \"drop\"\n  colour = \"red\"\n",
+    );
+    let o = dt_agent(&["check", f.to_str().unwrap()]);
+    assert_diag(&o, &f, 4, Some(3), "colour");
+}
+
+#[test]
+fn cli_check_bad_severity() {
+    let dir = TempRules::new();
+    let f = dir.write(
+        "sev.toml",
+        "[[rule]]\nname = \"a\"\naction = \"drop\"\n[rule.match]\nseverity = \"LOUD\"\n",
+    );
+    let o = dt_agent(&["check", f.to_str().unwrap()]);
+    // Points at the value.
+    assert_diag(&o, &f, 5, Some(12), "");
+}
+
+#[test]
+fn cli_check_duplicate_names_across_files() {
+    let dir = TempRules::new();
+    let a = dir.write(
+        "10-a.toml",
+        "[[rule]]\nname = \"dup\"\naction = \"count\"\n",
+    );
+    let b = dir.write(
+        "20-b.toml",
+        "[[rule]]\nname = \"other\"\naction = \"count\"\n\n[[rule]]\nname = \"dup\"\naction = \"drop\"\n",
+    );
+    let o = dt_agent(&["check", a.to_str().unwrap(), b.to_str().unwrap()]);
+    // The second definition, at its value.
+    assert_diag(&o, &b, 6, Some(8), "dup");
+}
+
+#[test]
+fn cli_check_bad_toml() {
+    let dir = TempRules::new();
+    let f = dir.write("syntax.toml", "[[rule]]\nname = \"a\"\naction = drop\n");
+    let o = dt_agent(&["check", f.to_str().unwrap()]);
+    // At the unquoted value.
+    assert_diag(&o, &f, 3, Some(10), "");
+}
+
+#[test]
+fn cli_check_reports_every_problem() {
+    let dir = TempRules::new();
+    let a = dir.write(
+        "a.toml",
+        "[[rule]]\nname = \"x\"\naction = \"explode\"\n\n[[rule]]\nname = \"y\"\naction = \"drop\"\n[rule.match]\nseverity = \"<=LOUD\"\n",
+    );
+    let b = dir.write(
+        "b.toml",
+        "[[rule]]\nname = \"z\"\naction = \"drop\"\nwat = 1\n",
+    );
+    let o = dt_agent(&["check", a.to_str().unwrap(), b.to_str().unwrap()]);
+    assert_diag(&o, &a, 3, Some(10), "");
+    assert_diag(&o, &a, 9, Some(12), "");
+    assert_diag(&o, &b, 4, Some(1), "wat");
+}
+
+/// Waits until `dt-agent stats --json --socket S` answers (the agent is up), or the child exits.
+fn wait_ready(child: &mut Child, socket: &Path) -> dt_agent::Stats {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            panic!("dt-agent run exited early with {st}");
+        }
+        if socket.exists() {
+            let o = dt_agent(&["stats", "--json", "--socket", socket.to_str().unwrap()]);
+            if o.status.success() {
+                return serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+                    panic!("stats --json: {e}: {}", String::from_utf8_lossy(&o.stdout))
+                });
+            }
+        }
+        assert!(Instant::now() < deadline, "dt-agent run did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn cli_run_invalid_rules_exits_1_and_attaches_nothing() {
+    if !kernel_or_skip("cli_run_invalid_rules_exits_1_and_attaches_nothing") {
+        return;
+    }
+    let dir = TempRules::new();
+    dir.write("10-ok.toml", VALID_A);
+    let bad = dir.write(
+        "20-bad.toml",
+        "[[rule]]\nname = \"a\"\naction = \"drop\"\nbogus = 1\n",
+    );
+    let receiver = Receiver::start_v4();
+    let sock_dir = tempfile::tempdir().unwrap();
+    let socket = sock_dir.path().join("agent.sock");
+    let port = receiver.port().to_string();
+    let o = dt_agent(&[
+        "run",
+        "--rules",
+        dir.path().to_str().unwrap(),
+        "--port",
+        &port,
+        "--socket",
+        socket.to_str().unwrap(),
+    ]);
+    assert_diag(&o, &bad, 4, Some(1), "bogus");
+    assert!(!socket.exists(), "no control socket may be left behind");
+    // Nothing attached: a request that the valid file would edit passes untouched.
+    let mut b = LogsRequestBuilder::new().resource("svc").scope("s");
+    for i in 0..5 {
+        b = b.record(Rec::new(5, &format!("debug {i}")));
+    }
+    let req = HttpRequestBuilder::logs(encode(&b.build())).build();
+    let mut c = RawClient::connect(receiver.addr());
+    assert_eq!(c.roundtrip(&req, &Split::Whole).status, 200);
+    c.finish();
+    receiver.wait_for(1, WAIT);
+    assert_eq!(receiver.connection_bytes()[0], req.bytes);
+}
+
+#[test]
+fn cli_run_stats_json_and_sigterm() {
+    if !kernel_or_skip("cli_run_stats_json_and_sigterm") {
+        return;
+    }
+    let rules = vec![
+        RuleSpec::count("count-all"),
+        RuleSpec::drop("drop-debug").severity("<=DEBUG", 1..=8),
+        RuleSpec::drop("drop-healthcheck").body_contains("healthcheck"),
+    ];
+    let dir = TempRules::from_rules(&rules);
+    let receiver = Receiver::start_v4();
+    let sock_dir = tempfile::tempdir().unwrap();
+    let socket = sock_dir.path().join("agent.sock");
+    let log_path = sock_dir.path().join("agent.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = Command::new(agent_bin())
+        .args([
+            "run",
+            "--rules",
+            dir.path().to_str().unwrap(),
+            "--port",
+            &receiver.port().to_string(),
+            "--socket",
+            socket.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawn dt-agent run");
+    let mut child = KillOnDrop(Some(child));
+    let before = wait_ready(child.0.as_mut().unwrap(), &socket);
+    assert_eq!(before.totals.requests, 0);
+
+    let mut b = LogsRequestBuilder::new().resource("svc").scope("s");
+    for i in 0..30 {
+        let body = if i % 4 == 0 {
+            format!("healthcheck {i}")
+        } else {
+            format!("work {i}")
+        };
+        b = b.record(Rec::new([5, 9, 13, 17, 2][i % 5], &body));
+    }
+    let logs = b.build();
+    let req = HttpRequestBuilder::logs(encode(&logs)).build();
+    let mut c = RawClient::connect(receiver.addr());
+    for split in [Split::Whole, Split::head_then_body(3), Split::Whole] {
+        assert_eq!(c.roundtrip(&req, &split).status, 200);
+    }
+    let sent = c.sent.len() as u64;
+    c.finish();
+    receiver.wait_for(3, WAIT);
+
+    let o = dt_agent(&["stats", "--json", "--socket", socket.to_str().unwrap()]);
+    assert!(o.status.success(), "stats --json failed: {}", stderr(&o));
+    let stats: dt_agent::Stats = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("stats --json: {e}: {}", String::from_utf8_lossy(&o.stdout)));
+    let mut expected = dt_tests::Expected::default();
+    let one = evaluate(&rules, &sent_records(&logs));
+    for _ in 0..3 {
+        expected.merge(&one);
+    }
+    assert_same_records_in(&receiver, &expected.kept);
+    assert_expected(&stats, &expected);
+    assert_no_passthrough(&stats);
+    assert_eq!(stats.totals.requests, 3);
+    assert_eq!(stats.totals.bytes_in, sent);
+    assert_eq!(stats.totals.bytes_out, receiver.total_bytes());
+    assert!(stats.enabled);
+
+    // The table form works too.
+    let t = dt_agent(&["stats", "--socket", socket.to_str().unwrap()]);
+    assert!(t.status.success(), "stats: {}", stderr(&t));
+    assert!(String::from_utf8_lossy(&t.stdout).contains("drop-debug"));
+
+    // SIGTERM: a clean exit 0.
+    let mut child = child.0.take().unwrap();
+    // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("dt-agent run did not exit within 20 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert_eq!(status.code(), Some(0), "exit after SIGTERM; output:\n{log}");
+}
+
+/// Kills (SIGKILL) and reaps the child if the test ends early.
+struct KillOnDrop(Option<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn assert_same_records_in(receiver: &Receiver, kept: &[dt_tests::ReceivedRecord]) {
+    assert!(receiver.decode_failures().is_empty());
+    dt_tests::assert_same_records("cli run", kept, &receiver.records());
+}
