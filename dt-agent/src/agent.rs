@@ -70,7 +70,7 @@ pub struct Agent {
     ebpf: Ebpf,
     /// Held so the SockHash (and the sk_msg attachment to it) lives as long as the agent.
     _socks: SockHash<MapData, u64>,
-    #[allow(dead_code)] // kept for the next rule push (stable counter slots)
+    /// Rule name → counter slot, for every name seen since start.
     slots: SlotTable,
     known: BTreeMap<u16, KnownRule>,
     generation: u64,
@@ -172,6 +172,16 @@ impl Agent {
             agent.generation
         );
         Ok(agent)
+    }
+
+    /// Compiles the rule files of `dir` and makes them the active rule set, as a new
+    /// generation. On any error the active set stays as it was.
+    pub fn reload(&mut self, dir: &Path) -> anyhow::Result<u64> {
+        let mut slots = self.slots.clone();
+        let compiled = compile_dir(dir, &mut slots)?;
+        self.install(&compiled)?;
+        self.slots = slots;
+        Ok(self.generation)
     }
 
     /// The active rule set's generation.

@@ -439,7 +439,8 @@ fn known_wire_type(kind: u8, field: u64) -> u64 {
 fn on_scalar(w: &mut Walk, f: Frame, field: u64, v: Option<u64>) {
     match (f.kind, field) {
         (K_RECORD, 2) => {
-            let v = v.unwrap_or(0) as i64;
+            // An enum is an int32: decoders keep the low 32 bits of the varint.
+            let v = v.unwrap_or(0) as u32 as i32 as i64;
             w.sev = if (0..=24).contains(&v) {
                 v as u32
             } else {
