@@ -196,12 +196,21 @@ fn stats(json: bool, socket: Option<PathBuf>) -> anyhow::Result<()> {
     let stats = response
         .stats
         .context("the agent's answer carries no stats")?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&stats)?);
+    let text = if json {
+        serde_json::to_string_pretty(&stats)? + "\n"
     } else {
-        print!("{}", stats_table(&stats));
+        stats_table(&stats)
+    };
+    print_out(&text)
+}
+
+/// Writes to stdout; a closed pipe (`stats | head`) is not an error.
+fn print_out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
     }
-    Ok(())
 }
 
 fn stats_table(s: &Stats) -> String {

@@ -39,9 +39,22 @@ pub const DEFAULT_MAX_REQUEST: u32 = 256 * 1024;
 pub const MAX_REQUEST_CEILING: u32 = 512 * 1024;
 
 /// Dropped-record ranges (merged runs) one request may carry. More passes the request through.
-pub const MAX_POPS: usize = 1024;
-/// Length prefixes (ScopeLogs / ResourceLogs) one request may need rewritten.
-pub const MAX_FIXES: usize = 64;
+pub const MAX_EDITS: usize = 1024;
+/// Length prefixes (ResourceLogs, ScopeLogs, and LogRecords that lose attributes) one request may
+/// need rewritten.
+pub const MAX_FIXES: usize = 1024;
+/// Attributes of one log record whose key some `remove_attributes` names.
+pub const MAX_RECORD_REDACTS: usize = 16;
+/// String body occurrences of one log record (a repeated `body` field) that `mask_body` masks.
+pub const MAX_RECORD_BODIES: usize = 4;
+/// Redact rules that may match one log record.
+pub const MAX_RECORD_REDACT_RULES: usize = 16;
+/// String bodies one request may have masked.
+pub const MAX_MASKS: usize = 1024;
+/// Distinct attribute names in `remove_attributes` across a rule set (one bit each).
+pub const MAX_REMOVE_KEYS: usize = 64;
+/// Largest `per_second` of a rate_limit rule.
+pub const MAX_RATE: u64 = 1_000_000_000;
 
 // ------------------------------------------------------------------------------------------
 // Actions, hooks
@@ -70,7 +83,8 @@ pub struct Rule {
     /// Severity range, inclusive. `0..=255` means no severity condition.
     pub sev_lo: u8,
     pub sev_hi: u8,
-    pub _pad0: u8,
+    /// [`RULE_MASK_BODY`] for a redact rule with `mask_body`.
+    pub flags: u8,
     pub _pad1: u16,
     /// Bits of `body_contains` needles (Aho-Corasick outputs) that must be present.
     pub body: u64,
@@ -78,9 +92,14 @@ pub struct Rule {
     pub attrs: u64,
     /// Bits of `service` values that must match.
     pub service: u64,
-    /// Action parameter (keep_one_in, per_second, redact flags), unused by count and drop.
+    /// Bits of the attribute names a redact rule removes (see [`STR_REDACT`]).
+    pub remove: u64,
+    /// Action parameter: keep_one_in for sample, per_second for rate_limit.
     pub param: u64,
 }
+
+/// [`Rule::flags`]: the redact rule masks the string body.
+pub const RULE_MASK_BODY: u8 = 1;
 
 /// A whole rule set, stored in one of two slots of the `RULESETS` array (double buffering):
 /// the agent writes the inactive slot, then flips [`Control::active`].
@@ -92,6 +111,10 @@ pub struct RuleSet {
     pub n_rules: u32,
     /// Aho-Corasick states in use (0 = no body needles).
     pub ac_states: u32,
+    /// Distinct attribute names that redact rules remove (0 = record attributes need no key
+    /// lookup for redaction).
+    pub remove_keys: u32,
+    pub _pad: u32,
     pub rules: [Rule; MAX_RULES],
 }
 
@@ -100,16 +123,19 @@ impl RuleSet {
         generation: 0,
         n_rules: 0,
         ac_states: 0,
+        remove_keys: 0,
+        _pad: 0,
         rules: [Rule {
             slot: 0,
             action: 0,
             sev_lo: 0,
             sev_hi: 0,
-            _pad0: 0,
+            flags: 0,
             _pad1: 0,
             body: 0,
             attrs: 0,
             service: 0,
+            remove: 0,
             param: 0,
         }; MAX_RULES],
     };
@@ -135,6 +161,9 @@ pub struct StrKey {
 
 pub const STR_SERVICE: u8 = 1;
 pub const STR_ATTR: u8 = 2;
+/// An attribute name alone (klen = its length, vlen = 0) → bits of the redact rules' removal
+/// names it equals.
+pub const STR_REDACT: u8 = 3;
 
 impl StrKey {
     pub const ZERO: StrKey = StrKey {

@@ -18,8 +18,10 @@
 //!   over 10 bytes, group wire types, field number 0) stops the walk: the request passes through.
 
 use crate::{
-    ACTION_DROP, AcRow, MAX_ATTR_KEY_LEN, MAX_ATTR_VALUE_LEN, MAX_FIXES, MAX_POPS, MAX_RULES,
-    MAX_SERVICE_LEN, Rule, RuleSet, SEV_OUT_OF_RANGE, STR_ATTR, STR_KEY_BYTES, STR_SERVICE, StrKey,
+    ACTION_DROP, ACTION_RATE_LIMIT, ACTION_REDACT, ACTION_SAMPLE, AcRow, MAX_ATTR_KEY_LEN,
+    MAX_ATTR_VALUE_LEN, MAX_EDITS, MAX_FIXES, MAX_MASKS, MAX_RECORD_BODIES,
+    MAX_RECORD_REDACT_RULES, MAX_RECORD_REDACTS, MAX_RULES, MAX_SERVICE_LEN, RULE_MASK_BODY, Rule,
+    RuleSet, SEV_OUT_OF_RANGE, STR_ATTR, STR_KEY_BYTES, STR_REDACT, STR_SERVICE, StrKey,
     wire::{Error, Source, varint},
 };
 
@@ -32,13 +34,20 @@ pub trait Env {
     fn lookup(&mut self, key: &StrKey) -> u64;
     /// Aho-Corasick state `state` of the active slot.
     fn ac_row(&mut self, state: u32) -> Option<&AcRow>;
+    /// A sample rule (counter `slot`, keep one in `n`) matched: keep this one? Counted over all
+    /// matches of the rule, on every CPU.
+    fn sample(&mut self, slot: u16, n: u64) -> bool;
+    /// A rate_limit rule (counter `slot`, `per_second` tokens a second, as many in the bucket)
+    /// matched: is there a token?
+    fn rate_limit(&mut self, slot: u16, per_second: u64) -> bool;
 }
 
 /// How the plan is applied to the message.
 pub trait Editor {
     /// Removes `len` bytes at `off`. `false` when the kernel refused (the bytes stay).
     fn pop(&mut self, off: u32, len: u32) -> bool;
-    /// Makes the `len` (at most 20) bytes at `off` writable. `false` when they can't be reached.
+    /// Makes the `len` (at most [`MASK_CHUNK`]) bytes at `off` writable. `false` when they
+    /// can't be reached.
     fn reach(&mut self, off: u32, len: u32) -> bool;
     /// Overwrites the byte at `off`, inside the range last reached.
     fn put(&mut self, off: u32, b: u8);
@@ -78,8 +87,17 @@ pub const MODE_DONE: u32 = 4;
 /// A record attribute's key is in the lookup key: add its value, look the pair up, and end the
 /// KeyValue frame.
 pub const MODE_ATTR_VALUE: u32 = 5;
+/// Look a record attribute's key up among the names redact rules remove, and end the KeyValue.
+pub const MODE_ATTR_REDACT: u32 = 6;
+/// The record just evaluated is kept and redact rules matched it: plan the attribute removals.
+pub const MODE_REDACT_ATTRS: u32 = 7;
+/// ... then the body masks.
+pub const MODE_REDACT_BODIES: u32 = 8;
 
-const NO_FIX: u8 = 0xff;
+/// Bytes of a masked body written per apply step.
+pub const MASK_CHUNK: u32 = 32;
+
+const NO_FIX: u16 = 0xffff;
 const DEPTH_MASK: u32 = 7;
 /// Body bytes scanned per step.
 pub const SCAN_CHUNK: u32 = 64;
@@ -92,26 +110,51 @@ pub struct Frame {
     pub end: u32,
     /// Offset and size of the length prefix that encodes `end - start`.
     pub prefix_off: u32,
+    /// Index of this frame's entry in [`Walk::fixes`], once something inside it is removed.
+    pub fix: u16,
     pub prefix_len: u8,
     pub kind: u8,
     pub role: u8,
-    /// Index of this frame's entry in [`Walk::fixes`], once a record inside it is dropped.
-    pub fix: u8,
+    pub _pad0: u8,
+    pub _pad1: u16,
 }
 
-/// A run of adjacent dropped records, all dropped by the same rule.
+/// One removal of the plan: a run of adjacent records dropped by the same rule, or an
+/// attribute that a redact rule removes. (Masks are a list of their own, [`Walk::masks`].)
 #[derive(Copy, Clone, Debug, Default)]
 #[repr(C)]
-pub struct Pop {
+pub struct Edit {
     pub off: u32,
     pub len: u32,
-    pub records: u32,
+    /// Records the edit drops (0 for redactions).
+    pub records: u16,
     /// Index of the dropping rule in the rule set.
     pub rule: u8,
-    /// Fixes of the enclosing ScopeLogs and ResourceLogs.
-    pub scope_fix: u8,
-    pub rl_fix: u8,
-    pub applied: u8,
+    pub _pad0: u8,
+    /// The length prefixes around a pop: ScopeLogs, ResourceLogs, and for an attribute its
+    /// LogRecord ([`NO_FIX`] for none).
+    pub fix0: u16,
+    pub fix1: u16,
+    pub fix2: u16,
+    pub _pad: u16,
+}
+
+/// A byte range of the request.
+#[derive(Copy, Clone, Debug, Default)]
+#[repr(C)]
+pub struct Span {
+    pub off: u32,
+    pub len: u32,
+}
+
+/// A record attribute whose key some redact rule may remove.
+#[derive(Copy, Clone, Debug, Default)]
+#[repr(C)]
+pub struct RedactAttr {
+    pub off: u32,
+    pub len: u32,
+    /// The removal names its key equals.
+    pub bits: u64,
 }
 
 /// A length prefix to rewrite once its container's pops are applied.
@@ -134,6 +177,8 @@ pub struct Fix {
 pub struct RuleAcc {
     pub matched: u32,
     pub dropped: u32,
+    pub kept: u32,
+    pub redacted: u32,
     pub dropped_bytes: u64,
 }
 
@@ -178,9 +223,33 @@ pub struct Walk {
     pub body_len: u32,
     pub attr_bits: u64,
     pub body_bits: u64,
+    /// The record's own length prefix, and its fix once an attribute is removed from it.
+    pub rec_prefix_off: u32,
+    pub rec_prefix_len: u32,
+    pub rec_len: u32,
+    pub rec_fix: u32,
+    /// The record attribute (KeyValue field) being walked: tag offset and end.
+    pub kv_off: u32,
+    pub kv_end: u32,
+    /// Attributes a redact rule may remove, string bodies a redact rule may mask; set when there
+    /// were more than the walk holds.
+    pub n_redact_attrs: u32,
+    pub n_bodies: u32,
+    pub redact_overflow: u32,
+    pub body_overflow: u32,
+    pub redact_attrs: [RedactAttr; MAX_RECORD_REDACTS],
+    pub bodies: [Span; MAX_RECORD_BODIES],
+    /// Redact rules that matched the record (their indexes), the names they remove, and whether
+    /// one masks the body.
+    pub n_redact_rules: u32,
+    pub redact_mask: u32,
+    pub redact_remove: u64,
+    pub redact_rules: [u8; MAX_RECORD_REDACT_RULES],
 
     /// Scratch for [`launder`].
     pub scratch: u32,
+    /// How the walk ended, for the kernel's loop driver (kept here, not on its stack).
+    pub outcome: i32,
     // Body scan.
     pub scan_pos: u32,
     pub scan_end: u32,
@@ -190,16 +259,22 @@ pub struct Walk {
     pub records: u32,
     pub records_dropped: u32,
     pub bytes_dropped: u32,
-    pub n_pops: u32,
+    pub n_edits: u32,
     pub n_fixes: u32,
-    /// Apply cursor: pops and fixes not yet applied (counting down).
-    pub apply_pop: u32,
+    pub n_masks: u32,
+    /// Apply cursor: edits and fixes not yet applied (counting down), and bytes of the current
+    /// mask already written.
+    pub apply_edit: u32,
     pub apply_fix: u32,
+    pub apply_mask: u32,
+    pub apply_done: u32,
     pub removed: u32,
     pub edit_failures: u32,
     /// Bytes removed from the head (Content-Length digits).
     pub head_removed: u32,
-    pub pops: [Pop; MAX_POPS],
+    pub edits: [Edit; MAX_EDITS],
+    /// String bodies to overwrite with '*' (offsets ascend).
+    pub masks: [Span; MAX_MASKS],
     pub fixes: [Fix; MAX_FIXES],
     pub acc: [RuleAcc; MAX_RULES],
     pub key: StrKey,
@@ -228,15 +303,18 @@ impl Walk {
             start: body_start,
             end: body_end,
             prefix_off: 0,
+            fix: NO_FIX,
             prefix_len: 0,
             kind: K_REQ,
             role: R_NONE,
-            fix: NO_FIX,
+            _pad0: 0,
+            _pad1: 0,
         };
         self.records = 0;
         self.records_dropped = 0;
         self.bytes_dropped = 0;
-        self.n_pops = 0;
+        self.n_edits = 0;
+        self.n_masks = 0;
         self.n_fixes = 0;
         self.removed = 0;
         self.edit_failures = 0;
@@ -249,6 +327,8 @@ impl Walk {
             unsafe {
                 core::ptr::write_volatile(&mut a.matched, 0);
                 core::ptr::write_volatile(&mut a.dropped, 0);
+                core::ptr::write_volatile(&mut a.kept, 0);
+                core::ptr::write_volatile(&mut a.redacted, 0);
                 core::ptr::write_volatile(&mut a.dropped_bytes, 0);
             }
             i += 1;
@@ -272,36 +352,58 @@ impl Walk {
             start,
             end,
             prefix_off,
+            fix: NO_FIX,
             prefix_len: prefix_len as u8,
             kind,
             role,
-            fix: NO_FIX,
+            _pad0: 0,
+            _pad1: 0,
         };
         self.pos = start;
     }
 
-    /// Allocates (once) the fix of the frame at depth `d`.
+    /// Adds a length prefix to rewrite. Fixes are added outermost first and in walk order, so
+    /// their offsets ascend.
     #[inline(always)]
-    fn fix_of(&mut self, d: u32) -> Option<u8> {
-        let f = self.frames[(d & DEPTH_MASK) as usize];
-        if f.fix != NO_FIX {
-            return Some(f.fix);
-        }
+    fn add_fix(&mut self, off: u32, len: u32, value: u32) -> Result<u16, Error> {
         let n = self.n_fixes;
         if n as usize >= MAX_FIXES {
-            return None;
+            return Err(Error::EditLimit);
         }
         self.fixes[n as usize % MAX_FIXES] = Fix {
-            off: f.prefix_off,
-            value: f.end - f.start,
+            off,
+            value,
             removed: 0,
-            len: f.prefix_len,
+            len: len as u8,
             _pad0: 0,
             _pad1: 0,
         };
-        self.frames[(d & DEPTH_MASK) as usize].fix = n as u8;
         self.n_fixes = n + 1;
-        Some(n as u8)
+        Ok(n as u16)
+    }
+
+    /// The fix of the frame at depth `d`, added the first time something inside it is removed.
+    #[inline(always)]
+    fn fix_of(&mut self, d: u32) -> Result<u16, Error> {
+        let f = self.frames[(d & DEPTH_MASK) as usize];
+        if f.fix != NO_FIX {
+            return Ok(f.fix);
+        }
+        let fix = self.add_fix(f.prefix_off, f.prefix_len as u32, f.end - f.start)?;
+        self.frames[(d & DEPTH_MASK) as usize].fix = fix;
+        Ok(fix)
+    }
+
+    /// Appends an edit (offsets ascend).
+    #[inline(always)]
+    fn add_edit(&mut self, e: Edit) -> Result<(), Error> {
+        let n = self.n_edits as usize;
+        if n >= MAX_EDITS {
+            return Err(Error::EditLimit);
+        }
+        self.edits[n % MAX_EDITS] = e;
+        self.n_edits = n as u32 + 1;
+        Ok(())
     }
 }
 
@@ -315,6 +417,9 @@ pub fn step<S: Source, E: Env>(w: &mut Walk, s: &mut S, env: &mut E) -> Step {
         MODE_BODY_SCAN => scan_step(w, s, env),
         MODE_EVAL => evaluate(w, env),
         MODE_ATTR_VALUE => attr_value_step(w, s, env),
+        MODE_ATTR_REDACT => attr_redact_step(w, s, env),
+        MODE_REDACT_ATTRS => redact_attrs_step(w),
+        MODE_REDACT_BODIES => redact_bodies_step(w),
         _ => return Step::Done,
     };
     match r {
@@ -458,6 +563,16 @@ fn set_value(w: &mut Walk, role: u8, kind: u32, off: u32, len: u32) {
         w.body_kind = kind;
         w.body_off = off;
         w.body_len = len;
+        if kind == V_STRING && len > 0 {
+            // Every string occurrence is masked, so no unmasked copy stays on the wire.
+            let n = w.n_bodies as usize;
+            if n < MAX_RECORD_BODIES {
+                w.bodies[n] = Span { off, len };
+                w.n_bodies = n as u32 + 1;
+            } else {
+                w.body_overflow = 1;
+            }
+        }
     } else {
         w.val_kind = kind;
         w.val_off = off;
@@ -499,12 +614,19 @@ fn on_len(
             w.body_kind = V_NONE;
             w.attr_bits = 0;
             w.body_bits = 0;
+            w.rec_fix = NO_FIX as u32;
+            w.n_redact_attrs = 0;
+            w.n_bodies = 0;
+            w.redact_overflow = 0;
+            w.body_overflow = 0;
             w.push(K_RECORD, R_NONE, start, end, len_off, len_len);
         }
         (K_RECORD, 5) => w.push(K_ANY, R_BODY, start, end, len_off, len_len),
         (K_RECORD, 6) => {
             w.key_set = 0;
             w.val_kind = V_NONE;
+            w.kv_off = tag_off;
+            w.kv_end = end;
             w.push(K_KV, R_RECORD_ATTR, start, end, len_off, len_len);
         }
         (K_KV, 1) => {
@@ -583,23 +705,28 @@ fn end_frame<S: Source, E: Env>(w: &mut Walk, s: &mut S, env: &mut E) -> Result<
                     w.svc_off = w.val_off;
                     w.svc_len = w.val_len;
                 }
-            } else if w.key_set != 0
-                && is_string
-                && w.key_len as usize <= MAX_ATTR_KEY_LEN
-                && w.val_len as usize <= MAX_ATTR_VALUE_LEN
-            {
-                // Two steps, one copy each: two copies of unknown length in one step would
-                // have the verifier check the second once per way the first can end.
-                let (ko, kl, vl) = (w.key_off, w.key_len, w.val_len);
-                clear_key(w, slot, STR_ATTR, kl, vl);
-                copy_into_key(w, s, ko, kl, 0)?;
-                w.mode = MODE_ATTR_VALUE;
-                return Ok(());
+            } else if w.key_set != 0 && w.key_len as usize <= MAX_ATTR_KEY_LEN {
+                if is_string && w.val_len as usize <= MAX_ATTR_VALUE_LEN {
+                    // Two steps, one copy each: two copies of unknown length in one step would
+                    // have the verifier check the second once per way the first can end.
+                    let (ko, kl, vl) = (w.key_off, w.key_len, w.val_len);
+                    clear_key(w, slot, STR_ATTR, kl, vl);
+                    copy_into_key(w, s, ko, kl, 0)?;
+                    w.mode = MODE_ATTR_VALUE;
+                    return Ok(());
+                }
+                if env.rules().remove_keys > 0 {
+                    w.mode = MODE_ATTR_REDACT;
+                    return Ok(());
+                }
             }
         }
         K_RECORD => {
             w.depth -= 1;
             w.pos = f.end;
+            w.rec_prefix_off = f.prefix_off;
+            w.rec_prefix_len = f.prefix_len as u32;
+            w.rec_len = f.end - f.start;
             if w.body_kind == V_STRING && w.body_len > 0 && env.rules().ac_states > 0 {
                 w.mode = MODE_BODY_SCAN;
                 w.scan_pos = w.body_off;
@@ -621,11 +748,45 @@ fn end_frame<S: Source, E: Env>(w: &mut Walk, s: &mut S, env: &mut E) -> Result<
 fn attr_value_step<S: Source, E: Env>(w: &mut Walk, s: &mut S, env: &mut E) -> Result<(), Error> {
     copy_into_key(w, s, w.val_off, w.val_len, w.key_len)?;
     w.attr_bits |= env.lookup(&w.key);
+    if env.rules().remove_keys > 0 {
+        w.mode = MODE_ATTR_REDACT;
+        return Ok(());
+    }
+    end_kv(w);
+    Ok(())
+}
+
+/// Records the attribute if redact rules name its key (any value type), then ends the
+/// KeyValue.
+#[inline(always)]
+fn attr_redact_step<S: Source, E: Env>(w: &mut Walk, s: &mut S, env: &mut E) -> Result<(), Error> {
+    let kl = w.key_len;
+    clear_key(w, env.slot(), STR_REDACT, kl, 0);
+    copy_into_key(w, s, w.key_off, kl, 0)?;
+    let bits = env.lookup(&w.key);
+    if bits != 0 {
+        let n = w.n_redact_attrs as usize;
+        if n < MAX_RECORD_REDACTS {
+            w.redact_attrs[n] = RedactAttr {
+                off: w.kv_off,
+                len: w.kv_end - w.kv_off,
+                bits,
+            };
+            w.n_redact_attrs = n as u32 + 1;
+        } else {
+            w.redact_overflow = 1;
+        }
+    }
+    end_kv(w);
+    Ok(())
+}
+
+#[inline(always)]
+fn end_kv(w: &mut Walk) {
     let f = w.frame();
     w.depth -= 1;
     w.pos = f.end;
     w.mode = MODE_FIELDS;
-    Ok(())
 }
 
 #[inline(always)]
@@ -689,19 +850,22 @@ pub fn rule_matches(rule: &Rule, sev: u32, body: u64, attrs: u64, service: u64) 
         && service & rule.service == rule.service
 }
 
-/// Evaluates the rules on the record just walked, per the contract: in order, `count` goes on,
-/// `drop` stops.
+/// Evaluates the rules on the record just walked, per the contract: in order; `count` and
+/// `redact` go on; `drop`, `sample` and `rate_limit` stop.
 #[inline(always)]
 fn evaluate<E: Env>(w: &mut Walk, env: &mut E) -> Result<(), Error> {
     w.mode = MODE_FIELDS;
     w.records += 1;
+    w.n_redact_rules = 0;
+    w.redact_remove = 0;
+    w.redact_mask = 0;
     let rs = env.rules();
     let n = if (rs.n_rules as usize) < MAX_RULES {
         rs.n_rules as usize
     } else {
         MAX_RULES
     };
-    let mut drop_at = u32::MAX;
+    let mut stop_at = u32::MAX;
     let mut i = 0usize;
     while i < MAX_RULES {
         if i >= n {
@@ -721,49 +885,95 @@ fn evaluate<E: Env>(w: &mut Walk, env: &mut E) -> Result<(), Error> {
         };
         if rule_matches(r, sev, body, attrs, svc) {
             w.acc[i].matched += 1;
-            if r.action == ACTION_DROP {
-                drop_at = i as u32;
+            let action = r.action;
+            if action == ACTION_DROP || action == ACTION_SAMPLE || action == ACTION_RATE_LIMIT {
+                stop_at = i as u32;
                 break;
+            }
+            if action == ACTION_REDACT {
+                note_redact(w, i, r)?;
             }
         }
         i += 1;
     }
-    let rule = launder(&mut w.scratch, drop_at) as usize;
-    if rule >= MAX_RULES {
-        return Ok(());
+    // One decision after the loop, not one copy of it per rule.
+    let rule = launder(&mut w.scratch, stop_at) as usize;
+    if rule < MAX_RULES {
+        let r = &rs.rules[rule];
+        let keep = match r.action {
+            ACTION_SAMPLE => env.sample(r.slot, r.param),
+            ACTION_RATE_LIMIT => env.rate_limit(r.slot, r.param),
+            _ => false,
+        };
+        if !keep {
+            return drop_record(w, rule);
+        }
+        w.acc[rule].kept += 1;
     }
+    if w.n_redact_rules > 0 {
+        w.mode = MODE_REDACT_ATTRS;
+    }
+    Ok(())
+}
+
+/// Notes that redact rule `i` matched the record. Through memory (volatile), not registers: a
+/// count carried in a register from rule to rule would make the verifier check every later
+/// rule once per possible count.
+#[inline(always)]
+fn note_redact(w: &mut Walk, i: usize, r: &Rule) -> Result<(), Error> {
+    // SAFETY: plain loads and stores of fields of `w`.
+    unsafe {
+        use core::ptr::{read_volatile as get, write_volatile as set};
+        let k = get(&w.n_redact_rules) as usize;
+        if k >= MAX_RECORD_REDACT_RULES {
+            return Err(Error::EditLimit);
+        }
+        set(&mut w.redact_rules[k], i as u8);
+        set(&mut w.n_redact_rules, k as u32 + 1);
+        set(&mut w.redact_remove, get(&w.redact_remove) | r.remove);
+        set(
+            &mut w.redact_mask,
+            get(&w.redact_mask) | (r.flags & RULE_MASK_BODY) as u32,
+        );
+    }
+    Ok(())
+}
+
+/// Plans the removal of the record just evaluated, dropped by rule `rule`.
+#[inline(always)]
+fn drop_record(w: &mut Walk, rule: usize) -> Result<(), Error> {
     let off = w.rec_off;
     let len = w.rec_end - w.rec_off;
-    // The enclosing ScopeLogs is at depth-1 (the record frame is already popped: depth points at
-    // the ScopeLogs), the ResourceLogs one above.
-    let scope_d = w.depth;
-    let rl_d = w.depth - 1;
-    let rl_fix = w.fix_of(rl_d).ok_or(Error::EditLimit)?;
-    let scope_fix = w.fix_of(scope_d).ok_or(Error::EditLimit)?;
-    let n_pops = w.n_pops as usize;
+    // The record frame is already popped: depth points at the ScopeLogs, the ResourceLogs is
+    // one above.
+    let rl_fix = w.fix_of(w.depth - 1)?;
+    let scope_fix = w.fix_of(w.depth)?;
+    let n = w.n_edits as usize;
     let mut merged = false;
-    if n_pops > 0 {
-        let last = &mut w.pops[(n_pops - 1) % MAX_POPS];
-        if last.off + last.len == off && last.rule as usize == rule && last.scope_fix == scope_fix {
+    if n > 0 {
+        let last = &mut w.edits[(n - 1) % MAX_EDITS];
+        if last.records > 0
+            && last.off + last.len == off
+            && last.rule as usize == rule
+            && last.fix0 == scope_fix
+        {
             last.len += len;
             last.records += 1;
             merged = true;
         }
     }
     if !merged {
-        if n_pops >= MAX_POPS {
-            return Err(Error::EditLimit);
-        }
-        w.pops[n_pops % MAX_POPS] = Pop {
+        w.add_edit(Edit {
             off,
             len,
             records: 1,
             rule: rule as u8,
-            scope_fix,
-            rl_fix,
-            applied: 0,
-        };
-        w.n_pops = n_pops as u32 + 1;
+            _pad0: 0,
+            fix0: scope_fix,
+            fix1: rl_fix,
+            fix2: NO_FIX,
+            _pad: 0,
+        })?;
     }
     let a = &mut w.acc[rule % MAX_RULES];
     a.dropped += 1;
@@ -773,45 +983,140 @@ fn evaluate<E: Env>(w: &mut Walk, env: &mut E) -> Result<(), Error> {
     Ok(())
 }
 
+/// The kept record just evaluated matched redact rules: count them, and plan the removal of
+/// the attributes they name.
+#[inline(always)]
+fn redact_attrs_step(w: &mut Walk) -> Result<(), Error> {
+    w.mode = MODE_REDACT_BODIES;
+    let mut k = 0usize;
+    while k < MAX_RECORD_REDACT_RULES {
+        if k >= w.n_redact_rules as usize {
+            break;
+        }
+        let i = w.redact_rules[k] as usize;
+        w.acc[i % MAX_RULES].redacted += 1;
+        k += 1;
+    }
+    let remove = w.redact_remove;
+    if remove == 0 {
+        return Ok(());
+    }
+    if w.redact_overflow != 0 {
+        return Err(Error::EditLimit);
+    }
+    let mut any = false;
+    k = 0;
+    while k < MAX_RECORD_REDACTS {
+        if k < w.n_redact_attrs as usize && w.redact_attrs[k].bits & remove != 0 {
+            any = true;
+        }
+        k += 1;
+    }
+    if !any {
+        return Ok(());
+    }
+    // Outermost first, so fix offsets ascend.
+    let rl_fix = w.fix_of(w.depth - 1)?;
+    let scope_fix = w.fix_of(w.depth)?;
+    let rec_fix = w.add_fix(w.rec_prefix_off, w.rec_prefix_len, w.rec_len)?;
+    k = 0;
+    while k < MAX_RECORD_REDACTS {
+        if k >= w.n_redact_attrs as usize {
+            break;
+        }
+        let a = w.redact_attrs[k];
+        if a.bits & remove != 0 {
+            w.add_edit(Edit {
+                off: a.off,
+                len: a.len,
+                records: 0,
+                rule: 0,
+                _pad0: 0,
+                fix0: scope_fix,
+                fix1: rl_fix,
+                fix2: rec_fix,
+                _pad: 0,
+            })?;
+        }
+        k += 1;
+    }
+    Ok(())
+}
+
+/// ... and the masking of its string bodies.
+#[inline(always)]
+fn redact_bodies_step(w: &mut Walk) -> Result<(), Error> {
+    w.mode = MODE_FIELDS;
+    if w.redact_mask == 0 || w.n_bodies == 0 {
+        return Ok(());
+    }
+    if w.body_overflow != 0 {
+        return Err(Error::EditLimit);
+    }
+    let mut k = 0usize;
+    while k < MAX_RECORD_BODIES {
+        if k >= w.n_bodies as usize {
+            break;
+        }
+        let n = launder(&mut w.scratch, w.n_masks) as usize;
+        if n >= MAX_MASKS {
+            return Err(Error::EditLimit);
+        }
+        w.masks[n & (MAX_MASKS - 1)] = w.bodies[k];
+        w.n_masks = n as u32 + 1;
+        k += 1;
+    }
+    Ok(())
+}
+
 // ------------------------------------------------------------------------------------------
 // Applying the plan
 
-/// Prepares [`apply_step`]: the cursors start at the last pop and fix.
+/// Prepares [`apply_step`]: the cursors start at the last edit, mask and fix.
 pub fn apply_start(w: &mut Walk) {
-    w.apply_pop = w.n_pops;
+    w.apply_edit = w.n_edits;
     w.apply_fix = w.n_fixes;
+    w.apply_mask = w.n_masks;
+    w.apply_done = 0;
     w.removed = 0;
     w.head_removed = 0;
 }
 
-/// Applies one edit, back to front: pops and length rewrites in descending offset order, then
-/// the Content-Length. Returns `false` when everything is applied.
+/// Applies one edit (or one chunk of a mask), back to front: removals, masks and length
+/// rewrites in descending offset order, then the Content-Length. Returns `false` when everything
+/// is applied.
 ///
 /// A pop the kernel refuses is skipped: its records stay, and their drop is taken back from the
-/// rule's results, so the request stays valid and the counters stay true.
+/// rule's results (they count as kept), so the request stays valid and the counters true.
 #[inline(always)]
 pub fn apply_step<D: Editor>(w: &mut Walk, ed: &mut D) -> bool {
-    let p = w.apply_pop;
-    let x = w.apply_fix;
-    if p > 0 {
-        let pop = w.pops[(p as usize - 1) % MAX_POPS];
-        let fix_first = x > 0 && w.fixes[(x as usize - 1) % MAX_FIXES].off > pop.off;
-        if !fix_first {
-            w.apply_pop = p - 1;
-            if ed.pop(pop.off, pop.len) {
-                w.removed += pop.len;
-                w.fixes[pop.scope_fix as usize % MAX_FIXES].removed += pop.len;
-                w.fixes[pop.rl_fix as usize % MAX_FIXES].removed += pop.len;
-            } else {
-                w.edit_failures += 1;
-                let a = &mut w.acc[pop.rule as usize % MAX_RULES];
-                a.dropped -= pop.records;
-                a.dropped_bytes -= pop.len as u64;
-                w.records_dropped -= pop.records;
-                w.bytes_dropped -= pop.len;
-            }
-            return true;
-        }
+    let (p, x, m) = (w.apply_edit, w.apply_fix, w.apply_mask);
+    // The next item back to front is the one with the highest offset (they never overlap).
+    let e_off = if p > 0 {
+        w.edits[(p as usize - 1) % MAX_EDITS].off as u64
+    } else {
+        0
+    };
+    let x_off = if x > 0 {
+        w.fixes[(x as usize - 1) % MAX_FIXES].off as u64
+    } else {
+        0
+    };
+    let m_off = if m > 0 {
+        w.masks[(m as usize - 1) % MAX_MASKS].off as u64
+    } else {
+        0
+    };
+    if p > 0 && e_off >= x_off && e_off >= m_off {
+        let e = w.edits[(p as usize - 1) % MAX_EDITS];
+        w.apply_edit = p - 1;
+        pop_edit(w, ed, e);
+        return true;
+    }
+    if m > 0 && m_off >= x_off {
+        let span = w.masks[(m as usize - 1) % MAX_MASKS];
+        mask_chunk(w, ed, span);
+        return true;
     }
     if x > 0 {
         w.apply_fix = x - 1;
@@ -826,6 +1131,62 @@ pub fn apply_step<D: Editor>(w: &mut Walk, ed: &mut D) -> bool {
         rewrite_content_length(w, ed);
     }
     false
+}
+
+#[inline(always)]
+fn pop_edit<D: Editor>(w: &mut Walk, ed: &mut D, e: Edit) {
+    if ed.pop(e.off, e.len) {
+        w.removed += e.len;
+        if e.fix0 != NO_FIX {
+            w.fixes[e.fix0 as usize % MAX_FIXES].removed += e.len;
+        }
+        if e.fix1 != NO_FIX {
+            w.fixes[e.fix1 as usize % MAX_FIXES].removed += e.len;
+        }
+        if e.fix2 != NO_FIX {
+            w.fixes[e.fix2 as usize % MAX_FIXES].removed += e.len;
+        }
+        return;
+    }
+    w.edit_failures += 1;
+    if e.records > 0 {
+        let a = &mut w.acc[e.rule as usize % MAX_RULES];
+        a.dropped -= e.records as u32;
+        a.kept += e.records as u32;
+        a.dropped_bytes -= e.len as u64;
+        w.records_dropped -= e.records as u32;
+        w.bytes_dropped -= e.len;
+    }
+}
+
+/// Writes the next chunk of the current mask; moves to the next mask when it is complete.
+#[inline(always)]
+fn mask_chunk<D: Editor>(w: &mut Walk, ed: &mut D, span: Span) {
+    let done = w.apply_done;
+    let n = if span.len - done < MASK_CHUNK {
+        span.len - done
+    } else {
+        MASK_CHUNK
+    };
+    let off = span.off + done;
+    if ed.reach(off, n) {
+        let mut i = 0u32;
+        while i < MASK_CHUNK {
+            if i >= n {
+                break;
+            }
+            ed.put(off + i, b'*');
+            i += 1;
+        }
+    } else {
+        w.edit_failures += 1;
+    }
+    if done + n >= span.len {
+        w.apply_done = 0;
+        w.apply_mask -= 1;
+    } else {
+        w.apply_done = done + n;
+    }
 }
 
 /// Writes `v` as a varint of exactly `n` bytes at `off` (padded with continuation bytes, which

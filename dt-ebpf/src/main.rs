@@ -9,6 +9,9 @@
 //! The program never returns anything but SK_PASS: a send never fails because of dt.
 #![no_std]
 #![no_main]
+// Atomic read-modify-write (sampling, rate limiting): core's atomic types lack it on BPF.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod maps;
 mod msg;

@@ -35,6 +35,16 @@ pub static STRINGS: HashMap<StrKey, u64> = HashMap::with_max_entries(4 * MAX_CON
 #[map]
 pub static AC: Array<AcRow> = Array::with_max_entries(2 * MAX_AC_STATES, 0);
 
+/// Matches of each sample rule so far, by slot: one global counter (atomic fetch-add), so one in
+/// N is kept over all CPUs.
+#[map]
+pub static SAMPLES: Array<u64> = Array::with_max_entries(MAX_SLOTS, 0);
+
+/// Token bucket of each rate_limit rule, by slot, as a GCRA theoretical arrival time in
+/// nanoseconds (updated with compare-exchange).
+#[map]
+pub static RATES: Array<u64> = Array::with_max_entries(MAX_SLOTS, 0);
+
 /// Per-rule counters by slot.
 #[map]
 pub static RULE_COUNTERS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_entries(MAX_SLOTS, 0);

@@ -11,32 +11,41 @@
 //! Every run sets both `apply_bytes` and `cork_bytes` explicitly: the kernel reuses its cork
 //! message across sends, and stale values in it would cork or skip the wrong bytes.
 
-use core::{ffi::c_void, ptr};
+use core::{
+    ffi::c_void,
+    intrinsics::{AtomicOrdering, atomic_cxchg},
+    ptr,
+};
 
 use aya_ebpf::{
     bindings::{BPF_SK_STORAGE_GET_F_CREATE, sk_action, sk_msg_md},
     helpers::generated::{
-        bpf_loop, bpf_msg_apply_bytes, bpf_msg_cork_bytes, bpf_msg_pop_data, bpf_msg_pull_data,
-        bpf_sk_storage_get,
+        bpf_ktime_get_ns, bpf_loop, bpf_msg_apply_bytes, bpf_msg_cork_bytes, bpf_msg_pop_data,
+        bpf_msg_pull_data, bpf_sk_storage_get,
     },
     macros::sk_msg,
     programs::SkMsgContext,
 };
 use dt_ebpf_common::{
-    ACTION_DROP, AcRow, Control, MAX_AC_STATES, MAX_FIXES, MAX_HEAD_LEN, MAX_POPS, MAX_RULES,
-    PHASE_CORKED, PHASE_IDLE, PHASE_UNTRACKED, Passthrough, RuleSet, STR_KEY_BYTES, SockState,
-    StrKey, Totals, WinState,
+    AcRow, Control, MAX_AC_STATES, MAX_EDITS, MAX_FIXES, MAX_HEAD_LEN, MAX_REQUEST_CEILING,
+    MAX_RULES, PHASE_CORKED, PHASE_IDLE, PHASE_UNTRACKED, Passthrough, RuleSet, STR_KEY_BYTES,
+    SockState, StrKey, Totals, WinState,
     http::{self, Feed},
     walk::{self, Editor, Env, Step},
     wire::{Error, Source},
 };
 
-use crate::maps::{AC, CONTROL, RULE_COUNTERS, RULESETS, SOCK_STATE, STRINGS, TOTALS};
+use crate::maps::{
+    AC, CONTROL, RATES, RULE_COUNTERS, RULESETS, SAMPLES, SOCK_STATE, STRINGS, TOTALS,
+};
 
 /// Bytes made directly readable by one pull (a power of two, below the verifier's 64 KiB).
 const WINDOW: u32 = 16384;
 /// Upper bound on walk steps for one request.
 const MAX_STEPS: u32 = 1 << 20;
+/// Upper bound on apply steps for one request: every edit and fix, and the masks in chunks.
+const APPLY_STEPS: u32 =
+    (MAX_EDITS + MAX_FIXES) as u32 + (MAX_REQUEST_CEILING / walk::MASK_CHUNK) + 2;
 
 #[sk_msg]
 pub fn dt_msg(ctx: SkMsgContext) -> u32 {
@@ -258,11 +267,12 @@ fn corked(size: u32, st: &mut SockState, control: &Control, totals: &mut Totals)
 // ------------------------------------------------------------------------------------------
 // Walking and editing one whole request
 
+/// The walk loop's context. It never changes during the loop (the walk's state is in socket
+/// storage), so the verifier checks the callback once.
 #[repr(C)]
 struct WalkCtx {
     src: Window,
     env: KernelEnv,
-    result: i32,
 }
 
 const WALK_RUNNING: i32 = 0;
@@ -274,11 +284,11 @@ extern "C" fn walk_cb(_i: u64, ctx: *mut c_void) -> i64 {
     match walk::step(w, &mut c.src, &mut c.env) {
         Step::More => 0,
         Step::Done => {
-            c.result = WALK_DONE;
+            w.outcome = WALK_DONE;
             1
         }
         Step::Failed(e) => {
-            c.result = match e {
+            w.outcome = match e {
                 Error::Malformed => -1,
                 Error::Unreadable => -2,
                 Error::EditLimit => -3,
@@ -326,8 +336,8 @@ fn walk_request_inner(msg: *mut sk_msg_md, st: &mut SockState, totals: &mut Tota
     let mut wc = WalkCtx {
         src: Window::new(msg, st_ptr, total),
         env: KernelEnv { rs, slot },
-        result: WALK_RUNNING,
     };
+    st.walk.outcome = WALK_RUNNING;
     unsafe {
         bpf_loop(
             MAX_STEPS,
@@ -336,7 +346,7 @@ fn walk_request_inner(msg: *mut sk_msg_md, st: &mut SockState, totals: &mut Tota
             0,
         );
     }
-    let why = match wc.result {
+    let why = match st.walk.outcome {
         WALK_DONE => None,
         -1 => Some(Passthrough::Malformed),
         -2 => Some(Passthrough::PullFailed),
@@ -351,17 +361,17 @@ fn walk_request_inner(msg: *mut sk_msg_md, st: &mut SockState, totals: &mut Tota
     if rs.generation != generation {
         return pass(totals, Passthrough::Generation, total);
     }
-    if st.walk.n_pops > 0 {
+    if st.walk.n_edits > 0 || st.walk.n_masks > 0 {
         // Make every length prefix and the Content-Length reachable before the first pop, so
         // that once removing starts, every rewrite succeeds.
         let mut src = Window::new(msg, st_ptr, total);
-        if !reach_fixes(&mut src, unsafe { &(*st_ptr).walk }) {
+        if !reach_fixes(&mut src) {
             return pass(totals, Passthrough::PullFailed, total);
         }
         walk::apply_start(unsafe { &mut (*st_ptr).walk });
         unsafe {
             bpf_loop(
-                (MAX_POPS + MAX_FIXES + 2) as u32,
+                APPLY_STEPS,
                 apply_cb as *mut c_void,
                 ptr::from_mut(&mut src).cast(),
                 0,
@@ -376,22 +386,38 @@ fn walk_request_inner(msg: *mut sk_msg_md, st: &mut SockState, totals: &mut Tota
     (out, 0)
 }
 
+extern "C" fn reach_fix_cb(i: u64, ctx: *mut c_void) -> i64 {
+    let src = unsafe { &mut *(ctx as *mut Window) };
+    let w = unsafe { &(*src.st).walk };
+    let i = i as usize;
+    if i >= w.n_fixes as usize {
+        // Last, the Content-Length digits.
+        let (off, len) = (w.cl_off, w.cl_digits);
+        if len != 0 && !src.reach(off, len) {
+            src.state().failed = 1;
+        }
+        return 1;
+    }
+    let f = w.fixes[i % MAX_FIXES];
+    if !src.reach(f.off, f.len as u32) {
+        src.state().failed = 1;
+        return 1;
+    }
+    0
+}
+
 /// Pulls every length prefix to rewrite, and the Content-Length digits.
 #[inline(always)]
-fn reach_fixes(src: &mut Window, w: &walk::Walk) -> bool {
-    let n = w.n_fixes as usize;
-    let mut i = 0usize;
-    while i < MAX_FIXES {
-        if i >= n {
-            break;
-        }
-        let f = &w.fixes[i];
-        if !src.reach(f.off, f.len as u32) {
-            return false;
-        }
-        i += 1;
-    }
-    w.cl_digits == 0 || src.reach(w.cl_off, w.cl_digits)
+fn reach_fixes(src: &mut Window) -> bool {
+    unsafe {
+        bpf_loop(
+            MAX_FIXES as u32 + 1,
+            reach_fix_cb as *mut c_void,
+            ptr::from_mut(src).cast(),
+            0,
+        )
+    };
+    src.state().failed == 0
 }
 
 /// Adds one request's per-rule results and totals to the per-CPU counters.
@@ -412,11 +438,10 @@ fn commit(rs: &RuleSet, w: &walk::Walk, totals: &mut Totals) {
             {
                 let c = unsafe { &mut *c };
                 c.matched += a.matched as u64;
+                c.kept += a.kept as u64;
                 c.dropped += a.dropped as u64;
                 c.dropped_bytes += a.dropped_bytes;
-                if r.action == ACTION_DROP {
-                    c.kept += (a.matched - a.dropped) as u64;
-                }
+                c.redacted += a.redacted as u64;
             }
         }
         i += 1;
@@ -459,12 +484,12 @@ impl Window {
         unsafe { &mut *ptr::addr_of_mut!((*self.st).win) }
     }
 
-    /// Makes `off..off + len` (len <= 20) directly accessible, exactly.
+    /// Makes `off..off + len` (len <= MASK_CHUNK) directly accessible, exactly.
     #[inline(always)]
     fn reach(&mut self, off: u32, len: u32) -> bool {
         let msg = self.msg;
         let s = self.state();
-        if len == 0 || len > 20 || off + len > s.limit {
+        if len == 0 || len > walk::MASK_CHUNK || off + len > s.limit {
             return false;
         }
         if unsafe { bpf_msg_pull_data(msg, off, off + len, 0) } != 0 {
@@ -590,7 +615,7 @@ impl Editor for Window {
         let start = self.state().start;
         let data = unsafe { (*msg).__bindgen_anon_1.data } as usize;
         let data_end = unsafe { (*msg).__bindgen_anon_2.data_end } as usize;
-        let p = data + (off.wrapping_sub(start) & 31) as usize;
+        let p = data + (off.wrapping_sub(start) & (walk::MASK_CHUNK - 1)) as usize;
         if p + 1 > data_end {
             return;
         }
@@ -619,6 +644,72 @@ impl Env for KernelEnv {
     #[inline(always)]
     fn lookup(&mut self, key: &StrKey) -> u64 {
         unsafe { STRINGS.get(key) }.copied().unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn sample(&mut self, slot: u16, n: u64) -> bool {
+        let Some(p) = SAMPLES.get_ptr_mut(slot as u32) else {
+            return true;
+        };
+        // Take match number k with a compare-exchange. (core's atomic types have no
+        // read-modify-write on the BPF target, and LLVM 22 emits the fetch-add intrinsic
+        // without its fetch flag, so the old value would not come back.)
+        let mut tries = 0;
+        while tries < 16 {
+            // SAFETY: an aligned u64 in map memory; an aligned 64-bit load is atomic.
+            let k = unsafe { ptr::read_volatile(p) };
+            // SAFETY: as above; BPF's atomic compare-exchange.
+            let (_, swapped) = unsafe {
+                atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
+                    p,
+                    k,
+                    k + 1,
+                )
+            };
+            if swapped {
+                return n <= 1 || k % n == 0;
+            }
+            tries += 1;
+        }
+        // Lost every race against other CPUs counting the same rule: not this one.
+        false
+    }
+
+    #[inline(always)]
+    fn rate_limit(&mut self, slot: u16, per_second: u64) -> bool {
+        let Some(p) = RATES.get_ptr_mut(slot as u32) else {
+            return true;
+        };
+        // GCRA, the token bucket as one word: each kept event pushes the theoretical arrival
+        // time (TAT) one interval on; an event is kept if that leaves TAT at most
+        // (per_second - 1) intervals ahead of now, i.e. if a token is left.
+        let now = unsafe { bpf_ktime_get_ns() };
+        let interval = 1_000_000_000 / if per_second == 0 { 1 } else { per_second };
+        let burst = interval * (per_second.saturating_sub(1));
+        let mut tries = 0;
+        while tries < 4 {
+            // SAFETY: an aligned u64 in map memory; an aligned 64-bit load is atomic (BPF has no
+            // separate relaxed atomic load before ISA v4).
+            let old = unsafe { ptr::read_volatile(p) };
+            let base = if old > now { old } else { now };
+            if base - now > burst {
+                return false;
+            }
+            // SAFETY: as above; BPF's atomic compare-exchange.
+            let (_, swapped) = unsafe {
+                atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
+                    p,
+                    old,
+                    base + interval,
+                )
+            };
+            if swapped {
+                return true;
+            }
+            tries += 1;
+        }
+        // Lost every race: others are taking tokens right now; this one finds none.
+        false
     }
 
     #[inline(always)]

@@ -12,7 +12,8 @@ use std::path::PathBuf;
 
 use dt_ebpf_common::{
     AcRow, MAX_AC_STATES, MAX_ATTR_KEY_LEN, MAX_ATTR_VALUE_LEN, MAX_CONDS, MAX_NEEDLE_LEN,
-    MAX_RULES, MAX_SERVICE_LEN, MAX_SLOTS, Rule, RuleSet, STR_ATTR, STR_SERVICE, StrKey,
+    MAX_RATE, MAX_RULES, MAX_SERVICE_LEN, MAX_SLOTS, RULE_MASK_BODY, Rule, RuleSet, STR_ATTR,
+    STR_REDACT, STR_SERVICE, StrKey,
 };
 use serde::Serialize;
 
@@ -78,15 +79,13 @@ pub fn compile(defs: &[RuleDef], slots: &mut SlotTable) -> Result<Compiled, Vec<
     Ok(compiled)
 }
 
-/// Refuses the actions the kernel programs cannot run yet.
-///
-/// TEMPORARY: this is the one place that restricts rule sets to `count` and `drop`; delete the
-/// restriction for each action as the kernel side learns it (and encode its `param` in
-/// [`action_param`]).
+/// Refuses what the kernel programs cannot run.
 fn check_supported(action: &Action) -> Result<(), String> {
     match action {
-        Action::Count | Action::Drop => Ok(()),
-        other => Err(format!("action \"{}\" is not supported yet", other.name())),
+        Action::RateLimit { per_second } if *per_second > MAX_RATE => Err(format!(
+            "per_second is {per_second}; the limit is {MAX_RATE} (one a nanosecond)"
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -95,7 +94,6 @@ fn action_param(action: &Action) -> u64 {
     match action {
         Action::Sample { keep_one_in } => *keep_one_in,
         Action::RateLimit { per_second } => *per_second,
-        // Redact's encoding comes with its kernel support.
         Action::Count | Action::Drop | Action::Redact { .. } | Action::Capture => 0,
     }
 }
@@ -155,6 +153,7 @@ enum Limit {
     AcStates,
     Attributes,
     Services,
+    RemoveKeys,
 }
 
 struct Compiler<'d> {
@@ -165,6 +164,8 @@ struct Compiler<'d> {
     automaton: AcBuilder,
     attributes: CondBits<(&'d str, &'d str)>,
     services: CondBits<&'d str>,
+    /// Attribute names that redact rules remove.
+    remove_keys: CondBits<&'d str>,
     diags: Vec<Diagnostic>,
     /// Rule-set-wide limits already reported (each is reported once).
     reported: Vec<Limit>,
@@ -180,6 +181,7 @@ impl<'d> Compiler<'d> {
             automaton: AcBuilder::new(),
             attributes: CondBits::new("attribute key = value pairs"),
             services: CondBits::new("service values"),
+            remove_keys: CondBits::new("remove_attributes names"),
             diags: Vec::new(),
             reported: Vec::new(),
         }
@@ -204,6 +206,7 @@ impl<'d> Compiler<'d> {
         let body = self.body_bits(def);
         let attrs = self.attribute_bits(def);
         let service = self.service_bits(def);
+        let (remove, flags) = self.redact_encoding(def);
         let slot = self.slot(def);
         let severity = def.conditions.severity_range();
         // Every hook is `otlp` so far, whose rules all go to the one kernel rule set.
@@ -221,6 +224,8 @@ impl<'d> Compiler<'d> {
                 body,
                 attrs,
                 service,
+                remove,
+                flags,
                 param: action_param(&def.action.value),
                 ..Rule::default()
             });
@@ -320,6 +325,31 @@ impl<'d> Compiler<'d> {
         bits
     }
 
+    /// A redact rule's removal-name bits and flags.
+    fn redact_encoding(&mut self, def: &'d RuleDef) -> (u64, u8) {
+        let Action::Redact {
+            remove_attributes,
+            mask_body,
+        } = &def.action.value
+        else {
+            return (0, 0);
+        };
+        let mut bits = 0;
+        for name in remove_attributes {
+            if !self.length_ok(def, name, "attribute name", MAX_ATTR_KEY_LEN, false) {
+                continue;
+            }
+            match self.remove_keys.bit(&name.value.as_str()) {
+                Ok((bit, _)) => bits |= 1 << bit,
+                Err(TooManyConds) => {
+                    let message = self.remove_keys.limit_message();
+                    self.limit(def, name.pos, Limit::RemoveKeys, message);
+                }
+            }
+        }
+        (bits, if *mask_body { RULE_MASK_BODY } else { 0 })
+    }
+
     fn service_bits(&mut self, def: &'d RuleDef) -> u64 {
         let Some(service) = &def.conditions.service else {
             return 0;
@@ -349,6 +379,7 @@ impl<'d> Compiler<'d> {
         let mut ruleset = RuleSet::EMPTY;
         ruleset.n_rules = self.kernel_rules.len() as u32;
         ruleset.ac_states = ac.len() as u32;
+        ruleset.remove_keys = self.remove_keys.order.len() as u32;
         ruleset.rules[..self.kernel_rules.len()].copy_from_slice(&self.kernel_rules);
         let services = self.services.iter().map(|(s, bits)| (service_key(s), bits));
         let attributes = self
@@ -358,7 +389,14 @@ impl<'d> Compiler<'d> {
         let compiled = Compiled {
             rules: self.rules,
             ruleset,
-            strings: services.chain(attributes).collect(),
+            strings: services
+                .chain(attributes)
+                .chain(
+                    self.remove_keys
+                        .iter()
+                        .map(|(name, bits)| (remove_key(name), bits)),
+                )
+                .collect(),
             ac,
         };
         Ok((compiled, self.slots))
@@ -371,6 +409,15 @@ fn service_key(service: &str) -> StrKey {
     key.kind = STR_SERVICE;
     key.vlen = service.len() as u32;
     key.bytes[..service.len()].copy_from_slice(service.as_bytes());
+    key
+}
+
+/// The `STRINGS` key of an attribute name that redact rules remove.
+fn remove_key(name: &str) -> StrKey {
+    let mut key = StrKey::ZERO;
+    key.kind = STR_REDACT;
+    key.klen = name.len() as u8;
+    key.bytes[..name.len()].copy_from_slice(name.as_bytes());
     key
 }
 

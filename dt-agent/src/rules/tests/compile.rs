@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use dt_ebpf_common::{
-    ACTION_COUNT, ACTION_DROP, MAX_AC_STATES, MAX_RULES, MAX_SLOTS, STR_ATTR, STR_SERVICE, StrKey,
+    ACTION_COUNT, ACTION_DROP, ACTION_RATE_LIMIT, ACTION_REDACT, ACTION_SAMPLE, MAX_AC_STATES,
+    MAX_RULES, MAX_SLOTS, RULE_MASK_BODY, STR_ATTR, STR_REDACT, STR_SERVICE, StrKey,
 };
 
 use super::{FILE, build, error, errors, load, rule};
@@ -142,19 +143,40 @@ fn string_keys_are_zero_padded_with_exact_lengths() {
 }
 
 #[test]
-fn unsupported_actions_are_refused_at_the_action() {
-    for (body, name) in [
-        ("action = \"sample\"\nkeep_one_in = 2", "sample"),
-        ("action = \"rate_limit\"\nper_second = 2", "rate_limit"),
-        ("action = \"redact\"\nmask_body = true", "redact"),
-    ] {
-        let text = format!("[[rule]]\nname = \"a\"\n{body}\n");
-        assert!(load(&text).is_ok(), "{name} must parse and validate");
-        assert_eq!(
-            error(&text),
-            format!("r.toml:3:10: action \"{name}\" is not supported yet")
-        );
-    }
+fn sample_rate_limit_and_redact_are_encoded() {
+    let text = "[[rule]]\nname = \"s\"\naction = \"sample\"\nkeep_one_in = 7\n\
+                [[rule]]\nname = \"r\"\naction = \"rate_limit\"\nper_second = 50\n\
+                [[rule]]\nname = \"x\"\naction = \"redact\"\nremove_attributes = [\"user.email\", \"token\"]\nmask_body = true\n\
+                [[rule]]\nname = \"y\"\naction = \"redact\"\nremove_attributes = [\"token\"]\n";
+    let c = compiled(text);
+    let r = &c.ruleset.rules;
+    assert_eq!((r[0].action, r[0].param), (ACTION_SAMPLE, 7));
+    assert_eq!((r[1].action, r[1].param), (ACTION_RATE_LIMIT, 50));
+    assert_eq!(
+        (r[2].action, r[2].remove, r[2].flags),
+        (ACTION_REDACT, 0b11, RULE_MASK_BODY)
+    );
+    assert_eq!((r[3].remove, r[3].flags), (0b10, 0));
+    assert_eq!(c.ruleset.remove_keys, 2);
+    let mut email = StrKey::ZERO;
+    email.kind = STR_REDACT;
+    email.klen = 10;
+    email.bytes[..10].copy_from_slice(b"user.email");
+    let mut token = StrKey::ZERO;
+    token.kind = STR_REDACT;
+    token.klen = 5;
+    token.bytes[..5].copy_from_slice(b"token");
+    assert_eq!(c.strings, vec![(email, 1), (token, 2)]);
+}
+
+#[test]
+fn rate_limit_per_second_has_a_limit() {
+    let text = "[[rule]]\nname = \"a\"\naction = \"rate_limit\"\nper_second = 2000000000\n";
+    assert!(load(text).is_ok());
+    assert_eq!(
+        error(text),
+        "r.toml:3:10: per_second is 2000000000; the limit is 1000000000 (one a nanosecond)"
+    );
 }
 
 #[test]
@@ -312,7 +334,7 @@ fn every_compile_error_is_reported() {
     )
     .replace(
         "action = \"sample\"",
-        "action = \"sample\"\nkeep_one_in = 3",
+        "action = \"rate_limit\"\nper_second = 2000000000",
     );
     let errors = errors(&text);
     assert_eq!(errors.len(), 3, "{errors:#?}");
@@ -355,7 +377,9 @@ fn a_failed_compile_assigns_no_slots() {
     let mut slots = SlotTable::new();
     let good = defs(&["ok", "other"]);
     let mut bad = good.clone();
-    bad[1].action.value = Action::Sample { keep_one_in: 2 };
+    bad[1].action.value = Action::RateLimit {
+        per_second: u64::MAX,
+    };
     assert!(compile(&bad, &mut slots).is_err());
     assert!(slots.is_empty());
     compile(&good, &mut slots).unwrap();
@@ -386,7 +410,7 @@ fn check_files_applies_compile_limits() {
     let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,
-        rule("b", "sample").replace("sample\"", "sample\"\nkeep_one_in = 2"),
+        rule("b", "rate_limit").replace("rate_limit\"", "rate_limit\"\nper_second = 2000000000"),
     )
     .unwrap();
     assert_eq!(check_files(std::slice::from_ref(&good)).unwrap().len(), 1);
@@ -394,7 +418,7 @@ fn check_files_applies_compile_limits() {
     assert_eq!(
         diags[0].to_string(),
         format!(
-            "{}:3:10: action \"sample\" is not supported yet",
+            "{}:3:10: per_second is 2000000000; the limit is 1000000000 (one a nanosecond)",
             bad.display()
         )
     );

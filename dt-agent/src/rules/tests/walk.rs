@@ -511,3 +511,54 @@ action = "count"
     let bodies: Vec<_> = all_records(&after).into_iter().map(|r| r.body).collect();
     assert_eq!(bodies, [string("GET /api"), string("GET /healthz")]);
 }
+
+#[test]
+fn sample_keeps_one_in_n_and_redact_edits_kept_records() {
+    let text = "[[rule]]\nname = \"redact\"\naction = \"redact\"\nremove_attributes = [\"secret\", \"token\"]\nmask_body = true\n[rule.match]\nseverity = \">=ERROR\"\n\
+                [[rule]]\nname = \"sample\"\naction = \"sample\"\nkeep_one_in = 3\n[rule.match]\nseverity = \"INFO\"\n";
+    let compiled = build(text).expect("rules compile");
+    let attrs = || {
+        vec![
+            kv("secret", string("s3cr3t")),
+            kv("keep", string("k")),
+            kv("token", int(7)),
+        ]
+    };
+    let records: Vec<LogRecord> = (0..9)
+        .map(|i| record([9, 17, 17][i % 3], string(&format!("body {i}")), attrs()))
+        .collect();
+    let request = ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: None,
+            scope_logs: vec![ScopeLogs {
+                scope: None,
+                log_records: records,
+                schema_url: String::new(),
+            }],
+            schema_url: String::new(),
+        }],
+    };
+    let bytes = request.encode_to_vec();
+    let (walk, out) = walk(&compiled, &bytes);
+    let got = ExportLogsServiceRequest::decode(&out[..]).expect("edited request decodes");
+    let got = all_records(&got);
+    // INFO records 0, 3, 6 are matches 0, 1, 2 of the sample rule: only the first is kept.
+    assert_eq!(
+        (walk.acc[1].matched, walk.acc[1].kept, walk.acc[1].dropped),
+        (3, 1, 2)
+    );
+    assert_eq!((walk.acc[0].matched, walk.acc[0].redacted), (6, 6));
+    assert_eq!(got.len(), 7);
+    for r in &got {
+        let keys: Vec<&str> = r.attributes.iter().map(|a| a.key.as_str()).collect();
+        if r.severity_number == 17 {
+            assert_eq!(keys, ["keep"]);
+            match r.body.as_ref().and_then(|b| b.value.as_ref()) {
+                Some(Value::StringValue(s)) => assert!(s.bytes().all(|c| c == b'*'), "{s}"),
+                other => panic!("body {other:?}"),
+            }
+        } else {
+            assert_eq!(keys, ["secret", "keep", "token"]);
+        }
+    }
+}
