@@ -97,3 +97,74 @@ fn otel_exporter_batch_processor() {
         .with_mode(ExportMode::BatchProcessor);
     run("batch processor", plan);
 }
+
+/// 100,000 records from the real exporter through a rule that drops 90% of them: the receiver
+/// gets exactly the other 10%, its bytes are the kept records' encodings plus framing, and the
+/// exporter sees no failure.
+#[test]
+fn otel_exporter_100k_records_drop_90_percent() {
+    if !kernel_or_skip("otel_exporter_100k_records_drop_90_percent") {
+        return;
+    }
+    use dt_tests::PlannedRecord;
+    use prost::Message;
+
+    let records: Vec<PlannedRecord> = (0..100_000)
+        .map(|i| PlannedRecord {
+            scope: "app".into(),
+            severity_number: 9,
+            body: if i % 10 == 0 {
+                format!("kept record {i}: the tenth that matters")
+            } else {
+                format!("noise record {i}: nobody reads this")
+            },
+            attributes: vec![("request.id".into(), format!("req-{i}"))],
+        })
+        .collect();
+    let plan = ExportPlan {
+        services: vec![("checkout".into(), records)],
+        batch_size: 1000,
+        mode: ExportMode::Direct,
+    };
+    let rules = vec![RuleSpec::drop("drop-noise").body_contains("noise")];
+    let receiver = Receiver::start_v4();
+    let dir = TempRules::from_rules(&rules);
+    let agent = start_agent(&dir, &[receiver.port()]);
+
+    let report = export_with_real_exporter(receiver.port(), &plan);
+    report.assert_all_ok(100_000);
+    let requests = report.batches_ok;
+    let got = receiver.wait_for(requests, WAIT);
+    let stats = stats_of(&agent);
+    drop(agent);
+
+    let expected = evaluate(&rules, &report.sent);
+    assert_eq!(expected.kept.len(), 10_000);
+    assert_same_records("100k: receiver", &expected.kept, &receiver.records());
+    assert_expected(&stats, &expected);
+    assert_no_passthrough(&stats);
+    assert_eq!(stats.totals.records, 100_000);
+    assert_eq!(stats.totals.records_dropped, 90_000);
+
+    // Every request body is the canonical encoding of what it holds, give or take the padding
+    // of the two length prefixes dt rewrote in place (a few bytes each).
+    for r in &got {
+        let logs = r.logs.as_ref().expect("decoded");
+        let canonical = logs.encode_to_vec().len();
+        let padding = r.body.len() - canonical;
+        assert!(
+            padding <= 8,
+            "request {}: {padding} bytes of padding",
+            r.seq_on_conn
+        );
+    }
+    // What left the host is what came in less exactly the dropped records' encodings and the
+    // Content-Length digits that shrank.
+    let removed = stats.totals.bytes_in - stats.totals.bytes_out;
+    let dropped_bytes = stats.rule("drop-noise").unwrap().dropped_bytes;
+    assert!(
+        removed >= dropped_bytes && removed - dropped_bytes <= 2 * requests as u64,
+        "removed {removed}, dropped records {dropped_bytes}"
+    );
+    assert_eq!(stats.totals.bytes_out, receiver.total_bytes());
+}

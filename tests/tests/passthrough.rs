@@ -212,6 +212,27 @@ fn passthrough_huge_body_2mib() {
     );
 }
 
+/// Bodies of 1 and 4 MiB, past the cork capacity, with the bound at its 512 KiB ceiling: they
+/// pass through byte-identical, counted as oversize, never truncated or corrupted.
+#[test]
+fn passthrough_1_and_4_mib_at_the_highest_bound() {
+    if !kernel_or_skip("passthrough_1_and_4_mib_at_the_highest_bound") {
+        return;
+    }
+    for mib in [1, 4] {
+        let big = sized_request("doomed", mib * 1024 * 1024, 4000, 1);
+        let req = HttpRequestBuilder::logs(encode(&big)).build();
+        run_variant_bound(
+            &format!("{mib} MiB, bound 512 KiB"),
+            "oversize",
+            req,
+            Split::head_then_body(16),
+            200,
+            Some(dt_ebpf_common::MAX_REQUEST_CEILING),
+        );
+    }
+}
+
 #[test]
 fn passthrough_configured_bound() {
     if !kernel_or_skip("passthrough_configured_bound") {
