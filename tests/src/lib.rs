@@ -36,6 +36,7 @@ pub mod kernel;
 pub mod model;
 pub mod net;
 pub mod otlp;
+pub mod python;
 pub mod receiver;
 pub mod record;
 pub mod rules;
@@ -55,6 +56,10 @@ pub use kernel::{cgroup2_mount, kernel_or_skip};
 pub use model::{Action, Expected, RuleExpect, RuleSpec, evaluate};
 pub use net::{listener_v4, listener_v6, reserve_port};
 pub use otlp::{LogsRequestBuilder, Rec};
+pub use python::{
+    Collector, PyExportReport, PyReceived, PyReceiver, export_with_python,
+    export_with_python_simple, python_or_skip,
+};
 pub use receiver::{Received, Receiver};
 pub use record::{ReceivedRecord, SentRecord, assert_same_records, flatten};
 pub use rules::TempRules;

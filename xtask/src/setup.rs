@@ -1,11 +1,12 @@
 //! `cargo xtask setup`: checks, and installs when absent, what building and testing dt need.
 //! Idempotent; when everything is in place it only runs a few quick queries.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::cmd;
+use crate::{cmd, workspace_root};
 
 /// Debian packages the tests need, checked with dpkg-query and installed with apt-get.
 /// - `bpftool`: inspecting loaded programs, maps and pins when a kernel test fails.
@@ -19,6 +20,32 @@ pub const DEBIAN_PACKAGES: &[&str] = &["bpftool", "iproute2", "python3-venv"];
 const BPF_LINKER_VERSION: &str = "0.10.4";
 
 const BPFFS: &str = "/sys/fs/bpf";
+
+/// The tests' Python venv, relative to the workspace root (`target/` is git-ignored, so a fresh
+/// clone gets it from setup). The tests look for `<venv>/bin/python` there, or at `DT_PYTHON`.
+pub const PYTHON_VENV: &str = "target/python-venv";
+
+/// The pinned packages of that venv, relative to the workspace root.
+pub const PYTHON_REQUIREMENTS: &str = "tests/python/requirements.txt";
+
+/// Inside the venv: what it was built from (a hash of the requirements). When it matches, pip is
+/// not run again.
+const PYTHON_MARKER: &str = "dt-requirements.stamp";
+
+/// The oldest Python the pinned packages support.
+const PYTHON_MIN: (u32, u32) = (3, 10);
+
+/// Imports what the test scripts import, and prints the interpreter's version and protobuf's
+/// backend, which must be upb (the second decoder the tests compare against prost).
+const PYTHON_CHECK: &str = "\
+import sys
+from google.protobuf.internal import api_implementation
+import opentelemetry.sdk._logs, opentelemetry.sdk._logs.export
+import opentelemetry.exporter.otlp.proto.http._log_exporter
+import opentelemetry.proto.collector.logs.v1.logs_service_pb2
+import google.protobuf
+print('%d.%d.%d' % sys.version_info[:3], google.protobuf.__version__, api_implementation.Type())
+";
 
 /// What a setup step found.
 enum Done {
@@ -43,6 +70,7 @@ pub fn setup() -> Result<()> {
         report(done);
     }
     report(bpffs()?);
+    report(python_venv()?);
     Ok(())
 }
 
@@ -187,4 +215,125 @@ fn bpffs() -> Result<Done> {
         );
     }
     Ok(Done::Installed(what))
+}
+
+/// FNV-1a, 64 bits: a stable hash for the venv's marker (std's hashers may change).
+fn fnv1a64(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in data {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Runs [`PYTHON_CHECK`] with the venv's interpreter: `(python version, protobuf version)`.
+fn check_venv(python: &Path) -> Result<(String, String)> {
+    let out = cmd::stdout(cmd::new(python).args(["-c", PYTHON_CHECK]))?;
+    let f: Vec<&str> = out.split_whitespace().collect();
+    let [py, pb, backend] = f[..] else {
+        bail!("unexpected output from the venv check: {out:?}");
+    };
+    if backend != "upb" {
+        bail!(
+            "protobuf {pb} in {} uses the {backend:?} backend, not \"upb\" \
+             (is PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION set?)",
+            python.display()
+        );
+    }
+    Ok((py.to_owned(), pb.to_owned()))
+}
+
+/// `python3` on PATH, checked to be at least [`PYTHON_MIN`].
+fn base_python() -> Result<PathBuf> {
+    let Some(python3) = cmd::find_in_path("python3") else {
+        bail!(
+            "python3 is not on PATH: install Python >= {}.{} (on Debian: apt-get install python3 python3-venv)",
+            PYTHON_MIN.0,
+            PYTHON_MIN.1
+        );
+    };
+    let v = cmd::stdout(
+        cmd::new(&python3).args(["-c", "import sys; print('%d %d' % sys.version_info[:2])"]),
+    )?;
+    let mut it = v.split_whitespace().map(|x| x.parse::<u32>().unwrap_or(0));
+    let found = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+    if found < PYTHON_MIN {
+        bail!(
+            "{} is Python {}.{}; the tests' packages need >= {}.{}",
+            python3.display(),
+            found.0,
+            found.1,
+            PYTHON_MIN.0,
+            PYTHON_MIN.1
+        );
+    }
+    Ok(python3)
+}
+
+/// (e) A Python venv with the pinned packages of [`PYTHON_REQUIREMENTS`] at [`PYTHON_VENV`]: the
+/// OpenTelemetry Python SDK and exporter and the upb protobuf runtime, which the tests use as a
+/// second client, HTTP stack and decoder. Rebuilt from scratch when the requirements change (or
+/// the venv no longer runs); otherwise only checked, without pip.
+fn python_venv() -> Result<Done> {
+    let root = workspace_root()?;
+    let venv = root.join(PYTHON_VENV);
+    let req_path = root.join(PYTHON_REQUIREMENTS);
+    let reqs =
+        std::fs::read(&req_path).with_context(|| format!("reading {}", req_path.display()))?;
+    let stamp = format!(
+        "requirements {PYTHON_REQUIREMENTS} fnv1a64={:016x}\n",
+        fnv1a64(&reqs)
+    );
+    let python = venv.join("bin").join("python");
+    let marker = venv.join(PYTHON_MARKER);
+    let describe = |(py, pb): (String, String)| {
+        format!("Python venv {PYTHON_VENV} (Python {py}, protobuf {pb} upb, {PYTHON_REQUIREMENTS})")
+    };
+
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(stamp.as_str()) {
+        match check_venv(&python) {
+            Ok(v) => return Ok(Done::Ok(describe(v))),
+            Err(e) => eprintln!(
+                "the Python venv at {} is broken, rebuilding it: {e:#}",
+                venv.display()
+            ),
+        }
+    }
+
+    let python3 = base_python()?;
+    if venv.exists() {
+        std::fs::remove_dir_all(&venv)
+            .with_context(|| format!("removing the old venv {}", venv.display()))?;
+    }
+    let made = cmd::run(cmd::new(&python3).arg("-m").arg("venv").arg(&venv));
+    if let Err(e) = made {
+        let _ = std::fs::remove_dir_all(&venv);
+        return Err(e.context(format!(
+            "creating the venv with {} (on Debian, `python3 -m venv` needs the python3-venv package)",
+            python3.display()
+        )));
+    }
+    let installed = cmd::run(
+        cmd::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--no-input",
+                "--disable-pip-version-check",
+            ])
+            .args(["--require-virtualenv", "-r"])
+            .arg(&req_path),
+    );
+    if let Err(e) = installed {
+        // No marker: the next setup starts over.
+        return Err(e.context(format!(
+            "installing {PYTHON_REQUIREMENTS} into {} (needs access to PyPI)",
+            venv.display()
+        )));
+    }
+    let v = check_venv(&python).context("checking the new venv")?;
+    std::fs::write(&marker, stamp).with_context(|| format!("writing {}", marker.display()))?;
+    Ok(Done::Installed(describe(v)))
 }

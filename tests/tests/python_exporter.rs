@@ -1,0 +1,946 @@
+//! The official OpenTelemetry Python SDK exporter (opentelemetry-exporter-otlp-proto-http, upb
+//! encoding, requests/urllib3 writing the head and the body separately) through an agent, to the
+//! hyper receiver and to the Python receiver; and the actions sample, rate_limit and redact end to
+//! end with both real SDK exporters (Python and Rust).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use dt_tests::model::toml_str;
+use dt_tests::{
+    Collector, ExportMode, ExportPlan, PlannedRecord, PyReceiver, ReceivedRecord, Receiver,
+    RuleSpec, SentRecord, TempRules, WAIT, assert_expected, assert_no_passthrough,
+    assert_same_records, evaluate, export_with_python, export_with_real_exporter_to,
+    kernel_or_skip, python_or_skip, start_agent, stats_of,
+};
+
+fn rules() -> Vec<RuleSpec> {
+    vec![
+        RuleSpec::count("count-error-plus").severity(">=ERROR", 17..=24),
+        RuleSpec::count("count-checkout").service("checkout"),
+        RuleSpec::drop("drop-debug-and-below").severity("<=DEBUG", 1..=8),
+        RuleSpec::drop("drop-healthcheck").body_contains("healthcheck"),
+        RuleSpec::drop("drop-healthz-route").attribute("http.route", "/healthz"),
+        RuleSpec::count("count-payments-survivors").service("payments"),
+    ]
+}
+
+/// The Python exporter sends `plan` through an agent with [`rules`] to `collector`; everything
+/// is checked against the model.
+fn run_python(name: &str, plan: ExportPlan, collector: &dyn Collector) {
+    let rules = rules();
+    let dir = TempRules::from_rules(&rules);
+    let agent = start_agent(&dir, &[collector.port()]);
+
+    let report = export_with_python(&collector.url(), &plan);
+    report.assert_all_ok(plan.total());
+    let requests = report.batches_ok;
+    if plan.mode == ExportMode::Direct {
+        assert_eq!(requests, plan.direct_batches(), "{name}: requests");
+    }
+    collector.wait_requests(requests, WAIT);
+    collector.no_more(requests, Duration::from_millis(100));
+    let stats = stats_of(&agent);
+    drop(agent);
+
+    // Expected values from the plan as the Python exporter encoded it, through the model.
+    assert_same_records(
+        &format!("{name}: plan vs Python exporter"),
+        &plan.records(),
+        &report.sent_records(),
+    );
+    let expected = evaluate(&rules, &report.sent);
+    assert!(expected.records_dropped > 0 && !expected.kept.is_empty());
+
+    let failures = collector.failures();
+    assert!(
+        failures.is_empty(),
+        "{name}: {} receiver could not decode: {failures:?}",
+        collector.kind()
+    );
+    assert!(collector.all_ok(), "{name}: a request was not answered 200");
+    assert_same_records(
+        &format!("{name}: {} receiver", collector.kind()),
+        &expected.kept,
+        &collector.decoded(),
+    );
+
+    assert_expected(&stats, &expected);
+    assert_no_passthrough(&stats);
+    assert_eq!(stats.totals.requests, requests as u64, "{name}: requests");
+    assert_eq!(
+        stats.totals.log_requests, requests as u64,
+        "{name}: log_requests"
+    );
+    assert_eq!(
+        stats.totals.bytes_out,
+        collector.wire_bytes(),
+        "{name}: bytes_out vs bytes the {} receiver read",
+        collector.kind()
+    );
+    assert!(stats.totals.bytes_in > stats.totals.bytes_out);
+    let removed = stats.totals.bytes_in - stats.totals.bytes_out;
+    let dropped_bytes: u64 = expected.rules.iter().map(|r| r.dropped_bytes).sum();
+    // Removed bytes are the dropped records, give or take length prefixes and Content-Length
+    // digits (a few bytes per request).
+    assert!(
+        removed.abs_diff(dropped_bytes) <= 16 * requests as u64,
+        "{name}: bytes_in - bytes_out = {removed}, dropped records = {dropped_bytes}"
+    );
+}
+
+#[test]
+fn python_exporter_sdk_pipeline_to_hyper_receiver() {
+    let test = "python_exporter_sdk_pipeline_to_hyper_receiver";
+    if !kernel_or_skip(test) || python_or_skip(test).is_none() {
+        return;
+    }
+    // LoggerProvider + BatchLogRecordProcessor + OTLPLogExporter, one provider per service.
+    let plan = ExportPlan::mixed(6_000, &["checkout", "payments", "inventory"], 256)
+        .with_mode(ExportMode::BatchProcessor);
+    let receiver = Receiver::start_v4();
+    run_python("python sdk pipeline -> hyper", plan, &receiver);
+}
+
+#[test]
+fn python_exporter_direct_batches_to_hyper_receiver() {
+    let test = "python_exporter_direct_batches_to_hyper_receiver";
+    if !kernel_or_skip(test) || python_or_skip(test).is_none() {
+        return;
+    }
+    // OTLPLogExporter.export() with batches of 150: an exact number of requests.
+    let plan = ExportPlan::mixed(3_000, &["checkout", "payments"], 150);
+    let receiver = Receiver::start_v4();
+    run_python("python direct -> hyper", plan, &receiver);
+}
+
+#[test]
+fn python_exporter_to_python_receiver() {
+    let test = "python_exporter_to_python_receiver";
+    if !kernel_or_skip(test) || python_or_skip(test).is_none() {
+        return;
+    }
+    let plan = ExportPlan::mixed(4_000, &["checkout", "payments", "inventory"], 300)
+        .with_mode(ExportMode::BatchProcessor);
+    let receiver = PyReceiver::start_v4();
+    run_python("python sdk pipeline -> python", plan, &receiver);
+    receiver.stop();
+}
+
+#[test]
+fn python_exporter_to_python_receiver_ipv6() {
+    let test = "python_exporter_to_python_receiver_ipv6";
+    if !kernel_or_skip(test) || python_or_skip(test).is_none() {
+        return;
+    }
+    let plan = ExportPlan::mixed(1_500, &["checkout", "payments"], 100);
+    let receiver = PyReceiver::start_v6();
+    run_python("python direct -> python over IPv6", plan, &receiver);
+    receiver.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The actions (INTERFACE.md, "Evaluation, per record") end to end with both real SDK exporters.
+// The shared model in dt_tests knows count and drop; the model for every action is here.
+
+/// A rule's action and its parameters.
+#[derive(Clone, Debug)]
+enum Act {
+    Count,
+    Drop,
+    Sample(u64),
+    RateLimit(u64),
+    Redact {
+        remove: Vec<&'static str>,
+        mask: bool,
+    },
+}
+
+/// A rule: its match (a [`RuleSpec`], whose own action is ignored) and its action.
+#[derive(Clone, Debug)]
+struct ARule {
+    spec: RuleSpec,
+    act: Act,
+}
+
+impl ARule {
+    fn new(name: &str, act: Act) -> ARule {
+        ARule {
+            spec: RuleSpec::count(name),
+            act,
+        }
+    }
+
+    fn with(mut self, f: impl FnOnce(RuleSpec) -> RuleSpec) -> ARule {
+        self.spec = f(self.spec);
+        self
+    }
+
+    fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    fn action_name(&self) -> &'static str {
+        match self.act {
+            Act::Count => "count",
+            Act::Drop => "drop",
+            Act::Sample(_) => "sample",
+            Act::RateLimit(_) => "rate_limit",
+            Act::Redact { .. } => "redact",
+        }
+    }
+
+    fn to_toml(&self) -> String {
+        let params = match &self.act {
+            Act::Count | Act::Drop => String::new(),
+            Act::Sample(n) => format!("keep_one_in = {n}\n"),
+            Act::RateLimit(n) => format!("per_second = {n}\n"),
+            Act::Redact { remove, mask } => {
+                let mut p = String::new();
+                if !remove.is_empty() {
+                    let keys: Vec<String> = remove.iter().map(|k| toml_str(k)).collect();
+                    p += &format!("remove_attributes = [{}]\n", keys.join(", "));
+                }
+                if *mask {
+                    p += "mask_body = true\n";
+                }
+                p
+            }
+        };
+        let line = "action = \"count\"\n";
+        let toml = self.spec.to_toml();
+        assert!(toml.contains(line), "unexpected rule TOML {toml:?}");
+        toml.replacen(
+            line,
+            &format!("action = \"{}\"\n{params}", self.action_name()),
+            1,
+        )
+    }
+}
+
+fn actions_toml(rules: &[ARule]) -> String {
+    rules
+        .iter()
+        .map(ARule::to_toml)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// What the model says happens to a record.
+#[derive(Clone, Debug)]
+enum Fate {
+    /// Leaves, as `edited`; `redactors` are the redact rules that matched it.
+    Kept {
+        edited: ReceivedRecord,
+        redactors: Vec<usize>,
+    },
+    /// Dropped by this drop rule.
+    Dropped(usize),
+    /// Stopped at this sample or rate_limit rule: kept (as `edited`) or dropped, as the kernel
+    /// decides.
+    Decided {
+        rule: usize,
+        edited: ReceivedRecord,
+        redactors: Vec<usize>,
+    },
+}
+
+/// `r` with the edits of `redactors` applied.
+fn redacted(rules: &[ARule], r: &ReceivedRecord, redactors: &[usize]) -> ReceivedRecord {
+    let mut out = r.clone();
+    for &i in redactors {
+        if let Act::Redact { remove, mask } = &rules[i].act {
+            out.attributes
+                .retain(|(k, _)| !remove.contains(&k.as_str()));
+            if *mask && let Some(b) = &out.body {
+                out.body = Some("*".repeat(b.len()));
+            }
+        }
+    }
+    out
+}
+
+/// Evaluates `rules` over `sent` (rules see the record as sent; edits apply when it leaves).
+fn evaluate_actions(rules: &[ARule], sent: &[SentRecord]) -> (Vec<u64>, Vec<Fate>) {
+    let mut matched = vec![0u64; rules.len()];
+    let mut fates = Vec::with_capacity(sent.len());
+    for s in sent {
+        let mut redactors = Vec::new();
+        let mut fate = None;
+        for (i, rule) in rules.iter().enumerate() {
+            if !rule.spec.matches(&s.record) {
+                continue;
+            }
+            matched[i] += 1;
+            match rule.act {
+                Act::Count => {}
+                Act::Redact { .. } => redactors.push(i),
+                Act::Drop => {
+                    fate = Some(Fate::Dropped(i));
+                    break;
+                }
+                Act::Sample(_) | Act::RateLimit(_) => {
+                    fate = Some(Fate::Decided {
+                        rule: i,
+                        edited: redacted(rules, &s.record, &redactors),
+                        redactors: redactors.clone(),
+                    });
+                    break;
+                }
+            }
+        }
+        fates.push(fate.unwrap_or_else(|| Fate::Kept {
+            edited: redacted(rules, &s.record, &redactors),
+            redactors,
+        }));
+    }
+    (matched, fates)
+}
+
+/// Checks what arrived and every counter against the model. `elapsed` bounds the time over
+/// which the records were evaluated (for rate_limit).
+fn check_actions(
+    name: &str,
+    rules: &[ARule],
+    sent: &[SentRecord],
+    received: &[ReceivedRecord],
+    stats: &dt_agent::Stats,
+    elapsed: Duration,
+) {
+    let (matched, fates) = evaluate_actions(rules, sent);
+    let mut problems = Vec::new();
+
+    // What arrived: every certainly kept record, plus some of the decided ones, nothing else.
+    let mut arrived: BTreeMap<&ReceivedRecord, i64> = BTreeMap::new();
+    for r in received {
+        *arrived.entry(r).or_default() += 1;
+    }
+    for f in &fates {
+        if let Fate::Kept { edited, .. } = f {
+            let n = arrived.entry(edited).or_default();
+            *n -= 1;
+            if *n < 0 {
+                problems.push(format!("missing kept record {edited:?}"));
+            }
+        }
+    }
+    // Decided records that arrived are kept (claimed in order), the others dropped.
+    let mut kept_of = vec![0u64; rules.len()];
+    let mut dropped_of = vec![0u64; rules.len()];
+    let mut dropped_bytes_of = vec![0u64; rules.len()];
+    let mut redacted_of = vec![0u64; rules.len()];
+    let mut records_dropped = 0u64;
+    for (f, s) in fates.iter().zip(sent) {
+        match f {
+            Fate::Kept { redactors, .. } => {
+                for &i in redactors {
+                    redacted_of[i] += 1;
+                }
+            }
+            Fate::Dropped(i) => {
+                dropped_of[*i] += 1;
+                dropped_bytes_of[*i] += s.field_len;
+                records_dropped += 1;
+            }
+            Fate::Decided {
+                rule,
+                edited,
+                redactors,
+            } => match arrived.get_mut(edited) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    kept_of[*rule] += 1;
+                    for &i in redactors {
+                        redacted_of[i] += 1;
+                    }
+                }
+                _ => {
+                    dropped_of[*rule] += 1;
+                    dropped_bytes_of[*rule] += s.field_len;
+                    records_dropped += 1;
+                }
+            },
+        }
+    }
+    for (r, n) in &arrived {
+        if *n > 0 {
+            problems.push(format!("unexpected record x{n}: {r:?}"));
+        }
+    }
+
+    for (i, rule) in rules.iter().enumerate() {
+        let rn = rule.name();
+        let Some(got) = stats.rule(rn) else {
+            problems.push(format!("rule {rn} not listed"));
+            continue;
+        };
+        if got.action != rule.action_name() || !got.active {
+            problems.push(format!(
+                "rule {rn}: action {:?} active {} want {:?} active",
+                got.action,
+                got.active,
+                rule.action_name()
+            ));
+        }
+        let mut want = |what: &str, got: u64, want: u64| {
+            if got != want {
+                problems.push(format!("rule {rn}: {what} {got} want {want}"));
+            }
+        };
+        want("matched", got.matched, matched[i]);
+        match rule.act {
+            Act::Count => {}
+            Act::Drop => {
+                want("dropped", got.dropped, dropped_of[i]);
+                want("dropped_bytes", got.dropped_bytes, dropped_bytes_of[i]);
+                want("kept", got.kept, 0);
+            }
+            Act::Sample(n) => {
+                want("kept (records that arrived)", got.kept, kept_of[i]);
+                want("dropped", got.dropped, dropped_of[i]);
+                want("dropped_bytes", got.dropped_bytes, dropped_bytes_of[i]);
+                want(
+                    "kept (ceil(matched/keep_one_in))",
+                    kept_of[i],
+                    matched[i].div_ceil(n),
+                );
+            }
+            Act::RateLimit(per_second) => {
+                want("kept (records that arrived)", got.kept, kept_of[i]);
+                want("dropped", got.dropped, dropped_of[i]);
+                want("dropped_bytes", got.dropped_bytes, dropped_bytes_of[i]);
+                let low = per_second.min(matched[i]);
+                let high =
+                    (per_second + (per_second as f64 * elapsed.as_secs_f64()).ceil() as u64 + 1)
+                        .min(matched[i]);
+                if kept_of[i] < low || kept_of[i] > high {
+                    // Reported through `want` so the message names both bounds.
+                    want(
+                        &format!(
+                            "kept outside [{low}, {high}] (per_second {per_second}, matched {}, \
+                             {elapsed:?} elapsed): kept",
+                            matched[i]
+                        ),
+                        kept_of[i],
+                        if kept_of[i] < low { low } else { high },
+                    );
+                }
+            }
+            Act::Redact { .. } => {
+                want(
+                    "redacted (kept records it matched)",
+                    got.redacted,
+                    redacted_of[i],
+                );
+                want("dropped", got.dropped, 0);
+            }
+        }
+    }
+    if stats.totals.records != sent.len() as u64 {
+        problems.push(format!(
+            "totals.records {} want {}",
+            stats.totals.records,
+            sent.len()
+        ));
+    }
+    if stats.totals.records_dropped != records_dropped {
+        problems.push(format!(
+            "totals.records_dropped {} want {records_dropped}",
+            stats.totals.records_dropped
+        ));
+    }
+    assert!(
+        problems.is_empty(),
+        "{name}: differs from the model:\n  {}\nstats: {stats:#?}",
+        problems.join("\n  ")
+    );
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Sdk {
+    Python,
+    Rust,
+}
+
+/// Exports `plan` with `sdk` to `collector`: the records as encoded, the number of requests, and
+/// a bound on the time over which they were sent.
+fn export(
+    sdk: Sdk,
+    collector: &dyn Collector,
+    plan: &ExportPlan,
+) -> (Vec<SentRecord>, usize, Duration) {
+    match sdk {
+        Sdk::Python => {
+            let r = export_with_python(&collector.url(), plan);
+            r.assert_all_ok(plan.total());
+            (r.sent, r.batches_ok, r.elapsed)
+        }
+        Sdk::Rust => {
+            let t0 = Instant::now();
+            let r = export_with_real_exporter_to(&collector.url(), plan);
+            let elapsed = t0.elapsed();
+            r.assert_all_ok(plan.total());
+            (r.sent, r.batches_ok, elapsed)
+        }
+    }
+}
+
+/// Runs `plan` through an agent with `rules`: the Python exporter to the Python receiver, the
+/// Rust exporter to the hyper receiver. Returns what arrived, for extra checks.
+fn run_actions(test: &str, sdk: Sdk, rules: &[ARule], plan: &ExportPlan) -> Vec<ReceivedRecord> {
+    let py;
+    let hy;
+    let collector: &dyn Collector = match sdk {
+        Sdk::Python => {
+            py = PyReceiver::start_v4();
+            &py
+        }
+        Sdk::Rust => {
+            hy = Receiver::start_v4();
+            &hy
+        }
+    };
+    let dir = TempRules::with_files(&[("50-actions.toml", &actions_toml(rules))]);
+    let agent = start_agent(&dir, &[collector.port()]);
+    let (sent, requests, elapsed) = export(sdk, collector, plan);
+    if plan.mode == ExportMode::Direct {
+        assert_eq!(requests, plan.direct_batches(), "{test}: requests");
+    }
+    collector.wait_requests(requests, WAIT);
+    collector.no_more(requests, Duration::from_millis(100));
+    let stats = stats_of(&agent);
+    drop(agent);
+
+    assert_same_records(
+        &format!("{test}: plan vs exporter"),
+        &plan.records(),
+        &sent.iter().map(|s| s.record.clone()).collect::<Vec<_>>(),
+    );
+    let failures = collector.failures();
+    assert!(
+        failures.is_empty(),
+        "{test}: {} receiver could not decode: {failures:?}",
+        collector.kind()
+    );
+    assert!(collector.all_ok(), "{test}: a request was not answered 200");
+    let received = collector.decoded();
+    check_actions(test, rules, &sent, &received, &stats, elapsed);
+    assert_no_passthrough(&stats);
+    assert_eq!(stats.totals.requests, requests as u64, "{test}: requests");
+    assert_eq!(
+        stats.totals.bytes_out,
+        collector.wire_bytes(),
+        "{test}: bytes_out vs bytes the {} receiver read",
+        collector.kind()
+    );
+    received
+}
+
+fn actions_or_skip(test: &str) -> bool {
+    kernel_or_skip(test) && python_or_skip(test).is_some()
+}
+
+fn sample_rules() -> Vec<ARule> {
+    vec![
+        ARule::new("count-all", Act::Count),
+        ARule::new("sample-info", Act::Sample(10)).with(|s| s.severity("INFO", 9..=12)),
+        ARule::new("drop-debug", Act::Drop).with(|s| s.severity("<=DEBUG", 1..=8)),
+        ARule::new("sample-healthz", Act::Sample(3))
+            .with(|s| s.attribute("http.route", "/healthz")),
+        ARule::new("count-survivors", Act::Count),
+    ]
+}
+
+/// sample: kept = ceil(matched / keep_one_in) exactly (one agent, exports one after another),
+/// and the receiver gets exactly those of the sampled records.
+fn sample_test(test: &str, sdk: Sdk) {
+    if !actions_or_skip(test) {
+        return;
+    }
+    let plan = ExportPlan::mixed(3_000, &["checkout", "payments"], 200);
+    run_actions(test, sdk, &sample_rules(), &plan);
+}
+
+#[test]
+fn action_sample_python_exporter() {
+    sample_test("action_sample_python_exporter", Sdk::Python);
+}
+
+#[test]
+fn action_sample_rust_exporter() {
+    sample_test("action_sample_rust_exporter", Sdk::Rust);
+}
+
+fn rate_limit_rules() -> Vec<ARule> {
+    vec![
+        ARule::new("limit-checkout", Act::RateLimit(50)).with(|s| s.service("checkout")),
+        ARule::new("drop-debug", Act::Drop).with(|s| s.severity("<=DEBUG", 1..=8)),
+        ARule::new("limit-errors", Act::RateLimit(20)).with(|s| s.severity(">=ERROR", 17..=24)),
+        ARule::new("count-after", Act::Count),
+    ]
+}
+
+/// rate_limit: a burst far above per_second, sent in well under a second (4 requests of 1000
+/// records; each request's records are evaluated at once): kept within
+/// [per_second, per_second + per_second * elapsed + 1], the rest dropped.
+fn rate_limit_test(test: &str, sdk: Sdk) {
+    if !actions_or_skip(test) {
+        return;
+    }
+    let plan = ExportPlan::mixed(4_000, &["checkout", "payments"], 1_000);
+    run_actions(test, sdk, &rate_limit_rules(), &plan);
+}
+
+#[test]
+fn action_rate_limit_python_exporter() {
+    rate_limit_test("action_rate_limit_python_exporter", Sdk::Python);
+}
+
+#[test]
+fn action_rate_limit_rust_exporter() {
+    rate_limit_test("action_rate_limit_rust_exporter", Sdk::Rust);
+}
+
+/// Records with personal data to redact: `user.email` on every 2nd, `card.number` on every 5th.
+fn redact_plan(total: usize, batch_size: usize) -> ExportPlan {
+    let services = ["checkout", "payments", "inventory"];
+    let mut per: Vec<(String, Vec<PlannedRecord>)> = services
+        .iter()
+        .map(|s| (s.to_string(), Vec::new()))
+        .collect();
+    for i in 0..total {
+        let mut attributes = vec![("request.id".to_string(), format!("req-{i}"))];
+        if i % 2 == 0 {
+            attributes.push(("user.email".into(), format!("user{i}@example.com")));
+        }
+        attributes.push(("http.route".into(), format!("/api/orders/{}", i % 40)));
+        if i % 5 == 1 {
+            attributes.push((
+                "card.number".into(),
+                format!("4111-1111-1111-{:04}", i % 10_000),
+            ));
+        }
+        let body = if i % 4 == 0 {
+            format!(
+                "user user{i}@example.com paid order {i} with card 4111-1111-1111-{:04}",
+                i % 10_000
+            )
+        } else {
+            format!("order {i} shipped in {} ms", i % 97)
+        };
+        per[i % services.len()].1.push(PlannedRecord {
+            scope: if i % 3 == 0 { "db" } else { "http" }.into(),
+            severity_number: ((i * 5) % 24 + 1) as i32,
+            body,
+            attributes,
+        });
+    }
+    ExportPlan {
+        services: per,
+        batch_size,
+        mode: ExportMode::Direct,
+    }
+}
+
+fn redact_rules() -> Vec<ARule> {
+    vec![
+        ARule::new(
+            "strip-pii",
+            Act::Redact {
+                remove: vec!["user.email", "card.number"],
+                mask: false,
+            },
+        ),
+        ARule::new(
+            "mask-checkout-bodies",
+            Act::Redact {
+                remove: vec![],
+                mask: true,
+            },
+        )
+        .with(|s| s.service("checkout")),
+        ARule::new(
+            "mask-and-strip-payment-errors",
+            Act::Redact {
+                remove: vec!["request.id"],
+                mask: true,
+            },
+        )
+        .with(|s| s.service("payments").severity(">=ERROR", 17..=24)),
+        ARule::new("drop-debug", Act::Drop).with(|s| s.severity("<=DEBUG", 1..=8)),
+        ARule::new("count-kept", Act::Count),
+    ]
+}
+
+/// redact: kept records arrive with the named attributes removed and/or the body masked ('*'
+/// repeated for the body's length); `redacted` counts the kept records each rule matched.
+fn redact_test(test: &str, sdk: Sdk) {
+    if !actions_or_skip(test) {
+        return;
+    }
+    let plan = redact_plan(1_500, 100);
+    let received = run_actions(test, sdk, &redact_rules(), &plan);
+    // Spot checks beyond the model: no personal data left, masked bodies are all '*'.
+    for r in &received {
+        assert!(
+            r.attribute("user.email").is_none() && r.attribute("card.number").is_none(),
+            "{test}: unredacted attribute in {r:?}"
+        );
+        if r.service == "checkout" {
+            assert!(
+                r.body
+                    .as_deref()
+                    .is_some_and(|b| !b.is_empty() && b.bytes().all(|c| c == b'*')),
+                "{test}: checkout body not masked: {r:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn action_redact_python_exporter() {
+    redact_test("action_redact_python_exporter", Sdk::Python);
+}
+
+#[test]
+fn action_redact_rust_exporter() {
+    redact_test("action_redact_rust_exporter", Sdk::Rust);
+}
+
+/// The action model itself (no kernel): sample and redact fates on a few records.
+#[test]
+fn action_model() {
+    let rec = |svc: &str, sev: i32, body: &str, attrs: &[(&str, &str)]| SentRecord {
+        record: ReceivedRecord {
+            service: svc.into(),
+            scope: "s".into(),
+            severity_number: sev,
+            body: Some(body.into()),
+            attributes: attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        },
+        field_len: 10,
+    };
+    let rules = vec![
+        ARule::new(
+            "strip",
+            Act::Redact {
+                remove: vec!["user.email"],
+                mask: false,
+            },
+        ),
+        ARule::new(
+            "mask",
+            Act::Redact {
+                remove: vec![],
+                mask: true,
+            },
+        )
+        .with(|s| s.service("checkout")),
+        ARule::new("sample", Act::Sample(2)).with(|s| s.severity("INFO", 9..=12)),
+        ARule::new("drop", Act::Drop).with(|s| s.severity("<=DEBUG", 1..=8)),
+    ];
+    let sent = vec![
+        rec("checkout", 9, "abc", &[("user.email", "x"), ("k", "v")]),
+        rec("checkout", 5, "debug", &[]),
+        rec("payments", 13, "warn", &[("user.email", "y")]),
+        rec("payments", 9, "info", &[]),
+    ];
+    let (matched, fates) = evaluate_actions(&rules, &sent);
+    assert_eq!(matched, vec![4, 2, 2, 1]);
+    assert!(matches!(&fates[0], Fate::Decided { rule: 2, edited, .. }
+        if edited.body.as_deref() == Some("***") && edited.attributes == vec![("k".to_string(), "v".to_string())]));
+    assert!(matches!(fates[1], Fate::Dropped(3)));
+    assert!(
+        matches!(&fates[2], Fate::Kept { edited, redactors } if edited.attributes.is_empty() && redactors == &vec![0])
+    );
+    assert!(matches!(fates[3], Fate::Decided { rule: 2, .. }));
+
+    let toml = actions_toml(&rules);
+    assert!(
+        toml.contains(
+            "name = \"strip\"\naction = \"redact\"\nremove_attributes = [\"user.email\"]\n"
+        )
+    );
+    assert!(toml.contains(
+        "name = \"sample\"\naction = \"sample\"\nkeep_one_in = 2\n[rule.match]\nseverity = \"INFO\"\n"
+    ));
+    assert!(
+        toml.contains("name = \"mask\"\naction = \"redact\"\nmask_body = true\n[rule.match]\n")
+    );
+}
+
+/// A kernel as INTERFACE.md describes it, in plain Rust: sample keeps the 1st, (N+1)th, ... match
+/// of its rule, rate_limit keeps the first `per_second` (no time passes), redact edits kept
+/// records. Returns what arrives and the counters.
+fn simulate(rules: &[ARule], sent: &[SentRecord]) -> (Vec<ReceivedRecord>, dt_agent::Stats) {
+    let mut stats = dt_agent::Stats {
+        rules: rules
+            .iter()
+            .map(|r| dt_agent::stats::RuleStats {
+                name: r.name().into(),
+                action: r.action_name().into(),
+                hook: "otlp".into(),
+                active: true,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let mut arrived = Vec::new();
+    for s in sent {
+        stats.totals.records += 1;
+        let mut redactors = Vec::new();
+        let mut dropped_by = None;
+        let mut stopped_at = None;
+        for (i, rule) in rules.iter().enumerate() {
+            if !rule.spec.matches(&s.record) {
+                continue;
+            }
+            let st = &mut stats.rules[i];
+            st.matched += 1;
+            match rule.act {
+                Act::Count => {}
+                Act::Redact { .. } => redactors.push(i),
+                Act::Drop => {
+                    dropped_by = Some(i);
+                    break;
+                }
+                Act::Sample(n) => {
+                    if !(st.matched - 1).is_multiple_of(n) {
+                        dropped_by = Some(i);
+                    } else {
+                        stopped_at = Some(i);
+                    }
+                    break;
+                }
+                Act::RateLimit(n) => {
+                    if st.kept >= n {
+                        dropped_by = Some(i);
+                    } else {
+                        stopped_at = Some(i);
+                    }
+                    break;
+                }
+            }
+        }
+        if let Some(i) = dropped_by {
+            stats.rules[i].dropped += 1;
+            stats.rules[i].dropped_bytes += s.field_len;
+            stats.totals.records_dropped += 1;
+        } else {
+            if let Some(i) = stopped_at {
+                stats.rules[i].kept += 1;
+            }
+            for &i in &redactors {
+                stats.rules[i].redacted += 1;
+            }
+            arrived.push(redacted(rules, &s.record, &redactors));
+        }
+    }
+    (arrived, stats)
+}
+
+/// The action checks (no kernel): they accept the simulated kernel and reject it when one thing
+/// is off, so the gated tests above are sound before the kernel side lands.
+#[test]
+fn action_checks_accept_a_correct_kernel_and_reject_wrong_ones() {
+    let sets: [(&str, Vec<ARule>, ExportPlan); 3] = [
+        (
+            "sample",
+            sample_rules(),
+            ExportPlan::mixed(3_000, &["checkout", "payments"], 200),
+        ),
+        (
+            "rate_limit",
+            rate_limit_rules(),
+            ExportPlan::mixed(4_000, &["checkout", "payments"], 1_000),
+        ),
+        ("redact", redact_rules(), redact_plan(1_500, 100)),
+    ];
+    for (what, rules, plan) in sets {
+        let sent: Vec<SentRecord> = plan
+            .records()
+            .into_iter()
+            .enumerate()
+            .map(|(i, record)| SentRecord {
+                record,
+                field_len: 50 + i as u64 % 7,
+            })
+            .collect();
+        let (arrived, stats) = simulate(&rules, &sent);
+        assert!(arrived.len() < sent.len() && !arrived.is_empty(), "{what}");
+        let elapsed = Duration::from_millis(300);
+        check_actions(what, &rules, &sent, &arrived, &stats, elapsed);
+
+        let rejects = |why: &str, arrived: &[ReceivedRecord], stats: &dt_agent::Stats| {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                check_actions(what, &rules, &sent, arrived, stats, elapsed)
+            }));
+            assert!(r.is_err(), "{what}: the checks accepted {why}");
+        };
+        let mut fewer = arrived.clone();
+        fewer.remove(fewer.len() / 2);
+        rejects("a missing record", &fewer, &stats);
+        let mut more = arrived.clone();
+        more.push(arrived[0].clone());
+        rejects("a duplicated record", &more, &stats);
+        for (i, rule) in rules.iter().enumerate() {
+            let mut s = stats.clone();
+            match rule.act {
+                Act::Count => continue,
+                Act::Drop => s.rules[i].dropped_bytes += 1,
+                Act::Sample(_) | Act::RateLimit(_) => s.rules[i].kept += 1,
+                Act::Redact { .. } => s.rules[i].redacted += 1,
+            }
+            rejects(&format!("a wrong counter on {}", rule.name()), &arrived, &s);
+        }
+        if what == "redact" {
+            // An unredacted record.
+            let original: Vec<ReceivedRecord> = plan.records();
+            let mut leaked = arrived.clone();
+            let j = leaked
+                .iter()
+                .position(|r| r.body.as_deref().is_some_and(|b| b.starts_with('*')))
+                .expect("a masked record");
+            let k = original
+                .iter()
+                .position(|o| {
+                    o.service == leaked[j].service
+                        && o.body.as_ref().map(String::len)
+                            == leaked[j].body.as_ref().map(String::len)
+                })
+                .unwrap();
+            leaked[j].body = original[k].body.clone();
+            rejects("an unmasked body", &leaked, &stats);
+        }
+        if what == "sample" {
+            // One more kept than ceil(matched / N), consistently in records and counters.
+            let i = rules
+                .iter()
+                .position(|r| r.name() == "sample-info")
+                .unwrap();
+            let (_, fates) = evaluate_actions(&rules, &sent);
+            let extra = fates
+                .iter()
+                .find_map(|f| match f {
+                    Fate::Decided { rule, edited, .. }
+                        if *rule == i && !arrived.contains(edited) =>
+                    {
+                        Some(edited.clone())
+                    }
+                    _ => None,
+                })
+                .unwrap();
+            let mut more = arrived.clone();
+            more.push(extra);
+            let mut s = stats.clone();
+            s.rules[i].kept += 1;
+            s.rules[i].dropped -= 1;
+            s.totals.records_dropped -= 1;
+            rejects("kept = ceil(matched/N) + 1", &more, &s);
+        }
+    }
+}
