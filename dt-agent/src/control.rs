@@ -1,38 +1,94 @@
 //! The control socket: one JSON request per connection, one JSON answer.
 //!
-//! `{"verb":"stats"}` → `{"ok":true,"stats":{...}}`; errors → `{"ok":false,"error":"..."}`.
+//! The socket is created with mode 0600, and every connection's peer credentials
+//! (SO_PEERCRED) are checked: only root is served, even if the mode was widened.
 
 use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
 };
 
-use crate::{Agent, Stats};
+use crate::{Stats, daemon::Daemon};
 
 /// Where the control socket lives unless `--socket` says otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/dt/agent.sock";
+
+/// A rule file sent by `push`: the path the user gave (for error messages) and its text.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PushedFile {
+    pub path: PathBuf,
+    pub text: String,
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "verb", rename_all = "snake_case")]
 pub enum Request {
     Stats,
+    Rules,
+    Push { files: Vec<PushedFile> },
+    Disable,
+    Enable,
+    Uninstall,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// One active rule, as `rules` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleInfo {
+    pub name: String,
+    pub action: String,
+    pub hook: String,
+    /// The rule's file and the line of its `[[rule]]` header.
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+/// The `rules --json` document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RulesInfo {
+    pub generation: u64,
+    pub enabled: bool,
+    pub rules_dir: PathBuf,
+    pub rules: Vec<RuleInfo>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Response {
     pub ok: bool,
+    /// What went wrong; for a refused push, one `file:line:column: message` per line.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stats: Option<Stats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rules: Option<RulesInfo>,
+    /// The active generation after a push.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+}
+
+impl Response {
+    fn ok() -> Response {
+        Response {
+            ok: true,
+            ..Response::default()
+        }
+    }
+
+    fn error(message: String) -> Response {
+        Response {
+            ok: false,
+            error: Some(message),
+            ..Response::default()
+        }
+    }
 }
 
 /// Binds the control socket (mode 0600), replacing a stale socket file nobody listens on.
@@ -58,35 +114,43 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 }
 
 /// Serves requests until the task is dropped.
-pub async fn serve(listener: UnixListener, agent: Arc<Mutex<Agent>>) {
+pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let agent = agent.clone();
+        let daemon = daemon.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, agent).await {
+            if let Err(e) = handle(stream, daemon).await {
                 log::debug!("control connection: {e:#}");
             }
         });
     }
 }
 
-async fn handle(stream: UnixStream, agent: Arc<Mutex<Agent>>) -> anyhow::Result<()> {
+async fn handle(stream: UnixStream, daemon: Arc<Daemon>) -> anyhow::Result<()> {
+    let peer = stream
+        .peer_cred()
+        .context("reading the peer's credentials")?;
     let (rd, mut wr) = stream.into_split();
-    let mut line = String::new();
-    BufReader::new(rd).read_line(&mut line).await?;
-    let response = match serde_json::from_str::<Request>(&line) {
-        Err(e) => Response::error(format!("bad request: {e}")),
-        Ok(Request::Stats) => {
-            let agent = agent.lock().map_err(|_| anyhow!("agent lock poisoned"))?;
-            match agent.stats() {
-                Ok(stats) => Response {
-                    ok: true,
-                    error: None,
-                    stats: Some(stats),
-                },
-                Err(e) => Response::error(format!("{e:#}")),
+    let response = if peer.uid() != 0 {
+        log::warn!(
+            "refused a control connection from uid {} (pid {:?}): only root may control dt",
+            peer.uid(),
+            peer.pid()
+        );
+        Response::error(format!(
+            "permission denied: dt's control socket serves root only (you are uid {})",
+            peer.uid()
+        ))
+    } else {
+        let mut line = String::new();
+        BufReader::new(rd).read_line(&mut line).await?;
+        match serde_json::from_str::<Request>(&line) {
+            Err(e) => Response::error(format!("bad request: {e}")),
+            Ok(request) => {
+                let daemon = daemon.clone();
+                tokio::task::spawn_blocking(move || answer(&daemon, request)).await?
             }
         }
     };
@@ -96,42 +160,73 @@ async fn handle(stream: UnixStream, agent: Arc<Mutex<Agent>>) -> anyhow::Result<
     Ok(())
 }
 
-impl Response {
-    fn error(message: String) -> Response {
-        Response {
-            ok: false,
-            error: Some(message),
-            stats: None,
+fn answer(daemon: &Daemon, request: Request) -> Response {
+    let result = match request {
+        Request::Stats => daemon.stats().map(|s| Response {
+            stats: Some(s),
+            ..Response::ok()
+        }),
+        Request::Rules => daemon.rules().map(|r| Response {
+            rules: Some(r),
+            ..Response::ok()
+        }),
+        Request::Push { files } => daemon.push(&files).map(|g| Response {
+            generation: Some(g),
+            ..Response::ok()
+        }),
+        Request::Disable => daemon.set_enabled(false).map(|_| Response::ok()),
+        Request::Enable => daemon.set_enabled(true).map(|_| Response::ok()),
+        Request::Uninstall => daemon.uninstall().map(|_| Response::ok()),
+    };
+    result.unwrap_or_else(|e| Response::error(format!("{e:#}")))
+}
+
+/// Why a call failed: the agent is not there, or it answered with an error.
+#[derive(Debug)]
+pub enum CallError {
+    /// Nothing listens on the socket.
+    NoAgent(anyhow::Error),
+    /// The agent refused; the message is what it said.
+    Refused(String),
+    Other(anyhow::Error),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::NoAgent(e) | CallError::Other(e) => write!(f, "{e:#}"),
+            CallError::Refused(m) => write!(f, "{m}"),
         }
     }
 }
 
+impl std::error::Error for CallError {}
+
 /// Sends one request to the agent serving `path` and returns its answer.
-pub fn call(path: &Path, request: &Request) -> anyhow::Result<Response> {
+pub fn call(path: &Path, request: &Request) -> Result<Response, CallError> {
     use std::io::{BufRead, Write};
-    let mut stream = std::os::unix::net::UnixStream::connect(path).with_context(|| {
-        format!(
+    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(|e| {
+        CallError::NoAgent(anyhow::Error::new(e).context(format!(
             "no agent is serving {} (is `dt-agent run` running? give --socket if it uses another path)",
             path.display()
-        )
+        )))
     })?;
-    let mut req = serde_json::to_vec(request)?;
+    let mut req = serde_json::to_vec(request).map_err(|e| CallError::Other(e.into()))?;
     req.push(b'\n');
-    stream.write_all(&req)?;
+    stream
+        .write_all(&req)
+        .map_err(|e| CallError::Other(e.into()))?;
     let mut line = String::new();
-    std::io::BufReader::new(stream).read_line(&mut line)?;
-    let response: Response = serde_json::from_str(&line)
-        .with_context(|| format!("unreadable answer from the agent: {line:?}"))?;
+    std::io::BufReader::new(stream)
+        .read_line(&mut line)
+        .map_err(|e| CallError::Other(e.into()))?;
+    let response: Response = serde_json::from_str(&line).map_err(|e| {
+        CallError::Other(anyhow::Error::new(e).context(format!("unreadable answer: {line:?}")))
+    })?;
     if !response.ok {
-        bail!(
-            "{}",
-            response.error.unwrap_or_else(|| "the agent refused".into())
-        );
+        return Err(CallError::Refused(
+            response.error.unwrap_or_else(|| "the agent refused".into()),
+        ));
     }
     Ok(response)
-}
-
-/// The socket path: the flag, or the default.
-pub fn socket_path(flag: Option<PathBuf>) -> PathBuf {
-    flag.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
 }

@@ -2,7 +2,10 @@
 //! and serves the control verbs.
 
 pub mod agent;
+pub mod config;
 pub mod control;
+pub mod daemon;
+pub mod metrics;
 pub mod rules;
 pub mod stats;
 

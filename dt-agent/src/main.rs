@@ -3,17 +3,21 @@
 use std::{
     path::{Path, PathBuf},
     process::ExitCode,
-    sync::{Arc, Mutex},
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use dt_agent::{
     Agent, AgentConfig, Stats,
-    control::{self, Request},
-    rules,
+    agent::{self, RuleErrors},
+    config::{self, Overrides},
+    control::{self, CallError, PushedFile, Request, RulesInfo},
+    daemon::Daemon,
+    metrics, rules,
 };
-use dt_ebpf_common::{DEFAULT_MAX_REQUEST, MAX_REQUEST_CEILING};
+use dt_ebpf_common::MAX_REQUEST_CEILING;
 
 #[derive(Parser)]
 #[command(
@@ -37,22 +41,70 @@ enum Verb {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
-    /// Show the in-kernel counters of the running agent.
+    /// Install rule files into the running agent's rules directory, as one new generation.
+    /// The whole resulting set is validated first; on any error nothing is written.
+    Push {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        at: AgentAt,
+    },
+    /// Show the in-kernel counters (from the pinned maps when no agent is running).
     Stats {
         /// The `stats --json` document of INTERFACE.md instead of a table.
         #[arg(long)]
         json: bool,
-        /// The agent's control socket.
-        #[arg(long, value_name = "PATH")]
-        socket: Option<PathBuf>,
+        #[command(flatten)]
+        at: AgentAt,
+    },
+    /// List the active rules, the generation, and each rule's source file.
+    Rules {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        at: AgentAt,
+    },
+    /// The rip cord: every request passes untouched, at once (works on the pinned state when no
+    /// agent is running).
+    Disable {
+        #[command(flatten)]
+        at: AgentAt,
+    },
+    /// Evaluate the rules again after `disable`.
+    Enable {
+        #[command(flatten)]
+        at: AgentAt,
+    },
+    /// Detach everything and remove every pin; the agent then exits.
+    Uninstall {
+        #[command(flatten)]
+        at: AgentAt,
     },
 }
 
-#[derive(clap::Args)]
+/// Where the verbs find the agent, and its pinned state.
+#[derive(Args)]
+struct AgentAt {
+    /// The agent's control socket [default: the config's, else /run/dt/agent.sock].
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// The agent's config file, for its socket and pin directory [default: /etc/dt/agent.toml
+    /// when it exists].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where pinned state lives [default: the config's, else /sys/fs/bpf/dt].
+    #[arg(long, value_name = "PATH")]
+    pin_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct RunArgs {
     /// Rules directory [default: /etc/dt/rules when it exists, else ./rules].
     #[arg(long, value_name = "DIR")]
     rules: Option<PathBuf>,
+    /// Config file [default: /etc/dt/agent.toml when it exists].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// OTLP/HTTP port to hook; repeat for several [default: 4318].
     #[arg(long = "port", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     ports: Vec<u16>,
@@ -62,10 +114,28 @@ struct RunArgs {
     /// Control socket [default: /run/dt/agent.sock].
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// Pin maps and links so filtering outlives the agent, and adopt pinned state at start.
+    #[arg(long, overrides_with = "no_pin")]
+    pin: bool,
+    /// Don't pin (overrides `pin = true` in the config).
+    #[arg(long, overrides_with = "pin")]
+    no_pin: bool,
+    /// Where pins go [default: /sys/fs/bpf/dt].
+    #[arg(long, value_name = "PATH")]
+    pin_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics on this loopback address (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR", value_parser = config::parse_metrics_addr)]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Push OTLP metrics to this URL (e.g. http://127.0.0.1:4318/v1/metrics).
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// How often to push OTLP metrics (e.g. 10s) [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    otlp_interval: Option<Duration>,
     /// Requests (head + body) longer than this pass through untouched, counted `oversize`.
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_REQUEST,
+    #[arg(long, value_name = "BYTES",
           value_parser = clap::value_parser!(u32).range(1..=MAX_REQUEST_CEILING as i64))]
-    max_request: u32,
+    max_request: Option<u32>,
 }
 
 fn main() -> ExitCode {
@@ -74,14 +144,21 @@ fn main() -> ExitCode {
     let result = match cli.verb {
         Verb::Run(args) => run(args),
         Verb::Check { paths } => return check(&paths),
-        Verb::Stats { json, socket } => stats(json, socket),
+        Verb::Push { paths, at } => push(&paths, &at),
+        Verb::Stats { json, at } => stats(json, &at),
+        Verb::Rules { json, at } => rules_verb(json, &at),
+        Verb::Disable { at } => set_enabled(false, &at),
+        Verb::Enable { at } => set_enabled(true, &at),
+        Verb::Uninstall { at } => uninstall(&at),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if let Some(errors) = e.downcast_ref::<dt_agent::agent::RuleErrors>() {
+            if let Some(errors) = e.downcast_ref::<RuleErrors>() {
                 eprintln!("{errors}");
-                eprintln!("dt-agent: the rule set was refused; nothing was attached");
+                eprintln!("dt-agent: the rule set was refused; nothing was changed");
+            } else if let Some(CallError::Refused(message)) = e.downcast_ref::<CallError>() {
+                eprintln!("{message}");
             } else {
                 eprintln!("dt-agent: {e:#}");
             }
@@ -90,56 +167,112 @@ fn main() -> ExitCode {
     }
 }
 
-fn default_rules_dir() -> PathBuf {
-    let etc = Path::new("/etc/dt/rules");
-    if etc.is_dir() {
-        etc.to_path_buf()
-    } else {
-        PathBuf::from("rules")
-    }
-}
-
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let cfg = AgentConfig {
-        rules_dir: args.rules.unwrap_or_else(default_rules_dir),
-        ports: if args.ports.is_empty() {
-            vec![4318]
-        } else {
-            args.ports
+    let file = config::load_optional(args.config.as_deref()).map_err(RuleErrors)?;
+    let settings = config::resolve(
+        file,
+        Overrides {
+            rules_dir: args.rules,
+            ports: args.ports,
+            cgroup: args.cgroup,
+            socket: args.socket,
+            pin: if args.pin {
+                Some(true)
+            } else if args.no_pin {
+                Some(false)
+            } else {
+                None
+            },
+            pin_dir: args.pin_dir,
+            metrics_addr: args.metrics_addr,
+            otlp_endpoint: args.otlp_endpoint,
+            otlp_interval: args.otlp_interval,
+            max_request: args.max_request,
         },
-        cgroup: args.cgroup,
-        max_request: args.max_request,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cfg = AgentConfig {
+        rules_dir: settings.rules_dir.clone(),
+        ports: settings.ports.clone(),
+        cgroup: settings.cgroup.clone(),
+        max_request: settings.max_request,
+        pin_root: settings.pin.then(|| settings.pin_dir.clone()),
     };
-    let socket = control::socket_path(args.socket);
+    let start_unix_nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(async move {
+    let socket = settings.socket.clone();
+    let result = runtime.block_on(async move {
         // Bind first: a second agent on the same socket fails before attaching anything.
         let listener = control::bind(&socket)?;
-        let agent = match Agent::start(cfg.clone()) {
-            Ok(a) => a,
-            Err(e) => {
-                let _ = std::fs::remove_file(&socket);
-                return Err(e);
-            }
+        let metrics_listener = match settings.metrics_addr {
+            Some(addr) => Some(metrics::bind_metrics(addr)?),
+            None => None,
         };
+        let agent = Agent::start(cfg.clone())?;
+        let daemon = Daemon::new(agent, cfg.rules_dir.clone())?;
+        let _watcher = daemon.watch()?;
         log::info!(
-            "dt-agent running: rules {}, control socket {}",
+            "dt-agent running: rules {} (watched), control socket {}",
             cfg.rules_dir.display(),
             socket.display()
         );
-        let agent = Arc::new(Mutex::new(agent));
-        let server = tokio::spawn(control::serve(listener, agent.clone()));
-        wait_for_signal().await?;
-        log::info!("stopping: passing everything through, draining, detaching");
-        server.abort();
-        let _ = std::fs::remove_file(&socket);
-        // Dropping the last reference drains and detaches.
+        let mut tasks = vec![tokio::spawn(control::serve(listener, daemon.clone()))];
+        let source: metrics::StatsSource = {
+            let daemon = daemon.clone();
+            Arc::new(move || daemon.stats())
+        };
+        if let Some(listener) = metrics_listener {
+            log::info!(
+                "Prometheus metrics on http://{}/metrics",
+                listener.local_addr()?
+            );
+            tasks.push(tokio::spawn(metrics::serve_prometheus(
+                listener,
+                source.clone(),
+            )));
+        }
+        if let Some(endpoint) = &settings.otlp_endpoint {
+            let uri: http::Uri = endpoint
+                .parse()
+                .with_context(|| format!("otlp_endpoint {endpoint:?}"))?;
+            log::info!(
+                "pushing OTLP metrics to {endpoint} every {:?}",
+                settings.otlp_interval
+            );
+            tasks.push(tokio::spawn(metrics::push_otlp(
+                uri,
+                settings.otlp_interval,
+                start_unix_nanos,
+                source,
+            )));
+        }
+        tokio::select! {
+            r = wait_for_signal() => r?,
+            _ = daemon.shutdown.notified() => {}
+        }
+        for t in &tasks {
+            t.abort();
+        }
+        let agent = daemon.take_agent();
+        match &agent {
+            Some(a) if a.pins().is_some() => {
+                log::info!("stopping: programs and maps stay pinned; filtering goes on")
+            }
+            Some(_) => log::info!("stopping: passing everything through, draining, detaching"),
+            None => {}
+        }
+        // Dropping the agent drains and detaches, or leaves the pins.
         drop(agent);
-        Ok(())
-    })
+        anyhow::Ok(())
+    });
+    let _ = std::fs::remove_file(&settings.socket);
+    result
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {
@@ -190,18 +323,124 @@ fn check(paths: &[PathBuf]) -> ExitCode {
     }
 }
 
-fn stats(json: bool, socket: Option<PathBuf>) -> anyhow::Result<()> {
-    let socket = control::socket_path(socket);
-    let response = control::call(&socket, &Request::Stats)?;
-    let stats = response
-        .stats
-        .context("the agent's answer carries no stats")?;
+/// The socket and pin root a verb uses: flags, else the config file's, else the defaults.
+fn locate(at: &AgentAt) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let file = config::load_optional(at.config.as_deref()).map_err(RuleErrors)?;
+    let socket = at
+        .socket
+        .clone()
+        .or_else(|| file.as_ref().and_then(|f| f.socket.clone()))
+        .unwrap_or_else(|| PathBuf::from(control::DEFAULT_SOCKET));
+    let pins = at
+        .pin_dir
+        .clone()
+        .or_else(|| file.as_ref().and_then(|f| f.pin_dir.clone()))
+        .unwrap_or_else(|| PathBuf::from(agent::DEFAULT_PIN_ROOT));
+    Ok((socket, pins))
+}
+
+/// Calls the agent; `NoAgent` is left for the caller to fall back on pinned state.
+fn call(socket: &Path, request: &Request) -> Result<control::Response, CallError> {
+    control::call(socket, request)
+}
+
+fn push(paths: &[PathBuf], at: &AgentAt) -> anyhow::Result<()> {
+    let (socket, _) = locate(at)?;
+    let mut files = Vec::new();
+    for p in paths {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?;
+        files.push(PushedFile {
+            path: p.clone(),
+            text,
+        });
+    }
+    let response = call(&socket, &Request::Push { files })?;
+    println!(
+        "pushed {} file(s): generation {}",
+        paths.len(),
+        response.generation.unwrap_or_default()
+    );
+    Ok(())
+}
+
+fn stats(json: bool, at: &AgentAt) -> anyhow::Result<()> {
+    let (socket, pins) = locate(at)?;
+    let stats = match call(&socket, &Request::Stats) {
+        Ok(r) => r.stats.context("the agent's answer carries no stats")?,
+        Err(CallError::NoAgent(e)) if agent::has_pins(&pins) => {
+            log::debug!("{e:#}; reading the pinned maps");
+            agent::pinned_stats(&pins)?
+        }
+        Err(CallError::NoAgent(e)) => {
+            return Err(e.context(format!(
+                "and there is no pinned state under {}",
+                pins.display()
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let text = if json {
         serde_json::to_string_pretty(&stats)? + "\n"
     } else {
         stats_table(&stats)
     };
     print_out(&text)
+}
+
+fn rules_verb(json: bool, at: &AgentAt) -> anyhow::Result<()> {
+    let (socket, _) = locate(at)?;
+    let info = call(&socket, &Request::Rules)?
+        .rules
+        .context("the agent's answer carries no rules")?;
+    let text = if json {
+        serde_json::to_string_pretty(&info)? + "\n"
+    } else {
+        rules_table(&info)
+    };
+    print_out(&text)
+}
+
+fn set_enabled(enabled: bool, at: &AgentAt) -> anyhow::Result<()> {
+    let (socket, pins) = locate(at)?;
+    let request = if enabled {
+        Request::Enable
+    } else {
+        Request::Disable
+    };
+    match call(&socket, &request) {
+        Ok(_) => {}
+        Err(CallError::NoAgent(_)) if agent::has_pins(&pins) => {
+            agent::pinned_set_enabled(&pins, enabled)?;
+            println!(
+                "no agent is running: set on the pinned state under {}",
+                pins.display()
+            );
+        }
+        Err(CallError::NoAgent(e)) => {
+            return Err(e.context(format!(
+                "and there is no pinned state under {}",
+                pins.display()
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    println!(
+        "{}",
+        if enabled {
+            "enabled: rules are evaluated"
+        } else {
+            "disabled: every request passes untouched"
+        }
+    );
+    Ok(())
+}
+
+fn uninstall(at: &AgentAt) -> anyhow::Result<()> {
+    let (socket, _) = locate(at)?;
+    call(&socket, &Request::Uninstall)?;
+    println!("uninstalled: every program detached and every pin removed; the agent is stopping");
+    Ok(())
 }
 
 /// Writes to stdout; a closed pipe (`stats | head`) is not an error.
@@ -211,6 +450,39 @@ fn print_out(text: &str) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => Ok(other?),
     }
+}
+
+fn rules_table(info: &RulesInfo) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "generation {}  {}  rules from {}",
+        info.generation,
+        if info.enabled {
+            "enabled"
+        } else {
+            "DISABLED (everything passes)"
+        },
+        info.rules_dir.display()
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<32} {:<10} {:<6} SOURCE",
+        "RULE", "ACTION", "HOOK"
+    );
+    for r in &info.rules {
+        let _ = writeln!(
+            out,
+            "{:<32} {:<10} {:<6} {}:{}",
+            r.name,
+            r.action,
+            r.hook,
+            r.file.display(),
+            r.line
+        );
+    }
+    out
 }
 
 fn stats_table(s: &Stats) -> String {
@@ -228,8 +500,8 @@ fn stats_table(s: &Stats) -> String {
     );
     let _ = writeln!(
         out,
-        "\n{:<32} {:<10} {:<6} {:>12} {:>12} {:>12} {:>14}",
-        "RULE", "ACTION", "HOOK", "MATCHED", "KEPT", "DROPPED", "DROPPED BYTES"
+        "\n{:<32} {:<10} {:<6} {:>12} {:>12} {:>12} {:>14} {:>10}",
+        "RULE", "ACTION", "HOOK", "MATCHED", "KEPT", "DROPPED", "DROPPED BYTES", "REDACTED"
     );
     for r in &s.rules {
         let name = if r.active {
@@ -239,8 +511,8 @@ fn stats_table(s: &Stats) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<32} {:<10} {:<6} {:>12} {:>12} {:>12} {:>14}",
-            name, r.action, r.hook, r.matched, r.kept, r.dropped, r.dropped_bytes
+            "{:<32} {:<10} {:<6} {:>12} {:>12} {:>12} {:>14} {:>10}",
+            name, r.action, r.hook, r.matched, r.kept, r.dropped, r.dropped_bytes, r.redacted
         );
     }
     let t = &s.totals;

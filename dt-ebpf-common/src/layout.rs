@@ -212,6 +212,23 @@ impl Control {
     }
 }
 
+/// Key of the `NAMES` map: a rule name, zero-padded.
+pub type NameKey = [u8; MAX_NAME_LEN];
+
+/// Value of the `NAMES` map, the agent's name→counter-slot table. It lives in a (pinned) map so
+/// that a restarted agent, or `stats` with no agent, can read it back; the kernel programs never
+/// read it.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct NameEntry {
+    pub slot: u32,
+    /// The rule's action (`ACTION_*`).
+    pub action: u8,
+    /// 1 while the rule is in the active rule set.
+    pub active: u8,
+    pub _pad: u16,
+}
+
 // ------------------------------------------------------------------------------------------
 // Counters (per CPU; userspace sums them over every possible CPU)
 
@@ -347,4 +364,5 @@ mod pod {
     unsafe impl aya::Pod for Control {}
     unsafe impl aya::Pod for RuleCounters {}
     unsafe impl aya::Pod for Totals {}
+    unsafe impl aya::Pod for NameEntry {}
 }

@@ -7,7 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, SockHash},
 };
 use dt_ebpf_common::{
-    AcRow, Control, MAX_AC_STATES, MAX_CONDS, MAX_SLOTS, RuleCounters, RuleSet, SockState, StrKey,
+    AcRow, Control, MAX_AC_STATES, MAX_CONDS, MAX_SLOTS, NameEntry, NameKey, RuleCounters, RuleSet,
+    SockState, StrKey,
     Totals,
 };
 
@@ -52,6 +53,11 @@ pub static RULE_COUNTERS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_entr
 /// Whole-path counters.
 #[map]
 pub static TOTALS: PerCpuArray<Totals> = PerCpuArray::with_max_entries(1, 0);
+
+/// Rule name → counter slot: the agent's table, kept here so that it is pinned with the
+/// counters. The programs never read it.
+#[map]
+pub static NAMES: HashMap<NameKey, NameEntry> = HashMap::with_max_entries(MAX_SLOTS, 0);
 
 /// Per-connection state and walk scratch.
 #[btf_map]

@@ -18,6 +18,7 @@ pub fn agent_config(rules: &TempRules, ports: &[u16]) -> AgentConfig {
         ports: ports.to_vec(),
         cgroup: None,
         max_request: DEFAULT_MAX_REQUEST,
+        pin_root: None,
     }
 }
 

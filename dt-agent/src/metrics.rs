@@ -1,0 +1,444 @@
+//! Metrics out: the agent's counters ([`Stats`]) as Prometheus text on a loopback `/metrics`
+//! endpoint, and pushed as OTLP/HTTP metrics (Dynamic Telemetry's log-to-metric conversion: the
+//! kernel turns log records into counts, and these counts leave as metrics).
+//!
+//! Both outputs carry the same metric families, with the same values and the same labels
+//! (attributes in OTLP). The name mapping is mechanical: the OTLP name with every `.` turned
+//! into `_`, plus `_total` for counters, is the Prometheus name (which is what an OpenTelemetry
+//! Collector's Prometheus exporter produces from the OTLP metrics, since the units are either
+//! `By`, whose `bytes` is already in the name, or `{annotation}`s, which it leaves out).
+//!
+//! | Prometheus | OTLP | kind | labels / attributes | from |
+//! |---|---|---|---|---|
+//! | `dt_rule_matched_total` | `dt.rule.matched` | counter | `rule`, `action`, `hook`, `active` | `rules[].matched` |
+//! | `dt_rule_kept_total` | `dt.rule.kept` | counter | same | `rules[].kept` |
+//! | `dt_rule_dropped_total` | `dt.rule.dropped` | counter | same | `rules[].dropped` |
+//! | `dt_rule_dropped_bytes_total` | `dt.rule.dropped_bytes` | counter | same | `rules[].dropped_bytes` |
+//! | `dt_rule_redacted_total` | `dt.rule.redacted` | counter | same | `rules[].redacted` |
+//! | `dt_connections_total` | `dt.connections` | counter | | `totals.connections` |
+//! | `dt_requests_total` | `dt.requests` | counter | | `totals.requests` |
+//! | `dt_log_requests_total` | `dt.log_requests` | counter | | `totals.log_requests` |
+//! | `dt_records_total` | `dt.records` | counter | | `totals.records` |
+//! | `dt_records_dropped_total` | `dt.records.dropped` | counter | | `totals.records_dropped` |
+//! | `dt_bytes_in_total` | `dt.bytes.in` | counter | | `totals.bytes_in` |
+//! | `dt_bytes_out_total` | `dt.bytes.out` | counter | | `totals.bytes_out` |
+//! | `dt_edit_failures_total` | `dt.edit_failures` | counter | | `totals.edit_failures` |
+//! | `dt_untracked_bytes_total` | `dt.untracked_bytes` | counter | | `totals.untracked_bytes` |
+//! | `dt_passthrough_total` | `dt.passthrough` | counter | `reason` | `totals.passthrough.*` |
+//! | `dt_generation` | `dt.generation` | gauge | | `generation` |
+//! | `dt_enabled` | `dt.enabled` | gauge (1/0) | | `enabled` |
+//! | `dt_requests_in_flight` | `dt.requests.in_flight` | gauge | | `totals.in_flight` |
+//!
+//! Every label value is a string; `active` is `"true"` or `"false"`. In OTLP, counters are
+//! monotonic cumulative Sums whose start time is the agent's start, and gauges are Gauges; every
+//! value is an integer (`as_int`).
+//!
+//! The pieces, for `dt-agent run`:
+//! - [`bind_metrics`] then [`serve_prometheus`] (a task) for the `/metrics` endpoint, which only
+//!   ever listens on loopback;
+//! - [`push_otlp`] (a task) to push every interval, built on [`push_once`] and [`otlp_request`].
+
+mod otlp;
+mod prometheus;
+
+use std::sync::Arc;
+
+use crate::stats::{RuleStats, Stats, TotalStats};
+
+pub use otlp::{PUSH_TIMEOUT, otlp_request, push_once, push_otlp};
+pub use prometheus::{CONTENT_TYPE, bind_metrics, render_prometheus, serve_prometheus};
+
+/// Where the exporters read the counters from, typically `agent.lock().stats()`. It is called
+/// on a blocking thread (`tokio::task::spawn_blocking`), so it may take a lock.
+pub type StatsSource = Arc<dyn Fn() -> anyhow::Result<Stats> + Send + Sync>;
+
+/// Counter (monotonic, cumulative) or gauge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// One metric family, in both namings.
+#[derive(Debug)]
+pub(crate) struct Family {
+    /// Prometheus name (counters end in `_total`).
+    pub prometheus: &'static str,
+    /// OTLP name.
+    pub otel: &'static str,
+    pub kind: Kind,
+    /// UCUM unit for OTLP (`By`, or an `{annotation}`).
+    pub unit: &'static str,
+    pub help: &'static str,
+}
+
+const fn counter(
+    prometheus: &'static str,
+    otel: &'static str,
+    unit: &'static str,
+    help: &'static str,
+) -> Family {
+    Family {
+        prometheus,
+        otel,
+        kind: Kind::Counter,
+        unit,
+        help,
+    }
+}
+
+const fn gauge(
+    prometheus: &'static str,
+    otel: &'static str,
+    unit: &'static str,
+    help: &'static str,
+) -> Family {
+    Family {
+        prometheus,
+        otel,
+        kind: Kind::Gauge,
+        unit,
+        help,
+    }
+}
+
+/// A family and how to read its value.
+pub(crate) type Reader<T> = (Family, fn(&T) -> u64);
+
+/// Per-rule counters, labelled `rule`, `action`, `hook`, `active`.
+pub(crate) const RULE_FAMILIES: [Reader<RuleStats>; 5] = [
+    (
+        counter(
+            "dt_rule_matched_total",
+            "dt.rule.matched",
+            "{record}",
+            "Log records the rule's match held for (rules after a stopping rule are not evaluated).",
+        ),
+        |r| r.matched,
+    ),
+    (
+        counter(
+            "dt_rule_kept_total",
+            "dt.rule.kept",
+            "{record}",
+            "Matched log records the rule kept (sample and rate_limit rules).",
+        ),
+        |r| r.kept,
+    ),
+    (
+        counter(
+            "dt_rule_dropped_total",
+            "dt.rule.dropped",
+            "{record}",
+            "Log records the rule dropped in the kernel.",
+        ),
+        |r| r.dropped,
+    ),
+    (
+        counter(
+            "dt_rule_dropped_bytes_total",
+            "dt.rule.dropped_bytes",
+            "By",
+            "Bytes of the log records the rule dropped (each record's whole encoding: tag, length prefix and body).",
+        ),
+        |r| r.dropped_bytes,
+    ),
+    (
+        counter(
+            "dt_rule_redacted_total",
+            "dt.rule.redacted",
+            "{record}",
+            "Kept log records the rule's redaction was applied to.",
+        ),
+        |r| r.redacted,
+    ),
+];
+
+/// Whole-path counters, without labels.
+pub(crate) const TOTAL_FAMILIES: [Reader<TotalStats>; 9] = [
+    (
+        counter(
+            "dt_connections_total",
+            "dt.connections",
+            "{connection}",
+            "TCP connections hooked (to a configured OTLP/HTTP port).",
+        ),
+        |t| t.connections,
+    ),
+    (
+        counter(
+            "dt_requests_total",
+            "dt.requests",
+            "{request}",
+            "HTTP requests on hooked connections.",
+        ),
+        |t| t.requests,
+    ),
+    (
+        counter(
+            "dt_log_requests_total",
+            "dt.log_requests",
+            "{request}",
+            "HTTP requests walked as OTLP /v1/logs.",
+        ),
+        |t| t.log_requests,
+    ),
+    (
+        counter(
+            "dt_records_total",
+            "dt.records",
+            "{record}",
+            "Log records walked.",
+        ),
+        |t| t.records,
+    ),
+    (
+        counter(
+            "dt_records_dropped_total",
+            "dt.records.dropped",
+            "{record}",
+            "Log records dropped in the kernel, by any rule.",
+        ),
+        |t| t.records_dropped,
+    ),
+    (
+        counter(
+            "dt_bytes_in_total",
+            "dt.bytes.in",
+            "By",
+            "HTTP bytes of requests on hooked connections before the kernel's edits, headers included.",
+        ),
+        |t| t.bytes_in,
+    ),
+    (
+        counter(
+            "dt_bytes_out_total",
+            "dt.bytes.out",
+            "By",
+            "HTTP bytes of requests on hooked connections after the kernel's edits, headers included.",
+        ),
+        |t| t.bytes_out,
+    ),
+    (
+        counter(
+            "dt_edit_failures_total",
+            "dt.edit_failures",
+            "{record}",
+            "Record removals the kernel refused (out of memory); those records were kept and not counted as dropped.",
+        ),
+        |t| t.edit_failures,
+    ),
+    (
+        counter(
+            "dt_untracked_bytes_total",
+            "dt.untracked_bytes",
+            "By",
+            "Bytes sent on hooked connections after the kernel stopped following them (chunked or bad HTTP).",
+        ),
+        |t| t.untracked_bytes,
+    ),
+];
+
+/// Requests that left byte-for-byte untouched, labelled `reason`.
+pub(crate) const PASSTHROUGH: Family = counter(
+    "dt_passthrough_total",
+    "dt.passthrough",
+    "{request}",
+    "Requests that left byte-for-byte untouched, by reason.",
+);
+
+/// Gauges, without labels.
+pub(crate) const GAUGES: [Reader<Stats>; 3] = [
+    (
+        gauge(
+            "dt_generation",
+            "dt.generation",
+            "1",
+            "Generation of the active rule set.",
+        ),
+        |s| s.generation,
+    ),
+    (
+        gauge(
+            "dt_enabled",
+            "dt.enabled",
+            "1",
+            "1 while rules are evaluated, 0 while disabled (every request passes untouched).",
+        ),
+        |s| s.enabled as u64,
+    ),
+    (
+        gauge(
+            "dt_requests_in_flight",
+            "dt.requests.in_flight",
+            "{request}",
+            "Requests held in the kernel right now, waiting for the rest of their bytes.",
+        ),
+        |s| s.totals.in_flight,
+    ),
+];
+
+/// One labelled value.
+#[derive(Debug)]
+pub(crate) struct Sample {
+    pub labels: Vec<(&'static str, String)>,
+    pub value: u64,
+}
+
+/// Every family with its samples, in exposition order. Families with no samples (no rules, no
+/// passthrough reasons) are still listed.
+pub(crate) fn families(stats: &Stats) -> Vec<(&'static Family, Vec<Sample>)> {
+    let mut out = Vec::new();
+    for (family, value) in &RULE_FAMILIES {
+        let samples = stats
+            .rules
+            .iter()
+            .map(|r| Sample {
+                labels: rule_labels(r),
+                value: value(r),
+            })
+            .collect();
+        out.push((family, samples));
+    }
+    for (family, value) in &TOTAL_FAMILIES {
+        out.push((
+            family,
+            vec![Sample {
+                labels: Vec::new(),
+                value: value(&stats.totals),
+            }],
+        ));
+    }
+    let passthrough = stats
+        .totals
+        .passthrough
+        .iter()
+        .map(|(reason, n)| Sample {
+            labels: vec![("reason", reason.clone())],
+            value: *n,
+        })
+        .collect();
+    out.push((&PASSTHROUGH, passthrough));
+    for (family, value) in &GAUGES {
+        out.push((
+            family,
+            vec![Sample {
+                labels: Vec::new(),
+                value: value(stats),
+            }],
+        ));
+    }
+    out
+}
+
+fn rule_labels(r: &RuleStats) -> Vec<(&'static str, String)> {
+    vec![
+        ("rule", r.name.clone()),
+        ("action", r.action.clone()),
+        ("hook", r.hook.clone()),
+        ("active", r.active.to_string()),
+    ]
+}
+
+/// Reads `source` on a blocking thread (it may wait for the agent's lock).
+pub(crate) async fn read_stats(source: &StatsSource) -> anyhow::Result<Stats> {
+    let source = source.clone();
+    match tokio::task::spawn_blocking(move || source()).await {
+        Ok(r) => r,
+        Err(e) => Err(anyhow::anyhow!("reading the counters panicked: {e}")),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testdata {
+    use std::collections::BTreeMap;
+
+    use crate::stats::{RuleStats, Stats, TotalStats};
+
+    /// Stats with every value distinct, and rule names that need escaping.
+    pub fn stats() -> Stats {
+        let rule = |name: &str, action: &str, hook: &str, active: bool, base: u64| RuleStats {
+            name: name.into(),
+            action: action.into(),
+            hook: hook.into(),
+            active,
+            matched: base + 1,
+            kept: base + 2,
+            dropped: base + 3,
+            dropped_bytes: base + 4,
+            redacted: base + 5,
+        };
+        let passthrough: BTreeMap<String, u64> = [
+            "compressed",
+            "json",
+            "chunked",
+            "not_logs",
+            "oversize",
+            "partial",
+            "malformed",
+            "disabled",
+            "other",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k.to_string(), 1000 + i as u64))
+        .collect();
+        Stats {
+            generation: 7,
+            enabled: true,
+            rules: vec![
+                rule("drop-debug-noise", "drop", "otlp", true, 10),
+                rule(r#"quote " back \ nl"#, "sample", "otlp", true, 20),
+                rule("line\nbreak", "count", "otlp", false, 30),
+                rule("ünïcødé ✓", "redact", "otlp", true, 40),
+                rule("big", "count", "otlp", true, u64::MAX - 10),
+            ],
+            totals: TotalStats {
+                connections: 101,
+                requests: 102,
+                log_requests: 103,
+                records: 104,
+                records_dropped: 105,
+                bytes_in: 106,
+                bytes_out: 107,
+                edit_failures: 108,
+                untracked_bytes: 109,
+                in_flight: 110,
+                passthrough,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_mechanically() {
+        let all: Vec<&Family> = RULE_FAMILIES
+            .iter()
+            .map(|(f, _)| f)
+            .chain(TOTAL_FAMILIES.iter().map(|(f, _)| f))
+            .chain(std::iter::once(&PASSTHROUGH))
+            .chain(GAUGES.iter().map(|(f, _)| f))
+            .collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for f in &all {
+            let suffix = if f.kind == Kind::Counter {
+                "_total"
+            } else {
+                ""
+            };
+            assert_eq!(
+                format!("{}{suffix}", f.otel.replace('.', "_")),
+                f.prometheus,
+                "{f:?}"
+            );
+            assert!(f.prometheus.starts_with("dt_") && f.otel.starts_with("dt."));
+            assert!(seen.insert(f.prometheus), "duplicate {}", f.prometheus);
+            assert!(!f.help.contains('\n') && !f.help.is_empty());
+        }
+        assert_eq!(all.len(), 18);
+    }
+}
