@@ -18,7 +18,7 @@ use dt_ebpf_common::{DEFAULT_MAX_REQUEST, MAX_REQUEST_CEILING};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::rules::{Diagnostic, Pos};
+use crate::rules::{Diagnostic, Pos, SourceText};
 
 /// The config file `run` reads when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG: &str = "/etc/dt/agent.toml";
@@ -144,7 +144,7 @@ pub fn load(path: &Path) -> Result<FileConfig, Vec<Diagnostic>> {
 /// Parses and validates the text of a config file; `path` names it in diagnostics and anchors
 /// its relative paths.
 pub fn parse(path: &Path, text: &str) -> Result<FileConfig, Vec<Diagnostic>> {
-    let src = Source::new(path, text);
+    let src = SourceText::new(path, text);
     let raw: RawFile = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
         let message = e.message().trim_end();
@@ -277,7 +277,7 @@ fn key_of_value(text: &str, span: &Range<usize>) -> Option<String> {
 
 /// `check(value)`, or a diagnostic at the value naming `key`.
 fn checked<T>(
-    src: &Source,
+    src: &SourceText,
     diags: &mut Vec<Diagnostic>,
     key: &str,
     value: Option<Spanned<String>>,
@@ -477,43 +477,6 @@ fn max_request_range(got: impl std::fmt::Display) -> String {
     format!("{got} is out of range; the request size bound is 1..={MAX_REQUEST_CEILING} bytes")
 }
 
-/// Byte offsets to 1-based line and column (in characters), as for rule files.
-struct Source<'a> {
-    path: &'a Path,
-    text: &'a str,
-    line_starts: Vec<usize>,
-}
-
-impl<'a> Source<'a> {
-    fn new(path: &'a Path, text: &'a str) -> Self {
-        let line_starts = std::iter::once(0)
-            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
-            .collect();
-        Source {
-            path,
-            text,
-            line_starts,
-        }
-    }
-
-    fn pos(&self, offset: usize) -> Pos {
-        let offset = offset.min(self.text.len());
-        let line = self.line_starts.partition_point(|&start| start <= offset);
-        let start = self.line_starts[line - 1];
-        let column = match self.text.get(start..offset) {
-            Some(prefix) => prefix.chars().count(),
-            None => offset - start,
-        };
-        Pos {
-            line,
-            column: column + 1,
-        }
-    }
-
-    fn diag(&self, span: Range<usize>, message: impl Into<String>) -> Diagnostic {
-        Diagnostic::new(self.path, self.pos(span.start), message)
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -32,6 +32,7 @@ mod tests;
 
 pub use compile::{Compiled, CompiledRule, compile};
 pub use diag::{Diagnostic, Pos};
+pub(crate) use diag::SourceText;
 pub use env::HostEnv;
 pub use load::{check_files, load_dir, load_files, load_sources};
 pub use model::{Action, At, Hook, Match, RuleDef};
