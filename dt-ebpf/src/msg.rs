@@ -27,9 +27,9 @@ use aya_ebpf::{
     programs::SkMsgContext,
 };
 use dt_ebpf_common::{
-    AcRow, Control, MAX_AC_STATES, MAX_EDITS, MAX_FIXES, MAX_HEAD_LEN, MAX_REQUEST_CEILING,
-    MAX_RULES, PHASE_CORKED, PHASE_IDLE, PHASE_UNTRACKED, Passthrough, RuleSet, STR_KEY_BYTES,
-    SockState, StrKey, Totals, WinState,
+    ACTION_RATE_LIMIT, ACTION_SAMPLE, AcRow, Control, MAX_AC_STATES, MAX_EDITS, MAX_FIXES,
+    MAX_HEAD_LEN, MAX_REQUEST_CEILING, MAX_RULES, PHASE_CORKED, PHASE_IDLE, PHASE_UNTRACKED,
+    Passthrough, RuleSet, STR_KEY_BYTES, SockState, StrKey, Totals, WinState,
     http::{self, Feed},
     walk::{self, Editor, Env, Step},
     wire::{Error, Source},
@@ -354,19 +354,19 @@ fn walk_request_inner(msg: *mut sk_msg_md, st: &mut SockState, totals: &mut Tota
         _ => Some(Passthrough::Other),
     };
     if let Some(why) = why {
-        return pass(totals, why, total);
+        return abandon(totals, why, total, rs, st_ptr);
     }
     // The agent marks a slot with generation 0 before rewriting it: a walk that overlapped a
     // rewrite is thrown away, counters untouched.
     if rs.generation != generation {
-        return pass(totals, Passthrough::Generation, total);
+        return abandon(totals, Passthrough::Generation, total, rs, st_ptr);
     }
     if st.walk.n_edits > 0 || st.walk.n_masks > 0 {
         // Make every length prefix and the Content-Length reachable before the first pop, so
         // that once removing starts, every rewrite succeeds.
         let mut src = Window::new(msg, st_ptr, total);
         if !reach_fixes(&mut src) {
-            return pass(totals, Passthrough::PullFailed, total);
+            return abandon(totals, Passthrough::PullFailed, total, rs, st_ptr);
         }
         walk::apply_start(unsafe { &mut (*st_ptr).walk });
         unsafe {
@@ -404,6 +404,85 @@ extern "C" fn reach_fix_cb(i: u64, ctx: *mut c_void) -> i64 {
         return 1;
     }
     0
+}
+
+#[repr(C)]
+struct RefundCtx {
+    rs: *const RuleSet,
+    st: *mut SockState,
+}
+
+extern "C" fn refund_cb(i: u64, ctx: *mut c_void) -> i64 {
+    let c = unsafe { &*(ctx as *const RefundCtx) };
+    let (rs, w) = unsafe { (&*c.rs, &(*c.st).walk) };
+    let i = i as usize;
+    let (Some(r), Some(a)) = (rs.rules.get(i), w.acc.get(i)) else {
+        return 1;
+    };
+    match r.action {
+        // Every match of a sample rule drew a number.
+        ACTION_SAMPLE => {
+            if let Some(p) = SAMPLES.get_ptr_mut(r.slot as u32) {
+                atomic_sub(p, a.matched as u64);
+            }
+        }
+        // Every kept match of a rate_limit rule took a token.
+        ACTION_RATE_LIMIT => {
+            if let Some(p) = RATES.get_ptr_mut(r.slot as u32) {
+                atomic_sub(p, a.kept as u64 * rate_interval(r.param));
+            }
+        }
+        _ => {}
+    }
+    0
+}
+
+/// Passes through a request whose walk was abandoned after rules were evaluated: the sample
+/// numbers and rate-limit tokens its records took are given back first, so that a request that
+/// leaves untouched does not shift anyone's one-in-N or use up tokens (counters are untouched
+/// anyway: they are committed only for requests that are edited).
+#[inline(always)]
+fn abandon(
+    totals: &mut Totals,
+    why: Passthrough,
+    total: u32,
+    rs: &RuleSet,
+    st: *mut SockState,
+) -> Verdict {
+    let mut c = RefundCtx { rs, st };
+    let n = rs.n_rules.min(MAX_RULES as u32);
+    unsafe { bpf_loop(n, refund_cb as *mut c_void, ptr::from_mut(&mut c).cast(), 0) };
+    pass(totals, why, total)
+}
+
+/// Subtracts `v` from a u64 in map memory, atomically, never below zero.
+#[inline(always)]
+fn atomic_sub(p: *mut u64, v: u64) {
+    if v == 0 {
+        return;
+    }
+    let mut tries = 0;
+    while tries < 16 {
+        // SAFETY: an aligned u64 in map memory; an aligned 64-bit load is atomic.
+        let old = unsafe { ptr::read_volatile(p) };
+        let new = old.saturating_sub(v);
+        // SAFETY: as above; BPF's atomic compare-exchange.
+        let (_, swapped) = unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
+                p, old, new,
+            )
+        };
+        if swapped {
+            return;
+        }
+        tries += 1;
+    }
+}
+
+/// Nanoseconds between two tokens of a rate_limit rule.
+#[inline(always)]
+fn rate_interval(per_second: u64) -> u64 {
+    1_000_000_000 / if per_second == 0 { 1 } else { per_second }
 }
 
 /// Pulls every length prefix to rewrite, and the Content-Length digits.
@@ -684,7 +763,7 @@ impl Env for KernelEnv {
         // time (TAT) one interval on; an event is kept if that leaves TAT at most
         // (per_second - 1) intervals ahead of now, i.e. if a token is left.
         let now = unsafe { bpf_ktime_get_ns() };
-        let interval = 1_000_000_000 / if per_second == 0 { 1 } else { per_second };
+        let interval = rate_interval(per_second);
         let burst = interval * (per_second.saturating_sub(1));
         let mut tries = 0;
         while tries < 4 {

@@ -36,6 +36,7 @@ pub mod kernel;
 pub mod model;
 pub mod net;
 pub mod otlp;
+pub mod proptest_gen;
 pub mod python;
 pub mod receiver;
 pub mod record;

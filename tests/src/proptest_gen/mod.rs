@@ -1,0 +1,193 @@
+//! Random OTLP/HTTP log requests and random rule sets for the property test
+//! (`tests/property.rs`), with an independent reference for what dt must make of them.
+//!
+//! - [`wire`]: a hand-written protobuf encoder over a field tree, so requests can hold what real
+//!   encoders write (any field order, repeated singular fields, unknown fields of every wire
+//!   type, padded varints) and, re-emitted with edits, give the exact bytes dt must send on.
+//! - [`logs`]: random ExportLogsServiceRequests, malformed variants, HTTP heads and splits.
+//! - [`rules`]: random rule sets (count, drop, and, behind a switch, sample and redact) as TOML,
+//!   with their own matching code (no dt code).
+//! - [`reference`]: decodes a request with prost (protobuf merge semantics) and applies the
+//!   rules as INTERFACE.md says, giving the decoded request, the bytes and the counters dt must
+//!   produce.
+//! - [`round`]: one rule set and the connections of requests sent under it.
+//!
+//! Nothing here calls dt's walker (`dt_ebpf_common::walk`) or rule compiler.
+
+pub mod logs;
+pub mod reference;
+pub mod round;
+pub mod rules;
+pub mod wire;
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Resource `service.name` values. Near-duplicates on purpose: equality must be exact.
+pub const SERVICES: &[&str] = &[
+    "checkout",
+    "frontend",
+    "cart",
+    "payment-service",
+    "checkout2",
+    "Checkout",
+    "svc é",
+    "a",
+    // The longest service a rule may name (128 bytes).
+    "service-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+];
+
+/// Record attribute keys, each with the string values it usually takes. A record attribute
+/// named `service.name` is there on purpose: it is not the resource's service.
+pub const ATTRS: &[(&str, &[&str])] = &[
+    (
+        "http.route",
+        &["/healthz", "/api/v1/orders", "/healthz2", "/Healthz"],
+    ),
+    ("user.email", &["alice@example.com", "bob@example.com", ""]),
+    ("k", &["v", "", "w"]),
+    ("http.method", &["GET", "POST"]),
+    ("service.name", &["checkout", "frontend"]),
+    ("secret.token", &["s3cr3t", ""]),
+    ("kk", &["v"]),
+    ("x", &["/healthz", "GET"]),
+    // The longest key and value a rule may name (64 and 128 bytes).
+    (
+        "long.key.kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk",
+        &[
+            "vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv",
+            "vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv",
+        ],
+    ),
+];
+
+/// The attribute keys.
+pub const ATTR_KEYS: &[&str] = &[
+    "http.route",
+    "user.email",
+    "k",
+    "http.method",
+    "service.name",
+    "secret.token",
+    "kk",
+    "x",
+    "long.key.kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk",
+];
+
+/// Every attribute value, for strings anywhere.
+pub const ATTR_VALUES: &[&str] = &[
+    "/healthz",
+    "/api/v1/orders",
+    "alice@example.com",
+    "",
+    "GET",
+    "v",
+    "/healthz2",
+    "/Healthz",
+    "s3cr3t",
+];
+
+/// `body_contains` needles: overlapping, prefixes and suffixes of each other, multi-byte UTF-8,
+/// one longer than a 64-byte scan chunk.
+pub const NEEDLES: &[&str] = &[
+    "healthcheck",
+    "check",
+    "health",
+    "secret",
+    "é",
+    "日本",
+    "ERROR",
+    "error",
+    "aaa",
+    "ab",
+    "the quick brown fox jumps over the lazy dog and keeps on running far away",
+    // The longest needle a rule may use (128 bytes).
+    "needle-needle-needle-needle-needle-needle-needle-needle-needle-needle-needle-needle-needle-needle-needle-needle-needle-needle-n!",
+];
+
+/// Words bodies are made of, besides the needles.
+pub const BODY_WORDS: &[&str] = &[
+    "hello",
+    " ",
+    "world",
+    "GET /healthz",
+    "ok",
+    "a",
+    "b",
+    "日本語",
+    "healthchec",
+    "ealthcheck",
+    "aa",
+    "the quick brown fox",
+    "Secret",
+    "0123456789",
+    "\n",
+    "\"quoted\"",
+];
+
+/// A seeded random source with the few helpers the generators use.
+pub struct G {
+    pub rng: ChaCha8Rng,
+}
+
+impl G {
+    pub fn new(seed: u64) -> G {
+        G {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    /// `true` with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        self.rng.random_bool(p.clamp(0.0, 1.0))
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
+        self.rng.random_range(lo..=hi)
+    }
+
+    pub fn u64(&mut self) -> u64 {
+        self.rng.random()
+    }
+
+    pub fn u32(&mut self) -> u32 {
+        self.rng.random()
+    }
+
+    pub fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+        &xs[self.rng.random_range(0..xs.len())]
+    }
+
+    /// An index into `weights`, chosen with those weights.
+    pub fn weighted(&mut self, weights: &[u32]) -> usize {
+        let total: u32 = weights.iter().sum();
+        let mut x = self.rng.random_range(0..total);
+        for (i, w) in weights.iter().enumerate() {
+            if x < *w {
+                return i;
+            }
+            x -= w;
+        }
+        weights.len() - 1
+    }
+
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        v.shuffle(&mut self.rng);
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.rng.random()).collect()
+    }
+}
+
+/// A well-mixed 64-bit value from two (splitmix64 of their combination): round seeds from the
+/// run seed.
+pub fn mix(a: u64, b: u64) -> u64 {
+    let mut z = a ^ b.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}

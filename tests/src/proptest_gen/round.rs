@@ -1,0 +1,375 @@
+//! One round of the property test: a random rule set, and connections of random requests sent
+//! under it, each with what dt must make of it.
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use prost::Message;
+
+use super::logs::{self, Head};
+use std::collections::BTreeMap;
+
+use super::reference::{self, Counts, RefState};
+use super::rules::{self, PRule, RuleConfig};
+use super::wire::{self, Either, Field};
+use super::{G, mix};
+use crate::http::HttpRequest;
+
+/// What the generator may produce.
+#[derive(Clone, Copy, Debug)]
+pub struct GenConfig {
+    /// `sample` rules.
+    pub sample: bool,
+    /// `redact` rules.
+    pub redact: bool,
+    /// Header order, header name case, Content-Type parameters, extra headers.
+    pub http_variety: bool,
+    /// Share of connections that write all their requests before reading any response, cut at
+    /// random points across request boundaries.
+    pub pipelined: f64,
+    /// Share of requests made malformed.
+    pub malformed: f64,
+    /// Requests per round (one rule set), inclusive.
+    pub cases_per_round: (usize, usize),
+}
+
+/// What must arrive for one request.
+#[derive(Clone, Debug)]
+pub struct Expect {
+    /// The body, exactly, except that [`Either`] ranges may also be all `*`.
+    pub body: Vec<u8>,
+    pub either: Vec<Either>,
+    /// Acceptable heads: Content-Length rewritten to the new length (or, if the kernel could
+    /// not remove the spare digits, zero-padded to the old width).
+    pub heads: Vec<Vec<u8>>,
+    /// What the receiver must decode (`None` for a malformed body).
+    pub logs: Option<ExportLogsServiceRequest>,
+    /// The receiver's answer: 200, or 400 when the body does not decode.
+    pub status: u16,
+    pub records: u64,
+    pub records_dropped: u64,
+    /// Per record: the rule that dropped it.
+    pub dropped_by: Vec<Option<String>>,
+    /// How much each rule's counters move (rules that move at all).
+    pub counts: BTreeMap<String, Counts>,
+    /// Attributes removed and string bodies masked in kept records.
+    pub attrs_removed: usize,
+    pub bodies_masked: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct Case {
+    /// Case number over the whole run.
+    pub id: usize,
+    /// The request's field tree (marked when valid).
+    pub tree: Vec<Field>,
+    pub head: Head,
+    pub request: HttpRequest,
+    /// Write boundaries (byte offsets of `request.bytes`), and the pause between writes.
+    pub cuts: Vec<usize>,
+    pub delay_ms: u64,
+    /// How the request was made malformed.
+    pub malformed: Option<String>,
+    pub expect: Expect,
+}
+
+#[derive(Clone, Debug)]
+pub struct ConnPlan {
+    pub cases: Vec<Case>,
+    /// `Some(cuts)`: all requests are written back to back, cut at these offsets of the
+    /// concatenation, before any response is read.
+    pub pipelined: Option<Vec<usize>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Round {
+    pub index: usize,
+    pub seed: u64,
+    pub rules: Vec<PRule>,
+    pub toml: String,
+    pub conns: Vec<ConnPlan>,
+}
+
+impl Round {
+    pub fn cases(&self) -> impl Iterator<Item = &Case> {
+        self.conns.iter().flat_map(|c| c.cases.iter())
+    }
+
+    pub fn n_cases(&self) -> usize {
+        self.conns.iter().map(|c| c.cases.len()).sum()
+    }
+}
+
+/// The seed of round `index` of the run seeded `run_seed`.
+pub fn round_seed(run_seed: u64, index: usize) -> u64 {
+    mix(run_seed, index as u64 + 1)
+}
+
+fn http_request(head: &Head, body: &[u8]) -> HttpRequest {
+    let h = head.render(&body.len().to_string());
+    let head_len = h.len();
+    let mut bytes = h;
+    bytes.extend_from_slice(body);
+    HttpRequest {
+        bytes,
+        head_len,
+        payload: body.to_vec(),
+    }
+}
+
+/// One request: a random valid one evaluated by the reference (which updates `state`), or,
+/// sometimes, a malformed one that must pass through untouched.
+pub fn case(g: &mut G, id: usize, cfg: &GenConfig, rules: &[PRule], state: &mut RefState) -> Case {
+    if g.chance(cfg.malformed) {
+        return malformed_case(g, id, cfg);
+    }
+    // A request whose edits stay within dt's documented per-request limits (else it would
+    // rightly pass through as edit_limit): another one otherwise.
+    loop {
+        let mut tree = logs::request(g);
+        let sizes = wire::mark_request(&mut tree);
+        let body = wire::encode(&tree);
+        let decoded = ExportLogsServiceRequest::decode(&body[..]).unwrap_or_else(|e| {
+            panic!(
+                "generator bug: case {id} does not decode: {e}\nbody {}",
+                wire::hex(&body)
+            )
+        });
+        let mut st = state.clone();
+        let out = reference::evaluate(&mut st, rules, &decoded, &sizes);
+        let removals = out.edits.remove.len();
+        let masks = out.edits.mask.len() + out.edits.either.len();
+        let records = sizes.len();
+        if removals > EDIT_LIMIT || masks > EDIT_LIMIT || records > EDIT_LIMIT {
+            continue;
+        }
+        let head = logs::head(g, cfg.http_variety);
+        return valid_case(g, id, tree, body, head, out, state, st);
+    }
+}
+
+/// dt's per-request edit limits (README, "Limits": 1024 removals, length rewrites and masked
+/// bodies), with room to spare.
+const EDIT_LIMIT: usize = 900;
+
+/// A request made malformed: it must pass through byte for byte.
+fn malformed_case(g: &mut G, id: usize, cfg: &GenConfig) -> Case {
+    let mut tree = logs::request(g);
+    let head = logs::head(g, cfg.http_variety);
+    let (body, what) = logs::malform(g, &mut tree);
+    let request = http_request(&head, &body);
+    let status = if ExportLogsServiceRequest::decode(&body[..]).is_ok() {
+        200
+    } else {
+        400
+    };
+    let cuts = logs::cuts(g, request.len(), request.head_len);
+    Case {
+        id,
+        tree,
+        head,
+        expect: Expect {
+            body,
+            either: Vec::new(),
+            heads: vec![request.head().to_vec()],
+            logs: None,
+            status,
+            records: 0,
+            records_dropped: 0,
+            dropped_by: Vec::new(),
+            counts: BTreeMap::new(),
+            attrs_removed: 0,
+            bodies_masked: 0,
+        },
+        request,
+        cuts,
+        delay_ms: 0,
+        malformed: Some(what),
+    }
+}
+
+/// A valid request, evaluated by the reference from `state` to `after`.
+#[allow(clippy::too_many_arguments)]
+fn valid_case(
+    g: &mut G,
+    id: usize,
+    tree: Vec<Field>,
+    body: Vec<u8>,
+    head: Head,
+    out: reference::Outcome,
+    state: &mut RefState,
+    after: RefState,
+) -> Case {
+    let counts_before = std::mem::replace(state, after).counts;
+    let mut counts = BTreeMap::new();
+    for (name, after) in &state.counts {
+        let b = counts_before.get(name).copied().unwrap_or_default();
+        let d = Counts {
+            matched: after.matched - b.matched,
+            kept: after.kept - b.kept,
+            dropped: after.dropped - b.dropped,
+            dropped_bytes: after.dropped_bytes - b.dropped_bytes,
+            redacted: after.redacted - b.redacted,
+        };
+        if d != Counts::default() {
+            counts.insert(name.clone(), d);
+        }
+    }
+    let attrs_removed = out
+        .edits
+        .remove
+        .iter()
+        .filter(|m| matches!(m, wire::Mark::Attr(..)))
+        .count();
+    let (exp_body, either) = wire::emit(&tree, &out.edits);
+    // The reference's own consistency: the edited bytes decode to the expected request, and
+    // they are exactly the removed fields shorter.
+    assert_eq!(
+        exp_body.len() as u64,
+        body.len() as u64 - out.removed_bytes,
+        "generator bug: case {id}: edited length"
+    );
+    let redecoded = ExportLogsServiceRequest::decode(&exp_body[..])
+        .unwrap_or_else(|e| panic!("generator bug: case {id}: edited body does not decode: {e}"));
+    assert!(
+        redecoded == out.expected,
+        "generator bug: case {id}: the edited body decodes differently from the reference"
+    );
+    let request = http_request(&head, &body);
+    let mut heads = vec![head.render(&exp_body.len().to_string())];
+    let width = body.len().to_string().len();
+    let padded = head.render(&format!("{:0width$}", exp_body.len()));
+    if padded != heads[0] {
+        heads.push(padded);
+    }
+    let cuts = logs::cuts(g, request.len(), request.head_len);
+    let delay_ms = if g.chance(0.05) { 1 } else { 0 };
+    Case {
+        id,
+        tree,
+        head,
+        request,
+        cuts,
+        delay_ms,
+        malformed: None,
+        expect: Expect {
+            body: exp_body,
+            either,
+            heads,
+            logs: Some(out.expected),
+            status: 200,
+            records: out.records,
+            records_dropped: out.records_dropped,
+            dropped_by: out.dropped_by,
+            counts,
+            attrs_removed,
+            bodies_masked: out.edits.mask.len(),
+        },
+    }
+}
+
+/// Round `index`: a rule set (registered in `state`), then its connections and requests, each
+/// evaluated in send order. `first_case` numbers the requests.
+pub fn round(
+    index: usize,
+    seed: u64,
+    first_case: usize,
+    cfg: &GenConfig,
+    state: &mut RefState,
+) -> Round {
+    let mut g = G::new(seed);
+    let rules = rules::rule_set(
+        &mut g,
+        RuleConfig {
+            sample: cfg.sample,
+            redact: cfg.redact,
+        },
+    );
+    state.install(&rules);
+    let toml = rules::to_toml(&rules);
+    let n = g.range(cfg.cases_per_round.0, cfg.cases_per_round.1);
+    let mut conns = Vec::new();
+    let mut id = first_case;
+    while id < first_case + n {
+        let k = g.range(1, 6).min(first_case + n - id);
+        let mut cases = Vec::new();
+        for _ in 0..k {
+            cases.push(case(&mut g, id, cfg, &rules, state));
+            id += 1;
+        }
+        let pipelined = if g.chance(cfg.pipelined) {
+            let total: usize = cases.iter().map(|c| c.request.len()).sum();
+            let mut cuts = Vec::new();
+            let mut off = 0;
+            for c in &cases {
+                // Around every boundary, and anywhere.
+                if off > 0 && g.chance(0.5) {
+                    cuts.push((off + g.range(0, 6)).saturating_sub(3));
+                }
+                for x in &c.cuts {
+                    if g.chance(0.5) {
+                        cuts.push(off + x);
+                    }
+                }
+                off += c.request.len();
+            }
+            cuts.retain(|&c| c > 0 && c < total);
+            cuts.sort_unstable();
+            cuts.dedup();
+            Some(cuts)
+        } else {
+            None
+        };
+        conns.push(ConnPlan { cases, pipelined });
+    }
+    Round {
+        index,
+        seed,
+        rules,
+        toml,
+        conns,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The generator and the reference agree with themselves (every case asserts that its
+    /// edited bytes decode to the reference's request), sample and redact included, and the
+    /// cases cover what they should.
+    #[test]
+    fn generator_is_self_consistent() {
+        let cfg = GenConfig {
+            sample: true,
+            redact: true,
+            http_variety: true,
+            pipelined: 0.1,
+            malformed: 0.1,
+            cases_per_round: (10, 20),
+        };
+        let mut state = RefState::default();
+        let mut first = 0;
+        let (mut masked, mut removed_attrs, mut kept_by_sample, mut malformed) = (0, 0, 0, 0);
+        for i in 0..40 {
+            let r = round(i, round_seed(7, i), first, &cfg, &mut state);
+            first += r.n_cases();
+            for c in r.cases() {
+                if c.malformed.is_some() {
+                    malformed += 1;
+                    assert_eq!(c.expect.body, c.request.payload);
+                }
+                if !c.expect.either.is_empty() || c.expect.body.contains(&b'*') {
+                    masked += 1;
+                }
+                if c.expect.body.len() < c.request.payload.len() && c.expect.records_dropped == 0 {
+                    removed_attrs += 1;
+                }
+            }
+        }
+        for (name, c) in &state.counts {
+            if name.starts_with("sample") {
+                kept_by_sample += c.kept;
+            }
+        }
+        assert!(masked > 0 && removed_attrs > 0 && kept_by_sample > 0 && malformed > 0);
+    }
+}
