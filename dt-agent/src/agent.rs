@@ -370,9 +370,13 @@ impl Agent {
         let slot = 1 - self.active_slot;
         let generation = self.generation + 1;
         let mut rulesets: Array<_, RuleSet> = Array::try_from(map(&mut self.ebpf, "RULESETS")?)?;
-        // Mark the slot stale first: a request that captured it under its old generation passes
-        // through instead of being judged by a half-written set.
-        rulesets.set(slot, RuleSet::EMPTY, 0)?;
+        // Mark the slot stale first, by its generation alone: a request that captured it under
+        // its old generation passes through instead of being judged by a half-written set, and a
+        // walk still reading the old rules finds them intact (it checks the generation again
+        // when it is done).
+        let mut stale = rulesets.get(&slot, 0)?;
+        stale.generation = 0;
+        rulesets.set(slot, stale, 0)?;
         if self.other_used {
             thread::sleep(SLOT_GRACE);
         }

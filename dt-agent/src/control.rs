@@ -129,10 +129,18 @@ pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
 }
 
 async fn handle(stream: UnixStream, daemon: Arc<Daemon>) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt as _;
     let peer = stream
         .peer_cred()
         .context("reading the peer's credentials")?;
     let (rd, mut wr) = stream.into_split();
+    // Read the request before answering, refused or not: closing a connection whose request was
+    // never read makes the client's write fail (EPIPE) before it can read the refusal.
+    let mut line = String::new();
+    BufReader::new(rd.take(MAX_REQUEST_BYTES))
+        .read_line(&mut line)
+        .await?;
+    let mut stop_after = false;
     let response = if peer.uid() != 0 {
         log::warn!(
             "refused a control connection from uid {} (pid {:?}): only root may control dt",
@@ -144,21 +152,30 @@ async fn handle(stream: UnixStream, daemon: Arc<Daemon>) -> anyhow::Result<()> {
             peer.uid()
         ))
     } else {
-        let mut line = String::new();
-        BufReader::new(rd).read_line(&mut line).await?;
         match serde_json::from_str::<Request>(&line) {
             Err(e) => Response::error(format!("bad request: {e}")),
             Ok(request) => {
-                let daemon = daemon.clone();
-                tokio::task::spawn_blocking(move || answer(&daemon, request)).await?
+                let uninstall = matches!(request, Request::Uninstall);
+                let d = daemon.clone();
+                let r = tokio::task::spawn_blocking(move || answer(&d, request)).await?;
+                stop_after = uninstall && r.ok;
+                r
             }
         }
     };
     let mut out = serde_json::to_vec(&response)?;
     out.push(b'\n');
-    wr.write_all(&out).await?;
+    let written = wr.write_all(&out).await;
+    // After uninstall the agent stops, but only once the caller has its answer.
+    if stop_after {
+        daemon.shutdown.notify_one();
+    }
+    written?;
     Ok(())
 }
+
+/// The longest request line read (a push carries whole rule files).
+const MAX_REQUEST_BYTES: u64 = 16 << 20;
 
 fn answer(daemon: &Daemon, request: Request) -> Response {
     let result = match request {

@@ -96,7 +96,7 @@ impl Daemon {
         Ok(())
     }
 
-    /// Detaches everything and removes every pin, then asks the agent to stop.
+    /// Detaches everything and removes every pin; the control server then stops the agent.
     pub fn uninstall(&self) -> anyhow::Result<()> {
         let mut inner = self.lock();
         if let Some(mut agent) = inner.agent.take() {
@@ -104,7 +104,6 @@ impl Daemon {
             drop(agent);
         }
         log::info!("uninstalled: nothing of dt is attached or pinned any more");
-        self.shutdown.notify_one();
         Ok(())
     }
 

@@ -324,7 +324,7 @@ fn walk_request_inner(msg: *mut sk_msg_md, st: &mut SockState, totals: &mut Tota
         return pass(totals, Passthrough::Other, total);
     };
     let generation = st.generation;
-    if rs.generation != generation {
+    if slot_generation(rs) != generation {
         return pass(totals, Passthrough::Generation, total);
     }
     totals.log_requests += 1;
@@ -358,7 +358,7 @@ fn walk_request_inner(msg: *mut sk_msg_md, st: &mut SockState, totals: &mut Tota
     }
     // The agent marks a slot with generation 0 before rewriting it: a walk that overlapped a
     // rewrite is thrown away, counters untouched.
-    if rs.generation != generation {
+    if slot_generation(rs) != generation {
         return abandon(totals, Passthrough::Generation, total, rs, st_ptr);
     }
     if st.walk.n_edits > 0 || st.walk.n_masks > 0 {
@@ -483,6 +483,14 @@ fn atomic_sub(p: *mut u64, v: u64) {
 #[inline(always)]
 fn rate_interval(per_second: u64) -> u64 {
     1_000_000_000 / if per_second == 0 { 1 } else { per_second }
+}
+
+/// The generation a rule set slot holds now, read from memory every time (the agent changes it
+/// under us; a plain read could be folded into an earlier one).
+#[inline(always)]
+fn slot_generation(rs: &RuleSet) -> u64 {
+    // SAFETY: an aligned u64 of a map value.
+    unsafe { ptr::read_volatile(&rs.generation) }
 }
 
 /// Pulls every length prefix to rewrite, and the Content-Length digits.

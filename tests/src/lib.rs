@@ -29,6 +29,7 @@
 //! ```
 
 pub mod agent;
+pub mod agent_process;
 pub mod client;
 pub mod exporter;
 pub mod http;

@@ -1,0 +1,1154 @@
+//! The operator's view, against the real kernel: `dt-agent run` as a process, driven by the
+//! other verbs exactly as a user would (push, rules, stats, disable/enable, uninstall), with
+//! signals and crashes (SIGTERM, kill -9), pinned state, hot reload of the rules directory, and
+//! a non-root peer on the control socket.
+//!
+//! Every test has its own receiver port, control socket, pin root and rules directory, so they
+//! run in parallel. Records carry bodies of three kinds: `xa-...` (contains "a-"), `xb-...`
+//! ("b-") and `xc-...` (neither), so that rules `drop-a` / `drop-b` / `drop-c` give verdicts
+//! that are easy to tell apart.
+//!
+//! Run: `cargo build -p dt-agent && cargo test -p dt-tests --test operator -- --nocapture`
+//! (as root).
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dt_agent::Stats;
+use dt_agent::control::RulesInfo;
+use dt_tests::agent_process::{
+    AgentProcess, cgroup_sock_ops, dt_agent_cmd, loaded_maps, loaded_progs, output_text,
+    pinned_link,
+};
+use dt_tests::model::rules_toml;
+use dt_tests::otlp::{encode, filler, sent_records};
+use dt_tests::record::SentRecord;
+use dt_tests::*;
+
+// ------------------------------------------------------------------------------------------
+// Requests and rules
+
+/// A request with `per_kind` records of each kind, interleaved a, b, c; bodies
+/// `x<kind>-r<id>-<i> <padding>`.
+struct AbcRequest {
+    http: HttpRequest,
+    sent: Vec<SentRecord>,
+}
+
+fn abc_request(id: usize, per_kind: usize, pad: usize) -> AbcRequest {
+    let mut b = LogsRequestBuilder::new().resource("svc").scope("ops");
+    for i in 0..per_kind {
+        for kind in ["a", "b", "c"] {
+            let body = format!("x{kind}-r{id}-{i} {}", filler(id * 1000 + i, pad));
+            b = b.record(Rec::new(9, &body).attr("kind", kind));
+        }
+    }
+    let logs = b.build();
+    let sent = sent_records(&logs);
+    let http = HttpRequestBuilder::logs(encode(&logs)).build();
+    AbcRequest { http, sent }
+}
+
+fn drop_kind(kind: &str) -> RuleSpec {
+    RuleSpec::drop(&format!("drop-{kind}")).body_contains(&format!("{kind}-"))
+}
+
+fn count_all() -> RuleSpec {
+    RuleSpec::count("count-all")
+}
+
+/// The 50-test.toml text of `rules`.
+fn toml(rules: &[RuleSpec]) -> String {
+    rules_toml(rules)
+}
+
+/// `dt-agent push` prints `pushed N file(s): generation G`.
+fn pushed_generation(o: &std::process::Output) -> u64 {
+    let out = String::from_utf8_lossy(&o.stdout);
+    out.lines()
+        .find_map(|l| {
+            l.rsplit_once("generation ")
+                .map(|(_, g)| g.trim().parse().ok())
+        })
+        .flatten()
+        .unwrap_or_else(|| panic!("no `generation N` in push's output:\n{}", output_text(o)))
+}
+
+// ------------------------------------------------------------------------------------------
+// Traffic and checks
+
+/// Sends `req` alone on a new connection as `split`, checks the 200, and returns what the
+/// receiver got for it.
+fn send_one(rx: &Receiver, req: &HttpRequest, split: &Split) -> Received {
+    let before = rx.requests().len();
+    let mut c = RawClient::connect(rx.addr());
+    let resp = c.roundtrip(req, split);
+    assert_eq!(resp.status, 200, "response {resp:?}");
+    c.finish();
+    let all = rx.wait_for(before + 1, WAIT);
+    assert_eq!(all.len(), before + 1, "one request, one arrival");
+    all[before].clone()
+}
+
+/// The request arrived decoded, holding exactly the records `rules` keep, in order.
+fn assert_filtered(what: &str, r: &Received, rules: &[RuleSpec], req: &AbcRequest) {
+    assert!(
+        r.decode_error.is_none(),
+        "{what}: the receiver could not decode: {:?}",
+        r.decode_error
+    );
+    let want = evaluate(rules, &req.sent);
+    assert!(
+        want.records_dropped > 0,
+        "{what}: the test needs a request the rules change"
+    );
+    let got = r.records();
+    assert_eq!(
+        got.len(),
+        want.kept.len(),
+        "{what}: kept records (rules {:?})",
+        rules.iter().map(|r| &r.name).collect::<Vec<_>>()
+    );
+    assert!(got == want.kept, "{what}: records differ from the model");
+}
+
+/// The request arrived byte for byte as sent, on a connection of its own.
+fn assert_untouched(what: &str, rx: &Receiver, r: &Received, req: &AbcRequest) {
+    assert!(r.decode_error.is_none(), "{what}: {:?}", r.decode_error);
+    assert!(r.body == req.http.payload, "{what}: the body was edited");
+    assert_eq!(
+        rx.connection_bytes()[r.conn as usize],
+        req.http.bytes,
+        "{what}: the connection's bytes differ from what was sent"
+    );
+}
+
+/// Every counter of `stats --json` under one flat name.
+fn flat(s: &Stats) -> BTreeMap<String, u64> {
+    let t = &s.totals;
+    let mut m = BTreeMap::new();
+    for (k, v) in [
+        ("connections", t.connections),
+        ("requests", t.requests),
+        ("log_requests", t.log_requests),
+        ("records", t.records),
+        ("records_dropped", t.records_dropped),
+        ("bytes_in", t.bytes_in),
+        ("bytes_out", t.bytes_out),
+        ("edit_failures", t.edit_failures),
+        ("untracked_bytes", t.untracked_bytes),
+        ("in_flight", t.in_flight),
+    ] {
+        m.insert(format!("totals.{k}"), v);
+    }
+    for (k, v) in &t.passthrough {
+        m.insert(format!("passthrough.{k}"), *v);
+    }
+    for r in &s.rules {
+        for (k, v) in [
+            ("matched", r.matched),
+            ("kept", r.kept),
+            ("dropped", r.dropped),
+            ("dropped_bytes", r.dropped_bytes),
+            ("redacted", r.redacted),
+        ] {
+            m.insert(format!("{}.{k}", r.name), v);
+        }
+    }
+    m
+}
+
+/// What the counters must move by.
+#[derive(Default, Debug)]
+struct Want(BTreeMap<String, i64>);
+
+impl Want {
+    fn add(&mut self, k: &str, v: i64) -> &mut Self {
+        *self.0.entry(k.to_string()).or_default() += v;
+        self
+    }
+
+    /// One connection carrying `req`, walked with `rules`; `bytes_out` is what the receiver read.
+    fn filtered(&mut self, rules: &[RuleSpec], req: &AbcRequest, bytes_out: usize) -> &mut Self {
+        let e = evaluate(rules, &req.sent);
+        self.add("totals.connections", 1)
+            .add("totals.requests", 1)
+            .add("totals.log_requests", 1)
+            .add("totals.records", e.records as i64)
+            .add("totals.records_dropped", e.records_dropped as i64)
+            .add("totals.bytes_in", req.http.len() as i64)
+            .add("totals.bytes_out", bytes_out as i64);
+        for r in &e.rules {
+            self.add(&format!("{}.matched", r.name), r.matched as i64)
+                .add(&format!("{}.dropped", r.name), r.dropped as i64)
+                .add(&format!("{}.dropped_bytes", r.name), r.dropped_bytes as i64);
+        }
+        self
+    }
+
+    /// One connection carrying `req`, passed through untouched for `reason`.
+    fn passed(&mut self, reason: &str, req: &AbcRequest) -> &mut Self {
+        self.add("totals.connections", 1)
+            .add("totals.requests", 1)
+            .add(&format!("passthrough.{reason}"), 1)
+            .add("totals.bytes_in", req.http.len() as i64)
+            .add("totals.bytes_out", req.http.len() as i64)
+    }
+}
+
+/// `after - before` equals `want` exactly, counter by counter (every other counter unmoved).
+fn assert_delta(what: &str, before: &Stats, after: &Stats, want: &Want) {
+    let (a, b) = (flat(before), flat(after));
+    let mut got = BTreeMap::new();
+    for k in a.keys().chain(b.keys()) {
+        let d = *b.get(k).unwrap_or(&0) as i64 - *a.get(k).unwrap_or(&0) as i64;
+        if d != 0 {
+            got.insert(k.clone(), d);
+        }
+    }
+    let want: BTreeMap<String, i64> = want
+        .0
+        .iter()
+        .filter(|(_, v)| **v != 0)
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    assert_eq!(
+        got, want,
+        "{what}: counter deltas (got left, want right)\nbefore {before:#?}\nafter {after:#?}"
+    );
+}
+
+/// Polls `rules --json` until the generation reaches `want` (never past it), at most `timeout`.
+fn wait_generation(agent: &AgentProcess, want: u64, timeout: Duration) -> (RulesInfo, Duration) {
+    let t0 = Instant::now();
+    loop {
+        let info = agent.rules();
+        assert!(
+            info.generation <= want,
+            "generation {} overshot {want}: {info:#?}\nlog:\n{}",
+            info.generation,
+            agent.log()
+        );
+        if info.generation == want {
+            return (info, t0.elapsed());
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "generation {want} not active within {timeout:?} (still {}); log:\n{}",
+            info.generation,
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn rule_names(info: &RulesInfo) -> Vec<&str> {
+    info.rules.iter().map(|r| r.name.as_str()).collect()
+}
+
+/// Every entry of a directory, hidden ones included, with its contents.
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// A line `<file>:<line>:<column>: <message containing needle>` in `text`.
+fn assert_diag(text: &str, file: &Path, line: usize, column: usize, needle: &str) {
+    let prefix = format!("{}:{line}:{column}: ", file.display());
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&prefix) && l[prefix.len()..].contains(needle)),
+        "no `{prefix}...{needle}...` line in:\n{text}"
+    );
+}
+
+/// Like [`assert_diag`], for a log whose lines carry a timestamp and level first.
+fn assert_logged_diag(log: &str, file: &Path, line: usize, column: usize, needle: &str) {
+    let at = format!(" {}:{line}:{column}: ", file.display());
+    assert!(
+        log.lines().any(|l| l
+            .split_once(&at)
+            .is_some_and(|(_, message)| message.contains(needle))),
+        "no `...{at}...{needle}...` line in the log:\n{log}"
+    );
+}
+
+fn cgroup_root() -> PathBuf {
+    cgroup2_mount().expect("cgroup v2 mount")
+}
+
+/// Waits (bounded) until none of `progs` / `maps` is loaded any more.
+fn wait_gone(what: &str, progs: &[u32], maps: &[u32], timeout: Duration) {
+    let t0 = Instant::now();
+    loop {
+        let lp: Vec<(u32, String)> = loaded_progs()
+            .into_iter()
+            .filter(|(id, _)| progs.contains(id))
+            .collect();
+        let lm: Vec<(u32, String)> = loaded_maps()
+            .into_iter()
+            .filter(|(id, _)| maps.contains(id))
+            .collect();
+        if lp.is_empty() && lm.is_empty() {
+            return;
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "{what}: still loaded after {timeout:?}: programs {lp:?}, maps {lm:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// 1. Flipping rule sets under multi-run requests
+
+#[test]
+fn operator_flips_never_mix_verdicts() {
+    if !kernel_or_skip("operator_flips_never_mix_verdicts") {
+        return;
+    }
+    const FLIPS: u64 = 120;
+    const CONNS: usize = 4;
+    const PER_KIND: usize = 20;
+    let set_a = [drop_kind("a")];
+    let set_b = [drop_kind("b")];
+    let rx = Receiver::start_v4();
+    let rules = TempRules::with_files(&[("50-flip.toml", &toml(&set_a))]);
+    let staging = TempRules::new();
+    std::fs::create_dir(staging.file("a")).unwrap();
+    std::fs::create_dir(staging.file("b")).unwrap();
+    let push_a = staging.write("a/50-flip.toml", &toml(&set_a));
+    let push_b = staging.write("b/50-flip.toml", &toml(&set_b));
+    let mut agent = AgentProcess::new("flips", rules.path(), &[rx.port()], false);
+    let s0 = agent.start();
+
+    // The traffic: CONNS keep-alive connections, each sending requests back to back, every one
+    // as the head and then the body in 4 writes 2 ms apart (several sk_msg runs each).
+    let stop = Arc::new(AtomicBool::new(false));
+    let next_id = Arc::new(AtomicUsize::new(0));
+    let sent: Arc<Mutex<BTreeMap<usize, AbcRequest>>> = Arc::default();
+    let done_per_conn: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..CONNS).map(|_| AtomicUsize::new(0)).collect());
+    let sent_bytes = Arc::new(AtomicUsize::new(0));
+    let mut threads = Vec::new();
+    for k in 0..CONNS {
+        let (stop, next_id, sent, done, sent_bytes) = (
+            stop.clone(),
+            next_id.clone(),
+            sent.clone(),
+            done_per_conn.clone(),
+            sent_bytes.clone(),
+        );
+        let addr = rx.addr();
+        threads.push(std::thread::spawn(move || {
+            let mut c = RawClient::connect(addr);
+            let split = Split::HeadThenBody {
+                pieces: 4,
+                delay: Duration::from_millis(2),
+            };
+            while !stop.load(Ordering::SeqCst) {
+                let id = next_id.fetch_add(1, Ordering::SeqCst);
+                let req = abc_request(id, PER_KIND, 40);
+                let resp = c.roundtrip(&req.http, &split);
+                assert_eq!(resp.status, 200, "request {id}");
+                sent_bytes.fetch_add(req.http.len(), Ordering::SeqCst);
+                sent.lock().unwrap().insert(id, req);
+                done[k].fetch_add(1, Ordering::SeqCst);
+            }
+            c.finish();
+        }));
+    }
+    let t_wait = Instant::now();
+    while done_per_conn.iter().any(|d| d.load(Ordering::SeqCst) == 0) {
+        assert!(
+            t_wait.elapsed() < Duration::from_secs(20),
+            "traffic did not start"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let before_flips: Vec<usize> = done_per_conn
+        .iter()
+        .map(|d| d.load(Ordering::SeqCst))
+        .collect();
+
+    // The flips, through `dt-agent push`, while the traffic runs.
+    let g_start = agent.rules().generation;
+    let t_flips = Instant::now();
+    for i in 0..FLIPS {
+        let file = if i % 2 == 0 { &push_b } else { &push_a };
+        let o = agent.push(&[file]);
+        assert!(o.status.success(), "push {i}: {}", output_text(&o));
+        assert_eq!(pushed_generation(&o), g_start + i + 1, "push {i}");
+    }
+    let flip_time = t_flips.elapsed();
+    let g_end = agent.rules().generation;
+    let after_flips: Vec<usize> = done_per_conn
+        .iter()
+        .map(|d| d.load(Ordering::SeqCst))
+        .collect();
+    // Keep the traffic going a little past the last flip, then stop it.
+    std::thread::sleep(Duration::from_millis(50));
+    stop.store(true, Ordering::SeqCst);
+    for t in threads {
+        t.join().expect("traffic thread");
+    }
+    assert_eq!(g_end - g_start, FLIPS, "one generation per push");
+    for k in 0..CONNS {
+        assert!(
+            after_flips[k] > before_flips[k],
+            "connection {k} sent nothing during the flips ({before_flips:?} -> {after_flips:?})"
+        );
+    }
+
+    let sent = std::mem::take(&mut *sent.lock().unwrap());
+    let total = sent.len();
+    let received = rx.wait_for(total, WAIT);
+    rx.assert_no_more(total, Duration::from_millis(200));
+    // Which request each arrival is: its first `xc-` record (never dropped) names it.
+    let (mut n_a, mut n_b, mut n_untouched) = (0u64, 0u64, 0u64);
+    let mut mixed = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for r in &received {
+        assert!(
+            r.decode_error.is_none(),
+            "undecodable: {:?}",
+            r.decode_error
+        );
+        let records = r.records();
+        let id: usize = records
+            .iter()
+            .find_map(|x| {
+                let b = x.body.as_deref()?;
+                let rest = b.strip_prefix("xc-r")?;
+                rest.split('-').next()?.parse().ok()
+            })
+            .unwrap_or_else(|| panic!("no xc- record in {records:?}"));
+        assert!(seen.insert(id), "request {id} arrived twice");
+        let req = &sent[&id];
+        if r.body == req.http.payload {
+            n_untouched += 1;
+        } else if records == evaluate(&set_a, &req.sent).kept {
+            n_a += 1;
+        } else if records == evaluate(&set_b, &req.sent).kept {
+            n_b += 1;
+        } else {
+            // Which records went missing, as `<kind><index>` (a0 = body "xa-r<id>-0 ...").
+            let short = |b: &str| {
+                let (kind, rest) = b.split_once("-r").unwrap_or((b, ""));
+                let i = rest.split([' ', '-']).nth(1).unwrap_or("?");
+                format!("{}{i}", kind.trim_start_matches('x'))
+            };
+            let got: Vec<&str> = records.iter().filter_map(|x| x.body.as_deref()).collect();
+            let dropped: Vec<String> = req
+                .sent
+                .iter()
+                .filter_map(|x| x.record.body.as_deref())
+                .filter(|b| !got.contains(b))
+                .map(short)
+                .collect();
+            mixed.push(format!(
+                "request {id}: {} of {} records arrived; dropped [{}]",
+                records.len(),
+                req.sent.len(),
+                dropped.join(" ")
+            ));
+        }
+    }
+    println!(
+        "operator_flips: {FLIPS} flips in {flip_time:?} ({:.1} ms/flip) during {total} requests \
+         on {CONNS} connections: A-verdict {n_a}, B-verdict {n_b}, untouched \
+         (passthrough.generation) {n_untouched}, mixed {}",
+        flip_time.as_secs_f64() * 1000.0 / FLIPS as f64,
+        mixed.len()
+    );
+    assert!(
+        mixed.is_empty(),
+        "{} request(s) got a verdict that is neither A (every a dropped), nor B (every b \
+         dropped), nor untouched:\n  {}",
+        mixed.len(),
+        mixed.join("\n  ")
+    );
+
+    let s = agent.stats();
+    let per = PER_KIND as u64;
+    let t = &s.totals;
+    let mut problems = Vec::new();
+    let mut check = |name: &str, got: u64, want: u64| {
+        if got != want {
+            problems.push(format!("{name}: {got}, want {want}"));
+        }
+    };
+    check("totals.connections", t.connections, CONNS as u64);
+    check("totals.requests", t.requests, total as u64);
+    check("totals.records", t.records, 3 * per * (n_a + n_b));
+    check(
+        "totals.records_dropped",
+        t.records_dropped,
+        per * (n_a + n_b),
+    );
+    check(
+        "totals.bytes_in",
+        t.bytes_in,
+        sent_bytes.load(Ordering::SeqCst) as u64,
+    );
+    check("totals.bytes_out", t.bytes_out, rx.total_bytes());
+    check("totals.in_flight", t.in_flight, 0);
+    check("totals.edit_failures", t.edit_failures, 0);
+    check(
+        "passthrough.generation",
+        t.passthrough["generation"],
+        n_untouched,
+    );
+    check("passthrough (all)", s.passthrough_total(), n_untouched);
+    for (name, n) in [("drop-a", n_a), ("drop-b", n_b)] {
+        let r = s
+            .rule(name)
+            .unwrap_or_else(|| panic!("{name} not listed: {s:#?}"));
+        check(&format!("{name}.matched"), r.matched, per * n);
+        check(&format!("{name}.dropped"), r.dropped, per * n);
+        check(&format!("{name}.kept"), r.kept, 0);
+    }
+    // log_requests counts walks, and a walk thrown away for its generation counts too.
+    if t.log_requests < n_a + n_b || t.log_requests > total as u64 {
+        problems.push(format!(
+            "totals.log_requests {} outside {}..={total}",
+            t.log_requests,
+            n_a + n_b
+        ));
+    }
+    assert!(
+        problems.is_empty(),
+        "counters disagree with the receiver:\n  {}\nstats {s:#?}",
+        problems.join("\n  ")
+    );
+    assert_eq!(s.generation, s0.generation + FLIPS);
+}
+
+// ------------------------------------------------------------------------------------------
+// 2. A bad push changes nothing
+
+#[test]
+fn operator_bad_push_changes_nothing() {
+    if !kernel_or_skip("operator_bad_push_changes_nothing") {
+        return;
+    }
+    let set = [count_all(), drop_kind("a")];
+    let rx = Receiver::start_v4();
+    let rules = TempRules::with_files(&[("50-test.toml", &toml(&set))]);
+    let mut agent = AgentProcess::new("badpush", rules.path(), &[rx.port()], false);
+    agent.start();
+    let req = abc_request(1, 3, 20);
+
+    let s0 = agent.stats();
+    let r = send_one(&rx, &req.http, &Split::head_then_body(3));
+    assert_filtered("before the bad pushes", &r, &set, &req);
+    let s1 = agent.stats();
+    assert_delta(
+        "before the bad pushes",
+        &s0,
+        &s1,
+        Want::default().filtered(&set, &req, rx.connection_bytes()[r.conn as usize].len()),
+    );
+    let info0 = agent.rules();
+    let dir0 = snapshot(rules.path());
+
+    let incoming = TempRules::new();
+    // An unknown key in a file replacing the active one.
+    let bad = incoming.write(
+        "50-test.toml",
+        "[[rule]]\nname = \"a\"\naction = \"drop\"\nbogus = 1\n",
+    );
+    let o = agent.push(&[&bad]);
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert_diag(&String::from_utf8_lossy(&o.stderr), &bad, 4, 1, "bogus");
+    // A valid file whose rule name clashes with the directory's set: the whole set is checked.
+    let clash = incoming.write(
+        "60-clash.toml",
+        "[[rule]]\nname = \"extra\"\naction = \"count\"\n\n[[rule]]\nname = \"drop-a\"\naction = \"drop\"\n",
+    );
+    let o2 = agent.push(&[&clash]);
+    assert_eq!(o2.status.code(), Some(1), "{}", output_text(&o2));
+    assert_diag(&String::from_utf8_lossy(&o2.stderr), &clash, 6, 8, "drop-a");
+    // Two files, one good and one bad: neither is written.
+    let good = incoming.write("70-good.toml", &toml(&[drop_kind("b")]));
+    let o3 = agent.push(&[&good, &bad]);
+    assert_eq!(o3.status.code(), Some(1), "{}", output_text(&o3));
+    assert_diag(&String::from_utf8_lossy(&o3.stderr), &bad, 4, 1, "bogus");
+
+    assert_eq!(
+        agent.rules(),
+        info0,
+        "rules --json after the refused pushes"
+    );
+    assert_eq!(
+        snapshot(rules.path()),
+        dir0,
+        "the rules directory after the refused pushes"
+    );
+    let s2 = agent.stats();
+    assert_eq!(s2, s1, "stats after the refused pushes");
+    let r = send_one(&rx, &req.http, &Split::head_then_body(3));
+    assert_filtered("after the bad pushes", &r, &set, &req);
+    let s3 = agent.stats();
+    assert_delta(
+        "after the bad pushes",
+        &s2,
+        &s3,
+        Want::default().filtered(&set, &req, rx.connection_bytes()[r.conn as usize].len()),
+    );
+    // The watcher did not pick anything up either.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(agent.rules(), info0);
+    println!(
+        "operator_bad_push: stderr of the refused push:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// 3. Directory edits, and pushes making exactly one generation
+
+#[test]
+fn operator_directory_edits_and_push_generations() {
+    if !kernel_or_skip("operator_directory_edits_and_push_generations") {
+        return;
+    }
+    const RELOAD_BOUND: Duration = Duration::from_secs(5);
+    let rx = Receiver::start_v4();
+    let rules = TempRules::with_files(&[("50-test.toml", &toml(&[drop_kind("a")]))]);
+    let mut agent = AgentProcess::new("diredit", rules.path(), &[rx.port()], false);
+    agent.start();
+    let req = abc_request(7, 3, 20);
+    let g0 = agent.rules().generation;
+    let mut active: Vec<RuleSpec> = vec![drop_kind("a")];
+    let mut stats = agent.stats();
+    // Sends `req` and checks it is filtered by `set`, counters included.
+    let traffic = |what: &str, set: &[RuleSpec], stats: &mut Stats| {
+        let r = send_one(&rx, &req.http, &Split::head_then_body(3));
+        assert_filtered(what, &r, set, &req);
+        let now = agent.stats();
+        assert_delta(
+            what,
+            stats,
+            &now,
+            Want::default().filtered(set, &req, rx.connection_bytes()[r.conn as usize].len()),
+        );
+        *stats = now;
+    };
+    traffic("initial set", &active, &mut stats);
+
+    // A new file, written in place.
+    let new = rules.write("60-new.toml", &toml(&[drop_kind("b")]));
+    let (info, took_new) = wait_generation(&agent, g0 + 1, RELOAD_BOUND);
+    assert_eq!(rule_names(&info), ["drop-a", "drop-b"]);
+    assert_eq!(info.rules[1].file, new);
+    active.push(drop_kind("b"));
+    traffic("after a new file", &active, &mut stats);
+
+    // A changed file, written the way editors do (a temporary file renamed over it).
+    let tmp = rules.write("60-new.toml.tmp", &toml(&[drop_kind("c")]));
+    std::fs::rename(&tmp, &new).unwrap();
+    let (info, took_changed) = wait_generation(&agent, g0 + 2, RELOAD_BOUND);
+    assert_eq!(rule_names(&info), ["drop-a", "drop-c"]);
+    active[1] = drop_kind("c");
+    traffic("after a changed file", &active, &mut stats);
+    println!(
+        "operator_directory_edits: new file active after {took_new:?} (polled), changed file \
+         after {took_changed:?}"
+    );
+    assert_eq!(agent.log().matches("rules directory changed").count(), 2);
+
+    // An invalid edit: reported, and the active set stays.
+    let info_before = agent.rules();
+    rules.write(
+        "60-new.toml",
+        "[[rule]]\nname = \"broken\"\naction = \"drop\"\nbogus = 1\n",
+    );
+    agent.wait_log(
+        "the rules directory is invalid; the active rule set stays",
+        1,
+        RELOAD_BOUND,
+    );
+    assert_logged_diag(&agent.log(), &new, 4, 1, "bogus");
+    assert_eq!(agent.rules(), info_before, "after an invalid edit");
+    traffic("after an invalid edit", &active, &mut stats);
+
+    // A push that fixes the file: exactly one new generation, not a second one from the
+    // watcher seeing the agent's own write.
+    let incoming = TempRules::new();
+    let fix = incoming.write("60-new.toml", &toml(&[drop_kind("b")]));
+    let o = agent.push(&[&fix]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert_eq!(pushed_generation(&o), g0 + 3);
+    let info = agent.rules();
+    assert_eq!(info.generation, g0 + 3);
+    assert_eq!(rule_names(&info), ["drop-a", "drop-b"]);
+    assert_eq!(info.rules[1].file, new, "rules names the installed file");
+    assert_eq!(
+        std::fs::read_to_string(&new).unwrap(),
+        toml(&[drop_kind("b")])
+    );
+    // Ten times the watcher's debounce.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        agent.rules().generation,
+        g0 + 3,
+        "the push made a second generation"
+    );
+    active[1] = drop_kind("b");
+    traffic("after the push", &active, &mut stats);
+
+    // Push-to-active latency: `dt-agent push` runs until the new generation is active.
+    let dir_c = TempRules::with_files(&[("60-new.toml", &toml(&[drop_kind("c")]))]);
+    let dir_b = TempRules::with_files(&[("60-new.toml", &toml(&[drop_kind("b")]))]);
+    let mut lat = Vec::new();
+    for i in 0..20u64 {
+        let file = if i % 2 == 0 {
+            dir_c.file("60-new.toml")
+        } else {
+            dir_b.file("60-new.toml")
+        };
+        let t0 = Instant::now();
+        let o = agent.push(&[&file]);
+        let took = t0.elapsed();
+        assert!(o.status.success(), "push {i}: {}", output_text(&o));
+        assert_eq!(pushed_generation(&o), g0 + 4 + i);
+        // Active when push returns.
+        assert_eq!(agent.stats().generation, g0 + 4 + i);
+        lat.push(took);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let info = agent.rules();
+    assert_eq!(info.generation, g0 + 23, "20 pushes, 20 generations");
+    assert_eq!(rule_names(&info), ["drop-a", "drop-b"]);
+    assert_eq!(agent.log().matches("rules directory changed").count(), 2);
+    traffic("after 20 pushes", &active, &mut stats);
+    lat.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "operator_push_latency: push-to-active over {} pushes: median {:.1} ms, max {:.1} ms \
+         (min {:.1} ms)",
+        lat.len(),
+        ms((lat[9] + lat[10]) / 2),
+        ms(lat[lat.len() - 1]),
+        ms(lat[0])
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// 4. The rip cord, with the agent running and on the pins after kill -9
+
+#[test]
+fn operator_disable_enable_running_and_on_pins() {
+    if !kernel_or_skip("operator_disable_enable_running_and_on_pins") {
+        return;
+    }
+    let set = [drop_kind("a")];
+    let rx = Receiver::start_v4();
+    let rules = TempRules::with_files(&[("50-test.toml", &toml(&set))]);
+    let mut agent = AgentProcess::new("ripcord", rules.path(), &[rx.port()], true);
+    agent.start();
+    let req = abc_request(3, 3, 20);
+    let splits = [Split::Whole, Split::head_then_body(3)];
+
+    // Filtered; disabled: untouched; enabled: filtered again. `phase` checks one of them.
+    let phase = |agent: &AgentProcess, what: &str, enabled: bool| {
+        let s0 = agent.stats();
+        assert_eq!(
+            s0.enabled, enabled,
+            "{what}: stats says enabled={}",
+            s0.enabled
+        );
+        let mut want = Want::default();
+        for split in &splits {
+            let r = send_one(&rx, &req.http, split);
+            if enabled {
+                assert_filtered(what, &r, &set, &req);
+                want.filtered(&set, &req, rx.connection_bytes()[r.conn as usize].len());
+            } else {
+                assert_untouched(what, &rx, &r, &req);
+                want.passed("disabled", &req);
+            }
+        }
+        assert_delta(what, &s0, &agent.stats(), &want);
+    };
+    phase(&agent, "running, enabled", true);
+
+    let o = agent.verb("disable", &[]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert!(!agent.rules().enabled);
+    phase(&agent, "running, disabled", false);
+    let o = agent.verb("enable", &[]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert!(agent.rules().enabled);
+    phase(&agent, "running, enabled again", true);
+
+    // kill -9: the pins go on filtering, and the rip cord works on them.
+    let st = agent.kill9();
+    assert_eq!(st.signal(), Some(libc::SIGKILL));
+    phase(&agent, "killed, enabled", true);
+    let o = agent.verb("disable", &[]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("no agent is running"),
+        "{}",
+        output_text(&o)
+    );
+    phase(&agent, "killed, disabled on the pins", false);
+    let o = agent.verb("enable", &[]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("no agent is running"));
+    phase(&agent, "killed, enabled on the pins", true);
+}
+
+// ------------------------------------------------------------------------------------------
+// 5. kill -9 with pins; restart adopts; uninstall removes everything
+
+#[test]
+fn operator_kill9_pinned_then_restart_adopts_then_uninstall() {
+    if !kernel_or_skip("operator_kill9_pinned_then_restart_adopts_then_uninstall") {
+        return;
+    }
+    let set0 = [count_all(), drop_kind("a")];
+    let pushed = [count_all(), drop_kind("b")];
+    let rx = Receiver::start_v4();
+    let rules = TempRules::with_files(&[("50-test.toml", &toml(&set0))]);
+    let mut agent = AgentProcess::new("kill9", rules.path(), &[rx.port()], true);
+    agent.start();
+    assert!(agent.log().contains("attached"), "{}", agent.log());
+    let req = abc_request(5, 3, 20);
+    let split = Split::head_then_body(3);
+    let cg = cgroup_root();
+
+    let s0 = agent.stats();
+    let r = send_one(&rx, &req.http, &split);
+    assert_filtered("first set", &r, &set0, &req);
+    let s1 = agent.stats();
+    assert_delta(
+        "first set",
+        &s0,
+        &s1,
+        Want::default().filtered(&set0, &req, rx.connection_bytes()[r.conn as usize].len()),
+    );
+
+    // Push, then kill -9 right away.
+    let incoming = TempRules::new();
+    let file = incoming.write("50-test.toml", &toml(&pushed));
+    let o = agent.push(&[&file]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    let g_pushed = pushed_generation(&o);
+    let s_pre = agent.stats();
+    let (link_id, prog_old) = pinned_link(&agent.pin_dir().join("sockops_link"));
+    let old_ids = agent.bpf_ids();
+    assert!(old_ids.progs.contains(&prog_old));
+    let ours_old: Vec<_> = cgroup_sock_ops(&cg)
+        .into_iter()
+        .filter(|(id, _)| old_ids.progs.contains(id))
+        .collect();
+    assert_eq!(
+        ours_old,
+        [(prog_old, "dt_sockops".to_string())],
+        "our sock_ops programs on {}",
+        cg.display()
+    );
+    let st = agent.kill9();
+    assert_eq!(st.signal(), Some(libc::SIGKILL));
+
+    // No agent: the pins still filter with the pushed set, and count.
+    let s_kill = agent.stats();
+    assert_eq!(s_kill.generation, g_pushed);
+    assert_eq!(flat(&s_kill), flat(&s_pre), "counters read from the pins");
+    let r = send_one(&rx, &req.http, &split);
+    assert_filtered("after kill -9", &r, &pushed, &req);
+    let s_dead = agent.stats();
+    assert_delta(
+        "after kill -9 (read from the pins)",
+        &s_kill,
+        &s_dead,
+        Want::default().filtered(&pushed, &req, rx.connection_bytes()[r.conn as usize].len()),
+    );
+    assert_eq!(
+        s_dead.rule("drop-a").map(|r| r.active),
+        Some(false),
+        "{s_dead:#?}"
+    );
+
+    // Restart with the same settings: it adopts the pins.
+    let s_restart = agent.start();
+    let log = agent.log();
+    assert!(log.contains("adopted pinned state"), "log:\n{log}");
+    let (link_id2, prog_new) = pinned_link(&agent.pin_dir().join("sockops_link"));
+    assert_eq!(link_id2, link_id, "the pinned link is kept");
+    assert_ne!(prog_new, prog_old, "the link runs the new agent's program");
+    let new_ids = agent.bpf_ids();
+    assert!(new_ids.progs.contains(&prog_new));
+    let cg_now = cgroup_sock_ops(&cg);
+    let ours_new: Vec<_> = cg_now
+        .iter()
+        .filter(|(id, _)| new_ids.progs.contains(id) || old_ids.progs.contains(id))
+        .cloned()
+        .collect();
+    assert_eq!(
+        ours_new,
+        [(prog_new, "dt_sockops".to_string())],
+        "exactly one sock_ops program of ours on {} (all: {cg_now:?})",
+        cg.display()
+    );
+    // Counters carry on from where they were, generation one up (the directory is re-read).
+    assert_eq!(s_restart.generation, g_pushed + 1);
+    assert_eq!(
+        flat(&s_restart),
+        flat(&s_dead),
+        "counters after the restart"
+    );
+    let info = agent.rules();
+    assert_eq!(info.generation, g_pushed + 1);
+    assert_eq!(rule_names(&info), ["count-all", "drop-b"]);
+    let r = send_one(&rx, &req.http, &split);
+    assert_filtered("after the restart", &r, &pushed, &req);
+    let s_after = agent.stats();
+    assert_delta(
+        "after the restart",
+        &s_restart,
+        &s_after,
+        Want::default().filtered(&pushed, &req, rx.connection_bytes()[r.conn as usize].len()),
+    );
+    for (k, v) in flat(&s_after) {
+        let before = flat(&s1).get(&k).copied().unwrap_or(0);
+        assert!(
+            k == "totals.in_flight" || v >= before,
+            "{k} went down: {before} -> {v}"
+        );
+    }
+
+    // Uninstall: every pin goes, the agent exits, nothing of ours stays attached.
+    let o = agent.verb("uninstall", &[]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    let st = agent.wait_exit(Duration::from_secs(15));
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "exit after uninstall; log:\n{}",
+        agent.log()
+    );
+    assert!(
+        !agent.pin_dir().exists(),
+        "{} is still there",
+        agent.pin_dir().display()
+    );
+    assert!(
+        !agent.pin_root().exists(),
+        "{} is still there",
+        agent.pin_root().display()
+    );
+    let still: Vec<_> = cgroup_sock_ops(&cg)
+        .into_iter()
+        .filter(|(id, _)| *id == prog_new || *id == prog_old)
+        .collect();
+    assert!(still.is_empty(), "still attached: {still:?}");
+    let links = dt_tests::agent_process::bpftool_json(&["link", "show"]);
+    assert!(
+        !links
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|l| l["id"].as_u64() == Some(link_id as u64)),
+        "link {link_id} still exists"
+    );
+    let progs: Vec<u32> = old_ids.progs.union(&new_ids.progs).copied().collect();
+    let maps: Vec<u32> = old_ids.maps.union(&new_ids.maps).copied().collect();
+    wait_gone("after uninstall", &progs, &maps, Duration::from_secs(10));
+    let r = send_one(&rx, &req.http, &split);
+    assert_untouched("after uninstall", &rx, &r, &req);
+    println!(
+        "operator_kill9: link {link_id} kept, sock_ops program {prog_old} replaced by {prog_new}; \
+         generation {g_pushed} -> {} after the restart; records {} -> {}",
+        g_pushed + 1,
+        s_pre.totals.records,
+        s_after.totals.records
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// 6. SIGTERM without pins during a slow split request
+
+#[test]
+fn operator_sigterm_unpinned_during_split_request() {
+    if !kernel_or_skip("operator_sigterm_unpinned_during_split_request") {
+        return;
+    }
+    let set = [drop_kind("a")];
+    let rx = Receiver::start_v4();
+    let rules = TempRules::with_files(&[("50-test.toml", &toml(&set))]);
+    let mut agent = AgentProcess::new("sigterm", rules.path(), &[rx.port()], false);
+    agent.start();
+    let ids = agent.bpf_ids();
+    let progs = loaded_progs();
+    let mut names: Vec<&str> = progs
+        .iter()
+        .filter(|(id, _)| ids.progs.contains(id))
+        .map(|(_, n)| n.as_str())
+        .collect();
+    names.sort();
+    assert!(
+        names.contains(&"dt_msg") && names.contains(&"dt_sockops"),
+        "the agent's programs: {names:?}"
+    );
+    assert!(!ids.maps.is_empty());
+
+    let req = abc_request(9, 20, 60);
+    let head = req.http.head_len;
+    let body = req.http.len() - head;
+    let cut1 = head + body / 3;
+    let cut2 = head + 2 * body / 3;
+    let mut c = RawClient::connect(rx.addr());
+    c.write_chunks(
+        &[&req.http.bytes[..head], &req.http.bytes[head..cut1]],
+        Duration::from_millis(20),
+    );
+    // It is held in the kernel, waiting for the rest.
+    let t0 = Instant::now();
+    while agent.stats().totals.in_flight != 1 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the request is not corked"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    agent.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(agent.is_running(), "the agent must wait for the request");
+    c.write_chunks(
+        &[&req.http.bytes[cut1..cut2], &req.http.bytes[cut2..]],
+        Duration::from_millis(100),
+    );
+    let resp = c.read_response();
+    assert_eq!(resp.status, 200);
+    let st = agent.wait_exit(Duration::from_secs(15));
+    let log = agent.log();
+    assert_eq!(st.code(), Some(0), "exit after SIGTERM; log:\n{log}");
+    assert!(!log.contains("still corked"), "log:\n{log}");
+    let got = rx.wait_for(1, WAIT);
+    let r = &got[0];
+    assert!(r.decode_error.is_none(), "{:?}", r.decode_error);
+    let verdict = if r.body == req.http.payload {
+        "untouched"
+    } else {
+        assert_filtered("split request across SIGTERM", r, &set, &req);
+        "filtered"
+    };
+    // The connection goes on, untouched, with nothing attached.
+    let req2 = abc_request(10, 3, 20);
+    assert_eq!(
+        c.roundtrip(&req2.http, &Split::head_then_body(3)).status,
+        200
+    );
+    let sent = c.sent.clone();
+    c.finish();
+    let got = rx.wait_for(2, WAIT);
+    assert!(got[1].body == req2.http.payload, "after exit: edited");
+    if verdict == "untouched" {
+        assert_eq!(rx.connection_bytes()[0], sent);
+    }
+    let progs: Vec<u32> = ids.progs.iter().copied().collect();
+    let maps: Vec<u32> = ids.maps.iter().copied().collect();
+    wait_gone("after SIGTERM", &progs, &maps, Duration::from_secs(10));
+    println!(
+        "operator_sigterm: the split request ({} bytes) arrived {verdict}; programs {progs:?} and \
+         {} maps gone",
+        req.http.len(),
+        maps.len()
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// 7. A non-root peer is refused
+
+#[test]
+fn operator_non_root_peer_is_refused() {
+    if !kernel_or_skip("operator_non_root_peer_is_refused") {
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let set = [drop_kind("a")];
+    let rx = Receiver::start_v4();
+    let rules = TempRules::with_files(&[("50-test.toml", &toml(&set))]);
+    let mut agent = AgentProcess::new("nonroot", rules.path(), &[rx.port()], false);
+    agent.start();
+    let req = abc_request(11, 3, 20);
+    let r = send_one(&rx, &req.http, &Split::head_then_body(3));
+    assert_filtered("before", &r, &set, &req);
+
+    // Widen every permission a non-root user would need to reach the socket.
+    std::fs::set_permissions(agent.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(agent.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let incoming = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(incoming.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let file = incoming.path().join("60-more.toml");
+    std::fs::write(&file, toml(&[drop_kind("b")])).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let s0 = agent.stats();
+    let info0 = agent.rules();
+    let dir0 = snapshot(rules.path());
+    let as_nobody = |verb: &str, args: &[&str]| {
+        let mut cmd = agent.verb_command(verb, args);
+        cmd.uid(NOBODY).gid(NOBODY);
+        dt_agent_cmd(
+            cmd,
+            Duration::from_secs(30),
+            &format!("dt-agent {verb} as nobody"),
+        )
+    };
+    let file_s = file.to_str().unwrap();
+    let mut refused = 0;
+    for (verb, args) in [
+        ("stats", vec!["--json"]),
+        ("rules", vec!["--json"]),
+        ("disable", vec![]),
+        ("push", vec![file_s]),
+        ("uninstall", vec![]),
+    ] {
+        let o = as_nobody(verb, &args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{verb} as nobody: {}",
+            output_text(&o)
+        );
+        assert!(
+            err.to_lowercase().contains("permission denied"),
+            "{verb} as nobody: {}",
+            output_text(&o)
+        );
+        assert!(o.stdout.is_empty(), "{verb} as nobody: {}", output_text(&o));
+        refused += 1;
+    }
+    agent.wait_log(
+        &format!("refused a control connection from uid {NOBODY}"),
+        refused,
+        Duration::from_secs(5),
+    );
+    assert!(agent.is_running());
+    assert_eq!(agent.stats(), s0, "stats after the refused calls");
+    assert_eq!(agent.rules(), info0, "rules after the refused calls");
+    assert_eq!(snapshot(rules.path()), dir0);
+    let r = send_one(&rx, &req.http, &Split::head_then_body(3));
+    assert_filtered("after", &r, &set, &req);
+    println!("operator_non_root: {refused} verbs as uid {NOBODY} refused; nothing changed");
+}
