@@ -114,9 +114,16 @@ pub struct RuleSet {
     /// Distinct attribute names that redact rules remove (0 = record attributes need no key
     /// lookup for redaction).
     pub remove_keys: u32,
-    pub _pad: u32,
+    /// What the rules look at ([`NEED_SERVICE`], [`NEED_ATTRS`]): the walk still checks the
+    /// whole request, but skips the lookups no rule needs.
+    pub needs: u32,
     pub rules: [Rule; MAX_RULES],
 }
+
+/// [`RuleSet::needs`]: some rule matches on `service`.
+pub const NEED_SERVICE: u32 = 1;
+/// Some rule matches on `attributes`.
+pub const NEED_ATTRS: u32 = 2;
 
 impl RuleSet {
     pub const EMPTY: RuleSet = RuleSet {
@@ -124,7 +131,7 @@ impl RuleSet {
         n_rules: 0,
         ac_states: 0,
         remove_keys: 0,
-        _pad: 0,
+        needs: 0,
         rules: [Rule {
             slot: 0,
             action: 0,

@@ -20,8 +20,9 @@
 use crate::{
     ACTION_DROP, ACTION_RATE_LIMIT, ACTION_REDACT, ACTION_SAMPLE, AcRow, MAX_ATTR_KEY_LEN,
     MAX_ATTR_VALUE_LEN, MAX_EDITS, MAX_FIXES, MAX_MASKS, MAX_RECORD_BODIES,
-    MAX_RECORD_REDACT_RULES, MAX_RECORD_REDACTS, MAX_RULES, MAX_SERVICE_LEN, RULE_MASK_BODY, Rule,
-    RuleSet, SEV_OUT_OF_RANGE, STR_ATTR, STR_KEY_BYTES, STR_REDACT, STR_SERVICE, StrKey,
+    MAX_RECORD_REDACT_RULES, MAX_RECORD_REDACTS, MAX_RULES, MAX_SERVICE_LEN, NEED_ATTRS,
+    NEED_SERVICE, RULE_MASK_BODY, Rule, RuleSet, SEV_OUT_OF_RANGE, STR_ATTR, STR_REDACT,
+    STR_SERVICE, StrKey,
     wire::{Error, Source, varint},
 };
 
@@ -658,13 +659,8 @@ fn copy_into_key<S: Source>(
 }
 
 #[inline(always)]
-fn clear_key(w: &mut Walk, slot: u8, kind: u8, klen: u32, vlen: u32) {
-    let mut i = 0;
-    while i < STR_KEY_BYTES {
-        // SAFETY: a plain store; volatile so it stays a store, not a memset call.
-        unsafe { core::ptr::write_volatile(&mut w.key.bytes[i], 0) };
-        i += 1;
-    }
+fn clear_key<S: Source>(w: &mut Walk, s: &mut S, slot: u8, kind: u8, klen: u32, vlen: u32) {
+    s.zero_key(&mut w.key.bytes);
     w.key._pad = 0;
     w.key.slot = slot;
     w.key.kind = kind;
@@ -685,9 +681,13 @@ fn end_frame<S: Source, E: Env>(w: &mut Walk, s: &mut S, env: &mut E) -> Result<
         }
         K_RL_SCAN => {
             // The resource is known: look its service name up, then walk the ScopeLogs.
+            // The whole request is still walked (and so checked), but strings no rule looks at
+            // are not looked up.
+            let needs = env.rules().needs;
             w.svc_bits = 0;
-            if w.svc_set != 0 && w.svc_len as usize <= MAX_SERVICE_LEN {
-                clear_key(w, slot, STR_SERVICE, 0, w.svc_len);
+            if needs & NEED_SERVICE != 0 && w.svc_set != 0 && w.svc_len as usize <= MAX_SERVICE_LEN
+            {
+                clear_key(w, s, slot, STR_SERVICE, 0, w.svc_len);
                 copy_into_key(w, s, w.svc_off, w.svc_len, 0)?;
                 w.svc_bits = env.lookup(&w.key);
             }
@@ -706,11 +706,14 @@ fn end_frame<S: Source, E: Env>(w: &mut Walk, s: &mut S, env: &mut E) -> Result<
                     w.svc_len = w.val_len;
                 }
             } else if w.key_set != 0 && w.key_len as usize <= MAX_ATTR_KEY_LEN {
-                if is_string && w.val_len as usize <= MAX_ATTR_VALUE_LEN {
+                if env.rules().needs & NEED_ATTRS != 0
+                    && is_string
+                    && w.val_len as usize <= MAX_ATTR_VALUE_LEN
+                {
                     // Two steps, one copy each: two copies of unknown length in one step would
                     // have the verifier check the second once per way the first can end.
                     let (ko, kl, vl) = (w.key_off, w.key_len, w.val_len);
-                    clear_key(w, slot, STR_ATTR, kl, vl);
+                    clear_key(w, s, slot, STR_ATTR, kl, vl);
                     copy_into_key(w, s, ko, kl, 0)?;
                     w.mode = MODE_ATTR_VALUE;
                     return Ok(());
@@ -761,7 +764,7 @@ fn attr_value_step<S: Source, E: Env>(w: &mut Walk, s: &mut S, env: &mut E) -> R
 #[inline(always)]
 fn attr_redact_step<S: Source, E: Env>(w: &mut Walk, s: &mut S, env: &mut E) -> Result<(), Error> {
     let kl = w.key_len;
-    clear_key(w, env.slot(), STR_REDACT, kl, 0);
+    clear_key(w, s, env.slot(), STR_REDACT, kl, 0);
     copy_into_key(w, s, w.key_off, kl, 0)?;
     let bits = env.lookup(&w.key);
     if bits != 0 {

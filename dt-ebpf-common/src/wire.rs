@@ -12,6 +12,18 @@ pub trait Source {
     /// The byte at `off`, or `None` when it is past the end or outside the readable window.
     fn byte(&mut self, off: u32) -> Option<u8>;
 
+    /// Sets every byte of a lookup key to zero. The kernel overrides this with one helper call
+    /// (a loop of stores costs a store per byte there).
+    #[inline(always)]
+    fn zero_key(&mut self, dst: &mut [u8; crate::STR_KEY_BYTES]) {
+        let mut i = 0;
+        while i < crate::STR_KEY_BYTES {
+            // SAFETY: a plain store; volatile so it stays a store, not a memset call.
+            unsafe { core::ptr::write_volatile(&mut dst[i], 0) };
+            i += 1;
+        }
+    }
+
     /// Copies the `len` bytes at `off` into `dst[at..]` (bytes past the end of `dst` are
     /// dropped). `false` when a byte could not be read. The kernel overrides this with a
     /// `bpf_loop`, which its verifier checks once instead of once per path into the loop.

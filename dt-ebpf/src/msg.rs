@@ -21,7 +21,7 @@ use aya_ebpf::{
     bindings::{BPF_SK_STORAGE_GET_F_CREATE, sk_action, sk_msg_md},
     helpers::generated::{
         bpf_ktime_get_ns, bpf_loop, bpf_msg_apply_bytes, bpf_msg_cork_bytes, bpf_msg_pop_data,
-        bpf_msg_pull_data, bpf_sk_storage_get,
+        bpf_msg_pull_data, bpf_probe_read_kernel, bpf_sk_storage_get,
     },
     macros::sk_msg,
     programs::SkMsgContext,
@@ -38,6 +38,12 @@ use dt_ebpf_common::{
 use crate::maps::{
     AC, CONTROL, RATES, RULE_COUNTERS, RULESETS, SAMPLES, SOCK_STATE, STRINGS, TOTALS,
 };
+
+/// A block of zeros to clear lookup keys from.
+static ZEROS: [u8; STR_KEY_BYTES] = [0; STR_KEY_BYTES];
+
+/// Head bytes fed per `bpf_loop` step.
+const HEAD_CHUNK: u32 = 8;
 
 /// Bytes made directly readable by one pull (a power of two, below the verifier's 64 KiB).
 const WINDOW: u32 = 16384;
@@ -159,14 +165,19 @@ fn lose_track(st: &mut SockState, totals: &mut Totals, why: Passthrough, size: u
 
 extern "C" fn head_cb(i: u64, ctx: *mut c_void) -> i64 {
     let src = unsafe { &mut *(ctx as *mut Window) };
-    let off = i as u32;
-    let Some(b) = src.byte(off) else {
-        return 1;
-    };
     // SAFETY: the head is a field of the socket's state that the window never touches.
     let head = unsafe { &mut *ptr::addr_of_mut!((*src.st).head) };
-    if head.feed(off, b) == Feed::Done {
-        return 1;
+    let base = (i as u32) * HEAD_CHUNK;
+    let mut k = 0;
+    while k < HEAD_CHUNK {
+        let off = base + k;
+        let Some(b) = src.byte(off) else {
+            return 1;
+        };
+        if head.feed(off, b) == Feed::Done {
+            return 1;
+        }
+        k += 1;
     }
     0
 }
@@ -190,7 +201,12 @@ fn fresh(
         return Next::Verdict(lose_track(st, totals, Passthrough::PullFailed, size));
     }
     unsafe {
-        bpf_loop(n, head_cb as *mut c_void, ptr::from_mut(&mut src).cast(), 0);
+        bpf_loop(
+            n.div_ceil(HEAD_CHUNK),
+            head_cb as *mut c_void,
+            ptr::from_mut(&mut src).cast(),
+            0,
+        );
     }
     let h = st.head;
     if h.bad != 0 {
@@ -621,19 +637,45 @@ impl Source for Window {
     }
 
     #[inline(always)]
+    fn zero_key(&mut self, dst: &mut [u8; STR_KEY_BYTES]) {
+        // One copy from a block of zeros: a memset without a store per byte.
+        unsafe {
+            bpf_probe_read_kernel(
+                dst.as_mut_ptr().cast(),
+                STR_KEY_BYTES as u32,
+                ptr::from_ref(&ZEROS).cast(),
+            )
+        };
+    }
+
+    #[inline(always)]
     fn copy_into(&mut self, off: u32, len: u32, dst: &mut [u8; STR_KEY_BYTES], at: u32) -> bool {
-        if len as usize > STR_KEY_BYTES || !self.ensure(off, len) {
+        // Keys are at most 64 bytes and values 128 (the rules' limits), so `at + len` stays
+        // within the key, as the verifier can see from the two bounds.
+        if at > 64 || len > 128 || !self.ensure(off, len) {
             return false;
         }
-        let mut c = CopyCtx {
-            src: self,
-            dst: dst.as_mut_ptr(),
-            off,
-            at,
-            ok: 1,
+        let msg = self.msg;
+        let s = self.state();
+        let start = s.start;
+        if off < start || off + len > s.end {
+            return false;
+        }
+        let data = unsafe { (*msg).__bindgen_anon_1.data } as usize;
+        let data_end = unsafe { (*msg).__bindgen_anon_2.data_end } as usize;
+        let p = data + ((off - start) & (WINDOW - 1)) as usize;
+        if p + len as usize > data_end {
+            return false;
+        }
+        // One copy out of the packet window (bytes the window just made reachable).
+        let ret = unsafe {
+            bpf_probe_read_kernel(
+                dst.as_mut_ptr().add(at as usize).cast(),
+                len & 0xff,
+                p as *const c_void,
+            )
         };
-        unsafe { bpf_loop(len, copy_cb as *mut c_void, ptr::from_mut(&mut c).cast(), 0) };
-        c.ok != 0
+        ret == 0
     }
 
     #[inline(always)]
@@ -652,29 +694,6 @@ impl Source for Window {
         }
         Some(unsafe { *(p as *const u8) })
     }
-}
-
-#[repr(C)]
-struct CopyCtx {
-    src: *mut Window,
-    dst: *mut u8,
-    off: u32,
-    at: u32,
-    ok: u32,
-}
-
-extern "C" fn copy_cb(i: u64, ctx: *mut c_void) -> i64 {
-    let c = unsafe { &mut *(ctx as *mut CopyCtx) };
-    let src = unsafe { &mut *c.src };
-    let Some(b) = src.byte(c.off + i as u32) else {
-        c.ok = 0;
-        return 1;
-    };
-    let j = (c.at as u64 + i) as usize;
-    if j < STR_KEY_BYTES {
-        unsafe { *c.dst.add(j) = b };
-    }
-    0
 }
 
 impl Editor for Window {

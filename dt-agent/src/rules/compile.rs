@@ -12,8 +12,8 @@ use std::path::PathBuf;
 
 use dt_ebpf_common::{
     AcRow, MAX_AC_STATES, MAX_ATTR_KEY_LEN, MAX_ATTR_VALUE_LEN, MAX_CONDS, MAX_NEEDLE_LEN,
-    MAX_RATE, MAX_RULES, MAX_SERVICE_LEN, MAX_SLOTS, RULE_MASK_BODY, Rule, RuleSet, STR_ATTR,
-    STR_REDACT, STR_SERVICE, StrKey,
+    MAX_RATE, MAX_RULES, MAX_SERVICE_LEN, MAX_SLOTS, NEED_ATTRS, NEED_SERVICE, RULE_MASK_BODY,
+    Rule, RuleSet, STR_ATTR, STR_REDACT, STR_SERVICE, StrKey,
 };
 use serde::Serialize;
 
@@ -380,6 +380,7 @@ impl<'d> Compiler<'d> {
         ruleset.n_rules = self.kernel_rules.len() as u32;
         ruleset.ac_states = ac.len() as u32;
         ruleset.remove_keys = self.remove_keys.order.len() as u32;
+        ruleset.needs = needs(&self.kernel_rules);
         ruleset.rules[..self.kernel_rules.len()].copy_from_slice(&self.kernel_rules);
         let services = self.services.iter().map(|(s, bits)| (service_key(s), bits));
         let attributes = self
@@ -410,6 +411,20 @@ fn service_key(service: &str) -> StrKey {
     key.vlen = service.len() as u32;
     key.bytes[..service.len()].copy_from_slice(service.as_bytes());
     key
+}
+
+/// What the walk must look up for `rules` (see [`RuleSet::needs`]).
+fn needs(rules: &[Rule]) -> u32 {
+    rules.iter().fold(0, |n, r| {
+        let mut n = n;
+        if r.service != 0 {
+            n |= NEED_SERVICE;
+        }
+        if r.attrs != 0 {
+            n |= NEED_ATTRS;
+        }
+        n
+    })
 }
 
 /// The `STRINGS` key of an attribute name that redact rules remove.
