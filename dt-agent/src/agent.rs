@@ -36,14 +36,15 @@ use dt_ebpf_common::{
 };
 
 use crate::{
+    probes::{self, Probes},
     rules::{self, Compiled, SlotTable},
     stats::{RuleStats, Stats, TotalStats},
 };
 
 static EBPF_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dt"));
 
-/// Every map of the object, all pinned in pinned mode.
-const MAPS: [&str; 12] = [
+/// Every map of the object, all pinned in pinned mode (the uprobe hook's are last).
+const MAPS: [&str; 19] = [
     "CONTROL",
     "PORTS",
     "SOCKS",
@@ -56,6 +57,14 @@ const MAPS: [&str; 12] = [
     "TOTALS",
     "NAMES",
     "SOCK_STATE",
+    // uprobe hook: probes::MAPS
+    "PROBE_RULES",
+    "PROBE_ENTRIES",
+    "PROBE_COMMS",
+    "PROBE_TAILS",
+    "PROBE_SCRATCH",
+    "PROBE_EVENTS",
+    "PROBE_TOTALS",
 ];
 /// The pinned sock_ops cgroup link.
 const SOCKOPS_LINK: &str = "sockops_link";
@@ -80,6 +89,9 @@ pub struct AgentConfig {
     pub max_request: u32,
     /// Pin maps and links under this root (versioned below it); `None`: no pinning.
     pub pin_root: Option<PathBuf>,
+    /// Where captured uprobe calls are posted as OTLP logs (`http://.../v1/logs`); `None`: no
+    /// capture rules are accepted.
+    pub capture_endpoint: Option<String>,
 }
 
 impl AgentConfig {
@@ -91,6 +103,7 @@ impl AgentConfig {
             cgroup: None,
             max_request: DEFAULT_MAX_REQUEST,
             pin_root: None,
+            capture_endpoint: None,
         }
     }
 }
@@ -130,6 +143,8 @@ pub struct Agent {
     other_used: bool,
     /// The agent adopted pinned state left by an earlier one.
     adopted: bool,
+    /// The uprobe hook: attachments, drop support, capture export.
+    probes: Probes,
 }
 
 /// How long a rewritten slot is left alone after it was marked stale, so that any walk that
@@ -184,6 +199,7 @@ impl Agent {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(EBPF_OBJ).context("loading dt's eBPF object")?;
+        let probes = Probes::start(&mut ebpf, cfg.capture_endpoint.clone())?;
 
         let (generation, active_slot) = {
             let mut control: Array<_, Control> = Array::try_from(map(&mut ebpf, "CONTROL")?)?;
@@ -230,7 +246,10 @@ impl Agent {
             active_slot: if adopting { active_slot } else { 1 },
             other_used: adopting,
             adopted: adopting,
+            probes,
         };
+        // uprobe hook: what depends on this kernel (drop) and this agent (capture endpoint).
+        agent.probes.check(&compiled.uprobe).map_err(RuleErrors)?;
         agent.install(&compiled)?;
         agent.attach_sk_msg()?;
         agent.attach_sock_ops(cgroup_file, &cgroup)?;
@@ -317,7 +336,24 @@ impl Agent {
     pub fn compile_defs(&self, defs: &[rules::RuleDef]) -> anyhow::Result<(Compiled, SlotTable)> {
         let mut slots = self.slots.clone();
         let compiled = rules::compile(defs, &mut slots).map_err(RuleErrors)?;
+        self.probes.check(&compiled.uprobe).map_err(RuleErrors)?;
         Ok((compiled, slots))
+    }
+
+    /// Everything [`compile_defs`](Self::compile_defs) checks, plus that every probe the rules
+    /// use can be attached (it is attached and detached again). Nothing changes.
+    pub fn check_defs(&mut self, defs: &[rules::RuleDef]) -> anyhow::Result<()> {
+        let (compiled, _) = self.compile_defs(defs)?;
+        self.probes
+            .trial(&mut self.ebpf, &compiled.uprobe)
+            .map_err(RuleErrors)?;
+        Ok(())
+    }
+
+    /// Whether this kernel lets a uprobe skip a call (what `drop` on a uprobe hook needs), as
+    /// found when the agent started.
+    pub fn uprobe_drop_support(&self) -> &probes::DropSupport {
+        self.probes.drop_support()
     }
 
     /// Makes a compiled set (from [`compile_defs`](Self::compile_defs)) the active one, as a
@@ -367,6 +403,11 @@ impl Agent {
     /// Makes `compiled` the active rule set, as a new generation: it is written into the
     /// inactive slot, then one write to `CONTROL.active` flips to it.
     fn install(&mut self, compiled: &Compiled) -> anyhow::Result<()> {
+        // uprobe hook: attach the probes the new set uses first; on failure nothing changed.
+        let probes_ready = self
+            .probes
+            .prepare(&mut self.ebpf, &compiled.uprobe)
+            .map_err(RuleErrors)?;
         let slot = 1 - self.active_slot;
         let generation = self.generation + 1;
         let mut rulesets: Array<_, RuleSet> = Array::try_from(map(&mut self.ebpf, "RULESETS")?)?;
@@ -407,10 +448,20 @@ impl Agent {
         rs.generation = generation;
         let mut rulesets: Array<_, RuleSet> = Array::try_from(map(&mut self.ebpf, "RULESETS")?)?;
         rulesets.set(slot, rs, 0)?;
+        // uprobe hook: the slot's uprobe tables, under the same generation.
+        self.probes.write_slot(
+            &mut self.ebpf,
+            slot,
+            generation,
+            &compiled.uprobe,
+            &probes_ready,
+        )?;
         let mut control: Array<_, Control> = Array::try_from(map(&mut self.ebpf, "CONTROL")?)?;
         let mut c = control.get(&0, 0)?;
         c.active = Control::pack(generation, slot);
         control.set(0, c, 0)?;
+        // uprobe hook: detach what the new set no longer uses.
+        self.probes.finish(&probes_ready);
 
         self.other_used = true;
         self.active_slot = slot;
@@ -419,13 +470,24 @@ impl Agent {
             r.active = false;
         }
         self.active = compiled.rules.clone();
+        // A rule on several hooks (one counter) lists them all: "otlp,uprobe:syslog".
+        let mut hooks: BTreeMap<u16, String> = BTreeMap::new();
+        for r in &compiled.rules {
+            hooks
+                .entry(r.slot)
+                .and_modify(|h| {
+                    h.push(',');
+                    h.push_str(&r.hook);
+                })
+                .or_insert_with(|| r.hook.clone());
+        }
         for r in &compiled.rules {
             self.known.insert(
                 r.slot,
                 KnownRule {
                     name: r.name.clone(),
                     action: r.action.clone(),
-                    hook: r.hook.clone(),
+                    hook: hooks.get(&r.slot).cloned().unwrap_or_default(),
                     active: true,
                 },
             );
@@ -465,7 +527,9 @@ impl Agent {
         let counters: PerCpuArray<_, RuleCounters> =
             PerCpuArray::try_from(map_ref(&self.ebpf, "RULE_COUNTERS")?)?;
         let totals: PerCpuArray<_, Totals> = PerCpuArray::try_from(map_ref(&self.ebpf, "TOTALS")?)?;
-        build_stats(&control, &counters, &totals, &self.known)
+        let mut stats = build_stats(&control, &counters, &totals, &self.known)?;
+        stats.uprobes = self.probes.stats(&self.ebpf);
+        Ok(stats)
     }
 
     /// Switches to pass-through and waits (bounded) until no request is held corked, so that
@@ -550,7 +614,9 @@ pub fn pinned_stats(root: &Path) -> anyhow::Result<Stats> {
     let totals: PerCpuArray<_, Totals> =
         PerCpuArray::try_from(pinned_map(&dir, "TOTALS", Map::PerCpuArray)?)?;
     let (_, known) = read_names(&dir)?;
-    build_stats(&control, &counters, &totals, &known)
+    let mut stats = build_stats(&control, &counters, &totals, &known)?;
+    stats.uprobes = probes::pinned_stats(&dir);
+    Ok(stats)
 }
 
 /// The rip cord on the pinned state, with no agent running.
@@ -706,6 +772,7 @@ where
             in_flight: t.corked.saturating_sub(t.uncorked),
             passthrough,
         },
+        uprobes: Default::default(),
     })
 }
 

@@ -57,6 +57,8 @@ pub struct FileConfig {
     pub otlp_interval: Option<Duration>,
     /// `max_request`: the request size bound in bytes.
     pub max_request: Option<u32>,
+    /// `capture_endpoint`: the URL captured uprobe calls are posted to as OTLP logs.
+    pub capture_endpoint: Option<String>,
 }
 
 /// The command-line flags of `dt-agent run`, unparsed into defaults: `None` (or an empty
@@ -83,6 +85,8 @@ pub struct Overrides {
     pub otlp_interval: Option<Duration>,
     /// `--max-request BYTES`.
     pub max_request: Option<u32>,
+    /// `--capture-endpoint URL` (see [`check_capture_endpoint`]).
+    pub capture_endpoint: Option<String>,
 }
 
 /// The settings `run` uses: flags > file > defaults.
@@ -100,6 +104,8 @@ pub struct Settings {
     pub otlp_endpoint: Option<String>,
     pub otlp_interval: Duration,
     pub max_request: u32,
+    /// `None`: capture rules are refused.
+    pub capture_endpoint: Option<String>,
 }
 
 /// The file as TOML holds it, with spans for the diagnostics.
@@ -116,6 +122,7 @@ struct RawFile {
     otlp_endpoint: Option<Spanned<String>>,
     otlp_interval: Option<Spanned<String>>,
     max_request: Option<Spanned<i64>>,
+    capture_endpoint: Option<Spanned<String>>,
 }
 
 /// The config file `run` reads: `explicit` (`--config FILE`), which must exist, or else
@@ -218,6 +225,13 @@ pub fn parse(path: &Path, text: &str) -> Result<FileConfig, Vec<Diagnostic>> {
         raw.otlp_interval,
         parse_duration,
     );
+    let capture_endpoint = checked(
+        &src,
+        &mut diags,
+        "capture_endpoint",
+        raw.capture_endpoint,
+        |s| check_capture_endpoint(s).map(|()| s.to_string()),
+    );
 
     let max_request = raw
         .max_request
@@ -247,11 +261,12 @@ pub fn parse(path: &Path, text: &str) -> Result<FileConfig, Vec<Diagnostic>> {
         otlp_endpoint,
         otlp_interval,
         max_request,
+        capture_endpoint,
     })
 }
 
 /// The keys of the file (the fields of [`RawFile`]).
-const KEYS: [&str; 10] = [
+const KEYS: [&str; 11] = [
     "rules_dir",
     "ports",
     "cgroup",
@@ -262,6 +277,7 @@ const KEYS: [&str; 10] = [
     "otlp_endpoint",
     "otlp_interval",
     "max_request",
+    "capture_endpoint",
 ];
 
 /// The known top-level key whose value holds `span`, if any. (An unknown key's error already
@@ -330,6 +346,13 @@ pub fn resolve(file: Option<FileConfig>, flags: Overrides) -> Result<Settings, S
     if otlp_interval.is_zero() {
         return Err(format!("{key}: the interval must be greater than zero"));
     }
+    let (capture_endpoint, key) = match (flags.capture_endpoint, file.capture_endpoint) {
+        (Some(u), _) => (Some(u), "--capture-endpoint"),
+        (None, u) => (u, "capture_endpoint"),
+    };
+    if let Some(url) = &capture_endpoint {
+        check_capture_endpoint(url).map_err(|e| format!("{key}: {e}"))?;
+    }
     Ok(Settings {
         rules_dir: flags
             .rules_dir
@@ -350,6 +373,7 @@ pub fn resolve(file: Option<FileConfig>, flags: Overrides) -> Result<Settings, S
         otlp_endpoint,
         otlp_interval,
         max_request,
+        capture_endpoint,
     })
 }
 
@@ -453,6 +477,12 @@ pub fn check_otlp_endpoint(url: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks the URL captured uprobe calls are posted to, such as
+/// `"http://127.0.0.1:4318/v1/logs"`: as [`check_otlp_endpoint`] (http:// only, a host).
+pub fn check_capture_endpoint(url: &str) -> Result<(), String> {
+    check_otlp_endpoint(url).map_err(|e| e.replace("/v1/metrics", "/v1/logs"))
+}
+
 fn check_ports(key: &str, ports: &[u16]) -> Result<(), String> {
     for (i, &port) in ports.iter().enumerate() {
         if port == 0 {
@@ -476,7 +506,6 @@ fn check_max_request(bytes: u32) -> Result<(), String> {
 fn max_request_range(got: impl std::fmt::Display) -> String {
     format!("{got} is out of range; the request size bound is 1..={MAX_REQUEST_CEILING} bytes")
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -507,6 +536,7 @@ mod tests {
             otlp_endpoint: None,
             otlp_interval: Duration::from_secs(10),
             max_request: DEFAULT_MAX_REQUEST,
+            capture_endpoint: None,
         }
     }
 
@@ -521,6 +551,7 @@ metrics_addr = "127.0.0.1:9464"
 otlp_endpoint = "http://127.0.0.1:4318/v1/metrics"
 otlp_interval = "1m30s"
 max_request = 131072
+capture_endpoint = "http://127.0.0.1:4318/v1/logs"
 "#;
 
     #[test]
@@ -560,6 +591,7 @@ max_request = 131072
                 otlp_endpoint: Some("http://127.0.0.1:4318/v1/metrics".into()),
                 otlp_interval: Some(Duration::from_secs(90)),
                 max_request: Some(131072),
+                capture_endpoint: Some("http://127.0.0.1:4318/v1/logs".into()),
             }
         );
         let settings = resolve(Some(file), Overrides::default()).unwrap();
@@ -576,6 +608,7 @@ max_request = 131072
                 otlp_endpoint: Some("http://127.0.0.1:4318/v1/metrics".into()),
                 otlp_interval: Duration::from_secs(90),
                 max_request: 131072,
+                capture_endpoint: Some("http://127.0.0.1:4318/v1/logs".into()),
             }
         );
     }
@@ -595,6 +628,7 @@ max_request = 131072
         let file = parse(Path::new("/etc/dt/agent.toml"), &uncommented)
             .unwrap_or_else(|d| panic!("{d:?}\n{uncommented}"));
         assert!(file.metrics_addr.is_none() && file.otlp_endpoint.is_none());
+        assert!(file.capture_endpoint.is_none());
         let mut expect = defaults();
         expect.rules_dir = "/etc/dt/rules".into();
         assert_eq!(resolve(Some(file), Overrides::default()).unwrap(), expect);
@@ -627,6 +661,7 @@ max_request = 131072
             otlp_endpoint: Some("http://localhost/v1/metrics".into()),
             otlp_interval: Some(Duration::from_millis(500)),
             max_request: Some(1000),
+            capture_endpoint: Some("http://[::1]:4318/v1/logs".into()),
         };
         let s = resolve(Some(file.clone()), flags).unwrap();
         assert_eq!(
@@ -643,6 +678,7 @@ max_request = 131072
                 otlp_endpoint: Some("http://localhost/v1/metrics".into()),
                 otlp_interval: Duration::from_millis(500),
                 max_request: 1000,
+                capture_endpoint: Some("http://[::1]:4318/v1/logs".into()),
             }
         );
         // `--pin` over a file that says nothing, and `--no-pin` over `pin = true`.
@@ -680,7 +716,7 @@ max_request = 131072
             e,
             "2:3: unknown field `max_requets`, expected one of `rules_dir`, `ports`, `cgroup`, \
              `socket`, `pin`, `pin_dir`, `metrics_addr`, `otlp_endpoint`, `otlp_interval`, \
-             `max_request`"
+             `max_request`, `capture_endpoint`"
         );
         let listed: Vec<String> = KEYS.iter().map(|k| format!("`{k}`")).collect();
         assert!(
@@ -825,6 +861,23 @@ max_request = 131072
         assert!(check_otlp_endpoint("http://:4318/v1/metrics").is_err());
         assert!(check_otlp_endpoint("http://a b/").is_err());
         assert!(check_otlp_endpoint("http://collector:4318/v1/metrics").is_ok());
+        let e = error("capture_endpoint = \"127.0.0.1:4318\"\n");
+        assert!(
+            e.starts_with(
+                "1:20: `capture_endpoint`: `127.0.0.1:4318` is not an http:// URL, e.g. \
+                 \"http://127.0.0.1:4318/v1/logs\""
+            ),
+            "{e}"
+        );
+        let flags = Overrides {
+            capture_endpoint: Some("https://collector/v1/logs".into()),
+            ..Overrides::default()
+        };
+        assert!(
+            resolve(None, flags)
+                .unwrap_err()
+                .starts_with("--capture-endpoint: ")
+        );
     }
 
     #[test]

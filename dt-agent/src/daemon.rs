@@ -140,7 +140,8 @@ impl Daemon {
             .as_mut()
             .ok_or_else(|| anyhow!("dt was uninstalled; the agent is stopping"))?;
         let defs = rules::load_sources(&sources).map_err(RuleErrors)?;
-        agent.compile_defs(&defs)?;
+        // Kernel checks included, and every probe the rules use attaches (then detaches again).
+        agent.check_defs(&defs)?;
         // Valid: write every file (each atomically, by rename), then install the set as the
         // directory now holds it (so `rules` names the installed files).
         for (f, name) in files.iter().zip(&names) {

@@ -136,6 +136,9 @@ struct RunArgs {
     #[arg(long, value_name = "BYTES",
           value_parser = clap::value_parser!(u32).range(1..=MAX_REQUEST_CEILING as i64))]
     max_request: Option<u32>,
+    /// Post captured uprobe calls as OTLP logs to this URL (e.g. http://127.0.0.1:4318/v1/logs).
+    #[arg(long, value_name = "URL")]
+    capture_endpoint: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -188,6 +191,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             otlp_endpoint: args.otlp_endpoint,
             otlp_interval: args.otlp_interval,
             max_request: args.max_request,
+            capture_endpoint: args.capture_endpoint,
         },
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -197,6 +201,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         cgroup: settings.cgroup.clone(),
         max_request: settings.max_request,
         pin_root: settings.pin.then(|| settings.pin_dir.clone()),
+        capture_endpoint: settings.capture_endpoint.clone(),
     };
     let start_unix_nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -455,6 +460,14 @@ fn print_out(text: &str) -> anyhow::Result<()> {
 fn rules_table(info: &RulesInfo) -> String {
     use std::fmt::Write;
     let mut out = String::new();
+    // The HOOK column fits "uprobe:NAME" hooks.
+    let hw = info
+        .rules
+        .iter()
+        .map(|r| r.hook.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
     let _ = writeln!(
         out,
         "generation {}  {}  rules from {}",
@@ -468,13 +481,13 @@ fn rules_table(info: &RulesInfo) -> String {
     );
     let _ = writeln!(
         out,
-        "\n{:<32} {:<10} {:<6} SOURCE",
+        "\n{:<32} {:<10} {:<hw$} SOURCE",
         "RULE", "ACTION", "HOOK"
     );
     for r in &info.rules {
         let _ = writeln!(
             out,
-            "{:<32} {:<10} {:<6} {}:{}",
+            "{:<32} {:<10} {:<hw$} {}:{}",
             r.name,
             r.action,
             r.hook,
@@ -488,6 +501,14 @@ fn rules_table(info: &RulesInfo) -> String {
 fn stats_table(s: &Stats) -> String {
     use std::fmt::Write;
     let mut out = String::new();
+    // The HOOK column fits "uprobe:NAME" hooks.
+    let hw = s
+        .rules
+        .iter()
+        .map(|r| r.hook.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
     let _ = writeln!(
         out,
         "generation {}  {}",
@@ -500,7 +521,7 @@ fn stats_table(s: &Stats) -> String {
     );
     let _ = writeln!(
         out,
-        "\n{:<32} {:<10} {:<6} {:>12} {:>12} {:>12} {:>14} {:>10}",
+        "\n{:<32} {:<10} {:<hw$} {:>12} {:>12} {:>12} {:>14} {:>10}",
         "RULE", "ACTION", "HOOK", "MATCHED", "KEPT", "DROPPED", "DROPPED BYTES", "REDACTED"
     );
     for r in &s.rules {
@@ -511,7 +532,7 @@ fn stats_table(s: &Stats) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<32} {:<10} {:<6} {:>12} {:>12} {:>12} {:>14} {:>10}",
+            "{:<32} {:<10} {:<hw$} {:>12} {:>12} {:>12} {:>14} {:>10}",
             name, r.action, r.hook, r.matched, r.kept, r.dropped, r.dropped_bytes, r.redacted
         );
     }
@@ -536,5 +557,23 @@ fn stats_table(s: &Stats) -> String {
             passed.join(", ")
         }
     );
+    // uprobe hook
+    let u = &s.uprobes;
+    if u.attached > 0 || u.calls > 0 {
+        let _ = writeln!(
+            out,
+            "uprobes: {} functions attached  calls {}  nested {}  captured {}  capture lost {}  \
+             exported {}  export failed {}  messages unreadable {}  truncated {}",
+            u.attached,
+            u.calls,
+            u.nested,
+            u.captured,
+            u.capture_lost,
+            u.exported,
+            u.export_failed,
+            u.unreadable,
+            u.truncated
+        );
+    }
     out
 }

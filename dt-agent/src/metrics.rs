@@ -406,6 +406,7 @@ pub(crate) mod testdata {
                 in_flight: 110,
                 passthrough,
             },
+            uprobes: Default::default(),
         }
     }
 }

@@ -40,6 +40,37 @@ pub struct Stats {
     pub enabled: bool,
     pub rules: Vec<RuleStats>,
     pub totals: TotalStats,
+    /// The uprobe hook (see `crate::probes`).
+    #[serde(default)]
+    pub uprobes: UprobeStats,
+}
+
+/// The uprobe hook's counters. Per rule, a probed call that a rule matches counts in its
+/// `matched`; for a `capture` rule, `kept` counts the matched calls that went into the ring
+/// buffer, so `matched - kept` were lost to a full ring buffer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UprobeStats {
+    /// Functions attached right now.
+    pub attached: u64,
+    /// Whether this kernel lets a uprobe skip a call (what `drop` on a uprobe hook needs).
+    pub drop_supported: bool,
+    /// Application calls evaluated against the rules.
+    pub calls: u64,
+    /// Calls a probed library made into its own probed functions, not evaluated again.
+    pub nested: u64,
+    /// Calls whose message could not be read (it is empty).
+    pub unreadable: u64,
+    /// Calls whose message was cut at the bound (255 bytes).
+    pub truncated: u64,
+    /// Calls that capture rules sent into the ring buffer.
+    pub captured: u64,
+    /// Calls that capture rules matched but the full ring buffer refused.
+    pub capture_lost: u64,
+    /// Captured calls exported as OTLP log records.
+    pub exported: u64,
+    /// Captured calls in exports that failed (collector unreachable, error answer).
+    pub export_failed: u64,
 }
 
 impl Stats {

@@ -8,6 +8,7 @@
 
 pub mod http;
 pub mod layout;
+pub mod probe;
 pub mod walk;
 pub mod wire;
 

@@ -5,6 +5,8 @@
 //! - `dt_msg` (sk_msg, on `SOCKS`): follows HTTP/1.1 request boundaries on each connection,
 //!   corks every `POST /v1/logs` protobuf request whole, walks it, evaluates the rules per log
 //!   record, removes dropped records and fixes every length. Anything else passes untouched.
+//! - `dt_uprobe` (uprobe, at the entry of probed log functions): evaluates the uprobe hooks'
+//!   rules per call; counts, and captures calls into a ring buffer for the agent.
 //!
 //! The program never returns anything but SK_PASS: a send never fails because of dt.
 #![no_std]
@@ -16,6 +18,7 @@
 mod maps;
 mod msg;
 mod sockops;
+mod uprobe;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -8,8 +8,7 @@ use aya_ebpf::{
 };
 use dt_ebpf_common::{
     AcRow, Control, MAX_AC_STATES, MAX_CONDS, MAX_SLOTS, NameEntry, NameKey, RuleCounters, RuleSet,
-    SockState, StrKey,
-    Totals,
+    SockState, StrKey, Totals,
 };
 
 /// The active rule set slot and generation, the rip cord, the size bound.

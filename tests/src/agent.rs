@@ -19,6 +19,7 @@ pub fn agent_config(rules: &TempRules, ports: &[u16]) -> AgentConfig {
         cgroup: None,
         max_request: DEFAULT_MAX_REQUEST,
         pin_root: None,
+        capture_endpoint: None,
     }
 }
 

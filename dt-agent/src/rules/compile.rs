@@ -10,6 +10,9 @@ use std::fmt;
 use std::hash::Hash;
 use std::path::PathBuf;
 
+use dt_ebpf_common::probe::{
+    COMM_LEN, MAX_PROBE_RULES, MAX_PROBES, PRS_BODY, PRS_CAPTURE, ProbeRule, ProbeRuleSet,
+};
 use dt_ebpf_common::{
     AcRow, MAX_AC_STATES, MAX_ATTR_KEY_LEN, MAX_ATTR_VALUE_LEN, MAX_CONDS, MAX_NEEDLE_LEN,
     MAX_RATE, MAX_RULES, MAX_SERVICE_LEN, MAX_SLOTS, NEED_ATTRS, NEED_SERVICE, RULE_MASK_BODY,
@@ -19,10 +22,11 @@ use serde::Serialize;
 
 use super::ac::{AcBuilder, TooManyStates};
 use super::diag::{Diagnostic, Pos};
-use super::model::{Action, At, RuleDef};
+use super::model::{Action, At, Hook, ProbeDef, RuleDef};
 use super::slots::SlotTable;
 
-/// One rule of a compiled rule set, in evaluation order (index `i` is `ruleset.rules[i]`).
+/// One rule of a compiled rule set on one hook, in evaluation order: the `otlp` ones are
+/// `ruleset.rules` in order, the uprobe ones `uprobe.rules.rules` in order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CompiledRule {
     pub name: String,
@@ -48,6 +52,55 @@ pub struct Compiled {
     pub strings: Vec<(StrKey, u64)>,
     /// The `AC` rows, row `i` being state `i`; empty when no rule uses `body_contains`.
     pub ac: Vec<AcRow>,
+    /// The uprobe hooks: their rules and the probes they use.
+    pub uprobe: UprobeSet,
+}
+
+/// The uprobe part of a compiled rule set. What the probes attach to is resolved on the host
+/// that installs it (`crate::probes`).
+#[derive(Clone)]
+pub struct UprobeSet {
+    /// The `PROBE_RULES` entry (generation 0; the agent stamps it).
+    pub rules: ProbeRuleSet,
+    /// The probes the rules hook, index `i` being the probe bit `1 << i`.
+    pub probes: Vec<CompiledProbe>,
+    /// `PROBE_COMMS` entries (slot 0): each `service` value short enough to be a process name,
+    /// zero-padded, with its service bits.
+    pub comms: Vec<([u8; COMM_LEN], u64)>,
+    /// Rules whose action the kernel may not support at a uprobe: `drop` (checked at install).
+    pub drops: Vec<HookUse>,
+    /// Rules that capture (they need a capture endpoint).
+    pub captures: Vec<HookUse>,
+}
+
+impl UprobeSet {
+    fn empty() -> UprobeSet {
+        UprobeSet {
+            rules: ProbeRuleSet::EMPTY,
+            probes: Vec::new(),
+            comms: Vec::new(),
+            drops: Vec::new(),
+            captures: Vec::new(),
+        }
+    }
+}
+
+/// A probe of the rule set and its precomputed condition bits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledProbe {
+    pub def: ProbeDef,
+    /// The bits of its `service` (0 without one, or when no rule names it).
+    pub service_bits: u64,
+}
+
+/// A rule on a uprobe hook, for install-time checks: where its action is written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookUse {
+    pub file: PathBuf,
+    pub pos: Pos,
+    pub rule: String,
+    /// `"uprobe:NAME"`.
+    pub hook: String,
 }
 
 impl fmt::Debug for Compiled {
@@ -58,6 +111,8 @@ impl fmt::Debug for Compiled {
             .field("kernel_rules", &&self.ruleset.rules[..n])
             .field("strings", &self.strings.len())
             .field("ac_states", &self.ruleset.ac_states)
+            .field("uprobe_rules", &self.uprobe.rules.n_rules)
+            .field("probes", &self.uprobe.probes)
             .finish()
     }
 }
@@ -154,6 +209,8 @@ enum Limit {
     Attributes,
     Services,
     RemoveKeys,
+    ProbeRules,
+    Probes,
 }
 
 struct Compiler<'d> {
@@ -166,6 +223,10 @@ struct Compiler<'d> {
     services: CondBits<&'d str>,
     /// Attribute names that redact rules remove.
     remove_keys: CondBits<&'d str>,
+    probe_rules: Vec<ProbeRule>,
+    probes: Vec<&'d ProbeDef>,
+    drops: Vec<HookUse>,
+    captures: Vec<HookUse>,
     diags: Vec<Diagnostic>,
     /// Rule-set-wide limits already reported (each is reported once).
     reported: Vec<Limit>,
@@ -182,6 +243,10 @@ impl<'d> Compiler<'d> {
             attributes: CondBits::new("attribute key = value pairs"),
             services: CondBits::new("service values"),
             remove_keys: CondBits::new("remove_attributes names"),
+            probe_rules: Vec::new(),
+            probes: Vec::new(),
+            drops: Vec::new(),
+            captures: Vec::new(),
             diags: Vec::new(),
             reported: Vec::new(),
         }
@@ -209,35 +274,110 @@ impl<'d> Compiler<'d> {
         let (remove, flags) = self.redact_encoding(def);
         let slot = self.slot(def);
         let severity = def.conditions.severity_range();
-        // Every hook is `otlp` so far, whose rules all go to the one kernel rule set.
-        for &hook in &def.hooks {
-            if self.kernel_rules.len() >= MAX_RULES {
-                let message = format!("too many rules: a rule set holds at most {MAX_RULES}");
-                self.limit(def, def.name.pos, Limit::Rules, message);
+        for hook in &def.hooks {
+            let probe = match hook {
+                Hook::Otlp => None,
+                Hook::Uprobe(name) => match def.probe(name) {
+                    Some(probe) => Some(probe),
+                    // The loader links every uprobe hook to its probe.
+                    None => continue,
+                },
+            };
+            let Some(probe) = probe else {
+                if self.kernel_rules.len() >= MAX_RULES {
+                    let message = format!("too many rules: a rule set holds at most {MAX_RULES}");
+                    self.limit(def, def.name.pos, Limit::Rules, message);
+                    continue;
+                }
+                self.kernel_rules.push(Rule {
+                    slot,
+                    action: def.action.value.code(),
+                    sev_lo: severity.lo,
+                    sev_hi: severity.hi,
+                    body,
+                    attrs,
+                    service,
+                    remove,
+                    flags,
+                    param: action_param(&def.action.value),
+                    ..Rule::default()
+                });
+                self.push_compiled(def, hook, slot);
+                continue;
+            };
+            if self.probe_rules.len() >= MAX_PROBE_RULES {
+                let message = format!(
+                    "too many rules on uprobe hooks: a rule set holds at most {MAX_PROBE_RULES}"
+                );
+                self.limit(def, def.name.pos, Limit::ProbeRules, message);
                 continue;
             }
-            self.kernel_rules.push(Rule {
+            let Some(index) = self.probe_index(def, probe) else {
+                continue;
+            };
+            self.probe_rules.push(ProbeRule {
                 slot,
                 action: def.action.value.code(),
                 sev_lo: severity.lo,
                 sev_hi: severity.hi,
+                probes: 1 << index,
                 body,
-                attrs,
                 service,
-                remove,
-                flags,
-                param: action_param(&def.action.value),
-                ..Rule::default()
+                ..ProbeRule::default()
             });
-            self.rules.push(CompiledRule {
-                name: def.name.value.clone(),
-                action: def.action.value.name().to_string(),
-                hook: hook.name().to_string(),
+            let hook_use = HookUse {
                 file: def.file.clone(),
-                line: def.pos.line,
-                slot,
-            });
+                pos: def.action.pos,
+                rule: def.name.value.clone(),
+                hook: hook.name(),
+            };
+            match def.action.value {
+                Action::Drop => self.drops.push(hook_use),
+                Action::Capture => self.captures.push(hook_use),
+                _ => {}
+            }
+            self.push_compiled(def, hook, slot);
         }
+    }
+
+    fn push_compiled(&mut self, def: &RuleDef, hook: &Hook, slot: u16) {
+        self.rules.push(CompiledRule {
+            name: def.name.value.clone(),
+            action: def.action.value.name().to_string(),
+            hook: hook.name(),
+            file: def.file.clone(),
+            line: def.pos.line,
+            slot,
+        });
+    }
+
+    /// The index of `probe` in the set's probe list (its bit in `ProbeRule::probes`).
+    fn probe_index(&mut self, def: &RuleDef, probe: &'d ProbeDef) -> Option<u8> {
+        if let Some(i) = self
+            .probes
+            .iter()
+            .position(|p| p.name.value == probe.name.value)
+        {
+            return Some(i as u8);
+        }
+        if self.probes.len() >= MAX_PROBES {
+            let message =
+                format!("too many probes: the rules of a rule set can hook at most {MAX_PROBES}");
+            self.limit(def, def.name.pos, Limit::Probes, message);
+            return None;
+        }
+        if let Some(service) = &probe.service
+            && service.value.len() > MAX_SERVICE_LEN
+        {
+            let message = format!(
+                "service is {} bytes; the limit is {MAX_SERVICE_LEN}",
+                service.value.len()
+            );
+            self.diags
+                .push(Diagnostic::new(&probe.file, service.pos, message));
+        }
+        self.probes.push(probe);
+        Some((self.probes.len() - 1) as u8)
     }
 
     fn slot(&mut self, def: &RuleDef) -> u16 {
@@ -387,8 +527,44 @@ impl<'d> Compiler<'d> {
             .attributes
             .iter()
             .map(|((k, v), bits)| (attribute_key(k, v), bits));
+        let mut uprobe = UprobeSet::empty();
+        uprobe.rules.n_rules = self.probe_rules.len() as u32;
+        uprobe.rules.rules[..self.probe_rules.len()].copy_from_slice(&self.probe_rules);
+        if self.probe_rules.iter().any(|r| r.body != 0) {
+            uprobe.rules.flags |= PRS_BODY;
+        }
+        if !self.captures.is_empty() {
+            uprobe.rules.flags |= PRS_CAPTURE;
+        }
+        uprobe.probes = self
+            .probes
+            .iter()
+            .map(|p| CompiledProbe {
+                def: (*p).clone(),
+                service_bits: p
+                    .service
+                    .as_ref()
+                    .and_then(|s| self.services.bits.get(s.value.as_str()))
+                    .map_or(0, |bit| 1 << bit),
+            })
+            .collect();
+        if !self.probe_rules.is_empty() {
+            uprobe.comms = self
+                .services
+                .iter()
+                .filter(|(s, _)| s.len() < COMM_LEN)
+                .map(|(s, bits)| {
+                    let mut comm = [0u8; COMM_LEN];
+                    comm[..s.len()].copy_from_slice(s.as_bytes());
+                    (comm, bits)
+                })
+                .collect();
+        }
+        uprobe.drops = self.drops;
+        uprobe.captures = self.captures;
         let compiled = Compiled {
             rules: self.rules,
+            uprobe,
             ruleset,
             strings: services
                 .chain(attributes)

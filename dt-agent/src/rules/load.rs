@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::compile::compile;
 use super::diag::{Diagnostic, Pos, SourceText};
-use super::model::RuleDef;
+use super::model::{Hook, ProbeDef, RuleDef};
 use super::parse::parse_file;
 use super::slots::SlotTable;
 
@@ -83,6 +83,9 @@ fn is_rule_file_name(path: &Path) -> bool {
 #[derive(Default)]
 struct Loader {
     rules: Vec<RuleDef>,
+    probes: Vec<ProbeDef>,
+    /// Probes that were refused: hooks naming them are not reported again.
+    broken_probes: Vec<String>,
     diags: Vec<Diagnostic>,
     /// Where each rule name was first defined (file, line).
     names: HashMap<String, (PathBuf, usize)>,
@@ -91,7 +94,9 @@ struct Loader {
 impl Loader {
     fn add(&mut self, path: &Path, text: &str) {
         let src = SourceText::new(path, text);
-        let (rules, mut diags) = parse_file(&src);
+        let parsed = parse_file(&src);
+        let (rules, probes, mut diags) = (parsed.rules, parsed.probes, parsed.diags);
+        self.broken_probes.extend(parsed.broken_probes);
         for rule in rules {
             match self.names.get(&rule.name.value) {
                 Some((file, line)) => diags.push(Diagnostic::new(
@@ -110,6 +115,25 @@ impl Loader {
                 }
             }
         }
+        for probe in probes {
+            match self
+                .probes
+                .iter()
+                .find(|p| p.name.value == probe.name.value)
+            {
+                Some(first) => diags.push(Diagnostic::new(
+                    path,
+                    probe.name.pos,
+                    format!(
+                        "duplicate probe name \"{}\": first defined at {}:{}",
+                        probe.name.value,
+                        first.file.display(),
+                        first.name.pos.line
+                    ),
+                )),
+                None => self.probes.push(probe),
+            }
+        }
         diags.sort_by_key(Diagnostic::pos);
         self.diags.extend(diags);
     }
@@ -118,7 +142,28 @@ impl Loader {
         self.diags.push(diag);
     }
 
-    fn finish(self) -> Result<Vec<RuleDef>, Vec<Diagnostic>> {
+    /// Gives each rule the `[[probe]]`s its uprobe hooks name (from any file of the set).
+    fn link_probes(&mut self) {
+        for rule in &mut self.rules {
+            for (hook, pos) in rule.hooks.iter().zip(&rule.hook_pos) {
+                let Hook::Uprobe(name) = hook else {
+                    continue;
+                };
+                match self.probes.iter().find(|p| &p.name.value == name) {
+                    Some(probe) => rule.probes.push(probe.clone()),
+                    None if self.broken_probes.contains(name) => {}
+                    None => self.diags.push(Diagnostic::new(
+                        &rule.file,
+                        *pos,
+                        format!("no [[probe]] named \"{name}\" in the rule set"),
+                    )),
+                }
+            }
+        }
+    }
+
+    fn finish(mut self) -> Result<Vec<RuleDef>, Vec<Diagnostic>> {
+        self.link_probes();
         if self.diags.is_empty() {
             Ok(self.rules)
         } else {

@@ -30,11 +30,14 @@ mod slots;
 #[cfg(test)]
 mod tests;
 
-pub use compile::{Compiled, CompiledRule, compile};
-pub use diag::{Diagnostic, Pos};
+pub use compile::{Compiled, CompiledProbe, CompiledRule, UprobeSet, compile};
 pub(crate) use diag::SourceText;
+pub use diag::{Diagnostic, Pos};
 pub use env::HostEnv;
 pub use load::{check_files, load_dir, load_files, load_sources};
-pub use model::{Action, At, Hook, Match, RuleDef};
+pub use model::{
+    Action, At, Hook, Match, ProbeDef, ProbeKind, RuleDef, SYSLOG_SEVERITIES, SeverityMap,
+    SeveritySource,
+};
 pub use severity::SeverityRange;
 pub use slots::SlotTable;

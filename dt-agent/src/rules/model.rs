@@ -36,8 +36,20 @@ pub struct RuleDef {
     pub action: At<Action>,
     /// Where the rule applies; never empty, no duplicates.
     pub hooks: Vec<Hook>,
+    /// Where each of `hooks` is written (the rule's header when `hooks` is left out).
+    pub hook_pos: Vec<Pos>,
+    /// The `[[probe]]` of each `uprobe:NAME` hook, in hook order, from anywhere in the rule set
+    /// (filled in when the whole set is loaded).
+    pub probes: Vec<ProbeDef>,
     /// What a record must match (every condition present; none = every record).
     pub conditions: Match,
+}
+
+impl RuleDef {
+    /// The probe a `uprobe:NAME` hook of this rule names.
+    pub fn probe(&self, name: &str) -> Option<&ProbeDef> {
+        self.probes.iter().find(|p| p.name.value == name)
+    }
 }
 
 /// What a rule does on a match (INTERFACE.md, "Evaluation").
@@ -97,28 +109,97 @@ impl Action {
 }
 
 /// Where a rule is evaluated.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Hook {
     /// OTLP/HTTP log export requests, in the sk_msg program.
     Otlp,
+    /// Calls of the functions of the `[[probe]]` of this name, in the uprobe program.
+    Uprobe(String),
 }
 
 impl Hook {
-    /// The hook's name as written in rule files (`"otlp"`).
-    pub fn name(self) -> &'static str {
+    /// The hook's name as written in rule files (`"otlp"`, `"uprobe:syslog"`).
+    pub fn name(&self) -> String {
         match self {
-            Hook::Otlp => "otlp",
+            Hook::Otlp => "otlp".to_string(),
+            Hook::Uprobe(probe) => format!("uprobe:{probe}"),
         }
     }
 
-    /// Whether rules on this hook may use `action`; the error says why not.
-    pub fn check_action(self, action: &Action) -> Result<(), String> {
+    /// Whether rules on this hook may use `action`; the error says why not. (Whether this kernel
+    /// can drop at a uprobe is checked when the rule set is installed.)
+    pub fn check_action(&self, action: &Action) -> Result<(), String> {
         match (self, action) {
             (Hook::Otlp, Action::Capture) => Err("capture is only for uprobe hooks".to_string()),
             (Hook::Otlp, _) => Ok(()),
+            (Hook::Uprobe(_), Action::Count | Action::Capture | Action::Drop) => Ok(()),
+            (Hook::Uprobe(_), other) => Err(format!(
+                "{} is not supported on uprobe hooks: they take count and capture (and drop \
+                 where the kernel lets a uprobe skip a call)",
+                other.name()
+            )),
         }
     }
 }
+
+/// One `[[probe]]` table: which functions to probe and how to read a call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeDef {
+    /// The file the probe comes from.
+    pub file: PathBuf,
+    /// Where its table starts (the `[[probe]]` header).
+    pub pos: Pos,
+    /// Unique among the set's probes; rules name it in `uprobe:NAME`.
+    pub name: At<String>,
+    /// An absolute path, or a library name (`"libc"`) resolved as the dynamic linker would.
+    /// With a preset and no `binary`, the preset's default (at the header's position).
+    pub binary: At<String>,
+    /// The functions and how their arguments are read.
+    pub kind: ProbeKind,
+    /// Only this process's calls (the attachment is limited to it).
+    pub pid: Option<At<u32>>,
+    /// The `service` the calls belong to; none: the calling process's name (comm).
+    pub service: Option<At<String>>,
+}
+
+/// What a probe attaches to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeKind {
+    /// `preset = "syslog"`: glibc's `syslog`, `__syslog_chk`, `vsyslog` and `__vsyslog_chk`.
+    Syslog,
+    /// One function of the application's own.
+    Function {
+        symbol: At<String>,
+        severity: SeveritySource,
+        /// Index (0-5) of the `char *` argument that is the message.
+        message_arg: u8,
+    },
+}
+
+/// Where a probed call's OTLP SeverityNumber comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SeveritySource {
+    /// Every call has this SeverityNumber (0: unspecified).
+    Const(u8),
+    /// Integer argument `index` (0-5, read as a 32-bit `int`), mapped.
+    Arg { index: u8, map: SeverityMap },
+}
+
+/// How an integer severity argument becomes an OTLP SeverityNumber.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SeverityMap {
+    /// `"otlp"`: the argument is a SeverityNumber; 1-24 as is, anything else unspecified (0).
+    Otlp,
+    /// `"syslog"`: a syslog priority; its level (`pri & 7`) maps EMERG, ALERT, CRIT → FATAL,
+    /// ERR → ERROR, WARNING → WARN, NOTICE, INFO → INFO, DEBUG → DEBUG.
+    Syslog,
+    /// A table of argument values and SeverityNumbers; other values are unspecified (0).
+    Table(Vec<(i32, u8)>),
+}
+
+/// The SeverityNumbers of syslog's levels 0-7 (LOG_EMERG .. LOG_DEBUG): FATAL, FATAL, FATAL,
+/// ERROR, WARN, INFO, INFO, DEBUG (each level's first number).
+pub const SYSLOG_SEVERITIES: [u8; 8] = [21, 21, 21, 17, 13, 9, 9, 5];
 
 /// The `[rule.match]` table. Every condition present must hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

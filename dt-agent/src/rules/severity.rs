@@ -85,6 +85,18 @@ fn parse_spec(spec: &str) -> Result<SeverityRange, String> {
     Ok(SeverityRange { lo, hi })
 }
 
+/// One SeverityNumber: a level name (case-insensitive; its first number, `"ERROR"` is 17) or a
+/// number 1-24 written as text. For `severity_map` values and a probe's constant `severity`.
+pub(crate) fn single_number(text: &str) -> Result<u8, String> {
+    let t = term(text).map_err(|detail| format!("invalid severity \"{text}\": {detail}"))?;
+    Ok(t.lo)
+}
+
+/// One SeverityNumber given as a TOML integer (1-24).
+pub(crate) fn number(number: i64) -> Result<u8, String> {
+    severity_number(number)
+}
+
 /// One operand: a level name (its four numbers) or a number 1-24 (itself).
 fn term(text: &str) -> Result<SeverityRange, String> {
     let text = text.trim();

@@ -301,17 +301,21 @@ fn parameters_belong_to_their_action() {
 }
 
 #[test]
-fn hooks_default_to_otlp_and_accept_only_otlp() {
+fn hooks_default_to_otlp_and_name_probes() {
     let r = load_one("[[rule]]\nname = \"a\"\naction = \"drop\"\nhooks = [\"otlp\"]\n");
     assert_eq!(r.hooks, vec![Hook::Otlp]);
     let cases = [
         (
             "hooks = [\"uprobe:malloc\"]",
-            "r.toml:4:10: uprobe hooks are not supported yet",
+            "r.toml:4:10: no [[probe]] named \"malloc\" in the rule set",
         ),
         (
             "hooks = [\"otlp\", \"uprobe:x\"]",
-            "r.toml:4:18: uprobe hooks are not supported yet",
+            "r.toml:4:18: no [[probe]] named \"x\" in the rule set",
+        ),
+        (
+            "hooks = [\"uprobe:\"]",
+            "r.toml:4:10: a uprobe hook names its [[probe]]: write \"uprobe:NAME\"",
         ),
         (
             "hooks = [\"http\"]",
@@ -375,15 +379,6 @@ fn severity_errors_point_at_the_value() {
 }
 
 #[test]
-fn probe_tables_are_not_supported_yet() {
-    let text = format!("{}\n[[probe]]\nname = \"p\"\n", rule("a", "drop"));
-    assert_eq!(
-        error(&text),
-        "r.toml:5:1: [[probe]] tables are not supported yet"
-    );
-}
-
-#[test]
 fn rule_must_be_an_array_of_tables() {
     let e = error("[rule]\nname = \"a\"\naction = \"drop\"\n");
     assert_eq!(
@@ -399,7 +394,7 @@ fn every_problem_of_a_rule_is_reported() {
     let text = r#"[[rule]]
 name = ""
 action = "drop"
-hooks = ["uprobe:x"]
+hooks = ["uprobe:"]
 [rule.match]
 severity = "LOUD"
 service = ""
@@ -407,7 +402,7 @@ service = ""
     let errors = errors(text);
     assert_eq!(errors.len(), 4, "{errors:#?}");
     assert!(errors[0].starts_with("r.toml:2:8: name must not be empty"));
-    assert!(errors[1].starts_with("r.toml:4:10: uprobe hooks"));
+    assert!(errors[1].starts_with("r.toml:4:10: a uprobe hook names its [[probe]]"));
     assert!(errors[2].starts_with("r.toml:6:12: invalid severity \"LOUD\": unknown level"));
     assert!(errors[3].starts_with("r.toml:7:11: service must not be empty"));
 }

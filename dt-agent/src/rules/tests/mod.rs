@@ -3,6 +3,7 @@
 
 mod compile;
 mod load;
+mod probe;
 mod walk;
 
 use std::path::PathBuf;

@@ -1,0 +1,992 @@
+//! The uprobe hook in the real kernel: C programs that log through syslog(3) (or a function of
+//! their own) and know nothing of dt, built here with gcc from `tests/c/`, counted and captured
+//! at their calls.
+//!
+//! Every test runs its own in-process agent (or `dt-agent run`), and its programs have names of
+//! their own: rules match them by `service`, which for a probe without a `service` is the
+//! calling process's name, so calls of other processes on the machine never reach a test's
+//! counters.
+//!
+//! Run: `cargo build -p dt-agent && cargo test -p dt-tests --test uprobe -- --nocapture` (root).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dt_agent::{Agent, AgentConfig, Stats};
+use dt_tests::agent_process::{AgentProcess, bin, dt_agent_cmd, output_text};
+use dt_tests::*;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
+
+const NO_SKIP: &str = "this kernel does not let a uprobe program skip a call \
+                       (the verifier refuses writing registers)";
+
+// ------------------------------------------------------------------------------------------
+// Building and running the C programs
+
+fn c_source(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("c").join(name)
+}
+
+/// Runs gcc; panics with its output on failure.
+fn gcc(args: &[&str]) {
+    let out = Command::new("gcc")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("gcc (installed by `cargo xtask setup`): {e}"));
+    assert!(
+        out.status.success(),
+        "gcc {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `tests/c/logcalls.c` built as `dir/name`: plain (its calls go to syslog and vsyslog) or with
+/// `-O2 -D_FORTIFY_SOURCE=2` (to __syslog_chk and __vsyslog_chk), optionally linked against a
+/// library of `lib_dir` first.
+fn build_logcalls(dir: &Path, name: &str, fortify: bool, lib_dir: Option<&Path>) -> PathBuf {
+    let out = dir.join(name);
+    let src = c_source("logcalls.c");
+    let mut args: Vec<String> = vec!["-O2".into()];
+    if fortify {
+        args.push("-D_FORTIFY_SOURCE=2".into());
+    } else {
+        args.extend(["-U_FORTIFY_SOURCE".into(), "-D_FORTIFY_SOURCE=0".into()]);
+    }
+    args.extend([
+        "-o".into(),
+        out.display().to_string(),
+        src.display().to_string(),
+    ]);
+    if let Some(lib) = lib_dir {
+        args.extend([
+            format!("-L{}", lib.display()),
+            "-lfakelog".into(),
+            format!("-Wl,-rpath,{}", lib.display()),
+        ]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    gcc(&args);
+    out
+}
+
+/// The undefined dynamic symbols of a binary (`nm -D --undefined-only`), without versions.
+fn imports(bin: &Path) -> Vec<String> {
+    let out = Command::new("nm")
+        .args(["-D", "--undefined-only"])
+        .arg(bin)
+        .output()
+        .expect("nm");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .map(|s| s.split('@').next().unwrap_or(s).to_string())
+        .collect()
+}
+
+/// A test program started with `args`: it prints "ready", waits for a line, works, prints
+/// "done".
+struct Logger {
+    name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Logger {
+    fn start(bin: &Path, args: &[&str]) -> Logger {
+        let mut child = Command::new(bin)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut l = Logger {
+            name: bin.display().to_string(),
+            child,
+            stdin,
+            stdout,
+        };
+        l.expect_line("ready");
+        l
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn expect_line(&mut self, want: &str) {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read");
+        assert_eq!(line.trim(), want, "{}", self.name);
+    }
+
+    /// Lets it make its calls.
+    fn go(&mut self) {
+        let mut stdin = self.stdin.take().expect("go once");
+        stdin.write_all(b"go\n").expect("write go");
+    }
+
+    /// Waits until it is done and has exited 0.
+    fn finish(mut self) {
+        self.expect_line("done");
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "{}: {status}", self.name);
+    }
+}
+
+/// Runs a program to its end; its stdout.
+fn run(bin: &Path, args: &[&str]) -> String {
+    let out = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    assert!(
+        out.status.success(),
+        "{} {args:?}: {}",
+        bin.display(),
+        out.status
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+// ------------------------------------------------------------------------------------------
+// Agents and rules
+
+/// An in-process agent on `rules`, hooking a port nobody uses, capturing to `capture`.
+fn agent(rules: &TempRules, capture: Option<String>) -> (Agent, TcpListener) {
+    let (hold, port) = reserve_port();
+    let cfg = AgentConfig {
+        capture_endpoint: capture,
+        ..agent_config(rules, &[port])
+    };
+    (start_agent_with(cfg), hold)
+}
+
+fn reload(agent: &mut Agent, rules: &TempRules) -> u64 {
+    agent
+        .reload(rules.path())
+        .unwrap_or_else(|e| panic!("reload: {e:#}"))
+}
+
+const SYSLOG_PROBE: &str = "[[probe]]\nname = \"syslog\"\npreset = \"syslog\"\n\n";
+
+/// A rule on `hook` with an optional `[rule.match]` body.
+fn rule(name: &str, action: &str, hook: &str, matches: &str) -> String {
+    let mut r =
+        format!("[[rule]]\nname = \"{name}\"\naction = \"{action}\"\nhooks = [\"{hook}\"]\n");
+    if !matches.is_empty() {
+        r.push_str("[rule.match]\n");
+        r.push_str(matches);
+        r.push('\n');
+    }
+    r.push('\n');
+    r
+}
+
+/// What logcalls' plan makes per repetition, by rule suffix: (suffix, `[rule.match]` extra
+/// line, matches per repetition). Every rule also matches `service` = the program's name.
+const PLAN_RULES: [(&str, &str, u64); 12] = [
+    ("all", "", 32),
+    // EMERG, ALERT, CRIT → FATAL; ERR → ERROR; WARNING → WARN; NOTICE, INFO → INFO;
+    // DEBUG → DEBUG. Four calls per priority.
+    ("fatal", "severity = \"FATAL\"", 12),
+    ("error", "severity = \"ERROR\"", 4),
+    ("warn", "severity = \"WARN\"", 4),
+    ("info", "severity = \"INFO\"", 8),
+    ("debug", "severity = \"DEBUG\"", 4),
+    ("error-up", "severity = \">=ERROR\"", 16),
+    // A format string is the message...
+    ("plain", "body_contains = \"plain message at priority\"", 8),
+    ("priority", "body_contains = \"priority\"", 16),
+    // ... as written: the formatted text ("priority 3") is not there.
+    ("formatted", "body_contains = \"priority 3\"", 0),
+    // "%s" is replaced by the string it prints, from the arguments or the va_list.
+    ("timeout", "body_contains = \"timeout\"", 16),
+    ("percent-s", "body_contains = \"%s\"", 0),
+];
+
+/// The plan's rules for a program named `service`, hooked to `hook`.
+fn plan_rules(service: &str, hook: &str) -> String {
+    PLAN_RULES
+        .iter()
+        .map(|(suffix, extra, _)| {
+            let m = if extra.is_empty() {
+                format!("service = \"{service}\"")
+            } else {
+                format!("service = \"{service}\"\n{extra}")
+            };
+            rule(&format!("{service}-{suffix}"), "count", hook, &m)
+        })
+        .collect()
+}
+
+/// Asserts every plan rule of `service` matched `runs` plan repetitions.
+fn assert_plan_counts(stats: &Stats, service: &str, runs: u64) {
+    let mut problems = Vec::new();
+    for (suffix, _, per_rep) in PLAN_RULES {
+        let name = format!("{service}-{suffix}");
+        let got = stats.rule(&name).map(|r| r.matched);
+        if got != Some(per_rep * runs) {
+            problems.push(format!("{name}: matched {got:?}, want {}", per_rep * runs));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{}\nstats: {:#?}",
+        problems.join("\n"),
+        stats.rules
+    );
+}
+
+fn string_attr(attrs: &[KeyValue], key: &str) -> Option<String> {
+    attrs.iter().find(|kv| kv.key == key).and_then(|kv| {
+        match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+            Some(Value::StringValue(s)) => Some(s.clone()),
+            Some(Value::IntValue(i)) => Some(i.to_string()),
+            Some(Value::BoolValue(b)) => Some(b.to_string()),
+            _ => None,
+        }
+    })
+}
+
+fn body(r: &LogRecord) -> String {
+    match r.body.as_ref().and_then(|b: &AnyValue| b.value.as_ref()) {
+        Some(Value::StringValue(s)) => s.clone(),
+        other => panic!("body is not a string: {other:?}"),
+    }
+}
+
+/// (service.name, process.pid, record) of every record the receiver decoded.
+fn received(receiver: &Receiver) -> Vec<(String, String, LogRecord)> {
+    let mut out = Vec::new();
+    for req in receiver.requests() {
+        let Some(logs) = req.logs else {
+            continue;
+        };
+        for rl in logs.resource_logs {
+            let attrs = rl.resource.map(|r| r.attributes).unwrap_or_default();
+            let service = string_attr(&attrs, "service.name").unwrap_or_default();
+            let pid = string_attr(&attrs, "process.pid").unwrap_or_default();
+            for sl in rl.scope_logs {
+                assert_eq!(
+                    sl.scope.as_ref().map(|s| s.name.as_str()),
+                    Some("dt.uprobe")
+                );
+                for r in sl.log_records {
+                    out.push((service.clone(), pid.clone(), r));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Waits until the receiver has decoded `n` records.
+fn wait_records(receiver: &Receiver, n: usize) -> Vec<(String, String, LogRecord)> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got = received(receiver);
+        if got.len() >= n || Instant::now() > deadline {
+            assert_eq!(got.len(), n, "records at the receiver");
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Tests
+
+/// glibc's syslog family with the preset: plain and fortified builds, at every priority, one
+/// process started before the push and one after; every call counted once, per rule exactly.
+#[test]
+fn syslog_preset_counts_every_call_once_before_and_after_the_push() {
+    if !kernel_or_skip("syslog_preset_counts_every_call_once_before_and_after_the_push") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let plain = build_logcalls(dir.path(), "u1plain", false, None);
+    let fort = build_logcalls(dir.path(), "u1fort", true, None);
+    let (pi, fi) = (imports(&plain), imports(&fort));
+    assert!(
+        pi.contains(&"syslog".into()) && pi.contains(&"vsyslog".into()),
+        "{pi:?}"
+    );
+    assert!(
+        fi.contains(&"__syslog_chk".into()) && fi.contains(&"__vsyslog_chk".into()),
+        "{fi:?}"
+    );
+    assert!(!fi.contains(&"syslog".into()) && !fi.contains(&"vsyslog".into()));
+
+    let rules = TempRules::new();
+    let (mut agent, _port) = agent(&rules, None);
+    let reps = 3;
+    let mut loggers = vec![
+        Logger::start(&plain, &["plan", &reps.to_string()]),
+        Logger::start(&fort, &["plan", &reps.to_string()]),
+    ];
+    // The rule set arrives while those two are running (they have libc mapped already).
+    rules.write(
+        "50-syslog.toml",
+        &format!(
+            "{SYSLOG_PROBE}{}{}",
+            plan_rules("u1plain", "uprobe:syslog"),
+            plan_rules("u1fort", "uprobe:syslog")
+        ),
+    );
+    reload(&mut agent, &rules);
+    loggers.push(Logger::start(&plain, &["plan", &reps.to_string()]));
+    loggers.push(Logger::start(&fort, &["plan", &reps.to_string()]));
+    for l in &mut loggers {
+        l.go();
+    }
+    for l in loggers {
+        l.finish();
+    }
+    let stats = stats_of(&agent);
+    assert_plan_counts(&stats, "u1plain", 2 * reps);
+    assert_plan_counts(&stats, "u1fort", 2 * reps);
+    let r = stats.rule("u1fort-all").unwrap();
+    assert_eq!(
+        (r.hook.as_str(), r.action.as_str()),
+        ("uprobe:syslog", "count")
+    );
+    assert_eq!(stats.uprobes.attached, 4, "{:?}", stats.uprobes);
+    assert!(!stats.uprobes.drop_supported);
+    println!(
+        "syslog preset: {} functions attached; calls {} (all processes), nested {}",
+        stats.uprobes.attached, stats.uprobes.calls, stats.uprobes.nested
+    );
+}
+
+/// A C library whose syslog functions call each other (nested calls and a tail call, as older
+/// glibc versions did): each application call is still counted once, and the library's own
+/// calls are counted as `nested`.
+#[test]
+fn nested_and_tail_calls_inside_the_library_are_not_counted_again() {
+    if !kernel_or_skip("nested_and_tail_calls_inside_the_library_are_not_counted_again") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("libfakelog.so");
+    gcc(&[
+        "-O2",
+        "-shared",
+        "-fPIC",
+        "-o",
+        lib.to_str().unwrap(),
+        c_source("fakelog.c").to_str().unwrap(),
+    ]);
+    let plain = build_logcalls(dir.path(), "u2plain", false, Some(dir.path()));
+    let fort = build_logcalls(dir.path(), "u2fort", true, Some(dir.path()));
+    let rules = TempRules::new();
+    rules.write(
+        "50-fake.toml",
+        &format!(
+            "[[probe]]\nname = \"fake\"\npreset = \"syslog\"\nbinary = \"{}\"\n\n{}{}",
+            lib.display(),
+            plan_rules("u2plain", "uprobe:fake"),
+            plan_rules("u2fort", "uprobe:fake")
+        ),
+    );
+    let (agent, _port) = agent(&rules, None);
+    let reps = 2;
+    let mut loggers = vec![
+        Logger::start(&plain, &["plan", &reps.to_string()]),
+        Logger::start(&fort, &["plan", &reps.to_string()]),
+    ];
+    for l in &mut loggers {
+        l.go();
+    }
+    for l in loggers {
+        l.finish();
+    }
+    let stats = stats_of(&agent);
+    assert_plan_counts(&stats, "u2plain", reps);
+    assert_plan_counts(&stats, "u2fort", reps);
+    // Only these two processes use the library. Plain: every call goes through the library's
+    // __vsyslog_chk once more (32 per repetition: 24 nested calls, 8 tail calls); fortified:
+    // __syslog_chk's 16 calls nest, the 16 __vsyslog_chk calls come from the program.
+    let u = &stats.uprobes;
+    assert_eq!(u.calls, 2 * 32 * reps, "{u:?}");
+    assert_eq!(u.nested, (32 + 16) * reps, "{u:?}");
+    assert_eq!(u.attached, 4);
+}
+
+/// `capture`: the matching calls arrive at an OTLP/HTTP receiver as log records, with their
+/// message, severity, process and thread; messages at and over the bound.
+#[test]
+fn capture_exports_calls_as_otlp_log_records() {
+    if !kernel_or_skip("capture_exports_calls_as_otlp_log_records") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fort = build_logcalls(dir.path(), "u3cap", true, None);
+    let edge = build_logcalls(dir.path(), "u3edge", false, None);
+    let receiver = Receiver::start_v4();
+    let rules = TempRules::new();
+    rules.write(
+        "50-capture.toml",
+        &format!(
+            "{SYSLOG_PROBE}{}{}{}",
+            rule("u3-all", "count", "uprobe:syslog", "service = \"u3cap\""),
+            rule(
+                "u3-capture",
+                "capture",
+                "uprobe:syslog",
+                "service = \"u3cap\"\nseverity = \">=WARN\"\nbody_contains = \"timeout\""
+            ),
+            rule(
+                "u3-edge",
+                "capture",
+                "uprobe:syslog",
+                "service = \"u3edge\""
+            ),
+        ),
+    );
+    let (agent, _port) = agent(&rules, Some(receiver.logs_url()));
+    let t0 = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut l = Logger::start(&fort, &["plan", "1"]);
+    let pid = l.pid();
+    l.go();
+    l.finish();
+    // Priorities 0-4 of the two "%s" calls: 10 records.
+    let got = wait_records(&receiver, 10);
+    let t1 = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut by_body: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    for (service, rpid, r) in &got {
+        assert_eq!(service, "u3cap");
+        assert_eq!(rpid, &pid.to_string());
+        assert!(
+            r.time_unix_nano >= t0 - 1_000_000_000 && r.time_unix_nano <= t1,
+            "time {} not within the run",
+            r.time_unix_nano
+        );
+        assert!(r.observed_time_unix_nano >= r.time_unix_nano);
+        let text = match r.severity_number {
+            21 => "FATAL",
+            17 => "ERROR",
+            13 => "WARN",
+            n => panic!("severity {n}"),
+        };
+        assert_eq!(r.severity_text, text);
+        assert_eq!(
+            string_attr(&r.attributes, "dt.probe").as_deref(),
+            Some("syslog")
+        );
+        let f = string_attr(&r.attributes, "code.function.name").unwrap();
+        assert!(f == "__syslog_chk" || f == "__vsyslog_chk", "{f}");
+        assert_eq!(
+            string_attr(&r.attributes, "thread.name").as_deref(),
+            Some("u3cap")
+        );
+        assert_eq!(
+            string_attr(&r.attributes, "thread.id").as_deref(),
+            Some(pid.to_string().as_str())
+        );
+        by_body.entry(body(r)).or_default().push(r.severity_number);
+    }
+    let want: BTreeMap<String, Vec<i32>> = [
+        (
+            "percent-s: timeout talking to the database".to_string(),
+            vec![21, 21, 21, 17, 13],
+        ),
+        (
+            "va_list percent-s: timeout in a va_list".to_string(),
+            vec![21, 21, 21, 17, 13],
+        ),
+    ]
+    .into();
+    assert_eq!(by_body, want);
+
+    // Messages at the bound: 255 bytes whole, 300 bytes cut to 255 and flagged, and a "%s"
+    // whose argument is NULL: the format itself.
+    run(&edge, &["edge"]);
+    let got = wait_records(&receiver, 13);
+    let edge_records: Vec<&LogRecord> = got
+        .iter()
+        .filter(|(s, _, _)| s == "u3edge")
+        .map(|(_, _, r)| r)
+        .collect();
+    assert_eq!(edge_records.len(), 3);
+    assert_eq!(body(edge_records[0]), "a".repeat(255));
+    assert_eq!(
+        string_attr(&edge_records[0].attributes, "dt.message.truncated"),
+        None
+    );
+    assert_eq!(body(edge_records[1]), "b".repeat(255));
+    assert_eq!(
+        string_attr(&edge_records[1].attributes, "dt.message.truncated").as_deref(),
+        Some("true")
+    );
+    assert_eq!(body(edge_records[2]), "%s");
+
+    // The exporter counts a post once the receiver has answered it.
+    let deadline = Instant::now() + WAIT;
+    while stats_of(&agent).uprobes.exported < 13 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stats = stats_of(&agent);
+    let capture = stats.rule("u3-capture").unwrap();
+    assert_eq!((capture.matched, capture.kept), (10, 10));
+    assert_eq!(stats.rule("u3-all").unwrap().matched, 32);
+    assert_eq!(stats.rule("u3-edge").unwrap().kept, 3);
+    let u = &stats.uprobes;
+    assert_eq!((u.captured, u.capture_lost), (13, 0), "{u:?}");
+    assert_eq!((u.exported, u.export_failed), (13, 0), "{u:?}");
+    assert!(u.truncated >= 1, "{u:?}");
+    assert!(receiver.decode_failures().is_empty());
+}
+
+/// A collector that accepts connections and never answers: the exporter waits, the ring
+/// buffer fills, and every call it cannot take is counted.
+#[test]
+fn a_full_capture_ring_buffer_is_counted() {
+    if !kernel_or_skip("a_full_capture_ring_buffer_is_counted") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let burst = build_logcalls(dir.path(), "u4burst", false, None);
+    // Accepts and holds every connection, reading nothing and answering nothing.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1/logs", silent.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in silent.incoming() {
+            held.push(c);
+        }
+    });
+    let rules = TempRules::new();
+    rules.write(
+        "50-burst.toml",
+        &format!(
+            "{SYSLOG_PROBE}{}",
+            rule(
+                "u4-capture",
+                "capture",
+                "uprobe:syslog",
+                "service = \"u4burst\""
+            )
+        ),
+    );
+    let (agent, _port) = agent(&rules, Some(url));
+    let n = 20_000;
+    run(&burst, &["burst", &n.to_string()]);
+    let stats = stats_of(&agent);
+    let r = stats.rule("u4-capture").unwrap();
+    let u = &stats.uprobes;
+    assert_eq!(r.matched, n);
+    assert_eq!(r.kept, u.captured, "{u:?}");
+    assert_eq!(r.kept + u.capture_lost, n, "{u:?}");
+    assert!(u.capture_lost > 0, "{u:?}");
+    println!(
+        "capture ring buffer full: {} of {n} calls captured, {} counted as capture_lost",
+        u.captured, u.capture_lost
+    );
+}
+
+/// A function of the application's own, `log_write(level, msg)`, with a severity table, a
+/// `service` of the probe's, and a probe limited to one process.
+#[test]
+fn a_custom_function_probe_with_a_severity_map_and_a_pid() {
+    if !kernel_or_skip("a_custom_function_probe_with_a_severity_map_and_a_pid") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("u5app");
+    gcc(&[
+        "-O2",
+        "-o",
+        app.to_str().unwrap(),
+        c_source("applog.c").to_str().unwrap(),
+    ]);
+    let n = 100u64;
+    let mut first = Logger::start(&app, &[&n.to_string()]);
+    let mut second = Logger::start(&app, &[&n.to_string()]);
+    let rules = TempRules::new();
+    let probes = format!(
+        "[[probe]]\nname = \"app\"\nbinary = \"{bin}\"\nsymbol = \"log_write\"\nseverity_arg = 0\n\
+         severity_map = {{ 0 = \"DEBUG\", 1 = \"INFO\", 2 = \"WARN\", 3 = \"ERROR\" }}\n\
+         message_arg = 1\nservice = \"payments\"\n\n\
+         [[probe]]\nname = \"app-one\"\nbinary = \"{bin}\"\nsymbol = \"log_write\"\n\
+         message_arg = 1\npid = {pid}\n\n",
+        bin = app.display(),
+        pid = first.pid()
+    );
+    rules.write(
+        "50-app.toml",
+        &format!(
+            "{probes}{}{}{}{}{}{}{}",
+            rule("u5-all", "count", "uprobe:app", ""),
+            rule("u5-errors", "count", "uprobe:app", "severity = \"ERROR\""),
+            rule("u5-warn-up", "count", "uprobe:app", "severity = \">=WARN\""),
+            rule(
+                "u5-timeouts",
+                "count",
+                "uprobe:app",
+                "body_contains = \"timeout\""
+            ),
+            rule(
+                "u5-payments",
+                "count",
+                "uprobe:app",
+                "service = \"payments\""
+            ),
+            // The probe names its service: the process name is not it.
+            rule("u5-by-comm", "count", "uprobe:app", "service = \"u5app\""),
+            // No severity_arg: unspecified; no service: the process name.
+            rule(
+                "u5-one",
+                "count",
+                "uprobe:app-one",
+                "service = \"u5app\"\nseverity = \"UNSPECIFIED\""
+            ),
+        ),
+    );
+    let (agent, _port) = agent(&rules, None);
+    first.go();
+    second.go();
+    first.finish();
+    second.finish();
+    let stats = stats_of(&agent);
+    let got: Vec<(&str, u64)> = [
+        "u5-all",
+        "u5-errors",
+        "u5-warn-up",
+        "u5-timeouts",
+        "u5-payments",
+        "u5-by-comm",
+        "u5-one",
+    ]
+    .iter()
+    .map(|name| (*name, stats.rule(name).map_or(u64::MAX, |r| r.matched)))
+    .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("u5-all", 2 * n),
+            ("u5-errors", 2 * n / 4),
+            ("u5-warn-up", 2 * n / 2),
+            ("u5-timeouts", 2 * n / 4),
+            ("u5-payments", 2 * n),
+            ("u5-by-comm", 0),
+            ("u5-one", n),
+        ]
+    );
+    assert_eq!(stats.uprobes.attached, 2);
+}
+
+/// Probes come and go with the rule set: attached when a rule uses them, detached when none
+/// does any more; counters of removed rules stay.
+#[test]
+fn probes_attach_and_detach_with_the_rule_set() {
+    if !kernel_or_skip("probes_attach_and_detach_with_the_rule_set") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let plain = build_logcalls(dir.path(), "u6plain", false, None);
+    let rules = TempRules::new();
+    let with_probe = format!(
+        "{SYSLOG_PROBE}{}",
+        rule("u6-all", "count", "uprobe:syslog", "service = \"u6plain\"")
+    );
+    rules.write("50-u6.toml", &with_probe);
+    let (mut agent, _port) = agent(&rules, None);
+    let go = |bin: &Path| {
+        let mut l = Logger::start(bin, &["plan", "1"]);
+        l.go();
+        l.finish();
+    };
+    assert_eq!(stats_of(&agent).uprobes.attached, 4);
+    go(&plain);
+    assert_eq!(stats_of(&agent).rule("u6-all").unwrap().matched, 32);
+
+    // The probe stays defined but no rule uses it: detached.
+    rules.write("50-u6.toml", SYSLOG_PROBE);
+    let g = reload(&mut agent, &rules);
+    let s = stats_of(&agent);
+    assert_eq!((s.generation, s.uprobes.attached), (g, 0));
+    go(&plain);
+    let s = stats_of(&agent);
+    let r = s.rule("u6-all").unwrap();
+    assert_eq!((r.matched, r.active), (32, false));
+
+    rules.write("50-u6.toml", &with_probe);
+    reload(&mut agent, &rules);
+    assert_eq!(stats_of(&agent).uprobes.attached, 4);
+    go(&plain);
+    assert_eq!(stats_of(&agent).rule("u6-all").unwrap().matched, 64);
+
+    // A rule set change that keeps the probe keeps its attachments (counting goes on).
+    rules.write(
+        "60-more.toml",
+        &rule(
+            "u6-errors",
+            "count",
+            "uprobe:syslog",
+            "severity = \">=ERROR\"\nservice = \"u6plain\"",
+        ),
+    );
+    reload(&mut agent, &rules);
+    go(&plain);
+    let s = stats_of(&agent);
+    assert_eq!(s.rule("u6-all").unwrap().matched, 96);
+    assert_eq!(s.rule("u6-errors").unwrap().matched, 16);
+    assert_eq!(s.uprobes.attached, 4);
+}
+
+/// A probe that cannot be attached refuses the whole rule set, naming the probe and where it
+/// is written; the active set stays.
+#[test]
+fn a_missing_symbol_or_binary_refuses_the_rule_set() {
+    if !kernel_or_skip("a_missing_symbol_or_binary_refuses_the_rule_set") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let plain = build_logcalls(dir.path(), "u7plain", false, None);
+    let rules = TempRules::new();
+    rules.write(
+        "50-ok.toml",
+        &format!(
+            "{SYSLOG_PROBE}{}",
+            rule("u7-all", "count", "uprobe:syslog", "service = \"u7plain\"")
+        ),
+    );
+    let (mut agent, _port) = agent(&rules, None);
+    let before = stats_of(&agent);
+
+    let file = rules.write(
+        "60-bad.toml",
+        &format!(
+            "[[probe]]\nname = \"app\"\nbinary = \"{}\"\nsymbol = \"no_such_function\"\nmessage_arg = 1\n\n{}",
+            plain.display(),
+            rule("u7-app", "count", "uprobe:app", "")
+        ),
+    );
+    let e = format!("{:#}", agent.reload(rules.path()).unwrap_err());
+    assert_eq!(
+        e,
+        format!(
+            "{}:4:10: probe \"app\": no function \"no_such_function\" in {} (neither in its \
+             dynamic nor its static symbol table)",
+            file.display(),
+            plain.display()
+        )
+    );
+    rules.write(
+        "60-bad.toml",
+        &format!(
+            "[[probe]]\nname = \"app\"\nbinary = \"/no/such/binary\"\nsymbol = \"f\"\nmessage_arg = 1\n\n{}",
+            rule("u7-app", "count", "uprobe:app", "")
+        ),
+    );
+    let e = format!("{:#}", agent.reload(rules.path()).unwrap_err());
+    assert!(
+        e.starts_with(&format!(
+            "{}:3:10: probe \"app\": binary /no/such/binary: ",
+            file.display()
+        )),
+        "{e}"
+    );
+    rules.write(
+        "60-bad.toml",
+        &format!(
+            "[[probe]]\nname = \"lib\"\nbinary = \"libno-such-lib\"\nsymbol = \"f\"\nmessage_arg = 1\n\n{}",
+            rule("u7-app", "count", "uprobe:lib", "")
+        ),
+    );
+    let e = format!("{:#}", agent.reload(rules.path()).unwrap_err());
+    assert!(
+        e.starts_with(&format!(
+            "{}:3:10: probe \"lib\": no library \"libno-such-lib\" in the ld.so cache",
+            file.display()
+        )),
+        "{e}"
+    );
+    let after = stats_of(&agent);
+    assert_eq!(after.generation, before.generation);
+    assert_eq!(after.uprobes.attached, 4);
+    assert!(after.rule("u7-app").is_none());
+
+    // At start, too: nothing is attached.
+    let bad = TempRules::new();
+    bad.write(
+        "60-bad.toml",
+        &format!(
+            "[[probe]]\nname = \"app\"\nbinary = \"{}\"\nsymbol = \"no_such_function\"\nmessage_arg = 1\n\n{}",
+            plain.display(),
+            rule("u7-app", "count", "uprobe:app", "")
+        ),
+    );
+    let (_hold, port) = reserve_port();
+    let e = match Agent::start(agent_config(&bad, &[port])) {
+        Ok(_) => panic!("the agent started with a probe that cannot attach"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        e.contains("probe \"app\": no function \"no_such_function\""),
+        "{e}"
+    );
+}
+
+/// The start-up check: a uprobe program that writes registers does not load on this kernel.
+#[test]
+fn drop_support_is_detected_as_unsupported_on_this_kernel() {
+    if !kernel_or_skip("drop_support_is_detected_as_unsupported_on_this_kernel") {
+        return;
+    }
+    let rules = TempRules::new();
+    let (agent, _port) = agent(&rules, None);
+    let support = agent.uprobe_drop_support();
+    assert!(!support.supported, "{support:?}");
+    assert!(
+        support.detail.contains("invalid bpf_context access"),
+        "{support:?}"
+    );
+    assert!(!stats_of(&agent).uprobes.drop_supported);
+}
+
+/// `drop` on a uprobe hook is refused with the kernel's reason, never made a count: by `run`
+/// at start, by `push`, and by a reload; `capture` without a capture endpoint likewise.
+#[test]
+fn drop_on_a_uprobe_hook_is_refused_with_the_reason() {
+    if !kernel_or_skip("drop_on_a_uprobe_hook_is_refused_with_the_reason") {
+        return;
+    }
+    let drop_rules = format!(
+        "{SYSLOG_PROBE}{}",
+        rule("u8-drop", "drop", "uprobe:syslog", "severity = \"DEBUG\"")
+    );
+    let refusal = |file: &Path| {
+        format!(
+            "{}:7:10: rule \"u8-drop\": drop on hook \"uprobe:syslog\" is refused: {NO_SKIP}",
+            file.display()
+        )
+    };
+
+    // In process: start and reload.
+    let rules = TempRules::new();
+    let file = rules.write("50-drop.toml", &drop_rules);
+    let (_hold, port) = reserve_port();
+    let e = match Agent::start(agent_config(&rules, &[port])) {
+        Ok(_) => panic!("started with a drop rule on a uprobe hook"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert_eq!(e, refusal(&file));
+    let empty = TempRules::new();
+    let (mut agent, _port) = agent(&empty, None);
+    let file = empty.write("50-drop.toml", &drop_rules);
+    let e = format!("{:#}", agent.reload(empty.path()).unwrap_err());
+    assert_eq!(e, refusal(&file));
+    // Capture with nowhere to send to.
+    let file = empty.write(
+        "50-drop.toml",
+        &format!(
+            "{SYSLOG_PROBE}{}",
+            rule("u8-cap", "capture", "uprobe:syslog", "")
+        ),
+    );
+    let e = format!("{:#}", agent.reload(empty.path()).unwrap_err());
+    assert!(
+        e.starts_with(&format!(
+            "{}:7:10: rule \"u8-cap\": capture on hook \"uprobe:syslog\" needs somewhere to send",
+            file.display()
+        )),
+        "{e}"
+    );
+    assert_eq!(stats_of(&agent).uprobes.attached, 0);
+
+    // `dt-agent run` refuses to start.
+    let run_dir = TempRules::new();
+    let run_file = run_dir.write("50-drop.toml", &drop_rules);
+    let sock_dir = tempfile::tempdir().unwrap();
+    let config = sock_dir.path().join("agent.toml");
+    std::fs::write(&config, "").unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.args(["run", "--rules"])
+        .arg(run_dir.path())
+        .arg("--socket")
+        .arg(sock_dir.path().join("a.sock"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--no-pin", "--port", &port.to_string()]);
+    let out = dt_agent_cmd(cmd, Duration::from_secs(30), "dt-agent run");
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&refusal(&run_file)),
+        "{}",
+        output_text(&out)
+    );
+
+    // `dt-agent push` refuses the file and writes nothing.
+    let live = TempRules::new();
+    let mut proc = AgentProcess::new("u8push", live.path(), &[port], false);
+    let before = proc.start();
+    let pushed_dir = tempfile::tempdir().unwrap();
+    let pushed = pushed_dir.path().join("50-drop.toml");
+    std::fs::write(&pushed, &drop_rules).unwrap();
+    let out = proc.push(&[&pushed]);
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&refusal(&pushed)), "{}", output_text(&out));
+    assert!(!live.file("50-drop.toml").exists());
+    assert_eq!(proc.stats().generation, before.generation);
+}
+
+/// What a counted uprobe costs per call: the same program, the same filtered syslog calls, once
+/// unprobed and once with a count rule on its calls. Printed, not asserted.
+#[test]
+fn per_call_overhead_of_a_counted_uprobe() {
+    if !kernel_or_skip("per_call_overhead_of_a_counted_uprobe") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bench = build_logcalls(dir.path(), "u9bench", false, None);
+    let n = 500_000u64;
+    let ns = |out: String| -> f64 {
+        out.lines()
+            .find_map(|l| l.strip_prefix("ns_per_call "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no ns_per_call in {out:?}"))
+    };
+    let unprobed = ns(run(&bench, &["bench", &n.to_string()]));
+    let rules = TempRules::new();
+    rules.write(
+        "50-bench.toml",
+        &format!(
+            "{SYSLOG_PROBE}{}",
+            rule(
+                "u9-count",
+                "count",
+                "uprobe:syslog",
+                "service = \"u9bench\""
+            )
+        ),
+    );
+    let (agent, _port) = agent(&rules, None);
+    let probed = ns(run(&bench, &["bench", &n.to_string()]));
+    let matched = stats_of(&agent).rule("u9-count").unwrap().matched;
+    // The warm-up calls count too.
+    assert_eq!(matched, n + n / 10);
+    println!(
+        "uprobe overhead: syslog() filtered by the log mask: {unprobed:.0} ns/call unprobed, \
+         {probed:.0} ns/call with a counting uprobe: +{:.0} ns per call ({n} calls)",
+        probed - unprobed
+    );
+}
