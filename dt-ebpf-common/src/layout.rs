@@ -268,13 +268,14 @@ pub enum Passthrough {
     Generation = 11,
     EditLimit = 12,
     BadHttp = 13,
+    NoRules = 14,
 }
 
 pub const N_PASSTHROUGH: usize = 16;
 
 impl Passthrough {
     /// Every reason, in index order, with the key used in `stats --json`.
-    pub const ALL: [(Passthrough, &'static str); 14] = [
+    pub const ALL: [(Passthrough, &'static str); 15] = [
         (Passthrough::Compressed, "compressed"),
         (Passthrough::Json, "json"),
         (Passthrough::Chunked, "chunked"),
@@ -289,6 +290,7 @@ impl Passthrough {
         (Passthrough::Generation, "generation"),
         (Passthrough::EditLimit, "edit_limit"),
         (Passthrough::BadHttp, "bad_http"),
+        (Passthrough::NoRules, "no_rules"),
     ];
 }
 

@@ -250,6 +250,13 @@ fn fresh(
     if let Some(why) = why {
         return Next::Verdict(pass(totals, why, total));
     }
+    // With an empty rule set there is nothing to evaluate: don't cork or walk.
+    if RULESETS
+        .get(control.active_slot())
+        .is_some_and(|rs| rs.n_rules == 0)
+    {
+        return Next::Verdict(pass(totals, Passthrough::NoRules, total));
+    }
     st.slot = control.active_slot();
     st.generation = control.active_generation();
     st.head_len = h.len;
