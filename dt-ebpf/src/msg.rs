@@ -404,6 +404,11 @@ fn walk_request_inner(msg: *mut sk_msg_md, st: &mut SockState, totals: &mut Tota
     let w = unsafe { &(*st_ptr).walk };
     commit(rs, w, totals);
     let out = total - w.removed - w.head_removed;
+    if w.removed > 0 {
+        // Pops leave the request in many scatterlist pieces, each sent as its own TCP segment;
+        // one linear copy sends it in as few as possible (best effort: on failure it goes as is).
+        unsafe { bpf_msg_pull_data(msg, 0, out, 0) };
+    }
     totals.bytes_in += total as u64;
     totals.bytes_out += out as u64;
     (out, 0)

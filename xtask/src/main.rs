@@ -3,7 +3,9 @@
 //! - `setup`: install what building and testing need (idempotent, fast when done already).
 //! - `run`:   setup, build the agent, and run it on the workspace's `rules/`.
 //! - `test`:  setup, then run every test in the workspace, kernel tests included.
+//! - `bench`: setup, build in release, and run the benchmarks (BENCHMARKS.md).
 
+mod bench;
 mod cmd;
 mod run;
 mod setup;
@@ -56,6 +58,19 @@ enum Task {
         )]
         args: Vec<String>,
     },
+    /// Run setup, build dt-agent and dt-bench (release), and run every benchmark scenario
+    /// (needs root). The report goes to stdout, the raw figures to target/bench/results.json.
+    ///
+    /// ARGS go to `dt-bench run`, e.g. `cargo xtask bench -- --rounds 5 --duration 2`.
+    Bench {
+        /// Extra arguments for `dt-bench run` (after `--`).
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<String>,
+    },
 }
 
 fn main() {
@@ -71,6 +86,7 @@ fn real_main() -> Result<()> {
         Task::Setup => setup::setup(),
         Task::Run { args } => run::run(&args),
         Task::Test { args } => test::test(&args),
+        Task::Bench { args } => bench::bench(&args),
     }
 }
 
