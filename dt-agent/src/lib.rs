@@ -6,6 +6,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod metrics;
+mod otlp_http;
 pub mod probes;
 pub mod rules;
 pub mod stats;

@@ -34,7 +34,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
@@ -393,7 +393,7 @@ impl Probes {
                 let uri: hyper::Uri = url
                     .parse()
                     .with_context(|| format!("capture_endpoint {url:?}"))?;
-                target(&uri)?;
+                crate::otlp_http::target(&uri, "capture endpoint")?;
                 let ring = RingBuf::try_from(
                     ebpf.take_map("PROBE_EVENTS")
                         .ok_or_else(|| anyhow!("map PROBE_EVENTS missing"))?,
@@ -861,7 +861,6 @@ const POST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on each of the last posts while the agent stops.
 const FINAL_POST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most of a collector's answer that is read.
-const MAX_RESPONSE: usize = 64 * 1024;
 
 #[derive(Default)]
 struct ExportCounters {
@@ -1172,85 +1171,11 @@ pub fn logs_request(
     }
 }
 
-/// (host to connect to, port, authority for `Host:`, path and query) of an `http://` URI.
-fn target(endpoint: &hyper::Uri) -> anyhow::Result<(String, u16, String, String)> {
-    if endpoint.scheme_str() != Some("http") {
-        bail!("capture endpoint {endpoint}: only http:// URLs are supported");
-    }
-    let authority = endpoint
-        .authority()
-        .ok_or_else(|| anyhow!("capture endpoint {endpoint} has no host"))?;
-    let host = authority.host();
-    if host.is_empty() {
-        bail!("capture endpoint {endpoint} has no host");
-    }
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host)
-        .to_string();
-    let port = authority.port_u16().unwrap_or(80);
-    let path = endpoint
-        .path_and_query()
-        .map(|p| p.as_str())
-        .filter(|p| !p.is_empty())
-        .unwrap_or("/")
-        .to_string();
-    Ok((host, port, authority.as_str().to_string(), path))
-}
-
 /// Posts one protobuf body on a fresh connection; errors unless the answer is 2xx.
 async fn post(endpoint: &hyper::Uri, body: Vec<u8>) -> anyhow::Result<()> {
-    use bytes::Bytes;
-    use http_body_util::{BodyExt, Full, Limited};
-    use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, USER_AGENT};
-    use hyper_util::rt::TokioIo;
-
-    let (host, port, authority, path) = target(endpoint)?;
-    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+    crate::otlp_http::post_protobuf(endpoint, body, "capture endpoint")
         .await
-        .with_context(|| format!("connecting to {authority}"))?;
-    let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .with_context(|| format!("HTTP handshake with {authority}"))?;
-    let conn = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let len = body.len();
-    let req = hyper::Request::post(path)
-        .header(HOST, authority.as_str())
-        .header(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/x-protobuf"),
-        )
-        .header(CONTENT_LENGTH, len)
-        .header(
-            USER_AGENT,
-            HeaderValue::from_static(concat!("dt-agent/", env!("CARGO_PKG_VERSION"))),
-        )
-        .body(Full::new(Bytes::from(body)))
-        .context("building the request")?;
-    let result = async {
-        let resp = sender
-            .send_request(req)
-            .await
-            .with_context(|| format!("POST {endpoint}"))?;
-        let status = resp.status();
-        let answer = Limited::new(resp.into_body(), MAX_RESPONSE)
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .map_err(|e| anyhow!("reading the answer of {endpoint}: {e}"))?;
-        if !status.is_success() {
-            let text = String::from_utf8_lossy(&answer[..answer.len().min(300)]).into_owned();
-            bail!("POST {endpoint}: {status}: {text:?}");
-        }
-        Ok(())
-    }
-    .await;
-    conn.abort();
-    result
+        .map(|_| ())
 }
 
 #[cfg(test)]

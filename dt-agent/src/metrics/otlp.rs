@@ -3,12 +3,8 @@
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context as _, anyhow, bail};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use anyhow::{Context as _, bail};
 use hyper::Uri;
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, USER_AGENT};
-use hyper_util::rt::TokioIo;
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
@@ -26,7 +22,8 @@ use crate::stats::Stats;
 /// Bound on one push: connecting, sending, and reading the answer.
 pub const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most of a collector's answer that is read.
-const MAX_RESPONSE: usize = 64 * 1024;
+/// What the endpoint is called in errors.
+const WHAT: &str = "OTLP metrics endpoint";
 
 /// The counters as one OTLP export request: one ResourceMetrics (`service.name` = `dt-agent`,
 /// `service.version`, `host.name`), one ScopeMetrics (scope `dt`), and every family of the
@@ -137,43 +134,7 @@ fn unix_nanos_now() -> u64 {
 /// with a host. `https` is not supported (push to a collector on this host or a trusted
 /// network, or through a local collector). Call it at startup to refuse a bad endpoint early.
 pub fn check_otlp_endpoint(endpoint: &Uri) -> anyhow::Result<()> {
-    target(endpoint).map(|_| ())
-}
-
-/// (host to connect to, port, authority for `Host:`, path and query).
-fn target(endpoint: &Uri) -> anyhow::Result<(String, u16, String, String)> {
-    match endpoint.scheme_str() {
-        Some("http") => {}
-        Some("https") => bail!(
-            "OTLP metrics endpoint {endpoint}: https is not supported, use http:// (to a collector on this host or a trusted network)"
-        ),
-        Some(other) => {
-            bail!("OTLP metrics endpoint {endpoint}: unsupported scheme {other}, use http://")
-        }
-        None => bail!(
-            "OTLP metrics endpoint {endpoint} must be an absolute http:// URI, such as http://127.0.0.1:4318/v1/metrics"
-        ),
-    }
-    let authority = endpoint
-        .authority()
-        .ok_or_else(|| anyhow!("OTLP metrics endpoint {endpoint} has no host"))?;
-    let host = authority.host();
-    if host.is_empty() {
-        bail!("OTLP metrics endpoint {endpoint} has no host");
-    }
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host)
-        .to_string();
-    let port = authority.port_u16().unwrap_or(80);
-    let path = endpoint
-        .path_and_query()
-        .map(|p| p.as_str())
-        .filter(|p| !p.is_empty())
-        .unwrap_or("/")
-        .to_string();
-    Ok((host, port, authority.as_str().to_string(), path))
+    crate::otlp_http::target(endpoint, WHAT).map(|_| ())
 }
 
 /// Reads `source` once and posts [`otlp_request`] (start `start_unix_nanos`, now) to `endpoint`
@@ -193,65 +154,11 @@ pub async fn push_once(
     }
 }
 
-/// Aborts the connection task when the push is done or abandoned (timeout).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 async fn post(endpoint: &Uri, body: Vec<u8>) -> anyhow::Result<()> {
-    let (host, port, authority, path) = target(endpoint)?;
-    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
-        .await
-        .with_context(|| format!("connecting to {authority}"))?;
-    let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .with_context(|| format!("HTTP handshake with {authority}"))?;
-    let _conn = AbortOnDrop(tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            log::debug!("OTLP metrics connection: {e}");
-        }
-    }));
-    let len = body.len();
-    let req = hyper::Request::post(path)
-        .header(HOST, authority.as_str())
-        .header(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/x-protobuf"),
-        )
-        .header(CONTENT_LENGTH, len)
-        .header(
-            USER_AGENT,
-            HeaderValue::from_static(concat!("dt-agent/", env!("CARGO_PKG_VERSION"))),
-        )
-        .body(Full::new(Bytes::from(body)))
-        .context("building the request")?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .with_context(|| format!("POST {endpoint}"))?;
-    let status = resp.status();
-    let is_protobuf = resp
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-protobuf"));
-    let answer = Limited::new(resp.into_body(), MAX_RESPONSE)
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .map_err(|e| anyhow!("reading the answer of {endpoint}: {e}"))?;
-    if !status.is_success() {
-        let text = String::from_utf8_lossy(&answer[..answer.len().min(300)]).into_owned();
-        bail!("POST {endpoint}: {status}: {text:?}");
-    }
-    if is_protobuf
-        && !answer.is_empty()
-        && let Ok(r) = ExportMetricsServiceResponse::decode(answer.as_ref())
+    let answer = crate::otlp_http::post_protobuf(endpoint, body, WHAT).await?;
+    if answer.protobuf
+        && !answer.body.is_empty()
+        && let Ok(r) = ExportMetricsServiceResponse::decode(answer.body.as_ref())
         && let Some(p) = r.partial_success
         && p.rejected_data_points > 0
     {
@@ -313,6 +220,11 @@ mod tests {
 
     use super::*;
     use crate::metrics::testdata;
+    use anyhow::anyhow;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper::header::{CONTENT_TYPE, HeaderValue};
+    use hyper_util::rt::TokioIo;
 
     fn attrs(kvs: &[KeyValue]) -> BTreeMap<String, String> {
         kvs.iter()
@@ -493,7 +405,7 @@ mod tests {
 
     #[test]
     fn endpoints() {
-        let t = |s: &str| target(&s.parse::<Uri>().unwrap());
+        let t = |s: &str| crate::otlp_http::target(&s.parse::<Uri>().unwrap(), WHAT);
         assert_eq!(
             t("http://127.0.0.1:4318/v1/metrics").unwrap(),
             (

@@ -1,0 +1,122 @@
+//! Posting OTLP/HTTP protobuf bodies to a collector, for the metrics push and the uprobe
+//! capture export: plain `http://`, one fresh HTTP/1.1 connection a post.
+
+use anyhow::{Context as _, anyhow, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{
+    Uri,
+    header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, USER_AGENT},
+};
+use hyper_util::rt::TokioIo;
+
+/// The most of a collector's answer that is read.
+pub(crate) const MAX_RESPONSE: usize = 64 * 1024;
+
+/// (host to connect to, port, authority for `Host:`, path and query) of an `http://` URI;
+/// `what` names the setting in errors ("OTLP metrics endpoint").
+pub(crate) fn target(endpoint: &Uri, what: &str) -> anyhow::Result<(String, u16, String, String)> {
+    match endpoint.scheme_str() {
+        Some("http") => {}
+        Some("https") => bail!(
+            "{what} {endpoint}: https is not supported, use http:// (to a collector on this host or a trusted network)"
+        ),
+        Some(other) => bail!("{what} {endpoint}: unsupported scheme {other}, use http://"),
+        None => bail!(
+            "{what} {endpoint} must be an absolute http:// URI, such as http://127.0.0.1:4318/v1/metrics"
+        ),
+    }
+    let authority = endpoint
+        .authority()
+        .ok_or_else(|| anyhow!("{what} {endpoint} has no host"))?;
+    let host = authority.host();
+    if host.is_empty() {
+        bail!("{what} {endpoint} has no host");
+    }
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+        .to_string();
+    let port = authority.port_u16().unwrap_or(80);
+    let path = endpoint
+        .path_and_query()
+        .map(|p| p.as_str())
+        .filter(|p| !p.is_empty())
+        .unwrap_or("/")
+        .to_string();
+    Ok((host, port, authority.as_str().to_string(), path))
+}
+
+/// A collector's 2xx answer.
+pub(crate) struct Answer {
+    /// Whether it says it is protobuf (then it may carry a partial-success report).
+    pub protobuf: bool,
+    pub body: Bytes,
+}
+
+/// Posts one protobuf body on a fresh connection; errors unless the answer is 2xx.
+pub(crate) async fn post_protobuf(
+    endpoint: &Uri,
+    body: Vec<u8>,
+    what: &str,
+) -> anyhow::Result<Answer> {
+    let (host, port, authority, path) = target(endpoint, what)?;
+    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .with_context(|| format!("connecting to {authority}"))?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .with_context(|| format!("HTTP handshake with {authority}"))?;
+    // The connection task goes when the post is done or abandoned (a caller's timeout).
+    let label = what.to_string();
+    let _conn = AbortOnDrop(tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            log::debug!("{label} connection: {e}");
+        }
+    }));
+    let len = body.len();
+    let req = hyper::Request::post(path)
+        .header(HOST, authority.as_str())
+        .header(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-protobuf"),
+        )
+        .header(CONTENT_LENGTH, len)
+        .header(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("dt-agent/", env!("CARGO_PKG_VERSION"))),
+        )
+        .body(Full::new(Bytes::from(body)))
+        .context("building the request")?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .with_context(|| format!("POST {endpoint}"))?;
+    let status = resp.status();
+    let protobuf = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-protobuf"));
+    let body = Limited::new(resp.into_body(), MAX_RESPONSE)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(|e| anyhow!("reading the answer of {endpoint}: {e}"))?;
+    if !status.is_success() {
+        let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+        bail!("POST {endpoint}: {status}: {text:?}");
+    }
+    Ok(Answer { protobuf, body })
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
