@@ -43,8 +43,9 @@ use crate::{
 
 static EBPF_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dt"));
 
-/// Every map of the object, all pinned in pinned mode (the uprobe hook's are last).
-const MAPS: [&str; 19] = [
+/// Every map of the socket hook, all pinned in pinned mode; the uprobe
+/// hook's are `probes::MAPS` (see `all_maps`).
+const MAPS: [&str; 12] = [
     "CONTROL",
     "PORTS",
     "SOCKS",
@@ -57,15 +58,12 @@ const MAPS: [&str; 19] = [
     "TOTALS",
     "NAMES",
     "SOCK_STATE",
-    // uprobe hook: probes::MAPS
-    "PROBE_RULES",
-    "PROBE_ENTRIES",
-    "PROBE_COMMS",
-    "PROBE_TAILS",
-    "PROBE_SCRATCH",
-    "PROBE_EVENTS",
-    "PROBE_TOTALS",
 ];
+
+/// Every map of the object: the socket hook's, then the uprobe hook's.
+fn all_maps() -> impl Iterator<Item = &'static str> {
+    MAPS.into_iter().chain(probes::MAPS)
+}
 /// The pinned sock_ops cgroup link.
 const SOCKOPS_LINK: &str = "sockops_link";
 /// Where pins go unless configured otherwise.
@@ -191,7 +189,7 @@ impl Agent {
                 ensure_bpffs(cfg.pin_root.as_deref().unwrap())?;
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("creating the pin directory {}", dir.display()))?;
-                MAPS.iter().map(|m| (*m, dir.join(m))).collect()
+                all_maps().map(|m| (m, dir.join(m))).collect()
             }
             None => Vec::new(),
         };
@@ -681,7 +679,7 @@ fn read_names(dir: &Path) -> anyhow::Result<(SlotTable, BTreeMap<u16, KnownRule>
 }
 
 fn remove_pins(dir: &Path) -> anyhow::Result<()> {
-    for name in MAPS.iter().chain(std::iter::once(&SOCKOPS_LINK)) {
+    for name in all_maps().chain([SOCKOPS_LINK]) {
         let path = dir.join(name);
         match std::fs::remove_file(&path) {
             Ok(()) => {}
