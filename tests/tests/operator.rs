@@ -1105,8 +1105,22 @@ fn operator_non_root_peer_is_refused() {
     let s0 = agent.stats();
     let info0 = agent.rules();
     let dir0 = snapshot(rules.path());
+    // The binary may sit under a directory nobody cannot enter (a `mktemp -d` clone is
+    // 0700), so nobody runs a copy from a world-readable directory.
+    let bin_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let nobody_bin = bin_dir.path().join("dt-agent");
+    std::fs::copy(dt_tests::agent_process::bin(), &nobody_bin).unwrap();
+    std::fs::set_permissions(&nobody_bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let as_nobody = |verb: &str, args: &[&str]| {
-        let mut cmd = agent.verb_command(verb, args);
+        let root_cmd = agent.verb_command(verb, args);
+        let mut cmd = std::process::Command::new(&nobody_bin);
+        cmd.args(root_cmd.get_args());
+        for (k, v) in root_cmd.get_envs() {
+            if let Some(v) = v {
+                cmd.env(k, v);
+            }
+        }
         cmd.uid(NOBODY).gid(NOBODY);
         dt_agent_cmd(
             cmd,
