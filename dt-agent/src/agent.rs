@@ -166,6 +166,9 @@ impl Agent {
             );
         }
         let pins = cfg.pin_root.as_deref().map(pin_dir);
+        if let Some(root) = cfg.pin_root.as_deref() {
+            refuse_other_layouts(root)?;
+        }
         let adopting = pins.as_deref().is_some_and(|d| d.join("CONTROL").exists());
         let (mut slots, known) = if adopting {
             let dir = pins.as_deref().unwrap();
@@ -635,6 +638,34 @@ fn pinned_map(dir: &Path, name: &str, kind: fn(MapData) -> Map) -> anyhow::Resul
     let data = MapData::from_pin(&path)
         .with_context(|| format!("opening the pinned map {}", path.display()))?;
     Ok(kind(data))
+}
+
+/// Refuses to start beside the pinned state of another map layout (an older or newer dt-agent
+/// left it): its programs are still attached, and two dt programs on the same connections would
+/// judge every request twice.
+fn refuse_other_layouts(root: &Path) -> anyhow::Result<()> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let other = name
+            .strip_prefix('v')
+            .and_then(|v| v.parse::<u32>().ok())
+            .is_some_and(|v| v != LAYOUT_VERSION);
+        if other && entry.path().join("CONTROL").exists() {
+            bail!(
+                "{} holds the pinned state of dt's map layout {name}, still attached, and this \
+                 agent uses layout v{LAYOUT_VERSION}: uninstall it first with the dt-agent that \
+                 made it (`dt-agent uninstall`), or remove the directory (`rm -r {}`: its \
+                 programs detach, and traffic then flows unfiltered until this agent starts)",
+                entry.path().display(),
+                entry.path().display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn check_pinned_layout(dir: &Path) -> anyhow::Result<()> {

@@ -5,7 +5,7 @@
 //! whenever a map's type, key, value or size changes.
 
 /// Version of everything in this module. Part of the pin path, and stored in [`Control`].
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Rules in one rule set.
 pub const MAX_RULES: usize = 128;
@@ -269,13 +269,14 @@ pub enum Passthrough {
     EditLimit = 12,
     BadHttp = 13,
     NoRules = 14,
+    TooDeep = 15,
 }
 
 pub const N_PASSTHROUGH: usize = 16;
 
 impl Passthrough {
     /// Every reason, in index order, with the key used in `stats --json`.
-    pub const ALL: [(Passthrough, &'static str); 15] = [
+    pub const ALL: [(Passthrough, &'static str); 16] = [
         (Passthrough::Compressed, "compressed"),
         (Passthrough::Json, "json"),
         (Passthrough::Chunked, "chunked"),
@@ -291,6 +292,7 @@ impl Passthrough {
         (Passthrough::EditLimit, "edit_limit"),
         (Passthrough::BadHttp, "bad_http"),
         (Passthrough::NoRules, "no_rules"),
+        (Passthrough::TooDeep, "too_deep"),
     ];
 }
 

@@ -35,12 +35,14 @@ pub trait Env {
     fn lookup(&mut self, key: &StrKey) -> u64;
     /// Aho-Corasick state `state` of the active slot.
     fn ac_row(&mut self, state: u32) -> Option<&AcRow>;
-    /// A sample rule (counter `slot`, keep one in `n`) matched: keep this one? Counted over all
-    /// matches of the rule, on every CPU.
-    fn sample(&mut self, slot: u16, n: u64) -> bool;
+    /// A sample rule (counter `slot`, keep one in `n`) matched `m` times in a request that
+    /// commits: draws the next `m` numbers of the rule's counter (shared by every CPU) at once
+    /// and returns the first modulo `n` (see [`crate::decide::sample_draw`]).
+    fn draw_samples(&mut self, slot: u16, m: u32, n: u64) -> u64;
     /// A rate_limit rule (counter `slot`, `per_second` tokens a second, as many in the bucket)
-    /// matched: is there a token?
-    fn rate_limit(&mut self, slot: u16, per_second: u64) -> bool;
+    /// matched `m` times in a request that commits: takes up to `m` tokens at once and returns
+    /// how many it got (see [`crate::decide::gcra_take`]).
+    fn take_tokens(&mut self, slot: u16, per_second: u64, m: u32) -> u32;
 }
 
 /// How the plan is applied to the message.
@@ -63,8 +65,13 @@ pub const K_SCOPE: u8 = 4;
 pub const K_RECORD: u8 = 5;
 pub const K_KV: u8 = 6;
 pub const K_ANY: u8 = 7;
+pub const K_ISCOPE: u8 = 8;
+pub const K_ARRAY: u8 = 9;
+pub const K_KVLIST: u8 = 10;
+pub const K_ENTITY: u8 = 11;
 
-// Frame roles (for K_KV and K_ANY).
+// Frame roles (for K_KV and K_ANY). R_NONE: only checked (scope attributes, entity refs, the
+// contents of array and kvlist values), nothing read.
 pub const R_NONE: u8 = 0;
 pub const R_RESOURCE_ATTR: u8 = 1;
 pub const R_RECORD_ATTR: u8 = 2;
@@ -99,7 +106,14 @@ pub const MODE_REDACT_BODIES: u32 = 8;
 pub const MASK_CHUNK: u32 = 32;
 
 const NO_FIX: u16 = 0xffff;
-const DEPTH_MASK: u32 = 7;
+/// Frames of the walk: the deepest message nesting it checks is `MAX_DEPTH` (the request is
+/// depth 0, a record attribute's value 5; array and kvlist values nest further). A request
+/// nested deeper passes through ([`Error::TooDeep`]).
+pub const MAX_FRAMES: usize = 32;
+pub const MAX_DEPTH: u32 = MAX_FRAMES as u32 - 1;
+/// Redact-rule matches of candidate records per request.
+pub const MAX_CAND_REDACTS: usize = 1024;
+const DEPTH_MASK: u32 = MAX_FRAMES as u32 - 1;
 /// Body bytes scanned per step.
 pub const SCAN_CHUNK: u32 = 64;
 
@@ -127,17 +141,21 @@ pub struct Frame {
 pub struct Edit {
     pub off: u32,
     pub len: u32,
-    /// Records the edit drops (0 for redactions).
+    /// Records the edit drops (0 for redactions, and for an edit made void by the decisions).
     pub records: u16,
     /// Index of the dropping rule in the rule set.
     pub rule: u8,
-    pub _pad0: u8,
+    /// Non-zero for a candidate: a record matched by a sample or rate_limit rule, dropped or
+    /// kept when the request commits ([`decide_step`]). It is then `1 +` the number of redact
+    /// rules that matched the record, listed in [`Walk::cand_redacts`] from index `fix2`.
+    pub cand: u8,
     /// The length prefixes around a pop: ScopeLogs, ResourceLogs, and for an attribute its
-    /// LogRecord ([`NO_FIX`] for none).
+    /// LogRecord ([`NO_FIX`] for none; for a candidate, `fix2` is as said above).
     pub fix0: u16,
     pub fix1: u16,
     pub fix2: u16,
-    pub _pad: u16,
+    /// A candidate's match number among its rule's matches in this request (from 0).
+    pub ordinal: u16,
 }
 
 /// A byte range of the request.
@@ -181,6 +199,9 @@ pub struct RuleAcc {
     pub kept: u32,
     pub redacted: u32,
     pub dropped_bytes: u64,
+    /// Sample rules: the first number drawn for the request, modulo `keep_one_in`; rate_limit
+    /// rules: the tokens taken. Set when the request commits.
+    pub draw: u64,
 }
 
 /// The whole state of one walk. Large (kept in socket storage in the kernel, never on a BPF
@@ -197,7 +218,7 @@ pub struct Walk {
     /// Content-Length digits in the head.
     pub cl_off: u32,
     pub cl_digits: u32,
-    pub frames: [Frame; 8],
+    pub frames: [Frame; MAX_FRAMES],
 
     // ResourceLogs being walked.
     pub svc_off: u32,
@@ -229,6 +250,9 @@ pub struct Walk {
     pub rec_prefix_len: u32,
     pub rec_len: u32,
     pub rec_fix: u32,
+    /// 1 when the record is a candidate of a sample or rate_limit rule.
+    pub rec_cand: u32,
+    pub _pad2: u32,
     /// The record attribute (KeyValue field) being walked: tag offset and end.
     pub kv_off: u32,
     pub kv_end: u32,
@@ -273,6 +297,18 @@ pub struct Walk {
     pub edit_failures: u32,
     /// Bytes removed from the head (Content-Length digits).
     pub head_removed: u32,
+    /// Decisions at commit ([`decide_step`]): candidates planned, the phase and its cursor, the
+    /// end of the last dropped candidate, the last edit that removes records, the mask pass's
+    /// cursor over the edits.
+    pub n_cands: u32,
+    pub decide_phase: u32,
+    pub decide_pos: u32,
+    pub cut_end: u32,
+    pub last_drop: u32,
+    pub mask_cursor: u32,
+    /// Redact rules (indexes) that matched candidates, to count as `redacted` if they are kept.
+    pub n_cand_redacts: u32,
+    pub cand_redacts: [u8; MAX_CAND_REDACTS],
     pub edits: [Edit; MAX_EDITS],
     /// String bodies to overwrite with '*' (offsets ascend).
     pub masks: [Span; MAX_MASKS],
@@ -317,6 +353,8 @@ impl Walk {
         self.n_edits = 0;
         self.n_masks = 0;
         self.n_fixes = 0;
+        self.n_cands = 0;
+        self.n_cand_redacts = 0;
         self.removed = 0;
         self.edit_failures = 0;
         self.head_removed = 0;
@@ -331,6 +369,7 @@ impl Walk {
                 core::ptr::write_volatile(&mut a.kept, 0);
                 core::ptr::write_volatile(&mut a.redacted, 0);
                 core::ptr::write_volatile(&mut a.dropped_bytes, 0);
+                core::ptr::write_volatile(&mut a.draw, 0);
             }
             i += 1;
         }
@@ -342,11 +381,18 @@ impl Walk {
     }
 
     #[inline(always)]
-    fn push(&mut self, kind: u8, role: u8, start: u32, end: u32, prefix_off: u32, prefix_len: u32) {
+    fn push(
+        &mut self,
+        kind: u8,
+        role: u8,
+        start: u32,
+        end: u32,
+        prefix_off: u32,
+        prefix_len: u32,
+    ) -> Result<(), Error> {
         let d = self.depth + 1;
-        if d > 6 {
-            // Cannot happen: the grammar nests at most six deep.
-            return;
+        if d > MAX_DEPTH {
+            return Err(Error::TooDeep);
         }
         self.depth = d;
         self.frames[(d & DEPTH_MASK) as usize] = Frame {
@@ -361,6 +407,7 @@ impl Walk {
             _pad1: 0,
         };
         self.pos = start;
+        Ok(())
     }
 
     /// Adds a length prefix to rewrite. Fixes are added outermost first and in walk order, so
@@ -430,12 +477,15 @@ pub fn step<S: Source, E: Env>(w: &mut Walk, s: &mut S, env: &mut E) -> Step {
     }
 }
 
-/// Runs a whole walk on the host.
+/// Runs a whole walk on the host, and the decisions of a walk that succeeds.
 pub fn run<S: Source, E: Env>(w: &mut Walk, s: &mut S, env: &mut E) -> Result<(), Error> {
     loop {
         match step(w, s, env) {
             Step::More => {}
-            Step::Done => return Ok(()),
+            Step::Done => {
+                decide(w, env);
+                return Ok(());
+            }
             Step::Failed(e) => return Err(e),
         }
     }
@@ -478,7 +528,8 @@ fn field_step<S: Source>(w: &mut Walk, s: &mut S) -> Result<(), Error> {
     let (tag, n) = varint(s, tag_off, f.end)?;
     let field = tag >> 3;
     let wt = tag & 7;
-    if field == 0 || field > u32::MAX as u64 {
+    // Field numbers are 1..2^29-1.
+    if field == 0 || field >= 1 << 29 {
         return Err(Error::Malformed);
     }
     let at = launder(&mut w.scratch, tag_off + n);
@@ -516,27 +567,45 @@ fn field_step<S: Source>(w: &mut Walk, s: &mut S) -> Result<(), Error> {
             }
             let end = start + len as u32;
             w.pos = end;
-            on_len(w, s, f, field, tag_off, at, m, start, end);
+            on_len(w, s, f, field, tag_off, at, m, start, end)?;
         }
         _ => return Err(Error::Malformed),
     }
     Ok(())
 }
 
-/// The wire type dt expects for a field it reads, or `u64::MAX` for fields it skips.
+/// The wire type of every field the OTLP logs schema defines, or `u64::MAX` for unknown fields
+/// (skipped by their wire type). A known field with another wire type is malformed, as for
+/// prost.
 #[inline(always)]
 fn known_wire_type(kind: u8, field: u64) -> u64 {
     match (kind, field) {
         (K_REQ, 1) => WT_LEN,
+        // ResourceLogs: resource, scope_logs, schema_url.
         (K_RL_SCAN | K_RL, 1..=3) => WT_LEN,
-        (K_RESOURCE, 1) => WT_LEN,
+        // Resource: attributes, dropped_attributes_count, entity_refs.
+        (K_RESOURCE, 1 | 3) => WT_LEN,
+        (K_RESOURCE, 2) => WT_VARINT,
+        // ScopeLogs: scope, log_records, schema_url.
         (K_SCOPE, 1..=3) => WT_LEN,
-        (K_RECORD, 2) => WT_VARINT,
-        (K_RECORD, 5 | 6) => WT_LEN,
+        // InstrumentationScope: name, version, attributes, dropped_attributes_count.
+        (K_ISCOPE, 1..=3) => WT_LEN,
+        (K_ISCOPE, 4) => WT_VARINT,
+        // LogRecord: time_unix_nano, observed_time_unix_nano; severity_number,
+        // dropped_attributes_count; flags; severity_text, body, attributes, trace_id, span_id,
+        // event_name.
+        (K_RECORD, 1 | 11) => WT_I64,
+        (K_RECORD, 2 | 7) => WT_VARINT,
+        (K_RECORD, 8) => WT_I32,
+        (K_RECORD, 3 | 5 | 6 | 9 | 10 | 12) => WT_LEN,
         (K_KV, 1 | 2) => WT_LEN,
         (K_ANY, 1 | 5 | 6 | 7) => WT_LEN,
         (K_ANY, 2 | 3) => WT_VARINT,
         (K_ANY, 4) => WT_I64,
+        // ArrayValue and KeyValueList: values.
+        (K_ARRAY | K_KVLIST, 1) => WT_LEN,
+        // EntityRef: schema_url, type, id_keys, description_keys.
+        (K_ENTITY, 1..=4) => WT_LEN,
         _ => u64::MAX,
     }
 }
@@ -574,7 +643,7 @@ fn set_value(w: &mut Walk, role: u8, kind: u32, off: u32, len: u32) {
                 w.body_overflow = 1;
             }
         }
-    } else {
+    } else if role == R_KV_VALUE {
         w.val_kind = kind;
         w.val_off = off;
         w.val_len = len;
@@ -593,22 +662,25 @@ fn on_len<S: Source>(
     len_len: u32,
     start: u32,
     end: u32,
-) {
+) -> Result<(), Error> {
     match (f.kind, field) {
         (K_REQ, 1) => {
             w.svc_set = 0;
             w.svc_off = 0;
             w.svc_len = 0;
             w.svc_bits = 0;
-            w.push(K_RL_SCAN, R_NONE, start, end, len_off, len_len);
+            w.push(K_RL_SCAN, R_NONE, start, end, len_off, len_len)
         }
         (K_RL_SCAN, 1) => w.push(K_RESOURCE, R_NONE, start, end, len_off, len_len),
         (K_RESOURCE, 1) => {
             w.key_set = 0;
             w.val_kind = V_NONE;
-            w.push(K_KV, R_RESOURCE_ATTR, start, end, len_off, len_len);
+            w.push(K_KV, R_RESOURCE_ATTR, start, end, len_off, len_len)
         }
+        (K_RESOURCE, 3) => w.push(K_ENTITY, R_NONE, start, end, len_off, len_len),
         (K_RL, 2) => w.push(K_SCOPE, R_NONE, start, end, len_off, len_len),
+        (K_SCOPE, 1) => w.push(K_ISCOPE, R_NONE, start, end, len_off, len_len),
+        (K_ISCOPE, 3) | (K_KVLIST, 1) => w.push(K_KV, R_NONE, start, end, len_off, len_len),
         (K_SCOPE, 2) => {
             w.rec_off = tag_off;
             w.rec_end = end;
@@ -617,14 +689,18 @@ fn on_len<S: Source>(
             w.attr_bits = 0;
             w.body_bits = 0;
             w.rec_fix = NO_FIX as u32;
+            w.rec_cand = 0;
             w.n_redact_attrs = 0;
             w.n_bodies = 0;
             w.redact_overflow = 0;
             w.body_overflow = 0;
-            w.push(K_RECORD, R_NONE, start, end, len_off, len_len);
+            w.push(K_RECORD, R_NONE, start, end, len_off, len_len)
         }
         (K_RECORD, 5) => match single_string(w, s, start, end) {
-            Some((off, len)) => set_value(w, R_BODY, V_STRING, off, len),
+            Some((off, len)) => {
+                set_value(w, R_BODY, V_STRING, off, len);
+                Ok(())
+            }
             None => w.push(K_ANY, R_BODY, start, end, len_off, len_len),
         },
         (K_RECORD, 6) => {
@@ -632,20 +708,47 @@ fn on_len<S: Source>(
             w.val_kind = V_NONE;
             w.kv_off = tag_off;
             w.kv_end = end;
-            w.push(K_KV, R_RECORD_ATTR, start, end, len_off, len_len);
+            w.push(K_KV, R_RECORD_ATTR, start, end, len_off, len_len)
         }
         (K_KV, 1) => {
-            w.key_off = start;
-            w.key_len = end - start;
-            w.key_set = 1;
+            if f.role != R_NONE {
+                w.key_off = start;
+                w.key_len = end - start;
+                w.key_set = 1;
+            }
+            Ok(())
         }
-        (K_KV, 2) => match single_string(w, s, start, end) {
-            Some((off, len)) => set_value(w, R_KV_VALUE, V_STRING, off, len),
-            None => w.push(K_ANY, R_KV_VALUE, start, end, len_off, len_len),
+        (K_KV, 2) => {
+            let role = if f.role == R_NONE { R_NONE } else { R_KV_VALUE };
+            match single_string(w, s, start, end) {
+                Some((off, len)) => {
+                    set_value(w, role, V_STRING, off, len);
+                    Ok(())
+                }
+                None => w.push(K_ANY, role, start, end, len_off, len_len),
+            }
+        }
+        (K_ANY, 1) => {
+            set_value(w, f.role, V_STRING, start, end - start);
+            Ok(())
+        }
+        (K_ANY, 5) => {
+            set_value(w, f.role, V_OTHER, 0, 0);
+            w.push(K_ARRAY, R_NONE, start, end, len_off, len_len)
+        }
+        (K_ANY, 6) => {
+            set_value(w, f.role, V_OTHER, 0, 0);
+            w.push(K_KVLIST, R_NONE, start, end, len_off, len_len)
+        }
+        (K_ANY, 7) => {
+            set_value(w, f.role, V_OTHER, 0, 0);
+            Ok(())
+        }
+        (K_ARRAY, 1) => match single_string(w, s, start, end) {
+            Some(_) => Ok(()),
+            None => w.push(K_ANY, R_NONE, start, end, len_off, len_len),
         },
-        (K_ANY, 1) => set_value(w, f.role, V_STRING, start, end - start),
-        (K_ANY, 5..=7) => set_value(w, f.role, V_OTHER, 0, 0),
-        _ => {}
+        _ => Ok(()),
     }
 }
 
@@ -728,7 +831,10 @@ fn end_frame<S: Source, E: Env>(w: &mut Walk, s: &mut S, env: &mut E) -> Result<
                     w.svc_off = w.val_off;
                     w.svc_len = w.val_len;
                 }
-            } else if w.key_set != 0 && w.key_len as usize <= MAX_ATTR_KEY_LEN {
+            } else if f.role == R_RECORD_ATTR
+                && w.key_set != 0
+                && w.key_len as usize <= MAX_ATTR_KEY_LEN
+            {
                 if env.rules().needs & NEED_ATTRS != 0
                     && is_string
                     && w.val_len as usize <= MAX_ATTR_VALUE_LEN
@@ -925,16 +1031,13 @@ fn evaluate<E: Env>(w: &mut Walk, env: &mut E) -> Result<(), Error> {
     // One decision after the loop, not one copy of it per rule.
     let rule = launder(&mut w.scratch, stop_at) as usize;
     if rule < MAX_RULES {
-        let r = &rs.rules[rule];
-        let keep = match r.action {
-            ACTION_SAMPLE => env.sample(r.slot, r.param),
-            ACTION_RATE_LIMIT => env.rate_limit(r.slot, r.param),
-            _ => false,
-        };
-        if !keep {
+        let action = rs.rules[rule].action;
+        if action != ACTION_SAMPLE && action != ACTION_RATE_LIMIT {
             return drop_record(w, rule);
         }
-        w.acc[rule].kept += 1;
+        // Sample and rate_limit decide when the request commits: plan the record as a
+        // candidate, with its redactions in case it is kept.
+        plan_candidate(w, rule)?;
     }
     if w.n_redact_rules > 0 {
         w.mode = MODE_REDACT_ATTRS;
@@ -994,11 +1097,11 @@ fn drop_record(w: &mut Walk, rule: usize) -> Result<(), Error> {
             len,
             records: 1,
             rule: rule as u8,
-            _pad0: 0,
+            cand: 0,
             fix0: scope_fix,
             fix1: rl_fix,
             fix2: NO_FIX,
-            _pad: 0,
+            ordinal: 0,
         })?;
     }
     let a = &mut w.acc[rule % MAX_RULES];
@@ -1009,18 +1112,54 @@ fn drop_record(w: &mut Walk, rule: usize) -> Result<(), Error> {
     Ok(())
 }
 
-/// The kept record just evaluated matched redact rules: count them, and plan the removal of
-/// the attributes they name.
+/// Plans the record just evaluated as a candidate of sample or rate_limit rule `rule`: an edit
+/// that removes it, made void at commit if the decision keeps it.
+#[inline(always)]
+fn plan_candidate(w: &mut Walk, rule: usize) -> Result<(), Error> {
+    let rl_fix = w.fix_of(w.depth - 1)?;
+    let scope_fix = w.fix_of(w.depth)?;
+    let ordinal = w.acc[rule % MAX_RULES].matched - 1;
+    let first = w.n_cand_redacts;
+    let n = w.n_redact_rules;
+    if first as usize + n as usize > MAX_CAND_REDACTS {
+        return Err(Error::EditLimit);
+    }
+    w.add_edit(Edit {
+        off: w.rec_off,
+        len: w.rec_end - w.rec_off,
+        records: 1,
+        rule: rule as u8,
+        cand: 1 + n as u8,
+        fix0: scope_fix,
+        fix1: rl_fix,
+        fix2: first as u16,
+        ordinal: ordinal as u16,
+    })?;
+    w.n_cands += 1;
+    w.rec_cand = 1;
+    Ok(())
+}
+
+/// The kept record just evaluated matched redact rules: count them (for a candidate, note them
+/// to count if it is kept), and plan the removal of the attributes they name.
 #[inline(always)]
 fn redact_attrs_step(w: &mut Walk) -> Result<(), Error> {
     w.mode = MODE_REDACT_BODIES;
+    // SAFETY: a plain load of a field of `w` (volatile: nothing carried in registers from it).
+    let cand = unsafe { core::ptr::read_volatile(&w.rec_cand) } != 0;
     let mut k = 0usize;
     while k < MAX_RECORD_REDACT_RULES {
         if k >= w.n_redact_rules as usize {
             break;
         }
-        let i = w.redact_rules[k] as usize;
-        w.acc[i % MAX_RULES].redacted += 1;
+        let i = w.redact_rules[k];
+        if cand {
+            let c = w.n_cand_redacts as usize;
+            w.cand_redacts[c % MAX_CAND_REDACTS] = i;
+            w.n_cand_redacts = c as u32 + 1;
+        } else {
+            w.acc[i as usize % MAX_RULES].redacted += 1;
+        }
         k += 1;
     }
     let remove = w.redact_remove;
@@ -1057,11 +1196,11 @@ fn redact_attrs_step(w: &mut Walk) -> Result<(), Error> {
                 len: a.len,
                 records: 0,
                 rule: 0,
-                _pad0: 0,
+                cand: 0,
                 fix0: scope_fix,
                 fix1: rl_fix,
                 fix2: rec_fix,
-                _pad: 0,
+                ordinal: 0,
             })?;
         }
         k += 1;
@@ -1093,6 +1232,161 @@ fn redact_bodies_step(w: &mut Walk) -> Result<(), Error> {
         k += 1;
     }
     Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+// Deciding the candidates, once the request is known to commit
+
+const DECIDE_RULES: u32 = 0;
+const DECIDE_EDITS: u32 = 1;
+const DECIDE_MASKS: u32 = 2;
+const DECIDE_DONE: u32 = 3;
+const NO_EDIT: u32 = u32::MAX;
+
+/// Prepares [`decide_step`]. Call it only for a walk that will be applied: the decisions take
+/// sample numbers and tokens that are never given back.
+pub fn decide_start(w: &mut Walk) {
+    w.decide_phase = if w.n_cands == 0 {
+        DECIDE_DONE
+    } else {
+        DECIDE_RULES
+    };
+    w.decide_pos = 0;
+    w.cut_end = 0;
+    w.last_drop = NO_EDIT;
+    w.mask_cursor = 0;
+}
+
+/// One step of the decisions on the candidates: first, per sample or rate_limit rule that
+/// matched, the request's sample numbers or tokens are taken at once; then each candidate is
+/// kept (its edit made void) or dropped (merged with an adjacent removal of the same rule), and
+/// the redactions inside dropped candidates are made void. Returns `false` when done.
+#[inline(always)]
+pub fn decide_step<E: Env>(w: &mut Walk, env: &mut E) -> bool {
+    match w.decide_phase {
+        DECIDE_RULES => decide_rule(w, env),
+        DECIDE_EDITS => decide_edit(w, env),
+        DECIDE_MASKS => decide_mask(w),
+        _ => return false,
+    }
+    true
+}
+
+#[inline(always)]
+fn decide_rule<E: Env>(w: &mut Walk, env: &mut E) {
+    let i = w.decide_pos as usize;
+    let n = env.rules().n_rules as usize;
+    if i >= n || i >= MAX_RULES {
+        w.decide_phase = DECIDE_EDITS;
+        w.decide_pos = 0;
+        return;
+    }
+    w.decide_pos += 1;
+    let r = env.rules().rules[i];
+    let m = w.acc[i].matched;
+    if m == 0 {
+        return;
+    }
+    if r.action == ACTION_SAMPLE {
+        w.acc[i].draw = env.draw_samples(r.slot, m, r.param);
+    } else if r.action == ACTION_RATE_LIMIT {
+        w.acc[i].draw = env.take_tokens(r.slot, r.param, m) as u64;
+    }
+}
+
+#[inline(always)]
+fn decide_edit<E: Env>(w: &mut Walk, env: &mut E) {
+    let k = w.decide_pos as usize;
+    if k >= w.n_edits as usize || k >= MAX_EDITS {
+        w.decide_phase = DECIDE_MASKS;
+        w.decide_pos = 0;
+        return;
+    }
+    w.decide_pos += 1;
+    let e = w.edits[k];
+    if e.cand == 0 {
+        if e.records > 0 {
+            w.last_drop = k as u32;
+        } else if e.off < w.cut_end {
+            // A redaction inside a dropped candidate: nothing to redact.
+            w.edits[k].len = 0;
+        }
+        return;
+    }
+    let rule = e.rule as usize % MAX_RULES;
+    let r = env.rules().rules[rule];
+    let a = w.acc[rule];
+    let keep = if r.action == ACTION_SAMPLE {
+        crate::decide::sample_keeps(a.draw, e.ordinal as u32, r.param)
+    } else {
+        (e.ordinal as u64) < a.draw
+    };
+    w.edits[k].cand = 0;
+    if keep {
+        w.edits[k].len = 0;
+        w.edits[k].records = 0;
+        w.acc[rule].kept += 1;
+        let first = e.fix2 as usize;
+        let mut j = 0usize;
+        while j < MAX_RECORD_REDACT_RULES {
+            if j + 1 >= e.cand as usize {
+                break;
+            }
+            let i = w.cand_redacts[(first + j) % MAX_CAND_REDACTS] as usize;
+            w.acc[i % MAX_RULES].redacted += 1;
+            j += 1;
+        }
+        return;
+    }
+    w.edits[k].fix2 = NO_FIX;
+    w.acc[rule].dropped += 1;
+    w.acc[rule].dropped_bytes += e.len as u64;
+    w.records_dropped += 1;
+    w.bytes_dropped += e.len;
+    w.cut_end = e.off + e.len;
+    let last = w.last_drop;
+    if last != NO_EDIT {
+        let l = &mut w.edits[last as usize % MAX_EDITS];
+        if l.records > 0 && l.off + l.len == e.off && l.rule == e.rule && l.fix0 == e.fix0 {
+            l.len += e.len;
+            l.records += 1;
+            w.edits[k].len = 0;
+            w.edits[k].records = 0;
+            return;
+        }
+    }
+    w.last_drop = k as u32;
+}
+
+/// Makes void the masks inside dropped candidates. Masks and edits both ascend by offset: each
+/// step either moves the cursor over the edits past one that ends before the mask, or decides
+/// one mask.
+#[inline(always)]
+fn decide_mask(w: &mut Walk) {
+    let m = w.decide_pos as usize;
+    if m >= w.n_masks as usize || m >= MAX_MASKS {
+        w.decide_phase = DECIDE_DONE;
+        return;
+    }
+    let mask = w.masks[m % MAX_MASKS];
+    let c = w.mask_cursor as usize;
+    if c < w.n_edits as usize && c < MAX_EDITS {
+        let e = w.edits[c];
+        if e.records == 0 || e.len == 0 || e.off + e.len <= mask.off {
+            w.mask_cursor += 1;
+            return;
+        }
+        if e.off <= mask.off {
+            w.masks[m % MAX_MASKS].len = 0;
+        }
+    }
+    w.decide_pos += 1;
+}
+
+/// Runs all the decisions on the host.
+pub fn decide<E: Env>(w: &mut Walk, env: &mut E) {
+    decide_start(w);
+    while decide_step(w, env) {}
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1161,6 +1455,10 @@ pub fn apply_step<D: Editor>(w: &mut Walk, ed: &mut D) -> bool {
 
 #[inline(always)]
 fn pop_edit<D: Editor>(w: &mut Walk, ed: &mut D, e: Edit) {
+    if e.len == 0 {
+        // Made void by the decisions.
+        return;
+    }
     if ed.pop(e.off, e.len) {
         w.removed += e.len;
         if e.fix0 != NO_FIX {
@@ -1188,6 +1486,12 @@ fn pop_edit<D: Editor>(w: &mut Walk, ed: &mut D, e: Edit) {
 /// Writes the next chunk of the current mask; moves to the next mask when it is complete.
 #[inline(always)]
 fn mask_chunk<D: Editor>(w: &mut Walk, ed: &mut D, span: Span) {
+    if span.len == 0 {
+        // Made void by the decisions.
+        w.apply_done = 0;
+        w.apply_mask -= 1;
+        return;
+    }
     let done = w.apply_done;
     let n = if span.len - done < MASK_CHUNK {
         span.len - done

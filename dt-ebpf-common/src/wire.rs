@@ -80,6 +80,8 @@ pub enum Error {
     Unreadable,
     /// The request needs more edits than the walk can hold.
     EditLimit,
+    /// Messages nest deeper than the walk checks.
+    TooDeep,
 }
 
 /// Reads a varint at `off` that must end before `end`. Returns the value and its length. The

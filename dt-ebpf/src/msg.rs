@@ -27,9 +27,9 @@ use aya_ebpf::{
     programs::SkMsgContext,
 };
 use dt_ebpf_common::{
-    ACTION_RATE_LIMIT, ACTION_SAMPLE, AcRow, Control, MAX_AC_STATES, MAX_EDITS, MAX_FIXES,
-    MAX_HEAD_LEN, MAX_REQUEST_CEILING, MAX_RULES, PHASE_CORKED, PHASE_IDLE, PHASE_UNTRACKED,
-    Passthrough, RuleSet, STR_KEY_BYTES, SockState, StrKey, Totals, WinState,
+    AcRow, Control, MAX_AC_STATES, MAX_EDITS, MAX_FIXES, MAX_HEAD_LEN, MAX_MASKS,
+    MAX_REQUEST_CEILING, MAX_RULES, PHASE_CORKED, PHASE_IDLE, PHASE_UNTRACKED, Passthrough,
+    RuleSet, STR_KEY_BYTES, SockState, StrKey, Totals, WinState, decide,
     http::{self, Feed},
     walk::{self, Editor, Env, Step},
     wire::{Error, Source},
@@ -49,6 +49,8 @@ const HEAD_CHUNK: u32 = 8;
 const WINDOW: u32 = 16384;
 /// Upper bound on walk steps for one request.
 const MAX_STEPS: u32 = 1 << 20;
+/// Upper bound on decision steps: every rule, every edit, and every edit and mask again.
+const DECIDE_STEPS: u32 = (MAX_RULES + 2 * MAX_EDITS + MAX_MASKS) as u32 + 4;
 /// Upper bound on apply steps for one request: every edit and fix, and the masks in chunks.
 const APPLY_STEPS: u32 =
     (MAX_EDITS + MAX_FIXES) as u32 + (MAX_REQUEST_CEILING / walk::MASK_CHUNK) + 2;
@@ -315,9 +317,20 @@ extern "C" fn walk_cb(_i: u64, ctx: *mut c_void) -> i64 {
                 Error::Malformed => -1,
                 Error::Unreadable => -2,
                 Error::EditLimit => -3,
+                Error::TooDeep => -4,
             };
             1
         }
+    }
+}
+
+extern "C" fn decide_cb(_i: u64, ctx: *mut c_void) -> i64 {
+    let c = unsafe { &mut *(ctx as *mut WalkCtx) };
+    let w = unsafe { &mut (*c.src.st).walk };
+    if walk::decide_step(w, &mut c.env) {
+        0
+    } else {
+        1
     }
 }
 
@@ -374,22 +387,35 @@ fn walk_request_inner(msg: *mut sk_msg_md, st: &mut SockState, totals: &mut Tota
         -1 => Some(Passthrough::Malformed),
         -2 => Some(Passthrough::PullFailed),
         -3 => Some(Passthrough::EditLimit),
+        -4 => Some(Passthrough::TooDeep),
         _ => Some(Passthrough::Other),
     };
     if let Some(why) = why {
-        return abandon(totals, why, total, rs, st_ptr);
+        return abandon(totals, why, total);
     }
     // The agent marks a slot with generation 0 before rewriting it: a walk that overlapped a
     // rewrite is thrown away, counters untouched.
     if slot_generation(rs) != generation {
-        return abandon(totals, Passthrough::Generation, total, rs, st_ptr);
+        return abandon(totals, Passthrough::Generation, total);
     }
     if st.walk.n_edits > 0 || st.walk.n_masks > 0 {
         // Make every length prefix and the Content-Length reachable before the first pop, so
         // that once removing starts, every rewrite succeeds.
         let mut src = Window::new(msg, st_ptr, total);
         if !reach_fixes(&mut src) {
-            return abandon(totals, Passthrough::PullFailed, total, rs, st_ptr);
+            return abandon(totals, Passthrough::PullFailed, total);
+        }
+        // From here on the request commits: decide the sample and rate_limit candidates.
+        walk::decide_start(unsafe { &mut (*st_ptr).walk });
+        if unsafe { (*st_ptr).walk.n_cands } > 0 {
+            unsafe {
+                bpf_loop(
+                    DECIDE_STEPS,
+                    decide_cb as *mut c_void,
+                    ptr::from_mut(&mut wc).cast(),
+                    0,
+                );
+            }
         }
         walk::apply_start(unsafe { &mut (*st_ptr).walk });
         unsafe {
@@ -434,83 +460,42 @@ extern "C" fn reach_fix_cb(i: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
-#[repr(C)]
-struct RefundCtx {
-    rs: *const RuleSet,
-    st: *mut SockState,
-}
-
-extern "C" fn refund_cb(i: u64, ctx: *mut c_void) -> i64 {
-    let c = unsafe { &*(ctx as *const RefundCtx) };
-    let (rs, w) = unsafe { (&*c.rs, &(*c.st).walk) };
-    let i = i as usize;
-    let (Some(r), Some(a)) = (rs.rules.get(i), w.acc.get(i)) else {
-        return 1;
-    };
-    match r.action {
-        // Every match of a sample rule drew a number.
-        ACTION_SAMPLE => {
-            if let Some(p) = SAMPLES.get_ptr_mut(r.slot as u32) {
-                atomic_sub(p, a.matched as u64);
-            }
-        }
-        // Every kept match of a rate_limit rule took a token.
-        ACTION_RATE_LIMIT => {
-            if let Some(p) = RATES.get_ptr_mut(r.slot as u32) {
-                atomic_sub(p, a.kept as u64 * rate_interval(r.param));
-            }
-        }
-        _ => {}
-    }
-    0
-}
-
-/// Passes through a request whose walk was abandoned after rules were evaluated: the sample
-/// numbers and rate-limit tokens its records took are given back first, so that a request that
-/// leaves untouched does not shift anyone's one-in-N or use up tokens (counters are untouched
-/// anyway: they are committed only for requests that are edited).
+/// Passes through a request whose walk was abandoned: nothing was taken or counted for it
+/// (sample numbers and tokens are taken only once a request commits, counters after it).
 #[inline(always)]
-fn abandon(
-    totals: &mut Totals,
-    why: Passthrough,
-    total: u32,
-    rs: &RuleSet,
-    st: *mut SockState,
-) -> Verdict {
-    let mut c = RefundCtx { rs, st };
-    let n = rs.n_rules.min(MAX_RULES as u32);
-    unsafe { bpf_loop(n, refund_cb as *mut c_void, ptr::from_mut(&mut c).cast(), 0) };
+fn abandon(totals: &mut Totals, why: Passthrough, total: u32) -> Verdict {
     pass(totals, why, total)
 }
 
-/// Subtracts `v` from a u64 in map memory, atomically, never below zero.
+/// Tries of an atomic update of a shared word before giving up (two CPUs updating the same
+/// rule's word at the same instant make a try fail; every try that fails means another CPU's
+/// succeeded).
+const CAS_TRIES: u32 = 64;
+
+/// Applies `f` to the u64 at `p` atomically (a compare-exchange loop); returns the value it
+/// replaced, or `None` if every try lost a race.
 #[inline(always)]
-fn atomic_sub(p: *mut u64, v: u64) {
-    if v == 0 {
-        return;
-    }
+fn atomic_update(p: *mut u64, f: impl Fn(u64) -> u64) -> Option<u64> {
     let mut tries = 0;
-    while tries < 16 {
+    while tries < CAS_TRIES {
         // SAFETY: an aligned u64 in map memory; an aligned 64-bit load is atomic.
         let old = unsafe { ptr::read_volatile(p) };
-        let new = old.saturating_sub(v);
-        // SAFETY: as above; BPF's atomic compare-exchange.
+        // SAFETY: as above; BPF's atomic compare-exchange. (core's atomic types have no
+        // read-modify-write on the BPF target, and LLVM 22 emits the fetch-add intrinsic without
+        // its fetch flag, so the old value would not come back.)
         let (_, swapped) = unsafe {
             atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
-                p, old, new,
+                p,
+                old,
+                f(old),
             )
         };
         if swapped {
-            return;
+            return Some(old);
         }
         tries += 1;
     }
-}
-
-/// Nanoseconds between two tokens of a rate_limit rule.
-#[inline(always)]
-fn rate_interval(per_second: u64) -> u64 {
-    1_000_000_000 / if per_second == 0 { 1 } else { per_second }
+    None
 }
 
 /// The generation a rule set slot holds now, read from memory every time (the agent changes it
@@ -765,69 +750,29 @@ impl Env for KernelEnv {
     }
 
     #[inline(always)]
-    fn sample(&mut self, slot: u16, n: u64) -> bool {
+    fn draw_samples(&mut self, slot: u16, m: u32, n: u64) -> u64 {
         let Some(p) = SAMPLES.get_ptr_mut(slot as u32) else {
-            return true;
+            return 0;
         };
-        // Take match number k with a compare-exchange. (core's atomic types have no
-        // read-modify-write on the BPF target, and LLVM 22 emits the fetch-add intrinsic
-        // without its fetch flag, so the old value would not come back.)
-        let mut tries = 0;
-        while tries < 16 {
-            // SAFETY: an aligned u64 in map memory; an aligned 64-bit load is atomic.
-            let k = unsafe { ptr::read_volatile(p) };
-            // SAFETY: as above; BPF's atomic compare-exchange.
-            let (_, swapped) = unsafe {
-                atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
-                    p,
-                    k,
-                    k + 1,
-                )
-            };
-            if swapped {
-                return n <= 1 || k % n == 0;
-            }
-            tries += 1;
+        match atomic_update(p, |k| decide::sample_draw(k, m, n).0) {
+            Some(k) => decide::sample_draw(k, m, n).1,
+            // Lost every race against other CPUs drawing for the same rule (never seen): keep
+            // the first match of the request.
+            None => 0,
         }
-        // Lost every race against other CPUs counting the same rule: not this one.
-        false
     }
 
     #[inline(always)]
-    fn rate_limit(&mut self, slot: u16, per_second: u64) -> bool {
+    fn take_tokens(&mut self, slot: u16, per_second: u64, m: u32) -> u32 {
         let Some(p) = RATES.get_ptr_mut(slot as u32) else {
-            return true;
+            return m;
         };
-        // GCRA, the token bucket as one word: each kept event pushes the theoretical arrival
-        // time (TAT) one interval on; an event is kept if that leaves TAT at most
-        // (per_second - 1) intervals ahead of now, i.e. if a token is left.
         let now = unsafe { bpf_ktime_get_ns() };
-        let interval = rate_interval(per_second);
-        let burst = interval * (per_second.saturating_sub(1));
-        let mut tries = 0;
-        while tries < 4 {
-            // SAFETY: an aligned u64 in map memory; an aligned 64-bit load is atomic (BPF has no
-            // separate relaxed atomic load before ISA v4).
-            let old = unsafe { ptr::read_volatile(p) };
-            let base = if old > now { old } else { now };
-            if base - now > burst {
-                return false;
-            }
-            // SAFETY: as above; BPF's atomic compare-exchange.
-            let (_, swapped) = unsafe {
-                atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
-                    p,
-                    old,
-                    base + interval,
-                )
-            };
-            if swapped {
-                return true;
-            }
-            tries += 1;
+        match atomic_update(p, |tat| decide::gcra_take(tat, now, per_second, m).0) {
+            Some(tat) => decide::gcra_take(tat, now, per_second, m).1,
+            // Lost every race: others are taking tokens right now; this request finds none.
+            None => 0,
         }
-        // Lost every race: others are taking tokens right now; this one finds none.
-        false
     }
 
     #[inline(always)]

@@ -36,6 +36,7 @@ pub mod http;
 pub mod kernel;
 pub mod model;
 pub mod net;
+pub mod oracle;
 pub mod otlp;
 pub mod proptest_gen;
 pub mod python;

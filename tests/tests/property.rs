@@ -911,3 +911,88 @@ fn sample_sequence_ignores_malformed_requests() {
          took turns of the one-in-2 sequence"
     );
 }
+
+/// Issue 9: sample is exact under concurrency. Three connections send valid requests of INFO
+/// records through a `keep_one_in = 3` rule while three others send malformed requests that
+/// begin with INFO records (evaluated, then abandoned at a truncated ResourceLogs). Abandoned
+/// walks take no sample numbers, so over every CPU the kept count is exactly ⌈matched/3⌉ and
+/// the receiver gets exactly the kept records.
+#[test]
+fn sample_is_exact_with_concurrent_abandoned_walks() {
+    if !kernel_or_skip("sample_is_exact_with_concurrent_abandoned_walks") {
+        return;
+    }
+    let rules = TempRules::with_files(&[(
+        "r.toml",
+        "[[rule]]\nname = \"s\"\naction = \"sample\"\nkeep_one_in = 3\n[rule.match]\nseverity = \"INFO\"\n",
+    )]);
+    let receiver = Receiver::start_v4();
+    let agent = start_agent(&rules, &[receiver.port()]);
+    // A ScopeLogs of `n` INFO records, in one ResourceLogs.
+    let records = |n: usize| -> Vec<u8> {
+        let rec = [0x12u8, 0x02, 0x10, 0x09];
+        let scope: Vec<u8> = rec.iter().copied().cycle().take(rec.len() * n).collect();
+        let mut rl = vec![0x12];
+        prost::encoding::encode_varint(scope.len() as u64, &mut rl);
+        rl.extend_from_slice(&scope);
+        rl
+    };
+    let resource_logs = |inner: &[u8]| -> Vec<u8> {
+        let mut out = vec![0x0a];
+        prost::encoding::encode_varint(inner.len() as u64, &mut out);
+        out.extend_from_slice(inner);
+        out
+    };
+    const SENDS: usize = 150;
+    let good_sizes = [7usize, 11, 13];
+    let good_counts: Vec<usize> = good_sizes.iter().map(|n| n * SENDS).collect();
+    let threads: Vec<_> = (0..6)
+        .map(|t| {
+            let addr = receiver.addr();
+            let good = t < 3;
+            let body = if good {
+                resource_logs(&records(good_sizes[t]))
+            } else {
+                // INFO records, then a second ResourceLogs whose length runs past the end.
+                let mut b = resource_logs(&records(17));
+                b.extend_from_slice(&[0x0a, 0x7f, 0x12]);
+                b
+            };
+            std::thread::spawn(move || {
+                let mut client = RawClient::connect(addr);
+                for _ in 0..SENDS {
+                    let req = dt_tests::HttpRequestBuilder::logs(body.clone()).build();
+                    client.roundtrip(&req, &dt_tests::Split::Whole);
+                }
+                client.finish();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("sender thread");
+    }
+    let got = receiver.wait_for(6 * SENDS, WAIT);
+    let stats = stats_of(&agent);
+    let s = stats.rule("s").expect("rule s listed");
+    let matched: u64 = good_counts.iter().sum::<usize>() as u64;
+    let arrived: usize = got
+        .iter()
+        .filter(|r| r.body.last() != Some(&0x12))
+        .map(|r| r.records().len())
+        .sum();
+    assert_eq!(
+        stats.totals.passthrough.get("malformed"),
+        Some(&(3 * SENDS as u64)),
+        "the malformed requests pass through"
+    );
+    assert_eq!(
+        (s.matched, s.kept, s.dropped, arrived as u64),
+        (
+            matched,
+            matched.div_ceil(3),
+            matched - matched.div_ceil(3),
+            matched.div_ceil(3)
+        ),
+        "sample rule s (matched, kept, dropped) and records that arrived"
+    );
+}

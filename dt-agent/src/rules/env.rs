@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 
-use dt_ebpf_common::walk::Env;
 use dt_ebpf_common::{AcRow, RuleSet, STR_KEY_BYTES, StrKey};
+use dt_ebpf_common::{decide, walk::Env};
 
 use super::compile::Compiled;
 
@@ -17,8 +17,8 @@ fn key_id(key: &StrKey) -> KeyId {
 /// A [`walk::Env`](Env) over a [`Compiled`] rule set, as rule set slot 0: the host-side
 /// stand-in for the kernel's `RULESETS`, `STRINGS`, `AC`, `SAMPLES` and `RATES` maps.
 ///
-/// Sampling is deterministic (match k of a rule is kept when k % N == 0, as in the kernel).
-/// Rate limiting uses the same GCRA as the kernel, on the host's monotonic clock.
+/// Sampling and rate limiting are the kernel's decisions ([`decide`]): match k of a sample rule
+/// is kept when k % N == 0; the GCRA runs on the host's monotonic clock.
 pub struct HostEnv<'a> {
     compiled: &'a Compiled,
     strings: HashMap<KeyId, u64>,
@@ -61,23 +61,18 @@ impl Env for HostEnv<'_> {
         self.compiled.ac.get(usize::try_from(state).ok()?)
     }
 
-    fn sample(&mut self, slot: u16, n: u64) -> bool {
+    fn draw_samples(&mut self, slot: u16, m: u32, n: u64) -> u64 {
         let k = self.samples.entry(slot).or_insert(0);
-        let keep = n <= 1 || (*k).is_multiple_of(n);
-        *k += 1;
-        keep
+        let (next, base) = decide::sample_draw(*k, m, n);
+        *k = next;
+        base
     }
 
-    fn rate_limit(&mut self, slot: u16, per_second: u64) -> bool {
+    fn take_tokens(&mut self, slot: u16, per_second: u64, m: u32) -> u32 {
         let now = self.epoch.elapsed().as_nanos() as u64 + 1;
-        let interval = 1_000_000_000 / per_second.max(1);
-        let burst = interval * per_second.saturating_sub(1);
         let tat = self.rates.entry(slot).or_insert(0);
-        let base = (*tat).max(now);
-        if base - now > burst {
-            return false;
-        }
-        *tat = base + interval;
-        true
+        let (next, granted) = decide::gcra_take(*tat, now, per_second, m);
+        *tat = next;
+        granted
     }
 }
