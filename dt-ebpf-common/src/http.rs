@@ -29,6 +29,18 @@ const VALUES: [&[u8]; 4] = [
     b"identity",
     b"100-continue",
 ];
+/// The Transfer-Encoding value dt follows, packed as [`Head::te`] packs it.
+const TE_CHUNKED: u64 = pack8(b"chunked");
+
+const fn pack8(v: &[u8]) -> u64 {
+    let mut x = 0u64;
+    let mut i = 0;
+    while i < v.len() {
+        x = x << 8 | v[i] as u64;
+        i += 1;
+    }
+    x
+}
 const V_PROTOBUF: u8 = 1 << 0;
 const V_JSON: u8 = 1 << 1;
 const V_IDENTITY: u8 = 1 << 2;
@@ -54,6 +66,7 @@ pub struct Head {
     /// Method is POST and the target is `/v1/logs` (optionally with a query).
     pub post_logs: u8,
     pub has_cl: u8,
+    /// Transfer-Encoding: 1 for `chunked` alone (once), 2 for anything else.
     pub chunked: u8,
     pub compressed: u8,
     pub ctype: u8,
@@ -86,6 +99,8 @@ pub struct Head {
     pub _pad: u16,
     pub _pad2: u32,
     pub last8: u64,
+    /// The Transfer-Encoding value's non-blank bytes, lower-case, the last eight packed.
+    pub te: u64,
 }
 
 /// Result of feeding one byte.
@@ -170,6 +185,7 @@ impl Head {
             w(&mut self._pad, 0);
             w(&mut self._pad2, 0);
             w(&mut self.last8, 0);
+            w(&mut self.te, 0);
         }
     }
 
@@ -283,6 +299,9 @@ impl Head {
         }
         if !ws {
             self.vend = j + 1;
+            if self.names == N_TE {
+                self.te = self.te << 8 | lower(b) as u64;
+            }
         }
         let alive = self.values;
         if alive != 0 {
@@ -398,7 +417,11 @@ impl Head {
                     self.compressed = 1;
                 }
             }
-            N_TE => self.chunked = 1,
+            N_TE => {
+                // `chunked` alone is followed; other codings, or several headers, are not.
+                let chunked = self.te == TE_CHUNKED && self.vend == 7;
+                self.chunked = if chunked && self.chunked == 0 { 1 } else { 2 };
+            }
             N_EXPECT if self.values & V_CONTINUE != 0 && self.vend == VALUES[3].len() as u32 => {
                 self.expect = 1;
             }
@@ -486,6 +509,21 @@ mod tests {
             "POST /v1/logs HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-type: application/json\r\n\r\n",
         );
         assert_eq!((h.chunked, h.ctype), (1, CTYPE_JSON));
+        for (te, want) in [
+            ("Chunked ", 1),
+            ("gzip, chunked", 2),
+            ("chunkedx", 2),
+            ("identity", 2),
+        ] {
+            let h = head(&format!(
+                "POST /v1/logs HTTP/1.1\r\nTransfer-Encoding: {te}\r\n\r\n"
+            ));
+            assert_eq!(h.chunked, want, "{te:?}");
+        }
+        let h = head(
+            "POST /v1/logs HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        assert_eq!(h.chunked, 2, "repeated");
         let h = head("POST /v1/logs HTTP/1.1\r\ncontent-encoding: identity\r\n\r\n");
         assert_eq!(h.compressed, 0);
         let h = head("POST /v1/logs HTTP/1.1\r\ncontent-encoding: identityx\r\n\r\n");

@@ -347,6 +347,14 @@ pub struct SockState {
     pub win: WinState,
     /// The request head being parsed.
     pub head: crate::http::Head,
+    /// The chunk framing of a chunked request being corked.
+    pub chunk: crate::chunked::Chunked,
+    /// The body the walk reads: right after the head, or a chunked request's one data chunk.
+    pub body_start: u32,
+    pub body_end: u32,
+    /// 1 when `cl_off`/`cl_digits` are the chunk's size digits (hex).
+    pub cl_hex: u32,
+    pub _pad_chunk: u32,
     pub walk: crate::walk::Walk,
 }
 
@@ -364,6 +372,8 @@ pub struct WinState {
 pub const PHASE_IDLE: u32 = 0;
 pub const PHASE_CORKED: u32 = 1;
 pub const PHASE_UNTRACKED: u32 = 2;
+/// A chunked request is being corked, its framing scanned step by step.
+pub const PHASE_CHUNKED: u32 = 3;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -6,6 +6,7 @@
 //! bounded, nothing recurses, array indexes are masked, and no code path can panic.
 #![no_std]
 
+pub mod chunked;
 pub mod decide;
 pub mod http;
 pub mod layout;

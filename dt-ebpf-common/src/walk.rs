@@ -218,6 +218,10 @@ pub struct Walk {
     /// Content-Length digits in the head.
     pub cl_off: u32,
     pub cl_digits: u32,
+    /// 1 when those digits are a chunk size (hex, rewritten zero-padded in place), not a
+    /// Content-Length.
+    pub cl_hex: u32,
+    pub _pad_hex: u32,
     pub frames: [Frame; MAX_FRAMES],
 
     // ResourceLogs being walked.
@@ -336,6 +340,7 @@ impl Walk {
         self.body_end = body_end;
         self.cl_off = cl_off;
         self.cl_digits = cl_digits;
+        self.cl_hex = 0;
         self.frames[0] = Frame {
             start: body_start,
             end: body_end,
@@ -1541,12 +1546,31 @@ fn write_varint<D: Editor>(ed: &mut D, off: u32, v: u64, n: u32) {
 }
 
 /// Rewrites the Content-Length digits for the bytes removed: the new number right-aligned in the
-/// old digits, the leading spare digits popped (or, if the kernel refuses, left as zeros).
+/// old digits, the leading spare digits popped (or, if the kernel refuses, left as zeros). A
+/// chunk size is written in hex, zero-padded to its old width (chunk sizes may have leading
+/// zeros).
 #[inline(always)]
 fn rewrite_content_length<D: Editor>(w: &mut Walk, ed: &mut D) {
     let new = (w.body_end - w.body_start) - w.removed;
     let n = w.cl_digits;
     if n == 0 || n > 10 || !ed.reach(w.cl_off, n) {
+        return;
+    }
+    if w.cl_hex != 0 {
+        let mut v = new;
+        let mut k = 0u32;
+        while k < 10 {
+            if k >= n {
+                break;
+            }
+            let d = (v & 15) as u8;
+            ed.put(
+                w.cl_off + (n - 1 - k),
+                if d < 10 { b'0' + d } else { b'a' + d - 10 },
+            );
+            v >>= 4;
+            k += 1;
+        }
         return;
     }
     let mut v = new;

@@ -28,8 +28,10 @@ use aya_ebpf::{
 };
 use dt_ebpf_common::{
     AcRow, Control, MAX_AC_STATES, MAX_EDITS, MAX_FIXES, MAX_HEAD_LEN, MAX_MASKS,
-    MAX_REQUEST_CEILING, MAX_RULES, PHASE_CORKED, PHASE_IDLE, PHASE_UNTRACKED, Passthrough,
-    RuleSet, STR_KEY_BYTES, SockState, StrKey, Totals, WinState, decide,
+    MAX_REQUEST_CEILING, MAX_RULES, N_PASSTHROUGH, PHASE_CHUNKED, PHASE_CORKED, PHASE_IDLE,
+    PHASE_UNTRACKED, Passthrough, RuleSet, STR_KEY_BYTES, SockState, StrKey, Totals, WinState,
+    chunked::{self, Scan},
+    decide,
     http::{self, Feed},
     walk::{self, Editor, Env, Step},
     wire::{Error, Source},
@@ -126,6 +128,16 @@ fn handle(ctx: &SkMsgContext) -> Next {
             Next::Verdict(WHOLE)
         }
         PHASE_CORKED => corked(size, st, control, totals),
+        PHASE_CHUNKED => {
+            if size < st.total {
+                // Out of cork space: the verdict on these bytes is final, and the request's end
+                // is not known.
+                totals.uncorked += 1;
+                return Next::Verdict(lose_track_counted(st, totals, Passthrough::Partial, size));
+            }
+            st.chunk.start(st.head_len);
+            chunked_run(ctx.msg, size, st, control, totals)
+        }
         _ => fresh(msg, size, st, control, totals),
     }
 }
@@ -140,7 +152,8 @@ fn untracked(totals: &mut Totals, size: u32) {
 /// Passes a whole request of `total` bytes untouched, counted under `why`.
 #[inline(always)]
 fn pass(totals: &mut Totals, why: Passthrough, total: u32) -> Verdict {
-    let i = why as usize;
+    // Masked: the index is a discriminant, but the verifier must see the bound.
+    let i = why as usize & (N_PASSTHROUGH - 1);
     if i < totals.passthrough.len() {
         totals.passthrough[i] += 1;
     }
@@ -154,7 +167,8 @@ fn pass(totals: &mut Totals, why: Passthrough, total: u32) -> Verdict {
 fn lose_track(st: &mut SockState, totals: &mut Totals, why: Passthrough, size: u32) -> Verdict {
     st.phase = PHASE_UNTRACKED;
     totals.requests += 1;
-    let i = why as usize;
+    // Masked: the index is a discriminant, but the verifier must see the bound.
+    let i = why as usize & (N_PASSTHROUGH - 1);
     if i < totals.passthrough.len() {
         totals.passthrough[i] += 1;
     }
@@ -221,10 +235,12 @@ fn fresh(
         // The head is not all here yet; it cannot end without more bytes, so wait for one more.
         return Next::Verdict((0, size + 1));
     }
-    if h.chunked != 0 {
+    // A chunked request is followed only when it will be walked: its end is found by scanning
+    // its chunks while it is corked.
+    let chunked = h.chunked != 0;
+    if chunked && (h.chunked != 1 || h.has_cl != 0) {
         return Next::Verdict(lose_track(st, totals, Passthrough::Chunked, size));
     }
-    totals.requests += 1;
     let total = h.len as u64
         + if h.has_cl != 0 {
             h.content_length as u64
@@ -249,28 +265,175 @@ fn fresh(
         None
     };
     let total = total as u32;
+    let no_rules = RULESETS
+        .get(control.active_slot())
+        .is_some_and(|rs| rs.n_rules == 0);
+    if chunked {
+        if why.is_some_and(|w| !matches!(w, Passthrough::Oversize)) || no_rules {
+            // Not walked, so not scanned: its end is not known.
+            return Next::Verdict(lose_track(st, totals, Passthrough::Chunked, size));
+        }
+        totals.requests += 1;
+        st.slot = control.active_slot();
+        st.generation = control.active_generation();
+        st.head_len = h.len;
+        st.chunk.start(h.len);
+        totals.corked += 1;
+        return chunked_run(msg, size, st, control, totals);
+    }
+    totals.requests += 1;
     if let Some(why) = why {
         return Next::Verdict(pass(totals, why, total));
     }
     // With an empty rule set there is nothing to evaluate: don't cork or walk.
-    if RULESETS
-        .get(control.active_slot())
-        .is_some_and(|rs| rs.n_rules == 0)
-    {
+    if no_rules {
         return Next::Verdict(pass(totals, Passthrough::NoRules, total));
     }
     st.slot = control.active_slot();
     st.generation = control.active_generation();
     st.head_len = h.len;
     st.total = total;
+    st.body_start = h.len;
+    st.body_end = total;
     st.cl_off = h.cl_off;
     st.cl_digits = if h.has_cl != 0 { h.cl_digits } else { 0 };
+    st.cl_hex = 0;
     if size < total {
         st.phase = PHASE_CORKED;
         totals.corked += 1;
         return Next::Verdict((0, total));
     }
     Next::Walk(st)
+}
+
+extern "C" fn chunk_cb(_i: u64, ctx: *mut c_void) -> i64 {
+    let src = unsafe { &mut *(ctx as *mut Window) };
+    // SAFETY: the scan is a field of the socket's state that the window never touches.
+    let c = unsafe { &mut *ptr::addr_of_mut!((*src.st).chunk) };
+    let limit = src.state().limit;
+    match c.step(src, limit) {
+        Scan::More => 0,
+        _ => 1,
+    }
+}
+
+/// Scans the chunk framing of the chunked request whose first `size` bytes are here (from its
+/// head on): corks up to the least the request still has, or walks it once it is all here.
+/// Requests of one data chunk are walked and edited (the chunk size rewritten); requests of
+/// several pass untouched, counted `chunked`, and the connection stays followed. Framing dt
+/// does not follow passes, and the connection is not followed any more.
+#[inline(always)]
+fn chunked_run(
+    msg: *mut sk_msg_md,
+    size: u32,
+    st: &mut SockState,
+    _control: &Control,
+    _totals: &mut Totals,
+) -> Next {
+    let v = chunked_scan(msg, size, st);
+    if v == WALK {
+        Next::Walk(st)
+    } else {
+        Next::Verdict(unpack(v))
+    }
+}
+
+/// [`chunked_scan`]'s answer when the request is all here and to be walked.
+const WALK: u64 = u64::MAX;
+
+/// Not inlined (one copy of the scan loop for the verifier); at most five arguments, so the
+/// maps are looked up here again.
+#[inline(never)]
+fn chunked_scan(msg: *mut sk_msg_md, size: u32, st: *mut SockState) -> u64 {
+    let (Some(totals), Some(control)) = (TOTALS.get_ptr_mut(0), CONTROL.get(0)) else {
+        return pack(WHOLE);
+    };
+    let totals = unsafe { &mut *totals };
+    let st = unsafe { &mut *st };
+    pack_or_walk(chunked_scan_inner(msg, size, st, control, totals))
+}
+
+#[inline(always)]
+fn pack_or_walk(n: Next) -> u64 {
+    match n {
+        Next::Walk(_) => WALK,
+        Next::Verdict(v) => pack(v),
+    }
+}
+
+#[inline(always)]
+fn chunked_scan_inner(
+    msg: *mut sk_msg_md,
+    size: u32,
+    st: &mut SockState,
+    control: &Control,
+    totals: &mut Totals,
+) -> Next {
+    let mut src = Window::new(msg, st, size);
+    unsafe {
+        bpf_loop(
+            chunked::MAX_SCAN_STEPS,
+            chunk_cb as *mut c_void,
+            ptr::from_mut(&mut src).cast(),
+            0,
+        );
+    }
+    let c = st.chunk;
+    match c.outcome(size) {
+        Scan::Need => {
+            let need = c.need();
+            if need > control.max_request {
+                totals.uncorked += 1;
+                return Next::Verdict(lose_track_counted(st, totals, Passthrough::Oversize, size));
+            }
+            st.phase = PHASE_CHUNKED;
+            st.total = need;
+            Next::Verdict((0, need))
+        }
+        Scan::Done => {
+            st.phase = PHASE_IDLE;
+            totals.uncorked += 1;
+            let end = c.end;
+            if end > control.max_request {
+                return Next::Verdict(pass(totals, Passthrough::Oversize, end));
+            }
+            if control.enabled == 0 {
+                return Next::Verdict(pass(totals, Passthrough::Disabled, end));
+            }
+            if c.n_chunks > 1 {
+                return Next::Verdict(pass(totals, Passthrough::Chunked, end));
+            }
+            st.total = end;
+            st.body_start = c.first_off;
+            st.body_end = c.first_off + c.first_len;
+            st.cl_off = c.first_digits_off;
+            st.cl_digits = c.first_digits;
+            st.cl_hex = 1;
+            if c.n_chunks == 0 {
+                // No data at all.
+                st.body_start = c.pos;
+                st.body_end = c.pos;
+                st.cl_digits = 0;
+            }
+            Next::Walk(st)
+        }
+        _ => {
+            totals.uncorked += 1;
+            Next::Verdict(lose_track_counted(st, totals, Passthrough::Chunked, size))
+        }
+    }
+}
+
+/// [`lose_track`] for a request already counted in `requests`.
+#[inline(always)]
+fn lose_track_counted(
+    st: &mut SockState,
+    totals: &mut Totals,
+    why: Passthrough,
+    size: u32,
+) -> Verdict {
+    totals.requests -= 1;
+    lose_track(st, totals, why, size)
 }
 
 #[inline(always)]
@@ -367,7 +530,9 @@ fn walk_request_inner(msg: *mut sk_msg_md, st: &mut SockState, totals: &mut Tota
     // Best effort: one linear copy of the request makes every later window pull free. If the
     // kernel can't allocate it, the walk pulls window by window.
     unsafe { bpf_msg_pull_data(msg, 0, total, 0) };
-    st.walk.start(st.head_len, total, st.cl_off, st.cl_digits);
+    st.walk
+        .start(st.body_start, st.body_end, st.cl_off, st.cl_digits);
+    st.walk.cl_hex = st.cl_hex;
     let st_ptr: *mut SockState = st;
     let mut wc = WalkCtx {
         src: Window::new(msg, st_ptr, total),

@@ -1,0 +1,218 @@
+//! Chunked requests (issue 11), through the kernel: `Transfer-Encoding: chunked` requests of one
+//! data chunk (how the Node.js SDK sends) are walked and edited like Content-Length ones, the
+//! chunk size rewritten in place; the connection stays followed, whatever the next request's
+//! framing. Framing dt does not follow passes byte for byte.
+
+use std::time::Duration;
+
+use dt_tests::otlp::{encode, sent_records};
+use dt_tests::{
+    HttpRequest, HttpRequestBuilder, LogsRequestBuilder, RawClient, Rec, Receiver, RuleSpec, Split,
+    TempRules, WAIT, evaluate, kernel_or_skip, start_agent, stats_of,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn rules() -> Vec<RuleSpec> {
+    vec![
+        RuleSpec::count("count-all"),
+        RuleSpec::drop("drop-debug").severity("<=DEBUG", 1..=8),
+        RuleSpec::drop("drop-healthz").attribute("http.route", "/healthz"),
+    ]
+}
+
+fn logs(seed: u64, n: usize) -> ExportLogsServiceRequest {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut b = LogsRequestBuilder::new().resource("svc").scope("app");
+    for i in 0..n {
+        let mut r = Rec::new(rng.random_range(1..=24), &format!("record {seed}/{i}"));
+        if rng.random_bool(0.2) {
+            r = r.attr("http.route", "/healthz");
+        }
+        b = b.record(r);
+    }
+    b.build()
+}
+
+/// A chunked request whose body is one chunk: `{size:x}[ext]\r\n<body>\r\n0\r\n\r\n`, written
+/// with `digits` hex digits (leading zeros) and an optional chunk extension.
+fn one_chunk(body: &[u8], digits: usize, ext: &str, upper: bool) -> HttpRequest {
+    let size = if upper {
+        format!("{:0digits$X}", body.len())
+    } else {
+        format!("{:0digits$x}", body.len())
+    };
+    let head = "POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n\
+                Transfer-Encoding: chunked\r\n\r\n";
+    let mut bytes = head.as_bytes().to_vec();
+    bytes.extend_from_slice(format!("{size}{ext}\r\n").as_bytes());
+    bytes.extend_from_slice(body);
+    bytes.extend_from_slice(b"\r\n0\r\n\r\n");
+    HttpRequest {
+        bytes,
+        head_len: head.len(),
+        payload: body.to_vec(),
+    }
+}
+
+/// Random cut points inside `req`.
+fn random_split(rng: &mut ChaCha8Rng, req: &HttpRequest) -> Split {
+    let n = rng.random_range(0..6);
+    Split::At {
+        offsets: (0..n).map(|_| rng.random_range(1..req.len())).collect(),
+        delay: Duration::from_millis(5),
+    }
+}
+
+/// Single-chunk requests in random pieces, mixed on keep-alive connections with
+/// Content-Length ones: every one is edited exactly (the receiver decodes the kept records;
+/// counters exact), and nothing passes through.
+#[test]
+fn single_chunk_requests_are_edited_and_the_connection_followed() {
+    if !kernel_or_skip("single_chunk_requests_are_edited_and_the_connection_followed") {
+        return;
+    }
+    let rules = rules();
+    let dir = TempRules::from_rules(&rules);
+    let receiver = Receiver::start_v4();
+    let agent = start_agent(&dir, &[receiver.port()]);
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut sent = Vec::new();
+    for conn in 0..4 {
+        let mut client = RawClient::connect(receiver.addr());
+        for i in 0..6 {
+            let seed = conn * 100 + i;
+            let req = logs(seed, rng.random_range(1..40));
+            let body = encode(&req);
+            let http = match (conn + i) % 3 {
+                0 => HttpRequestBuilder::logs(body).build(),
+                1 => one_chunk(&body, rng.random_range(1..6), "", rng.random_bool(0.5)),
+                _ => one_chunk(&body, 4, ";name=value", false),
+            };
+            let split = random_split(&mut rng, &http);
+            assert_eq!(client.roundtrip(&http, &split).status, 200);
+            sent.push(req);
+        }
+        client.finish();
+    }
+    let got = receiver.wait_for(sent.len(), WAIT);
+    let stats = stats_of(&agent);
+    let mut records = Vec::new();
+    for (i, req) in sent.iter().enumerate() {
+        let recs = sent_records(req);
+        let want = evaluate(&rules, &recs);
+        assert_eq!(got[i].records(), want.kept, "request {i}");
+        assert!(got[i].decode_error.is_none(), "request {i}");
+        records.extend(recs);
+    }
+    let want = evaluate(&rules, &records);
+    assert!(
+        stats.totals.passthrough.values().all(|&n| n == 0),
+        "nothing passes through: {:?}",
+        stats.totals.passthrough
+    );
+    assert_eq!(stats.totals.log_requests, sent.len() as u64);
+    assert_eq!(stats.totals.records_dropped, want.records_dropped);
+    for r in &want.rules {
+        let got = stats.rule(&r.name).expect("rule listed");
+        assert_eq!(
+            (got.matched, got.dropped),
+            (r.matched, r.dropped),
+            "{}",
+            r.name
+        );
+    }
+    assert_eq!(stats.totals.in_flight, 0);
+}
+
+/// The exact bytes of an edited single-chunk request: the same head, the chunk size rewritten
+/// in its own digits, the kept records, the same last chunk.
+#[test]
+fn an_edited_chunk_keeps_its_framing() {
+    if !kernel_or_skip("an_edited_chunk_keeps_its_framing") {
+        return;
+    }
+    let rules = vec![RuleSpec::drop("drop-debug").severity("<=DEBUG", 1..=8)];
+    let dir = TempRules::from_rules(&rules);
+    let receiver = Receiver::start_v4();
+    let agent = start_agent(&dir, &[receiver.port()]);
+    let mut b = LogsRequestBuilder::new().resource("svc").scope("app");
+    for i in 0..50 {
+        b = b.record(Rec::new(if i % 2 == 0 { 5 } else { 9 }, &format!("r{i}")));
+    }
+    let req = b.build();
+    let body = encode(&req);
+    let http = one_chunk(&body, 5, ";a=b", false);
+    let mut client = RawClient::connect(receiver.addr());
+    assert_eq!(
+        client.roundtrip(&http, &Split::head_then_body(4)).status,
+        200
+    );
+    client.finish();
+    let got = receiver.wait_for(1, WAIT);
+    let wire = &receiver.connection_bytes()[0];
+    drop(agent);
+    let new_body = &got[0].body;
+    assert!(new_body.len() < body.len());
+    let mut want = http.bytes[..http.head_len].to_vec();
+    want.extend_from_slice(format!("{:05x};a=b\r\n", new_body.len()).as_bytes());
+    want.extend_from_slice(new_body);
+    want.extend_from_slice(b"\r\n0\r\n\r\n");
+    assert_eq!(
+        String::from_utf8_lossy(wire),
+        String::from_utf8_lossy(&want)
+    );
+    assert_eq!(got[0].records(), evaluate(&rules, &sent_records(&req)).kept);
+}
+
+/// Framing dt does not edit: several data chunks pass byte for byte as `chunked` (the
+/// connection stays followed); trailer fields pass and the connection is not followed any more.
+#[test]
+fn what_passes_as_chunked() {
+    if !kernel_or_skip("what_passes_as_chunked") {
+        return;
+    }
+    let rules = rules();
+    let dir = TempRules::from_rules(&rules);
+    let receiver = Receiver::start_v4();
+    let agent = start_agent(&dir, &[receiver.port()]);
+    let req = logs(7, 30);
+    let body = encode(&req);
+    let follow = logs(8, 20);
+
+    // Several chunks, then a Content-Length request: the first passes, the second is edited.
+    let multi = HttpRequestBuilder::logs(body.clone()).chunked(100).build();
+    let mut c1 = RawClient::connect(receiver.addr());
+    assert_eq!(c1.roundtrip(&multi, &Split::head_then_body(3)).status, 200);
+    let next = HttpRequestBuilder::logs(encode(&follow)).build();
+    assert_eq!(c1.roundtrip(&next, &Split::Whole).status, 200);
+    c1.finish();
+
+    // Trailer fields: passes, and so does everything after it on the connection.
+    let mut trailer = one_chunk(&body, 3, "", false);
+    let n = trailer.bytes.len();
+    trailer.bytes.truncate(n - 2);
+    trailer.bytes.extend_from_slice(b"X-Checksum: 1\r\n\r\n");
+    let mut c2 = RawClient::connect(receiver.addr());
+    assert_eq!(c2.roundtrip(&trailer, &Split::Whole).status, 200);
+    assert_eq!(c2.roundtrip(&next, &Split::Whole).status, 200);
+    c2.finish();
+
+    let got = receiver.wait_for(4, WAIT);
+    let stats = stats_of(&agent);
+    let raw = receiver.connection_bytes();
+    assert!(
+        raw[0].starts_with(&multi.bytes),
+        "several chunks pass byte for byte"
+    );
+    assert_eq!(got[0].body, body);
+    assert_eq!(
+        got[1].records(),
+        evaluate(&rules, &sent_records(&follow)).kept,
+        "the request after it is edited"
+    );
+    assert_eq!(raw[1], [trailer.bytes.clone(), next.bytes.clone()].concat());
+    assert_eq!(stats.totals.passthrough.get("chunked"), Some(&2));
+    assert_eq!(stats.totals.in_flight, 0);
+}
