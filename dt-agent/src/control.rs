@@ -144,6 +144,9 @@ async fn handle(stream: UnixStream, daemon: Arc<Daemon>) -> anyhow::Result<()> {
     // request is stale and is not carried out. Carried out now, an old `enable` would undo the
     // `disable` the client then made on the kernel state directly.
     if client_gone(&reader.into_inner().into_inner()) {
+        if line.is_empty() {
+            return Ok(());
+        }
         log::warn!(
             "ignored a control request whose client had given up waiting (pid {:?}): {}",
             peer.pid(),
@@ -263,15 +266,11 @@ impl std::fmt::Display for CallError {
                     Some(pid) => write!(f, "the agent (pid {pid})")?,
                     None => write!(f, "the agent")?,
                 }
-                if waited.is_zero() {
-                    write!(f, " does not accept connections (is it stopped or hung?)")
-                } else {
-                    write!(
-                        f,
-                        " did not answer within {}s (is it stopped or hung?)",
-                        waited.as_secs_f32()
-                    )
-                }
+                write!(
+                    f,
+                    " did not answer within {}s (is it stopped or hung?)",
+                    waited.as_secs_f32()
+                )
             }
             CallError::Refused(m) => write!(f, "{m}"),
         }
@@ -311,12 +310,22 @@ async fn call_async(
         pid,
         waited: deadline,
     };
-    // Connecting succeeds while the listener is stopped, as long as its backlog has room; a full
-    // backlog fails at once (EAGAIN), like a listener that does not accept.
-    let stream = match tokio::time::timeout_at(until, UnixStream::connect(path)).await {
-        Err(_) => return Err(no_answer(None)),
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(connect_error(path, e)),
+    // Connecting succeeds while the listener is stopped, as long as its backlog has room. A full
+    // backlog fails at once (EAGAIN): the agent is not accepting, for now (busy) or for good
+    // (hung, and every client that gave up stays queued), so try again until the deadline.
+    let stream = loop {
+        match tokio::time::timeout_at(until, UnixStream::connect(path)).await {
+            Err(_) => return Err(no_answer(None)),
+            Ok(Ok(s)) => break s,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if tokio::time::Instant::now() + BACKLOG_RETRY >= until {
+                    tokio::time::sleep_until(until).await;
+                    return Err(no_answer(None));
+                }
+                tokio::time::sleep(BACKLOG_RETRY).await;
+            }
+            Ok(Err(e)) => return Err(connect_error(path, e)),
+        }
     };
     // The pid of the process that listens, even if it never runs again.
     let pid = stream
@@ -360,6 +369,9 @@ async fn call_async(
     Ok(response)
 }
 
+/// How long a client waits before connecting again to a listener whose backlog is full.
+const BACKLOG_RETRY: Duration = Duration::from_millis(20);
+
 /// The longest answer read (stats of every rule, and their groups).
 const MAX_ANSWER_BYTES: u64 = 64 << 20;
 
@@ -370,11 +382,6 @@ fn connect_error(path: &Path, e: std::io::Error) -> CallError {
             "cannot connect to the control socket {}",
             path.display()
         ))),
-        // A listener whose backlog is full: it does not accept, so it is hung.
-        ErrorKind::WouldBlock => CallError::NoAnswer {
-            pid: None,
-            waited: Duration::ZERO,
-        },
         _ => CallError::NoAgent(anyhow::Error::new(e).context(format!(
             "no agent is serving {} (is `dt-agent run` running? give --socket if it uses another path)",
             path.display()
