@@ -161,3 +161,21 @@ pub fn listener_pid(path: &Path) -> Option<u32> {
             .then_some(pid)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listener_pid_finds_this_process() {
+        let dir = std::env::temp_dir().join(format!("dt-ripcord-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("listen.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert_eq!(listener_pid(&path), Some(std::process::id()));
+        drop(listener);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(listener_pid(&path), None);
+    }
+}
