@@ -1341,6 +1341,75 @@ fn operator_ripcord_sigstopped_agent_unpinned() {
     ripcord_on_hung_agent("hung-unpinned", false, true);
 }
 
+/// Connects to `socket` (non-blocking) and hangs up, again and again, until the listener's
+/// backlog is full and connecting fails with EAGAIN; returns how many connections it queued.
+fn fill_backlog(socket: &Path) -> usize {
+    use std::os::unix::ffi::OsStrExt;
+    let path = socket.as_os_str().as_bytes();
+    // SAFETY: a zeroed sockaddr_un is valid; the path fits (asserted).
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    assert!(path.len() < addr.sun_path.len(), "socket path too long");
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(path) {
+        *d = *s as libc::c_char;
+    }
+    for queued in 0..100_000 {
+        // SAFETY: plain socket/connect/close calls on a descriptor this loop owns.
+        let (rc, err) = unsafe {
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let rc = libc::connect(
+                fd,
+                &addr as *const libc::sockaddr_un as *const libc::sockaddr,
+                size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            );
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            (rc, err)
+        };
+        if rc != 0 {
+            assert_eq!(err.raw_os_error(), Some(libc::EAGAIN), "connect: {err}");
+            return queued;
+        }
+    }
+    panic!("the backlog of {} never filled", socket.display());
+}
+
+/// A stopped agent whose backlog is full (every client that gave up stays queued): connecting
+/// fails (EAGAIN) until the deadline, so the client learns no pid from a connection; it finds the
+/// listener through `/proc/net/unix` and pulls the cord all the same.
+#[test]
+fn operator_ripcord_sigstopped_agent_full_backlog() {
+    if !kernel_or_skip("operator_ripcord_sigstopped_agent_full_backlog") {
+        return;
+    }
+    let set = [drop_kind("a")];
+    let rx = Receiver::start_v4();
+    let rules = TempRules::with_files(&[("50-test.toml", &toml(&set))]);
+    let mut agent = AgentProcess::new("hung-backlog", rules.path(), &[rx.port()], false);
+    agent.start();
+    let req = abc_request(14, 3, 20);
+    let split = Split::head_then_body(3);
+    let r = send_one(&rx, &req.http, &split);
+    assert_filtered("running", &r, &set, &req);
+
+    agent.signal(libc::SIGSTOP);
+    wait_stopped(agent.pid());
+    let queued = fill_backlog(agent.socket());
+    let took = ripcord_verb_on_hung(&agent, "disable");
+    let r = send_one(&rx, &req.http, &split);
+    assert_untouched("stopped, backlog full, disabled", &rx, &r, &req);
+
+    // Resumed, the agent drops the queued connections of clients that are gone and serves again.
+    agent.signal(libc::SIGCONT);
+    assert!(!agent.stats().enabled, "resumed: stats says enabled");
+    let o = agent.verb("enable", &[]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    let r = send_one(&rx, &req.http, &split);
+    assert_filtered("resumed, enabled", &r, &set, &req);
+    println!("operator_ripcord_full_backlog: {queued} connections queued; disable took {took:?}");
+}
+
 // ------------------------------------------------------------------------------------------
 // 9. Plain messages with no agent, and for a non-root user
 
