@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod metrics;
 mod otlp_http;
 pub mod probes;
+pub mod ripcord;
 pub mod rules;
 pub mod stats;
 

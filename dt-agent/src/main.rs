@@ -7,7 +7,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use dt_agent::{
     Agent, AgentConfig, Stats,
@@ -15,7 +15,9 @@ use dt_agent::{
     config::{self, Overrides},
     control::{self, CallError, PushedFile, Request, RulesInfo},
     daemon::Daemon,
-    metrics, rules,
+    metrics,
+    ripcord::{self, Pulled},
+    rules,
 };
 use dt_ebpf_common::MAX_REQUEST_CEILING;
 
@@ -344,13 +346,78 @@ fn locate(at: &AgentAt) -> anyhow::Result<(PathBuf, PathBuf)> {
     Ok((socket, pins))
 }
 
-/// Calls the agent; `NoAgent` is left for the caller to fall back on pinned state.
-fn call(socket: &Path, request: &Request) -> Result<control::Response, CallError> {
-    control::call(socket, request)
+/// Calls the agent, waiting at most `deadline`; the caller falls back (or explains) on errors.
+fn call(
+    socket: &Path,
+    request: &Request,
+    deadline: Duration,
+) -> Result<control::Response, CallError> {
+    control::call_within(socket, request, deadline)
+}
+
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// Says plainly why `verb` cannot reach the agent, and what to do; for the errors that have no
+/// fallback left.
+fn cannot_reach(verb: &str, socket: &Path, pins: &Path, e: CallError) -> anyhow::Error {
+    let uid = euid();
+    match e {
+        // Non-root: the socket is root's (0600), and so are the pins; say so rather than
+        // guess whether an agent runs.
+        CallError::Denied(_) | CallError::NoAgent(_) if uid != 0 => anyhow::anyhow!(
+            "permission denied: `dt-agent {verb}` needs root (you are uid {uid}): dt's control \
+             socket {} and its pinned state are root's. Run it as root, e.g. `sudo dt-agent {verb}`",
+            socket.display()
+        ),
+        CallError::Denied(e) => e,
+        // stats, enable and disable come here only when nothing is pinned either.
+        CallError::NoAgent(_) if matches!(verb, "stats" | "enable" | "disable") => anyhow::anyhow!(
+            "no agent is running (nothing answers on {}) and nothing is pinned under {}: {}. \
+             Start the agent (`dt-agent run`, or `systemctl start dt-agent`), or give --socket, \
+             --pin-dir or --config if it uses other paths",
+            socket.display(),
+            pins.display(),
+            if verb == "stats" {
+                "there are no counters to show".to_string()
+            } else {
+                format!("there is nothing to {verb}")
+            }
+        ),
+        CallError::NoAgent(_) => anyhow::anyhow!(
+            "no agent is running (nothing answers on {}): `dt-agent {verb}` needs a running \
+             agent. Start it (`dt-agent run`, or `systemctl start dt-agent`), or give --socket \
+             or --config if it uses another path",
+            socket.display()
+        ),
+        CallError::NoAnswer { pid, waited } => {
+            let pid = pid.or_else(|| ripcord::listener_pid(socket));
+            anyhow::anyhow!(
+                "{}. `dt-agent {verb}` needs an agent that answers{}: resume it ({}) or restart \
+                 it; `dt-agent disable` works on a hung agent",
+                CallError::NoAnswer { pid, waited },
+                if verb == "stats" {
+                    format!(
+                        " or pinned maps (nothing is pinned under {})",
+                        pins.display()
+                    )
+                } else {
+                    String::new()
+                },
+                match pid {
+                    Some(pid) => format!("`kill -CONT {pid}`"),
+                    None => "`kill -CONT PID`".to_string(),
+                }
+            )
+        }
+        e => e.into(),
+    }
 }
 
 fn push(paths: &[PathBuf], at: &AgentAt) -> anyhow::Result<()> {
-    let (socket, _) = locate(at)?;
+    let (socket, pins) = locate(at)?;
     let mut files = Vec::new();
     for p in paths {
         let text =
@@ -360,7 +427,8 @@ fn push(paths: &[PathBuf], at: &AgentAt) -> anyhow::Result<()> {
             text,
         });
     }
-    let response = call(&socket, &Request::Push { files })?;
+    let response = call(&socket, &Request::Push { files }, control::PUSH_DEADLINE)
+        .map_err(|e| cannot_reach("push", &socket, &pins, e))?;
     println!(
         "pushed {} file(s): generation {}",
         paths.len(),
@@ -371,19 +439,20 @@ fn push(paths: &[PathBuf], at: &AgentAt) -> anyhow::Result<()> {
 
 fn stats(json: bool, at: &AgentAt) -> anyhow::Result<()> {
     let (socket, pins) = locate(at)?;
-    let stats = match call(&socket, &Request::Stats) {
+    let stats = match call(&socket, &Request::Stats, control::ANSWER_DEADLINE) {
         Ok(r) => r.stats.context("the agent's answer carries no stats")?,
         Err(CallError::NoAgent(e)) if agent::has_pins(&pins) => {
             log::debug!("{e:#}; reading the pinned maps");
             agent::pinned_stats(&pins)?
         }
-        Err(CallError::NoAgent(e)) => {
-            return Err(e.context(format!(
-                "and there is no pinned state under {}",
+        Err(e @ CallError::NoAnswer { .. }) if agent::has_pins(&pins) => {
+            eprintln!(
+                "dt-agent: {e}; read the counters from the pinned maps under {} instead",
                 pins.display()
-            )));
+            );
+            agent::pinned_stats(&pins)?
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(cannot_reach("stats", &socket, &pins, e)),
     };
     let text = if json {
         serde_json::to_string_pretty(&stats)? + "\n"
@@ -394,8 +463,9 @@ fn stats(json: bool, at: &AgentAt) -> anyhow::Result<()> {
 }
 
 fn rules_verb(json: bool, at: &AgentAt) -> anyhow::Result<()> {
-    let (socket, _) = locate(at)?;
-    let info = call(&socket, &Request::Rules)?
+    let (socket, pins) = locate(at)?;
+    let info = call(&socket, &Request::Rules, control::ANSWER_DEADLINE)
+        .map_err(|e| cannot_reach("rules", &socket, &pins, e))?
         .rules
         .context("the agent's answer carries no rules")?;
     let text = if json {
@@ -408,13 +478,44 @@ fn rules_verb(json: bool, at: &AgentAt) -> anyhow::Result<()> {
 
 fn set_enabled(enabled: bool, at: &AgentAt) -> anyhow::Result<()> {
     let (socket, pins) = locate(at)?;
-    let request = if enabled {
-        Request::Enable
+    let (request, verb) = if enabled {
+        (Request::Enable, "enable")
     } else {
-        Request::Disable
+        (Request::Disable, "disable")
     };
-    match call(&socket, &request) {
+    let outcome = if enabled {
+        "rules are evaluated again"
+    } else {
+        "every request now passes untouched"
+    };
+    match call(&socket, &request, control::ANSWER_DEADLINE) {
         Ok(_) => {}
+        Err(CallError::NoAnswer { pid, waited }) => {
+            // The agent is hung: set the switch in the kernel without it.
+            let pid = pid.or_else(|| ripcord::listener_pid(&socket));
+            let e = CallError::NoAnswer { pid, waited };
+            let what = if enabled {
+                "re-armed the rules"
+            } else {
+                "pulled the rip cord"
+            };
+            match ripcord::pull_for_hung_agent(pid, &pins, enabled)
+                .with_context(|| format!("{e}, and dt-agent could not {verb} without it"))?
+            {
+                Pulled::Maps(ids) => println!(
+                    "dt-agent: {e}; {what} directly on its kernel state (control map id {}): \
+                     {outcome}",
+                    ids.iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                Pulled::Pins => println!(
+                    "dt-agent: {e}; {what} directly on the pinned state under {}: {outcome}",
+                    pins.display()
+                ),
+            }
+        }
         Err(CallError::NoAgent(_)) if agent::has_pins(&pins) => {
             agent::pinned_set_enabled(&pins, enabled)?;
             println!(
@@ -422,13 +523,39 @@ fn set_enabled(enabled: bool, at: &AgentAt) -> anyhow::Result<()> {
                 pins.display()
             );
         }
-        Err(CallError::NoAgent(e)) => {
-            return Err(e.context(format!(
-                "and there is no pinned state under {}",
+        Err(CallError::NoAgent(_)) if !enabled && euid() == 0 => {
+            // No agent and no pins: nothing of this agent is in the kernel, so nothing filters,
+            // unless an agent of other paths is loaded.
+            let loaded = ripcord::loaded_control_maps()?;
+            if !loaded.is_empty() {
+                let holders = ripcord::holders_of(&loaded);
+                let list = |ids: &[u32]| {
+                    let s = if ids.len() > 1 { "s" } else { "" };
+                    let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
+                    format!("{s} {}", ids.join(", "))
+                };
+                bail!(
+                    "no agent answers on {} and nothing is pinned under {}, but dt is loaded in \
+                     the kernel by another agent (control map id{}, {}): give that agent's \
+                     --socket, --pin-dir or --config",
+                    socket.display(),
+                    pins.display(),
+                    list(&loaded),
+                    if holders.is_empty() {
+                        "pinned elsewhere".to_string()
+                    } else {
+                        format!("held by pid{}", list(&holders))
+                    }
+                );
+            }
+            println!(
+                "no agent is running and nothing of dt is in the kernel (nothing answers on {}, \
+                 nothing is pinned under {}): nothing filters",
+                socket.display(),
                 pins.display()
-            )));
+            );
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(cannot_reach(verb, &socket, &pins, e)),
     }
     println!(
         "{}",
@@ -442,8 +569,9 @@ fn set_enabled(enabled: bool, at: &AgentAt) -> anyhow::Result<()> {
 }
 
 fn uninstall(at: &AgentAt) -> anyhow::Result<()> {
-    let (socket, _) = locate(at)?;
-    call(&socket, &Request::Uninstall)?;
+    let (socket, pins) = locate(at)?;
+    call(&socket, &Request::Uninstall, control::UNINSTALL_DEADLINE)
+        .map_err(|e| cannot_reach("uninstall", &socket, &pins, e))?;
     println!("uninstalled: every program detached and every pin removed; the agent is stopping");
     Ok(())
 }

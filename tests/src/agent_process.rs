@@ -419,6 +419,10 @@ pub fn bpftool_json(args: &[&str]) -> serde_json::Value {
     cmd.args(args).arg("-j");
     let o = dt_agent_cmd(cmd, VERB_TIMEOUT, &format!("bpftool {args:?}"));
     assert!(o.status.success(), "bpftool {args:?}: {}", output_text(&o));
+    // `bpftool cgroup show` prints nothing at all for a cgroup without programs.
+    if o.stdout.trim_ascii().is_empty() {
+        return serde_json::Value::Array(Vec::new());
+    }
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
         panic!(
             "bpftool {args:?} -j: {e}: {}",

@@ -1166,3 +1166,355 @@ fn operator_non_root_peer_is_refused() {
     assert_filtered("after", &r, &set, &req);
     println!("operator_non_root: {refused} verbs as uid {NOBODY} refused; nothing changed");
 }
+
+// ------------------------------------------------------------------------------------------
+// 8. The rip cord on a hung agent (SIGSTOP), pinned and not
+
+/// Waits (bounded) until process `pid` is stopped (state `T` in `/proc/PID/stat`).
+fn wait_stopped(pid: u32) {
+    let t0 = Instant::now();
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // `pid (comm) state ...`: the state follows the last ')'.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        if state == Some('T') {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "process {pid} is not stopped: {stat}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The most a rip cord verb may take against a hung agent.
+const RIPCORD_LIMIT: Duration = Duration::from_secs(5);
+
+/// `dt-agent <verb>` (disable or enable) against the stopped `agent`: exit 0 within
+/// [`RIPCORD_LIMIT`], saying that it went around the agent. Returns how long it took.
+fn ripcord_verb_on_hung(agent: &AgentProcess, verb: &str) -> Duration {
+    let t0 = Instant::now();
+    let o = agent.verb(verb, &[]);
+    let took = t0.elapsed();
+    assert!(
+        o.status.success(),
+        "{verb} on a stopped agent: {}",
+        output_text(&o)
+    );
+    assert!(
+        took < RIPCORD_LIMIT,
+        "{verb} on a stopped agent took {took:?}: {}",
+        output_text(&o)
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    let said = format!("the agent (pid {}) did not answer within 2s", agent.pid());
+    assert!(out.contains(&said), "{verb}: {}", output_text(&o));
+    assert!(
+        out.contains("directly on its kernel state"),
+        "{verb}: {}",
+        output_text(&o)
+    );
+    took
+}
+
+/// An agent filtering; SIGSTOP; `disable` returns within 5 s and the next request passes
+/// untouched; `enable` re-arms it, `disable` again; `stats` does not hang; SIGCONT: the agent
+/// serves again, counted what passed while it was stopped, and `enable` through it filters again.
+/// `bystander`: another agent runs meanwhile, and its cord must stay where it was.
+fn ripcord_on_hung_agent(name: &str, pin: bool, bystander: bool) {
+    let set = [drop_kind("a")];
+    let rx = Receiver::start_v4();
+    let rules = TempRules::with_files(&[("50-test.toml", &toml(&set))]);
+    let mut agent = AgentProcess::new(name, rules.path(), &[rx.port()], pin);
+    agent.start();
+    let other_rx = Receiver::start_v4();
+    let mut other = AgentProcess::new(
+        &format!("{name}-other"),
+        rules.path(),
+        &[other_rx.port()],
+        false,
+    );
+    if bystander {
+        other.start();
+    }
+    let req = abc_request(12, 3, 20);
+    let split = Split::head_then_body(3);
+    let r = send_one(&rx, &req.http, &split);
+    assert_filtered("running", &r, &set, &req);
+    let s0 = agent.stats();
+    assert!(s0.enabled);
+    let mut want = Want::default();
+
+    agent.signal(libc::SIGSTOP);
+    wait_stopped(agent.pid());
+    let pid = agent.pid();
+
+    let took_disable = ripcord_verb_on_hung(&agent, "disable");
+    let r = send_one(&rx, &req.http, &split);
+    assert_untouched("stopped, disabled", &rx, &r, &req);
+    want.passed("disabled", &req);
+
+    // `stats` does not hang either: from the pins when there are some, else a plain error.
+    let t0 = Instant::now();
+    let o = agent.verb("stats", &["--json"]);
+    let took_stats = t0.elapsed();
+    assert!(
+        took_stats < RIPCORD_LIMIT,
+        "stats on a stopped agent took {took_stats:?}"
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("the agent (pid {pid}) did not answer within 2s")),
+        "stats on a stopped agent: {}",
+        output_text(&o)
+    );
+    if pin {
+        assert!(o.status.success(), "{}", output_text(&o));
+        assert!(err.contains("from the pinned maps"), "{}", output_text(&o));
+        let s: Stats = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(!s.enabled, "stats from the pins: enabled");
+        assert_delta("stopped, stats from the pins", &s0, &s, &want);
+    } else {
+        assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+        assert!(o.stdout.is_empty(), "{}", output_text(&o));
+        assert!(
+            err.contains(&format!("kill -CONT {pid}")),
+            "{}",
+            output_text(&o)
+        );
+    }
+
+    let took_enable = ripcord_verb_on_hung(&agent, "enable");
+    let r = send_one(&rx, &req.http, &split);
+    assert_filtered("stopped, enabled again", &r, &set, &req);
+    want.filtered(&set, &req, rx.connection_bytes()[r.conn as usize].len());
+    ripcord_verb_on_hung(&agent, "disable");
+    let r = send_one(&rx, &req.http, &split);
+    assert_untouched("stopped, disabled again", &rx, &r, &req);
+    want.passed("disabled", &req);
+
+    if bystander {
+        // The other agent's cord was not pulled: it still filters.
+        assert!(other.rules().enabled, "the bystander agent was disabled");
+        let r = send_one(&other_rx, &req.http, &split);
+        assert_filtered("bystander", &r, &set, &req);
+    }
+
+    // Resumed, the agent answers again and sees the switch as it was left.
+    agent.signal(libc::SIGCONT);
+    let s1 = agent.stats();
+    assert!(!s1.enabled, "resumed: stats says enabled");
+    assert_delta("resumed", &s0, &s1, &want);
+    let o = agent.verb("enable", &[]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("did not answer"),
+        "enable on the resumed agent: {}",
+        output_text(&o)
+    );
+    assert!(agent.rules().enabled);
+    let r = send_one(&rx, &req.http, &split);
+    assert_filtered("resumed, enabled", &r, &set, &req);
+    assert!(agent.is_running());
+    println!(
+        "{name}: on the stopped agent, disable took {took_disable:?}, enable {took_enable:?}, \
+         stats {took_stats:?}"
+    );
+}
+
+#[test]
+fn operator_ripcord_sigstopped_agent_pinned() {
+    if !kernel_or_skip("operator_ripcord_sigstopped_agent_pinned") {
+        return;
+    }
+    ripcord_on_hung_agent("hung-pinned", true, false);
+}
+
+#[test]
+fn operator_ripcord_sigstopped_agent_unpinned() {
+    if !kernel_or_skip("operator_ripcord_sigstopped_agent_unpinned") {
+        return;
+    }
+    ripcord_on_hung_agent("hung-unpinned", false, true);
+}
+
+/// Connects to `socket` (non-blocking) and hangs up, again and again, until the listener's
+/// backlog is full and connecting fails with EAGAIN; returns how many connections it queued.
+fn fill_backlog(socket: &Path) -> usize {
+    use std::os::unix::ffi::OsStrExt;
+    let path = socket.as_os_str().as_bytes();
+    // SAFETY: a zeroed sockaddr_un is valid; the path fits (asserted).
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    assert!(path.len() < addr.sun_path.len(), "socket path too long");
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(path) {
+        *d = *s as libc::c_char;
+    }
+    for queued in 0..100_000 {
+        // SAFETY: plain socket/connect/close calls on a descriptor this loop owns.
+        let (rc, err) = unsafe {
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let rc = libc::connect(
+                fd,
+                &addr as *const libc::sockaddr_un as *const libc::sockaddr,
+                size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            );
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            (rc, err)
+        };
+        if rc != 0 {
+            assert_eq!(err.raw_os_error(), Some(libc::EAGAIN), "connect: {err}");
+            return queued;
+        }
+    }
+    panic!("the backlog of {} never filled", socket.display());
+}
+
+/// A stopped agent whose backlog is full (every client that gave up stays queued): connecting
+/// fails (EAGAIN) until the deadline, so the client learns no pid from a connection; it finds the
+/// listener through `/proc/net/unix` and pulls the cord all the same.
+#[test]
+fn operator_ripcord_sigstopped_agent_full_backlog() {
+    if !kernel_or_skip("operator_ripcord_sigstopped_agent_full_backlog") {
+        return;
+    }
+    let set = [drop_kind("a")];
+    let rx = Receiver::start_v4();
+    let rules = TempRules::with_files(&[("50-test.toml", &toml(&set))]);
+    let mut agent = AgentProcess::new("hung-backlog", rules.path(), &[rx.port()], false);
+    agent.start();
+    let req = abc_request(14, 3, 20);
+    let split = Split::head_then_body(3);
+    let r = send_one(&rx, &req.http, &split);
+    assert_filtered("running", &r, &set, &req);
+
+    agent.signal(libc::SIGSTOP);
+    wait_stopped(agent.pid());
+    let queued = fill_backlog(agent.socket());
+    let took = ripcord_verb_on_hung(&agent, "disable");
+    let r = send_one(&rx, &req.http, &split);
+    assert_untouched("stopped, backlog full, disabled", &rx, &r, &req);
+
+    // Resumed, the agent drops the queued connections of clients that are gone and serves again.
+    agent.signal(libc::SIGCONT);
+    assert!(!agent.stats().enabled, "resumed: stats says enabled");
+    let o = agent.verb("enable", &[]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    let r = send_one(&rx, &req.http, &split);
+    assert_filtered("resumed, enabled", &r, &set, &req);
+    println!("operator_ripcord_full_backlog: {queued} connections queued; disable took {took:?}");
+}
+
+// ------------------------------------------------------------------------------------------
+// 9. Plain messages with no agent, and for a non-root user
+
+/// A world-readable copy of the `dt-agent` binary (the build tree may sit under a directory
+/// nobody cannot enter), and a world-readable empty config, in a directory of their own.
+fn nobody_copy() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.path().join("dt-agent");
+    std::fs::copy(dt_tests::agent_process::bin(), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "# dt-tests: everything comes from flags\n").unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    (dir, bin, config)
+}
+
+#[test]
+fn operator_ripcord_plain_messages_without_agent_and_for_non_root() {
+    if !kernel_or_skip("operator_ripcord_plain_messages_without_agent_and_for_non_root") {
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let set = [drop_kind("a")];
+    let rules = TempRules::with_files(&[("50-test.toml", &toml(&set))]);
+    // Never started: its socket and pin root are empty paths.
+    let absent = AgentProcess::new("msg-absent", rules.path(), &[1], false);
+    // Running, so that dt is loaded in the kernel, for another socket and pin root.
+    let rx = Receiver::start_v4();
+    let mut other = AgentProcess::new("msg-other", rules.path(), &[rx.port()], false);
+    other.start();
+
+    // Root, no agent, no pins.
+    let socket = absent.socket().display().to_string();
+    let pins = absent.pin_root().display().to_string();
+    let o = absent.verb("stats", &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(o.stdout.is_empty(), "{}", output_text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr).trim_end(),
+        format!(
+            "dt-agent: no agent is running (nothing answers on {socket}) and nothing is pinned \
+             under {pins}: there are no counters to show. Start the agent (`dt-agent run`, or \
+             `systemctl start dt-agent`), or give --socket, --pin-dir or --config if it uses \
+             other paths"
+        ),
+        "stats, no agent, no pins"
+    );
+    let o = absent.verb("enable", &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.starts_with("dt-agent: no agent is running")
+            && err.contains("there is nothing to enable"),
+        "enable, no agent, no pins: {}",
+        output_text(&o)
+    );
+    // disable: this agent is not there, but another one is loaded; it is named, not touched.
+    let o = absent.verb("disable", &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "dt-agent: no agent answers on {socket} and nothing is pinned under {pins}, but dt \
+             is loaded in the kernel by another agent"
+        )) && err
+            .split_once("held by pid")
+            .is_some_and(|(_, pids)| pids.contains(&other.pid().to_string())),
+        "disable, no agent, no pins, another agent loaded: {}",
+        output_text(&o)
+    );
+    assert!(other.rules().enabled, "the other agent was disabled");
+
+    // Non-root: the same verbs say that root is needed, whether an agent runs (its socket's
+    // directory is root's) or not.
+    let (_dir, bin, config) = nobody_copy();
+    for (what, socket) in [("no agent", absent.socket()), ("an agent", other.socket())] {
+        for verb in ["stats", "disable"] {
+            let mut cmd = std::process::Command::new(&bin);
+            cmd.arg(verb)
+                .arg("--socket")
+                .arg(socket)
+                .arg("--pin-dir")
+                .arg(absent.pin_root())
+                .arg("--config")
+                .arg(&config)
+                .uid(NOBODY)
+                .gid(NOBODY);
+            let o = dt_agent_cmd(cmd, Duration::from_secs(30), &format!("{verb} as nobody"));
+            assert_eq!(o.status.code(), Some(1), "{verb} as nobody, {what}");
+            assert!(o.stdout.is_empty(), "{verb} as nobody: {}", output_text(&o));
+            assert_eq!(
+                String::from_utf8_lossy(&o.stderr).trim_end(),
+                format!(
+                    "dt-agent: permission denied: `dt-agent {verb}` needs root (you are uid \
+                     {NOBODY}): dt's control socket {} and its pinned state are root's. Run it \
+                     as root, e.g. `sudo dt-agent {verb}`",
+                    socket.display()
+                ),
+                "{verb} as nobody, {what}"
+            );
+        }
+    }
+    assert!(other.rules().enabled);
+    let req = abc_request(13, 3, 20);
+    let r = send_one(&rx, &req.http, &Split::Whole);
+    assert_filtered("the other agent, after all this", &r, &set, &req);
+}
