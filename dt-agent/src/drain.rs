@@ -104,3 +104,55 @@ pub fn comm(pid: u32) -> String {
         .map(|s| s.trim_end().to_string())
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn says_who_holds() {
+        let h = Holding {
+            in_flight: 2,
+            held: vec![
+                HeldRequest {
+                    pid: 4242,
+                    comm: "otelcol".into(),
+                    local_port: 51234,
+                    remote_port: 4318,
+                    held_ms: 6049,
+                    bytes: 3068,
+                    head: false,
+                },
+                HeldRequest {
+                    pid: 7,
+                    comm: String::new(),
+                    local_port: 1,
+                    remote_port: 4318,
+                    held_ms: 10,
+                    bytes: 40,
+                    head: true,
+                },
+            ],
+        };
+        assert_eq!(
+            h.to_string(),
+            "2 request(s) held in the kernel, waiting for their senders to send the rest; \
+             pid 4242 (otelcol), port 51234 -> 4318, held 6.0 s, request of 3068 bytes; \
+             pid 7 (?), port 1 -> 4318, held 0.0 s, head of 40 bytes"
+        );
+        assert!(!h.is_empty() && Holding::default().is_empty());
+        let s = UninstallStatus {
+            done: false,
+            waiting: h,
+        };
+        let back: UninstallStatus =
+            serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn monotonic_clock_moves() {
+        let a = monotonic_ns();
+        assert!(a > 0 && monotonic_ns() >= a);
+    }
+}
