@@ -4,8 +4,8 @@
 //! the double-buffered `RULESETS` map and flips `CONTROL.active` in one write, and reads the
 //! per-CPU counters back.
 //!
-//! Without pinning, dropping the agent switches to pass-through, waits for corked requests to
-//! drain, and detaches everything. With pinning (`pin_dir`), every map and the sock_ops link are
+//! Without pinning, dropping the agent switches to pass-through, waits (with no deadline) until
+//! no request is held corked, and detaches everything (see [`crate::drain`]). With pinning (`pin_dir`), every map and the sock_ops link are
 //! pinned under `<pin_dir>/v<LAYOUT_VERSION>/`: the programs go on filtering after the agent
 //! exits or crashes, and the next agent adopts the pinned state (rule set, generation, counters,
 //! name→slot table) instead of starting afresh.
@@ -31,11 +31,12 @@ use aya::{
 };
 use dt_ebpf_common::{
     ACTION_CAPTURE, ACTION_COUNT, ACTION_DROP, ACTION_RATE_LIMIT, ACTION_REDACT, ACTION_SAMPLE,
-    AcRow, Control, DEFAULT_MAX_REQUEST, LAYOUT_VERSION, MAX_AC_STATES, MAX_NAME_LEN,
+    AcRow, Control, DEFAULT_MAX_REQUEST, Held, LAYOUT_VERSION, MAX_AC_STATES, MAX_NAME_LEN,
     MAX_REQUEST_CEILING, NameEntry, NameKey, Passthrough, RuleCounters, RuleSet, StrKey, Totals,
 };
 
 use crate::{
+    drain::{self, HeldRequest, Holding},
     probes::{self, Probes},
     rules::{self, Compiled, SlotTable},
     stats::{RuleStats, Stats, TotalStats},
@@ -45,7 +46,7 @@ static EBPF_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/
 
 /// Every map of the socket hook, all pinned in pinned mode; the uprobe
 /// hook's are `probes::MAPS` (see `all_maps`).
-const MAPS: [&str; 12] = [
+const MAPS: [&str; 13] = [
     "CONTROL",
     "PORTS",
     "SOCKS",
@@ -58,6 +59,7 @@ const MAPS: [&str; 12] = [
     "TOTALS",
     "NAMES",
     "SOCK_STATE",
+    "HELD",
 ];
 
 /// Every map of the object: the socket hook's, then the uprobe hook's.
@@ -143,13 +145,13 @@ pub struct Agent {
     adopted: bool,
     /// The uprobe hook: attachments, drop support, capture export.
     probes: Probes,
+    /// Detach at drop without waiting for held requests (they are lost): a forced stop.
+    no_drain: bool,
 }
 
 /// How long a rewritten slot is left alone after it was marked stale, so that any walk that
 /// read the old contents has finished. A walk is one program run: microseconds to a millisecond.
 const SLOT_GRACE: Duration = Duration::from_millis(20);
-/// How long an exiting agent waits for corked requests to complete before detaching.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Agent {
     /// Compiles the rules, loads the programs (adopting pinned state when there is some),
@@ -248,6 +250,7 @@ impl Agent {
             other_used: adopting,
             adopted: adopting,
             probes,
+            no_drain: false,
         };
         // uprobe hook: what depends on this kernel (drop) and this agent (capture endpoint).
         agent.probes.check(&compiled.uprobe).map_err(RuleErrors)?;
@@ -533,41 +536,81 @@ impl Agent {
         Ok(stats)
     }
 
-    /// Switches to pass-through and waits (bounded) until no request is held corked, so that
-    /// detaching frees no one's bytes.
+    /// Switches to pass-through: requests that are not held yet will not be, and the rip cord
+    /// stays pulled in the pinned state. The first step of every detach.
+    pub fn begin_drain(&mut self) -> anyhow::Result<()> {
+        self.set_enabled(false)
+            .context("switching to pass-through before detaching")
+    }
+
+    /// The requests held in the kernel now, and who sent them.
+    pub fn holding(&self) -> anyhow::Result<Holding> {
+        let totals: PerCpuArray<_, Totals> = PerCpuArray::try_from(map_ref(&self.ebpf, "TOTALS")?)?;
+        let t = sum_totals(&totals)?;
+        let held: HashMap<_, u64, Held> = HashMap::try_from(map_ref(&self.ebpf, "HELD")?)?;
+        let now = drain::monotonic_ns();
+        let mut list: Vec<HeldRequest> = held
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, h)| {
+                let pid = (h.pid_tgid >> 32) as u32;
+                HeldRequest {
+                    pid,
+                    comm: drain::comm(pid),
+                    local_port: h.local_port as u16,
+                    remote_port: h.remote_port as u16,
+                    held_ms: now.saturating_sub(h.since_ns) / 1_000_000,
+                    bytes: h.total,
+                    head: h.phase == dt_ebpf_common::PHASE_HEAD,
+                }
+            })
+            .collect();
+        list.sort_by_key(|h| std::cmp::Reverse(h.held_ms));
+        Ok(Holding {
+            in_flight: t.corked.saturating_sub(t.uncorked),
+            held: list,
+        })
+    }
+
+    /// Switches to pass-through and waits, with no deadline, until no request is held corked,
+    /// so that detaching frees no one's bytes. Says every few seconds who it waits for.
     fn drain(&mut self) {
-        if let Err(e) = self.set_enabled(false) {
-            log::warn!("could not switch to pass-through before detaching: {e:#}");
+        if let Err(e) = self.begin_drain() {
+            log::warn!("{e:#}");
             return;
         }
-        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        let mut next_log = Instant::now();
         loop {
-            let t = match map_ref(&self.ebpf, "TOTALS")
-                .and_then(|m| Ok(PerCpuArray::<_, Totals>::try_from(m)?))
-                .and_then(|t| sum_totals(&t))
-            {
-                Ok(t) => t,
-                Err(_) => return,
+            let h = match self.holding() {
+                Ok(h) => h,
+                Err(e) => {
+                    log::warn!("cannot read the held requests ({e:#}); detaching");
+                    return;
+                }
             };
-            if t.corked <= t.uncorked {
+            if h.is_empty() {
                 return;
             }
-            if Instant::now() >= deadline {
-                log::warn!(
-                    "detaching with {} request(s) still corked after {:?}",
-                    t.corked - t.uncorked,
-                    DRAIN_TIMEOUT
-                );
-                return;
+            if Instant::now() >= next_log {
+                log::info!("waiting before detaching: {h}");
+                next_log = Instant::now() + drain::LOG_EVERY;
             }
-            thread::sleep(Duration::from_millis(10));
+            thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Makes dropping this agent detach at once, without waiting for held requests (they are
+    /// lost): the forced stop.
+    pub fn skip_drain(&mut self) {
+        self.no_drain = true;
     }
 
     /// Detaches everything and removes every pin: nothing of dt stays in the kernel once the
     /// agent is dropped. Requests already corked are drained first.
     pub fn uninstall(&mut self) -> anyhow::Result<()> {
-        self.drain();
+        if !self.no_drain {
+            self.drain();
+        }
         // Dropping the sk_msg link detaches the program from the SockHash.
         drop(self.sk_msg.take());
         if let Some(att) = self.sock_ops.take() {
@@ -596,7 +639,9 @@ impl Drop for Agent {
             }
             return;
         }
-        self.drain();
+        if !self.no_drain {
+            self.drain();
+        }
         // Dropping the links, the Ebpf object and the SockHash detaches the programs and frees
         // the maps.
     }
@@ -799,6 +844,7 @@ where
             edit_failures: t.edit_failures,
             untracked_bytes: t.untracked_bytes,
             in_flight: t.corked.saturating_sub(t.uncorked),
+            released: t.released,
             passthrough,
         },
         uprobes: Default::default(),
@@ -821,6 +867,7 @@ fn sum_totals<T: std::borrow::Borrow<MapData>>(
         t.untracked_bytes += v.untracked_bytes;
         t.corked += v.corked;
         t.uncorked += v.uncorked;
+        t.released += v.released;
         for (a, b) in t.passthrough.iter_mut().zip(v.passthrough.iter()) {
             *a += b;
         }

@@ -73,6 +73,9 @@ pub struct Response {
     /// The active generation after a push.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
+    /// How far `uninstall` is: done, or what it still waits for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uninstall: Option<crate::drain::UninstallStatus>,
 }
 
 impl Response {
@@ -172,7 +175,7 @@ async fn handle(stream: UnixStream, daemon: Arc<Daemon>) -> anyhow::Result<()> {
                 let uninstall = matches!(request, Request::Uninstall);
                 let d = daemon.clone();
                 let r = tokio::task::spawn_blocking(move || answer(&d, request)).await?;
-                stop_after = uninstall && r.ok;
+                stop_after = uninstall && r.uninstall.as_ref().is_some_and(|u| u.done);
                 r
             }
         }
@@ -205,7 +208,7 @@ fn client_gone(rd: &tokio::net::unix::OwnedReadHalf) -> bool {
 /// The longest request line read (a push carries whole rule files).
 const MAX_REQUEST_BYTES: u64 = 16 << 20;
 
-fn answer(daemon: &Daemon, request: Request) -> Response {
+fn answer(daemon: &Arc<Daemon>, request: Request) -> Response {
     let result = match request {
         Request::Stats => daemon.stats().map(|s| Response {
             stats: Some(s),
@@ -221,7 +224,10 @@ fn answer(daemon: &Daemon, request: Request) -> Response {
         }),
         Request::Disable => daemon.set_enabled(false).map(|_| Response::ok()),
         Request::Enable => daemon.set_enabled(true).map(|_| Response::ok()),
-        Request::Uninstall => daemon.uninstall().map(|_| Response::ok()),
+        Request::Uninstall => daemon.uninstall().map(|u| Response {
+            uninstall: Some(u),
+            ..Response::ok()
+        }),
     };
     result.unwrap_or_else(|e| Response::error(format!("{e:#}")))
 }

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod drain;
 pub mod metrics;
 mod otlp_http;
 pub mod probes;

@@ -263,19 +263,18 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             r = wait_for_signal() => r?,
             _ = daemon.shutdown.notified() => {}
         }
+        // Held requests are waited for (no deadline) while the control socket still answers;
+        // a second signal stops the wait.
+        daemon
+            .drain_before_exit(async {
+                let _ = wait_for_signal().await;
+            })
+            .await;
         for t in &tasks {
             t.abort();
         }
-        let agent = daemon.take_agent();
-        match &agent {
-            Some(a) if a.pins().is_some() => {
-                log::info!("stopping: programs and maps stay pinned; filtering goes on")
-            }
-            Some(_) => log::info!("stopping: passing everything through, draining, detaching"),
-            None => {}
-        }
-        // Dropping the agent drains and detaches, or leaves the pins.
-        drop(agent);
+        // Dropping the agent detaches, or leaves the pins.
+        drop(daemon.take_agent());
         anyhow::Ok(())
     });
     let _ = std::fs::remove_file(&settings.socket);
@@ -570,8 +569,39 @@ fn set_enabled(enabled: bool, at: &AgentAt) -> anyhow::Result<()> {
 
 fn uninstall(at: &AgentAt) -> anyhow::Result<()> {
     let (socket, pins) = locate(at)?;
-    call(&socket, &Request::Uninstall, control::UNINSTALL_DEADLINE)
-        .map_err(|e| cannot_reach("uninstall", &socket, &pins, e))?;
+    // The agent answers at once: done, or what it waits for (requests held in the kernel, which
+    // would be lost if it detached now). Ask again until it is done; the held requests complete
+    // meanwhile, and every request that is not held yet passes untouched.
+    let mut said = String::new();
+    let mut said_at = std::time::Instant::now();
+    loop {
+        let status = match call(&socket, &Request::Uninstall, control::UNINSTALL_DEADLINE) {
+            Ok(r) => r.uninstall.unwrap_or_default(),
+            // It finished and stopped between two questions.
+            Err(CallError::NoAgent(_)) if !said.is_empty() && !agent::has_pins(&pins) => break,
+            Err(e) => return Err(cannot_reach("uninstall", &socket, &pins, e)),
+        };
+        if status.done {
+            break;
+        }
+        // Say it again when who holds changes, else every few seconds.
+        let who: Vec<_> = status
+            .waiting
+            .held
+            .iter()
+            .map(|h| (h.pid, h.local_port))
+            .collect();
+        let now = format!("{} {who:?}", status.waiting.in_flight);
+        if said.is_empty() {
+            println!("uninstall: every request passes now; waiting until no request is held");
+        }
+        if now != said || said_at.elapsed() >= dt_agent::drain::LOG_EVERY {
+            println!("waiting for: {}", status.waiting);
+            said = now;
+            said_at = std::time::Instant::now();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     println!("uninstalled: every program detached and every pin removed; the agent is stopping");
     Ok(())
 }

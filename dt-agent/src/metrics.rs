@@ -404,6 +404,7 @@ pub(crate) mod testdata {
                 edit_failures: 108,
                 untracked_bytes: 109,
                 in_flight: 110,
+                released: 111,
                 passthrough,
             },
             uprobes: Default::default(),

@@ -30,6 +30,10 @@ pub struct TotalStats {
     pub untracked_bytes: u64,
     /// Requests held in the kernel right now (corked, waiting for the rest of their bytes).
     pub in_flight: u64,
+    /// Held requests whose connection closed before the rest of them was sent (the kernel
+    /// dropped their bytes with the socket; they never left).
+    #[serde(default)]
+    pub released: u64,
     /// Requests that left byte-for-byte untouched, by reason (every reason is always present).
     pub passthrough: std::collections::BTreeMap<String, u64>,
 }

@@ -316,11 +316,15 @@ pub struct Totals {
     pub edit_failures: u64,
     /// Bytes sent on connections that stopped being followed (chunked, bad HTTP).
     pub untracked_bytes: u64,
-    /// Requests corked, and corked requests the program has since run on in full (or in part).
-    /// While the sums differ, requests are held in the kernel; an exiting agent waits for them.
+    /// Requests (or request heads) corked, and corked requests no longer held: the program has
+    /// since run on them in full (or in part), or their connection closed first. While the sums
+    /// differ, requests are held in the kernel; an agent that detaches waits for them.
     pub corked: u64,
     pub uncorked: u64,
     pub passthrough: [u64; N_PASSTHROUGH],
+    /// Held requests whose connection closed (or shut down for writing) before the rest came;
+    /// also counted in `uncorked`.
+    pub released: u64,
 }
 
 // ------------------------------------------------------------------------------------------
@@ -356,6 +360,9 @@ pub struct SockState {
     pub cl_hex: u32,
     pub _pad_chunk: u32,
     pub walk: crate::walk::Walk,
+    /// The socket's cookie (set by sock_ops when it hooks the connection): the key of its
+    /// [`Held`] entry while a request is held. sk_msg cannot read the cookie itself.
+    pub cookie: u64,
 }
 
 /// Bounds of the readable window of a message: `start..end` is pulled, nothing at or past
@@ -372,8 +379,33 @@ pub struct WinState {
 pub const PHASE_IDLE: u32 = 0;
 pub const PHASE_CORKED: u32 = 1;
 pub const PHASE_UNTRACKED: u32 = 2;
+/// The head of the next request is not all here yet: its bytes are corked until it is.
+pub const PHASE_HEAD: u32 = 3;
 /// A chunked request is being corked, its framing scanned step by step.
-pub const PHASE_CHUNKED: u32 = 3;
+pub const PHASE_CHUNKED: u32 = 4;
+
+/// Entries of the `HELD` map (one per socket at most).
+pub const MAX_HELD: u32 = 65535;
+
+/// A request held in the kernel (corked), in the `HELD` hash map keyed by socket cookie: who
+/// sent it and since when, so that an agent waiting to detach can say whom it waits for. The
+/// entry goes when the program runs on the request, or when its connection closes.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Held {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the request was corked.
+    pub since_ns: u64,
+    /// `bpf_get_current_pid_tgid` of the sender: tgid in the upper 32 bits.
+    pub pid_tgid: u64,
+    /// Bytes corked for: the whole request, or (while its head is incomplete) one more than
+    /// what is here.
+    pub total: u32,
+    /// Ports of the connection, host byte order.
+    pub local_port: u32,
+    pub remote_port: u32,
+    /// [`PHASE_CORKED`] (a whole request) or [`PHASE_HEAD`] (an incomplete head).
+    pub phase: u32,
+}
 
 #[cfg(feature = "user")]
 mod pod {
@@ -386,4 +418,5 @@ mod pod {
     unsafe impl aya::Pod for RuleCounters {}
     unsafe impl aya::Pod for Totals {}
     unsafe impl aya::Pod for NameEntry {}
+    unsafe impl aya::Pod for Held {}
 }

@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, SockHash},
 };
 use dt_ebpf_common::{
-    AcRow, Control, MAX_AC_STATES, MAX_CONDS, MAX_SLOTS, NameEntry, NameKey, RuleCounters, RuleSet,
-    SockState, StrKey, Totals,
+    AcRow, Control, Held, MAX_AC_STATES, MAX_CONDS, MAX_HELD, MAX_SLOTS, NameEntry, NameKey,
+    RuleCounters, RuleSet, SockState, StrKey, Totals,
 };
 
 /// The active rule set slot and generation, the rip cord, the size bound.
@@ -61,3 +61,8 @@ pub static NAMES: HashMap<NameKey, NameEntry> = HashMap::with_max_entries(MAX_SL
 /// Per-connection state and walk scratch.
 #[btf_map]
 pub static SOCK_STATE: SkStorage<SockState> = SkStorage::new();
+
+/// Requests held in the kernel now, by socket cookie: who sent them and since when. The agent
+/// reads it to say whom it waits for before detaching; the programs only add and remove.
+#[map]
+pub static HELD: HashMap<u64, Held> = HashMap::with_max_entries(MAX_HELD, 0);

@@ -6,7 +6,14 @@
 //!   is corked whole (`cork_bytes(its length)`), unless it is already all here.
 //! - CORKED: this run sees the corked request from its first byte. It is walked, the plan is
 //!   applied, and `apply_bytes(new length)` hands any bytes after it to the next run.
+//! - HEAD: the head of the next request is not all here: its bytes are corked (one more byte at a
+//!   time) and the next run parses it again from its first byte, as in IDLE.
 //! - UNTRACKED: the request boundary is lost (chunked, not HTTP/1.x): everything passes.
+//!
+//! While bytes are corked (CORKED, HEAD) the request is *held*: `corked` counts it, `uncorked`
+//! counts its release, and `HELD` says who sent it since when. The kernel frees corked bytes
+//! when the socket leaves the SockHash, so an agent waits until nothing is held before it
+//! detaches; sock_ops releases a held request whose connection closes.
 //!
 //! Every run sets both `apply_bytes` and `cork_bytes` explicitly: the kernel reuses its cork
 //! message across sends, and stale values in it would cork or skip the wrong bytes.
@@ -20,16 +27,18 @@ use core::{
 use aya_ebpf::{
     bindings::{BPF_SK_STORAGE_GET_F_CREATE, sk_action, sk_msg_md},
     helpers::generated::{
-        bpf_ktime_get_ns, bpf_loop, bpf_msg_apply_bytes, bpf_msg_cork_bytes, bpf_msg_pop_data,
-        bpf_msg_pull_data, bpf_probe_read_kernel, bpf_sk_storage_get,
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_loop, bpf_msg_apply_bytes,
+        bpf_msg_cork_bytes, bpf_msg_pop_data, bpf_msg_pull_data, bpf_probe_read_kernel,
+        bpf_sk_storage_get,
     },
     macros::sk_msg,
     programs::SkMsgContext,
 };
 use dt_ebpf_common::{
-    AcRow, Control, MAX_AC_STATES, MAX_EDITS, MAX_FIXES, MAX_HEAD_LEN, MAX_MASKS,
-    MAX_REQUEST_CEILING, MAX_RULES, N_PASSTHROUGH, PHASE_CHUNKED, PHASE_CORKED, PHASE_IDLE,
-    PHASE_UNTRACKED, Passthrough, RuleSet, STR_KEY_BYTES, SockState, StrKey, Totals, WinState,
+    AcRow, Control, Held, MAX_AC_STATES, MAX_EDITS, MAX_FIXES, MAX_HEAD_LEN, MAX_MASKS,
+    MAX_REQUEST_CEILING, MAX_RULES, N_PASSTHROUGH, PHASE_CHUNKED, PHASE_CORKED, PHASE_HEAD,
+    PHASE_IDLE, PHASE_UNTRACKED, Passthrough, RuleSet, STR_KEY_BYTES, SockState, StrKey, Totals,
+    WinState,
     chunked::{self, Scan},
     decide,
     http::{self, Feed},
@@ -38,7 +47,7 @@ use dt_ebpf_common::{
 };
 
 use crate::maps::{
-    AC, CONTROL, RATES, RULE_COUNTERS, RULESETS, SAMPLES, SOCK_STATE, STRINGS, TOTALS,
+    AC, CONTROL, HELD, RATES, RULE_COUNTERS, RULESETS, SAMPLES, SOCK_STATE, STRINGS, TOTALS,
 };
 
 /// A block of zeros to clear lookup keys from.
@@ -132,7 +141,7 @@ fn handle(ctx: &SkMsgContext) -> Next {
             if size < st.total {
                 // Out of cork space: the verdict on these bytes is final, and the request's end
                 // is not known.
-                totals.uncorked += 1;
+                release(st, totals);
                 return Next::Verdict(lose_track_counted(st, totals, Passthrough::Partial, size));
             }
             st.chunk.start(st.head_len);
@@ -206,6 +215,10 @@ fn fresh(
     control: &Control,
     totals: &mut Totals,
 ) -> Next {
+    // In phase HEAD (a head held for more bytes) this run sees the head again from its first
+    // byte: it stays held only if it is still incomplete. (The phase is read from the socket's
+    // storage where it is needed, not kept in a register across the parse: a value the verifier
+    // tracks there would double the states it explores.)
     let n = if size < MAX_HEAD_LEN {
         size
     } else {
@@ -214,6 +227,7 @@ fn fresh(
     st.head.reset();
     let mut src = Window::new(msg, st, n);
     if !src.ensure(0, n) {
+        release_head(st, totals);
         return Next::Verdict(lose_track(st, totals, Passthrough::PullFailed, size));
     }
     unsafe {
@@ -225,15 +239,17 @@ fn fresh(
         );
     }
     let h = st.head;
-    if h.bad != 0 {
-        return Next::Verdict(lose_track(st, totals, Passthrough::BadHttp, size));
-    }
-    if h.len == 0 {
-        if n >= MAX_HEAD_LEN {
-            return Next::Verdict(lose_track(st, totals, Passthrough::BadHttp, size));
-        }
+    if h.bad == 0 && h.len == 0 && n < MAX_HEAD_LEN {
         // The head is not all here yet; it cannot end without more bytes, so wait for one more.
+        if st.phase != PHASE_HEAD {
+            st.phase = PHASE_HEAD;
+            hold(msg, st, totals, size + 1, PHASE_HEAD);
+        }
         return Next::Verdict((0, size + 1));
+    }
+    release_head(st, totals);
+    if h.bad != 0 || h.len == 0 {
+        return Next::Verdict(lose_track(st, totals, Passthrough::BadHttp, size));
     }
     // A chunked request is followed only when it will be walked: its end is found by scanning
     // its chunks while it is corked.
@@ -278,7 +294,8 @@ fn fresh(
         st.generation = control.active_generation();
         st.head_len = h.len;
         st.chunk.start(h.len);
-        totals.corked += 1;
+        st.phase = PHASE_CHUNKED;
+        hold(msg, st, totals, size, PHASE_CHUNKED);
         return chunked_run(msg, size, st, control, totals);
     }
     totals.requests += 1;
@@ -300,7 +317,7 @@ fn fresh(
     st.cl_hex = 0;
     if size < total {
         st.phase = PHASE_CORKED;
-        totals.corked += 1;
+        hold(msg, st, totals, total, PHASE_CORKED);
         return Next::Verdict((0, total));
     }
     Next::Walk(st)
@@ -383,7 +400,7 @@ fn chunked_scan_inner(
         Scan::Need => {
             let need = c.need();
             if need > control.max_request {
-                totals.uncorked += 1;
+                release(st, totals);
                 return Next::Verdict(lose_track_counted(st, totals, Passthrough::Oversize, size));
             }
             st.phase = PHASE_CHUNKED;
@@ -392,7 +409,7 @@ fn chunked_scan_inner(
         }
         Scan::Done => {
             st.phase = PHASE_IDLE;
-            totals.uncorked += 1;
+            release(st, totals);
             let end = c.end;
             if end > control.max_request {
                 return Next::Verdict(pass(totals, Passthrough::Oversize, end));
@@ -418,7 +435,7 @@ fn chunked_scan_inner(
             Next::Walk(st)
         }
         _ => {
-            totals.uncorked += 1;
+            release(st, totals);
             Next::Verdict(lose_track_counted(st, totals, Passthrough::Chunked, size))
         }
     }
@@ -436,10 +453,41 @@ fn lose_track_counted(
     lose_track(st, totals, why, size)
 }
 
+/// Counts a request (or head) as held from now on, and notes who sent it since when.
+#[inline(always)]
+fn hold(msg: *mut sk_msg_md, st: &SockState, totals: &mut Totals, total: u32, phase: u32) {
+    totals.corked += 1;
+    let held = Held {
+        since_ns: unsafe { bpf_ktime_get_ns() },
+        pid_tgid: unsafe { bpf_get_current_pid_tgid() },
+        total,
+        local_port: unsafe { (*msg).local_port },
+        remote_port: u32::from_be(unsafe { (*msg).remote_port }),
+        phase,
+    };
+    let _ = HELD.insert(st.cookie, held, 0);
+}
+
+/// Counts the held request as no longer held.
+#[inline(always)]
+fn release(st: &SockState, totals: &mut Totals) {
+    totals.uncorked += 1;
+    let _ = HELD.remove(st.cookie);
+}
+
+/// A head held for more bytes is complete now (or never will be): no longer held.
+#[inline(always)]
+fn release_head(st: &mut SockState, totals: &mut Totals) {
+    if st.phase == PHASE_HEAD {
+        st.phase = PHASE_IDLE;
+        release(st, totals);
+    }
+}
+
 #[inline(always)]
 fn corked(size: u32, st: &mut SockState, control: &Control, totals: &mut Totals) -> Next {
     st.phase = PHASE_IDLE;
-    totals.uncorked += 1;
+    release(st, totals);
     let total = st.total;
     if size < total {
         // The kernel ran out of cork space and runs us on part of the request: the verdict on
