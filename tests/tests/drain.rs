@@ -328,16 +328,23 @@ fn drain_kill9_pinned_then_adopt_then_uninstall() {
     assert_filtered("A, held across kill -9 and the adoption", &r, &set, &req_a);
     // Then the new agent is uninstalled; it waits for B.
     let (mut cli, out) = spawn_uninstall(&agent);
+    // It names B's connection (polled: on a loaded machine the steps above can take seconds).
+    let names_b = format!("port {port_b} -> {}", rx.port());
+    let t0 = Instant::now();
+    let mut said = String::new();
+    while t0.elapsed() < Duration::from_secs(20) {
+        said = std::fs::read_to_string(&out).unwrap_or_default();
+        if said.contains(&names_b) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(said.contains(&names_b), "uninstall names B's connection:\n{said}");
     sleep_until(stop + LATE);
     assert!(
         cli.try_wait().expect("try_wait").is_none(),
         "uninstall must wait for B; output:\n{}",
         std::fs::read_to_string(&out).unwrap_or_default()
-    );
-    let said = std::fs::read_to_string(&out).unwrap_or_default();
-    assert!(
-        said.contains(&format!("port {port_b} -> {}", rx.port())),
-        "uninstall names B's connection:\n{said}"
     );
     b.finish("B, held across kill -9, the adoption and uninstall");
     let code = wait_child(&mut cli, Duration::from_secs(10), "uninstall", &out);
