@@ -414,6 +414,80 @@ mod tests {
             .collect()
     }
 
+    use super::super::wire::{Field, Kind, Val, WT_EGROUP, WT_SGROUP, encode};
+
+    /// A request of one record with one attribute whose value nests `levels` array (or kvlist)
+    /// values, ending in an int (an AnyValue walked as a frame) or a string (read in place).
+    fn nested(levels: usize, kvlist: bool, string_leaf: bool) -> Vec<u8> {
+        let mut any = if string_leaf {
+            vec![Field::bytes(1, "v")]
+        } else {
+            vec![Field::varint(3, 7)]
+        };
+        for _ in 0..levels {
+            any = if kvlist {
+                let kv = Field::msg(
+                    1,
+                    Kind::KeyValue,
+                    vec![Field::bytes(1, "k"), Field::msg(2, Kind::AnyValue, any)],
+                );
+                vec![Field::msg(6, Kind::KeyValueList, vec![kv])]
+            } else {
+                vec![Field::msg(
+                    5,
+                    Kind::ArrayValue,
+                    vec![Field::msg(1, Kind::AnyValue, any)],
+                )]
+            };
+        }
+        let attr = Field::msg(
+            6,
+            Kind::KeyValue,
+            vec![Field::bytes(1, "a"), Field::msg(2, Kind::AnyValue, any)],
+        );
+        let rec = Field::msg(2, Kind::LogRecord, vec![attr]);
+        let sl = Field::msg(2, Kind::ScopeLogs, vec![rec]);
+        encode(&[Field::msg(1, Kind::ResourceLogs, vec![sl])])
+    }
+
+    #[test]
+    fn depth_bound_as_dt_counts_it() {
+        assert_eq!(MAX_DEPTH, dt_ebpf_common::walk::MAX_DEPTH);
+        // The attribute's value is depth 5; an array level adds 2, a kvlist level 3; an int
+        // leaf is one more frame, a lone string none.
+        assert_eq!(passthrough(&nested(13, false, false)), None); // 5 + 26 = 31
+        assert_eq!(passthrough(&nested(14, false, true)), Some("too_deep")); // array at 32
+        assert_eq!(passthrough(&nested(8, true, false)), None); // 5 + 24 = 29
+        assert_eq!(passthrough(&nested(9, true, true)), None); // last KeyValue at 31
+        assert_eq!(passthrough(&nested(9, true, false)), Some("too_deep")); // int at 32
+        assert!(crate::oracle::structurally_valid(&nested(14, false, true)));
+    }
+
+    #[test]
+    fn groups_prost_skips_are_malformed_for_dt() {
+        let group = |num: u64, wt: u8| {
+            let mut f = Field::new(num, Val::Nothing);
+            f.wt_override = Some(wt);
+            f
+        };
+        let kv = Field::msg(
+            6,
+            Kind::KeyValue,
+            vec![
+                Field::bytes(1, "k"),
+                group(9, WT_SGROUP),
+                group(9, WT_EGROUP),
+            ],
+        );
+        let rec = Field::msg(2, Kind::LogRecord, vec![kv]);
+        let sl = Field::msg(2, Kind::ScopeLogs, vec![rec]);
+        let body = encode(&[Field::msg(1, Kind::ResourceLogs, vec![sl])]);
+        assert!(crate::oracle::structurally_valid(&body));
+        assert_eq!(passthrough(&body), Some("malformed"));
+        // A truncated body: the oracle refuses it.
+        assert_eq!(passthrough(&body[..body.len() - 1]), Some("malformed"));
+    }
+
     #[test]
     fn sample_counts_over_requests() {
         let rule = PRule {
