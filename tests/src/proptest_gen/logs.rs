@@ -117,13 +117,11 @@ const BAD_UTF8: &[&[u8]] = &[
     &[0xf8, 0x88, 0x80, 0x80, 0x80],
 ];
 
-/// Share of strings given invalid UTF-8 (strings are bytes to dt: they stay valid).
-const P_BAD_UTF8: f64 = 0.02;
-
-/// `s`, sometimes with invalid UTF-8 put in at a random byte.
+/// `s`, sometimes (`g.bad_utf8`) with invalid UTF-8 put in at a random byte (strings are bytes
+/// to dt: the request stays valid).
 pub fn maybe_bad_utf8(g: &mut G, s: impl Into<Vec<u8>>) -> Vec<u8> {
     let mut s = s.into();
-    if g.chance(P_BAD_UTF8) {
+    if g.bad_utf8 > 0.0 && g.chance(g.bad_utf8) {
         put_bad_utf8(g, &mut s);
     }
     s
@@ -548,7 +546,7 @@ pub fn record(g: &mut G) -> Field {
     }
     // Invalid UTF-8 in a string body, when it is the record's only body string (with more, the
     // overridden ones may arrive masked or not, and the receiver's verdict with them).
-    if f.iter().filter(|x| x.num == 5).count() == 1 && g.chance(0.04) {
+    if f.iter().filter(|x| x.num == 5).count() == 1 && g.bad_utf8 > 0.0 && g.chance(0.15) {
         let any = f
             .iter_mut()
             .find(|x| x.num == 5)
@@ -711,6 +709,8 @@ pub fn request(g: &mut G) -> Vec<Field> {
 }
 
 fn request_any_size(g: &mut G) -> Vec<Field> {
+    // Invalid UTF-8 in a few requests' strings.
+    g.bad_utf8 = if g.chance(0.1) { 0.05 } else { 0.0 };
     let shape = Shape::random(g);
     let mut f = Vec::new();
     if !g.chance(0.03) {
@@ -725,6 +725,7 @@ fn request_any_size(g: &mut G) -> Vec<Field> {
         }
     }
     pad_some(g, &mut f);
+    g.bad_utf8 = 0.0;
     f
 }
 

@@ -129,12 +129,16 @@ pub const BODY_WORDS: &[&str] = &[
 /// A seeded random source with the few helpers the generators use.
 pub struct G {
     pub rng: ChaCha8Rng,
+    /// Share of strings given invalid UTF-8 in the request being generated (0 in most
+    /// requests: the receiver cannot decode one that still holds some when it arrives).
+    pub bad_utf8: f64,
 }
 
 impl G {
     pub fn new(seed: u64) -> G {
         G {
             rng: ChaCha8Rng::seed_from_u64(seed),
+            bad_utf8: 0.0,
         }
     }
 
