@@ -228,6 +228,8 @@ struct Coverage {
     emptied: usize,
     /// Walked requests that still hold invalid UTF-8 when they arrive.
     bad_utf8: usize,
+    /// Defects put in a message at this depth (the request is 0).
+    defect_depths: std::collections::BTreeMap<usize, usize>,
     malformed: std::collections::BTreeMap<String, usize>,
     pipelined: usize,
     head_cuts: usize,
@@ -256,6 +258,12 @@ impl Coverage {
                     // "reason: how" (a defect's kind, or "deep").
                     let kind: Vec<&str> = m.splitn(3, ':').take(2).map(str::trim).collect();
                     *self.malformed.entry(kind.join(": ")).or_default() += 1;
+                    if let Some(d) = m
+                        .split_once(" at depth ")
+                        .and_then(|(_, d)| d.split(' ').next()?.parse().ok())
+                    {
+                        *self.defect_depths.entry(d).or_default() += 1;
+                    }
                 }
                 None if c.expect.logs.is_none() => {
                     self.bad_utf8 += 1;
@@ -275,7 +283,7 @@ impl Coverage {
     fn summary(&self) -> String {
         format!(
             "{} requests: {} edited ({} emptied of all their records), {} unchanged, {} arriving with invalid UTF-8, \
-             {} passed through {:?}; \
+             {} passed through {:?}, defects by depth {:?}; \
              {} records, {} dropped, {} attributes removed, {} string bodies masked; rules {:?}; \
              {} pipelined connections; {} writes cut in heads, {} in bodies",
             self.requests,
@@ -285,6 +293,7 @@ impl Coverage {
             self.bad_utf8,
             self.malformed.values().sum::<usize>(),
             self.malformed,
+            self.defect_depths,
             self.records,
             self.dropped,
             self.attrs_removed,
