@@ -181,9 +181,9 @@ fn deep_levels(g: &mut G) -> usize {
     }
 }
 
-/// Puts a deep value somewhere values go: a record's body or attribute, a resource attribute,
-/// a scope attribute.
-fn insert_deep(g: &mut G, fields: &mut [Field]) {
+/// Puts a value nesting `levels` array and kvlist values somewhere values go: a record's body
+/// or attribute, a resource attribute, a scope attribute (nowhere when the request has none).
+pub fn insert_deep(g: &mut G, fields: &mut [Field], levels: usize) {
     let mut places: Vec<(Vec<usize>, Kind)> = Vec::new();
     fn collect(fields: &[Field], path: &mut Vec<usize>, out: &mut Vec<(Vec<usize>, Kind)>) {
         for (i, f) in fields.iter().enumerate() {
@@ -213,7 +213,6 @@ fn insert_deep(g: &mut G, fields: &mut [Field]) {
         cur = cur[i].fields_mut().expect("a message");
     }
     let container = cur[*last].fields_mut().expect("a message");
-    let levels = deep_levels(g);
     let value = deep_value(g, levels);
     let f = match kind {
         Kind::LogRecord if g.chance(0.3) => {
@@ -721,7 +720,8 @@ fn request_any_size(g: &mut G) -> Vec<Field> {
     add_unknown(g, &mut f, Kind::Request, 0.1, 2);
     if g.chance(0.08) {
         for _ in 0..g.range(1, 2) {
-            insert_deep(g, &mut f);
+            let levels = deep_levels(g);
+            insert_deep(g, &mut f, levels);
         }
     }
     pad_some(g, &mut f);

@@ -129,6 +129,11 @@ pub fn case(g: &mut G, id: usize, cfg: &GenConfig, rules: &[PRule], state: &mut 
     loop {
         let mut tree = logs::request(g);
         let (body, what) = if malform {
+            // Often a nested value to put the defect in (defects go at any depth).
+            if g.chance(0.5) {
+                let levels = g.range(2, 12);
+                logs::insert_deep(g, &mut tree, levels);
+            }
             // dt stops at the first of a defect and a message nested past its bound: a
             // malformed request stays within the bound, so that its reason is `malformed`.
             if wire::tree_depth(&tree) >= reference::MAX_DEPTH {
