@@ -120,8 +120,9 @@ fn http_request(head: &Head, body: &[u8]) -> HttpRequest {
     }
 }
 
-/// One request: a random valid one evaluated by the reference (which updates `state`), or,
-/// sometimes, a malformed one that must pass through untouched.
+/// One request: a random valid one evaluated by the reference (which updates `state`), or one
+/// the reference says dt must pass through untouched: made malformed on purpose (`cfg.malformed`
+/// of the requests; when the change leaves it valid, another one), or nested past dt's bound.
 pub fn case(g: &mut G, id: usize, cfg: &GenConfig, rules: &[PRule], state: &mut RefState) -> Case {
     let malform = g.chance(cfg.malformed);
     // A request whose edits stay within dt's documented per-request limits (else it would
