@@ -14,10 +14,18 @@
 //!   redacted) and the totals (requests, log_requests, records, records_dropped, bytes_in,
 //!   bytes_out, every passthrough reason, edit_failures).
 //!
-//! Some requests are malformed on purpose, at a level the rules read (truncated, a length past
-//! its parent, group wire types, field number 0, an over-long varint, a known field with another
-//! wire type): they must arrive byte for byte, count as `passthrough.malformed` only, and move no
-//! rule: in particular a sample rule's one-in-N sequence goes on as if they were never sent.
+//! Values nest: array and kvlist values inside each other in record bodies and attributes,
+//! resource and scope attributes, sometimes near and past dt's depth bound; strings sometimes
+//! hold invalid UTF-8 (bytes to dt: still valid, still edited). Some requests are made malformed
+//! on purpose, in any message at any depth (the body cut, a length past its parent, a bytes
+//! field running past its message, a varint or fixed value cut by its message's end, an
+//! over-long varint, field number 0, a known field with another wire type, groups balanced or
+//! not, wire types 6 and 7). Which requests dt must pass through is decided by the reference,
+//! not by what the generator meant: `malformed` when the real decoder (`dt_tests::oracle`,
+//! prost with strings as bytes) refuses the body, or when it holds a group wire type (which
+//! prost skips and dt refuses); `too_deep` when it is valid but nests deeper than dt's bound.
+//! Those must arrive byte for byte, count under their reason only, and move no rule: in
+//! particular a sample rule's one-in-N sequence goes on as if they were never sent.
 //!
 //! A round is one rule set (installed with `Agent::reload`, rule names reused across rounds so
 //! counters and sample sequences carry on) and 10-20 requests under it.
@@ -218,6 +226,10 @@ struct Coverage {
     edited: usize,
     unchanged: usize,
     emptied: usize,
+    /// Walked requests that still hold invalid UTF-8 when they arrive.
+    bad_utf8: usize,
+    /// Defects put in a message at this depth (the request is 0).
+    defect_depths: std::collections::BTreeMap<usize, usize>,
     malformed: std::collections::BTreeMap<String, usize>,
     pipelined: usize,
     head_cuts: usize,
@@ -243,8 +255,19 @@ impl Coverage {
             self.body_cuts += c.cuts.iter().filter(|&&x| x >= c.request.head_len).count();
             match &c.malformed {
                 Some(m) => {
-                    let kind = m.split(':').next().unwrap_or_default().to_string();
-                    *self.malformed.entry(kind).or_default() += 1;
+                    // "reason: how" (a defect's kind, or "deep").
+                    let kind: Vec<&str> = m.splitn(3, ':').take(2).map(str::trim).collect();
+                    *self.malformed.entry(kind.join(": ")).or_default() += 1;
+                    if let Some(d) = m
+                        .split_once(" at depth ")
+                        .and_then(|(_, d)| d.split(' ').next()?.parse().ok())
+                    {
+                        *self.defect_depths.entry(d).or_default() += 1;
+                    }
+                }
+                None if c.expect.logs.is_none() => {
+                    self.bad_utf8 += 1;
+                    self.edited += (c.expect.body != c.request.payload) as usize;
                 }
                 None if c.expect.body != c.request.payload => {
                     self.edited += 1;
@@ -259,15 +282,18 @@ impl Coverage {
 
     fn summary(&self) -> String {
         format!(
-            "{} requests: {} edited ({} emptied of all their records), {} unchanged, {} malformed {:?}; \
+            "{} requests: {} edited ({} emptied of all their records), {} unchanged, {} arriving with invalid UTF-8, \
+             {} passed through {:?}, defects by depth {:?}; \
              {} records, {} dropped, {} attributes removed, {} string bodies masked; rules {:?}; \
              {} pipelined connections; {} writes cut in heads, {} in bodies",
             self.requests,
             self.edited,
             self.emptied,
             self.unchanged,
+            self.bad_utf8,
             self.malformed.values().sum::<usize>(),
             self.malformed,
+            self.defect_depths,
             self.records,
             self.dropped,
             self.attrs_removed,
@@ -362,7 +388,8 @@ fn send_conn(addr: SocketAddr, conn: &round::ConnPlan, agent: &dt_agent::Agent) 
 #[derive(Default)]
 struct Delta {
     requests: u64,
-    malformed: u64,
+    /// Requests passed through, per reason.
+    passthrough: BTreeMap<&'static str, u64>,
     records: u64,
     records_dropped: u64,
     bytes_in: u64,
@@ -373,7 +400,9 @@ struct Delta {
 impl Delta {
     fn add(&mut self, c: &Case, bytes_out: u64) {
         self.requests += 1;
-        self.malformed += c.malformed.is_some() as u64;
+        if let Some(reason) = c.expect.passthrough {
+            *self.passthrough.entry(reason).or_default() += 1;
+        }
         self.records += c.expect.records;
         self.records_dropped += c.expect.records_dropped;
         self.bytes_in += c.request.len() as u64;
@@ -413,12 +442,13 @@ impl Delta {
         want("edit_failures", a.edit_failures - b.edit_failures, 0);
         for (reason, v) in &a.passthrough {
             let d = v - b.passthrough.get(reason).copied().unwrap_or(0);
-            let w = if reason == "malformed" {
-                self.malformed
-            } else {
-                0
-            };
+            let w = self.passthrough.get(reason.as_str()).copied().unwrap_or(0);
             want(&format!("passthrough.{reason}"), d, w);
+        }
+        for (reason, w) in &self.passthrough {
+            if !a.passthrough.contains_key(*reason) {
+                want(&format!("passthrough.{reason}"), 0, *w);
+            }
         }
         for r in &after.rules {
             let old = before.rule(&r.name);
@@ -714,15 +744,21 @@ fn check_received(c: &Case, rcv: &Received, p: &mut Vec<String>) {
             rcv.body.len()
         ));
     }
-    match (&c.expect.logs, &rcv.logs) {
-        (None, _) if rcv.body != c.request.payload => {
+    if let Some(reason) = c.expect.passthrough {
+        if rcv.body != c.request.payload {
             p.push(format!(
-                "malformed request changed: {} bytes sent, {} arrived",
+                "request to pass through ({reason}) changed: {} bytes sent, {} arrived",
                 c.request.payload.len(),
                 rcv.body.len()
             ));
         }
-        (None, _) => {}
+        return;
+    }
+    match (&c.expect.logs, &rcv.logs) {
+        // Invalid UTF-8 left in a string: the receiver cannot decode it (the bytes on the wire
+        // are checked exactly).
+        (None, None) => {}
+        (None, Some(_)) => p.push("the receiver decoded a request with invalid UTF-8".into()),
         (Some(_), None) => p.push(format!(
             "the receiver could not decode it: {:?}",
             rcv.decode_error

@@ -105,6 +105,136 @@ fn some_string(g: &mut G, pool: &[&str]) -> String {
     }
 }
 
+/// Invalid UTF-8 sequences: a byte that never occurs, a lone lead byte, a lone continuation
+/// byte, a surrogate, an over-long encoding, a cut three-byte sequence, a five-byte form.
+const BAD_UTF8: &[&[u8]] = &[
+    &[0xff],
+    &[0xc3],
+    &[0x80],
+    &[0xed, 0xa0, 0x80],
+    &[0xc0, 0xaf],
+    &[0xe6, 0x97],
+    &[0xf8, 0x88, 0x80, 0x80, 0x80],
+];
+
+/// `s`, sometimes (`g.bad_utf8`) with invalid UTF-8 put in at a random byte (strings are bytes
+/// to dt: the request stays valid).
+pub fn maybe_bad_utf8(g: &mut G, s: impl Into<Vec<u8>>) -> Vec<u8> {
+    let mut s = s.into();
+    if g.bad_utf8 > 0.0 && g.chance(g.bad_utf8) {
+        put_bad_utf8(g, &mut s);
+    }
+    s
+}
+
+/// Puts an invalid UTF-8 sequence into `s` at a random byte.
+pub fn put_bad_utf8(g: &mut G, s: &mut Vec<u8>) {
+    let at = g.range(0, s.len());
+    let bad = *g.pick(BAD_UTF8);
+    s.splice(at..at, bad.iter().copied());
+}
+
+/// The fields of an AnyValue holding `levels` array and kvlist values inside each other (each
+/// level with a few siblings), ending in any value: deep nesting for dt's depth bound.
+pub fn deep_value(g: &mut G, levels: usize) -> Vec<Field> {
+    if levels == 0 {
+        return any_value(g, 0.6, 3, ATTR_VALUES);
+    }
+    let inner = deep_value(g, levels - 1);
+    let mut vals = Vec::new();
+    let kvlist = g.chance(0.5);
+    for _ in 0..g.range(0, 2) {
+        let v = any_value(g, 0.7, 2, ATTR_VALUES);
+        vals.push(v);
+    }
+    let at = g.range(0, vals.len());
+    vals.insert(at, inner);
+    let mut out: Vec<Field> = vals
+        .into_iter()
+        .map(|v| {
+            if kvlist {
+                let k = g.pick(ATTR_KEYS).to_string();
+                Field::msg(1, Kind::KeyValue, kv_fields(g, Some(&k), Some(v)))
+            } else {
+                Field::msg(1, Kind::AnyValue, v)
+            }
+        })
+        .collect();
+    let kind = if kvlist {
+        Kind::KeyValueList
+    } else {
+        Kind::ArrayValue
+    };
+    add_unknown(g, &mut out, kind, 0.05, 1);
+    let mut any = vec![Field::msg(if kvlist { 6 } else { 5 }, kind, out)];
+    add_unknown(g, &mut any, Kind::AnyValue, 0.05, 1);
+    any
+}
+
+/// How many array and kvlist levels a deep value gets: a few, or enough to reach dt's depth
+/// bound from wherever it is put (near it, and past it).
+fn deep_levels(g: &mut G) -> usize {
+    if g.chance(0.5) {
+        g.range(1, 6)
+    } else {
+        g.range(7, 16)
+    }
+}
+
+/// Puts a value nesting `levels` array and kvlist values somewhere values go: a record's body
+/// or attribute, a resource attribute, a scope attribute (nowhere when the request has none).
+pub fn insert_deep(g: &mut G, fields: &mut [Field], levels: usize) {
+    let mut places: Vec<(Vec<usize>, Kind)> = Vec::new();
+    fn collect(fields: &[Field], path: &mut Vec<usize>, out: &mut Vec<(Vec<usize>, Kind)>) {
+        for (i, f) in fields.iter().enumerate() {
+            if let Val::Msg {
+                kind, fields: c, ..
+            } = &f.val
+            {
+                path.push(i);
+                if matches!(kind, Kind::LogRecord | Kind::Resource | Kind::Scope) {
+                    out.push((path.clone(), *kind));
+                }
+                if matches!(kind, Kind::ResourceLogs | Kind::ScopeLogs) {
+                    collect(c, path, out);
+                }
+                path.pop();
+            }
+        }
+    }
+    collect(fields, &mut Vec::new(), &mut places);
+    if places.is_empty() {
+        return;
+    }
+    let (path, kind) = places[g.range(0, places.len() - 1)].clone();
+    let mut cur: &mut [Field] = fields;
+    let (last, rest) = path.split_last().expect("a path");
+    for &i in rest {
+        cur = cur[i].fields_mut().expect("a message");
+    }
+    let container = cur[*last].fields_mut().expect("a message");
+    let value = deep_value(g, levels);
+    let f = match kind {
+        Kind::LogRecord if g.chance(0.3) => {
+            // The body: with no string in it (the reference's body-string count stays right).
+            container.retain(|x| x.num != 5);
+            Field::msg(5, Kind::AnyValue, value)
+        }
+        Kind::LogRecord => {
+            let k = g.pick(ATTR_KEYS).to_string();
+            Field::msg(6, Kind::KeyValue, kv_fields(g, Some(&k), Some(value)))
+        }
+        Kind::Resource => Field::msg(1, Kind::KeyValue, kv_fields(g, Some("k"), Some(value))),
+        _ => Field::msg(
+            3,
+            Kind::KeyValue,
+            kv_fields(g, Some("scope.attr"), Some(value)),
+        ),
+    };
+    let at = g.range(0, container.len());
+    container.insert(at, f);
+}
+
 /// A string body: words and needles, sometimes long (crossing the kernel's 64-byte scan chunks
 /// and pull windows).
 pub fn body_text(g: &mut G) -> String {
@@ -139,9 +269,10 @@ pub fn any_value(g: &mut G, p_string: f64, depth: u32, strings: &[&str]) -> Vec<
     let mut fields = Vec::new();
     for _ in 0..members {
         let f = if g.chance(p_string) {
-            Field::bytes(1, some_string(g, strings).into_bytes())
+            let text = some_string(g, strings);
+            Field::bytes(1, maybe_bad_utf8(g, text))
         } else {
-            match g.range(0, if depth < 2 { 5 } else { 3 }) {
+            match g.range(0, if depth < 3 { 5 } else { 3 }) {
                 0 => Field::varint(2, *g.pick(&[0u64, 1, 1, 2, u64::MAX])),
                 1 => Field::varint(3, any_varint(g)),
                 2 => {
@@ -191,7 +322,8 @@ pub fn any_value(g: &mut G, p_string: f64, depth: u32, strings: &[&str]) -> Vec<
 pub fn kv_fields(g: &mut G, key: Option<&str>, value: Option<Vec<Field>>) -> Vec<Field> {
     let mut fields = Vec::new();
     if let Some(k) = key {
-        fields.push(Field::bytes(1, k.as_bytes()));
+        let k = maybe_bad_utf8(g, k);
+        fields.push(Field::bytes(1, k));
     }
     if g.chance(0.05) {
         // A second key: whichever comes last wins.
@@ -316,10 +448,10 @@ pub fn record(g: &mut G) -> Field {
         }
     }
     if g.chance(0.5) {
-        f.push(Field::bytes(
-            3,
-            *g.pick(&["INFO", "DEBUG", "WARN", "", "Error"]),
-        ));
+        f.push(Field::bytes(3, {
+            let t = *g.pick(&["INFO", "DEBUG", "WARN", "", "Error"]);
+            maybe_bad_utf8(g, t)
+        }));
     }
     let bodies = match g.weighted(&[8, 84, 6, 2]) {
         0 => 0,
@@ -356,7 +488,9 @@ pub fn record(g: &mut G) -> Field {
         f.push(Field::bytes(10, g.bytes(8)));
     }
     if g.chance(0.1) {
-        f.push(Field::bytes(12, *g.pick(&["", "login", "日本"])));
+        let name = *g.pick(&["", "login", "日本"]);
+        let name = maybe_bad_utf8(g, name);
+        f.push(Field::bytes(12, name));
     }
     add_unknown(g, &mut f, Kind::LogRecord, 0.15, 3);
     order(g, &mut f, 0.6);
@@ -408,6 +542,21 @@ pub fn record(g: &mut G) -> Field {
     while strings(&f) > MAX_BODY_STRINGS {
         let last = f.iter().rposition(|x| x.num == 5).expect("a body");
         f.remove(last);
+    }
+    // Invalid UTF-8 in a string body, when it is the record's only body string (with more, the
+    // overridden ones may arrive masked or not, and the receiver's verdict with them).
+    if f.iter().filter(|x| x.num == 5).count() == 1 && g.bad_utf8 > 0.0 && g.chance(0.15) {
+        let any = f
+            .iter_mut()
+            .find(|x| x.num == 5)
+            .and_then(Field::fields_mut)
+            .expect("a body");
+        if any.len() == 1
+            && any[0].num == 1
+            && let Val::Bytes { data, .. } = &mut any[0].val
+        {
+            put_bad_utf8(g, data);
+        }
     }
     Field::msg(2, Kind::LogRecord, f)
 }
@@ -468,7 +617,9 @@ fn resource(g: &mut G) -> Field {
 fn scope_logs(g: &mut G, shape: &Shape) -> Field {
     let mut f = Vec::new();
     if g.chance(0.85) {
-        let mut s = vec![Field::bytes(1, *g.pick(&["app", "", "io.opentelemetry.x"]))];
+        let name = *g.pick(&["app", "", "io.opentelemetry.x"]);
+        let name = maybe_bad_utf8(g, name);
+        let mut s = vec![Field::bytes(1, name)];
         if g.chance(0.5) {
             s.push(Field::bytes(2, "1.0.0"));
         }
@@ -557,6 +708,8 @@ pub fn request(g: &mut G) -> Vec<Field> {
 }
 
 fn request_any_size(g: &mut G) -> Vec<Field> {
+    // Invalid UTF-8 in a few requests' strings.
+    g.bad_utf8 = if g.chance(0.1) { 0.05 } else { 0.0 };
     let shape = Shape::random(g);
     let mut f = Vec::new();
     if !g.chance(0.03) {
@@ -565,7 +718,14 @@ fn request_any_size(g: &mut G) -> Vec<Field> {
         }
     }
     add_unknown(g, &mut f, Kind::Request, 0.1, 2);
+    if g.chance(0.08) {
+        for _ in 0..g.range(1, 2) {
+            let levels = deep_levels(g);
+            insert_deep(g, &mut f, levels);
+        }
+    }
     pad_some(g, &mut f);
+    g.bad_utf8 = 0.0;
     f
 }
 
@@ -596,26 +756,56 @@ pub fn pad_some(g: &mut G, fields: &mut [Field]) {
 // ------------------------------------------------------------------------------------------
 // Malformed requests
 
-/// Whether dt's contract levels reach into field `num` of `parent`: the messages the rules read
-/// (ResourceLogs, Resource, its attributes and their values, ScopeLogs, LogRecord, its body,
-/// attributes and their values). A malformation is put at one of these levels, where a decoder
-/// of the schema has to see it.
-fn descends(parent: Kind, num: u64, child: Kind) -> bool {
-    matches!(
-        (parent, num, child),
-        (Kind::Request, 1, Kind::ResourceLogs)
-            | (Kind::ResourceLogs, 1, Kind::Resource)
-            | (Kind::ResourceLogs, 2, Kind::ScopeLogs)
-            | (Kind::Resource, 1, Kind::KeyValue)
-            | (Kind::ScopeLogs, 2, Kind::LogRecord)
-            | (Kind::LogRecord, 5, Kind::AnyValue)
-            | (Kind::LogRecord, 6, Kind::KeyValue)
-            | (Kind::KeyValue, 2, Kind::AnyValue)
-    )
+/// The wire type of field `num` of `kind` in the schema (opentelemetry-proto 0.33, as the
+/// oracle decodes it), `None` for a field it does not define.
+pub fn schema_wire_type(kind: Kind, num: u64) -> Option<u8> {
+    Some(match (kind, num) {
+        (Kind::Request, 1) => WT_LEN,
+        (Kind::ResourceLogs | Kind::ScopeLogs, 1..=3) => WT_LEN,
+        (Kind::Resource, 1 | 3) => WT_LEN,
+        (Kind::Resource, 2) => WT_VARINT,
+        (Kind::Scope, 1..=3) => WT_LEN,
+        (Kind::Scope, 4) => WT_VARINT,
+        (Kind::LogRecord, 1 | 11) => WT_I64,
+        (Kind::LogRecord, 2 | 7) => WT_VARINT,
+        (Kind::LogRecord, 8) => WT_I32,
+        (Kind::LogRecord, 3 | 5 | 6 | 9 | 10 | 12) => WT_LEN,
+        (Kind::KeyValue, 1 | 2) => WT_LEN,
+        (Kind::AnyValue, 1 | 5 | 6 | 7) => WT_LEN,
+        (Kind::AnyValue, 2 | 3) => WT_VARINT,
+        (Kind::AnyValue, 4) => WT_I64,
+        (Kind::ArrayValue | Kind::KeyValueList, 1) => WT_LEN,
+        (Kind::EntityRef, 1..=4) => WT_LEN,
+        _ => return None,
+    })
 }
 
-/// Paths (child indices from the top) of every message at a contract level, with its kind.
-fn levels(fields: &[Field], kind: Kind, path: &mut Vec<usize>, out: &mut Vec<(Vec<usize>, Kind)>) {
+/// The fields `kind` defines with wire type `wt`.
+fn schema_fields(kind: Kind, wt: u8) -> Vec<u64> {
+    (1..=12)
+        .filter(|&n| schema_wire_type(kind, n) == Some(wt))
+        .collect()
+}
+
+/// A field number for a defect in a `kind`: one the schema defines with wire type `wt` when
+/// there is one (half the time), else an unknown one.
+fn defect_number(g: &mut G, kind: Kind, wt: u8) -> u64 {
+    let known = schema_fields(kind, wt);
+    if !known.is_empty() && g.chance(0.5) {
+        *g.pick(&known)
+    } else {
+        unknown_number(g, kind)
+    }
+}
+
+/// Every message of the tree (paths of child indices from the top, and kinds), the request
+/// included.
+fn messages(
+    fields: &[Field],
+    kind: Kind,
+    path: &mut Vec<usize>,
+    out: &mut Vec<(Vec<usize>, Kind)>,
+) {
     out.push((path.clone(), kind));
     for (i, f) in fields.iter().enumerate() {
         if let Val::Msg {
@@ -623,10 +813,9 @@ fn levels(fields: &[Field], kind: Kind, path: &mut Vec<usize>, out: &mut Vec<(Ve
             fields: cf,
             ..
         } = &f.val
-            && descends(kind, f.num, *ck)
         {
             path.push(i);
-            levels(cf, *ck, path, out);
+            messages(cf, *ck, path, out);
             path.pop();
         }
     }
@@ -640,42 +829,51 @@ fn at_path<'a>(fields: &'a mut Vec<Field>, path: &[usize]) -> &'a mut Vec<Field>
     cur
 }
 
-/// A field dt's levels read, with a wire type other than the schema's: decoders must refuse it.
-fn wrong_wire_type(g: &mut G, kind: Kind) -> Field {
-    let (num, right) = match kind {
-        Kind::Request => (1, WT_LEN),
-        Kind::ResourceLogs => (*g.pick(&[1u64, 2]), WT_LEN),
-        Kind::Resource => (1, WT_LEN),
-        Kind::ScopeLogs => (2, WT_LEN),
-        Kind::LogRecord => *g.pick(&[(2u64, WT_VARINT), (5, WT_LEN), (6, WT_LEN)]),
-        Kind::KeyValue => *g.pick(&[(1u64, WT_LEN), (2, WT_LEN)]),
-        _ => *g.pick(&[(1u64, WT_LEN), (2, WT_VARINT), (3, WT_VARINT), (4, WT_I64)]),
-    };
-    let val = loop {
-        let (wt, v) = match g.range(0, 3) {
-            0 => (WT_VARINT, Val::Varint { v: 5, pad: 0 }),
-            1 => (WT_I64, Val::I64(7)),
-            2 => (
-                WT_LEN,
-                Val::Bytes {
-                    data: b"xy".to_vec(),
-                    pad: 0,
-                },
-            ),
-            _ => (WT_I32, Val::I32(7)),
-        };
-        if wt != right {
-            break v;
-        }
-    };
-    Field::new(num, val)
+/// A raw field: `num` with wire type `wt` in its tag, then `raw` as it is.
+fn raw(num: u64, wt: u8, raw: Vec<u8>) -> Field {
+    let mut f = Field::new(num, Val::Raw(raw));
+    f.wt_override = Some(wt);
+    f
 }
 
-/// Makes a valid request malformed at one of dt's contract levels. Returns the new body and
-/// what was done. `fields` is changed in place (not for truncation).
+/// An over-long varint: 11 bytes, or 10 whose last byte overflows 64 bits.
+fn long_varint(g: &mut G) -> Vec<u8> {
+    if g.chance(0.5) {
+        let mut r = vec![0xff; 10];
+        r.push(0x01);
+        r
+    } else {
+        let mut r = vec![0xff; 9];
+        r.push(*g.pick(&[0x02u8, 0x7f]));
+        r
+    }
+}
+
+/// A value of wire type `wt` (not a group), as raw bytes after the tag.
+fn value_of(g: &mut G, wt: u8) -> Vec<u8> {
+    match wt {
+        WT_VARINT => {
+            let mut o = Vec::new();
+            super::wire::put_varint(&mut o, any_varint(g), 0);
+            o
+        }
+        WT_I64 => g.bytes(8),
+        WT_I32 => g.bytes(4),
+        _ => {
+            let n = g.range(0, 4);
+            let mut o = vec![n as u8];
+            o.extend(g.bytes(n));
+            o
+        }
+    }
+}
+
+/// Makes a valid request malformed, or at least suspicious, at any depth of any message: the
+/// oracle, not this function, says whether it is. Returns the new body and what was done.
+/// `fields` is changed in place (not for truncation).
 pub fn malform(g: &mut G, fields: &mut Vec<Field>) -> (Vec<u8>, String) {
     let body = super::wire::encode(fields);
-    let which = g.range(0, 7);
+    let which = g.range(0, 11);
     if which == 0 && !body.is_empty() {
         // Cut the body strictly inside a top-level field.
         let mut starts = Vec::new();
@@ -698,20 +896,27 @@ pub fn malform(g: &mut G, fields: &mut Vec<Field>) -> (Vec<u8>, String) {
             );
         }
     }
-    let mut lv = Vec::new();
-    levels(fields, Kind::Request, &mut Vec::new(), &mut lv);
-    let (path, kind) = lv[g.range(0, lv.len() - 1)].clone();
+    // A message at a depth chosen uniformly among the depths the tree has.
+    let mut all = Vec::new();
+    messages(fields, Kind::Request, &mut Vec::new(), &mut all);
+    let deepest = all.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
+    let d = g.range(0, deepest);
+    let at_d: Vec<&(Vec<usize>, Kind)> = all.iter().filter(|(p, _)| p.len() == d).collect();
+    let (path, kind) = at_d[g.range(0, at_d.len() - 1)].clone();
+    let depth = path.len();
     let container = at_path(fields, &path);
     let at = g.range(0, container.len());
+    let end = container.len();
     let what = match which {
-        1 => {
-            // A length prefix past the end of its parent.
+        0 | 1 => {
+            // A length prefix past the end of its parent: a message of the tree, or a new one.
             let msgs: Vec<usize> = (0..container.len())
                 .filter(|&i| matches!(container[i].val, Val::Msg { .. }))
                 .collect();
             let i = if msgs.is_empty() || g.chance(0.2) {
                 let v = vec![Field::bytes(1, "abc")];
-                container.insert(at, Field::msg(unknown_number(g, kind), Kind::AnyValue, v));
+                let num = defect_number(g, kind, WT_LEN);
+                container.insert(at, Field::msg(num, Kind::AnyValue, v));
                 at
             } else {
                 msgs[g.range(0, msgs.len() - 1)]
@@ -721,69 +926,157 @@ pub fn malform(g: &mut G, fields: &mut Vec<Field>) -> (Vec<u8>, String) {
                 *bad_len = Some(extra);
             }
             format!(
-                "bad-length: field {i} (number {}) of the {kind:?} at {path:?}: length prefix {} bytes past its parent",
+                "bad-length: field {i} (number {}) of the {kind:?} at depth {depth} {path:?}: length prefix {} bytes past its parent",
                 container[i].num,
                 extra + 1
             )
         }
         2 => {
-            // A group (valid protobuf that decoders skip, but not a wire type OTLP uses).
-            let num = unknown_number(g, kind);
-            let mut start = Field::new(num, Val::Nothing);
-            start.wt_override = Some(WT_SGROUP);
-            let mut end = Field::new(num, Val::Nothing);
-            end.wt_override = Some(WT_EGROUP);
-            container.insert(at, end);
-            if g.chance(0.5) {
-                container.insert(at, Field::varint(1, 3));
-            }
-            container.insert(at, start);
-            format!("group: field {num}, start and end, at {at} of the {kind:?} at {path:?}")
+            // A string or bytes field (bytes_value, a key, trace_id...) whose length runs past
+            // its message, at the message's end.
+            let num = defect_number(g, kind, WT_LEN);
+            let n = g.range(0, 5);
+            let extra = *g.pick(&[1usize, 2, 100, 1 << 20]);
+            let mut r = Vec::new();
+            super::wire::put_varint(&mut r, (n + extra) as u64, 0);
+            r.extend(g.bytes(n));
+            container.push(raw(num, WT_LEN, r));
+            format!(
+                "bad-bytes-length: field {num} of the {kind:?} at depth {depth} {path:?}: {n} bytes left, {} claimed",
+                n + extra
+            )
         }
         3 => {
-            let num = unknown_number(g, kind);
-            let mut end = Field::new(num, Val::Nothing);
-            end.wt_override = Some(*g.pick(&[WT_EGROUP, WT_SGROUP, 6, 7]));
-            let wt = end.wt_override.unwrap();
-            container.insert(at, end);
-            format!("lone-tag: wire type {wt}, field {num}, at {at} of the {kind:?} at {path:?}")
+            // A varint, a length prefix or a fixed-size value cut by the end of its message.
+            let wt = *g.pick(&[WT_VARINT, WT_VARINT, WT_LEN, WT_I64, WT_I32]);
+            let num = defect_number(g, kind, wt);
+            let r = match wt {
+                WT_I64 => {
+                    let n = g.range(0, 7);
+                    g.bytes(n)
+                }
+                WT_I32 => {
+                    let n = g.range(0, 3);
+                    g.bytes(n)
+                }
+                _ => (0..g.range(1, 3)).map(|_| 0x80 | g.u32() as u8).collect(),
+            };
+            container.push(raw(num, wt, r));
+            format!(
+                "truncated-value: field {num} wire type {wt} at the end of the {kind:?} at depth {depth} {path:?}"
+            )
         }
         4 => {
-            let num = unknown_number(g, kind);
-            let raw = if g.chance(0.5) {
-                let mut r = vec![0xff; 10];
-                r.push(0x01);
-                r
-            } else {
-                let mut r = vec![0xff; 9];
-                r.push(0x02);
-                r
-            };
-            let mut f = Field::new(num, Val::Raw(raw));
-            f.wt_override = Some(WT_VARINT);
-            container.insert(at, f);
-            format!("long-varint: field {num}, at {at} of the {kind:?} at {path:?}")
+            // An over-long varint: a value, or a length prefix.
+            let wt = if g.chance(0.3) { WT_LEN } else { WT_VARINT };
+            let num = defect_number(g, kind, wt);
+            let r = long_varint(g);
+            container.insert(at, raw(num, wt, r));
+            format!(
+                "long-varint: field {num} wire type {wt}, at {at} of the {kind:?} at depth {depth} {path:?}"
+            )
         }
         5 => {
-            let mut f = Field::new(0, Val::Varint { v: 1, pad: 0 });
-            f.wt_override = Some(*g.pick(&[WT_VARINT, WT_LEN, WT_I32]));
-            if f.wt_override == Some(WT_LEN) {
-                f.val = Val::Raw(vec![1, b'x']);
-            } else if f.wt_override == Some(WT_I32) {
-                f.val = Val::Raw(vec![1, 2, 3, 4]);
+            let wt = *g.pick(&[WT_VARINT, WT_LEN, WT_I32, WT_I64]);
+            let r = value_of(g, wt);
+            container.insert(at, raw(0, wt, r));
+            format!("field-zero: wire type {wt}, at {at} of the {kind:?} at depth {depth} {path:?}")
+        }
+        6 | 7 => {
+            // A field the schema defines, with another wire type: a new one, or one of the
+            // tree's retyped in place (a fixed64 time as a varint, a message as a varint...).
+            let known: Vec<usize> = (0..container.len())
+                .filter(|&i| {
+                    schema_wire_type(kind, container[i].num).is_some()
+                        && !matches!(container[i].val, Val::Raw(_) | Val::Nothing)
+                })
+                .collect();
+            let (i, num, right) = if !known.is_empty() && g.chance(0.5) {
+                let i = known[g.range(0, known.len() - 1)];
+                let num = container[i].num;
+                (i, num, schema_wire_type(kind, num).expect("known"))
+            } else {
+                let nums: Vec<u64> = (1..=12)
+                    .filter(|&n| schema_wire_type(kind, n).is_some())
+                    .collect();
+                let num = *g.pick(&nums);
+                container.insert(at, Field::varint(num, 0));
+                (at, num, schema_wire_type(kind, num).expect("known"))
+            };
+            let wt = loop {
+                let wt = *g.pick(&[WT_VARINT, WT_I64, WT_LEN, WT_I32, WT_SGROUP, WT_EGROUP]);
+                if wt != right {
+                    break wt;
+                }
+            };
+            let r = match wt {
+                WT_SGROUP | WT_EGROUP => Vec::new(),
+                _ => value_of(g, wt),
+            };
+            container[i] = raw(num, wt, r);
+            if wt == WT_SGROUP {
+                let mut end = Field::new(num, Val::Nothing);
+                end.wt_override = Some(WT_EGROUP);
+                container.insert(i + 1, end);
             }
-            container.insert(at, f);
-            format!("field-zero: at {at} of the {kind:?} at {path:?}")
+            format!(
+                "wrong-wire-type: field {num} with wire type {wt} (not {right}) at {i} of the {kind:?} at depth {depth} {path:?}"
+            )
+        }
+        8 | 9 => {
+            // Groups in an unknown field: balanced (prost skips them, dt refuses them), nested,
+            // with a mismatched end, or never ended.
+            let num = unknown_number(g, kind);
+            let mut group = vec![{
+                let mut f = Field::new(num, Val::Nothing);
+                f.wt_override = Some(WT_SGROUP);
+                f
+            }];
+            if g.chance(0.5) {
+                group.push(Field::varint(1, 3));
+            }
+            if g.chance(0.2) {
+                let mut s = Field::new(num + 1, Val::Nothing);
+                s.wt_override = Some(WT_SGROUP);
+                let mut e = Field::new(num + 1, Val::Nothing);
+                e.wt_override = Some(WT_EGROUP);
+                group.push(s);
+                group.push(Field::new(2, Val::I32(7)));
+                group.push(e);
+            }
+            let shape = g.weighted(&[70, 15, 15]);
+            match shape {
+                0 => {
+                    let mut e = Field::new(num, Val::Nothing);
+                    e.wt_override = Some(WT_EGROUP);
+                    group.push(e);
+                }
+                1 => {
+                    let mut e = Field::new(num + 7, Val::Nothing);
+                    e.wt_override = Some(WT_EGROUP);
+                    group.push(e);
+                }
+                _ => {}
+            }
+            let pos = if shape == 2 { end } else { at };
+            let n = group.len();
+            for (k, f) in group.into_iter().enumerate() {
+                container.insert(pos + k, f);
+            }
+            format!(
+                "group: field {num}, {}, {n} tags at {pos} of the {kind:?} at depth {depth} {path:?}",
+                ["balanced", "mismatched end", "never ended"][shape]
+            )
         }
         _ => {
-            let f = wrong_wire_type(g, kind);
-            let desc = format!(
-                "wrong-wire-type: field {} with wire type {} at {at} of the {kind:?} at {path:?}",
-                f.num,
-                f.wire_type()
-            );
+            let num = unknown_number(g, kind);
+            let wt = *g.pick(&[WT_EGROUP, 6, 7]);
+            let mut f = Field::new(num, Val::Nothing);
+            f.wt_override = Some(wt);
             container.insert(at, f);
-            desc
+            format!(
+                "lone-tag: wire type {wt}, field {num}, at {at} of the {kind:?} at depth {depth} {path:?}"
+            )
         }
     };
     (super::wire::encode(fields), what)

@@ -7,9 +7,10 @@
 //! - [`logs`]: random ExportLogsServiceRequests, malformed variants, HTTP heads and splits.
 //! - [`rules`]: random rule sets (count, drop, and, behind a switch, sample and redact) as TOML,
 //!   with their own matching code (no dt code).
-//! - [`reference`]: decodes a request with prost (protobuf merge semantics) and applies the
-//!   rules as INTERFACE.md says, giving the decoded request, the bytes and the counters dt must
-//!   produce.
+//! - [`reference`]: says whether dt must pass a request through and why (the oracle,
+//!   [`crate::oracle`], for malformed; groups and dt's depth bound besides), else decodes it with
+//!   prost (protobuf merge semantics) and applies the rules as INTERFACE.md says, giving the
+//!   decoded request, the bytes and the counters dt must produce.
 //! - [`round`]: one rule set and the connections of requests sent under it.
 //!
 //! Nothing here calls dt's walker (`dt_ebpf_common::walk`) or rule compiler.
@@ -129,12 +130,16 @@ pub const BODY_WORDS: &[&str] = &[
 /// A seeded random source with the few helpers the generators use.
 pub struct G {
     pub rng: ChaCha8Rng,
+    /// Share of strings given invalid UTF-8 in the request being generated (0 in most
+    /// requests: the receiver cannot decode one that still holds some when it arrives).
+    pub bad_utf8: f64,
 }
 
 impl G {
     pub fn new(seed: u64) -> G {
         G {
             rng: ChaCha8Rng::seed_from_u64(seed),
+            bad_utf8: 0.0,
         }
     }
 

@@ -238,6 +238,148 @@ pub fn evaluate(
     out
 }
 
+// ------------------------------------------------------------------------------------------
+// Requests dt must pass through untouched
+
+/// The deepest message nesting dt's walk checks (README, "What dt checks"): the request is
+/// depth 0, a ResourceLogs 1, ScopeLogs 2, LogRecord 3, a record attribute (KeyValue) 4 and
+/// its value 5; each array level adds an ArrayValue and an AnyValue, each kvlist level a
+/// KeyValueList, a KeyValue and an AnyValue. A message one deeper passes through `too_deep`.
+pub const MAX_DEPTH: u32 = 31;
+
+/// Why dt must pass `body` through byte for byte (the `passthrough` reason), or `None` when it
+/// walks and edits it.
+///
+/// - `malformed` when the real decoder ([`crate::oracle`]: prost, strings as bytes) rejects it;
+/// - otherwise the walk of a structurally valid request, in dt's order (each ResourceLogs
+///   first for its resource, then for its ScopeLogs; fields in order, depth first), stops at
+///   the first of: a group wire type (3 or 4) in an unknown field, which prost skips but dt
+///   refuses (`malformed`); a message nested deeper than [`MAX_DEPTH`] (`too_deep`). An
+///   AnyValue that is exactly one `string_value` field (tag byte 0x0a, its length ending the
+///   AnyValue) is read in place and takes no depth.
+///
+/// A request the decoder rejects is `malformed` whatever its depth: the generator never makes
+/// one whose messages nest deeper than the bound (dt would stop at the depth first).
+pub fn passthrough(body: &[u8]) -> Option<&'static str> {
+    if !crate::oracle::structurally_valid(body) {
+        return Some("malformed");
+    }
+    scan(body, 0, body.len(), Msg::Request, 0).err()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Msg {
+    Request,
+    ResourceLogs,
+    Resource,
+    ScopeLogs,
+    Scope,
+    LogRecord,
+    KeyValue,
+    AnyValue,
+    ArrayValue,
+    KeyValueList,
+    EntityRef,
+}
+
+/// A varint at `at` ending before `end` (the decoder accepted the request: it is there).
+fn read_varint(b: &[u8], at: usize, end: usize) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for i in 0..10 {
+        if at + i >= end {
+            return None;
+        }
+        let x = b[at + i];
+        if i == 9 && x > 1 {
+            return None;
+        }
+        v |= ((x & 0x7f) as u64) << (7 * i);
+        if x < 0x80 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+/// Whether `b[start..end]` is exactly one `string_value` field written with a one-byte tag.
+fn single_string(b: &[u8], start: usize, end: usize) -> bool {
+    if end - start < 2 || b[start] != 0x0a {
+        return false;
+    }
+    match read_varint(b, start + 1, end) {
+        Some((len, m)) => (start + 1 + m) as u64 + len == end as u64,
+        None => false,
+    }
+}
+
+/// The message dt walks for field `num` (length-delimited) of `parent`, if any; `None` for an
+/// AnyValue read in place.
+fn child(parent: Msg, num: u64, b: &[u8], start: usize, end: usize) -> Option<Msg> {
+    let any = || (!single_string(b, start, end)).then_some(Msg::AnyValue);
+    match (parent, num) {
+        (Msg::Request, 1) => Some(Msg::ResourceLogs),
+        (Msg::ResourceLogs, 1) => Some(Msg::Resource),
+        (Msg::ResourceLogs, 2) => Some(Msg::ScopeLogs),
+        (Msg::Resource, 1) | (Msg::Scope, 3) | (Msg::KeyValueList, 1) => Some(Msg::KeyValue),
+        (Msg::Resource, 3) => Some(Msg::EntityRef),
+        (Msg::ScopeLogs, 1) => Some(Msg::Scope),
+        (Msg::ScopeLogs, 2) => Some(Msg::LogRecord),
+        (Msg::LogRecord, 5) | (Msg::KeyValue, 2) | (Msg::ArrayValue, 1) => any(),
+        (Msg::LogRecord, 6) => Some(Msg::KeyValue),
+        (Msg::AnyValue, 5) => Some(Msg::ArrayValue),
+        (Msg::AnyValue, 6) => Some(Msg::KeyValueList),
+        _ => None,
+    }
+}
+
+/// Walks the fields of the message `b[start..end]` at `depth`, following only the fields in
+/// `only` (all when `None`) into their messages.
+fn fields(
+    b: &[u8],
+    start: usize,
+    end: usize,
+    kind: Msg,
+    depth: u32,
+    only: Option<u64>,
+) -> Result<(), &'static str> {
+    let mut pos = start;
+    while pos < end {
+        let (tag, n) = read_varint(b, pos, end).expect("the decoder accepted the tag");
+        pos += n;
+        let (num, wt) = (tag >> 3, tag & 7);
+        match wt {
+            0 => pos += read_varint(b, pos, end).expect("a varint").1,
+            1 => pos += 8,
+            5 => pos += 4,
+            2 => {
+                let (len, m) = read_varint(b, pos, end).expect("a length");
+                let (s, e) = (pos + m, pos + m + len as usize);
+                pos = e;
+                if only.is_some_and(|o| o != num) {
+                    continue;
+                }
+                if let Some(c) = child(kind, num, b, s, e) {
+                    scan(b, s, e, c, depth + 1)?;
+                }
+            }
+            _ => return Err("malformed"),
+        }
+    }
+    Ok(())
+}
+
+fn scan(b: &[u8], start: usize, end: usize, kind: Msg, depth: u32) -> Result<(), &'static str> {
+    if depth > MAX_DEPTH {
+        return Err("too_deep");
+    }
+    if kind == Msg::ResourceLogs {
+        // First for the resource (and every field's tag), then for the ScopeLogs.
+        fields(b, start, end, kind, depth, Some(1))?;
+        return fields(b, start, end, kind, depth, Some(2));
+    }
+    fields(b, start, end, kind, depth, None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::rules::SevCond;
@@ -270,6 +412,80 @@ mod tests {
                 body_strings: 0,
             })
             .collect()
+    }
+
+    use super::super::wire::{Field, Kind, Val, WT_EGROUP, WT_SGROUP, encode};
+
+    /// A request of one record with one attribute whose value nests `levels` array (or kvlist)
+    /// values, ending in an int (an AnyValue walked as a frame) or a string (read in place).
+    fn nested(levels: usize, kvlist: bool, string_leaf: bool) -> Vec<u8> {
+        let mut any = if string_leaf {
+            vec![Field::bytes(1, "v")]
+        } else {
+            vec![Field::varint(3, 7)]
+        };
+        for _ in 0..levels {
+            any = if kvlist {
+                let kv = Field::msg(
+                    1,
+                    Kind::KeyValue,
+                    vec![Field::bytes(1, "k"), Field::msg(2, Kind::AnyValue, any)],
+                );
+                vec![Field::msg(6, Kind::KeyValueList, vec![kv])]
+            } else {
+                vec![Field::msg(
+                    5,
+                    Kind::ArrayValue,
+                    vec![Field::msg(1, Kind::AnyValue, any)],
+                )]
+            };
+        }
+        let attr = Field::msg(
+            6,
+            Kind::KeyValue,
+            vec![Field::bytes(1, "a"), Field::msg(2, Kind::AnyValue, any)],
+        );
+        let rec = Field::msg(2, Kind::LogRecord, vec![attr]);
+        let sl = Field::msg(2, Kind::ScopeLogs, vec![rec]);
+        encode(&[Field::msg(1, Kind::ResourceLogs, vec![sl])])
+    }
+
+    #[test]
+    fn depth_bound_as_dt_counts_it() {
+        assert_eq!(MAX_DEPTH, dt_ebpf_common::walk::MAX_DEPTH);
+        // The attribute's value is depth 5; an array level adds 2, a kvlist level 3; an int
+        // leaf is one more frame, a lone string none.
+        assert_eq!(passthrough(&nested(13, false, false)), None); // 5 + 26 = 31
+        assert_eq!(passthrough(&nested(14, false, true)), Some("too_deep")); // array at 32
+        assert_eq!(passthrough(&nested(8, true, false)), None); // 5 + 24 = 29
+        assert_eq!(passthrough(&nested(9, true, true)), None); // last KeyValue at 31
+        assert_eq!(passthrough(&nested(9, true, false)), Some("too_deep")); // int at 32
+        assert!(crate::oracle::structurally_valid(&nested(14, false, true)));
+    }
+
+    #[test]
+    fn groups_prost_skips_are_malformed_for_dt() {
+        let group = |num: u64, wt: u8| {
+            let mut f = Field::new(num, Val::Nothing);
+            f.wt_override = Some(wt);
+            f
+        };
+        let kv = Field::msg(
+            6,
+            Kind::KeyValue,
+            vec![
+                Field::bytes(1, "k"),
+                group(9, WT_SGROUP),
+                group(9, WT_EGROUP),
+            ],
+        );
+        let rec = Field::msg(2, Kind::LogRecord, vec![kv]);
+        let sl = Field::msg(2, Kind::ScopeLogs, vec![rec]);
+        let body = encode(&[Field::msg(1, Kind::ResourceLogs, vec![sl])]);
+        assert!(crate::oracle::structurally_valid(&body));
+        assert_eq!(passthrough(&body), Some("malformed"));
+        // A truncated body: the oracle refuses it.
+        assert_eq!(passthrough(&body[..body.len() - 1]), Some("malformed"));
     }
 
     #[test]

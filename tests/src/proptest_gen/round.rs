@@ -40,7 +40,11 @@ pub struct Expect {
     /// Acceptable heads: Content-Length rewritten to the new length (or, if the kernel could
     /// not remove the spare digits, zero-padded to the old width).
     pub heads: Vec<Vec<u8>>,
-    /// What the receiver must decode (`None` for a malformed body).
+    /// Why dt must pass the request through byte for byte (`malformed`, `too_deep`), or `None`
+    /// when it walks and edits it.
+    pub passthrough: Option<&'static str>,
+    /// What the receiver must decode (`None` for a request passed through, or one that keeps
+    /// invalid UTF-8 in a string, which the receiver's `string`-typed decoder refuses).
     pub logs: Option<ExportLogsServiceRequest>,
     /// The receiver's answer: 200, or 400 when the body does not decode.
     pub status: u16,
@@ -66,7 +70,8 @@ pub struct Case {
     /// Write boundaries (byte offsets of `request.bytes`), and the pause between writes.
     pub cuts: Vec<usize>,
     pub delay_ms: u64,
-    /// How the request was made malformed.
+    /// Why the request passes through, and how it was made so (`None` for a request dt
+    /// edits).
     pub malformed: Option<String>,
     pub expect: Expect,
 }
@@ -115,22 +120,64 @@ fn http_request(head: &Head, body: &[u8]) -> HttpRequest {
     }
 }
 
-/// One request: a random valid one evaluated by the reference (which updates `state`), or,
-/// sometimes, a malformed one that must pass through untouched.
+/// One request: a random valid one evaluated by the reference (which updates `state`), or one
+/// the reference says dt must pass through untouched: made malformed on purpose (`cfg.malformed`
+/// of the requests; when the change leaves it valid, another one), or nested past dt's bound.
 pub fn case(g: &mut G, id: usize, cfg: &GenConfig, rules: &[PRule], state: &mut RefState) -> Case {
-    if g.chance(cfg.malformed) {
-        return malformed_case(g, id, cfg);
-    }
+    let malform = g.chance(cfg.malformed);
     // A request whose edits stay within dt's documented per-request limits (else it would
     // rightly pass through as edit_limit): another one otherwise.
     loop {
         let mut tree = logs::request(g);
+        let (body, what) = if malform {
+            // Often a nested value to put the defect in (defects go at any depth).
+            if g.chance(0.5) {
+                let levels = g.range(2, 12);
+                logs::insert_deep(g, &mut tree, levels);
+            }
+            // dt stops at the first of a defect and a message nested past its bound: a
+            // malformed request stays within the bound, so that its reason is `malformed`.
+            if wire::tree_depth(&tree) >= reference::MAX_DEPTH {
+                continue;
+            }
+            let (body, what) = logs::malform(g, &mut tree);
+            (body, Some(what))
+        } else {
+            (wire::encode(&tree), None)
+        };
+        // The oracle decides, not what the generator meant.
+        if let Some(reason) = reference::passthrough(&body) {
+            if what.is_none() && reason == "malformed" {
+                panic!(
+                    "generator bug: case {id}: the oracle refuses a request meant valid: {:?}\nbody {}",
+                    crate::oracle::verdict(&body),
+                    wire::hex(&body)
+                );
+            }
+            let what = what
+                .unwrap_or_else(|| format!("deep: messages nest {} deep", wire::tree_depth(&tree)));
+            return passthrough_case(g, id, cfg, tree, body, reason, what);
+        }
+        if malform {
+            // The change left a valid request: make another.
+            continue;
+        }
+        // The reference decodes with the OTLP types, whose strings must be UTF-8: a copy of
+        // the tree with invalid UTF-8 replaced (same sizes; no rule can tell them apart).
+        let mut clean = tree.clone();
+        wire::sanitize_utf8(&mut clean, wire::Kind::Request);
         let sizes = wire::mark_request(&mut tree);
-        let body = wire::encode(&tree);
-        let decoded = ExportLogsServiceRequest::decode(&body[..]).unwrap_or_else(|e| {
+        wire::mark_request(&mut clean);
+        let clean_body = wire::encode(&clean);
+        assert_eq!(
+            clean_body.len(),
+            body.len(),
+            "generator bug: sanitized size"
+        );
+        let decoded = ExportLogsServiceRequest::decode(&clean_body[..]).unwrap_or_else(|e| {
             panic!(
                 "generator bug: case {id} does not decode: {e}\nbody {}",
-                wire::hex(&body)
+                wire::hex(&clean_body)
             )
         });
         let mut st = state.clone();
@@ -142,7 +189,7 @@ pub fn case(g: &mut G, id: usize, cfg: &GenConfig, rules: &[PRule], state: &mut 
             continue;
         }
         let head = logs::head(g, cfg.http_variety);
-        return valid_case(g, id, tree, body, head, out, state, st);
+        return valid_case(g, id, (tree, clean), body, head, out, state, st);
     }
 }
 
@@ -150,11 +197,17 @@ pub fn case(g: &mut G, id: usize, cfg: &GenConfig, rules: &[PRule], state: &mut 
 /// bodies), with room to spare.
 const EDIT_LIMIT: usize = 900;
 
-/// A request made malformed: it must pass through byte for byte.
-fn malformed_case(g: &mut G, id: usize, cfg: &GenConfig) -> Case {
-    let mut tree = logs::request(g);
+/// A request dt must pass through byte for byte, counted under `reason`.
+fn passthrough_case(
+    g: &mut G,
+    id: usize,
+    cfg: &GenConfig,
+    tree: Vec<Field>,
+    body: Vec<u8>,
+    reason: &'static str,
+    what: String,
+) -> Case {
     let head = logs::head(g, cfg.http_variety);
-    let (body, what) = logs::malform(g, &mut tree);
     let request = http_request(&head, &body);
     let status = if ExportLogsServiceRequest::decode(&body[..]).is_ok() {
         200
@@ -170,6 +223,7 @@ fn malformed_case(g: &mut G, id: usize, cfg: &GenConfig) -> Case {
             body,
             either: Vec::new(),
             heads: vec![request.head().to_vec()],
+            passthrough: Some(reason),
             logs: None,
             status,
             records: 0,
@@ -182,7 +236,7 @@ fn malformed_case(g: &mut G, id: usize, cfg: &GenConfig) -> Case {
         request,
         cuts,
         delay_ms: 0,
-        malformed: Some(what),
+        malformed: Some(format!("{reason}: {what}")),
     }
 }
 
@@ -191,7 +245,7 @@ fn malformed_case(g: &mut G, id: usize, cfg: &GenConfig) -> Case {
 fn valid_case(
     g: &mut G,
     id: usize,
-    tree: Vec<Field>,
+    (tree, clean): (Vec<Field>, Vec<Field>),
     body: Vec<u8>,
     head: Head,
     out: reference::Outcome,
@@ -220,6 +274,7 @@ fn valid_case(
         .filter(|m| matches!(m, wire::Mark::Attr(..)))
         .count();
     let (exp_body, either) = wire::emit(&tree, &out.edits);
+    let (clean_exp, _) = wire::emit(&clean, &out.edits);
     // The reference's own consistency: the edited bytes decode to the expected request, and
     // they are exactly the removed fields shorter.
     assert_eq!(
@@ -227,12 +282,16 @@ fn valid_case(
         body.len() as u64 - out.removed_bytes,
         "generator bug: case {id}: edited length"
     );
-    let redecoded = ExportLogsServiceRequest::decode(&exp_body[..])
+    assert_eq!(clean_exp.len(), exp_body.len(), "generator bug: case {id}");
+    let redecoded = ExportLogsServiceRequest::decode(&clean_exp[..])
         .unwrap_or_else(|e| panic!("generator bug: case {id}: edited body does not decode: {e}"));
     assert!(
         redecoded == out.expected,
         "generator bug: case {id}: the edited body decodes differently from the reference"
     );
+    // What the receiver decodes: the edited request, unless a string in it is not UTF-8 (then
+    // it answers 400; the bytes are still checked exactly).
+    let decodes = ExportLogsServiceRequest::decode(&exp_body[..]).is_ok();
     let request = http_request(&head, &body);
     let mut heads = vec![head.render(&exp_body.len().to_string())];
     let width = body.len().to_string().len();
@@ -254,8 +313,9 @@ fn valid_case(
             body: exp_body,
             either,
             heads,
-            logs: Some(out.expected),
-            status: 200,
+            passthrough: None,
+            logs: decodes.then_some(out.expected),
+            status: if decodes { 200 } else { 400 },
             records: out.records,
             records_dropped: out.records_dropped,
             dropped_by: out.dropped_by,
@@ -349,6 +409,7 @@ mod tests {
         let mut state = RefState::default();
         let mut first = 0;
         let (mut masked, mut removed_attrs, mut kept_by_sample, mut malformed) = (0, 0, 0, 0);
+        let (mut too_deep, mut bad_utf8) = (0, 0);
         for i in 0..40 {
             let r = round(i, round_seed(7, i), first, &cfg, &mut state);
             first += r.n_cases();
@@ -357,6 +418,8 @@ mod tests {
                     malformed += 1;
                     assert_eq!(c.expect.body, c.request.payload);
                 }
+                too_deep += (c.expect.passthrough == Some("too_deep")) as usize;
+                bad_utf8 += (c.expect.passthrough.is_none() && c.expect.logs.is_none()) as usize;
                 if !c.expect.either.is_empty() || c.expect.body.contains(&b'*') {
                     masked += 1;
                 }
@@ -371,5 +434,9 @@ mod tests {
             }
         }
         assert!(masked > 0 && removed_attrs > 0 && kept_by_sample > 0 && malformed > 0);
+        assert!(
+            too_deep > 0 && bad_utf8 > 0,
+            "{too_deep} too deep, {bad_utf8} with bad UTF-8"
+        );
     }
 }

@@ -472,6 +472,60 @@ pub struct RecordSizes {
     pub body_strings: u32,
 }
 
+/// How deep messages nest in `fields` (a request's top-level fields: the request is depth 0),
+/// counting every message of the tree: an upper bound of the depth dt's walk reaches.
+pub fn tree_depth(fields: &[Field]) -> u32 {
+    fields
+        .iter()
+        .filter_map(Field::fields)
+        .map(|f| 1 + tree_depth(f))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Whether field `num` of `kind` is a `string` of the schema.
+fn is_string(kind: Kind, num: u64) -> bool {
+    matches!(
+        (kind, num),
+        (Kind::ResourceLogs | Kind::ScopeLogs, 3)
+            | (Kind::Scope, 1 | 2)
+            | (Kind::LogRecord, 3 | 12)
+            | (Kind::KeyValue, 1)
+            | (Kind::AnyValue, 1)
+            | (Kind::EntityRef, 1..=4)
+    )
+}
+
+/// Replaces, in every `string` field of the schema, each invalid UTF-8 sequence with as many
+/// `?` (same lengths, so the same encoding sizes). Returns whether anything was replaced. The
+/// reference decodes the sanitized tree with the `string`-typed OTLP messages; the strings it
+/// changes are strings no rule value or needle contains a `?` of.
+pub fn sanitize_utf8(fields: &mut [Field], kind: Kind) -> bool {
+    let mut changed = false;
+    for f in fields.iter_mut() {
+        match &mut f.val {
+            Val::Bytes { data, .. }
+                if is_string(kind, f.num)
+                    && f.wt_override.is_none()
+                    && std::str::from_utf8(data).is_err() =>
+            {
+                let mut out = Vec::with_capacity(data.len());
+                for chunk in data.utf8_chunks() {
+                    out.extend_from_slice(chunk.valid().as_bytes());
+                    out.extend(chunk.invalid().iter().map(|_| b'?'));
+                }
+                *data = out;
+                changed = true;
+            }
+            Val::Msg {
+                kind: k, fields, ..
+            } => changed |= sanitize_utf8(fields, *k),
+            _ => {}
+        }
+    }
+    changed
+}
+
 /// Compares `got` with `want`, where the [`Either`] ranges of `want` may also be all `*`.
 /// Returns the first differing offset.
 pub fn first_difference(want: &[u8], either: &[Either], got: &[u8]) -> Option<usize> {
