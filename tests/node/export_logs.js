@@ -29,7 +29,8 @@
  * per scope (version 1.0.0), used one service after another. Modes:
  *   batch   BatchLogRecordProcessor (maxExportBatchSize = batch_size), then forceFlush and
  *           shutdown, both checked
- *   simple  SimpleLogRecordProcessor: one request per record
+ *   simple  SimpleLogRecordProcessor: one request per record, each export awaited before
+ *           the next record is emitted
  *   direct  exporter.export() called with batches of batch_size records, in order, each awaited
  * Record i of the whole plan gets timestamp base_time_nanos + i (exactly, as HrTime); severity
  * number 0 emits none; a null body emits none.
@@ -115,13 +116,26 @@ class CheckedExporter {
   constructor(inner, tally) {
     this._inner = inner;
     this._tally = tally;
+    this._inflight = new Set();
+  }
+
+  /** Resolves when every export started so far has reported its result. */
+  idle() {
+    return Promise.all(Array.from(this._inflight));
   }
 
   export(logs, resultCallback) {
     const body = ProtobufLogsSerializer.serializeRequest(logs);
     const start = process.hrtime.bigint();
     const t = this._tally;
+    let done;
+    const p = new Promise((resolve) => {
+      done = resolve;
+    });
+    this._inflight.add(p);
     this._inner.export(logs, (result) => {
+      this._inflight.delete(p);
+      done();
       const end = process.hrtime.bigint();
       if (t.firstStart === null) t.firstStart = start;
       t.lastEnd = end;
@@ -221,7 +235,8 @@ async function main() {
     const exporter = new CheckedExporter(inner, tally);
     const resource = resourceFromAttributes({ 'service.name': service });
     if (mode === 'batch') {
-      const processor = new BatchLogRecordProcessor(exporter, {
+      const processor = new BatchLogRecordProcessor({
+        exporter,
         maxExportBatchSize: batchSize,
         maxQueueSize: records.length + 16,
         scheduledDelayMillis: 200,
@@ -242,11 +257,21 @@ async function main() {
     } else if (mode === 'simple') {
       const provider = new LoggerProvider({
         resource,
-        processors: [new SimpleLogRecordProcessor(exporter)],
+        processors: [new SimpleLogRecordProcessor({ exporter })],
       });
-      seq = emitAll(provider, records, seq, base);
+      // One record at a time, each export awaited: emitted in a burst, the exports would run
+      // concurrently and beyond the exporter's limit of 30 fail ("Concurrent export limit").
+      for (const r of records) {
+        seq = emitAll(provider, [r], seq, base);
+        // SimpleLogRecordProcessor.forceFlush does not wait for the exports it started.
+        await exporter.idle();
+      }
       try {
         await provider.forceFlush();
+      } catch (e) {
+        flushErrors.push(`${service}: forceFlush: ${e}`);
+      }
+      try {
         await provider.shutdown();
       } catch (e) {
         flushErrors.push(`${service}: ${e}`);
