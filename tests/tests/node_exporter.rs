@@ -59,6 +59,49 @@ fn check_receiver(name: &str, receiver: &Receiver, requests: usize) {
     }
 }
 
+/// No agent (no kernel needed): what the report says the exporter sent is exactly what the hyper
+/// receiver decodes, in order, from chunked requests, one per export, on one keep-alive
+/// connection per service. The kernel tests below rest on this.
+#[test]
+fn node_exporter_report_matches_the_receiver() {
+    let test = "node_exporter_report_matches_the_receiver";
+    if node_or_skip(test).is_none() {
+        return;
+    }
+    let receiver = Receiver::start_v4();
+    let plan = ExportPlan::mixed(3_000, &["checkout", "payments"], 400);
+    let report = export_with_node(&receiver.logs_url(), &plan);
+    report.assert_all_ok(plan.total());
+    assert_eq!(report.batches_ok, plan.direct_batches());
+    check_receiver(test, &receiver, report.batches_ok);
+    assert_eq!(
+        receiver.connections(),
+        2,
+        "one keep-alive connection per service"
+    );
+    assert_same_records(test, &plan.records(), &report.sent_records());
+    assert!(receiver.records() == report.sent_records(), "{test}: order");
+    for (r, body) in receiver.requests().iter().zip(&report.bodies) {
+        assert_eq!(
+            &r.body, body,
+            "{test}: body vs the exporter's serialized request"
+        );
+    }
+    let requests = report.requests();
+    assert_eq!(requests.len(), report.batches_ok);
+    assert_eq!(report.versions["exporter-logs-otlp-proto"], "0.223.1");
+
+    // The simple processor: one request per record, all on one connection.
+    let receiver = Receiver::start_v4();
+    let plan = ExportPlan::mixed(50, &["checkout"], 1);
+    let report = export_with_node_simple(&receiver.logs_url(), &plan);
+    report.assert_all_ok(50);
+    assert_eq!(report.batches_ok, 50);
+    check_receiver(test, &receiver, 50);
+    assert_eq!(receiver.connections(), 1);
+    assert!(receiver.records() == report.sent_records(), "{test}: order");
+}
+
 fn count_drop_rules() -> Vec<RuleSpec> {
     vec![
         RuleSpec::count("count-error-plus").severity(">=ERROR", 17..=24),
