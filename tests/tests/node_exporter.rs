@@ -469,7 +469,7 @@ fn redact_plan(total: usize, batch_size: usize) -> ExportPlan {
                 r.attributes
                     .insert(0, ("auth.token".into(), format!("tok-{i:08x}")));
             }
-            if i % 5 == 0 {
+            if i.is_multiple_of(5) {
                 r.body = format!("login failed for user{i}@example.com");
             }
             i += 1;
