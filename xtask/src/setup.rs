@@ -59,8 +59,11 @@ pub const NODE_LOCK: &str = "tests/node/package-lock.json";
 /// node's version). When it matches, npm is not run again.
 const NODE_MARKER: &str = "dt-package.stamp";
 
-/// The oldest Node.js the pinned packages support (their `engines`: ^18.19.0 || >=20.6.0).
-const NODE_MIN: (u32, u32) = (20, 6);
+/// The Node.js versions the pinned packages support (their `engines`: ^18.19.0 || >=20.6.0;
+/// Debian 12's own nodejs is 18.19).
+fn node_supported((major, minor): (u32, u32)) -> bool {
+    (major == 18 && minor >= 19) || (major, minor) >= (20, 6)
+}
 
 /// Loads what `tests/node/export_logs.js` loads, and prints the exporter's version.
 const NODE_CHECK: &str = "\
@@ -374,7 +377,7 @@ fn node_version(node: &Path) -> Result<(u32, u32, String)> {
 }
 
 /// `node` and `npm` on PATH, installed from Debian's `nodejs` (and `npm`, when nodejs does not
-/// bring it) when absent; node checked to be at least [`NODE_MIN`].
+/// bring it) when absent; node checked to be a version the packages support.
 fn node_and_npm() -> Result<(PathBuf, PathBuf)> {
     for pkg in ["nodejs", "npm"] {
         let tool = if pkg == "nodejs" { "node" } else { "npm" };
@@ -394,12 +397,10 @@ fn node_and_npm() -> Result<(PathBuf, PathBuf)> {
     let node = cmd::find_in_path("node").context("node is not on PATH")?;
     let npm = cmd::find_in_path("npm").context("npm is not on PATH")?;
     let (major, minor, v) = node_version(&node)?;
-    if (major, minor) < NODE_MIN {
+    if !node_supported((major, minor)) {
         bail!(
-            "{} is Node.js {v}; the tests' packages need >= {}.{}",
-            node.display(),
-            NODE_MIN.0,
-            NODE_MIN.1
+            "{} is Node.js {v}; the tests' packages need ^18.19.0 or >= 20.6.0",
+            node.display()
         );
     }
     Ok((node, npm))
