@@ -30,12 +30,14 @@
 
 pub mod agent;
 pub mod agent_process;
+pub mod capture;
 pub mod client;
 pub mod exporter;
 pub mod http;
 pub mod kernel;
 pub mod model;
 pub mod net;
+pub mod node;
 pub mod oracle;
 pub mod otlp;
 pub mod proptest_gen;
@@ -49,6 +51,7 @@ pub use agent::{
     agent_bin, agent_config, assert_expected, assert_no_passthrough, assert_passthrough_only,
     start_agent, start_agent_with, stats_of,
 };
+pub use capture::{CaptureListener, CapturedRequest};
 pub use client::{HttpResponse, RawClient, Split};
 pub use exporter::{
     ExportMode, ExportPlan, ExportReport, PlannedRecord, export_with_real_exporter,
@@ -58,6 +61,10 @@ pub use http::{HttpRequest, HttpRequestBuilder};
 pub use kernel::{cgroup2_mount, kernel_or_skip};
 pub use model::{Action, Expected, RuleExpect, RuleSpec, evaluate};
 pub use net::{listener_v4, listener_v6, reserve_port};
+pub use node::{
+    NodeExportReport, export_with_node, export_with_node_simple, export_with_node_value,
+    node_or_skip,
+};
 pub use otlp::{LogsRequestBuilder, Rec};
 pub use python::{
     Collector, PyExportReport, PyReceived, PyReceiver, export_with_python,

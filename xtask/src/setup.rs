@@ -47,6 +47,35 @@ import google.protobuf
 print('%d.%d.%d' % sys.version_info[:3], google.protobuf.__version__, api_implementation.Type())
 ";
 
+/// The tests' Node.js client, relative to the workspace root: `npm ci` of [`NODE_PACKAGE`] and
+/// [`NODE_LOCK`] there. The tests run `tests/node/*.js` with `NODE_PATH=<it>/node_modules`.
+pub const NODE_CLIENT: &str = "target/node-client";
+
+/// The pinned packages of the Node.js client, relative to the workspace root.
+pub const NODE_PACKAGE: &str = "tests/node/package.json";
+pub const NODE_LOCK: &str = "tests/node/package-lock.json";
+
+/// Inside [`NODE_CLIENT`]: what it was installed from (a hash of package.json and the lock, and
+/// node's version). When it matches, npm is not run again.
+const NODE_MARKER: &str = "dt-package.stamp";
+
+/// The Node.js versions the pinned packages support (their `engines`: ^18.19.0 || >=20.6.0;
+/// Debian 12's own nodejs is 18.19).
+fn node_supported((major, minor): (u32, u32)) -> bool {
+    (major == 18 && minor >= 19) || (major, minor) >= (20, 6)
+}
+
+/// Loads what `tests/node/export_logs.js` loads, and prints the exporter's version.
+const NODE_CHECK: &str = "\
+require('@opentelemetry/sdk-logs'); require('@opentelemetry/resources');
+require('@opentelemetry/otlp-transformer'); require('@opentelemetry/core');
+require('@opentelemetry/exporter-logs-otlp-proto');
+const fs = require('fs'), path = require('path');
+const dir = process.env.NODE_PATH;
+const v = (p) => JSON.parse(fs.readFileSync(path.join(dir, p, 'package.json'), 'utf8')).version;
+console.log(process.versions.node, v('@opentelemetry/exporter-logs-otlp-proto'));
+";
+
 /// What a setup step found.
 enum Done {
     Ok(String),
@@ -71,6 +100,7 @@ pub fn setup() -> Result<()> {
     }
     report(bpffs()?);
     report(python_venv()?);
+    report(node_client()?);
     Ok(())
 }
 
@@ -334,6 +364,122 @@ fn python_venv() -> Result<Done> {
         )));
     }
     let v = check_venv(&python).context("checking the new venv")?;
+    std::fs::write(&marker, stamp).with_context(|| format!("writing {}", marker.display()))?;
+    Ok(Done::Installed(describe(v)))
+}
+
+/// `node --version` as (major, minor), and the path of node.
+fn node_version(node: &Path) -> Result<(u32, u32, String)> {
+    let v = cmd::stdout(cmd::new(node).arg("--version"))?;
+    let v = v.trim().trim_start_matches('v').to_owned();
+    let mut it = v.split('.').map(|x| x.parse::<u32>().unwrap_or(0));
+    Ok((it.next().unwrap_or(0), it.next().unwrap_or(0), v))
+}
+
+/// `node` and `npm` on PATH, installed from Debian's `nodejs` (and `npm`, when nodejs does not
+/// bring it) when absent; node checked to be a version the packages support.
+fn node_and_npm() -> Result<(PathBuf, PathBuf)> {
+    for pkg in ["nodejs", "npm"] {
+        let tool = if pkg == "nodejs" { "node" } else { "npm" };
+        if cmd::find_in_path(tool).is_some() {
+            continue;
+        }
+        need_root(
+            &format!("install Debian package {pkg} (for `{tool}`)"),
+            &format!("apt-get update && apt-get install -y --no-install-recommends {pkg}"),
+        )?;
+        cmd::run(apt_get().arg("update"))?;
+        cmd::run(apt_get().args(["install", "-y", "--no-install-recommends", pkg]))?;
+        if cmd::find_in_path(tool).is_none() {
+            bail!("apt-get install {pkg} finished but `{tool}` is still not on PATH");
+        }
+    }
+    let node = cmd::find_in_path("node").context("node is not on PATH")?;
+    let npm = cmd::find_in_path("npm").context("npm is not on PATH")?;
+    let (major, minor, v) = node_version(&node)?;
+    if !node_supported((major, minor)) {
+        bail!(
+            "{} is Node.js {v}; the tests' packages need ^18.19.0 or >= 20.6.0",
+            node.display()
+        );
+    }
+    Ok((node, npm))
+}
+
+/// Runs [`NODE_CHECK`]: `(node version, exporter version)`.
+fn check_node_client(node: &Path, dir: &Path) -> Result<(String, String)> {
+    let out = cmd::stdout(
+        cmd::new(node)
+            .args(["-e", NODE_CHECK])
+            .env("NODE_PATH", dir.join("node_modules")),
+    )?;
+    let f: Vec<&str> = out.split_whitespace().collect();
+    let [nv, ev] = f[..] else {
+        bail!("unexpected output from the Node.js client check: {out:?}");
+    };
+    Ok((nv.to_owned(), ev.to_owned()))
+}
+
+/// (f) The tests' Node.js client at [`NODE_CLIENT`]: `npm ci` of the pinned [`NODE_PACKAGE`] and
+/// [`NODE_LOCK`] (the OpenTelemetry Node.js SDK and its http/protobuf log exporter, a client that
+/// sends chunked requests). Reinstalled from scratch when they or node change (or the install
+/// no longer loads); otherwise only checked, without npm.
+fn node_client() -> Result<Done> {
+    let root = workspace_root()?;
+    let dir = root.join(NODE_CLIENT);
+    let (node, npm) = node_and_npm()?;
+    let mut hashed = Vec::new();
+    for f in [NODE_PACKAGE, NODE_LOCK] {
+        let p = root.join(f);
+        hashed.extend(std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?);
+    }
+    let (_, _, node_v) = node_version(&node)?;
+    let stamp = format!(
+        "{NODE_PACKAGE} {NODE_LOCK} fnv1a64={:016x} node {node_v}\n",
+        fnv1a64(&hashed)
+    );
+    let marker = dir.join(NODE_MARKER);
+    let describe = |(nv, ev): (String, String)| {
+        format!(
+            "Node.js client {NODE_CLIENT} (Node.js {nv}, @opentelemetry/exporter-logs-otlp-proto {ev}, {NODE_LOCK})"
+        )
+    };
+
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(stamp.as_str()) {
+        match check_node_client(&node, &dir) {
+            Ok(v) => return Ok(Done::Ok(describe(v))),
+            Err(e) => eprintln!(
+                "the Node.js client at {} is broken, reinstalling it: {e:#}",
+                dir.display()
+            ),
+        }
+    }
+
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("removing the old {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for f in [NODE_PACKAGE, NODE_LOCK] {
+        let from = root.join(f);
+        let name = from.file_name().context("a file name")?;
+        std::fs::copy(&from, dir.join(name))
+            .with_context(|| format!("copying {} to {}", from.display(), dir.display()))?;
+    }
+    let installed = cmd::run(
+        cmd::new(&npm)
+            .args(["ci", "--ignore-scripts", "--no-audit", "--no-fund"])
+            .args(["--loglevel=error", "--omit=dev"])
+            .current_dir(&dir),
+    );
+    if let Err(e) = installed {
+        // No marker: the next setup starts over.
+        return Err(e.context(format!(
+            "installing {NODE_LOCK} into {} (needs access to the npm registry)",
+            dir.display()
+        )));
+    }
+    let v = check_node_client(&node, &dir).context("checking the new Node.js client")?;
     std::fs::write(&marker, stamp).with_context(|| format!("writing {}", marker.display()))?;
     Ok(Done::Installed(describe(v)))
 }

@@ -1,0 +1,509 @@
+//! The official OpenTelemetry Node.js SDK exporter (@opentelemetry/exporter-logs-otlp-proto,
+//! http/protobuf, no compression) through an agent, to the hyper receiver. It sends every export
+//! as `Transfer-Encoding: chunked` (one chunk of the whole body, then `0\r\n\r\n`, keep-alive: see
+//! `client_framing.rs`), which dt walks and edits like a Content-Length request (INTERFACE.md,
+//! "Chunked requests"): exact counters, exactly the kept records at the receiver, no request
+//! passed through as `chunked`, every export answered with success.
+
+use std::time::Duration;
+
+use dt_tests::model::toml_str;
+use dt_tests::{
+    ExportMode, ExportPlan, NodeExportReport, ReceivedRecord, Receiver, RuleSpec, SentRecord,
+    TempRules, WAIT, assert_expected, assert_no_passthrough, assert_same_records, evaluate,
+    export_with_node, export_with_node_simple, kernel_or_skip, node_or_skip, start_agent, stats_of,
+};
+
+fn node_kernel_or_skip(test: &str) -> bool {
+    kernel_or_skip(test) && node_or_skip(test).is_some()
+}
+
+/// Before anything else: a chunked request dt did not walk shows here first.
+fn assert_not_passed_as_chunked(name: &str, stats: &dt_agent::Stats) {
+    let chunked = stats
+        .totals
+        .passthrough
+        .get("chunked")
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(
+        chunked,
+        0,
+        "{name}: {chunked} of {} requests passed through untouched as chunked \
+         (records {}, records_dropped {}, log_requests {})",
+        stats.totals.requests,
+        stats.totals.records,
+        stats.totals.records_dropped,
+        stats.totals.log_requests
+    );
+}
+
+/// What arrived at the hyper receiver: decoded, all 200, still chunked (dt rewrites chunk sizes,
+/// it does not reframe), nothing else arrived.
+fn check_receiver(name: &str, receiver: &Receiver, requests: usize) {
+    receiver.wait_for(requests, WAIT);
+    receiver.assert_no_more(requests, Duration::from_millis(100));
+    let failures = receiver.decode_failures();
+    assert!(
+        failures.is_empty(),
+        "{name}: the receiver could not decode: {failures:?}"
+    );
+    for (i, r) in receiver.requests().iter().enumerate() {
+        assert_eq!(r.status, 200, "{name}: request {i} status");
+        assert!(r.logs.is_some(), "{name}: request {i} is not protobuf logs");
+        assert!(
+            r.chunked,
+            "{name}: request {i} arrived without chunked framing"
+        );
+        assert_eq!(r.header("content-length"), None, "{name}: request {i}");
+    }
+}
+
+/// No agent (no kernel needed): what the report says the exporter sent is exactly what the hyper
+/// receiver decodes, in order, from chunked requests, one per export, on one keep-alive
+/// connection per service. The kernel tests below rest on this.
+#[test]
+fn node_exporter_report_matches_the_receiver() {
+    let test = "node_exporter_report_matches_the_receiver";
+    if node_or_skip(test).is_none() {
+        return;
+    }
+    let receiver = Receiver::start_v4();
+    let plan = ExportPlan::mixed(3_000, &["checkout", "payments"], 400);
+    let report = export_with_node(&receiver.logs_url(), &plan);
+    report.assert_all_ok(plan.total());
+    assert_eq!(report.batches_ok, plan.direct_batches());
+    check_receiver(test, &receiver, report.batches_ok);
+    assert_eq!(
+        receiver.connections(),
+        2,
+        "one keep-alive connection per service"
+    );
+    assert_same_records(test, &plan.records(), &report.sent_records());
+    assert!(receiver.records() == report.sent_records(), "{test}: order");
+    for (r, body) in receiver.requests().iter().zip(&report.bodies) {
+        assert_eq!(
+            &r.body, body,
+            "{test}: body vs the exporter's serialized request"
+        );
+    }
+    let requests = report.requests();
+    assert_eq!(requests.len(), report.batches_ok);
+    assert_eq!(report.versions["exporter-logs-otlp-proto"], "0.223.1");
+
+    // The simple processor: one request per record, all on one connection.
+    let receiver = Receiver::start_v4();
+    let plan = ExportPlan::mixed(50, &["checkout"], 1);
+    let report = export_with_node_simple(&receiver.logs_url(), &plan);
+    report.assert_all_ok(50);
+    assert_eq!(report.batches_ok, 50);
+    check_receiver(test, &receiver, 50);
+    assert_eq!(receiver.connections(), 1);
+    assert!(receiver.records() == report.sent_records(), "{test}: order");
+}
+
+fn count_drop_rules() -> Vec<RuleSpec> {
+    vec![
+        RuleSpec::count("count-error-plus").severity(">=ERROR", 17..=24),
+        RuleSpec::count("count-checkout").service("checkout"),
+        RuleSpec::drop("drop-debug-and-below").severity("<=DEBUG", 1..=8),
+        RuleSpec::drop("drop-healthcheck").body_contains("healthcheck"),
+        RuleSpec::drop("drop-healthz-route").attribute("http.route", "/healthz"),
+        RuleSpec::count("count-payments-survivors").service("payments"),
+    ]
+}
+
+/// The Node.js exporter sends `plan` through an agent with [`count_drop_rules`] to the hyper
+/// receiver; everything is checked against the model.
+fn run_count_drop(name: &str, plan: &ExportPlan, simple: bool) {
+    let rules = count_drop_rules();
+    let dir = TempRules::from_rules(&rules);
+    let receiver = Receiver::start_v4();
+    let agent = start_agent(&dir, &[receiver.port()]);
+
+    let report = if simple {
+        export_with_node_simple(&receiver.logs_url(), plan)
+    } else {
+        export_with_node(&receiver.logs_url(), plan)
+    };
+    let requests = report.batches_ok;
+    // Records a failed export carried are not in `sent`: read the counters first, so a failure
+    // shows with what the kernel did.
+    receiver.wait_for(report.http_requests.min(requests), WAIT);
+    let stats = stats_of(&agent);
+    drop(agent);
+    assert_not_passed_as_chunked(name, &stats);
+    report.assert_all_ok(plan.total());
+    if plan.mode == ExportMode::Direct && !simple {
+        assert_eq!(requests, plan.direct_batches(), "{name}: requests");
+    }
+    if simple {
+        assert_eq!(requests, plan.total(), "{name}: one request per record");
+    }
+
+    assert_same_records(
+        &format!("{name}: plan vs Node.js exporter"),
+        &plan.records(),
+        &report.sent_records(),
+    );
+    let expected = evaluate(&rules, &report.sent);
+    assert!(expected.records_dropped > 0 && !expected.kept.is_empty());
+
+    check_receiver(name, &receiver, requests);
+    assert_same_records(
+        &format!("{name}: hyper receiver"),
+        &expected.kept,
+        &receiver.records(),
+    );
+
+    assert_expected(&stats, &expected);
+    assert_no_passthrough(&stats);
+    assert_eq!(stats.totals.requests, requests as u64, "{name}: requests");
+    assert_eq!(
+        stats.totals.log_requests, requests as u64,
+        "{name}: log_requests"
+    );
+    assert_eq!(
+        stats.totals.bytes_out,
+        receiver.total_bytes(),
+        "{name}: bytes_out vs bytes the receiver read"
+    );
+    assert!(stats.totals.bytes_in > stats.totals.bytes_out);
+    let removed = stats.totals.bytes_in - stats.totals.bytes_out;
+    let dropped_bytes: u64 = expected.rules.iter().map(|r| r.dropped_bytes).sum();
+    // Removed bytes are the dropped records, give or take length prefixes and chunk-size digits
+    // (a few bytes per request).
+    assert!(
+        removed.abs_diff(dropped_bytes) <= 16 * requests as u64,
+        "{name}: bytes_in - bytes_out = {removed}, dropped records = {dropped_bytes}"
+    );
+}
+
+#[test]
+fn node_exporter_sdk_pipeline_count_and_drop() {
+    let test = "node_exporter_sdk_pipeline_count_and_drop";
+    if !node_kernel_or_skip(test) {
+        return;
+    }
+    // LoggerProvider + BatchLogRecordProcessor + OTLPLogExporter, one provider per service:
+    // 10,000 records in chunked requests of up to 512 records.
+    let plan = ExportPlan::mixed(10_000, &["checkout", "payments", "inventory"], 512)
+        .with_mode(ExportMode::BatchProcessor);
+    run_count_drop("node sdk pipeline -> hyper", &plan, false);
+}
+
+#[test]
+fn node_exporter_direct_batches_count_and_drop() {
+    let test = "node_exporter_direct_batches_count_and_drop";
+    if !node_kernel_or_skip(test) {
+        return;
+    }
+    // OTLPLogExporter.export() with batches of 250, awaited one after another: an exact number
+    // of requests, all on one keep-alive connection per service.
+    let plan = ExportPlan::mixed(10_000, &["checkout", "payments"], 250);
+    run_count_drop("node direct -> hyper", &plan, false);
+}
+
+#[test]
+fn node_exporter_simple_processor_count_and_drop() {
+    let test = "node_exporter_simple_processor_count_and_drop";
+    if !node_kernel_or_skip(test) {
+        return;
+    }
+    // SimpleLogRecordProcessor: one small chunked request per record.
+    let plan = ExportPlan::mixed(600, &["checkout", "payments"], 1);
+    run_count_drop("node simple processor -> hyper", &plan, true);
+}
+
+// ---------------------------------------------------------------------------------------------
+// sample and redact, with exact expectations: the exports are awaited one after another on one
+// connection per service, so the kernel numbers a sample rule's matches in record order, and
+// which records are kept is known exactly (match j of the rule, from 0, is kept when j is a
+// multiple of keep_one_in; INTERFACE.md, "Evaluation, per record").
+
+#[derive(Clone, Debug)]
+enum Act {
+    Count,
+    Drop,
+    Sample(u64),
+    Redact {
+        remove: Vec<&'static str>,
+        mask: bool,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct ARule {
+    spec: RuleSpec,
+    act: Act,
+}
+
+impl ARule {
+    fn new(name: &str, act: Act, f: impl FnOnce(RuleSpec) -> RuleSpec) -> ARule {
+        ARule {
+            spec: f(RuleSpec::count(name)),
+            act,
+        }
+    }
+
+    fn action_name(&self) -> &'static str {
+        match self.act {
+            Act::Count => "count",
+            Act::Drop => "drop",
+            Act::Sample(_) => "sample",
+            Act::Redact { .. } => "redact",
+        }
+    }
+
+    fn to_toml(&self) -> String {
+        let params = match &self.act {
+            Act::Count | Act::Drop => String::new(),
+            Act::Sample(n) => format!("keep_one_in = {n}\n"),
+            Act::Redact { remove, mask } => {
+                let mut p = String::new();
+                if !remove.is_empty() {
+                    let keys: Vec<String> = remove.iter().map(|k| toml_str(k)).collect();
+                    p += &format!("remove_attributes = [{}]\n", keys.join(", "));
+                }
+                if *mask {
+                    p += "mask_body = true\n";
+                }
+                p
+            }
+        };
+        let line = "action = \"count\"\n";
+        let toml = self.spec.to_toml();
+        assert!(toml.contains(line), "unexpected rule TOML {toml:?}");
+        toml.replacen(
+            line,
+            &format!("action = \"{}\"\n{params}", self.action_name()),
+            1,
+        )
+    }
+}
+
+/// Per rule: matched, kept, dropped, dropped_bytes, redacted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Counts {
+    matched: u64,
+    kept: u64,
+    dropped: u64,
+    dropped_bytes: u64,
+    redacted: u64,
+}
+
+/// The kernel as INTERFACE.md describes it, for records evaluated in order: what arrives (in
+/// order), the counters per rule, and records_dropped.
+fn simulate(rules: &[ARule], sent: &[SentRecord]) -> (Vec<ReceivedRecord>, Vec<Counts>, u64) {
+    let mut counts = vec![Counts::default(); rules.len()];
+    let mut arrived = Vec::new();
+    let mut records_dropped = 0;
+    for s in sent {
+        let mut redactors = Vec::new();
+        let mut dropped_by = None;
+        let mut kept_by = None;
+        for (i, rule) in rules.iter().enumerate() {
+            if !rule.spec.matches(&s.record) {
+                continue;
+            }
+            counts[i].matched += 1;
+            match rule.act {
+                Act::Count => {}
+                Act::Redact { .. } => redactors.push(i),
+                Act::Drop => {
+                    dropped_by = Some(i);
+                    break;
+                }
+                Act::Sample(n) => {
+                    if (counts[i].matched - 1).is_multiple_of(n) {
+                        kept_by = Some(i);
+                    } else {
+                        dropped_by = Some(i);
+                    }
+                    break;
+                }
+            }
+        }
+        if let Some(i) = dropped_by {
+            counts[i].dropped += 1;
+            counts[i].dropped_bytes += s.field_len;
+            records_dropped += 1;
+            continue;
+        }
+        if let Some(i) = kept_by {
+            counts[i].kept += 1;
+        }
+        let mut out = s.record.clone();
+        for &i in &redactors {
+            counts[i].redacted += 1;
+            if let Act::Redact { remove, mask } = &rules[i].act {
+                out.attributes
+                    .retain(|(k, _)| !remove.contains(&k.as_str()));
+                if *mask && let Some(b) = &out.body {
+                    out.body = Some("*".repeat(b.len()));
+                }
+            }
+        }
+        arrived.push(out);
+    }
+    (arrived, counts, records_dropped)
+}
+
+/// Direct mode (exports awaited in order) through an agent with `rules`; checks the records that
+/// arrived, in order, and every counter exactly.
+fn run_actions(name: &str, rules: &[ARule], plan: &ExportPlan) -> NodeExportReport {
+    assert_eq!(plan.mode, ExportMode::Direct);
+    let toml: Vec<String> = rules.iter().map(ARule::to_toml).collect();
+    let dir = TempRules::with_files(&[("50-actions.toml", &toml.join("\n"))]);
+    let receiver = Receiver::start_v4();
+    let agent = start_agent(&dir, &[receiver.port()]);
+    let report = export_with_node(&receiver.logs_url(), plan);
+    receiver.wait_for(report.batches_ok, WAIT);
+    let stats = stats_of(&agent);
+    drop(agent);
+    assert_not_passed_as_chunked(name, &stats);
+    report.assert_all_ok(plan.total());
+    let requests = report.batches_ok;
+    assert_eq!(requests, plan.direct_batches(), "{name}: requests");
+    assert_same_records(
+        &format!("{name}: plan vs Node.js exporter"),
+        &plan.records(),
+        &report.sent_records(),
+    );
+    check_receiver(name, &receiver, requests);
+
+    let (arrived, counts, records_dropped) = simulate(rules, &report.sent);
+    assert!(records_dropped > 0 && !arrived.is_empty());
+    let got = receiver.records();
+    assert_same_records(&format!("{name}: hyper receiver"), &arrived, &got);
+    assert!(
+        got == arrived,
+        "{name}: the records arrived in another order than sent"
+    );
+    let mut problems = Vec::new();
+    for (rule, want) in rules.iter().zip(&counts) {
+        let n = &rule.spec.name;
+        let Some(r) = stats.rule(n) else {
+            problems.push(format!("rule {n} not listed"));
+            continue;
+        };
+        if r.action != rule.action_name() || !r.active {
+            problems.push(format!(
+                "rule {n}: action {:?} active {}",
+                r.action, r.active
+            ));
+        }
+        let have = Counts {
+            matched: r.matched,
+            kept: r.kept,
+            dropped: r.dropped,
+            dropped_bytes: r.dropped_bytes,
+            redacted: r.redacted,
+        };
+        if &have != want {
+            problems.push(format!("rule {n}: {have:?} want {want:?}"));
+        }
+    }
+    if stats.totals.records != report.sent.len() as u64 {
+        problems.push(format!(
+            "totals.records {} want {}",
+            stats.totals.records,
+            report.sent.len()
+        ));
+    }
+    if stats.totals.records_dropped != records_dropped {
+        problems.push(format!(
+            "totals.records_dropped {} want {records_dropped}",
+            stats.totals.records_dropped
+        ));
+    }
+    assert!(
+        problems.is_empty(),
+        "{name}: differs from the model:\n  {}\ntotals: {:?}",
+        problems.join("\n  "),
+        stats.totals
+    );
+    assert_no_passthrough(&stats);
+    assert_eq!(stats.totals.requests, requests as u64, "{name}: requests");
+    assert_eq!(
+        stats.totals.bytes_out,
+        receiver.total_bytes(),
+        "{name}: bytes_out vs bytes the receiver read"
+    );
+    report
+}
+
+#[test]
+fn node_exporter_sample() {
+    let test = "node_exporter_sample";
+    if !node_kernel_or_skip(test) {
+        return;
+    }
+    let rules = vec![
+        ARule::new("count-all", Act::Count, |s| s),
+        ARule::new("sample-info", Act::Sample(10), |s| {
+            s.severity("INFO", 9..=12)
+        }),
+        ARule::new("drop-debug", Act::Drop, |s| s.severity("<=DEBUG", 1..=8)),
+        ARule::new("sample-healthz", Act::Sample(3), |s| {
+            s.attribute("http.route", "/healthz")
+        }),
+        ARule::new("count-survivors", Act::Count, |s| s),
+    ];
+    let plan = ExportPlan::mixed(10_000, &["checkout", "payments"], 400);
+    run_actions(test, &rules, &plan);
+}
+
+/// `ExportPlan::mixed` with secrets on some records: `user.email` on every 4th, `auth.token` on
+/// every 6th, and bodies with an address on every 5th.
+fn redact_plan(total: usize, batch_size: usize) -> ExportPlan {
+    let mut plan = ExportPlan::mixed(total, &["checkout", "accounts", "payments"], batch_size);
+    let mut i = 0usize;
+    for (_, recs) in &mut plan.services {
+        for r in recs {
+            if i % 4 == 1 {
+                r.attributes
+                    .push(("user.email".into(), format!("user{i}@example.com")));
+            }
+            if i % 6 == 2 {
+                r.attributes
+                    .insert(0, ("auth.token".into(), format!("tok-{i:08x}")));
+            }
+            if i.is_multiple_of(5) {
+                r.body = format!("login failed for user{i}@example.com");
+            }
+            i += 1;
+        }
+    }
+    plan
+}
+
+#[test]
+fn node_exporter_redact() {
+    let test = "node_exporter_redact";
+    if !node_kernel_or_skip(test) {
+        return;
+    }
+    let rules = vec![
+        ARule::new(
+            "scrub-accounts",
+            Act::Redact {
+                remove: vec!["user.email", "auth.token"],
+                mask: true,
+            },
+            |s| s.service("accounts"),
+        ),
+        ARule::new(
+            "strip-emails",
+            Act::Redact {
+                remove: vec!["user.email"],
+                mask: false,
+            },
+            |s| s.severity(">=WARN", 13..=24),
+        ),
+        ARule::new("drop-debug", Act::Drop, |s| s.severity("<=DEBUG", 1..=8)),
+        ARule::new("count-survivors", Act::Count, |s| s),
+    ];
+    let plan = redact_plan(6_000, 300);
+    run_actions(test, &rules, &plan);
+}
