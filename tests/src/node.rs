@@ -314,7 +314,15 @@ pub fn export_with_node_value(plan: &Value) -> NodeExportReport {
     for b in &bodies {
         let req = ExportLogsServiceRequest::decode(b.as_slice())
             .unwrap_or_else(|e| panic!("a body export_logs.js sent does not decode: {e}"));
-        sent.extend(flatten_sent(&req));
+        // dt counts the bytes the exporter wrote, not prost's re-encoding.
+        let mut recs = flatten_sent(&req);
+        let lens = crate::record::wire_record_field_lens(b)
+            .expect("a body export_logs.js sent is a plain encoding");
+        assert_eq!(lens.len(), recs.len(), "records in a sent body");
+        for (r, len) in recs.iter_mut().zip(lens) {
+            r.field_len = len;
+        }
+        sent.extend(recs);
     }
     let report = NodeExportReport {
         batches_ok: n("batches_ok"),

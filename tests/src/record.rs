@@ -154,3 +154,68 @@ pub fn assert_same_records(what: &str, expected: &[ReceivedRecord], got: &[Recei
     }
     panic!("{msg}");
 }
+
+/// The wire size (tag, length prefix and body) of every LogRecord field in an encoded
+/// `ExportLogsServiceRequest`, in order, as the sender wrote them. A real encoder may not write
+/// what prost would (the Node.js SDK writes zero-valued fields), and dt counts the bytes it
+/// actually removes. `None` for a body that is not a plain encoding of the three levels.
+pub fn wire_record_field_lens(body: &[u8]) -> Option<Vec<u64>> {
+    fn varint(b: &[u8], at: &mut usize) -> Option<u64> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let x = *b.get(*at)?;
+            *at += 1;
+            v |= ((x & 0x7f) as u64) << (7 * i);
+            if x < 0x80 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    /// Calls `f(field, start, end, field_start)` for each length-delimited field of `b[from..to]`;
+    /// skips the others.
+    fn fields(
+        b: &[u8],
+        from: usize,
+        to: usize,
+        f: &mut dyn FnMut(u64, usize, usize, usize) -> Option<()>,
+    ) -> Option<()> {
+        let mut at = from;
+        while at < to {
+            let field_start = at;
+            let tag = varint(b, &mut at)?;
+            match tag & 7 {
+                0 => {
+                    varint(b, &mut at)?;
+                }
+                1 => at += 8,
+                5 => at += 4,
+                2 => {
+                    let len = varint(b, &mut at)? as usize;
+                    f(tag >> 3, at, at + len, field_start)?;
+                    at += len;
+                }
+                _ => return None,
+            }
+        }
+        (at == to).then_some(())
+    }
+    let mut out = Vec::new();
+    fields(body, 0, body.len(), &mut |n, s, e, _| {
+        if n != 1 {
+            return Some(());
+        }
+        fields(body, s, e, &mut |n, s, e, _| {
+            if n != 2 {
+                return Some(());
+            }
+            fields(body, s, e, &mut |n, _s, e, fs| {
+                if n == 2 {
+                    out.push((e - fs) as u64);
+                }
+                Some(())
+            })
+        })
+    })?;
+    Some(out)
+}

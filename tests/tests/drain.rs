@@ -339,7 +339,10 @@ fn drain_kill9_pinned_then_adopt_then_uninstall() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(said.contains(&names_b), "uninstall names B's connection:\n{said}");
+    assert!(
+        said.contains(&names_b),
+        "uninstall names B's connection:\n{said}"
+    );
     sleep_until(stop + LATE);
     assert!(
         cli.try_wait().expect("try_wait").is_none(),
