@@ -50,6 +50,10 @@ enum Cmd {
         /// Request path (profiling: `/v1/traces` is passed through by dt without a walk).
         #[arg(long, default_value = "/v1/logs")]
         path: String,
+        /// Frame requests as the Node.js SDK does: `Transfer-Encoding: chunked`, one data chunk
+        /// written with the head, then `0\r\n\r\n` in a write of its own.
+        #[arg(long)]
+        chunked: bool,
     },
     /// Reads whole requests and answers 200; prints `port N`, answers `snap` on stdin.
     Sink {
@@ -91,7 +95,20 @@ fn main() -> anyhow::Result<()> {
             warmup,
             duration,
             path,
-        } => load::run(&addr, &path, records, conns, warmup, duration),
+            chunked,
+        } => load::run(
+            &addr,
+            &path,
+            if chunked {
+                workload::Framing::Chunked
+            } else {
+                workload::Framing::ContentLength
+            },
+            records,
+            conns,
+            warmup,
+            duration,
+        ),
         Cmd::Sink {
             listen,
             expect_records,
