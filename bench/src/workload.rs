@@ -268,8 +268,9 @@ pub fn http_request(path: &str, body: &[u8]) -> Vec<u8> {
 /// The same request framed as the Node.js SDK sends it: `Transfer-Encoding: chunked` instead of
 /// Content-Length (the other headers as in [`http_request`]), the whole body in one data chunk
 /// with its size in lowercase hex, then the last chunk `0\r\n\r\n` (no trailers). Returns the
-/// bytes and where the second write starts: Node writes the head with the data chunk and its CRLF
-/// at once, and the last chunk (`req.end()`) in a write of its own.
+/// bytes and where the last chunk starts. Node.js 20 with exporter-logs-otlp-proto 0.223 sends
+/// all of it in one `writev` (strace: head and size line, CRLF, body, CRLF, `0\r\n\r\n`): the
+/// socket is corked until the next tick, and `req.end()` comes before it.
 pub fn http_request_chunked(path: &str, body: &[u8]) -> (Vec<u8>, usize) {
     let mut out = format!(
         "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:4318\r\nUser-Agent: dt-bench/0.1\r\n\
@@ -293,9 +294,12 @@ pub enum Framing {
     /// `Content-Length`, head and body in one write (as the Python and Rust SDKs send).
     #[default]
     ContentLength,
-    /// `Transfer-Encoding: chunked`, one data chunk, as the Node.js SDK sends: two writes, see
-    /// [`http_request_chunked`].
+    /// `Transfer-Encoding: chunked`, one data chunk, as the Node.js SDK sends: in one write,
+    /// see [`http_request_chunked`].
     Chunked,
+    /// The same in two writes: the head with the data chunk, then the last chunk (profiling:
+    /// dt corks the first write and runs again on the second).
+    ChunkedSplit,
 }
 
 /// The pre-encoded requests of one size.
@@ -304,7 +308,7 @@ pub struct Workload {
     /// Whole HTTP requests (head and protobuf body).
     pub requests: Vec<Vec<u8>>,
     /// Per request, the writes the sender makes: `requests[i][..splits[i]]`, then the rest if
-    /// any (chunked requests: the last chunk).
+    /// any (the last chunk, with [`Framing::ChunkedSplit`]).
     pub splits: Vec<usize>,
 }
 
@@ -323,7 +327,12 @@ impl Workload {
                         let len = r.len();
                         (r, len)
                     }
-                    Framing::Chunked => http_request_chunked(path, &body),
+                    Framing::Chunked => {
+                        let (r, _) = http_request_chunked(path, &body);
+                        let len = r.len();
+                        (r, len)
+                    }
+                    Framing::ChunkedSplit => http_request_chunked(path, &body),
                 }
             })
             .unzip();
