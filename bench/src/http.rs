@@ -1,5 +1,6 @@
 //! Minimal HTTP/1.1 framing over blocking sockets: enough for keep-alive requests and responses
-//! framed by `Content-Length` (what OTLP/HTTP exporters and collectors use).
+//! framed by `Content-Length` (what OTLP/HTTP exporters and collectors use), and requests with
+//! `Transfer-Encoding: chunked` (what the Node.js SDK sends).
 
 use std::io::{self, Read};
 
@@ -21,6 +22,8 @@ pub struct Head {
     /// Bytes of the head, blank line included.
     pub len: usize,
     pub content_length: usize,
+    /// `Transfer-Encoding: chunked`: the body is read with [`Reader::chunked_body`].
+    pub chunked: bool,
     /// The status code of a response (0 for a request).
     pub status: u16,
 }
@@ -135,6 +138,102 @@ impl Reader {
     }
 }
 
+/// What [`Reader::chunked_body`] consumed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chunked {
+    /// Bytes on the wire after the head: size lines, data, CRLFs, the last chunk and the trailer
+    /// section's blank line.
+    pub wire_len: usize,
+    /// Data bytes (the body).
+    pub body_len: usize,
+    /// Data chunks (the last, zero-size one not counted).
+    pub data_chunks: usize,
+    /// Whether the last chunk was followed by trailer fields.
+    pub trailers: bool,
+}
+
+impl Reader {
+    /// The length of the line at `start`, CRLF included, reading more as needed (not consumed).
+    fn line_len(&mut self, s: &mut impl Read) -> io::Result<usize> {
+        let mut scanned = 0;
+        loop {
+            let avail = &self.buf[self.start..self.end];
+            if let Some(i) = avail[scanned..].windows(2).position(|w| w == b"\r\n") {
+                return Ok(scanned + i + 2);
+            }
+            scanned = avail.len().saturating_sub(1);
+            if avail.len() > MAX_HEAD {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "line too long"));
+            }
+            if self.fill(s)? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    /// Consumes a chunked body (after its head): every chunk, the last chunk and the trailer
+    /// section. With `out`, the data bytes are appended to it; without, they are skipped.
+    pub fn chunked_body(
+        &mut self,
+        s: &mut impl Read,
+        mut out: Option<&mut Vec<u8>>,
+    ) -> io::Result<Chunked> {
+        let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
+        let mut c = Chunked {
+            wire_len: 0,
+            body_len: 0,
+            data_chunks: 0,
+            trailers: false,
+        };
+        loop {
+            let len = self.line_len(s)?;
+            let line = &self.buf[self.start..self.start + len - 2];
+            let digits = line.split(|&b| b == b';').next().unwrap_or(&[]);
+            let size = std::str::from_utf8(digits)
+                .ok()
+                .and_then(|d| usize::from_str_radix(d.trim(), 16).ok())
+                .ok_or_else(|| bad("bad chunk size"))?;
+            self.start += len;
+            c.wire_len += len;
+            if size == 0 {
+                break;
+            }
+            c.data_chunks += 1;
+            c.body_len += size;
+            match out.as_deref_mut() {
+                None => self.skip(s, size)?,
+                Some(out) => {
+                    let mut n = size;
+                    while n > 0 {
+                        if self.start == self.end && self.fill(s)? == 0 {
+                            return Err(io::ErrorKind::UnexpectedEof.into());
+                        }
+                        let take = n.min(self.end - self.start);
+                        out.extend_from_slice(&self.buf[self.start..self.start + take]);
+                        self.start += take;
+                        n -= take;
+                    }
+                }
+            }
+            if self.line_len(s)? != 2 {
+                return Err(bad("chunk data not followed by CRLF"));
+            }
+            self.start += 2;
+            c.wire_len += size + 2;
+        }
+        // The trailer section: fields until a blank line.
+        loop {
+            let len = self.line_len(s)?;
+            self.start += len;
+            c.wire_len += len;
+            if len == 2 {
+                return Ok(c);
+            }
+            c.trailers = true;
+        }
+    }
+}
+
 /// Index of the `\r\n\r\n` in `b`, searching from `from`.
 fn find_blank_line(b: &[u8], from: usize) -> Option<usize> {
     if b.len() < 4 {
@@ -156,16 +255,27 @@ fn parse_head(head: &[u8]) -> io::Result<Head> {
         0
     };
     let mut content_length = 0;
+    let mut chunked = false;
     for line in lines {
-        if let Some((k, v)) = line.split_once(':')
-            && k.trim().eq_ignore_ascii_case("content-length")
-        {
-            content_length = v.trim().parse().map_err(|_| bad("bad Content-Length"))?;
+        if let Some((k, v)) = line.split_once(':') {
+            let k = k.trim();
+            if k.eq_ignore_ascii_case("content-length") {
+                content_length = v.trim().parse().map_err(|_| bad("bad Content-Length"))?;
+            } else if k.eq_ignore_ascii_case("transfer-encoding") {
+                if !v.trim().eq_ignore_ascii_case("chunked") {
+                    return Err(bad("Transfer-Encoding other than chunked"));
+                }
+                chunked = true;
+            }
         }
+    }
+    if chunked && content_length != 0 {
+        return Err(bad("both Content-Length and Transfer-Encoding"));
     }
     Ok(Head {
         len: head.len(),
         content_length,
+        chunked,
         status,
     })
 }
@@ -222,6 +332,61 @@ mod tests {
         );
         let h = r.read_head(&mut s).unwrap().unwrap();
         assert_eq!((h.status, h.content_length), (200, 0));
+        assert!(r.read_head(&mut s).unwrap().is_none());
+    }
+
+    #[test]
+    fn chunked_bodies_across_reads() {
+        let mut wire = Vec::new();
+        let mut lens = Vec::new();
+        for i in 0..3 {
+            let body: Vec<u8> = (0..700 * (i + 1)).map(|j| j as u8).collect();
+            let (req, split) = crate::workload::http_request_chunked("/v1/logs", &body);
+            assert_eq!(&req[split..], crate::workload::LAST_CHUNK);
+            lens.push(req.len());
+            wire.extend_from_slice(&req);
+        }
+        // Two chunks with an extension and a trailer field.
+        wire.extend_from_slice(
+            b"POST /v1/logs HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+              3;x=y\r\nabc\r\n02\r\nde\r\n0\r\nX-T: 1\r\n\r\n",
+        );
+        struct Slow<'a>(&'a [u8]);
+        impl Read for Slow<'_> {
+            fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+                let n = b.len().min(5).min(self.0.len());
+                b[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mut s = Slow(&wire);
+        let mut r = Reader::new();
+        for (i, len) in lens.iter().enumerate() {
+            let h = r.read_head(&mut s).unwrap().unwrap();
+            assert!(h.chunked);
+            let mut body = Vec::new();
+            let c = if i == 1 {
+                r.chunked_body(&mut s, None).unwrap()
+            } else {
+                r.chunked_body(&mut s, Some(&mut body)).unwrap()
+            };
+            assert_eq!(
+                (c.body_len, c.data_chunks, c.trailers),
+                (700 * (i + 1), 1, false)
+            );
+            assert_eq!(h.len + c.wire_len, *len);
+            if i != 1 {
+                assert!(body.iter().enumerate().all(|(j, &b)| b == j as u8));
+            }
+        }
+        let h = r.read_head(&mut s).unwrap().unwrap();
+        let mut body = Vec::new();
+        let c = r.chunked_body(&mut s, Some(&mut body)).unwrap();
+        assert_eq!(body, b"abcde");
+        assert_eq!((c.data_chunks, c.trailers), (2, true));
+        assert_eq!(h.len, 54);
+        assert_eq!(c.wire_len, 33);
         assert!(r.read_head(&mut s).unwrap().is_none());
     }
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::http::Reader;
 use crate::procfs::{self, Cpu};
-use crate::workload::Workload;
+use crate::workload::{Framing, Workload};
 
 /// Phases (the first, 0, is the warm-up).
 const MEASURE: u8 = 1;
@@ -51,12 +51,13 @@ struct Shared {
 pub fn run(
     addr: &str,
     path: &str,
+    framing: Framing,
     records: usize,
     conns: usize,
     warmup: f64,
     duration: f64,
 ) -> Result<()> {
-    let w = Arc::new(Workload::with_path(records, path));
+    let w = Arc::new(Workload::with_path(records, path, framing));
     let shared = Arc::new(Shared::default());
     let streams: Vec<TcpStream> = (0..conns)
         .map(|_| {
@@ -124,7 +125,11 @@ fn send_loop(mut s: TcpStream, first: usize, w: &Workload, sh: &Shared) -> std::
             return Ok(());
         }
         let req = &w.requests[i % n];
-        s.write_all(req)?;
+        let split = w.splits[i % n];
+        s.write_all(&req[..split])?;
+        if split < req.len() {
+            s.write_all(&req[split..])?;
+        }
         let h = r
             .read_head(&mut s)?
             .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;

@@ -50,6 +50,13 @@ enum Cmd {
         /// Request path (profiling: `/v1/traces` is passed through by dt without a walk).
         #[arg(long, default_value = "/v1/logs")]
         path: String,
+        /// Frame requests as the Node.js SDK does: `Transfer-Encoding: chunked`, one data chunk,
+        /// `0\r\n\r\n`, all in one write (scenario g).
+        #[arg(long)]
+        chunked: bool,
+        /// With --chunked: write the last chunk `0\r\n\r\n` separately (profiling).
+        #[arg(long, requires = "chunked")]
+        split_last_chunk: bool,
     },
     /// Reads whole requests and answers 200; prints `port N`, answers `snap` on stdin.
     Sink {
@@ -91,7 +98,21 @@ fn main() -> anyhow::Result<()> {
             warmup,
             duration,
             path,
-        } => load::run(&addr, &path, records, conns, warmup, duration),
+            chunked,
+            split_last_chunk,
+        } => load::run(
+            &addr,
+            &path,
+            match (chunked, split_last_chunk) {
+                (false, _) => workload::Framing::ContentLength,
+                (true, false) => workload::Framing::Chunked,
+                (true, true) => workload::Framing::ChunkedSplit,
+            },
+            records,
+            conns,
+            warmup,
+            duration,
+        ),
         Cmd::Sink {
             listen,
             expect_records,

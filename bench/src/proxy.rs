@@ -34,6 +34,11 @@ fn handle(mut client: TcpStream, c: &Counters, upstream: &str) -> io::Result<()>
     let mut ur = Reader::new();
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
     while let Some(h) = cr.read_head(&mut client)? {
+        if h.chunked {
+            return Err(std::io::Error::other(
+                "the proxy reads Content-Length requests only",
+            ));
+        }
         let body = cr.body(&mut client, h.content_length)?;
         add(&c.bytes_in, (h.len + body.len()) as u64);
         let mut req = ExportLogsServiceRequest::decode(body)

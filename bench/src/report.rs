@@ -252,6 +252,25 @@ pub fn ratios(runs: &[RunResult], sizes: &[usize], rounds: usize) -> Vec<Ratio> 
             Some(("<= 2", 2.0, false)),
             div("e", "c", cpu),
         ));
+        out.push(ratio(
+            runs,
+            rounds,
+            size,
+            "(g)/(d) CPU per record",
+            "whole-path CPU ns per record sent, chunked requests (Node.js framing) over \
+             Content-Length ones, same drop rule",
+            (size == 100).then_some(("<= 1.10", 1.10, false)),
+            div("g", "d", cpu),
+        ));
+        out.push(ratio(
+            runs,
+            rounds,
+            size,
+            "(g)/(d) dt_msg cost per record",
+            "dt_msg run time (bpf_stats) per record, chunked over Content-Length",
+            None,
+            div("g", "d", msg),
+        ));
     }
     out.retain(|r| r.stat.is_some());
     out

@@ -13,7 +13,7 @@ use crate::procs::{Agent, Sender, Server};
 use crate::report;
 use crate::server::Snap;
 use crate::uprobe;
-use crate::workload::{self, Workload};
+use crate::workload::{self, Framing, Workload};
 
 #[derive(clap::Args, Clone, Debug, Serialize)]
 pub struct Opts {
@@ -38,8 +38,8 @@ pub struct Opts {
     /// Records per request (multiples of 10).
     #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
     pub sizes: Vec<usize>,
-    /// Scenarios to run (a–f).
-    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e,f")]
+    /// Scenarios to run (a–g).
+    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e,f,g")]
     pub scenarios: Vec<String>,
     /// `dt-agent run --max-request`: 512 KiB, the ceiling, because 1,000-record requests are
     /// about 360 KB.
@@ -76,6 +76,8 @@ pub struct Scenario {
     pub key: &'static str,
     pub label: &'static str,
     pub kind: Kind,
+    /// How the sender frames its requests.
+    pub framing: Framing,
 }
 
 pub const SCENARIOS: &[Scenario] = &[
@@ -83,31 +85,44 @@ pub const SCENARIOS: &[Scenario] = &[
         key: "a",
         label: "no agent",
         kind: Kind::Direct,
+        framing: Framing::ContentLength,
     },
     Scenario {
         key: "b",
         label: "agent, no rules",
         kind: Kind::Agent(None),
+        framing: Framing::ContentLength,
     },
     Scenario {
         key: "c",
         label: "agent, 10 count rules",
         kind: Kind::Agent(Some(RuleSet::Count10)),
+        framing: Framing::ContentLength,
     },
     Scenario {
         key: "d",
         label: "agent, drop 90%",
         kind: Kind::Agent(Some(RuleSet::Drop90)),
+        framing: Framing::ContentLength,
     },
     Scenario {
         key: "e",
         label: "agent, 64 count rules",
         kind: Kind::Agent(Some(RuleSet::Count64)),
+        framing: Framing::ContentLength,
     },
     Scenario {
         key: "f",
         label: "userspace proxy, drop 90%",
         kind: Kind::Proxy,
+        framing: Framing::ContentLength,
+    },
+    // (d) with every request framed as the Node.js SDK sends it.
+    Scenario {
+        key: "g",
+        label: "agent, drop 90%, chunked",
+        kind: Kind::Agent(Some(RuleSet::Drop90)),
+        framing: Framing::Chunked,
     },
 ];
 
@@ -362,6 +377,9 @@ impl Bench {
             .arg(warmup.to_string())
             .arg("--duration")
             .arg(duration.to_string());
+        if sc.framing == Framing::Chunked {
+            load.arg("--chunked");
+        }
         let mut sender = Sender::spawn(load)?;
         sender.wait_go()?;
         let w0 = self.window(&mut sink, proxy.as_mut(), agent.as_ref())?;
@@ -399,6 +417,7 @@ impl Bench {
             records_in: b.records_in - a.records_in,
             records_out: b.records_out - a.records_out,
             bad: b.bad - a.bad,
+            chunked: b.chunked - a.chunked,
             errors: b.errors - a.errors,
             cpu: b.cpu.since(&a.cpu),
             peak_rss_kib: b.peak_rss_kib,
@@ -524,6 +543,19 @@ impl Bench {
                 sink.requests,
                 if sc.drops() { " of INFO or above" } else { "" },
                 sink.records_in
+            );
+        }
+        // dt rewrites a chunked request's chunk size in place and leaves its framing as it was.
+        let want_chunked = if sc.framing == Framing::Chunked {
+            sink.requests
+        } else {
+            0
+        };
+        if sink.chunked != want_chunked {
+            bail!(
+                "{} of {} requests arrived chunked with one data chunk, expected {want_chunked}",
+                sink.chunked,
+                sink.requests
             );
         }
         if let Some(st) = stats {
@@ -721,11 +753,16 @@ pub fn main(opts: Opts) -> Result<()> {
                 })?;
                 let per = sink.records_in as f64 / sink.requests.max(1) as f64;
                 eprintln!(
-                    "verify  {size:>5} ({}) {:<26} ok: {} requests decoded, {per} records each{}",
+                    "verify  {size:>5} ({}) {:<26} ok: {} requests decoded, {per} records each{}{}",
                     sc.key,
                     sc.label,
                     sink.requests,
-                    if sc.drops() { ", none below INFO" } else { "" }
+                    if sc.drops() { ", none below INFO" } else { "" },
+                    if sc.framing == Framing::Chunked {
+                        ", still chunked"
+                    } else {
+                        ""
+                    }
                 );
                 verified.push(Verified {
                     size,

@@ -28,6 +28,9 @@ pub struct Counters {
     pub records_out: AtomicU64,
     /// Requests that failed verification (verifying sink).
     pub bad: AtomicU64,
+    /// Requests that arrived chunked as the Node.js SDK sends them: one data chunk, no trailers
+    /// (sink).
+    pub chunked: AtomicU64,
     /// Connections that ended with an I/O or protocol error.
     pub errors: AtomicU64,
 }
@@ -41,6 +44,8 @@ pub struct Snap {
     pub records_in: u64,
     pub records_out: u64,
     pub bad: u64,
+    #[serde(default)]
+    pub chunked: u64,
     pub errors: u64,
     pub cpu: Cpu,
     pub peak_rss_kib: u64,
@@ -58,6 +63,7 @@ impl Counters {
             records_in: g(&self.records_in),
             records_out: g(&self.records_out),
             bad: g(&self.bad),
+            chunked: g(&self.chunked),
             errors: g(&self.errors),
             cpu: procfs::self_cpu(),
             peak_rss_kib: procfs::peak_rss_kib(std::path::Path::new("/proc/self")).unwrap_or(0),

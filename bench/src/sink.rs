@@ -1,5 +1,5 @@
 //! The sink: a collector stand-in that reads whole requests (head, then `Content-Length` body
-//! bytes) and answers 200. It counts requests and bytes only; decoding would cost CPU that no
+//! bytes, or a `Transfer-Encoding: chunked` body to its last chunk) and answers 200. It counts requests and bytes only; decoding would cost CPU that no
 //! scenario should pay. With `--expect-records` it decodes every request instead and counts
 //! those that do not hold the expected records (the bench's correctness step).
 
@@ -31,23 +31,38 @@ pub fn run(listen: &str, expect: Option<Expect>) -> anyhow::Result<()> {
 
 fn handle(mut s: TcpStream, c: &Counters, expect: Option<Expect>) -> std::io::Result<()> {
     let mut r = Reader::new();
+    let mut body = Vec::new();
     while let Some(h) = r.read_head(&mut s)? {
-        match expect {
-            None => r.skip(&mut s, h.content_length)?,
-            Some(e) => {
-                let body = r.body(&mut s, h.content_length)?;
-                let (n, ok) = check(body, e);
-                add(&c.records_in, n as u64);
-                if !ok {
-                    add(&c.bad, 1);
-                }
+        let wire_len = if h.chunked {
+            body.clear();
+            let ch = r.chunked_body(&mut s, expect.is_some().then_some(&mut body))?;
+            if ch.data_chunks == 1 && !ch.trailers {
+                add(&c.chunked, 1);
             }
-        }
+            if let Some(e) = expect {
+                verify(c, &body, e);
+            }
+            ch.wire_len
+        } else {
+            match expect {
+                None => r.skip(&mut s, h.content_length)?,
+                Some(e) => verify(c, r.body(&mut s, h.content_length)?, e),
+            }
+            h.content_length
+        };
         add(&c.requests, 1);
-        add(&c.bytes_in, (h.len + h.content_length) as u64);
+        add(&c.bytes_in, (h.len + wire_len) as u64);
         s.write_all(OK_RESPONSE)?;
     }
     Ok(())
+}
+
+fn verify(c: &Counters, body: &[u8], e: Expect) {
+    let (n, ok) = check(body, e);
+    add(&c.records_in, n as u64);
+    if !ok {
+        add(&c.bad, 1);
+    }
 }
 
 /// Decodes `body`: (records, whether the request is as expected).

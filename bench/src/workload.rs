@@ -265,25 +265,81 @@ pub fn http_request(path: &str, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The same request framed as the Node.js SDK sends it: `Transfer-Encoding: chunked` instead of
+/// Content-Length (the other headers as in [`http_request`]), the whole body in one data chunk
+/// with its size in lowercase hex, then the last chunk `0\r\n\r\n` (no trailers). Returns the
+/// bytes and where the last chunk starts. Node.js 20 with exporter-logs-otlp-proto 0.223 sends
+/// all of it in one `writev` (strace: head and size line, CRLF, body, CRLF, `0\r\n\r\n`): the
+/// socket is corked until the next tick, and `req.end()` comes before it.
+pub fn http_request_chunked(path: &str, body: &[u8]) -> (Vec<u8>, usize) {
+    let mut out = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:4318\r\nUser-Agent: dt-bench/0.1\r\n\
+         Content-Type: application/x-protobuf\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out.extend_from_slice(b"\r\n");
+    let split = out.len();
+    out.extend_from_slice(LAST_CHUNK);
+    (out, split)
+}
+
+/// The last chunk and the empty trailer section of a chunked request.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// How the requests are framed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Framing {
+    /// `Content-Length`, head and body in one write (as the Python and Rust SDKs send).
+    #[default]
+    ContentLength,
+    /// `Transfer-Encoding: chunked`, one data chunk, as the Node.js SDK sends: in one write,
+    /// see [`http_request_chunked`].
+    Chunked,
+    /// The same in two writes: the head with the data chunk, then the last chunk (profiling:
+    /// dt corks the first write and runs again on the second).
+    ChunkedSplit,
+}
+
 /// The pre-encoded requests of one size.
 pub struct Workload {
     pub records_per_request: usize,
     /// Whole HTTP requests (head and protobuf body).
     pub requests: Vec<Vec<u8>>,
+    /// Per request, the writes the sender makes: `requests[i][..splits[i]]`, then the rest if
+    /// any (the last chunk, with [`Framing::ChunkedSplit`]).
+    pub splits: Vec<usize>,
 }
 
 impl Workload {
     pub fn new(n: usize) -> Workload {
-        Self::with_path(n, "/v1/logs")
+        Self::with_path(n, "/v1/logs", Framing::ContentLength)
     }
 
-    pub fn with_path(n: usize, path: &str) -> Workload {
-        let requests = (0..VARIANTS)
-            .map(|v| http_request(path, &request(n, v).encode_to_vec()))
-            .collect();
+    pub fn with_path(n: usize, path: &str, framing: Framing) -> Workload {
+        let (requests, splits) = (0..VARIANTS)
+            .map(|v| {
+                let body = request(n, v).encode_to_vec();
+                match framing {
+                    Framing::ContentLength => {
+                        let r = http_request(path, &body);
+                        let len = r.len();
+                        (r, len)
+                    }
+                    Framing::Chunked => {
+                        let (r, _) = http_request_chunked(path, &body);
+                        let len = r.len();
+                        (r, len)
+                    }
+                    Framing::ChunkedSplit => http_request_chunked(path, &body),
+                }
+            })
+            .unzip();
         Workload {
             records_per_request: n,
             requests,
+            splits,
         }
     }
 
