@@ -27,6 +27,16 @@
 //! Those must arrive byte for byte, count under their reason only, and move no rule: in
 //! particular a sample rule's one-in-N sequence goes on as if they were never sent.
 //!
+//! Some requests (`GenConfig::chunked`) go `Transfer-Encoding: chunked` on the same keep-alive
+//! connections as Content-Length ones (README, "Chunked requests"). One data chunk (size digits
+//! of any width up to dt's 7, either case, sometimes `;name=value` extensions): walked like a
+//! Content-Length request, the same edits, the chunk size rewritten in lowercase hex zero-padded
+//! to its digits when bytes were removed, the rest of the framing as sent; malformed or too deep
+//! ones pass byte for byte under their reason. Several data chunks (2 to 10, cut at random, the
+//! body valid or not): byte for byte as `chunked`, counted in `requests` but not `log_requests`,
+//! and the next request on the connection is still walked. The wire is delimited by the chunk
+//! framing that arrives.
+//!
 //! A round is one rule set (installed with `Agent::reload`, rule names reused across rounds so
 //! counters and sample sequences carry on) and 10-20 requests under it.
 //!
@@ -44,6 +54,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use dt_agent::Stats;
+use dt_tests::proptest_gen::logs::Chunking;
 use dt_tests::proptest_gen::reference::{Counts, RefState};
 use dt_tests::proptest_gen::round::{self, Case, GenConfig, Round};
 use dt_tests::proptest_gen::wire::{first_difference, hex};
@@ -71,6 +82,8 @@ fn config() -> GenConfig {
         pipelined: 0.1,
         malformed: 0.07,
         cases_per_round: (10, 20),
+        chunked: 0.2,
+        several_chunks: 0.3,
     }
 }
 
@@ -232,6 +245,9 @@ struct Coverage {
     defect_depths: std::collections::BTreeMap<usize, usize>,
     malformed: std::collections::BTreeMap<String, usize>,
     pipelined: usize,
+    /// Chunked requests: of one data chunk (walked), of several.
+    one_chunk: usize,
+    several_chunks: usize,
     head_cuts: usize,
     body_cuts: usize,
     rules: std::collections::BTreeMap<&'static str, usize>,
@@ -247,6 +263,11 @@ impl Coverage {
         }
         for c in r.cases() {
             self.requests += 1;
+            match &c.chunking {
+                Some(Chunking::One { .. }) => self.one_chunk += 1,
+                Some(Chunking::Several { .. }) => self.several_chunks += 1,
+                None => {}
+            }
             self.records += c.expect.records;
             self.dropped += c.expect.records_dropped;
             self.attrs_removed += c.expect.attrs_removed;
@@ -285,7 +306,8 @@ impl Coverage {
             "{} requests: {} edited ({} emptied of all their records), {} unchanged, {} arriving with invalid UTF-8, \
              {} passed through {:?}, defects by depth {:?}; \
              {} records, {} dropped, {} attributes removed, {} string bodies masked; rules {:?}; \
-             {} pipelined connections; {} writes cut in heads, {} in bodies",
+             {} pipelined connections; {} chunked requests of one data chunk, {} of several; \
+             {} writes cut in heads, {} in bodies",
             self.requests,
             self.edited,
             self.emptied,
@@ -300,6 +322,8 @@ impl Coverage {
             self.bodies_masked,
             self.rules,
             self.pipelined,
+            self.one_chunk,
+            self.several_chunks,
             self.head_cuts,
             self.body_cuts,
         )
@@ -388,6 +412,8 @@ fn send_conn(addr: SocketAddr, conn: &round::ConnPlan, agent: &dt_agent::Agent) 
 #[derive(Default)]
 struct Delta {
     requests: u64,
+    /// Requests dt walks (all but those of several chunks).
+    log_requests: u64,
     /// Requests passed through, per reason.
     passthrough: BTreeMap<&'static str, u64>,
     records: u64,
@@ -400,6 +426,7 @@ struct Delta {
 impl Delta {
     fn add(&mut self, c: &Case, bytes_out: u64) {
         self.requests += 1;
+        self.log_requests += c.expect.log_request() as u64;
         if let Some(reason) = c.expect.passthrough {
             *self.passthrough.entry(reason).or_default() += 1;
         }
@@ -429,7 +456,7 @@ impl Delta {
         want(
             "log_requests",
             a.log_requests - b.log_requests,
-            self.requests,
+            self.log_requests,
         );
         want("records", a.records - b.records, self.records);
         want(
@@ -558,12 +585,18 @@ impl Run<'_> {
                         String::from_utf8_lossy(head)
                     ));
                 }
-                if let Some(d) = first_difference(&c.expect.body, &c.expect.either, body) {
+                let (want_wire, either) = c.expect.wire();
+                if let Some(d) = first_difference(want_wire, &either, body) {
                     p.push(format!(
-                        "body on the wire differs from the expected bytes at offset {d} ({} bytes, want {}, sent {})",
+                        "{} on the wire differs from the expected bytes at offset {d} ({} bytes, want {}, sent {})",
+                        if c.chunking.is_some() {
+                            "chunked body (framing included)"
+                        } else {
+                            "body"
+                        },
                         body.len(),
-                        c.expect.body.len(),
-                        c.request.payload.len()
+                        want_wire.len(),
+                        c.request.len() - c.request.head_len
                     ));
                 }
                 off = body_end;
@@ -714,13 +747,24 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// Where the request starting at `off` in a connection's bytes ends its head and its body (by
-/// its Content-Length), clamped to what is there.
+/// its Content-Length, or its chunk framing when `Transfer-Encoding: chunked`), clamped to what
+/// is there.
 fn frame(raw: &[u8], off: usize) -> (usize, usize) {
     let Some(e) = find(&raw[off..], b"\r\n\r\n") else {
         return (raw.len(), raw.len());
     };
     let head_end = off + e + 4;
     let head = String::from_utf8_lossy(&raw[off..head_end]);
+    let chunked = head
+        .split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .any(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("transfer-encoding")
+                && v.trim().eq_ignore_ascii_case("chunked")
+        });
+    if chunked {
+        return (head_end, chunked_end(raw, head_end));
+    }
     let len = head
         .split("\r\n")
         .filter_map(|l| l.split_once(':'))
@@ -728,6 +772,42 @@ fn frame(raw: &[u8], off: usize) -> (usize, usize) {
         .and_then(|(_, v)| v.trim().parse::<usize>().ok())
         .unwrap_or(0);
     (head_end, (head_end + len).min(raw.len()))
+}
+
+/// Where the chunked body starting at `pos` ends (after its last chunk and trailer section),
+/// clamped to what is there.
+fn chunked_end(raw: &[u8], mut pos: usize) -> usize {
+    loop {
+        let Some(e) = find(&raw[pos..], b"\r\n") else {
+            return raw.len();
+        };
+        let line = &raw[pos..pos + e];
+        let digits: Vec<u8> = line
+            .iter()
+            .copied()
+            .take_while(u8::is_ascii_hexdigit)
+            .collect();
+        let size = u64::from_str_radix(std::str::from_utf8(&digits).unwrap_or("0"), 16)
+            .unwrap_or(u64::MAX)
+            .min(raw.len() as u64) as usize;
+        pos += e + 2;
+        if size == 0 {
+            // The trailer section: lines up to an empty one.
+            loop {
+                let Some(e) = find(&raw[pos..], b"\r\n") else {
+                    return raw.len();
+                };
+                pos += e + 2;
+                if e == 0 {
+                    return pos;
+                }
+            }
+        }
+        pos += size + 2;
+        if pos >= raw.len() {
+            return raw.len();
+        }
+    }
 }
 
 /// What the receiver decoded against the reference.

@@ -1190,3 +1190,155 @@ pub fn cuts(g: &mut G, len: usize, head_len: usize) -> Vec<usize> {
     out.dedup();
     out
 }
+
+// ------------------------------------------------------------------------------------------
+// Chunked framing (README, "Chunked requests")
+
+/// How a request's body is framed with `Transfer-Encoding: chunked`.
+#[derive(Clone, Debug)]
+pub enum Chunking {
+    /// One data chunk (how the Node.js SDK sends): its size in `digits` hex digits (leading
+    /// zeros), upper or lower case, then `ext` (empty, or `;name=value` extensions).
+    One {
+        digits: usize,
+        upper: bool,
+        ext: String,
+    },
+    /// Several data chunks: their sizes (all above 0, summing to the body's length), each size
+    /// line as written.
+    Several {
+        sizes: Vec<usize>,
+        lines: Vec<String>,
+    },
+}
+
+/// Chunk extensions dt follows (`;name=value`, up to the 64-byte size line).
+const CHUNK_EXTS: &[&str] = &[";name=value", ";a=b", ";a=b;c=d", ";x=1"];
+
+/// Hex digits dt reads in a chunk size, leading zeros included (`dt-ebpf-common/src/chunked.rs`:
+/// an eighth digit makes the framing unsupported, passed as `chunked` with the connection no
+/// longer followed, although README's "Chunked requests" speaks only of sizes below 2^28).
+pub const MAX_SIZE_DIGITS: usize = 7;
+
+/// Digits for a chunk size `n` (leading zeros sometimes), and whether in upper case.
+fn size_digits(g: &mut G, n: usize) -> (usize, bool) {
+    let need = format!("{n:x}").len();
+    let digits = need
+        + match g.weighted(&[60, 25, 15]) {
+            0 => 0,
+            1 => 1,
+            _ => g.range(2, 6),
+        };
+    (digits.min(MAX_SIZE_DIGITS).max(need), g.chance(0.4))
+}
+
+fn hex_size(n: usize, digits: usize, upper: bool) -> String {
+    if upper {
+        format!("{n:0digits$X}")
+    } else {
+        format!("{n:0digits$x}")
+    }
+}
+
+impl Chunking {
+    /// One data chunk for a body of `len` bytes (above 0).
+    pub fn one(g: &mut G, len: usize) -> Chunking {
+        let (digits, upper) = size_digits(g, len);
+        let ext = if g.chance(0.25) {
+            g.pick(CHUNK_EXTS).to_string()
+        } else {
+            String::new()
+        };
+        Chunking::One { digits, upper, ext }
+    }
+
+    /// 2 to 10 data chunks (at most `len`) for a body of `len` bytes, cut at random points.
+    pub fn several(g: &mut G, len: usize) -> Chunking {
+        let n = g.range(2, 10).min(len);
+        let mut cuts = vec![0, len];
+        while cuts.len() < n + 1 {
+            let c = g.range(1, len - 1);
+            if !cuts.contains(&c) {
+                cuts.push(c);
+            }
+        }
+        cuts.sort_unstable();
+        let sizes: Vec<usize> = cuts.windows(2).map(|w| w[1] - w[0]).collect();
+        let lines = sizes
+            .iter()
+            .map(|&s| {
+                let (digits, upper) = size_digits(g, s);
+                let ext = if g.chance(0.15) {
+                    *g.pick(CHUNK_EXTS)
+                } else {
+                    ""
+                };
+                format!("{}{ext}", hex_size(s, digits, upper))
+            })
+            .collect();
+        Chunking::Several { sizes, lines }
+    }
+
+    /// The chunked encoding of `body` (whose length this framing was made for).
+    pub fn frame(&self, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            Chunking::One { digits, upper, ext } => {
+                out.extend_from_slice(hex_size(body.len(), *digits, *upper).as_bytes());
+                out.extend_from_slice(ext.as_bytes());
+                out.extend_from_slice(b"\r\n");
+                out.extend_from_slice(body);
+                out.extend_from_slice(b"\r\n");
+            }
+            Chunking::Several { sizes, lines } => {
+                let mut at = 0;
+                for (s, l) in sizes.iter().zip(lines) {
+                    out.extend_from_slice(l.as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                    out.extend_from_slice(&body[at..at + s]);
+                    out.extend_from_slice(b"\r\n");
+                    at += s;
+                }
+                assert_eq!(at, body.len(), "generator bug: chunk sizes");
+            }
+        }
+        out.extend_from_slice(b"0\r\n\r\n");
+        out
+    }
+
+    /// What dt must send on for a single-chunk request of `old_len` body bytes whose body it
+    /// edited to `new_body`: when bytes were removed, the size rewritten in lowercase hex,
+    /// zero-padded to the digits it had (else left as sent, like a Content-Length), the
+    /// extensions kept. (The body starts at `.1`.)
+    pub fn edited(&self, old_len: usize, new_body: &[u8]) -> (Vec<u8>, usize) {
+        let Chunking::One { digits, ext, upper } = self else {
+            panic!("generator bug: only single-chunk requests are edited");
+        };
+        let upper = *upper && new_body.len() == old_len;
+        let prefix = format!("{}{ext}\r\n", hex_size(new_body.len(), *digits, upper));
+        let mut out = prefix.as_bytes().to_vec();
+        out.extend_from_slice(new_body);
+        out.extend_from_slice(b"\r\n0\r\n\r\n");
+        (out, prefix.len())
+    }
+}
+
+impl Head {
+    /// This head with `Transfer-Encoding: chunked` where its Content-Length was (render it with
+    /// `"chunked"`).
+    pub fn to_chunked(&self, g: &mut G, variety: bool) -> Head {
+        let cut = self
+            .before
+            .rfind("\r\n")
+            .expect("a request line before the header")
+            + 2;
+        Head {
+            before: format!(
+                "{}{}: ",
+                &self.before[..cut],
+                header_name(g, "Transfer-Encoding", variety)
+            ),
+            after: self.after.clone(),
+        }
+    }
+}

@@ -4,7 +4,7 @@
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use prost::Message;
 
-use super::logs::{self, Head};
+use super::logs::{self, Chunking, Head};
 use std::collections::BTreeMap;
 
 use super::reference::{self, Counts, RefState};
@@ -29,6 +29,10 @@ pub struct GenConfig {
     pub malformed: f64,
     /// Requests per round (one rule set), inclusive.
     pub cases_per_round: (usize, usize),
+    /// Share of requests sent `Transfer-Encoding: chunked`, and the share of those with several
+    /// data chunks (which pass through as `chunked`; the others have one and are walked).
+    pub chunked: f64,
+    pub several_chunks: f64,
 }
 
 /// What must arrive for one request.
@@ -38,10 +42,14 @@ pub struct Expect {
     pub body: Vec<u8>,
     pub either: Vec<Either>,
     /// Acceptable heads: Content-Length rewritten to the new length (or, if the kernel could
-    /// not remove the spare digits, zero-padded to the old width).
+    /// not remove the spare digits, zero-padded to the old width); a chunked request's head
+    /// unchanged.
     pub heads: Vec<Vec<u8>>,
-    /// Why dt must pass the request through byte for byte (`malformed`, `too_deep`), or `None`
-    /// when it walks and edits it.
+    /// A chunked request: the exact bytes that must follow the head (the chunk framing), and
+    /// where `body` starts in them (`either` ranges are offsets into `body`).
+    pub chunked_wire: Option<(Vec<u8>, usize)>,
+    /// Why dt must pass the request through byte for byte (`malformed`, `too_deep`, `chunked`
+    /// for several data chunks), or `None` when it walks and edits it.
     pub passthrough: Option<&'static str>,
     /// What the receiver must decode (`None` for a request passed through, or one that keeps
     /// invalid UTF-8 in a string, which the receiver's `string`-typed decoder refuses).
@@ -66,6 +74,8 @@ pub struct Case {
     /// The request's field tree (marked when valid).
     pub tree: Vec<Field>,
     pub head: Head,
+    /// `Transfer-Encoding: chunked` framing, or `None` for Content-Length.
+    pub chunking: Option<Chunking>,
     pub request: HttpRequest,
     /// Write boundaries (byte offsets of `request.bytes`), and the pause between writes.
     pub cuts: Vec<usize>,
@@ -93,6 +103,31 @@ pub struct Round {
     pub conns: Vec<ConnPlan>,
 }
 
+impl Expect {
+    /// What must follow the head on the wire, and the ranges of it that may be all `*`.
+    pub fn wire(&self) -> (&[u8], Vec<Either>) {
+        match &self.chunked_wire {
+            None => (&self.body, self.either.clone()),
+            Some((wire, at)) => (
+                wire,
+                self.either
+                    .iter()
+                    .map(|e| Either {
+                        off: e.off + at,
+                        original: e.original.clone(),
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Whether dt counts the request in `log_requests` (every request it walks, whatever it
+    /// then finds; not one of several chunks, which it passes without walking).
+    pub fn log_request(&self) -> bool {
+        self.passthrough != Some("chunked")
+    }
+}
+
 impl Round {
     pub fn cases(&self) -> impl Iterator<Item = &Case> {
         self.conns.iter().flat_map(|c| c.cases.iter())
@@ -108,11 +143,17 @@ pub fn round_seed(run_seed: u64, index: usize) -> u64 {
     mix(run_seed, index as u64 + 1)
 }
 
-fn http_request(head: &Head, body: &[u8]) -> HttpRequest {
-    let h = head.render(&body.len().to_string());
+fn http_request(head: &Head, body: &[u8], chunking: Option<&Chunking>) -> HttpRequest {
+    let h = match chunking {
+        None => head.render(&body.len().to_string()),
+        Some(_) => head.render("chunked"),
+    };
     let head_len = h.len();
     let mut bytes = h;
-    bytes.extend_from_slice(body);
+    match chunking {
+        None => bytes.extend_from_slice(body),
+        Some(c) => bytes.extend_from_slice(&c.frame(body)),
+    }
     HttpRequest {
         bytes,
         head_len,
@@ -125,6 +166,35 @@ fn http_request(head: &Head, body: &[u8]) -> HttpRequest {
 /// of the requests; when the change leaves it valid, another one), or nested past dt's bound.
 pub fn case(g: &mut G, id: usize, cfg: &GenConfig, rules: &[PRule], state: &mut RefState) -> Case {
     let malform = g.chance(cfg.malformed);
+    // 0: Content-Length, 1: one data chunk, 2: several.
+    let framing = if g.chance(cfg.chunked) {
+        if g.chance(cfg.several_chunks) { 2 } else { 1 }
+    } else {
+        0
+    };
+    // A chunked request's body is at least one byte per data chunk (a chunk of size 0 is the
+    // last chunk): a shorter one goes with Content-Length.
+    let chunking = |g: &mut G, len: usize| (framing > 0 && len >= 1).then(|| Chunking::one(g, len));
+    if framing == 2 {
+        // Several data chunks: passed through whatever the body holds (dt does not walk it).
+        let mut tree = logs::request(g);
+        let (body, what) = if malform {
+            let (b, w) = logs::malform(g, &mut tree);
+            (b, format!(", the body made malformed ({w})"))
+        } else {
+            (wire::encode(&tree), String::new())
+        };
+        if body.len() >= 2 {
+            let ch = Chunking::several(g, body.len());
+            let n = match &ch {
+                Chunking::Several { sizes, .. } => sizes.len(),
+                Chunking::One { .. } => 1,
+            };
+            let what = format!("several: {n} data chunks{what}");
+            return passthrough_case(g, id, cfg, tree, body, "chunked", what, Some(ch));
+        }
+        // Too short for several: one chunk.
+    }
     // A request whose edits stay within dt's documented per-request limits (else it would
     // rightly pass through as edit_limit): another one otherwise.
     loop {
@@ -156,7 +226,8 @@ pub fn case(g: &mut G, id: usize, cfg: &GenConfig, rules: &[PRule], state: &mut 
             }
             let what = what
                 .unwrap_or_else(|| format!("deep: messages nest {} deep", wire::tree_depth(&tree)));
-            return passthrough_case(g, id, cfg, tree, body, reason, what);
+            let ch = chunking(g, body.len());
+            return passthrough_case(g, id, cfg, tree, body, reason, what, ch);
         }
         if malform {
             // The change left a valid request: make another.
@@ -188,8 +259,12 @@ pub fn case(g: &mut G, id: usize, cfg: &GenConfig, rules: &[PRule], state: &mut 
         if removals > EDIT_LIMIT || masks > EDIT_LIMIT || records > EDIT_LIMIT {
             continue;
         }
-        let head = logs::head(g, cfg.http_variety);
-        return valid_case(g, id, (tree, clean), body, head, out, state, st);
+        let mut head = logs::head(g, cfg.http_variety);
+        let ch = chunking(g, body.len());
+        if ch.is_some() {
+            head = head.to_chunked(g, cfg.http_variety);
+        }
+        return valid_case(g, id, (tree, clean), body, (head, ch), out, state, st);
     }
 }
 
@@ -198,6 +273,7 @@ pub fn case(g: &mut G, id: usize, cfg: &GenConfig, rules: &[PRule], state: &mut 
 const EDIT_LIMIT: usize = 900;
 
 /// A request dt must pass through byte for byte, counted under `reason`.
+#[allow(clippy::too_many_arguments)]
 fn passthrough_case(
     g: &mut G,
     id: usize,
@@ -206,9 +282,16 @@ fn passthrough_case(
     body: Vec<u8>,
     reason: &'static str,
     what: String,
+    chunking: Option<Chunking>,
 ) -> Case {
-    let head = logs::head(g, cfg.http_variety);
-    let request = http_request(&head, &body);
+    let mut head = logs::head(g, cfg.http_variety);
+    if chunking.is_some() {
+        head = head.to_chunked(g, cfg.http_variety);
+    }
+    let request = http_request(&head, &body, chunking.as_ref());
+    let chunked_wire = chunking
+        .is_some()
+        .then(|| (request.bytes[request.head_len..].to_vec(), 0));
     let status = if ExportLogsServiceRequest::decode(&body[..]).is_ok() {
         200
     } else {
@@ -219,10 +302,12 @@ fn passthrough_case(
         id,
         tree,
         head,
+        chunking,
         expect: Expect {
             body,
             either: Vec::new(),
             heads: vec![request.head().to_vec()],
+            chunked_wire,
             passthrough: Some(reason),
             logs: None,
             status,
@@ -247,7 +332,7 @@ fn valid_case(
     id: usize,
     (tree, clean): (Vec<Field>, Vec<Field>),
     body: Vec<u8>,
-    head: Head,
+    (head, chunking): (Head, Option<Chunking>),
     out: reference::Outcome,
     state: &mut RefState,
     after: RefState,
@@ -292,12 +377,16 @@ fn valid_case(
     // What the receiver decodes: the edited request, unless a string in it is not UTF-8 (then
     // it answers 400; the bytes are still checked exactly).
     let decodes = ExportLogsServiceRequest::decode(&exp_body[..]).is_ok();
-    let request = http_request(&head, &body);
+    let request = http_request(&head, &body, chunking.as_ref());
     let mut heads = vec![head.render(&exp_body.len().to_string())];
     let width = body.len().to_string().len();
     let padded = head.render(&format!("{:0width$}", exp_body.len()));
     if padded != heads[0] {
         heads.push(padded);
+    }
+    let chunked_wire = chunking.as_ref().map(|c| c.edited(body.len(), &exp_body));
+    if chunked_wire.is_some() {
+        heads = vec![request.head().to_vec()];
     }
     let cuts = logs::cuts(g, request.len(), request.head_len);
     let delay_ms = if g.chance(0.05) { 1 } else { 0 };
@@ -305,6 +394,7 @@ fn valid_case(
         id,
         tree,
         head,
+        chunking,
         request,
         cuts,
         delay_ms,
@@ -313,6 +403,7 @@ fn valid_case(
             body: exp_body,
             either,
             heads,
+            chunked_wire,
             passthrough: None,
             logs: decodes.then_some(out.expected),
             status: if decodes { 200 } else { 400 },
@@ -405,11 +496,14 @@ mod tests {
             pipelined: 0.1,
             malformed: 0.1,
             cases_per_round: (10, 20),
+            chunked: 0.2,
+            several_chunks: 0.3,
         };
         let mut state = RefState::default();
         let mut first = 0;
         let (mut masked, mut removed_attrs, mut kept_by_sample, mut malformed) = (0, 0, 0, 0);
         let (mut too_deep, mut bad_utf8) = (0, 0);
+        let (mut one_chunk, mut several, mut one_chunk_malformed) = (0, 0, 0);
         for i in 0..40 {
             let r = round(i, round_seed(7, i), first, &cfg, &mut state);
             first += r.n_cases();
@@ -419,6 +513,20 @@ mod tests {
                     assert_eq!(c.expect.body, c.request.payload);
                 }
                 too_deep += (c.expect.passthrough == Some("too_deep")) as usize;
+                match &c.chunking {
+                    Some(Chunking::One { .. }) => {
+                        one_chunk += 1;
+                        one_chunk_malformed += c.malformed.is_some() as usize;
+                        let (wire, _) = c.expect.wire();
+                        assert!(wire.ends_with(b"\r\n0\r\n\r\n"));
+                    }
+                    Some(Chunking::Several { .. }) => {
+                        several += 1;
+                        assert_eq!(c.expect.passthrough, Some("chunked"));
+                        assert!(!c.expect.log_request());
+                    }
+                    None => {}
+                }
                 bad_utf8 += (c.expect.passthrough.is_none() && c.expect.logs.is_none()) as usize;
                 if !c.expect.either.is_empty() || c.expect.body.contains(&b'*') {
                     masked += 1;
@@ -434,6 +542,10 @@ mod tests {
             }
         }
         assert!(masked > 0 && removed_attrs > 0 && kept_by_sample > 0 && malformed > 0);
+        assert!(
+            one_chunk > 0 && several > 0 && one_chunk_malformed > 0,
+            "{one_chunk} single-chunk requests ({one_chunk_malformed} malformed), {several} of several chunks"
+        );
         assert!(
             too_deep > 0 && bad_utf8 > 0,
             "{too_deep} too deep, {bad_utf8} with bad UTF-8"
