@@ -51,9 +51,10 @@ pub enum Scan {
 #[repr(C)]
 pub struct Chunked {
     pub state: u8,
-    /// Hex digits of the current size line.
+    /// Hex digits of the current size line, leading zeros included, and without them.
     pub digits: u8,
-    pub _pad: u16,
+    pub sig: u8,
+    pub _pad: u8,
     /// The next byte to look at.
     pub pos: u32,
     /// Where the current size line starts.
@@ -64,7 +65,8 @@ pub struct Chunked {
     pub n_chunks: u32,
     /// Data bytes in all chunks.
     pub data_len: u32,
-    /// The first data chunk: its data, and its size digits (offset and count).
+    /// The first data chunk: its data, and its size digits (offset and count: the last ten,
+    /// when leading zeros make more).
     pub first_off: u32,
     pub first_len: u32,
     pub first_digits_off: u32,
@@ -114,8 +116,15 @@ impl Chunked {
             C_SIZE => {
                 let d = hex(b);
                 if d < 16 {
-                    if self.digits >= 7 {
+                    // Leading zeros are allowed (and count against the line's length only).
+                    if pos - self.line_start >= MAX_SIZE_LINE {
                         return self.bad();
+                    }
+                    if self.size != 0 || d != 0 {
+                        if self.sig >= 7 {
+                            return self.bad();
+                        }
+                        self.sig += 1;
                     }
                     self.size = self.size << 4 | d as u32;
                     self.digits += 1;
@@ -155,6 +164,7 @@ impl Chunked {
                 self.state = C_SIZE;
                 self.line_start = self.pos;
                 self.digits = 0;
+                self.sig = 0;
                 self.size = 0;
             }
             C_TRAILER_CR => {
@@ -190,8 +200,11 @@ impl Chunked {
         if self.n_chunks == 0 {
             self.first_off = self.pos;
             self.first_len = self.size;
-            self.first_digits_off = self.line_start;
-            self.first_digits = self.digits as u32;
+            // The last ten digits at most: leading zeros before them stay as they are.
+            let d = self.digits as u32;
+            let (off, n) = if d > 10 { (d - 10, 10) } else { (0, d) };
+            self.first_digits_off = self.line_start + off;
+            self.first_digits = n;
         }
         self.n_chunks += 1;
         self.data_len += self.size;
@@ -325,6 +338,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn leading_zeros_are_followed() {
+        let body = b"000000000000005\r\nhello\r\n00\r\n\r\n";
+        let (c, r) = scan(body, 0);
+        assert_eq!(r, Scan::Done);
+        assert_eq!(
+            (c.first_len, c.first_digits_off, c.first_digits),
+            (5, 5, 10)
+        );
+        let (_, r) = scan(b"00000005EE\r\n", 0);
+        assert_eq!(r, Scan::Need);
     }
 
     #[test]

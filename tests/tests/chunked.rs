@@ -87,7 +87,7 @@ fn single_chunk_requests_are_edited_and_the_connection_followed() {
             let body = encode(&req);
             let http = match (conn + i) % 3 {
                 0 => HttpRequestBuilder::logs(body).build(),
-                1 => one_chunk(&body, rng.random_range(1..6), "", rng.random_bool(0.5)),
+                1 => one_chunk(&body, rng.random_range(1..16), "", rng.random_bool(0.5)),
                 _ => one_chunk(&body, 4, ";name=value", false),
             };
             let split = random_split(&mut rng, &http);

@@ -1215,10 +1215,9 @@ pub enum Chunking {
 /// Chunk extensions dt follows (`;name=value`, up to the 64-byte size line).
 const CHUNK_EXTS: &[&str] = &[";name=value", ";a=b", ";a=b;c=d", ";x=1"];
 
-/// Hex digits dt reads in a chunk size, leading zeros included (`dt-ebpf-common/src/chunked.rs`:
-/// an eighth digit makes the framing unsupported, passed as `chunked` with the connection no
-/// longer followed, although README's "Chunked requests" speaks only of sizes below 2^28).
-pub const MAX_SIZE_DIGITS: usize = 7;
+/// The widest chunk size the generator writes, leading zeros included (dt follows size lines of
+/// up to 64 bytes; it rewrites the last ten digits of a wider size, the zeros before stay).
+pub const MAX_SIZE_DIGITS: usize = 16;
 
 /// Digits for a chunk size `n` (leading zeros sometimes), and whether in upper case.
 fn size_digits(g: &mut G, n: usize) -> (usize, bool) {
@@ -1227,7 +1226,7 @@ fn size_digits(g: &mut G, n: usize) -> (usize, bool) {
         + match g.weighted(&[60, 25, 15]) {
             0 => 0,
             1 => 1,
-            _ => g.range(2, 6),
+            _ => g.range(2, 12),
         };
     (digits.min(MAX_SIZE_DIGITS).max(need), g.chance(0.4))
 }
