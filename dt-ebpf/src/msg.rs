@@ -145,7 +145,7 @@ fn handle(ctx: &SkMsgContext) -> Next {
                 return Next::Verdict(lose_track_counted(st, totals, Passthrough::Partial, size));
             }
             st.chunk.start(st.head_len);
-            chunked_run(ctx.msg, size, st, control, totals)
+            chunked_run(ctx.msg, size, st)
         }
         _ => fresh(msg, size, st, control, totals),
     }
@@ -296,7 +296,7 @@ fn fresh(
         st.chunk.start(h.len);
         st.phase = PHASE_CHUNKED;
         hold(msg, st, totals, size, PHASE_CHUNKED);
-        return chunked_run(msg, size, st, control, totals);
+        return chunked_run(msg, size, st);
     }
     totals.requests += 1;
     if let Some(why) = why {
@@ -340,13 +340,7 @@ extern "C" fn chunk_cb(_i: u64, ctx: *mut c_void) -> i64 {
 /// several pass untouched, counted `chunked`, and the connection stays followed. Framing dt
 /// does not follow passes, and the connection is not followed any more.
 #[inline(always)]
-fn chunked_run(
-    msg: *mut sk_msg_md,
-    size: u32,
-    st: &mut SockState,
-    _control: &Control,
-    _totals: &mut Totals,
-) -> Next {
+fn chunked_run(msg: *mut sk_msg_md, size: u32, st: &mut SockState) -> Next {
     let v = chunked_scan(msg, size, st);
     if v == WALK {
         Next::Walk(st)
