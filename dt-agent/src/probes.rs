@@ -43,7 +43,7 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
     },
 };
-use dt_ebpf_common::probe::{
+use dt_ebpf_common::uprobe::{
     ARG_NONE, AddrRange, CommKey, ENTRY_STATIC_SERVICE, EV_TRUNCATED, EV_UNREADABLE, MAX_FAMILY,
     MAX_PROBE_ENTRIES, PROBE_MSG_LEN, ProbeEntry, ProbeEvent, ProbeRuleSet, ProbeTotals, SEV_CONST,
     SEV_DIRECT, SEV_TABLE, SevPair,
@@ -1181,7 +1181,7 @@ async fn post(endpoint: &hyper::Uri, body: Vec<u8>) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dt_ebpf_common::probe::COMM_LEN;
+    use dt_ebpf_common::uprobe::COMM_LEN;
 
     #[test]
     fn ld_cache_lines() {

@@ -125,6 +125,30 @@ pub const NEED_SERVICE: u32 = 1;
 /// Some rule matches on `attributes`.
 pub const NEED_ATTRS: u32 = 2;
 
+/// Whether `sev` is within a rule's severity range `lo..=hi` (`0..=255`: no condition).
+#[inline(always)]
+pub fn severity_in(sev: u32, lo: u8, hi: u8) -> bool {
+    sev >= lo as u32 && sev <= hi as u32
+}
+
+/// Whether every condition bit a rule `needs` is among the bits a record or call `has`.
+#[inline(always)]
+pub fn has_all(has: u64, needs: u64) -> bool {
+    has & needs == needs
+}
+
+impl Rule {
+    /// Whether this OTLP rule matches a record with SeverityNumber `sev` and these condition
+    /// bits. The uprobe hook's rules match the same way ([`crate::uprobe::ProbeRule::matches`]).
+    #[inline(always)]
+    pub fn matches(&self, sev: u32, body: u64, attrs: u64, service: u64) -> bool {
+        severity_in(sev, self.sev_lo, self.sev_hi)
+            && has_all(body, self.body)
+            && has_all(attrs, self.attrs)
+            && has_all(service, self.service)
+    }
+}
+
 impl RuleSet {
     pub const EMPTY: RuleSet = RuleSet {
         generation: 0,

@@ -10,7 +10,7 @@ pub mod chunked;
 pub mod decide;
 pub mod http;
 pub mod layout;
-pub mod probe;
+pub mod uprobe;
 pub mod walk;
 pub mod wire;
 

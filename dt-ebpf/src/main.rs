@@ -1,4 +1,6 @@
-//! dt's kernel programs.
+//! dt's kernel programs, one file per program, named after the hook it attaches to. The OTLP
+//! hook is `sock_ops.rs` and `sk_msg.rs`; the uprobe hook is `uprobe.rs`. Their maps are in
+//! `maps.rs`.
 //!
 //! - `dt_sockops` (sock_ops, on a cgroup v2): puts TCP connections to the configured OTLP/HTTP
 //!   ports into the `SOCKS` SockHash.
@@ -8,7 +10,7 @@
 //! - `dt_uprobe` (uprobe, at the entry of probed log functions): evaluates the uprobe hooks'
 //!   rules per call; counts, and captures calls into a ring buffer for the agent.
 //!
-//! The program never returns anything but SK_PASS: a send never fails because of dt.
+//! `dt_msg` never returns anything but SK_PASS: a send never fails because of dt.
 #![no_std]
 #![no_main]
 // Atomic read-modify-write (sampling, rate limiting): core's atomic types lack it on BPF.
@@ -16,8 +18,8 @@
 #![feature(core_intrinsics)]
 
 mod maps;
-mod msg;
-mod sockops;
+mod sk_msg;
+mod sock_ops;
 mod uprobe;
 
 #[cfg(not(test))]

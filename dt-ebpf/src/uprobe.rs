@@ -33,7 +33,7 @@ use aya_ebpf::{
 };
 use dt_ebpf_common::{
     ACTION_CAPTURE, ACTION_DROP, MAX_AC_STATES, MAX_CONDS,
-    probe::{
+    uprobe::{
         ARG_NONE, COMM_LEN, CommKey, ENTRY_STATIC_SERVICE, EV_FROM_ARG, EV_TRUNCATED,
         EV_UNREADABLE, MAX_FAMILY, MAX_PROBE_ENTRIES, MAX_PROBE_RULES, MAX_PROBES, MAX_SEV_PAIRS,
         PROBE_MSG_LEN, PROBE_RING_BYTES, PROBE_TAIL_ENTRIES, PRS_BODY, PRS_CAPTURE, ProbeEntry,
@@ -473,12 +473,7 @@ fn evaluate(
             break;
         };
         i += 1;
-        if r.probes & bit == 0
-            || sev < r.sev_lo
-            || sev > r.sev_hi
-            || r.body & body != r.body
-            || r.service & service != r.service
-        {
+        if !r.matches(bit, sev, body, service) {
             continue;
         }
         let Some(c) = RULE_COUNTERS.get_ptr_mut(r.slot as u32) else {

@@ -10,7 +10,7 @@ use std::fmt;
 use std::hash::Hash;
 use std::path::PathBuf;
 
-use dt_ebpf_common::probe::{
+use dt_ebpf_common::uprobe::{
     COMM_LEN, MAX_PROBE_RULES, MAX_PROBES, PRS_BODY, PRS_CAPTURE, ProbeRule, ProbeRuleSet,
 };
 use dt_ebpf_common::{

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use dt_ebpf_common::MAX_NAME_LEN;
-use dt_ebpf_common::probe::{MAX_PROBE_ARG, MAX_SEV_PAIRS};
+use dt_ebpf_common::uprobe::{MAX_PROBE_ARG, MAX_SEV_PAIRS};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Unexpected, Visitor};
 use toml::Spanned;

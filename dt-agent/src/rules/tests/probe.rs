@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use dt_ebpf_common::probe::{MAX_PROBE_RULES, PRS_BODY};
+use dt_ebpf_common::uprobe::{MAX_PROBE_RULES, PRS_BODY};
 use dt_ebpf_common::{ACTION_CAPTURE, ACTION_COUNT, ACTION_DROP};
 
 use super::{build, error, errors, load};

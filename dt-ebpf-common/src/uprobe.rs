@@ -76,6 +76,19 @@ pub const PRS_BODY: u32 = 1;
 /// looks at the message and it is not read.
 pub const PRS_CAPTURE: u32 = 2;
 
+impl ProbeRule {
+    /// Whether this rule matches a call of the probe whose bit is `probe_bit`, with severity
+    /// `sev` and these condition bits; the same test as an OTLP rule's
+    /// ([`crate::Rule::matches`]), plus the probe.
+    #[inline(always)]
+    pub fn matches(&self, probe_bit: u64, sev: u8, body: u64, service: u64) -> bool {
+        self.probes & probe_bit != 0
+            && crate::severity_in(sev as u32, self.sev_lo, self.sev_hi)
+            && crate::has_all(body, self.body)
+            && crate::has_all(service, self.service)
+    }
+}
+
 impl ProbeRuleSet {
     pub const EMPTY: ProbeRuleSet = ProbeRuleSet {
         generation: 0,
@@ -254,5 +267,36 @@ mod tests {
         assert_eq!(size_of::<CommKey>(), 4 + COMM_LEN);
         assert_eq!(size_of::<ProbeEvent>(), 24 + COMM_LEN + PROBE_MSG_LEN);
         assert_eq!(size_of::<ProbeEvent>() % 8, 0);
+    }
+
+    #[test]
+    fn a_probe_rule_matches_like_an_otlp_rule_on_its_probes() {
+        let rule = ProbeRule {
+            probes: 0b10,
+            sev_lo: 9,
+            sev_hi: 12,
+            body: 0b100,
+            service: 0b1,
+            ..ProbeRule::default()
+        };
+        let otlp = crate::Rule {
+            sev_lo: 9,
+            sev_hi: 12,
+            body: 0b100,
+            service: 0b1,
+            ..crate::RuleSet::EMPTY.rules[0]
+        };
+        for sev in 0..=255u8 {
+            for body in 0..8u64 {
+                for service in 0..4u64 {
+                    let want = otlp.matches(sev as u32, body, 0, service);
+                    assert_eq!(rule.matches(0b10, sev, body, service), want);
+                    assert!(!rule.matches(0b01, sev, body, service));
+                }
+            }
+        }
+        assert!(rule.matches(0b10, 9, 0b111, 0b11));
+        assert!(!rule.matches(0b10, 13, 0b111, 0b11));
+        assert!(!rule.matches(0b10, 9, 0b011, 0b11));
     }
 }

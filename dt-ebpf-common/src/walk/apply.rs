@@ -1,0 +1,199 @@
+//! Applying the plan back to front through an [`Editor`]: pops, masks, padded length prefixes
+//! and the Content-Length.
+
+use super::*;
+
+/// Prepares [`apply_step`]: the cursors start at the last edit, mask and fix.
+pub fn apply_start(w: &mut Walk) {
+    w.apply_edit = w.n_edits;
+    w.apply_fix = w.n_fixes;
+    w.apply_mask = w.n_masks;
+    w.apply_done = 0;
+    w.removed = 0;
+    w.head_removed = 0;
+}
+
+/// Applies one edit (or one chunk of a mask), back to front: removals, masks and length
+/// rewrites in descending offset order, then the Content-Length. Returns `false` when everything
+/// is applied.
+///
+/// A pop the kernel refuses is skipped: its records stay, and their drop is taken back from the
+/// rule's results (they count as kept), so the request stays valid and the counters true.
+#[inline(always)]
+pub fn apply_step<D: Editor>(w: &mut Walk, ed: &mut D) -> bool {
+    let (p, x, m) = (w.apply_edit, w.apply_fix, w.apply_mask);
+    // The next item back to front is the one with the highest offset (they never overlap).
+    let e_off = if p > 0 {
+        w.edits[(p as usize - 1) % MAX_EDITS].off as u64
+    } else {
+        0
+    };
+    let x_off = if x > 0 {
+        w.fixes[(x as usize - 1) % MAX_FIXES].off as u64
+    } else {
+        0
+    };
+    let m_off = if m > 0 {
+        w.masks[(m as usize - 1) % MAX_MASKS].off as u64
+    } else {
+        0
+    };
+    if p > 0 && e_off >= x_off && e_off >= m_off {
+        let e = w.edits[(p as usize - 1) % MAX_EDITS];
+        w.apply_edit = p - 1;
+        pop_edit(w, ed, e);
+        return true;
+    }
+    if m > 0 && m_off >= x_off {
+        let span = w.masks[(m as usize - 1) % MAX_MASKS];
+        mask_chunk(w, ed, span);
+        return true;
+    }
+    if x > 0 {
+        w.apply_fix = x - 1;
+        let fx = w.fixes[(x as usize - 1) % MAX_FIXES];
+        if fx.removed > 0 {
+            // The prefix was made reachable before any pop, and pops never split it.
+            write_varint(ed, fx.off, (fx.value - fx.removed) as u64, fx.len as u32);
+        }
+        return true;
+    }
+    if w.removed > 0 && w.cl_digits > 0 {
+        rewrite_content_length(w, ed);
+    }
+    false
+}
+
+#[inline(always)]
+pub(super) fn pop_edit<D: Editor>(w: &mut Walk, ed: &mut D, e: Edit) {
+    if e.len == 0 {
+        // Made void by the decisions.
+        return;
+    }
+    if ed.pop(e.off, e.len) {
+        w.removed += e.len;
+        if e.fix0 != NO_FIX {
+            w.fixes[e.fix0 as usize % MAX_FIXES].removed += e.len;
+        }
+        if e.fix1 != NO_FIX {
+            w.fixes[e.fix1 as usize % MAX_FIXES].removed += e.len;
+        }
+        if e.fix2 != NO_FIX {
+            w.fixes[e.fix2 as usize % MAX_FIXES].removed += e.len;
+        }
+        return;
+    }
+    w.edit_failures += 1;
+    if e.records > 0 {
+        let a = &mut w.acc[e.rule as usize % MAX_RULES];
+        a.dropped -= e.records as u32;
+        a.kept += e.records as u32;
+        a.dropped_bytes -= e.len as u64;
+        w.records_dropped -= e.records as u32;
+        w.bytes_dropped -= e.len;
+    }
+}
+
+/// Writes the next chunk of the current mask; moves to the next mask when it is complete.
+#[inline(always)]
+pub(super) fn mask_chunk<D: Editor>(w: &mut Walk, ed: &mut D, span: Span) {
+    if span.len == 0 {
+        // Made void by the decisions.
+        w.apply_done = 0;
+        w.apply_mask -= 1;
+        return;
+    }
+    let done = w.apply_done;
+    let n = if span.len - done < MASK_CHUNK {
+        span.len - done
+    } else {
+        MASK_CHUNK
+    };
+    let off = span.off + done;
+    if ed.reach(off, n) {
+        let mut i = 0u32;
+        while i < MASK_CHUNK {
+            if i >= n {
+                break;
+            }
+            ed.put(off + i, b'*');
+            i += 1;
+        }
+    } else {
+        w.edit_failures += 1;
+    }
+    if done + n >= span.len {
+        w.apply_done = 0;
+        w.apply_mask -= 1;
+    } else {
+        w.apply_done = done + n;
+    }
+}
+
+/// Writes `v` as a varint of exactly `n` bytes at `off` (padded with continuation bytes, which
+/// decoders accept). `v` fits: it is never more than the value the prefix held before.
+#[inline(always)]
+pub(super) fn write_varint<D: Editor>(ed: &mut D, off: u32, v: u64, n: u32) {
+    if n == 0 || n > 10 || !ed.reach(off, n) {
+        return;
+    }
+    let mut i = 0u32;
+    while i < 10 {
+        if i >= n {
+            break;
+        }
+        let mut b = ((v >> (7 * i)) & 0x7f) as u8;
+        if i + 1 < n {
+            b |= 0x80;
+        }
+        ed.put(off + i, b);
+        i += 1;
+    }
+}
+
+/// Rewrites the Content-Length digits for the bytes removed: the new number right-aligned in the
+/// old digits, the leading spare digits popped (or, if the kernel refuses, left as zeros). A
+/// chunk size is written in hex, zero-padded to its old width (chunk sizes may have leading
+/// zeros).
+#[inline(always)]
+pub(super) fn rewrite_content_length<D: Editor>(w: &mut Walk, ed: &mut D) {
+    let new = (w.body_end - w.body_start) - w.removed;
+    let n = w.cl_digits;
+    if n == 0 || n > 10 || !ed.reach(w.cl_off, n) {
+        return;
+    }
+    if w.cl_hex != 0 {
+        let mut v = new;
+        let mut k = 0u32;
+        while k < 10 {
+            if k >= n {
+                break;
+            }
+            let d = (v & 15) as u8;
+            ed.put(
+                w.cl_off + (n - 1 - k),
+                if d < 10 { b'0' + d } else { b'a' + d - 10 },
+            );
+            v >>= 4;
+            k += 1;
+        }
+        return;
+    }
+    let mut v = new;
+    let mut need = 0u32;
+    let mut k = 0u32;
+    while k < 10 {
+        if k >= n {
+            break;
+        }
+        ed.put(w.cl_off + (n - 1 - k), b'0' + (v % 10) as u8);
+        if v > 0 || k == 0 {
+            need = k + 1;
+        }
+        v /= 10;
+        k += 1;
+    }
+    if need < n && ed.pop(w.cl_off, n - need) {
+        w.head_removed = n - need;
+    }
+}

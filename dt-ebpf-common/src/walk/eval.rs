@@ -1,0 +1,90 @@
+//! Evaluation: the rules in order over the facts of the record just walked.
+
+use super::plan::{drop_record, plan_candidate};
+use super::*;
+
+/// Evaluates the rules on the record just walked, per the contract: in order; `count` and
+/// `redact` go on; `drop`, `sample` and `rate_limit` stop.
+#[inline(always)]
+pub(super) fn evaluate<E: Env>(w: &mut Walk, env: &mut E) -> Result<(), Error> {
+    w.mode = MODE_FIELDS;
+    w.records += 1;
+    w.n_redact_rules = 0;
+    w.redact_remove = 0;
+    w.redact_mask = 0;
+    let rs = env.rules();
+    let n = if (rs.n_rules as usize) < MAX_RULES {
+        rs.n_rules as usize
+    } else {
+        MAX_RULES
+    };
+    let mut stop_at = u32::MAX;
+    let mut i = 0usize;
+    while i < MAX_RULES {
+        if i >= n {
+            break;
+        }
+        let r = &rs.rules[i];
+        // The record's facts are read from the walk on every rule (volatile: kept as loads), so
+        // the verifier carries nothing from one rule's comparisons to the next.
+        // SAFETY: plain loads of fields of `w`.
+        let (sev, body, attrs, svc) = unsafe {
+            (
+                core::ptr::read_volatile(&w.sev),
+                core::ptr::read_volatile(&w.body_bits),
+                core::ptr::read_volatile(&w.attr_bits),
+                core::ptr::read_volatile(&w.svc_bits),
+            )
+        };
+        if r.matches(sev, body, attrs, svc) {
+            w.acc[i].matched += 1;
+            let action = r.action;
+            if action == ACTION_DROP || action == ACTION_SAMPLE || action == ACTION_RATE_LIMIT {
+                stop_at = i as u32;
+                break;
+            }
+            if action == ACTION_REDACT {
+                note_redact(w, i, r)?;
+            }
+        }
+        i += 1;
+    }
+    // One decision after the loop, not one copy of it per rule.
+    let rule = launder(&mut w.scratch, stop_at) as usize;
+    if rule < MAX_RULES {
+        let action = rs.rules[rule].action;
+        if action != ACTION_SAMPLE && action != ACTION_RATE_LIMIT {
+            return drop_record(w, rule);
+        }
+        // Sample and rate_limit decide when the request commits: plan the record as a
+        // candidate, with its redactions in case it is kept.
+        plan_candidate(w, rule)?;
+    }
+    if w.n_redact_rules > 0 {
+        w.mode = MODE_REDACT_ATTRS;
+    }
+    Ok(())
+}
+
+/// Notes that redact rule `i` matched the record. Through memory (volatile), not registers: a
+/// count carried in a register from rule to rule would make the verifier check every later
+/// rule once per possible count.
+#[inline(always)]
+pub(super) fn note_redact(w: &mut Walk, i: usize, r: &Rule) -> Result<(), Error> {
+    // SAFETY: plain loads and stores of fields of `w`.
+    unsafe {
+        use core::ptr::{read_volatile as get, write_volatile as set};
+        let k = get(&w.n_redact_rules) as usize;
+        if k >= MAX_RECORD_REDACT_RULES {
+            return Err(Error::EditLimit);
+        }
+        set(&mut w.redact_rules[k], i as u8);
+        set(&mut w.n_redact_rules, k as u32 + 1);
+        set(&mut w.redact_remove, get(&w.redact_remove) | r.remove);
+        set(
+            &mut w.redact_mask,
+            get(&w.redact_mask) | (r.flags & RULE_MASK_BODY) as u32,
+        );
+    }
+    Ok(())
+}

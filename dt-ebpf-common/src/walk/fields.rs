@@ -1,0 +1,501 @@
+//! The field walk: one protobuf field per step, frame ends, attribute values and body scans.
+//! Each message kind's fields are checked the way prost decodes them.
+
+use super::*;
+
+pub(super) const WT_VARINT: u64 = 0;
+pub(super) const WT_I64: u64 = 1;
+pub(super) const WT_LEN: u64 = 2;
+pub(super) const WT_I32: u64 = 5;
+
+/// Bytes made readable at the start of each field: a tag and a length or value varint.
+pub(super) const FIELD_READ: u32 = 20;
+
+#[inline(always)]
+pub(super) fn field_step<S: Source>(w: &mut Walk, s: &mut S) -> Result<(), Error> {
+    let f = w.frame();
+    if w.pos >= f.end {
+        if w.pos > f.end {
+            return Err(Error::Malformed);
+        }
+        w.mode = MODE_END;
+        return Ok(());
+    }
+    let tag_off = w.pos;
+    if !s.ensure(tag_off, FIELD_READ) {
+        return Err(Error::Unreadable);
+    }
+    let (tag, n) = varint(s, tag_off, f.end)?;
+    let field = tag >> 3;
+    let wt = tag & 7;
+    // Field numbers are 1..2^29-1.
+    if field == 0 || field >= 1 << 29 {
+        return Err(Error::Malformed);
+    }
+    let at = launder(&mut w.scratch, tag_off + n);
+    // Which (kind, field) pairs dt reads, and with which wire type.
+    let known = known_wire_type(f.kind, field);
+    if known != u64::MAX && known != wt {
+        return Err(Error::Malformed);
+    }
+    match wt {
+        WT_VARINT => {
+            let (v, m) = varint(s, at, f.end)?;
+            w.pos = launder(&mut w.scratch, at + m);
+            on_scalar(w, f, field, Some(v));
+        }
+        WT_I64 => {
+            if f.end - at < 8 {
+                return Err(Error::Malformed);
+            }
+            w.pos = at + 8;
+            on_scalar(w, f, field, None);
+        }
+        WT_I32 => {
+            if f.end - at < 4 {
+                return Err(Error::Malformed);
+            }
+            w.pos = at + 4;
+            on_scalar(w, f, field, None);
+        }
+        WT_LEN => {
+            let (len, m) = varint(s, at, f.end)?;
+            let m = launder(&mut w.scratch, m);
+            let start = at + m;
+            if len > (f.end - start) as u64 {
+                return Err(Error::Malformed);
+            }
+            let end = start + len as u32;
+            w.pos = end;
+            on_len(w, s, f, field, tag_off, at, m, start, end)?;
+        }
+        _ => return Err(Error::Malformed),
+    }
+    Ok(())
+}
+
+/// The wire type of every field the OTLP logs schema defines, or `u64::MAX` for unknown fields
+/// (skipped by their wire type). A known field with another wire type is malformed, as for
+/// prost.
+#[inline(always)]
+pub(super) fn known_wire_type(kind: u8, field: u64) -> u64 {
+    match (kind, field) {
+        (K_REQ, 1) => WT_LEN,
+        // ResourceLogs: resource, scope_logs, schema_url.
+        (K_RL_SCAN | K_RL, 1..=3) => WT_LEN,
+        // Resource: attributes, dropped_attributes_count, entity_refs.
+        (K_RESOURCE, 1 | 3) => WT_LEN,
+        (K_RESOURCE, 2) => WT_VARINT,
+        // ScopeLogs: scope, log_records, schema_url.
+        (K_SCOPE, 1..=3) => WT_LEN,
+        // InstrumentationScope: name, version, attributes, dropped_attributes_count.
+        (K_ISCOPE, 1..=3) => WT_LEN,
+        (K_ISCOPE, 4) => WT_VARINT,
+        // LogRecord: time_unix_nano, observed_time_unix_nano; severity_number,
+        // dropped_attributes_count; flags; severity_text, body, attributes, trace_id, span_id,
+        // event_name.
+        (K_RECORD, 1 | 11) => WT_I64,
+        (K_RECORD, 2 | 7) => WT_VARINT,
+        (K_RECORD, 8) => WT_I32,
+        (K_RECORD, 3 | 5 | 6 | 9 | 10 | 12) => WT_LEN,
+        (K_KV, 1 | 2) => WT_LEN,
+        (K_ANY, 1 | 5 | 6 | 7) => WT_LEN,
+        (K_ANY, 2 | 3) => WT_VARINT,
+        (K_ANY, 4) => WT_I64,
+        // ArrayValue and KeyValueList: values.
+        (K_ARRAY | K_KVLIST, 1) => WT_LEN,
+        // EntityRef: schema_url, type, id_keys, description_keys.
+        (K_ENTITY, 1..=4) => WT_LEN,
+        _ => u64::MAX,
+    }
+}
+
+#[inline(always)]
+pub(super) fn on_scalar(w: &mut Walk, f: Frame, field: u64, v: Option<u64>) {
+    match (f.kind, field) {
+        (K_RECORD, 2) => {
+            // An enum is an int32: decoders keep the low 32 bits of the varint.
+            let v = v.unwrap_or(0) as u32 as i32 as i64;
+            w.sev = if (0..=24).contains(&v) {
+                v as u32
+            } else {
+                SEV_OUT_OF_RANGE as u32
+            };
+        }
+        (K_ANY, 2..=4) => set_value(w, f.role, V_OTHER, 0, 0),
+        _ => {}
+    }
+}
+
+#[inline(always)]
+pub(super) fn set_value(w: &mut Walk, role: u8, kind: u32, off: u32, len: u32) {
+    if role == R_BODY {
+        w.body_kind = kind;
+        w.body_off = off;
+        w.body_len = len;
+        if kind == V_STRING && len > 0 {
+            // Every string occurrence is masked, so no unmasked copy stays on the wire.
+            let n = w.n_bodies as usize;
+            if n < MAX_RECORD_BODIES {
+                w.bodies[n] = Span { off, len };
+                w.n_bodies = n as u32 + 1;
+            } else {
+                w.body_overflow = 1;
+            }
+        }
+    } else if role == R_KV_VALUE {
+        w.val_kind = kind;
+        w.val_off = off;
+        w.val_len = len;
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn on_len<S: Source>(
+    w: &mut Walk,
+    s: &mut S,
+    f: Frame,
+    field: u64,
+    tag_off: u32,
+    len_off: u32,
+    len_len: u32,
+    start: u32,
+    end: u32,
+) -> Result<(), Error> {
+    match (f.kind, field) {
+        (K_REQ, 1) => {
+            w.svc_set = 0;
+            w.svc_off = 0;
+            w.svc_len = 0;
+            w.svc_bits = 0;
+            w.push(K_RL_SCAN, R_NONE, start, end, len_off, len_len)
+        }
+        (K_RL_SCAN, 1) => w.push(K_RESOURCE, R_NONE, start, end, len_off, len_len),
+        (K_RESOURCE, 1) => {
+            w.key_set = 0;
+            w.val_kind = V_NONE;
+            w.push(K_KV, R_RESOURCE_ATTR, start, end, len_off, len_len)
+        }
+        (K_RESOURCE, 3) => w.push(K_ENTITY, R_NONE, start, end, len_off, len_len),
+        (K_RL, 2) => w.push(K_SCOPE, R_NONE, start, end, len_off, len_len),
+        (K_SCOPE, 1) => w.push(K_ISCOPE, R_NONE, start, end, len_off, len_len),
+        (K_ISCOPE, 3) | (K_KVLIST, 1) => w.push(K_KV, R_NONE, start, end, len_off, len_len),
+        (K_SCOPE, 2) => {
+            w.rec_off = tag_off;
+            w.rec_end = end;
+            w.sev = 0;
+            w.body_kind = V_NONE;
+            w.attr_bits = 0;
+            w.body_bits = 0;
+            w.rec_fix = NO_FIX as u32;
+            w.rec_cand = 0;
+            w.n_redact_attrs = 0;
+            w.n_bodies = 0;
+            w.redact_overflow = 0;
+            w.body_overflow = 0;
+            w.push(K_RECORD, R_NONE, start, end, len_off, len_len)
+        }
+        (K_RECORD, 5) => match single_string(w, s, start, end) {
+            Some((off, len)) => {
+                set_value(w, R_BODY, V_STRING, off, len);
+                Ok(())
+            }
+            None => w.push(K_ANY, R_BODY, start, end, len_off, len_len),
+        },
+        (K_RECORD, 6) => {
+            w.key_set = 0;
+            w.val_kind = V_NONE;
+            w.kv_off = tag_off;
+            w.kv_end = end;
+            w.push(K_KV, R_RECORD_ATTR, start, end, len_off, len_len)
+        }
+        (K_KV, 1) => {
+            if f.role != R_NONE {
+                w.key_off = start;
+                w.key_len = end - start;
+                w.key_set = 1;
+            }
+            Ok(())
+        }
+        (K_KV, 2) => {
+            let role = if f.role == R_NONE { R_NONE } else { R_KV_VALUE };
+            match single_string(w, s, start, end) {
+                Some((off, len)) => {
+                    set_value(w, role, V_STRING, off, len);
+                    Ok(())
+                }
+                None => w.push(K_ANY, role, start, end, len_off, len_len),
+            }
+        }
+        (K_ANY, 1) => {
+            set_value(w, f.role, V_STRING, start, end - start);
+            Ok(())
+        }
+        (K_ANY, 5) => {
+            set_value(w, f.role, V_OTHER, 0, 0);
+            w.push(K_ARRAY, R_NONE, start, end, len_off, len_len)
+        }
+        (K_ANY, 6) => {
+            set_value(w, f.role, V_OTHER, 0, 0);
+            w.push(K_KVLIST, R_NONE, start, end, len_off, len_len)
+        }
+        (K_ANY, 7) => {
+            set_value(w, f.role, V_OTHER, 0, 0);
+            Ok(())
+        }
+        (K_ARRAY, 1) => match single_string(w, s, start, end) {
+            Some(_) => Ok(()),
+            None => w.push(K_ANY, R_NONE, start, end, len_off, len_len),
+        },
+        _ => Ok(()),
+    }
+}
+
+/// An AnyValue that is exactly one `string_value` field (how encoders write a string): its
+/// string's span, found without walking a frame for it (three steps saved). Anything else —
+/// other fields, more than one — returns `None` and is walked as usual.
+#[inline(always)]
+pub(super) fn single_string<S: Source>(
+    w: &mut Walk,
+    s: &mut S,
+    start: u32,
+    end: u32,
+) -> Option<(u32, u32)> {
+    if end - start < 2 || !s.ensure(start, 11) || s.byte(start)? != 0x0a {
+        return None;
+    }
+    let (len, m) = varint(s, start + 1, end).ok()?;
+    let off = launder(&mut w.scratch, start + 1 + m);
+    if off as u64 + len != end as u64 {
+        return None;
+    }
+    Some((off, len as u32))
+}
+
+/// Copies `len` bytes at `off` into the key buffer at `at`.
+#[inline(always)]
+pub(super) fn copy_into_key<S: Source>(
+    w: &mut Walk,
+    s: &mut S,
+    off: u32,
+    len: u32,
+    at: u32,
+) -> Result<(), Error> {
+    if s.copy_into(off, len, &mut w.key.bytes, at) {
+        Ok(())
+    } else {
+        Err(Error::Unreadable)
+    }
+}
+
+#[inline(always)]
+pub(super) fn clear_key<S: Source>(
+    w: &mut Walk,
+    s: &mut S,
+    slot: u8,
+    kind: u8,
+    klen: u32,
+    vlen: u32,
+) {
+    s.zero_key(&mut w.key.bytes);
+    w.key._pad = 0;
+    w.key.slot = slot;
+    w.key.kind = kind;
+    w.key.klen = klen as u8;
+    w.key.vlen = vlen;
+}
+
+/// Acts on the frame that just ended, then goes back to walking its parent's fields.
+#[inline(always)]
+pub(super) fn end_frame<S: Source, E: Env>(
+    w: &mut Walk,
+    s: &mut S,
+    env: &mut E,
+) -> Result<(), Error> {
+    let f = w.frame();
+    let slot = env.slot();
+    w.mode = MODE_FIELDS;
+    match f.kind {
+        K_REQ => {
+            w.mode = MODE_DONE;
+            return Ok(());
+        }
+        K_RL_SCAN => {
+            // The resource is known: look its service name up, then walk the ScopeLogs.
+            // The whole request is still walked (and so checked), but strings no rule looks at
+            // are not looked up.
+            let needs = env.rules().needs;
+            w.svc_bits = 0;
+            if needs & NEED_SERVICE != 0 && w.svc_set != 0 && w.svc_len as usize <= MAX_SERVICE_LEN
+            {
+                clear_key(w, s, slot, STR_SERVICE, 0, w.svc_len);
+                copy_into_key(w, s, w.svc_off, w.svc_len, 0)?;
+                w.svc_bits = env.lookup(&w.key);
+            }
+            let d = (w.depth & DEPTH_MASK) as usize;
+            w.frames[d].kind = K_RL;
+            w.pos = f.start;
+            return Ok(());
+        }
+        K_KV => {
+            let is_string = w.val_kind == V_STRING;
+            if w.key_set != 0 && f.role == R_RESOURCE_ATTR {
+                if is_service_name(s, w.key_off, w.key_len)? {
+                    // The last service.name wins; a non-string one means no service.
+                    w.svc_set = is_string as u32;
+                    w.svc_off = w.val_off;
+                    w.svc_len = w.val_len;
+                }
+            } else if f.role == R_RECORD_ATTR
+                && w.key_set != 0
+                && w.key_len as usize <= MAX_ATTR_KEY_LEN
+            {
+                if env.rules().needs & NEED_ATTRS != 0
+                    && is_string
+                    && w.val_len as usize <= MAX_ATTR_VALUE_LEN
+                {
+                    // Two steps, one copy each: two copies of unknown length in one step would
+                    // have the verifier check the second once per way the first can end.
+                    let (ko, kl, vl) = (w.key_off, w.key_len, w.val_len);
+                    clear_key(w, s, slot, STR_ATTR, kl, vl);
+                    copy_into_key(w, s, ko, kl, 0)?;
+                    w.mode = MODE_ATTR_VALUE;
+                    return Ok(());
+                }
+                if env.rules().remove_keys > 0 {
+                    w.mode = MODE_ATTR_REDACT;
+                    return Ok(());
+                }
+            }
+        }
+        K_RECORD => {
+            w.depth -= 1;
+            w.pos = f.end;
+            w.rec_prefix_off = f.prefix_off;
+            w.rec_prefix_len = f.prefix_len as u32;
+            w.rec_len = f.end - f.start;
+            if w.body_kind == V_STRING && w.body_len > 0 && env.rules().ac_states > 0 {
+                w.mode = MODE_BODY_SCAN;
+                w.scan_pos = w.body_off;
+                w.scan_end = w.body_off + w.body_len;
+                w.ac_state = 0;
+            } else {
+                w.mode = MODE_EVAL;
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
+    w.depth -= 1;
+    w.pos = f.end;
+    Ok(())
+}
+
+#[inline(always)]
+pub(super) fn attr_value_step<S: Source, E: Env>(
+    w: &mut Walk,
+    s: &mut S,
+    env: &mut E,
+) -> Result<(), Error> {
+    copy_into_key(w, s, w.val_off, w.val_len, w.key_len)?;
+    w.attr_bits |= env.lookup(&w.key);
+    if env.rules().remove_keys > 0 {
+        w.mode = MODE_ATTR_REDACT;
+        return Ok(());
+    }
+    end_kv(w);
+    Ok(())
+}
+
+/// Records the attribute if redact rules name its key (any value type), then ends the
+/// KeyValue.
+#[inline(always)]
+pub(super) fn attr_redact_step<S: Source, E: Env>(
+    w: &mut Walk,
+    s: &mut S,
+    env: &mut E,
+) -> Result<(), Error> {
+    let kl = w.key_len;
+    clear_key(w, s, env.slot(), STR_REDACT, kl, 0);
+    copy_into_key(w, s, w.key_off, kl, 0)?;
+    let bits = env.lookup(&w.key);
+    if bits != 0 {
+        let n = w.n_redact_attrs as usize;
+        if n < MAX_RECORD_REDACTS {
+            w.redact_attrs[n] = RedactAttr {
+                off: w.kv_off,
+                len: w.kv_end - w.kv_off,
+                bits,
+            };
+            w.n_redact_attrs = n as u32 + 1;
+        } else {
+            w.redact_overflow = 1;
+        }
+    }
+    end_kv(w);
+    Ok(())
+}
+
+#[inline(always)]
+pub(super) fn end_kv(w: &mut Walk) {
+    let f = w.frame();
+    w.depth -= 1;
+    w.pos = f.end;
+    w.mode = MODE_FIELDS;
+}
+
+#[inline(always)]
+pub(super) fn is_service_name<S: Source>(s: &mut S, off: u32, len: u32) -> Result<bool, Error> {
+    let lit = b"service.name";
+    if len != lit.len() as u32 {
+        return Ok(false);
+    }
+    if !s.ensure(off, len) {
+        return Err(Error::Unreadable);
+    }
+    let mut i = 0;
+    while i < 12 {
+        if s.byte(off + i as u32) != Some(lit[i]) {
+            return Ok(false);
+        }
+        i += 1;
+    }
+    Ok(true)
+}
+
+#[inline(always)]
+pub(super) fn scan_step<S: Source, E: Env>(
+    w: &mut Walk,
+    s: &mut S,
+    env: &mut E,
+) -> Result<(), Error> {
+    let mut state = w.ac_state;
+    let mut bits = w.body_bits;
+    let mut pos = w.scan_pos;
+    if !s.ensure(pos, SCAN_CHUNK) {
+        return Err(Error::Unreadable);
+    }
+    let mut i = 0;
+    while i < SCAN_CHUNK {
+        if pos >= w.scan_end {
+            break;
+        }
+        let b = s.byte(pos).ok_or(Error::Unreadable)?;
+        let row = env.ac_row(state).ok_or(Error::Unreadable)?;
+        bits |= row.out;
+        state = row.next[b as usize] as u32;
+        pos += 1;
+        i += 1;
+    }
+    w.ac_state = state;
+    w.scan_pos = pos;
+    w.body_bits = bits;
+    if pos < w.scan_end {
+        return Ok(());
+    }
+    let row = env.ac_row(state).ok_or(Error::Unreadable)?;
+    w.body_bits |= row.out;
+    w.mode = MODE_EVAL;
+    Ok(())
+}
