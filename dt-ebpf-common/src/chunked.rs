@@ -218,6 +218,13 @@ impl Chunked {
         Scan::Unsupported
     }
 
+    /// The next step jumps over a chunk's data: where the data is and how long (the data of
+    /// the chunks before it is `data_len - size` bytes).
+    #[inline(always)]
+    pub fn at_data(&self) -> bool {
+        self.state == C_DATA
+    }
+
     /// How a scan over the first `avail` bytes ended.
     #[inline(always)]
     pub fn outcome(&self, avail: u32) -> Scan {

@@ -5,7 +5,7 @@
 //! whenever a map's type, key, value or size changes.
 
 /// Version of everything in this module. Part of the pin path, and stored in [`Control`].
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Rules in one rule set.
 pub const MAX_RULES: usize = 128;
@@ -382,11 +382,48 @@ pub struct SockState {
     pub body_end: u32,
     /// 1 when `cl_off`/`cl_digits` are the chunk's size digits (hex).
     pub cl_hex: u32,
-    pub _pad_chunk: u32,
+    /// 1 when the request is chunked with several data chunks: it is walked rewritten as one
+    /// chunk (its bytes as sent kept in a [`Rebody`] buffer), with the data at
+    /// `body_start..body_end` and a size line of `cl_digits` hex digits at `cl_off`.
+    pub multi: u32,
+    /// A copy between the message and a [`Rebody`] buffer, one piece per step.
+    pub copy: CopyState,
     pub walk: crate::walk::Walk,
     /// The socket's cookie (set by sock_ops when it hooks the connection): the key of its
     /// [`Held`] entry while a request is held. sk_msg cannot read the cookie itself.
     pub cookie: u64,
+}
+
+/// A copy in progress between the message (`msg`) and a [`Rebody`] buffer (`buf`): `len`
+/// bytes left. `scan`: the copy out follows the chunk framing in the buffer (see dt-ebpf's
+/// `sk_msg/rechunk.rs`).
+#[derive(Copy, Clone, Debug, Default)]
+#[repr(C)]
+pub struct CopyState {
+    pub msg: u32,
+    pub buf: u32,
+    pub len: u32,
+    pub failed: u32,
+    pub scan: u32,
+    pub _pad: u32,
+}
+
+/// Buffers for chunked requests of several data chunks, one taken per request walked (by CPU
+/// number, `busy` set with a compare-exchange): the request's bytes after its head, as sent,
+/// while it is rewritten as one chunk to be walked.
+pub const REBODY_SLOTS: u32 = 8;
+/// Data bytes a [`Rebody`] holds: a whole request at the size ceiling.
+pub const REBODY_BYTES: u32 = MAX_REQUEST_CEILING;
+/// Bytes one copy step moves into a [`Rebody`] at most.
+pub const REBODY_PIECE: u32 = 8192;
+
+/// One buffer of the `REBODY` array. `bytes` has [`REBODY_PIECE`] bytes to spare past
+/// [`REBODY_BYTES`], so a copy at a masked offset stays inside it.
+#[repr(C)]
+pub struct Rebody {
+    pub busy: u32,
+    pub _pad: u32,
+    pub bytes: [u8; (REBODY_BYTES + REBODY_PIECE) as usize],
 }
 
 /// Bounds of the readable window of a message: `start..end` is pulled, nothing at or past

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use dt_ebpf_common::{
     AcRow, Control, Held, MAX_AC_STATES, MAX_CONDS, MAX_HELD, MAX_SLOTS, NameEntry, NameKey,
-    RuleCounters, RuleSet, SockState, StrKey, Totals,
+    REBODY_SLOTS, Rebody, RuleCounters, RuleSet, SockState, StrKey, Totals,
 };
 
 /// The active rule set slot and generation, the rip cord, the size bound.
@@ -66,3 +66,7 @@ pub static SOCK_STATE: SkStorage<SockState> = SkStorage::new();
 /// reads it to say whom it waits for before detaching; the programs only add and remove.
 #[map]
 pub static HELD: HashMap<u64, Held> = HashMap::with_max_entries(MAX_HELD, 0);
+
+/// Buffers the data of chunked requests of several chunks is walked in (see `sk_msg/rechunk.rs`).
+#[map]
+pub static REBODY: Array<Rebody> = Array::with_max_entries(REBODY_SLOTS, 0);

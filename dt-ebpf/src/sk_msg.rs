@@ -46,6 +46,8 @@ use dt_ebpf_common::{
     wire::{Error, Source},
 };
 
+mod rechunk;
+
 use crate::maps::{
     AC, CONTROL, HELD, RATES, RULE_COUNTERS, RULESETS, SAMPLES, SOCK_STATE, STRINGS, TOTALS,
 };
@@ -315,6 +317,7 @@ fn fresh(
     st.cl_off = h.cl_off;
     st.cl_digits = if h.has_cl != 0 { h.cl_digits } else { 0 };
     st.cl_hex = 0;
+    st.multi = 0;
     if size < total {
         st.phase = PHASE_CORKED;
         hold(msg, st, totals, total, PHASE_CORKED);
@@ -411,15 +414,24 @@ fn chunked_scan_inner(
             if control.enabled == 0 {
                 return Next::Verdict(pass(totals, Passthrough::Disabled, end));
             }
-            if c.n_chunks > 1 {
-                return Next::Verdict(pass(totals, Passthrough::Chunked, end));
-            }
             st.total = end;
+            st.cl_hex = 1;
+            if c.n_chunks > 1 {
+                // Walked from a buffer; where its data will be once rewritten as one chunk, if
+                // it is: after a size line of as many hex digits as the data's length needs.
+                let d = hex_digits(c.data_len);
+                st.multi = 1;
+                st.cl_off = st.head_len;
+                st.cl_digits = d;
+                st.body_start = st.head_len + d + 2;
+                st.body_end = st.body_start + c.data_len;
+                return Next::Walk(st);
+            }
+            st.multi = 0;
             st.body_start = c.first_off;
             st.body_end = c.first_off + c.first_len;
             st.cl_off = c.first_digits_off;
             st.cl_digits = c.first_digits;
-            st.cl_hex = 1;
             if c.n_chunks == 0 {
                 // No data at all.
                 st.body_start = c.pos;
@@ -433,6 +445,16 @@ fn chunked_scan_inner(
             Next::Verdict(lose_track_counted(st, totals, Passthrough::Chunked, size))
         }
     }
+}
+
+/// Hex digits of `v` (at least one).
+#[inline(always)]
+fn hex_digits(v: u32) -> u32 {
+    let mut d = 1;
+    while d < 8 && v >> (4 * d) != 0 {
+        d += 1;
+    }
+    d
 }
 
 /// [`lose_track`] for a request already counted in `requests`.
@@ -501,6 +523,7 @@ fn corked(size: u32, st: &mut SockState, control: &Control, totals: &mut Totals)
 /// storage), so the verifier checks the callback once.
 #[repr(C)]
 struct WalkCtx {
+    st: *mut SockState,
     src: Window,
     env: KernelEnv,
 }
@@ -510,7 +533,7 @@ const WALK_DONE: i32 = 1;
 
 extern "C" fn walk_cb(_i: u64, ctx: *mut c_void) -> i64 {
     let c = unsafe { &mut *(ctx as *mut WalkCtx) };
-    let w = unsafe { &mut (*c.src.st).walk };
+    let w = unsafe { &mut (*c.st).walk };
     match walk::step(w, &mut c.src, &mut c.env) {
         Step::More => 0,
         Step::Done => {
@@ -531,7 +554,7 @@ extern "C" fn walk_cb(_i: u64, ctx: *mut c_void) -> i64 {
 
 extern "C" fn decide_cb(_i: u64, ctx: *mut c_void) -> i64 {
     let c = unsafe { &mut *(ctx as *mut WalkCtx) };
-    let w = unsafe { &mut (*c.src.st).walk };
+    let w = unsafe { &mut (*c.st).walk };
     if walk::decide_step(w, &mut c.env) {
         0
     } else {
@@ -577,10 +600,16 @@ fn walk_request_inner(msg: *mut sk_msg_md, st: &mut SockState, totals: &mut Tota
     st.walk.cl_hex = st.cl_hex;
     let st_ptr: *mut SockState = st;
     let mut wc = WalkCtx {
+        st: st_ptr,
         src: Window::new(msg, st_ptr, total),
         env: KernelEnv { rs, slot },
     };
-    st.walk.outcome = WALK_RUNNING;
+    // Several chunks: walked rewritten as one chunk, their bytes as sent kept in a buffer.
+    let r = rechunk::prepare(msg, st_ptr);
+    if r < 0 {
+        return abandon(totals, multi_why(r), total);
+    }
+    unsafe { (*st_ptr).walk.outcome = WALK_RUNNING };
     unsafe {
         bpf_loop(
             MAX_STEPS,
@@ -589,28 +618,24 @@ fn walk_request_inner(msg: *mut sk_msg_md, st: &mut SockState, totals: &mut Tota
             0,
         );
     }
-    let why = match st.walk.outcome {
-        WALK_DONE => None,
-        -1 => Some(Passthrough::Malformed),
-        -2 => Some(Passthrough::PullFailed),
-        -3 => Some(Passthrough::EditLimit),
-        -4 => Some(Passthrough::TooDeep),
-        _ => Some(Passthrough::Other),
-    };
-    if let Some(why) = why {
-        return abandon(totals, why, total);
+    let outcome = rechunk::conclude(msg, st_ptr, rs);
+    if outcome != WALK_DONE as i64 {
+        return abandon(totals, multi_why(outcome), total);
     }
+    // A request rewritten as one chunk is shorter now.
+    let st = unsafe { &mut *st_ptr };
+    let now = st.total;
     // The agent marks a slot with generation 0 before rewriting it: a walk that overlapped a
     // rewrite is thrown away, counters untouched.
     if slot_generation(rs) != generation {
-        return abandon(totals, Passthrough::Generation, total);
+        return abandon_at(totals, Passthrough::Generation, total, now);
     }
     if st.walk.n_edits > 0 || st.walk.n_masks > 0 {
         // Make every length prefix and the Content-Length reachable before the first pop, so
         // that once removing starts, every rewrite succeeds.
-        let mut src = Window::new(msg, st_ptr, total);
+        let mut src = Window::new(msg, st_ptr, now);
         if !reach_fixes(&mut src) {
-            return abandon(totals, Passthrough::PullFailed, total);
+            return abandon_at(totals, Passthrough::PullFailed, total, now);
         }
         // From here on the request commits: decide the sample and rate_limit candidates.
         walk::decide_start(unsafe { &mut (*st_ptr).walk });
@@ -636,7 +661,7 @@ fn walk_request_inner(msg: *mut sk_msg_md, st: &mut SockState, totals: &mut Tota
     }
     let w = unsafe { &(*st_ptr).walk };
     commit(rs, w, totals);
-    let out = total - w.removed - w.head_removed;
+    let out = now - w.removed - w.head_removed;
     if w.removed > 0 {
         // Pops leave the request in many scatterlist pieces, each sent as its own TCP segment;
         // one linear copy sends it in as few as possible (best effort: on failure it goes as is).
@@ -672,6 +697,15 @@ extern "C" fn reach_fix_cb(i: u64, ctx: *mut c_void) -> i64 {
 #[inline(always)]
 fn abandon(totals: &mut Totals, why: Passthrough, total: u32) -> Verdict {
     pass(totals, why, total)
+}
+
+/// [`abandon`] for a request of `total` bytes that is `now` bytes long: a request of several
+/// chunks rewritten as one before the walk was given up (same data, framed as one chunk).
+#[inline(always)]
+fn abandon_at(totals: &mut Totals, why: Passthrough, total: u32, now: u32) -> Verdict {
+    let v = pass(totals, why, total);
+    totals.bytes_out -= (total - now) as u64;
+    (now, v.1)
 }
 
 /// Tries of an atomic update of a shared word before giving up (two CPUs updating the same
@@ -711,6 +745,20 @@ fn atomic_update(p: *mut u64, f: impl Fn(u64) -> u64) -> Option<u64> {
 fn slot_generation(rs: &RuleSet) -> u64 {
     // SAFETY: an aligned u64 of a map value.
     unsafe { ptr::read_volatile(&rs.generation) }
+}
+
+/// Why a walk (of a request of one chunk or several) did not succeed.
+#[inline(always)]
+fn multi_why(outcome: i64) -> Passthrough {
+    match outcome {
+        -1 => Passthrough::Malformed,
+        -2 | rechunk::MULTI_PULL => Passthrough::PullFailed,
+        -3 => Passthrough::EditLimit,
+        -4 => Passthrough::TooDeep,
+        rechunk::MULTI_GENERATION => Passthrough::Generation,
+        rechunk::MULTI_BUSY => Passthrough::Chunked,
+        _ => Passthrough::Other,
+    }
 }
 
 /// Pulls every length prefix to rewrite, and the Content-Length digits.
