@@ -108,7 +108,7 @@ pub fn assert_expected(stats: &Stats, expected: &Expected) {
         if want.action == Some(Action::Drop) && got.kept != 0 {
             problems.push(format!("rule {}: kept {} want 0", want.name, got.kept));
         }
-        if let Some(a) = want.action
+        if let Some(a) = &want.action
             && got.action != a.as_str()
         {
             problems.push(format!(
