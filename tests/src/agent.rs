@@ -8,7 +8,7 @@ use dt_agent::{Agent, AgentConfig, Stats};
 use crate::model::{Action, Expected};
 use crate::rules::TempRules;
 
-/// The default request bound (INTERFACE: 256 KiB).
+/// The default request bound (README, "Limits": 256 KiB).
 pub const DEFAULT_MAX_REQUEST: u32 = dt_ebpf_common::layout::DEFAULT_MAX_REQUEST;
 
 /// A config hooking `ports`, on the root cgroup, with the default bound.
