@@ -8,7 +8,7 @@ use dt_agent::{Agent, AgentConfig, Stats};
 use crate::model::{Action, Expected};
 use crate::rules::TempRules;
 
-/// The default request bound (INTERFACE: 256 KiB).
+/// The default request bound (README, "Limits": 256 KiB).
 pub const DEFAULT_MAX_REQUEST: u32 = dt_ebpf_common::layout::DEFAULT_MAX_REQUEST;
 
 /// A config hooking `ports`, on the root cgroup, with the default bound.
@@ -108,7 +108,7 @@ pub fn assert_expected(stats: &Stats, expected: &Expected) {
         if want.action == Some(Action::Drop) && got.kept != 0 {
             problems.push(format!("rule {}: kept {} want 0", want.name, got.kept));
         }
-        if let Some(a) = want.action
+        if let Some(a) = &want.action
             && got.action != a.as_str()
         {
             problems.push(format!(

@@ -59,7 +59,7 @@ pub use exporter::{
 };
 pub use http::{HttpRequest, HttpRequestBuilder};
 pub use kernel::{cgroup2_mount, kernel_or_skip};
-pub use model::{Action, Expected, RuleExpect, RuleSpec, evaluate};
+pub use model::{Action, Expected, Facts, RuleExpect, RuleSpec, evaluate, simulate};
 pub use net::{listener_v4, listener_v6, reserve_port};
 pub use node::{
     NodeExportReport, export_with_node, export_with_node_simple, export_with_node_value,

@@ -1,36 +1,111 @@
-//! The tests' own model of rule evaluation (INTERFACE.md, "Evaluation, per record"), written
-//! independently of dt's compiler and walker. A [`RuleSpec`] renders itself to TOML and also
-//! decides, in plain Rust, which records it matches, so a test's expectations and the rule file
-//! it installs come from one description.
+//! The tests' one model of rule evaluation (README, "Rules", "Evaluation, per record" and
+//! "Severity"), written independently of dt's compiler and walker.
+//!
+//! - [`RuleSpec`]: one `[[rule]]` (name, [`Action`] with its parameters, and the match
+//!   conditions, the severity one as a [`Severity`]: its TOML text and the SeverityNumbers the
+//!   test means by it). It renders itself to TOML ([`RuleSpec::to_toml`], [`rules_toml`]) and
+//!   decides in plain Rust which records it matches ([`RuleSpec::matches`]), so a test's
+//!   expectations and the rule file it installs come from one description.
+//! - [`Facts`]: what the rules look at in one record.
+//! - [`evaluate_record`]: the rules in order over one record, first stopping rule wins: which
+//!   rules matched, which redact rules marked it, and where evaluation ended ([`End`]).
+//! - [`Decider`]: the sample counters and rate-limit buckets that settle a sample or rate_limit
+//!   end; [`Evaluation::settle`] turns an evaluation into the record's fate and counter deltas
+//!   ([`Counts`]); [`Redaction`] is the edits a kept record leaves with.
+//! - [`simulate`] runs all of it over a sequence of records (one agent, records evaluated in
+//!   order); [`evaluate`] is its count/drop summary as [`Expected`].
 
-use std::ops::RangeInclusive;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::{AddAssign, RangeInclusive};
 
 use crate::record::{ReceivedRecord, SentRecord};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A rule's action and its parameters.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     Count,
     Drop,
+    Sample {
+        keep_one_in: u64,
+    },
+    RateLimit {
+        per_second: u64,
+    },
+    Redact {
+        remove: Vec<String>,
+        mask_body: bool,
+    },
 }
 
 impl Action {
-    pub fn as_str(self) -> &'static str {
+    /// The `action` value in TOML (and in `stats`).
+    pub fn as_str(&self) -> &'static str {
         match self {
             Action::Count => "count",
             Action::Drop => "drop",
+            Action::Sample { .. } => "sample",
+            Action::RateLimit { .. } => "rate_limit",
+            Action::Redact { .. } => "redact",
         }
+    }
+
+    /// The action's parameter lines, as they follow `action = ...` in a `[[rule]]`.
+    fn params_toml(&self) -> String {
+        match self {
+            Action::Count | Action::Drop => String::new(),
+            Action::Sample { keep_one_in } => format!("keep_one_in = {keep_one_in}\n"),
+            Action::RateLimit { per_second } => format!("per_second = {per_second}\n"),
+            Action::Redact { remove, mask_body } => {
+                let mut s = String::new();
+                if !remove.is_empty() {
+                    let names: Vec<String> = remove.iter().map(|n| toml_str(n)).collect();
+                    s += &format!("remove_attributes = [{}]\n", names.join(", "));
+                }
+                if *mask_body {
+                    s += "mask_body = true\n";
+                }
+                s
+            }
+        }
+    }
+
+    /// Whether a match stops evaluation (drop, sample, rate_limit).
+    pub fn stops(&self) -> bool {
+        matches!(
+            self,
+            Action::Drop | Action::Sample { .. } | Action::RateLimit { .. }
+        )
     }
 }
 
-/// One `[[rule]]` of action count or drop.
-#[derive(Clone, Debug)]
+/// A severity condition: its TOML value and the SeverityNumbers `lo..=hi` it covers. Ranges
+/// are within 1..=24, or exactly 0..=0 for `"UNSPECIFIED"`, so SeverityNumber 0 matches only
+/// `"UNSPECIFIED"` and numbers outside 0..=24 match no severity condition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Severity {
+    /// The TOML value as written (a quoted string, or a bare integer).
+    pub toml: String,
+    pub lo: i32,
+    pub hi: i32,
+}
+
+impl Severity {
+    pub fn contains(&self, severity_number: i32) -> bool {
+        (self.lo..=self.hi).contains(&severity_number)
+    }
+}
+
+/// One `[[rule]]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuleSpec {
     pub name: String,
     pub action: Action,
-    /// The TOML severity text and the SeverityNumber range the test means by it.
-    pub severity: Option<(String, RangeInclusive<i32>)>,
+    pub severity: Option<Severity>,
+    /// Equals the resource's `service.name`.
     pub service: Option<String>,
+    /// A substring of the string body (bytes, case-sensitive).
     pub body_contains: Option<String>,
+    /// String attributes of the record: key equals value, each of them.
     pub attributes: Vec<(String, String)>,
 }
 
@@ -54,10 +129,37 @@ impl RuleSpec {
         RuleSpec::new(name, Action::Drop)
     }
 
-    /// `severity = "<text>"`, which the test states covers SeverityNumbers `range`
-    /// (severity 0 never matches a severity condition).
-    pub fn severity(mut self, text: &str, range: RangeInclusive<i32>) -> RuleSpec {
-        self.severity = Some((text.into(), range));
+    pub fn sample(name: &str, keep_one_in: u64) -> RuleSpec {
+        RuleSpec::new(name, Action::Sample { keep_one_in })
+    }
+
+    pub fn rate_limit(name: &str, per_second: u64) -> RuleSpec {
+        RuleSpec::new(name, Action::RateLimit { per_second })
+    }
+
+    pub fn redact(name: &str, remove: &[&str], mask_body: bool) -> RuleSpec {
+        RuleSpec::new(
+            name,
+            Action::Redact {
+                remove: remove.iter().map(|s| s.to_string()).collect(),
+                mask_body,
+            },
+        )
+    }
+
+    /// `severity = "<text>"`, which the test states covers SeverityNumbers `range`.
+    pub fn severity(self, text: &str, range: RangeInclusive<i32>) -> RuleSpec {
+        self.severity_value(&toml_str(text), range)
+    }
+
+    /// `severity = <value>` with the TOML value written as given (e.g. a bare integer), which
+    /// the test states covers SeverityNumbers `range`.
+    pub fn severity_value(mut self, toml: &str, range: RangeInclusive<i32>) -> RuleSpec {
+        self.severity = Some(Severity {
+            toml: toml.into(),
+            lo: *range.start(),
+            hi: *range.end(),
+        });
         self
     }
 
@@ -76,12 +178,15 @@ impl RuleSpec {
         self
     }
 
-    /// The rule as a `[[rule]]` table.
+    /// The rule as a `[[rule]]` table: name, action and its parameters, then `[rule.match]`
+    /// (only when some condition is present) with severity, service, body_contains and
+    /// attributes in that order.
     pub fn to_toml(&self) -> String {
         let mut s = format!(
-            "[[rule]]\nname = {}\naction = \"{}\"\n",
+            "[[rule]]\nname = {}\naction = \"{}\"\n{}",
             toml_str(&self.name),
-            self.action.as_str()
+            self.action.as_str(),
+            self.action.params_toml()
         );
         let has_match = self.severity.is_some()
             || self.service.is_some()
@@ -89,8 +194,8 @@ impl RuleSpec {
             || !self.attributes.is_empty();
         if has_match {
             s += "[rule.match]\n";
-            if let Some((text, _)) = &self.severity {
-                s += &format!("severity = {}\n", toml_str(text));
+            if let Some(sev) = &self.severity {
+                s += &format!("severity = {}\n", sev.toml);
             }
             if let Some(v) = &self.service {
                 s += &format!("service = {}\n", toml_str(v));
@@ -110,31 +215,34 @@ impl RuleSpec {
         s
     }
 
-    /// Whether the rule's match holds for `r` (every present condition, AND).
-    pub fn matches(&self, r: &ReceivedRecord) -> bool {
-        if let Some((_, range)) = &self.severity
-            && (r.severity_number == 0 || !range.contains(&r.severity_number))
+    /// Whether the rule's match holds for `r`: every condition present (AND); none, every
+    /// record.
+    pub fn matches(&self, r: &Facts) -> bool {
+        if let Some(s) = &self.severity
+            && !s.contains(r.severity)
         {
             return false;
         }
-        if let Some(s) = &self.service
-            && &r.service != s
+        if let Some(svc) = &self.service
+            && r.service.as_deref() != Some(svc.as_str())
         {
             return false;
         }
         if let Some(needle) = &self.body_contains {
             match &r.body {
-                Some(b) if b.contains(needle.as_str()) => {}
+                Some(b) if contains(b.as_bytes(), needle.as_bytes()) => {}
                 _ => return false,
             }
         }
-        for (k, v) in &self.attributes {
-            if !r.attributes.iter().any(|(rk, rv)| rk == k && rv == v) {
-                return false;
-            }
-        }
-        true
+        self.attributes
+            .iter()
+            .all(|(k, v)| r.attributes.iter().any(|(rk, rv)| rk == k && rv == v))
     }
+}
+
+/// Whether `needle` occurs in `hay` (the empty needle everywhere).
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// A TOML basic string.
@@ -161,6 +269,271 @@ pub fn rules_toml(rules: &[RuleSpec]) -> String {
         .map(RuleSpec::to_toml)
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// What the rules look at in one record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Facts {
+    /// The resource's (last) `service.name`, when its value is a string.
+    pub service: Option<String>,
+    pub severity: i32,
+    /// The body, when it is a string.
+    pub body: Option<String>,
+    /// The attributes with string values, in order.
+    pub attributes: Vec<(String, String)>,
+}
+
+impl From<&ReceivedRecord> for Facts {
+    /// A [`ReceivedRecord`] as the rules see it. Its service is empty when absent, and its
+    /// non-string attribute values are rendered as `<type>:<value>`; both are taken as they are
+    /// (no rule in the tests names an empty service or such a value).
+    fn from(r: &ReceivedRecord) -> Facts {
+        Facts {
+            service: Some(r.service.clone()),
+            severity: r.severity_number,
+            body: r.body.clone(),
+            attributes: r.attributes.clone(),
+        }
+    }
+}
+
+/// Where a record's evaluation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// No rule stopped evaluation: the record is kept.
+    Kept,
+    /// This drop rule (index) matched: the record is removed.
+    Dropped(usize),
+    /// This sample or rate_limit rule (index) matched: its counter or bucket decides.
+    Decided(usize),
+}
+
+/// One record's evaluation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Evaluation {
+    /// The rules (indices, in order) whose match held and whose `matched` goes up.
+    pub matched: Vec<usize>,
+    /// The redact rules among them: their edits apply if the record is kept.
+    pub redactors: Vec<usize>,
+    pub end: End,
+}
+
+/// Evaluates `rules` in order on one record (README, "Evaluation, per record"): a match bumps
+/// `matched`; count goes on; redact marks and goes on; drop, sample and rate_limit stop.
+pub fn evaluate_record(rules: &[RuleSpec], r: &Facts) -> Evaluation {
+    let mut e = Evaluation {
+        matched: Vec::new(),
+        redactors: Vec::new(),
+        end: End::Kept,
+    };
+    for (i, rule) in rules.iter().enumerate() {
+        if !rule.matches(r) {
+            continue;
+        }
+        e.matched.push(i);
+        match rule.action {
+            Action::Count => {}
+            Action::Redact { .. } => e.redactors.push(i),
+            Action::Drop => {
+                e.end = End::Dropped(i);
+                break;
+            }
+            Action::Sample { .. } | Action::RateLimit { .. } => {
+                e.end = End::Decided(i);
+                break;
+            }
+        }
+    }
+    e
+}
+
+/// One rule's counters, as `stats` shows them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub matched: u64,
+    pub kept: u64,
+    pub dropped: u64,
+    pub dropped_bytes: u64,
+    pub redacted: u64,
+}
+
+impl AddAssign for Counts {
+    fn add_assign(&mut self, o: Counts) {
+        self.matched += o.matched;
+        self.kept += o.kept;
+        self.dropped += o.dropped;
+        self.dropped_bytes += o.dropped_bytes;
+        self.redacted += o.redacted;
+    }
+}
+
+/// The sample counters and rate-limit buckets, per rule name (README, "Sample" and "Rate
+/// limit"): a sample rule keeps its match k (from 0, over the agent's life) iff k is a multiple
+/// of `keep_one_in`; a rate_limit bucket starts full with `per_second` tokens and, as no time
+/// passes in the model, is never refilled.
+#[derive(Clone, Debug, Default)]
+pub struct Decider {
+    /// Matches so far of each sample rule.
+    pub sample_matches: BTreeMap<String, u64>,
+    /// Tokens taken so far from each rate_limit bucket.
+    pub tokens_taken: BTreeMap<String, u64>,
+}
+
+impl Decider {
+    /// Whether `rule` (sample or rate_limit) keeps its next match.
+    pub fn keep(&mut self, rule: &RuleSpec) -> bool {
+        match rule.action {
+            Action::Sample { keep_one_in } => {
+                let k = self.sample_matches.entry(rule.name.clone()).or_default();
+                let keep = k.is_multiple_of(keep_one_in);
+                *k += 1;
+                keep
+            }
+            Action::RateLimit { per_second } => {
+                let taken = self.tokens_taken.entry(rule.name.clone()).or_default();
+                let keep = *taken < per_second;
+                if keep {
+                    *taken += 1;
+                }
+                keep
+            }
+            _ => panic!("rule {} neither samples nor rate-limits", rule.name),
+        }
+    }
+}
+
+/// A record's settled fate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settled {
+    /// The rule that removed the record, or `None` when it is kept.
+    pub dropped_by: Option<usize>,
+    /// Per rule (index) that the record moved, by how much.
+    pub counts: Vec<(usize, Counts)>,
+}
+
+impl Evaluation {
+    /// Settles a [`End::Decided`] end with `decider` and gives the counters the record moves
+    /// (its whole encoding is `field_len` bytes): `matched` of every matching rule; `dropped`
+    /// and `dropped_bytes` of the rule that removed it; `kept` of the sample or rate_limit rule
+    /// that kept it; `redacted` of every redact rule that marked it, when it is kept.
+    pub fn settle(&self, rules: &[RuleSpec], decider: &mut Decider, field_len: u64) -> Settled {
+        let mut counts: Vec<(usize, Counts)> = self
+            .matched
+            .iter()
+            .map(|&i| {
+                (
+                    i,
+                    Counts {
+                        matched: 1,
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        fn at(counts: &mut [(usize, Counts)], i: usize) -> &mut Counts {
+            let j = counts.iter().position(|(r, _)| *r == i).expect("matched");
+            &mut counts[j].1
+        }
+        let dropped_by = match self.end {
+            End::Kept => None,
+            End::Dropped(i) => Some(i),
+            End::Decided(i) => {
+                if decider.keep(&rules[i]) {
+                    at(&mut counts, i).kept += 1;
+                    None
+                } else {
+                    Some(i)
+                }
+            }
+        };
+        match dropped_by {
+            Some(i) => {
+                let c = at(&mut counts, i);
+                c.dropped += 1;
+                c.dropped_bytes += field_len;
+            }
+            None => {
+                for &i in &self.redactors {
+                    at(&mut counts, i).redacted += 1;
+                }
+            }
+        }
+        Settled { dropped_by, counts }
+    }
+}
+
+/// The edits a kept record leaves with: the union of its redact rules' (README, "Redact").
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Redaction {
+    /// Attribute keys to remove (whatever their value types).
+    pub remove: BTreeSet<String>,
+    /// Replace a string body by `*` of the same length (in bytes).
+    pub mask_body: bool,
+}
+
+impl Redaction {
+    /// The edits of the redact rules `redactors` (indices into `rules`).
+    pub fn of(rules: &[RuleSpec], redactors: &[usize]) -> Redaction {
+        let mut r = Redaction::default();
+        for &i in redactors {
+            if let Action::Redact { remove, mask_body } = &rules[i].action {
+                r.remove.extend(remove.iter().cloned());
+                r.mask_body |= *mask_body;
+            }
+        }
+        r
+    }
+
+    /// `r` as it leaves with these edits.
+    pub fn apply(&self, r: &ReceivedRecord) -> ReceivedRecord {
+        let mut out = r.clone();
+        out.attributes.retain(|(k, _)| !self.remove.contains(k));
+        if self.mask_body
+            && let Some(b) = &out.body
+        {
+            out.body = Some("*".repeat(b.len()));
+        }
+        out
+    }
+}
+
+/// What one agent makes of records evaluated in order.
+#[derive(Clone, Debug, Default)]
+pub struct Simulation {
+    /// Per rule, in order.
+    pub counts: Vec<Counts>,
+    pub records: u64,
+    pub records_dropped: u64,
+    /// The records that leave, edited, in order.
+    pub kept: Vec<ReceivedRecord>,
+    /// Per input record, the rule that removed it.
+    pub dropped_by: Vec<Option<usize>>,
+}
+
+/// Evaluates `rules` over `records` in order, settling sample and rate_limit ends with a fresh
+/// [`Decider`] (rules see each record as sent; edits apply when it leaves).
+pub fn simulate(rules: &[RuleSpec], records: &[SentRecord]) -> Simulation {
+    let mut decider = Decider::default();
+    let mut out = Simulation {
+        counts: vec![Counts::default(); rules.len()],
+        ..Default::default()
+    };
+    for s in records {
+        out.records += 1;
+        let e = evaluate_record(rules, &Facts::from(&s.record));
+        let settled = e.settle(rules, &mut decider, s.field_len);
+        for (i, c) in settled.counts {
+            out.counts[i] += c;
+        }
+        if settled.dropped_by.is_some() {
+            out.records_dropped += 1;
+        } else {
+            out.kept
+                .push(Redaction::of(rules, &e.redactors).apply(&s.record));
+        }
+        out.dropped_by.push(settled.dropped_by);
+    }
+    out
 }
 
 /// What one rule's counters must read.
@@ -195,7 +568,7 @@ impl Expected {
                 .iter()
                 .map(|r| RuleExpect {
                     name: r.name.clone(),
-                    action: r.action,
+                    action: r.action.clone(),
                     ..Default::default()
                 })
                 .collect();
@@ -225,43 +598,35 @@ impl Expected {
     }
 }
 
-/// Evaluates `rules` over `records` as INTERFACE.md says: in order, a match bumps `matched`,
-/// `count` goes on, `drop` drops and stops.
+/// [`simulate`] for rule sets of count and drop rules, as [`Expected`] (which has no `kept` or
+/// `redacted` counters, so other actions are refused).
 pub fn evaluate(rules: &[RuleSpec], records: &[SentRecord]) -> Expected {
-    let mut e = Expected {
+    for r in rules {
+        assert!(
+            matches!(r.action, Action::Count | Action::Drop),
+            "evaluate models count and drop rules; {} is {}",
+            r.name,
+            r.action.as_str()
+        );
+    }
+    let sim = simulate(rules, records);
+    Expected {
         rules: rules
             .iter()
-            .map(|r| RuleExpect {
+            .zip(&sim.counts)
+            .map(|(r, c)| RuleExpect {
                 name: r.name.clone(),
-                action: Some(r.action),
-                ..Default::default()
+                action: Some(r.action.clone()),
+                matched: c.matched,
+                dropped: c.dropped,
+                dropped_bytes: c.dropped_bytes,
             })
             .collect(),
-        ..Default::default()
-    };
-    for s in records {
-        e.records += 1;
-        let mut dropped = false;
-        for (i, rule) in rules.iter().enumerate() {
-            if !rule.matches(&s.record) {
-                continue;
-            }
-            e.rules[i].matched += 1;
-            if rule.action == Action::Drop {
-                e.rules[i].dropped += 1;
-                e.rules[i].dropped_bytes += s.field_len;
-                dropped = true;
-                break;
-            }
-        }
-        e.dropped_mask.push(dropped);
-        if dropped {
-            e.records_dropped += 1;
-        } else {
-            e.kept.push(s.record.clone());
-        }
+        records: sim.records,
+        records_dropped: sim.records_dropped,
+        kept: sim.kept,
+        dropped_mask: sim.dropped_by.iter().map(Option::is_some).collect(),
     }
-    e
 }
 
 #[cfg(test)]
@@ -310,5 +675,26 @@ mod tests {
             r.to_toml(),
             "[[rule]]\nname = \"x\"\naction = \"drop\"\n[rule.match]\nseverity = \"<INFO\"\nattributes = { \"http.route\" = \"/healthz\" }\n"
         );
+    }
+
+    #[test]
+    fn matching() {
+        let facts = Facts {
+            service: Some("checkout".into()),
+            severity: 9,
+            body: Some("a healthcheck".into()),
+            attributes: vec![("k".into(), "v".into()), ("k".into(), "w".into())],
+        };
+        let mut r = RuleSpec::drop("x")
+            .severity("INFO", 9..=12)
+            .service("checkout")
+            .body_contains("check")
+            .attribute("k", "w");
+        assert!(r.matches(&facts));
+        r.service = Some("Checkout".into());
+        assert!(!r.matches(&facts));
+        r.service = None;
+        r.attributes = vec![("k".into(), "x".into())];
+        assert!(!r.matches(&facts));
     }
 }

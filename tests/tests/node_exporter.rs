@@ -1,17 +1,17 @@
 //! The official OpenTelemetry Node.js SDK exporter (@opentelemetry/exporter-logs-otlp-proto,
 //! http/protobuf, no compression) through an agent, to the hyper receiver. It sends every export
 //! as `Transfer-Encoding: chunked` (one chunk of the whole body, then `0\r\n\r\n`, keep-alive: see
-//! `client_framing.rs`), which dt walks and edits like a Content-Length request (INTERFACE.md,
+//! `client_framing.rs`), which dt walks and edits like a Content-Length request (README,
 //! "Chunked requests"): exact counters, exactly the kept records at the receiver, no request
 //! passed through as `chunked`, every export answered with success.
 
 use std::time::Duration;
 
-use dt_tests::model::toml_str;
+use dt_tests::model::{Counts, Simulation, rules_toml, simulate};
 use dt_tests::{
-    ExportMode, ExportPlan, NodeExportReport, ReceivedRecord, Receiver, RuleSpec, SentRecord,
-    TempRules, WAIT, assert_expected, assert_no_passthrough, assert_same_records, evaluate,
-    export_with_node, export_with_node_simple, kernel_or_skip, node_or_skip, start_agent, stats_of,
+    ExportMode, ExportPlan, NodeExportReport, Receiver, RuleSpec, TempRules, WAIT, assert_expected,
+    assert_no_passthrough, assert_same_records, evaluate, export_with_node,
+    export_with_node_simple, kernel_or_skip, node_or_skip, start_agent, stats_of,
 };
 
 fn node_kernel_or_skip(test: &str) -> bool {
@@ -219,142 +219,14 @@ fn node_exporter_simple_processor_count_and_drop() {
 // sample and redact, with exact expectations: the exports are awaited one after another on one
 // connection per service, so the kernel numbers a sample rule's matches in record order, and
 // which records are kept is known exactly (match j of the rule, from 0, is kept when j is a
-// multiple of keep_one_in; INTERFACE.md, "Evaluation, per record").
-
-#[derive(Clone, Debug)]
-enum Act {
-    Count,
-    Drop,
-    Sample(u64),
-    Redact {
-        remove: Vec<&'static str>,
-        mask: bool,
-    },
-}
-
-#[derive(Clone, Debug)]
-struct ARule {
-    spec: RuleSpec,
-    act: Act,
-}
-
-impl ARule {
-    fn new(name: &str, act: Act, f: impl FnOnce(RuleSpec) -> RuleSpec) -> ARule {
-        ARule {
-            spec: f(RuleSpec::count(name)),
-            act,
-        }
-    }
-
-    fn action_name(&self) -> &'static str {
-        match self.act {
-            Act::Count => "count",
-            Act::Drop => "drop",
-            Act::Sample(_) => "sample",
-            Act::Redact { .. } => "redact",
-        }
-    }
-
-    fn to_toml(&self) -> String {
-        let params = match &self.act {
-            Act::Count | Act::Drop => String::new(),
-            Act::Sample(n) => format!("keep_one_in = {n}\n"),
-            Act::Redact { remove, mask } => {
-                let mut p = String::new();
-                if !remove.is_empty() {
-                    let keys: Vec<String> = remove.iter().map(|k| toml_str(k)).collect();
-                    p += &format!("remove_attributes = [{}]\n", keys.join(", "));
-                }
-                if *mask {
-                    p += "mask_body = true\n";
-                }
-                p
-            }
-        };
-        let line = "action = \"count\"\n";
-        let toml = self.spec.to_toml();
-        assert!(toml.contains(line), "unexpected rule TOML {toml:?}");
-        toml.replacen(
-            line,
-            &format!("action = \"{}\"\n{params}", self.action_name()),
-            1,
-        )
-    }
-}
-
-/// Per rule: matched, kept, dropped, dropped_bytes, redacted.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Counts {
-    matched: u64,
-    kept: u64,
-    dropped: u64,
-    dropped_bytes: u64,
-    redacted: u64,
-}
-
-/// The kernel as INTERFACE.md describes it, for records evaluated in order: what arrives (in
-/// order), the counters per rule, and records_dropped.
-fn simulate(rules: &[ARule], sent: &[SentRecord]) -> (Vec<ReceivedRecord>, Vec<Counts>, u64) {
-    let mut counts = vec![Counts::default(); rules.len()];
-    let mut arrived = Vec::new();
-    let mut records_dropped = 0;
-    for s in sent {
-        let mut redactors = Vec::new();
-        let mut dropped_by = None;
-        let mut kept_by = None;
-        for (i, rule) in rules.iter().enumerate() {
-            if !rule.spec.matches(&s.record) {
-                continue;
-            }
-            counts[i].matched += 1;
-            match rule.act {
-                Act::Count => {}
-                Act::Redact { .. } => redactors.push(i),
-                Act::Drop => {
-                    dropped_by = Some(i);
-                    break;
-                }
-                Act::Sample(n) => {
-                    if (counts[i].matched - 1).is_multiple_of(n) {
-                        kept_by = Some(i);
-                    } else {
-                        dropped_by = Some(i);
-                    }
-                    break;
-                }
-            }
-        }
-        if let Some(i) = dropped_by {
-            counts[i].dropped += 1;
-            counts[i].dropped_bytes += s.field_len;
-            records_dropped += 1;
-            continue;
-        }
-        if let Some(i) = kept_by {
-            counts[i].kept += 1;
-        }
-        let mut out = s.record.clone();
-        for &i in &redactors {
-            counts[i].redacted += 1;
-            if let Act::Redact { remove, mask } = &rules[i].act {
-                out.attributes
-                    .retain(|(k, _)| !remove.contains(&k.as_str()));
-                if *mask && let Some(b) = &out.body {
-                    out.body = Some("*".repeat(b.len()));
-                }
-            }
-        }
-        arrived.push(out);
-    }
-    (arrived, counts, records_dropped)
-}
+// multiple of keep_one_in; README, "Evaluation, per record"). The expectations are the model's
+// `simulate`.
 
 /// Direct mode (exports awaited in order) through an agent with `rules`; checks the records that
 /// arrived, in order, and every counter exactly.
-fn run_actions(name: &str, rules: &[ARule], plan: &ExportPlan) -> NodeExportReport {
+fn run_actions(name: &str, rules: &[RuleSpec], plan: &ExportPlan) -> NodeExportReport {
     assert_eq!(plan.mode, ExportMode::Direct);
-    let toml: Vec<String> = rules.iter().map(ARule::to_toml).collect();
-    let dir = TempRules::with_files(&[("50-actions.toml", &toml.join("\n"))]);
+    let dir = TempRules::with_files(&[("50-actions.toml", &rules_toml(rules))]);
     let receiver = Receiver::start_v4();
     let agent = start_agent(&dir, &[receiver.port()]);
     let report = export_with_node(&receiver.logs_url(), plan);
@@ -372,7 +244,12 @@ fn run_actions(name: &str, rules: &[ARule], plan: &ExportPlan) -> NodeExportRepo
     );
     check_receiver(name, &receiver, requests);
 
-    let (arrived, counts, records_dropped) = simulate(rules, &report.sent);
+    let Simulation {
+        counts,
+        records_dropped,
+        kept: arrived,
+        ..
+    } = simulate(rules, &report.sent);
     assert!(records_dropped > 0 && !arrived.is_empty());
     let got = receiver.records();
     assert_same_records(&format!("{name}: hyper receiver"), &arrived, &got);
@@ -382,12 +259,12 @@ fn run_actions(name: &str, rules: &[ARule], plan: &ExportPlan) -> NodeExportRepo
     );
     let mut problems = Vec::new();
     for (rule, want) in rules.iter().zip(&counts) {
-        let n = &rule.spec.name;
+        let n = &rule.name;
         let Some(r) = stats.rule(n) else {
             problems.push(format!("rule {n} not listed"));
             continue;
         };
-        if r.action != rule.action_name() || !r.active {
+        if r.action != rule.action.as_str() || !r.active {
             problems.push(format!(
                 "rule {n}: action {:?} active {}",
                 r.action, r.active
@@ -440,15 +317,11 @@ fn node_exporter_sample() {
         return;
     }
     let rules = vec![
-        ARule::new("count-all", Act::Count, |s| s),
-        ARule::new("sample-info", Act::Sample(10), |s| {
-            s.severity("INFO", 9..=12)
-        }),
-        ARule::new("drop-debug", Act::Drop, |s| s.severity("<=DEBUG", 1..=8)),
-        ARule::new("sample-healthz", Act::Sample(3), |s| {
-            s.attribute("http.route", "/healthz")
-        }),
-        ARule::new("count-survivors", Act::Count, |s| s),
+        RuleSpec::count("count-all"),
+        RuleSpec::sample("sample-info", 10).severity("INFO", 9..=12),
+        RuleSpec::drop("drop-debug").severity("<=DEBUG", 1..=8),
+        RuleSpec::sample("sample-healthz", 3).attribute("http.route", "/healthz"),
+        RuleSpec::count("count-survivors"),
     ];
     let plan = ExportPlan::mixed(10_000, &["checkout", "payments"], 400);
     run_actions(test, &rules, &plan);
@@ -485,24 +358,10 @@ fn node_exporter_redact() {
         return;
     }
     let rules = vec![
-        ARule::new(
-            "scrub-accounts",
-            Act::Redact {
-                remove: vec!["user.email", "auth.token"],
-                mask: true,
-            },
-            |s| s.service("accounts"),
-        ),
-        ARule::new(
-            "strip-emails",
-            Act::Redact {
-                remove: vec!["user.email"],
-                mask: false,
-            },
-            |s| s.severity(">=WARN", 13..=24),
-        ),
-        ARule::new("drop-debug", Act::Drop, |s| s.severity("<=DEBUG", 1..=8)),
-        ARule::new("count-survivors", Act::Count, |s| s),
+        RuleSpec::redact("scrub-accounts", &["user.email", "auth.token"], true).service("accounts"),
+        RuleSpec::redact("strip-emails", &["user.email"], false).severity(">=WARN", 13..=24),
+        RuleSpec::drop("drop-debug").severity("<=DEBUG", 1..=8),
+        RuleSpec::count("count-survivors"),
     ];
     let plan = redact_plan(6_000, 300);
     run_actions(test, &rules, &plan);

@@ -1,4 +1,4 @@
-//! Random input through the kernel (issue 3).
+//! Random input through the kernel.
 //!
 //! Random ExportLogsServiceRequests, hand-encoded the way real encoders write them (any field
 //! order, repeated singular fields, unknown fields of every wire type, non-string bodies and
@@ -6,7 +6,7 @@
 //! and random rule sets (count, drop, sample, redact), go through the real sk_msg path: one agent
 //! hooking the ports of a few receivers, requests over TCP in random write splits, several per
 //! keep-alive connection, some pipelined. Every request's outcome is checked against an
-//! independent reference (`dt_tests::proptest_gen`: prost decoding + INTERFACE.md's rules):
+//! independent reference (`dt_tests::proptest_gen`: prost decoding + the rule model, `dt_tests::model`):
 //! - the exact bytes that arrive: dropped records and removed attributes gone, every enclosing
 //!   length prefix rewritten in the bytes it had, masked bodies, Content-Length rewritten;
 //! - what the receiver decodes: the whole request, record by record;
@@ -974,8 +974,8 @@ fn check_rules(r: &Round, after: &Stats, state: &RefState, problems: &mut Vec<St
 /// not use up a sample rule's matches. Ten times: a malformed request (one record, then a tag
 /// with field number 0), then the same request without the bad tag. The valid requests' records
 /// are matches 0..=9 of `keep_one_in = 2` when the malformed ones take no turns: 0, 2, 4, 6 and 8
-/// are kept. (INTERFACE.md: the kept count is ⌈matched/N⌉, give or take one per CPU; with the
-/// malformed requests taking every other turn, none would be.)
+/// are kept. (README, "Sample": the kept count is exactly ⌈matched/N⌉; with the malformed
+/// requests taking every other turn, none would be.)
 #[test]
 fn sample_sequence_ignores_malformed_requests() {
     if !kernel_or_skip("sample_sequence_ignores_malformed_requests") {

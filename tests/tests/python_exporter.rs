@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use dt_tests::model::toml_str;
+use dt_tests::model::{Action, End, Facts, Redaction, evaluate_record, rules_toml, simulate};
 use dt_tests::{
     Collector, ExportMode, ExportPlan, PlannedRecord, PyReceiver, ReceivedRecord, Receiver,
     RuleSpec, SentRecord, TempRules, WAIT, assert_expected, assert_no_passthrough,
@@ -140,91 +140,8 @@ fn python_exporter_to_python_receiver_ipv6() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The actions (INTERFACE.md, "Evaluation, per record") end to end with both real SDK exporters.
-// The shared model in dt_tests knows count and drop; the model for every action is here.
-
-/// A rule's action and its parameters.
-#[derive(Clone, Debug)]
-enum Act {
-    Count,
-    Drop,
-    Sample(u64),
-    RateLimit(u64),
-    Redact {
-        remove: Vec<&'static str>,
-        mask: bool,
-    },
-}
-
-/// A rule: its match (a [`RuleSpec`], whose own action is ignored) and its action.
-#[derive(Clone, Debug)]
-struct ARule {
-    spec: RuleSpec,
-    act: Act,
-}
-
-impl ARule {
-    fn new(name: &str, act: Act) -> ARule {
-        ARule {
-            spec: RuleSpec::count(name),
-            act,
-        }
-    }
-
-    fn with(mut self, f: impl FnOnce(RuleSpec) -> RuleSpec) -> ARule {
-        self.spec = f(self.spec);
-        self
-    }
-
-    fn name(&self) -> &str {
-        &self.spec.name
-    }
-
-    fn action_name(&self) -> &'static str {
-        match self.act {
-            Act::Count => "count",
-            Act::Drop => "drop",
-            Act::Sample(_) => "sample",
-            Act::RateLimit(_) => "rate_limit",
-            Act::Redact { .. } => "redact",
-        }
-    }
-
-    fn to_toml(&self) -> String {
-        let params = match &self.act {
-            Act::Count | Act::Drop => String::new(),
-            Act::Sample(n) => format!("keep_one_in = {n}\n"),
-            Act::RateLimit(n) => format!("per_second = {n}\n"),
-            Act::Redact { remove, mask } => {
-                let mut p = String::new();
-                if !remove.is_empty() {
-                    let keys: Vec<String> = remove.iter().map(|k| toml_str(k)).collect();
-                    p += &format!("remove_attributes = [{}]\n", keys.join(", "));
-                }
-                if *mask {
-                    p += "mask_body = true\n";
-                }
-                p
-            }
-        };
-        let line = "action = \"count\"\n";
-        let toml = self.spec.to_toml();
-        assert!(toml.contains(line), "unexpected rule TOML {toml:?}");
-        toml.replacen(
-            line,
-            &format!("action = \"{}\"\n{params}", self.action_name()),
-            1,
-        )
-    }
-}
-
-fn actions_toml(rules: &[ARule]) -> String {
-    rules
-        .iter()
-        .map(ARule::to_toml)
-        .collect::<Vec<_>>()
-        .join("\n")
-}
+// The actions (README, "Evaluation, per record") end to end with both real SDK exporters, checked
+// against the model (dt_tests::model).
 
 /// What the model says happens to a record.
 #[derive(Clone, Debug)]
@@ -245,54 +162,29 @@ enum Fate {
     },
 }
 
-/// `r` with the edits of `redactors` applied.
-fn redacted(rules: &[ARule], r: &ReceivedRecord, redactors: &[usize]) -> ReceivedRecord {
-    let mut out = r.clone();
-    for &i in redactors {
-        if let Act::Redact { remove, mask } = &rules[i].act {
-            out.attributes
-                .retain(|(k, _)| !remove.contains(&k.as_str()));
-            if *mask && let Some(b) = &out.body {
-                out.body = Some("*".repeat(b.len()));
-            }
-        }
-    }
-    out
-}
-
-/// Evaluates `rules` over `sent` (rules see the record as sent; edits apply when it leaves).
-fn evaluate_actions(rules: &[ARule], sent: &[SentRecord]) -> (Vec<u64>, Vec<Fate>) {
+/// Evaluates `rules` over `sent` with the model, leaving sample and rate_limit ends to what the
+/// kernel decides (rules see the record as sent; edits apply when it leaves).
+fn evaluate_actions(rules: &[RuleSpec], sent: &[SentRecord]) -> (Vec<u64>, Vec<Fate>) {
     let mut matched = vec![0u64; rules.len()];
     let mut fates = Vec::with_capacity(sent.len());
     for s in sent {
-        let mut redactors = Vec::new();
-        let mut fate = None;
-        for (i, rule) in rules.iter().enumerate() {
-            if !rule.spec.matches(&s.record) {
-                continue;
-            }
+        let e = evaluate_record(rules, &Facts::from(&s.record));
+        for &i in &e.matched {
             matched[i] += 1;
-            match rule.act {
-                Act::Count => {}
-                Act::Redact { .. } => redactors.push(i),
-                Act::Drop => {
-                    fate = Some(Fate::Dropped(i));
-                    break;
-                }
-                Act::Sample(_) | Act::RateLimit(_) => {
-                    fate = Some(Fate::Decided {
-                        rule: i,
-                        edited: redacted(rules, &s.record, &redactors),
-                        redactors: redactors.clone(),
-                    });
-                    break;
-                }
-            }
         }
-        fates.push(fate.unwrap_or_else(|| Fate::Kept {
-            edited: redacted(rules, &s.record, &redactors),
-            redactors,
-        }));
+        let edited = || Redaction::of(rules, &e.redactors).apply(&s.record);
+        fates.push(match e.end {
+            End::Kept => Fate::Kept {
+                edited: edited(),
+                redactors: e.redactors.clone(),
+            },
+            End::Dropped(i) => Fate::Dropped(i),
+            End::Decided(rule) => Fate::Decided {
+                rule,
+                edited: edited(),
+                redactors: e.redactors.clone(),
+            },
+        });
     }
     (matched, fates)
 }
@@ -301,7 +193,7 @@ fn evaluate_actions(rules: &[ARule], sent: &[SentRecord]) -> (Vec<u64>, Vec<Fate
 /// which the records were evaluated (for rate_limit).
 fn check_actions(
     name: &str,
-    rules: &[ARule],
+    rules: &[RuleSpec],
     sent: &[SentRecord],
     received: &[ReceivedRecord],
     stats: &dt_agent::Stats,
@@ -369,17 +261,17 @@ fn check_actions(
     }
 
     for (i, rule) in rules.iter().enumerate() {
-        let rn = rule.name();
+        let rn = &rule.name;
         let Some(got) = stats.rule(rn) else {
             problems.push(format!("rule {rn} not listed"));
             continue;
         };
-        if got.action != rule.action_name() || !got.active {
+        if got.action != rule.action.as_str() || !got.active {
             problems.push(format!(
                 "rule {rn}: action {:?} active {} want {:?} active",
                 got.action,
                 got.active,
-                rule.action_name()
+                rule.action.as_str()
             ));
         }
         let mut want = |what: &str, got: u64, want: u64| {
@@ -388,14 +280,14 @@ fn check_actions(
             }
         };
         want("matched", got.matched, matched[i]);
-        match rule.act {
-            Act::Count => {}
-            Act::Drop => {
+        match rule.action {
+            Action::Count => {}
+            Action::Drop => {
                 want("dropped", got.dropped, dropped_of[i]);
                 want("dropped_bytes", got.dropped_bytes, dropped_bytes_of[i]);
                 want("kept", got.kept, 0);
             }
-            Act::Sample(n) => {
+            Action::Sample { keep_one_in: n } => {
                 want("kept (records that arrived)", got.kept, kept_of[i]);
                 want("dropped", got.dropped, dropped_of[i]);
                 want("dropped_bytes", got.dropped_bytes, dropped_bytes_of[i]);
@@ -405,7 +297,7 @@ fn check_actions(
                     matched[i].div_ceil(n),
                 );
             }
-            Act::RateLimit(per_second) => {
+            Action::RateLimit { per_second } => {
                 want("kept (records that arrived)", got.kept, kept_of[i]);
                 want("dropped", got.dropped, dropped_of[i]);
                 want("dropped_bytes", got.dropped_bytes, dropped_bytes_of[i]);
@@ -426,7 +318,7 @@ fn check_actions(
                     );
                 }
             }
-            Act::Redact { .. } => {
+            Action::Redact { .. } => {
                 want(
                     "redacted (kept records it matched)",
                     got.redacted,
@@ -487,7 +379,7 @@ fn export(
 
 /// Runs `plan` through an agent with `rules`: the Python exporter to the Python receiver, the
 /// Rust exporter to the hyper receiver. Returns what arrived, for extra checks.
-fn run_actions(test: &str, sdk: Sdk, rules: &[ARule], plan: &ExportPlan) -> Vec<ReceivedRecord> {
+fn run_actions(test: &str, sdk: Sdk, rules: &[RuleSpec], plan: &ExportPlan) -> Vec<ReceivedRecord> {
     let py;
     let hy;
     let collector: &dyn Collector = match sdk {
@@ -500,7 +392,7 @@ fn run_actions(test: &str, sdk: Sdk, rules: &[ARule], plan: &ExportPlan) -> Vec<
             &hy
         }
     };
-    let dir = TempRules::with_files(&[("50-actions.toml", &actions_toml(rules))]);
+    let dir = TempRules::with_files(&[("50-actions.toml", &rules_toml(rules))]);
     let agent = start_agent(&dir, &[collector.port()]);
     let (sent, requests, elapsed) = export(sdk, collector, plan);
     if plan.mode == ExportMode::Direct {
@@ -540,14 +432,13 @@ fn actions_or_skip(test: &str) -> bool {
     kernel_or_skip(test) && python_or_skip(test).is_some()
 }
 
-fn sample_rules() -> Vec<ARule> {
+fn sample_rules() -> Vec<RuleSpec> {
     vec![
-        ARule::new("count-all", Act::Count),
-        ARule::new("sample-info", Act::Sample(10)).with(|s| s.severity("INFO", 9..=12)),
-        ARule::new("drop-debug", Act::Drop).with(|s| s.severity("<=DEBUG", 1..=8)),
-        ARule::new("sample-healthz", Act::Sample(3))
-            .with(|s| s.attribute("http.route", "/healthz")),
-        ARule::new("count-survivors", Act::Count),
+        RuleSpec::count("count-all"),
+        RuleSpec::sample("sample-info", 10).severity("INFO", 9..=12),
+        RuleSpec::drop("drop-debug").severity("<=DEBUG", 1..=8),
+        RuleSpec::sample("sample-healthz", 3).attribute("http.route", "/healthz"),
+        RuleSpec::count("count-survivors"),
     ]
 }
 
@@ -571,12 +462,12 @@ fn action_sample_rust_exporter() {
     sample_test("action_sample_rust_exporter", Sdk::Rust);
 }
 
-fn rate_limit_rules() -> Vec<ARule> {
+fn rate_limit_rules() -> Vec<RuleSpec> {
     vec![
-        ARule::new("limit-checkout", Act::RateLimit(50)).with(|s| s.service("checkout")),
-        ARule::new("drop-debug", Act::Drop).with(|s| s.severity("<=DEBUG", 1..=8)),
-        ARule::new("limit-errors", Act::RateLimit(20)).with(|s| s.severity(">=ERROR", 17..=24)),
-        ARule::new("count-after", Act::Count),
+        RuleSpec::rate_limit("limit-checkout", 50).service("checkout"),
+        RuleSpec::drop("drop-debug").severity("<=DEBUG", 1..=8),
+        RuleSpec::rate_limit("limit-errors", 20).severity(">=ERROR", 17..=24),
+        RuleSpec::count("count-after"),
     ]
 }
 
@@ -642,33 +533,15 @@ fn redact_plan(total: usize, batch_size: usize) -> ExportPlan {
     }
 }
 
-fn redact_rules() -> Vec<ARule> {
+fn redact_rules() -> Vec<RuleSpec> {
     vec![
-        ARule::new(
-            "strip-pii",
-            Act::Redact {
-                remove: vec!["user.email", "card.number"],
-                mask: false,
-            },
-        ),
-        ARule::new(
-            "mask-checkout-bodies",
-            Act::Redact {
-                remove: vec![],
-                mask: true,
-            },
-        )
-        .with(|s| s.service("checkout")),
-        ARule::new(
-            "mask-and-strip-payment-errors",
-            Act::Redact {
-                remove: vec!["request.id"],
-                mask: true,
-            },
-        )
-        .with(|s| s.service("payments").severity(">=ERROR", 17..=24)),
-        ARule::new("drop-debug", Act::Drop).with(|s| s.severity("<=DEBUG", 1..=8)),
-        ARule::new("count-kept", Act::Count),
+        RuleSpec::redact("strip-pii", &["user.email", "card.number"], false),
+        RuleSpec::redact("mask-checkout-bodies", &[], true).service("checkout"),
+        RuleSpec::redact("mask-and-strip-payment-errors", &["request.id"], true)
+            .service("payments")
+            .severity(">=ERROR", 17..=24),
+        RuleSpec::drop("drop-debug").severity("<=DEBUG", 1..=8),
+        RuleSpec::count("count-kept"),
     ]
 }
 
@@ -724,23 +597,10 @@ fn action_model() {
         field_len: 10,
     };
     let rules = vec![
-        ARule::new(
-            "strip",
-            Act::Redact {
-                remove: vec!["user.email"],
-                mask: false,
-            },
-        ),
-        ARule::new(
-            "mask",
-            Act::Redact {
-                remove: vec![],
-                mask: true,
-            },
-        )
-        .with(|s| s.service("checkout")),
-        ARule::new("sample", Act::Sample(2)).with(|s| s.severity("INFO", 9..=12)),
-        ARule::new("drop", Act::Drop).with(|s| s.severity("<=DEBUG", 1..=8)),
+        RuleSpec::redact("strip", &["user.email"], false),
+        RuleSpec::redact("mask", &[], true).service("checkout"),
+        RuleSpec::sample("sample", 2).severity("INFO", 9..=12),
+        RuleSpec::drop("drop").severity("<=DEBUG", 1..=8),
     ];
     let sent = vec![
         rec("checkout", 9, "abc", &[("user.email", "x"), ("k", "v")]),
@@ -758,7 +618,7 @@ fn action_model() {
     );
     assert!(matches!(fates[3], Fate::Decided { rule: 2, .. }));
 
-    let toml = actions_toml(&rules);
+    let toml = rules_toml(&rules);
     assert!(
         toml.contains(
             "name = \"strip\"\naction = \"redact\"\nremove_attributes = [\"user.email\"]\n"
@@ -772,82 +632,42 @@ fn action_model() {
     );
 }
 
-/// A kernel as INTERFACE.md describes it, in plain Rust: sample keeps the 1st, (N+1)th, ... match
-/// of its rule, rate_limit keeps the first `per_second` (no time passes), redact edits kept
-/// records. Returns what arrives and the counters.
-fn simulate(rules: &[ARule], sent: &[SentRecord]) -> (Vec<ReceivedRecord>, dt_agent::Stats) {
+/// A kernel as the README describes it, from the model ([`simulate`]): sample keeps the 1st,
+/// (N+1)th, ... match of its rule, rate_limit keeps the first `per_second` (no time passes),
+/// redact edits kept records. Returns what arrives and the counters.
+fn simulated_kernel(
+    rules: &[RuleSpec],
+    sent: &[SentRecord],
+) -> (Vec<ReceivedRecord>, dt_agent::Stats) {
+    let sim = simulate(rules, sent);
     let mut stats = dt_agent::Stats {
         rules: rules
             .iter()
-            .map(|r| dt_agent::stats::RuleStats {
-                name: r.name().into(),
-                action: r.action_name().into(),
+            .zip(&sim.counts)
+            .map(|(r, c)| dt_agent::stats::RuleStats {
+                name: r.name.clone(),
+                action: r.action.as_str().into(),
                 hook: "otlp".into(),
                 active: true,
-                ..Default::default()
+                matched: c.matched,
+                kept: c.kept,
+                dropped: c.dropped,
+                dropped_bytes: c.dropped_bytes,
+                redacted: c.redacted,
             })
             .collect(),
         ..Default::default()
     };
-    let mut arrived = Vec::new();
-    for s in sent {
-        stats.totals.records += 1;
-        let mut redactors = Vec::new();
-        let mut dropped_by = None;
-        let mut stopped_at = None;
-        for (i, rule) in rules.iter().enumerate() {
-            if !rule.spec.matches(&s.record) {
-                continue;
-            }
-            let st = &mut stats.rules[i];
-            st.matched += 1;
-            match rule.act {
-                Act::Count => {}
-                Act::Redact { .. } => redactors.push(i),
-                Act::Drop => {
-                    dropped_by = Some(i);
-                    break;
-                }
-                Act::Sample(n) => {
-                    if !(st.matched - 1).is_multiple_of(n) {
-                        dropped_by = Some(i);
-                    } else {
-                        stopped_at = Some(i);
-                    }
-                    break;
-                }
-                Act::RateLimit(n) => {
-                    if st.kept >= n {
-                        dropped_by = Some(i);
-                    } else {
-                        stopped_at = Some(i);
-                    }
-                    break;
-                }
-            }
-        }
-        if let Some(i) = dropped_by {
-            stats.rules[i].dropped += 1;
-            stats.rules[i].dropped_bytes += s.field_len;
-            stats.totals.records_dropped += 1;
-        } else {
-            if let Some(i) = stopped_at {
-                stats.rules[i].kept += 1;
-            }
-            for &i in &redactors {
-                stats.rules[i].redacted += 1;
-            }
-            arrived.push(redacted(rules, &s.record, &redactors));
-        }
-    }
-    (arrived, stats)
+    stats.totals.records = sim.records;
+    stats.totals.records_dropped = sim.records_dropped;
+    (sim.kept, stats)
 }
 
 /// The action checks (no kernel): they accept the simulated kernel and reject it when one thing
 /// is off, so the gated tests above are sound before the kernel side lands.
 #[test]
 fn action_checks_accept_a_correct_kernel_and_reject_wrong_ones() {
-    let sets: [(&str, Vec<ARule>, ExportPlan); 3] = [
+    let sets: [(&str, Vec<RuleSpec>, ExportPlan); 3] = [
         (
             "sample",
             sample_rules(),
@@ -870,7 +690,7 @@ fn action_checks_accept_a_correct_kernel_and_reject_wrong_ones() {
                 field_len: 50 + i as u64 % 7,
             })
             .collect();
-        let (arrived, stats) = simulate(&rules, &sent);
+        let (arrived, stats) = simulated_kernel(&rules, &sent);
         assert!(arrived.len() < sent.len() && !arrived.is_empty(), "{what}");
         let elapsed = Duration::from_millis(300);
         check_actions(what, &rules, &sent, &arrived, &stats, elapsed);
@@ -889,13 +709,13 @@ fn action_checks_accept_a_correct_kernel_and_reject_wrong_ones() {
         rejects("a duplicated record", &more, &stats);
         for (i, rule) in rules.iter().enumerate() {
             let mut s = stats.clone();
-            match rule.act {
-                Act::Count => continue,
-                Act::Drop => s.rules[i].dropped_bytes += 1,
-                Act::Sample(_) | Act::RateLimit(_) => s.rules[i].kept += 1,
-                Act::Redact { .. } => s.rules[i].redacted += 1,
+            match rule.action {
+                Action::Count => continue,
+                Action::Drop => s.rules[i].dropped_bytes += 1,
+                Action::Sample { .. } | Action::RateLimit { .. } => s.rules[i].kept += 1,
+                Action::Redact { .. } => s.rules[i].redacted += 1,
             }
-            rejects(&format!("a wrong counter on {}", rule.name()), &arrived, &s);
+            rejects(&format!("a wrong counter on {}", rule.name), &arrived, &s);
         }
         if what == "redact" {
             // An unredacted record.
@@ -918,10 +738,7 @@ fn action_checks_accept_a_correct_kernel_and_reject_wrong_ones() {
         }
         if what == "sample" {
             // One more kept than ceil(matched / N), consistently in records and counters.
-            let i = rules
-                .iter()
-                .position(|r| r.name() == "sample-info")
-                .unwrap();
+            let i = rules.iter().position(|r| r.name == "sample-info").unwrap();
             let (_, fates) = evaluate_actions(&rules, &sent);
             let extra = fates
                 .iter()

@@ -5,11 +5,11 @@
 //!   encoders write (any field order, repeated singular fields, unknown fields of every wire
 //!   type, padded varints) and, re-emitted with edits, give the exact bytes dt must send on.
 //! - [`logs`]: random ExportLogsServiceRequests, malformed variants, HTTP heads and splits.
-//! - [`rules`]: random rule sets (count, drop, and, behind a switch, sample and redact) as TOML,
-//!   with their own matching code (no dt code).
+//! - [`rules`]: random rule sets (count, drop, and, behind a switch, sample and redact) as
+//!   [`crate::model::RuleSpec`]s, which render themselves to TOML and match records (no dt code).
 //! - [`reference`]: says whether dt must pass a request through and why (the oracle,
 //!   [`crate::oracle`], for malformed; groups and dt's depth bound besides), else decodes it with
-//!   prost (protobuf merge semantics) and applies the rules as INTERFACE.md says, giving the
+//!   prost (protobuf merge semantics) and applies the rules with [`crate::model`], giving the
 //!   decoded request, the bytes and the counters dt must produce.
 //! - [`round`]: one rule set and the connections of requests sent under it.
 //!

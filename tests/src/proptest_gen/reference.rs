@@ -1,38 +1,29 @@
 //! The reference: what dt must make of a valid request under a rule set, computed from prost's
-//! decoding of the request (protobuf merge semantics) and INTERFACE.md's evaluation rules.
+//! decoding of the request (protobuf merge semantics) and the rule model ([`crate::model`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value::Value};
 
-use super::rules::{Facts, PAction, PRule};
 use super::wire::{Edits, Mark, RecordSizes};
-
-/// One rule's counters, as `stats` shows them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counts {
-    pub matched: u64,
-    pub kept: u64,
-    pub dropped: u64,
-    pub dropped_bytes: u64,
-    pub redacted: u64,
-}
+pub use crate::model::Counts;
+use crate::model::{Decider, Facts, Redaction, RuleSpec, evaluate_record};
 
 /// What the reference carries from request to request for the agent's whole life: every rule
-/// name's counters, and each sample rule's match count.
+/// name's counters, and each sample rule's match count (in the [`Decider`]).
 #[derive(Clone, Debug, Default)]
 pub struct RefState {
     pub counts: BTreeMap<String, Counts>,
-    /// Matches so far of each sample rule name (the `k` in "kept iff k % N == 0").
-    pub sample_matches: BTreeMap<String, u64>,
+    /// The sample counters (and rate-limit buckets), per rule name.
+    pub decider: Decider,
     /// Each name's action (names are tied to one action).
     pub actions: BTreeMap<String, &'static str>,
 }
 
 impl RefState {
     /// Registers a rule set's names.
-    pub fn install(&mut self, rules: &[PRule]) {
+    pub fn install(&mut self, rules: &[RuleSpec]) {
         for r in rules {
             self.counts.entry(r.name.clone()).or_default();
             let prev = self.actions.insert(r.name.clone(), r.action.as_str());
@@ -102,13 +93,13 @@ pub fn facts(req: &ExportLogsServiceRequest) -> Vec<Facts> {
     out
 }
 
-/// Evaluates `rules` on every record of `decoded` (whose encoding has `sizes`) and updates
-/// `state`'s counters: in order, a match bumps `matched`; count goes on; redact marks and goes
-/// on; drop drops and stops; sample keeps match k (from 0, per rule name, over the agent's life)
-/// iff k % N == 0, and stops either way. Marks apply to kept records only.
+/// Evaluates `rules` on every record of `decoded` (whose encoding has `sizes`) with the model
+/// ([`evaluate_record`], settled with `state`'s [`Decider`]: sample keeps match k, from 0, per
+/// rule name, over the agent's life, iff k % N == 0) and updates `state`'s counters. Redact
+/// edits apply to kept records only.
 pub fn evaluate(
     state: &mut RefState,
-    rules: &[PRule],
+    rules: &[RuleSpec],
     decoded: &ExportLogsServiceRequest,
     sizes: &[RecordSizes],
 ) -> Outcome {
@@ -129,61 +120,22 @@ pub fn evaluate(
         removed_bytes: 0,
         dropped_by: Vec::new(),
     };
-    // Per record: removed attribute names and mask_body, for kept records.
-    let mut marks: Vec<(BTreeSet<String>, bool)> = Vec::new();
+    // Per record: the edits for kept records.
+    let mut marks: Vec<Redaction> = Vec::new();
     for (ri, (f, size)) in facts.iter().zip(sizes).enumerate() {
-        let mut dropped: Option<String> = None;
-        let mut remove = BTreeSet::new();
-        let mut mask = false;
-        let mut redactors: Vec<&str> = Vec::new();
-        for rule in rules {
-            if !rule.matches(f) {
-                continue;
-            }
-            let c = state.counts.get_mut(&rule.name).expect("installed");
-            c.matched += 1;
-            match &rule.action {
-                PAction::Count => {}
-                PAction::Redact {
-                    remove: names,
-                    mask_body,
-                } => {
-                    remove.extend(names.iter().cloned());
-                    mask |= *mask_body;
-                    redactors.push(&rule.name);
-                }
-                PAction::Drop => {
-                    c.dropped += 1;
-                    c.dropped_bytes += size.field_len;
-                    dropped = Some(rule.name.clone());
-                    break;
-                }
-                PAction::Sample { keep_one_in } => {
-                    let k = state.sample_matches.entry(rule.name.clone()).or_default();
-                    let keep = k.is_multiple_of(*keep_one_in);
-                    *k += 1;
-                    let c = state.counts.get_mut(&rule.name).expect("installed");
-                    if keep {
-                        c.kept += 1;
-                    } else {
-                        c.dropped += 1;
-                        c.dropped_bytes += size.field_len;
-                        dropped = Some(rule.name.clone());
-                    }
-                    break;
-                }
-            }
+        let e = evaluate_record(rules, f);
+        let settled = e.settle(rules, &mut state.decider, size.field_len);
+        for (i, c) in settled.counts {
+            *state.counts.get_mut(&rules[i].name).expect("installed") += c;
         }
+        let dropped = settled.dropped_by.map(|i| rules[i].name.clone());
         if dropped.is_some() {
             out.records_dropped += 1;
             out.removed_bytes += size.field_len;
             edits.remove.insert(Mark::Record(ri as u32));
-            marks.push((BTreeSet::new(), false));
+            marks.push(Redaction::default());
         } else {
-            for name in &redactors {
-                state.counts.get_mut(*name).expect("installed").redacted += 1;
-            }
-            marks.push((remove, mask));
+            marks.push(Redaction::of(rules, &e.redactors));
         }
         out.dropped_by.push(dropped);
     }
@@ -199,7 +151,10 @@ pub fn evaluate(
                 if out.dropped_by[i].is_some() {
                     continue;
                 }
-                let (remove, mask) = &marks[i];
+                let Redaction {
+                    remove,
+                    mask_body: mask,
+                } = &marks[i];
                 if !remove.is_empty() {
                     let mut kept_attrs = Vec::new();
                     for (ai, kv) in r.attributes.drain(..).enumerate() {
@@ -382,7 +337,6 @@ fn scan(b: &[u8], start: usize, end: usize, kind: Msg, depth: u32) -> Result<(),
 
 #[cfg(test)]
 mod tests {
-    use super::super::rules::SevCond;
     use super::*;
     use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 
@@ -490,18 +444,7 @@ mod tests {
 
     #[test]
     fn sample_counts_over_requests() {
-        let rule = PRule {
-            name: "s".into(),
-            action: PAction::Sample { keep_one_in: 3 },
-            severity: Some(SevCond {
-                toml: "\"INFO\"".into(),
-                lo: 9,
-                hi: 12,
-            }),
-            service: None,
-            body_contains: None,
-            attributes: vec![],
-        };
+        let rule = RuleSpec::sample("s", 3).severity("INFO", 9..=12);
         let rules = vec![rule];
         let mut st = RefState::default();
         st.install(&rules);

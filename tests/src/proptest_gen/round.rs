@@ -8,10 +8,11 @@ use super::logs::{self, Chunking, Head};
 use std::collections::BTreeMap;
 
 use super::reference::{self, Counts, RefState};
-use super::rules::{self, PRule, RuleConfig};
+use super::rules::{self, RuleConfig};
 use super::wire::{self, Either, Field};
 use super::{G, mix};
 use crate::http::HttpRequest;
+use crate::model::{RuleSpec, rules_toml};
 
 /// What the generator may produce.
 #[derive(Clone, Copy, Debug)]
@@ -98,7 +99,7 @@ pub struct ConnPlan {
 pub struct Round {
     pub index: usize,
     pub seed: u64,
-    pub rules: Vec<PRule>,
+    pub rules: Vec<RuleSpec>,
     pub toml: String,
     pub conns: Vec<ConnPlan>,
 }
@@ -164,7 +165,13 @@ fn http_request(head: &Head, body: &[u8], chunking: Option<&Chunking>) -> HttpRe
 /// One request: a random valid one evaluated by the reference (which updates `state`), or one
 /// the reference says dt must pass through untouched: made malformed on purpose (`cfg.malformed`
 /// of the requests; when the change leaves it valid, another one), or nested past dt's bound.
-pub fn case(g: &mut G, id: usize, cfg: &GenConfig, rules: &[PRule], state: &mut RefState) -> Case {
+pub fn case(
+    g: &mut G,
+    id: usize,
+    cfg: &GenConfig,
+    rules: &[RuleSpec],
+    state: &mut RefState,
+) -> Case {
     let malform = g.chance(cfg.malformed);
     // 0: Content-Length, 1: one data chunk, 2: several.
     let framing = if g.chance(cfg.chunked) {
@@ -435,7 +442,7 @@ pub fn round(
         },
     );
     state.install(&rules);
-    let toml = rules::to_toml(&rules);
+    let toml = rules_toml(&rules);
     let n = g.range(cfg.cases_per_round.0, cfg.cases_per_round.1);
     let mut conns = Vec::new();
     let mut id = first_case;

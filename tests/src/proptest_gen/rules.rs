@@ -1,150 +1,8 @@
-//! Random rule sets, rendered to TOML, with their own matching (INTERFACE.md, "Rule files" and
-//! "Severity"; nothing from dt's compiler).
+//! Random rule sets as [`RuleSpec`]s (README, "Rules" and "Severity"; nothing from dt's
+//! compiler): the model renders them to TOML and matches them.
 
 use super::{ATTR_KEYS, ATTR_VALUES, ATTRS, G, NEEDLES, SERVICES};
-use crate::model::toml_str;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PAction {
-    Count,
-    Drop,
-    Sample {
-        keep_one_in: u64,
-    },
-    Redact {
-        remove: Vec<String>,
-        mask_body: bool,
-    },
-}
-
-impl PAction {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            PAction::Count => "count",
-            PAction::Drop => "drop",
-            PAction::Sample { .. } => "sample",
-            PAction::Redact { .. } => "redact",
-        }
-    }
-}
-
-/// A severity condition: its TOML value and the SeverityNumbers it covers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SevCond {
-    /// The TOML value as written (a quoted string, or a bare integer).
-    pub toml: String,
-    pub lo: i32,
-    pub hi: i32,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PRule {
-    pub name: String,
-    pub action: PAction,
-    pub severity: Option<SevCond>,
-    pub service: Option<String>,
-    pub body_contains: Option<String>,
-    pub attributes: Vec<(String, String)>,
-}
-
-/// What the rules look at in one record (as decoded by prost).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Facts {
-    /// The resource's last `service.name`, when its value is a string.
-    pub service: Option<String>,
-    pub severity: i32,
-    /// The body, when it is a string.
-    pub body: Option<String>,
-    /// The attributes with string values, in order.
-    pub attributes: Vec<(String, String)>,
-}
-
-impl PRule {
-    /// Whether every condition present holds (INTERFACE.md). A severity condition holds when
-    /// the SeverityNumber is in its range; ranges are within 1..=24, or exactly 0 for
-    /// `"UNSPECIFIED"`, so 0 matches only `"UNSPECIFIED"` and numbers outside 0..=24 (not
-    /// SeverityNumbers at all) match no severity condition.
-    pub fn matches(&self, r: &Facts) -> bool {
-        if let Some(s) = &self.severity
-            && !(s.lo..=s.hi).contains(&r.severity)
-        {
-            return false;
-        }
-        if let Some(svc) = &self.service
-            && r.service.as_deref() != Some(svc.as_str())
-        {
-            return false;
-        }
-        if let Some(needle) = &self.body_contains {
-            match &r.body {
-                Some(b) if contains(b.as_bytes(), needle.as_bytes()) => {}
-                _ => return false,
-            }
-        }
-        self.attributes
-            .iter()
-            .all(|(k, v)| r.attributes.iter().any(|(rk, rv)| rk == k && rv == v))
-    }
-
-    pub fn to_toml(&self) -> String {
-        let mut s = format!(
-            "[[rule]]\nname = {}\naction = \"{}\"\n",
-            toml_str(&self.name),
-            self.action.as_str()
-        );
-        match &self.action {
-            PAction::Sample { keep_one_in } => s += &format!("keep_one_in = {keep_one_in}\n"),
-            PAction::Redact { remove, mask_body } => {
-                if !remove.is_empty() {
-                    let names: Vec<String> = remove.iter().map(|n| toml_str(n)).collect();
-                    s += &format!("remove_attributes = [{}]\n", names.join(", "));
-                }
-                if *mask_body {
-                    s += "mask_body = true\n";
-                }
-            }
-            _ => {}
-        }
-        let has_match = self.severity.is_some()
-            || self.service.is_some()
-            || self.body_contains.is_some()
-            || !self.attributes.is_empty();
-        if has_match {
-            s += "[rule.match]\n";
-            if let Some(sev) = &self.severity {
-                s += &format!("severity = {}\n", sev.toml);
-            }
-            if let Some(v) = &self.service {
-                s += &format!("service = {}\n", toml_str(v));
-            }
-            if let Some(v) = &self.body_contains {
-                s += &format!("body_contains = {}\n", toml_str(v));
-            }
-            if !self.attributes.is_empty() {
-                let kvs: Vec<String> = self
-                    .attributes
-                    .iter()
-                    .map(|(k, v)| format!("{} = {}", toml_str(k), toml_str(v)))
-                    .collect();
-                s += &format!("attributes = {{ {} }}\n", kvs.join(", "));
-            }
-        }
-        s
-    }
-}
-
-pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
-}
-
-/// The rules as one file.
-pub fn to_toml(rules: &[PRule]) -> String {
-    rules
-        .iter()
-        .map(PRule::to_toml)
-        .collect::<Vec<_>>()
-        .join("\n")
-}
+use crate::model::{Action, RuleSpec, Severity};
 
 const LEVELS: [(&str, i32); 6] = [
     ("TRACE", 1),
@@ -182,7 +40,7 @@ fn term(g: &mut G) -> (String, i32, i32) {
 }
 
 /// A severity condition in one of the contract's forms.
-pub fn severity(g: &mut G) -> SevCond {
+pub fn severity(g: &mut G) -> Severity {
     loop {
         let (t, lo, hi) = term(g);
         let (toml, lo, hi) = match g.range(0, 7) {
@@ -203,7 +61,7 @@ pub fn severity(g: &mut G) -> SevCond {
             _ => ("\"UNSPECIFIED\"".to_string(), 0, 0),
         };
         if lo <= hi {
-            return SevCond { toml, lo, hi };
+            return Severity { toml, lo, hi };
         }
     }
 }
@@ -220,19 +78,20 @@ pub struct RuleConfig {
 /// The rule name for an action: names are tied to one action (and, for sample, one N), so a
 /// name that comes back in a later rule set keeps meaning the same thing and its counters (and
 /// its sample match count) carry on.
-fn name_for(action: &PAction, i: usize) -> String {
+fn name_for(action: &Action, i: usize) -> String {
     match action {
-        PAction::Count => format!("count-{i}"),
-        PAction::Drop => format!("drop-{i}"),
-        PAction::Sample { keep_one_in } => format!("sample{keep_one_in}-{i}"),
-        PAction::Redact { .. } => format!("redact-{i}"),
+        Action::Count => format!("count-{i}"),
+        Action::Drop => format!("drop-{i}"),
+        Action::Sample { keep_one_in } => format!("sample{keep_one_in}-{i}"),
+        Action::RateLimit { per_second } => format!("limit{per_second}-{i}"),
+        Action::Redact { .. } => format!("redact-{i}"),
     }
 }
 
 /// A random rule set of 1..=8 rules with distinct names.
-pub fn rule_set(g: &mut G, cfg: RuleConfig) -> Vec<PRule> {
+pub fn rule_set(g: &mut G, cfg: RuleConfig) -> Vec<RuleSpec> {
     let n = g.range(1, 8);
-    let mut rules: Vec<PRule> = Vec::new();
+    let mut rules: Vec<RuleSpec> = Vec::new();
     while rules.len() < n {
         let weights = [
             30,
@@ -241,9 +100,9 @@ pub fn rule_set(g: &mut G, cfg: RuleConfig) -> Vec<PRule> {
             if cfg.redact { 20 } else { 0 },
         ];
         let action = match g.weighted(&weights) {
-            0 => PAction::Count,
-            1 => PAction::Drop,
-            2 => PAction::Sample {
+            0 => Action::Count,
+            1 => Action::Drop,
+            2 => Action::Sample {
                 keep_one_in: g.range(1, 5) as u64,
             },
             _ => {
@@ -255,23 +114,16 @@ pub fn rule_set(g: &mut G, cfg: RuleConfig) -> Vec<PRule> {
                     }
                 }
                 let mask_body = remove.is_empty() || g.chance(0.4);
-                PAction::Redact { remove, mask_body }
+                Action::Redact { remove, mask_body }
             }
         };
         let name = name_for(&action, g.range(0, 3));
         if rules.iter().any(|r| r.name == name) {
             continue;
         }
-        let mut r = PRule {
-            name,
-            action,
-            severity: None,
-            service: None,
-            body_contains: None,
-            attributes: Vec::new(),
-        };
+        let mut r = RuleSpec::new(&name, action);
         // A rule without a match table takes every record: rare, or little else gets through.
-        if !g.chance(if r.action == PAction::Count {
+        if !g.chance(if r.action == Action::Count {
             0.15
         } else {
             0.04
@@ -316,33 +168,5 @@ mod tests {
             assert!(s.lo <= s.hi && s.hi <= 24, "{s:?}");
             assert!(s.lo >= 1 || (s.lo, s.hi) == (0, 0), "{s:?}");
         }
-    }
-
-    #[test]
-    fn matching() {
-        let facts = Facts {
-            service: Some("checkout".into()),
-            severity: 9,
-            body: Some("a healthcheck".into()),
-            attributes: vec![("k".into(), "v".into()), ("k".into(), "w".into())],
-        };
-        let mut r = PRule {
-            name: "x".into(),
-            action: PAction::Drop,
-            severity: Some(SevCond {
-                toml: "\"INFO\"".into(),
-                lo: 9,
-                hi: 12,
-            }),
-            service: Some("checkout".into()),
-            body_contains: Some("check".into()),
-            attributes: vec![("k".into(), "w".into())],
-        };
-        assert!(r.matches(&facts));
-        r.service = Some("Checkout".into());
-        assert!(!r.matches(&facts));
-        r.service = None;
-        r.attributes = vec![("k".into(), "x".into())];
-        assert!(!r.matches(&facts));
     }
 }

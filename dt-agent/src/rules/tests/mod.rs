@@ -4,7 +4,6 @@
 mod compile;
 mod load;
 mod probe;
-mod walk;
 
 use std::path::PathBuf;
 

@@ -1,167 +1,108 @@
-//! Compiled rule sets driving the shared OTLP walker on the host, checked against expectations
-//! computed directly from the contract (INTERFACE.md, "Evaluation").
+//! Compiled rule sets driving the shared OTLP walker on the host (`dt_ebpf_common::walk` with
+//! the agent's [`HostEnv`]), checked against the tests' rule model (`dt_tests::model`; README,
+//! "Evaluation, per record"). No kernel.
 
+use std::path::PathBuf;
+
+use dt_agent::rules::{Compiled, Diagnostic, HostEnv, SlotTable, compile, load_sources};
 use dt_ebpf_common::walk::{Editor, Walk, apply_start, apply_step, run};
 use dt_ebpf_common::wire::SliceSource;
+use dt_tests::model::{Action, End, Facts, RuleSpec, evaluate_record, rules_toml};
+use dt_tests::record::log_record_field_len;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 
-use super::{Rng, build};
-use crate::rules::{Compiled, HostEnv};
+/// A small deterministic PRNG (xorshift64*), so the random test replays.
+struct Rng(u64);
 
-/// A log record as the contract sees it.
-#[derive(Clone, Debug)]
-struct Rec {
-    /// The resource's `service.name`, when it is a string.
-    service: Option<String>,
-    severity: i32,
-    /// The body, when it is a string.
-    body: Option<String>,
-    /// The record's string attributes.
-    attrs: Vec<(String, String)>,
-}
-
-impl Rec {
-    fn severity_in(&self, lo: i32, hi: i32) -> bool {
-        (lo..=hi).contains(&self.severity)
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
     }
 
-    fn service_is(&self, service: &str) -> bool {
-        self.service.as_deref() == Some(service)
+    fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    fn body_contains(&self, needle: &str) -> bool {
-        self.body.as_deref().is_some_and(|b| b.contains(needle))
+    /// A number in `0..n` (n > 0).
+    fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
     }
 
-    fn has_attr(&self, key: &str, value: &str) -> bool {
-        self.attrs.iter().any(|(k, v)| k == key && v == value)
+    /// True with probability `percent`%.
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    /// One of `items` (non-empty).
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
     }
 }
 
-/// A rule: its name, action, `[rule.match]` body, and the contract's meaning of that match.
-struct TestRule {
-    name: &'static str,
-    action: &'static str,
-    conditions: String,
-    matches: fn(&Rec) -> bool,
+/// Loads and compiles one in-memory rule file with a fresh slot table.
+fn build(text: &str) -> Result<Compiled, Vec<Diagnostic>> {
+    let defs = load_sources(&[(PathBuf::from("r.toml"), text.to_string())])?;
+    compile(&defs, &mut SlotTable::new())
 }
 
-fn test_rules() -> Vec<TestRule> {
-    let rule = |name, action, conditions: &str, matches| TestRule {
-        name,
-        action,
-        conditions: conditions.to_string(),
-        matches,
-    };
+fn test_rules() -> Vec<RuleSpec> {
     // Conditions at the size limits: a 64-byte key, a 128-byte value, a 128-byte service.
-    let long_attr_rule = &format!(
-        "attributes = {{ {} = \"{}\" }}",
-        "k".repeat(64),
-        "v".repeat(128)
-    );
-    let long_service_rule = &format!("service = \"{}\"", "s".repeat(128));
+    let (long_key, long_value) = ("k".repeat(64), "v".repeat(128));
+    let long_service = "s".repeat(128);
     vec![
-        rule("count-all", "count", "", |_| true),
-        rule("count-debug", "count", "severity = \"<=DEBUG\"", |r| {
-            r.severity_in(1, 8)
-        }),
-        rule("count-heck", "count", "body_contains = \"heck\"", |r| {
-            r.body_contains("heck")
-        }),
-        rule(
-            "drop-health",
-            "drop",
-            "body_contains = \"healthcheck\"",
-            |r| r.body_contains("healthcheck"),
-        ),
-        rule(
-            "count-checkout-warn",
-            "count",
-            "service = \"checkout\"\nseverity = \">=WARN\"",
-            |r| r.service_is("checkout") && r.severity_in(13, 24),
-        ),
-        rule(
-            "drop-probe",
-            "drop",
-            "attributes = { \"http.route\" = \"/healthz\", \"http.method\" = \"GET\" }",
-            |r| r.has_attr("http.route", "/healthz") && r.has_attr("http.method", "GET"),
-        ),
-        rule(
-            "count-unspecified",
-            "count",
-            "severity = \"UNSPECIFIED\"",
-            |r| r.severity == 0,
-        ),
-        rule(
-            "drop-cart-retry",
-            "drop",
-            "service = \"cart\"\nbody_contains = \"retry\"\nseverity = \"debug .. info\"",
-            |r| r.service_is("cart") && r.body_contains("retry") && r.severity_in(5, 12),
-        ),
-        rule(
-            "drop-dev-nine",
-            "drop",
-            "severity = 9\nattributes = { env = \"dev\" }",
-            |r| r.severity == 9 && r.has_attr("env", "dev"),
-        ),
-        rule(
-            "count-ready",
-            "count",
-            "body_contains = \"ready\"\nseverity = \"3..14\"",
-            |r| r.body_contains("ready") && r.severity_in(3, 14),
-        ),
-        rule(
-            "count-empty-route",
-            "count",
-            "attributes = { \"http.route\" = \"\" }",
-            |r| r.has_attr("http.route", ""),
-        ),
-        rule("drop-fatal", "drop", "severity = \">ERROR\"", |r| {
-            r.severity_in(21, 24)
-        }),
-        rule("count-long-attr", "count", long_attr_rule, |r| {
-            r.has_attr(&"k".repeat(64), &"v".repeat(128))
-        }),
-        rule("count-long-service", "count", long_service_rule, |r| {
-            r.service_is(&"s".repeat(128))
-        }),
-        rule("count-rest", "count", "", |_| true),
+        RuleSpec::count("count-all"),
+        RuleSpec::count("count-debug").severity("<=DEBUG", 1..=8),
+        RuleSpec::count("count-heck").body_contains("heck"),
+        RuleSpec::drop("drop-health").body_contains("healthcheck"),
+        RuleSpec::count("count-checkout-warn")
+            .service("checkout")
+            .severity(">=WARN", 13..=24),
+        RuleSpec::drop("drop-probe")
+            .attribute("http.route", "/healthz")
+            .attribute("http.method", "GET"),
+        RuleSpec::count("count-unspecified").severity("UNSPECIFIED", 0..=0),
+        RuleSpec::drop("drop-cart-retry")
+            .service("cart")
+            .body_contains("retry")
+            .severity("debug .. info", 5..=12),
+        RuleSpec::drop("drop-dev-nine")
+            .severity_value("9", 9..=9)
+            .attribute("env", "dev"),
+        RuleSpec::count("count-ready")
+            .body_contains("ready")
+            .severity("3..14", 3..=14),
+        RuleSpec::count("count-empty-route").attribute("http.route", ""),
+        RuleSpec::drop("drop-fatal").severity(">ERROR", 21..=24),
+        RuleSpec::count("count-long-attr").attribute(&long_key, &long_value),
+        RuleSpec::count("count-long-service").service(&long_service),
+        RuleSpec::count("count-rest"),
     ]
 }
 
-fn rules_toml(rules: &[TestRule]) -> String {
-    rules
-        .iter()
-        .map(|r| {
-            format!(
-                "[[rule]]\nname = \"{}\"\naction = \"{}\"\n[rule.match]\n{}\n\n",
-                r.name, r.action, r.conditions
-            )
-        })
-        .collect()
-}
-
-/// Per rule `(matched, dropped)`, and which records are kept, per the contract.
-fn expected(rules: &[TestRule], records: &[Rec]) -> (Vec<(u32, u32)>, Vec<bool>) {
+/// Per rule `(matched, dropped)`, and which records are kept, per the model.
+fn expected(rules: &[RuleSpec], records: &[Facts]) -> (Vec<(u32, u32)>, Vec<bool>) {
     let mut counts = vec![(0, 0); rules.len()];
     let mut kept = Vec::new();
     for rec in records {
-        let mut keep = true;
-        for (i, rule) in rules.iter().enumerate() {
-            if (rule.matches)(rec) {
-                counts[i].0 += 1;
-                if rule.action == "drop" {
-                    counts[i].1 += 1;
-                    keep = false;
-                    break;
-                }
-            }
+        let e = evaluate_record(rules, rec);
+        for &i in &e.matched {
+            counts[i].0 += 1;
         }
-        kept.push(keep);
+        match e.end {
+            End::Kept => kept.push(true),
+            End::Dropped(i) => {
+                counts[i].1 += 1;
+                kept.push(false);
+            }
+            End::Decided(i) => panic!("rule {} samples or rate-limits", rules[i].name),
+        }
     }
     (counts, kept)
 }
@@ -196,17 +137,17 @@ fn record(severity: i32, body: Option<AnyValue>, attributes: Vec<KeyValue>) -> L
     }
 }
 
-/// The contract's view of a record under a resource with `service`.
-fn rec_of(service: &Option<String>, r: &LogRecord) -> Rec {
+/// What the rules see of a record under a resource with `service`.
+fn rec_of(service: &Option<String>, r: &LogRecord) -> Facts {
     let as_string = |v: &Option<AnyValue>| match v.as_ref().and_then(|v| v.value.as_ref()) {
         Some(Value::StringValue(s)) => Some(s.clone()),
         _ => None,
     };
-    Rec {
+    Facts {
         service: service.clone(),
         severity: r.severity_number,
         body: as_string(&r.body),
-        attrs: r
+        attributes: r
             .attributes
             .iter()
             .filter_map(|a| Some((a.key.clone(), as_string(&a.value)?)))
@@ -284,8 +225,8 @@ fn random_record(rng: &mut Rng) -> LogRecord {
     record(severity, body, attributes)
 }
 
-/// A random request, and the contract's view of its records in order.
-fn random_request(rng: &mut Rng) -> (ExportLogsServiceRequest, Vec<Rec>) {
+/// A random request, and what the rules see of its records, in order.
+fn random_request(rng: &mut Rng) -> (ExportLogsServiceRequest, Vec<Facts>) {
     let mut recs = Vec::new();
     let mut resource_logs = Vec::new();
     for _ in 0..1 + rng.below(3) {
@@ -396,12 +337,6 @@ fn all_records(req: &ExportLogsServiceRequest) -> Vec<LogRecord> {
         .collect()
 }
 
-/// Bytes a dropped record takes in its ScopeLogs: tag, length prefix and body.
-fn record_field_len(r: &LogRecord) -> u64 {
-    let len = r.encoded_len();
-    (1 + prost::encoding::encoded_len_varint(len as u64) + len) as u64
-}
-
 #[test]
 fn walker_with_compiled_rules_follows_the_contract() {
     let rules = test_rules();
@@ -428,7 +363,7 @@ fn walker_with_compiled_rules_follows_the_contract() {
             .iter()
             .zip(&kept)
             .filter(|&(_, &keep)| !keep)
-            .map(|(r, _)| record_field_len(r))
+            .map(|(r, _)| log_record_field_len(r))
             .sum();
         let acc_bytes: u64 = walk.acc.iter().map(|a| a.dropped_bytes).sum();
         assert_eq!(acc_bytes, dropped_bytes, "{}", context());
@@ -446,7 +381,7 @@ fn walker_with_compiled_rules_follows_the_contract() {
     for (rule, (matched, dropped)) in rules.iter().zip(&totals) {
         assert!(*matched > 0, "{} never matched", rule.name);
         assert!(
-            rule.action != "drop" || *dropped > 0,
+            rule.action != Action::Drop || *dropped > 0,
             "{} never dropped",
             rule.name
         );
