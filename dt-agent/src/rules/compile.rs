@@ -18,22 +18,19 @@ use dt_ebpf_common::{
     MAX_RATE, MAX_RULES, MAX_SERVICE_LEN, MAX_SLOTS, NEED_ATTRS, NEED_SERVICE, RULE_MASK_BODY,
     Rule, RuleSet, STR_ATTR, STR_REDACT, STR_SERVICE, StrKey,
 };
-use serde::Serialize;
 
 use super::ac::{AcBuilder, TooManyStates};
 use super::diag::{Diagnostic, Pos};
-use super::model::{Action, At, Hook, ProbeDef, RuleDef};
+use super::model::{Action, ActionKind, At, Hook, ProbeDef, RuleDef};
 use super::slots::SlotTable;
 
 /// One rule of a compiled rule set on one hook, in evaluation order: the `otlp` ones are
 /// `ruleset.rules` in order, the uprobe ones `uprobe.rules.rules` in order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompiledRule {
     pub name: String,
-    /// The action's name (`"drop"`).
-    pub action: String,
-    /// The hook's name (`"otlp"`).
-    pub hook: String,
+    pub action: ActionKind,
+    pub hook: Hook,
     /// Where the rule is defined: its file and the line of its `[[rule]]` header.
     pub file: PathBuf,
     pub line: usize,
@@ -57,7 +54,7 @@ pub struct Compiled {
 }
 
 /// The uprobe part of a compiled rule set. What the probes attach to is resolved on the host
-/// that installs it (`crate::probes`).
+/// that installs it (`crate::hooks::uprobe`).
 #[derive(Clone)]
 pub struct UprobeSet {
     /// The `PROBE_RULES` entry (generation 0; the agent stamps it).
@@ -343,8 +340,8 @@ impl<'d> Compiler<'d> {
     fn push_compiled(&mut self, def: &RuleDef, hook: &Hook, slot: u16) {
         self.rules.push(CompiledRule {
             name: def.name.value.clone(),
-            action: def.action.value.name().to_string(),
-            hook: hook.name(),
+            action: def.action.value.kind(),
+            hook: hook.clone(),
             file: def.file.clone(),
             line: def.pos.line,
             slot,

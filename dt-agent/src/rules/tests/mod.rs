@@ -78,3 +78,32 @@ fn error(text: &str) -> String {
 fn rule(name: &str, action: &str) -> String {
     format!("[[rule]]\nname = \"{name}\"\naction = \"{action}\"\n")
 }
+
+/// Names in expected values (`action: "drop".into()`): the action of a known name.
+impl From<&str> for super::ActionKind {
+    fn from(name: &str) -> super::ActionKind {
+        (0..=u8::MAX)
+            .filter_map(super::ActionKind::from_code)
+            .find(|kind| kind.name() == name)
+            .unwrap_or_else(|| panic!("no action is named {name:?}"))
+    }
+}
+
+/// Names in expected values (`hook: "otlp".into()`): the hook of a name as rule files write it.
+impl From<&str> for super::Hook {
+    fn from(name: &str) -> super::Hook {
+        match name.strip_prefix("uprobe:") {
+            Some(probe) => super::Hook::Uprobe(probe.to_string()),
+            None if name == "otlp" => super::Hook::Otlp,
+            None => panic!("no hook is named {name:?}"),
+        }
+    }
+}
+
+impl super::Hook {
+    /// The hook's name as a `&str`, for comparing with names in expected values (leaked: tests
+    /// only).
+    pub fn as_str(&self) -> &'static str {
+        Box::leak(self.name().into_boxed_str())
+    }
+}

@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use super::{Kind, StatsSource, families, read_stats};
+use super::families::{Kind, StatsSource, families, read_stats};
 use crate::stats::Stats;
 
 /// The content type of [`render_prometheus`]'s output (what the official client libraries send).
@@ -31,7 +31,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The counters in the Prometheus text exposition format 0.0.4: `# HELP` and `# TYPE` for every
 /// family (also for those without samples), then its samples. See the module documentation of
-/// [`crate::metrics`] for the families.
+/// [`crate::export`] for the families.
 pub fn render_prometheus(stats: &Stats) -> String {
     let mut out = String::with_capacity(4096 + 1024 * stats.rules.len());
     for (family, samples) in families(stats) {
@@ -192,7 +192,7 @@ mod tests {
     use std::io::{Read, Write};
 
     use super::*;
-    use crate::metrics::testdata;
+    use crate::export::families::testdata;
 
     /// A parsed exposition: families (name → (type, help)) and samples.
     #[derive(Debug, Default)]

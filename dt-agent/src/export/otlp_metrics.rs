@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message as _;
 
-use super::{Kind, StatsSource, families, read_stats};
+use super::families::{Kind, StatsSource, families, read_stats};
 use crate::stats::Stats;
 
 /// Bound on one push: connecting, sending, and reading the answer.
@@ -27,7 +27,7 @@ const WHAT: &str = "OTLP metrics endpoint";
 
 /// The counters as one OTLP export request: one ResourceMetrics (`service.name` = `dt-agent`,
 /// `service.version`, `host.name`), one ScopeMetrics (scope `dt`), and every family of the
-/// table in [`crate::metrics`] under its OTLP name, attributes as the Prometheus labels.
+/// table in [`crate::export`] under its OTLP name, attributes as the Prometheus labels.
 /// Counters are monotonic cumulative Sums from `start_unix_nanos` (the agent's start) to
 /// `now_unix_nanos`; gauges are Gauges at `now_unix_nanos`. Values are `as_int` (counts above
 /// `i64::MAX` saturate). Families without data points (no rules, say) are left out.
@@ -134,7 +134,7 @@ fn unix_nanos_now() -> u64 {
 /// with a host. `https` is not supported (push to a collector on this host or a trusted
 /// network, or through a local collector). Call it at startup to refuse a bad endpoint early.
 pub fn check_otlp_endpoint(endpoint: &Uri) -> anyhow::Result<()> {
-    crate::otlp_http::target(endpoint, WHAT).map(|_| ())
+    super::http::target(endpoint, WHAT).map(|_| ())
 }
 
 /// Reads `source` once and posts [`otlp_request`] (start `start_unix_nanos`, now) to `endpoint`
@@ -155,7 +155,7 @@ pub async fn push_once(
 }
 
 async fn post(endpoint: &Uri, body: Vec<u8>) -> anyhow::Result<()> {
-    let answer = crate::otlp_http::post_protobuf(endpoint, body, WHAT).await?;
+    let answer = super::http::post_protobuf(endpoint, body, WHAT).await?;
     if answer.protobuf
         && !answer.body.is_empty()
         && let Ok(r) = ExportMetricsServiceResponse::decode(answer.body.as_ref())
@@ -219,7 +219,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::metrics::testdata;
+    use crate::export::families::testdata;
     use anyhow::anyhow;
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full};
@@ -405,7 +405,7 @@ mod tests {
 
     #[test]
     fn endpoints() {
-        let t = |s: &str| crate::otlp_http::target(&s.parse::<Uri>().unwrap(), WHAT);
+        let t = |s: &str| crate::export::http::target(&s.parse::<Uri>().unwrap(), WHAT);
         assert_eq!(
             t("http://127.0.0.1:4318/v1/metrics").unwrap(),
             (
