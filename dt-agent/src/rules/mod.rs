@@ -18,6 +18,7 @@
 //! [`HostEnv`] runs the kernel's OTLP walker on the host over a [`Compiled`] rule set.
 
 mod ac;
+mod bits;
 mod compile;
 mod diag;
 mod env;

@@ -130,8 +130,23 @@ impl ActionKind {
         (ActionKind::Capture, ACTION_CAPTURE, "capture"),
     ];
 
+    /// Every action, in the order rule-file errors list them.
+    pub const ALL: [ActionKind; 6] = [
+        ActionKind::Count,
+        ActionKind::Drop,
+        ActionKind::Sample,
+        ActionKind::RateLimit,
+        ActionKind::Redact,
+        ActionKind::Capture,
+    ];
+
     fn entry(self) -> (ActionKind, u8, &'static str) {
         Self::TABLE[self as usize]
+    }
+
+    /// The action of a name as rule files write it.
+    pub fn from_name(name: &str) -> Option<ActionKind> {
+        Self::ALL.into_iter().find(|kind| kind.name() == name)
     }
 
     /// The name as written in rule files and shown by `stats` and `rules` (`"rate_limit"`).

@@ -82,10 +82,7 @@ fn rule(name: &str, action: &str) -> String {
 /// Names in expected values (`action: "drop".into()`): the action of a known name.
 impl From<&str> for super::ActionKind {
     fn from(name: &str) -> super::ActionKind {
-        (0..=u8::MAX)
-            .filter_map(super::ActionKind::from_code)
-            .find(|kind| kind.name() == name)
-            .unwrap_or_else(|| panic!("no action is named {name:?}"))
+        super::ActionKind::from_name(name).unwrap_or_else(|| panic!("no action is named {name:?}"))
     }
 }
 
