@@ -7,7 +7,6 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use cli::{AgentAt, run::RunArgs};
-use dt_agent::{control::CallError, rules::RuleErrors, settings::ConfigErrors};
 
 #[derive(Parser)]
 #[command(
@@ -88,22 +87,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if let Some(errors) = e.downcast_ref::<RuleErrors>() {
-                eprintln!("{errors}");
-                eprintln!("dt-agent: the rule set was refused; nothing was changed");
-            } else if let Some(errors) = e.downcast_ref::<ConfigErrors>() {
-                eprintln!("{errors}");
-                match errors.file() {
-                    Some(file) => {
-                        eprintln!("dt-agent: the config file {} is invalid", file.display())
-                    }
-                    None => eprintln!("dt-agent: the config file is invalid"),
-                }
-            } else if let Some(CallError::Refused(message)) = e.downcast_ref::<CallError>() {
-                eprintln!("{message}");
-            } else {
-                eprintln!("dt-agent: {e:#}");
-            }
+            cli::report(&e);
             ExitCode::FAILURE
         }
     }

@@ -1,5 +1,6 @@
 //! The verbs of `dt-agent`, one file each, and what they share: where the agent is
-//! ([`AgentAt`]), why it cannot be reached, and writing to stdout. [`table`] renders the tables.
+//! ([`AgentAt`]), why it cannot be reached, writing to stdout, and reporting errors. [`table`]
+//! renders the tables.
 
 pub mod check;
 pub mod push;
@@ -16,6 +17,7 @@ use clap::Args;
 use dt_agent::{
     control::CallError,
     ripcord as cord,
+    rules::RuleErrors,
     settings::{self, ConfigErrors},
 };
 
@@ -111,5 +113,24 @@ pub fn print_out(text: &str) -> anyhow::Result<()> {
     match std::io::stdout().lock().write_all(text.as_bytes()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => Ok(other?),
+    }
+}
+
+/// Says on stderr why a verb failed: every problem of a refused rule set or config file, the
+/// agent's own words when it refused, else the error chain.
+pub fn report(e: &anyhow::Error) {
+    if let Some(errors) = e.downcast_ref::<RuleErrors>() {
+        eprintln!("{errors}");
+        eprintln!("dt-agent: the rule set was refused; nothing was changed");
+    } else if let Some(errors) = e.downcast_ref::<ConfigErrors>() {
+        eprintln!("{errors}");
+        match errors.file() {
+            Some(file) => eprintln!("dt-agent: the config file {} is invalid", file.display()),
+            None => eprintln!("dt-agent: the config file is invalid"),
+        }
+    } else if let Some(CallError::Refused(message)) = e.downcast_ref::<CallError>() {
+        eprintln!("{message}");
+    } else {
+        eprintln!("dt-agent: {e:#}");
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::stats::{RuleStats, Stats, TotalStats};
 
-/// Where the exporters read the counters from, typically `agent.lock().stats()`. It is called
+/// Where the exporters read the counters from, typically the running service's `stats()`. It is called
 /// on a blocking thread (`tokio::task::spawn_blocking`), so it may take a lock.
 pub type StatsSource = Arc<dyn Fn() -> anyhow::Result<Stats> + Send + Sync>;
 

@@ -5,9 +5,10 @@
 //! per-CPU counters back.
 //!
 //! Without pinning, dropping the agent switches to pass-through, waits (with no deadline) until
-//! no request is held corked, and detaches everything (see [`crate::drain`]). With pinning (`pin_dir`), every map and the sock_ops link are
-//! pinned under `<pin_dir>/v<LAYOUT_VERSION>/`: the programs go on filtering after the agent
-//! exits or crashes, and the next agent adopts the pinned state (rule set, generation, counters,
+//! no request is held corked, and detaches everything (see [`crate::drain`]). With pinning
+//! (`pin_dir`), every map and the sock_ops link are pinned under
+//! `<pin_dir>/v<LAYOUT_VERSION>/`: the programs go on filtering after the agent exits or
+//! crashes, and the next agent adopts the pinned state (rule set, generation, counters,
 //! name→slot table) instead of starting afresh.
 //!
 //! The pieces: [`install`] (write a set into the idle slot, then flip), [`pins`] (pinned state

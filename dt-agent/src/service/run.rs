@@ -10,11 +10,11 @@ use std::{
 use anyhow::Context as _;
 
 use super::Service;
-use crate::{Agent, control, export, settings::Settings};
+use crate::{Agent, AgentConfig, control, export, settings::Settings};
 
 /// Runs the agent with `settings` until it is told to stop.
 pub fn run(settings: Settings) -> anyhow::Result<()> {
-    let cfg = settings.agent_config();
+    let cfg = agent_config(&settings);
     let start_unix_nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -100,4 +100,16 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+/// What the kernel side needs of the settings.
+fn agent_config(settings: &Settings) -> AgentConfig {
+    AgentConfig {
+        rules_dir: settings.rules_dir.clone(),
+        ports: settings.ports.clone(),
+        cgroup: settings.cgroup.clone(),
+        max_request: settings.max_request,
+        pin_root: settings.pin.then(|| settings.pin_dir.clone()),
+        capture_endpoint: settings.capture_endpoint.clone(),
+    }
 }

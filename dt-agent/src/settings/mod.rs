@@ -26,7 +26,7 @@ pub use check::{
 };
 pub use file::{load, load_optional, parse};
 
-use crate::{AgentConfig, rules::Diagnostic};
+use crate::rules::Diagnostic;
 
 /// The config file `run` reads when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG: &str = "/etc/dt/agent.toml";
@@ -37,8 +37,8 @@ pub const DEFAULT_RULES_DIR: &str = "/etc/dt/rules";
 pub const FALLBACK_RULES_DIR: &str = "rules";
 /// The OTLP/HTTP port hooked when neither the flags nor the file list any.
 pub const DEFAULT_PORT: u16 = 4318;
-/// Where pinned programs and maps live (on bpffs); versioned below it (see
-/// [`crate::kernel::pin_dir`]).
+/// Where pinned programs and maps live (on bpffs), each map layout in a directory of its own
+/// below it (`v<LAYOUT_VERSION>`).
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/dt";
 /// The control socket of the other verbs.
 pub const DEFAULT_SOCKET: &str = "/run/dt/agent.sock";
@@ -198,20 +198,6 @@ pub fn default_rules_dir() -> PathBuf {
         etc.to_path_buf()
     } else {
         PathBuf::from(FALLBACK_RULES_DIR)
-    }
-}
-
-impl Settings {
-    /// What the kernel side needs of these settings.
-    pub fn agent_config(&self) -> AgentConfig {
-        AgentConfig {
-            rules_dir: self.rules_dir.clone(),
-            ports: self.ports.clone(),
-            cgroup: self.cgroup.clone(),
-            max_request: self.max_request,
-            pin_root: self.pin.then(|| self.pin_dir.clone()),
-            capture_endpoint: self.capture_endpoint.clone(),
-        }
     }
 }
 
