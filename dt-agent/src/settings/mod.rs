@@ -72,31 +72,45 @@ pub struct FileConfig {
     pub capture_endpoint: Option<String>,
 }
 
-/// The command-line flags of `dt-agent run`, unparsed into defaults: `None` (or an empty
-/// `ports`) means "not given", so the file or the default applies.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The command-line flags of `dt-agent run` (its clap arguments, but `--config`, `--pin` and
+/// `--no-pin`), unparsed into defaults: `None` (or an empty `ports`) means "not given", so the
+/// file or the default applies. `--port` flags, when given, replace the file's `ports`; they do
+/// not add to them. `pin` is `Some(true)` for `--pin`, `Some(false)` for `--no-pin`. The
+/// doc comments of the fields are the flags' help.
+#[derive(Clone, Debug, Default, PartialEq, Eq, clap::Args)]
 pub struct Overrides {
-    /// `--rules DIR`.
+    /// Rules directory [default: /etc/dt/rules when it exists, else ./rules].
+    #[arg(long = "rules", value_name = "DIR", display_order = 1)]
     pub rules_dir: Option<PathBuf>,
-    /// `--port N`, repeated. When non-empty it replaces the file's `ports`, it does not add.
+    /// OTLP/HTTP port to hook; repeat for several [default: 4318].
+    #[arg(long = "port", value_name = "N", display_order = 3,
+          value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
-    /// `--cgroup PATH`.
+    /// cgroup v2 directory whose connections are hooked [default: the v2 root].
+    #[arg(long, value_name = "PATH", display_order = 4)]
     pub cgroup: Option<PathBuf>,
-    /// `--socket PATH`.
+    /// Control socket [default: /run/dt/agent.sock].
+    #[arg(long, value_name = "PATH", display_order = 5)]
     pub socket: Option<PathBuf>,
-    /// `Some(true)` for `--pin`, `Some(false)` for `--no-pin`.
+    #[arg(skip)]
     pub pin: Option<bool>,
-    /// `--pin-dir PATH`.
+    /// Where pins go [default: /sys/fs/bpf/dt].
+    #[arg(long, value_name = "PATH", display_order = 8)]
     pub pin_dir: Option<PathBuf>,
-    /// `--metrics-addr ADDR` (see [`parse_metrics_addr`]).
+    /// Serve Prometheus metrics on this loopback address (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR", display_order = 9, value_parser = parse_metrics_addr)]
     pub metrics_addr: Option<SocketAddr>,
-    /// `--otlp-endpoint URL` (see [`check_otlp_endpoint`]).
+    /// Push OTLP metrics to this URL (e.g. http://127.0.0.1:4318/v1/metrics).
+    #[arg(long, value_name = "URL", display_order = 10)]
     pub otlp_endpoint: Option<String>,
-    /// `--otlp-interval DURATION` (see [`parse_duration`]).
+    /// How often to push OTLP metrics (e.g. 10s) [default: 10s].
+    #[arg(long, value_name = "DURATION", display_order = 11, value_parser = parse_duration)]
     pub otlp_interval: Option<Duration>,
-    /// `--max-request BYTES`.
+    /// Requests (head + body) longer than this pass through untouched, counted `oversize`.
+    #[arg(long, value_name = "BYTES", display_order = 12, value_parser = parse_max_request)]
     pub max_request: Option<u32>,
-    /// `--capture-endpoint URL` (see [`check_capture_endpoint`]).
+    /// Post captured uprobe calls as OTLP logs to this URL (e.g. http://127.0.0.1:4318/v1/logs).
+    #[arg(long, value_name = "URL", display_order = 13)]
     pub capture_endpoint: Option<String>,
 }
 
