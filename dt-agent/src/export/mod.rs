@@ -1,6 +1,7 @@
-//! What leaves the agent over the network. Metrics out: the agent's counters ([`Stats`]) as Prometheus text on a loopback `/metrics`
-//! endpoint, and pushed as OTLP/HTTP metrics (Dynamic Telemetry's log-to-metric conversion: the
-//! kernel turns log records into counts, and these counts leave as metrics).
+//! What leaves the agent over the network. Metrics out: the agent's counters
+//! ([`Stats`](crate::Stats)) as Prometheus text on a loopback `/metrics` endpoint, and pushed as
+//! OTLP/HTTP metrics (Dynamic Telemetry's log-to-metric conversion: the kernel turns log records
+//! into counts, and these counts leave as metrics).
 //!
 //! Both outputs carry the same metric families, with the same values and the same labels
 //! (attributes in OTLP). The name mapping is mechanical: the OTLP name with every `.` turned
@@ -33,7 +34,7 @@
 //! monotonic cumulative Sums whose start time is the agent's start, and gauges are Gauges; every
 //! value is an integer (`as_int`).
 //!
-//! Also here: [`capture`], the uprobe hook's captured calls as OTLP logs, and [`http`], the
+//! Also here: [`capture`], the uprobe hook's captured calls as OTLP logs, and `http`, the
 //! plain `http://` poster both OTLP outputs use.
 //!
 //! The pieces, for `dt-agent run`:

@@ -11,8 +11,8 @@
 //! crashes, and the next agent adopts the pinned state (rule set, generation, counters,
 //! name→slot table) instead of starting afresh.
 //!
-//! The pieces: [`install`] (write a set into the idle slot, then flip), [`pins`] (pinned state
-//! and adoption), [`counters`] (per-CPU counters summed), [`detach`] (drain, uninstall, drop).
+//! The pieces: `install` (write a set into the idle slot, then flip), `pins` (pinned state
+//! and adoption), `counters` (per-CPU counters summed), `detach` (drain, uninstall, drop).
 
 mod counters;
 mod detach;
@@ -238,6 +238,9 @@ impl Agent {
 
     /// Compiles the rule files of `dir` and makes them the active rule set, as a new
     /// generation. On any error the active set stays as it was.
+    ///
+    /// The in-process form of a directory reload, for embedding and the tests; `dt-agent run`
+    /// reloads through [`crate::service::Service`], which also validates pushes first.
     pub fn reload(&mut self, dir: &Path) -> anyhow::Result<u64> {
         let defs = rules::load_dir(dir).map_err(RuleErrors)?;
         let (compiled, slots) = self.compile_defs(&defs)?;

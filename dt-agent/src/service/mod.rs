@@ -2,7 +2,7 @@
 //! directory reloads, the rip cord, uninstall), each applied whole or not at all; the drain
 //! before the agent detaches (see [`crate::drain`]); and [`run`], `dt-agent run` itself.
 //!
-//! The pieces: [`stop`] (uninstall and the wait before an exit), [`run`] (sockets, tasks,
+//! The pieces: `stop` (uninstall and the wait before an exit), [`run`] (sockets, tasks,
 //! signals).
 
 mod run;

@@ -1,5 +1,5 @@
-//! The run settings, in one place: the config file ([`file`]), the `run` flags ([`Overrides`]),
-//! every default (the constants below) and every validator ([`check`]), merged by [`resolve`]
+//! The run settings, in one place: the config file (`file`), the `run` flags ([`Overrides`]),
+//! every default (the constants below) and every validator (`check`), merged by [`resolve`]
 //! into [`Settings`]: flags win over the file, and the file over the defaults. The other verbs
 //! find the agent's socket and pin directory with [`locate`].
 //!

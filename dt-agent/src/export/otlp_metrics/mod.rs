@@ -173,7 +173,7 @@ async fn post(endpoint: &Uri, body: Vec<u8>) -> anyhow::Result<()> {
 
 /// Every `interval` (the first push one interval after the call), [`push_once`]: failures are
 /// logged with `log::warn!` and the next interval tries again; this never returns unless the
-/// endpoint itself is unusable (see [`check_otlp_endpoint`]), which is logged as an error.
+/// endpoint itself is unusable (see `check_otlp_endpoint`), which is logged as an error.
 /// Plain HTTP only: https is not supported. A zero interval is taken as one second.
 pub async fn push_otlp(
     endpoint: Uri,

@@ -17,8 +17,8 @@
 //! one function of a custom probe) is the library calling itself; a jump from one family function
 //! into another is recognised by the unchanged stack pointer and return address.
 //!
-//! The pieces: [`resolve`] (files and symbols), [`plan`] (a rule set's probes resolved, and their
-//! table entries), [`drop_support`] (the start-up check), and [`crate::export::capture`] for
+//! The pieces: `resolve` (files and symbols), `plan` (a rule set's probes resolved, and their
+//! table entries), `drop_support` (the start-up check), and [`crate::export::capture`] for
 //! captured calls.
 
 mod drop_support;
