@@ -125,8 +125,8 @@ pub fn pull_for_hung_agent(pid: Option<u32>, pins: &Path, enabled: bool) -> anyh
             Err(e) => why_not = Some(format!("{e:#}")),
         }
     }
-    if crate::agent::has_pins(pins) {
-        crate::agent::pinned_set_enabled(pins, enabled)?;
+    if crate::kernel::has_pins(pins) {
+        crate::kernel::pinned_set_enabled(pins, enabled)?;
         return Ok(Pulled::Pins);
     }
     bail!(

@@ -1,4 +1,4 @@
-//! The `stats --json` document (see INTERFACE.md), read back from the per-CPU counter maps.
+//! The `stats --json` document (see the README), read back from the per-CPU counter maps.
 
 use serde::{Deserialize, Serialize};
 
@@ -44,7 +44,7 @@ pub struct Stats {
     pub enabled: bool,
     pub rules: Vec<RuleStats>,
     pub totals: TotalStats,
-    /// The uprobe hook (see `crate::probes`).
+    /// The uprobe hook (see `crate::hooks::uprobe`).
     #[serde(default)]
     pub uprobes: UprobeStats,
 }

@@ -5,35 +5,30 @@
 //! condition word. The walker sets a record's bits (needles through the Aho-Corasick automaton,
 //! strings through the `STRINGS` map), and a rule matches when all of its bits are set.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::hash::Hash;
 use std::path::PathBuf;
 
 use dt_ebpf_common::uprobe::{
     COMM_LEN, MAX_PROBE_RULES, MAX_PROBES, PRS_BODY, PRS_CAPTURE, ProbeRule, ProbeRuleSet,
 };
 use dt_ebpf_common::{
-    AcRow, MAX_AC_STATES, MAX_ATTR_KEY_LEN, MAX_ATTR_VALUE_LEN, MAX_CONDS, MAX_NEEDLE_LEN,
-    MAX_RATE, MAX_RULES, MAX_SERVICE_LEN, MAX_SLOTS, NEED_ATTRS, NEED_SERVICE, RULE_MASK_BODY,
-    Rule, RuleSet, STR_ATTR, STR_REDACT, STR_SERVICE, StrKey,
+    AcRow, MAX_AC_STATES, MAX_ATTR_KEY_LEN, MAX_ATTR_VALUE_LEN, MAX_NEEDLE_LEN, MAX_RATE,
+    MAX_RULES, MAX_SERVICE_LEN, MAX_SLOTS, RULE_MASK_BODY, Rule, RuleSet, StrKey,
 };
-use serde::Serialize;
 
 use super::ac::{AcBuilder, TooManyStates};
+use super::bits::{CondBits, TooManyConds, attribute_key, needs, remove_key, service_key};
 use super::diag::{Diagnostic, Pos};
-use super::model::{Action, At, Hook, ProbeDef, RuleDef};
+use super::model::{Action, ActionKind, At, Hook, ProbeDef, RuleDef};
 use super::slots::SlotTable;
 
 /// One rule of a compiled rule set on one hook, in evaluation order: the `otlp` ones are
 /// `ruleset.rules` in order, the uprobe ones `uprobe.rules.rules` in order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompiledRule {
     pub name: String,
-    /// The action's name (`"drop"`).
-    pub action: String,
-    /// The hook's name (`"otlp"`).
-    pub hook: String,
+    pub action: ActionKind,
+    pub hook: Hook,
     /// Where the rule is defined: its file and the line of its `[[rule]]` header.
     pub file: PathBuf,
     pub line: usize,
@@ -57,7 +52,7 @@ pub struct Compiled {
 }
 
 /// The uprobe part of a compiled rule set. What the probes attach to is resolved on the host
-/// that installs it (`crate::probes`).
+/// that installs it (`crate::hooks::uprobe`).
 #[derive(Clone)]
 pub struct UprobeSet {
     /// The `PROBE_RULES` entry (generation 0; the agent stamps it).
@@ -150,53 +145,6 @@ fn action_param(action: &Action) -> u64 {
         Action::Sample { keep_one_in } => *keep_one_in,
         Action::RateLimit { per_second } => *per_second,
         Action::Count | Action::Drop | Action::Redact { .. } | Action::Capture => 0,
-    }
-}
-
-/// Distinct values of one condition kind, each with its bit (in order of first use).
-struct CondBits<K> {
-    /// What the values are called in diagnostics (`"body_contains values"`).
-    what: &'static str,
-    bits: HashMap<K, u32>,
-    order: Vec<K>,
-}
-
-/// A new value did not fit in the 64 bits of a condition word.
-struct TooManyConds;
-
-impl<K: Clone + Eq + Hash> CondBits<K> {
-    fn new(what: &'static str) -> Self {
-        CondBits {
-            what,
-            bits: HashMap::new(),
-            order: Vec::new(),
-        }
-    }
-
-    /// The bit of `value`, and whether it is new.
-    fn bit(&mut self, value: &K) -> Result<(u32, bool), TooManyConds> {
-        if let Some(&bit) = self.bits.get(value) {
-            return Ok((bit, false));
-        }
-        if self.order.len() >= MAX_CONDS {
-            return Err(TooManyConds);
-        }
-        let bit = self.order.len() as u32;
-        self.bits.insert(value.clone(), bit);
-        self.order.push(value.clone());
-        Ok((bit, true))
-    }
-
-    fn limit_message(&self) -> String {
-        format!(
-            "too many distinct {}: a rule set can use at most {MAX_CONDS}",
-            self.what
-        )
-    }
-
-    /// Each value with its bit, in bit order.
-    fn iter(&self) -> impl Iterator<Item = (&K, u64)> {
-        self.order.iter().enumerate().map(|(i, k)| (k, 1u64 << i))
     }
 }
 
@@ -343,8 +291,8 @@ impl<'d> Compiler<'d> {
     fn push_compiled(&mut self, def: &RuleDef, hook: &Hook, slot: u16) {
         self.rules.push(CompiledRule {
             name: def.name.value.clone(),
-            action: def.action.value.name().to_string(),
-            hook: hook.name(),
+            action: def.action.value.kind(),
+            hook: hook.clone(),
             file: def.file.clone(),
             line: def.pos.line,
             slot,
@@ -578,48 +526,4 @@ impl<'d> Compiler<'d> {
         };
         Ok((compiled, self.slots))
     }
-}
-
-/// The `STRINGS` key of a service name (at most `MAX_SERVICE_LEN` bytes).
-fn service_key(service: &str) -> StrKey {
-    let mut key = StrKey::ZERO;
-    key.kind = STR_SERVICE;
-    key.vlen = service.len() as u32;
-    key.bytes[..service.len()].copy_from_slice(service.as_bytes());
-    key
-}
-
-/// What the walk must look up for `rules` (see [`RuleSet::needs`]).
-fn needs(rules: &[Rule]) -> u32 {
-    rules.iter().fold(0, |n, r| {
-        let mut n = n;
-        if r.service != 0 {
-            n |= NEED_SERVICE;
-        }
-        if r.attrs != 0 {
-            n |= NEED_ATTRS;
-        }
-        n
-    })
-}
-
-/// The `STRINGS` key of an attribute name that redact rules remove.
-fn remove_key(name: &str) -> StrKey {
-    let mut key = StrKey::ZERO;
-    key.kind = STR_REDACT;
-    key.klen = name.len() as u8;
-    key.bytes[..name.len()].copy_from_slice(name.as_bytes());
-    key
-}
-
-/// The `STRINGS` key of an attribute pair (key and value within their limits).
-fn attribute_key(name: &str, value: &str) -> StrKey {
-    let mut key = StrKey::ZERO;
-    key.kind = STR_ATTR;
-    key.klen = name.len() as u8;
-    key.vlen = value.len() as u32;
-    let (k, v) = key.bytes.split_at_mut(name.len());
-    k.copy_from_slice(name.as_bytes());
-    v[..value.len()].copy_from_slice(value.as_bytes());
-    key
 }

@@ -127,3 +127,21 @@ mod tests {
         assert_eq!(d.to_string(), "rules/a.toml:3:7: bad");
     }
 }
+
+/// Every problem of a rule set that was refused, as `file:line:column: message` lines.
+#[derive(Debug)]
+pub struct RuleErrors(pub Vec<Diagnostic>);
+
+impl std::fmt::Display for RuleErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for RuleErrors {}

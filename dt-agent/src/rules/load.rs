@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
-use super::compile::compile;
-use super::diag::{Diagnostic, Pos, SourceText};
+use super::compile::{Compiled, compile};
+use super::diag::{Diagnostic, Pos, RuleErrors, SourceText};
 use super::model::{Hook, ProbeDef, RuleDef};
 use super::parse::parse_file;
 use super::slots::SlotTable;
@@ -14,7 +14,7 @@ use super::slots::SlotTable;
 /// skipped, as a shell glob would). A missing or unreadable directory is a diagnostic at line 1,
 /// column 1 of `dir`. See [`load_files`].
 pub fn load_dir(dir: &Path) -> Result<Vec<RuleDef>, Vec<Diagnostic>> {
-    let paths = rule_files_in(dir).map_err(|d| vec![d])?;
+    let paths = rule_files(dir).map_err(|d| vec![d])?;
     load_files(&paths)
 }
 
@@ -48,6 +48,12 @@ pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<Vec<RuleDef>, Vec<D
     loader.finish()
 }
 
+/// Compiles every rule file of a directory, or fails with [`RuleErrors`].
+pub fn compile_dir(dir: &Path, slots: &mut SlotTable) -> anyhow::Result<Compiled> {
+    let defs = load_dir(dir).map_err(RuleErrors)?;
+    Ok(compile(&defs, slots).map_err(RuleErrors)?)
+}
+
 /// Everything `dt-agent check` verifies: loads `paths` and compiles them (with a fresh
 /// [`SlotTable`]), so the kernel's size and count limits are checked too.
 pub fn check_files(paths: &[PathBuf]) -> Result<Vec<RuleDef>, Vec<Diagnostic>> {
@@ -56,8 +62,10 @@ pub fn check_files(paths: &[PathBuf]) -> Result<Vec<RuleDef>, Vec<Diagnostic>> {
     Ok(defs)
 }
 
-/// The `*.toml` files directly in `dir`, sorted by file name.
-fn rule_files_in(dir: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
+/// The rule files of `dir`: the `*.toml` files directly in it whose names do not start with `.`
+/// (as a shell glob would skip them; `push` writes its temporary files so), sorted by file name.
+/// The one listing of a rules directory: `run`, `push`, the watcher and `check` use it.
+pub fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
     let unreadable = |e: std::io::Error| {
         Diagnostic::new(dir, Pos::START, format!("cannot read rules directory: {e}"))
     };

@@ -2,8 +2,8 @@
 //!
 //! The pipeline has two stages:
 //!
-//! 1. [`load_dir`] / [`load_files`] / [`load_sources`] read `*.toml` rule files (see
-//!    INTERFACE.md, "Rule files") into validated [`RuleDef`]s. Everything that can be checked on
+//! 1. [`load_dir`] / [`load_files`] / [`load_sources`] read `*.toml` rule files (see the
+//!    README's "Rules") into validated [`RuleDef`]s. Everything that can be checked on
 //!    one rule in isolation is checked here, plus the uniqueness of names across the set.
 //! 2. [`compile`] turns a whole rule set into the map contents the kernel reads ([`Compiled`]):
 //!    the [`RuleSet`](dt_ebpf_common::RuleSet), the service and attribute strings, and the
@@ -18,6 +18,7 @@
 //! [`HostEnv`] runs the kernel's OTLP walker on the host over a [`Compiled`] rule set.
 
 mod ac;
+mod bits;
 mod compile;
 mod diag;
 mod env;
@@ -32,12 +33,12 @@ mod tests;
 
 pub use compile::{Compiled, CompiledProbe, CompiledRule, UprobeSet, compile};
 pub(crate) use diag::SourceText;
-pub use diag::{Diagnostic, Pos};
+pub use diag::{Diagnostic, Pos, RuleErrors};
 pub use env::HostEnv;
-pub use load::{check_files, load_dir, load_files, load_sources};
+pub use load::{check_files, compile_dir, load_dir, load_files, load_sources, rule_files};
 pub use model::{
-    Action, At, Hook, Match, ProbeDef, ProbeKind, RuleDef, SYSLOG_SEVERITIES, SeverityMap,
-    SeveritySource,
+    Action, ActionKind, At, Hook, Match, ProbeDef, ProbeKind, RuleDef, SYSLOG_SEVERITIES,
+    SeverityMap, SeveritySource,
 };
 pub use severity::SeverityRange;
 pub use slots::SlotTable;

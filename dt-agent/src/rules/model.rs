@@ -52,7 +52,7 @@ impl RuleDef {
     }
 }
 
-/// What a rule does on a match (INTERFACE.md, "Evaluation").
+/// What a rule does on a match (the README's "Evaluation, per record").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     Count,
@@ -75,28 +75,26 @@ pub enum Action {
 }
 
 impl Action {
+    /// Which action this is, without its parameters.
+    pub fn kind(&self) -> ActionKind {
+        match self {
+            Action::Count => ActionKind::Count,
+            Action::Drop => ActionKind::Drop,
+            Action::Sample { .. } => ActionKind::Sample,
+            Action::RateLimit { .. } => ActionKind::RateLimit,
+            Action::Redact { .. } => ActionKind::Redact,
+            Action::Capture => ActionKind::Capture,
+        }
+    }
+
     /// The action's name as written in rule files and shown by `stats` (`"rate_limit"`).
     pub fn name(&self) -> &'static str {
-        match self {
-            Action::Count => "count",
-            Action::Drop => "drop",
-            Action::Sample { .. } => "sample",
-            Action::RateLimit { .. } => "rate_limit",
-            Action::Redact { .. } => "redact",
-            Action::Capture => "capture",
-        }
+        self.kind().name()
     }
 
     /// The kernel's `ACTION_*` code.
     pub fn code(&self) -> u8 {
-        match self {
-            Action::Count => ACTION_COUNT,
-            Action::Drop => ACTION_DROP,
-            Action::Sample { .. } => ACTION_SAMPLE,
-            Action::RateLimit { .. } => ACTION_RATE_LIMIT,
-            Action::Redact { .. } => ACTION_REDACT,
-            Action::Capture => ACTION_CAPTURE,
-        }
+        self.kind().code()
     }
 
     /// Whether evaluation stops after this action matched.
@@ -105,6 +103,68 @@ impl Action {
             self,
             Action::Drop | Action::Sample { .. } | Action::RateLimit { .. }
         )
+    }
+}
+
+/// An action without its parameters: what compiled rules, the counters and the pinned name
+/// table carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ActionKind {
+    Count,
+    Drop,
+    Sample,
+    RateLimit,
+    Redact,
+    Capture,
+}
+
+impl ActionKind {
+    /// Every action with its kernel code and its name (rule files, `stats`, `rules`): the one
+    /// table of both.
+    const TABLE: [(ActionKind, u8, &'static str); 6] = [
+        (ActionKind::Count, ACTION_COUNT, "count"),
+        (ActionKind::Drop, ACTION_DROP, "drop"),
+        (ActionKind::Sample, ACTION_SAMPLE, "sample"),
+        (ActionKind::RateLimit, ACTION_RATE_LIMIT, "rate_limit"),
+        (ActionKind::Redact, ACTION_REDACT, "redact"),
+        (ActionKind::Capture, ACTION_CAPTURE, "capture"),
+    ];
+
+    /// Every action, in the order rule-file errors list them.
+    pub const ALL: [ActionKind; 6] = [
+        ActionKind::Count,
+        ActionKind::Drop,
+        ActionKind::Sample,
+        ActionKind::RateLimit,
+        ActionKind::Redact,
+        ActionKind::Capture,
+    ];
+
+    fn entry(self) -> (ActionKind, u8, &'static str) {
+        Self::TABLE[self as usize]
+    }
+
+    /// The action of a name as rule files write it.
+    pub fn from_name(name: &str) -> Option<ActionKind> {
+        Self::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+
+    /// The name as written in rule files and shown by `stats` and `rules` (`"rate_limit"`).
+    pub fn name(self) -> &'static str {
+        self.entry().2
+    }
+
+    /// The kernel's `ACTION_*` code.
+    pub fn code(self) -> u8 {
+        self.entry().1
+    }
+
+    /// The action of a kernel `ACTION_*` code (as the pinned name table holds it).
+    pub fn from_code(code: u8) -> Option<ActionKind> {
+        Self::TABLE
+            .iter()
+            .find(|(_, c, _)| *c == code)
+            .map(|(kind, _, _)| *kind)
     }
 }
 
@@ -118,12 +178,26 @@ pub enum Hook {
 }
 
 impl Hook {
-    /// The hook's name as written in rule files (`"otlp"`, `"uprobe:syslog"`).
+    /// A uprobe hook whose probe is not known: what a uprobe rule read back from pinned state
+    /// is (the pins keep no probe names). Named `"uprobe"`.
+    pub fn unnamed_uprobe() -> Hook {
+        Hook::Uprobe(String::new())
+    }
+
+    /// The hook's name as written in rule files (`"otlp"`, `"uprobe:syslog"`); `"uprobe"` for
+    /// [`Hook::unnamed_uprobe`].
     pub fn name(&self) -> String {
         match self {
             Hook::Otlp => "otlp".to_string(),
+            Hook::Uprobe(probe) if probe.is_empty() => "uprobe".to_string(),
             Hook::Uprobe(probe) => format!("uprobe:{probe}"),
         }
+    }
+
+    /// The names of `hooks` as `stats` shows a rule on several hooks (one counter):
+    /// `"otlp,uprobe:syslog"`.
+    pub fn names(hooks: &[Hook]) -> String {
+        hooks.iter().map(Hook::name).collect::<Vec<_>>().join(",")
     }
 
     /// Whether rules on this hook may use `action`; the error says why not. (Whether this kernel

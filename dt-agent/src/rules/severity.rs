@@ -1,4 +1,4 @@
-//! Severity conditions (INTERFACE.md, "Severity"): level names, comparisons, ranges and bare
+//! Severity conditions (the README's "Severity"): level names, comparisons, ranges and bare
 //! SeverityNumbers, compiled to an inclusive range of OTLP SeverityNumbers.
 
 use std::fmt;

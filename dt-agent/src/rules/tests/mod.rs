@@ -29,11 +29,6 @@ impl Rng {
         self.next_u64() % n
     }
 
-    /// True with probability `percent`%.
-    pub fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-
     /// One of `items` (non-empty).
     pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
         items[self.below(items.len() as u64) as usize]
@@ -76,4 +71,30 @@ fn error(text: &str) -> String {
 /// A `[[rule]]` with just a name and an action.
 fn rule(name: &str, action: &str) -> String {
     format!("[[rule]]\nname = \"{name}\"\naction = \"{action}\"\n")
+}
+
+/// Names in expected values (`action: "drop".into()`): the action of a known name.
+impl From<&str> for super::ActionKind {
+    fn from(name: &str) -> super::ActionKind {
+        super::ActionKind::from_name(name).unwrap_or_else(|| panic!("no action is named {name:?}"))
+    }
+}
+
+/// Names in expected values (`hook: "otlp".into()`): the hook of a name as rule files write it.
+impl From<&str> for super::Hook {
+    fn from(name: &str) -> super::Hook {
+        match name.strip_prefix("uprobe:") {
+            Some(probe) => super::Hook::Uprobe(probe.to_string()),
+            None if name == "otlp" => super::Hook::Otlp,
+            None => panic!("no hook is named {name:?}"),
+        }
+    }
+}
+
+impl super::Hook {
+    /// The hook's name as a `&str`, for comparing with names in expected values (leaked: tests
+    /// only).
+    pub fn as_str(&self) -> &'static str {
+        Box::leak(self.name().into_boxed_str())
+    }
 }

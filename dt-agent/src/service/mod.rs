@@ -1,30 +1,36 @@
-//! The running agent: one [`Agent`] behind a lock, and everything that changes it — pushes,
-//! directory reloads, the rip cord, uninstall — each applied whole or not at all — and the
-//! drain before the agent detaches (see [`crate::drain`]).
+//! The running agent: one [`Agent`] behind a lock, and everything that changes it (pushes,
+//! directory reloads, the rip cord, uninstall), each applied whole or not at all; the drain
+//! before the agent detaches (see [`crate::drain`]); and [`run`], `dt-agent run` itself.
+//!
+//! The pieces: `stop` (uninstall and the wait before an exit), [`run`] (sockets, tasks,
+//! signals).
+
+mod run;
+mod stop;
 
 use std::{
     collections::hash_map::DefaultHasher,
     hash::{Hash, Hasher},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, anyhow, bail};
 
+pub use run::run;
+
 use crate::{
     Agent, Stats,
-    agent::RuleErrors,
-    control::{PushedFile, RuleInfo, RulesInfo},
-    drain::{self, Holding, UninstallStatus},
-    rules,
+    control::{Handler, PushedFile, Request, Response, RuleInfo, RulesInfo},
+    rules::{self, RuleErrors},
 };
 
 /// How often a waiting agent looks again whether requests are still held.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 /// The agent and its rules directory.
-pub struct Daemon {
+pub struct Service {
     inner: Mutex<Inner>,
     rules_dir: PathBuf,
     /// Told when the agent should stop (after `uninstall`).
@@ -36,8 +42,6 @@ struct Inner {
     agent: Option<Agent>,
     /// Digest of the rule files the active generation was compiled from.
     digest: u64,
-    /// The active rules, for `rules`.
-    active: Vec<RuleInfo>,
     /// The agent is about to detach: everything passes, and nothing may turn filtering on.
     stopping: bool,
     /// `uninstall` has begun (it waits for held requests, then detaches and unpins).
@@ -46,16 +50,14 @@ struct Inner {
     uninstall_error: Option<String>,
 }
 
-impl Daemon {
+impl Service {
     /// Wraps a started agent whose rule set came from `rules_dir`.
-    pub fn new(agent: Agent, rules_dir: PathBuf) -> anyhow::Result<Arc<Daemon>> {
+    pub fn new(agent: Agent, rules_dir: PathBuf) -> anyhow::Result<Arc<Service>> {
         let sources = read_sources(&rules_dir)?;
-        let active = agent.active_rules_info();
-        Ok(Arc::new(Daemon {
+        Ok(Arc::new(Service {
             inner: Mutex::new(Inner {
                 agent: Some(agent),
                 digest: digest(&sources),
-                active,
                 stopping: false,
                 uninstalling: false,
                 uninstall_error: None,
@@ -93,7 +95,7 @@ impl Daemon {
             generation: stats.generation,
             enabled: stats.enabled,
             rules_dir: self.rules_dir.clone(),
-            rules: inner.active.clone(),
+            rules: agent.active_rules().iter().map(RuleInfo::from).collect(),
         })
     }
 
@@ -114,162 +116,6 @@ impl Daemon {
             }
         );
         Ok(())
-    }
-
-    /// `uninstall`: switches to pass-through, waits (in the background, with no deadline) until
-    /// no request is held in the kernel, then detaches everything and removes every pin, and
-    /// stops the agent. Answers at once with what it still waits for; ask again to follow it.
-    /// Held requests complete meanwhile: nothing here blocks them.
-    pub fn uninstall(self: &Arc<Self>) -> anyhow::Result<UninstallStatus> {
-        let mut guard = self.lock();
-        let inner: &mut Inner = &mut guard;
-        if let Some(e) = &inner.uninstall_error {
-            bail!("{e}");
-        }
-        let Some(agent) = inner.agent.as_mut() else {
-            return Ok(UninstallStatus {
-                done: true,
-                waiting: Holding::default(),
-            });
-        };
-        if !inner.uninstalling {
-            agent.begin_drain()?;
-            let waiting = agent.holding()?;
-            inner.stopping = true;
-            inner.uninstalling = true;
-            if waiting.is_empty() {
-                finish_uninstall(inner)?;
-                return Ok(UninstallStatus {
-                    done: true,
-                    waiting,
-                });
-            }
-            log::info!(
-                "uninstall: every request passes now; waiting until no request is held, then \
-                 detaching and removing every pin: {waiting}"
-            );
-            let d = self.clone();
-            std::thread::spawn(move || d.uninstall_when_drained());
-            return Ok(UninstallStatus {
-                done: false,
-                waiting,
-            });
-        }
-        let waiting = agent.holding()?;
-        Ok(UninstallStatus {
-            done: false,
-            waiting,
-        })
-    }
-
-    /// The background half of `uninstall`: wait, detach, unpin, stop.
-    fn uninstall_when_drained(&self) {
-        let mut next_log = Instant::now() + drain::LOG_EVERY;
-        loop {
-            {
-                let mut inner = self.lock();
-                let Some(agent) = inner.agent.as_ref() else {
-                    return;
-                };
-                match agent.holding() {
-                    Ok(h) if !h.is_empty() => {
-                        if Instant::now() >= next_log {
-                            log::info!("uninstall: waiting before detaching: {h}");
-                            next_log = Instant::now() + drain::LOG_EVERY;
-                        }
-                    }
-                    held => {
-                        if let Err(e) = held {
-                            log::warn!("uninstall: cannot read the held requests ({e:#})");
-                        }
-                        if let Err(e) = finish_uninstall(&mut inner) {
-                            log::error!("uninstall: {e:#}");
-                            inner.uninstall_error = Some(format!("{e:#}"));
-                        }
-                        drop(inner);
-                        self.shutdown.notify_one();
-                        return;
-                    }
-                }
-            }
-            std::thread::sleep(DRAIN_POLL);
-        }
-    }
-
-    /// Before an exit on SIGINT/SIGTERM: an unpinned agent (or one being uninstalled) switches
-    /// to pass-through and waits, with no deadline, until no request is held, saying every few
-    /// seconds who holds one; then the agent can be dropped without losing anyone's bytes.
-    /// When `force` completes first (a second signal), it stops waiting: dropping the agent
-    /// then detaches at once and the held requests are lost. A pinned agent that is not being
-    /// uninstalled returns at once: its programs stay, and so do the held requests.
-    pub async fn drain_before_exit(&self, force: impl std::future::Future<Output = ()>) {
-        {
-            let mut inner = self.lock();
-            let uninstalling = inner.uninstalling;
-            let Some(agent) = inner.agent.as_mut() else {
-                return;
-            };
-            if agent.pins().is_some() && !uninstalling {
-                log::info!("stopping: programs and maps stay pinned; filtering goes on");
-                return;
-            }
-            if !uninstalling && let Err(e) = agent.begin_drain() {
-                log::warn!("{e:#}");
-            }
-            inner.stopping = true;
-        }
-        log::info!(
-            "stopping: every request passes now; waiting until no request is held, then \
-             detaching (SIGINT/SIGTERM again: detach at once, and the held requests are lost)"
-        );
-        tokio::pin!(force);
-        let mut next_log = Instant::now();
-        loop {
-            {
-                let mut inner = self.lock();
-                let uninstalling = inner.uninstalling;
-                let Some(agent) = inner.agent.as_mut() else {
-                    return;
-                };
-                match agent.holding() {
-                    // An uninstall in progress detaches and unpins by itself, then drops the
-                    // agent: wait for that.
-                    Ok(h) if h.is_empty() && !uninstalling => return,
-                    Ok(h) if h.is_empty() => {}
-                    Ok(h) => {
-                        if Instant::now() >= next_log {
-                            log::info!("waiting before detaching: {h}");
-                            next_log = Instant::now() + drain::LOG_EVERY;
-                        }
-                    }
-                    Err(e) => {
-                        log::warn!("cannot read the held requests ({e:#}); detaching");
-                        return;
-                    }
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(DRAIN_POLL) => {}
-                _ = &mut force => {
-                    let mut guard = self.lock();
-                    let inner: &mut Inner = &mut guard;
-                    if let Some(agent) = inner.agent.as_mut() {
-                        if let Ok(h) = agent.holding() {
-                            log::warn!("stopping at once: the held requests are lost: {h}");
-                        }
-                        agent.skip_drain();
-                        if inner.uninstalling && agent.pins().is_some() {
-                            log::warn!(
-                                "the uninstall was cut short: the pins stay, with every request \
-                                 passing (`dt-agent enable` filters again, `dt-agent uninstall` \
-                                 removes them)"
-                            );
-                        }
-                    }
-                    return;
-                }
-            }
-        }
     }
 
     /// Validates the rule set that `files` would make (the directory's files, those of the same
@@ -323,8 +169,7 @@ impl Daemon {
         let defs = rules::load_sources(&installed).map_err(RuleErrors)?;
         let (compiled, slots) = agent.compile_defs(&defs)?;
         agent.install_compiled(&compiled, slots)?;
-        let (active, generation) = (agent.active_rules_info(), agent.generation());
-        inner.active = active;
+        let generation = agent.generation();
         // What is in the directory now is what is active: the watcher's event for these writes
         // finds nothing new.
         inner.digest = digest(&installed);
@@ -357,11 +202,6 @@ impl Daemon {
             .and_then(|(compiled, slots)| agent.install_compiled(&compiled, slots));
         match result {
             Ok(()) => {
-                inner.active = inner
-                    .agent
-                    .as_ref()
-                    .map(|a| a.active_rules_info())
-                    .unwrap_or_default();
                 inner.digest = d;
                 log::info!(
                     "rules directory changed: generation {}",
@@ -387,14 +227,14 @@ impl Daemon {
     /// Watches the rules directory and reloads on changes, until the returned watcher drops.
     pub fn watch(self: &Arc<Self>) -> anyhow::Result<impl Drop> {
         use notify_debouncer_mini::{DebounceEventResult, new_debouncer, notify::RecursiveMode};
-        let daemon = Arc::downgrade(self);
+        let service = Arc::downgrade(self);
         let mut debouncer = new_debouncer(
             Duration::from_millis(100),
             move |res: DebounceEventResult| {
                 if res.is_err() {
                     return;
                 }
-                if let Some(d) = daemon.upgrade() {
+                if let Some(d) = service.upgrade() {
                     d.reload_from_dir();
                 }
             },
@@ -413,30 +253,9 @@ impl Daemon {
     }
 }
 
-/// Detaches everything, removes every pin, and drops the agent.
-fn finish_uninstall(inner: &mut Inner) -> anyhow::Result<()> {
-    if let Some(mut agent) = inner.agent.take() {
-        agent.uninstall()?;
-        drop(agent);
-    }
-    log::info!("uninstalled: nothing of dt is attached or pinned any more");
-    Ok(())
-}
-
-/// The `*.toml` files of `dir` (not starting with '.'), in name order, with their text.
+/// The rule files of `dir` ([`rules::rule_files`]) with their text.
 fn read_sources(dir: &Path) -> anyhow::Result<Vec<(PathBuf, String)>> {
-    let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.extension().is_some_and(|x| x == "toml")
-                && !p
-                    .file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-        })
-        .collect();
-    files.sort();
+    let files = rules::rule_files(dir).map_err(|d| anyhow!("{d}"))?;
     let mut out = Vec::new();
     for f in files {
         match std::fs::read_to_string(&f) {
@@ -456,4 +275,34 @@ fn digest(sources: &[(PathBuf, String)]) -> u64 {
         text.hash(&mut h);
     }
     h.finish()
+}
+
+impl Handler for Arc<Service> {
+    fn answer(&self, request: Request) -> Response {
+        let result = match request {
+            Request::Stats => self.stats().map(|s| Response {
+                stats: Some(s),
+                ..Response::ok()
+            }),
+            Request::Rules => self.rules().map(|r| Response {
+                rules: Some(r),
+                ..Response::ok()
+            }),
+            Request::Push { files } => self.push(&files).map(|g| Response {
+                generation: Some(g),
+                ..Response::ok()
+            }),
+            Request::Disable => self.set_enabled(false).map(|_| Response::ok()),
+            Request::Enable => self.set_enabled(true).map(|_| Response::ok()),
+            Request::Uninstall => self.uninstall().map(|u| Response {
+                uninstall: Some(u),
+                ..Response::ok()
+            }),
+        };
+        result.unwrap_or_else(|e| Response::error(format!("{e:#}")))
+    }
+
+    fn stop(&self) {
+        self.shutdown.notify_one();
+    }
 }

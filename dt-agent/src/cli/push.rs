@@ -1,0 +1,30 @@
+//! `dt-agent push PATH...`: sends rule files to the running agent, which validates the whole
+//! resulting set before it writes anything.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use dt_agent::control::{self, PushedFile, Request};
+
+use super::{AgentAt, cannot_reach, locate};
+
+pub fn push(paths: &[PathBuf], at: &AgentAt) -> anyhow::Result<()> {
+    let (socket, pins) = locate(at)?;
+    let mut files = Vec::new();
+    for p in paths {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?;
+        files.push(PushedFile {
+            path: p.clone(),
+            text,
+        });
+    }
+    let response = control::call_within(&socket, &Request::Push { files }, control::PUSH_DEADLINE)
+        .map_err(|e| cannot_reach("push", &socket, &pins, e))?;
+    println!(
+        "pushed {} file(s): generation {}",
+        paths.len(),
+        response.generation.unwrap_or_default()
+    );
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! The tables of `stats` and `rules`, rendered from their JSON documents.
+
+use std::fmt::Write as _;
+
+use dt_agent::{Stats, control::RulesInfo};
+
+pub fn rules(info: &RulesInfo) -> String {
+    let mut out = String::new();
+    // The HOOK column fits "uprobe:NAME" hooks.
+    let hw = info
+        .rules
+        .iter()
+        .map(|r| r.hook.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
+    let _ = writeln!(
+        out,
+        "generation {}  {}  rules from {}",
+        info.generation,
+        if info.enabled {
+            "enabled"
+        } else {
+            "DISABLED (everything passes)"
+        },
+        info.rules_dir.display()
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<32} {:<10} {:<hw$} SOURCE",
+        "RULE", "ACTION", "HOOK"
+    );
+    for r in &info.rules {
+        let _ = writeln!(
+            out,
+            "{:<32} {:<10} {:<hw$} {}:{}",
+            r.name,
+            r.action,
+            r.hook,
+            r.file.display(),
+            r.line
+        );
+    }
+    out
+}
+
+pub fn stats(s: &Stats) -> String {
+    let mut out = String::new();
+    // The HOOK column fits "uprobe:NAME" hooks.
+    let hw = s
+        .rules
+        .iter()
+        .map(|r| r.hook.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
+    let _ = writeln!(
+        out,
+        "generation {}  {}",
+        s.generation,
+        if s.enabled {
+            "enabled"
+        } else {
+            "DISABLED (everything passes)"
+        }
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<32} {:<10} {:<hw$} {:>12} {:>12} {:>12} {:>14} {:>10}",
+        "RULE", "ACTION", "HOOK", "MATCHED", "KEPT", "DROPPED", "DROPPED BYTES", "REDACTED"
+    );
+    for r in &s.rules {
+        let name = if r.active {
+            r.name.clone()
+        } else {
+            format!("{} (removed)", r.name)
+        };
+        let _ = writeln!(
+            out,
+            "{:<32} {:<10} {:<hw$} {:>12} {:>12} {:>12} {:>14} {:>10}",
+            name, r.action, r.hook, r.matched, r.kept, r.dropped, r.dropped_bytes, r.redacted
+        );
+    }
+    let t = &s.totals;
+    let _ = writeln!(
+        out,
+        "\nrequests {}  log requests {}  records {}  dropped {}  bytes in {}  bytes out {}",
+        t.requests, t.log_requests, t.records, t.records_dropped, t.bytes_in, t.bytes_out
+    );
+    let passed: Vec<String> = t
+        .passthrough
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "passed through untouched: {}",
+        if passed.is_empty() {
+            "none".to_string()
+        } else {
+            passed.join(", ")
+        }
+    );
+    // uprobe hook
+    let u = &s.uprobes;
+    if u.attached > 0 || u.calls > 0 {
+        let _ = writeln!(
+            out,
+            "uprobes: {} functions attached  calls {}  nested {}  captured {}  capture lost {}  \
+             exported {}  export failed {}  messages unreadable {}  truncated {}",
+            u.attached,
+            u.calls,
+            u.nested,
+            u.captured,
+            u.capture_lost,
+            u.exported,
+            u.export_failed,
+            u.unreadable,
+            u.truncated
+        );
+    }
+    out
+}

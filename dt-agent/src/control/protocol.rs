@@ -1,0 +1,94 @@
+//! The control protocol: one JSON [`Request`] per connection, one JSON [`Response`] line back.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{drain::UninstallStatus, rules::CompiledRule, stats::Stats};
+
+/// A rule file sent by `push`: the path the user gave (for error messages) and its text.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PushedFile {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "verb", rename_all = "snake_case")]
+pub enum Request {
+    Stats,
+    Rules,
+    Push { files: Vec<PushedFile> },
+    Disable,
+    Enable,
+    Uninstall,
+}
+
+/// One active rule, as `rules` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleInfo {
+    pub name: String,
+    pub action: String,
+    pub hook: String,
+    /// The rule's file and the line of its `[[rule]]` header.
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+/// The `rules --json` document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RulesInfo {
+    pub generation: u64,
+    pub enabled: bool,
+    pub rules_dir: PathBuf,
+    pub rules: Vec<RuleInfo>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    /// What went wrong; for a refused push, one `file:line:column: message` per line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<Stats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rules: Option<RulesInfo>,
+    /// The active generation after a push.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    /// How far `uninstall` is: done, or what it still waits for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uninstall: Option<UninstallStatus>,
+}
+
+impl Response {
+    /// A success with nothing else to say.
+    pub fn ok() -> Response {
+        Response {
+            ok: true,
+            ..Response::default()
+        }
+    }
+
+    /// A refusal; `message` is what the client prints.
+    pub fn error(message: String) -> Response {
+        Response {
+            ok: false,
+            error: Some(message),
+            ..Response::default()
+        }
+    }
+}
+
+impl From<&CompiledRule> for RuleInfo {
+    fn from(r: &CompiledRule) -> RuleInfo {
+        RuleInfo {
+            name: r.name.clone(),
+            action: r.action.name().to_string(),
+            hook: r.hook.name(),
+            file: r.file.clone(),
+            line: r.line,
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The control socket's server side. The socket is created with mode 0600, and every
+//! connection's peer credentials (SO_PEERCRED) are checked: only root is served, even if the mode
+//! was widened. What a request does is the [`Handler`]'s business (the running agent's).
+
+use std::{os::unix::fs::PermissionsExt, path::Path};
+
+use anyhow::{Context as _, bail};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+};
+
+use super::protocol::{Request, Response};
+
+/// What answers the requests: called on a blocking thread, one request at a time per
+/// connection.
+pub trait Handler: Clone + Send + Sync + 'static {
+    /// Carries out `request` and says how it went.
+    fn answer(&self, request: Request) -> Response;
+    /// Called once the answer to an `uninstall` that is done has been written: the agent stops.
+    fn stop(&self);
+}
+
+/// Binds the control socket (mode 0600), replacing a stale socket file nobody listens on.
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "another agent is already serving {} (give another --socket to run a second one)",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Serves requests until the task is dropped.
+pub async fn serve<H: Handler>(listener: UnixListener, handler: H) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, handler).await {
+                log::debug!("control connection: {e:#}");
+            }
+        });
+    }
+}
+
+async fn handle<H: Handler>(stream: UnixStream, handler: H) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt as _;
+    let peer = stream
+        .peer_cred()
+        .context("reading the peer's credentials")?;
+    let (rd, mut wr) = stream.into_split();
+    // Read the request before answering, refused or not: closing a connection whose request was
+    // never read makes the client's write fail (EPIPE) before it can read the refusal.
+    let mut line = String::new();
+    let mut reader = BufReader::new(rd.take(MAX_REQUEST_BYTES));
+    reader.read_line(&mut line).await?;
+    // A client that gave up waiting (this agent was stopped or busy) has closed its end: its
+    // request is stale and is not carried out. Carried out now, an old `enable` would undo the
+    // `disable` the client then made on the kernel state directly.
+    if client_gone(&reader.into_inner().into_inner()) {
+        if line.is_empty() {
+            return Ok(());
+        }
+        log::warn!(
+            "ignored a control request whose client had given up waiting (pid {:?}): {}",
+            peer.pid(),
+            line.trim_end().chars().take(80).collect::<String>()
+        );
+        return Ok(());
+    }
+    let mut stop_after = false;
+    let response = if peer.uid() != 0 {
+        log::warn!(
+            "refused a control connection from uid {} (pid {:?}): only root may control dt",
+            peer.uid(),
+            peer.pid()
+        );
+        Response::error(format!(
+            "permission denied: dt's control socket serves root only (you are uid {})",
+            peer.uid()
+        ))
+    } else {
+        match serde_json::from_str::<Request>(&line) {
+            Err(e) => Response::error(format!("bad request: {e}")),
+            Ok(request) => {
+                let uninstall = matches!(request, Request::Uninstall);
+                let h = handler.clone();
+                let r = tokio::task::spawn_blocking(move || h.answer(request)).await?;
+                stop_after = uninstall && r.uninstall.as_ref().is_some_and(|u| u.done);
+                r
+            }
+        }
+    };
+    let mut out = serde_json::to_vec(&response)?;
+    out.push(b'\n');
+    let written = wr.write_all(&out).await;
+    // After uninstall the agent stops, but only once the caller has its answer.
+    if stop_after {
+        handler.stop();
+    }
+    written?;
+    Ok(())
+}
+
+/// Whether the client closed its end of the connection (POLLHUP: fully closed, not merely shut
+/// down for writing).
+fn client_gone(rd: &tokio::net::unix::OwnedReadHalf) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let mut p = libc::pollfd {
+        fd: rd.as_ref().as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: poll(2) on one valid pollfd, with no wait.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n == 1 && p.revents & libc::POLLHUP != 0
+}
+
+/// The longest request line read (a push carries whole rule files).
+const MAX_REQUEST_BYTES: u64 = 16 << 20;

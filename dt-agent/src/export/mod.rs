@@ -1,0 +1,53 @@
+//! What leaves the agent over the network. Metrics out: the agent's counters
+//! ([`Stats`](crate::Stats)) as Prometheus text on a loopback `/metrics` endpoint, and pushed as
+//! OTLP/HTTP metrics (Dynamic Telemetry's log-to-metric conversion: the kernel turns log records
+//! into counts, and these counts leave as metrics).
+//!
+//! Both outputs carry the same metric families, with the same values and the same labels
+//! (attributes in OTLP). The name mapping is mechanical: the OTLP name with every `.` turned
+//! into `_`, plus `_total` for counters, is the Prometheus name (which is what an OpenTelemetry
+//! Collector's Prometheus exporter produces from the OTLP metrics, since the units are either
+//! `By`, whose `bytes` is already in the name, or `{annotation}`s, which it leaves out).
+//!
+//! | Prometheus | OTLP | kind | labels / attributes | from |
+//! |---|---|---|---|---|
+//! | `dt_rule_matched_total` | `dt.rule.matched` | counter | `rule`, `action`, `hook`, `active` | `rules[].matched` |
+//! | `dt_rule_kept_total` | `dt.rule.kept` | counter | same | `rules[].kept` |
+//! | `dt_rule_dropped_total` | `dt.rule.dropped` | counter | same | `rules[].dropped` |
+//! | `dt_rule_dropped_bytes_total` | `dt.rule.dropped_bytes` | counter | same | `rules[].dropped_bytes` |
+//! | `dt_rule_redacted_total` | `dt.rule.redacted` | counter | same | `rules[].redacted` |
+//! | `dt_connections_total` | `dt.connections` | counter | | `totals.connections` |
+//! | `dt_requests_total` | `dt.requests` | counter | | `totals.requests` |
+//! | `dt_log_requests_total` | `dt.log_requests` | counter | | `totals.log_requests` |
+//! | `dt_records_total` | `dt.records` | counter | | `totals.records` |
+//! | `dt_records_dropped_total` | `dt.records.dropped` | counter | | `totals.records_dropped` |
+//! | `dt_bytes_in_total` | `dt.bytes.in` | counter | | `totals.bytes_in` |
+//! | `dt_bytes_out_total` | `dt.bytes.out` | counter | | `totals.bytes_out` |
+//! | `dt_edit_failures_total` | `dt.edit_failures` | counter | | `totals.edit_failures` |
+//! | `dt_untracked_bytes_total` | `dt.untracked_bytes` | counter | | `totals.untracked_bytes` |
+//! | `dt_passthrough_total` | `dt.passthrough` | counter | `reason` | `totals.passthrough.*` |
+//! | `dt_generation` | `dt.generation` | gauge | | `generation` |
+//! | `dt_enabled` | `dt.enabled` | gauge (1/0) | | `enabled` |
+//! | `dt_requests_in_flight` | `dt.requests.in_flight` | gauge | | `totals.in_flight` |
+//!
+//! Every label value is a string; `active` is `"true"` or `"false"`. In OTLP, counters are
+//! monotonic cumulative Sums whose start time is the agent's start, and gauges are Gauges; every
+//! value is an integer (`as_int`).
+//!
+//! Also here: [`capture`], the uprobe hook's captured calls as OTLP logs, and `http`, the
+//! plain `http://` poster both OTLP outputs use.
+//!
+//! The pieces, for `dt-agent run`:
+//! - [`bind_metrics`] then [`serve_prometheus`] (a task) for the `/metrics` endpoint, which only
+//!   ever listens on loopback;
+//! - [`push_otlp`] (a task) to push every interval, built on [`push_once`] and [`otlp_request`].
+
+pub mod capture;
+mod families;
+pub(crate) mod http;
+mod otlp_metrics;
+mod prometheus;
+
+pub use families::StatsSource;
+pub use otlp_metrics::{PUSH_TIMEOUT, otlp_request, push_once, push_otlp};
+pub use prometheus::{CONTENT_TYPE, bind_metrics, render_prometheus, serve_prometheus};

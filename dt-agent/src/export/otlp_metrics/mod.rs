@@ -1,0 +1,217 @@
+//! The counters as OTLP metrics, pushed over OTLP/HTTP (protobuf) to a collector.
+
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use hyper::Uri;
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::{
+    AggregationTemporality, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+    metric, number_data_point,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use prost::Message as _;
+
+use super::families::{Kind, StatsSource, families, read_stats};
+use crate::stats::Stats;
+
+/// Bound on one push: connecting, sending, and reading the answer.
+pub const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most of a collector's answer that is read.
+/// What the endpoint is called in errors.
+const WHAT: &str = "OTLP metrics endpoint";
+
+/// The counters as one OTLP export request: one ResourceMetrics (`service.name` = `dt-agent`,
+/// `service.version`, `host.name`), one ScopeMetrics (scope `dt`), and every family of the
+/// table in [`crate::export`] under its OTLP name, attributes as the Prometheus labels.
+/// Counters are monotonic cumulative Sums from `start_unix_nanos` (the agent's start) to
+/// `now_unix_nanos`; gauges are Gauges at `now_unix_nanos`. Values are `as_int` (counts above
+/// `i64::MAX` saturate). Families without data points (no rules, say) are left out.
+pub fn otlp_request(
+    stats: &Stats,
+    start_unix_nanos: u64,
+    now_unix_nanos: u64,
+) -> ExportMetricsServiceRequest {
+    let mut metrics = Vec::new();
+    for (family, samples) in families(stats) {
+        if samples.is_empty() {
+            continue;
+        }
+        let start = match family.kind {
+            Kind::Counter => start_unix_nanos,
+            Kind::Gauge => 0,
+        };
+        let data_points = samples
+            .into_iter()
+            .map(|s| NumberDataPoint {
+                attributes: s.labels.into_iter().map(|(k, v)| string_kv(k, v)).collect(),
+                start_time_unix_nano: start,
+                time_unix_nano: now_unix_nanos,
+                value: Some(number_data_point::Value::AsInt(
+                    i64::try_from(s.value).unwrap_or(i64::MAX),
+                )),
+                ..Default::default()
+            })
+            .collect();
+        let data = match family.kind {
+            Kind::Counter => metric::Data::Sum(Sum {
+                data_points,
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                is_monotonic: true,
+            }),
+            Kind::Gauge => metric::Data::Gauge(Gauge { data_points }),
+        };
+        metrics.push(Metric {
+            name: family.otel.to_string(),
+            description: family.help.to_string(),
+            unit: family.unit.to_string(),
+            data: Some(data),
+            ..Default::default()
+        });
+    }
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(Resource {
+                attributes: vec![
+                    string_kv("service.name", "dt-agent".into()),
+                    string_kv("service.version", env!("CARGO_PKG_VERSION").into()),
+                    string_kv("host.name", hostname().to_string()),
+                ],
+                ..Default::default()
+            }),
+            scope_metrics: vec![ScopeMetrics {
+                scope: Some(InstrumentationScope {
+                    name: "dt".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    ..Default::default()
+                }),
+                metrics,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn string_kv(key: &str, value: String) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value)),
+        }),
+        ..Default::default()
+    }
+}
+
+/// This host's name (`gethostname`), or `unknown`.
+fn hostname() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| {
+        let mut buf = [0u8; 256];
+        // SAFETY: the buffer is valid for its length; the result is NUL-terminated unless
+        // truncated, and the length is bounded by the buffer either way.
+        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+        let len = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+        if rc != 0 || len == 0 {
+            return "unknown".to_string();
+        }
+        String::from_utf8_lossy(&buf[..len]).into_owned()
+    })
+}
+
+fn unix_nanos_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Checks that `endpoint` is something [`push_once`] can post to: an absolute `http://` URI
+/// with a host. `https` is not supported (push to a collector on this host or a trusted
+/// network, or through a local collector). Call it at startup to refuse a bad endpoint early.
+pub fn check_otlp_endpoint(endpoint: &Uri) -> anyhow::Result<()> {
+    super::http::target(endpoint, WHAT).map(|_| ())
+}
+
+/// Reads `source` once and posts [`otlp_request`] (start `start_unix_nanos`, now) to `endpoint`
+/// as `application/x-protobuf`, on a fresh connection, within [`PUSH_TIMEOUT`]. Errors when
+/// the counters cannot be read, the collector cannot be reached or answers anything but 2xx,
+/// or it reports rejected data points.
+pub async fn push_once(
+    endpoint: &Uri,
+    start_unix_nanos: u64,
+    source: &StatsSource,
+) -> anyhow::Result<()> {
+    let stats = read_stats(source).await.context("reading the counters")?;
+    let body = otlp_request(&stats, start_unix_nanos, unix_nanos_now()).encode_to_vec();
+    match tokio::time::timeout(PUSH_TIMEOUT, post(endpoint, body)).await {
+        Ok(r) => r,
+        Err(_) => bail!("pushing to {endpoint}: no answer within {PUSH_TIMEOUT:?}"),
+    }
+}
+
+async fn post(endpoint: &Uri, body: Vec<u8>) -> anyhow::Result<()> {
+    let answer = super::http::post_protobuf(endpoint, body, WHAT).await?;
+    if answer.protobuf
+        && !answer.body.is_empty()
+        && let Ok(r) = ExportMetricsServiceResponse::decode(answer.body.as_ref())
+        && let Some(p) = r.partial_success
+        && p.rejected_data_points > 0
+    {
+        bail!(
+            "POST {endpoint}: the collector rejected {} data points: {}",
+            p.rejected_data_points,
+            p.error_message
+        );
+    }
+    Ok(())
+}
+
+/// Every `interval` (the first push one interval after the call), [`push_once`]: failures are
+/// logged with `log::warn!` and the next interval tries again; this never returns unless the
+/// endpoint itself is unusable (see `check_otlp_endpoint`), which is logged as an error.
+/// Plain HTTP only: https is not supported. A zero interval is taken as one second.
+pub async fn push_otlp(
+    endpoint: Uri,
+    interval: Duration,
+    start_unix_nanos: u64,
+    source: StatsSource,
+) {
+    if let Err(e) = check_otlp_endpoint(&endpoint) {
+        log::error!("not pushing OTLP metrics: {e:#}");
+        return;
+    }
+    let interval = if interval.is_zero() {
+        log::warn!("OTLP metrics push interval is zero; pushing every second");
+        Duration::from_secs(1)
+    } else {
+        interval
+    };
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = 0u64;
+    loop {
+        ticker.tick().await;
+        match push_once(&endpoint, start_unix_nanos, &source).await {
+            Ok(()) => {
+                if failing > 0 {
+                    log::info!(
+                        "pushing OTLP metrics to {endpoint} works again (after {failing} failures)"
+                    );
+                }
+                failing = 0;
+            }
+            Err(e) => {
+                failing += 1;
+                log::warn!("pushing OTLP metrics to {endpoint} failed: {e:#}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

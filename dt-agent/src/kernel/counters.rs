@@ -1,0 +1,159 @@
+//! Reading the kernel's counters back: per-CPU values summed, the `stats` document built, the
+//! rip cord switch, and the requests held now (`HELD`).
+
+use std::collections::BTreeMap;
+
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use dt_ebpf_common::{Control, Held, Passthrough, RuleCounters, Totals};
+
+use super::{Agent, KnownRule, map, map_ref};
+use crate::{
+    drain::{self, HeldRequest, Holding},
+    rules::Hook,
+    stats::{RuleStats, Stats, TotalStats},
+};
+
+impl Agent {
+    /// Reads every counter back, summed over all CPUs.
+    pub fn stats(&self) -> anyhow::Result<Stats> {
+        let control: Array<_, Control> = Array::try_from(map_ref(&self.ebpf, "CONTROL")?)?;
+        let counters: PerCpuArray<_, RuleCounters> =
+            PerCpuArray::try_from(map_ref(&self.ebpf, "RULE_COUNTERS")?)?;
+        let totals: PerCpuArray<_, Totals> = PerCpuArray::try_from(map_ref(&self.ebpf, "TOTALS")?)?;
+        let mut stats = build_stats(&control, &counters, &totals, &self.known)?;
+        stats.uprobes = self.probes.stats(&self.ebpf);
+        Ok(stats)
+    }
+
+    /// Turns rule evaluation on or off (the rip cord). Off, every request passes untouched.
+    pub fn set_enabled(&mut self, enabled: bool) -> anyhow::Result<()> {
+        let mut control: Array<_, Control> = Array::try_from(map(&mut self.ebpf, "CONTROL")?)?;
+        set_enabled_in(&mut control, enabled)
+    }
+
+    /// The requests held in the kernel now, and who sent them.
+    pub fn holding(&self) -> anyhow::Result<Holding> {
+        let totals: PerCpuArray<_, Totals> = PerCpuArray::try_from(map_ref(&self.ebpf, "TOTALS")?)?;
+        let t = sum_totals(&totals)?;
+        let held: HashMap<_, u64, Held> = HashMap::try_from(map_ref(&self.ebpf, "HELD")?)?;
+        let now = drain::monotonic_ns();
+        let mut list: Vec<HeldRequest> = held
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, h)| {
+                let pid = (h.pid_tgid >> 32) as u32;
+                HeldRequest {
+                    pid,
+                    comm: drain::comm(pid),
+                    local_port: h.local_port as u16,
+                    remote_port: h.remote_port as u16,
+                    held_ms: now.saturating_sub(h.since_ns) / 1_000_000,
+                    bytes: h.total,
+                    head: h.phase == dt_ebpf_common::PHASE_HEAD,
+                }
+            })
+            .collect();
+        list.sort_by_key(|h| std::cmp::Reverse(h.held_ms));
+        Ok(Holding {
+            in_flight: t.corked.saturating_sub(t.uncorked),
+            held: list,
+        })
+    }
+}
+
+pub(super) fn set_enabled_in<M: std::borrow::BorrowMut<MapData>>(
+    control: &mut Array<M, Control>,
+    enabled: bool,
+) -> anyhow::Result<()> {
+    let mut c = control.get(&0, 0)?;
+    c.enabled = enabled as u32;
+    control.set(0, c, 0)?;
+    Ok(())
+}
+
+pub(super) fn build_stats<C, R, T>(
+    control: &Array<C, Control>,
+    counters: &PerCpuArray<R, RuleCounters>,
+    totals: &PerCpuArray<T, Totals>,
+    known: &BTreeMap<u16, KnownRule>,
+) -> anyhow::Result<Stats>
+where
+    C: std::borrow::Borrow<MapData>,
+    R: std::borrow::Borrow<MapData>,
+    T: std::borrow::Borrow<MapData>,
+{
+    let c = control.get(&0, 0)?;
+    let mut rules = Vec::new();
+    for (slot, r) in known {
+        let mut sum = RuleCounters::default();
+        for v in counters.get(&(*slot as u32), 0)?.iter() {
+            sum.matched += v.matched;
+            sum.kept += v.kept;
+            sum.dropped += v.dropped;
+            sum.dropped_bytes += v.dropped_bytes;
+            sum.redacted += v.redacted;
+        }
+        rules.push(RuleStats {
+            name: r.name.clone(),
+            action: r.action.name().to_string(),
+            hook: Hook::names(&r.hooks),
+            active: r.active,
+            matched: sum.matched,
+            kept: sum.kept,
+            dropped: sum.dropped,
+            dropped_bytes: sum.dropped_bytes,
+            redacted: sum.redacted,
+        });
+    }
+    // Active rules first, in slot order (the order names were first seen).
+    rules.sort_by_key(|r| !r.active);
+    let t = sum_totals(totals)?;
+    let passthrough = Passthrough::ALL
+        .iter()
+        .map(|(why, key)| (key.to_string(), t.passthrough[*why as usize]))
+        .collect();
+    Ok(Stats {
+        generation: c.active_generation(),
+        enabled: c.enabled != 0,
+        rules,
+        totals: TotalStats {
+            connections: t.connections,
+            requests: t.requests,
+            log_requests: t.log_requests,
+            records: t.records,
+            records_dropped: t.records_dropped,
+            bytes_in: t.bytes_in,
+            bytes_out: t.bytes_out,
+            edit_failures: t.edit_failures,
+            untracked_bytes: t.untracked_bytes,
+            in_flight: t.corked.saturating_sub(t.uncorked),
+            released: t.released,
+            passthrough,
+        },
+        uprobes: Default::default(),
+    })
+}
+
+fn sum_totals<T: std::borrow::Borrow<MapData>>(
+    totals: &PerCpuArray<T, Totals>,
+) -> anyhow::Result<Totals> {
+    let mut t = Totals::default();
+    for v in totals.get(&0, 0)?.iter() {
+        t.connections += v.connections;
+        t.requests += v.requests;
+        t.log_requests += v.log_requests;
+        t.records += v.records;
+        t.records_dropped += v.records_dropped;
+        t.bytes_in += v.bytes_in;
+        t.bytes_out += v.bytes_out;
+        t.edit_failures += v.edit_failures;
+        t.untracked_bytes += v.untracked_bytes;
+        t.corked += v.corked;
+        t.uncorked += v.uncorked;
+        t.released += v.released;
+        for (a, b) in t.passthrough.iter_mut().zip(v.passthrough.iter()) {
+            *a += b;
+        }
+    }
+    Ok(t)
+}

@@ -1,0 +1,135 @@
+//! Installing a rule set: written into the inactive slot of every double-buffered map (marked
+//! stale first, then left alone for a grace period), then made active by one write to
+//! `CONTROL.active`; and the `NAMES` table of every rule counted for.
+
+use std::{collections::BTreeMap, thread, time::Duration};
+
+use aya::maps::{Array, HashMap};
+use dt_ebpf_common::{
+    AcRow, Control, MAX_AC_STATES, MAX_NAME_LEN, NameEntry, NameKey, RuleSet, StrKey,
+};
+
+use super::{Agent, KnownRule, map};
+use crate::rules::{Compiled, Hook, RuleErrors};
+
+/// How long a rewritten slot is left alone after it was marked stale, so that any walk that
+/// read the old contents has finished. A walk is one program run: microseconds to a millisecond.
+const SLOT_GRACE: Duration = Duration::from_millis(20);
+
+impl Agent {
+    /// Makes `compiled` the active rule set, as a new generation: it is written into the
+    /// inactive slot, then one write to `CONTROL.active` flips to it.
+    pub(super) fn install(&mut self, compiled: &Compiled) -> anyhow::Result<()> {
+        // uprobe hook: attach the probes the new set uses first; on failure nothing changed.
+        let probes_ready = self
+            .probes
+            .prepare(&mut self.ebpf, &compiled.uprobe)
+            .map_err(RuleErrors)?;
+        let slot = 1 - self.active_slot;
+        let generation = self.generation + 1;
+        let mut rulesets: Array<_, RuleSet> = Array::try_from(map(&mut self.ebpf, "RULESETS")?)?;
+        // Mark the slot stale first, by its generation alone: a request that captured it under
+        // its old generation passes through instead of being judged by a half-written set, and a
+        // walk still reading the old rules finds them intact (it checks the generation again
+        // when it is done).
+        let mut stale = rulesets.get(&slot, 0)?;
+        stale.generation = 0;
+        rulesets.set(slot, stale, 0)?;
+        if self.other_used {
+            thread::sleep(SLOT_GRACE);
+        }
+        {
+            let mut strings: HashMap<_, StrKey, u64> =
+                HashMap::try_from(map(&mut self.ebpf, "STRINGS")?)?;
+            let stale: Vec<StrKey> = strings
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.slot as u32 == slot)
+                .collect();
+            for k in stale {
+                strings.remove(&k)?;
+            }
+            for (key, bits) in &compiled.strings {
+                let mut key = *key;
+                key.slot = slot as u8;
+                strings.insert(key, bits, 0)?;
+            }
+        }
+        {
+            let mut ac: Array<_, AcRow> = Array::try_from(map(&mut self.ebpf, "AC")?)?;
+            for (i, row) in compiled.ac.iter().enumerate() {
+                ac.set(slot * MAX_AC_STATES + i as u32, row, 0)?;
+            }
+        }
+        let mut rs = compiled.ruleset;
+        rs.generation = generation;
+        let mut rulesets: Array<_, RuleSet> = Array::try_from(map(&mut self.ebpf, "RULESETS")?)?;
+        rulesets.set(slot, rs, 0)?;
+        // uprobe hook: the slot's uprobe tables, under the same generation.
+        self.probes.write_slot(
+            &mut self.ebpf,
+            slot,
+            generation,
+            &compiled.uprobe,
+            &probes_ready,
+        )?;
+        let mut control: Array<_, Control> = Array::try_from(map(&mut self.ebpf, "CONTROL")?)?;
+        let mut c = control.get(&0, 0)?;
+        c.active = Control::pack(generation, slot);
+        control.set(0, c, 0)?;
+        // uprobe hook: detach what the new set no longer uses.
+        self.probes.finish(&probes_ready);
+
+        self.other_used = true;
+        self.active_slot = slot;
+        self.generation = generation;
+        for r in self.known.values_mut() {
+            r.active = false;
+        }
+        self.active = compiled.rules.clone();
+        // A rule on several hooks (one counter) has them all, in rule set order.
+        let mut hooks: BTreeMap<u16, Vec<Hook>> = BTreeMap::new();
+        for r in &compiled.rules {
+            hooks.entry(r.slot).or_default().push(r.hook.clone());
+        }
+        for r in &compiled.rules {
+            self.known.insert(
+                r.slot,
+                KnownRule {
+                    name: r.name.clone(),
+                    action: r.action,
+                    hooks: hooks.get(&r.slot).cloned().unwrap_or_default(),
+                    active: true,
+                },
+            );
+        }
+        self.write_names()?;
+        Ok(())
+    }
+
+    /// Writes the name→slot table (and which rules are active) to the `NAMES` map.
+    fn write_names(&mut self) -> anyhow::Result<()> {
+        let mut names: HashMap<_, NameKey, NameEntry> =
+            HashMap::try_from(map(&mut self.ebpf, "NAMES")?)?;
+        for (slot, r) in &self.known {
+            names.insert(
+                name_key(&r.name),
+                NameEntry {
+                    slot: *slot as u32,
+                    action: r.action.code(),
+                    active: r.active as u8,
+                    _pad: 0,
+                },
+                0,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn name_key(name: &str) -> NameKey {
+    let mut key = [0u8; MAX_NAME_LEN];
+    let n = name.len().min(MAX_NAME_LEN);
+    key[..n].copy_from_slice(&name.as_bytes()[..n]);
+    key
+}

@@ -1,0 +1,320 @@
+//! Loading, attaching and feeding the kernel programs.
+//!
+//! An [`Agent`] owns the loaded eBPF object. It installs rule sets into the inactive slot of
+//! the double-buffered `RULESETS` map and flips `CONTROL.active` in one write, and reads the
+//! per-CPU counters back.
+//!
+//! Without pinning, dropping the agent switches to pass-through, waits (with no deadline) until
+//! no request is held corked, and detaches everything (see [`crate::drain`]). With pinning
+//! (`pin_dir`), every map and the sock_ops link are pinned under
+//! `<pin_dir>/v<LAYOUT_VERSION>/`: the programs go on filtering after the agent exits or
+//! crashes, and the next agent adopts the pinned state (rule set, generation, counters,
+//! name→slot table) instead of starting afresh.
+//!
+//! The pieces: `install` (write a set into the idle slot, then flip), `pins` (pinned state
+//! and adoption), `counters` (per-CPU counters summed), `detach` (drain, uninstall, drop).
+
+mod counters;
+mod detach;
+mod install;
+mod pins;
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, SockHash},
+    programs::sk_msg::SkMsgLink,
+};
+use dt_ebpf_common::{Control, DEFAULT_MAX_REQUEST, LAYOUT_VERSION};
+
+use crate::{
+    hooks::{
+        self,
+        otlp::SockOpsAttachment,
+        uprobe::{DropSupport, Probes},
+    },
+    rules::{self, Compiled, RuleErrors, SlotTable},
+    settings, sys,
+};
+
+pub use pins::{has_pins, pin_dir, pinned_set_enabled, pinned_stats};
+
+static EBPF_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dt"));
+
+/// Every map of the object: the OTLP hook's, then the uprobe hook's.
+fn all_maps() -> impl Iterator<Item = &'static str> {
+    hooks::otlp::MAPS.into_iter().chain(hooks::uprobe::MAPS)
+}
+
+/// What `dt-agent run` needs to attach.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Directory whose `*.toml` files make the rule set.
+    pub rules_dir: PathBuf,
+    /// OTLP/HTTP ports whose connections are hooked.
+    pub ports: Vec<u16>,
+    /// cgroup v2 directory for sock_ops (default: the root of the v2 hierarchy).
+    pub cgroup: Option<PathBuf>,
+    /// Requests longer than this pass through as `oversize`.
+    pub max_request: u32,
+    /// Pin maps and links under this root (versioned below it); `None`: no pinning.
+    pub pin_root: Option<PathBuf>,
+    /// Where captured uprobe calls are posted as OTLP logs (`http://.../v1/logs`); `None`: no
+    /// capture rules are accepted.
+    pub capture_endpoint: Option<String>,
+}
+
+impl AgentConfig {
+    /// Defaults for a rules directory: the default port, the v2 root, the default size bound,
+    /// no pins.
+    pub fn new(rules_dir: impl Into<PathBuf>) -> Self {
+        AgentConfig {
+            rules_dir: rules_dir.into(),
+            ports: vec![settings::DEFAULT_PORT],
+            cgroup: None,
+            max_request: DEFAULT_MAX_REQUEST,
+            pin_root: None,
+            capture_endpoint: None,
+        }
+    }
+}
+
+/// A rule the agent has counted for, active or not.
+#[derive(Clone, Debug)]
+struct KnownRule {
+    name: String,
+    action: rules::ActionKind,
+    /// Its hooks, in rule set order (one counter for all of them).
+    hooks: Vec<rules::Hook>,
+    active: bool,
+}
+
+/// A loaded and attached agent.
+pub struct Agent {
+    ebpf: Ebpf,
+    /// Held so the SockHash (and the sk_msg attachment to it) lives as long as the agent.
+    socks: SockHash<MapData, u64>,
+    sk_msg: Option<SkMsgLink>,
+    sock_ops: Option<SockOpsAttachment>,
+    /// The pin directory, in pinned mode.
+    pins: Option<PathBuf>,
+    /// Rule name → counter slot, for every name seen.
+    slots: SlotTable,
+    known: BTreeMap<u16, KnownRule>,
+    /// The active rule set's rules.
+    active: Vec<rules::CompiledRule>,
+    generation: u64,
+    active_slot: u32,
+    /// Whether the other slot has ever been active (then rewriting it needs a grace period).
+    other_used: bool,
+    /// The agent adopted pinned state left by an earlier one.
+    adopted: bool,
+    /// The uprobe hook: attachments, drop support, capture export.
+    probes: Probes,
+    /// Detach at drop without waiting for held requests (they are lost): a forced stop.
+    no_drain: bool,
+}
+
+impl Agent {
+    /// Compiles the rules, loads the programs (adopting pinned state when there is some),
+    /// installs the rule set and attaches. On a rule error nothing is loaded, pinned or
+    /// attached.
+    pub fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
+        if cfg.ports.is_empty() {
+            bail!("no ports to hook: give at least one --port");
+        }
+        settings::check_max_request(cfg.max_request).map_err(|e| anyhow!("max_request: {e}"))?;
+        let pins = cfg.pin_root.as_deref().map(pin_dir);
+        if let Some(root) = cfg.pin_root.as_deref() {
+            pins::refuse_other_layouts(root)?;
+        }
+        let adopting = pins.as_deref().is_some_and(|d| d.join("CONTROL").exists());
+        let (mut slots, known) = if adopting {
+            let dir = pins.as_deref().unwrap();
+            pins::check_pinned_layout(dir)?;
+            pins::read_names(dir)?
+        } else {
+            (SlotTable::default(), BTreeMap::new())
+        };
+        let compiled = rules::compile_dir(&cfg.rules_dir, &mut slots)?;
+        let cgroup = match &cfg.cgroup {
+            Some(p) => p.clone(),
+            None => sys::cgroup2_root()?,
+        };
+        let cgroup_file =
+            File::open(&cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+
+        sys::bump_memlock();
+        let mut loader = EbpfLoader::new();
+        let pin_paths: Vec<(&str, PathBuf)> = match &pins {
+            Some(dir) => {
+                sys::ensure_bpffs(cfg.pin_root.as_deref().unwrap())?;
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating the pin directory {}", dir.display()))?;
+                all_maps().map(|m| (m, dir.join(m))).collect()
+            }
+            None => Vec::new(),
+        };
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(EBPF_OBJ).context("loading dt's eBPF object")?;
+        let probes = Probes::start(&mut ebpf, cfg.capture_endpoint.clone())?;
+
+        let (generation, active_slot) = {
+            let mut control: Array<_, Control> = Array::try_from(map(&mut ebpf, "CONTROL")?)?;
+            let mut c = control.get(&0, 0)?;
+            if !adopting {
+                c = Control {
+                    active: Control::pack(0, 0),
+                    enabled: 1,
+                    layout: LAYOUT_VERSION,
+                    max_request: 0,
+                    _pad: 0,
+                };
+            }
+            c.max_request = cfg.max_request;
+            control.set(0, c, 0)?;
+            (c.active_generation(), c.active_slot())
+        };
+        hooks::otlp::write_ports(&mut ebpf, &cfg.ports)?;
+        let socks = hooks::otlp::take_socks(&mut ebpf)?;
+        let mut agent = Agent {
+            ebpf,
+            socks,
+            sk_msg: None,
+            sock_ops: None,
+            pins,
+            slots,
+            known,
+            active: Vec::new(),
+            generation,
+            // Before the first install: the slot that is not active, so the first set goes into
+            // the other one (on a fresh start both are empty and slot 0 is written first).
+            active_slot: if adopting { active_slot } else { 1 },
+            other_used: adopting,
+            adopted: adopting,
+            probes,
+            no_drain: false,
+        };
+        // uprobe hook: what depends on this kernel (drop) and this agent (capture endpoint).
+        agent.probes.check(&compiled.uprobe).map_err(RuleErrors)?;
+        agent.install(&compiled)?;
+        agent.sk_msg = Some(hooks::otlp::attach_sk_msg(&mut agent.ebpf, &agent.socks)?);
+        let pinned_link = agent
+            .pins
+            .as_ref()
+            .map(|d| d.join(hooks::otlp::SOCKOPS_LINK));
+        agent.sock_ops = Some(hooks::otlp::attach_sock_ops(
+            &mut agent.ebpf,
+            pinned_link,
+            cgroup_file,
+            &cgroup,
+        )?);
+        log::info!(
+            "{}: ports {:?}, cgroup {}, {} rules, generation {}{}",
+            if adopting {
+                "adopted pinned state"
+            } else {
+                "attached"
+            },
+            cfg.ports,
+            cgroup.display(),
+            agent.active_count(),
+            agent.generation,
+            match &agent.pins {
+                Some(d) => format!(", pinned under {}", d.display()),
+                None => String::new(),
+            }
+        );
+        Ok(agent)
+    }
+
+    /// Compiles the rule files of `dir` and makes them the active rule set, as a new
+    /// generation. On any error the active set stays as it was.
+    ///
+    /// The in-process form of a directory reload, for embedding and the tests; `dt-agent run`
+    /// reloads through [`crate::service::Service`], which also validates pushes first.
+    pub fn reload(&mut self, dir: &Path) -> anyhow::Result<u64> {
+        let defs = rules::load_dir(dir).map_err(RuleErrors)?;
+        let (compiled, slots) = self.compile_defs(&defs)?;
+        self.install_compiled(&compiled, slots)?;
+        Ok(self.generation)
+    }
+
+    /// Compiles rules against this agent's counter slots, without installing anything.
+    /// Returns the compiled set and the slot table it needs.
+    pub fn compile_defs(&self, defs: &[rules::RuleDef]) -> anyhow::Result<(Compiled, SlotTable)> {
+        let mut slots = self.slots.clone();
+        let compiled = rules::compile(defs, &mut slots).map_err(RuleErrors)?;
+        self.probes.check(&compiled.uprobe).map_err(RuleErrors)?;
+        Ok((compiled, slots))
+    }
+
+    /// Everything [`compile_defs`](Self::compile_defs) checks, plus that every probe the rules
+    /// use can be attached (it is attached and detached again). Nothing changes.
+    pub fn check_defs(&mut self, defs: &[rules::RuleDef]) -> anyhow::Result<()> {
+        let (compiled, _) = self.compile_defs(defs)?;
+        self.probes
+            .trial(&mut self.ebpf, &compiled.uprobe)
+            .map_err(RuleErrors)?;
+        Ok(())
+    }
+
+    /// Whether this kernel lets a uprobe skip a call (what `drop` on a uprobe hook needs), as
+    /// found when the agent started.
+    pub fn uprobe_drop_support(&self) -> &DropSupport {
+        self.probes.drop_support()
+    }
+
+    /// Makes a compiled set (from [`compile_defs`](Self::compile_defs)) the active one, as a
+    /// new generation.
+    pub fn install_compiled(
+        &mut self,
+        compiled: &Compiled,
+        slots: SlotTable,
+    ) -> anyhow::Result<()> {
+        self.slots = slots;
+        self.install(compiled)
+    }
+
+    /// The active rules, in evaluation order.
+    pub fn active_rules(&self) -> &[rules::CompiledRule] {
+        &self.active
+    }
+
+    /// The active rule set's generation.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether this agent adopted pinned state.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// The pin directory, in pinned mode.
+    pub fn pins(&self) -> Option<&Path> {
+        self.pins.as_deref()
+    }
+
+    fn active_count(&self) -> usize {
+        self.known.values().filter(|r| r.active).count()
+    }
+}
+
+fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+}
+
+fn map_ref<'a>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<&'a aya::maps::Map> {
+    ebpf.map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+}

@@ -1,0 +1,462 @@
+//! Parsing one rule file: TOML syntax, the shape of `[[rule]]` tables (serde), and the checks
+//! that need only the rule itself. The `[[probe]]` tables are in [`probe`].
+
+mod probe;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use dt_ebpf_common::MAX_NAME_LEN;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Unexpected, Visitor};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+use super::diag::{Diagnostic, SourceText};
+use super::model::{Action, ActionKind, At, Hook, Match, ProbeDef, RuleDef};
+use super::severity::SeverityRange;
+
+/// A `[[rule]]` table as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Spanned<String>,
+    action: Spanned<String>,
+    hooks: Option<Spanned<Vec<Spanned<String>>>>,
+    keep_one_in: Option<Spanned<i64>>,
+    per_second: Option<Spanned<i64>>,
+    remove_attributes: Option<Spanned<Vec<Spanned<String>>>>,
+    mask_body: Option<Spanned<bool>>,
+    #[serde(rename = "match")]
+    conditions: Option<RawMatch>,
+}
+
+/// A `[rule.match]` table as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    severity: Option<Spanned<RawSeverity>>,
+    service: Option<Spanned<String>>,
+    body_contains: Option<Spanned<String>>,
+    attributes: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
+}
+
+/// `severity = "<INFO"` or `severity = 9`.
+pub(super) enum RawSeverity {
+    Text(String),
+    Number(i64),
+}
+
+impl<'de> Deserialize<'de> for RawSeverity {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(RawSeverityVisitor)
+    }
+}
+
+struct RawSeverityVisitor;
+
+impl Visitor<'_> for RawSeverityVisitor {
+    type Value = RawSeverity;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a severity string such as \"<INFO\" or a SeverityNumber")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<RawSeverity, E> {
+        Ok(RawSeverity::Text(v.to_owned()))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawSeverity, E> {
+        Ok(RawSeverity::Number(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawSeverity, E> {
+        i64::try_from(v)
+            .map(RawSeverity::Number)
+            .map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+    }
+}
+
+/// One file, parsed.
+#[derive(Default)]
+pub(crate) struct ParsedFile {
+    /// The valid rules and probes; only meaningful when there are no problems.
+    pub rules: Vec<RuleDef>,
+    pub probes: Vec<ProbeDef>,
+    /// Names of the probes that were refused (so hooks naming them are not reported again).
+    pub broken_probes: Vec<String>,
+    pub diags: Vec<Diagnostic>,
+}
+
+/// Parses and validates one file, collecting every problem found.
+pub(crate) fn parse_file(src: &SourceText) -> ParsedFile {
+    let (root, syntax_errors) = DeTable::parse_recoverable(src.text);
+    if !syntax_errors.is_empty() {
+        // What follows a syntax error is unreliable: report only the syntax.
+        let diags = syntax_errors
+            .iter()
+            .map(|e| toml_error(src, e, 0..0))
+            .collect();
+        return ParsedFile {
+            diags,
+            ..ParsedFile::default()
+        };
+    }
+    let mut rules = Vec::new();
+    let mut probes = Vec::new();
+    let mut broken_probes = Vec::new();
+    let mut diags = Vec::new();
+    for (key, value) in root.get_ref() {
+        match key.get_ref().as_ref() {
+            "rule" => match value.get_ref() {
+                DeValue::Array(tables) => {
+                    for table in tables.iter() {
+                        match parse_rule(src, table) {
+                            Ok(rule) => rules.push(rule),
+                            Err(errors) => diags.extend(errors),
+                        }
+                    }
+                }
+                _ => diags.push(src.diag(
+                    key.span(),
+                    "`rule` must be an array of tables: write [[rule]]",
+                )),
+            },
+            "probe" => match value.get_ref() {
+                DeValue::Array(tables) => {
+                    for table in tables.iter() {
+                        match probe::parse_probe(src, table) {
+                            Ok(probe) => probes.push(probe),
+                            Err(errors) => {
+                                diags.extend(errors);
+                                if let Some(name) = table
+                                    .get_ref()
+                                    .as_table()
+                                    .and_then(|t| t.get("name"))
+                                    .and_then(|n| n.get_ref().as_str())
+                                {
+                                    broken_probes.push(name.to_string());
+                                }
+                            }
+                        }
+                    }
+                }
+                _ => diags.push(src.diag(
+                    key.span(),
+                    "`probe` must be an array of tables: write [[probe]]",
+                )),
+            },
+            other => diags.push(src.diag(
+                key.span(),
+                format!("unknown key `{other}`: a rule file holds [[rule]] and [[probe]] tables"),
+            )),
+        }
+    }
+    diags.sort_by_key(Diagnostic::pos);
+    ParsedFile {
+        rules,
+        probes,
+        broken_probes,
+        diags,
+    }
+}
+
+/// A diagnostic for a TOML error, at its span or else at `fallback`.
+pub(super) fn toml_error(
+    src: &SourceText,
+    error: &toml::de::Error,
+    fallback: std::ops::Range<usize>,
+) -> Diagnostic {
+    src.diag(error.span().unwrap_or(fallback), error.message().trim_end())
+}
+
+pub(super) fn at<T>(src: &SourceText, spanned: Spanned<T>) -> At<T> {
+    let pos = src.pos(spanned.span().start);
+    At::new(spanned.into_inner(), pos)
+}
+
+fn parse_rule(src: &SourceText, table: &Spanned<DeValue>) -> Result<RuleDef, Vec<Diagnostic>> {
+    if !table.get_ref().is_table() {
+        return Err(vec![
+            src.diag(table.span(), "a rule must be a table: write [[rule]]"),
+        ]);
+    }
+    let raw = RawRule::deserialize(ValueDeserializer::from(table.clone()))
+        .map_err(|e| vec![toml_error(src, &e, table.span())])?;
+    RuleChecker::new(src).check(raw, table.span().start)
+}
+
+/// Validates one [`RawRule`], collecting every problem.
+struct RuleChecker<'s, 'a> {
+    src: &'s SourceText<'a>,
+    diags: Vec<Diagnostic>,
+}
+
+impl<'s, 'a> RuleChecker<'s, 'a> {
+    fn new(src: &'s SourceText<'a>) -> Self {
+        RuleChecker {
+            src,
+            diags: Vec::new(),
+        }
+    }
+
+    fn error<T>(&mut self, spanned: &Spanned<T>, message: impl Into<String>) {
+        self.diags.push(self.src.diag(spanned.span(), message));
+    }
+
+    fn check(mut self, raw: RawRule, start: usize) -> Result<RuleDef, Vec<Diagnostic>> {
+        self.name(&raw.name);
+        let action_span = raw.action.span();
+        let action = self.action(&raw);
+        let (hooks, hook_pos) = self.hooks(raw.hooks, start);
+        if let Some(action) = &action {
+            for hook in &hooks {
+                if let Err(message) = hook.check_action(action) {
+                    self.diags.push(self.src.diag(action_span.clone(), message));
+                }
+            }
+        }
+        let conditions = self.conditions(raw.conditions);
+        if hooks.iter().any(|h| matches!(h, Hook::Uprobe(_)))
+            && let Some((key, _)) = conditions.attributes.first()
+        {
+            self.diags.push(Diagnostic::new(
+                self.src.path,
+                key.pos,
+                "attributes conditions do not apply to uprobe hooks: a probed call has a \
+                 severity, a message (body_contains) and a service only",
+            ));
+        }
+        match action {
+            Some(action) if self.diags.is_empty() => Ok(RuleDef {
+                file: self.src.path.to_path_buf(),
+                pos: self.src.pos(start),
+                name: at(self.src, raw.name),
+                action: At::new(action, self.src.pos(action_span.start)),
+                hooks,
+                hook_pos,
+                probes: Vec::new(),
+                conditions,
+            }),
+            _ => Err(self.diags),
+        }
+    }
+
+    fn name(&mut self, name: &Spanned<String>) {
+        let len = name.get_ref().len();
+        if len == 0 {
+            self.error(name, "name must not be empty");
+        } else if len > MAX_NAME_LEN {
+            self.error(
+                name,
+                format!("name is {len} bytes; the limit is {MAX_NAME_LEN}"),
+            );
+        }
+    }
+
+    /// The action with its parameters; each parameter is only allowed with its action.
+    fn action(&mut self, raw: &RawRule) -> Option<Action> {
+        let Some(name) = ActionKind::from_name(raw.action.get_ref()) else {
+            let expected: Vec<_> = ActionKind::ALL.iter().map(|a| a.name()).collect();
+            let message = format!(
+                "unknown action \"{}\": expected one of {}",
+                raw.action.get_ref(),
+                expected.join(", ")
+            );
+            self.error(&raw.action, message);
+            return None;
+        };
+        self.parameters_belong_to(name, raw);
+        match name {
+            ActionKind::Count => Some(Action::Count),
+            ActionKind::Drop => Some(Action::Drop),
+            ActionKind::Capture => Some(Action::Capture),
+            ActionKind::Sample => {
+                let keep_one_in =
+                    self.required_count(&raw.action, "keep_one_in", raw.keep_one_in.as_ref())?;
+                Some(Action::Sample { keep_one_in })
+            }
+            ActionKind::RateLimit => {
+                let per_second =
+                    self.required_count(&raw.action, "per_second", raw.per_second.as_ref())?;
+                Some(Action::RateLimit { per_second })
+            }
+            ActionKind::Redact => self.redact(raw),
+        }
+    }
+
+    /// Reports each parameter given with an action other than its own.
+    fn parameters_belong_to(&mut self, action: ActionKind, raw: &RawRule) {
+        let params = [
+            (
+                ActionKind::Sample,
+                "keep_one_in",
+                raw.keep_one_in.as_ref().map(Spanned::span),
+            ),
+            (
+                ActionKind::RateLimit,
+                "per_second",
+                raw.per_second.as_ref().map(Spanned::span),
+            ),
+            (
+                ActionKind::Redact,
+                "remove_attributes",
+                raw.remove_attributes.as_ref().map(Spanned::span),
+            ),
+            (
+                ActionKind::Redact,
+                "mask_body",
+                raw.mask_body.as_ref().map(Spanned::span),
+            ),
+        ];
+        for (owner, key, span) in params {
+            if let Some(span) = span
+                && owner != action
+            {
+                let message = format!("{key} is only for action \"{}\"", owner.name());
+                self.diags.push(self.src.diag(span, message));
+            }
+        }
+    }
+
+    /// A parameter that the action requires and that must be at least 1.
+    fn required_count(
+        &mut self,
+        action: &Spanned<String>,
+        key: &str,
+        value: Option<&Spanned<i64>>,
+    ) -> Option<u64> {
+        let Some(value) = value else {
+            let message = format!("action \"{}\" needs {key}", action.get_ref());
+            self.error(action, message);
+            return None;
+        };
+        match u64::try_from(*value.get_ref()) {
+            Ok(n) if n >= 1 => Some(n),
+            _ => {
+                self.error(value, format!("{key} must be at least 1"));
+                None
+            }
+        }
+    }
+
+    fn redact(&mut self, raw: &RawRule) -> Option<Action> {
+        let mask_body = raw.mask_body.as_ref().is_some_and(|m| *m.get_ref());
+        let remove = raw
+            .remove_attributes
+            .as_ref()
+            .map_or(&[][..], |r| r.get_ref());
+        for key in remove {
+            if key.get_ref().is_empty() {
+                self.error(key, "an attribute name must not be empty");
+            }
+        }
+        if remove.is_empty() && !mask_body {
+            self.error(
+                &raw.action,
+                "action \"redact\" needs remove_attributes or mask_body = true",
+            );
+            return None;
+        }
+        Some(Action::Redact {
+            remove_attributes: remove.iter().map(|k| at(self.src, k.clone())).collect(),
+            mask_body,
+        })
+    }
+
+    fn hooks(
+        &mut self,
+        hooks: Option<Spanned<Vec<Spanned<String>>>>,
+        start: usize,
+    ) -> (Vec<Hook>, Vec<super::diag::Pos>) {
+        let Some(hooks) = hooks else {
+            return (vec![Hook::Otlp], vec![self.src.pos(start)]);
+        };
+        if hooks.get_ref().is_empty() {
+            self.error(
+                &hooks,
+                "hooks must not be empty (leave it out for [\"otlp\"])",
+            );
+        }
+        let mut parsed = Vec::new();
+        let mut positions = Vec::new();
+        for text in hooks.get_ref() {
+            let Some(hook) = self.hook(text) else {
+                continue;
+            };
+            if parsed.contains(&hook) {
+                self.error(text, format!("hook \"{}\" is listed twice", hook.name()));
+            } else {
+                parsed.push(hook);
+                positions.push(self.src.pos(text.span().start));
+            }
+        }
+        (parsed, positions)
+    }
+
+    fn hook(&mut self, text: &Spanned<String>) -> Option<Hook> {
+        let name = text.get_ref().as_str();
+        if name == "otlp" {
+            return Some(Hook::Otlp);
+        }
+        if let Some(probe) = name.strip_prefix("uprobe:") {
+            if probe.is_empty() {
+                self.error(
+                    text,
+                    "a uprobe hook names its [[probe]]: write \"uprobe:NAME\"",
+                );
+                return None;
+            }
+            return Some(Hook::Uprobe(probe.to_string()));
+        }
+        self.error(
+            text,
+            format!("unknown hook \"{name}\": expected \"otlp\" or \"uprobe:NAME\""),
+        );
+        None
+    }
+
+    fn conditions(&mut self, raw: Option<RawMatch>) -> Match {
+        let Some(raw) = raw else {
+            return Match::default();
+        };
+        let severity = raw.severity.and_then(|s| self.severity(&s));
+        let service = raw.service.map(|s| self.non_empty(s, "service"));
+        let body_contains = raw
+            .body_contains
+            .map(|b| self.non_empty(b, "body_contains"));
+        let mut attributes: Vec<_> = raw.attributes.unwrap_or_default().into_iter().collect();
+        attributes.sort_by_key(|(key, _)| key.span().start);
+        let attributes = attributes
+            .into_iter()
+            .map(|(key, value)| (self.non_empty(key, "an attribute key"), at(self.src, value)))
+            .collect();
+        Match {
+            severity,
+            service,
+            body_contains,
+            attributes,
+        }
+    }
+
+    fn severity(&mut self, raw: &Spanned<RawSeverity>) -> Option<At<SeverityRange>> {
+        let parsed = match raw.get_ref() {
+            RawSeverity::Text(text) => SeverityRange::parse(text),
+            RawSeverity::Number(n) => SeverityRange::from_number(*n),
+        };
+        match parsed {
+            Ok(range) => Some(At::new(range, self.src.pos(raw.span().start))),
+            Err(message) => {
+                self.error(raw, message);
+                None
+            }
+        }
+    }
+
+    fn non_empty(&mut self, value: Spanned<String>, what: &str) -> At<String> {
+        if value.get_ref().is_empty() {
+            self.error(&value, format!("{what} must not be empty"));
+        }
+        at(self.src, value)
+    }
+}

@@ -1,0 +1,115 @@
+//! `dt-agent run`: binds the control socket (and the metrics endpoint), starts the agent and the
+//! service around it, serves until SIGINT/SIGTERM or `uninstall`, then drains and detaches (or
+//! leaves the pins).
+
+use std::{
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+
+use super::Service;
+use crate::{Agent, AgentConfig, control, export, settings::Settings};
+
+/// Runs the agent with `settings` until it is told to stop.
+pub fn run(settings: Settings) -> anyhow::Result<()> {
+    let cfg = agent_config(&settings);
+    let start_unix_nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let socket = settings.socket.clone();
+    let result = runtime.block_on(async move {
+        // Bind first: a second agent on the same socket fails before attaching anything.
+        let listener = control::bind(&socket)?;
+        let metrics_listener = match settings.metrics_addr {
+            Some(addr) => Some(export::bind_metrics(addr)?),
+            None => None,
+        };
+        let agent = Agent::start(cfg.clone())?;
+        let service = Service::new(agent, cfg.rules_dir.clone())?;
+        let _watcher = service.watch()?;
+        log::info!(
+            "dt-agent running: rules {} (watched), control socket {}",
+            cfg.rules_dir.display(),
+            socket.display()
+        );
+        let mut tasks = vec![tokio::spawn(control::serve(listener, service.clone()))];
+        let source: export::StatsSource = {
+            let service = service.clone();
+            Arc::new(move || service.stats())
+        };
+        if let Some(listener) = metrics_listener {
+            log::info!(
+                "Prometheus metrics on http://{}/metrics",
+                listener.local_addr()?
+            );
+            tasks.push(tokio::spawn(export::serve_prometheus(
+                listener,
+                source.clone(),
+            )));
+        }
+        if let Some(endpoint) = &settings.otlp_endpoint {
+            let uri: http::Uri = endpoint
+                .parse()
+                .with_context(|| format!("otlp_endpoint {endpoint:?}"))?;
+            log::info!(
+                "pushing OTLP metrics to {endpoint} every {:?}",
+                settings.otlp_interval
+            );
+            tasks.push(tokio::spawn(export::push_otlp(
+                uri,
+                settings.otlp_interval,
+                start_unix_nanos,
+                source,
+            )));
+        }
+        tokio::select! {
+            r = wait_for_signal() => r?,
+            _ = service.shutdown.notified() => {}
+        }
+        // Held requests are waited for (no deadline) while the control socket still answers;
+        // a second signal stops the wait.
+        service
+            .drain_before_exit(async {
+                let _ = wait_for_signal().await;
+            })
+            .await;
+        for t in &tasks {
+            t.abort();
+        }
+        // Dropping the agent detaches, or leaves the pins.
+        drop(service.take_agent());
+        anyhow::Ok(())
+    });
+    let _ = std::fs::remove_file(&settings.socket);
+    result
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// What the kernel side needs of the settings.
+fn agent_config(settings: &Settings) -> AgentConfig {
+    AgentConfig {
+        rules_dir: settings.rules_dir.clone(),
+        ports: settings.ports.clone(),
+        cgroup: settings.cgroup.clone(),
+        max_request: settings.max_request,
+        pin_root: settings.pin.then(|| settings.pin_dir.clone()),
+        capture_endpoint: settings.capture_endpoint.clone(),
+    }
+}

@@ -1,0 +1,133 @@
+//! The validators of the run settings, each written once: the config file's parser, the flags'
+//! parsers and [`resolve`](super::resolve) call them.
+
+use std::{net::SocketAddr, time::Duration};
+
+use dt_ebpf_common::MAX_REQUEST_CEILING;
+
+/// Parses a duration: one or more `<integer><unit>` parts with unit `ms`, `s`, `m` or `h`, such
+/// as `"10s"`, `"500ms"`, `"1m"`, `"1m30s"`. It must be greater than zero.
+///
+/// Hand-written rather than `humantime`: the grammar is this small, the workspace has no such
+/// crate, and a privileged agent is better off without one more dependency for it.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || {
+        format!("`{text}` is not a duration; write e.g. \"10s\", \"500ms\", \"1m\" or \"1m30s\"")
+    };
+    let mut rest = text;
+    let mut total = Duration::ZERO;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(bad());
+        }
+        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
+        let part = match &rest[..unit_len] {
+            "ms" => Some(Duration::from_millis(number)),
+            "s" => Some(Duration::from_secs(number)),
+            "m" => number.checked_mul(60).map(Duration::from_secs),
+            "h" => number.checked_mul(3600).map(Duration::from_secs),
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        total = part
+            .and_then(|p| total.checked_add(p))
+            .ok_or_else(|| format!("`{text}` is too long a duration"))?;
+    }
+    if total.is_zero() {
+        return Err(format!("`{text}`: the interval must be greater than zero"));
+    }
+    Ok(total)
+}
+
+/// Parses a Prometheus endpoint address such as `"127.0.0.1:9464"` or `"[::1]:9464"`: an IP
+/// address (not a host name) on loopback, and a port other than 0.
+pub fn parse_metrics_addr(text: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = text.parse().map_err(|_| {
+        format!("`{text}` is not a socket address; write an IP and a port, e.g. \"127.0.0.1:9464\"")
+    })?;
+    check_loopback(addr)?;
+    Ok(addr)
+}
+
+pub fn check_loopback(addr: SocketAddr) -> Result<(), String> {
+    if !addr.ip().to_canonical().is_loopback() {
+        return Err(format!(
+            "{addr} is not a loopback address; the metrics endpoint is served on loopback only \
+             (127.0.0.0/8 or [::1])"
+        ));
+    }
+    if addr.port() == 0 {
+        return Err(format!("{addr}: the port must not be 0"));
+    }
+    Ok(())
+}
+
+/// Checks an OTLP metrics URL such as `"http://127.0.0.1:4318/v1/metrics"`: `http://` (the
+/// push in `export::otlp_metrics` has no TLS, so `https://` is refused here rather than at the first
+/// push), a host, and no whitespace. The URL is used as given, path included.
+pub fn check_otlp_endpoint(url: &str) -> Result<(), String> {
+    if url.starts_with("https://") {
+        return Err(format!(
+            "`{url}`: https is not supported; use http:// to a collector on this host or a \
+             trusted network"
+        ));
+    }
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        format!("`{url}` is not an http:// URL, e.g. \"http://127.0.0.1:4318/v1/metrics\"")
+    })?;
+    if url.chars().any(char::is_whitespace) {
+        return Err(format!("`{url}` contains whitespace"));
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.is_empty() || authority.starts_with(':') {
+        return Err(format!("`{url}` has no host"));
+    }
+    Ok(())
+}
+
+/// Checks the URL captured uprobe calls are posted to, such as
+/// `"http://127.0.0.1:4318/v1/logs"`: as [`check_otlp_endpoint`] (http:// only, a host).
+pub fn check_capture_endpoint(url: &str) -> Result<(), String> {
+    check_otlp_endpoint(url).map_err(|e| e.replace("/v1/metrics", "/v1/logs"))
+}
+
+pub fn check_ports(key: &str, ports: &[u16]) -> Result<(), String> {
+    for (i, &port) in ports.iter().enumerate() {
+        if port == 0 {
+            return Err(format!("{key}: 0 is not a port; a port is 1..=65535"));
+        }
+        if ports[..i].contains(&port) {
+            return Err(format!("{key}: port {port} is given twice"));
+        }
+    }
+    Ok(())
+}
+
+pub fn check_max_request(bytes: u32) -> Result<(), String> {
+    if (1..=MAX_REQUEST_CEILING).contains(&bytes) {
+        Ok(())
+    } else {
+        Err(max_request_range(bytes))
+    }
+}
+
+pub fn max_request_range(got: impl std::fmt::Display) -> String {
+    format!("{got} is out of range; the request size bound is 1..={MAX_REQUEST_CEILING} bytes")
+}
+
+/// `--max-request BYTES`: a number that [`check_max_request`] accepts.
+pub fn parse_max_request(text: &str) -> Result<u32, String> {
+    let n: u32 = text.parse().map_err(|_| max_request_range(text))?;
+    check_max_request(n)?;
+    Ok(n)
+}

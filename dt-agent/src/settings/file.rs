@@ -1,0 +1,218 @@
+//! The config file (`--config FILE`, TOML): read and validated into a [`FileConfig`]. Every
+//! problem is a [`Diagnostic`] (`file:line:column: message`), as for rule files, and unknown keys
+//! are errors. Relative paths in the file are relative to the file's directory, so
+//! `rules_dir = "rules"` in `/etc/dt/agent.toml` means `/etc/dt/rules`.
+
+use std::{
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{
+    DEFAULT_CONFIG, FileConfig,
+    check::{
+        check_capture_endpoint, check_max_request, check_otlp_endpoint, max_request_range,
+        parse_duration, parse_metrics_addr,
+    },
+};
+use crate::rules::{Diagnostic, Pos, SourceText};
+
+/// The file as TOML holds it, with spans for the diagnostics.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    rules_dir: Option<Spanned<String>>,
+    ports: Option<Spanned<Vec<Spanned<i64>>>>,
+    cgroup: Option<Spanned<String>>,
+    socket: Option<Spanned<String>>,
+    pin: Option<bool>,
+    pin_dir: Option<Spanned<String>>,
+    metrics_addr: Option<Spanned<String>>,
+    otlp_endpoint: Option<Spanned<String>>,
+    otlp_interval: Option<Spanned<String>>,
+    max_request: Option<Spanned<i64>>,
+    capture_endpoint: Option<Spanned<String>>,
+}
+
+/// The config file `run` reads: `explicit` (`--config FILE`), which must exist, or else
+/// [`DEFAULT_CONFIG`] if it exists, or else none.
+pub fn load_optional(explicit: Option<&Path>) -> Result<Option<FileConfig>, Vec<Diagnostic>> {
+    match explicit {
+        Some(path) => load(path).map(Some),
+        None if Path::new(DEFAULT_CONFIG).exists() => load(Path::new(DEFAULT_CONFIG)).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Reads and validates a config file. On failure, returns every problem found as
+/// `file:line:column: message` (a TOML syntax or type error reports that one problem).
+pub fn load(path: &Path) -> Result<FileConfig, Vec<Diagnostic>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![Diagnostic::new(
+            path,
+            Pos::START,
+            format!("cannot read the config file: {e}"),
+        )]
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and validates the text of a config file; `path` names it in diagnostics and anchors
+/// its relative paths.
+pub fn parse(path: &Path, text: &str) -> Result<FileConfig, Vec<Diagnostic>> {
+    let src = SourceText::new(path, text);
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let message = e.message().trim_end();
+        // A type error points into a value: name the key it belongs to.
+        let message = match key_of_value(text, &span) {
+            Some(key) => format!("`{key}`: {message}"),
+            None => message.to_string(),
+        };
+        vec![src.diag(span, message)]
+    })?;
+    let base = path.parent().unwrap_or(Path::new(""));
+    let mut diags = Vec::new();
+    let mut path_key = |key: &str, value: Option<Spanned<String>>| -> Option<PathBuf> {
+        let value = value?;
+        if value.get_ref().is_empty() {
+            diags.push(src.diag(value.span(), format!("`{key}` must not be empty")));
+            return None;
+        }
+        Some(base.join(value.get_ref()))
+    };
+    let rules_dir = path_key("rules_dir", raw.rules_dir);
+    let cgroup = path_key("cgroup", raw.cgroup);
+    let socket = path_key("socket", raw.socket);
+    let pin_dir = path_key("pin_dir", raw.pin_dir);
+
+    let ports = raw.ports.and_then(|list| {
+        let mut ports = Vec::new();
+        let mut ok = true;
+        if list.get_ref().is_empty() {
+            diags.push(src.diag(list.span(), "`ports` must list at least one port"));
+            return None;
+        }
+        for port in list.get_ref() {
+            match u16::try_from(*port.get_ref()) {
+                Ok(p) if p != 0 => {
+                    if ports.contains(&p) {
+                        diags.push(src.diag(port.span(), format!("`ports` lists port {p} twice")));
+                        ok = false;
+                    }
+                    ports.push(p);
+                }
+                _ => {
+                    diags.push(src.diag(
+                        port.span(),
+                        format!(
+                            "`ports`: {} is not a port; a port is 1..=65535",
+                            port.get_ref()
+                        ),
+                    ));
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(ports)
+    });
+
+    let metrics_addr = checked(
+        &src,
+        &mut diags,
+        "metrics_addr",
+        raw.metrics_addr,
+        parse_metrics_addr,
+    );
+    let otlp_endpoint = checked(&src, &mut diags, "otlp_endpoint", raw.otlp_endpoint, |s| {
+        check_otlp_endpoint(s).map(|()| s.to_string())
+    });
+    let otlp_interval = checked(
+        &src,
+        &mut diags,
+        "otlp_interval",
+        raw.otlp_interval,
+        parse_duration,
+    );
+    let capture_endpoint = checked(
+        &src,
+        &mut diags,
+        "capture_endpoint",
+        raw.capture_endpoint,
+        |s| check_capture_endpoint(s).map(|()| s.to_string()),
+    );
+
+    let max_request = raw
+        .max_request
+        .and_then(|value| match u32::try_from(*value.get_ref()) {
+            Ok(n) if check_max_request(n).is_ok() => Some(n),
+            _ => {
+                diags.push(src.diag(
+                    value.span(),
+                    format!("`max_request`: {}", max_request_range(value.get_ref())),
+                ));
+                None
+            }
+        });
+
+    if !diags.is_empty() {
+        diags.sort_by_key(Diagnostic::pos);
+        return Err(diags);
+    }
+    Ok(FileConfig {
+        rules_dir,
+        ports,
+        cgroup,
+        socket,
+        pin: raw.pin,
+        pin_dir,
+        metrics_addr,
+        otlp_endpoint,
+        otlp_interval,
+        max_request,
+        capture_endpoint,
+    })
+}
+
+/// The keys of the file (the fields of [`RawFile`]).
+pub(super) const KEYS: [&str; 11] = [
+    "rules_dir",
+    "ports",
+    "cgroup",
+    "socket",
+    "pin",
+    "pin_dir",
+    "metrics_addr",
+    "otlp_endpoint",
+    "otlp_interval",
+    "max_request",
+    "capture_endpoint",
+];
+
+/// The known top-level key whose value holds `span`, if any. (An unknown key's error already
+/// names it.)
+fn key_of_value(text: &str, span: &Range<usize>) -> Option<String> {
+    let (root, _) = toml::de::DeTable::parse_recoverable(text);
+    root.get_ref()
+        .iter()
+        .find(|(_, value)| value.span().contains(&span.start))
+        .map(|(key, _)| key.get_ref().to_string())
+        .filter(|key| KEYS.contains(&key.as_str()))
+}
+
+/// `check(value)`, or a diagnostic at the value naming `key`.
+fn checked<T>(
+    src: &SourceText,
+    diags: &mut Vec<Diagnostic>,
+    key: &str,
+    value: Option<Spanned<String>>,
+    check: impl Fn(&str) -> Result<T, String>,
+) -> Option<T> {
+    let value = value?;
+    check(value.get_ref())
+        .map_err(|e| diags.push(src.diag(value.span(), format!("`{key}`: {e}"))))
+        .ok()
+}

@@ -1,0 +1,257 @@
+//! The run settings, in one place: the config file (`file`), the `run` flags ([`Overrides`]),
+//! every default (the constants below) and every validator (`check`), merged by [`resolve`]
+//! into [`Settings`]: flags win over the file, and the file over the defaults. The other verbs
+//! find the agent's socket and pin directory with [`locate`].
+//!
+//! Relative paths in the file are relative to the file's directory; relative paths given as
+//! flags are relative to the working directory, as usual. The README's "The config file" lists
+//! the keys.
+
+mod check;
+mod file;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use dt_ebpf_common::DEFAULT_MAX_REQUEST;
+
+pub use check::{
+    check_capture_endpoint, check_loopback, check_max_request, check_otlp_endpoint, check_ports,
+    parse_duration, parse_max_request, parse_metrics_addr,
+};
+pub use file::{load, load_optional, parse};
+
+use crate::rules::Diagnostic;
+
+/// The config file `run` reads when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG: &str = "/etc/dt/agent.toml";
+/// The rules directory when neither the flag nor the file names one, if it is a directory.
+pub const DEFAULT_RULES_DIR: &str = "/etc/dt/rules";
+/// The rules directory when [`DEFAULT_RULES_DIR`] is not a directory (relative to the working
+/// directory).
+pub const FALLBACK_RULES_DIR: &str = "rules";
+/// The OTLP/HTTP port hooked when neither the flags nor the file list any.
+pub const DEFAULT_PORT: u16 = 4318;
+/// Where pinned programs and maps live (on bpffs), each map layout in a directory of its own
+/// below it (`v<LAYOUT_VERSION>`).
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/dt";
+/// The control socket of the other verbs.
+pub const DEFAULT_SOCKET: &str = "/run/dt/agent.sock";
+/// The OTLP metrics push interval.
+pub const DEFAULT_OTLP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The config file as written: every key is optional. [`load`] has validated every value.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FileConfig {
+    /// `rules_dir`: the rules directory.
+    pub rules_dir: Option<PathBuf>,
+    /// `ports`: the OTLP/HTTP ports to hook (1..=65535, at least one, no repeats).
+    pub ports: Option<Vec<u16>>,
+    /// `cgroup`: the cgroup v2 directory whose connections are hooked.
+    pub cgroup: Option<PathBuf>,
+    /// `socket`: the control socket.
+    pub socket: Option<PathBuf>,
+    /// `pin`: pin programs and maps so filtering outlives the agent.
+    pub pin: Option<bool>,
+    /// `pin_dir`: the bpffs directory for the pins.
+    pub pin_dir: Option<PathBuf>,
+    /// `metrics_addr`: the loopback address of the Prometheus endpoint.
+    pub metrics_addr: Option<SocketAddr>,
+    /// `otlp_endpoint`: the URL OTLP metrics are pushed to.
+    pub otlp_endpoint: Option<String>,
+    /// `otlp_interval`: how often OTLP metrics are pushed.
+    pub otlp_interval: Option<Duration>,
+    /// `max_request`: the request size bound in bytes.
+    pub max_request: Option<u32>,
+    /// `capture_endpoint`: the URL captured uprobe calls are posted to as OTLP logs.
+    pub capture_endpoint: Option<String>,
+}
+
+/// The command-line flags of `dt-agent run` (its clap arguments, but `--config`, `--pin` and
+/// `--no-pin`), unparsed into defaults: `None` (or an empty `ports`) means "not given", so the
+/// file or the default applies. `--port` flags, when given, replace the file's `ports`; they do
+/// not add to them. `pin` is `Some(true)` for `--pin`, `Some(false)` for `--no-pin`. The
+/// doc comments of the fields are the flags' help.
+#[derive(Clone, Debug, Default, PartialEq, Eq, clap::Args)]
+pub struct Overrides {
+    /// Rules directory [default: /etc/dt/rules when it exists, else ./rules].
+    #[arg(long = "rules", value_name = "DIR", display_order = 1)]
+    pub rules_dir: Option<PathBuf>,
+    /// OTLP/HTTP port to hook; repeat for several [default: 4318].
+    #[arg(long = "port", value_name = "N", display_order = 3,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+    /// cgroup v2 directory whose connections are hooked [default: the v2 root].
+    #[arg(long, value_name = "PATH", display_order = 4)]
+    pub cgroup: Option<PathBuf>,
+    /// Control socket [default: /run/dt/agent.sock].
+    #[arg(long, value_name = "PATH", display_order = 5)]
+    pub socket: Option<PathBuf>,
+    #[arg(skip)]
+    pub pin: Option<bool>,
+    /// Where pins go [default: /sys/fs/bpf/dt].
+    #[arg(long, value_name = "PATH", display_order = 8)]
+    pub pin_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics on this loopback address (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR", display_order = 9, value_parser = parse_metrics_addr)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Push OTLP metrics to this URL (e.g. http://127.0.0.1:4318/v1/metrics).
+    #[arg(long, value_name = "URL", display_order = 10)]
+    pub otlp_endpoint: Option<String>,
+    /// How often to push OTLP metrics (e.g. 10s) [default: 10s].
+    #[arg(long, value_name = "DURATION", display_order = 11, value_parser = parse_duration)]
+    pub otlp_interval: Option<Duration>,
+    /// Requests (head + body) longer than this pass through untouched, counted `oversize`.
+    #[arg(long, value_name = "BYTES", display_order = 12, value_parser = parse_max_request)]
+    pub max_request: Option<u32>,
+    /// Post captured uprobe calls as OTLP logs to this URL (e.g. http://127.0.0.1:4318/v1/logs).
+    #[arg(long, value_name = "URL", display_order = 13)]
+    pub capture_endpoint: Option<String>,
+}
+
+/// The settings `run` uses: flags > file > defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub rules_dir: PathBuf,
+    pub ports: Vec<u16>,
+    pub cgroup: Option<PathBuf>,
+    pub socket: PathBuf,
+    pub pin: bool,
+    pub pin_dir: PathBuf,
+    /// `None`: no Prometheus endpoint.
+    pub metrics_addr: Option<SocketAddr>,
+    /// `None`: no OTLP metrics push.
+    pub otlp_endpoint: Option<String>,
+    pub otlp_interval: Duration,
+    pub max_request: u32,
+    /// `None`: capture rules are refused.
+    pub capture_endpoint: Option<String>,
+}
+
+/// Merges the flags, the file and the defaults (in that order of precedence) and checks the
+/// result. An error names the key (or flag) at fault.
+pub fn resolve(file: Option<FileConfig>, flags: Overrides) -> Result<Settings, String> {
+    let file = file.unwrap_or_default();
+    let ports = if !flags.ports.is_empty() {
+        check_ports("--port", &flags.ports)?;
+        flags.ports
+    } else if let Some(ports) = file.ports {
+        check_ports("ports", &ports)?;
+        ports
+    } else {
+        vec![DEFAULT_PORT]
+    };
+    let (max_request, key) = match (flags.max_request, file.max_request) {
+        (Some(n), _) => (n, "--max-request"),
+        (None, Some(n)) => (n, "max_request"),
+        (None, None) => (DEFAULT_MAX_REQUEST, "max_request"),
+    };
+    check_max_request(max_request).map_err(|e| format!("{key}: {e}"))?;
+    let (metrics_addr, key) = match (flags.metrics_addr, file.metrics_addr) {
+        (Some(a), _) => (Some(a), "--metrics-addr"),
+        (None, a) => (a, "metrics_addr"),
+    };
+    if let Some(addr) = metrics_addr {
+        check_loopback(addr).map_err(|e| format!("{key}: {e}"))?;
+    }
+    let (otlp_endpoint, key) = match (flags.otlp_endpoint, file.otlp_endpoint) {
+        (Some(u), _) => (Some(u), "--otlp-endpoint"),
+        (None, u) => (u, "otlp_endpoint"),
+    };
+    if let Some(url) = &otlp_endpoint {
+        check_otlp_endpoint(url).map_err(|e| format!("{key}: {e}"))?;
+    }
+    let (otlp_interval, key) = match (flags.otlp_interval, file.otlp_interval) {
+        (Some(d), _) => (d, "--otlp-interval"),
+        (None, Some(d)) => (d, "otlp_interval"),
+        (None, None) => (DEFAULT_OTLP_INTERVAL, "otlp_interval"),
+    };
+    if otlp_interval.is_zero() {
+        return Err(format!("{key}: the interval must be greater than zero"));
+    }
+    let (capture_endpoint, key) = match (flags.capture_endpoint, file.capture_endpoint) {
+        (Some(u), _) => (Some(u), "--capture-endpoint"),
+        (None, u) => (u, "capture_endpoint"),
+    };
+    if let Some(url) = &capture_endpoint {
+        check_capture_endpoint(url).map_err(|e| format!("{key}: {e}"))?;
+    }
+    Ok(Settings {
+        rules_dir: flags
+            .rules_dir
+            .or(file.rules_dir)
+            .unwrap_or_else(default_rules_dir),
+        ports,
+        cgroup: flags.cgroup.or(file.cgroup),
+        socket: flags
+            .socket
+            .or(file.socket)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
+        pin: flags.pin.or(file.pin).unwrap_or(false),
+        pin_dir: flags
+            .pin_dir
+            .or(file.pin_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR)),
+        metrics_addr,
+        otlp_endpoint,
+        otlp_interval,
+        max_request,
+        capture_endpoint,
+    })
+}
+
+/// [`DEFAULT_RULES_DIR`] if it is a directory, else [`FALLBACK_RULES_DIR`].
+pub fn default_rules_dir() -> PathBuf {
+    let etc = Path::new(DEFAULT_RULES_DIR);
+    if etc.is_dir() {
+        etc.to_path_buf()
+    } else {
+        PathBuf::from(FALLBACK_RULES_DIR)
+    }
+}
+
+/// Where the verbs other than `run` find the agent: its control socket and its pin root, from
+/// the flags, else the config file, else the defaults.
+pub fn locate(
+    socket: Option<PathBuf>,
+    pin_dir: Option<PathBuf>,
+    file: Option<&FileConfig>,
+) -> (PathBuf, PathBuf) {
+    let socket = socket
+        .or_else(|| file.and_then(|f| f.socket.clone()))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+    let pins = pin_dir
+        .or_else(|| file.and_then(|f| f.pin_dir.clone()))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
+    (socket, pins)
+}
+
+/// Every problem of a config file that was refused, as `file:line:column: message` lines.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<Diagnostic>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl ConfigErrors {
+    /// The config file at fault (every diagnostic names the same one).
+    pub fn file(&self) -> Option<&Path> {
+        self.0.first().map(|d| d.file.as_path())
+    }
+}

@@ -1,0 +1,473 @@
+//! The config file, the flags and their merge.
+
+use super::file::KEYS;
+use super::*;
+use dt_ebpf_common::MAX_REQUEST_CEILING;
+
+fn parse_str(text: &str) -> Result<FileConfig, Vec<Diagnostic>> {
+    parse(Path::new("/etc/dt/agent.toml"), text)
+}
+
+/// The single diagnostic of `text`, as `line:column: message`.
+fn error(text: &str) -> String {
+    let diags = parse_str(text).expect_err("the config must be refused");
+    assert_eq!(diags.len(), 1, "{diags:?}");
+    let d = &diags[0];
+    assert_eq!(d.file, Path::new("/etc/dt/agent.toml"));
+    format!("{}:{}: {}", d.line, d.column, d.message)
+}
+
+fn defaults() -> Settings {
+    Settings {
+        rules_dir: default_rules_dir(),
+        ports: vec![4318],
+        cgroup: None,
+        socket: PathBuf::from("/run/dt/agent.sock"),
+        pin: false,
+        pin_dir: PathBuf::from("/sys/fs/bpf/dt"),
+        metrics_addr: None,
+        otlp_endpoint: None,
+        otlp_interval: Duration::from_secs(10),
+        max_request: DEFAULT_MAX_REQUEST,
+        capture_endpoint: None,
+    }
+}
+
+const EVERY_KEY: &str = r#"
+rules_dir = "/srv/dt/rules"
+ports = [4318, 14318]
+cgroup = "/sys/fs/cgroup/otel.slice"
+socket = "/run/dt/other.sock"
+pin = true
+pin_dir = "/sys/fs/bpf/dt2"
+metrics_addr = "127.0.0.1:9464"
+otlp_endpoint = "http://127.0.0.1:4318/v1/metrics"
+otlp_interval = "1m30s"
+max_request = 131072
+capture_endpoint = "http://127.0.0.1:4318/v1/logs"
+"#;
+
+#[test]
+fn defaults_with_no_file() {
+    assert_eq!(resolve(None, Overrides::default()).unwrap(), defaults());
+    let empty = parse_str("# nothing set\n").unwrap();
+    assert_eq!(empty, FileConfig::default());
+    assert_eq!(
+        resolve(Some(empty), Overrides::default()).unwrap(),
+        defaults()
+    );
+}
+
+#[test]
+fn the_default_rules_dir_is_etc_when_it_exists() {
+    let expect = if Path::new("/etc/dt/rules").is_dir() {
+        "/etc/dt/rules"
+    } else {
+        "rules"
+    };
+    assert_eq!(default_rules_dir(), Path::new(expect));
+}
+
+#[test]
+fn every_key() {
+    let file = parse_str(EVERY_KEY).unwrap();
+    assert_eq!(
+        file,
+        FileConfig {
+            rules_dir: Some("/srv/dt/rules".into()),
+            ports: Some(vec![4318, 14318]),
+            cgroup: Some("/sys/fs/cgroup/otel.slice".into()),
+            socket: Some("/run/dt/other.sock".into()),
+            pin: Some(true),
+            pin_dir: Some("/sys/fs/bpf/dt2".into()),
+            metrics_addr: Some("127.0.0.1:9464".parse().unwrap()),
+            otlp_endpoint: Some("http://127.0.0.1:4318/v1/metrics".into()),
+            otlp_interval: Some(Duration::from_secs(90)),
+            max_request: Some(131072),
+            capture_endpoint: Some("http://127.0.0.1:4318/v1/logs".into()),
+        }
+    );
+    let settings = resolve(Some(file), Overrides::default()).unwrap();
+    assert_eq!(
+        settings,
+        Settings {
+            rules_dir: "/srv/dt/rules".into(),
+            ports: vec![4318, 14318],
+            cgroup: Some("/sys/fs/cgroup/otel.slice".into()),
+            socket: "/run/dt/other.sock".into(),
+            pin: true,
+            pin_dir: "/sys/fs/bpf/dt2".into(),
+            metrics_addr: Some("127.0.0.1:9464".parse().unwrap()),
+            otlp_endpoint: Some("http://127.0.0.1:4318/v1/metrics".into()),
+            otlp_interval: Duration::from_secs(90),
+            max_request: 131072,
+            capture_endpoint: Some("http://127.0.0.1:4318/v1/logs".into()),
+        }
+    );
+}
+
+#[test]
+fn the_example_config_parses_to_the_defaults() {
+    let text = include_str!("../../../dist/agent.toml");
+    let file = parse_str(text).unwrap();
+    assert_eq!(file, FileConfig::default(), "every key is commented out");
+    // Uncommenting every `# key = value` line gives the documented defaults.
+    let uncommented: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| l.contains(" = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let file = parse(Path::new("/etc/dt/agent.toml"), &uncommented)
+        .unwrap_or_else(|d| panic!("{d:?}\n{uncommented}"));
+    assert!(file.metrics_addr.is_none() && file.otlp_endpoint.is_none());
+    assert!(file.capture_endpoint.is_none());
+    let mut expect = defaults();
+    expect.rules_dir = "/etc/dt/rules".into();
+    assert_eq!(resolve(Some(file), Overrides::default()).unwrap(), expect);
+}
+
+#[test]
+fn relative_paths_are_relative_to_the_file() {
+    let file = parse(
+        Path::new("/etc/dt/agent.toml"),
+        "rules_dir = \"rules\"\nsocket = \"../run/a.sock\"\n",
+    )
+    .unwrap();
+    assert_eq!(file.rules_dir, Some("/etc/dt/rules".into()));
+    assert_eq!(file.socket, Some("/etc/dt/../run/a.sock".into()));
+    let file = parse(Path::new("agent.toml"), "rules_dir = \"rules\"\n").unwrap();
+    assert_eq!(file.rules_dir, Some("rules".into()));
+}
+
+#[test]
+fn flags_override_the_file() {
+    let file = parse_str(EVERY_KEY).unwrap();
+    let flags = Overrides {
+        rules_dir: Some("/tmp/r".into()),
+        ports: vec![9000],
+        cgroup: Some("/sys/fs/cgroup/x".into()),
+        socket: Some("/tmp/s.sock".into()),
+        pin: Some(false),
+        pin_dir: Some("/sys/fs/bpf/x".into()),
+        metrics_addr: Some("[::1]:9000".parse().unwrap()),
+        otlp_endpoint: Some("http://localhost/v1/metrics".into()),
+        otlp_interval: Some(Duration::from_millis(500)),
+        max_request: Some(1000),
+        capture_endpoint: Some("http://[::1]:4318/v1/logs".into()),
+    };
+    let s = resolve(Some(file.clone()), flags).unwrap();
+    assert_eq!(
+        s,
+        Settings {
+            rules_dir: "/tmp/r".into(),
+            // The flags' ports replace the file's list; they do not add to it.
+            ports: vec![9000],
+            cgroup: Some("/sys/fs/cgroup/x".into()),
+            socket: "/tmp/s.sock".into(),
+            pin: false,
+            pin_dir: "/sys/fs/bpf/x".into(),
+            metrics_addr: Some("[::1]:9000".parse().unwrap()),
+            otlp_endpoint: Some("http://localhost/v1/metrics".into()),
+            otlp_interval: Duration::from_millis(500),
+            max_request: 1000,
+            capture_endpoint: Some("http://[::1]:4318/v1/logs".into()),
+        }
+    );
+    // `--pin` over a file that says nothing, and `--no-pin` over `pin = true`.
+    let pin = |flag, file: Option<FileConfig>| {
+        resolve(
+            file,
+            Overrides {
+                pin: flag,
+                ..Overrides::default()
+            },
+        )
+        .unwrap()
+        .pin
+    };
+    assert!(pin(Some(true), None));
+    assert!(!pin(Some(false), Some(file.clone())));
+    assert!(pin(None, Some(file)));
+    // A flag not given leaves the file's value.
+    let s = resolve(
+        Some(parse_str("ports = [1, 2]\nmax_request = 7\n").unwrap()),
+        Overrides {
+            socket: Some("/tmp/x".into()),
+            ..Overrides::default()
+        },
+    )
+    .unwrap();
+    assert_eq!((s.ports, s.max_request), (vec![1, 2], 7));
+    assert_eq!(s.socket, Path::new("/tmp/x"));
+}
+
+#[test]
+fn unknown_keys_are_errors_at_their_position() {
+    let e = error("pin = true\n  max_requets = 5\n");
+    assert_eq!(
+        e,
+        "2:3: unknown field `max_requets`, expected one of `rules_dir`, `ports`, `cgroup`, \
+         `socket`, `pin`, `pin_dir`, `metrics_addr`, `otlp_endpoint`, `otlp_interval`, \
+         `max_request`, `capture_endpoint`"
+    );
+    let listed: Vec<String> = KEYS.iter().map(|k| format!("`{k}`")).collect();
+    assert!(
+        e.ends_with(&listed.join(", ")),
+        "KEYS must list RawFile's fields"
+    );
+    let e = error("ports = [4318]\n\n[rules]\ndir = \"x\"\n");
+    assert!(e.starts_with("3:2: unknown field `rules`"), "{e}");
+}
+
+#[test]
+fn syntax_errors_have_a_position() {
+    let e = error("pin = true\nports = [4318\n");
+    assert_eq!(e, "2:14: unclosed array, expected `]`");
+}
+
+#[test]
+fn bad_types() {
+    let e = error("pin = \"yes\"\n");
+    assert_eq!(
+        e,
+        "1:7: `pin`: invalid type: string \"yes\", expected a boolean"
+    );
+    let e = error("ports = 4318\n");
+    assert!(e.starts_with("1:9: `ports`: invalid type: integer"), "{e}");
+    let e = error("ports = [\"4318\"]\n");
+    assert!(e.starts_with("1:10: `ports`: invalid type: string"), "{e}");
+    let e = error("rules_dir = 5\n");
+    assert!(
+        e.starts_with("1:13: `rules_dir`: invalid type: integer"),
+        "{e}"
+    );
+    let e = error("pin = true\nmax_request = 1.5\n");
+    assert!(
+        e.starts_with("2:15: `max_request`: invalid type: floating point"),
+        "{e}"
+    );
+    let e = error("otlp_interval = 10\n");
+    assert!(
+        e.starts_with("1:17: `otlp_interval`: invalid type: integer"),
+        "{e}"
+    );
+    let e = error("[metrics_addr]\nx = 1\n");
+    assert!(e.contains("`metrics_addr`: invalid type: map"), "{e}");
+}
+
+#[test]
+fn bad_durations() {
+    let e = error("otlp_interval = \"10\"\n");
+    assert!(
+        e.starts_with("1:17: `otlp_interval`: `10` is not a duration"),
+        "{e}"
+    );
+    for bad in ["", "s", "10 s", "1.5s", "10sec", "-1s", "5d", "ms10"] {
+        assert!(parse_duration(bad).is_err(), "{bad:?}");
+    }
+    assert!(
+        parse_duration("0s")
+            .unwrap_err()
+            .contains("greater than zero")
+    );
+    assert!(parse_duration("99999999999999999999s").is_err());
+    assert!(parse_duration(&format!("{}h", u64::MAX)).is_err());
+    assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+    assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+    assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+    assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+    assert_eq!(
+        parse_duration("1m30s250ms"),
+        Ok(Duration::from_millis(90_250))
+    );
+    let zero = Overrides {
+        otlp_interval: Some(Duration::ZERO),
+        ..Overrides::default()
+    };
+    assert!(
+        resolve(None, zero)
+            .unwrap_err()
+            .starts_with("--otlp-interval:")
+    );
+}
+
+#[test]
+fn metrics_addr_must_be_loopback() {
+    let e = error("\nmetrics_addr = \"0.0.0.0:9464\"\n");
+    assert!(
+        e.starts_with("2:16: `metrics_addr`: 0.0.0.0:9464 is not a loopback address"),
+        "{e}"
+    );
+    let e = error("metrics_addr = \"localhost:9464\"\n");
+    assert!(
+        e.starts_with("1:16: `metrics_addr`: `localhost:9464` is not a socket address"),
+        "{e}"
+    );
+    assert!(parse_metrics_addr("10.0.0.1:9464").is_err());
+    assert!(parse_metrics_addr("[::]:9464").is_err());
+    assert!(parse_metrics_addr("127.0.0.1:0").is_err());
+    assert!(parse_metrics_addr("127.0.0.1").is_err());
+    assert!(parse_metrics_addr("127.0.0.2:9464").is_ok());
+    assert!(parse_metrics_addr("[::1]:9464").is_ok());
+    assert!(parse_metrics_addr("[::ffff:127.0.0.1]:9464").is_ok());
+    let flags = Overrides {
+        metrics_addr: Some("192.168.1.1:9464".parse().unwrap()),
+        ..Overrides::default()
+    };
+    assert!(
+        resolve(None, flags)
+            .unwrap_err()
+            .starts_with("--metrics-addr:")
+    );
+    let file = FileConfig {
+        metrics_addr: Some("192.168.1.1:9464".parse().unwrap()),
+        ..FileConfig::default()
+    };
+    let e = resolve(Some(file), Overrides::default()).unwrap_err();
+    assert!(e.starts_with("metrics_addr:"), "{e}");
+}
+
+#[test]
+fn otlp_endpoints() {
+    let e = error("otlp_endpoint = \"127.0.0.1:4318\"\n");
+    assert!(
+        e.starts_with("1:17: `otlp_endpoint`: `127.0.0.1:4318` is not an http://"),
+        "{e}"
+    );
+    assert!(
+        check_otlp_endpoint("https://collector/v1/metrics")
+            .unwrap_err()
+            .contains("https is not supported")
+    );
+    assert!(check_otlp_endpoint("ftp://collector/").is_err());
+    let flags = Overrides {
+        otlp_endpoint: Some("https://collector/v1/metrics".into()),
+        ..Overrides::default()
+    };
+    assert!(
+        resolve(None, flags)
+            .unwrap_err()
+            .starts_with("--otlp-endpoint: ")
+    );
+    assert!(check_otlp_endpoint("http:///v1/metrics").is_err());
+    assert!(check_otlp_endpoint("http://:4318/v1/metrics").is_err());
+    assert!(check_otlp_endpoint("http://a b/").is_err());
+    assert!(check_otlp_endpoint("http://collector:4318/v1/metrics").is_ok());
+    let e = error("capture_endpoint = \"127.0.0.1:4318\"\n");
+    assert!(
+        e.starts_with(
+            "1:20: `capture_endpoint`: `127.0.0.1:4318` is not an http:// URL, e.g. \
+             \"http://127.0.0.1:4318/v1/logs\""
+        ),
+        "{e}"
+    );
+    let flags = Overrides {
+        capture_endpoint: Some("https://collector/v1/logs".into()),
+        ..Overrides::default()
+    };
+    assert!(
+        resolve(None, flags)
+            .unwrap_err()
+            .starts_with("--capture-endpoint: ")
+    );
+}
+
+#[test]
+fn port_zero_and_other_bad_ports() {
+    let e = error("ports = [4318, 0]\n");
+    assert_eq!(e, "1:16: `ports`: 0 is not a port; a port is 1..=65535");
+    let e = error("ports = [65536]\n");
+    assert_eq!(e, "1:10: `ports`: 65536 is not a port; a port is 1..=65535");
+    let e = error("ports = [-1]\n");
+    assert_eq!(e, "1:10: `ports`: -1 is not a port; a port is 1..=65535");
+    let e = error("ports = []\n");
+    assert_eq!(e, "1:9: `ports` must list at least one port");
+    let e = error("ports = [4318, 4318]\n");
+    assert_eq!(e, "1:16: `ports` lists port 4318 twice");
+    let flags = Overrides {
+        ports: vec![4318, 0],
+        ..Overrides::default()
+    };
+    assert!(
+        resolve(None, flags)
+            .unwrap_err()
+            .starts_with("--port: 0 is not a port")
+    );
+    let file = FileConfig {
+        ports: Some(vec![0]),
+        ..FileConfig::default()
+    };
+    assert!(
+        resolve(Some(file), Overrides::default())
+            .unwrap_err()
+            .starts_with("ports: ")
+    );
+    assert!(parse_str("ports = [1, 65535]\n").is_ok());
+}
+
+#[test]
+fn max_request_out_of_range() {
+    let e = error("max_request = 0\n");
+    assert_eq!(
+        e,
+        "1:15: `max_request`: 0 is out of range; the request size bound is 1..=524288 bytes"
+    );
+    let e = error(&format!("max_request = {}\n", MAX_REQUEST_CEILING + 1));
+    assert!(
+        e.starts_with("1:15: `max_request`: 524289 is out of range"),
+        "{e}"
+    );
+    let e = error("max_request = -5\n");
+    assert!(
+        e.starts_with("1:15: `max_request`: -5 is out of range"),
+        "{e}"
+    );
+    let e = error("max_request = 99999999999\n");
+    assert!(
+        e.starts_with("1:15: `max_request`: 99999999999 is out of range"),
+        "{e}"
+    );
+    let ok = parse_str(&format!("max_request = {MAX_REQUEST_CEILING}\n")).unwrap();
+    assert_eq!(ok.max_request, Some(MAX_REQUEST_CEILING));
+    let flags = Overrides {
+        max_request: Some(MAX_REQUEST_CEILING + 1),
+        ..Overrides::default()
+    };
+    assert!(
+        resolve(None, flags)
+            .unwrap_err()
+            .starts_with("--max-request: 524289")
+    );
+}
+
+#[test]
+fn every_problem_is_reported_in_order() {
+    let diags =
+        parse_str("max_request = 0\nports = [0]\nmetrics_addr = \"8.8.8.8:1\"\nsocket = \"\"\n")
+            .unwrap_err();
+    let at: Vec<(usize, usize)> = diags.iter().map(|d| (d.line, d.column)).collect();
+    assert_eq!(at, vec![(1, 15), (2, 10), (3, 16), (4, 10)]);
+    assert_eq!(diags[3].message, "`socket` must not be empty");
+    assert_eq!(
+        diags[0].to_string(),
+        "/etc/dt/agent.toml:1:15: `max_request`: 0 is out of range; the request size bound \
+         is 1..=524288 bytes"
+    );
+}
+
+#[test]
+fn load_reads_files_and_reports_missing_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, "pin = true\nrules_dir = \"r\"\n").unwrap();
+    let file = load(&path).unwrap();
+    assert_eq!(file.pin, Some(true));
+    assert_eq!(file.rules_dir, Some(dir.path().join("r")));
+    assert_eq!(load_optional(Some(&path)).unwrap(), Some(file));
+    let missing = dir.path().join("missing.toml");
+    let diags = load(&missing).unwrap_err();
+    assert_eq!((diags[0].line, diags[0].column), (1, 1));
+    assert!(diags[0].message.starts_with("cannot read the config file"));
+    assert!(load_optional(Some(&missing)).is_err());
+}

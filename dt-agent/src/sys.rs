@@ -1,0 +1,136 @@
+//! The few system interfaces aya does not wrap: the cgroup v2 and bpffs mounts (from
+//! `/proc/mounts`), mounting bpffs, `BPF_LINK_UPDATE` on a pinned link, and RLIMIT_MEMLOCK.
+
+use std::{
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, anyhow};
+
+/// The mount point of the cgroup v2 hierarchy, from /proc/mounts.
+pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_dev, path, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(path))
+        })
+        .next()
+        .ok_or_else(|| {
+            anyhow!("no cgroup v2 hierarchy is mounted (see /proc/mounts); give --cgroup")
+        })
+}
+
+/// Mounts bpffs at /sys/fs/bpf when `root` lies under it and it is not mounted yet.
+pub fn ensure_bpffs(root: &Path) -> anyhow::Result<()> {
+    let bpffs = Path::new("/sys/fs/bpf");
+    if !root.starts_with(bpffs) {
+        return Ok(());
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    let mounted = mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        matches!(
+            (f.next(), f.next(), f.next()),
+            (_, Some("/sys/fs/bpf"), Some("bpf"))
+        )
+    });
+    if mounted {
+        return Ok(());
+    }
+    std::fs::create_dir_all(bpffs).ok();
+    let c = |s: &str| std::ffi::CString::new(s).unwrap();
+    let (src, target, fstype) = (c("bpf"), c("/sys/fs/bpf"), c("bpf"));
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let ret = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if ret != 0 {
+        return Err(std::io::Error::last_os_error()).context("mounting bpffs at /sys/fs/bpf");
+    }
+    log::info!("mounted bpffs at /sys/fs/bpf");
+    Ok(())
+}
+
+/// Swaps the program of the link pinned at `path` (BPF_OBJ_GET, then BPF_LINK_UPDATE: aya 0.14
+/// has no wrapper for either on links).
+pub fn link_update(path: &Path, new_prog_fd: i32) -> anyhow::Result<()> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt as _;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_UPDATE: libc::c_long = 29;
+    #[repr(C)]
+    struct ObjGetAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    #[repr(C)]
+    struct LinkUpdateAttr {
+        link_fd: u32,
+        new_prog_fd: u32,
+        flags: u32,
+        old_prog_fd: u32,
+    }
+    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let get = ObjGetAttr {
+        pathname: cpath.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    // SAFETY: a valid bpf_attr prefix for BPF_OBJ_GET, with its size; `cpath` outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &get as *const ObjGetAttr,
+            std::mem::size_of::<ObjGetAttr>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("BPF_OBJ_GET");
+    }
+    // SAFETY: a new file descriptor the kernel just returned, owned from here on.
+    let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let update = LinkUpdateAttr {
+        link_fd: link.as_raw_fd() as u32,
+        new_prog_fd: new_prog_fd as u32,
+        flags: 0,
+        old_prog_fd: 0,
+    };
+    // SAFETY: a valid bpf_attr prefix for BPF_LINK_UPDATE, with its size.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_UPDATE,
+            &update as *const LinkUpdateAttr,
+            std::mem::size_of::<LinkUpdateAttr>(),
+        )
+    };
+    if ret != 0 {
+        return Err(std::io::Error::last_os_error()).context("BPF_LINK_UPDATE");
+    }
+    Ok(())
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
+pub fn bump_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit with a valid pointer.
+    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+    if ret != 0 {
+        log::debug!("could not raise RLIMIT_MEMLOCK");
+    }
+}
