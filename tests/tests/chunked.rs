@@ -1,7 +1,8 @@
-//! Chunked requests (issue 11), through the kernel: `Transfer-Encoding: chunked` requests of one
-//! data chunk (how the Node.js SDK sends) are walked and edited like Content-Length ones, the
-//! chunk size rewritten in place; the connection stays followed, whatever the next request's
-//! framing. Framing dt does not follow passes byte for byte.
+//! Chunked requests, through the kernel: `Transfer-Encoding: chunked` requests of one data chunk
+//! (how the Node.js SDK sends) are walked and edited like Content-Length ones, the chunk size
+//! rewritten in place; requests of several chunks are walked too, and rewritten as one chunk
+//! when edited. The connection stays followed, whatever the next request's framing. Framing dt
+//! does not follow passes byte for byte.
 
 use std::time::Duration;
 
@@ -166,14 +167,117 @@ fn an_edited_chunk_keeps_its_framing() {
     assert_eq!(got[0].records(), evaluate(&rules, &sent_records(&req)).kept);
 }
 
-/// Framing dt does not edit: several data chunks pass byte for byte as `chunked` (the
-/// connection stays followed); trailer fields pass and the connection is not followed any more.
+/// `body` split into chunks at `cuts` (sorted, inside the body), each size line with a random
+/// number of leading zeros and sometimes an extension.
+fn chunks_at(rng: &mut ChaCha8Rng, body: &[u8], cuts: &[usize]) -> HttpRequest {
+    let head = "POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n\
+                Transfer-Encoding: chunked\r\n\r\n";
+    let mut bytes = head.as_bytes().to_vec();
+    let mut at = 0;
+    for &end in cuts.iter().chain(std::iter::once(&body.len())) {
+        let zeros = rng.random_range(0..3);
+        let ext = if rng.random_bool(0.3) { ";x=y" } else { "" };
+        bytes.extend_from_slice(format!("{}{:x}{ext}\r\n", "0".repeat(zeros), end - at).as_bytes());
+        bytes.extend_from_slice(&body[at..end]);
+        bytes.extend_from_slice(b"\r\n");
+        at = end;
+    }
+    bytes.extend_from_slice(b"0\r\n\r\n");
+    HttpRequest {
+        bytes,
+        head_len: head.len(),
+        payload: body.to_vec(),
+    }
+}
+
+/// Requests of 2 to 16 chunks split at random places, sent in random pieces, are edited
+/// exactly: rewritten as one chunk (its size in as many hex digits as the data's length needs),
+/// the kept records in it; the request after each on the connection is walked too.
+#[test]
+fn several_chunks_are_edited_exactly_and_the_connection_followed() {
+    if !kernel_or_skip("several_chunks_are_edited_exactly_and_the_connection_followed") {
+        return;
+    }
+    let rules = rules();
+    let dir = TempRules::from_rules(&rules);
+    let receiver = Receiver::start_v4();
+    let agent = start_agent(&dir, &[receiver.port()]);
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let rounds = 12;
+    let mut c = RawClient::connect(receiver.addr());
+    let mut want_records = 0usize;
+    for round in 0..rounds {
+        let req = logs(100 + round, rng.random_range(5..60));
+        let body = encode(&req);
+        let n = rng.random_range(2..=16).min(body.len());
+        let mut cuts: Vec<usize> = (0..n - 1)
+            .map(|_| rng.random_range(1..body.len()))
+            .collect();
+        cuts.sort();
+        cuts.dedup();
+        let http = chunks_at(&mut rng, &body, &cuts);
+        let split = random_split(&mut rng, &http);
+        assert_eq!(c.roundtrip(&http, &split).status, 200, "round {round}");
+        let next = logs(200 + round, 10);
+        let next_http = if round % 2 == 0 {
+            HttpRequestBuilder::logs(encode(&next)).build()
+        } else {
+            one_chunk(&encode(&next), 4, "", false)
+        };
+        assert_eq!(c.roundtrip(&next_http, &Split::Whole).status, 200);
+        want_records += 2;
+        let got = receiver.wait_for(want_records, WAIT);
+        let (edited, after) = (&got[want_records - 2], &got[want_records - 1]);
+        assert_eq!(
+            edited.records(),
+            evaluate(&rules, &sent_records(&req)).kept,
+            "round {round}: the kept records"
+        );
+        assert_eq!(
+            after.records(),
+            evaluate(&rules, &sent_records(&next)).kept,
+            "round {round}: the request after it is walked"
+        );
+        // Nothing removed: the request passed as sent.
+        let framed = if edited.body == body {
+            http.bytes[http.head_len..].to_vec()
+        } else {
+            let digits = format!("{:x}", body.len()).len();
+            let mut f = format!("{:0digits$x}\r\n", edited.body.len()).into_bytes();
+            f.extend_from_slice(&edited.body);
+            f.extend_from_slice(b"\r\n0\r\n\r\n");
+            f
+        };
+        let wire = &receiver.connection_bytes()[0];
+        let head = &http.bytes[..http.head_len];
+        let at = wire
+            .windows(head.len() + framed.len())
+            .rposition(|w| w[..head.len()] == *head && w[head.len()..] == framed[..]);
+        assert!(at.is_some(), "round {round}: rewritten as one chunk");
+    }
+    c.finish();
+    let stats = stats_of(&agent);
+    assert_eq!(
+        stats
+            .totals
+            .passthrough
+            .get("chunked")
+            .copied()
+            .unwrap_or(0),
+        0
+    );
+    assert_eq!(stats.totals.in_flight, 0);
+}
+
+/// Framing dt follows but does not change: several chunks that no rule edits pass byte for
+/// byte, their framing as sent. Framing dt does not follow (trailer fields) passes, and the
+/// connection is not followed any more.
 #[test]
 fn what_passes_as_chunked() {
     if !kernel_or_skip("what_passes_as_chunked") {
         return;
     }
-    let rules = rules();
+    let rules = vec![RuleSpec::count("count-all")];
     let dir = TempRules::from_rules(&rules);
     let receiver = Receiver::start_v4();
     let agent = start_agent(&dir, &[receiver.port()]);
@@ -181,7 +285,7 @@ fn what_passes_as_chunked() {
     let body = encode(&req);
     let follow = logs(8, 20);
 
-    // Several chunks, then a Content-Length request: the first passes, the second is edited.
+    // Several chunks, counted but not edited, then a Content-Length request: both walked.
     let multi = HttpRequestBuilder::logs(body.clone()).chunked(100).build();
     let mut c1 = RawClient::connect(receiver.addr());
     assert_eq!(c1.roundtrip(&multi, &Split::head_then_body(3)).status, 200);
@@ -202,17 +306,14 @@ fn what_passes_as_chunked() {
     let got = receiver.wait_for(4, WAIT);
     let stats = stats_of(&agent);
     let raw = receiver.connection_bytes();
-    assert!(
-        raw[0].starts_with(&multi.bytes),
-        "several chunks pass byte for byte"
+    assert_eq!(
+        raw[0],
+        [multi.bytes.clone(), next.bytes.clone()].concat(),
+        "several chunks nothing edits pass byte for byte"
     );
     assert_eq!(got[0].body, body);
-    assert_eq!(
-        got[1].records(),
-        evaluate(&rules, &sent_records(&follow)).kept,
-        "the request after it is edited"
-    );
     assert_eq!(raw[1], [trailer.bytes.clone(), next.bytes.clone()].concat());
-    assert_eq!(stats.totals.passthrough.get("chunked"), Some(&2));
+    assert_eq!(stats.totals.passthrough.get("chunked"), Some(&1));
+    assert_eq!(stats.rules[0].matched, (30 + 20) as u64);
     assert_eq!(stats.totals.in_flight, 0);
 }

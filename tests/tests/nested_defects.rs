@@ -1,4 +1,4 @@
-//! Defects deep inside values no rule reads (issue 9, item 5): a request that a real protobuf
+//! Defects deep inside values no rule reads : a request that a real protobuf
 //! decoder rejects passes through byte for byte, counted `malformed`, wherever its defect is.
 //!
 //! - On the host, dt's walker against the oracle (prost over the OTLP logs schema with strings
@@ -29,7 +29,7 @@ fn unhex(s: &str) -> Vec<u8> {
         .collect()
 }
 
-/// The request of issue 9: a DEBUG record, then a WARN record whose kvlist body holds a
+/// The reported request: a DEBUG record, then a WARN record whose kvlist body holds a
 /// KeyValue whose length runs past its end.
 const ISSUE_REQUEST: &str = "0a2e0a150a130a0c736572766963652e6e616d6512030a01731215120710052a030a0164120a100d2a0632040a056162";
 

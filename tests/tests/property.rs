@@ -33,9 +33,9 @@
 //! Content-Length request, the same edits, the chunk size rewritten in lowercase hex zero-padded
 //! to its digits when bytes were removed, the rest of the framing as sent; malformed or too deep
 //! ones pass byte for byte under their reason. Several data chunks (2 to 10, cut at random, the
-//! body valid or not): byte for byte as `chunked`, counted in `requests` but not `log_requests`,
-//! and the next request on the connection is still walked. The wire is delimited by the chunk
-//! framing that arrives.
+//! body valid or not): walked the same; when dt's plan has anything in it, rewritten as one
+//! chunk (the size zero-padded to the digits the old length needs), else byte for byte as sent.
+//! The wire is delimited by the chunk framing that arrives.
 //!
 //! A round is one rule set (installed with `Agent::reload`, rule names reused across rounds so
 //! counters and sample sequences carry on) and 10-20 requests under it.

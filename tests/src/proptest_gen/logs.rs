@@ -1305,16 +1305,26 @@ impl Chunking {
         out
     }
 
-    /// What dt must send on for a single-chunk request of `old_len` body bytes whose body it
-    /// edited to `new_body`: when bytes were removed, the size rewritten in lowercase hex,
-    /// zero-padded to the digits it had (else left as sent, like a Content-Length), the
-    /// extensions kept. (The body starts at `.1`.)
-    pub fn edited(&self, old_len: usize, new_body: &[u8]) -> (Vec<u8>, usize) {
-        let Chunking::One { digits, ext, upper } = self else {
-            panic!("generator bug: only single-chunk requests are edited");
+    /// What dt must send on for a chunked request of `old_len` body bytes whose body it edited
+    /// to `new_body` (`planned`: dt's plan had anything in it). The body starts at `.1`.
+    /// - One chunk: when bytes were removed, the size rewritten in lowercase hex, zero-padded to
+    ///   the digits it had (else left as sent, like a Content-Length), the extensions kept.
+    /// - Several: rewritten as one chunk when planned (the size in lowercase hex, zero-padded
+    ///   to the digits the old length needs, no extension), else as sent.
+    pub fn edited(&self, old_len: usize, new_body: &[u8], planned: bool) -> (Vec<u8>, usize) {
+        let prefix = match self {
+            Chunking::One { digits, ext, upper } => {
+                let upper = *upper && new_body.len() == old_len;
+                format!("{}{ext}\r\n", hex_size(new_body.len(), *digits, upper))
+            }
+            Chunking::Several { lines, .. } => {
+                if !planned {
+                    return (self.frame(new_body), lines[0].len() + 2);
+                }
+                let digits = format!("{old_len:x}").len();
+                format!("{}\r\n", hex_size(new_body.len(), digits, false))
+            }
         };
-        let upper = *upper && new_body.len() == old_len;
-        let prefix = format!("{}{ext}\r\n", hex_size(new_body.len(), *digits, upper));
         let mut out = prefix.as_bytes().to_vec();
         out.extend_from_slice(new_body);
         out.extend_from_slice(b"\r\n0\r\n\r\n");

@@ -8,7 +8,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value::Value};
 
 use super::wire::{Edits, Mark, RecordSizes};
 pub use crate::model::Counts;
-use crate::model::{Decider, Facts, Redaction, RuleSpec, evaluate_record};
+use crate::model::{Decider, End, Facts, Redaction, RuleSpec, evaluate_record};
 
 /// What the reference carries from request to request for the agent's whole life: every rule
 /// name's counters, and each sample rule's match count (in the [`Decider`]).
@@ -49,6 +49,10 @@ pub struct Outcome {
     pub removed_bytes: u64,
     /// Per record, in order: `None` kept, `Some(rule)` dropped by that rule.
     pub dropped_by: Vec<Option<String>>,
+    /// Whether dt's plan for the request has anything in it: a record a drop, sample or
+    /// rate_limit rule stopped at (kept or not), or a redaction. (A request of several chunks
+    /// is rewritten as one chunk then.)
+    pub planned: bool,
 }
 
 fn string_of(v: Option<&AnyValue>) -> Option<&str> {
@@ -119,11 +123,15 @@ pub fn evaluate(
         records_dropped: 0,
         removed_bytes: 0,
         dropped_by: Vec::new(),
+        planned: false,
     };
     // Per record: the edits for kept records.
     let mut marks: Vec<Redaction> = Vec::new();
     for (ri, (f, size)) in facts.iter().zip(sizes).enumerate() {
         let e = evaluate_record(rules, f);
+        if !matches!(e.end, End::Kept) {
+            out.planned = true;
+        }
         let settled = e.settle(rules, &mut state.decider, size.field_len);
         for (i, c) in settled.counts {
             *state.counts.get_mut(&rules[i].name).expect("installed") += c;
@@ -188,6 +196,9 @@ pub fn evaluate(
                 sl.log_records.push(r);
             }
         }
+    }
+    if !edits.remove.is_empty() || !edits.mask.is_empty() || !edits.either.is_empty() {
+        out.planned = true;
     }
     out.edits = edits;
     out

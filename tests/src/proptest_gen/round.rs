@@ -123,7 +123,7 @@ impl Expect {
     }
 
     /// Whether dt counts the request in `log_requests` (every request it walks, whatever it
-    /// then finds; not one of several chunks, which it passes without walking).
+    /// then finds).
     pub fn log_request(&self) -> bool {
         self.passthrough != Some("chunked")
     }
@@ -181,27 +181,12 @@ pub fn case(
     };
     // A chunked request's body is at least one byte per data chunk (a chunk of size 0 is the
     // last chunk): a shorter one goes with Content-Length.
-    let chunking = |g: &mut G, len: usize| (framing > 0 && len >= 1).then(|| Chunking::one(g, len));
-    if framing == 2 {
-        // Several data chunks: passed through whatever the body holds (dt does not walk it).
-        let mut tree = logs::request(g);
-        let (body, what) = if malform {
-            let (b, w) = logs::malform(g, &mut tree);
-            (b, format!(", the body made malformed ({w})"))
-        } else {
-            (wire::encode(&tree), String::new())
-        };
-        if body.len() >= 2 {
-            let ch = Chunking::several(g, body.len());
-            let n = match &ch {
-                Chunking::Several { sizes, .. } => sizes.len(),
-                Chunking::One { .. } => 1,
-            };
-            let what = format!("several: {n} data chunks{what}");
-            return passthrough_case(g, id, cfg, tree, body, "chunked", what, Some(ch));
-        }
-        // Too short for several: one chunk.
-    }
+    // Several data chunks need a body of two bytes at least.
+    let chunking = |g: &mut G, len: usize| match framing {
+        2 if len >= 2 => Some(Chunking::several(g, len)),
+        0 => None,
+        _ => (len >= 1).then(|| Chunking::one(g, len)),
+    };
     // A request whose edits stay within dt's documented per-request limits (else it would
     // rightly pass through as edit_limit): another one otherwise.
     loop {
@@ -391,7 +376,9 @@ fn valid_case(
     if padded != heads[0] {
         heads.push(padded);
     }
-    let chunked_wire = chunking.as_ref().map(|c| c.edited(body.len(), &exp_body));
+    let chunked_wire = chunking
+        .as_ref()
+        .map(|c| c.edited(body.len(), &exp_body, out.planned));
     if chunked_wire.is_some() {
         heads = vec![request.head().to_vec()];
     }
