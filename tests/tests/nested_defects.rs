@@ -1,4 +1,4 @@
-//! Defects deep inside values no rule reads : a request that a real protobuf
+//! Defects deep inside values no rule reads: a request that a real protobuf
 //! decoder rejects passes through byte for byte, counted `malformed`, wherever its defect is.
 //!
 //! - On the host, dt's walker against the oracle (prost over the OTLP logs schema with strings
