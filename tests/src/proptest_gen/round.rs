@@ -516,8 +516,10 @@ mod tests {
                     }
                     Some(Chunking::Several { .. }) => {
                         several += 1;
-                        assert_eq!(c.expect.passthrough, Some("chunked"));
-                        assert!(!c.expect.log_request());
+                        assert_ne!(c.expect.passthrough, Some("chunked"));
+                        assert!(c.expect.log_request());
+                        let (wire, _) = c.expect.wire();
+                        assert!(wire.ends_with(b"\r\n0\r\n\r\n"));
                     }
                     None => {}
                 }
