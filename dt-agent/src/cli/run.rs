@@ -6,14 +6,14 @@ use std::path::PathBuf;
 use clap::Args;
 use dt_agent::{
     service,
-    settings::{self, ConfigErrors, Overrides},
+    settings::{self, ConfigErrors, Layer},
 };
 
-/// `dt-agent run`'s flags: the settings ones ([`Overrides`]), the config file and pinning.
+/// `dt-agent run`'s flags: the settings ones ([`Layer`]), the config file and pinning.
 #[derive(Args)]
 pub struct RunArgs {
     #[command(flatten)]
-    flags: Overrides,
+    flags: Layer,
     /// Config file [default: /etc/dt/agent.toml when it exists].
     #[arg(long, value_name = "FILE", display_order = 2)]
     config: Option<PathBuf>,
@@ -28,7 +28,7 @@ pub struct RunArgs {
 /// Runs the agent: flags over the config file over the defaults.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let file = settings::load_optional(args.config.as_deref()).map_err(ConfigErrors)?;
-    let flags = Overrides {
+    let flags = Layer {
         pin: if args.pin {
             Some(true)
         } else if args.no_pin {

@@ -1,4 +1,4 @@
-//! The config file (`--config FILE`, TOML): read and validated into a [`FileConfig`]. Every
+//! The config file (`--config FILE`, TOML): read and validated into a [`Layer`]. Every
 //! problem is a [`Diagnostic`] (`file:line:column: message`), as for rule files, and unknown keys
 //! are errors. Relative paths in the file are relative to the file's directory, so
 //! `rules_dir = "rules"` in `/etc/dt/agent.toml` means `/etc/dt/rules`.
@@ -12,7 +12,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    DEFAULT_CONFIG, FileConfig,
+    DEFAULT_CONFIG, Layer,
     check::{
         check_capture_endpoint, check_max_request, check_otlp_endpoint, max_request_range,
         parse_duration, parse_metrics_addr,
@@ -39,7 +39,7 @@ struct RawFile {
 
 /// The config file `run` reads: `explicit` (`--config FILE`), which must exist, or else
 /// [`DEFAULT_CONFIG`] if it exists, or else none.
-pub fn load_optional(explicit: Option<&Path>) -> Result<Option<FileConfig>, Vec<Diagnostic>> {
+pub fn load_optional(explicit: Option<&Path>) -> Result<Option<Layer>, Vec<Diagnostic>> {
     match explicit {
         Some(path) => load(path).map(Some),
         None if Path::new(DEFAULT_CONFIG).exists() => load(Path::new(DEFAULT_CONFIG)).map(Some),
@@ -49,7 +49,7 @@ pub fn load_optional(explicit: Option<&Path>) -> Result<Option<FileConfig>, Vec<
 
 /// Reads and validates a config file. On failure, returns every problem found as
 /// `file:line:column: message` (a TOML syntax or type error reports that one problem).
-pub fn load(path: &Path) -> Result<FileConfig, Vec<Diagnostic>> {
+pub fn load(path: &Path) -> Result<Layer, Vec<Diagnostic>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         vec![Diagnostic::new(
             path,
@@ -62,7 +62,7 @@ pub fn load(path: &Path) -> Result<FileConfig, Vec<Diagnostic>> {
 
 /// Parses and validates the text of a config file; `path` names it in diagnostics and anchors
 /// its relative paths.
-pub fn parse(path: &Path, text: &str) -> Result<FileConfig, Vec<Diagnostic>> {
+pub fn parse(path: &Path, text: &str) -> Result<Layer, Vec<Diagnostic>> {
     let src = SourceText::new(path, text);
     let raw: RawFile = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
@@ -162,9 +162,9 @@ pub fn parse(path: &Path, text: &str) -> Result<FileConfig, Vec<Diagnostic>> {
         diags.sort_by_key(Diagnostic::pos);
         return Err(diags);
     }
-    Ok(FileConfig {
+    Ok(Layer {
         rules_dir,
-        ports,
+        ports: ports.unwrap_or_default(),
         cgroup,
         socket,
         pin: raw.pin,

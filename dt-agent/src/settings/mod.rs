@@ -1,4 +1,4 @@
-//! The run settings, in one place: the config file (`file`), the `run` flags ([`Overrides`]),
+//! The run settings, in one place: two [`Layer`]s (the config file, `file`, and the `run` flags),
 //! every default (the constants below) and every validator (`check`), merged by [`resolve`]
 //! into [`Settings`]: flags win over the file, and the file over the defaults. The other verbs
 //! find the agent's socket and pin directory with [`locate`].
@@ -45,40 +45,15 @@ pub const DEFAULT_SOCKET: &str = "/run/dt/agent.sock";
 /// The OTLP metrics push interval.
 pub const DEFAULT_OTLP_INTERVAL: Duration = Duration::from_secs(10);
 
-/// The config file as written: every key is optional. [`load`] has validated every value.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FileConfig {
-    /// `rules_dir`: the rules directory.
-    pub rules_dir: Option<PathBuf>,
-    /// `ports`: the OTLP/HTTP ports to hook (1..=65535, at least one, no repeats).
-    pub ports: Option<Vec<u16>>,
-    /// `cgroup`: the cgroup v2 directory whose connections are hooked.
-    pub cgroup: Option<PathBuf>,
-    /// `socket`: the control socket.
-    pub socket: Option<PathBuf>,
-    /// `pin`: pin programs and maps so filtering outlives the agent.
-    pub pin: Option<bool>,
-    /// `pin_dir`: the bpffs directory for the pins.
-    pub pin_dir: Option<PathBuf>,
-    /// `metrics_addr`: the loopback address of the Prometheus endpoint.
-    pub metrics_addr: Option<SocketAddr>,
-    /// `otlp_endpoint`: the URL OTLP metrics are pushed to.
-    pub otlp_endpoint: Option<String>,
-    /// `otlp_interval`: how often OTLP metrics are pushed.
-    pub otlp_interval: Option<Duration>,
-    /// `max_request`: the request size bound in bytes.
-    pub max_request: Option<u32>,
-    /// `capture_endpoint`: the URL captured uprobe calls are posted to as OTLP logs.
-    pub capture_endpoint: Option<String>,
-}
-
-/// The command-line flags of `dt-agent run` (its clap arguments, but `--config`, `--pin` and
-/// `--no-pin`), unparsed into defaults: `None` (or an empty `ports`) means "not given", so the
-/// file or the default applies. `--port` flags, when given, replace the file's `ports`; they do
-/// not add to them. `pin` is `Some(true)` for `--pin`, `Some(false)` for `--no-pin`. The
-/// doc comments of the fields are the flags' help.
+/// One layer of settings, every value optional: the config file's keys ([`parse`], every value
+/// validated, relative paths made relative to the file's directory) or the flags of `dt-agent
+/// run` (its clap arguments but `--config`, `--pin` and `--no-pin`). `None` (or an empty
+/// `ports`) means "not given", so the layer below or the default applies; [`resolve`] stacks
+/// them. `--port` flags, when given, replace the file's `ports`; they do not add to them. `pin`
+/// is `Some(true)` for `--pin` (`pin = true`), `Some(false)` for `--no-pin`. The doc comments
+/// of the fields are the flags' help; the README's "The config file" lists the keys.
 #[derive(Clone, Debug, Default, PartialEq, Eq, clap::Args)]
-pub struct Overrides {
+pub struct Layer {
     /// Rules directory [default: /etc/dt/rules when it exists, else ./rules].
     #[arg(long = "rules", value_name = "DIR", display_order = 1)]
     pub rules_dir: Option<PathBuf>,
@@ -135,14 +110,14 @@ pub struct Settings {
 
 /// Merges the flags, the file and the defaults (in that order of precedence) and checks the
 /// result. An error names the key (or flag) at fault.
-pub fn resolve(file: Option<FileConfig>, flags: Overrides) -> Result<Settings, String> {
+pub fn resolve(file: Option<Layer>, flags: Layer) -> Result<Settings, String> {
     let file = file.unwrap_or_default();
     let ports = if !flags.ports.is_empty() {
         check_ports("--port", &flags.ports)?;
         flags.ports
-    } else if let Some(ports) = file.ports {
-        check_ports("ports", &ports)?;
-        ports
+    } else if !file.ports.is_empty() {
+        check_ports("ports", &file.ports)?;
+        file.ports
     } else {
         vec![DEFAULT_PORT]
     };
@@ -220,7 +195,7 @@ pub fn default_rules_dir() -> PathBuf {
 pub fn locate(
     socket: Option<PathBuf>,
     pin_dir: Option<PathBuf>,
-    file: Option<&FileConfig>,
+    file: Option<&Layer>,
 ) -> (PathBuf, PathBuf) {
     let socket = socket
         .or_else(|| file.and_then(|f| f.socket.clone()))

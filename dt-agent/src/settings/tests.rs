@@ -4,7 +4,7 @@ use super::file::KEYS;
 use super::*;
 use dt_ebpf_common::MAX_REQUEST_CEILING;
 
-fn parse_str(text: &str) -> Result<FileConfig, Vec<Diagnostic>> {
+fn parse_str(text: &str) -> Result<Layer, Vec<Diagnostic>> {
     parse(Path::new("/etc/dt/agent.toml"), text)
 }
 
@@ -49,11 +49,11 @@ capture_endpoint = "http://127.0.0.1:4318/v1/logs"
 
 #[test]
 fn defaults_with_no_file() {
-    assert_eq!(resolve(None, Overrides::default()).unwrap(), defaults());
+    assert_eq!(resolve(None, Layer::default()).unwrap(), defaults());
     let empty = parse_str("# nothing set\n").unwrap();
-    assert_eq!(empty, FileConfig::default());
+    assert_eq!(empty, Layer::default());
     assert_eq!(
-        resolve(Some(empty), Overrides::default()).unwrap(),
+        resolve(Some(empty), Layer::default()).unwrap(),
         defaults()
     );
 }
@@ -73,9 +73,9 @@ fn every_key() {
     let file = parse_str(EVERY_KEY).unwrap();
     assert_eq!(
         file,
-        FileConfig {
+        Layer {
             rules_dir: Some("/srv/dt/rules".into()),
-            ports: Some(vec![4318, 14318]),
+            ports: vec![4318, 14318],
             cgroup: Some("/sys/fs/cgroup/otel.slice".into()),
             socket: Some("/run/dt/other.sock".into()),
             pin: Some(true),
@@ -87,7 +87,7 @@ fn every_key() {
             capture_endpoint: Some("http://127.0.0.1:4318/v1/logs".into()),
         }
     );
-    let settings = resolve(Some(file), Overrides::default()).unwrap();
+    let settings = resolve(Some(file), Layer::default()).unwrap();
     assert_eq!(
         settings,
         Settings {
@@ -110,7 +110,7 @@ fn every_key() {
 fn the_example_config_parses_to_the_defaults() {
     let text = include_str!("../../../dist/agent.toml");
     let file = parse_str(text).unwrap();
-    assert_eq!(file, FileConfig::default(), "every key is commented out");
+    assert_eq!(file, Layer::default(), "every key is commented out");
     // Uncommenting every `# key = value` line gives the documented defaults.
     let uncommented: String = text
         .lines()
@@ -124,7 +124,7 @@ fn the_example_config_parses_to_the_defaults() {
     assert!(file.capture_endpoint.is_none());
     let mut expect = defaults();
     expect.rules_dir = "/etc/dt/rules".into();
-    assert_eq!(resolve(Some(file), Overrides::default()).unwrap(), expect);
+    assert_eq!(resolve(Some(file), Layer::default()).unwrap(), expect);
 }
 
 #[test]
@@ -143,7 +143,7 @@ fn relative_paths_are_relative_to_the_file() {
 #[test]
 fn flags_override_the_file() {
     let file = parse_str(EVERY_KEY).unwrap();
-    let flags = Overrides {
+    let flags = Layer {
         rules_dir: Some("/tmp/r".into()),
         ports: vec![9000],
         cgroup: Some("/sys/fs/cgroup/x".into()),
@@ -175,12 +175,12 @@ fn flags_override_the_file() {
         }
     );
     // `--pin` over a file that says nothing, and `--no-pin` over `pin = true`.
-    let pin = |flag, file: Option<FileConfig>| {
+    let pin = |flag, file: Option<Layer>| {
         resolve(
             file,
-            Overrides {
+            Layer {
                 pin: flag,
-                ..Overrides::default()
+                ..Layer::default()
             },
         )
         .unwrap()
@@ -192,9 +192,9 @@ fn flags_override_the_file() {
     // A flag not given leaves the file's value.
     let s = resolve(
         Some(parse_str("ports = [1, 2]\nmax_request = 7\n").unwrap()),
-        Overrides {
+        Layer {
             socket: Some("/tmp/x".into()),
-            ..Overrides::default()
+            ..Layer::default()
         },
     )
     .unwrap();
@@ -281,9 +281,9 @@ fn bad_durations() {
         parse_duration("1m30s250ms"),
         Ok(Duration::from_millis(90_250))
     );
-    let zero = Overrides {
+    let zero = Layer {
         otlp_interval: Some(Duration::ZERO),
-        ..Overrides::default()
+        ..Layer::default()
     };
     assert!(
         resolve(None, zero)
@@ -311,20 +311,20 @@ fn metrics_addr_must_be_loopback() {
     assert!(parse_metrics_addr("127.0.0.2:9464").is_ok());
     assert!(parse_metrics_addr("[::1]:9464").is_ok());
     assert!(parse_metrics_addr("[::ffff:127.0.0.1]:9464").is_ok());
-    let flags = Overrides {
+    let flags = Layer {
         metrics_addr: Some("192.168.1.1:9464".parse().unwrap()),
-        ..Overrides::default()
+        ..Layer::default()
     };
     assert!(
         resolve(None, flags)
             .unwrap_err()
             .starts_with("--metrics-addr:")
     );
-    let file = FileConfig {
+    let file = Layer {
         metrics_addr: Some("192.168.1.1:9464".parse().unwrap()),
-        ..FileConfig::default()
+        ..Layer::default()
     };
-    let e = resolve(Some(file), Overrides::default()).unwrap_err();
+    let e = resolve(Some(file), Layer::default()).unwrap_err();
     assert!(e.starts_with("metrics_addr:"), "{e}");
 }
 
@@ -341,9 +341,9 @@ fn otlp_endpoints() {
             .contains("https is not supported")
     );
     assert!(check_otlp_endpoint("ftp://collector/").is_err());
-    let flags = Overrides {
+    let flags = Layer {
         otlp_endpoint: Some("https://collector/v1/metrics".into()),
-        ..Overrides::default()
+        ..Layer::default()
     };
     assert!(
         resolve(None, flags)
@@ -362,9 +362,9 @@ fn otlp_endpoints() {
         ),
         "{e}"
     );
-    let flags = Overrides {
+    let flags = Layer {
         capture_endpoint: Some("https://collector/v1/logs".into()),
-        ..Overrides::default()
+        ..Layer::default()
     };
     assert!(
         resolve(None, flags)
@@ -385,21 +385,21 @@ fn port_zero_and_other_bad_ports() {
     assert_eq!(e, "1:9: `ports` must list at least one port");
     let e = error("ports = [4318, 4318]\n");
     assert_eq!(e, "1:16: `ports` lists port 4318 twice");
-    let flags = Overrides {
+    let flags = Layer {
         ports: vec![4318, 0],
-        ..Overrides::default()
+        ..Layer::default()
     };
     assert!(
         resolve(None, flags)
             .unwrap_err()
             .starts_with("--port: 0 is not a port")
     );
-    let file = FileConfig {
-        ports: Some(vec![0]),
-        ..FileConfig::default()
+    let file = Layer {
+        ports: vec![0],
+        ..Layer::default()
     };
     assert!(
-        resolve(Some(file), Overrides::default())
+        resolve(Some(file), Layer::default())
             .unwrap_err()
             .starts_with("ports: ")
     );
@@ -430,9 +430,9 @@ fn max_request_out_of_range() {
     );
     let ok = parse_str(&format!("max_request = {MAX_REQUEST_CEILING}\n")).unwrap();
     assert_eq!(ok.max_request, Some(MAX_REQUEST_CEILING));
-    let flags = Overrides {
+    let flags = Layer {
         max_request: Some(MAX_REQUEST_CEILING + 1),
-        ..Overrides::default()
+        ..Layer::default()
     };
     assert!(
         resolve(None, flags)
