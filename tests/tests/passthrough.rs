@@ -289,11 +289,15 @@ fn passthrough_chunked() {
     let dir = TempRules::from_rules(&rules);
     let agent = start_agent(&dir, &[receiver.port()]);
 
-    // Connection 1: chunked in several chunks (passed, counted `chunked`), then a normal request,
-    // which is edited: the chunked request's end was found, so the connection stays followed.
-    let chunked = HttpRequestBuilder::logs(encode(&doomed()))
+    // Connection 1: a chunked request with trailer fields (framing dt does not follow) passes
+    // byte for byte, counted `chunked`; its end is not known, so the connection is not followed
+    // any more and the next request on it passes untouched too.
+    let mut chunked = HttpRequestBuilder::logs(encode(&doomed()))
         .chunked(100)
         .build();
+    let n = chunked.bytes.len();
+    chunked.bytes.truncate(n - 2);
+    chunked.bytes.extend_from_slice(b"X-Checksum: 1\r\n\r\n");
     let follow = HttpRequestBuilder::logs(encode(&normal())).build();
     let mut c1 = RawClient::connect(receiver.addr());
     assert_eq!(
@@ -312,14 +316,14 @@ fn passthrough_chunked() {
     drop(agent);
 
     let raw = receiver.connection_bytes();
-    assert!(
-        raw[0].starts_with(&sent1[..chunked.bytes.len()]),
-        "the chunked request must pass byte for byte"
-    );
+    assert_eq!(raw[0], sent1, "the connection passes byte for byte");
     assert!(got[0].chunked);
     assert_eq!(got[0].body, chunked.payload);
     let expected = evaluate(&rules, &sent_records(&normal()));
-    assert_eq!(got[1].records(), expected.kept);
+    assert_eq!(
+        got[1].body, follow.payload,
+        "the next request passes untouched"
+    );
     assert_eq!(got[2].records(), expected.kept);
     let n = stats
         .totals
@@ -328,11 +332,11 @@ fn passthrough_chunked() {
         .copied()
         .unwrap_or(0);
     assert_eq!(n, 1, "passthrough.chunked: {:?}", stats.totals.passthrough);
-    assert_eq!(stats.totals.records_dropped, 2 * expected.records_dropped);
+    assert_eq!(stats.totals.records_dropped, expected.records_dropped);
     for want in &expected.rules {
         assert_eq!(
             stats.rule(&want.name).unwrap().dropped,
-            2 * want.dropped,
+            want.dropped,
             "{}",
             want.name
         );

@@ -52,10 +52,7 @@ fn defaults_with_no_file() {
     assert_eq!(resolve(None, Layer::default()).unwrap(), defaults());
     let empty = parse_str("# nothing set\n").unwrap();
     assert_eq!(empty, Layer::default());
-    assert_eq!(
-        resolve(Some(empty), Layer::default()).unwrap(),
-        defaults()
-    );
+    assert_eq!(resolve(Some(empty), Layer::default()).unwrap(), defaults());
 }
 
 #[test]
