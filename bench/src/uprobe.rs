@@ -1,7 +1,7 @@
 //! The per-call overhead of a counted uprobe: a small C program calling syslog(3) in a loop, timed
 //! without an agent and with an agent whose rule set has the syslog preset and one count rule.
 //!
-//! Uprobe hooks are issue 5's work. Whether the agent in hand has them is found out by asking
+//! Whether the agent in hand has uprobe hooks is found out by asking
 //! `dt-agent check` about the probe rule file; when it refuses it, the result says so and points
 //! at the uprobe tests, and nothing is measured.
 
@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::procs::Agent;
 use crate::report::Stat;
 
-/// The probe rule file (the syslog preset of issue 5, counted by one rule).
+/// The probe rule file (the syslog preset, counted by one rule).
 const PROBE_RULES: &str = r#"# dt-bench: count every syslog(3) call.
 [[probe]]
 name = "syslog"

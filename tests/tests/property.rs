@@ -1028,7 +1028,7 @@ fn sample_sequence_ignores_malformed_requests() {
     );
 }
 
-/// Issue 9: sample is exact under concurrency. Three connections send valid requests of INFO
+/// Sample is exact under concurrency. Three connections send valid requests of INFO
 /// records through a `keep_one_in = 3` rule while three others send malformed requests that
 /// begin with INFO records (evaluated, then abandoned at a truncated ResourceLogs). Abandoned
 /// walks take no sample numbers, so over every CPU the kept count is exactly ⌈matched/3⌉ and
