@@ -4,25 +4,28 @@ use std::fmt::Write as _;
 
 use dt_agent::{Stats, control::RulesInfo};
 
+/// The width of the HOOK column: it fits "uprobe:NAME" hooks.
+fn hook_width<'a>(hooks: impl Iterator<Item = &'a str>) -> usize {
+    hooks.map(str::len).max().unwrap_or(0).max(6)
+}
+
+/// The rip cord's position, as the tables' first line says it.
+fn switch(enabled: bool) -> &'static str {
+    if enabled {
+        "enabled"
+    } else {
+        "DISABLED (everything passes)"
+    }
+}
+
 pub fn rules(info: &RulesInfo) -> String {
     let mut out = String::new();
-    // The HOOK column fits "uprobe:NAME" hooks.
-    let hw = info
-        .rules
-        .iter()
-        .map(|r| r.hook.len())
-        .max()
-        .unwrap_or(0)
-        .max(6);
+    let hw = hook_width(info.rules.iter().map(|r| r.hook.as_str()));
     let _ = writeln!(
         out,
         "generation {}  {}  rules from {}",
         info.generation,
-        if info.enabled {
-            "enabled"
-        } else {
-            "DISABLED (everything passes)"
-        },
+        switch(info.enabled),
         info.rules_dir.display()
     );
     let _ = writeln!(
@@ -46,24 +49,8 @@ pub fn rules(info: &RulesInfo) -> String {
 
 pub fn stats(s: &Stats) -> String {
     let mut out = String::new();
-    // The HOOK column fits "uprobe:NAME" hooks.
-    let hw = s
-        .rules
-        .iter()
-        .map(|r| r.hook.len())
-        .max()
-        .unwrap_or(0)
-        .max(6);
-    let _ = writeln!(
-        out,
-        "generation {}  {}",
-        s.generation,
-        if s.enabled {
-            "enabled"
-        } else {
-            "DISABLED (everything passes)"
-        }
-    );
+    let hw = hook_width(s.rules.iter().map(|r| r.hook.as_str()));
+    let _ = writeln!(out, "generation {}  {}", s.generation, switch(s.enabled));
     let _ = writeln!(
         out,
         "\n{:<32} {:<10} {:<hw$} {:>12} {:>12} {:>12} {:>14} {:>10}",
