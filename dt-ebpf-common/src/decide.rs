@@ -53,6 +53,27 @@ pub fn gcra_take(tat: u64, now: u64, per_second: u64, want: u32) -> (u64, u32) {
     (base + granted as u64 * interval, granted)
 }
 
+/// A trigger's threshold window, one word: `opened_ms << 24 | matches`. A match at `now_ms`
+/// counts in the window if it opened at most `within_ms` before, else it opens a new one.
+/// Returns the new word and the match's number in its window (from 1): the match whose number
+/// is the threshold fires. (Counts stop at 2^24 - 1.)
+#[inline(always)]
+pub fn threshold_count(window: u64, now_ms: u64, within_ms: u32) -> (u64, u32) {
+    let opened = window >> 24;
+    let count = (window & 0xff_ffff) as u32;
+    if count == 0 || now_ms < opened || now_ms - opened > within_ms as u64 {
+        return ((now_ms << 24) | 1, 1);
+    }
+    let next = if count < 0xff_ffff { count + 1 } else { count };
+    ((opened << 24) | next as u64, next)
+}
+
+/// Whether a trigger that last fired at `last_ns` (0: never) may fire at `now_ns`.
+#[inline(always)]
+pub fn cooled_down(last_ns: u64, now_ns: u64, cooldown_ns: u64) -> bool {
+    last_ns == 0 || now_ns < last_ns || now_ns - last_ns >= cooldown_ns
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,6 +93,22 @@ mod tests {
             }
             assert_eq!(kept, total.div_ceil(n), "n = {n}");
         }
+    }
+
+    #[test]
+    fn threshold_fires_on_the_count_th_match_of_a_window() {
+        let mut w = 0;
+        let mut numbers = [0; 6];
+        for (i, t) in [1000u64, 1001, 1500, 1999, 2000, 2001].into_iter().enumerate() {
+            let (nw, n) = threshold_count(w, t, 1000);
+            w = nw;
+            numbers[i] = n;
+        }
+        // The window opened at 1000 holds matches up to 2000; 2001 opens a new one.
+        assert_eq!(numbers, [1, 2, 3, 4, 5, 1]);
+        assert!(cooled_down(0, 5, 10));
+        assert!(!cooled_down(100, 105, 10));
+        assert!(cooled_down(100, 110, 10));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! whenever a map's type, key, value or size changes.
 
 /// Version of everything in this module. Part of the pin path, and stored in [`Control`].
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Rules in one rule set.
 pub const MAX_RULES: usize = 128;
@@ -65,6 +65,8 @@ pub const ACTION_SAMPLE: u8 = 2;
 pub const ACTION_RATE_LIMIT: u8 = 3;
 pub const ACTION_REDACT: u8 = 4;
 pub const ACTION_CAPTURE: u8 = 5;
+/// Counted like `count`; may fire (see [`Trigger`]).
+pub const ACTION_TRIGGER: u8 = 6;
 
 /// Severity numbers outside 0..=24 are folded to this value, which no range contains.
 pub const SEV_OUT_OF_RANGE: u8 = 255;
@@ -85,7 +87,10 @@ pub struct Rule {
     pub sev_hi: u8,
     /// [`RULE_MASK_BODY`] for a redact rule with `mask_body`.
     pub flags: u8,
-    pub _pad1: u16,
+    /// Recorder slot + 1 of a drop, sample or rate_limit rule whose removed records are
+    /// recorded (0: none).
+    pub recorder: u8,
+    pub _pad1: u8,
     /// Bits of `body_contains` needles (Aho-Corasick outputs) that must be present.
     pub body: u64,
     /// Bits of `attributes` key=value pairs that must be present.
@@ -96,6 +101,38 @@ pub struct Rule {
     pub remove: u64,
     /// Action parameter: keep_one_in for sample, per_second for rate_limit.
     pub param: u64,
+    /// States (bits of state slots) that must be on, and that must be off.
+    pub state_on: u64,
+    pub state_off: u64,
+    /// What a trigger rule does when it fires.
+    pub trigger: Trigger,
+}
+
+/// A trigger rule's firing: when, and what it does. Shared by both hooks.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Trigger {
+    /// Recorders (bits of recorder slots) whose flush it requests.
+    pub flush: u32,
+    /// Fire on the `threshold`-th match within `within_ms` of the first (0 or 1: every match).
+    pub threshold: u32,
+    /// States (bits of state slots) it turns on, each for its duration (`STATE_DURATIONS`).
+    pub set_state: u64,
+    /// Matches within this long after a firing don't fire.
+    pub cooldown_ns: u64,
+    pub within_ms: u32,
+    pub _pad: u32,
+}
+
+impl Trigger {
+    pub const NONE: Trigger = Trigger {
+        flush: 0,
+        threshold: 0,
+        set_state: 0,
+        cooldown_ns: 0,
+        within_ms: 0,
+        _pad: 0,
+    };
 }
 
 /// [`Rule::flags`]: the redact rule masks the string body.
@@ -114,9 +151,12 @@ pub struct RuleSet {
     /// Distinct attribute names that redact rules remove (0 = record attributes need no key
     /// lookup for redaction).
     pub remove_keys: u32,
-    /// What the rules look at ([`NEED_SERVICE`], [`NEED_ATTRS`]): the walk still checks the
-    /// whole request, but skips the lookups no rule needs.
+    /// What the rules look at ([`NEED_SERVICE`], [`NEED_ATTRS`], [`NEED_STATES`]): the walk
+    /// still checks the whole request, but skips the lookups no rule needs.
     pub needs: u32,
+    /// Bits of the states some rule's match names: the ones read when a record's evaluation
+    /// begins.
+    pub states: u64,
     pub rules: [Rule; MAX_RULES],
 }
 
@@ -124,6 +164,10 @@ pub struct RuleSet {
 pub const NEED_SERVICE: u32 = 1;
 /// Some rule matches on `attributes`.
 pub const NEED_ATTRS: u32 = 2;
+/// Some rule matches on `state`.
+pub const NEED_STATES: u32 = 4;
+/// Some rule records the records it removes.
+pub const NEED_RECORD: u32 = 8;
 
 /// Whether `sev` is within a rule's severity range `lo..=hi` (`0..=255`: no condition).
 #[inline(always)]
@@ -137,15 +181,24 @@ pub fn has_all(has: u64, needs: u64) -> bool {
     has & needs == needs
 }
 
+/// Whether the states on (`states`: bits of state slots) are as a rule needs: every one of
+/// `on`, none of `off`.
+#[inline(always)]
+pub fn states_hold(states: u64, on: u64, off: u64) -> bool {
+    states & on == on && states & off == 0
+}
+
 impl Rule {
     /// Whether this OTLP rule matches a record with SeverityNumber `sev` and these condition
-    /// bits. The uprobe hook's rules match the same way ([`crate::uprobe::ProbeRule::matches`]).
+    /// bits, with the states `states` on. The uprobe hook's rules match the same way
+    /// ([`crate::uprobe::ProbeRule::matches`]).
     #[inline(always)]
-    pub fn matches(&self, sev: u32, body: u64, attrs: u64, service: u64) -> bool {
+    pub fn matches(&self, sev: u32, body: u64, attrs: u64, service: u64, states: u64) -> bool {
         severity_in(sev, self.sev_lo, self.sev_hi)
             && has_all(body, self.body)
             && has_all(attrs, self.attrs)
             && has_all(service, self.service)
+            && states_hold(states, self.state_on, self.state_off)
     }
 }
 
@@ -156,18 +209,23 @@ impl RuleSet {
         ac_states: 0,
         remove_keys: 0,
         needs: 0,
+        states: 0,
         rules: [Rule {
             slot: 0,
             action: 0,
             sev_lo: 0,
             sev_hi: 0,
             flags: 0,
+            recorder: 0,
             _pad1: 0,
             body: 0,
             attrs: 0,
             service: 0,
             remove: 0,
             param: 0,
+            state_on: 0,
+            state_off: 0,
+            trigger: Trigger::NONE,
         }; MAX_RULES],
     };
 }
@@ -389,6 +447,8 @@ pub struct SockState {
     /// A copy between the message and a [`Rebody`] buffer, one piece per step.
     pub copy: CopyState,
     pub walk: crate::walk::Walk,
+    /// The recording pass over the dropped records, once the request commits.
+    pub rec: RecPass,
     /// The socket's cookie (set by sock_ops when it hooks the connection): the key of its
     /// [`Held`] entry while a request is held. sk_msg cannot read the cookie itself.
     pub cookie: u64,
@@ -406,6 +466,30 @@ pub struct CopyState {
     pub failed: u32,
     pub scan: u32,
     pub _pad: u32,
+}
+
+/// The recording pass (dt-ebpf's `sk_msg/record.rs`): the edit and record it is at, and the
+/// ring entry being written (`base`: its stream position, `n` bytes; `at`: where the next
+/// byte goes; `left` bytes from message offset `src` still to copy).
+#[derive(Copy, Clone, Debug, Default)]
+#[repr(C)]
+pub struct RecPass {
+    pub edit: u32,
+    pub pos: u32,
+    pub end: u32,
+    pub phase: u32,
+    pub recorder: u32,
+    pub rule_slot: u32,
+    pub svc_off: u32,
+    pub svc_len: u32,
+    pub rec_off: u32,
+    pub rec_len: u32,
+    pub src: u32,
+    pub left: u32,
+    pub size: u64,
+    pub base: u64,
+    pub at: u64,
+    pub n: u64,
 }
 
 /// Buffers for chunked requests of several data chunks, one taken per request walked (by CPU
@@ -468,6 +552,107 @@ pub struct Held {
     pub phase: u32,
 }
 
+// ------------------------------------------------------------------------------------------
+// States and triggers
+
+/// State slots (one bit each in the rules' words). A slot belongs to a state's name.
+pub const MAX_STATES: u32 = 64;
+
+// Maps: `STATES` (`Array<u64>`, [`MAX_STATES`]): until when (`bpf_ktime_get_ns`) each state
+// is on (0: off); `STATE_DURATIONS` (`Array<u64>`): how long a firing turns it on, in ns;
+// `TRIGGERS` (`Array<TriggerState>`, `MAX_SLOTS`): each trigger rule's firing state, by
+// counter slot.
+
+/// The firing state of one trigger rule (`TRIGGERS[counter slot]`), shared by every CPU and
+/// changed only with compare-exchange, so that concurrent matches fire once.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct TriggerState {
+    /// `bpf_ktime_get_ns` of the last firing (0: never fired).
+    pub last_ns: u64,
+    /// The threshold window: `opened_ms << 24 | matches` (see [`crate::decide::threshold_count`]).
+    pub window: u64,
+    /// Firings so far.
+    pub fired: u64,
+}
+
+// ------------------------------------------------------------------------------------------
+// Recorders
+
+/// Recorder slots (one bit each in [`Trigger::flush`]). A slot belongs to a recorder's name.
+pub const MAX_RECORDERS: u32 = 16;
+/// Bytes of one block of a recorder's ring (an element of its inner array map).
+pub const RING_BLOCK: u32 = 4096;
+/// Bytes copied into a ring per step at most; each element has this much to spare past
+/// [`RING_BLOCK`], so a copy at a masked offset stays inside it.
+pub const RING_PIECE: u32 = 256;
+/// Bytes of a ring entry's header (three u64 words) and trailer (one).
+pub const ENTRY_HEADER: u32 = 24;
+pub const ENTRY_TRAILER: u32 = 8;
+/// Largest `max_record`.
+pub const MAX_RECORD_CEILING: u32 = 65536;
+/// Longest service name kept with a recorded record (a longer one is cut).
+pub const MAX_RECORD_SERVICE: u32 = 255;
+
+/// One element of a recorder's ring: [`RING_BLOCK`] bytes of the ring, then room for a copy
+/// that starts near the end (never read).
+#[derive(Copy, Clone)]
+#[repr(C)]
+pub struct RingBlock {
+    pub bytes: [u8; (RING_BLOCK + RING_PIECE) as usize],
+}
+
+/// Bytes a recorded record takes in its ring: header, service name, record, padding to 8,
+/// trailer. (The README's "Recorders" gives this formula.)
+#[inline(always)]
+pub const fn entry_len(svc_len: u32, rec_len: u32) -> u32 {
+    (ENTRY_HEADER + svc_len + rec_len + 7) / 8 * 8 + ENTRY_TRAILER
+}
+
+/// The kernel-written state of a recorder (`REC_STATE[recorder slot]`): where its ring's next
+/// entry goes, as a position in the stream of every byte ever reserved (an entry at stream
+/// position `p` is at ring byte `p % size`), and the flushes its triggers asked for.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct RecState {
+    pub head: u64,
+    pub flush_req: u64,
+}
+
+/// Per-CPU counters of a recorder (`REC_COUNTERS[recorder slot]`).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct RecCounters {
+    /// Records written into the ring, and the ring bytes they took.
+    pub records: u64,
+    pub bytes: u64,
+    /// Records longer than `max_record`, not recorded.
+    pub too_long: u64,
+    /// Records not recorded for another reason: the ring missing (the recorder was just
+    /// removed), a reservation lost to other CPUs, or the message unreadable.
+    pub lost: u64,
+}
+
+/// The agent-written side of a recorder (`REC_CONF[recorder slot]`). The kernel reads
+/// `size` and `max_record` only.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct RecConf {
+    /// Ring bytes (a multiple of [`RING_BLOCK`]); 0: no recorder in this slot.
+    pub size: u64,
+    pub max_record: u32,
+    pub _pad: u32,
+    /// Stream position up to which records have left the ring (flushed).
+    pub tail: u64,
+    /// The `flush_req` value last served.
+    pub flush_done: u64,
+    /// Flushes done and the records they egressed; flushes given up (the endpoint failed
+    /// every try: their records stay in the ring).
+    pub flushes: u64,
+    pub flushed_records: u64,
+    pub flush_failures: u64,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -480,4 +665,9 @@ mod pod {
     unsafe impl aya::Pod for Totals {}
     unsafe impl aya::Pod for NameEntry {}
     unsafe impl aya::Pod for Held {}
+    unsafe impl aya::Pod for TriggerState {}
+    unsafe impl aya::Pod for RecState {}
+    unsafe impl aya::Pod for RecCounters {}
+    unsafe impl aya::Pod for RecConf {}
+    unsafe impl aya::Pod for RingBlock {}
 }

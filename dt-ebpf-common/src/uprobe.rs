@@ -56,6 +56,11 @@ pub struct ProbeRule {
     pub body: u64,
     /// Bits of `service` values.
     pub service: u64,
+    /// States that must be on, and off (as [`crate::Rule::state_on`]).
+    pub state_on: u64,
+    pub state_off: u64,
+    /// A trigger rule's firing.
+    pub trigger: crate::Trigger,
 }
 
 /// The uprobe rules of one rule set slot (`PROBE_RULES[slot]`).
@@ -67,6 +72,8 @@ pub struct ProbeRuleSet {
     pub n_rules: u32,
     /// [`PRS_BODY`]: some rule needs `body_contains` bits (the message is scanned).
     pub flags: u32,
+    /// Bits of the states some rule's match names.
+    pub states: u64,
     pub rules: [ProbeRule; MAX_PROBE_RULES],
 }
 
@@ -81,11 +88,12 @@ impl ProbeRule {
     /// `sev` and these condition bits; the same test as an OTLP rule's
     /// ([`crate::Rule::matches`]), plus the probe.
     #[inline(always)]
-    pub fn matches(&self, probe_bit: u64, sev: u8, body: u64, service: u64) -> bool {
+    pub fn matches(&self, probe_bit: u64, sev: u8, body: u64, service: u64, states: u64) -> bool {
         self.probes & probe_bit != 0
             && crate::severity_in(sev as u32, self.sev_lo, self.sev_hi)
             && crate::has_all(body, self.body)
             && crate::has_all(service, self.service)
+            && crate::states_hold(states, self.state_on, self.state_off)
     }
 }
 
@@ -94,6 +102,7 @@ impl ProbeRuleSet {
         generation: 0,
         n_rules: 0,
         flags: 0,
+        states: 0,
         rules: [ProbeRule {
             slot: 0,
             action: 0,
@@ -103,6 +112,9 @@ impl ProbeRuleSet {
             probes: 0,
             body: 0,
             service: 0,
+            state_on: 0,
+            state_off: 0,
+            trigger: crate::Trigger::NONE,
         }; MAX_PROBE_RULES],
     };
 }
@@ -289,14 +301,14 @@ mod tests {
         for sev in 0..=255u8 {
             for body in 0..8u64 {
                 for service in 0..4u64 {
-                    let want = otlp.matches(sev as u32, body, 0, service);
-                    assert_eq!(rule.matches(0b10, sev, body, service), want);
-                    assert!(!rule.matches(0b01, sev, body, service));
+                    let want = otlp.matches(sev as u32, body, 0, service, 0);
+                    assert_eq!(rule.matches(0b10, sev, body, service, 0), want);
+                    assert!(!rule.matches(0b01, sev, body, service, 0));
                 }
             }
         }
-        assert!(rule.matches(0b10, 9, 0b111, 0b11));
-        assert!(!rule.matches(0b10, 13, 0b111, 0b11));
-        assert!(!rule.matches(0b10, 9, 0b011, 0b11));
+        assert!(rule.matches(0b10, 9, 0b111, 0b11, 0));
+        assert!(!rule.matches(0b10, 13, 0b111, 0b11, 0));
+        assert!(!rule.matches(0b10, 9, 0b011, 0b11, 0));
     }
 }

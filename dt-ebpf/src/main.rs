@@ -17,6 +17,7 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+mod dynamic;
 mod maps;
 mod sk_msg;
 mod sock_ops;

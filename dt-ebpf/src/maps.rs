@@ -2,13 +2,15 @@
 //! `LAYOUT_VERSION` (see dt-ebpf-common's layout module).
 
 use aya_ebpf::{
-    btf_maps::SkStorage,
+    bindings::BPF_F_INNER_MAP,
+    btf_maps::{self, ArrayOfMaps, SkStorage},
     macros::{btf_map, map},
     maps::{Array, HashMap, PerCpuArray, SockHash},
 };
 use dt_ebpf_common::{
-    AcRow, Control, Held, MAX_AC_STATES, MAX_CONDS, MAX_HELD, MAX_SLOTS, NameEntry, NameKey,
-    REBODY_SLOTS, Rebody, RuleCounters, RuleSet, SockState, StrKey, Totals,
+    AcRow, Control, Held, MAX_AC_STATES, MAX_CONDS, MAX_HELD, MAX_NAME_LEN, MAX_RECORDERS,
+    MAX_SLOTS, MAX_STATES, NameEntry, NameKey, REBODY_SLOTS, Rebody, RecConf, RecCounters,
+    RecState, RingBlock, RuleCounters, RuleSet, SockState, StrKey, Totals, TriggerState,
 };
 
 /// The active rule set slot and generation, the rip cord, the size bound.
@@ -70,3 +72,54 @@ pub static HELD: HashMap<u64, Held> = HashMap::with_max_entries(MAX_HELD, 0);
 /// Buffers the data of chunked requests of several chunks is walked in (see `sk_msg/rechunk.rs`).
 #[map]
 pub static REBODY: Array<Rebody> = Array::with_max_entries(REBODY_SLOTS, 0);
+
+/// Until when (`bpf_ktime_get_ns`) each state slot is on; 0: off. Triggers (in the kernel) and
+/// the agent (`dt-agent state`) write it, one u64 each.
+#[map]
+pub static STATES: Array<u64> = Array::with_max_entries(MAX_STATES, 0);
+
+/// How long a firing turns each state slot on, in ns (the agent's, from the rule set).
+#[map]
+pub static STATE_DURATIONS: Array<u64> = Array::with_max_entries(MAX_STATES, 0);
+
+/// Each trigger rule's firing state, by counter slot.
+#[map]
+pub static TRIGGERS: Array<TriggerState> = Array::with_max_entries(MAX_SLOTS, 0);
+
+/// Recorder slot → its ring: an array of blocks the agent creates at the recorder's size (and
+/// frees when the recorder leaves the rule set).
+#[btf_map]
+pub static RECORDERS: ArrayOfMaps<
+    btf_maps::Array<RingBlock, 1, { BPF_F_INNER_MAP as usize }>,
+    { MAX_RECORDERS as usize },
+> = ArrayOfMaps::new();
+
+/// Each recorder's ring head and flush requests (kernel-written, compare-exchange).
+#[map]
+pub static REC_STATE: Array<RecState> = Array::with_max_entries(MAX_RECORDERS, 0);
+
+/// Each recorder's counters.
+#[map]
+pub static REC_COUNTERS: PerCpuArray<RecCounters> = PerCpuArray::with_max_entries(MAX_RECORDERS, 0);
+
+/// Each recorder's size and `max_record`, and the agent's flush bookkeeping (agent-written).
+#[map]
+pub static REC_CONF: Array<RecConf> = Array::with_max_entries(MAX_RECORDERS, 0);
+
+/// Recorder and state name → slot (the key's first byte is `r` or `s`): the agent's table,
+/// pinned with the rest. The programs never read it.
+#[map]
+pub static OBJECTS: HashMap<[u8; MAX_NAME_LEN], u32> =
+    HashMap::with_max_entries(MAX_RECORDERS + MAX_STATES, 0);
+
+/// Scratch for the uprobe hook: the states on when a call's evaluation begins, and the trigger
+/// rules it matched (kept in map memory, opaque to the verifier, not in registers).
+#[map]
+pub static STATE_SCRATCH: PerCpuArray<CallScratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+pub struct CallScratch {
+    pub states: u64,
+    pub n_fires: u32,
+    pub fires: [u8; 4],
+}

@@ -18,11 +18,7 @@
 //! Every run sets both `apply_bytes` and `cork_bytes` explicitly: the kernel reuses its cork
 //! message across sends, and stale values in it would cork or skip the wrong bytes.
 
-use core::{
-    ffi::c_void,
-    intrinsics::{AtomicOrdering, atomic_cxchg},
-    ptr,
-};
+use core::{ffi::c_void, ptr};
 
 use aya_ebpf::{
     bindings::{BPF_SK_STORAGE_GET_F_CREATE, sk_action, sk_msg_md},
@@ -36,8 +32,8 @@ use aya_ebpf::{
 };
 use dt_ebpf_common::{
     AcRow, Control, Held, MAX_AC_STATES, MAX_EDITS, MAX_FIXES, MAX_HEAD_LEN, MAX_MASKS,
-    MAX_REQUEST_CEILING, MAX_RULES, N_PASSTHROUGH, PHASE_CHUNKED, PHASE_CORKED, PHASE_HEAD,
-    PHASE_IDLE, PHASE_UNTRACKED, Passthrough, RuleSet, STR_KEY_BYTES, SockState, StrKey, Totals,
+    MAX_REQUEST_CEILING, MAX_RULES, NEED_RECORD, N_PASSTHROUGH, PHASE_CHUNKED, PHASE_CORKED, PHASE_HEAD,
+    PHASE_IDLE, PHASE_UNTRACKED, Passthrough, RuleSet, STR_KEY_BYTES, SockState, StrKey, Totals, Trigger,
     WinState,
     chunked::{self, Scan},
     decide,
@@ -47,7 +43,9 @@ use dt_ebpf_common::{
 };
 
 mod rechunk;
+mod record;
 
+use crate::dynamic::{self, atomic_update};
 use crate::maps::{
     AC, CONTROL, HELD, RATES, RULE_COUNTERS, RULESETS, SAMPLES, SOCK_STATE, STRINGS, TOTALS,
 };
@@ -530,7 +528,6 @@ struct WalkCtx {
 
 const WALK_RUNNING: i32 = 0;
 const WALK_DONE: i32 = 1;
-
 extern "C" fn walk_cb(_i: u64, ctx: *mut c_void) -> i64 {
     let c = unsafe { &mut *(ctx as *mut WalkCtx) };
     let w = unsafe { &mut (*c.st).walk };
@@ -649,6 +646,10 @@ fn walk_request_inner(msg: *mut sk_msg_md, st: &mut SockState, totals: &mut Tota
                 );
             }
         }
+        // Recorders keep what the rules remove, before the pops do.
+        if rs.needs & NEED_RECORD != 0 && unsafe { (*st_ptr).walk.records_dropped } > 0 {
+            record::record(msg, st_ptr, rs, now);
+        }
         walk::apply_start(unsafe { &mut (*st_ptr).walk });
         unsafe {
             bpf_loop(
@@ -706,37 +707,6 @@ fn abandon_at(totals: &mut Totals, why: Passthrough, total: u32, now: u32) -> Ve
     let v = pass(totals, why, total);
     totals.bytes_out -= (total - now) as u64;
     (now, v.1)
-}
-
-/// Tries of an atomic update of a shared word before giving up (two CPUs updating the same
-/// rule's word at the same instant make a try fail; every try that fails means another CPU's
-/// succeeded).
-const CAS_TRIES: u32 = 64;
-
-/// Applies `f` to the u64 at `p` atomically (a compare-exchange loop); returns the value it
-/// replaced, or `None` if every try lost a race.
-#[inline(always)]
-fn atomic_update(p: *mut u64, f: impl Fn(u64) -> u64) -> Option<u64> {
-    let mut tries = 0;
-    while tries < CAS_TRIES {
-        // SAFETY: an aligned u64 in map memory; an aligned 64-bit load is atomic.
-        let old = unsafe { ptr::read_volatile(p) };
-        // SAFETY: as above; BPF's atomic compare-exchange. (core's atomic types have no
-        // read-modify-write on the BPF target, and LLVM 22 emits the fetch-add intrinsic without
-        // its fetch flag, so the old value would not come back.)
-        let (_, swapped) = unsafe {
-            atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
-                p,
-                old,
-                f(old),
-            )
-        };
-        if swapped {
-            return Some(old);
-        }
-        tries += 1;
-    }
-    None
 }
 
 /// The generation a rule set slot holds now, read from memory every time (the agent changes it
@@ -1028,6 +998,16 @@ impl Env for KernelEnv {
             // Lost every race: others are taking tokens right now; this request finds none.
             None => 0,
         }
+    }
+
+    #[inline(always)]
+    fn states(&mut self, which: u64, out: &mut u64) {
+        dynamic::states_on(which, out)
+    }
+
+    #[inline(always)]
+    fn trigger(&mut self, slot: u16, trigger: &Trigger) {
+        dynamic::trigger(slot, trigger);
     }
 
     #[inline(always)]

@@ -32,7 +32,7 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use dt_ebpf_common::{
-    ACTION_CAPTURE, ACTION_DROP, MAX_AC_STATES, MAX_CONDS,
+    ACTION_CAPTURE, ACTION_DROP, ACTION_TRIGGER, MAX_AC_STATES, MAX_CONDS,
     uprobe::{
         ARG_NONE, COMM_LEN, CommKey, ENTRY_STATIC_SERVICE, EV_FROM_ARG, EV_TRUNCATED,
         EV_UNREADABLE, MAX_FAMILY, MAX_PROBE_ENTRIES, MAX_PROBE_RULES, MAX_PROBES, MAX_SEV_PAIRS,
@@ -41,7 +41,10 @@ use dt_ebpf_common::{
     },
 };
 
-use crate::maps::{AC, CONTROL, RULE_COUNTERS};
+use crate::{
+    dynamic,
+    maps::{AC, CONTROL, RULE_COUNTERS, STATE_SCRATCH},
+};
 
 /// The uprobe rules of both rule set slots.
 #[map]
@@ -462,6 +465,16 @@ fn evaluate(
     let bit = 1u64 << probe;
     let sev = ev.severity;
     let n = rs.n_rules as usize;
+    // The states as they are when the call's evaluation begins.
+    let Some(scratch) = STATE_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch, for this run only.
+    let scratch = unsafe { &mut *scratch };
+    dynamic::states_on(rs.states, &mut scratch.states);
+    let states = unsafe { ptr::read_volatile(&scratch.states) };
+    // Trigger rules matched (their indexes), fired after every rule was evaluated.
+    unsafe { ptr::write_volatile(&mut scratch.n_fires, 0) };
     // 0: not tried; 1: in the ring buffer; 2: the ring buffer was full.
     let mut sent = 0u8;
     let mut i = 0usize;
@@ -473,7 +486,7 @@ fn evaluate(
             break;
         };
         i += 1;
-        if !r.matches(bit, sev, body, service) {
+        if !r.matches(bit, sev, body, service, states) {
             continue;
         }
         let Some(c) = RULE_COUNTERS.get_ptr_mut(r.slot as u32) else {
@@ -494,9 +507,33 @@ fn evaluate(
             if sent == 1 {
                 c.kept += 1;
             }
+        } else if r.action == ACTION_TRIGGER {
+            // SAFETY: fields of this CPU's scratch (volatile: nothing carried in registers).
+            unsafe {
+                let n = ptr::read_volatile(&scratch.n_fires) as usize;
+                if n < MAX_CALL_FIRES {
+                    ptr::write_volatile(&mut scratch.fires[n], (i - 1) as u8);
+                    ptr::write_volatile(&mut scratch.n_fires, n as u32 + 1);
+                }
+            }
         } else if r.action == ACTION_DROP {
             // Never installed where the kernel cannot skip a call (the agent refuses it).
             break;
         }
     }
+    let mut k = 0usize;
+    while k < MAX_CALL_FIRES {
+        // SAFETY: as above.
+        if k >= unsafe { ptr::read_volatile(&scratch.n_fires) } as usize {
+            break;
+        }
+        let f = unsafe { ptr::read_volatile(&scratch.fires[k]) };
+        if let Some(r) = rs.rules.get(f as usize % MAX_PROBE_RULES) {
+            dynamic::trigger(r.slot, &r.trigger);
+        }
+        k += 1;
+    }
 }
+
+/// Trigger rules that may fire on one call.
+const MAX_CALL_FIRES: usize = 4;

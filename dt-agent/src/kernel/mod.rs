@@ -17,6 +17,7 @@
 mod counters;
 mod detach;
 mod install;
+mod objects;
 mod pins;
 
 use std::{
@@ -49,7 +50,10 @@ static EBPF_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/
 
 /// Every map of the object: the OTLP hook's, then the uprobe hook's.
 fn all_maps() -> impl Iterator<Item = &'static str> {
-    hooks::otlp::MAPS.into_iter().chain(hooks::uprobe::MAPS)
+    hooks::otlp::MAPS
+        .into_iter()
+        .chain(hooks::uprobe::MAPS)
+        .chain(objects::MAPS)
 }
 
 /// What `dt-agent run` needs to attach.
@@ -250,7 +254,10 @@ impl Agent {
 
     /// Compiles rules against this agent's counter slots, without installing anything.
     /// Returns the compiled set and the slot table it needs.
-    pub fn compile_defs(&self, defs: &[rules::RuleDef]) -> anyhow::Result<(Compiled, SlotTable)> {
+    pub fn compile_defs(
+        &self,
+        defs: &rules::RuleSetDef,
+    ) -> anyhow::Result<(Compiled, SlotTable)> {
         let mut slots = self.slots.clone();
         let compiled = rules::compile(defs, &mut slots).map_err(RuleErrors)?;
         self.probes.check(&compiled.uprobe).map_err(RuleErrors)?;
@@ -259,7 +266,7 @@ impl Agent {
 
     /// Everything [`compile_defs`](Self::compile_defs) checks, plus that every probe the rules
     /// use can be attached (it is attached and detached again). Nothing changes.
-    pub fn check_defs(&mut self, defs: &[rules::RuleDef]) -> anyhow::Result<()> {
+    pub fn check_defs(&mut self, defs: &rules::RuleSetDef) -> anyhow::Result<()> {
         let (compiled, _) = self.compile_defs(defs)?;
         self.probes
             .trial(&mut self.ebpf, &compiled.uprobe)

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
-use dt_ebpf_common::{
+use dt_ebpf_common::{NEED_RECORD, NEED_STATES, 
     MAX_CONDS, NEED_ATTRS, NEED_SERVICE, Rule, STR_ATTR, STR_REDACT, STR_SERVICE, StrKey,
 };
 
@@ -74,6 +74,12 @@ pub(super) fn needs(rules: &[Rule]) -> u32 {
         }
         if r.attrs != 0 {
             n |= NEED_ATTRS;
+        }
+        if r.state_on | r.state_off != 0 {
+            n |= NEED_STATES;
+        }
+        if r.recorder != 0 {
+            n |= NEED_RECORD;
         }
         n
     })

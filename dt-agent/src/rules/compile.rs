@@ -13,14 +13,17 @@ use dt_ebpf_common::uprobe::{
 };
 use dt_ebpf_common::{
     AcRow, MAX_AC_STATES, MAX_ATTR_KEY_LEN, MAX_ATTR_VALUE_LEN, MAX_NEEDLE_LEN, MAX_RATE,
-    MAX_RULES, MAX_SERVICE_LEN, MAX_SLOTS, RULE_MASK_BODY, Rule, RuleSet, StrKey,
+    MAX_RECORDERS, MAX_RULES, MAX_SERVICE_LEN, MAX_SLOTS, MAX_STATES, RULE_MASK_BODY, Rule,
+    RuleSet, StrKey, Trigger,
 };
 
 use super::ac::{AcBuilder, TooManyStates};
 use super::bits::{CondBits, TooManyConds, attribute_key, needs, remove_key, service_key};
 use super::diag::{Diagnostic, Pos};
-use super::model::{Action, ActionKind, At, Hook, ProbeDef, RuleDef};
-use super::slots::SlotTable;
+use super::model::{
+    Action, ActionKind, At, Hook, ProbeDef, RecorderDef, RuleDef, RuleSource, StateDef,
+};
+use super::slots::{ObjectSlots, SlotTable};
 
 /// One rule of a compiled rule set on one hook, in evaluation order: the `otlp` ones are
 /// `ruleset.rules` in order, the uprobe ones `uprobe.rules.rules` in order.
@@ -49,6 +52,31 @@ pub struct Compiled {
     pub ac: Vec<AcRow>,
     /// The uprobe hooks: their rules and the probes they use.
     pub uprobe: UprobeSet,
+    /// The set's recorders and states, with their slots.
+    pub recorders: Vec<CompiledRecorder>,
+    pub states: Vec<CompiledState>,
+    /// How long a firing turns each state slot on, in ns (`STATE_DURATIONS`).
+    pub state_durations: [u64; MAX_STATES as usize],
+}
+
+/// A recorder of a compiled set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledRecorder {
+    pub name: String,
+    pub slot: u8,
+    pub size: u64,
+    pub max_record: u32,
+    /// Where it is defined (a recorder needs a capture endpoint: checked by the agent).
+    pub file: PathBuf,
+    pub pos: Pos,
+}
+
+/// A state of a compiled set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledState {
+    pub name: String,
+    pub slot: u8,
+    pub duration: std::time::Duration,
 }
 
 /// The uprobe part of a compiled rule set. What the probes attach to is resolved on the host
@@ -119,14 +147,43 @@ impl fmt::Debug for Compiled {
 /// Every problem is reported: the kernel's limits (see `dt_ebpf_common::layout`), counter slots
 /// running out, and actions the kernel cannot run yet. `slots` is only updated on success, so a
 /// rejected rule set leaves no trace.
-pub fn compile(defs: &[RuleDef], slots: &mut SlotTable) -> Result<Compiled, Vec<Diagnostic>> {
+pub fn compile<D: RuleSource + ?Sized>(
+    defs: &D,
+    slots: &mut SlotTable,
+) -> Result<Compiled, Vec<Diagnostic>> {
     let mut compiler = Compiler::new(slots.clone());
-    for def in defs {
+    compiler.objects(defs.recorders(), defs.states());
+    for def in defs.rules() {
         compiler.rule(def);
     }
     let (compiled, new_slots) = compiler.finish()?;
     *slots = new_slots;
     Ok(compiled)
+}
+
+/// A trigger rule's kernel encoding.
+fn trigger_encoding(action: &Action, objects: &ObjectSlots) -> Trigger {
+    let Action::Trigger(t) = action else {
+        return Trigger::NONE;
+    };
+    let bits = |names: &[At<String>], table: &std::collections::BTreeMap<String, u8>| {
+        names
+            .iter()
+            .filter_map(|n| table.get(&n.value))
+            .fold(0u64, |b, &s| b | 1 << s)
+    };
+    let (threshold, within_ms) = match t.threshold {
+        Some((count, within)) => (count, within.as_millis().min(u32::MAX as u128) as u32),
+        None => (0, 0),
+    };
+    Trigger {
+        flush: bits(&t.flush, &objects.recorders) as u32,
+        threshold,
+        set_state: bits(&t.set_state, &objects.states),
+        cooldown_ns: t.cooldown.as_nanos().min(u64::MAX as u128) as u64,
+        within_ms,
+        _pad: 0,
+    }
 }
 
 /// Refuses what the kernel programs cannot run.
@@ -144,7 +201,11 @@ fn action_param(action: &Action) -> u64 {
     match action {
         Action::Sample { keep_one_in } => *keep_one_in,
         Action::RateLimit { per_second } => *per_second,
-        Action::Count | Action::Drop | Action::Redact { .. } | Action::Capture => 0,
+        Action::Count
+        | Action::Drop
+        | Action::Redact { .. }
+        | Action::Capture
+        | Action::Trigger(_) => 0,
     }
 }
 
@@ -178,6 +239,8 @@ struct Compiler<'d> {
     diags: Vec<Diagnostic>,
     /// Rule-set-wide limits already reported (each is reported once).
     reported: Vec<Limit>,
+    recorders: Vec<CompiledRecorder>,
+    states: Vec<CompiledState>,
 }
 
 impl<'d> Compiler<'d> {
@@ -197,7 +260,77 @@ impl<'d> Compiler<'d> {
             captures: Vec::new(),
             diags: Vec::new(),
             reported: Vec::new(),
+            recorders: Vec::new(),
+            states: Vec::new(),
         }
+    }
+
+    /// Gives the set's recorders and states their slots.
+    fn objects(&mut self, recorders: &[RecorderDef], states: &[StateDef]) {
+        let names: Vec<&str> = recorders.iter().map(|r| r.name.value.as_str()).collect();
+        match ObjectSlots::assign(&self.slots.objects.recorders, &names, MAX_RECORDERS) {
+            Some(table) => {
+                self.recorders = recorders
+                    .iter()
+                    .map(|r| CompiledRecorder {
+                        name: r.name.value.clone(),
+                        slot: table[&r.name.value],
+                        size: r.size,
+                        max_record: r.max_record,
+                        file: r.file.clone(),
+                        pos: r.name.pos,
+                    })
+                    .collect();
+                self.slots.objects.recorders = table;
+            }
+            None => {
+                let r = &recorders[0];
+                self.diags.push(Diagnostic::new(
+                    &r.file,
+                    r.name.pos,
+                    format!(
+                        "too many recorders: at most {MAX_RECORDERS}, counting those of the \
+                         active rule set while it is replaced"
+                    ),
+                ));
+            }
+        }
+        let names: Vec<&str> = states.iter().map(|s| s.name.value.as_str()).collect();
+        match ObjectSlots::assign(&self.slots.objects.states, &names, MAX_STATES) {
+            Some(table) => {
+                self.states = states
+                    .iter()
+                    .map(|s| CompiledState {
+                        name: s.name.value.clone(),
+                        slot: table[&s.name.value],
+                        duration: s.duration,
+                    })
+                    .collect();
+                self.slots.objects.states = table;
+            }
+            None => {
+                let s = &states[0];
+                self.diags.push(Diagnostic::new(
+                    &s.file,
+                    s.name.pos,
+                    format!(
+                        "too many states: at most {MAX_STATES}, counting those of the active \
+                         rule set while it is replaced"
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// A rule's `state` condition: the state bits that must be on, and off.
+    fn state_bits(&self, def: &RuleDef) -> (u64, u64) {
+        let Some((name, off)) = &def.conditions.state else {
+            return (0, 0);
+        };
+        let Some(&slot) = self.slots.objects.states.get(&name.value) else {
+            return (0, 0);
+        };
+        if *off { (0, 1 << slot) } else { (1 << slot, 0) }
     }
 
     fn error(&mut self, def: &RuleDef, pos: Pos, message: impl Into<String>) {
@@ -222,6 +355,13 @@ impl<'d> Compiler<'d> {
         let (remove, flags) = self.redact_encoding(def);
         let slot = self.slot(def);
         let severity = def.conditions.severity_range();
+        let (state_on, state_off) = self.state_bits(def);
+        let trigger = trigger_encoding(&def.action.value, &self.slots.objects);
+        let recorder = def
+            .recorder
+            .as_ref()
+            .and_then(|r| self.slots.objects.recorders.get(&r.value))
+            .map_or(0, |&s| s + 1);
         for hook in &def.hooks {
             let probe = match hook {
                 Hook::Otlp => None,
@@ -248,6 +388,10 @@ impl<'d> Compiler<'d> {
                     remove,
                     flags,
                     param: action_param(&def.action.value),
+                    recorder,
+                    state_on,
+                    state_off,
+                    trigger,
                     ..Rule::default()
                 });
                 self.push_compiled(def, hook, slot);
@@ -271,6 +415,9 @@ impl<'d> Compiler<'d> {
                 probes: 1 << index,
                 body,
                 service,
+                state_on,
+                state_off,
+                trigger,
                 ..ProbeRule::default()
             });
             let hook_use = HookUse {
@@ -469,6 +616,14 @@ impl<'d> Compiler<'d> {
         ruleset.ac_states = ac.len() as u32;
         ruleset.remove_keys = self.remove_keys.order.len() as u32;
         ruleset.needs = needs(&self.kernel_rules);
+        ruleset.states = self
+            .kernel_rules
+            .iter()
+            .fold(0, |b, r| b | r.state_on | r.state_off);
+        let mut state_durations = [0u64; MAX_STATES as usize];
+        for s in &self.states {
+            state_durations[s.slot as usize] = s.duration.as_nanos() as u64;
+        }
         ruleset.rules[..self.kernel_rules.len()].copy_from_slice(&self.kernel_rules);
         let services = self.services.iter().map(|(s, bits)| (service_key(s), bits));
         let attributes = self
@@ -477,6 +632,10 @@ impl<'d> Compiler<'d> {
             .map(|((k, v), bits)| (attribute_key(k, v), bits));
         let mut uprobe = UprobeSet::empty();
         uprobe.rules.n_rules = self.probe_rules.len() as u32;
+        uprobe.rules.states = self
+            .probe_rules
+            .iter()
+            .fold(0, |b, r| b | r.state_on | r.state_off);
         uprobe.rules.rules[..self.probe_rules.len()].copy_from_slice(&self.probe_rules);
         if self.probe_rules.iter().any(|r| r.body != 0) {
             uprobe.rules.flags |= PRS_BODY;
@@ -523,6 +682,9 @@ impl<'d> Compiler<'d> {
                 )
                 .collect(),
             ac,
+            recorders: self.recorders,
+            states: self.states,
+            state_durations,
         };
         Ok((compiled, self.slots))
     }

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use dt_ebpf_common::{AcRow, RuleSet, STR_KEY_BYTES, StrKey};
+use dt_ebpf_common::{AcRow, MAX_STATES, RuleSet, STR_KEY_BYTES, StrKey, Trigger, TriggerState};
 use dt_ebpf_common::{decide, walk::Env};
 
 use super::compile::Compiled;
@@ -25,6 +25,12 @@ pub struct HostEnv<'a> {
     samples: HashMap<u16, u64>,
     rates: HashMap<u16, u64>,
     epoch: std::time::Instant,
+    /// Until when (ns on `epoch`'s clock, from 1) each state slot is on.
+    pub states: [u64; MAX_STATES as usize],
+    /// Each trigger rule's firing state, by counter slot; the flushes asked for, by recorder
+    /// slot.
+    pub triggers: HashMap<u16, TriggerState>,
+    pub flushes: HashMap<u32, u64>,
 }
 
 impl<'a> HostEnv<'a> {
@@ -40,7 +46,14 @@ impl<'a> HostEnv<'a> {
             samples: HashMap::new(),
             rates: HashMap::new(),
             epoch: std::time::Instant::now(),
+            states: [0; MAX_STATES as usize],
+            triggers: HashMap::new(),
+            flushes: HashMap::new(),
         }
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64 + 1
     }
 }
 
@@ -69,10 +82,45 @@ impl Env for HostEnv<'_> {
     }
 
     fn take_tokens(&mut self, slot: u16, per_second: u64, m: u32) -> u32 {
-        let now = self.epoch.elapsed().as_nanos() as u64 + 1;
+        let now = self.now();
         let tat = self.rates.entry(slot).or_insert(0);
         let (next, granted) = decide::gcra_take(*tat, now, per_second, m);
         *tat = next;
         granted
+    }
+
+    fn states(&mut self, which: u64, out: &mut u64) {
+        let now = self.now();
+        *out = (0..MAX_STATES)
+            .filter(|&i| which & (1 << i) != 0 && self.states[i as usize] > now)
+            .fold(0, |bits, i| bits | 1 << i);
+    }
+
+    fn trigger(&mut self, slot: u16, t: &Trigger) {
+        let now = self.now();
+        let state = self.triggers.entry(slot).or_default();
+        if t.threshold > 1 {
+            let (window, n) = decide::threshold_count(state.window, now / 1_000_000, t.within_ms);
+            state.window = window;
+            if n != t.threshold {
+                return;
+            }
+        }
+        if !decide::cooled_down(state.last_ns, now, t.cooldown_ns) {
+            return;
+        }
+        state.last_ns = now;
+        state.fired += 1;
+        for i in 0..MAX_STATES {
+            if t.set_state & (1 << i) != 0 {
+                let duration = self.compiled.state_durations[i as usize];
+                self.states[i as usize] = now + duration;
+            }
+        }
+        for i in 0..32 {
+            if t.flush & (1 << i) != 0 {
+                *self.flushes.entry(i).or_default() += 1;
+            }
+        }
     }
 }

@@ -6,14 +6,14 @@ use std::path::{Path, PathBuf};
 
 use super::compile::{Compiled, compile};
 use super::diag::{Diagnostic, Pos, RuleErrors, SourceText};
-use super::model::{Hook, ProbeDef, RuleDef};
+use super::model::{Action, At, Hook, ProbeDef, RecorderDef, RuleDef, RuleSetDef, StateDef};
 use super::parse::parse_file;
 use super::slots::SlotTable;
 
 /// Loads every `*.toml` file directly in `dir`, in file name order (names starting with `.` are
 /// skipped, as a shell glob would). A missing or unreadable directory is a diagnostic at line 1,
 /// column 1 of `dir`. See [`load_files`].
-pub fn load_dir(dir: &Path) -> Result<Vec<RuleDef>, Vec<Diagnostic>> {
+pub fn load_dir(dir: &Path) -> Result<RuleSetDef, Vec<Diagnostic>> {
     let paths = rule_files(dir).map_err(|d| vec![d])?;
     load_files(&paths)
 }
@@ -23,7 +23,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<RuleDef>, Vec<Diagnostic>> {
 ///
 /// This checks each rule on its own and the uniqueness of names across the set; the kernel's
 /// limits are checked by [`compile`](super::compile).
-pub fn load_files(paths: &[PathBuf]) -> Result<Vec<RuleDef>, Vec<Diagnostic>> {
+pub fn load_files(paths: &[PathBuf]) -> Result<RuleSetDef, Vec<Diagnostic>> {
     let mut loader = Loader::default();
     for path in paths {
         match std::fs::read_to_string(path) {
@@ -40,7 +40,7 @@ pub fn load_files(paths: &[PathBuf]) -> Result<Vec<RuleDef>, Vec<Diagnostic>> {
 
 /// Like [`load_files`], for file contents already in memory: `(path, text)` in rule set order.
 /// The paths are only used to label rules and diagnostics.
-pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<Vec<RuleDef>, Vec<Diagnostic>> {
+pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<RuleSetDef, Vec<Diagnostic>> {
     let mut loader = Loader::default();
     for (path, text) in sources {
         loader.add(path, text);
@@ -56,7 +56,7 @@ pub fn compile_dir(dir: &Path, slots: &mut SlotTable) -> anyhow::Result<Compiled
 
 /// Everything `dt-agent check` verifies: loads `paths` and compiles them (with a fresh
 /// [`SlotTable`]), so the kernel's size and count limits are checked too.
-pub fn check_files(paths: &[PathBuf]) -> Result<Vec<RuleDef>, Vec<Diagnostic>> {
+pub fn check_files(paths: &[PathBuf]) -> Result<RuleSetDef, Vec<Diagnostic>> {
     let defs = load_files(paths)?;
     compile(&defs, &mut SlotTable::default())?;
     Ok(defs)
@@ -92,6 +92,8 @@ fn is_rule_file_name(path: &Path) -> bool {
 struct Loader {
     rules: Vec<RuleDef>,
     probes: Vec<ProbeDef>,
+    recorders: Vec<RecorderDef>,
+    states: Vec<StateDef>,
     /// Probes that were refused: hooks naming them are not reported again.
     broken_probes: Vec<String>,
     diags: Vec<Diagnostic>,
@@ -104,6 +106,18 @@ impl Loader {
         let src = SourceText::new(path, text);
         let parsed = parse_file(&src);
         let (rules, probes, mut diags) = (parsed.rules, parsed.probes, parsed.diags);
+        for r in parsed.recorders {
+            match self.recorders.iter().find(|o| o.name.value == r.name.value) {
+                Some(first) => diags.push(duplicate(path, "recorder", &r.name, first.file.as_path(), first.name.pos.line)),
+                None => self.recorders.push(r),
+            }
+        }
+        for st in parsed.states {
+            match self.states.iter().find(|o| o.name.value == st.name.value) {
+                Some(first) => diags.push(duplicate(path, "state", &st.name, first.file.as_path(), first.name.pos.line)),
+                None => self.states.push(st),
+            }
+        }
         self.broken_probes.extend(parsed.broken_probes);
         for rule in rules {
             match self.names.get(&rule.name.value) {
@@ -170,12 +184,64 @@ impl Loader {
         }
     }
 
-    fn finish(mut self) -> Result<Vec<RuleDef>, Vec<Diagnostic>> {
+    /// Checks that every recorder and state the rules name is in the set.
+    fn link_objects(&mut self) {
+        let mut diags = Vec::new();
+        for rule in &self.rules {
+            let recorder_known = |n: &At<String>| self.recorders.iter().any(|r| r.name.value == n.value);
+            let state_known = |n: &At<String>| self.states.iter().any(|s| s.name.value == n.value);
+            let mut missing = |kind: &str, n: &At<String>| {
+                diags.push(Diagnostic::new(
+                    &rule.file,
+                    n.pos,
+                    format!("no [[{kind}]] named \"{}\" in the rule set", n.value),
+                ))
+            };
+            if let Some(r) = &rule.recorder
+                && !recorder_known(r)
+            {
+                missing("recorder", r);
+            }
+            if let Some((s, _)) = &rule.conditions.state
+                && !state_known(s)
+            {
+                missing("state", s);
+            }
+            if let Action::Trigger(t) = &rule.action.value {
+                for r in t.flush.iter().filter(|r| !recorder_known(r)) {
+                    missing("recorder", r);
+                }
+                for s in t.set_state.iter().filter(|s| !state_known(s)) {
+                    missing("state", s);
+                }
+            }
+        }
+        self.diags.extend(diags);
+    }
+
+    fn finish(mut self) -> Result<RuleSetDef, Vec<Diagnostic>> {
         self.link_probes();
+        self.link_objects();
         if self.diags.is_empty() {
-            Ok(self.rules)
+            Ok(RuleSetDef {
+                rules: self.rules,
+                recorders: self.recorders,
+                states: self.states,
+            })
         } else {
             Err(self.diags)
         }
     }
+}
+
+fn duplicate(path: &Path, kind: &str, name: &At<String>, file: &Path, line: usize) -> Diagnostic {
+    Diagnostic::new(
+        path,
+        name.pos,
+        format!(
+            "duplicate {kind} name \"{}\": first defined at {}:{line}",
+            name.value,
+            file.display()
+        ),
+    )
 }

@@ -31,14 +31,17 @@ mod slots;
 #[cfg(test)]
 mod tests;
 
-pub use compile::{Compiled, CompiledProbe, CompiledRule, UprobeSet, compile};
+pub use compile::{
+    Compiled, CompiledProbe, CompiledRecorder, CompiledRule, CompiledState, UprobeSet, compile,
+};
 pub(crate) use diag::SourceText;
 pub use diag::{Diagnostic, Pos, RuleErrors};
 pub use env::HostEnv;
 pub use load::{check_files, compile_dir, load_dir, load_files, load_sources, rule_files};
 pub use model::{
-    Action, ActionKind, At, Hook, Match, ProbeDef, ProbeKind, RuleDef, SYSLOG_SEVERITIES,
-    SeverityMap, SeveritySource,
+    Action, ActionKind, At, Hook, Match, ProbeDef, ProbeKind, RecorderDef, RuleDef, RuleSetDef,
+    RuleSource, SYSLOG_SEVERITIES, SeverityMap, SeveritySource, StateDef, TriggerDef,
 };
+pub use parse::{parse_duration, parse_size};
 pub use severity::SeverityRange;
-pub use slots::SlotTable;
+pub use slots::{ObjectSlots, SlotTable};

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use dt_ebpf_common::{
     ACTION_CAPTURE, ACTION_COUNT, ACTION_DROP, ACTION_RATE_LIMIT, ACTION_REDACT, ACTION_SAMPLE,
+    ACTION_TRIGGER,
 };
 
 use super::diag::Pos;
@@ -43,6 +44,108 @@ pub struct RuleDef {
     pub probes: Vec<ProbeDef>,
     /// What a record must match (every condition present; none = every record).
     pub conditions: Match,
+    /// The `[[recorder]]` the records a drop, sample or rate_limit rule removes are kept in.
+    pub recorder: Option<At<String>>,
+}
+
+/// A whole rule set as read from its files: rules in evaluation order, recorders and states.
+/// Derefs to its rules.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleSetDef {
+    pub rules: Vec<RuleDef>,
+    pub recorders: Vec<RecorderDef>,
+    pub states: Vec<StateDef>,
+}
+
+impl std::ops::Deref for RuleSetDef {
+    type Target = Vec<RuleDef>;
+    fn deref(&self) -> &Vec<RuleDef> {
+        &self.rules
+    }
+}
+
+impl From<Vec<RuleDef>> for RuleSetDef {
+    fn from(rules: Vec<RuleDef>) -> RuleSetDef {
+        RuleSetDef {
+            rules,
+            ..RuleSetDef::default()
+        }
+    }
+}
+
+/// What [`compile`](super::compile) takes: a [`RuleSetDef`], or rules alone (no recorders,
+/// no states).
+pub trait RuleSource {
+    fn rules(&self) -> &[RuleDef];
+    fn recorders(&self) -> &[RecorderDef] {
+        &[]
+    }
+    fn states(&self) -> &[StateDef] {
+        &[]
+    }
+}
+
+impl RuleSource for RuleSetDef {
+    fn rules(&self) -> &[RuleDef] {
+        &self.rules
+    }
+    fn recorders(&self) -> &[RecorderDef] {
+        &self.recorders
+    }
+    fn states(&self) -> &[StateDef] {
+        &self.states
+    }
+}
+
+impl RuleSource for [RuleDef] {
+    fn rules(&self) -> &[RuleDef] {
+        self
+    }
+}
+
+impl RuleSource for Vec<RuleDef> {
+    fn rules(&self) -> &[RuleDef] {
+        self
+    }
+}
+
+impl<const N: usize> RuleSource for [RuleDef; N] {
+    fn rules(&self) -> &[RuleDef] {
+        self
+    }
+}
+
+/// One `[[recorder]]` table: a flight recorder, a ring of records in kernel memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecorderDef {
+    pub file: PathBuf,
+    pub pos: Pos,
+    pub name: At<String>,
+    /// Bytes of kernel memory of its ring (a multiple of the ring block).
+    pub size: u64,
+    /// Longest record kept, in bytes.
+    pub max_record: u32,
+}
+
+/// One `[[state]]` table: a named flag that triggers turn on for `duration`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateDef {
+    pub file: PathBuf,
+    pub pos: Pos,
+    pub name: At<String>,
+    pub duration: std::time::Duration,
+}
+
+/// A trigger rule's firing: what it does, and when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TriggerDef {
+    /// Recorders egressed on firing.
+    pub flush: Vec<At<String>>,
+    /// States turned on on firing.
+    pub set_state: Vec<At<String>>,
+    pub cooldown: std::time::Duration,
+    /// Fire on the `count`-th match within `within` (none: every match, cooldown allowing).
+    pub threshold: Option<(u32, std::time::Duration)>,
 }
 
 impl RuleDef {
@@ -72,6 +175,8 @@ pub enum Action {
     },
     /// Sends the event to the agent (uprobe hooks).
     Capture,
+    /// Counted like count; fires (flushes recorders, sets states) as [`TriggerDef`] says.
+    Trigger(TriggerDef),
 }
 
 impl Action {
@@ -84,6 +189,7 @@ impl Action {
             Action::RateLimit { .. } => ActionKind::RateLimit,
             Action::Redact { .. } => ActionKind::Redact,
             Action::Capture => ActionKind::Capture,
+            Action::Trigger(_) => ActionKind::Trigger,
         }
     }
 
@@ -116,28 +222,31 @@ pub enum ActionKind {
     RateLimit,
     Redact,
     Capture,
+    Trigger,
 }
 
 impl ActionKind {
     /// Every action with its kernel code and its name (rule files, `stats`, `rules`): the one
     /// table of both.
-    const TABLE: [(ActionKind, u8, &'static str); 6] = [
+    const TABLE: [(ActionKind, u8, &'static str); 7] = [
         (ActionKind::Count, ACTION_COUNT, "count"),
         (ActionKind::Drop, ACTION_DROP, "drop"),
         (ActionKind::Sample, ACTION_SAMPLE, "sample"),
         (ActionKind::RateLimit, ACTION_RATE_LIMIT, "rate_limit"),
         (ActionKind::Redact, ACTION_REDACT, "redact"),
         (ActionKind::Capture, ACTION_CAPTURE, "capture"),
+        (ActionKind::Trigger, ACTION_TRIGGER, "trigger"),
     ];
 
     /// Every action, in the order rule-file errors list them.
-    pub const ALL: [ActionKind; 6] = [
+    pub const ALL: [ActionKind; 7] = [
         ActionKind::Count,
         ActionKind::Drop,
         ActionKind::Sample,
         ActionKind::RateLimit,
         ActionKind::Redact,
         ActionKind::Capture,
+        ActionKind::Trigger,
     ];
 
     fn entry(self) -> (ActionKind, u8, &'static str) {
@@ -206,10 +315,13 @@ impl Hook {
         match (self, action) {
             (Hook::Otlp, Action::Capture) => Err("capture is only for uprobe hooks".to_string()),
             (Hook::Otlp, _) => Ok(()),
-            (Hook::Uprobe(_), Action::Count | Action::Capture | Action::Drop) => Ok(()),
+            (
+                Hook::Uprobe(_),
+                Action::Count | Action::Capture | Action::Drop | Action::Trigger(_),
+            ) => Ok(()),
             (Hook::Uprobe(_), other) => Err(format!(
-                "{} is not supported on uprobe hooks: they take count and capture (and drop \
-                 where the kernel lets a uprobe skip a call)",
+                "{} is not supported on uprobe hooks: they take count, capture and trigger \
+                 (and drop where the kernel lets a uprobe skip a call)",
                 other.name()
             )),
         }
@@ -285,6 +397,8 @@ pub struct Match {
     pub body_contains: Option<At<String>>,
     /// String attributes of the record: key (non-empty) equals value. Keys are distinct.
     pub attributes: Vec<(At<String>, At<String>)>,
+    /// A state that must be on (`"NAME"`, false) or off (`"!NAME"`, true).
+    pub state: Option<(At<String>, bool)>,
 }
 
 impl Match {

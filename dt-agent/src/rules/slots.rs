@@ -16,6 +16,39 @@ use serde::{Deserialize, Serialize};
 pub struct SlotTable {
     by_name: BTreeMap<String, u16>,
     taken: BTreeSet<u16>,
+    /// Slots of the active set's recorders and states, by name (not persisted here: the
+    /// agent keeps them in the pinned `OBJECTS` map).
+    pub objects: ObjectSlots,
+}
+
+/// Slots of recorders and of states. Unlike rule counter slots, these are few: a name keeps
+/// its slot while its rule sets keep it, and a slot is free again once no active set names it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObjectSlots {
+    pub recorders: BTreeMap<String, u8>,
+    pub states: BTreeMap<String, u8>,
+}
+
+impl ObjectSlots {
+    /// Slots for `names` (the new set's), keeping the slot of each name the active set has, and
+    /// giving new names the lowest slot that neither set uses. `None` when `max` run out.
+    pub fn assign(old: &BTreeMap<String, u8>, names: &[&str], max: u32) -> Option<BTreeMap<String, u8>> {
+        let mut new: BTreeMap<String, u8> = BTreeMap::new();
+        for &n in names {
+            if let Some(&s) = old.get(n) {
+                new.insert(n.to_string(), s);
+            }
+        }
+        for &n in names {
+            if new.contains_key(n) {
+                continue;
+            }
+            let used: BTreeSet<u8> = old.values().chain(new.values()).copied().collect();
+            let slot = (0..max as u8).find(|s| !used.contains(s))?;
+            new.insert(n.to_string(), slot);
+        }
+        Some(new)
+    }
 }
 
 impl SlotTable {
@@ -76,7 +109,11 @@ impl TryFrom<BTreeMap<String, u16>> for SlotTable {
                 return Err(format!("slot {slot} is given to more than one rule"));
             }
         }
-        Ok(SlotTable { by_name, taken })
+        Ok(SlotTable {
+            by_name,
+            taken,
+            objects: ObjectSlots::default(),
+        })
     }
 }
 

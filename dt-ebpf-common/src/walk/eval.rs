@@ -12,6 +12,14 @@ pub(super) fn evaluate<E: Env>(w: &mut Walk, env: &mut E) -> Result<(), Error> {
     w.n_redact_rules = 0;
     w.redact_remove = 0;
     w.redact_mask = 0;
+    w.n_fire = 0;
+    w.fired = 0;
+    let which = env.rules().states;
+    if env.rules().needs & NEED_STATES != 0 {
+        env.states(which, &mut w.state_bits);
+    } else {
+        w.state_bits = 0;
+    }
     let rs = env.rules();
     let n = if (rs.n_rules as usize) < MAX_RULES {
         rs.n_rules as usize
@@ -28,15 +36,16 @@ pub(super) fn evaluate<E: Env>(w: &mut Walk, env: &mut E) -> Result<(), Error> {
         // The record's facts are read from the walk on every rule (volatile: kept as loads), so
         // the verifier carries nothing from one rule's comparisons to the next.
         // SAFETY: plain loads of fields of `w`.
-        let (sev, body, attrs, svc) = unsafe {
+        let (sev, body, attrs, svc, states) = unsafe {
             (
                 core::ptr::read_volatile(&w.sev),
                 core::ptr::read_volatile(&w.body_bits),
                 core::ptr::read_volatile(&w.attr_bits),
                 core::ptr::read_volatile(&w.svc_bits),
+                core::ptr::read_volatile(&w.state_bits),
             )
         };
-        if r.matches(sev, body, attrs, svc) {
+        if r.matches(sev, body, attrs, svc, states) {
             w.acc[i].matched += 1;
             let action = r.action;
             if action == ACTION_DROP || action == ACTION_SAMPLE || action == ACTION_RATE_LIMIT {
@@ -45,6 +54,8 @@ pub(super) fn evaluate<E: Env>(w: &mut Walk, env: &mut E) -> Result<(), Error> {
             }
             if action == ACTION_REDACT {
                 note_redact(w, i, r)?;
+            } else if action == ACTION_TRIGGER {
+                note_fire(w, i);
             }
         }
         i += 1;
@@ -54,7 +65,8 @@ pub(super) fn evaluate<E: Env>(w: &mut Walk, env: &mut E) -> Result<(), Error> {
     if rule < MAX_RULES {
         let action = rs.rules[rule].action;
         if action != ACTION_SAMPLE && action != ACTION_RATE_LIMIT {
-            return drop_record(w, rule);
+            drop_record(w, rule)?;
+            return then_fire(w);
         }
         // Sample and rate_limit decide when the request commits: plan the record as a
         // candidate, with its redactions in case it is kept.
@@ -63,9 +75,59 @@ pub(super) fn evaluate<E: Env>(w: &mut Walk, env: &mut E) -> Result<(), Error> {
     if w.n_redact_rules > 0 {
         w.mode = MODE_REDACT_ATTRS;
     }
+    then_fire(w)
+}
+
+/// Goes through [`MODE_FIRE`] first when trigger rules matched.
+#[inline(always)]
+fn then_fire(w: &mut Walk) -> Result<(), Error> {
+    // SAFETY: a plain load of a field of `w`.
+    if unsafe { core::ptr::read_volatile(&w.n_fire) } > 0 {
+        w.after_fire = w.mode;
+        w.mode = MODE_FIRE;
+    }
     Ok(())
 }
 
+/// Notes that trigger rule `i` matched the record (through memory, as [`note_redact`]).
+#[inline(always)]
+fn note_fire(w: &mut Walk, i: usize) {
+    // SAFETY: plain loads and stores of fields of `w`.
+    unsafe {
+        use core::ptr::{read_volatile as get, write_volatile as set};
+        let k = get(&w.n_fire) as usize;
+        if k < MAX_RECORD_FIRES {
+            set(&mut w.fire[k], i as u8);
+            set(&mut w.n_fire, k as u32 + 1);
+        }
+    }
+}
+
+/// Fires the next trigger rule the record matched (one a step, in rule order), after all its
+/// rules were evaluated (so they judged it by the states as they were when its evaluation
+/// began); then goes on in the mode evaluation chose.
+#[inline(always)]
+pub(super) fn fire_step<E: Env>(w: &mut Walk, env: &mut E) -> Result<(), Error> {
+    // SAFETY: plain loads and stores of fields of `w`.
+    let (k, n) = unsafe {
+        (
+            core::ptr::read_volatile(&w.fired) as usize,
+            core::ptr::read_volatile(&w.n_fire) as usize,
+        )
+    };
+    if k < n && k < MAX_RECORD_FIRES {
+        let i = w.fire[k] as usize % MAX_RULES;
+        let r = &env.rules().rules[i];
+        let (slot, t) = (r.slot, r.trigger);
+        env.trigger(slot, &t);
+        w.fired = k as u32 + 1;
+        return Ok(());
+    }
+    w.n_fire = 0;
+    w.fired = 0;
+    w.mode = w.after_fire;
+    Ok(())
+}
 /// Notes that redact rule `i` matched the record. Through memory (volatile), not registers: a
 /// count carried in a register from rule to rule would make the verifier check every later
 /// rule once per possible count.

@@ -23,16 +23,16 @@ mod fields;
 mod plan;
 
 pub use apply::{apply_start, apply_step};
-use eval::evaluate;
+use eval::{evaluate, fire_step};
 use fields::{attr_redact_step, attr_value_step, end_frame, field_step, scan_step};
 pub use plan::{decide, decide_start, decide_step};
 use plan::{redact_attrs_step, redact_bodies_step};
 
 use crate::{
-    ACTION_DROP, ACTION_RATE_LIMIT, ACTION_REDACT, ACTION_SAMPLE, AcRow, MAX_ATTR_KEY_LEN,
+    ACTION_DROP, ACTION_RATE_LIMIT, ACTION_REDACT, ACTION_SAMPLE, ACTION_TRIGGER, AcRow, MAX_ATTR_KEY_LEN,
     MAX_ATTR_VALUE_LEN, MAX_EDITS, MAX_FIXES, MAX_MASKS, MAX_RECORD_BODIES,
     MAX_RECORD_REDACT_RULES, MAX_RECORD_REDACTS, MAX_RULES, MAX_SERVICE_LEN, NEED_ATTRS,
-    NEED_SERVICE, RULE_MASK_BODY, Rule, RuleSet, SEV_OUT_OF_RANGE, STR_ATTR, STR_REDACT,
+    NEED_SERVICE, NEED_STATES, RULE_MASK_BODY, Rule, RuleSet, SEV_OUT_OF_RANGE, STR_ATTR, STR_REDACT,
     STR_SERVICE, StrKey,
     wire::{Error, Source, varint},
 };
@@ -54,6 +54,13 @@ pub trait Env {
     /// matched `m` times in a request that commits: takes up to `m` tokens at once and returns
     /// how many it got (see [`crate::decide::gcra_take`]).
     fn take_tokens(&mut self, slot: u16, per_second: u64, m: u32) -> u32;
+    /// Writes the states on now, among `which` (bits of state slots), to `out`: read once when
+    /// a record's evaluation begins.
+    fn states(&mut self, which: u64, out: &mut u64);
+    /// Trigger rule `rule` matched a record: decides whether it fires (threshold, cooldown) and
+    /// if so does what it does (states on, flushes asked for, `fired` counted), at once and for
+    /// good, whatever becomes of the request.
+    fn trigger(&mut self, slot: u16, trigger: &crate::Trigger);
 }
 
 /// How the plan is applied to the message.
@@ -112,6 +119,11 @@ pub const MODE_ATTR_REDACT: u32 = 6;
 pub const MODE_REDACT_ATTRS: u32 = 7;
 /// ... then the body masks.
 pub const MODE_REDACT_BODIES: u32 = 8;
+/// Trigger rules matched the record just evaluated: fire them (then go on in `after_fire`).
+pub const MODE_FIRE: u32 = 9;
+
+/// Trigger rules that may fire on one record; more matches are counted but do not fire.
+pub const MAX_RECORD_FIRES: usize = 4;
 
 /// Bytes of a masked body written per apply step.
 pub const MASK_CHUNK: u32 = 32;
@@ -167,6 +179,9 @@ pub struct Edit {
     pub fix2: u16,
     /// A candidate's match number among its rule's matches in this request (from 0).
     pub ordinal: u16,
+    /// The `service.name` string of the records' ResourceLogs (len 0: none), for recorders.
+    pub svc_off: u32,
+    pub svc_len: u32,
 }
 
 /// A byte range of the request.
@@ -285,6 +300,15 @@ pub struct Walk {
     pub redact_mask: u32,
     pub redact_remove: u64,
     pub redact_rules: [u8; MAX_RECORD_REDACT_RULES],
+
+    /// The states on when the record's evaluation began; the trigger rules it matched (their
+    /// indexes), fired after the rules, and the mode to go on in after that.
+    pub state_bits: u64,
+    pub n_fire: u32,
+    pub fired: u32,
+    pub after_fire: u32,
+    pub _pad_fire: u32,
+    pub fire: [u8; MAX_RECORD_FIRES],
 
     /// Scratch for [`launder`].
     pub scratch: u32,
@@ -484,6 +508,7 @@ pub fn step<S: Source, E: Env>(w: &mut Walk, s: &mut S, env: &mut E) -> Step {
         MODE_ATTR_REDACT => attr_redact_step(w, s, env),
         MODE_REDACT_ATTRS => redact_attrs_step(w),
         MODE_REDACT_BODIES => redact_bodies_step(w),
+        MODE_FIRE => fire_step(w, env),
         _ => return Step::Done,
     };
     match r {

@@ -37,6 +37,8 @@ pub(super) fn drop_record(w: &mut Walk, rule: usize) -> Result<(), Error> {
             fix1: rl_fix,
             fix2: NO_FIX,
             ordinal: 0,
+            svc_off: w.svc_off,
+            svc_len: svc_len(w),
         })?;
     }
     let a = &mut w.acc[rule % MAX_RULES];
@@ -45,6 +47,12 @@ pub(super) fn drop_record(w: &mut Walk, rule: usize) -> Result<(), Error> {
     w.records_dropped += 1;
     w.bytes_dropped += len;
     Ok(())
+}
+
+/// The length of the ResourceLogs' `service.name` (0 when it has none that is a string).
+#[inline(always)]
+fn svc_len(w: &Walk) -> u32 {
+    if w.svc_set != 0 { w.svc_len } else { 0 }
 }
 
 /// Plans the record just evaluated as a candidate of sample or rate_limit rule `rule`: an edit
@@ -69,6 +77,8 @@ pub(super) fn plan_candidate(w: &mut Walk, rule: usize) -> Result<(), Error> {
         fix1: rl_fix,
         fix2: first as u16,
         ordinal: ordinal as u16,
+        svc_off: w.svc_off,
+        svc_len: svc_len(w),
     })?;
     w.n_cands += 1;
     w.rec_cand = 1;
@@ -136,6 +146,8 @@ pub(super) fn redact_attrs_step(w: &mut Walk) -> Result<(), Error> {
                 fix1: rl_fix,
                 fix2: rec_fix,
                 ordinal: 0,
+                svc_off: 0,
+                svc_len: 0,
             })?;
         }
         k += 1;

@@ -1,7 +1,10 @@
 //! Parsing one rule file: TOML syntax, the shape of `[[rule]]` tables (serde), and the checks
 //! that need only the rule itself. The `[[probe]]` tables are in [`probe`].
 
+mod objects;
 mod probe;
+
+pub use objects::{parse_duration, parse_size};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,7 +16,9 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::diag::{Diagnostic, SourceText};
-use super::model::{Action, ActionKind, At, Hook, Match, ProbeDef, RuleDef};
+use super::model::{
+    Action, ActionKind, At, Hook, Match, ProbeDef, RecorderDef, RuleDef, StateDef, TriggerDef,
+};
 use super::severity::SeverityRange;
 
 /// A `[[rule]]` table as written.
@@ -27,9 +32,28 @@ struct RawRule {
     per_second: Option<Spanned<i64>>,
     remove_attributes: Option<Spanned<Vec<Spanned<String>>>>,
     mask_body: Option<Spanned<bool>>,
+    recorder: Option<Spanned<String>>,
+    flush: Option<Spanned<Vec<Spanned<String>>>>,
+    set_state: Option<Spanned<Vec<Spanned<String>>>>,
+    cooldown: Option<Spanned<String>>,
+    threshold: Option<Spanned<RawThreshold>>,
     #[serde(rename = "match")]
     conditions: Option<RawMatch>,
 }
+
+/// `threshold = { count = 5, within = "1m" }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawThreshold {
+    count: Spanned<i64>,
+    within: Spanned<String>,
+}
+
+/// A trigger's default cooldown.
+pub const DEFAULT_COOLDOWN: std::time::Duration = std::time::Duration::from_secs(10);
+/// Largest threshold count, and the longest threshold window.
+pub const MAX_THRESHOLD: i64 = 1_000_000;
+pub const MAX_WITHIN: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// A `[rule.match]` table as written.
 #[derive(Deserialize)]
@@ -39,6 +63,7 @@ struct RawMatch {
     service: Option<Spanned<String>>,
     body_contains: Option<Spanned<String>>,
     attributes: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
+    state: Option<Spanned<String>>,
 }
 
 /// `severity = "<INFO"` or `severity = 9`.
@@ -83,6 +108,8 @@ pub(crate) struct ParsedFile {
     /// The valid rules and probes; only meaningful when there are no problems.
     pub rules: Vec<RuleDef>,
     pub probes: Vec<ProbeDef>,
+    pub recorders: Vec<RecorderDef>,
+    pub states: Vec<StateDef>,
     /// Names of the probes that were refused (so hooks naming them are not reported again).
     pub broken_probes: Vec<String>,
     pub diags: Vec<Diagnostic>,
@@ -106,8 +133,31 @@ pub(crate) fn parse_file(src: &SourceText) -> ParsedFile {
     let mut probes = Vec::new();
     let mut broken_probes = Vec::new();
     let mut diags = Vec::new();
+    let mut recorders = Vec::new();
+    let mut states = Vec::new();
     for (key, value) in root.get_ref() {
         match key.get_ref().as_ref() {
+            kind @ ("recorder" | "state") => match value.get_ref() {
+                DeValue::Array(tables) => {
+                    for table in tables.iter() {
+                        if kind == "recorder" {
+                            match objects::parse_recorder(src, table) {
+                                Ok(r) => recorders.push(r),
+                                Err(errors) => diags.extend(errors),
+                            }
+                        } else {
+                            match objects::parse_state(src, table) {
+                                Ok(s) => states.push(s),
+                                Err(errors) => diags.extend(errors),
+                            }
+                        }
+                    }
+                }
+                _ => diags.push(src.diag(
+                    key.span(),
+                    format!("`{kind}` must be an array of tables: write [[{kind}]]"),
+                )),
+            },
             "rule" => match value.get_ref() {
                 DeValue::Array(tables) => {
                     for table in tables.iter() {
@@ -148,7 +198,10 @@ pub(crate) fn parse_file(src: &SourceText) -> ParsedFile {
             },
             other => diags.push(src.diag(
                 key.span(),
-                format!("unknown key `{other}`: a rule file holds [[rule]] and [[probe]] tables"),
+                format!(
+                    "unknown key `{other}`: a rule file holds [[rule]], [[probe]], [[recorder]] \
+                     and [[state]] tables"
+                ),
             )),
         }
     }
@@ -156,6 +209,8 @@ pub(crate) fn parse_file(src: &SourceText) -> ParsedFile {
     ParsedFile {
         rules,
         probes,
+        recorders,
+        states,
         broken_probes,
         diags,
     }
@@ -217,6 +272,26 @@ impl<'s, 'a> RuleChecker<'s, 'a> {
             }
         }
         let conditions = self.conditions(raw.conditions);
+        let recorder = raw.recorder.map(|r| at(self.src, r));
+        if let (Some(r), Some(action)) = (&recorder, &action)
+            && !action.stops_evaluation()
+        {
+            self.diags.push(Diagnostic::new(
+                self.src.path,
+                r.pos,
+                "recorder is only for drop, sample and rate_limit rules (the records they \
+                 remove are recorded)",
+            ));
+        }
+        if let Some(r) = &recorder
+            && hooks.iter().any(|h| matches!(h, Hook::Uprobe(_)))
+        {
+            self.diags.push(Diagnostic::new(
+                self.src.path,
+                r.pos,
+                "recorder applies to the otlp hook only: a probed call has no log record to keep",
+            ));
+        }
         if hooks.iter().any(|h| matches!(h, Hook::Uprobe(_)))
             && let Some((key, _)) = conditions.attributes.first()
         {
@@ -237,6 +312,7 @@ impl<'s, 'a> RuleChecker<'s, 'a> {
                 hook_pos,
                 probes: Vec::new(),
                 conditions,
+                recorder,
             }),
             _ => Err(self.diags),
         }
@@ -282,7 +358,77 @@ impl<'s, 'a> RuleChecker<'s, 'a> {
                 Some(Action::RateLimit { per_second })
             }
             ActionKind::Redact => self.redact(raw),
+            ActionKind::Trigger => self.trigger(raw),
         }
+    }
+
+    fn duration(&mut self, text: &Spanned<String>) -> Option<std::time::Duration> {
+        match objects::parse_duration(text.get_ref()) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.error(text, e);
+                None
+            }
+        }
+    }
+
+    fn names(&mut self, list: &Option<Spanned<Vec<Spanned<String>>>>) -> Vec<At<String>> {
+        let Some(list) = list else {
+            return Vec::new();
+        };
+        let mut out: Vec<At<String>> = Vec::new();
+        for name in list.get_ref() {
+            if name.get_ref().is_empty() {
+                self.error(name, "a name must not be empty");
+            } else if out.iter().any(|n| &n.value == name.get_ref()) {
+                self.error(name, format!("\"{}\" is listed twice", name.get_ref()));
+            } else {
+                out.push(at(self.src, name.clone()));
+            }
+        }
+        out
+    }
+
+    fn trigger(&mut self, raw: &RawRule) -> Option<Action> {
+        let flush = self.names(&raw.flush);
+        let set_state = self.names(&raw.set_state);
+        let cooldown = match &raw.cooldown {
+            Some(c) => self.duration(c)?,
+            None => DEFAULT_COOLDOWN,
+        };
+        let threshold = match &raw.threshold {
+            None => None,
+            Some(t) => {
+                let t = t.get_ref();
+                let count = *t.count.get_ref();
+                if !(1..=MAX_THRESHOLD).contains(&count) {
+                    self.error(
+                        &t.count,
+                        format!("threshold count must be between 1 and {MAX_THRESHOLD}"),
+                    );
+                    return None;
+                }
+                let within = self.duration(&t.within)?;
+                if within.is_zero() || within > MAX_WITHIN {
+                    self.error(&t.within, "within must be between \"1ms\" and \"24h\"");
+                    return None;
+                }
+                Some((count as u32, within))
+            }
+        };
+        if flush.is_empty() && set_state.is_empty() {
+            self.error(
+                &raw.action,
+                "action \"trigger\" needs flush or set_state (what it does when it fires)",
+            );
+            return None;
+        }
+        Some(Action::Trigger(TriggerDef {
+            flush,
+            set_state,
+            cooldown,
+            threshold,
+        }))
     }
 
     /// Reports each parameter given with an action other than its own.
@@ -307,6 +453,26 @@ impl<'s, 'a> RuleChecker<'s, 'a> {
                 ActionKind::Redact,
                 "mask_body",
                 raw.mask_body.as_ref().map(Spanned::span),
+            ),
+            (
+                ActionKind::Trigger,
+                "flush",
+                raw.flush.as_ref().map(Spanned::span),
+            ),
+            (
+                ActionKind::Trigger,
+                "set_state",
+                raw.set_state.as_ref().map(Spanned::span),
+            ),
+            (
+                ActionKind::Trigger,
+                "cooldown",
+                raw.cooldown.as_ref().map(Spanned::span),
+            ),
+            (
+                ActionKind::Trigger,
+                "threshold",
+                raw.threshold.as_ref().map(Spanned::span),
             ),
         ];
         for (owner, key, span) in params {
@@ -431,11 +597,21 @@ impl<'s, 'a> RuleChecker<'s, 'a> {
             .into_iter()
             .map(|(key, value)| (self.non_empty(key, "an attribute key"), at(self.src, value)))
             .collect();
+        let state = raw.state.map(|s| {
+            let off = s.get_ref().starts_with('!');
+            let name = s.get_ref().trim_start_matches('!').to_string();
+            if name.is_empty() {
+                self.error(&s, "state names a [[state]]: write \"NAME\" or \"!NAME\"");
+            }
+            let pos = self.src.pos(s.span().start);
+            (At::new(name, pos), off)
+        });
         Match {
             severity,
             service,
             body_contains,
             attributes,
+            state,
         }
     }
 

@@ -45,7 +45,7 @@ const FILE: &str = "r.toml";
 
 /// Loads one in-memory rule file named [`FILE`].
 fn load(text: &str) -> Result<Vec<RuleDef>, Vec<Diagnostic>> {
-    load_sources(&[(PathBuf::from(FILE), text.to_string())])
+    load_sources(&[(PathBuf::from(FILE), text.to_string())]).map(|set| set.rules)
 }
 
 /// Loads and compiles one in-memory rule file with a fresh slot table.

@@ -1,0 +1,196 @@
+//! `[[recorder]]` and `[[state]]` tables, and the duration and size values rule files write
+//! (`"5m"`, `"4MiB"`).
+
+use std::time::Duration;
+
+use dt_ebpf_common::{MAX_NAME_LEN, MAX_RECORD_CEILING, RING_BLOCK};
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::{DeValue, ValueDeserializer};
+
+use super::{at, toml_error};
+use crate::rules::diag::{Diagnostic, SourceText};
+use crate::rules::model::{RecorderDef, StateDef};
+
+/// Default and largest ring of a recorder, and the smallest.
+pub const DEFAULT_RECORDER_SIZE: u64 = 4 << 20;
+pub const MAX_RECORDER_SIZE: u64 = 64 << 20;
+pub const MIN_RECORDER_SIZE: u64 = 64 << 10;
+/// Default `max_record`, and the smallest allowed.
+pub const DEFAULT_MAX_RECORD: u32 = 2048;
+pub const MIN_MAX_RECORD: u32 = 64;
+/// Bounds of a state's `duration`.
+pub const MIN_STATE_DURATION: Duration = Duration::from_secs(1);
+pub const MAX_STATE_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecorder {
+    name: Spanned<String>,
+    size: Option<Spanned<String>>,
+    max_record: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    name: Spanned<String>,
+    duration: Spanned<String>,
+}
+
+fn table<'t, T: for<'de> Deserialize<'de>>(
+    src: &SourceText,
+    table: &'t Spanned<DeValue>,
+    what: &str,
+) -> Result<T, Vec<Diagnostic>> {
+    if !table.get_ref().is_table() {
+        return Err(vec![src.diag(
+            table.span(),
+            format!("a {what} must be a table: write [[{what}]]"),
+        )]);
+    }
+    T::deserialize(ValueDeserializer::from(table.clone()))
+        .map_err(|e| vec![toml_error(src, &e, table.span())])
+}
+
+/// A name of a recorder or state: 1 to `MAX_NAME_LEN - 1` bytes (the pinned name table keeps
+/// a kind byte before it).
+pub(super) fn object_name(src: &SourceText, name: &Spanned<String>, diags: &mut Vec<Diagnostic>) {
+    let len = name.get_ref().len();
+    if len == 0 {
+        diags.push(src.diag(name.span(), "name must not be empty"));
+    } else if len > MAX_NAME_LEN - 1 {
+        diags.push(src.diag(
+            name.span(),
+            format!("name is {len} bytes; the limit is {}", MAX_NAME_LEN - 1),
+        ));
+    }
+}
+
+pub(super) fn parse_recorder(
+    src: &SourceText,
+    t: &Spanned<DeValue>,
+) -> Result<RecorderDef, Vec<Diagnostic>> {
+    let raw: RawRecorder = table(src, t, "recorder")?;
+    let mut diags = Vec::new();
+    object_name(src, &raw.name, &mut diags);
+    let mut size = DEFAULT_RECORDER_SIZE;
+    if let Some(s) = &raw.size {
+        match parse_size(s.get_ref()) {
+            Ok(n) if (MIN_RECORDER_SIZE..=MAX_RECORDER_SIZE).contains(&n) => size = n,
+            Ok(_) => diags.push(src.diag(
+                s.span(),
+                "size must be between \"64KiB\" and \"64MiB\"".to_string(),
+            )),
+            Err(e) => diags.push(src.diag(s.span(), e)),
+        }
+    }
+    // Whole ring blocks.
+    size = size.div_ceil(RING_BLOCK as u64) * RING_BLOCK as u64;
+    let mut max_record = DEFAULT_MAX_RECORD;
+    if let Some(m) = &raw.max_record {
+        let limit = (MAX_RECORD_CEILING as u64).min(size / 4);
+        match u64::try_from(*m.get_ref()) {
+            Ok(n) if n >= MIN_MAX_RECORD as u64 && n <= limit => max_record = n as u32,
+            _ => diags.push(src.diag(
+                m.span(),
+                format!(
+                    "max_record must be between {MIN_MAX_RECORD} and {limit} bytes (at most \
+                     {MAX_RECORD_CEILING}, and a quarter of the recorder's size)"
+                ),
+            )),
+        }
+    }
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    Ok(RecorderDef {
+        file: src.path.to_path_buf(),
+        pos: src.pos(t.span().start),
+        name: at(src, raw.name),
+        size,
+        max_record,
+    })
+}
+
+pub(super) fn parse_state(
+    src: &SourceText,
+    t: &Spanned<DeValue>,
+) -> Result<StateDef, Vec<Diagnostic>> {
+    let raw: RawState = table(src, t, "state")?;
+    let mut diags = Vec::new();
+    object_name(src, &raw.name, &mut diags);
+    let duration = match parse_duration(raw.duration.get_ref()) {
+        Ok(d) if (MIN_STATE_DURATION..=MAX_STATE_DURATION).contains(&d) => Some(d),
+        Ok(_) => {
+            diags.push(src.diag(
+                raw.duration.span(),
+                "duration must be between \"1s\" and \"24h\"",
+            ));
+            None
+        }
+        Err(e) => {
+            diags.push(src.diag(raw.duration.span(), e));
+            None
+        }
+    };
+    match duration {
+        Some(duration) if diags.is_empty() => Ok(StateDef {
+            file: src.path.to_path_buf(),
+            pos: src.pos(t.span().start),
+            name: at(src, raw.name),
+            duration,
+        }),
+        _ => Err(diags),
+    }
+}
+
+/// `"500ms"`, `"10s"`, `"5m"`, `"1h"`: a whole number and a unit.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("\"{text}\" is not a duration: write a whole number and ms, s, m or h, as \"10s\"");
+    let digits = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = text.split_at(digits);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => None,
+    }
+    .ok_or_else(bad)?;
+    Ok(Duration::from_millis(ms))
+}
+
+/// `"4MiB"`, `"512KiB"`, `"1048576"`: a whole number of bytes, KiB or MiB.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let bad = || format!("\"{text}\" is not a size: write a whole number and KiB or MiB, as \"4MiB\"");
+    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    match unit {
+        "" | "B" => Some(n),
+        "KiB" => n.checked_mul(1 << 10),
+        "MiB" => n.checked_mul(1 << 20),
+        _ => None,
+    }
+    .ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("1.5s").is_err());
+        assert_eq!(parse_size("4MiB"), Ok(4 << 20));
+        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert!(parse_size("4MB").is_err());
+    }
+}
