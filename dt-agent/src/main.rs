@@ -69,6 +69,25 @@ enum Verb {
         #[command(flatten)]
         at: AgentAt,
     },
+    /// Egress flight recorders now: their records go to the capture endpoint and leave them.
+    Flush {
+        /// Recorder names.
+        #[arg(required = true)]
+        recorders: Vec<String>,
+        #[command(flatten)]
+        at: AgentAt,
+    },
+    /// Turn a state on or off by hand: `state NAME on [--for 5m]`, `state NAME off`.
+    State {
+        name: String,
+        #[arg(value_parser = ["on", "off"])]
+        switch: String,
+        /// How long it stays on [default: the state's duration].
+        #[arg(long = "for", value_name = "DURATION")]
+        for_: Option<String>,
+        #[command(flatten)]
+        at: AgentAt,
+    },
 }
 
 fn main() -> ExitCode {
@@ -83,6 +102,13 @@ fn main() -> ExitCode {
         Verb::Disable { at } => cli::ripcord::set_enabled(false, &at),
         Verb::Enable { at } => cli::ripcord::set_enabled(true, &at),
         Verb::Uninstall { at } => cli::uninstall::uninstall(&at),
+        Verb::Flush { recorders, at } => cli::dynamic::flush(&recorders, &at),
+        Verb::State {
+            name,
+            switch,
+            for_,
+            at,
+        } => cli::dynamic::state(&name, switch == "on", for_.as_deref(), &at),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

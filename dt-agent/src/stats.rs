@@ -14,6 +14,9 @@ pub struct RuleStats {
     pub dropped: u64,
     pub dropped_bytes: u64,
     pub redacted: u64,
+    /// Trigger rules: their firings (a firing stands even if its request passed through).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fired: Option<u64>,
 }
 
 /// Whole-path counters.
@@ -47,6 +50,47 @@ pub struct Stats {
     /// The uprobe hook (see `crate::hooks::uprobe`).
     #[serde(default)]
     pub uprobes: UprobeStats,
+    /// The active set's flight recorders.
+    #[serde(default)]
+    pub recorders: Vec<RecorderStats>,
+    /// The active set's states.
+    #[serde(default)]
+    pub states: Vec<StateStats>,
+}
+
+/// One flight recorder. `records` and `bytes` are what it holds now; the rest count since it
+/// was created (or its size last changed).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RecorderStats {
+    pub name: String,
+    /// Records held now, and the ring bytes they take.
+    pub records: u64,
+    pub bytes: u64,
+    /// Records written over by newer ones before they were flushed.
+    pub overwritten: u64,
+    /// Records longer than `max_record`, not recorded.
+    pub too_long: u64,
+    /// Flushes done, and the records they egressed.
+    pub flushes: u64,
+    pub flushed_records: u64,
+    /// Flushes given up (the endpoint failed every try); their records stayed.
+    pub flush_failures: u64,
+    /// Records not recorded otherwise (recorder just removed, message unreadable).
+    pub lost: u64,
+    /// Records recorded in all, and the ring's size in bytes.
+    pub recorded: u64,
+    pub size: u64,
+}
+
+/// One state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StateStats {
+    pub name: String,
+    pub on: bool,
+    /// Milliseconds until it turns off (0 when off).
+    pub remaining_ms: u64,
 }
 
 /// The uprobe hook's counters. Per rule, a probed call that a rule matches counts in its

@@ -99,7 +99,10 @@ mod tests {
     fn threshold_fires_on_the_count_th_match_of_a_window() {
         let mut w = 0;
         let mut numbers = [0; 6];
-        for (i, t) in [1000u64, 1001, 1500, 1999, 2000, 2001].into_iter().enumerate() {
+        for (i, t) in [1000u64, 1001, 1500, 1999, 2000, 2001]
+            .into_iter()
+            .enumerate()
+        {
             let (nw, n) = threshold_count(w, t, 1000);
             w = nw;
             numbers[i] = n;

@@ -32,9 +32,9 @@ use aya_ebpf::{
 };
 use dt_ebpf_common::{
     AcRow, Control, Held, MAX_AC_STATES, MAX_EDITS, MAX_FIXES, MAX_HEAD_LEN, MAX_MASKS,
-    MAX_REQUEST_CEILING, MAX_RULES, NEED_RECORD, N_PASSTHROUGH, PHASE_CHUNKED, PHASE_CORKED, PHASE_HEAD,
-    PHASE_IDLE, PHASE_UNTRACKED, Passthrough, RuleSet, STR_KEY_BYTES, SockState, StrKey, Totals, Trigger,
-    WinState,
+    MAX_REQUEST_CEILING, MAX_RULES, N_PASSTHROUGH, NEED_RECORD, PHASE_CHUNKED, PHASE_CORKED,
+    PHASE_HEAD, PHASE_IDLE, PHASE_UNTRACKED, Passthrough, RuleSet, STR_KEY_BYTES, SockState,
+    StrKey, Totals, Trigger, WinState,
     chunked::{self, Scan},
     decide,
     http::{self, Feed},

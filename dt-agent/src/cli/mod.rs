@@ -3,6 +3,7 @@
 //! renders the tables.
 
 pub mod check;
+pub mod dynamic;
 pub mod push;
 pub mod ripcord;
 pub mod rules;

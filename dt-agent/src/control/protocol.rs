@@ -18,10 +18,23 @@ pub struct PushedFile {
 pub enum Request {
     Stats,
     Rules,
-    Push { files: Vec<PushedFile> },
+    Push {
+        files: Vec<PushedFile>,
+    },
     Disable,
     Enable,
     Uninstall,
+    /// Egress these recorders now.
+    Flush {
+        recorders: Vec<String>,
+    },
+    /// Turn a state on (for `for_ms`, else its duration) or off.
+    State {
+        name: String,
+        on: bool,
+        #[serde(default)]
+        for_ms: Option<u64>,
+    },
 }
 
 /// One active rule, as `rules` lists it.
@@ -60,6 +73,9 @@ pub struct Response {
     /// How far `uninstall` is: done, or what it still waits for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uninstall: Option<UninstallStatus>,
+    /// What `flush` egressed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flushed: Option<Vec<crate::export::flush::Flushed>>,
 }
 
 impl Response {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::stats::{RuleStats, Stats, TotalStats};
+use crate::stats::{RecorderStats, RuleStats, Stats, TotalStats};
 
 /// Where the exporters read the counters from, typically the running service's `stats()`. It is called
 /// on a blocking thread (`tokio::task::spawn_blocking`), so it may take a lock.
@@ -235,6 +235,89 @@ pub(crate) const GAUGES: [Reader<Stats>; 3] = [
     ),
 ];
 
+/// Per-recorder values, labelled `recorder`.
+pub(crate) const RECORDER_FAMILIES: [Reader<RecorderStats>; 7] = [
+    (
+        gauge(
+            "dt_recorder_records",
+            "dt.recorder.records",
+            "{record}",
+            "Records the flight recorder holds now.",
+        ),
+        |r| r.records,
+    ),
+    (
+        gauge(
+            "dt_recorder_bytes",
+            "dt.recorder.bytes",
+            "By",
+            "Ring bytes the recorder's records take now.",
+        ),
+        |r| r.bytes,
+    ),
+    (
+        counter(
+            "dt_recorder_overwritten_total",
+            "dt.recorder.overwritten",
+            "{record}",
+            "Records overwritten by newer ones before they were flushed.",
+        ),
+        |r| r.overwritten,
+    ),
+    (
+        counter(
+            "dt_recorder_too_long_total",
+            "dt.recorder.too_long",
+            "{record}",
+            "Records longer than max_record, not recorded.",
+        ),
+        |r| r.too_long,
+    ),
+    (
+        counter(
+            "dt_recorder_flushes_total",
+            "dt.recorder.flushes",
+            "{flush}",
+            "Flushes of the recorder done.",
+        ),
+        |r| r.flushes,
+    ),
+    (
+        counter(
+            "dt_recorder_flushed_records_total",
+            "dt.recorder.flushed_records",
+            "{record}",
+            "Records egressed by flushes.",
+        ),
+        |r| r.flushed_records,
+    ),
+    (
+        counter(
+            "dt_recorder_flush_failures_total",
+            "dt.recorder.flush_failures",
+            "{flush}",
+            "Flushes given up after every try failed (their records stayed in the recorder).",
+        ),
+        |r| r.flush_failures,
+    ),
+];
+
+/// Firings of trigger rules, labelled like the rule families.
+pub(crate) const FIRED: Family = counter(
+    "dt_rule_fired_total",
+    "dt.rule.fired",
+    "{firing}",
+    "Firings of the trigger rule.",
+);
+
+/// States, labelled `state`: 1 while on.
+pub(crate) const STATE_ON: Family = gauge(
+    "dt_state_on",
+    "dt.state.on",
+    "1",
+    "1 while the state is on, 0 while off.",
+);
+
 /// One labelled value.
 #[derive(Debug)]
 pub(crate) struct Sample {
@@ -276,6 +359,37 @@ pub(crate) fn families(stats: &Stats) -> Vec<(&'static Family, Vec<Sample>)> {
         })
         .collect();
     out.push((&PASSTHROUGH, passthrough));
+    let fired = stats
+        .rules
+        .iter()
+        .filter_map(|r| {
+            r.fired.map(|n| Sample {
+                labels: rule_labels(r),
+                value: n,
+            })
+        })
+        .collect();
+    out.push((&FIRED, fired));
+    for (family, value) in &RECORDER_FAMILIES {
+        let samples = stats
+            .recorders
+            .iter()
+            .map(|r| Sample {
+                labels: vec![("recorder", r.name.clone())],
+                value: value(r),
+            })
+            .collect();
+        out.push((family, samples));
+    }
+    let states = stats
+        .states
+        .iter()
+        .map(|s| Sample {
+            labels: vec![("state", s.name.clone())],
+            value: s.on as u64,
+        })
+        .collect();
+    out.push((&STATE_ON, states));
     for (family, value) in &GAUGES {
         out.push((
             family,
@@ -324,6 +438,7 @@ pub(crate) mod testdata {
             dropped: base + 3,
             dropped_bytes: base + 4,
             redacted: base + 5,
+            fired: None,
         };
         let passthrough: BTreeMap<String, u64> = [
             "compressed",
@@ -365,6 +480,8 @@ pub(crate) mod testdata {
                 passthrough,
             },
             uprobes: Default::default(),
+            recorders: Vec::new(),
+            states: Vec::new(),
         }
     }
 }

@@ -65,6 +65,8 @@ pub(crate) async fn post_protobuf(
     let stream = tokio::net::TcpStream::connect((host.as_str(), port))
         .await
         .with_context(|| format!("connecting to {authority}"))?;
+    // Never through the agent's own rules.
+    super::own::exclude(&stream);
     let _ = stream.set_nodelay(true);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await

@@ -44,8 +44,10 @@
 
 pub mod capture;
 mod families;
+pub mod flush;
 pub(crate) mod http;
 mod otlp_metrics;
+pub mod own;
 mod prometheus;
 
 pub use families::StatsSource;

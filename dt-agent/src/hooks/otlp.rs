@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf,
     maps::{HashMap, MapData, SockHash},
@@ -64,6 +64,17 @@ pub fn write_ports(ebpf: &mut Ebpf, ports: &[u16]) -> anyhow::Result<()> {
 
 /// Takes the `SOCKS` SockHash out of the object: held by the agent, so the SockHash (and the
 /// sk_msg attachment to it) lives as long as the agent.
+/// A second handle on the `SOCKS` map (for taking the agent's own sockets out of it).
+pub fn socks_handle(ebpf: &Ebpf) -> anyhow::Result<SockHash<MapData, u64>> {
+    let Some(aya::maps::Map::SockHash(data)) = ebpf.map("SOCKS") else {
+        bail!("map SOCKS missing");
+    };
+    let id = data.info()?.id();
+    Ok(SockHash::try_from(aya::maps::Map::SockHash(
+        MapData::from_id(id)?,
+    ))?)
+}
+
 pub fn take_socks(ebpf: &mut Ebpf) -> anyhow::Result<SockHash<MapData, u64>> {
     Ok(SockHash::try_from(
         ebpf.take_map("SOCKS")

@@ -9,7 +9,7 @@ use dt_ebpf_common::{Control, Held, Passthrough, RuleCounters, Totals};
 use super::{Agent, KnownRule, map, map_ref};
 use crate::{
     drain::{self, HeldRequest, Holding},
-    rules::Hook,
+    rules::{ActionKind, Hook},
     stats::{RuleStats, Stats, TotalStats},
 };
 
@@ -22,6 +22,7 @@ impl Agent {
         let totals: PerCpuArray<_, Totals> = PerCpuArray::try_from(map_ref(&self.ebpf, "TOTALS")?)?;
         let mut stats = build_stats(&control, &counters, &totals, &self.known)?;
         stats.uprobes = self.probes.stats(&self.ebpf);
+        add_objects(&mut stats, &self.objects, &self.active_objects, &self.known);
         Ok(stats)
     }
 
@@ -58,6 +59,23 @@ impl Agent {
             in_flight: t.corked.saturating_sub(t.uncorked),
             held: list,
         })
+    }
+}
+
+/// Recorders, states and the firings of trigger rules.
+pub(super) fn add_objects(
+    stats: &mut Stats,
+    objects: &super::Objects,
+    names: &crate::rules::ObjectSlots,
+    known: &BTreeMap<u16, KnownRule>,
+) {
+    objects.report(names, stats);
+    for (slot, r) in known {
+        if r.action == ActionKind::Trigger
+            && let Some(rs) = stats.rules.iter_mut().find(|s| s.name == r.name)
+        {
+            rs.fired = Some(objects.fired(*slot));
+        }
     }
 }
 
@@ -103,6 +121,7 @@ where
             dropped: sum.dropped,
             dropped_bytes: sum.dropped_bytes,
             redacted: sum.redacted,
+            fired: None,
         });
     }
     // Active rules first, in slot order (the order names were first seen).
@@ -131,6 +150,8 @@ where
             passthrough,
         },
         uprobes: Default::default(),
+        recorders: Vec::new(),
+        states: Vec::new(),
     })
 }
 

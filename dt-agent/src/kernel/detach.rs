@@ -79,6 +79,9 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        crate::export::own::unregister(self.id);
+        // The flusher goes first (it reads the maps).
+        self.flusher = None;
         if self.pins.is_some() {
             // Pinned: everything stays attached and filtering goes on; the next agent adopts it.
             // The sk_msg attachment is not a pinnable link and would detach on drop: keep it.

@@ -61,6 +61,9 @@ impl Agent {
                 ac.set(slot * MAX_AC_STATES + i as u32, row, 0)?;
             }
         }
+        // Recorders (their rings) and states the new set has, before it can use them.
+        let old_objects = self.active_objects.clone();
+        self.objects.prepare(compiled, &old_objects)?;
         let mut rs = compiled.ruleset;
         rs.generation = generation;
         let mut rulesets: Array<_, RuleSet> = Array::try_from(map(&mut self.ebpf, "RULESETS")?)?;
@@ -79,6 +82,19 @@ impl Agent {
         control.set(0, c, 0)?;
         // uprobe hook: detach what the new set no longer uses.
         self.probes.finish(&probes_ready);
+        // Recorders and states the set no longer has go.
+        if let Err(e) = self.objects.finish(compiled, &old_objects) {
+            log::warn!("freeing removed recorders and states: {e:#}");
+        }
+        self.active_objects = self.slots.objects.clone();
+        *self
+            .recorder_names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = compiled
+            .recorders
+            .iter()
+            .map(|r| (r.slot, r.name.clone()))
+            .collect();
 
         self.other_used = true;
         self.active_slot = slot;

@@ -35,6 +35,7 @@ use aya::{
 use dt_ebpf_common::{Control, DEFAULT_MAX_REQUEST, LAYOUT_VERSION};
 
 use crate::{
+    export,
     hooks::{
         self,
         otlp::SockOpsAttachment,
@@ -44,6 +45,7 @@ use crate::{
     settings, sys,
 };
 
+pub use objects::{Entry, Objects, RingContents};
 pub use pins::{has_pins, pin_dir, pinned_set_enabled, pinned_stats};
 
 static EBPF_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dt"));
@@ -123,7 +125,20 @@ pub struct Agent {
     probes: Probes,
     /// Detach at drop without waiting for held requests (they are lost): a forced stop.
     no_drain: bool,
+    /// Recorders, states and triggers: the maps, and the active set's slots by name.
+    objects: Objects,
+    active_objects: rules::ObjectSlots,
+    /// Recorder slot → name, shared with the flusher.
+    recorder_names: export::flush::Names,
+    /// Egresses flushed recorders (when there is a capture endpoint).
+    flusher: Option<export::flush::Flusher>,
+    capture_endpoint: Option<String>,
+    /// This agent's id among the process's agents (see `export::own`).
+    id: u64,
 }
+
+/// Ids of the agents of this process.
+static NEXT_AGENT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Agent {
     /// Compiles the rules, loads the programs (adopting pinned state when there is some),
@@ -142,11 +157,15 @@ impl Agent {
         let (mut slots, known) = if adopting {
             let dir = pins.as_deref().unwrap();
             pins::check_pinned_layout(dir)?;
-            pins::read_names(dir)?
+            let (mut slots, known) = pins::read_names(dir)?;
+            slots.objects = Objects::from_pins(dir)?.read_names();
+            (slots, known)
         } else {
             (SlotTable::default(), BTreeMap::new())
         };
+        let active_objects = slots.objects.clone();
         let compiled = rules::compile_dir(&cfg.rules_dir, &mut slots)?;
+        check_recorders(&compiled, cfg.capture_endpoint.as_deref()).map_err(RuleErrors)?;
         let cgroup = match &cfg.cgroup {
             Some(p) => p.clone(),
             None => sys::cgroup2_root()?,
@@ -188,6 +207,20 @@ impl Agent {
             (c.active_generation(), c.active_slot())
         };
         hooks::otlp::write_ports(&mut ebpf, &cfg.ports)?;
+        let id = NEXT_AGENT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        export::own::register(id, hooks::otlp::socks_handle(&ebpf)?);
+        let objects = Objects::open(&ebpf)?;
+        let recorder_names = export::flush::Names::default();
+        let flusher = match &cfg.capture_endpoint {
+            Some(endpoint) => Some(export::flush::Flusher::start(
+                Objects::open(&ebpf)?,
+                recorder_names.clone(),
+                endpoint
+                    .parse()
+                    .with_context(|| format!("capture endpoint {endpoint:?}"))?,
+            )?),
+            None => None,
+        };
         let socks = hooks::otlp::take_socks(&mut ebpf)?;
         let mut agent = Agent {
             ebpf,
@@ -206,6 +239,12 @@ impl Agent {
             adopted: adopting,
             probes,
             no_drain: false,
+            objects,
+            active_objects,
+            recorder_names,
+            flusher,
+            capture_endpoint: cfg.capture_endpoint.clone(),
+            id,
         };
         // uprobe hook: what depends on this kernel (drop) and this agent (capture endpoint).
         agent.probes.check(&compiled.uprobe).map_err(RuleErrors)?;
@@ -254,13 +293,11 @@ impl Agent {
 
     /// Compiles rules against this agent's counter slots, without installing anything.
     /// Returns the compiled set and the slot table it needs.
-    pub fn compile_defs(
-        &self,
-        defs: &rules::RuleSetDef,
-    ) -> anyhow::Result<(Compiled, SlotTable)> {
+    pub fn compile_defs(&self, defs: &rules::RuleSetDef) -> anyhow::Result<(Compiled, SlotTable)> {
         let mut slots = self.slots.clone();
         let compiled = rules::compile(defs, &mut slots).map_err(RuleErrors)?;
         self.probes.check(&compiled.uprobe).map_err(RuleErrors)?;
+        check_recorders(&compiled, self.capture_endpoint.as_deref()).map_err(RuleErrors)?;
         Ok((compiled, slots))
     }
 
@@ -311,9 +348,107 @@ impl Agent {
         self.pins.as_deref()
     }
 
+    /// What [`crate::service::Service::flush`] needs to egress the named recorders: the
+    /// flusher, and their slots. Unknown names are an error naming them.
+    pub fn flush_request(
+        &self,
+        names: &[String],
+    ) -> anyhow::Result<(export::flush::Requester, Vec<u8>)> {
+        let flusher = self.flusher.as_ref().ok_or_else(|| {
+            anyhow!("no capture_endpoint is configured: there is nowhere to flush recorders to")
+        })?;
+        let mut slots = Vec::new();
+        let mut unknown = Vec::new();
+        for n in names {
+            match self.active_objects.recorders.get(n) {
+                Some(&s) => slots.push(s),
+                None => unknown.push(n.as_str()),
+            }
+        }
+        if !unknown.is_empty() {
+            let known: Vec<&str> = self
+                .active_objects
+                .recorders
+                .keys()
+                .map(String::as_str)
+                .collect();
+            bail!(
+                "no recorder named {} in the active rule set (its recorders: {})",
+                unknown.join(", "),
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            );
+        }
+        Ok((flusher.requester(), slots))
+    }
+
+    /// Turns state `name` on (for `duration`, else its own duration) or off.
+    pub fn set_state(
+        &mut self,
+        name: &str,
+        on: bool,
+        duration: Option<std::time::Duration>,
+    ) -> anyhow::Result<()> {
+        let Some(&slot) = self.active_objects.states.get(name) else {
+            let known: Vec<&str> = self
+                .active_objects
+                .states
+                .keys()
+                .map(String::as_str)
+                .collect();
+            bail!(
+                "no state named {name} in the active rule set (its states: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            );
+        };
+        let until = if on {
+            let ns = match duration {
+                Some(d) => d.as_nanos() as u64,
+                None => self.objects.state_duration(slot),
+            };
+            crate::drain::monotonic_ns() + ns
+        } else {
+            0
+        };
+        self.objects.set_state(slot, until)
+    }
+
     fn active_count(&self) -> usize {
         self.known.values().filter(|r| r.active).count()
     }
+}
+
+/// Recorders egress to the capture endpoint: a rule set with one needs it.
+fn check_recorders(
+    compiled: &Compiled,
+    capture_endpoint: Option<&str>,
+) -> Result<(), Vec<rules::Diagnostic>> {
+    if capture_endpoint.is_some() {
+        return Ok(());
+    }
+    let diags: Vec<_> = compiled
+        .recorders
+        .iter()
+        .map(|r| {
+            rules::Diagnostic::new(
+                &r.file,
+                r.pos,
+                format!(
+                    "recorder \"{}\" needs a capture_endpoint in the agent config: flushed \
+                     records are posted there",
+                    r.name
+                ),
+            )
+        })
+        .collect();
+    if diags.is_empty() { Ok(()) } else { Err(diags) }
 }
 
 fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {

@@ -1,4 +1,26 @@
-//! Recorders and states in the kernel: their maps, installed with each rule set.
+//! Recorders, states and triggers in the kernel: their maps, what each rule set installs in
+//! them, and reading them back (a recorder's ring, for `stats` and for egress).
+//!
+//! Recorders and states have slots by name ([`ObjectSlots`]), kept in the pinned `OBJECTS`
+//! map. A recorder's ring is an inner map of `RECORDERS`, created at its size when the recorder
+//! enters the rule set (or its size changes) and freed when it leaves.
+
+use std::{collections::HashMap as StdHashMap, path::Path, sync::Mutex};
+
+use anyhow::{Context as _, anyhow};
+use aya::{
+    Ebpf,
+    maps::{Array, ArrayOfMaps, HashMap, Map, MapData, PerCpuArray},
+};
+use dt_ebpf_common::{
+    ENTRY_HEADER, MAX_NAME_LEN, MAX_RECORD_CEILING, MAX_RECORD_SERVICE, RING_BLOCK, RecConf,
+    RecCounters, RecState, RingBlock, TriggerState, entry_len,
+};
+
+use crate::{
+    rules::{Compiled, ObjectSlots},
+    stats::{RecorderStats, StateStats, Stats},
+};
 
 /// The maps of recorders, states and triggers (both hooks use them).
 pub const MAPS: [&str; 9] = [
@@ -12,3 +34,405 @@ pub const MAPS: [&str; 9] = [
     "REC_CONF",
     "OBJECTS",
 ];
+
+/// `BPF_F_INNER_MAP`: an inner map whose size may differ from the declared one.
+const BPF_F_INNER_MAP: u32 = 1 << 12;
+
+/// Serialises the agent's read-modify-writes of `REC_CONF` (installs and flushes run on
+/// different threads).
+static CONF_LOCK: Mutex<()> = Mutex::new(());
+
+type NameKey = [u8; MAX_NAME_LEN];
+
+fn object_key(kind: u8, name: &str) -> NameKey {
+    let mut key = [0u8; MAX_NAME_LEN];
+    key[0] = kind;
+    let n = name.len().min(MAX_NAME_LEN - 1);
+    key[1..1 + n].copy_from_slice(&name.as_bytes()[..n]);
+    key
+}
+
+const KIND_RECORDER: u8 = b'r';
+const KIND_STATE: u8 = b's';
+
+/// Handles on the maps of recorders, states and triggers: one set per user (the agent, the
+/// flusher thread, `stats` with no agent).
+pub struct Objects {
+    states: Array<MapData, u64>,
+    durations: Array<MapData, u64>,
+    triggers: Array<MapData, TriggerState>,
+    rings: ArrayOfMaps<MapData, Array<MapData, RingBlock>>,
+    rec_state: Array<MapData, RecState>,
+    rec_counters: PerCpuArray<MapData, RecCounters>,
+    rec_conf: Array<MapData, RecConf>,
+    names: HashMap<MapData, NameKey, u32>,
+}
+
+type Kind = fn(MapData) -> Map;
+
+fn by_id(ebpf: &Ebpf, name: &str, kind: Kind) -> anyhow::Result<Map> {
+    let map = ebpf
+        .map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
+    let data: &MapData = match map {
+        Map::Array(d) | Map::PerCpuArray(d) | Map::HashMap(d) | Map::ArrayOfMaps(d) => d,
+        _ => return Err(anyhow!("map {name} has an unexpected type")),
+    };
+    let id = data.info()?.id();
+    Ok(kind(MapData::from_id(id)?))
+}
+
+fn by_pin(dir: &Path, name: &str, kind: Kind) -> anyhow::Result<Map> {
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening the pinned map {}", path.display()))?;
+    Ok(kind(data))
+}
+
+impl Objects {
+    /// Handles on the maps of a loaded object.
+    pub fn open(ebpf: &Ebpf) -> anyhow::Result<Objects> {
+        Objects::with(|name, kind| by_id(ebpf, name, kind))
+    }
+
+    /// Handles on pinned maps.
+    pub fn from_pins(dir: &Path) -> anyhow::Result<Objects> {
+        Objects::with(|name, kind| by_pin(dir, name, kind))
+    }
+
+    fn with(open: impl Fn(&str, Kind) -> anyhow::Result<Map>) -> anyhow::Result<Objects> {
+        Ok(Objects {
+            states: Array::try_from(open("STATES", Map::Array)?)?,
+            durations: Array::try_from(open("STATE_DURATIONS", Map::Array)?)?,
+            triggers: Array::try_from(open("TRIGGERS", Map::Array)?)?,
+            rings: ArrayOfMaps::try_from(open("RECORDERS", Map::ArrayOfMaps)?)?,
+            rec_state: Array::try_from(open("REC_STATE", Map::Array)?)?,
+            rec_counters: PerCpuArray::try_from(open("REC_COUNTERS", Map::PerCpuArray)?)?,
+            rec_conf: Array::try_from(open("REC_CONF", Map::Array)?)?,
+            names: HashMap::try_from(open("OBJECTS", Map::HashMap)?)?,
+        })
+    }
+
+    /// The slots of the recorders and states of the active set, as the `OBJECTS` map keeps them.
+    pub fn read_names(&self) -> ObjectSlots {
+        let mut slots = ObjectSlots::default();
+        for (key, slot) in self.names.iter().filter_map(Result::ok) {
+            let end = key
+                .iter()
+                .skip(1)
+                .position(|&b| b == 0)
+                .map_or(MAX_NAME_LEN, |p| p + 1);
+            let name = String::from_utf8_lossy(&key[1..end]).into_owned();
+            match key[0] {
+                KIND_RECORDER => slots.recorders.insert(name, slot as u8),
+                KIND_STATE => slots.states.insert(name, slot as u8),
+                _ => None,
+            };
+        }
+        slots
+    }
+
+    /// Before a rule set becomes active: rings for its new recorders (or resized ones), every
+    /// recorder's size and `max_record`, every state's duration, and the names.
+    pub fn prepare(&mut self, compiled: &Compiled, old: &ObjectSlots) -> anyhow::Result<()> {
+        let _guard = CONF_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        for r in &compiled.recorders {
+            let slot = r.slot as u32;
+            let mut conf = self.rec_conf.get(&slot, 0)?;
+            let kept = old.recorders.get(&r.name) == Some(&r.slot) && conf.size == r.size;
+            if !kept {
+                // A fresh ring: the recorder is new, or its size changed (it starts empty).
+                let ring: Array<MapData, RingBlock> =
+                    Array::create((r.size / RING_BLOCK as u64) as u32, BPF_F_INNER_MAP)
+                        .with_context(|| format!("creating the ring of recorder {}", r.name))?;
+                self.rec_state.set(slot, RecState::default(), 0)?;
+                let zero = vec![RecCounters::default(); aya::util::nr_cpus().map_err(|(_, e)| e)?];
+                self.rec_counters
+                    .set(slot, aya::maps::PerCpuValues::try_from(zero)?, 0)?;
+                conf = RecConf {
+                    size: r.size,
+                    ..RecConf::default()
+                };
+                self.rings.set(slot, &ring, 0)?;
+            }
+            conf.max_record = r.max_record;
+            self.rec_conf.set(slot, conf, 0)?;
+            self.names
+                .insert(object_key(KIND_RECORDER, &r.name), slot, 0)?;
+        }
+        for s in &compiled.states {
+            self.durations
+                .set(s.slot as u32, s.duration.as_nanos() as u64, 0)?;
+            self.names
+                .insert(object_key(KIND_STATE, &s.name), s.slot as u32, 0)?;
+        }
+        Ok(())
+    }
+
+    /// After a rule set became active: the recorders and states it no longer has go (a
+    /// recorder's ring is freed, a state is off).
+    pub fn finish(&mut self, compiled: &Compiled, old: &ObjectSlots) -> anyhow::Result<()> {
+        let _guard = CONF_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, &slot) in &old.recorders {
+            if compiled.recorders.iter().any(|r| &r.name == name) {
+                continue;
+            }
+            let _ = self.names.remove(&object_key(KIND_RECORDER, name));
+            if compiled.recorders.iter().any(|r| r.slot == slot) {
+                continue;
+            }
+            self.rec_conf.set(slot as u32, RecConf::default(), 0)?;
+            let _ = self.rings.set(slot as u32, &empty_ring()?, 0);
+        }
+        for (name, &slot) in &old.states {
+            if compiled.states.iter().any(|s| &s.name == name) {
+                continue;
+            }
+            let _ = self.names.remove(&object_key(KIND_STATE, name));
+            if !compiled.states.iter().any(|s| s.slot == slot) {
+                self.states.set(slot as u32, 0, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Turns state `slot` on until `until_ns` (CLOCK_MONOTONIC), or off (0).
+    pub fn set_state(&mut self, slot: u8, until_ns: u64) -> anyhow::Result<()> {
+        self.states.set(slot as u32, until_ns, 0)?;
+        Ok(())
+    }
+
+    /// Until when state `slot` is on (0: off).
+    pub fn state_until(&self, slot: u8) -> u64 {
+        self.states.get(&(slot as u32), 0).unwrap_or(0)
+    }
+
+    /// How long a firing turns state `slot` on, in ns.
+    pub fn state_duration(&self, slot: u8) -> u64 {
+        self.durations.get(&(slot as u32), 0).unwrap_or(0)
+    }
+
+    /// Firings of the trigger rule with counter slot `slot`.
+    pub fn fired(&self, slot: u16) -> u64 {
+        self.triggers.get(&(slot as u32), 0).map_or(0, |t| t.fired)
+    }
+
+    pub fn conf(&self, slot: u8) -> RecConf {
+        self.rec_conf.get(&(slot as u32), 0).unwrap_or_default()
+    }
+
+    pub fn rec_state(&self, slot: u8) -> RecState {
+        self.rec_state.get(&(slot as u32), 0).unwrap_or_default()
+    }
+
+    /// A recorder's counters, summed over the CPUs.
+    pub fn counters(&self, slot: u8) -> RecCounters {
+        let mut sum = RecCounters::default();
+        if let Ok(values) = self.rec_counters.get(&(slot as u32), 0) {
+            for v in values.iter() {
+                sum.records += v.records;
+                sum.bytes += v.bytes;
+                sum.too_long += v.too_long;
+                sum.lost += v.lost;
+            }
+        }
+        sum
+    }
+
+    /// Updates a recorder's agent-written side under the lock.
+    pub fn update_conf(&mut self, slot: u8, f: impl FnOnce(&mut RecConf)) -> anyhow::Result<()> {
+        let _guard = CONF_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let mut conf = self.rec_conf.get(&(slot as u32), 0)?;
+        if conf.size == 0 {
+            return Ok(());
+        }
+        f(&mut conf);
+        self.rec_conf.set(slot as u32, conf, 0)?;
+        Ok(())
+    }
+
+    /// What recorder `slot`'s ring holds now, oldest first (see [`Ring`]).
+    pub fn read_ring(&self, slot: u8) -> anyhow::Result<RingContents> {
+        let conf = self.conf(slot);
+        if conf.size == 0 {
+            return Ok(RingContents::default());
+        }
+        let ring: Array<MapData, RingBlock> = self
+            .rings
+            .get(&(slot as u32), 0)
+            .with_context(|| format!("the ring of recorder slot {slot}"))?;
+        let head = self.rec_state(slot).head;
+        let mut reader = Ring {
+            ring: &ring,
+            size: conf.size,
+            blocks: StdHashMap::new(),
+        };
+        let mut entries = reader.entries(head, conf.tail);
+        // Whatever a writer may have overwritten while this was read is not whole.
+        let head_after = self.rec_state(slot).head;
+        let floor = head_after.saturating_sub(conf.size);
+        entries.retain(|e| e.pos >= floor);
+        Ok(RingContents { entries, head })
+    }
+}
+
+/// A one-block ring: what a freed slot of `RECORDERS` holds (its big ring goes).
+fn empty_ring() -> anyhow::Result<Array<MapData, RingBlock>> {
+    Ok(Array::create(1, BPF_F_INNER_MAP)?)
+}
+
+/// A recorded record, as read from a ring.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Its stream position (the order of recording over every CPU) and its ring bytes.
+    pub pos: u64,
+    pub len: u64,
+    pub service: Vec<u8>,
+    /// The LogRecord's bytes exactly as they were in the request.
+    pub record: Vec<u8>,
+    /// Counter slot of the rule that removed it.
+    pub rule_slot: u32,
+}
+
+/// What a ring holds, oldest first, and its head when read.
+#[derive(Clone, Debug, Default)]
+pub struct RingContents {
+    pub entries: Vec<Entry>,
+    pub head: u64,
+}
+
+/// Reads entries back from a ring, newest first, by their trailers.
+struct Ring<'a> {
+    ring: &'a Array<MapData, RingBlock>,
+    size: u64,
+    blocks: StdHashMap<u32, Box<RingBlock>>,
+}
+
+/// The longest entry a ring can hold.
+const MAX_ENTRY: u64 = entry_len(MAX_RECORD_SERVICE, MAX_RECORD_CEILING) as u64;
+
+impl Ring<'_> {
+    fn byte(&mut self, pos: u64) -> u8 {
+        let block = ((pos % self.size) / RING_BLOCK as u64) as u32;
+        let off = (pos % RING_BLOCK as u64) as usize;
+        let ring = self.ring;
+        let b = self.blocks.entry(block).or_insert_with(|| {
+            Box::new(ring.get(&block, 0).unwrap_or(RingBlock {
+                bytes: [0; (RING_BLOCK + dt_ebpf_common::RING_PIECE) as usize],
+            }))
+        });
+        b.bytes[off]
+    }
+
+    fn word(&mut self, pos: u64) -> u64 {
+        let mut b = [0u8; 8];
+        for (i, v) in b.iter_mut().enumerate() {
+            *v = self.byte(pos + i as u64);
+        }
+        u64::from_le_bytes(b)
+    }
+
+    fn bytes(&mut self, pos: u64, len: u64) -> Vec<u8> {
+        (0..len).map(|i| self.byte(pos + i)).collect()
+    }
+
+    /// The whole entry that ends at `end`, if there is one.
+    fn entry_ending_at(&mut self, end: u64, floor: u64) -> Option<Entry> {
+        if end < floor + (ENTRY_HEADER as u64 + 8) {
+            return None;
+        }
+        let pos = self.word(end - 8);
+        if pos < floor || pos >= end || end - pos > MAX_ENTRY {
+            return None;
+        }
+        if self.word(pos) != pos + 1 {
+            return None;
+        }
+        let w1 = self.word(pos + 8);
+        let w2 = self.word(pos + 16);
+        let (len, rec_len) = (w1 & 0xffff_ffff, w1 >> 32);
+        let (svc_len, rule_slot) = (w2 & 0xffff_ffff, (w2 >> 32) as u32);
+        if len != end - pos
+            || svc_len > MAX_RECORD_SERVICE as u64
+            || rec_len > MAX_RECORD_CEILING as u64
+            || entry_len(svc_len as u32, rec_len as u32) as u64 != len
+        {
+            return None;
+        }
+        let at = pos + ENTRY_HEADER as u64;
+        Some(Entry {
+            pos,
+            len,
+            service: self.bytes(at, svc_len),
+            record: self.bytes(at + svc_len, rec_len),
+            rule_slot,
+        })
+    }
+
+    /// Every whole entry from `max(tail, head - size)` to `head`, oldest first. An entry a CPU
+    /// is still writing (or gave up) is stepped over, 8 bytes at a time.
+    fn entries(&mut self, head: u64, tail: u64) -> Vec<Entry> {
+        let floor = tail.max(head.saturating_sub(self.size));
+        let mut out = Vec::new();
+        let mut end = head;
+        let mut skipped = 0u64;
+        while end >= floor + 8 && skipped <= MAX_ENTRY {
+            match self.entry_ending_at(end, floor) {
+                Some(e) => {
+                    end = e.pos;
+                    skipped = 0;
+                    out.push(e);
+                }
+                None => {
+                    end -= 8;
+                    skipped += 8;
+                }
+            }
+        }
+        out.reverse();
+        out
+    }
+}
+
+impl Objects {
+    /// `stats` of the recorders and states named in `names`, and the firings of trigger rules.
+    pub fn report(&self, names: &ObjectSlots, stats: &mut Stats) {
+        for (name, &slot) in &names.recorders {
+            let conf = self.conf(slot);
+            let counters = self.counters(slot);
+            let held = self.read_ring(slot).map(|c| c.entries).unwrap_or_default();
+            let records = held.len() as u64;
+            stats.recorders.push(RecorderStats {
+                name: name.clone(),
+                records,
+                bytes: held.iter().map(|e| e.len).sum(),
+                overwritten: counters
+                    .records
+                    .saturating_sub(records)
+                    .saturating_sub(conf.flushed_records),
+                too_long: counters.too_long,
+                flushes: conf.flushes,
+                flushed_records: conf.flushed_records,
+                flush_failures: conf.flush_failures,
+                lost: counters.lost,
+                recorded: counters.records,
+                size: conf.size,
+            });
+        }
+        let now = crate::drain::monotonic_ns();
+        for (name, &slot) in &names.states {
+            let until = self.state_until(slot);
+            stats.states.push(StateStats {
+                name: name.clone(),
+                on: until > now,
+                remaining_ms: until.saturating_sub(now) / 1_000_000,
+            });
+        }
+    }
+}
+
+/// Bytes of kernel memory a recorder of `size` takes: its ring blocks, each with its spare
+/// bytes.
+pub fn ring_memory(size: u64) -> u64 {
+    size / RING_BLOCK as u64 * std::mem::size_of::<RingBlock>() as u64
+}

@@ -40,6 +40,9 @@ pub fn pinned_stats(root: &Path) -> anyhow::Result<Stats> {
     let (_, known) = read_names(&dir)?;
     let mut stats = build_stats(&control, &counters, &totals, &known)?;
     stats.uprobes = hooks::uprobe::pinned_stats(&dir);
+    let objects = super::Objects::from_pins(&dir)?;
+    let names = objects.read_names();
+    super::counters::add_objects(&mut stats, &objects, &names, &known);
     Ok(stats)
 }
 

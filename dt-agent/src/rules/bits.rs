@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
-use dt_ebpf_common::{NEED_RECORD, NEED_STATES, 
-    MAX_CONDS, NEED_ATTRS, NEED_SERVICE, Rule, STR_ATTR, STR_REDACT, STR_SERVICE, StrKey,
+use dt_ebpf_common::{
+    MAX_CONDS, NEED_ATTRS, NEED_RECORD, NEED_SERVICE, NEED_STATES, Rule, STR_ATTR, STR_REDACT,
+    STR_SERVICE, StrKey,
 };
 
 /// Distinct values of one condition kind, each with its bit (in order of first use).

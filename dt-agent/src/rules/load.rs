@@ -108,13 +108,25 @@ impl Loader {
         let (rules, probes, mut diags) = (parsed.rules, parsed.probes, parsed.diags);
         for r in parsed.recorders {
             match self.recorders.iter().find(|o| o.name.value == r.name.value) {
-                Some(first) => diags.push(duplicate(path, "recorder", &r.name, first.file.as_path(), first.name.pos.line)),
+                Some(first) => diags.push(duplicate(
+                    path,
+                    "recorder",
+                    &r.name,
+                    first.file.as_path(),
+                    first.name.pos.line,
+                )),
                 None => self.recorders.push(r),
             }
         }
         for st in parsed.states {
             match self.states.iter().find(|o| o.name.value == st.name.value) {
-                Some(first) => diags.push(duplicate(path, "state", &st.name, first.file.as_path(), first.name.pos.line)),
+                Some(first) => diags.push(duplicate(
+                    path,
+                    "state",
+                    &st.name,
+                    first.file.as_path(),
+                    first.name.pos.line,
+                )),
                 None => self.states.push(st),
             }
         }
@@ -188,7 +200,8 @@ impl Loader {
     fn link_objects(&mut self) {
         let mut diags = Vec::new();
         for rule in &self.rules {
-            let recorder_known = |n: &At<String>| self.recorders.iter().any(|r| r.name.value == n.value);
+            let recorder_known =
+                |n: &At<String>| self.recorders.iter().any(|r| r.name.value == n.value);
             let state_known = |n: &At<String>| self.states.iter().any(|s| s.name.value == n.value);
             let mut missing = |kind: &str, n: &At<String>| {
                 diags.push(Diagnostic::new(

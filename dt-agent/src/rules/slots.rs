@@ -32,7 +32,11 @@ pub struct ObjectSlots {
 impl ObjectSlots {
     /// Slots for `names` (the new set's), keeping the slot of each name the active set has, and
     /// giving new names the lowest slot that neither set uses. `None` when `max` run out.
-    pub fn assign(old: &BTreeMap<String, u8>, names: &[&str], max: u32) -> Option<BTreeMap<String, u8>> {
+    pub fn assign(
+        old: &BTreeMap<String, u8>,
+        names: &[&str],
+        max: u32,
+    ) -> Option<BTreeMap<String, u8>> {
         let mut new: BTreeMap<String, u8> = BTreeMap::new();
         for &n in names {
             if let Some(&s) = old.get(n) {

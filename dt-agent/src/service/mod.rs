@@ -99,6 +99,31 @@ impl Service {
         })
     }
 
+    /// Egresses the named recorders now (the agent's lock is not held while they are sent).
+    pub fn flush(&self, names: &[String]) -> anyhow::Result<Vec<crate::export::flush::Flushed>> {
+        let (requester, slots) = self.with_agent(|a| a.flush_request(names))?;
+        requester.flush(slots)
+    }
+
+    /// Turns a state on (for `duration`, else its own) or off, by hand.
+    pub fn set_state(
+        &self,
+        name: &str,
+        on: bool,
+        duration: Option<Duration>,
+    ) -> anyhow::Result<()> {
+        self.with_agent(|a| a.set_state(name, on, duration))?;
+        log::info!(
+            "state {name} {}",
+            if on {
+                "turned on by hand"
+            } else {
+                "turned off by hand"
+            }
+        );
+        Ok(())
+    }
+
     pub fn set_enabled(&self, enabled: bool) -> anyhow::Result<()> {
         if enabled && self.lock().stopping {
             bail!(
@@ -298,6 +323,13 @@ impl Handler for Arc<Service> {
                 uninstall: Some(u),
                 ..Response::ok()
             }),
+            Request::Flush { recorders } => self.flush(&recorders).map(|f| Response {
+                flushed: Some(f),
+                ..Response::ok()
+            }),
+            Request::State { name, on, for_ms } => self
+                .set_state(&name, on, for_ms.map(Duration::from_millis))
+                .map(|_| Response::ok()),
         };
         result.unwrap_or_else(|e| Response::error(format!("{e:#}")))
     }

@@ -16,8 +16,8 @@ use aya_ebpf::{
     helpers::generated::{bpf_loop, bpf_probe_read_kernel},
 };
 use dt_ebpf_common::{
-    ENTRY_HEADER, MAX_EDITS, MAX_RECORD_SERVICE, MAX_RECORDERS, MAX_RULES, RING_BLOCK,
-    RING_PIECE, RecCounters, RuleSet, SockState, entry_len, wire::Source,
+    ENTRY_HEADER, MAX_EDITS, MAX_RECORD_SERVICE, MAX_RECORDERS, MAX_RULES, RING_BLOCK, RING_PIECE,
+    RecCounters, RuleSet, SockState, entry_len, wire::Source,
 };
 
 use super::{WINDOW, Window};
@@ -78,7 +78,9 @@ extern "C" fn record_cb(_i: u64, ctx: *mut c_void) -> i64 {
 }
 
 fn counters(recorder: u32) -> Option<&'static mut RecCounters> {
-    REC_COUNTERS.get_ptr_mut(recorder).map(|p| unsafe { &mut *p })
+    REC_COUNTERS
+        .get_ptr_mut(recorder)
+        .map(|p| unsafe { &mut *p })
 }
 
 /// Moves to the next edit that removes records of a rule with a recorder; 1 when none is left.
@@ -189,7 +191,12 @@ fn next_record(c: &mut RecordCtx) -> i64 {
     r.n = n;
     let (rule_slot, svc_len) = (r.rule_slot, r.svc_len);
     if !put_word(recorder, size, base + 8, n | (len as u64) << 32)
-        || !put_word(recorder, size, base + 16, svc_len as u64 | (rule_slot as u64) << 32)
+        || !put_word(
+            recorder,
+            size,
+            base + 16,
+            svc_len as u64 | (rule_slot as u64) << 32,
+        )
     {
         lost(recorder);
         return 0;
@@ -258,7 +265,11 @@ fn copy_piece(c: &mut RecordCtx) {
         return;
     }
     let in_block = RING_BLOCK - (at % RING_BLOCK as u64) as u32;
-    let mut piece = if r.left < RING_PIECE { r.left } else { RING_PIECE };
+    let mut piece = if r.left < RING_PIECE {
+        r.left
+    } else {
+        RING_PIECE
+    };
     if piece > in_block {
         piece = in_block;
     }

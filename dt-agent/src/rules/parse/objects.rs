@@ -147,7 +147,9 @@ pub(super) fn parse_state(
 
 /// `"500ms"`, `"10s"`, `"5m"`, `"1h"`: a whole number and a unit.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("\"{text}\" is not a duration: write a whole number and ms, s, m or h, as \"10s\"");
+    let bad = || {
+        format!("\"{text}\" is not a duration: write a whole number and ms, s, m or h, as \"10s\"")
+    };
     let digits = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
     let (number, unit) = text.split_at(digits);
     let n: u64 = number.parse().map_err(|_| bad())?;
@@ -164,8 +166,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// `"4MiB"`, `"512KiB"`, `"1048576"`: a whole number of bytes, KiB or MiB.
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let bad = || format!("\"{text}\" is not a size: write a whole number and KiB or MiB, as \"4MiB\"");
-    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let bad =
+        || format!("\"{text}\" is not a size: write a whole number and KiB or MiB, as \"4MiB\"");
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(digits);
     let n: u64 = number.parse().map_err(|_| bad())?;
     match unit {

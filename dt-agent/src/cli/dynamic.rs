@@ -1,0 +1,49 @@
+//! `dt-agent flush NAME...` and `dt-agent state NAME on [--for D] | off`: flight recorders and
+//! states by hand.
+
+use anyhow::{Context as _, bail};
+use dt_agent::{
+    control::{self, Request},
+    export::flush::FLUSH_WAIT,
+    rules::parse_duration,
+};
+
+use super::{AgentAt, cannot_reach, locate};
+
+pub fn flush(recorders: &[String], at: &AgentAt) -> anyhow::Result<()> {
+    let (socket, pins) = locate(at)?;
+    let request = Request::Flush {
+        recorders: recorders.to_vec(),
+    };
+    let flushed = control::call_within(&socket, &request, FLUSH_WAIT + control::ANSWER_DEADLINE)
+        .map_err(|e| cannot_reach("flush", &socket, &pins, e))?
+        .flushed
+        .context("the agent's answer says nothing of the flush")?;
+    for f in flushed {
+        println!("recorder {}: {} records flushed", f.recorder, f.records);
+    }
+    Ok(())
+}
+
+pub fn state(name: &str, on: bool, for_: Option<&str>, at: &AgentAt) -> anyhow::Result<()> {
+    let for_ms = match for_ {
+        Some(_) if !on => bail!("--for is only for `state NAME on`"),
+        Some(text) => {
+            let d = parse_duration(text).map_err(|e| anyhow::anyhow!("--for: {e}"))?;
+            if d.is_zero() {
+                bail!("--for: the duration must be more than 0");
+            }
+            Some(d.as_millis() as u64)
+        }
+        None => None,
+    };
+    let (socket, pins) = locate(at)?;
+    let request = Request::State {
+        name: name.to_string(),
+        on,
+        for_ms,
+    };
+    control::call(&socket, &request).map_err(|e| cannot_reach("state", &socket, &pins, e))?;
+    println!("state {name} is {}", if on { "on" } else { "off" });
+    Ok(())
+}

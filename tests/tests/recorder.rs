@@ -1,0 +1,510 @@
+//! Flight recorders, triggers and states through the kernel: records dropped by a rule that
+//! names a recorder are kept there; a trigger flushes them to the capture endpoint (on the same
+//! hooked port as the apps) and turns a state on that stops the drop; the state expires; a
+//! flush by hand egresses what was recorded since.
+
+use std::time::{Duration, Instant};
+
+use dt_tests::otlp::{LogsRequestBuilder, Rec, encode};
+use dt_tests::{
+    ExportMode, ExportPlan, PlannedRecord, Receiver, TempRules, WAIT, agent_config,
+    export_with_real_exporter, kernel_or_skip, start_agent_with, stats_of,
+};
+use dt_tests::{ReceivedRecord, client::RawClient, client::Split, http::post_logs};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use prost::Message;
+
+const RECORDER_SCOPE: &str = "dt.recorder.checkout-debug";
+
+fn rules(duration: &str) -> String {
+    format!(
+        r#"
+[[recorder]]
+name = "checkout-debug"
+size = "1MiB"
+
+[[state]]
+name = "incident"
+duration = "{duration}"
+
+[[rule]]
+name = "drop-checkout-debug"
+action = "drop"
+recorder = "checkout-debug"
+[rule.match]
+severity = "DEBUG"
+service = "checkout"
+state = "!incident"
+
+[[rule]]
+name = "checkout-error"
+action = "trigger"
+flush = ["checkout-debug"]
+set_state = ["incident"]
+cooldown = "1m"
+[rule.match]
+severity = ">=ERROR"
+service = "checkout"
+"#
+    )
+}
+
+fn rec(severity_number: i32, body: String) -> PlannedRecord {
+    PlannedRecord {
+        scope: "app".into(),
+        severity_number,
+        body,
+        attributes: vec![("request.id".into(), body_id(severity_number))],
+    }
+}
+
+fn body_id(n: i32) -> String {
+    format!("r-{n}")
+}
+
+fn plan(records: Vec<PlannedRecord>) -> ExportPlan {
+    let n = records.len();
+    ExportPlan {
+        services: vec![("checkout".into(), records)],
+        batch_size: n,
+        mode: ExportMode::Direct,
+    }
+}
+
+/// The LogRecords of the recorder's flushes the receiver got, in order: decoded, and as the raw
+/// bytes of each `log_records` field of the request body.
+fn flushed(receiver: &Receiver) -> (Vec<ReceivedRecord>, Vec<Vec<u8>>) {
+    let mut records = Vec::new();
+    let mut raw = Vec::new();
+    for r in receiver.requests() {
+        let Some(logs) = &r.logs else { continue };
+        let is_flush = logs.resource_logs.iter().any(|rl| {
+            rl.scope_logs
+                .iter()
+                .any(|sl| sl.scope.as_ref().is_some_and(|s| s.name == RECORDER_SCOPE))
+        });
+        if !is_flush {
+            continue;
+        }
+        records.extend(r.records());
+        raw.extend(raw_log_records(&r.body));
+    }
+    (records, raw)
+}
+
+/// The bytes of every LogRecord of an `ExportLogsServiceRequest` body, as they are on the wire.
+fn raw_log_records(body: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for rl in fields(body, 1) {
+        for sl in fields(rl, 2) {
+            out.extend(fields(sl, 2).into_iter().map(<[u8]>::to_vec));
+        }
+    }
+    out
+}
+
+/// The length-delimited fields number `want` of a message (the others skipped by wire type).
+fn fields(mut m: &[u8], want: u64) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    while !m.is_empty() {
+        let key = prost::encoding::decode_varint(&mut m).expect("key");
+        match key & 7 {
+            0 => {
+                prost::encoding::decode_varint(&mut m).expect("varint");
+            }
+            1 => m = &m[8..],
+            5 => m = &m[4..],
+            2 => {
+                let len = prost::encoding::decode_varint(&mut m).expect("len") as usize;
+                if key >> 3 == want {
+                    out.push(&m[..len]);
+                }
+                m = &m[len..];
+            }
+            t => panic!("wire type {t}"),
+        }
+    }
+    out
+}
+
+/// Waits until `f` holds, or panics with `what`.
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn bodies(records: &[ReceivedRecord]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| r.body.clone().unwrap_or_default())
+        .collect()
+}
+
+#[test]
+fn debug_is_recorded_an_error_flushes_it_and_raises_verbosity_until_the_state_expires() {
+    if !kernel_or_skip("recorder: debug recorded, error flushes") {
+        return;
+    }
+    let receiver = Receiver::start_v4();
+    let dir = TempRules::with_files(&[("recorder.toml", &rules("3s"))]);
+    let mut cfg = agent_config(&dir, &[receiver.port()]);
+    // The capture endpoint is the apps' collector, on the hooked port.
+    cfg.capture_endpoint = Some(receiver.logs_url());
+    let agent = start_agent_with(cfg);
+
+    // 1. Calm: 30 DEBUG records in 3 requests, with INFO records among them.
+    let mut sent_debug = Vec::new();
+    for batch in 0..3 {
+        let mut records = Vec::new();
+        for i in 0..10 {
+            let body = format!("debug {batch}-{i}");
+            sent_debug.push(body.clone());
+            records.push(rec(5, body));
+            if i % 5 == 0 {
+                records.push(rec(9, format!("info {batch}-{i}")));
+            }
+        }
+        export_with_real_exporter(receiver.port(), &plan(records)).assert_all_ok(12);
+    }
+    let got = receiver.wait_for(3, WAIT);
+    assert!(
+        got.iter()
+            .flat_map(|r| r.records())
+            .all(|r| r.severity_number == 9),
+        "DEBUG records reached the collector while the state was off"
+    );
+    let s = stats_of(&agent);
+    let rec_stats = &s.recorders[0];
+    assert_eq!(
+        (rec_stats.name.as_str(), rec_stats.records),
+        ("checkout-debug", 30)
+    );
+    assert_eq!(s.rule("drop-checkout-debug").unwrap().dropped, 30);
+    assert!(!s.states[0].on);
+
+    // 2. One request: DEBUG, ERROR, DEBUG, DEBUG. The first DEBUG is judged with the state off
+    // (dropped and recorded); the ERROR fires; the DEBUG records after it in the same request
+    // are judged with the state on, and kept.
+    let fired_at = Instant::now();
+    let records = vec![
+        rec(5, "debug before the error".into()),
+        rec(17, "checkout failed".into()),
+        rec(5, "debug after the error 1".into()),
+        rec(5, "debug after the error 2".into()),
+    ];
+    sent_debug.push("debug before the error".into());
+    export_with_real_exporter(receiver.port(), &plan(records)).assert_all_ok(4);
+    // The flush: exactly the recorded records, oldest first, byte for byte.
+    wait_until("the flush", Duration::from_secs(1), || {
+        flushed(&receiver).0.len() == 31
+    });
+    let egress = fired_at.elapsed();
+    let (records, raw) = flushed(&receiver);
+    assert_eq!(bodies(&records), sent_debug);
+    assert!(
+        records
+            .iter()
+            .all(|r| r.service == "checkout" && r.severity_number == 5)
+    );
+    for (r, bytes) in records.iter().zip(&raw) {
+        // The Rust SDK encodes with prost, canonically: the record it sent is the canonical
+        // encoding of what it decodes to.
+        let decoded = LogRecord::decode(&bytes[..]).expect("decode");
+        assert_eq!(&decoded.encode_to_vec(), bytes, "{:?}", r.body);
+    }
+    let s = stats_of(&agent);
+    assert_eq!(s.rule("checkout-error").unwrap().fired, Some(1));
+    assert!(s.states[0].on, "{:?}", s.states);
+    let app: Vec<ReceivedRecord> = receiver
+        .records()
+        .into_iter()
+        .filter(|r| r.scope != RECORDER_SCOPE)
+        .collect();
+    let after: Vec<String> = bodies(&app)
+        .into_iter()
+        .filter(|b| b.contains("error") || b == "checkout failed")
+        .collect();
+    assert_eq!(
+        after,
+        [
+            "checkout failed",
+            "debug after the error 1",
+            "debug after the error 2"
+        ]
+    );
+    eprintln!("flush egress began and ended within {egress:?} of the firing");
+
+    // 3. While the state is on, DEBUG records reach the collector.
+    let records = (0..5)
+        .map(|i| rec(5, format!("incident debug {i}")))
+        .collect();
+    export_with_real_exporter(receiver.port(), &plan(records)).assert_all_ok(5);
+    wait_until("the incident DEBUG records", WAIT, || {
+        receiver
+            .records()
+            .iter()
+            .filter(|r| {
+                r.scope != RECORDER_SCOPE
+                    && r.body.as_deref().is_some_and(|b| b.starts_with("incident"))
+            })
+            .count()
+            == 5
+    });
+
+    // 4. After it expires, DEBUG records are dropped and recorded again; a flush by hand egresses
+    // them. The flush goes to the hooked port while the drop rule holds again: the agent's own
+    // connection is not hooked, or the rule would drop (and record) them again.
+    wait_until("the state to expire", Duration::from_secs(10), || {
+        !stats_of(&agent).states[0].on
+    });
+    let records = (0..5).map(|i| rec(5, format!("calm again {i}"))).collect();
+    let before = receiver.requests().len();
+    export_with_real_exporter(receiver.port(), &plan(records)).assert_all_ok(5);
+    receiver.wait_for(before + 1, WAIT);
+    let s = stats_of(&agent);
+    assert_eq!(s.recorders[0].records, 5, "{:?}", s.recorders);
+    assert_eq!(s.rule("drop-checkout-debug").unwrap().dropped, 36);
+    let (requester, slots) = agent
+        .flush_request(&["checkout-debug".to_string()])
+        .expect("flush request");
+    let out = requester.flush(slots).expect("flush");
+    assert_eq!(out[0].records, 5);
+    let (records, _) = flushed(&receiver);
+    assert_eq!(
+        bodies(&records[31..]),
+        (0..5)
+            .map(|i| format!("calm again {i}"))
+            .collect::<Vec<_>>()
+    );
+    let s = stats_of(&agent);
+    let r = &s.recorders[0];
+    assert_eq!(
+        (
+            r.records,
+            r.flushes,
+            r.flushed_records,
+            r.overwritten,
+            r.too_long
+        ),
+        (0, 2, 36, 0, 0),
+        "{r:?}"
+    );
+    assert_eq!(s.rule("drop-checkout-debug").unwrap().dropped, 36);
+    assert_eq!(s.rule("checkout-error").unwrap().matched, 1);
+}
+
+/// Sends one raw OTLP request (exact bytes) on a fresh connection and checks the answer.
+fn send_raw(port: u16, req: &ExportLogsServiceRequest) {
+    let mut c = RawClient::connect(([127, 0, 0, 1], port).into());
+    let resp = c.roundtrip(&post_logs(encode(req)), &Split::Whole);
+    assert_eq!(resp.status, 200);
+}
+
+#[test]
+fn a_small_recorder_keeps_exactly_the_newest_records_that_fit() {
+    if !kernel_or_skip("recorder: overwrite") {
+        return;
+    }
+    let receiver = Receiver::start_v4();
+    let text = r#"
+[[recorder]]
+name = "small"
+size = "64KiB"
+max_record = 1024
+
+[[rule]]
+name = "drop-debug"
+action = "drop"
+recorder = "small"
+[rule.match]
+severity = "DEBUG"
+"#;
+    let dir = TempRules::with_files(&[("r.toml", text)]);
+    let mut cfg = agent_config(&dir, &[receiver.port()]);
+    cfg.capture_endpoint = Some(receiver.logs_url());
+    let agent = start_agent_with(cfg);
+    // 1,000 records of varied sizes (about 150 KiB of ring entries), in 20 requests.
+    let mut sent: Vec<LogRecord> = Vec::new();
+    for k in 0..20 {
+        let req = LogsRequestBuilder::new()
+            .resource("svc")
+            .scope("app")
+            .records((0..50).map(|i| {
+                let n = k * 50 + i;
+                Rec::new(5, &format!("debug {n:06} {}", "y".repeat(n * 7 % 120)))
+            }))
+            .build();
+        sent.extend(
+            req.resource_logs[0].scope_logs[0]
+                .log_records
+                .iter()
+                .cloned(),
+        );
+        send_raw(receiver.port(), &req);
+    }
+    // What must be left: counted back from the newest, the records whose entries fit.
+    let entry = |r: &LogRecord| dt_ebpf_common::entry_len(3, r.encoded_len() as u32) as u64;
+    let mut budget = 64 * 1024u64;
+    let mut keep = 0;
+    for r in sent.iter().rev() {
+        if entry(r) > budget {
+            break;
+        }
+        budget -= entry(r);
+        keep += 1;
+    }
+    assert!(keep > 100 && keep < sent.len());
+    let s = stats_of(&agent);
+    assert_eq!(s.recorders[0].records, keep as u64, "{:?}", s.recorders);
+    assert_eq!(s.recorders[0].overwritten, (sent.len() - keep) as u64);
+    let (requester, slots) = agent.flush_request(&["small".into()]).unwrap();
+    assert_eq!(requester.flush(slots).unwrap()[0].records, keep as u64);
+    let mut got = Vec::new();
+    for r in receiver.requests() {
+        got.extend(raw_log_records(&r.body));
+    }
+    let want: Vec<Vec<u8>> = sent[sent.len() - keep..]
+        .iter()
+        .map(|r| r.encode_to_vec())
+        .collect();
+    assert_eq!(got.len(), want.len());
+    assert!(
+        got == want,
+        "the flushed records are not the newest ones, byte for byte"
+    );
+}
+
+#[test]
+fn a_threshold_trigger_fires_on_exactly_the_count_th_match() {
+    if !kernel_or_skip("trigger: threshold") {
+        return;
+    }
+    let receiver = Receiver::start_v4();
+    let text = r#"
+[[state]]
+name = "verbose"
+duration = "1h"
+
+[[rule]]
+name = "errors"
+action = "trigger"
+set_state = ["verbose"]
+threshold = { count = 5, within = "1m" }
+[rule.match]
+severity = ">=ERROR"
+
+[[rule]]
+name = "drop-debug-when-calm"
+action = "drop"
+[rule.match]
+severity = "DEBUG"
+state = "!verbose"
+"#;
+    let dir = TempRules::with_files(&[("t.toml", text)]);
+    let agent = start_agent_with(agent_config(&dir, &[receiver.port()]));
+    for n in 1..=4 {
+        send_raw(
+            receiver.port(),
+            &LogsRequestBuilder::new()
+                .resource("svc")
+                .scope("app")
+                .record(Rec::new(17, &format!("error {n}")))
+                .record(Rec::new(5, "debug"))
+                .build(),
+        );
+        let s = stats_of(&agent);
+        assert_eq!(s.rule("errors").unwrap().fired, Some(0), "after {n} errors");
+        assert!(!s.states[0].on);
+    }
+    // The 5th error fires: the DEBUG record after it in the same request is kept.
+    send_raw(
+        receiver.port(),
+        &LogsRequestBuilder::new()
+            .resource("svc")
+            .scope("app")
+            .record(Rec::new(5, "debug before"))
+            .record(Rec::new(17, "error 5"))
+            .record(Rec::new(5, "debug after"))
+            .build(),
+    );
+    let s = stats_of(&agent);
+    assert_eq!(s.rule("errors").unwrap().fired, Some(1));
+    assert_eq!(s.rule("errors").unwrap().matched, 5);
+    assert!(s.states[0].on);
+    assert_eq!(s.rule("drop-debug-when-calm").unwrap().dropped, 5);
+    let last = receiver.wait_for(5, WAIT).pop().unwrap();
+    assert_eq!(bodies(&last.records()), ["error 5", "debug after"]);
+    // A 6th within the window does not fire again.
+    send_raw(
+        receiver.port(),
+        &LogsRequestBuilder::new()
+            .resource("svc")
+            .scope("app")
+            .record(Rec::new(17, "error 6"))
+            .build(),
+    );
+    assert_eq!(stats_of(&agent).rule("errors").unwrap().fired, Some(1));
+}
+
+#[test]
+fn two_senders_on_two_cpus_fire_a_trigger_with_a_cooldown_once() {
+    if !kernel_or_skip("trigger: concurrency") {
+        return;
+    }
+    let receiver = Receiver::start_v4();
+    let text = r#"
+[[state]]
+name = "incident"
+duration = "1h"
+
+[[rule]]
+name = "error"
+action = "trigger"
+set_state = ["incident"]
+cooldown = "1h"
+[rule.match]
+severity = ">=ERROR"
+"#;
+    let dir = TempRules::with_files(&[("c.toml", text)]);
+    let agent = start_agent_with(agent_config(&dir, &[receiver.port()]));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let port = receiver.port();
+    let start = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let senders: Vec<_> = (0..2)
+        .map(|t| {
+            let start = start.clone();
+            std::thread::spawn(move || {
+                // One sender per CPU.
+                // SAFETY: a cpu_set_t on the stack, for this thread only.
+                unsafe {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(t % cpus, &mut set);
+                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+                }
+                let req = LogsRequestBuilder::new()
+                    .resource("svc")
+                    .scope("app")
+                    .records((0..200).map(|i| Rec::new(17, &format!("error {t}-{i}"))))
+                    .build();
+                let bytes = post_logs(encode(&req));
+                let mut c = RawClient::connect(([127, 0, 0, 1], port).into());
+                start.wait();
+                for _ in 0..25 {
+                    assert_eq!(c.roundtrip(&bytes, &Split::Whole).status, 200);
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().unwrap();
+    }
+    let s = stats_of(&agent);
+    let r = s.rule("error").unwrap();
+    assert_eq!(r.matched, 2 * 25 * 200);
+    assert_eq!(r.fired, Some(1), "{cpus} CPUs");
+    assert!(s.states[0].on);
+}
