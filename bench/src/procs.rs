@@ -179,7 +179,12 @@ impl Agent {
     ) -> Result<Agent> {
         let socket = work.join("agent.sock");
         let config = work.join("agent.toml");
-        std::fs::write(&config, "# dt-bench: everything comes from flags\n")?;
+        // Everything else comes from flags. Recorders need a capture endpoint; nothing flushes
+        // in the bench, so nothing listens there.
+        std::fs::write(
+            &config,
+            "# dt-bench\ncapture_endpoint = \"http://127.0.0.1:9/v1/logs\"\n",
+        )?;
         let log = work.join("agent.log");
         let logf = std::fs::File::create(&log)?;
         let _ = std::fs::remove_file(&socket);

@@ -271,6 +271,25 @@ pub fn ratios(runs: &[RunResult], sizes: &[usize], rounds: usize) -> Vec<Ratio> 
             None,
             div("g", "d", msg),
         ));
+        out.push(ratio(
+            runs,
+            rounds,
+            size,
+            "(h)/(d) CPU per record",
+            "whole-path CPU ns per record sent, the drop rule keeping what it drops in a \
+             flight recorder over the same rule without one",
+            (size == 100).then_some(("<= 1.5", 1.5, false)),
+            div("h", "d", cpu),
+        ));
+        out.push(ratio(
+            runs,
+            rounds,
+            size,
+            "(h)/(d) dt_msg cost per record",
+            "dt_msg run time (bpf_stats) per record, with a recorder over without",
+            None,
+            div("h", "d", msg),
+        ));
     }
     out.retain(|r| r.stat.is_some());
     out

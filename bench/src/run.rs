@@ -69,6 +69,8 @@ pub enum RuleSet {
     Count10,
     Drop90,
     Count64,
+    /// (d)'s drop rule, keeping what it drops in a flight recorder.
+    Drop90Recorded,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -124,6 +126,13 @@ pub const SCENARIOS: &[Scenario] = &[
         kind: Kind::Agent(Some(RuleSet::Drop90)),
         framing: Framing::Chunked,
     },
+    // (d) with the dropped records kept in a flight recorder.
+    Scenario {
+        key: "h",
+        label: "agent, drop 90% into a recorder",
+        kind: Kind::Agent(Some(RuleSet::Drop90Recorded)),
+        framing: Framing::ContentLength,
+    },
 ];
 
 impl Scenario {
@@ -133,7 +142,10 @@ impl Scenario {
 
     /// Whether the scenario removes 90% of the records on the way.
     pub fn drops(&self) -> bool {
-        matches!(self.kind, Kind::Agent(Some(RuleSet::Drop90)) | Kind::Proxy)
+        matches!(
+            self.kind,
+            Kind::Agent(Some(RuleSet::Drop90 | RuleSet::Drop90Recorded)) | Kind::Proxy
+        )
     }
 
     fn records_delivered_per_request(&self, size: usize) -> usize {
@@ -247,6 +259,11 @@ impl Bench {
                 workload::rules::count_last_matches(10),
             ),
             (RuleSet::Drop90, "d", workload::rules::drop_90()),
+            (
+                RuleSet::Drop90Recorded,
+                "h",
+                workload::rules::drop_90_recorded(),
+            ),
             (
                 RuleSet::Count64,
                 "e",

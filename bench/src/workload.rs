@@ -367,6 +367,16 @@ pub mod rules {
             .to_string()
     }
 
+    /// (d)'s drop rule, with what it drops kept in a 4 MiB flight recorder (scenario h). The
+    /// ring is overwritten all the time: the steady state of a recorder nobody flushes.
+    pub fn drop_90_recorded() -> String {
+        "# (h): (d), the dropped records kept in a recorder.\n\
+         [[recorder]]\nname = \"below-info\"\nsize = \"4MiB\"\n\
+         [[rule]]\nname = \"drop-below-info\"\naction = \"drop\"\nrecorder = \"below-info\"\n\
+         [rule.match]\nseverity = \"<INFO\"\n"
+            .to_string()
+    }
+
     /// `total` count rules: `total - 1` that match nothing, then one that matches every record.
     /// The non-matching ones cycle through the three kinds of condition (service, body needle,
     /// attribute pair), so each kind has its share of distinct values.

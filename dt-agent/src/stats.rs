@@ -78,9 +78,10 @@ pub struct RecorderStats {
     pub flush_failures: u64,
     /// Records not recorded otherwise (recorder just removed, message unreadable).
     pub lost: u64,
-    /// Records recorded in all, and the ring's size in bytes.
+    /// Records recorded in all, the ring's size in bytes, and the kernel memory it takes.
     pub recorded: u64,
     pub size: u64,
+    pub memory: u64,
 }
 
 /// One state.

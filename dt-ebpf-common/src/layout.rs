@@ -606,7 +606,7 @@ pub struct RingBlock {
 /// trailer. (The README's "Recorders" gives this formula.)
 #[inline(always)]
 pub const fn entry_len(svc_len: u32, rec_len: u32) -> u32 {
-    (ENTRY_HEADER + svc_len + rec_len + 7) / 8 * 8 + ENTRY_TRAILER
+    (ENTRY_HEADER + svc_len + rec_len).div_ceil(8) * 8 + ENTRY_TRAILER
 }
 
 /// The kernel-written state of a recorder (`REC_STATE[recorder slot]`): where its ring's next

@@ -124,6 +124,11 @@ impl AgentProcess {
         &self.socket
     }
 
+    /// Replaces the agent's config file (used from its next start).
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(&self.config, text).expect("config");
+    }
+
     /// The directory holding the socket, the config and the logs.
     pub fn dir(&self) -> &Path {
         self.dir.path()

@@ -654,6 +654,7 @@ fn simulated_kernel(
                 dropped: c.dropped,
                 dropped_bytes: c.dropped_bytes,
                 redacted: c.redacted,
+                fired: None,
             })
             .collect(),
         ..Default::default()

@@ -508,3 +508,73 @@ severity = ">=ERROR"
     assert_eq!(r.fired, Some(1), "{cpus} CPUs");
     assert!(s.states[0].on);
 }
+
+/// A pinned agent killed with SIGKILL: the kernel goes on filtering and recording, and an
+/// ERROR still fires the trigger (its state turns on, in the kernel); the flush it asked for is
+/// done by the next agent, which adopts the pins and finds the records still there.
+#[test]
+fn after_kill_9_the_kernel_fires_and_the_restarted_agent_flushes() {
+    if !kernel_or_skip("recorder: kill -9") {
+        return;
+    }
+    let receiver = Receiver::start_v4();
+    let dir = TempRules::with_files(&[("recorder.toml", &rules("1h"))]);
+    let mut agent = dt_tests::agent_process::AgentProcess::new(
+        "recorder-kill9",
+        dir.path(),
+        &[receiver.port()],
+        true,
+    );
+    agent.write_config(&format!("capture_endpoint = \"{}\"\n", receiver.logs_url()));
+    agent.start();
+    let calm = LogsRequestBuilder::new()
+        .resource("checkout")
+        .scope("app")
+        .records((0..10).map(|i| Rec::new(5, &format!("debug {i}"))))
+        .build();
+    send_raw(receiver.port(), &calm);
+    assert_eq!(agent.stats().recorders[0].records, 10);
+    agent.kill9();
+
+    // No agent: the kernel fires the trigger itself.
+    send_raw(
+        receiver.port(),
+        &LogsRequestBuilder::new()
+            .resource("checkout")
+            .scope("app")
+            .record(Rec::new(17, "checkout failed"))
+            .record(Rec::new(5, "debug after"))
+            .build(),
+    );
+    let got = receiver.wait_for(1, WAIT);
+    assert_eq!(
+        bodies(&got[0].records()),
+        ["checkout failed", "debug after"]
+    );
+    let pinned = agent.stats();
+    assert!(pinned.states[0].on, "{:?}", pinned.states);
+    assert_eq!(pinned.rule("checkout-error").unwrap().fired, Some(1));
+    assert_eq!(pinned.recorders[0].records, 10);
+    assert!(flushed(&receiver).0.is_empty());
+
+    // The next agent adopts the pins and serves the flush request.
+    agent.start();
+    wait_until(
+        "the flush by the restarted agent",
+        Duration::from_secs(10),
+        || flushed(&receiver).0.len() == 10,
+    );
+    let (records, raw) = flushed(&receiver);
+    assert_eq!(
+        bodies(&records),
+        (0..10).map(|i| format!("debug {i}")).collect::<Vec<_>>()
+    );
+    let want: Vec<Vec<u8>> = calm.resource_logs[0].scope_logs[0]
+        .log_records
+        .iter()
+        .map(|r| r.encode_to_vec())
+        .collect();
+    assert_eq!(raw, want);
+    let s = agent.stats();
+    assert_eq!((s.recorders[0].records, s.recorders[0].flushes), (0, 1));
+}

@@ -417,6 +417,7 @@ impl Objects {
                 lost: counters.lost,
                 recorded: counters.records,
                 size: conf.size,
+                memory: ring_memory(conf.size),
             });
         }
         let now = crate::drain::monotonic_ns();
