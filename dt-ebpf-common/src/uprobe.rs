@@ -269,8 +269,9 @@ mod tests {
 
     #[test]
     fn sizes_have_no_hidden_padding() {
-        assert_eq!(size_of::<ProbeRule>(), 32);
-        assert_eq!(size_of::<ProbeRuleSet>(), 16 + 32 * MAX_PROBE_RULES);
+        assert_eq!(size_of::<crate::Trigger>(), 32);
+        assert_eq!(size_of::<ProbeRule>(), 32 + 16 + 32);
+        assert_eq!(size_of::<ProbeRuleSet>(), 24 + 80 * MAX_PROBE_RULES);
         assert_eq!(size_of::<SevPair>(), 8);
         assert_eq!(
             size_of::<ProbeEntry>(),

@@ -990,3 +990,61 @@ fn per_call_overhead_of_a_counted_uprobe() {
         probed - unprobed
     );
 }
+
+/// A trigger on a uprobe hook: a daemon's `syslog(LOG_ERR)` turns a state on that raises the
+/// verbosity of OTLP logs, and flushes the recorder of what was dropped before.
+#[test]
+fn a_syslog_error_fires_a_trigger_that_raises_otlp_verbosity_and_flushes() {
+    if !kernel_or_skip("a_syslog_error_fires_a_trigger_that_raises_otlp_verbosity_and_flushes") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = build_logcalls(dir.path(), "u7trig", false, None);
+    let receiver = Receiver::start_v4();
+    let rules = TempRules::new();
+    rules.write(
+        "50-trigger.toml",
+        &format!(
+            "{SYSLOG_PROBE}\
+             [[recorder]]\nname = \"debug\"\nsize = \"64KiB\"\n\n\
+             [[state]]\nname = \"verbose\"\nduration = \"1h\"\n\n\
+             [[rule]]\nname = \"daemon-error\"\naction = \"trigger\"\nhooks = [\"uprobe:syslog\"]\n\
+             set_state = [\"verbose\"]\nflush = [\"debug\"]\n\
+             [rule.match]\nservice = \"u7trig\"\nseverity = \">=ERROR\"\n\n\
+             [[rule]]\nname = \"drop-debug\"\naction = \"drop\"\nrecorder = \"debug\"\n\
+             [rule.match]\nseverity = \"DEBUG\"\nstate = \"!verbose\"\n"
+        ),
+    );
+    let cfg = AgentConfig {
+        capture_endpoint: Some(receiver.logs_url()),
+        ..agent_config(&rules, &[receiver.port()])
+    };
+    let agent = start_agent_with(cfg);
+    let send_debug = |body: &str| {
+        let req = LogsRequestBuilder::new()
+            .resource("app")
+            .scope("s")
+            .record(Rec::new(5, body))
+            .build();
+        let mut c = RawClient::connect(receiver.addr());
+        let resp = c.roundtrip(&http::post_logs(otlp::encode(&req)), &Split::Whole);
+        assert_eq!(resp.status, 200);
+    };
+    send_debug("calm debug");
+    assert_eq!(stats_of(&agent).rule("drop-debug").unwrap().dropped, 1);
+    // One syslog(LOG_ERR) of the daemon.
+    run(&daemon, &["burst", "1"]);
+    let s = stats_of(&agent);
+    assert_eq!(s.rule("daemon-error").unwrap().fired, Some(1));
+    assert!(s.states[0].on);
+    // The flush, then DEBUG records reach the collector.
+    let got = receiver.wait_for(1, WAIT);
+    assert_eq!(
+        body(&got[0].logs.as_ref().unwrap().resource_logs[0].scope_logs[0].log_records[0]),
+        "calm debug"
+    );
+    send_debug("verbose debug");
+    let got = receiver.wait_for(2, WAIT);
+    assert_eq!(got[1].records()[0].body.as_deref(), Some("verbose debug"));
+    assert_eq!(stats_of(&agent).rule("drop-debug").unwrap().dropped, 1);
+}

@@ -107,5 +107,49 @@ pub fn stats(s: &Stats) -> String {
             u.truncated
         );
     }
+    // Triggers, recorders, states.
+    let fired: Vec<String> = s
+        .rules
+        .iter()
+        .filter_map(|r| r.fired.map(|n| format!("{} {n}", r.name)))
+        .collect();
+    if !fired.is_empty() {
+        let _ = writeln!(out, "triggers fired: {}", fired.join(", "));
+    }
+    if !s.recorders.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{:<32} {:>10} {:>12} {:>12} {:>10} {:>8} {:>12} {:>10}",
+            "RECORDER", "RECORDS", "BYTES", "OVERWRITTEN", "TOO LONG", "FLUSHES", "FLUSHED", "SIZE"
+        );
+        for r in &s.recorders {
+            let _ = writeln!(
+                out,
+                "{:<32} {:>10} {:>12} {:>12} {:>10} {:>8} {:>12} {:>10}",
+                r.name,
+                r.records,
+                r.bytes,
+                r.overwritten,
+                r.too_long,
+                r.flushes,
+                r.flushed_records,
+                r.size
+            );
+        }
+    }
+    if !s.states.is_empty() {
+        let states: Vec<String> = s
+            .states
+            .iter()
+            .map(|st| {
+                if st.on {
+                    format!("{} on ({} s left)", st.name, st.remaining_ms.div_ceil(1000))
+                } else {
+                    format!("{} off", st.name)
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "states: {}", states.join(", "));
+    }
     out
 }

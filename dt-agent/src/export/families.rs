@@ -464,6 +464,10 @@ pub(crate) mod testdata {
                 rule("line\nbreak", "count", "otlp", false, 30),
                 rule("ünïcødé ✓", "redact", "otlp", true, 40),
                 rule("big", "count", "otlp", true, u64::MAX - 10),
+                RuleStats {
+                    fired: Some(3),
+                    ..rule("on-error", "trigger", "otlp", true, 50)
+                },
             ],
             totals: TotalStats {
                 connections: 101,
@@ -480,8 +484,21 @@ pub(crate) mod testdata {
                 passthrough,
             },
             uprobes: Default::default(),
-            recorders: Vec::new(),
-            states: Vec::new(),
+            recorders: vec![crate::stats::RecorderStats {
+                name: "checkout-debug".into(),
+                records: 12,
+                bytes: 3456,
+                overwritten: 7,
+                too_long: 1,
+                flushes: 2,
+                flushed_records: 30,
+                ..Default::default()
+            }],
+            states: vec![crate::stats::StateStats {
+                name: "incident".into(),
+                on: true,
+                remaining_ms: 1500,
+            }],
         }
     }
 }

@@ -129,6 +129,38 @@ fn check_points(p: &Points, stats: &Stats, start: u64, now: Option<u64>) {
         );
         n += 1;
     }
+    for r in stats.rules.iter().filter(|r| r.fired.is_some()) {
+        let l = [
+            ("rule", r.name.as_str()),
+            ("action", r.action.as_str()),
+            ("hook", r.hook.as_str()),
+            ("active", if r.active { "true" } else { "false" }),
+        ];
+        assert_eq!(get("dt.rule.fired", &l), (sat(r.fired.unwrap()), true));
+        n += 1;
+    }
+    for r in &stats.recorders {
+        let l = [("recorder", r.name.as_str())];
+        for (name, want, sum) in [
+            ("dt.recorder.records", r.records, false),
+            ("dt.recorder.bytes", r.bytes, false),
+            ("dt.recorder.overwritten", r.overwritten, true),
+            ("dt.recorder.too_long", r.too_long, true),
+            ("dt.recorder.flushes", r.flushes, true),
+            ("dt.recorder.flushed_records", r.flushed_records, true),
+            ("dt.recorder.flush_failures", r.flush_failures, true),
+        ] {
+            assert_eq!(get(name, &l), (sat(want), sum), "{name}");
+            n += 1;
+        }
+    }
+    for st in &stats.states {
+        assert_eq!(
+            get("dt.state.on", &[("state", st.name.as_str())]),
+            (st.on as i64, false)
+        );
+        n += 1;
+    }
     assert_eq!(p.len(), n, "no other points");
 }
 
@@ -165,7 +197,7 @@ fn request_holds_every_value() {
     assert_eq!(units["dt.bytes.in"], "By");
     assert_eq!(units["dt.rule.dropped_bytes"], "By");
     assert_eq!(units["dt.records"], "{record}");
-    assert_eq!(units.len(), 18);
+    assert_eq!(units.len(), 27);
     // Gauges carry no start time.
     for m in &req.resource_metrics[0].scope_metrics[0].metrics {
         if let Some(metric::Data::Gauge(g)) = &m.data {

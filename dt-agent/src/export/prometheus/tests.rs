@@ -207,6 +207,39 @@ fn check_all(p: &Parsed, stats: &Stats) {
         );
         expected_series += 1;
     }
+    for r in stats.rules.iter().filter(|r| r.fired.is_some()) {
+        let active = r.active.to_string();
+        let labels = [
+            ("rule", r.name.as_str()),
+            ("action", r.action.as_str()),
+            ("hook", r.hook.as_str()),
+            ("active", active.as_str()),
+        ];
+        assert_eq!(p.get("dt_rule_fired_total", &labels), r.fired);
+        expected_series += 1;
+    }
+    for r in &stats.recorders {
+        let l = [("recorder", r.name.as_str())];
+        for (name, want) in [
+            ("dt_recorder_records", r.records),
+            ("dt_recorder_bytes", r.bytes),
+            ("dt_recorder_overwritten_total", r.overwritten),
+            ("dt_recorder_too_long_total", r.too_long),
+            ("dt_recorder_flushes_total", r.flushes),
+            ("dt_recorder_flushed_records_total", r.flushed_records),
+            ("dt_recorder_flush_failures_total", r.flush_failures),
+        ] {
+            assert_eq!(p.get(name, &l), Some(want), "{name}");
+            expected_series += 1;
+        }
+    }
+    for st in &stats.states {
+        assert_eq!(
+            p.get("dt_state_on", &[("state", st.name.as_str())]),
+            Some(st.on as u64)
+        );
+        expected_series += 1;
+    }
     assert_eq!(p.samples.len(), expected_series, "no other series");
     for ((name, _), _) in p.samples.iter() {
         let (kind, help) = &p.families[name];
@@ -225,7 +258,21 @@ fn renders_every_value_and_parses_back() {
     let text = render_prometheus(&stats);
     let p = parse(&text);
     check_all(&p, &stats);
-    assert_eq!(p.order.len(), 18, "{:?}", p.order);
+    assert_eq!(p.order.len(), 27, "{:?}", p.order);
+    assert!(
+        text.contains("dt_recorder_records{recorder=\"checkout-debug\"} 12\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("dt_state_on{state=\"incident\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "dt_rule_fired_total{rule=\"on-error\",action=\"trigger\",hook=\"otlp\",active=\"true\"} 3\n"
+        ),
+        "{text}"
+    );
     assert_eq!(p.families["dt_generation"].0, "gauge");
     assert_eq!(p.families["dt_enabled"].0, "gauge");
     assert_eq!(p.families["dt_requests_in_flight"].0, "gauge");
@@ -272,7 +319,8 @@ fn empty_stats_still_list_every_family() {
     let stats = Stats::default();
     let text = render_prometheus(&stats);
     let p = parse(&text);
-    assert_eq!(p.order.len(), 18);
+    // Every family is listed, with or without samples (9 of them: triggers, recorders, states).
+    assert_eq!(p.order.len(), 27);
     check_all(&p, &stats);
     assert!(text.contains("dt_enabled 0\n"));
     let families: BTreeSet<_> = p.order.iter().cloned().collect();

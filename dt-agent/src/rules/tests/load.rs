@@ -227,7 +227,7 @@ fn unknown_action_is_an_error_at_the_value() {
     let e = error("[[rule]]\nname = \"a\"\naction = \"delete\"\n");
     assert_eq!(
         e,
-        "r.toml:3:10: unknown action \"delete\": expected one of count, drop, sample, rate_limit, redact, capture"
+        "r.toml:3:10: unknown action \"delete\": expected one of count, drop, sample, rate_limit, redact, capture, trigger"
     );
 }
 

@@ -233,7 +233,9 @@ fn uprobe_hooks_take_count_capture_and_drop_only() {
         let e = error(&text);
         assert!(
             e.starts_with("r.toml:8:10: ")
-                && e.contains("is not supported on uprobe hooks: they take count and capture"),
+                && e.contains(
+                    "is not supported on uprobe hooks: they take count, capture and trigger"
+                ),
             "{e}"
         );
     }
