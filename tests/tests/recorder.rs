@@ -579,3 +579,159 @@ fn after_kill_9_the_kernel_fires_and_the_restarted_agent_flushes() {
     let s = agent.stats();
     assert_eq!((s.recorders[0].records, s.recorders[0].flushes), (0, 1));
 }
+
+/// A firing stands when its request then passes through untouched: the state stays on and
+/// `fired` counts it, while the request's other counters are not committed.
+#[test]
+fn a_firing_stands_when_its_request_passes_through() {
+    if !kernel_or_skip("trigger: firing stands") {
+        return;
+    }
+    let receiver = Receiver::start_v4();
+    let text = r#"
+[[state]]
+name = "incident"
+duration = "1h"
+
+[[rule]]
+name = "error"
+action = "trigger"
+set_state = ["incident"]
+[rule.match]
+severity = ">=ERROR"
+"#;
+    let dir = TempRules::with_files(&[("p.toml", text)]);
+    let agent = start_agent_with(agent_config(&dir, &[receiver.port()]));
+    let req = LogsRequestBuilder::new()
+        .resource("svc")
+        .scope("app")
+        .record(Rec::new(17, "error"))
+        .build();
+    // After the ResourceLogs, a field whose length runs past the end: the walk fails there.
+    let mut body = encode(&req);
+    body.extend_from_slice(&[0x0a, 0x7f]);
+    let mut c = RawClient::connect(receiver.addr());
+    assert_eq!(
+        c.roundtrip(&post_logs(body.clone()), &Split::Whole).status,
+        200
+    );
+    let got = receiver.wait_for(1, WAIT);
+    assert_eq!(got[0].body, body, "the request passed byte for byte");
+    let s = stats_of(&agent);
+    assert_eq!(s.totals.passthrough["malformed"], 1);
+    let r = s.rule("error").unwrap();
+    assert_eq!((r.matched, r.fired), (0, Some(1)));
+    assert!(s.states[0].on);
+}
+
+/// States by hand, and a flush whose endpoint is down: tried a few times, then given up and
+/// counted, its records left in the recorder.
+#[test]
+fn states_by_hand_and_a_flush_to_an_endpoint_that_is_down() {
+    if !kernel_or_skip("recorder: states by hand, endpoint down") {
+        return;
+    }
+    let receiver = Receiver::start_v4();
+    let (closed, closed_port) = dt_tests::reserve_port();
+    drop(closed);
+    let dir = TempRules::with_files(&[("recorder.toml", &rules("1h"))]);
+    let mut cfg = agent_config(&dir, &[receiver.port()]);
+    cfg.capture_endpoint = Some(format!("http://127.0.0.1:{closed_port}/v1/logs"));
+    let mut agent = start_agent_with(cfg);
+    let debug = |n: usize| {
+        LogsRequestBuilder::new()
+            .resource("checkout")
+            .scope("app")
+            .records((0..n).map(|i| Rec::new(5, &format!("debug {i}"))))
+            .build()
+    };
+    // On by hand: DEBUG passes; off again: dropped and recorded.
+    agent
+        .set_state("incident", true, Some(Duration::from_secs(60)))
+        .unwrap();
+    let s = stats_of(&agent);
+    assert!(
+        s.states[0].on && s.states[0].remaining_ms > 50_000,
+        "{:?}",
+        s.states
+    );
+    send_raw(receiver.port(), &debug(3));
+    assert_eq!(
+        stats_of(&agent)
+            .rule("drop-checkout-debug")
+            .unwrap()
+            .matched,
+        0
+    );
+    agent.set_state("incident", false, None).unwrap();
+    send_raw(receiver.port(), &debug(4));
+    let s = stats_of(&agent);
+    assert_eq!((s.recorders[0].records, s.states[0].on), (4, false));
+    let e = agent.set_state("nope", true, None).unwrap_err().to_string();
+    assert!(e.contains("no state named nope"), "{e}");
+    // The endpoint is down: 5 tries over about 3 s, then given up; the records stay.
+    let (requester, slots) = agent.flush_request(&["checkout-debug".into()]).unwrap();
+    let start = Instant::now();
+    let e = requester.flush(slots).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("flush given up after 5 tries"),
+        "{e:#}"
+    );
+    assert!(start.elapsed() >= Duration::from_secs(3));
+    let s = stats_of(&agent);
+    let r = &s.recorders[0];
+    assert_eq!(
+        (r.records, r.flushes, r.flush_failures, r.flushed_records),
+        (4, 0, 1, 0)
+    );
+}
+
+/// A push that keeps a recorder keeps its records; one that removes it frees its ring.
+#[test]
+fn rule_sets_keep_or_free_recorders_by_name() {
+    if !kernel_or_skip("recorder: generations") {
+        return;
+    }
+    let receiver = Receiver::start_v4();
+    let dir = TempRules::with_files(&[("recorder.toml", &rules("1h"))]);
+    let mut cfg = agent_config(&dir, &[receiver.port()]);
+    cfg.capture_endpoint = Some(receiver.logs_url());
+    let mut agent = start_agent_with(cfg);
+    let rings = || {
+        dt_tests::agent_process::loaded_maps()
+            .iter()
+            .filter(|(_, n)| n.starts_with("standalone_arr"))
+            .count()
+    };
+    let before = rings();
+    send_raw(
+        receiver.port(),
+        &LogsRequestBuilder::new()
+            .resource("checkout")
+            .scope("app")
+            .records((0..6).map(|i| Rec::new(5, &format!("debug {i}"))))
+            .build(),
+    );
+    assert_eq!(stats_of(&agent).recorders[0].records, 6);
+    // The same recorder, another rule: records kept.
+    dir.write(
+        "extra.toml",
+        "[[rule]]\nname = \"count-all\"\naction = \"count\"\n",
+    );
+    agent.reload(dir.path()).unwrap();
+    assert_eq!(stats_of(&agent).recorders[0].records, 6);
+    // No recorder: its ring goes.
+    dir.write(
+        "recorder.toml",
+        "[[rule]]\nname = \"drop-checkout-debug\"\naction = \"drop\"\n[rule.match]\nseverity = \"DEBUG\"\n",
+    );
+    agent.reload(dir.path()).unwrap();
+    assert!(stats_of(&agent).recorders.is_empty());
+    wait_until("the ring to be freed", Duration::from_secs(5), || {
+        rings() < before
+    });
+    // Back again: a new, empty ring.
+    dir.write("recorder.toml", &rules("1h"));
+    agent.reload(dir.path()).unwrap();
+    assert_eq!(stats_of(&agent).recorders[0].records, 0);
+}

@@ -312,28 +312,35 @@ struct Ring<'a> {
 const MAX_ENTRY: u64 = entry_len(MAX_RECORD_SERVICE, MAX_RECORD_CEILING) as u64;
 
 impl Ring<'_> {
-    fn byte(&mut self, pos: u64) -> u8 {
+    /// The block holding stream position `pos`, read once per walk.
+    fn block(&mut self, pos: u64) -> &RingBlock {
         let block = ((pos % self.size) / RING_BLOCK as u64) as u32;
-        let off = (pos % RING_BLOCK as u64) as usize;
         let ring = self.ring;
-        let b = self.blocks.entry(block).or_insert_with(|| {
+        self.blocks.entry(block).or_insert_with(|| {
             Box::new(ring.get(&block, 0).unwrap_or(RingBlock {
                 bytes: [0; (RING_BLOCK + dt_ebpf_common::RING_PIECE) as usize],
             }))
-        });
-        b.bytes[off]
+        })
     }
 
+    /// The u64 at stream position `pos` (a multiple of 8: inside one block).
     fn word(&mut self, pos: u64) -> u64 {
-        let mut b = [0u8; 8];
-        for (i, v) in b.iter_mut().enumerate() {
-            *v = self.byte(pos + i as u64);
-        }
-        u64::from_le_bytes(b)
+        let off = (pos % RING_BLOCK as u64) as usize;
+        let b = self.block(pos);
+        u64::from_le_bytes(b.bytes[off..off + 8].try_into().unwrap_or([0; 8]))
     }
 
-    fn bytes(&mut self, pos: u64, len: u64) -> Vec<u8> {
-        (0..len).map(|i| self.byte(pos + i)).collect()
+    /// `len` bytes from stream position `pos`, block by block.
+    fn bytes(&mut self, mut pos: u64, len: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len as usize);
+        let end = pos + len;
+        while pos < end {
+            let off = (pos % RING_BLOCK as u64) as usize;
+            let n = ((RING_BLOCK as usize - off) as u64).min(end - pos) as usize;
+            out.extend_from_slice(&self.block(pos).bytes[off..off + n]);
+            pos += n as u64;
+        }
+        out
     }
 
     /// The whole entry that ends at `end`, if there is one.

@@ -3,6 +3,7 @@
 
 mod compile;
 mod load;
+mod objects;
 mod probe;
 
 use std::path::PathBuf;

@@ -1,0 +1,179 @@
+//! `[[recorder]]`, `[[state]]`, trigger rules and `state` conditions: what they compile to, and
+//! every mistake reported at its `file:line:column`.
+
+use std::path::PathBuf;
+
+use dt_ebpf_common::{ACTION_TRIGGER, NEED_RECORD, NEED_STATES};
+
+use super::super::{Compiled, SlotTable, compile, load_sources};
+
+const EXAMPLE: &str = r#"[[recorder]]
+name = "checkout-debug"
+size = "4MiB"
+max_record = 2048
+
+[[state]]
+name = "incident"
+duration = "5m"
+
+[[rule]]
+name = "drop-checkout-debug"
+action = "drop"
+recorder = "checkout-debug"
+[rule.match]
+severity = "DEBUG"
+service = "checkout"
+state = "!incident"
+
+[[rule]]
+name = "checkout-error"
+action = "trigger"
+flush = ["checkout-debug"]
+set_state = ["incident"]
+cooldown = "10s"
+threshold = { count = 5, within = "1m" }
+[rule.match]
+severity = ">=ERROR"
+service = "checkout"
+"#;
+
+fn build_with(text: &str, slots: &mut SlotTable) -> Result<Compiled, Vec<String>> {
+    let set = load_sources(&[(PathBuf::from("r.toml"), text.to_string())])
+        .map_err(|d| d.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    compile(&set, slots).map_err(|d| d.iter().map(ToString::to_string).collect())
+}
+
+fn errors(text: &str) -> Vec<String> {
+    build_with(text, &mut SlotTable::new()).expect_err("expected errors")
+}
+
+#[test]
+fn the_worked_example_compiles_to_slots_and_bits() {
+    let c = build_with(EXAMPLE, &mut SlotTable::new()).unwrap();
+    assert_eq!(c.recorders.len(), 1);
+    assert_eq!(
+        (
+            c.recorders[0].slot,
+            c.recorders[0].size,
+            c.recorders[0].max_record
+        ),
+        (0, 4 << 20, 2048)
+    );
+    assert_eq!(c.states[0].duration.as_secs(), 300);
+    assert_eq!(c.state_durations[0], 300_000_000_000);
+    let rs = &c.ruleset;
+    assert_eq!(
+        rs.needs & (NEED_RECORD | NEED_STATES),
+        NEED_RECORD | NEED_STATES
+    );
+    assert_eq!(rs.states, 1);
+    let drop = rs.rules[0];
+    assert_eq!((drop.recorder, drop.state_on, drop.state_off), (1, 0, 1));
+    let trig = rs.rules[1];
+    assert_eq!(trig.action, ACTION_TRIGGER);
+    assert_eq!((trig.trigger.flush, trig.trigger.set_state), (1, 1));
+    assert_eq!(trig.trigger.cooldown_ns, 10_000_000_000);
+    assert_eq!(
+        (trig.trigger.threshold, trig.trigger.within_ms),
+        (5, 60_000)
+    );
+}
+
+#[test]
+fn names_keep_their_slots_and_new_ones_avoid_the_active_sets() {
+    let mut slots = SlotTable::new();
+    let two = "[[recorder]]\nname = \"a\"\n[[recorder]]\nname = \"b\"\n[[state]]\nname = \"s\"\nduration = \"1s\"\n";
+    let c = build_with(two, &mut slots).unwrap();
+    assert_eq!((c.recorders[0].slot, c.recorders[1].slot), (0, 1));
+    // b stays at 1; c may not take 0, a's slot in the active set while the new one replaces it.
+    let next = "[[recorder]]\nname = \"c\"\n[[recorder]]\nname = \"b\"\n";
+    let c = build_with(next, &mut slots).unwrap();
+    let by: Vec<(String, u8)> = c
+        .recorders
+        .iter()
+        .map(|r| (r.name.clone(), r.slot))
+        .collect();
+    assert_eq!(by, [("c".to_string(), 2), ("b".to_string(), 1)]);
+    assert!(c.states.is_empty());
+}
+
+#[test]
+fn mistakes_are_reported_where_they_are() {
+    let e = errors("[[recorder]]\nname = \"r\"\nsize = \"4MB\"\n");
+    assert_eq!(
+        e,
+        ["r.toml:3:8: \"4MB\" is not a size: write a whole number and KiB or MiB, as \"4MiB\""]
+    );
+    let e = errors("[[recorder]]\nname = \"r\"\nsize = \"128MiB\"\n");
+    assert_eq!(
+        e,
+        ["r.toml:3:8: size must be between \"64KiB\" and \"64MiB\""]
+    );
+    let e = errors("[[recorder]]\nname = \"r\"\nsize = \"64KiB\"\nmax_record = 20000\n");
+    assert!(
+        e[0].starts_with("r.toml:4:14: max_record must be between 64 and 16384 bytes"),
+        "{e:?}"
+    );
+    let e = errors("[[recorder]]\nname = \"r\"\nsizes = 1\n");
+    assert!(
+        e[0].starts_with("r.toml:3:1: unknown field `sizes`"),
+        "{e:?}"
+    );
+    let e = errors("[[state]]\nname = \"s\"\nduration = \"2d\"\n");
+    assert!(
+        e[0].starts_with("r.toml:3:12: \"2d\" is not a duration"),
+        "{e:?}"
+    );
+    let e = errors("[[state]]\nname = \"s\"\nduration = \"25h\"\n");
+    assert_eq!(
+        e,
+        ["r.toml:3:12: duration must be between \"1s\" and \"24h\""]
+    );
+    let e = errors(
+        "[[state]]\nname = \"s\"\nduration = \"1m\"\n[[state]]\nname = \"s\"\nduration = \"1m\"\n",
+    );
+    assert_eq!(
+        e,
+        ["r.toml:5:8: duplicate state name \"s\": first defined at r.toml:2"]
+    );
+    let e = errors("[[rule]]\nname = \"d\"\naction = \"drop\"\nrecorder = \"nope\"\n");
+    assert_eq!(
+        e,
+        ["r.toml:4:12: no [[recorder]] named \"nope\" in the rule set"]
+    );
+    let e = errors(
+        "[[recorder]]\nname = \"r\"\n[[rule]]\nname = \"c\"\naction = \"count\"\nrecorder = \"r\"\n",
+    );
+    assert!(
+        e[0].starts_with("r.toml:6:12: recorder is only for drop, sample and rate_limit rules"),
+        "{e:?}"
+    );
+    let e = errors("[[rule]]\nname = \"t\"\naction = \"trigger\"\n");
+    assert_eq!(
+        e,
+        ["r.toml:3:10: action \"trigger\" needs flush or set_state (what it does when it fires)"]
+    );
+    let e = errors(
+        "[[rule]]\nname = \"t\"\naction = \"trigger\"\nset_state = [\"x\"]\ncooldown = \"soon\"\n",
+    );
+    assert!(
+        e[0].starts_with("r.toml:5:12: \"soon\" is not a duration"),
+        "{e:?}"
+    );
+    let e = errors("[[rule]]\nname = \"t\"\naction = \"trigger\"\nset_state = [\"x\"]\n");
+    assert_eq!(e, ["r.toml:4:14: no [[state]] named \"x\" in the rule set"]);
+    let e = errors("[[rule]]\nname = \"t\"\naction = \"count\"\nflush = [\"x\"]\n");
+    assert_eq!(e, ["r.toml:4:9: flush is only for action \"trigger\""]);
+    let e = errors("[[rule]]\nname = \"d\"\naction = \"drop\"\n[rule.match]\nstate = \"!calm\"\n");
+    assert_eq!(
+        e,
+        ["r.toml:5:9: no [[state]] named \"calm\" in the rule set"]
+    );
+    let e = errors(
+        "[[state]]\nname = \"s\"\nduration = \"1s\"\n[[rule]]\nname = \"t\"\naction = \"trigger\"\nset_state = [\"s\"]\nthreshold = { count = 0, within = \"1m\" }\n",
+    );
+    assert!(
+        e[0].starts_with("r.toml:8:23: threshold count must be between 1"),
+        "{e:?}"
+    );
+}
