@@ -772,3 +772,63 @@ fn rule_sets_keep_or_free_recorders_by_name() {
     agent.reload(dir.path()).unwrap();
     assert_eq!(stats_of(&agent).recorders[0].records, 0);
 }
+
+/// The Node.js SDK sends every export chunked: what its requests lose to a recorder's rule is
+/// egressed byte for byte as its own serializer (protobufjs, not prost) wrote it.
+#[test]
+fn node_sdk_chunked_exports_are_recorded_byte_for_byte() {
+    let test = "node_sdk_chunked_exports_are_recorded_byte_for_byte";
+    if !kernel_or_skip(test) || dt_tests::node_or_skip(test).is_none() {
+        return;
+    }
+    let receiver = Receiver::start_v4();
+    let text = r#"
+[[recorder]]
+name = "debug"
+size = "1MiB"
+
+[[rule]]
+name = "drop-debug"
+action = "drop"
+recorder = "debug"
+[rule.match]
+severity = "<INFO"
+"#;
+    let dir = TempRules::with_files(&[("n.toml", text)]);
+    let mut cfg = agent_config(&dir, &[receiver.port()]);
+    cfg.capture_endpoint = Some(receiver.logs_url());
+    let agent = start_agent_with(cfg);
+    let plan = ExportPlan::mixed(600, &["checkout", "payments"], 100);
+    let report = dt_tests::export_with_node(&receiver.logs_url(), &plan);
+    report.assert_all_ok(plan.total());
+    receiver.wait_for(report.batches_ok, WAIT);
+    let s = stats_of(&agent);
+    assert_eq!(s.totals.passthrough["chunked"], 0);
+    // What the exporter serialized, below INFO, in export order: what the recorder must hold.
+    let want: Vec<Vec<u8>> = report
+        .bodies
+        .iter()
+        .flat_map(|b| raw_log_records(b))
+        .filter(|r| {
+            let sev = LogRecord::decode(&r[..]).unwrap().severity_number;
+            (1..=8).contains(&sev)
+        })
+        .collect();
+    assert!(want.len() > 100);
+    assert_eq!(s.recorders[0].records, want.len() as u64);
+    let before = receiver.requests().len();
+    let (requester, slots) = agent.flush_request(&["debug".into()]).unwrap();
+    assert_eq!(
+        requester.flush(slots).unwrap()[0].records,
+        want.len() as u64
+    );
+    let got: Vec<Vec<u8>> = receiver.requests()[before..]
+        .iter()
+        .flat_map(|r| raw_log_records(&r.body))
+        .collect();
+    assert_eq!(got.len(), want.len());
+    assert!(
+        got == want,
+        "flushed records differ from the exporter's bytes"
+    );
+}
