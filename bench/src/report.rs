@@ -63,6 +63,7 @@ pub struct Summary {
     pub dt_msg_runs_per_request: Option<Stat>,
     pub dt_msg_ns_per_run: Option<Stat>,
     pub dt_msg_ns_per_record: Option<Stat>,
+    pub steps_per_record: Option<Stat>,
     pub notes: Vec<String>,
 }
 
@@ -118,6 +119,7 @@ pub fn summarize(runs: &[RunResult], sizes: &[usize], scenarios: &[Scenario]) ->
                 }),
                 dt_msg_ns_per_run: stat_of(&rs, |r| r.dt_msg_ns_per_run),
                 dt_msg_ns_per_record: stat_of(&rs, |r| r.dt_msg_ns_per_record),
+                steps_per_record: stat_of(&rs, |r| r.steps_per_record),
                 notes: rs
                     .iter()
                     .flat_map(|r| {
@@ -275,6 +277,16 @@ pub fn ratios(runs: &[RunResult], sizes: &[usize], rounds: usize) -> Vec<Ratio> 
             runs,
             rounds,
             size,
+            "(i)/(c) dt_msg cost per record",
+            "dt_msg run time per record, realistic needles over the (c) needles that all start \
+             with '#'",
+            None,
+            div("i", "c", msg),
+        ));
+        out.push(ratio(
+            runs,
+            rounds,
+            size,
             "(h)/(d) CPU per record",
             "whole-path CPU ns per record sent, the drop rule keeping what it drops in a \
              flight recorder over the same rule without one",
@@ -397,11 +409,11 @@ pub fn markdown(
         "\n### CPU seconds (user/sys) over the {:.1} s window, and the sk_msg program (bpf_stats): median\n\n",
         o.duration
     );
-    s += "| rec/req | scenario | sender | sink | agent | proxy | sink reads/request | TCP segments/request | dt_msg runs/request | dt_msg ns/run | dt_msg ns/record (min–max) |\n";
-    s += "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    s += "| rec/req | scenario | sender | sink | agent | proxy | sink reads/request | TCP segments/request | dt_msg runs/request | dt_msg ns/run | dt_msg ns/record (min–max) | walk steps/record |\n";
+    s += "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for x in sums {
         s += &format!(
-            "| {} | ({}) {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | ({}) {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             x.size,
             x.scenario,
             x.label,
@@ -414,6 +426,7 @@ pub fn markdown(
             med(x.dt_msg_runs_per_request, |v| format!("{v:.2}")),
             med(x.dt_msg_ns_per_run, n0),
             with_range(x.dt_msg_ns_per_record, n1),
+            med(x.steps_per_record, |v| format!("{v:.1}")),
         );
     }
     s += "\n### Ratios (per round, then median (min–max) over the rounds)\n\n";

@@ -71,6 +71,8 @@ pub enum RuleSet {
     Count64,
     /// (d)'s drop rule, keeping what it drops in a flight recorder.
     Drop90Recorded,
+    /// (c) with realistic body needles.
+    CountNeedles,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -125,6 +127,13 @@ pub const SCENARIOS: &[Scenario] = &[
         label: "agent, drop 90%, chunked",
         kind: Kind::Agent(Some(RuleSet::Drop90)),
         framing: Framing::Chunked,
+    },
+    // (c) with realistic needles (distinct first characters, as operators write them).
+    Scenario {
+        key: "i",
+        label: "agent, 10 count rules, realistic needles",
+        kind: Kind::Agent(Some(RuleSet::CountNeedles)),
+        framing: Framing::ContentLength,
     },
     // (d) with the dropped records kept in a flight recorder.
     Scenario {
@@ -199,6 +208,9 @@ pub struct RunResult {
     pub progs: Vec<ProgStats>,
     pub dt_msg_ns_per_run: Option<f64>,
     pub dt_msg_ns_per_record: Option<f64>,
+    /// The walk's steps per record walked (`totals.walk_steps / totals.records`, since the
+    /// agent started).
+    pub steps_per_record: Option<f64>,
     /// `dt-agent stats --json` totals at the end of the run (since the agent started).
     pub agent_totals: Option<serde_json::Value>,
     pub proxy_records_in: Option<u64>,
@@ -263,6 +275,11 @@ impl Bench {
                 RuleSet::Drop90Recorded,
                 "h",
                 workload::rules::drop_90_recorded(),
+            ),
+            (
+                RuleSet::CountNeedles,
+                "i",
+                workload::rules::count_realistic_needles(),
             ),
             (
                 RuleSet::Count64,
@@ -528,6 +545,11 @@ impl Bench {
                 .filter(|m| m.run_cnt > 0)
                 .map(|m| m.run_time_ns as f64 / m.run_cnt as f64),
             dt_msg_ns_per_record: msg.map(|m| m.run_time_ns as f64 / rep.records.max(1) as f64),
+            steps_per_record: agent_totals.as_ref().and_then(|t| {
+                let steps = t["walk_steps"].as_u64()?;
+                let records = t["records"].as_u64().filter(|&r| r > 0)?;
+                Some(steps as f64 / records as f64)
+            }),
             progs,
             agent_totals,
             proxy_records_in: proxy_w.map(|p| p.records_in),
@@ -588,7 +610,9 @@ impl Bench {
                     "the agent dropped {dropped} of {records} records, expected {expect_dropped}"
                 );
             }
-            if let Kind::Agent(Some(RuleSet::Count10 | RuleSet::Count64)) = sc.kind {
+            if let Kind::Agent(Some(RuleSet::Count10 | RuleSet::Count64 | RuleSet::CountNeedles)) =
+                sc.kind
+            {
                 let rules = st["rules"].as_array().cloned().unwrap_or_default();
                 for r in &rules {
                     let name = r["name"].as_str().unwrap_or("");

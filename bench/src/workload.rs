@@ -377,6 +377,37 @@ pub mod rules {
             .to_string()
     }
 
+    /// (i): 10 count rules as (c), but the nine that match nothing look for realistic needles in
+    /// the body, phrases an operator greps for, each starting with its own character (the
+    /// needles of (c) all start with `#`, which no body holds, so a scan rarely leaves its start
+    /// state); none occurs in the bench's bodies. The last rule matches every record.
+    pub fn count_realistic_needles() -> String {
+        let needles = [
+            "NullPointerException",
+            "deadline exceeded",
+            "OutOfMemoryError",
+            "segfault",
+            "permission denied",
+            "retry budget exhausted",
+            "panic:",
+            "SIGKILL",
+            "unreachable host",
+        ];
+        let mut s =
+            "# (i): nine count rules with realistic body needles, then one that matches all.\n"
+                .to_string();
+        for (k, n) in needles.iter().enumerate() {
+            s += &format!(
+                "\n[[rule]]\nname = \"count-needle-{k}\"\naction = \"count\"\n[rule.match]\nbody_contains = \"{n}\"\n"
+            );
+        }
+        s += &format!(
+            "\n[[rule]]\nname = \"count-service\"\naction = \"count\"\n[rule.match]\nservice = \"{}\"\n",
+            super::SERVICE
+        );
+        s
+    }
+
     /// `total` count rules: `total - 1` that match nothing, then one that matches every record.
     /// The non-matching ones cycle through the three kinds of condition (service, body needle,
     /// attribute pair), so each kind has its share of distinct values.

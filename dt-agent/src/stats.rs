@@ -37,6 +37,9 @@ pub struct TotalStats {
     /// dropped their bytes with the socket; they never left).
     #[serde(default)]
     pub released: u64,
+    /// Walk steps of the requests walked (with `records`: steps per record).
+    #[serde(default)]
+    pub walk_steps: u64,
     /// Requests that left byte-for-byte untouched, by reason (every reason is always present).
     pub passthrough: std::collections::BTreeMap<String, u64>,
 }

@@ -407,6 +407,9 @@ pub struct Totals {
     /// Held requests whose connection closed (or shut down for writing) before the rest came;
     /// also counted in `uncorked`.
     pub released: u64,
+    /// Walk steps (`bpf_loop` iterations of the walk) of the requests walked and committed:
+    /// with `records`, the steps per record.
+    pub walk_steps: u64,
 }
 
 // ------------------------------------------------------------------------------------------

@@ -481,6 +481,7 @@ pub(crate) mod testdata {
                 untracked_bytes: 109,
                 in_flight: 110,
                 released: 111,
+                walk_steps: 112,
                 passthrough,
             },
             uprobes: Default::default(),

@@ -147,6 +147,7 @@ where
             untracked_bytes: t.untracked_bytes,
             in_flight: t.corked.saturating_sub(t.uncorked),
             released: t.released,
+            walk_steps: t.walk_steps,
             passthrough,
         },
         uprobes: Default::default(),
@@ -172,6 +173,7 @@ fn sum_totals<T: std::borrow::Borrow<MapData>>(
         t.corked += v.corked;
         t.uncorked += v.uncorked;
         t.released += v.released;
+        t.walk_steps += v.walk_steps;
         for (a, b) in t.passthrough.iter_mut().zip(v.passthrough.iter()) {
             *a += b;
         }

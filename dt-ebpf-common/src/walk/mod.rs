@@ -336,6 +336,9 @@ pub struct Walk {
     pub edit_failures: u32,
     /// Bytes removed from the head (Content-Length digits).
     pub head_removed: u32,
+    /// Steps the walk took (the bench's steps per record).
+    pub steps: u32,
+    pub _pad_steps: u32,
     /// Decisions at commit ([`decide_step`]): candidates planned, the phase and its cursor, the
     /// end of the last dropped candidate, the last edit that removes records, the mask pass's
     /// cursor over the edits.
@@ -398,6 +401,7 @@ impl Walk {
         self.removed = 0;
         self.edit_failures = 0;
         self.head_removed = 0;
+        self.steps = 0;
         let mut i = 0;
         while i < MAX_RULES {
             // Field by field: a block fill would become a memset call on the BPF target.
@@ -499,6 +503,7 @@ impl Walk {
 /// sees short paths: one field, one frame end, one chunk of a body, or one rule evaluation.
 #[inline(always)]
 pub fn step<S: Source, E: Env>(w: &mut Walk, s: &mut S, env: &mut E) -> Step {
+    w.steps = w.steps.wrapping_add(1);
     let r = match w.mode {
         MODE_FIELDS => field_step(w, s),
         MODE_END => end_frame(w, s, env),
