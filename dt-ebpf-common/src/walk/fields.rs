@@ -175,12 +175,18 @@ pub(super) fn on_len<S: Source>(
         (K_RESOURCE, 1) => {
             w.key_set = 0;
             w.val_kind = V_NONE;
-            w.push(K_KV, R_RESOURCE_ATTR, start, end, len_off, len_len)
+            w.push(K_KV, R_RESOURCE_ATTR, start, end, len_off, len_len)?;
+            plain_kv(w, s, start, end);
+            Ok(())
         }
         (K_RESOURCE, 3) => w.push(K_ENTITY, R_NONE, start, end, len_off, len_len),
         (K_RL, 2) => w.push(K_SCOPE, R_NONE, start, end, len_off, len_len),
         (K_SCOPE, 1) => w.push(K_ISCOPE, R_NONE, start, end, len_off, len_len),
-        (K_ISCOPE, 3) | (K_KVLIST, 1) => w.push(K_KV, R_NONE, start, end, len_off, len_len),
+        (K_ISCOPE, 3) | (K_KVLIST, 1) => {
+            w.push(K_KV, R_NONE, start, end, len_off, len_len)?;
+            plain_kv(w, s, start, end);
+            Ok(())
+        }
         (K_SCOPE, 2) => {
             w.rec_off = tag_off;
             w.rec_end = end;
@@ -208,7 +214,9 @@ pub(super) fn on_len<S: Source>(
             w.val_kind = V_NONE;
             w.kv_off = tag_off;
             w.kv_end = end;
-            w.push(K_KV, R_RECORD_ATTR, start, end, len_off, len_len)
+            w.push(K_KV, R_RECORD_ATTR, start, end, len_off, len_len)?;
+            plain_kv(w, s, start, end);
+            Ok(())
         }
         (K_KV, 1) => {
             if f.role != R_NONE {
@@ -250,6 +258,54 @@ pub(super) fn on_len<S: Source>(
         },
         _ => Ok(()),
     }
+}
+
+/// A KeyValue just pushed that is exactly a key field and a value field holding exactly one
+/// `string_value`, each with a one-byte length (how encoders write a short string attribute):
+/// its key and value are taken in this step and the frame ends next, two steps instead of four.
+/// Anything else is walked field by field, as before; both ways set the same key and value,
+/// and the frame's end acts on them the same way.
+#[inline(always)]
+pub(super) fn plain_kv<S: Source>(w: &mut Walk, s: &mut S, start: u32, end: u32) {
+    if end - start < 6 || end - start > 2 * 127 || !s.ensure(start, 2) {
+        return;
+    }
+    if s.byte(start) != Some(0x0a) {
+        return;
+    }
+    let Some(klen) = s.byte(start + 1) else {
+        return;
+    };
+    if klen >= 0x80 {
+        return;
+    }
+    let koff = start + 2;
+    let vtag = koff + klen as u32;
+    if vtag + 4 > end || !s.ensure(vtag, 4) {
+        return;
+    }
+    if s.byte(vtag) != Some(0x12) || s.byte(vtag + 2) != Some(0x0a) {
+        return;
+    }
+    let Some(alen) = s.byte(vtag + 1) else {
+        return;
+    };
+    let Some(slen) = s.byte(vtag + 3) else {
+        return;
+    };
+    let soff = vtag + 4;
+    if alen >= 0x80 || alen as u32 != slen as u32 + 2 || soff + slen as u32 != end {
+        return;
+    }
+    let role = w.frame().role;
+    if role != R_NONE {
+        w.key_off = koff;
+        w.key_len = klen as u32;
+        w.key_set = 1;
+        set_value(w, R_KV_VALUE, V_STRING, soff, slen as u32);
+    }
+    w.pos = end;
+    w.mode = MODE_END;
 }
 
 /// An AnyValue that is exactly one `string_value` field (how encoders write a string): its
