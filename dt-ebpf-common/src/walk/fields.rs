@@ -71,6 +71,11 @@ pub(super) fn field_step<S: Source>(w: &mut Walk, s: &mut S) -> Result<(), Error
         }
         _ => return Err(Error::Malformed),
     }
+    // The field was its frame's last (or it pushed an empty one): the frame ends in the next
+    // step, without a step to find that out.
+    if w.mode == MODE_FIELDS && w.pos == w.frame().end {
+        w.mode = MODE_END;
+    }
     Ok(())
 }
 
@@ -261,7 +266,8 @@ pub(super) fn on_len<S: Source>(
 }
 
 /// A KeyValue just pushed that is exactly a key field and a value field holding exactly one
-/// `string_value`, each with a one-byte length (how encoders write a short string attribute):
+/// `string_value`, `bool_value`, `int_value` or `double_value`, with one-byte lengths (how
+/// encoders write a short attribute):
 /// its key and value are taken in this step and the frame ends next, two steps instead of four.
 /// Anything else is walked field by field, as before; both ways set the same key and value,
 /// and the frame's end acts on them the same way.
@@ -284,25 +290,50 @@ pub(super) fn plain_kv<S: Source>(w: &mut Walk, s: &mut S, start: u32, end: u32)
     if vtag + 4 > end || !s.ensure(vtag, 4) {
         return;
     }
-    if s.byte(vtag) != Some(0x12) || s.byte(vtag + 2) != Some(0x0a) {
+    if s.byte(vtag) != Some(0x12) {
         return;
     }
     let Some(alen) = s.byte(vtag + 1) else {
         return;
     };
-    let Some(slen) = s.byte(vtag + 3) else {
-        return;
-    };
-    let soff = vtag + 4;
-    if alen >= 0x80 || alen as u32 != slen as u32 + 2 || soff + slen as u32 != end {
+    let any = vtag + 2;
+    if !(2..0x80).contains(&alen) || any + alen as u32 != end {
         return;
     }
+    // The AnyValue: one string, or one bool, int or double (a scalar dt does not read).
+    let Some(t) = s.byte(any) else {
+        return;
+    };
+    let (kind, soff, slen) = if t == 0x0a {
+        let Some(slen) = s.byte(any + 1) else {
+            return;
+        };
+        if slen >= 0x80 || any + 2 + slen as u32 != end {
+            return;
+        }
+        (V_STRING, any + 2, slen as u32)
+    } else if t == 0x10 || t == 0x18 {
+        if !s.ensure(any + 1, 10) {
+            return;
+        }
+        let Ok((_, m)) = varint(s, any + 1, end) else {
+            return;
+        };
+        if any + 1 + m != end {
+            return;
+        }
+        (V_OTHER, 0, 0)
+    } else if t == 0x21 && any + 9 == end {
+        (V_OTHER, 0, 0)
+    } else {
+        return;
+    };
     let role = w.frame().role;
     if role != R_NONE {
         w.key_off = koff;
         w.key_len = klen as u32;
         w.key_set = 1;
-        set_value(w, R_KV_VALUE, V_STRING, soff, slen as u32);
+        set_value(w, R_KV_VALUE, kind, soff, slen);
     }
     w.pos = end;
     w.mode = MODE_END;
