@@ -253,6 +253,12 @@ impl Objects {
 
     /// What recorder `slot`'s ring holds now, oldest first (see [`Ring`]).
     pub fn read_ring(&self, slot: u8) -> anyhow::Result<RingContents> {
+        self.read_ring_with(slot, true)
+    }
+
+    /// [`read_ring`](Self::read_ring), without the entries' service names and records when
+    /// `with_bytes` is false (`stats` only counts).
+    fn read_ring_with(&self, slot: u8, with_bytes: bool) -> anyhow::Result<RingContents> {
         let conf = self.conf(slot);
         if conf.size == 0 {
             return Ok(RingContents::default());
@@ -266,6 +272,7 @@ impl Objects {
             ring: &ring,
             size: conf.size,
             blocks: StdHashMap::new(),
+            with_bytes,
         };
         let mut entries = reader.entries(head, conf.tail);
         // Whatever a writer may have overwritten while this was read is not whole.
@@ -306,7 +313,13 @@ struct Ring<'a> {
     ring: &'a Array<MapData, RingBlock>,
     size: u64,
     blocks: StdHashMap<u32, Box<RingBlock>>,
+    /// Whether entries carry their service names and records.
+    with_bytes: bool,
 }
+
+/// Blocks a ring reader keeps at once: the walk goes back from the head, so a few recent
+/// blocks serve it; the agent never holds a whole ring.
+const CACHED_BLOCKS: usize = 32;
 
 /// The longest entry a ring can hold.
 const MAX_ENTRY: u64 = entry_len(MAX_RECORD_SERVICE, MAX_RECORD_CEILING) as u64;
@@ -316,6 +329,9 @@ impl Ring<'_> {
     fn block(&mut self, pos: u64) -> &RingBlock {
         let block = ((pos % self.size) / RING_BLOCK as u64) as u32;
         let ring = self.ring;
+        if self.blocks.len() >= CACHED_BLOCKS && !self.blocks.contains_key(&block) {
+            self.blocks.clear();
+        }
         self.blocks.entry(block).or_insert_with(|| {
             Box::new(ring.get(&block, 0).unwrap_or(RingBlock {
                 bytes: [0; (RING_BLOCK + dt_ebpf_common::RING_PIECE) as usize],
@@ -370,8 +386,16 @@ impl Ring<'_> {
         Some(Entry {
             pos,
             len,
-            service: self.bytes(at, svc_len),
-            record: self.bytes(at + svc_len, rec_len),
+            service: if self.with_bytes {
+                self.bytes(at, svc_len)
+            } else {
+                Vec::new()
+            },
+            record: if self.with_bytes {
+                self.bytes(at + svc_len, rec_len)
+            } else {
+                Vec::new()
+            },
             rule_slot,
         })
     }
@@ -407,7 +431,10 @@ impl Objects {
         for (name, &slot) in &names.recorders {
             let conf = self.conf(slot);
             let counters = self.counters(slot);
-            let held = self.read_ring(slot).map(|c| c.entries).unwrap_or_default();
+            let held = self
+                .read_ring_with(slot, false)
+                .map(|c| c.entries)
+                .unwrap_or_default();
             let records = held.len() as u64;
             stats.recorders.push(RecorderStats {
                 name: name.clone(),
