@@ -59,24 +59,12 @@ impl Exporter {
         let counters = Arc::new(ExportCounters::default());
         let (tx, rx) = tokio::sync::watch::channel(false);
         let c = counters.clone();
-        let thread = std::thread::Builder::new()
-            .name("dt-capture".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        log::error!("capture exporter: no runtime: {e}");
-                        return;
-                    }
-                };
-                if let Err(e) = rt.block_on(export_loop(ring, endpoint, meta, c, rx)) {
+        let thread =
+            super::spawn_on_own_runtime("dt-capture", "capture exporter", move || async move {
+                if let Err(e) = export_loop(ring, endpoint, meta, c, rx).await {
                     log::error!("capture exporter stopped: {e:#}");
                 }
-            })
-            .context("starting the capture exporter")?;
+            })?;
         Ok(Exporter {
             shutdown: Some(tx),
             thread: Some(thread),

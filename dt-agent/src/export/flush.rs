@@ -16,7 +16,6 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context as _;
 use prost::encoding::{WireType, encode_key, encode_varint};
 
 use crate::kernel::{Entry, Objects};
@@ -58,27 +57,15 @@ pub struct Flusher {
 impl Flusher {
     pub fn start(objects: Objects, names: Names, endpoint: hyper::Uri) -> anyhow::Result<Flusher> {
         let (tx, rx) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("dt-flush".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        log::error!("recorder flusher: no runtime: {e}");
-                        return;
-                    }
-                };
+        let thread =
+            super::spawn_on_own_runtime("dt-flush", "recorder flusher", move || async move {
                 let mut f = Worker {
                     objects,
                     names,
                     endpoint,
                 };
-                rt.block_on(f.run(rx));
-            })
-            .context("starting the recorder flusher")?;
+                f.run(rx).await;
+            })?;
         Ok(Flusher {
             tx,
             thread: Some(thread),

@@ -53,3 +53,30 @@ mod prometheus;
 pub use families::StatsSource;
 pub use otlp_metrics::{PUSH_TIMEOUT, otlp_request, push_once, push_otlp};
 pub use prometheus::{CONTENT_TYPE, bind_metrics, render_prometheus, serve_prometheus};
+
+/// Starts a thread named `name` that runs `work` to its end on a tokio runtime of its own (the
+/// exporters' threads: they post with async HTTP, away from the agent's lock and runtime).
+/// `what` names it in logs and errors.
+pub(crate) fn spawn_on_own_runtime<F, Fut>(
+    name: &str,
+    what: &'static str,
+    work: F,
+) -> anyhow::Result<std::thread::JoinHandle<()>>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    use anyhow::Context as _;
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(work()),
+                Err(e) => log::error!("{what}: no runtime: {e}"),
+            }
+        })
+        .with_context(|| format!("starting the {what}"))
+}
