@@ -1,10 +1,12 @@
 use which::which;
 
-/// Rebuild the eBPF object when bpf-linker changes (as aya-template does). `dt_fire` stays a
-/// global function: the verifier checks it once, on its own (see `dynamic.rs`).
+/// Rebuild the eBPF object when bpf-linker changes (as aya-template does). `dt_fire` and
+/// `dt_fast_record` stay global functions: the verifier checks each once, on its own (see
+/// `dynamic.rs` and `sk_msg.rs`).
 fn main() {
     if let Ok(linker) = which("bpf-linker") {
         println!("cargo:rerun-if-changed={}", linker.display());
     }
     println!("cargo:rustc-link-arg-bins=--export=dt_fire");
+    println!("cargo:rustc-link-arg-bins=--export=dt_fast_record");
 }

@@ -5,7 +5,7 @@
 //! whenever a map's type, key, value or size changes.
 
 /// Version of everything in this module. Part of the pin path, and stored in [`Control`].
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Rules in one rule set.
 pub const MAX_RULES: usize = 128;
@@ -157,7 +157,22 @@ pub struct RuleSet {
     /// Bits of the states some rule's match names: the ones read when a record's evaluation
     /// begins.
     pub states: u64,
+    /// Attribute key lengths the rules' `attributes` conditions name (bit `len & 63`): a record
+    /// attribute whose key length is not among them is not looked up.
+    pub attr_key_lens: u64,
+    /// The same for the names `remove_attributes` lists.
+    pub redact_key_lens: u64,
+    /// Bytes that leave the body automaton in its start state (bit `b` of word `b >> 6`): the
+    /// scan skips them there with one bit test each.
+    pub ac_skip: [u64; 4],
     pub rules: [Rule; MAX_RULES],
+}
+
+/// The bit of an attribute key length in [`RuleSet::attr_key_lens`] and
+/// [`RuleSet::redact_key_lens`].
+#[inline(always)]
+pub fn key_len_bit(len: u32) -> u64 {
+    1 << (len & 63)
 }
 
 /// [`RuleSet::needs`]: some rule matches on `service`.
@@ -210,6 +225,9 @@ impl RuleSet {
         remove_keys: 0,
         needs: 0,
         states: 0,
+        attr_key_lens: 0,
+        redact_key_lens: 0,
+        ac_skip: [0; 4],
         rules: [Rule {
             slot: 0,
             action: 0,

@@ -54,7 +54,57 @@ pub trait Source {
         }
         true
     }
+
+    /// Copies the `len` (at most [`CHUNK_BYTES`]) bytes at `off` into `dst[..len]`, for a body
+    /// scan: one range check and one copy a chunk instead of one a byte. `false` when a byte
+    /// could not be read. The kernel overrides this with one helper call.
+    #[inline(always)]
+    fn copy_chunk(&mut self, off: u32, len: u32, dst: &mut [u8; CHUNK_BYTES]) -> bool {
+        if len > CHUNK_BYTES as u32 || !self.ensure(off, len) {
+            return false;
+        }
+        let mut i = 0u32;
+        while i < CHUNK_BYTES as u32 {
+            if i >= len {
+                break;
+            }
+            let Some(b) = self.byte(off + i) else {
+                return false;
+            };
+            dst[i as usize] = b;
+            i += 1;
+        }
+        true
+    }
+
+    /// Copies the `len` (at most [`RECORD_BYTES`]) bytes at `off` into `dst[..len]`: a
+    /// LogRecord the walk's fast path takes whole. `false` when a byte could not be read. The
+    /// kernel overrides this with one helper call.
+    #[inline(always)]
+    fn copy_record(&mut self, off: u32, len: u32, dst: &mut [u8; RECORD_BYTES]) -> bool {
+        if len > RECORD_BYTES as u32 || !self.ensure(off, len) {
+            return false;
+        }
+        let mut i = 0u32;
+        while i < RECORD_BYTES as u32 {
+            if i >= len {
+                break;
+            }
+            let Some(b) = self.byte(off + i) else {
+                return false;
+            };
+            dst[i as usize] = b;
+            i += 1;
+        }
+        true
+    }
 }
+
+/// Bytes of a record the fast path copies at once ([`Source::copy_record`]).
+pub const RECORD_BYTES: usize = 1024;
+
+/// Bytes of a body scan's chunk ([`Source::copy_chunk`]).
+pub const CHUNK_BYTES: usize = 64;
 
 /// A [`Source`] over a byte slice (host side: tests and tools).
 pub struct SliceSource<'a>(pub &'a [u8]);

@@ -39,7 +39,7 @@ use dt_ebpf_common::{
     decide,
     http::{self, Feed},
     walk::{self, Editor, Env, Step},
-    wire::{Error, Source},
+    wire::{CHUNK_BYTES, Error, RECORD_BYTES, Source},
 };
 
 mod rechunk;
@@ -902,6 +902,55 @@ impl Source for Window {
     }
 
     #[inline(always)]
+    fn copy_chunk(&mut self, off: u32, len: u32, dst: &mut [u8; CHUNK_BYTES]) -> bool {
+        if len > CHUNK_BYTES as u32 || !self.ensure(off, len) {
+            return false;
+        }
+        let msg = self.msg;
+        let s = self.state();
+        let start = s.start;
+        if off < start || off + len > s.end {
+            return false;
+        }
+        let data = unsafe { (*msg).__bindgen_anon_1.data } as usize;
+        let data_end = unsafe { (*msg).__bindgen_anon_2.data_end } as usize;
+        let p = data + ((off - start) & (WINDOW - 1)) as usize;
+        if p + len as usize > data_end {
+            return false;
+        }
+        // One copy out of the packet window.
+        let ret =
+            unsafe { bpf_probe_read_kernel(dst.as_mut_ptr().cast(), len, p as *const c_void) };
+        ret == 0
+    }
+
+    #[inline(always)]
+    fn copy_record(&mut self, off: u32, len: u32, dst: &mut [u8; RECORD_BYTES]) -> bool {
+        if len == 0 {
+            return true;
+        }
+        if len > RECORD_BYTES as u32 || !self.ensure(off, len) {
+            return false;
+        }
+        let msg = self.msg;
+        let s = self.state();
+        let start = s.start;
+        if off < start || off + len > s.end {
+            return false;
+        }
+        let data = unsafe { (*msg).__bindgen_anon_1.data } as usize;
+        let data_end = unsafe { (*msg).__bindgen_anon_2.data_end } as usize;
+        let p = data + ((off - start) & (WINDOW - 1)) as usize;
+        if p + len as usize > data_end {
+            return false;
+        }
+        // One copy out of the packet window.
+        let ret =
+            unsafe { bpf_probe_read_kernel(dst.as_mut_ptr().cast(), len, p as *const c_void) };
+        ret == 0
+    }
+
+    #[inline(always)]
     fn byte(&mut self, off: u32) -> Option<u8> {
         let msg = self.msg;
         let s = self.state();
@@ -1012,10 +1061,30 @@ impl Env for KernelEnv {
     }
 
     #[inline(always)]
+    fn parse_record(&mut self, w: &mut walk::Walk, len: u32) -> bool {
+        dt_fast_record(w, self.rs, len as u64) != 0
+    }
+
+    #[inline(always)]
     fn ac_row(&mut self, state: u32) -> Option<&AcRow> {
         if state >= MAX_AC_STATES {
             return None;
         }
         AC.get(self.slot * MAX_AC_STATES + state)
     }
+}
+
+/// The record fast path's parse ([`walk::parse_record`]) as a global BPF function (exported by
+/// the linker, see build.rs): the verifier checks its loop over a record's fields once, on its
+/// own, instead of inside every way through the walk's step.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn dt_fast_record(w: *mut walk::Walk, rs: *const RuleSet, len: u64) -> u64 {
+    if w.is_null() || rs.is_null() {
+        return 0;
+    }
+    // SAFETY: the caller's walk (socket storage) and rule set (a map value), checked non-null;
+    // the verifier checks every access against their sizes.
+    let (w, rs) = unsafe { (&mut *w, &*rs) };
+    walk::parse_record(w, rs, len as u32) as u64
 }

@@ -323,6 +323,8 @@ fn walk(compiled: &Compiled, bytes: &[u8]) -> (Box<Walk>, Vec<u8>) {
     walk.start(0, bytes.len() as u32, 0, 0);
     let mut env = HostEnv::new(compiled);
     run(&mut walk, &mut SliceSource(bytes), &mut env).expect("walk");
+    // Field by field, the walk must come to exactly the same.
+    dt_tests::host_walk::both_ways(compiled, bytes).unwrap_or_else(|e| panic!("{e}"));
     let mut editor = VecEditor(bytes.to_vec());
     apply_start(&mut walk);
     while apply_step(&mut walk, &mut editor) {}

@@ -54,6 +54,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use dt_agent::Stats;
+use dt_tests::host_walk;
 use dt_tests::proptest_gen::logs::Chunking;
 use dt_tests::proptest_gen::reference::{Counts, RefState};
 use dt_tests::proptest_gen::round::{self, Case, GenConfig, Round};
@@ -164,6 +165,21 @@ fn random_requests_and_rules_through_the_kernel() {
         let t0 = Instant::now();
         let r = round::round(index, rseed, done, &cfg, &mut state);
         run.gen_time += t0.elapsed();
+        // The host walker, both ways, on every request of the round: field by field and with
+        // the record fast path the kernel takes. They must agree on everything.
+        let compiled = host_walk::compile_rules(&r.toml);
+        for c in r.conns.iter().flat_map(|conn| &conn.cases) {
+            match host_walk::both_ways(&compiled, &c.request.payload) {
+                Ok((slow, fast)) => {
+                    cov.steps_slow += slow as u64;
+                    cov.steps_fast += fast as u64;
+                }
+                Err(e) => panic!(
+                    "round {index} (seed {rseed}, replay with DT_PROPTEST_SEED={seed} DT_PROPTEST_ROUND={index}), case {}: {e}",
+                    c.id
+                ),
+            }
+        }
         if verbose {
             say(&format!("round {index} (seed {rseed}):\n{}", r.toml));
             for (ci, conn) in r.conns.iter().enumerate() {
@@ -251,6 +267,9 @@ struct Coverage {
     head_cuts: usize,
     body_cuts: usize,
     rules: std::collections::BTreeMap<&'static str, usize>,
+    /// Host walk steps over every request: field by field, and with the record fast path.
+    steps_slow: u64,
+    steps_fast: u64,
 }
 
 impl Coverage {
@@ -307,7 +326,7 @@ impl Coverage {
              {} passed through {:?}, defects by depth {:?}; \
              {} records, {} dropped, {} attributes removed, {} string bodies masked; rules {:?}; \
              {} pipelined connections; {} chunked requests of one data chunk, {} of several; \
-             {} writes cut in heads, {} in bodies",
+             {} writes cut in heads, {} in bodies; host walk both ways: {} steps field by field, {} with the record fast path",
             self.requests,
             self.edited,
             self.emptied,
@@ -326,6 +345,8 @@ impl Coverage {
             self.several_chunks,
             self.head_cuts,
             self.body_cuts,
+            self.steps_slow,
+            self.steps_fast,
         )
     }
 }

@@ -14,7 +14,7 @@ use dt_ebpf_common::uprobe::{
 use dt_ebpf_common::{
     AcRow, MAX_AC_STATES, MAX_ATTR_KEY_LEN, MAX_ATTR_VALUE_LEN, MAX_NEEDLE_LEN, MAX_RATE,
     MAX_RECORDERS, MAX_RULES, MAX_SERVICE_LEN, MAX_SLOTS, MAX_STATES, RULE_MASK_BODY, Rule,
-    RuleSet, StrKey, Trigger,
+    RuleSet, StrKey, Trigger, key_len_bit,
 };
 
 use super::ac::{AcBuilder, TooManyStates};
@@ -615,6 +615,23 @@ impl<'d> Compiler<'d> {
         ruleset.n_rules = self.kernel_rules.len() as u32;
         ruleset.ac_states = ac.len() as u32;
         ruleset.remove_keys = self.remove_keys.order.len() as u32;
+        ruleset.attr_key_lens = self
+            .attributes
+            .iter()
+            .fold(0, |b, ((k, _), _)| b | key_len_bit(k.len() as u32));
+        ruleset.redact_key_lens = self
+            .remove_keys
+            .iter()
+            .fold(0, |b, (name, _)| b | key_len_bit(name.len() as u32));
+        // The start state matches nothing (needles are never empty), so a byte that stays in it
+        // can be passed over.
+        if let Some(start) = ac.first().filter(|s| s.out == 0) {
+            for (b, &next) in start.next.iter().enumerate() {
+                if next == 0 {
+                    ruleset.ac_skip[b >> 6] |= 1 << (b & 63);
+                }
+            }
+        }
         ruleset.needs = needs(&self.kernel_rules);
         ruleset.states = self
             .kernel_rules

@@ -12,7 +12,11 @@ pub(super) const WT_I32: u64 = 5;
 pub(super) const FIELD_READ: u32 = 20;
 
 #[inline(always)]
-pub(super) fn field_step<S: Source>(w: &mut Walk, s: &mut S) -> Result<(), Error> {
+pub(super) fn field_step<S: Source, E: Env>(
+    w: &mut Walk,
+    s: &mut S,
+    env: &mut E,
+) -> Result<(), Error> {
     let f = w.frame();
     if w.pos >= f.end {
         if w.pos > f.end {
@@ -67,7 +71,7 @@ pub(super) fn field_step<S: Source>(w: &mut Walk, s: &mut S) -> Result<(), Error
             }
             let end = start + len as u32;
             w.pos = end;
-            on_len(w, s, f, field, tag_off, at, m, start, end)?;
+            on_len(w, s, env, f, field, tag_off, at, m, start, end)?;
         }
         _ => return Err(Error::Malformed),
     }
@@ -157,9 +161,10 @@ pub(super) fn set_value(w: &mut Walk, role: u8, kind: u32, off: u32, len: u32) {
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(super) fn on_len<S: Source>(
+pub(super) fn on_len<S: Source, E: Env>(
     w: &mut Walk,
     s: &mut S,
+    env: &mut E,
     f: Frame,
     field: u64,
     tag_off: u32,
@@ -181,7 +186,7 @@ pub(super) fn on_len<S: Source>(
             w.key_set = 0;
             w.val_kind = V_NONE;
             w.push(K_KV, R_RESOURCE_ATTR, start, end, len_off, len_len)?;
-            plain_kv(w, s, start, end);
+            plain_kv(w, s, env.rules(), start, end);
             Ok(())
         }
         (K_RESOURCE, 3) => w.push(K_ENTITY, R_NONE, start, end, len_off, len_len),
@@ -189,7 +194,7 @@ pub(super) fn on_len<S: Source>(
         (K_SCOPE, 1) => w.push(K_ISCOPE, R_NONE, start, end, len_off, len_len),
         (K_ISCOPE, 3) | (K_KVLIST, 1) => {
             w.push(K_KV, R_NONE, start, end, len_off, len_len)?;
-            plain_kv(w, s, start, end);
+            plain_kv(w, s, env.rules(), start, end);
             Ok(())
         }
         (K_SCOPE, 2) => {
@@ -205,7 +210,9 @@ pub(super) fn on_len<S: Source>(
             w.n_bodies = 0;
             w.redact_overflow = 0;
             w.body_overflow = 0;
-            w.push(K_RECORD, R_NONE, start, end, len_off, len_len)
+            w.push(K_RECORD, R_NONE, start, end, len_off, len_len)?;
+            fast::fast_record(w, s, env, start, end);
+            Ok(())
         }
         (K_RECORD, 5) => match single_string(w, s, start, end) {
             Some((off, len)) => {
@@ -220,7 +227,7 @@ pub(super) fn on_len<S: Source>(
             w.kv_off = tag_off;
             w.kv_end = end;
             w.push(K_KV, R_RECORD_ATTR, start, end, len_off, len_len)?;
-            plain_kv(w, s, start, end);
+            plain_kv(w, s, env.rules(), start, end);
             Ok(())
         }
         (K_KV, 1) => {
@@ -268,11 +275,12 @@ pub(super) fn on_len<S: Source>(
 /// A KeyValue just pushed that is exactly a key field and a value field holding exactly one
 /// `string_value`, `bool_value`, `int_value` or `double_value`, with one-byte lengths (how
 /// encoders write a short attribute):
-/// its key and value are taken in this step and the frame ends next, two steps instead of four.
-/// Anything else is walked field by field, as before; both ways set the same key and value,
-/// and the frame's end acts on them the same way.
+/// its key and value are taken in this step, and the frame ends in it too unless its end has
+/// something to do (a lookup the rules need, or a resource attribute that may be
+/// `service.name`): one step or two instead of four. Anything else is walked field by field, as
+/// before; both ways set the same key and value, and the frame's end acts on them the same way.
 #[inline(always)]
-pub(super) fn plain_kv<S: Source>(w: &mut Walk, s: &mut S, start: u32, end: u32) {
+pub(super) fn plain_kv<S: Source>(w: &mut Walk, s: &mut S, rs: &RuleSet, start: u32, end: u32) {
     if end - start < 6 || end - start > 2 * 127 || !s.ensure(start, 2) {
         return;
     }
@@ -313,7 +321,9 @@ pub(super) fn plain_kv<S: Source>(w: &mut Walk, s: &mut S, start: u32, end: u32)
         }
         (V_STRING, any + 2, slen as u32)
     } else if t == 0x10 || t == 0x18 {
-        if !s.ensure(any + 1, 10) {
+        // Walked field by field, the AnyValue of a scalar is a frame one deeper (a string is
+        // read in place): at the deepest level, it is left to that walk, which stops there.
+        if w.depth >= MAX_DEPTH || !s.ensure(any + 1, 10) {
             return;
         }
         let Ok((_, m)) = varint(s, any + 1, end) else {
@@ -323,20 +333,51 @@ pub(super) fn plain_kv<S: Source>(w: &mut Walk, s: &mut S, start: u32, end: u32)
             return;
         }
         (V_OTHER, 0, 0)
-    } else if t == 0x21 && any + 9 == end {
+    } else if t == 0x21 && any + 9 == end && w.depth < MAX_DEPTH {
         (V_OTHER, 0, 0)
     } else {
         return;
     };
     let role = w.frame().role;
+    let klen = klen as u32;
     if role != R_NONE {
         w.key_off = koff;
-        w.key_len = klen as u32;
+        w.key_len = klen;
         w.key_set = 1;
         set_value(w, R_KV_VALUE, kind, soff, slen);
     }
-    w.pos = end;
-    w.mode = MODE_END;
+    let acts = match role {
+        R_RESOURCE_ATTR => klen == 12,
+        R_RECORD_ATTR => {
+            attr_looked_up(rs, klen, kind == V_STRING, slen) || redact_looked_up(rs, klen)
+        }
+        _ => false,
+    };
+    if acts {
+        w.pos = end;
+        w.mode = MODE_END;
+    } else {
+        end_kv(w);
+    }
+}
+
+/// Whether a record attribute is looked up as the value of an `attributes` condition: some
+/// rule names a key of its key's length, and its value is a string within the limits.
+#[inline(always)]
+pub(super) fn attr_looked_up(rs: &RuleSet, klen: u32, is_string: bool, vlen: u32) -> bool {
+    rs.needs & NEED_ATTRS != 0
+        && is_string
+        && klen as usize <= MAX_ATTR_KEY_LEN
+        && vlen as usize <= MAX_ATTR_VALUE_LEN
+        && rs.attr_key_lens & key_len_bit(klen) != 0
+}
+
+/// Whether a record attribute's key is looked up among the names redact rules remove.
+#[inline(always)]
+pub(super) fn redact_looked_up(rs: &RuleSet, klen: u32) -> bool {
+    rs.remove_keys > 0
+        && klen as usize <= MAX_ATTR_KEY_LEN
+        && rs.redact_key_lens & key_len_bit(klen) != 0
 }
 
 /// An AnyValue that is exactly one `string_value` field (how encoders write a string): its
@@ -434,14 +475,8 @@ pub(super) fn end_frame<S: Source, E: Env>(
                     w.svc_off = w.val_off;
                     w.svc_len = w.val_len;
                 }
-            } else if f.role == R_RECORD_ATTR
-                && w.key_set != 0
-                && w.key_len as usize <= MAX_ATTR_KEY_LEN
-            {
-                if env.rules().needs & NEED_ATTRS != 0
-                    && is_string
-                    && w.val_len as usize <= MAX_ATTR_VALUE_LEN
-                {
+            } else if f.role == R_RECORD_ATTR && w.key_set != 0 {
+                if attr_looked_up(env.rules(), w.key_len, is_string, w.val_len) {
                     // Two steps, one copy each: two copies of unknown length in one step would
                     // have the verifier check the second once per way the first can end.
                     let (ko, kl, vl) = (w.key_off, w.key_len, w.val_len);
@@ -450,7 +485,7 @@ pub(super) fn end_frame<S: Source, E: Env>(
                     w.mode = MODE_ATTR_VALUE;
                     return Ok(());
                 }
-                if env.rules().remove_keys > 0 {
+                if redact_looked_up(env.rules(), w.key_len) {
                     w.mode = MODE_ATTR_REDACT;
                     return Ok(());
                 }
@@ -487,7 +522,7 @@ pub(super) fn attr_value_step<S: Source, E: Env>(
 ) -> Result<(), Error> {
     copy_into_key(w, s, w.val_off, w.val_len, w.key_len)?;
     w.attr_bits |= env.lookup(&w.key);
-    if env.rules().remove_keys > 0 {
+    if redact_looked_up(env.rules(), w.key_len) {
         w.mode = MODE_ATTR_REDACT;
         return Ok(());
     }
@@ -551,6 +586,9 @@ pub(super) fn is_service_name<S: Source>(s: &mut S, off: u32, len: u32) -> Resul
     Ok(true)
 }
 
+/// Scans the next chunk of the record's body: copied out of the message at once, then one
+/// automaton row a byte, except in the start state, where bytes that cannot begin a needle
+/// (`ac_skip`) are passed over with one bit test each.
 #[inline(always)]
 pub(super) fn scan_step<S: Source, E: Env>(
     w: &mut Walk,
@@ -559,22 +597,29 @@ pub(super) fn scan_step<S: Source, E: Env>(
 ) -> Result<(), Error> {
     let mut state = w.ac_state;
     let mut bits = w.body_bits;
-    let mut pos = w.scan_pos;
-    if !s.ensure(pos, SCAN_CHUNK) {
+    let pos = w.scan_pos;
+    let left = w.scan_end.saturating_sub(pos);
+    let n = if left > SCAN_CHUNK { SCAN_CHUNK } else { left };
+    if !s.copy_chunk(pos, n, &mut w.scan_buf) {
         return Err(Error::Unreadable);
     }
     let mut i = 0;
     while i < SCAN_CHUNK {
-        if pos >= w.scan_end {
+        if i >= n {
             break;
         }
-        let b = s.byte(pos).ok_or(Error::Unreadable)?;
-        let row = env.ac_row(state).ok_or(Error::Unreadable)?;
-        bits |= row.out;
-        state = row.next[b as usize] as u32;
-        pos += 1;
+        let b = w.scan_buf[(i & (SCAN_CHUNK - 1)) as usize];
+        let stay = (env.rules().ac_skip[(b >> 6) as usize & 3] >> (b & 63)) as u32 & 1;
+        // One test of a value made of both (not `state == 0 && ...`): the verifier then never
+        // learns that the state is 0 on the way that skips, so both ways merge at every byte.
+        if state | (stay ^ 1) != 0 {
+            let row = env.ac_row(state).ok_or(Error::Unreadable)?;
+            bits |= row.out;
+            state = row.next[b as usize] as u32;
+        }
         i += 1;
     }
+    let pos = pos + n;
     w.ac_state = state;
     w.scan_pos = pos;
     w.body_bits = bits;

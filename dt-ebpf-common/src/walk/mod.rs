@@ -19,11 +19,13 @@
 
 mod apply;
 mod eval;
+mod fast;
 mod fields;
 mod plan;
 
 pub use apply::{apply_start, apply_step};
 use eval::{evaluate, fire_step};
+pub use fast::{FAST_FIELDS, FAST_RECORD_MAX, parse_record};
 use fields::{attr_redact_step, attr_value_step, end_frame, field_step, scan_step};
 pub use plan::{decide, decide_start, decide_step};
 use plan::{redact_attrs_step, redact_bodies_step};
@@ -33,8 +35,8 @@ use crate::{
     MAX_ATTR_KEY_LEN, MAX_ATTR_VALUE_LEN, MAX_EDITS, MAX_FIXES, MAX_MASKS, MAX_RECORD_BODIES,
     MAX_RECORD_REDACT_RULES, MAX_RECORD_REDACTS, MAX_RULES, MAX_SERVICE_LEN, NEED_ATTRS,
     NEED_SERVICE, NEED_STATES, RULE_MASK_BODY, Rule, RuleSet, SEV_OUT_OF_RANGE, STR_ATTR,
-    STR_REDACT, STR_SERVICE, StrKey,
-    wire::{Error, Source, varint},
+    STR_REDACT, STR_SERVICE, StrKey, key_len_bit,
+    wire::{CHUNK_BYTES, Error, Source, varint},
 };
 
 /// What the walker needs from the rule set beyond the [`RuleSet`] itself.
@@ -61,6 +63,12 @@ pub trait Env {
     /// if so does what it does (states on, flushes asked for, `fired` counted), at once and for
     /// good, whatever becomes of the request.
     fn trigger(&mut self, slot: u16, trigger: &crate::Trigger);
+    /// The record fast path's parse of the record copied into [`Walk::rec_buf`]
+    /// ([`parse_record`]). The kernel runs it as a global function.
+    #[inline(always)]
+    fn parse_record(&mut self, w: &mut Walk, len: u32) -> bool {
+        parse_record(w, self.rules(), len)
+    }
 }
 
 /// How the plan is applied to the message.
@@ -138,7 +146,7 @@ pub const MAX_DEPTH: u32 = MAX_FRAMES as u32 - 1;
 pub const MAX_CAND_REDACTS: usize = 1024;
 const DEPTH_MASK: u32 = MAX_FRAMES as u32 - 1;
 /// Body bytes scanned per step.
-pub const SCAN_CHUNK: u32 = 64;
+pub const SCAN_CHUNK: u32 = CHUNK_BYTES as u32;
 
 #[derive(Copy, Clone, Debug, Default)]
 #[repr(C)]
@@ -318,6 +326,21 @@ pub struct Walk {
     pub scan_pos: u32,
     pub scan_end: u32,
     pub ac_state: u32,
+    pub _pad_scan: u32,
+    /// The chunk being scanned, copied out of the message at once.
+    pub scan_buf: [u8; CHUNK_BYTES],
+    /// 1: records of the usual shape are taken whole ([`fast`]), the default; 0: always field
+    /// by field (the host tests compare both ways).
+    pub fast: u32,
+    /// The record fast path's cursor and the facts it found, set on the walk only once the
+    /// whole record is taken.
+    pub f_pos: u32,
+    pub f_sev: u32,
+    pub f_body: u32,
+    pub f_body_off: u32,
+    pub f_body_len: u32,
+    /// The record the fast path takes, copied out of the message at once.
+    pub rec_buf: [u8; FAST_RECORD_MAX as usize],
 
     // Results.
     pub records: u32,
@@ -402,6 +425,7 @@ impl Walk {
         self.edit_failures = 0;
         self.head_removed = 0;
         self.steps = 0;
+        self.fast = 1;
         let mut i = 0;
         while i < MAX_RULES {
             // Field by field: a block fill would become a memset call on the BPF target.
@@ -505,7 +529,7 @@ impl Walk {
 pub fn step<S: Source, E: Env>(w: &mut Walk, s: &mut S, env: &mut E) -> Step {
     w.steps = w.steps.wrapping_add(1);
     let r = match w.mode {
-        MODE_FIELDS => field_step(w, s),
+        MODE_FIELDS => field_step(w, s, env),
         MODE_END => end_frame(w, s, env),
         MODE_BODY_SCAN => scan_step(w, s, env),
         MODE_EVAL => evaluate(w, env),

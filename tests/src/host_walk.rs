@@ -1,0 +1,98 @@
+//! The host walker both ways: every record field by field, and records of the usual shape
+//! taken whole (the fast path the kernel takes). The two must agree on everything: the
+//! verdict, every counter, the plan and the edited bytes.
+
+use dt_agent::rules::{Compiled, HostEnv, SlotTable, compile, load_sources};
+use dt_ebpf_common::walk::{Editor, Walk, apply_start, apply_step, run};
+use dt_ebpf_common::wire::SliceSource;
+
+/// Applies a walk's plan to a copy of the request bytes.
+pub struct VecEditor(pub Vec<u8>);
+
+impl Editor for VecEditor {
+    fn pop(&mut self, off: u32, len: u32) -> bool {
+        let (off, len) = (off as usize, len as usize);
+        self.0.drain(off..off + len);
+        true
+    }
+
+    fn reach(&mut self, off: u32, len: u32) -> bool {
+        (off as usize + len as usize) <= self.0.len()
+    }
+
+    fn put(&mut self, off: u32, b: u8) {
+        self.0[off as usize] = b;
+    }
+}
+
+/// What one walk of a body came to.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub verdict: String,
+    pub records: u32,
+    pub records_dropped: u32,
+    /// Per rule: matched, dropped, kept, redacted, dropped bytes.
+    pub acc: Vec<(u32, u32, u32, u32, u64)>,
+    /// The edited bytes (the body unchanged when the walk failed).
+    pub edited: Vec<u8>,
+}
+
+/// Walks `body` (a protobuf request) under `compiled`, with the fast path on (`fast`) or off;
+/// also returns the steps taken.
+pub fn walk_body(compiled: &Compiled, body: &[u8], fast: bool) -> (Outcome, u32) {
+    // SAFETY: `Walk` is plain old data (integers and arrays of them); all zeroes is valid.
+    let mut walk = Box::new(unsafe { std::mem::zeroed::<Walk>() });
+    walk.start(0, body.len() as u32, 0, 0);
+    walk.fast = fast as u32;
+    let mut env = HostEnv::new(compiled);
+    let r = run(&mut walk, &mut SliceSource(body), &mut env);
+    let mut editor = VecEditor(body.to_vec());
+    if r.is_ok() {
+        apply_start(&mut walk);
+        while apply_step(&mut walk, &mut editor) {}
+    }
+    let n = compiled.ruleset.n_rules as usize;
+    let outcome = Outcome {
+        verdict: format!("{r:?}"),
+        records: walk.records,
+        records_dropped: walk.records_dropped,
+        acc: walk.acc[..n]
+            .iter()
+            .map(|a| (a.matched, a.dropped, a.kept, a.redacted, a.dropped_bytes))
+            .collect(),
+        edited: editor.0,
+    };
+    (outcome, walk.steps)
+}
+
+/// Compiles one rule file's text.
+pub fn compile_rules(toml: &str) -> Compiled {
+    let defs = load_sources(&[("rules.toml".into(), toml.to_string())]).expect("rules load");
+    compile(&defs, &mut SlotTable::new()).expect("rules compile")
+}
+
+/// Walks `body` both ways and says how they differ, if they do. Returns the steps each way
+/// (field by field, fast).
+pub fn both_ways(compiled: &Compiled, body: &[u8]) -> Result<(u32, u32), String> {
+    let (slow, slow_steps) = walk_body(compiled, body, false);
+    let (fast, fast_steps) = walk_body(compiled, body, true);
+    if slow == fast {
+        return Ok((slow_steps, fast_steps));
+    }
+    let brief = |o: &Outcome| {
+        format!(
+            "{} records {} dropped {} acc {:?}",
+            o.verdict, o.records, o.records_dropped, o.acc
+        )
+    };
+    Err(format!(
+        "the fast path and the field walk disagree:\n  field by field: {}\n  fast:           {}\n  edited bytes {}",
+        brief(&slow),
+        brief(&fast),
+        if slow.edited == fast.edited {
+            "the same"
+        } else {
+            "differ"
+        }
+    ))
+}
