@@ -183,6 +183,10 @@ pub const NEED_ATTRS: u32 = 2;
 pub const NEED_STATES: u32 = 4;
 /// Some rule records the records it removes.
 pub const NEED_RECORD: u32 = 8;
+/// The body scan passes over bytes that cannot begin a needle ([`RuleSet::ac_skip`]): set when
+/// no needle begins with an ASCII letter, digit or space, bytes that fill most text, where a
+/// test a byte would cost more than it saves.
+pub const NEED_SCAN_SKIP: u32 = 16;
 
 /// Whether `sev` is within a rule's severity range `lo..=hi` (`0..=255`: no condition).
 #[inline(always)]

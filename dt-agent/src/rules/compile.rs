@@ -13,8 +13,8 @@ use dt_ebpf_common::uprobe::{
 };
 use dt_ebpf_common::{
     AcRow, MAX_AC_STATES, MAX_ATTR_KEY_LEN, MAX_ATTR_VALUE_LEN, MAX_NEEDLE_LEN, MAX_RATE,
-    MAX_RECORDERS, MAX_RULES, MAX_SERVICE_LEN, MAX_SLOTS, MAX_STATES, RULE_MASK_BODY, Rule,
-    RuleSet, StrKey, Trigger, key_len_bit,
+    MAX_RECORDERS, MAX_RULES, MAX_SERVICE_LEN, MAX_SLOTS, MAX_STATES, NEED_SCAN_SKIP,
+    RULE_MASK_BODY, Rule, RuleSet, StrKey, Trigger, key_len_bit,
 };
 
 use super::ac::{AcBuilder, TooManyStates};
@@ -615,6 +615,7 @@ impl<'d> Compiler<'d> {
         ruleset.n_rules = self.kernel_rules.len() as u32;
         ruleset.ac_states = ac.len() as u32;
         ruleset.remove_keys = self.remove_keys.order.len() as u32;
+        ruleset.needs = needs(&self.kernel_rules);
         ruleset.attr_key_lens = self
             .attributes
             .iter()
@@ -631,8 +632,11 @@ impl<'d> Compiler<'d> {
                     ruleset.ac_skip[b >> 6] |= 1 << (b & 63);
                 }
             }
+            let common = |b: usize| (b as u8).is_ascii_alphanumeric() || b == b' ' as usize;
+            if (0..256).all(|b| !common(b) || start.next[b] == 0) {
+                ruleset.needs |= NEED_SCAN_SKIP;
+            }
         }
-        ruleset.needs = needs(&self.kernel_rules);
         ruleset.states = self
             .kernel_rules
             .iter()

@@ -604,20 +604,34 @@ pub(super) fn scan_step<S: Source, E: Env>(
         return Err(Error::Unreadable);
     }
     let mut i = 0;
-    while i < SCAN_CHUNK {
-        if i >= n {
-            break;
+    if env.rules().needs & NEED_SCAN_SKIP != 0 {
+        while i < SCAN_CHUNK {
+            if i >= n {
+                break;
+            }
+            let b = w.scan_buf[(i & (SCAN_CHUNK - 1)) as usize];
+            let stay = (env.rules().ac_skip[(b >> 6) as usize & 3] >> (b & 63)) as u32 & 1;
+            // One test of a value made of both (not `state == 0 && ...`): the verifier then
+            // never learns that the state is 0 on the way that skips, so both ways merge at
+            // every byte.
+            if state | (stay ^ 1) != 0 {
+                let row = env.ac_row(state).ok_or(Error::Unreadable)?;
+                bits |= row.out;
+                state = row.next[b as usize] as u32;
+            }
+            i += 1;
         }
-        let b = w.scan_buf[(i & (SCAN_CHUNK - 1)) as usize];
-        let stay = (env.rules().ac_skip[(b >> 6) as usize & 3] >> (b & 63)) as u32 & 1;
-        // One test of a value made of both (not `state == 0 && ...`): the verifier then never
-        // learns that the state is 0 on the way that skips, so both ways merge at every byte.
-        if state | (stay ^ 1) != 0 {
+    } else {
+        while i < SCAN_CHUNK {
+            if i >= n {
+                break;
+            }
+            let b = w.scan_buf[(i & (SCAN_CHUNK - 1)) as usize];
             let row = env.ac_row(state).ok_or(Error::Unreadable)?;
             bits |= row.out;
             state = row.next[b as usize] as u32;
+            i += 1;
         }
-        i += 1;
     }
     let pos = pos + n;
     w.ac_state = state;
