@@ -9,11 +9,11 @@ use super::*;
 pub(super) fn evaluate<E: Env>(w: &mut Walk, env: &mut E) -> Result<(), Error> {
     w.mode = MODE_FIELDS;
     w.records += 1;
-    w.n_redact_rules = 0;
-    w.redact_remove = 0;
-    w.redact_mask = 0;
-    w.n_fire = 0;
-    w.fired = 0;
+    set(&mut w.n_redact_rules, 0);
+    set(&mut w.redact_remove, 0);
+    set(&mut w.redact_mask, 0);
+    set(&mut w.n_fire, 0);
+    set(&mut w.fired, 0);
     let which = env.rules().states;
     if env.rules().needs & NEED_STATES != 0 {
         env.states(which, &mut w.state_bits);

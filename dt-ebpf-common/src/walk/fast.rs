@@ -11,7 +11,8 @@
 //! host tests run both on every request they make).
 
 use super::fields::{
-    WT_I32, WT_I64, WT_LEN, WT_VARINT, attr_looked_up, known_wire_type, redact_looked_up, set_value,
+    WT_I32, WT_I64, WT_LEN, WT_VARINT, attr_looked_up, end_record, known_wire_type,
+    redact_looked_up, set_value,
 };
 use super::*;
 use crate::wire::RECORD_BYTES;
@@ -51,8 +52,8 @@ fn short_varint(w: &Walk, i: u32, end: u32) -> Option<(u32, u32)> {
 }
 
 /// Takes the LogRecord whose frame was just pushed (contents `start..end`) whole, when it has
-/// the usual shape: its facts are set as the field walk would set them, `pos` is at its end,
-/// and the frame ends in the next step. `false`: nothing of the walk changed.
+/// the usual shape: its facts are set as the field walk would set them and the record ends (on
+/// to its body scan or its evaluation), all in this step. `false`: nothing of the walk changed.
 #[inline(always)]
 pub(super) fn fast_record<S: Source, E: Env>(
     w: &mut Walk,
@@ -74,8 +75,9 @@ pub(super) fn fast_record<S: Source, E: Env>(
         let (off, blen) = (start + w.f_body_off, w.f_body_len);
         set_value(w, R_BODY, V_STRING, off, blen);
     }
-    w.pos = end;
-    w.mode = MODE_END;
+    // The record ends in this step too.
+    let f = w.frame();
+    end_record(w, f, env.rules());
     true
 }
 

@@ -200,16 +200,16 @@ pub(super) fn on_len<S: Source, E: Env>(
         (K_SCOPE, 2) => {
             w.rec_off = tag_off;
             w.rec_end = end;
-            w.sev = 0;
-            w.body_kind = V_NONE;
-            w.attr_bits = 0;
-            w.body_bits = 0;
-            w.rec_fix = NO_FIX as u32;
-            w.rec_cand = 0;
-            w.n_redact_attrs = 0;
-            w.n_bodies = 0;
-            w.redact_overflow = 0;
-            w.body_overflow = 0;
+            set(&mut w.sev, 0);
+            set(&mut w.body_kind, V_NONE);
+            set(&mut w.attr_bits, 0);
+            set(&mut w.body_bits, 0);
+            set(&mut w.rec_fix, NO_FIX as u32);
+            set(&mut w.rec_cand, 0);
+            set(&mut w.n_redact_attrs, 0);
+            set(&mut w.n_bodies, 0);
+            set(&mut w.redact_overflow, 0);
+            set(&mut w.body_overflow, 0);
             w.push(K_RECORD, R_NONE, start, end, len_off, len_len)?;
             fast::fast_record(w, s, env, start, end);
             Ok(())
@@ -492,19 +492,7 @@ pub(super) fn end_frame<S: Source, E: Env>(
             }
         }
         K_RECORD => {
-            w.depth -= 1;
-            w.pos = f.end;
-            w.rec_prefix_off = f.prefix_off;
-            w.rec_prefix_len = f.prefix_len as u32;
-            w.rec_len = f.end - f.start;
-            if w.body_kind == V_STRING && w.body_len > 0 && env.rules().ac_states > 0 {
-                w.mode = MODE_BODY_SCAN;
-                w.scan_pos = w.body_off;
-                w.scan_end = w.body_off + w.body_len;
-                w.ac_state = 0;
-            } else {
-                w.mode = MODE_EVAL;
-            }
+            end_record(w, f, env.rules());
             return Ok(());
         }
         _ => {}
@@ -512,6 +500,25 @@ pub(super) fn end_frame<S: Source, E: Env>(
     w.depth -= 1;
     w.pos = f.end;
     Ok(())
+}
+
+/// The LogRecord of frame `f` (the top one) has ended: on to its body scan, or its
+/// evaluation.
+#[inline(always)]
+pub(super) fn end_record(w: &mut Walk, f: Frame, rs: &RuleSet) {
+    w.depth -= 1;
+    w.pos = f.end;
+    w.rec_prefix_off = f.prefix_off;
+    w.rec_prefix_len = f.prefix_len as u32;
+    w.rec_len = f.end - f.start;
+    if w.body_kind == V_STRING && w.body_len > 0 && rs.ac_states > 0 {
+        w.mode = MODE_BODY_SCAN;
+        w.scan_pos = w.body_off;
+        w.scan_end = w.body_off + w.body_len;
+        w.ac_state = 0;
+    } else {
+        w.mode = MODE_EVAL;
+    }
 }
 
 #[inline(always)]

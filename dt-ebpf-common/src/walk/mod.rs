@@ -413,18 +413,18 @@ impl Walk {
             _pad0: 0,
             _pad1: 0,
         };
-        self.records = 0;
-        self.records_dropped = 0;
-        self.bytes_dropped = 0;
-        self.n_edits = 0;
-        self.n_masks = 0;
-        self.n_fixes = 0;
-        self.n_cands = 0;
-        self.n_cand_redacts = 0;
-        self.removed = 0;
-        self.edit_failures = 0;
-        self.head_removed = 0;
-        self.steps = 0;
+        set(&mut self.records, 0);
+        set(&mut self.records_dropped, 0);
+        set(&mut self.bytes_dropped, 0);
+        set(&mut self.n_edits, 0);
+        set(&mut self.n_masks, 0);
+        set(&mut self.n_fixes, 0);
+        set(&mut self.n_cands, 0);
+        set(&mut self.n_cand_redacts, 0);
+        set(&mut self.removed, 0);
+        set(&mut self.edit_failures, 0);
+        set(&mut self.head_removed, 0);
+        set(&mut self.steps, 0);
         self.fast = 1;
         let mut i = 0;
         while i < MAX_RULES {
@@ -559,6 +559,14 @@ pub fn run<S: Source, E: Env>(w: &mut Walk, s: &mut S, env: &mut E) -> Result<()
             Step::Failed(e) => return Err(e),
         }
     }
+}
+
+/// Stores `v` in `dst` as one store of its own: LLVM merges runs of plain stores of zero into a
+/// `memset` call, a byte loop in a subprogram on the BPF target.
+#[inline(always)]
+pub(crate) fn set<T>(dst: &mut T, v: T) {
+    // SAFETY: a plain store to a valid, aligned `T`.
+    unsafe { core::ptr::write_volatile(dst, v) }
 }
 
 /// Passes `v` through memory. For the kernel's verifier, a value read back from map memory is
