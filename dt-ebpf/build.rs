@@ -1,7 +1,7 @@
 use which::which;
 
-/// Rebuild the eBPF object when bpf-linker changes (as aya-template does). `dt_fire` and
-/// `dt_fast_record` stay global functions: the verifier checks each once, on its own (see
+/// Rebuild the eBPF object when bpf-linker changes (as aya-template does). `dt_fire`,
+/// `dt_fast_record` and `dt_fast_lookups` stay global functions: the verifier checks each once, on its own (see
 /// `dynamic.rs` and `sk_msg.rs`).
 fn main() {
     if let Ok(linker) = which("bpf-linker") {
@@ -9,4 +9,5 @@ fn main() {
     }
     println!("cargo:rustc-link-arg-bins=--export=dt_fire");
     println!("cargo:rustc-link-arg-bins=--export=dt_fast_record");
+    println!("cargo:rustc-link-arg-bins=--export=dt_fast_lookups");
 }

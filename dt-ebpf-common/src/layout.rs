@@ -270,6 +270,82 @@ pub struct StrKey {
     pub bytes: [u8; STR_KEY_BYTES],
 }
 
+/// Key of the `ATTR_HASHES` hash map: a record attribute's key and value (or, for
+/// [`STR_REDACT`], its key alone) by their [`str_hash`], for the record fast path's lookups,
+/// which hash the bytes where they lie instead of building a [`StrKey`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct HashKey {
+    pub hash: u64,
+    /// Rule set slot (0 or 1).
+    pub slot: u8,
+    /// [`STR_ATTR`] or [`STR_REDACT`].
+    pub kind: u8,
+    pub _pad: [u8; 6],
+}
+
+/// Value of the `ATTR_HASHES` map: the condition bits, and the strings hashed, compared byte
+/// for byte on a hit (two strings of one hash never both match).
+#[derive(Copy, Clone)]
+#[repr(C)]
+pub struct HashEntry {
+    pub bits: u64,
+    pub klen: u32,
+    pub vlen: u32,
+    /// Key bytes then value bytes, as in [`StrKey::bytes`].
+    pub bytes: [u8; STR_KEY_BYTES],
+}
+
+/// FNV-1a, 64 bits: the hash of [`HashKey`], begun with [`str_hash_start`] and fed a byte at a
+/// time with [`str_hash_byte`].
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+pub const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// The hash of a string pair begins with its kind and both lengths, so that where the key ends
+/// and the value begins is part of it.
+#[inline(always)]
+pub fn str_hash_start(kind: u8, klen: u32, vlen: u32) -> u64 {
+    let mut h = str_hash_byte(FNV_OFFSET, kind);
+    h = str_hash_byte(h, klen as u8);
+    h = str_hash_byte(h, vlen as u8);
+    str_hash_byte(h, (vlen >> 8) as u8)
+}
+
+#[inline(always)]
+pub fn str_hash_byte(h: u64, b: u8) -> u64 {
+    (h ^ b as u64).wrapping_mul(FNV_PRIME)
+}
+
+/// The whole hash of a key and value (the value empty for [`STR_REDACT`]).
+pub fn str_hash(kind: u8, key: &[u8], value: &[u8]) -> u64 {
+    let mut h = str_hash_start(kind, key.len() as u32, value.len() as u32);
+    for &b in key.iter().chain(value) {
+        h = str_hash_byte(h, b);
+    }
+    h
+}
+
+impl HashEntry {
+    /// The `ATTR_HASHES` entry of a [`StrKey`] of kind [`STR_ATTR`] or [`STR_REDACT`], with its
+    /// bits.
+    pub fn of(key: &StrKey, bits: u64) -> (HashKey, HashEntry) {
+        let (k, v) = (key.klen as usize, key.vlen as usize);
+        let hk = HashKey {
+            hash: str_hash(key.kind, &key.bytes[..k], &key.bytes[k..k + v]),
+            slot: key.slot,
+            kind: key.kind,
+            _pad: [0; 6],
+        };
+        let he = HashEntry {
+            bits,
+            klen: k as u32,
+            vlen: v as u32,
+            bytes: key.bytes,
+        };
+        (hk, he)
+    }
+}
+
 pub const STR_SERVICE: u8 = 1;
 pub const STR_ATTR: u8 = 2;
 /// An attribute name alone (klen = its length, vlen = 0) → bits of the redact rules' removal
@@ -685,6 +761,8 @@ mod pod {
     unsafe impl aya::Pod for RuleSet {}
     unsafe impl aya::Pod for StrKey {}
     unsafe impl aya::Pod for AcRow {}
+    unsafe impl aya::Pod for HashKey {}
+    unsafe impl aya::Pod for HashEntry {}
     unsafe impl aya::Pod for Control {}
     unsafe impl aya::Pod for RuleCounters {}
     unsafe impl aya::Pod for Totals {}

@@ -8,9 +8,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, SockHash},
 };
 use dt_ebpf_common::{
-    AcRow, Control, Held, MAX_AC_STATES, MAX_CONDS, MAX_HELD, MAX_NAME_LEN, MAX_RECORDERS,
-    MAX_SLOTS, MAX_STATES, NameEntry, NameKey, REBODY_SLOTS, Rebody, RecConf, RecCounters,
-    RecState, RingBlock, RuleCounters, RuleSet, SockState, StrKey, Totals, TriggerState,
+    AcRow, Control, HashEntry, HashKey, Held, MAX_AC_STATES, MAX_CONDS, MAX_HELD, MAX_NAME_LEN,
+    MAX_RECORDERS, MAX_SLOTS, MAX_STATES, NameEntry, NameKey, REBODY_SLOTS, Rebody, RecConf,
+    RecCounters, RecState, RingBlock, RuleCounters, RuleSet, SockState, StrKey, Totals,
+    TriggerState,
 };
 
 /// The active rule set slot and generation, the rip cord, the size bound.
@@ -32,6 +33,12 @@ pub static RULESETS: Array<RuleSet> = Array::with_max_entries(2, 0);
 /// Service names and attribute pairs of both slots → condition bits.
 #[map]
 pub static STRINGS: HashMap<StrKey, u64> = HashMap::with_max_entries(4 * MAX_CONDS as u32, 0);
+
+/// Attribute pairs and redacted attribute names of both slots by their hash, for the record
+/// fast path (`HashEntry::of` each `STRINGS` entry of those kinds).
+#[map]
+pub static ATTR_HASHES: HashMap<HashKey, HashEntry> =
+    HashMap::with_max_entries(4 * MAX_CONDS as u32, 0);
 
 /// Aho-Corasick automata of both slots (`slot * MAX_AC_STATES + state`).
 #[map]

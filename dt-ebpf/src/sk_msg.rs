@@ -31,10 +31,10 @@ use aya_ebpf::{
     programs::SkMsgContext,
 };
 use dt_ebpf_common::{
-    AcRow, Control, Held, MAX_AC_STATES, MAX_EDITS, MAX_FIXES, MAX_HEAD_LEN, MAX_MASKS,
-    MAX_REQUEST_CEILING, MAX_RULES, N_PASSTHROUGH, NEED_RECORD, PHASE_CHUNKED, PHASE_CORKED,
-    PHASE_HEAD, PHASE_IDLE, PHASE_UNTRACKED, Passthrough, RuleSet, STR_KEY_BYTES, SockState,
-    StrKey, Totals, Trigger, WinState,
+    AcRow, Control, HashEntry, HashKey, Held, MAX_AC_STATES, MAX_EDITS, MAX_FIXES, MAX_HEAD_LEN,
+    MAX_MASKS, MAX_REQUEST_CEILING, MAX_RULES, N_PASSTHROUGH, NEED_RECORD, PHASE_CHUNKED,
+    PHASE_CORKED, PHASE_HEAD, PHASE_IDLE, PHASE_UNTRACKED, Passthrough, RuleSet, STR_KEY_BYTES,
+    SockState, StrKey, Totals, Trigger, WinState,
     chunked::{self, Scan},
     decide,
     http::{self, Feed},
@@ -47,7 +47,8 @@ mod record;
 
 use crate::dynamic::{self, atomic_update};
 use crate::maps::{
-    AC, CONTROL, HELD, RATES, RULE_COUNTERS, RULESETS, SAMPLES, SOCK_STATE, STRINGS, TOTALS,
+    AC, ATTR_HASHES, CONTROL, HELD, RATES, RULE_COUNTERS, RULESETS, SAMPLES, SOCK_STATE, STRINGS,
+    TOTALS,
 };
 
 /// A block of zeros to clear lookup keys from.
@@ -1066,6 +1067,11 @@ impl Env for KernelEnv {
     }
 
     #[inline(always)]
+    fn fast_lookups(&mut self, w: &mut walk::Walk) {
+        dt_fast_lookups(w, self.rs, self.slot as u64);
+    }
+
+    #[inline(always)]
     fn ac_row(&mut self, state: u32) -> Option<&AcRow> {
         if state >= MAX_AC_STATES {
             return None;
@@ -1075,16 +1081,96 @@ impl Env for KernelEnv {
 }
 
 /// The record fast path's parse ([`walk::parse_record`]) as a global BPF function (exported by
-/// the linker, see build.rs): the verifier checks its loop over a record's fields once, on its
-/// own, instead of inside every way through the walk's step.
+/// the linker, see build.rs): the verifier checks it once, on its own, instead of inside every
+/// way through the walk's step; one field a `bpf_loop` iteration, so it checks one field's ways
+/// (until they repeat), not each of 24 fields'.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn dt_fast_record(w: *mut walk::Walk, rs: *const RuleSet, len: u64) -> u64 {
     if w.is_null() || rs.is_null() {
         return 0;
     }
-    // SAFETY: the caller's walk (socket storage) and rule set (a map value), checked non-null;
-    // the verifier checks every access against their sizes.
-    let (w, rs) = unsafe { (&mut *w, &*rs) };
-    walk::parse_record(w, rs, len as u32) as u64
+    let mut c = ParseCtx {
+        w,
+        rs,
+        len: len as u32,
+        _pad: 0,
+    };
+    // SAFETY: checked non-null; the verifier checks every access against the sizes.
+    walk::parse_begin(unsafe { &mut *w });
+    unsafe {
+        bpf_loop(
+            walk::FAST_FIELDS,
+            parse_cb as *mut c_void,
+            ptr::from_mut(&mut c).cast(),
+            0,
+        );
+    }
+    walk::parse_end(unsafe { &*w }, len as u32) as u64
+}
+
+#[repr(C)]
+struct ParseCtx {
+    w: *mut walk::Walk,
+    rs: *const RuleSet,
+    len: u32,
+    _pad: u32,
+}
+
+extern "C" fn parse_cb(_i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: the context `dt_fast_record` passes, its pointers checked non-null.
+    let c = unsafe { &mut *(ctx as *mut ParseCtx) };
+    let (w, rs) = unsafe { (&mut *c.w, &*c.rs) };
+    if walk::parse_field(w, rs, c.len) {
+        0
+    } else {
+        1
+    }
+}
+
+/// `ATTR_HASHES` as the record fast path's lookups read it.
+struct KernelHashes;
+
+impl walk::Hashes for KernelHashes {
+    #[inline(always)]
+    fn hash_entry(&mut self, key: &HashKey) -> Option<&HashEntry> {
+        // SAFETY: a map value, only read.
+        unsafe { ATTR_HASHES.get(key) }
+    }
+}
+
+/// The record fast path's lookups ([`walk::fast_lookups`]) as a global BPF function, checked
+/// once on its own: one noted attribute a `bpf_loop` iteration (each hashes and compares up to
+/// 192 bytes).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn dt_fast_lookups(w: *mut walk::Walk, rs: *const RuleSet, slot: u64) -> u64 {
+    if w.is_null() || rs.is_null() {
+        return 0;
+    }
+    let mut c = LookCtx { w, rs, slot };
+    unsafe {
+        bpf_loop(
+            walk::MAX_FAST_LOOKS as u32,
+            lookup_cb as *mut c_void,
+            ptr::from_mut(&mut c).cast(),
+            0,
+        );
+    }
+    1
+}
+
+#[repr(C)]
+struct LookCtx {
+    w: *mut walk::Walk,
+    rs: *const RuleSet,
+    slot: u64,
+}
+
+extern "C" fn lookup_cb(k: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: the context `dt_fast_lookups` passes, its walk checked non-null.
+    let c = unsafe { &mut *(ctx as *mut LookCtx) };
+    let (w, rs) = unsafe { (&mut *c.w, &*c.rs) };
+    walk::fast_lookup(w, rs, k as usize, c.slot as u8, &mut KernelHashes);
+    0
 }

@@ -6,7 +6,8 @@ use std::{collections::BTreeMap, thread, time::Duration};
 
 use aya::maps::{Array, HashMap};
 use dt_ebpf_common::{
-    AcRow, Control, MAX_AC_STATES, MAX_NAME_LEN, NameEntry, NameKey, RuleSet, StrKey,
+    AcRow, Control, HashEntry, HashKey, MAX_AC_STATES, MAX_NAME_LEN, NameEntry, NameKey, RuleSet,
+    STR_ATTR, STR_REDACT, StrKey,
 };
 
 use super::{Agent, KnownRule, map};
@@ -53,6 +54,27 @@ impl Agent {
                 let mut key = *key;
                 key.slot = slot as u8;
                 strings.insert(key, bits, 0)?;
+            }
+        }
+        {
+            let mut hashes: HashMap<_, HashKey, HashEntry> =
+                HashMap::try_from(map(&mut self.ebpf, "ATTR_HASHES")?)?;
+            let stale: Vec<HashKey> = hashes
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.slot as u32 == slot)
+                .collect();
+            for k in stale {
+                hashes.remove(&k)?;
+            }
+            for (key, bits) in &compiled.strings {
+                if key.kind != STR_ATTR && key.kind != STR_REDACT {
+                    continue;
+                }
+                let mut key = *key;
+                key.slot = slot as u8;
+                let (hk, he) = HashEntry::of(&key, *bits);
+                hashes.insert(hk, he, 0)?;
             }
         }
         {

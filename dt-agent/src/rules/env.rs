@@ -2,8 +2,11 @@
 
 use std::collections::HashMap;
 
-use dt_ebpf_common::{AcRow, MAX_STATES, RuleSet, STR_KEY_BYTES, StrKey, Trigger, TriggerState};
-use dt_ebpf_common::{decide, walk::Env};
+use dt_ebpf_common::walk::{Env, Hashes, Walk, fast_lookups};
+use dt_ebpf_common::{
+    AcRow, HashEntry, HashKey, MAX_STATES, RuleSet, STR_ATTR, STR_KEY_BYTES, STR_REDACT, StrKey,
+    Trigger, TriggerState, decide,
+};
 
 use super::compile::Compiled;
 
@@ -22,6 +25,7 @@ fn key_id(key: &StrKey) -> KeyId {
 pub struct HostEnv<'a> {
     compiled: &'a Compiled,
     strings: HashMap<KeyId, u64>,
+    hashes: HostHashes,
     samples: HashMap<u16, u64>,
     rates: HashMap<u16, u64>,
     epoch: std::time::Instant,
@@ -40,9 +44,21 @@ impl<'a> HostEnv<'a> {
             .iter()
             .map(|(key, bits)| (key_id(key), *bits))
             .collect();
+        let hashes = HostHashes(
+            compiled
+                .strings
+                .iter()
+                .filter(|(key, _)| key.kind == STR_ATTR || key.kind == STR_REDACT)
+                .map(|(key, bits)| {
+                    let (hk, he) = HashEntry::of(key, *bits);
+                    ((hk.kind, hk.hash), he)
+                })
+                .collect(),
+        );
         HostEnv {
             compiled,
             strings,
+            hashes,
             samples: HashMap::new(),
             rates: HashMap::new(),
             epoch: std::time::Instant::now(),
@@ -57,7 +73,20 @@ impl<'a> HostEnv<'a> {
     }
 }
 
+/// The `ATTR_HASHES` entries of slot 0, by kind and hash.
+struct HostHashes(HashMap<(u8, u64), HashEntry>);
+
+impl Hashes for HostHashes {
+    fn hash_entry(&mut self, key: &HashKey) -> Option<&HashEntry> {
+        self.0.get(&(key.kind, key.hash))
+    }
+}
+
 impl Env for HostEnv<'_> {
+    fn fast_lookups(&mut self, w: &mut Walk) {
+        fast_lookups(w, &self.compiled.ruleset, 0, &mut self.hashes);
+    }
+
     fn rules(&self) -> &RuleSet {
         &self.compiled.ruleset
     }

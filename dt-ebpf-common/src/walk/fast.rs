@@ -16,13 +16,35 @@ use super::fields::{
 };
 use super::*;
 use crate::wire::RECORD_BYTES;
+use crate::{HashEntry, HashKey, STR_KEY_BYTES, key_len_bit, str_hash_byte, str_hash_start};
 
 /// Bytes of the record buffer ([`Walk::rec_buf`]); a power of two.
 pub const FAST_RECORD_MAX: u32 = RECORD_BYTES as u32;
 /// Fields of one record the fast path takes.
 pub const FAST_FIELDS: u32 = 24;
 
+/// Lookups one record's attributes may need on the fast path (more: the field walk).
+pub const MAX_FAST_LOOKS: usize = 4;
+
 const MASK: u32 = FAST_RECORD_MAX - 1;
+
+/// A record attribute whose lookups wait until the record is parsed.
+#[derive(Copy, Clone, Debug, Default)]
+#[repr(C)]
+pub struct FastLook {
+    /// The attribute's field in the message: its tag, and its length from there (what a redact
+    /// rule removes).
+    pub kv_off: u32,
+    pub kv_len: u32,
+    /// The key and the string value in the record's copy (offsets from its start).
+    pub key: u32,
+    pub klen: u32,
+    pub val: u32,
+    pub vlen: u32,
+    /// 1 when the value is a string (`val`, `vlen`).
+    pub string: u32,
+    pub _pad: u32,
+}
 
 /// Byte `i` of the record buffer.
 #[inline(always)]
@@ -67,6 +89,7 @@ pub(super) fn fast_record<S: Source, E: Env>(
         return false;
     }
     w.f_sev = w.sev;
+    w.f_start = start;
     if !env.parse_record(w, len) {
         return false;
     }
@@ -75,35 +98,74 @@ pub(super) fn fast_record<S: Source, E: Env>(
         let (off, blen) = (start + w.f_body_off, w.f_body_len);
         set_value(w, R_BODY, V_STRING, off, blen);
     }
-    // The record ends in this step too.
-    let f = w.frame();
-    end_record(w, f, env.rules());
+    w.pos = end;
+    if w.f_n_look > 0 {
+        // Its attributes' lookups next, then its end.
+        w.mode = MODE_FAST_LOOKUP;
+    } else {
+        // The record ends in this step too.
+        let f = w.frame();
+        end_record(w, f, env.rules());
+    }
     true
 }
 
+/// [`MODE_FAST_LOOKUP`]: the lookups of the record just taken whole, then its end.
+#[inline(always)]
+pub(super) fn fast_lookup_step<E: Env>(w: &mut Walk, env: &mut E) -> Result<(), Error> {
+    env.fast_lookups(w);
+    let f = w.frame();
+    end_record(w, f, env.rules());
+    Ok(())
+}
+
 /// Parses the record of `len` bytes in [`Walk::rec_buf`] into the fast path's facts
-/// (`f_sev`, `f_body*`); `false` when it is not of the usual shape. Touches nothing else: the
-/// kernel runs it as a global function, checked once on its own.
+/// (`f_sev`, `f_body*`, the lookups noted); `false` when it is not of the usual shape. Touches
+/// nothing else. The kernel runs it as a global function, checked once on its own, with
+/// [`parse_field`] as a `bpf_loop` callback.
 #[inline(always)]
 pub fn parse_record(w: &mut Walk, rs: &RuleSet, len: u32) -> bool {
-    w.f_pos = 0;
-    w.f_body = 0;
+    parse_begin(w);
     let mut n = 0;
     while n < FAST_FIELDS {
-        // Everything carried from field to field is in the walk's memory, so for the verifier
-        // the ways through one field merge before the next.
-        // SAFETY: a plain load of a field of `w` (volatile: never a value carried over).
-        let pos = unsafe { core::ptr::read_volatile(&w.f_pos) };
-        if pos >= len {
+        if !parse_field(w, rs, len) {
             break;
-        }
-        if !fast_field(w, rs, pos, len) {
-            return false;
         }
         n += 1;
     }
-    // SAFETY: as above.
-    unsafe { core::ptr::read_volatile(&w.f_pos) == len }
+    parse_end(w, len)
+}
+
+/// Before the first [`parse_field`].
+#[inline(always)]
+pub fn parse_begin(w: &mut Walk) {
+    set(&mut w.f_pos, 0);
+    set(&mut w.f_body, 0);
+    set(&mut w.f_n_look, 0);
+    set(&mut w.f_bad, 0);
+}
+
+/// Parses the next field; `false` when parsing stops: at the record's end, or at a field not of
+/// the usual shape (then [`parse_end`] says no).
+#[inline(always)]
+pub fn parse_field(w: &mut Walk, rs: &RuleSet, len: u32) -> bool {
+    // Everything carried from field to field is in the walk's memory, so for the verifier the
+    // ways through one field merge before the next.
+    let pos = get(&w.f_pos);
+    if pos >= len {
+        return false;
+    }
+    if !fast_field(w, rs, pos, len) {
+        set(&mut w.f_bad, 1);
+        return false;
+    }
+    true
+}
+
+/// Whether the whole record was parsed (fields past [`FAST_FIELDS`] were not).
+#[inline(always)]
+pub fn parse_end(w: &Walk, len: u32) -> bool {
+    get(&w.f_bad) == 0 && get(&w.f_pos) == len
 }
 
 /// One field of the record at `pos` (of `len`): `false` when it is not of the usual shape.
@@ -160,7 +222,7 @@ fn fast_field(w: &mut Walk, rs: &RuleSet, pos: u32, len: u32) -> bool {
                 return fast_body(w, cstart, cend);
             }
             if field == 6 {
-                return fast_attr(w, rs, cstart, cend);
+                return fast_attr(w, rs, pos, cstart, cend);
             }
         }
         _ => return false,
@@ -187,10 +249,11 @@ fn fast_body(w: &mut Walk, start: u32, end: u32) -> bool {
     true
 }
 
-/// A record attribute of the KeyValue fast path's shape whose end has nothing to do (no rule
-/// looks it up).
+/// A record attribute of the KeyValue fast path's shape (its field's tag at `tag`, its contents
+/// `start..end`, offsets in the record). The lookups rules need of it are noted, made once the
+/// whole record is parsed ([`fast_lookups`]).
 #[inline(always)]
-fn fast_attr(w: &mut Walk, rs: &RuleSet, start: u32, end: u32) -> bool {
+fn fast_attr(w: &mut Walk, rs: &RuleSet, tag: u32, start: u32, end: u32) -> bool {
     if end - start < 6 || end - start > 2 * 127 || at(w, start) != 0x0a {
         return false;
     }
@@ -225,5 +288,168 @@ fn fast_attr(w: &mut Walk, rs: &RuleSet, start: u32, end: u32) -> bool {
     } else {
         return false;
     };
-    !(attr_looked_up(rs, klen, string, slen) || redact_looked_up(rs, klen))
+    // Only a key of a length the rules name may need a lookup: which ones is decided with
+    // the lookups ([`fast_lookup`]), so that parsing has one way less a field.
+    if (rs.attr_key_lens | rs.redact_key_lens) & key_len_bit(klen) == 0 {
+        return true;
+    }
+    // SAFETY: plain loads and stores of fields of `w` (through memory, for the verifier).
+    let n = unsafe { core::ptr::read_volatile(&w.f_n_look) } as usize;
+    if n >= MAX_FAST_LOOKS {
+        return false;
+    }
+    w.f_look[n] = FastLook {
+        kv_off: w.f_start + tag,
+        kv_len: end - tag,
+        key: start + 2,
+        klen,
+        val: any + 2,
+        vlen: slen,
+        string: string as u32,
+        _pad: 0,
+    };
+    set(&mut w.f_n_look, n as u32 + 1);
+    true
+}
+
+/// Makes the lookups [`fast_attr`] noted for the record just parsed (for attributes a rule
+/// looks up, the pair; for names redact rules remove, the key), as the field walk would: the
+/// same condition bits, the same attributes to remove, in the same order. Each string is
+/// hashed where it lies in the record's copy and looked up by its hash; a hit counts only when
+/// its bytes are the same.
+///
+/// Every length is read from memory where it is compared (never kept in a register): for the
+/// verifier, a loop that ends at an unknown length otherwise leaves that length known exactly,
+/// differently at each of its exits, and everything after the loop is checked once per exit.
+#[inline(always)]
+pub fn fast_lookups<H: Hashes>(w: &mut Walk, rs: &RuleSet, slot: u8, h: &mut H) {
+    let mut k = 0;
+    while k < MAX_FAST_LOOKS {
+        fast_lookup(w, rs, k, slot, h);
+        k += 1;
+    }
+}
+
+/// The lookups of noted attribute `k` (none when fewer were noted). The kernel runs one a
+/// `bpf_loop` iteration.
+#[inline(always)]
+pub fn fast_lookup<H: Hashes>(w: &mut Walk, rs: &RuleSet, k: usize, slot: u8, h: &mut H) {
+    let k = k % MAX_FAST_LOOKS;
+    if k >= get(&w.f_n_look) as usize {
+        return;
+    }
+    let l = w.f_look[k];
+    if attr_looked_up(rs, l.klen, l.string != 0, l.vlen) {
+        let key = HashKey {
+            hash: hash_pair(w, k, STR_ATTR, true),
+            slot,
+            kind: STR_ATTR,
+            _pad: [0; 6],
+        };
+        if let Some(e) = h.hash_entry(&key)
+            && same(w, k, e, true)
+        {
+            w.attr_bits |= e.bits;
+        }
+    }
+    if redact_looked_up(rs, l.klen) {
+        let key = HashKey {
+            hash: hash_pair(w, k, STR_REDACT, false),
+            slot,
+            kind: STR_REDACT,
+            _pad: [0; 6],
+        };
+        if let Some(e) = h.hash_entry(&key)
+            && same(w, k, e, false)
+        {
+            let bits = e.bits;
+            let r = get(&w.n_redact_attrs) as usize;
+            if r < MAX_RECORD_REDACTS {
+                w.redact_attrs[r] = RedactAttr {
+                    off: get(&w.f_look[k].kv_off),
+                    len: get(&w.f_look[k].kv_len),
+                    bits,
+                };
+                set(&mut w.n_redact_attrs, r as u32 + 1);
+            } else {
+                w.redact_overflow = 1;
+            }
+        }
+    }
+}
+
+/// A load from memory the compiler keeps as a load.
+#[inline(always)]
+fn get(v: &u32) -> u32 {
+    // SAFETY: a plain load of a valid `u32`.
+    unsafe { core::ptr::read_volatile(v) }
+}
+
+/// The length of noted attribute `k`'s value that its lookup hashes: its string for a pair,
+/// none for a key alone.
+#[inline(always)]
+fn vlen_of(w: &Walk, k: usize, pair: bool) -> u32 {
+    if pair { get(&w.f_look[k].vlen) } else { 0 }
+}
+
+/// The hash of noted attribute `k`'s key, and its value if `pair`.
+#[inline(always)]
+fn hash_pair(w: &Walk, k: usize, kind: u8, pair: bool) -> u64 {
+    let l = &w.f_look[k % MAX_FAST_LOOKS];
+    let mut h = str_hash_start(kind, get(&l.klen), vlen_of(w, k, pair));
+    let mut i = 0;
+    while i < MAX_ATTR_KEY_LEN as u32 {
+        if i >= get(&l.klen) {
+            break;
+        }
+        h = str_hash_byte(h, at(w, get(&l.key) + i) as u8);
+        i += 1;
+    }
+    let mut i = 0;
+    while i < MAX_ATTR_VALUE_LEN as u32 {
+        if i >= vlen_of(w, k, pair) {
+            break;
+        }
+        h = str_hash_byte(h, at(w, get(&l.val) + i) as u8);
+        i += 1;
+    }
+    h
+}
+
+/// Whether a hash hit holds the very key (and value, if `pair`) of noted attribute `k`.
+#[inline(always)]
+fn same(w: &mut Walk, k: usize, e: &HashEntry, pair: bool) -> bool {
+    let k = k % MAX_FAST_LOOKS;
+    let l = &w.f_look[k];
+    if get(&e.klen) != get(&l.klen) || get(&e.vlen) != vlen_of(w, k, pair) {
+        return false;
+    }
+    let mut i = 0;
+    while i < MAX_ATTR_KEY_LEN as u32 {
+        if i >= get(&e.klen) {
+            break;
+        }
+        if e.bytes.get(i as usize).copied() != Some(at(w, get(&w.f_look[k].key) + i) as u8) {
+            return false;
+        }
+        i += 1;
+    }
+    let mut i = 0;
+    while i < MAX_ATTR_VALUE_LEN as u32 {
+        if i >= get(&e.vlen) {
+            break;
+        }
+        // Through memory: the index checked is the index used.
+        let j = launder(&mut w.scratch, get(&e.klen) + i) as usize;
+        if j >= STR_KEY_BYTES || e.bytes[j] as u32 != at(w, get(&w.f_look[k].val) + i) {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The `ATTR_HASHES` map as [`fast_lookups`] reads it.
+pub trait Hashes {
+    fn hash_entry(&mut self, key: &HashKey) -> Option<&HashEntry>;
 }

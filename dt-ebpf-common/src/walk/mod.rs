@@ -25,7 +25,11 @@ mod plan;
 
 pub use apply::{apply_start, apply_step};
 use eval::{evaluate, fire_step};
-pub use fast::{FAST_FIELDS, FAST_RECORD_MAX, parse_record};
+use fast::fast_lookup_step;
+pub use fast::{
+    FAST_FIELDS, FAST_RECORD_MAX, FastLook, Hashes, MAX_FAST_LOOKS, fast_lookup, fast_lookups,
+    parse_begin, parse_end, parse_field, parse_record,
+};
 use fields::{attr_redact_step, attr_value_step, end_frame, field_step, scan_step};
 pub use plan::{decide, decide_start, decide_step};
 use plan::{redact_attrs_step, redact_bodies_step};
@@ -69,6 +73,9 @@ pub trait Env {
     fn parse_record(&mut self, w: &mut Walk, len: u32) -> bool {
         parse_record(w, self.rules(), len)
     }
+    /// The record fast path's lookups ([`fast_lookups`]) of the record just parsed. The kernel
+    /// runs them as a global function.
+    fn fast_lookups(&mut self, w: &mut Walk);
 }
 
 /// How the plan is applied to the message.
@@ -129,6 +136,8 @@ pub const MODE_REDACT_ATTRS: u32 = 7;
 pub const MODE_REDACT_BODIES: u32 = 8;
 /// Trigger rules matched the record just evaluated: fire them (then go on in `after_fire`).
 pub const MODE_FIRE: u32 = 9;
+/// A record taken whole needs lookups of its attributes: make them, then end it.
+pub const MODE_FAST_LOOKUP: u32 = 10;
 
 /// Trigger rules that may fire on one record; more matches are counted but do not fire.
 pub const MAX_RECORD_FIRES: usize = 4;
@@ -339,6 +348,13 @@ pub struct Walk {
     pub f_body: u32,
     pub f_body_off: u32,
     pub f_body_len: u32,
+    /// Where the record starts in the message; the lookups noted.
+    pub f_start: u32,
+    pub f_n_look: u32,
+    /// 1 when a field was not of the usual shape.
+    pub f_bad: u32,
+    pub _pad_fast: u32,
+    pub f_look: [FastLook; MAX_FAST_LOOKS],
     /// The record the fast path takes, copied out of the message at once.
     pub rec_buf: [u8; FAST_RECORD_MAX as usize],
 
@@ -538,6 +554,7 @@ pub fn step<S: Source, E: Env>(w: &mut Walk, s: &mut S, env: &mut E) -> Step {
         MODE_REDACT_ATTRS => redact_attrs_step(w),
         MODE_REDACT_BODIES => redact_bodies_step(w),
         MODE_FIRE => fire_step(w, env),
+        MODE_FAST_LOOKUP => fast_lookup_step(w, env),
         _ => return Step::Done,
     };
     match r {
