@@ -40,6 +40,9 @@ pub struct TotalStats {
     /// Walk steps of the requests walked (with `records`: steps per record).
     #[serde(default)]
     pub walk_steps: u64,
+    /// Records of those requests the walk took whole (its fast path).
+    #[serde(default)]
+    pub fast_records: u64,
     /// Requests that left byte-for-byte untouched, by reason (every reason is always present).
     pub passthrough: std::collections::BTreeMap<String, u64>,
 }

@@ -508,6 +508,9 @@ pub struct Totals {
     /// Walk steps (`bpf_loop` iterations of the walk) of the requests walked and committed:
     /// with `records`, the steps per record.
     pub walk_steps: u64,
+    /// Records of those requests the walk's fast path took whole (one step each, not one a
+    /// field).
+    pub fast_records: u64,
 }
 
 // ------------------------------------------------------------------------------------------

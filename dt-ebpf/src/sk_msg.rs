@@ -775,6 +775,7 @@ fn commit(rs: &RuleSet, w: &walk::Walk, totals: &mut Totals) {
     totals.records += w.records as u64;
     totals.records_dropped += w.records_dropped as u64;
     totals.walk_steps += w.steps as u64;
+    totals.fast_records += w.fast_records as u64;
     totals.edit_failures += w.edit_failures as u64;
 }
 

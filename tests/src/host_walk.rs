@@ -38,8 +38,8 @@ pub struct Outcome {
 }
 
 /// Walks `body` (a protobuf request) under `compiled`, with the fast path on (`fast`) or off;
-/// also returns the steps taken.
-pub fn walk_body(compiled: &Compiled, body: &[u8], fast: bool) -> (Outcome, u32) {
+/// also returns the steps taken and the records taken whole.
+pub fn walk_body(compiled: &Compiled, body: &[u8], fast: bool) -> (Outcome, u32, u32) {
     // SAFETY: `Walk` is plain old data (integers and arrays of them); all zeroes is valid.
     let mut walk = Box::new(unsafe { std::mem::zeroed::<Walk>() });
     walk.start(0, body.len() as u32, 0, 0);
@@ -62,7 +62,7 @@ pub fn walk_body(compiled: &Compiled, body: &[u8], fast: bool) -> (Outcome, u32)
             .collect(),
         edited: editor.0,
     };
-    (outcome, walk.steps)
+    (outcome, walk.steps, walk.fast_records)
 }
 
 /// Compiles one rule file's text.
@@ -72,12 +72,12 @@ pub fn compile_rules(toml: &str) -> Compiled {
 }
 
 /// Walks `body` both ways and says how they differ, if they do. Returns the steps each way
-/// (field by field, fast).
-pub fn both_ways(compiled: &Compiled, body: &[u8]) -> Result<(u32, u32), String> {
-    let (slow, slow_steps) = walk_body(compiled, body, false);
-    let (fast, fast_steps) = walk_body(compiled, body, true);
+/// (field by field, fast) and the records the fast way took whole.
+pub fn both_ways(compiled: &Compiled, body: &[u8]) -> Result<(u32, u32, u32), String> {
+    let (slow, slow_steps, _) = walk_body(compiled, body, false);
+    let (fast, fast_steps, whole) = walk_body(compiled, body, true);
     if slow == fast {
-        return Ok((slow_steps, fast_steps));
+        return Ok((slow_steps, fast_steps, whole));
     }
     let brief = |o: &Outcome| {
         format!(

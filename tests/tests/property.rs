@@ -170,9 +170,10 @@ fn random_requests_and_rules_through_the_kernel() {
         let compiled = host_walk::compile_rules(&r.toml);
         for c in r.conns.iter().flat_map(|conn| &conn.cases) {
             match host_walk::both_ways(&compiled, &c.request.payload) {
-                Ok((slow, fast)) => {
+                Ok((slow, fast, whole)) => {
                     cov.steps_slow += slow as u64;
                     cov.steps_fast += fast as u64;
+                    cov.records_whole += whole as u64;
                 }
                 Err(e) => panic!(
                     "round {index} (seed {rseed}, replay with DT_PROPTEST_SEED={seed} DT_PROPTEST_ROUND={index}), case {}: {e}",
@@ -270,6 +271,7 @@ struct Coverage {
     /// Host walk steps over every request: field by field, and with the record fast path.
     steps_slow: u64,
     steps_fast: u64,
+    records_whole: u64,
 }
 
 impl Coverage {
@@ -326,7 +328,7 @@ impl Coverage {
              {} passed through {:?}, defects by depth {:?}; \
              {} records, {} dropped, {} attributes removed, {} string bodies masked; rules {:?}; \
              {} pipelined connections; {} chunked requests of one data chunk, {} of several; \
-             {} writes cut in heads, {} in bodies; host walk both ways: {} steps field by field, {} with the record fast path",
+             {} writes cut in heads, {} in bodies; host walk both ways: {} steps field by field, {} with the record fast path ({} records taken whole)",
             self.requests,
             self.edited,
             self.emptied,
@@ -347,6 +349,7 @@ impl Coverage {
             self.body_cuts,
             self.steps_slow,
             self.steps_fast,
+            self.records_whole,
         )
     }
 }

@@ -482,6 +482,7 @@ pub(crate) mod testdata {
                 in_flight: 110,
                 released: 111,
                 walk_steps: 112,
+                fast_records: 113,
                 passthrough,
             },
             uprobes: Default::default(),

@@ -148,6 +148,7 @@ where
             in_flight: t.corked.saturating_sub(t.uncorked),
             released: t.released,
             walk_steps: t.walk_steps,
+            fast_records: t.fast_records,
             passthrough,
         },
         uprobes: Default::default(),
@@ -174,6 +175,7 @@ fn sum_totals<T: std::borrow::Borrow<MapData>>(
         t.uncorked += v.uncorked;
         t.released += v.released;
         t.walk_steps += v.walk_steps;
+        t.fast_records += v.fast_records;
         for (a, b) in t.passthrough.iter_mut().zip(v.passthrough.iter()) {
             *a += b;
         }

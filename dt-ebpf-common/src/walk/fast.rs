@@ -94,6 +94,7 @@ pub(super) fn fast_record<S: Source, E: Env>(
         return false;
     }
     w.sev = w.f_sev;
+    w.fast_records += 1;
     if w.f_body != 0 {
         let (off, blen) = (start + w.f_body_off, w.f_body_len);
         set_value(w, R_BODY, V_STRING, off, blen);

@@ -353,7 +353,8 @@ pub struct Walk {
     pub f_n_look: u32,
     /// 1 when a field was not of the usual shape.
     pub f_bad: u32,
-    pub _pad_fast: u32,
+    /// Records taken whole in this walk.
+    pub fast_records: u32,
     pub f_look: [FastLook; MAX_FAST_LOOKS],
     /// The record the fast path takes, copied out of the message at once.
     pub rec_buf: [u8; FAST_RECORD_MAX as usize],
@@ -441,6 +442,7 @@ impl Walk {
         set(&mut self.edit_failures, 0);
         set(&mut self.head_removed, 0);
         set(&mut self.steps, 0);
+        set(&mut self.fast_records, 0);
         self.fast = 1;
         let mut i = 0;
         while i < MAX_RULES {
