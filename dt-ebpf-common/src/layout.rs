@@ -281,7 +281,8 @@ pub struct HashKey {
     pub slot: u8,
     /// [`STR_ATTR`] or [`STR_REDACT`].
     pub kind: u8,
-    pub _pad: [u8; 6],
+    pub _pad0: u16,
+    pub _pad1: u32,
 }
 
 /// Value of the `ATTR_HASHES` map: the condition bits, and the strings hashed, compared byte
@@ -334,7 +335,8 @@ impl HashEntry {
             hash: str_hash(key.kind, &key.bytes[..k], &key.bytes[k..k + v]),
             slot: key.slot,
             kind: key.kind,
-            _pad: [0; 6],
+            _pad0: 0,
+            _pad1: 0,
         };
         let he = HashEntry {
             bits,
@@ -370,6 +372,32 @@ impl StrKey {
 pub struct AcRow {
     pub out: u64,
     pub next: [u16; 256],
+}
+
+/// A rule set's Aho-Corasick automaton flattened into one `AC_FLAT` entry (index: the slot), as
+/// the walk's body scan reads it: a byte costs one load. `next[state << 8 | byte]` is the next
+/// state, with [`AC_OUT`] set when that state ends needles (their bits in `out[state]`).
+#[derive(Copy, Clone)]
+#[repr(C)]
+pub struct AcTable {
+    pub out: [u64; MAX_AC_STATES as usize],
+    pub next: [u16; MAX_AC_STATES as usize * 256],
+}
+
+/// The flag of an [`AcTable::next`] entry whose state ends needles.
+pub const AC_OUT: u16 = 0x8000;
+
+impl AcTable {
+    /// Fills a zeroed table from the automaton's rows.
+    pub fn fill(&mut self, rows: &[AcRow]) {
+        for (s, row) in rows.iter().enumerate().take(MAX_AC_STATES as usize) {
+            self.out[s] = row.out;
+            for (b, &n) in row.next.iter().enumerate() {
+                let ends = rows.get(n as usize).is_some_and(|r| r.out != 0);
+                self.next[s << 8 | b] = n | if ends { AC_OUT } else { 0 };
+            }
+        }
+    }
 }
 
 /// The single entry of the `CONTROL` array.
@@ -764,6 +792,7 @@ mod pod {
     unsafe impl aya::Pod for RuleSet {}
     unsafe impl aya::Pod for StrKey {}
     unsafe impl aya::Pod for AcRow {}
+    unsafe impl aya::Pod for AcTable {}
     unsafe impl aya::Pod for HashKey {}
     unsafe impl aya::Pod for HashEntry {}
     unsafe impl aya::Pod for Control {}

@@ -8,9 +8,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, SockHash},
 };
 use dt_ebpf_common::{
-    AcRow, Control, HashEntry, HashKey, Held, MAX_AC_STATES, MAX_CONDS, MAX_HELD, MAX_NAME_LEN,
-    MAX_RECORDERS, MAX_SLOTS, MAX_STATES, NameEntry, NameKey, REBODY_SLOTS, Rebody, RecConf,
-    RecCounters, RecState, RingBlock, RuleCounters, RuleSet, SockState, StrKey, Totals,
+    AcRow, AcTable, Control, HashEntry, HashKey, Held, MAX_AC_STATES, MAX_CONDS, MAX_HELD,
+    MAX_NAME_LEN, MAX_RECORDERS, MAX_SLOTS, MAX_STATES, NameEntry, NameKey, REBODY_SLOTS, Rebody,
+    RecConf, RecCounters, RecState, RingBlock, RuleCounters, RuleSet, SockState, StrKey, Totals,
     TriggerState,
 };
 
@@ -43,6 +43,11 @@ pub static ATTR_HASHES: HashMap<HashKey, HashEntry> =
 /// Aho-Corasick automata of both slots (`slot * MAX_AC_STATES + state`).
 #[map]
 pub static AC: Array<AcRow> = Array::with_max_entries(2 * MAX_AC_STATES, 0);
+
+/// The same automata flattened, one entry a slot: what the OTLP walk's body scan reads (the
+/// uprobe hook reads `AC`).
+#[map]
+pub static AC_FLAT: Array<AcTable> = Array::with_max_entries(2, 0);
 
 /// Matches of each sample rule so far, by slot: one global counter (atomic fetch-add), so one in
 /// N is kept over all CPUs.

@@ -31,7 +31,7 @@ use aya_ebpf::{
     programs::SkMsgContext,
 };
 use dt_ebpf_common::{
-    AcRow, Control, HashEntry, HashKey, Held, MAX_AC_STATES, MAX_EDITS, MAX_FIXES, MAX_HEAD_LEN,
+    AcTable, Control, HashEntry, HashKey, Held, MAX_AC_STATES, MAX_EDITS, MAX_FIXES, MAX_HEAD_LEN,
     MAX_MASKS, MAX_REQUEST_CEILING, MAX_RULES, N_PASSTHROUGH, NEED_RECORD, PHASE_CHUNKED,
     PHASE_CORKED, PHASE_HEAD, PHASE_IDLE, PHASE_UNTRACKED, Passthrough, RuleSet, STR_KEY_BYTES,
     SockState, StrKey, Totals, Trigger, WinState,
@@ -47,8 +47,8 @@ mod record;
 
 use crate::dynamic::{self, atomic_update};
 use crate::maps::{
-    AC, ATTR_HASHES, CONTROL, HELD, RATES, RULE_COUNTERS, RULESETS, SAMPLES, SOCK_STATE, STRINGS,
-    TOTALS,
+    AC_FLAT, ATTR_HASHES, CONTROL, HELD, RATES, RULE_COUNTERS, RULESETS, SAMPLES, SOCK_STATE,
+    STRINGS, TOTALS,
 };
 
 /// A block of zeros to clear lookup keys from.
@@ -1073,11 +1073,13 @@ impl Env for KernelEnv {
     }
 
     #[inline(always)]
-    fn ac_row(&mut self, state: u32) -> Option<&AcRow> {
-        if state >= MAX_AC_STATES {
-            return None;
-        }
-        AC.get(self.slot * MAX_AC_STATES + state)
+    fn ac_table(&self) -> Option<&AcTable> {
+        AC_FLAT.get(self.slot)
+    }
+
+    #[inline(always)]
+    fn scan_chunk(&mut self, w: &mut walk::Walk, n: u32) -> bool {
+        dt_scan_chunk(w, self.rs, self.slot as u64, n as u64) != 0
     }
 }
 
@@ -1174,4 +1176,21 @@ extern "C" fn lookup_cb(k: u64, ctx: *mut c_void) -> i64 {
     let (w, rs) = unsafe { (&mut *c.w, &*c.rs) };
     walk::fast_lookup(w, rs, k as usize, c.slot as u8, &mut KernelHashes);
     0
+}
+
+/// The body scan of one chunk ([`walk::scan_chunk`]) as a global BPF function: its loops over
+/// 64 bytes are checked once, on their own, not inside every way through the walk's step.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn dt_scan_chunk(w: *mut walk::Walk, rs: *const RuleSet, slot: u64, n: u64) -> u64 {
+    if w.is_null() || rs.is_null() {
+        return 0;
+    }
+    let Some(t) = AC_FLAT.get(slot as u32) else {
+        return 0;
+    };
+    // SAFETY: checked non-null; the verifier checks every access against the sizes.
+    let (w, rs) = unsafe { (&mut *w, &*rs) };
+    walk::scan_chunk(w, rs, t, n as u32);
+    1
 }

@@ -22,7 +22,7 @@ use aya::{
 use crate::sys::link_update;
 
 /// Every map of the OTLP hook (all pinned in pinned mode).
-pub const MAPS: [&str; 14] = [
+pub const MAPS: [&str; 15] = [
     "CONTROL",
     "PORTS",
     "SOCKS",
@@ -30,6 +30,7 @@ pub const MAPS: [&str; 14] = [
     "STRINGS",
     "ATTR_HASHES",
     "AC",
+    "AC_FLAT",
     "SAMPLES",
     "RATES",
     "RULE_COUNTERS",

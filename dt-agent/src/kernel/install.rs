@@ -6,8 +6,8 @@ use std::{collections::BTreeMap, thread, time::Duration};
 
 use aya::maps::{Array, HashMap};
 use dt_ebpf_common::{
-    AcRow, Control, HashEntry, HashKey, MAX_AC_STATES, MAX_NAME_LEN, NameEntry, NameKey, RuleSet,
-    STR_ATTR, STR_REDACT, StrKey,
+    AcRow, AcTable, Control, HashEntry, HashKey, MAX_AC_STATES, MAX_NAME_LEN, NameEntry, NameKey,
+    RuleSet, STR_ATTR, STR_REDACT, StrKey,
 };
 
 use super::{Agent, KnownRule, map};
@@ -82,6 +82,8 @@ impl Agent {
             for (i, row) in compiled.ac.iter().enumerate() {
                 ac.set(slot * MAX_AC_STATES + i as u32, row, 0)?;
             }
+            let mut flat: Array<_, AcTable> = Array::try_from(map(&mut self.ebpf, "AC_FLAT")?)?;
+            flat.set(slot, &*compiled.ac_table(), 0)?;
         }
         // Recorders (their rings) and states the new set has, before it can use them.
         let old_objects = self.active_objects.clone();

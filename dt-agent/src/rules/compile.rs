@@ -12,7 +12,7 @@ use dt_ebpf_common::uprobe::{
     COMM_LEN, MAX_PROBE_RULES, MAX_PROBES, PRS_BODY, PRS_CAPTURE, ProbeRule, ProbeRuleSet,
 };
 use dt_ebpf_common::{
-    AcRow, MAX_AC_STATES, MAX_ATTR_KEY_LEN, MAX_ATTR_VALUE_LEN, MAX_NEEDLE_LEN, MAX_RATE,
+    AcRow, AcTable, MAX_AC_STATES, MAX_ATTR_KEY_LEN, MAX_ATTR_VALUE_LEN, MAX_NEEDLE_LEN, MAX_RATE,
     MAX_RECORDERS, MAX_RULES, MAX_SERVICE_LEN, MAX_SLOTS, MAX_STATES, NEED_SCAN_SKIP,
     RULE_MASK_BODY, Rule, RuleSet, StrKey, Trigger, key_len_bit,
 };
@@ -124,6 +124,16 @@ pub struct HookUse {
     pub rule: String,
     /// `"uprobe:NAME"`.
     pub hook: String,
+}
+
+impl Compiled {
+    /// The automaton flattened, as the `AC_FLAT` map holds it.
+    pub fn ac_table(&self) -> Box<AcTable> {
+        // SAFETY: `AcTable` is integers only; all zeroes is valid.
+        let mut t = unsafe { Box::<AcTable>::new_zeroed().assume_init() };
+        t.fill(&self.ac);
+        t
+    }
 }
 
 impl fmt::Debug for Compiled {

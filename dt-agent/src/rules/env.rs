@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use dt_ebpf_common::walk::{Env, Hashes, Walk, fast_lookups};
 use dt_ebpf_common::{
-    AcRow, HashEntry, HashKey, MAX_STATES, RuleSet, STR_ATTR, STR_KEY_BYTES, STR_REDACT, StrKey,
+    AcTable, HashEntry, HashKey, MAX_STATES, RuleSet, STR_ATTR, STR_KEY_BYTES, STR_REDACT, StrKey,
     Trigger, TriggerState, decide,
 };
 
@@ -26,6 +26,7 @@ pub struct HostEnv<'a> {
     compiled: &'a Compiled,
     strings: HashMap<KeyId, u64>,
     hashes: HostHashes,
+    ac: Box<AcTable>,
     samples: HashMap<u16, u64>,
     rates: HashMap<u16, u64>,
     epoch: std::time::Instant,
@@ -59,6 +60,7 @@ impl<'a> HostEnv<'a> {
             compiled,
             strings,
             hashes,
+            ac: compiled.ac_table(),
             samples: HashMap::new(),
             rates: HashMap::new(),
             epoch: std::time::Instant::now(),
@@ -99,8 +101,8 @@ impl Env for HostEnv<'_> {
         self.strings.get(&key_id(key)).copied().unwrap_or(0)
     }
 
-    fn ac_row(&mut self, state: u32) -> Option<&AcRow> {
-        self.compiled.ac.get(usize::try_from(state).ok()?)
+    fn ac_table(&self) -> Option<&AcTable> {
+        Some(&self.ac)
     }
 
     fn draw_samples(&mut self, slot: u16, m: u32, n: u64) -> u64 {

@@ -345,7 +345,8 @@ pub fn fast_lookup<H: Hashes>(w: &mut Walk, rs: &RuleSet, k: usize, slot: u8, h:
             hash: hash_pair(w, k, STR_ATTR, true),
             slot,
             kind: STR_ATTR,
-            _pad: [0; 6],
+            _pad0: 0,
+            _pad1: 0,
         };
         if let Some(e) = h.hash_entry(&key)
             && same(w, k, e, true)
@@ -358,7 +359,8 @@ pub fn fast_lookup<H: Hashes>(w: &mut Walk, rs: &RuleSet, k: usize, slot: u8, h:
             hash: hash_pair(w, k, STR_REDACT, false),
             slot,
             kind: STR_REDACT,
-            _pad: [0; 6],
+            _pad0: 0,
+            _pad1: 0,
         };
         if let Some(e) = h.hash_entry(&key)
             && same(w, k, e, false)

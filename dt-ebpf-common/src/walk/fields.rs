@@ -593,38 +593,53 @@ pub(super) fn is_service_name<S: Source>(s: &mut S, off: u32, len: u32) -> Resul
     Ok(true)
 }
 
-/// Scans the next chunk of the record's body: copied out of the message at once, then one
-/// automaton row a byte, except in the start state, where bytes that cannot begin a needle
-/// (`ac_skip`) are passed over with one bit test each.
+/// Scans the next chunk of the record's body: copied out of the message at once, then run
+/// through the automaton ([`scan_chunk`], which the kernel runs as a global function).
 #[inline(always)]
 pub(super) fn scan_step<S: Source, E: Env>(
     w: &mut Walk,
     s: &mut S,
     env: &mut E,
 ) -> Result<(), Error> {
-    let mut state = w.ac_state;
-    let mut bits = w.body_bits;
     let pos = w.scan_pos;
     let left = w.scan_end.saturating_sub(pos);
     let n = if left > SCAN_CHUNK { SCAN_CHUNK } else { left };
-    if !s.copy_chunk(pos, n, &mut w.scan_buf) {
+    if !s.copy_chunk(pos, n, &mut w.scan_buf) || !env.scan_chunk(w, n) {
         return Err(Error::Unreadable);
     }
+    let pos = pos + n;
+    w.scan_pos = pos;
+    if pos >= w.scan_end {
+        w.mode = MODE_EVAL;
+    }
+    Ok(())
+}
+
+/// Runs the first `n` bytes of [`Walk::scan_buf`] through the flattened automaton `t`, from
+/// and to `ac_state`, adding the bits of the needles found to `body_bits`: one load a byte,
+/// except in the start state, where bytes that cannot begin a needle (`ac_skip`) are passed
+/// over with one bit test each (when the rules' needles make that worth it,
+/// [`NEED_SCAN_SKIP`]).
+#[inline(always)]
+pub fn scan_chunk(w: &mut Walk, rs: &RuleSet, t: &AcTable, n: u32) {
+    const NEXT_MASK: u32 = MAX_AC_STATES * 256 - 1;
+    const STATE_MASK: u32 = MAX_AC_STATES - 1;
+    let mut state = w.ac_state;
+    let mut bits = w.body_bits;
     let mut i = 0;
-    if env.rules().needs & NEED_SCAN_SKIP != 0 {
+    if rs.needs & NEED_SCAN_SKIP != 0 {
         while i < SCAN_CHUNK {
             if i >= n {
                 break;
             }
-            let b = w.scan_buf[(i & (SCAN_CHUNK - 1)) as usize];
-            let stay = (env.rules().ac_skip[(b >> 6) as usize & 3] >> (b & 63)) as u32 & 1;
+            let b = w.scan_buf[(i & (SCAN_CHUNK - 1)) as usize] as u32;
+            let stay = (rs.ac_skip[(b >> 6) as usize & 3] >> (b & 63)) as u32 & 1;
             // One test of a value made of both (not `state == 0 && ...`): the verifier then
             // never learns that the state is 0 on the way that skips, so both ways merge at
             // every byte.
             if state | (stay ^ 1) != 0 {
-                let row = env.ac_row(state).ok_or(Error::Unreadable)?;
-                bits |= row.out;
-                state = row.next[b as usize] as u32;
+                state = (t.next[((state << 8 | b) & NEXT_MASK) as usize] & !AC_OUT) as u32;
+                bits |= t.out[(state & STATE_MASK) as usize];
             }
             i += 1;
         }
@@ -633,22 +648,12 @@ pub(super) fn scan_step<S: Source, E: Env>(
             if i >= n {
                 break;
             }
-            let b = w.scan_buf[(i & (SCAN_CHUNK - 1)) as usize];
-            let row = env.ac_row(state).ok_or(Error::Unreadable)?;
-            bits |= row.out;
-            state = row.next[b as usize] as u32;
+            let b = w.scan_buf[(i & (SCAN_CHUNK - 1)) as usize] as u32;
+            state = (t.next[((state << 8 | b) & NEXT_MASK) as usize] & !AC_OUT) as u32;
+            bits |= t.out[(state & STATE_MASK) as usize];
             i += 1;
         }
     }
-    let pos = pos + n;
     w.ac_state = state;
-    w.scan_pos = pos;
     w.body_bits = bits;
-    if pos < w.scan_end {
-        return Ok(());
-    }
-    let row = env.ac_row(state).ok_or(Error::Unreadable)?;
-    w.body_bits |= row.out;
-    w.mode = MODE_EVAL;
-    Ok(())
 }

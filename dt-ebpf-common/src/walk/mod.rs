@@ -30,16 +30,17 @@ pub use fast::{
     FAST_FIELDS, FAST_RECORD_MAX, FastLook, Hashes, MAX_FAST_LOOKS, fast_lookup, fast_lookups,
     parse_begin, parse_end, parse_field, parse_record,
 };
+pub use fields::scan_chunk;
 use fields::{attr_redact_step, attr_value_step, end_frame, field_step, scan_step};
 pub use plan::{decide, decide_start, decide_step};
 use plan::{redact_attrs_step, redact_bodies_step};
 
 use crate::{
-    ACTION_DROP, ACTION_RATE_LIMIT, ACTION_REDACT, ACTION_SAMPLE, ACTION_TRIGGER, AcRow,
-    MAX_ATTR_KEY_LEN, MAX_ATTR_VALUE_LEN, MAX_EDITS, MAX_FIXES, MAX_MASKS, MAX_RECORD_BODIES,
-    MAX_RECORD_REDACT_RULES, MAX_RECORD_REDACTS, MAX_RULES, MAX_SERVICE_LEN, NEED_ATTRS,
-    NEED_SCAN_SKIP, NEED_SERVICE, NEED_STATES, RULE_MASK_BODY, Rule, RuleSet, SEV_OUT_OF_RANGE,
-    STR_ATTR, STR_REDACT, STR_SERVICE, StrKey, key_len_bit,
+    AC_OUT, ACTION_DROP, ACTION_RATE_LIMIT, ACTION_REDACT, ACTION_SAMPLE, ACTION_TRIGGER, AcTable,
+    MAX_AC_STATES, MAX_ATTR_KEY_LEN, MAX_ATTR_VALUE_LEN, MAX_EDITS, MAX_FIXES, MAX_MASKS,
+    MAX_RECORD_BODIES, MAX_RECORD_REDACT_RULES, MAX_RECORD_REDACTS, MAX_RULES, MAX_SERVICE_LEN,
+    NEED_ATTRS, NEED_SCAN_SKIP, NEED_SERVICE, NEED_STATES, RULE_MASK_BODY, Rule, RuleSet,
+    SEV_OUT_OF_RANGE, STR_ATTR, STR_REDACT, STR_SERVICE, StrKey, key_len_bit,
     wire::{CHUNK_BYTES, Error, Source, varint},
 };
 
@@ -51,7 +52,20 @@ pub trait Env {
     /// Condition bits set by a service name or attribute pair (0 when none).
     fn lookup(&mut self, key: &StrKey) -> u64;
     /// Aho-Corasick state `state` of the active slot.
-    fn ac_row(&mut self, state: u32) -> Option<&AcRow>;
+    /// The active slot's automaton, flattened.
+    fn ac_table(&self) -> Option<&AcTable>;
+    /// The body scan of the chunk in [`Walk::scan_buf`] ([`scan_chunk`]); `false` when the
+    /// automaton can't be read. The kernel runs it as a global function.
+    #[inline(always)]
+    fn scan_chunk(&mut self, w: &mut Walk, n: u32) -> bool {
+        match self.ac_table() {
+            Some(t) => {
+                scan_chunk(w, self.rules(), t, n);
+                true
+            }
+            None => false,
+        }
+    }
     /// A sample rule (counter `slot`, keep one in `n`) matched `m` times in a request that
     /// commits: draws the next `m` numbers of the rule's counter (shared by every CPU) at once
     /// and returns the first modulo `n` (see [`crate::decide::sample_draw`]).
