@@ -31,10 +31,10 @@ use aya_ebpf::{
     programs::SkMsgContext,
 };
 use dt_ebpf_common::{
-    AcTable, Control, HashEntry, HashKey, Held, MAX_AC_STATES, MAX_EDITS, MAX_FIXES, MAX_HEAD_LEN,
-    MAX_MASKS, MAX_REQUEST_CEILING, MAX_RULES, N_PASSTHROUGH, NEED_RECORD, PHASE_CHUNKED,
-    PHASE_CORKED, PHASE_HEAD, PHASE_IDLE, PHASE_UNTRACKED, Passthrough, RuleSet, STR_KEY_BYTES,
-    SockState, StrKey, Totals, Trigger, WinState,
+    AcTable, Control, HashEntry, HashKey, Held, MAX_EDITS, MAX_FIXES, MAX_HEAD_LEN, MAX_MASKS,
+    MAX_REQUEST_CEILING, MAX_RULES, N_PASSTHROUGH, NEED_RECORD, PHASE_CHUNKED, PHASE_CORKED,
+    PHASE_HEAD, PHASE_IDLE, PHASE_UNTRACKED, Passthrough, RuleSet, STR_KEY_BYTES, SockState,
+    StrKey, Totals, Trigger, WinState,
     chunked::{self, Scan},
     decide,
     http::{self, Feed},

@@ -83,7 +83,7 @@ impl Agent {
                 ac.set(slot * MAX_AC_STATES + i as u32, row, 0)?;
             }
             let mut flat: Array<_, AcTable> = Array::try_from(map(&mut self.ebpf, "AC_FLAT")?)?;
-            flat.set(slot, &*compiled.ac_table(), 0)?;
+            flat.set(slot, compiled.ac_table(), 0)?;
         }
         // Recorders (their rings) and states the new set has, before it can use them.
         let old_objects = self.active_objects.clone();
