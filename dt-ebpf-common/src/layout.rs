@@ -90,7 +90,10 @@ pub struct Rule {
     /// Recorder slot + 1 of a drop, sample or rate_limit rule whose removed records are
     /// recorded (0: none).
     pub recorder: u8,
-    pub _pad1: u8,
+    /// One condition bit the rule needs, to turn it down with one test when a record lacks it:
+    /// the kind in the top two bits ([`FIRST_BODY`], [`FIRST_ATTRS`], [`FIRST_SERVICE`]; 0:
+    /// none), the bit in the low six ([`Rule::first_of`]).
+    pub first: u8,
     /// Bits of `body_contains` needles (Aho-Corasick outputs) that must be present.
     pub body: u64,
     /// Bits of `attributes` key=value pairs that must be present.
@@ -207,7 +210,27 @@ pub fn states_hold(states: u64, on: u64, off: u64) -> bool {
     states & on == on && states & off == 0
 }
 
+/// [`Rule::first`] kinds: which of a record's condition bits the bit is among.
+pub const FIRST_BODY: u8 = 1;
+pub const FIRST_ATTRS: u8 = 2;
+pub const FIRST_SERVICE: u8 = 3;
+
 impl Rule {
+    /// The [`Rule::first`] of a rule needing these bits: its lowest body bit, else attribute
+    /// bit, else service bit.
+    pub fn first_of(body: u64, attrs: u64, service: u64) -> u8 {
+        let pick = |kind: u8, bits: u64| kind << 6 | bits.trailing_zeros() as u8;
+        if body != 0 {
+            pick(FIRST_BODY, body)
+        } else if attrs != 0 {
+            pick(FIRST_ATTRS, attrs)
+        } else if service != 0 {
+            pick(FIRST_SERVICE, service)
+        } else {
+            0
+        }
+    }
+
     /// Whether this OTLP rule matches a record with SeverityNumber `sev` and these condition
     /// bits, with the states `states` on. The uprobe hook's rules match the same way
     /// ([`crate::uprobe::ProbeRule::matches`]).
@@ -239,7 +262,7 @@ impl RuleSet {
             sev_hi: 0,
             flags: 0,
             recorder: 0,
-            _pad1: 0,
+            first: 0,
             body: 0,
             attrs: 0,
             service: 0,

@@ -402,6 +402,7 @@ impl<'d> Compiler<'d> {
                     state_on,
                     state_off,
                     trigger,
+                    first: Rule::first_of(body, attrs, service),
                     ..Rule::default()
                 });
                 self.push_compiled(def, hook, slot);

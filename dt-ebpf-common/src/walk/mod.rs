@@ -37,10 +37,11 @@ use plan::{redact_attrs_step, redact_bodies_step};
 
 use crate::{
     AC_OUT, ACTION_DROP, ACTION_RATE_LIMIT, ACTION_REDACT, ACTION_SAMPLE, ACTION_TRIGGER, AcTable,
-    MAX_AC_STATES, MAX_ATTR_KEY_LEN, MAX_ATTR_VALUE_LEN, MAX_EDITS, MAX_FIXES, MAX_MASKS,
-    MAX_RECORD_BODIES, MAX_RECORD_REDACT_RULES, MAX_RECORD_REDACTS, MAX_RULES, MAX_SERVICE_LEN,
-    NEED_ATTRS, NEED_SCAN_SKIP, NEED_SERVICE, NEED_STATES, RULE_MASK_BODY, Rule, RuleSet,
-    SEV_OUT_OF_RANGE, STR_ATTR, STR_REDACT, STR_SERVICE, StrKey, key_len_bit,
+    FIRST_ATTRS, FIRST_BODY, FIRST_SERVICE, MAX_AC_STATES, MAX_ATTR_KEY_LEN, MAX_ATTR_VALUE_LEN,
+    MAX_EDITS, MAX_FIXES, MAX_MASKS, MAX_RECORD_BODIES, MAX_RECORD_REDACT_RULES,
+    MAX_RECORD_REDACTS, MAX_RULES, MAX_SERVICE_LEN, NEED_ATTRS, NEED_SCAN_SKIP, NEED_SERVICE,
+    NEED_STATES, RULE_MASK_BODY, Rule, RuleSet, SEV_OUT_OF_RANGE, STR_ATTR, STR_REDACT,
+    STR_SERVICE, StrKey, key_len_bit,
     wire::{CHUNK_BYTES, Error, Source, varint},
 };
 
@@ -332,6 +333,8 @@ pub struct Walk {
     pub redact_remove: u64,
     pub redact_rules: [u8; MAX_RECORD_REDACT_RULES],
 
+    /// The record's condition bits by [`Rule::first`] kind, for evaluation.
+    pub facts: [u64; 4],
     /// The states on when the record's evaluation began; the trigger rules it matched (their
     /// indexes), fired after the rules, and the mode to go on in after that.
     pub state_bits: u64,
