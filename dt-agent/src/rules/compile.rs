@@ -403,7 +403,6 @@ impl<'d> Compiler<'d> {
                     state_off,
                     trigger,
                     first: Rule::first_of(body, attrs, service),
-                    ..Rule::default()
                 });
                 self.push_compiled(def, hook, slot);
                 continue;
