@@ -423,3 +423,55 @@ fn check_files_applies_compile_limits() {
         )
     );
 }
+
+#[test]
+fn each_rule_names_one_bit_it_needs_and_the_rule_set_the_key_lengths_and_skippable_bytes() {
+    use dt_ebpf_common::{FIRST_ATTRS, FIRST_BODY, FIRST_SERVICE, NEED_SCAN_SKIP, key_len_bit};
+    let text = format!(
+        "{}{}{}{}{}",
+        rule_with_match("sev", "count", "severity = \">=ERROR\""),
+        rule_with_match("svc", "count", "service = \"checkout\""),
+        rule_with_match(
+            "attr",
+            "count",
+            "service = \"cart\"\nattributes = { \"http.route\" = \"/pay\" }"
+        ),
+        rule_with_match(
+            "body",
+            "count",
+            "body_contains = \"#oops\"\nattributes = { \"region\" = \"eu\" }"
+        ),
+        format!(
+            "{}remove_attributes = [\"secret.token\"]\n",
+            rule("redact", "redact")
+        ),
+    );
+    let c = compiled(&text);
+    let first: Vec<(u8, u8)> = c.ruleset.rules[..5]
+        .iter()
+        .map(|r| (r.first >> 6, r.first & 63))
+        .collect();
+    let rs = &c.ruleset;
+    let bit = |b: u64| b.trailing_zeros() as u8;
+    assert_eq!(first[0], (0, 0), "a severity rule needs no bit");
+    assert_eq!(first[1], (FIRST_SERVICE, bit(rs.rules[1].service)));
+    assert_eq!(first[2], (FIRST_ATTRS, bit(rs.rules[2].attrs)));
+    assert_eq!(first[3], (FIRST_BODY, bit(rs.rules[3].body)));
+    assert_eq!(first[4], (0, 0));
+    assert_eq!(
+        rs.attr_key_lens,
+        key_len_bit("http.route".len() as u32) | key_len_bit("region".len() as u32)
+    );
+    assert_eq!(rs.redact_key_lens, key_len_bit("secret.token".len() as u32));
+    // The only needle starts with '#': every other byte is skipped in the start state, and
+    // no needle starts with a letter, digit or space, so the skip is on.
+    assert_eq!(rs.ac_skip[(b'#' >> 6) as usize] >> (b'#' & 63) & 1, 0);
+    assert_eq!(rs.ac_skip[(b'a' >> 6) as usize] >> (b'a' & 63) & 1, 1);
+    assert_ne!(rs.needs & NEED_SCAN_SKIP, 0);
+    let c = compiled(&rule_with_match("w", "count", "body_contains = \"oops\""));
+    assert_eq!(
+        c.ruleset.needs & NEED_SCAN_SKIP,
+        0,
+        "a needle starting with a letter"
+    );
+}
