@@ -428,7 +428,7 @@ fn check_files_applies_compile_limits() {
 fn each_rule_names_one_bit_it_needs_and_the_rule_set_the_key_lengths_and_skippable_bytes() {
     use dt_ebpf_common::{FIRST_ATTRS, FIRST_BODY, FIRST_SERVICE, NEED_SCAN_SKIP, key_len_bit};
     let text = format!(
-        "{}{}{}{}{}",
+        "{}{}{}{}{}remove_attributes = [\"secret.token\"]\n",
         rule_with_match("sev", "count", "severity = \">=ERROR\""),
         rule_with_match("svc", "count", "service = \"checkout\""),
         rule_with_match(
@@ -441,10 +441,7 @@ fn each_rule_names_one_bit_it_needs_and_the_rule_set_the_key_lengths_and_skippab
             "count",
             "body_contains = \"#oops\"\nattributes = { \"region\" = \"eu\" }"
         ),
-        format!(
-            "{}remove_attributes = [\"secret.token\"]\n",
-            rule("redact", "redact")
-        ),
+        rule("redact", "redact"),
     );
     let c = compiled(&text);
     let first: Vec<(u8, u8)> = c.ruleset.rules[..5]
