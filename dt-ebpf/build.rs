@@ -11,4 +11,5 @@ fn main() {
     println!("cargo:rustc-link-arg-bins=--export=dt_fast_record");
     println!("cargo:rustc-link-arg-bins=--export=dt_fast_lookups");
     println!("cargo:rustc-link-arg-bins=--export=dt_scan_chunk");
+    println!("cargo:rustc-link-arg-bins=--export=dt_head_feed");
 }

@@ -200,7 +200,7 @@ extern "C" fn head_cb(i: u64, ctx: *mut c_void) -> i64 {
         let Some(b) = src.byte(off) else {
             return 1;
         };
-        if head.feed(off, b) == Feed::Done {
+        if dt_head_feed(head, off as u64, b as u64) != 0 {
             return 1;
         }
         k += 1;
@@ -1193,4 +1193,18 @@ pub extern "C" fn dt_scan_chunk(w: *mut walk::Walk, rs: *const RuleSet, slot: u6
     let (w, rs) = unsafe { (&mut *w, &*rs) };
     walk::scan_chunk(w, rs, t, n as u32);
     1
+}
+
+/// One byte of a request's head ([`http::Head::feed`]) as a global BPF function: the parser's
+/// many ways through a byte are checked once, on their own, not once for each byte of a
+/// `head_cb` chunk. 1 when the head is done (complete or bad).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn dt_head_feed(head: *mut http::Head, off: u64, b: u64) -> u64 {
+    if head.is_null() {
+        return 1;
+    }
+    // SAFETY: checked non-null: the socket's head parser (socket storage).
+    let head = unsafe { &mut *head };
+    (head.feed(off as u32, b as u8) == Feed::Done) as u64
 }
