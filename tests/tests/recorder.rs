@@ -832,3 +832,74 @@ severity = "<INFO"
         "flushed records differ from the exporter's bytes"
     );
 }
+
+/// The Python SDK (its OTLP/HTTP exporter, protobuf encoded with upb, Content-Length): what a
+/// drop rule records is what the exporter sent, record for record, in order and at the same
+/// encoded size; a flush egresses exactly those.
+#[test]
+fn python_sdk_exports_are_recorded_as_they_were_sent() {
+    let test = "python_sdk_exports_are_recorded_as_they_were_sent";
+    if !kernel_or_skip(test) || dt_tests::python_or_skip(test).is_none() {
+        return;
+    }
+    let receiver = Receiver::start_v4();
+    let text = r#"
+[[recorder]]
+name = "debug"
+size = "1MiB"
+
+[[rule]]
+name = "drop-debug"
+action = "drop"
+recorder = "debug"
+[rule.match]
+severity = "<INFO"
+"#;
+    let dir = TempRules::with_files(&[("p.toml", text)]);
+    let mut cfg = agent_config(&dir, &[receiver.port()]);
+    cfg.capture_endpoint = Some(receiver.logs_url());
+    let agent = start_agent_with(cfg);
+    let plan = ExportPlan::mixed(600, &["checkout", "payments"], 100);
+    let report = dt_tests::export_with_python(&receiver.logs_url(), &plan);
+    report.assert_all_ok(plan.total());
+    receiver.wait_for(report.batches_ok, WAIT);
+    // What the exporter sent below INFO, in export order: what the recorder must hold.
+    let want: Vec<_> = report
+        .sent
+        .iter()
+        .filter(|s| (1..=8).contains(&s.record.severity_number))
+        .collect();
+    assert!(want.len() > 100);
+    let s = stats_of(&agent);
+    assert_eq!(s.recorders[0].records, want.len() as u64);
+    assert_eq!(s.rules[0].dropped, want.len() as u64);
+    let before = receiver.requests().len();
+    let (requester, slots) = agent.flush_request(&["debug".into()]).unwrap();
+    assert_eq!(
+        requester.flush(slots).unwrap()[0].records,
+        want.len() as u64
+    );
+    let flushes = &receiver.requests()[before..];
+    let got: Vec<ReceivedRecord> = flushes.iter().flat_map(|r| r.records()).collect();
+    let sizes: Vec<u64> = flushes
+        .iter()
+        .flat_map(|r| raw_log_records(&r.body))
+        .map(|r| 1 + dt_tests::record::varint_len(r.len() as u64) + r.len() as u64)
+        .collect();
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        // The flush names the recorder as the scope; everything else is the record as sent.
+        assert_eq!(
+            (&g.service, g.severity_number, &g.body, &g.attributes),
+            (
+                &w.record.service,
+                w.record.severity_number,
+                &w.record.body,
+                &w.record.attributes
+            ),
+            "flushed record {i}"
+        );
+        assert_eq!(g.scope, "dt.recorder.debug");
+        assert_eq!(sizes[i], w.field_len, "flushed record {i}: encoded size");
+    }
+}
