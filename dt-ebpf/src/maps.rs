@@ -8,10 +8,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, SockHash},
 };
 use dt_ebpf_common::{
-    AcRow, AcTable, Control, HashEntry, HashKey, Held, MAX_AC_STATES, MAX_CONDS, MAX_HELD,
-    MAX_NAME_LEN, MAX_RECORDERS, MAX_SLOTS, MAX_STATES, NameEntry, NameKey, REBODY_SLOTS, Rebody,
-    RecConf, RecCounters, RecState, RingBlock, RuleCounters, RuleSet, SockState, StrKey, Totals,
-    TriggerState,
+    AcTable, Control, HashEntry, HashKey, Held, MAX_CONDS, MAX_HELD, MAX_NAME_LEN, MAX_RECORDERS,
+    MAX_SLOTS, MAX_STATES, NameEntry, NameKey, REBODY_SLOTS, Rebody, RecConf, RecCounters,
+    RecState, RingBlock, RuleCounters, RuleSet, SockState, StrKey, Totals, TriggerState,
 };
 
 /// The active rule set slot and generation, the rip cord, the size bound.
@@ -40,12 +39,8 @@ pub static STRINGS: HashMap<StrKey, u64> = HashMap::with_max_entries(4 * MAX_CON
 pub static ATTR_HASHES: HashMap<HashKey, HashEntry> =
     HashMap::with_max_entries(4 * MAX_CONDS as u32, 0);
 
-/// Aho-Corasick automata of both slots (`slot * MAX_AC_STATES + state`).
-#[map]
-pub static AC: Array<AcRow> = Array::with_max_entries(2 * MAX_AC_STATES, 0);
-
-/// The same automata flattened, one entry a slot: what the OTLP walk's body scan reads (the
-/// uprobe hook reads `AC`).
+/// The Aho-Corasick automata of both slots, flattened, one entry a slot: what the OTLP walk's
+/// body scan and the uprobe hook's message scan read.
 #[map]
 pub static AC_FLAT: Array<AcTable> = Array::with_max_entries(2, 0);
 

@@ -32,7 +32,7 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use dt_ebpf_common::{
-    ACTION_CAPTURE, ACTION_DROP, ACTION_TRIGGER, MAX_AC_STATES, MAX_CONDS,
+    AC_OUT, ACTION_CAPTURE, ACTION_DROP, ACTION_TRIGGER, MAX_AC_STATES, MAX_CONDS,
     uprobe::{
         ARG_NONE, COMM_LEN, CommKey, ENTRY_STATIC_SERVICE, EV_FROM_ARG, EV_TRUNCATED,
         EV_UNREADABLE, MAX_FAMILY, MAX_PROBE_ENTRIES, MAX_PROBE_RULES, MAX_PROBES, MAX_SEV_PAIRS,
@@ -43,7 +43,7 @@ use dt_ebpf_common::{
 
 use crate::{
     dynamic,
-    maps::{AC, CONTROL, RULE_COUNTERS, STATE_SCRATCH},
+    maps::{AC_FLAT, CONTROL, RULE_COUNTERS, STATE_SCRATCH},
 };
 
 /// The uprobe rules of both rule set slots.
@@ -400,7 +400,7 @@ fn read_message(entry: &ProbeEntry, args: &Args, ev: &mut ProbeEvent) {
 #[repr(C)]
 struct ScanCtx {
     ev: *const ProbeEvent,
-    base: u32,
+    slot: u32,
     state: u32,
     len: u32,
     _pad: u32,
@@ -409,25 +409,26 @@ struct ScanCtx {
 
 extern "C" fn scan_cb(i: u64, ctx: *mut c_void) -> i64 {
     let c = unsafe { &mut *(ctx as *mut ScanCtx) };
-    if i >= c.len as u64 || c.state >= MAX_AC_STATES {
+    if i >= c.len as u64 {
         return 1;
     }
-    let Some(row) = AC.get(c.base + c.state) else {
+    let Some(t) = AC_FLAT.get(c.slot) else {
         return 1;
     };
-    let b = unsafe { (*c.ev).msg[(i as usize) & (PROBE_MSG_LEN - 1)] };
-    c.bits |= row.out;
-    c.state = row.next[b as usize] as u32;
+    let b = unsafe { (*c.ev).msg[(i as usize) & (PROBE_MSG_LEN - 1)] } as u32;
+    let next = t.next[((c.state << 8 | b) & (MAX_AC_STATES * 256 - 1)) as usize];
+    c.state = (next & !AC_OUT) as u32;
+    c.bits |= t.out[(c.state & (MAX_AC_STATES - 1)) as usize];
     0
 }
 
-/// The `body_contains` bits of the message: the slot's automaton, as the OTLP walker runs it
-/// over a string body.
+/// The `body_contains` bits of the message: the slot's automaton (flattened, as the OTLP walk's
+/// body scan reads it), the bits of every state it passes through.
 #[inline(always)]
 fn body_bits(ev: &ProbeEvent, slot: u32) -> u64 {
     let mut c = ScanCtx {
         ev,
-        base: slot * MAX_AC_STATES,
+        slot,
         state: 0,
         len: ev.msg_len as u32,
         _pad: 0,
@@ -440,11 +441,6 @@ fn body_bits(ev: &ProbeEvent, slot: u32) -> u64 {
             ptr::from_mut(&mut c).cast(),
             0,
         );
-    }
-    if c.state < MAX_AC_STATES
-        && let Some(row) = AC.get(c.base + c.state)
-    {
-        c.bits |= row.out;
     }
     c.bits
 }

@@ -22,14 +22,13 @@ use aya::{
 use crate::sys::link_update;
 
 /// Every map of the OTLP hook (all pinned in pinned mode).
-pub const MAPS: [&str; 15] = [
+pub const MAPS: [&str; 14] = [
     "CONTROL",
     "PORTS",
     "SOCKS",
     "RULESETS",
     "STRINGS",
     "ATTR_HASHES",
-    "AC",
     "AC_FLAT",
     "SAMPLES",
     "RATES",

@@ -6,8 +6,8 @@ use std::{collections::BTreeMap, thread, time::Duration};
 
 use aya::maps::{Array, HashMap};
 use dt_ebpf_common::{
-    AcRow, AcTable, Control, HashEntry, HashKey, MAX_AC_STATES, MAX_NAME_LEN, NameEntry, NameKey,
-    RuleSet, STR_ATTR, STR_REDACT, StrKey,
+    AcTable, Control, HashEntry, HashKey, MAX_NAME_LEN, NameEntry, NameKey, RuleSet, STR_ATTR,
+    STR_REDACT, StrKey,
 };
 
 use super::{Agent, KnownRule, map};
@@ -78,10 +78,6 @@ impl Agent {
             }
         }
         {
-            let mut ac: Array<_, AcRow> = Array::try_from(map(&mut self.ebpf, "AC")?)?;
-            for (i, row) in compiled.ac.iter().enumerate() {
-                ac.set(slot * MAX_AC_STATES + i as u32, row, 0)?;
-            }
             let mut flat: Array<_, AcTable> = Array::try_from(map(&mut self.ebpf, "AC_FLAT")?)?;
             flat.set(slot, compiled.ac_table(), 0)?;
         }
