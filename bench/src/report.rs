@@ -64,6 +64,7 @@ pub struct Summary {
     pub dt_msg_ns_per_run: Option<Stat>,
     pub dt_msg_ns_per_record: Option<Stat>,
     pub steps_per_record: Option<Stat>,
+    pub whole_share: Option<Stat>,
     pub notes: Vec<String>,
 }
 
@@ -120,6 +121,7 @@ pub fn summarize(runs: &[RunResult], sizes: &[usize], scenarios: &[Scenario]) ->
                 dt_msg_ns_per_run: stat_of(&rs, |r| r.dt_msg_ns_per_run),
                 dt_msg_ns_per_record: stat_of(&rs, |r| r.dt_msg_ns_per_record),
                 steps_per_record: stat_of(&rs, |r| r.steps_per_record),
+                whole_share: stat_of(&rs, |r| r.whole_share),
                 notes: rs
                     .iter()
                     .flat_map(|r| {
@@ -409,11 +411,11 @@ pub fn markdown(
         "\n### CPU seconds (user/sys) over the {:.1} s window, and the sk_msg program (bpf_stats): median\n\n",
         o.duration
     );
-    s += "| rec/req | scenario | sender | sink | agent | proxy | sink reads/request | TCP segments/request | dt_msg runs/request | dt_msg ns/run | dt_msg ns/record (min–max) | walk steps/record |\n";
-    s += "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    s += "| rec/req | scenario | sender | sink | agent | proxy | sink reads/request | TCP segments/request | dt_msg runs/request | dt_msg ns/run | dt_msg ns/record (min–max) | walk steps/record | records taken whole |\n";
+    s += "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for x in sums {
         s += &format!(
-            "| {} | ({}) {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | ({}) {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             x.size,
             x.scenario,
             x.label,
@@ -427,6 +429,7 @@ pub fn markdown(
             med(x.dt_msg_ns_per_run, n0),
             with_range(x.dt_msg_ns_per_record, n1),
             med(x.steps_per_record, |v| format!("{v:.1}")),
+            med(x.whole_share, |v| format!("{:.0}%", v * 100.0)),
         );
     }
     s += "\n### Ratios (per round, then median (min–max) over the rounds)\n\n";

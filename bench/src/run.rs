@@ -211,6 +211,9 @@ pub struct RunResult {
     /// The walk's steps per record walked (`totals.walk_steps / totals.records`, since the
     /// agent started).
     pub steps_per_record: Option<f64>,
+    /// The share of the records walked that the walk took whole, its fast path
+    /// (`totals.fast_records / totals.records`, since the agent started).
+    pub whole_share: Option<f64>,
     /// `dt-agent stats --json` totals at the end of the run (since the agent started).
     pub agent_totals: Option<serde_json::Value>,
     pub proxy_records_in: Option<u64>,
@@ -549,6 +552,11 @@ impl Bench {
                 let steps = t["walk_steps"].as_u64()?;
                 let records = t["records"].as_u64().filter(|&r| r > 0)?;
                 Some(steps as f64 / records as f64)
+            }),
+            whole_share: agent_totals.as_ref().and_then(|t| {
+                let whole = t["fast_records"].as_u64()?;
+                let records = t["records"].as_u64().filter(|&r| r > 0)?;
+                Some(whole as f64 / records as f64)
             }),
             progs,
             agent_totals,
