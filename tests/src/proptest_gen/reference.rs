@@ -183,12 +183,18 @@ pub fn evaluate(
                         // The final string is the last string_value field of the body fields.
                         *s = "*".repeat(s.len());
                         assert!(n > 0, "generator: a string body without string fields");
-                        edits.mask.insert(Mark::BodyString(i as u32, n - 1));
-                        for k in 0..n - 1 {
+                        // An empty string has nothing to mask: dt plans no mask for it.
+                        let lens = &sizes[i].body_string_lens;
+                        let nonempty = |k: u32| lens.get(k as usize).is_some_and(|&l| l > 0);
+                        if nonempty(n - 1) {
+                            edits.mask.insert(Mark::BodyString(i as u32, n - 1));
+                        }
+                        for k in (0..n - 1).filter(|&k| nonempty(k)) {
                             edits.either.insert(Mark::BodyString(i as u32, k));
                         }
                     } else {
-                        for k in 0..n {
+                        let lens = &sizes[i].body_string_lens;
+                        for k in (0..n).filter(|&k| lens.get(k as usize).is_some_and(|&l| l > 0)) {
                             edits.either.insert(Mark::BodyString(i as u32, k));
                         }
                     }
@@ -375,6 +381,7 @@ mod tests {
                 field_len: 4,
                 attr_field_lens: vec![],
                 body_strings: 0,
+                body_string_lens: vec![],
             })
             .collect()
     }

@@ -431,6 +431,7 @@ pub fn mark_request(req: &mut [Field]) -> Vec<RecordSizes> {
                 rec.mark = Some(Mark::Record(r));
                 let mut attrs = Vec::new();
                 let mut body_strings = 0u32;
+                let mut body_string_lens = Vec::new();
                 if let Some(fields) = rec.fields_mut() {
                     for f in fields.iter_mut() {
                         match f.num {
@@ -443,6 +444,10 @@ pub fn mark_request(req: &mut [Field]) -> Vec<RecordSizes> {
                                     for s in any.iter_mut().filter(|s| s.num == 1) {
                                         s.mark = Some(Mark::BodyString(r, body_strings));
                                         body_strings += 1;
+                                        body_string_lens.push(match &s.val {
+                                            Val::Bytes { data, .. } => data.len() as u64,
+                                            _ => 0,
+                                        });
                                     }
                                 }
                             }
@@ -454,6 +459,7 @@ pub fn mark_request(req: &mut [Field]) -> Vec<RecordSizes> {
                     field_len: field_len(rec) as u64,
                     attr_field_lens: attrs,
                     body_strings,
+                    body_string_lens,
                 });
             }
         }
@@ -470,6 +476,9 @@ pub struct RecordSizes {
     pub attr_field_lens: Vec<u64>,
     /// How many `string_value` fields the record's `body` fields hold.
     pub body_strings: u32,
+    /// The length of each of those strings: masking an empty one changes nothing, and dt
+    /// plans nothing for it.
+    pub body_string_lens: Vec<u64>,
 }
 
 /// How deep messages nest in `fields` (a request's top-level fields: the request is depth 0),
