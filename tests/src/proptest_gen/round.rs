@@ -57,6 +57,10 @@ pub struct Expect {
     pub logs: Option<ExportLogsServiceRequest>,
     /// The receiver's answer: 200, or 400 when the body does not decode.
     pub status: u16,
+    /// When the [`Either`] ranges masked (as dt masks every string of a masked body) decide
+    /// whether the body decodes (invalid UTF-8 inside one of them): the other answer and what
+    /// the receiver then decodes.
+    pub alt: Option<(u16, Option<ExportLogsServiceRequest>)>,
     pub records: u64,
     pub records_dropped: u64,
     /// Per record: the rule that dropped it.
@@ -303,6 +307,7 @@ fn passthrough_case(
             passthrough: Some(reason),
             logs: None,
             status,
+            alt: None,
             records: 0,
             records_dropped: 0,
             dropped_by: Vec::new(),
@@ -369,6 +374,14 @@ fn valid_case(
     // What the receiver decodes: the edited request, unless a string in it is not UTF-8 (then
     // it answers 400; the bytes are still checked exactly).
     let decodes = ExportLogsServiceRequest::decode(&exp_body[..]).is_ok();
+    // With every "either" range masked, the body may decode where it did not (or the other way).
+    let mut masked = exp_body.clone();
+    for e in &either {
+        masked[e.off..e.off + e.original.len()].fill(b'*');
+    }
+    let masked_decoded = ExportLogsServiceRequest::decode(&masked[..]).ok();
+    let alt = (masked_decoded.is_some() != decodes)
+        .then(|| (if decodes { 400 } else { 200 }, masked_decoded));
     let request = http_request(&head, &body, chunking.as_ref());
     let mut heads = vec![head.render(&exp_body.len().to_string())];
     let width = body.len().to_string().len();
@@ -401,6 +414,7 @@ fn valid_case(
             passthrough: None,
             logs: decodes.then_some(out.expected),
             status: if decodes { 200 } else { 400 },
+            alt,
             records: out.records,
             records_dropped: out.records_dropped,
             dropped_by: out.dropped_by,
