@@ -381,7 +381,7 @@ fn valid_case(
     }
     let masked_decoded = ExportLogsServiceRequest::decode(&masked[..]).ok();
     let alt = (masked_decoded.is_some() != decodes)
-        .then(|| (if decodes { 400 } else { 200 }, masked_decoded));
+        .then_some((if decodes { 400 } else { 200 }, masked_decoded));
     let request = http_request(&head, &body, chunking.as_ref());
     let mut heads = vec![head.render(&exp_body.len().to_string())];
     let width = body.len().to_string().len();
