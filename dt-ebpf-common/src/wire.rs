@@ -60,21 +60,7 @@ pub trait Source {
     /// could not be read. The kernel overrides this with one helper call.
     #[inline(always)]
     fn copy_chunk(&mut self, off: u32, len: u32, dst: &mut [u8; CHUNK_BYTES]) -> bool {
-        if len > CHUNK_BYTES as u32 || !self.ensure(off, len) {
-            return false;
-        }
-        let mut i = 0u32;
-        while i < CHUNK_BYTES as u32 {
-            if i >= len {
-                break;
-            }
-            let Some(b) = self.byte(off + i) else {
-                return false;
-            };
-            dst[i as usize] = b;
-            i += 1;
-        }
-        true
+        copy_bytes(self, off, len, dst)
     }
 
     /// Copies the `len` (at most [`RECORD_BYTES`]) bytes at `off` into `dst[..len]`: a
@@ -82,22 +68,33 @@ pub trait Source {
     /// kernel overrides this with one helper call.
     #[inline(always)]
     fn copy_record(&mut self, off: u32, len: u32, dst: &mut [u8; RECORD_BYTES]) -> bool {
-        if len > RECORD_BYTES as u32 || !self.ensure(off, len) {
-            return false;
-        }
-        let mut i = 0u32;
-        while i < RECORD_BYTES as u32 {
-            if i >= len {
-                break;
-            }
-            let Some(b) = self.byte(off + i) else {
-                return false;
-            };
-            dst[i as usize] = b;
-            i += 1;
-        }
-        true
+        copy_bytes(self, off, len, dst)
     }
+}
+
+/// The `len` (at most `N`) bytes at `off` into `dst[..len]`, a byte at a time.
+#[inline(always)]
+fn copy_bytes<S: Source + ?Sized, const N: usize>(
+    s: &mut S,
+    off: u32,
+    len: u32,
+    dst: &mut [u8; N],
+) -> bool {
+    if len > N as u32 || !s.ensure(off, len) {
+        return false;
+    }
+    let mut i = 0u32;
+    while i < N as u32 {
+        if i >= len {
+            break;
+        }
+        let Some(b) = s.byte(off + i) else {
+            return false;
+        };
+        dst[i as usize] = b;
+        i += 1;
+    }
+    true
 }
 
 /// Bytes of a record the fast path copies at once ([`Source::copy_record`]).

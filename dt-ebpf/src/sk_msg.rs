@@ -812,6 +812,30 @@ impl Window {
         unsafe { &mut *ptr::addr_of_mut!((*self.st).win) }
     }
 
+    /// Copies the `len` (1 to `N`) bytes at `off` into `dst` with one helper call, from the
+    /// window (pulled to start at `off` if they are not in it).
+    #[inline(always)]
+    fn copy_out<const N: usize>(&mut self, off: u32, len: u32, dst: &mut [u8; N]) -> bool {
+        if len > N as u32 || !self.ensure(off, len) {
+            return false;
+        }
+        let msg = self.msg;
+        let s = self.state();
+        let start = s.start;
+        if off < start || off + len > s.end {
+            return false;
+        }
+        let data = unsafe { (*msg).__bindgen_anon_1.data } as usize;
+        let data_end = unsafe { (*msg).__bindgen_anon_2.data_end } as usize;
+        let p = data + ((off - start) & (WINDOW - 1)) as usize;
+        if p + len as usize > data_end {
+            return false;
+        }
+        let ret =
+            unsafe { bpf_probe_read_kernel(dst.as_mut_ptr().cast(), len, p as *const c_void) };
+        ret == 0
+    }
+
     /// Makes `off..off + len` (len <= MASK_CHUNK) directly accessible, exactly.
     #[inline(always)]
     fn reach(&mut self, off: u32, len: u32) -> bool {
@@ -905,51 +929,13 @@ impl Source for Window {
 
     #[inline(always)]
     fn copy_chunk(&mut self, off: u32, len: u32, dst: &mut [u8; CHUNK_BYTES]) -> bool {
-        if len > CHUNK_BYTES as u32 || !self.ensure(off, len) {
-            return false;
-        }
-        let msg = self.msg;
-        let s = self.state();
-        let start = s.start;
-        if off < start || off + len > s.end {
-            return false;
-        }
-        let data = unsafe { (*msg).__bindgen_anon_1.data } as usize;
-        let data_end = unsafe { (*msg).__bindgen_anon_2.data_end } as usize;
-        let p = data + ((off - start) & (WINDOW - 1)) as usize;
-        if p + len as usize > data_end {
-            return false;
-        }
-        // One copy out of the packet window.
-        let ret =
-            unsafe { bpf_probe_read_kernel(dst.as_mut_ptr().cast(), len, p as *const c_void) };
-        ret == 0
+        self.copy_out(off, len, dst)
     }
 
     #[inline(always)]
     fn copy_record(&mut self, off: u32, len: u32, dst: &mut [u8; RECORD_BYTES]) -> bool {
-        if len == 0 {
-            return true;
-        }
-        if len > RECORD_BYTES as u32 || !self.ensure(off, len) {
-            return false;
-        }
-        let msg = self.msg;
-        let s = self.state();
-        let start = s.start;
-        if off < start || off + len > s.end {
-            return false;
-        }
-        let data = unsafe { (*msg).__bindgen_anon_1.data } as usize;
-        let data_end = unsafe { (*msg).__bindgen_anon_2.data_end } as usize;
-        let p = data + ((off - start) & (WINDOW - 1)) as usize;
-        if p + len as usize > data_end {
-            return false;
-        }
-        // One copy out of the packet window.
-        let ret =
-            unsafe { bpf_probe_read_kernel(dst.as_mut_ptr().cast(), len, p as *const c_void) };
-        ret == 0
+        // An empty record has nothing to copy (and a copy of 0 bytes is refused).
+        len == 0 || self.copy_out(off, len, dst)
     }
 
     #[inline(always)]

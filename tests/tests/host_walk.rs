@@ -5,8 +5,9 @@
 use std::path::PathBuf;
 
 use dt_agent::rules::{Compiled, Diagnostic, HostEnv, SlotTable, compile, load_sources};
-use dt_ebpf_common::walk::{Editor, Walk, apply_start, apply_step, run};
+use dt_ebpf_common::walk::{Walk, apply_start, apply_step, run};
 use dt_ebpf_common::wire::SliceSource;
+use dt_tests::host_walk::VecEditor;
 use dt_tests::model::{Action, End, Facts, RuleSpec, evaluate_record, rules_toml};
 use dt_tests::record::log_record_field_len;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -295,25 +296,6 @@ fn encode_shuffled(request: &ExportLogsServiceRequest, rng: &mut Rng) -> Vec<u8>
         out.extend(inner);
     }
     out
-}
-
-/// Applies the walk's edits to a copy of the request bytes.
-struct VecEditor(Vec<u8>);
-
-impl Editor for VecEditor {
-    fn pop(&mut self, off: u32, len: u32) -> bool {
-        let (off, len) = (off as usize, len as usize);
-        self.0.drain(off..off + len);
-        true
-    }
-
-    fn reach(&mut self, off: u32, len: u32) -> bool {
-        (off as usize + len as usize) <= self.0.len()
-    }
-
-    fn put(&mut self, off: u32, b: u8) {
-        self.0[off as usize] = b;
-    }
 }
 
 /// Walks `bytes` with `compiled`; returns the walk and the edited bytes.
