@@ -17,6 +17,10 @@ pub struct RuleStats {
     /// Trigger rules: their firings (a firing stands even if its request passed through).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fired: Option<u64>,
+    /// Count rules with `group_by`: matches by group value (with `__other__` and
+    /// `__missing__`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 /// Whole-path counters.

@@ -5,7 +5,7 @@
 //! whenever a map's type, key, value or size changes.
 
 /// Version of everything in this module. Part of the pin path, and stored in [`Control`].
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Rules in one rule set.
 pub const MAX_RULES: usize = 128;
@@ -24,6 +24,8 @@ pub const MAX_ATTR_KEY_LEN: usize = 64;
 pub const MAX_ATTR_VALUE_LEN: usize = 128;
 /// Longest `service` value in a rule.
 pub const MAX_SERVICE_LEN: usize = 128;
+/// Longest `event_name` value in a rule (and the longest record event name that can match).
+pub const MAX_EVENT_LEN: usize = 128;
 /// Bytes of a [`StrKey`]: an attribute key followed by its value, or a service name.
 pub const STR_KEY_BYTES: usize = MAX_ATTR_KEY_LEN + MAX_ATTR_VALUE_LEN;
 /// Rule names are stored in the pinned name→slot table up to this length.
@@ -94,9 +96,16 @@ pub struct Rule {
     /// the kind in the top two bits ([`FIRST_BODY`], [`FIRST_ATTRS`], [`FIRST_SERVICE`]; 0:
     /// none), the bit in the low six ([`Rule::first_of`]).
     pub first: u8,
+    /// A count rule's `group_by` ([`GROUP_SERVICE`] ...; 0: none), for `attributes.KEY` the
+    /// key's index among the set's group keys, and its `max_groups`.
+    pub group: u8,
+    pub group_key: u8,
+    pub max_groups: u16,
+    pub _pad_group: u32,
     /// Bits of `body_contains` needles (Aho-Corasick outputs) that must be present.
     pub body: u64,
-    /// Bits of `attributes` key=value pairs that must be present.
+    /// Bits of `attributes` key=value pairs (of any value type) and `event_name` values that
+    /// must be present.
     pub attrs: u64,
     /// Bits of `service` values that must match.
     pub service: u64,
@@ -168,6 +177,8 @@ pub struct RuleSet {
     /// Bytes that leave the body automaton in its start state (bit `b` of word `b >> 6`): the
     /// scan skips them there with one bit test each.
     pub ac_skip: [u64; 4],
+    /// The lengths of the attribute keys `group_by` names (bit `len & 63`).
+    pub group_key_lens: u64,
     pub rules: [Rule; MAX_RULES],
 }
 
@@ -190,6 +201,106 @@ pub const NEED_RECORD: u32 = 8;
 /// no needle begins with an ASCII letter, digit or space, bytes that fill most text, where a
 /// test a byte would cost more than it saves.
 pub const NEED_SCAN_SKIP: u32 = 16;
+/// Some rule matches on `event_name` (its bits are among the `attrs` bits).
+pub const NEED_EVENT: u32 = 32;
+/// Some count rule has a `group_by`.
+pub const NEED_GROUPS: u32 = 64;
+
+/// [`Rule::group`]: what a count rule counts its matches by.
+pub const GROUP_SERVICE: u8 = 1;
+pub const GROUP_SEVERITY: u8 = 2;
+pub const GROUP_EVENT: u8 = 3;
+pub const GROUP_ATTR: u8 = 4;
+/// Distinct `attributes.KEY` of `group_by` in one rule set, and rules with a `group_by`.
+pub const MAX_GROUP_KEYS: usize = 8;
+pub const MAX_GROUP_RULES: usize = 8;
+/// Bytes of a group value kept; a longer value is cut to them (and shown with "…").
+pub const MAX_GROUP_VALUE: usize = 64;
+/// Grouped matches one request may carry (one note each, counted when it commits); more pass
+/// the request through (`edit_limit`).
+pub const MAX_GROUP_NOTES: usize = 4096;
+/// Entries of the `GROUPS` map, over every rule; a new value that finds it full counts under
+/// `__other__`.
+pub const MAX_GROUP_ENTRIES: u32 = 16384;
+
+/// [`GroupKey::kind`]: what the group value is.
+pub const GV_STRING: u8 = 1;
+/// An int64, its 8 bytes little-endian.
+pub const GV_INT: u8 = 2;
+/// A bool, one byte.
+pub const GV_BOOL: u8 = 3;
+/// A severity level, one byte: 0 UNSPECIFIED, 1 TRACE .. 6 FATAL.
+pub const GV_LEVEL: u8 = 4;
+/// `__missing__`: the record has no such value.
+pub const GV_MISSING: u8 = 5;
+/// `__other__`: past `max_groups`, or a value of another type.
+pub const GV_OTHER: u8 = 6;
+// (In `GROUPS` keys, ints and bools are [`GV_STRING`]s of their text, so that the int 503 and
+// the string "503" are one group, as they are shown.)
+
+/// One grouped match of a request, counted when the request commits: rule `rule` (index in the
+/// set) matched a record whose group value is of `kind` ([`GV_STRING`]: the `b` bytes at
+/// message offset `a`; [`GV_INT`]: `b << 32 | a`; [`GV_BOOL`], [`GV_LEVEL`]: `a`).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct GroupNote {
+    pub a: u32,
+    pub b: u32,
+    pub rule: u8,
+    pub kind: u8,
+    pub _pad: u16,
+}
+
+/// The grouped matches of the request being walked, in socket storage (`GROUP_NOTES`) next to
+/// its [`SockState`].
+#[derive(Copy, Clone)]
+#[repr(C)]
+pub struct GroupNotes {
+    pub n: u32,
+    pub _pad: u32,
+    /// Scratch: the `GROUPS` key being counted.
+    pub key: GroupKey,
+    pub notes: [GroupNote; MAX_GROUP_NOTES],
+}
+
+/// Key of the `GROUPS` map: a grouped rule's counter slot and a group value (value: the
+/// matches counted under it, added to atomically).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct GroupKey {
+    pub slot: u32,
+    pub kind: u8,
+    /// Bytes of `bytes` in use.
+    pub len: u8,
+    /// 1 when the value was longer than [`MAX_GROUP_VALUE`] and cut.
+    pub cut: u8,
+    pub _pad: u8,
+    pub bytes: [u8; MAX_GROUP_VALUE],
+}
+
+impl GroupKey {
+    pub const fn special(slot: u32, kind: u8) -> GroupKey {
+        GroupKey {
+            slot,
+            kind,
+            len: 0,
+            cut: 0,
+            _pad: 0,
+            bytes: [0; MAX_GROUP_VALUE],
+        }
+    }
+}
+
+/// The severity level (0 UNSPECIFIED, 1 TRACE .. 6 FATAL) of a SeverityNumber as the walk keeps
+/// it (out-of-range numbers are [`SEV_OUT_OF_RANGE`]).
+#[inline(always)]
+pub fn severity_level(sev: u32) -> u32 {
+    if (1..=24).contains(&sev) {
+        (sev - 1) / 4 + 1
+    } else {
+        0
+    }
+}
 
 /// Whether `sev` is within a rule's severity range `lo..=hi` (`0..=255`: no condition).
 #[inline(always)]
@@ -255,6 +366,7 @@ impl RuleSet {
         attr_key_lens: 0,
         redact_key_lens: 0,
         ac_skip: [0; 4],
+        group_key_lens: 0,
         rules: [Rule {
             slot: 0,
             action: 0,
@@ -263,6 +375,10 @@ impl RuleSet {
             flags: 0,
             recorder: 0,
             first: 0,
+            group: 0,
+            group_key: 0,
+            max_groups: 0,
+            _pad_group: 0,
             body: 0,
             attrs: 0,
             service: 0,
@@ -376,6 +492,23 @@ pub const STR_ATTR: u8 = 2;
 /// An attribute name alone (klen = its length, vlen = 0) → bits of the redact rules' removal
 /// names it equals.
 pub const STR_REDACT: u8 = 3;
+/// An attribute key and an `int_value` (the value: its 8 bytes, little-endian).
+pub const STR_ATTR_INT: u8 = 4;
+/// An attribute key and a `bool_value` (the value: one byte, 0 or 1).
+pub const STR_ATTR_BOOL: u8 = 5;
+/// A record's `event_name` (klen 0, the value: its bytes). Its bits are `attrs` bits.
+pub const STR_EVENT: u8 = 6;
+/// An attribute name alone → bits of the `group_by` keys (indexes) it equals.
+pub const STR_GROUP: u8 = 7;
+
+/// Whether strings of `kind` are also in `ATTR_HASHES`, for the record fast path's lookups:
+/// attribute pairs of every value type, and removal names.
+pub fn hashed_kind(kind: u8) -> bool {
+    matches!(
+        kind,
+        STR_ATTR | STR_ATTR_INT | STR_ATTR_BOOL | STR_REDACT | STR_GROUP
+    )
+}
 
 impl StrKey {
     pub const ZERO: StrKey = StrKey {
@@ -828,4 +961,6 @@ mod pod {
     unsafe impl aya::Pod for RecCounters {}
     unsafe impl aya::Pod for RecConf {}
     unsafe impl aya::Pod for RingBlock {}
+    unsafe impl aya::Pod for GroupKey {}
+    unsafe impl aya::Pod for GroupNotes {}
 }

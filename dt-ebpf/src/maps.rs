@@ -8,9 +8,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, SockHash},
 };
 use dt_ebpf_common::{
-    AcTable, Control, HashEntry, HashKey, Held, MAX_CONDS, MAX_HELD, MAX_NAME_LEN, MAX_RECORDERS,
-    MAX_SLOTS, MAX_STATES, NameEntry, NameKey, REBODY_SLOTS, Rebody, RecConf, RecCounters,
-    RecState, RingBlock, RuleCounters, RuleSet, SockState, StrKey, Totals, TriggerState,
+    AcTable, Control, GroupKey, GroupNotes, HashEntry, HashKey, Held, MAX_CONDS, MAX_GROUP_ENTRIES,
+    MAX_HELD, MAX_NAME_LEN, MAX_RECORDERS, MAX_SLOTS, MAX_STATES, NameEntry, NameKey, REBODY_SLOTS,
+    Rebody, RecConf, RecCounters, RecState, RingBlock, RuleCounters, RuleSet, SockState, StrKey,
+    Totals, TriggerState,
 };
 
 /// The active rule set slot and generation, the rip cord, the size bound.
@@ -31,13 +32,27 @@ pub static RULESETS: Array<RuleSet> = Array::with_max_entries(2, 0);
 
 /// Service names and attribute pairs of both slots → condition bits.
 #[map]
-pub static STRINGS: HashMap<StrKey, u64> = HashMap::with_max_entries(4 * MAX_CONDS as u32, 0);
+pub static STRINGS: HashMap<StrKey, u64> = HashMap::with_max_entries(8 * MAX_CONDS as u32, 0);
 
 /// Attribute pairs and redacted attribute names of both slots by their hash, for the record
 /// fast path (`HashEntry::of` each `STRINGS` entry of those kinds).
 #[map]
 pub static ATTR_HASHES: HashMap<HashKey, HashEntry> =
-    HashMap::with_max_entries(4 * MAX_CONDS as u32, 0);
+    HashMap::with_max_entries(8 * MAX_CONDS as u32, 0);
+
+/// Grouped counters: a grouped count rule's counter slot and a group value → its matches
+/// (see `sk_msg/groups.rs`).
+#[map]
+pub static GROUPS: HashMap<GroupKey, u64> = HashMap::with_max_entries(MAX_GROUP_ENTRIES, 0);
+
+/// Distinct values counted in `GROUPS` of each grouped rule, by counter slot (its
+/// `max_groups` bounds them).
+#[map]
+pub static GROUP_COUNT: Array<u64> = Array::with_max_entries(MAX_SLOTS, 0);
+
+/// The grouped matches of the request being walked on a connection.
+#[btf_map]
+pub static GROUP_NOTES: SkStorage<GroupNotes> = SkStorage::new();
 
 /// The Aho-Corasick automata of both slots, flattened, one entry a slot: what the OTLP walk's
 /// body scan and the uprobe hook's message scan read.

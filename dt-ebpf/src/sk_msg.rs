@@ -31,10 +31,10 @@ use aya_ebpf::{
     programs::SkMsgContext,
 };
 use dt_ebpf_common::{
-    AcTable, Control, HashEntry, HashKey, Held, MAX_EDITS, MAX_FIXES, MAX_HEAD_LEN, MAX_MASKS,
-    MAX_REQUEST_CEILING, MAX_RULES, N_PASSTHROUGH, NEED_RECORD, PHASE_CHUNKED, PHASE_CORKED,
-    PHASE_HEAD, PHASE_IDLE, PHASE_UNTRACKED, Passthrough, RuleSet, STR_KEY_BYTES, SockState,
-    StrKey, Totals, Trigger, WinState,
+    AcTable, Control, GroupNote, GroupNotes, HashEntry, HashKey, Held, MAX_EDITS, MAX_FIXES,
+    MAX_GROUP_NOTES, MAX_HEAD_LEN, MAX_MASKS, MAX_REQUEST_CEILING, MAX_RULES, N_PASSTHROUGH,
+    NEED_GROUPS, NEED_RECORD, PHASE_CHUNKED, PHASE_CORKED, PHASE_HEAD, PHASE_IDLE, PHASE_UNTRACKED,
+    Passthrough, RuleSet, STR_KEY_BYTES, SockState, StrKey, Totals, Trigger, WinState,
     chunked::{self, Scan},
     decide,
     http::{self, Feed},
@@ -42,6 +42,7 @@ use dt_ebpf_common::{
     wire::{CHUNK_BYTES, Error, RECORD_BYTES, Source},
 };
 
+mod groups;
 mod rechunk;
 mod record;
 
@@ -596,11 +597,14 @@ fn walk_request_inner(msg: *mut sk_msg_md, st: &mut SockState, totals: &mut Tota
     st.walk
         .start(st.body_start, st.body_end, st.cl_off, st.cl_digits);
     st.walk.cl_hex = st.cl_hex;
+    if rs.needs & NEED_GROUPS != 0 && groups::notes_of(msg, true).is_null() {
+        return pass(totals, Passthrough::Other, total);
+    }
     let st_ptr: *mut SockState = st;
     let mut wc = WalkCtx {
         st: st_ptr,
         src: Window::new(msg, st_ptr, total),
-        env: KernelEnv { rs, slot },
+        env: KernelEnv { rs, slot, msg },
     };
     // Several chunks: walked rewritten as one chunk, their bytes as sent kept in a buffer.
     let r = rechunk::prepare(msg, st_ptr);
@@ -615,6 +619,18 @@ fn walk_request_inner(msg: *mut sk_msg_md, st: &mut SockState, totals: &mut Tota
             ptr::from_mut(&mut wc).cast(),
             0,
         );
+    }
+    // A request of several chunks that the walk leaves unchanged gets its bytes as sent back
+    // in `conclude`: its grouped matches are counted before, while the walk's offsets still
+    // hold (the copy back does not fail once the walk is done).
+    let unchanged_multi = unsafe {
+        (*st_ptr).multi != 0
+            && (*st_ptr).walk.outcome == WALK_DONE
+            && (*st_ptr).walk.n_edits == 0
+            && (*st_ptr).walk.n_masks == 0
+    };
+    if unchanged_multi && slot_generation(rs) == generation {
+        groups::count(msg, st_ptr, rs, unsafe { (*st_ptr).total });
     }
     let outcome = rechunk::conclude(msg, st_ptr, rs);
     if outcome != WALK_DONE as i64 {
@@ -647,10 +663,12 @@ fn walk_request_inner(msg: *mut sk_msg_md, st: &mut SockState, totals: &mut Tota
                 );
             }
         }
-        // Recorders keep what the rules remove, before the pops do.
+        // Recorders keep what the rules remove, and grouped counters count what the rules
+        // matched, before the pops change the request.
         if rs.needs & NEED_RECORD != 0 && unsafe { (*st_ptr).walk.records_dropped } > 0 {
             record::record(msg, st_ptr, rs, now);
         }
+        groups::count(msg, st_ptr, rs, now);
         walk::apply_start(unsafe { &mut (*st_ptr).walk });
         unsafe {
             bpf_loop(
@@ -660,6 +678,8 @@ fn walk_request_inner(msg: *mut sk_msg_md, st: &mut SockState, totals: &mut Tota
                 0,
             );
         }
+    } else if !unchanged_multi {
+        groups::count(msg, st_ptr, rs, now);
     }
     let w = unsafe { &(*st_ptr).walk };
     commit(rs, w, totals);
@@ -994,6 +1014,10 @@ impl Editor for Window {
 struct KernelEnv {
     rs: &'static RuleSet,
     slot: u32,
+    /// The message: its socket holds the grouped-match notes. (The notes' pointer is not kept
+    /// here: a context that holds a pointer on one way and null on another has the verifier
+    /// check the whole walk twice.)
+    msg: *mut sk_msg_md,
 }
 
 impl Env for KernelEnv {
@@ -1056,6 +1080,12 @@ impl Env for KernelEnv {
     #[inline(always)]
     fn fast_lookups(&mut self, w: &mut walk::Walk) {
         dt_fast_lookups(w, self.rs, self.slot as u64);
+    }
+
+    #[inline(always)]
+    fn group_notes(&mut self, w: &mut walk::Walk) -> bool {
+        let notes = groups::notes_of(self.msg, false);
+        !notes.is_null() && dt_group_notes(w, self.rs, notes) != 0
     }
 
     #[inline(always)]
@@ -1128,6 +1158,40 @@ impl walk::Hashes for KernelHashes {
     }
 }
 
+/// The notes of a record's grouped matches ([`walk::note_groups`]) as a global BPF function,
+/// checked once on its own.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn dt_group_notes(
+    w: *mut walk::Walk,
+    rs: *const RuleSet,
+    notes: *mut GroupNotes,
+) -> u64 {
+    if w.is_null() || rs.is_null() || notes.is_null() {
+        return 0;
+    }
+    let (w, rs) = unsafe { (&*w, &*rs) };
+    walk::note_groups(w, rs, &mut NoteSink(notes)) as u64
+}
+
+struct NoteSink(*mut GroupNotes);
+
+impl walk::GroupSink for NoteSink {
+    #[inline(always)]
+    fn push(&mut self, note: &GroupNote) -> bool {
+        let p = self.0;
+        let n = unsafe { (*p).n } as usize;
+        if n >= MAX_GROUP_NOTES {
+            return false;
+        }
+        unsafe {
+            (*p).notes[n % MAX_GROUP_NOTES] = *note;
+            (*p).n = n as u32 + 1;
+        }
+        true
+    }
+}
+
 /// The record fast path's lookups ([`walk::fast_lookups`]) as a global BPF function, checked
 /// once on its own: one noted attribute a `bpf_loop` iteration (each hashes and compares up to
 /// 192 bytes).
@@ -1140,7 +1204,7 @@ pub extern "C" fn dt_fast_lookups(w: *mut walk::Walk, rs: *const RuleSet, slot: 
     let mut c = LookCtx { w, rs, slot };
     unsafe {
         bpf_loop(
-            walk::MAX_FAST_LOOKS as u32,
+            walk::FAST_LOOKUP_STEPS as u32,
             lookup_cb as *mut c_void,
             ptr::from_mut(&mut c).cast(),
             0,

@@ -67,6 +67,13 @@ pub fn stats(s: &Stats) -> String {
             "{:<32} {:<10} {:<hw$} {:>12} {:>12} {:>12} {:>14} {:>10}",
             name, r.action, r.hook, r.matched, r.kept, r.dropped, r.dropped_bytes, r.redacted
         );
+        // Grouped counts under their rule, largest first.
+        let mut groups: Vec<_> = r.groups.iter().flatten().filter(|(_, n)| **n > 0).collect();
+        groups.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        for (group, n) in groups {
+            let label = format!("  {group}");
+            let _ = writeln!(out, "{label:<32} {:<10} {:<hw$} {n:>12}", "", "");
+        }
     }
     let t = &s.totals;
     let _ = writeln!(

@@ -310,6 +310,15 @@ pub(crate) const FIRED: Family = counter(
     "Firings of the trigger rule.",
 );
 
+/// Matches of count rules with `group_by`, by group value: labelled like the rule families
+/// and `group`. A rule's series add up to its `dt_rule_matched_total`.
+pub(crate) const GROUP_MATCHED: Family = counter(
+    "dt_rule_group_matched_total",
+    "dt.rule.group.matched",
+    "{record}",
+    "Log records the grouped count rule matched, by group value (__other__: past max_groups; __missing__: no value).",
+);
+
 /// States, labelled `state`: 1 while on.
 pub(crate) const STATE_ON: Family = gauge(
     "dt_state_on",
@@ -370,6 +379,18 @@ pub(crate) fn families(stats: &Stats) -> Vec<(&'static Family, Vec<Sample>)> {
         })
         .collect();
     out.push((&FIRED, fired));
+    let grouped = stats
+        .rules
+        .iter()
+        .flat_map(|r| {
+            r.groups.iter().flatten().map(|(group, n)| {
+                let mut labels = rule_labels(r);
+                labels.push(("group", group.clone()));
+                Sample { labels, value: *n }
+            })
+        })
+        .collect();
+    out.push((&GROUP_MATCHED, grouped));
     for (family, value) in &RECORDER_FAMILIES {
         let samples = stats
             .recorders
@@ -439,6 +460,7 @@ pub(crate) mod testdata {
             dropped_bytes: base + 4,
             redacted: base + 5,
             fired: None,
+            groups: None,
         };
         let passthrough: BTreeMap<String, u64> = [
             "compressed",
@@ -467,6 +489,14 @@ pub(crate) mod testdata {
                 RuleStats {
                     fired: Some(3),
                     ..rule("on-error", "trigger", "otlp", true, 50)
+                },
+                RuleStats {
+                    groups: Some(
+                        [("503".to_string(), 4), ("__other__".to_string(), 1)]
+                            .into_iter()
+                            .collect(),
+                    ),
+                    ..rule("by-code", "count", "otlp", true, 5)
                 },
             ],
             totals: TotalStats {

@@ -22,7 +22,7 @@ use aya::{
 use crate::sys::link_update;
 
 /// Every map of the OTLP hook (all pinned in pinned mode).
-pub const MAPS: [&str; 14] = [
+pub const MAPS: [&str; 17] = [
     "CONTROL",
     "PORTS",
     "SOCKS",
@@ -37,6 +37,9 @@ pub const MAPS: [&str; 14] = [
     "NAMES",
     "SOCK_STATE",
     "HELD",
+    "GROUPS",
+    "GROUP_COUNT",
+    "GROUP_NOTES",
 ];
 /// The pinned sock_ops cgroup link.
 pub const SOCKOPS_LINK: &str = "sockops_link";

@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
-use dt_ebpf_common::{Control, Held, Passthrough, RuleCounters, Totals};
+use dt_ebpf_common::{
+    Control, GV_BOOL, GV_INT, GV_LEVEL, GV_MISSING, GV_STRING, GroupKey, Held, Passthrough,
+    RuleCounters, Totals,
+};
 
 use super::{Agent, KnownRule, map, map_ref};
 use crate::{
@@ -21,6 +24,8 @@ impl Agent {
             PerCpuArray::try_from(map_ref(&self.ebpf, "RULE_COUNTERS")?)?;
         let totals: PerCpuArray<_, Totals> = PerCpuArray::try_from(map_ref(&self.ebpf, "TOTALS")?)?;
         let mut stats = build_stats(&control, &counters, &totals, &self.known)?;
+        let groups: HashMap<_, GroupKey, u64> = HashMap::try_from(map_ref(&self.ebpf, "GROUPS")?)?;
+        add_groups(&mut stats, &groups, &self.known);
         stats.uprobes = self.probes.stats(&self.ebpf);
         add_objects(&mut stats, &self.objects, &self.active_objects, &self.known);
         Ok(stats)
@@ -59,6 +64,64 @@ impl Agent {
             in_flight: t.corked.saturating_sub(t.uncorked),
             held: list,
         })
+    }
+}
+
+/// The grouped counters of the rules in `stats` (`GROUPS`), by group value.
+pub(super) fn add_groups<G: std::borrow::Borrow<MapData>>(
+    stats: &mut Stats,
+    groups: &HashMap<G, GroupKey, u64>,
+    known: &BTreeMap<u16, KnownRule>,
+) {
+    let mut by_slot: BTreeMap<u16, BTreeMap<String, u64>> = BTreeMap::new();
+    for (k, n) in groups.iter().filter_map(Result::ok) {
+        *by_slot
+            .entry(k.slot as u16)
+            .or_default()
+            .entry(group_label(&k))
+            .or_default() += n;
+    }
+    for (slot, groups) in by_slot {
+        if let Some(r) = known.get(&slot)
+            && let Some(rs) = stats.rules.iter_mut().find(|s| s.name == r.name)
+        {
+            rs.groups = Some(groups);
+        }
+    }
+}
+
+/// How a group value is shown: a string as is (bytes that are not UTF-8 as U+FFFD, a cut one
+/// ending in "…"), an int in decimal, a bool, a severity level's name.
+pub fn group_label(k: &GroupKey) -> String {
+    let bytes = &k.bytes[..(k.len as usize).min(k.bytes.len())];
+    match k.kind {
+        GV_STRING => {
+            let mut s = String::from_utf8_lossy(bytes).into_owned();
+            if k.cut != 0 {
+                s.push('…');
+            }
+            s
+        }
+        GV_INT => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&k.bytes[..8]);
+            i64::from_le_bytes(b).to_string()
+        }
+        GV_BOOL => (k.bytes[0] != 0).to_string(),
+        GV_LEVEL => [
+            "UNSPECIFIED",
+            "TRACE",
+            "DEBUG",
+            "INFO",
+            "WARN",
+            "ERROR",
+            "FATAL",
+        ]
+        .get(k.bytes[0] as usize)
+        .unwrap_or(&"UNSPECIFIED")
+        .to_string(),
+        GV_MISSING => "__missing__".into(),
+        _ => "__other__".into(),
     }
 }
 
@@ -122,6 +185,7 @@ where
             dropped_bytes: sum.dropped_bytes,
             redacted: sum.redacted,
             fired: None,
+            groups: None,
         });
     }
     // Active rules first, in slot order (the order names were first seen).

@@ -6,8 +6,8 @@ use std::{collections::BTreeMap, thread, time::Duration};
 
 use aya::maps::{Array, HashMap};
 use dt_ebpf_common::{
-    AcTable, Control, HashEntry, HashKey, MAX_NAME_LEN, NameEntry, NameKey, RuleSet, STR_ATTR,
-    STR_REDACT, StrKey,
+    AcTable, Control, GV_MISSING, GV_OTHER, GroupKey, HashEntry, HashKey, MAX_NAME_LEN, NameEntry,
+    NameKey, RuleSet, StrKey, hashed_kind,
 };
 
 use super::{Agent, KnownRule, map};
@@ -68,7 +68,7 @@ impl Agent {
                 hashes.remove(&k)?;
             }
             for (key, bits) in &compiled.strings {
-                if key.kind != STR_ATTR && key.kind != STR_REDACT {
+                if !hashed_kind(key.kind) {
                     continue;
                 }
                 let mut key = *key;
@@ -84,6 +84,20 @@ impl Agent {
         // Recorders (their rings) and states the new set has, before it can use them.
         let old_objects = self.active_objects.clone();
         self.objects.prepare(compiled, &old_objects)?;
+        // Grouped rules count under `__other__` and `__missing__`: their entries exist before
+        // the set can count into them, so they are never lost to a full map.
+        {
+            let mut groups: HashMap<_, GroupKey, u64> =
+                HashMap::try_from(map(&mut self.ebpf, "GROUPS")?)?;
+            for r in compiled.rules.iter().filter(|r| r.group_by.is_some()) {
+                for kind in [GV_OTHER, GV_MISSING] {
+                    let k = GroupKey::special(r.slot as u32, kind);
+                    if groups.get(&k, 0).is_err() {
+                        groups.insert(k, 0, 0)?;
+                    }
+                }
+            }
+        }
         let mut rs = compiled.ruleset;
         rs.generation = generation;
         let mut rulesets: Array<_, RuleSet> = Array::try_from(map(&mut self.ebpf, "RULESETS")?)?;

@@ -39,6 +39,9 @@ pub fn pinned_stats(root: &Path) -> anyhow::Result<Stats> {
         PerCpuArray::try_from(pinned_map(&dir, "TOTALS", Map::PerCpuArray)?)?;
     let (_, known) = read_names(&dir)?;
     let mut stats = build_stats(&control, &counters, &totals, &known)?;
+    let groups: aya::maps::HashMap<_, dt_ebpf_common::GroupKey, u64> =
+        aya::maps::HashMap::try_from(pinned_map(&dir, "GROUPS", Map::HashMap)?)?;
+    super::counters::add_groups(&mut stats, &groups, &known);
     stats.uprobes = hooks::uprobe::pinned_stats(&dir);
     let objects = super::Objects::from_pins(&dir)?;
     let names = objects.read_names();

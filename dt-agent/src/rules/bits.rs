@@ -5,9 +5,11 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
+use super::model::AttrValue;
+
 use dt_ebpf_common::{
-    MAX_CONDS, NEED_ATTRS, NEED_RECORD, NEED_SERVICE, NEED_STATES, Rule, STR_ATTR, STR_REDACT,
-    STR_SERVICE, StrKey,
+    MAX_CONDS, NEED_ATTRS, NEED_RECORD, NEED_SERVICE, NEED_STATES, Rule, STR_ATTR, STR_ATTR_BOOL,
+    STR_ATTR_INT, STR_EVENT, STR_GROUP, STR_REDACT, STR_SERVICE, StrKey,
 };
 
 /// Distinct values of one condition kind, each with its bit (in order of first use).
@@ -95,14 +97,44 @@ pub(super) fn remove_key(name: &str) -> StrKey {
     key
 }
 
-/// The `STRINGS` key of an attribute pair (key and value within their limits).
-pub(super) fn attribute_key(name: &str, value: &str) -> StrKey {
+/// An attribute pair or an event name of some rule's match: one bit of the `attrs` word.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Cond<'d> {
+    Attr(&'d str, &'d AttrValue),
+    Event(&'d str),
+}
+
+/// The `STRINGS` key of an attribute pair (key and value within their limits): a string's
+/// bytes, an int's 8 bytes little-endian or a bool's one byte, each under its own kind, so
+/// that values of different types never meet.
+pub(super) fn attribute_key(name: &str, value: &AttrValue) -> StrKey {
     let mut key = StrKey::ZERO;
-    key.kind = STR_ATTR;
+    let (kind, bytes) = match value {
+        AttrValue::Str(s) => (STR_ATTR, s.as_bytes().to_vec()),
+        AttrValue::Int(i) => (STR_ATTR_INT, i.to_le_bytes().to_vec()),
+        AttrValue::Bool(b) => (STR_ATTR_BOOL, vec![*b as u8]),
+    };
+    key.kind = kind;
     key.klen = name.len() as u8;
-    key.vlen = value.len() as u32;
+    key.vlen = bytes.len() as u32;
     let (k, v) = key.bytes.split_at_mut(name.len());
     k.copy_from_slice(name.as_bytes());
-    v[..value.len()].copy_from_slice(value.as_bytes());
+    v[..bytes.len()].copy_from_slice(&bytes);
+    key
+}
+
+/// The `STRINGS` key of a `group_by` attribute key (its bits: the key's index).
+pub(super) fn group_key(name: &str) -> StrKey {
+    let mut key = remove_key(name);
+    key.kind = STR_GROUP;
+    key
+}
+
+/// The `STRINGS` key of an event name (within its limit).
+pub(super) fn event_key(name: &str) -> StrKey {
+    let mut key = StrKey::ZERO;
+    key.kind = STR_EVENT;
+    key.vlen = name.len() as u32;
+    key.bytes[..name.len()].copy_from_slice(name.as_bytes());
     key
 }

@@ -12,16 +12,22 @@ use dt_ebpf_common::uprobe::{
     COMM_LEN, MAX_PROBE_RULES, MAX_PROBES, PRS_BODY, PRS_CAPTURE, ProbeRule, ProbeRuleSet,
 };
 use dt_ebpf_common::{
-    AcRow, AcTable, MAX_AC_STATES, MAX_ATTR_KEY_LEN, MAX_ATTR_VALUE_LEN, MAX_NEEDLE_LEN, MAX_RATE,
-    MAX_RECORDERS, MAX_RULES, MAX_SERVICE_LEN, MAX_SLOTS, MAX_STATES, NEED_SCAN_SKIP,
-    RULE_MASK_BODY, Rule, RuleSet, StrKey, Trigger, key_len_bit,
+    AcRow, AcTable, GROUP_ATTR, GROUP_EVENT, GROUP_SERVICE, GROUP_SEVERITY, MAX_AC_STATES,
+    MAX_ATTR_KEY_LEN, MAX_ATTR_VALUE_LEN, MAX_EVENT_LEN, MAX_GROUP_KEYS, MAX_GROUP_RULES,
+    MAX_NEEDLE_LEN, MAX_RATE, MAX_RECORDERS, MAX_RULES, MAX_SERVICE_LEN, MAX_SLOTS, MAX_STATES,
+    NEED_EVENT, NEED_GROUPS, NEED_SCAN_SKIP, RULE_MASK_BODY, Rule, RuleSet, StrKey, Trigger,
+    key_len_bit,
 };
 
 use super::ac::{AcBuilder, TooManyStates};
-use super::bits::{CondBits, TooManyConds, attribute_key, needs, remove_key, service_key};
+use super::bits::{
+    Cond, CondBits, TooManyConds, attribute_key, event_key, group_key, needs, remove_key,
+    service_key,
+};
 use super::diag::{Diagnostic, Pos};
 use super::model::{
-    Action, ActionKind, At, Hook, ProbeDef, RecorderDef, RuleDef, RuleSource, StateDef,
+    Action, ActionKind, At, AttrValue, GroupBy, Hook, ProbeDef, RecorderDef, RuleDef, RuleSource,
+    StateDef,
 };
 use super::slots::{ObjectSlots, SlotTable};
 
@@ -37,6 +43,8 @@ pub struct CompiledRule {
     pub line: usize,
     /// Its counter slot.
     pub slot: u16,
+    /// A count rule's `group_by` (as written) and `max_groups`.
+    pub group_by: Option<(String, u32)>,
 }
 
 /// A compiled rule set: everything the kernel needs to evaluate it.
@@ -228,6 +236,8 @@ enum Limit {
     Attributes,
     Services,
     RemoveKeys,
+    GroupRules,
+    GroupKeys,
     ProbeRules,
     Probes,
 }
@@ -238,10 +248,14 @@ struct Compiler<'d> {
     kernel_rules: Vec<Rule>,
     needles: CondBits<&'d str>,
     automaton: AcBuilder,
-    attributes: CondBits<(&'d str, &'d str)>,
+    /// Attribute pairs and event names: their bits share the rules' `attrs` word.
+    attributes: CondBits<Cond<'d>>,
     services: CondBits<&'d str>,
     /// Attribute names that redact rules remove.
     remove_keys: CondBits<&'d str>,
+    /// Attribute keys `group_by` names, and the rules with a `group_by`.
+    group_keys: CondBits<&'d str>,
+    grouped: usize,
     probe_rules: Vec<ProbeRule>,
     probes: Vec<&'d ProbeDef>,
     drops: Vec<HookUse>,
@@ -261,9 +275,11 @@ impl<'d> Compiler<'d> {
             kernel_rules: Vec::new(),
             needles: CondBits::new("body_contains values"),
             automaton: AcBuilder::new(),
-            attributes: CondBits::new("attribute key = value pairs"),
+            attributes: CondBits::new("attribute key = value pairs and event_name values"),
             services: CondBits::new("service values"),
             remove_keys: CondBits::new("remove_attributes names"),
+            group_keys: CondBits::new("group_by attribute keys"),
+            grouped: 0,
             probe_rules: Vec::new(),
             probes: Vec::new(),
             drops: Vec::new(),
@@ -366,6 +382,7 @@ impl<'d> Compiler<'d> {
         let slot = self.slot(def);
         let severity = def.conditions.severity_range();
         let (state_on, state_off) = self.state_bits(def);
+        let (group, group_key) = self.group_encoding(def);
         let trigger = trigger_encoding(&def.action.value, &self.slots.objects);
         let recorder = def
             .recorder
@@ -403,6 +420,10 @@ impl<'d> Compiler<'d> {
                     state_off,
                     trigger,
                     first: Rule::first_of(body, attrs, service),
+                    group,
+                    group_key,
+                    max_groups: def.max_groups as u16,
+                    _pad_group: 0,
                 });
                 self.push_compiled(def, hook, slot);
                 continue;
@@ -453,6 +474,11 @@ impl<'d> Compiler<'d> {
             file: def.file.clone(),
             line: def.pos.line,
             slot,
+            group_by: def
+                .group_by
+                .as_ref()
+                .filter(|_| matches!(hook, Hook::Otlp))
+                .map(|g| (g.value.text(), def.max_groups)),
         });
     }
 
@@ -552,22 +578,66 @@ impl<'d> Compiler<'d> {
         let mut bits = 0;
         for (key, value) in &def.conditions.attributes {
             let key_ok = self.length_ok(def, key, "attribute key", MAX_ATTR_KEY_LEN, false);
-            let value_ok = self.length_ok(def, value, "attribute value", MAX_ATTR_VALUE_LEN, true);
+            let value_ok = match &value.value {
+                AttrValue::Str(v) => {
+                    let v = At::new(v.clone(), value.pos);
+                    self.length_ok(def, &v, "attribute value", MAX_ATTR_VALUE_LEN, true)
+                }
+                AttrValue::Int(_) | AttrValue::Bool(_) => true,
+            };
             if !(key_ok && value_ok) {
                 continue;
             }
-            match self
-                .attributes
-                .bit(&(key.value.as_str(), value.value.as_str()))
-            {
-                Ok((bit, _)) => bits |= 1 << bit,
-                Err(TooManyConds) => {
-                    let message = self.attributes.limit_message();
-                    self.limit(def, key.pos, Limit::Attributes, message);
-                }
-            }
+            bits |= self.cond_bit(def, key.pos, Cond::Attr(key.value.as_str(), &value.value));
+        }
+        if let Some(event) = &def.conditions.event_name
+            && self.length_ok(def, event, "event_name", MAX_EVENT_LEN, false)
+        {
+            bits |= self.cond_bit(def, event.pos, Cond::Event(event.value.as_str()));
         }
         bits
+    }
+
+    /// The bit of an attribute pair or event name (0 past the limit, reported).
+    fn cond_bit(&mut self, def: &RuleDef, pos: Pos, cond: Cond<'d>) -> u64 {
+        match self.attributes.bit(&cond) {
+            Ok((bit, _)) => 1 << bit,
+            Err(TooManyConds) => {
+                let message = self.attributes.limit_message();
+                self.limit(def, pos, Limit::Attributes, message);
+                0
+            }
+        }
+    }
+
+    /// A count rule's [`Rule::group`] and [`Rule::group_key`] (0, 0 without `group_by`).
+    fn group_encoding(&mut self, def: &'d RuleDef) -> (u8, u8) {
+        let Some(g) = &def.group_by else {
+            return (0, 0);
+        };
+        self.grouped += 1;
+        if self.grouped > MAX_GROUP_RULES {
+            let message = format!(
+                "too many rules with group_by: a rule set can have at most {MAX_GROUP_RULES}"
+            );
+            self.limit(def, g.pos, Limit::GroupRules, message);
+        }
+        match &g.value {
+            GroupBy::Service => (GROUP_SERVICE, 0),
+            GroupBy::Severity => (GROUP_SEVERITY, 0),
+            GroupBy::EventName => (GROUP_EVENT, 0),
+            GroupBy::Attribute(key) => match self.group_keys.bit(&key.as_str()) {
+                Ok((bit, _)) if (bit as usize) < MAX_GROUP_KEYS => (GROUP_ATTR, bit as u8),
+                _ => {
+                    let message = format!(
+                        "too many distinct group_by attribute keys: a rule set can use at most \
+                         {MAX_GROUP_KEYS}"
+                    );
+                    self.limit(def, g.pos, Limit::GroupKeys, message);
+                    (GROUP_ATTR, 0)
+                }
+            },
+        }
     }
 
     /// A redact rule's removal-name bits and flags.
@@ -626,10 +696,24 @@ impl<'d> Compiler<'d> {
         ruleset.ac_states = ac.len() as u32;
         ruleset.remove_keys = self.remove_keys.order.len() as u32;
         ruleset.needs = needs(&self.kernel_rules);
-        ruleset.attr_key_lens = self
+        ruleset.attr_key_lens = self.attributes.iter().fold(0, |b, (c, _)| match c {
+            Cond::Attr(k, _) => b | key_len_bit(k.len() as u32),
+            Cond::Event(_) => b,
+        });
+        if self
             .attributes
             .iter()
-            .fold(0, |b, ((k, _), _)| b | key_len_bit(k.len() as u32));
+            .any(|(c, _)| matches!(c, Cond::Event(_)))
+        {
+            ruleset.needs |= NEED_EVENT;
+        }
+        if self.kernel_rules.iter().any(|r| r.group != 0) {
+            ruleset.needs |= NEED_GROUPS;
+        }
+        ruleset.group_key_lens = self
+            .group_keys
+            .iter()
+            .fold(0, |b, (k, _)| b | key_len_bit(k.len() as u32));
         ruleset.redact_key_lens = self
             .remove_keys
             .iter()
@@ -657,10 +741,10 @@ impl<'d> Compiler<'d> {
         }
         ruleset.rules[..self.kernel_rules.len()].copy_from_slice(&self.kernel_rules);
         let services = self.services.iter().map(|(s, bits)| (service_key(s), bits));
-        let attributes = self
-            .attributes
-            .iter()
-            .map(|((k, v), bits)| (attribute_key(k, v), bits));
+        let attributes = self.attributes.iter().map(|(c, bits)| match c {
+            Cond::Attr(k, v) => (attribute_key(k, v), bits),
+            Cond::Event(e) => (event_key(e), bits),
+        });
         let mut uprobe = UprobeSet::empty();
         uprobe.rules.n_rules = self.probe_rules.len() as u32;
         uprobe.rules.states = self
@@ -710,6 +794,11 @@ impl<'d> Compiler<'d> {
                     self.remove_keys
                         .iter()
                         .map(|(name, bits)| (remove_key(name), bits)),
+                )
+                .chain(
+                    self.group_keys
+                        .iter()
+                        .map(|(name, bits)| (group_key(name), bits)),
                 )
                 .collect(),
             ac,

@@ -2,10 +2,10 @@
 
 use std::collections::HashMap;
 
-use dt_ebpf_common::walk::{Env, Hashes, Walk, fast_lookups};
+use dt_ebpf_common::walk::{Env, GroupSink, Hashes, Walk, fast_lookups, note_groups};
 use dt_ebpf_common::{
-    AcTable, HashEntry, HashKey, MAX_STATES, RuleSet, STR_ATTR, STR_KEY_BYTES, STR_REDACT, StrKey,
-    Trigger, TriggerState, decide,
+    AcTable, GroupNote, HashEntry, HashKey, MAX_GROUP_NOTES, MAX_STATES, RuleSet, STR_KEY_BYTES,
+    StrKey, Trigger, TriggerState, decide, hashed_kind,
 };
 
 use super::compile::Compiled;
@@ -36,6 +36,8 @@ pub struct HostEnv<'a> {
     /// slot.
     pub triggers: HashMap<u16, TriggerState>,
     pub flushes: HashMap<u32, u64>,
+    /// The grouped matches noted by the walks run with this environment, in order.
+    pub notes: Vec<GroupNote>,
 }
 
 impl<'a> HostEnv<'a> {
@@ -49,7 +51,7 @@ impl<'a> HostEnv<'a> {
             compiled
                 .strings
                 .iter()
-                .filter(|(key, _)| key.kind == STR_ATTR || key.kind == STR_REDACT)
+                .filter(|(key, _)| hashed_kind(key.kind))
                 .map(|(key, bits)| {
                     let (hk, he) = HashEntry::of(key, *bits);
                     ((hk.kind, hk.hash), he)
@@ -67,11 +69,25 @@ impl<'a> HostEnv<'a> {
             states: [0; MAX_STATES as usize],
             triggers: HashMap::new(),
             flushes: HashMap::new(),
+            notes: Vec::new(),
         }
     }
 
     fn now(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64 + 1
+    }
+}
+
+/// The notes of [`HostEnv`], bounded as the kernel's are.
+struct NoteSink<'n>(&'n mut Vec<GroupNote>);
+
+impl GroupSink for NoteSink<'_> {
+    fn push(&mut self, note: &GroupNote) -> bool {
+        if self.0.len() >= MAX_GROUP_NOTES {
+            return false;
+        }
+        self.0.push(*note);
+        true
     }
 }
 
@@ -85,6 +101,10 @@ impl Hashes for HostHashes {
 }
 
 impl Env for HostEnv<'_> {
+    fn group_notes(&mut self, w: &mut Walk) -> bool {
+        note_groups(w, &self.compiled.ruleset, &mut NoteSink(&mut self.notes))
+    }
+
     fn fast_lookups(&mut self, w: &mut Walk) {
         fast_lookups(w, &self.compiled.ruleset, 0, &mut self.hashes);
     }

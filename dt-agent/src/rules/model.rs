@@ -46,6 +46,43 @@ pub struct RuleDef {
     pub conditions: Match,
     /// The `[[recorder]]` the records a drop, sample or rate_limit rule removes are kept in.
     pub recorder: Option<At<String>>,
+    /// A count rule's `group_by`, with its `max_groups` (default [`DEFAULT_MAX_GROUPS`]).
+    pub group_by: Option<At<GroupBy>>,
+    pub max_groups: u32,
+}
+
+/// What a count rule counts its matches by.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum GroupBy {
+    Service,
+    Severity,
+    EventName,
+    /// `attributes.KEY`: the value of the record's attribute KEY.
+    Attribute(String),
+}
+
+/// `max_groups` when left out, and its largest value.
+pub const DEFAULT_MAX_GROUPS: u32 = 64;
+pub const MAX_MAX_GROUPS: u32 = 1024;
+
+impl GroupBy {
+    /// The `group_by` value as written.
+    pub fn text(&self) -> String {
+        match self {
+            GroupBy::Service => "service".into(),
+            GroupBy::Severity => "severity".into(),
+            GroupBy::EventName => "event_name".into(),
+            GroupBy::Attribute(k) => format!("attributes.{k}"),
+        }
+    }
+}
+
+/// A typed `attributes` value: it matches an attribute value of its own type only.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AttrValue {
+    Str(String),
+    Int(i64),
+    Bool(bool),
 }
 
 /// A whole rule set as read from its files: rules in evaluation order, recorders and states.
@@ -395,8 +432,11 @@ pub struct Match {
     pub service: Option<At<String>>,
     /// The record's string body contains these bytes (non-empty).
     pub body_contains: Option<At<String>>,
-    /// String attributes of the record: key (non-empty) equals value. Keys are distinct.
-    pub attributes: Vec<(At<String>, At<String>)>,
+    /// Attributes of the record: key (non-empty) equals value, of the value's type. Keys are
+    /// distinct.
+    pub attributes: Vec<(At<String>, At<AttrValue>)>,
+    /// The record's `event_name` equals this (non-empty).
+    pub event_name: Option<At<String>>,
     /// A state that must be on (`"NAME"`, false) or off (`"!NAME"`, true).
     pub state: Option<(At<String>, bool)>,
 }

@@ -14,6 +14,7 @@ pub(super) fn evaluate<E: Env>(w: &mut Walk, env: &mut E) -> Result<(), Error> {
     set(&mut w.redact_mask, 0);
     set(&mut w.n_fire, 0);
     set(&mut w.fired, 0);
+    set(&mut w.n_grp_hits, 0);
     let which = env.rules().states;
     if env.rules().needs & NEED_STATES != 0 {
         env.states(which, &mut w.state_bits);
@@ -67,6 +68,8 @@ pub(super) fn evaluate<E: Env>(w: &mut Walk, env: &mut E) -> Result<(), Error> {
                 note_redact(w, i, r)?;
             } else if action == ACTION_TRIGGER {
                 note_fire(w, i);
+            } else if r.group != 0 {
+                note_group(w, i);
             }
         }
         i += 1;
@@ -89,15 +92,106 @@ pub(super) fn evaluate<E: Env>(w: &mut Walk, env: &mut E) -> Result<(), Error> {
     then_fire(w)
 }
 
-/// Goes through [`MODE_FIRE`] first when trigger rules matched.
+/// Goes through [`MODE_GROUP`] first when grouped count rules matched, and before that through
+/// [`MODE_FIRE`] when trigger rules did.
 #[inline(always)]
 fn then_fire(w: &mut Walk) -> Result<(), Error> {
+    // SAFETY: a plain load of a field of `w`.
+    if unsafe { core::ptr::read_volatile(&w.n_grp_hits) } > 0 {
+        w.after_group = w.mode;
+        w.mode = MODE_GROUP;
+    }
     // SAFETY: a plain load of a field of `w`.
     if unsafe { core::ptr::read_volatile(&w.n_fire) } > 0 {
         w.after_fire = w.mode;
         w.mode = MODE_FIRE;
     }
     Ok(())
+}
+
+/// Notes that grouped count rule `i` matched the record (through memory, as [`note_redact`]).
+#[inline(always)]
+fn note_group(w: &mut Walk, i: usize) {
+    // SAFETY: plain loads and stores of fields of `w`.
+    unsafe {
+        use core::ptr::{read_volatile as get, write_volatile as set};
+        let k = get(&w.n_grp_hits) as usize;
+        // The agent refuses more grouped rules than there are places.
+        if k < MAX_GROUP_RULES {
+            set(&mut w.grp_hits[k], i as u8);
+            set(&mut w.n_grp_hits, k as u32 + 1);
+        }
+    }
+}
+
+/// [`MODE_GROUP`]: notes the record's grouped matches ([`note_groups`]; the kernel runs it
+/// as a global function), then goes on in the mode evaluation chose.
+#[inline(always)]
+pub(super) fn group_step<E: Env>(w: &mut Walk, env: &mut E) -> Result<(), Error> {
+    if !env.group_notes(w) {
+        return Err(Error::EditLimit);
+    }
+    w.n_grp_hits = 0;
+    w.mode = w.after_group;
+    Ok(())
+}
+
+/// Where [`note_groups`] keeps the notes.
+pub trait GroupSink {
+    /// `false` when the request has no room for another note.
+    fn push(&mut self, note: &GroupNote) -> bool;
+}
+
+/// Notes each grouped count rule the record just evaluated matched (in rule order) with its
+/// group value, to count when the request commits; `false` when the request has too many.
+#[inline(always)]
+pub fn note_groups<G: GroupSink>(w: &Walk, rs: &RuleSet, sink: &mut G) -> bool {
+    let n = w.n_grp_hits as usize;
+    let mut k = 0;
+    while k < MAX_GROUP_RULES {
+        if k >= n {
+            break;
+        }
+        let i = w.grp_hits[k] as usize % MAX_RULES;
+        let r = &rs.rules[i];
+        if !sink.push(&group_value(w, i as u8, r.group, r.group_key)) {
+            return false;
+        }
+        k += 1;
+    }
+    true
+}
+
+/// The group value of the record just evaluated for rule `rule`'s `group_by`.
+#[inline(always)]
+fn group_value(w: &Walk, rule: u8, group: u8, key: u8) -> GroupNote {
+    let note = |kind: u8, a: u32, b: u32| GroupNote {
+        a,
+        b,
+        rule,
+        kind,
+        _pad: 0,
+    };
+    let missing = note(GV_MISSING, 0, 0);
+    match group {
+        GROUP_SERVICE if w.svc_set != 0 => note(GV_STRING, w.svc_off, w.svc_len),
+        GROUP_SEVERITY => note(GV_LEVEL, severity_level(w.sev), 0),
+        GROUP_EVENT if w.ev_set != 0 && w.ev_len > 0 => note(GV_STRING, w.ev_off, w.ev_len),
+        GROUP_ATTR => {
+            let g = key as usize % MAX_GROUP_KEYS;
+            if w.grp_seen >> g & 1 == 0 {
+                return missing;
+            }
+            let v = w.grp[g];
+            match v.kind {
+                V_STRING => note(GV_STRING, v.off, v.len),
+                V_INT => note(GV_INT, v.num as u32, (v.num >> 32) as u32),
+                V_BOOL => note(GV_BOOL, v.num as u32, 0),
+                _ => note(GV_OTHER, 0, 0),
+            }
+        }
+        _ => missing,
+    }
 }
 
 /// Notes that trigger rule `i` matched the record (through memory, as [`note_redact`]).

@@ -11,8 +11,8 @@
 //! host tests run both on every request they make).
 
 use super::fields::{
-    WT_I32, WT_I64, WT_LEN, WT_VARINT, attr_looked_up, end_record, known_wire_type,
-    redact_looked_up, set_value,
+    WT_I32, WT_I64, WT_LEN, WT_VARINT, attr_looked_up, end_record, group_looked_up,
+    known_wire_type, redact_looked_up, set_group_vals, set_value, typed_key,
 };
 use super::*;
 use crate::wire::RECORD_BYTES;
@@ -41,9 +41,11 @@ pub struct FastLook {
     pub klen: u32,
     pub val: u32,
     pub vlen: u32,
-    /// 1 when the value is a string (`val`, `vlen`).
-    pub string: u32,
+    /// The value's kind: [`V_STRING`] (`val`, `vlen`), [`V_INT`] or [`V_BOOL`] (`num`), or
+    /// [`V_OTHER`].
+    pub vkind: u32,
     pub _pad: u32,
+    pub num: u64,
 }
 
 /// Byte `i` of the record buffer.
@@ -99,6 +101,11 @@ pub(super) fn fast_record<S: Source, E: Env>(
         let (off, blen) = (start + w.f_body_off, w.f_body_len);
         set_value(w, R_BODY, V_STRING, off, blen);
     }
+    if w.f_ev != 0 {
+        w.ev_set = 1;
+        w.ev_off = start + w.f_ev_off;
+        w.ev_len = w.f_ev_len;
+    }
     w.pos = end;
     if w.f_n_look > 0 {
         // Its attributes' lookups next, then its end.
@@ -144,6 +151,7 @@ pub fn parse_begin(w: &mut Walk) {
     set(&mut w.f_body, 0);
     set(&mut w.f_n_look, 0);
     set(&mut w.f_bad, 0);
+    set(&mut w.f_ev, 0);
 }
 
 /// Parses the next field; `false` when parsing stops: at the record's end, or at a field not of
@@ -225,6 +233,12 @@ fn fast_field(w: &mut Walk, rs: &RuleSet, pos: u32, len: u32) -> bool {
             if field == 6 {
                 return fast_attr(w, rs, pos, cstart, cend);
             }
+            if field == 12 {
+                // The last event_name wins.
+                w.f_ev = 1;
+                w.f_ev_off = cstart;
+                w.f_ev_len = l;
+            }
         }
         _ => return false,
     }
@@ -272,26 +286,32 @@ fn fast_attr(w: &mut Walk, rs: &RuleSet, tag: u32, start: u32, end: u32) -> bool
         return false;
     }
     let t = at(w, any);
-    let (string, slen) = if t == 0x0a {
+    let (vkind, slen, num) = if t == 0x0a {
         let slen = at(w, any + 1);
         if slen >= 0x80 || any + 2 + slen != end {
             return false;
         }
-        (true, slen)
+        (V_STRING, slen, 0)
     } else if t == 0x10 || t == 0x18 {
         // A bool or an int of one or two bytes that ends the value exactly.
         match short_varint(w, any + 1, end) {
-            Some((_, m)) if any + 1 + m == end => (false, 0),
+            Some((v, m)) if any + 1 + m == end => {
+                if t == 0x10 {
+                    (V_BOOL, 0, (v != 0) as u64)
+                } else {
+                    (V_INT, 0, v as u64)
+                }
+            }
             _ => return false,
         }
     } else if t == 0x21 && any + 9 == end {
-        (false, 0)
+        (V_OTHER, 0, 0)
     } else {
         return false;
     };
     // Only a key of a length the rules name may need a lookup: which ones is decided with
     // the lookups ([`fast_lookup`]), so that parsing has one way less a field.
-    if (rs.attr_key_lens | rs.redact_key_lens) & key_len_bit(klen) == 0 {
+    if (rs.attr_key_lens | rs.redact_key_lens | rs.group_key_lens) & key_len_bit(klen) == 0 {
         return true;
     }
     // SAFETY: plain loads and stores of fields of `w` (through memory, for the verifier).
@@ -306,8 +326,9 @@ fn fast_attr(w: &mut Walk, rs: &RuleSet, tag: u32, start: u32, end: u32) -> bool
         klen,
         val: any + 2,
         vlen: slen,
-        string: string as u32,
+        vkind,
         _pad: 0,
+        num,
     };
     set(&mut w.f_n_look, n as u32 + 1);
     true
@@ -325,26 +346,37 @@ fn fast_attr(w: &mut Walk, rs: &RuleSet, tag: u32, start: u32, end: u32) -> bool
 #[inline(always)]
 pub fn fast_lookups<H: Hashes>(w: &mut Walk, rs: &RuleSet, slot: u8, h: &mut H) {
     let mut k = 0;
-    while k < MAX_FAST_LOOKS {
+    while k < FAST_LOOKUP_STEPS {
         fast_lookup(w, rs, k, slot, h);
         k += 1;
     }
 }
 
-/// The lookups of noted attribute `k` (none when fewer were noted). The kernel runs one a
-/// `bpf_loop` iteration.
+/// Lookup steps of a record: each kind of lookup ([`LOOK_ATTR`], [`LOOK_REDACT`],
+/// [`LOOK_GROUP`]) of each noted attribute.
+pub const FAST_LOOKUP_STEPS: usize = 3 * MAX_FAST_LOOKS;
+const LOOK_ATTR: usize = 0;
+const LOOK_REDACT: usize = 1;
+const LOOK_GROUP: usize = 2;
+
+/// Lookup step `step`: one kind of lookup (`step / MAX_FAST_LOOKS`) of noted attribute
+/// `step % MAX_FAST_LOOKS` (none when fewer were noted). Kinds are independent, so doing all
+/// of one kind before the next sets what the field walk sets, one attribute at a time. The
+/// kernel runs one step a `bpf_loop` iteration: one lookup a callback keeps its paths few.
 #[inline(always)]
-pub fn fast_lookup<H: Hashes>(w: &mut Walk, rs: &RuleSet, k: usize, slot: u8, h: &mut H) {
-    let k = k % MAX_FAST_LOOKS;
+pub fn fast_lookup<H: Hashes>(w: &mut Walk, rs: &RuleSet, step: usize, slot: u8, h: &mut H) {
+    let kind = step / MAX_FAST_LOOKS;
+    let k = step % MAX_FAST_LOOKS;
     if k >= get(&w.f_n_look) as usize {
         return;
     }
     let l = w.f_look[k];
-    if attr_looked_up(rs, l.klen, l.string != 0, l.vlen) {
+    if kind == LOOK_ATTR && attr_looked_up(rs, l.klen, l.vkind, l.vlen) {
+        let (kind, _) = typed_key(l.vkind, l.vlen);
         let key = HashKey {
-            hash: hash_pair(w, k, STR_ATTR, true),
+            hash: hash_pair(w, k, kind, true),
             slot,
-            kind: STR_ATTR,
+            kind,
             _pad0: 0,
             _pad1: 0,
         };
@@ -353,8 +385,7 @@ pub fn fast_lookup<H: Hashes>(w: &mut Walk, rs: &RuleSet, k: usize, slot: u8, h:
         {
             w.attr_bits |= e.bits;
         }
-    }
-    if redact_looked_up(rs, l.klen) {
+    } else if kind == LOOK_REDACT && redact_looked_up(rs, l.klen) {
         let key = HashKey {
             hash: hash_pair(w, k, STR_REDACT, false),
             slot,
@@ -378,6 +409,28 @@ pub fn fast_lookup<H: Hashes>(w: &mut Walk, rs: &RuleSet, k: usize, slot: u8, h:
                 w.redact_overflow = 1;
             }
         }
+    } else if kind == LOOK_GROUP && group_looked_up(rs, l.klen) {
+        let key = HashKey {
+            hash: hash_pair(w, k, STR_GROUP, false),
+            slot,
+            kind: STR_GROUP,
+            _pad0: 0,
+            _pad1: 0,
+        };
+        if let Some(e) = h.hash_entry(&key)
+            && same(w, k, e, false)
+        {
+            let bits = e.bits;
+            let l = &w.f_look[k];
+            let v = GroupVal {
+                kind: get(&l.vkind),
+                off: get(&w.f_start) + get(&l.val),
+                len: get(&l.vlen),
+                _pad: 0,
+                num: l.num,
+            };
+            set_group_vals(w, bits, v);
+        }
     }
 }
 
@@ -388,11 +441,28 @@ fn get(v: &u32) -> u32 {
     unsafe { core::ptr::read_volatile(v) }
 }
 
-/// The length of noted attribute `k`'s value that its lookup hashes: its string for a pair,
-/// none for a key alone.
+/// The length of noted attribute `k`'s value that its lookup hashes: its string (or an int's
+/// 8 bytes, a bool's one) for a pair, none for a key alone.
 #[inline(always)]
 fn vlen_of(w: &Walk, k: usize, pair: bool) -> u32 {
-    if pair { get(&w.f_look[k].vlen) } else { 0 }
+    let l = &w.f_look[k % MAX_FAST_LOOKS];
+    if !pair {
+        0
+    } else {
+        typed_key(get(&l.vkind), get(&l.vlen)).1
+    }
+}
+
+/// Byte `i` of noted attribute `k`'s value as its lookup hashes it: from the record's copy for
+/// a string, from the number (little-endian) for an int or a bool.
+#[inline(always)]
+fn value_byte(w: &Walk, k: usize, i: u32) -> u32 {
+    let l = &w.f_look[k % MAX_FAST_LOOKS];
+    if get(&l.vkind) == V_STRING {
+        at(w, get(&l.val) + i)
+    } else {
+        (l.num >> ((i & 7) * 8)) as u8 as u32
+    }
 }
 
 /// The hash of noted attribute `k`'s key, and its value if `pair`.
@@ -413,7 +483,7 @@ fn hash_pair(w: &Walk, k: usize, kind: u8, pair: bool) -> u64 {
         if i >= vlen_of(w, k, pair) {
             break;
         }
-        h = str_hash_byte(h, at(w, get(&l.val) + i) as u8);
+        h = str_hash_byte(h, value_byte(w, k, i) as u8);
         i += 1;
     }
     h
@@ -444,7 +514,7 @@ fn same(w: &mut Walk, k: usize, e: &HashEntry, pair: bool) -> bool {
         }
         // Through memory: the index checked is the index used.
         let j = launder(&mut w.scratch, get(&e.klen) + i) as usize;
-        if j >= STR_KEY_BYTES || e.bytes[j] as u32 != at(w, get(&w.f_look[k].val) + i) {
+        if j >= STR_KEY_BYTES || e.bytes[j] as u32 != value_byte(w, k, i) {
             return false;
         }
         i += 1;

@@ -131,8 +131,20 @@ pub(super) fn on_scalar(w: &mut Walk, f: Frame, field: u64, v: Option<u64>) {
                 SEV_OUT_OF_RANGE as u32
             };
         }
-        (K_ANY, 2..=4) => set_value(w, f.role, V_OTHER, 0, 0),
+        // A bool is a varint decoders read as `!= 0`; an int64 is the varint's 64 bits.
+        (K_ANY, 2) => set_scalar(w, f.role, V_BOOL, (v.unwrap_or(0) != 0) as u64),
+        (K_ANY, 3) => set_scalar(w, f.role, V_INT, v.unwrap_or(0)),
+        (K_ANY, 4) => set_value(w, f.role, V_OTHER, 0, 0),
         _ => {}
+    }
+}
+
+/// An AnyValue's `bool_value` or `int_value` (`kind` [`V_BOOL`] or [`V_INT`]).
+#[inline(always)]
+pub(super) fn set_scalar(w: &mut Walk, role: u8, kind: u32, num: u64) {
+    set_value(w, role, kind, 0, 0);
+    if role == R_KV_VALUE {
+        w.val_num = num;
     }
 }
 
@@ -210,6 +222,8 @@ pub(super) fn on_len<S: Source, E: Env>(
             set(&mut w.n_bodies, 0);
             set(&mut w.redact_overflow, 0);
             set(&mut w.body_overflow, 0);
+            set(&mut w.ev_set, 0);
+            set(&mut w.grp_seen, 0);
             w.push(K_RECORD, R_NONE, start, end, len_off, len_len)?;
             fast::fast_record(w, s, env, start, end);
             Ok(())
@@ -221,6 +235,13 @@ pub(super) fn on_len<S: Source, E: Env>(
             }
             None => w.push(K_ANY, R_BODY, start, end, len_off, len_len),
         },
+        (K_RECORD, 12) => {
+            // The last event_name wins.
+            w.ev_off = start;
+            w.ev_len = end - start;
+            w.ev_set = 1;
+            Ok(())
+        }
         (K_RECORD, 6) => {
             w.key_set = 0;
             w.val_kind = V_NONE;
@@ -312,29 +333,33 @@ pub(super) fn plain_kv<S: Source>(w: &mut Walk, s: &mut S, rs: &RuleSet, start: 
     let Some(t) = s.byte(any) else {
         return;
     };
-    let (kind, soff, slen) = if t == 0x0a {
+    let (kind, soff, slen, num) = if t == 0x0a {
         let Some(slen) = s.byte(any + 1) else {
             return;
         };
         if slen >= 0x80 || any + 2 + slen as u32 != end {
             return;
         }
-        (V_STRING, any + 2, slen as u32)
+        (V_STRING, any + 2, slen as u32, 0)
     } else if t == 0x10 || t == 0x18 {
         // Walked field by field, the AnyValue of a scalar is a frame one deeper (a string is
         // read in place): at the deepest level, it is left to that walk, which stops there.
         if w.depth >= MAX_DEPTH || !s.ensure(any + 1, 10) {
             return;
         }
-        let Ok((_, m)) = varint(s, any + 1, end) else {
+        let Ok((v, m)) = varint(s, any + 1, end) else {
             return;
         };
         if any + 1 + m != end {
             return;
         }
-        (V_OTHER, 0, 0)
+        if t == 0x10 {
+            (V_BOOL, 0, 0, (v != 0) as u64)
+        } else {
+            (V_INT, 0, 0, v)
+        }
     } else if t == 0x21 && any + 9 == end && w.depth < MAX_DEPTH {
-        (V_OTHER, 0, 0)
+        (V_OTHER, 0, 0, 0)
     } else {
         return;
     };
@@ -345,11 +370,14 @@ pub(super) fn plain_kv<S: Source>(w: &mut Walk, s: &mut S, rs: &RuleSet, start: 
         w.key_len = klen;
         w.key_set = 1;
         set_value(w, R_KV_VALUE, kind, soff, slen);
+        w.val_num = num;
     }
     let acts = match role {
         R_RESOURCE_ATTR => klen == 12,
         R_RECORD_ATTR => {
-            attr_looked_up(rs, klen, kind == V_STRING, slen) || redact_looked_up(rs, klen)
+            attr_looked_up(rs, klen, kind, slen)
+                || redact_looked_up(rs, klen)
+                || group_looked_up(rs, klen)
         }
         _ => false,
     };
@@ -362,14 +390,56 @@ pub(super) fn plain_kv<S: Source>(w: &mut Walk, s: &mut S, rs: &RuleSet, start: 
 }
 
 /// Whether a record attribute is looked up as the value of an `attributes` condition: some
-/// rule names a key of its key's length, and its value is a string within the limits.
+/// rule names a key of its key's length, and its value is a string within the limits, an int
+/// or a bool (value `kind`).
 #[inline(always)]
-pub(super) fn attr_looked_up(rs: &RuleSet, klen: u32, is_string: bool, vlen: u32) -> bool {
+pub(super) fn attr_looked_up(rs: &RuleSet, klen: u32, kind: u32, vlen: u32) -> bool {
     rs.needs & NEED_ATTRS != 0
-        && is_string
+        && (kind == V_INT
+            || kind == V_BOOL
+            || kind == V_STRING && vlen as usize <= MAX_ATTR_VALUE_LEN)
         && klen as usize <= MAX_ATTR_KEY_LEN
-        && vlen as usize <= MAX_ATTR_VALUE_LEN
         && rs.attr_key_lens & key_len_bit(klen) != 0
+}
+
+/// Whether a record attribute's key is looked up among the keys `group_by` names.
+#[inline(always)]
+pub(super) fn group_looked_up(rs: &RuleSet, klen: u32) -> bool {
+    rs.needs & NEED_GROUPS != 0
+        && klen as usize <= MAX_ATTR_KEY_LEN
+        && rs.group_key_lens & key_len_bit(klen) != 0
+}
+
+/// Keeps the value of a record attribute whose key is the `group_by` keys `bits` (indexes).
+#[inline(always)]
+pub(super) fn set_group_vals(w: &mut Walk, bits: u64, v: GroupVal) {
+    let mut g = 0;
+    while g < MAX_GROUP_KEYS {
+        if bits >> g & 1 != 0 {
+            w.grp[g] = v;
+            let seen = get_u32(&w.grp_seen) | 1 << g;
+            set(&mut w.grp_seen, seen);
+        }
+        g += 1;
+    }
+}
+
+/// A load from memory the compiler keeps as a load.
+#[inline(always)]
+pub(super) fn get_u32(v: &u32) -> u32 {
+    // SAFETY: a plain load of a valid `u32`.
+    unsafe { core::ptr::read_volatile(v) }
+}
+
+/// The lookup kind and value length of an attribute value of `kind` (a string's length
+/// `vlen`): a string's bytes, an int's 8 bytes, a bool's one.
+#[inline(always)]
+pub(super) fn typed_key(kind: u32, vlen: u32) -> (u8, u32) {
+    match kind {
+        V_INT => (STR_ATTR_INT, 8),
+        V_BOOL => (STR_ATTR_BOOL, 1),
+        _ => (STR_ATTR, vlen),
+    }
 }
 
 /// Whether a record attribute's key is looked up among the names redact rules remove.
@@ -468,6 +538,7 @@ pub(super) fn end_frame<S: Source, E: Env>(
         }
         K_KV => {
             let is_string = w.val_kind == V_STRING;
+            let kind = w.val_kind;
             if w.key_set != 0 && f.role == R_RESOURCE_ATTR {
                 if is_service_name(s, w.key_off, w.key_len)? {
                     // The last service.name wins; a non-string one means no service.
@@ -476,17 +547,22 @@ pub(super) fn end_frame<S: Source, E: Env>(
                     w.svc_len = w.val_len;
                 }
             } else if f.role == R_RECORD_ATTR && w.key_set != 0 {
-                if attr_looked_up(env.rules(), w.key_len, is_string, w.val_len) {
+                if attr_looked_up(env.rules(), w.key_len, kind, w.val_len) {
                     // Two steps, one copy each: two copies of unknown length in one step would
                     // have the verifier check the second once per way the first can end.
-                    let (ko, kl, vl) = (w.key_off, w.key_len, w.val_len);
-                    clear_key(w, s, slot, STR_ATTR, kl, vl);
+                    let (ko, kl) = (w.key_off, w.key_len);
+                    let (str_kind, vl) = typed_key(kind, w.val_len);
+                    clear_key(w, s, slot, str_kind, kl, vl);
                     copy_into_key(w, s, ko, kl, 0)?;
                     w.mode = MODE_ATTR_VALUE;
                     return Ok(());
                 }
                 if redact_looked_up(env.rules(), w.key_len) {
                     w.mode = MODE_ATTR_REDACT;
+                    return Ok(());
+                }
+                if group_looked_up(env.rules(), w.key_len) {
+                    w.mode = MODE_ATTR_GROUP;
                     return Ok(());
                 }
             }
@@ -519,6 +595,30 @@ pub(super) fn end_record(w: &mut Walk, f: Frame, rs: &RuleSet) {
     } else {
         w.mode = MODE_EVAL;
     }
+    if rs.needs & NEED_EVENT != 0
+        && w.ev_set != 0
+        && w.ev_len > 0
+        && w.ev_len as usize <= MAX_EVENT_LEN
+    {
+        w.after_event = w.mode;
+        w.mode = MODE_EVENT;
+    }
+}
+
+/// [`MODE_EVENT`]: looks the record's event name up (its bits are attribute bits), then goes
+/// on to its body scan or evaluation.
+#[inline(always)]
+pub(super) fn event_step<S: Source, E: Env>(
+    w: &mut Walk,
+    s: &mut S,
+    env: &mut E,
+) -> Result<(), Error> {
+    let (off, len) = (w.ev_off, w.ev_len);
+    clear_key(w, s, env.slot(), STR_EVENT, 0, len);
+    copy_into_key(w, s, off, len, 0)?;
+    w.attr_bits |= env.lookup(&w.key);
+    w.mode = w.after_event;
+    Ok(())
 }
 
 #[inline(always)]
@@ -527,11 +627,58 @@ pub(super) fn attr_value_step<S: Source, E: Env>(
     s: &mut S,
     env: &mut E,
 ) -> Result<(), Error> {
-    copy_into_key(w, s, w.val_off, w.val_len, w.key_len)?;
+    if w.val_kind == V_STRING {
+        copy_into_key(w, s, w.val_off, w.val_len, w.key_len)?;
+    } else {
+        // An int's 8 bytes little-endian, a bool's one (see `typed_key`).
+        let (n, kl) = (w.val_num, w.key_len as usize);
+        let mut i = 0;
+        while i < 8 {
+            if let Some(b) = w.key.bytes.get_mut(kl + i) {
+                *b = (n >> (8 * i)) as u8;
+            }
+            i += 1;
+        }
+    }
     w.attr_bits |= env.lookup(&w.key);
     if redact_looked_up(env.rules(), w.key_len) {
         w.mode = MODE_ATTR_REDACT;
         return Ok(());
+    }
+    end_kv_or_group(w, env.rules());
+    Ok(())
+}
+
+/// Ends the KeyValue, or first looks its key up among the `group_by` keys.
+#[inline(always)]
+fn end_kv_or_group(w: &mut Walk, rs: &RuleSet) {
+    if group_looked_up(rs, w.key_len) {
+        w.mode = MODE_ATTR_GROUP;
+    } else {
+        end_kv(w);
+    }
+}
+
+/// Keeps the attribute's value if a `group_by` names its key, then ends the KeyValue.
+#[inline(always)]
+pub(super) fn attr_group_step<S: Source, E: Env>(
+    w: &mut Walk,
+    s: &mut S,
+    env: &mut E,
+) -> Result<(), Error> {
+    let kl = w.key_len;
+    clear_key(w, s, env.slot(), STR_GROUP, kl, 0);
+    copy_into_key(w, s, w.key_off, kl, 0)?;
+    let bits = env.lookup(&w.key);
+    if bits != 0 {
+        let v = GroupVal {
+            kind: w.val_kind,
+            off: w.val_off,
+            len: w.val_len,
+            _pad: 0,
+            num: w.val_num,
+        };
+        set_group_vals(w, bits, v);
     }
     end_kv(w);
     Ok(())
@@ -562,7 +709,7 @@ pub(super) fn attr_redact_step<S: Source, E: Env>(
             w.redact_overflow = 1;
         }
     }
-    end_kv(w);
+    end_kv_or_group(w, env.rules());
     Ok(())
 }
 

@@ -24,24 +24,31 @@ mod fields;
 mod plan;
 
 pub use apply::{apply_start, apply_step};
-use eval::{evaluate, fire_step};
+pub use eval::{GroupSink, note_groups};
+use eval::{evaluate, fire_step, group_step};
 use fast::fast_lookup_step;
 pub use fast::{
-    FAST_FIELDS, FAST_RECORD_MAX, FastLook, Hashes, MAX_FAST_LOOKS, fast_lookup, fast_lookups,
-    parse_begin, parse_end, parse_field, parse_record,
+    FAST_FIELDS, FAST_LOOKUP_STEPS, FAST_RECORD_MAX, FastLook, Hashes, MAX_FAST_LOOKS, fast_lookup,
+    fast_lookups, parse_begin, parse_end, parse_field, parse_record,
 };
 pub use fields::scan_chunk;
-use fields::{attr_redact_step, attr_value_step, end_frame, field_step, scan_step};
+use fields::{
+    attr_group_step, attr_redact_step, attr_value_step, end_frame, event_step, field_step,
+    scan_step,
+};
 pub use plan::{decide, decide_start, decide_step};
 use plan::{redact_attrs_step, redact_bodies_step};
 
 use crate::{
     AC_OUT, ACTION_DROP, ACTION_RATE_LIMIT, ACTION_REDACT, ACTION_SAMPLE, ACTION_TRIGGER, AcTable,
-    FIRST_ATTRS, FIRST_BODY, FIRST_SERVICE, MAX_AC_STATES, MAX_ATTR_KEY_LEN, MAX_ATTR_VALUE_LEN,
-    MAX_EDITS, MAX_FIXES, MAX_MASKS, MAX_RECORD_BODIES, MAX_RECORD_REDACT_RULES,
-    MAX_RECORD_REDACTS, MAX_RULES, MAX_SERVICE_LEN, NEED_ATTRS, NEED_SCAN_SKIP, NEED_SERVICE,
-    NEED_STATES, RULE_MASK_BODY, Rule, RuleSet, SEV_OUT_OF_RANGE, STR_ATTR, STR_REDACT,
-    STR_SERVICE, StrKey, key_len_bit,
+    FIRST_ATTRS, FIRST_BODY, FIRST_SERVICE, GROUP_ATTR, GROUP_EVENT, GROUP_SERVICE, GROUP_SEVERITY,
+    GV_BOOL, GV_INT, GV_LEVEL, GV_MISSING, GV_OTHER, GV_STRING, GroupNote, MAX_AC_STATES,
+    MAX_ATTR_KEY_LEN, MAX_ATTR_VALUE_LEN, MAX_EDITS, MAX_EVENT_LEN, MAX_FIXES, MAX_GROUP_KEYS,
+    MAX_GROUP_RULES, MAX_MASKS, MAX_RECORD_BODIES, MAX_RECORD_REDACT_RULES, MAX_RECORD_REDACTS,
+    MAX_RULES, MAX_SERVICE_LEN, NEED_ATTRS, NEED_EVENT, NEED_GROUPS, NEED_SCAN_SKIP, NEED_SERVICE,
+    NEED_STATES, RULE_MASK_BODY, Rule, RuleSet, SEV_OUT_OF_RANGE, STR_ATTR, STR_ATTR_BOOL,
+    STR_ATTR_INT, STR_EVENT, STR_GROUP, STR_REDACT, STR_SERVICE, StrKey, key_len_bit,
+    severity_level,
     wire::{CHUNK_BYTES, Error, Source, varint},
 };
 
@@ -91,6 +98,10 @@ pub trait Env {
     /// The record fast path's lookups ([`fast_lookups`]) of the record just parsed. The kernel
     /// runs them as a global function.
     fn fast_lookups(&mut self, w: &mut Walk);
+    /// Keeps the grouped matches of the record just evaluated ([`note_groups`]), counted if
+    /// the request commits; `false` when the request has more than [`crate::MAX_GROUP_NOTES`].
+    /// The kernel runs it as a global function.
+    fn group_notes(&mut self, w: &mut Walk) -> bool;
 }
 
 /// How the plan is applied to the message.
@@ -130,6 +141,9 @@ pub const R_BODY: u8 = 4;
 pub const V_NONE: u32 = 0;
 pub const V_STRING: u32 = 1;
 pub const V_OTHER: u32 = 2;
+/// An `int_value` or a `bool_value` (0 or 1), in [`Walk::val_num`].
+pub const V_INT: u32 = 3;
+pub const V_BOOL: u32 = 4;
 
 /// Walking fields of the current frame.
 pub const MODE_FIELDS: u32 = 0;
@@ -153,6 +167,14 @@ pub const MODE_REDACT_BODIES: u32 = 8;
 pub const MODE_FIRE: u32 = 9;
 /// A record taken whole needs lookups of its attributes: make them, then end it.
 pub const MODE_FAST_LOOKUP: u32 = 10;
+/// The record has ended and rules match on `event_name`: look its event name up, then go on
+/// in [`Walk::after_event`].
+pub const MODE_EVENT: u32 = 11;
+/// Look a record attribute's key up among the `group_by` keys, and end the KeyValue.
+pub const MODE_ATTR_GROUP: u32 = 12;
+/// Grouped count rules matched the record just evaluated: note each match with its group
+/// value, then go on in [`Walk::after_group`].
+pub const MODE_GROUP: u32 = 13;
 
 /// Trigger rules that may fire on one record; more matches are counted but do not fire.
 pub const MAX_RECORD_FIRES: usize = 4;
@@ -234,6 +256,19 @@ pub struct RedactAttr {
     pub bits: u64,
 }
 
+/// The value of a record attribute a `group_by` names, as the record's walk found it (the last
+/// one of that key wins).
+#[derive(Copy, Clone, Debug, Default)]
+#[repr(C)]
+pub struct GroupVal {
+    /// [`V_STRING`] (`off`, `len` in the message), [`V_INT`], [`V_BOOL`] (`num`), or another.
+    pub kind: u32,
+    pub off: u32,
+    pub len: u32,
+    pub _pad: u32,
+    pub num: u64,
+}
+
 /// A length prefix to rewrite once its container's pops are applied.
 #[derive(Copy, Clone, Debug, Default)]
 #[repr(C)]
@@ -297,6 +332,8 @@ pub struct Walk {
     pub val_kind: u32,
     pub val_off: u32,
     pub val_len: u32,
+    /// A scalar value ([`V_INT`], [`V_BOOL`]).
+    pub val_num: u64,
 
     // LogRecord being walked (its tag is at `rec_off`; it ends at `rec_end`).
     pub rec_off: u32,
@@ -318,6 +355,21 @@ pub struct Walk {
     /// The record attribute (KeyValue field) being walked: tag offset and end.
     pub kv_off: u32,
     pub kv_end: u32,
+    /// The record's last `event_name` (`ev_set` 1 when it has one), and the mode its lookup
+    /// goes on in.
+    pub ev_off: u32,
+    pub ev_len: u32,
+    pub ev_set: u32,
+    pub after_event: u32,
+    /// The values of the `group_by` attribute keys the record has (bit `g` of `grp_seen` for
+    /// key `g`); the grouped count rules it matched (indexes), noted one a step from
+    /// one step, and the mode to go on in after that.
+    pub grp_seen: u32,
+    pub n_grp_hits: u32,
+    pub _pad_grp: u32,
+    pub after_group: u32,
+    pub grp: [GroupVal; MAX_GROUP_KEYS],
+    pub grp_hits: [u8; MAX_GROUP_RULES],
     /// Attributes a redact rule may remove, string bodies a redact rule may mask; set when there
     /// were more than the walk holds.
     pub n_redact_attrs: u32,
@@ -370,6 +422,11 @@ pub struct Walk {
     pub f_n_look: u32,
     /// 1 when a field was not of the usual shape.
     pub f_bad: u32,
+    /// The last `event_name` (offsets in the record's copy), when `f_ev` is 1.
+    pub f_ev: u32,
+    pub f_ev_off: u32,
+    pub f_ev_len: u32,
+    pub _pad_ev: u32,
     /// Records taken whole in this walk.
     pub fast_records: u32,
     pub f_look: [FastLook; MAX_FAST_LOOKS],
@@ -574,6 +631,9 @@ pub fn step<S: Source, E: Env>(w: &mut Walk, s: &mut S, env: &mut E) -> Step {
         MODE_REDACT_BODIES => redact_bodies_step(w),
         MODE_FIRE => fire_step(w, env),
         MODE_FAST_LOOKUP => fast_lookup_step(w, env),
+        MODE_EVENT => event_step(w, s, env),
+        MODE_ATTR_GROUP => attr_group_step(w, s, env),
+        MODE_GROUP => group_step(w, env),
         _ => return Step::Done,
     };
     match r {

@@ -139,6 +139,19 @@ fn check_points(p: &Points, stats: &Stats, start: u64, now: Option<u64>) {
         assert_eq!(get("dt.rule.fired", &l), (sat(r.fired.unwrap()), true));
         n += 1;
     }
+    for r in &stats.rules {
+        for (group, want) in r.groups.iter().flatten() {
+            let l = [
+                ("rule", r.name.as_str()),
+                ("action", r.action.as_str()),
+                ("hook", r.hook.as_str()),
+                ("active", if r.active { "true" } else { "false" }),
+                ("group", group.as_str()),
+            ];
+            assert_eq!(get("dt.rule.group.matched", &l), (sat(*want), true));
+            n += 1;
+        }
+    }
     for r in &stats.recorders {
         let l = [("recorder", r.name.as_str())];
         for (name, want, sum) in [
@@ -197,7 +210,7 @@ fn request_holds_every_value() {
     assert_eq!(units["dt.bytes.in"], "By");
     assert_eq!(units["dt.rule.dropped_bytes"], "By");
     assert_eq!(units["dt.records"], "{record}");
-    assert_eq!(units.len(), 27);
+    assert_eq!(units.len(), 28);
     // Gauges carry no start time.
     for m in &req.resource_metrics[0].scope_metrics[0].metrics {
         if let Some(metric::Data::Gauge(g)) = &m.data {

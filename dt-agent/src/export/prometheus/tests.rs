@@ -218,6 +218,25 @@ fn check_all(p: &Parsed, stats: &Stats) {
         assert_eq!(p.get("dt_rule_fired_total", &labels), r.fired);
         expected_series += 1;
     }
+    for r in &stats.rules {
+        let active = r.active.to_string();
+        for (group, want) in r.groups.iter().flatten() {
+            let labels = [
+                ("rule", r.name.as_str()),
+                ("action", r.action.as_str()),
+                ("hook", r.hook.as_str()),
+                ("active", active.as_str()),
+                ("group", group.as_str()),
+            ];
+            assert_eq!(
+                p.get("dt_rule_group_matched_total", &labels),
+                Some(*want),
+                "group {group} of {}",
+                r.name
+            );
+            expected_series += 1;
+        }
+    }
     for r in &stats.recorders {
         let l = [("recorder", r.name.as_str())];
         for (name, want) in [
@@ -258,7 +277,7 @@ fn renders_every_value_and_parses_back() {
     let text = render_prometheus(&stats);
     let p = parse(&text);
     check_all(&p, &stats);
-    assert_eq!(p.order.len(), 27, "{:?}", p.order);
+    assert_eq!(p.order.len(), 28, "{:?}", p.order);
     assert!(
         text.contains("dt_recorder_records{recorder=\"checkout-debug\"} 12\n"),
         "{text}"
@@ -319,8 +338,9 @@ fn empty_stats_still_list_every_family() {
     let stats = Stats::default();
     let text = render_prometheus(&stats);
     let p = parse(&text);
-    // Every family is listed, with or without samples (9 of them: triggers, recorders, states).
-    assert_eq!(p.order.len(), 27);
+    // Every family is listed, with or without samples (10 of them: triggers, groups,
+    // recorders, states).
+    assert_eq!(p.order.len(), 28);
     check_all(&p, &stats);
     assert!(text.contains("dt_enabled 0\n"));
     let families: BTreeSet<_> = p.order.iter().cloned().collect();

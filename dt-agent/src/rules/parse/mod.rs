@@ -9,7 +9,7 @@ pub use objects::{parse_duration, parse_size};
 use std::collections::BTreeMap;
 use std::fmt;
 
-use dt_ebpf_common::MAX_NAME_LEN;
+use dt_ebpf_common::{MAX_ATTR_KEY_LEN, MAX_NAME_LEN};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Unexpected, Visitor};
 use toml::Spanned;
@@ -17,7 +17,8 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::diag::{Diagnostic, SourceText};
 use super::model::{
-    Action, ActionKind, At, Hook, Match, ProbeDef, RecorderDef, RuleDef, StateDef, TriggerDef,
+    Action, ActionKind, At, AttrValue, DEFAULT_MAX_GROUPS, GroupBy, Hook, MAX_MAX_GROUPS, Match,
+    ProbeDef, RecorderDef, RuleDef, StateDef, TriggerDef,
 };
 use super::severity::SeverityRange;
 
@@ -37,6 +38,8 @@ struct RawRule {
     set_state: Option<Spanned<Vec<Spanned<String>>>>,
     cooldown: Option<Spanned<String>>,
     threshold: Option<Spanned<RawThreshold>>,
+    group_by: Option<Spanned<String>>,
+    max_groups: Option<Spanned<i64>>,
     #[serde(rename = "match")]
     conditions: Option<RawMatch>,
 }
@@ -62,7 +65,8 @@ struct RawMatch {
     severity: Option<Spanned<RawSeverity>>,
     service: Option<Spanned<String>>,
     body_contains: Option<Spanned<String>>,
-    attributes: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
+    attributes: Option<BTreeMap<Spanned<String>, Spanned<toml::Value>>>,
+    event_name: Option<Spanned<String>>,
     state: Option<Spanned<String>>,
 }
 
@@ -292,9 +296,8 @@ impl<'s, 'a> RuleChecker<'s, 'a> {
                 "recorder applies to the otlp hook only: a probed call has no log record to keep",
             ));
         }
-        if hooks.iter().any(|h| matches!(h, Hook::Uprobe(_)))
-            && let Some((key, _)) = conditions.attributes.first()
-        {
+        let uprobe = hooks.iter().any(|h| matches!(h, Hook::Uprobe(_)));
+        if uprobe && let Some((key, _)) = conditions.attributes.first() {
             self.diags.push(Diagnostic::new(
                 self.src.path,
                 key.pos,
@@ -302,6 +305,20 @@ impl<'s, 'a> RuleChecker<'s, 'a> {
                  severity, a message (body_contains) and a service only",
             ));
         }
+        if uprobe && let Some(e) = &conditions.event_name {
+            self.diags.push(Diagnostic::new(
+                self.src.path,
+                e.pos,
+                "event_name does not apply to uprobe hooks: a probed call has a severity, a \
+                 message (body_contains) and a service only",
+            ));
+        }
+        let (group_by, max_groups) = self.group_by(
+            raw.group_by.as_ref(),
+            raw.max_groups.as_ref(),
+            action.as_ref(),
+            uprobe,
+        );
         match action {
             Some(action) if self.diags.is_empty() => Ok(RuleDef {
                 file: self.src.path.to_path_buf(),
@@ -313,9 +330,97 @@ impl<'s, 'a> RuleChecker<'s, 'a> {
                 probes: Vec::new(),
                 conditions,
                 recorder,
+                group_by,
+                max_groups,
             }),
             _ => Err(self.diags),
         }
+    }
+
+    /// `group_by` and `max_groups`, on count rules of the otlp hook only.
+    fn group_by(
+        &mut self,
+        group_by: Option<&Spanned<String>>,
+        max_groups: Option<&Spanned<i64>>,
+        action: Option<&Action>,
+        uprobe: bool,
+    ) -> (Option<At<GroupBy>>, u32) {
+        let max_groups = match max_groups {
+            None => DEFAULT_MAX_GROUPS,
+            Some(m) if group_by.is_none() => {
+                self.error(m, "max_groups is only for rules with group_by");
+                DEFAULT_MAX_GROUPS
+            }
+            Some(m) => match u32::try_from(*m.get_ref()) {
+                Ok(n) if (1..=MAX_MAX_GROUPS).contains(&n) => n,
+                _ => {
+                    self.error(m, format!("max_groups must be 1 to {MAX_MAX_GROUPS}"));
+                    DEFAULT_MAX_GROUPS
+                }
+            },
+        };
+        let Some(g) = group_by else {
+            return (None, max_groups);
+        };
+        if action.is_some_and(|a| !matches!(a, Action::Count)) {
+            self.error(g, "group_by is only for action \"count\"");
+        }
+        if uprobe {
+            self.error(g, "group_by applies to the otlp hook only");
+        }
+        let text = g.get_ref().as_str();
+        let parsed = match text {
+            "service" => Some(GroupBy::Service),
+            "severity" => Some(GroupBy::Severity),
+            "event_name" => Some(GroupBy::EventName),
+            _ => match text.strip_prefix("attributes.") {
+                Some("") => {
+                    self.error(g, "group_by \"attributes.KEY\" needs a KEY");
+                    None
+                }
+                Some(key) if key.len() > MAX_ATTR_KEY_LEN => {
+                    let message = format!(
+                        "the group_by attribute key is {} bytes; the limit is {MAX_ATTR_KEY_LEN}",
+                        key.len()
+                    );
+                    self.error(g, message);
+                    None
+                }
+                Some(key) => Some(GroupBy::Attribute(key.to_string())),
+                None => {
+                    self.error(
+                        g,
+                        format!(
+                            "unknown group_by \"{text}\": expected \"service\", \"severity\", \
+                             \"event_name\" or \"attributes.KEY\""
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let pos = self.src.pos(g.span().start);
+        (parsed.map(|p| At::new(p, pos)), max_groups)
+    }
+
+    fn attr_value(&mut self, value: Spanned<toml::Value>) -> At<AttrValue> {
+        let pos = self.src.pos(value.span().start);
+        let v = match value.get_ref() {
+            toml::Value::String(s) => AttrValue::Str(s.clone()),
+            toml::Value::Integer(i) => AttrValue::Int(*i),
+            toml::Value::Boolean(b) => AttrValue::Bool(*b),
+            other => {
+                self.error(
+                    &value,
+                    format!(
+                        "an attribute value is a string, an integer or a boolean, not {}",
+                        other.type_str()
+                    ),
+                );
+                AttrValue::Str(String::new())
+            }
+        };
+        At::new(v, pos)
     }
 
     fn name(&mut self, name: &Spanned<String>) {
@@ -595,8 +700,14 @@ impl<'s, 'a> RuleChecker<'s, 'a> {
         attributes.sort_by_key(|(key, _)| key.span().start);
         let attributes = attributes
             .into_iter()
-            .map(|(key, value)| (self.non_empty(key, "an attribute key"), at(self.src, value)))
+            .map(|(key, value)| {
+                (
+                    self.non_empty(key, "an attribute key"),
+                    self.attr_value(value),
+                )
+            })
             .collect();
+        let event_name = raw.event_name.map(|e| self.non_empty(e, "event_name"));
         let state = raw.state.map(|s| {
             let off = s.get_ref().starts_with('!');
             let name = s.get_ref().trim_start_matches('!').to_string();
@@ -611,6 +722,7 @@ impl<'s, 'a> RuleChecker<'s, 'a> {
             service,
             body_contains,
             attributes,
+            event_name,
             state,
         }
     }

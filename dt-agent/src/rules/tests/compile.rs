@@ -4,8 +4,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use dt_ebpf_common::{
-    ACTION_COUNT, ACTION_DROP, ACTION_RATE_LIMIT, ACTION_REDACT, ACTION_SAMPLE, MAX_AC_STATES,
-    MAX_RULES, MAX_SLOTS, RULE_MASK_BODY, STR_ATTR, STR_REDACT, STR_SERVICE, StrKey,
+    ACTION_COUNT, ACTION_DROP, ACTION_RATE_LIMIT, ACTION_REDACT, ACTION_SAMPLE, GROUP_ATTR,
+    GROUP_EVENT, GROUP_SERVICE, GROUP_SEVERITY, MAX_AC_STATES, MAX_RULES, MAX_SLOTS, NEED_EVENT,
+    NEED_GROUPS, RULE_MASK_BODY, STR_ATTR, STR_ATTR_BOOL, STR_ATTR_INT, STR_EVENT, STR_GROUP,
+    STR_REDACT, STR_SERVICE, StrKey, key_len_bit,
 };
 
 use super::{FILE, build, error, errors, load, rule};
@@ -46,6 +48,7 @@ fn encodes_rules_in_order() {
                 file: PathBuf::from(FILE),
                 line: 1,
                 slot: 0,
+                group_by: None,
             },
             CompiledRule {
                 name: "all".into(),
@@ -54,6 +57,7 @@ fn encodes_rules_in_order() {
                 file: PathBuf::from(FILE),
                 line: 6,
                 slot: 1,
+                group_by: None,
             },
         ]
     );
@@ -260,7 +264,7 @@ fn at_most_64_distinct_attribute_pairs() {
     assert_eq!(
         e,
         format!(
-            "r.toml:{}:16: too many distinct attribute key = value pairs: a rule set can use at most 64",
+            "r.toml:{}:16: too many distinct attribute key = value pairs and event_name values: a rule set can use at most 64",
             condition_line(64)
         )
     );
@@ -470,5 +474,127 @@ fn each_rule_names_one_bit_it_needs_and_the_rule_set_the_key_lengths_and_skippab
         c.ruleset.needs & NEED_SCAN_SKIP,
         0,
         "a needle starting with a letter"
+    );
+}
+
+#[test]
+fn typed_attributes_and_event_names_share_the_attribute_bits() {
+    let text = format!(
+        "{}{}{}",
+        rule_with_match(
+            "a",
+            "count",
+            "attributes = { code = 503, retry = true, route = \"503\" }"
+        ),
+        rule_with_match("b", "count", "attributes = { code = -1 }"),
+        rule_with_match(
+            "c",
+            "drop",
+            "event_name = \"payment.failed\"\nattributes = { retry = false }"
+        ),
+    );
+    let c = compiled(&text);
+    let r = &c.ruleset.rules;
+    assert_eq!(
+        (r[0].attrs, r[1].attrs, r[2].attrs),
+        (0b111, 0b1000, 0b11_0000)
+    );
+    // An int is its 8 bytes little-endian, a bool one byte, each under its own kind.
+    let mut code = b"code".to_vec();
+    code.extend(503i64.to_le_bytes());
+    assert_eq!(string_bits(&c, STR_ATTR_INT, 4, &code), Some(0b1));
+    let mut minus = b"code".to_vec();
+    minus.extend((-1i64).to_le_bytes());
+    assert_eq!(string_bits(&c, STR_ATTR_INT, 4, &minus), Some(0b1000));
+    assert_eq!(string_bits(&c, STR_ATTR_BOOL, 5, b"retry\x01"), Some(0b10));
+    assert_eq!(
+        string_bits(&c, STR_ATTR_BOOL, 5, b"retry\x00"),
+        Some(0b1_0000)
+    );
+    assert_eq!(string_bits(&c, STR_ATTR, 5, b"route503"), Some(0b100));
+    assert_eq!(
+        string_bits(&c, STR_EVENT, 0, b"payment.failed"),
+        Some(0b10_0000)
+    );
+    let int_key = c
+        .strings
+        .iter()
+        .find(|(k, _)| k.kind == STR_ATTR_INT)
+        .unwrap()
+        .0;
+    assert_eq!(int_key.vlen, 8);
+    assert_ne!(c.ruleset.needs & NEED_EVENT, 0);
+    // Event names are looked up by the event step, not by key length.
+    assert_eq!(c.ruleset.attr_key_lens, key_len_bit(4) | key_len_bit(5));
+}
+
+#[test]
+fn group_by_is_encoded_with_its_keys() {
+    let text = "[[rule]]\nname = \"a\"\naction = \"count\"\ngroup_by = \"service\"\n\
+                [[rule]]\nname = \"b\"\naction = \"count\"\ngroup_by = \"severity\"\nmax_groups = 6\n\
+                [[rule]]\nname = \"c\"\naction = \"count\"\ngroup_by = \"event_name\"\n\
+                [[rule]]\nname = \"d\"\naction = \"count\"\ngroup_by = \"attributes.http.status_code\"\n\
+                [[rule]]\nname = \"e\"\naction = \"count\"\ngroup_by = \"attributes.code\"\n\
+                [[rule]]\nname = \"f\"\naction = \"count\"\ngroup_by = \"attributes.http.status_code\"\n";
+    let c = compiled(text);
+    let g: Vec<_> = c.ruleset.rules[..6]
+        .iter()
+        .map(|r| (r.group, r.group_key, r.max_groups))
+        .collect();
+    assert_eq!(
+        g,
+        vec![
+            (GROUP_SERVICE, 0, 64),
+            (GROUP_SEVERITY, 0, 6),
+            (GROUP_EVENT, 0, 64),
+            (GROUP_ATTR, 0, 64),
+            (GROUP_ATTR, 1, 64),
+            (GROUP_ATTR, 0, 64),
+        ]
+    );
+    assert_ne!(c.ruleset.needs & NEED_GROUPS, 0);
+    assert_eq!(c.ruleset.group_key_lens, key_len_bit(16) | key_len_bit(4));
+    assert_eq!(
+        string_bits(&c, STR_GROUP, 16, b"http.status_code"),
+        Some(0b01)
+    );
+    assert_eq!(string_bits(&c, STR_GROUP, 4, b"code"), Some(0b10));
+    assert_eq!(c.rules[1].group_by, Some(("severity".to_string(), 6)));
+    assert_eq!(c.rules[0].group_by, Some(("service".to_string(), 64)));
+}
+
+#[test]
+fn group_by_mistakes_are_errors_where_they_are() {
+    let head = "[[rule]]\nname = \"a\"\n";
+    for (body, want) in [
+        (
+            "action = \"drop\"\ngroup_by = \"service\"",
+            "r.toml:4:12: group_by is only for action \"count\"",
+        ),
+        (
+            "action = \"count\"\ngroup_by = \"route\"",
+            "r.toml:4:12: unknown group_by \"route\": expected \"service\", \"severity\", \"event_name\" or \"attributes.KEY\"",
+        ),
+        (
+            "action = \"count\"\ngroup_by = \"attributes.\"",
+            "r.toml:4:12: group_by \"attributes.KEY\" needs a KEY",
+        ),
+        (
+            "action = \"count\"\ngroup_by = \"service\"\nmax_groups = 1025",
+            "r.toml:5:14: max_groups must be 1 to 1024",
+        ),
+        (
+            "action = \"count\"\nmax_groups = 5",
+            "r.toml:4:14: max_groups is only for rules with group_by",
+        ),
+    ] {
+        assert_eq!(error(&format!("{head}{body}\n")), want, "{body}");
+    }
+    let many: String = (0..9)
+        .map(|i| format!("[[rule]]\nname = \"g{i}\"\naction = \"count\"\ngroup_by = \"service\"\n"))
+        .collect();
+    assert_eq!(
+        error(&many),
+        "r.toml:36:12: too many rules with group_by: a rule set can have at most 8"
     );
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::{FILE, error, errors, load, rule};
 use crate::rules::{
-    Action, Diagnostic, Hook, Pos, SeverityRange, load_dir, load_files, load_sources,
+    Action, AttrValue, Diagnostic, Hook, Pos, SeverityRange, load_dir, load_files, load_sources,
 };
 
 fn load_one(text: &str) -> crate::rules::RuleDef {
@@ -74,9 +74,10 @@ attributes = { "http.route" = "/healthz", "a" = "" }
     let attrs: Vec<_> = m
         .attributes
         .iter()
-        .map(|(k, v)| (k.value.as_str(), v.value.as_str()))
+        .map(|(k, v)| (k.value.as_str(), v.value.clone()))
         .collect();
-    assert_eq!(attrs, vec![("http.route", "/healthz"), ("a", "")]);
+    let s = |v: &str| AttrValue::Str(v.into());
+    assert_eq!(attrs, vec![("http.route", s("/healthz")), ("a", s(""))]);
 }
 
 #[test]
@@ -192,8 +193,8 @@ fn wrong_types_are_errors_at_the_value() {
             "r.toml:4:9: invalid type: string \"otlp\", expected a sequence",
         ),
         (
-            "name = \"a\"\naction = \"drop\"\nmatch = { attributes = { x = 1 } }",
-            "r.toml:4:30: invalid type: integer `1`, expected a string",
+            "name = \"a\"\naction = \"drop\"\nmatch = { attributes = { x = 1.5 } }",
+            "r.toml:4:30: an attribute value is a string, an integer or a boolean, not float",
         ),
         (
             "name = \"a\"\naction = \"drop\"\nmatch = { severity = true }",
