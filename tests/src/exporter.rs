@@ -27,7 +27,11 @@ pub struct PlannedRecord {
     /// 0 emits no severity (UNSPECIFIED).
     pub severity_number: i32,
     pub body: String,
+    /// Attributes; a value written `int:N` or `bool:B` is set as an int or a bool (as
+    /// [`crate::record`] renders them back), anything else as a string.
     pub attributes: Vec<(String, String)>,
+    /// The record's `event_name`.
+    pub event_name: Option<String>,
 }
 
 /// How the exporter is driven.
@@ -92,6 +96,7 @@ impl ExportPlan {
                 severity_number,
                 body,
                 attributes,
+                event_name: None,
             });
         }
         ExportPlan {
@@ -308,7 +313,18 @@ fn fill(rec: &mut SdkLogRecord, p: &PlannedRecord, i: u64) {
     }
     rec.set_body(AnyValue::from(p.body.clone()));
     for (k, v) in &p.attributes {
-        rec.add_attribute(k.clone(), v.clone());
+        let typed = if let Some(n) = v.strip_prefix("int:").and_then(|n| n.parse::<i64>().ok()) {
+            AnyValue::Int(n)
+        } else if let Some(b) = v.strip_prefix("bool:").and_then(|b| b.parse::<bool>().ok()) {
+            AnyValue::Boolean(b)
+        } else {
+            AnyValue::from(v.clone())
+        };
+        rec.add_attribute(k.clone(), typed);
+    }
+    if let Some(e) = &p.event_name {
+        // The SDK takes a `&'static str` (event names are meant to be constants).
+        rec.set_event_name(Box::leak(e.clone().into_boxed_str()));
     }
 }
 

@@ -5,6 +5,7 @@
 use dt_agent::rules::{Compiled, HostEnv, SlotTable, compile, load_sources};
 use dt_ebpf_common::walk::{Editor, Walk, apply_start, apply_step, run};
 use dt_ebpf_common::wire::SliceSource;
+use dt_ebpf_common::{GV_BOOL, GV_INT, GV_LEVEL, GV_STRING, GroupNote};
 
 /// Applies a walk's plan to a copy of the request bytes.
 pub struct VecEditor(pub Vec<u8>);
@@ -35,6 +36,21 @@ pub struct Outcome {
     pub acc: Vec<(u32, u32, u32, u32, u64)>,
     /// The edited bytes (the body unchanged when the walk failed).
     pub edited: Vec<u8>,
+    /// The grouped matches noted (rule index, value kind, value bytes), when the walk
+    /// succeeded.
+    pub groups: Vec<(u8, u8, Vec<u8>)>,
+}
+
+/// A group note's value, read from the request as the kernel reads it when the request
+/// commits (uncut: the cut is the kernel's key).
+fn note_value(body: &[u8], n: &GroupNote) -> (u8, u8, Vec<u8>) {
+    let bytes = match n.kind {
+        GV_STRING => body[n.a as usize..(n.a + n.b) as usize].to_vec(),
+        GV_INT => ((n.b as u64) << 32 | n.a as u64).to_le_bytes().to_vec(),
+        GV_BOOL | GV_LEVEL => vec![n.a as u8],
+        _ => Vec::new(),
+    };
+    (n.rule, n.kind, bytes)
 }
 
 /// Walks `body` (a protobuf request) under `compiled`, with the fast path on (`fast`) or off;
@@ -61,6 +77,11 @@ pub fn walk_body(compiled: &Compiled, body: &[u8], fast: bool) -> (Outcome, u32,
             .map(|a| (a.matched, a.dropped, a.kept, a.redacted, a.dropped_bytes))
             .collect(),
         edited: editor.0,
+        groups: if r.is_ok() {
+            env.notes.iter().map(|n| note_value(body, n)).collect()
+        } else {
+            Vec::new()
+        },
     };
     (outcome, walk.steps, walk.fast_records)
 }
@@ -81,8 +102,8 @@ pub fn both_ways(compiled: &Compiled, body: &[u8]) -> Result<(u32, u32, u32), St
     }
     let brief = |o: &Outcome| {
         format!(
-            "{} records {} dropped {} acc {:?}",
-            o.verdict, o.records, o.records_dropped, o.acc
+            "{} records {} dropped {} acc {:?} groups {:?}",
+            o.verdict, o.records, o.records_dropped, o.acc, o.groups
         )
     };
     Err(format!(

@@ -6,14 +6,20 @@
 //!   test means by it). It renders itself to TOML ([`RuleSpec::to_toml`], [`rules_toml`]) and
 //!   decides in plain Rust which records it matches ([`RuleSpec::matches`]), so a test's
 //!   expectations and the rule file it installs come from one description.
-//! - [`Facts`]: what the rules look at in one record.
-//! - [`evaluate_record`]: the rules in order over one record, first stopping rule wins: which
-//!   rules matched, which redact rules marked it, and where evaluation ended ([`End`]).
+//! - [`Facts`]: what the rules look at in one record, as strings; [`RecordFacts`]: the same with
+//!   what the newer conditions need (the `event_name`, typed attribute values, raw bytes for
+//!   group values). Every `Facts` is a `RecordFacts` (string attributes only, no event name).
+//! - [`evaluate_record`] ([`evaluate_facts`]): the rules in order over one record, first
+//!   stopping rule wins: which rules matched, which redact rules marked it, which group each
+//!   grouped rule counts it under ([`GroupKey`]), and where evaluation ended ([`End`]).
 //! - [`Decider`]: the sample counters and rate-limit buckets that settle a sample or rate_limit
-//!   end; [`Evaluation::settle`] turns an evaluation into the record's fate and counter deltas
-//!   ([`Counts`]); [`Redaction`] is the edits a kept record leaves with.
+//!   end, and the group tables of `group_by` rules ([`GroupTable`]); [`Evaluation::settle`]
+//!   turns an evaluation into the record's fate and counter deltas ([`Counts`]) and counts its
+//!   groups; [`Redaction`] is the edits a kept record leaves with.
 //! - [`simulate`] runs all of it over a sequence of records (one agent, records evaluated in
-//!   order); [`evaluate`] is its count/drop summary as [`Expected`].
+//!   order); [`evaluate`] is its count/drop summary as [`Expected`]. [`simulate_with_facts`]
+//!   and [`evaluate_with_facts`] take the rules' view of each record from the caller (a
+//!   [`ReceivedRecord`] has no event name, and renders typed values as strings).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::{AddAssign, RangeInclusive};
@@ -95,6 +101,215 @@ impl Severity {
     }
 }
 
+/// The value of a typed attribute condition: a TOML string matches a `string_value`, an
+/// integer an `int_value`, a boolean a `bool_value`; nothing else matches (the string "503"
+/// never matches int 503, int 1 never matches bool true).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RuleValue {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+}
+
+impl RuleValue {
+    /// The TOML value.
+    pub fn toml(&self) -> String {
+        match self {
+            RuleValue::Str(s) => toml_str(s),
+            RuleValue::Int(i) => i.to_string(),
+            RuleValue::Bool(b) => b.to_string(),
+        }
+    }
+
+    /// Whether an attribute value is this one (same type, same value).
+    pub fn matches(&self, v: &AttrValue) -> bool {
+        match (self, v) {
+            (RuleValue::Str(s), AttrValue::Str(b)) => s.as_bytes() == &b[..],
+            (RuleValue::Int(i), AttrValue::Int(j)) => i == j,
+            (RuleValue::Bool(a), AttrValue::Bool(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// What a `group_by` groups by.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum GroupDim {
+    /// `"service"`: the resource's `service.name` string.
+    Service,
+    /// `"severity"`: the level name of the SeverityNumber ([`severity_level`]).
+    Severity,
+    /// `"event_name"`.
+    EventName,
+    /// `"attributes.KEY"`: the value of the record's last attribute `KEY`.
+    Attribute(String),
+}
+
+impl GroupDim {
+    /// `"service"`, `"severity"`, `"event_name"` or `"attributes.KEY"`.
+    pub fn parse(s: &str) -> Option<GroupDim> {
+        Some(match s {
+            "service" => GroupDim::Service,
+            "severity" => GroupDim::Severity,
+            "event_name" => GroupDim::EventName,
+            _ => GroupDim::Attribute(s.strip_prefix("attributes.")?.to_string()),
+        })
+    }
+
+    /// The `group_by` value (unquoted).
+    pub fn as_text(&self) -> String {
+        match self {
+            GroupDim::Service => "service".into(),
+            GroupDim::Severity => "severity".into(),
+            GroupDim::EventName => "event_name".into(),
+            GroupDim::Attribute(k) => format!("attributes.{k}"),
+        }
+    }
+}
+
+/// A count rule's `group_by` (and `max_groups`, `None` for the default).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupBy {
+    pub dim: GroupDim,
+    pub max_groups: Option<u32>,
+}
+
+impl GroupBy {
+    /// `max_groups` when not given.
+    pub const DEFAULT_MAX_GROUPS: u32 = 64;
+
+    /// How many distinct values get a group of their own.
+    pub fn max(&self) -> u32 {
+        self.max_groups.unwrap_or(Self::DEFAULT_MAX_GROUPS)
+    }
+
+    /// The group a match of the rule in record `f` counts under (before the `max_groups`
+    /// cap, which [`GroupTable::count`] applies).
+    pub fn key(&self, f: &RecordFacts) -> GroupKey {
+        match &self.dim {
+            GroupDim::Service => f
+                .service
+                .as_deref()
+                .map_or(GroupKey::Missing, GroupKey::value),
+            GroupDim::Severity => GroupKey::value(severity_level(f.severity).as_bytes()),
+            GroupDim::EventName => match f.event_name.as_deref() {
+                Some(e) if !e.is_empty() => GroupKey::value(e),
+                _ => GroupKey::Missing,
+            },
+            GroupDim::Attribute(k) => {
+                match f.attributes.iter().rev().find(|(rk, _)| rk == k.as_bytes()) {
+                    None => GroupKey::Missing,
+                    Some((_, AttrValue::Str(s))) => GroupKey::value(s),
+                    Some((_, AttrValue::Int(i))) => GroupKey::value(i.to_string().as_bytes()),
+                    Some((_, AttrValue::Bool(b))) => GroupKey::value(b.to_string().as_bytes()),
+                    Some((_, AttrValue::Other)) => GroupKey::Other,
+                }
+            }
+        }
+    }
+}
+
+/// The level name a `severity` group shows for a SeverityNumber: 1–4 `TRACE`, 5–8 `DEBUG`,
+/// 9–12 `INFO`, 13–16 `WARN`, 17–20 `ERROR`, 21–24 `FATAL`, anything else `UNSPECIFIED`.
+pub fn severity_level(n: i32) -> &'static str {
+    match n {
+        1..=4 => "TRACE",
+        5..=8 => "DEBUG",
+        9..=12 => "INFO",
+        13..=16 => "WARN",
+        17..=20 => "ERROR",
+        21..=24 => "FATAL",
+        _ => "UNSPECIFIED",
+    }
+}
+
+/// The longest group value shown whole, in bytes; a longer one is cut there and shown with
+/// `…` appended.
+pub const GROUP_VALUE_MAX: usize = 64;
+
+/// One group of a `group_by` rule.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum GroupKey {
+    /// A value: its first [`GROUP_VALUE_MAX`] bytes, and whether it was longer (cut). Values
+    /// longer than that with the same first bytes are one group.
+    Value(Vec<u8>, bool),
+    /// `"__missing__"`: no such value in the record. Takes no slot.
+    Missing,
+    /// `"__other__"`: a value of another type, or a new value beyond `max_groups`. Takes no
+    /// slot.
+    Other,
+}
+
+impl GroupKey {
+    /// The group of value `v` (bytes as sent), cut to [`GROUP_VALUE_MAX`] bytes.
+    pub fn value(v: &[u8]) -> GroupKey {
+        if v.len() > GROUP_VALUE_MAX {
+            GroupKey::Value(v[..GROUP_VALUE_MAX].to_vec(), true)
+        } else {
+            GroupKey::Value(v.to_vec(), false)
+        }
+    }
+
+    /// The group's name in `stats --json`: the value as `String::from_utf8_lossy` shows it
+    /// (a cut value with `…` appended), `__missing__`, `__other__`.
+    pub fn render(&self) -> String {
+        match self {
+            GroupKey::Value(v, cut) => {
+                let mut s = String::from_utf8_lossy(v).into_owned();
+                if *cut {
+                    s.push('…');
+                }
+                s
+            }
+            GroupKey::Missing => "__missing__".into(),
+            GroupKey::Other => "__other__".into(),
+        }
+    }
+}
+
+/// One `group_by` rule's groups over the agent's life (per rule name, like its counters).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupTable {
+    /// Matches per group. The [`GroupKey::Value`] keys are the values that took a slot.
+    pub counts: BTreeMap<GroupKey, u64>,
+    /// How many values took a slot.
+    pub slots: u32,
+}
+
+impl GroupTable {
+    /// Counts one match under `key`: a value that has no slot yet takes one while fewer than
+    /// `max_groups` are taken, else counts under [`GroupKey::Other`].
+    pub fn count(&mut self, key: GroupKey, max_groups: u32) {
+        let key = match key {
+            GroupKey::Value(..) if !self.counts.contains_key(&key) => {
+                if self.slots < max_groups {
+                    self.slots += 1;
+                    key
+                } else {
+                    GroupKey::Other
+                }
+            }
+            k => k,
+        };
+        *self.counts.entry(key).or_default() += 1;
+    }
+
+    /// The groups as `stats --json` names them (values whose bytes differ but show the same,
+    /// such as two invalid UTF-8 sequences, added up).
+    pub fn rendered(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for (k, n) in &self.counts {
+            *out.entry(k.render()).or_default() += n;
+        }
+        out
+    }
+
+    /// Matches counted (the rule's `matched`).
+    pub fn total(&self) -> u64 {
+        self.counts.values().sum()
+    }
+}
+
 /// One `[[rule]]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuleSpec {
@@ -103,10 +318,17 @@ pub struct RuleSpec {
     pub severity: Option<Severity>,
     /// Equals the resource's `service.name`.
     pub service: Option<String>,
+    /// Equals the record's (last) `event_name` (an absent or empty one equals nothing).
+    pub event_name: Option<String>,
     /// A substring of the string body (bytes, case-sensitive).
     pub body_contains: Option<String>,
     /// String attributes of the record: key equals value, each of them.
     pub attributes: Vec<(String, String)>,
+    /// Typed attribute conditions (rendered after `attributes` in the same inline table; a
+    /// key must not be in both).
+    pub typed_attributes: Vec<(String, RuleValue)>,
+    /// Count rules: what their matches are counted by.
+    pub group_by: Option<GroupBy>,
 }
 
 impl RuleSpec {
@@ -116,8 +338,11 @@ impl RuleSpec {
             action,
             severity: None,
             service: None,
+            event_name: None,
             body_contains: None,
             attributes: Vec::new(),
+            typed_attributes: Vec::new(),
+            group_by: None,
         }
     }
 
@@ -168,19 +393,62 @@ impl RuleSpec {
         self
     }
 
+    /// `event_name = "<s>"`.
+    pub fn event_name(mut self, s: &str) -> RuleSpec {
+        self.event_name = Some(s.into());
+        self
+    }
+
     pub fn body_contains(mut self, s: &str) -> RuleSpec {
         self.body_contains = Some(s.into());
         self
     }
 
+    /// A string attribute condition, `"k" = "v"`.
     pub fn attribute(mut self, k: &str, v: &str) -> RuleSpec {
         self.attributes.push((k.into(), v.into()));
         self
     }
 
-    /// The rule as a `[[rule]]` table: name, action and its parameters, then `[rule.match]`
-    /// (only when some condition is present) with severity, service, body_contains and
-    /// attributes in that order.
+    /// An integer attribute condition, `"k" = v`: an `int_value` equal to `v`.
+    pub fn attribute_int(self, k: &str, v: i64) -> RuleSpec {
+        self.attribute_value(k, RuleValue::Int(v))
+    }
+
+    /// A boolean attribute condition, `"k" = v`: a `bool_value` equal to `v`.
+    pub fn attribute_bool(self, k: &str, v: bool) -> RuleSpec {
+        self.attribute_value(k, RuleValue::Bool(v))
+    }
+
+    /// A typed attribute condition.
+    pub fn attribute_value(mut self, k: &str, v: RuleValue) -> RuleSpec {
+        self.typed_attributes.push((k.into(), v));
+        self
+    }
+
+    /// `group_by = "<dim>"` (`service`, `severity`, `event_name` or `attributes.KEY`), and
+    /// `max_groups = N` when given. Panics on another `dim`.
+    pub fn group_by(mut self, dim: &str, max_groups: Option<u32>) -> RuleSpec {
+        let dim = GroupDim::parse(dim).unwrap_or_else(|| panic!("group_by {dim:?}"));
+        self.group_by = Some(GroupBy { dim, max_groups });
+        self
+    }
+
+    /// Every attribute condition, strings first, as typed values.
+    pub fn all_attributes(&self) -> impl Iterator<Item = (&str, RuleValue)> {
+        self.attributes
+            .iter()
+            .map(|(k, v)| (k.as_str(), RuleValue::Str(v.clone())))
+            .chain(
+                self.typed_attributes
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.clone())),
+            )
+    }
+
+    /// The rule as a `[[rule]]` table: name, action and its parameters, `group_by` and
+    /// `max_groups`, then `[rule.match]` (only when some condition is present) with severity,
+    /// service, event_name, body_contains and attributes (string ones first) in that order.
     pub fn to_toml(&self) -> String {
         let mut s = format!(
             "[[rule]]\nname = {}\naction = \"{}\"\n{}",
@@ -188,10 +456,18 @@ impl RuleSpec {
             self.action.as_str(),
             self.action.params_toml()
         );
+        if let Some(g) = &self.group_by {
+            s += &format!("group_by = {}\n", toml_str(&g.dim.as_text()));
+            if let Some(n) = g.max_groups {
+                s += &format!("max_groups = {n}\n");
+            }
+        }
         let has_match = self.severity.is_some()
             || self.service.is_some()
+            || self.event_name.is_some()
             || self.body_contains.is_some()
-            || !self.attributes.is_empty();
+            || !self.attributes.is_empty()
+            || !self.typed_attributes.is_empty();
         if has_match {
             s += "[rule.match]\n";
             if let Some(sev) = &self.severity {
@@ -200,15 +476,17 @@ impl RuleSpec {
             if let Some(v) = &self.service {
                 s += &format!("service = {}\n", toml_str(v));
             }
+            if let Some(v) = &self.event_name {
+                s += &format!("event_name = {}\n", toml_str(v));
+            }
             if let Some(v) = &self.body_contains {
                 s += &format!("body_contains = {}\n", toml_str(v));
             }
-            if !self.attributes.is_empty() {
-                let kvs: Vec<String> = self
-                    .attributes
-                    .iter()
-                    .map(|(k, v)| format!("{} = {}", toml_str(k), toml_str(v)))
-                    .collect();
+            let kvs: Vec<String> = self
+                .all_attributes()
+                .map(|(k, v)| format!("{} = {}", toml_str(k), v.toml()))
+                .collect();
+            if !kvs.is_empty() {
                 s += &format!("attributes = {{ {} }}\n", kvs.join(", "));
             }
         }
@@ -218,25 +496,44 @@ impl RuleSpec {
     /// Whether the rule's match holds for `r`: every condition present (AND); none, every
     /// record.
     pub fn matches(&self, r: &Facts) -> bool {
+        self.matches_facts(&RecordFacts::from(r))
+    }
+
+    /// [`RuleSpec::matches`] on the full view of a record.
+    pub fn matches_facts(&self, r: &RecordFacts) -> bool {
         if let Some(s) = &self.severity
             && !s.contains(r.severity)
         {
             return false;
         }
         if let Some(svc) = &self.service
-            && r.service.as_deref() != Some(svc.as_str())
+            && r.service.as_deref() != Some(svc.as_bytes())
         {
             return false;
         }
-        if let Some(needle) = &self.body_contains {
-            match &r.body {
-                Some(b) if contains(b.as_bytes(), needle.as_bytes()) => {}
+        if let Some(e) = &self.event_name {
+            match &r.event_name {
+                Some(got) if !got.is_empty() && got[..] == *e.as_bytes() => {}
                 _ => return false,
             }
         }
-        self.attributes
-            .iter()
-            .all(|(k, v)| r.attributes.iter().any(|(rk, rv)| rk == k && rv == v))
+        if let Some(needle) = &self.body_contains {
+            match &r.body {
+                Some(b) if contains(b, needle.as_bytes()) => {}
+                _ => return false,
+            }
+        }
+        self.all_attributes().all(|(k, v)| {
+            r.attributes
+                .iter()
+                .any(|(rk, rv)| rk == k.as_bytes() && v.matches(rv))
+        })
+    }
+
+    /// The group a match of this rule in `r` counts under, before the cap (`None` for a rule
+    /// without `group_by`).
+    pub fn group_key(&self, r: &RecordFacts) -> Option<GroupKey> {
+        self.group_by.as_ref().map(|g| g.key(r))
     }
 }
 
@@ -297,6 +594,133 @@ impl From<&ReceivedRecord> for Facts {
     }
 }
 
+/// A record attribute's value as the rules see it (AnyValue semantics: of several oneof
+/// fields the last one wins).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AttrValue {
+    /// `string_value` (bytes as sent).
+    Str(Vec<u8>),
+    /// `int_value`.
+    Int(i64),
+    /// `bool_value`.
+    Bool(bool),
+    /// Any other value (double, bytes, array, kvlist), or none (an AnyValue with no value set,
+    /// or a KeyValue without a value).
+    Other,
+}
+
+impl AttrValue {
+    pub fn str(s: &str) -> AttrValue {
+        AttrValue::Str(s.as_bytes().to_vec())
+    }
+
+    /// A value as [`crate::record::render_value`] renders it: `int:N`, `bool:B` and the other
+    /// `<type>:` forms back to their types (a string that reads like one of them is taken for
+    /// it; no test sends such strings), anything else a string.
+    pub fn from_rendered(v: &str) -> AttrValue {
+        if let Some(i) = v.strip_prefix("int:").and_then(|i| i.parse().ok()) {
+            return AttrValue::Int(i);
+        }
+        match v {
+            "bool:true" => return AttrValue::Bool(true),
+            "bool:false" => return AttrValue::Bool(false),
+            _ => {}
+        }
+        if ["empty:", "double:", "bytes:", "other:"]
+            .iter()
+            .any(|p| v.starts_with(p))
+        {
+            return AttrValue::Other;
+        }
+        AttrValue::str(v)
+    }
+}
+
+/// What the rules look at in one record, in full: strings as the bytes sent (dt compares
+/// bytes; group values show them lossily), the event name, typed attribute values.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordFacts {
+    /// The resource's (last) `service.name`, when its value is a string.
+    pub service: Option<Vec<u8>>,
+    pub severity: i32,
+    /// The body, when it is a string.
+    pub body: Option<Vec<u8>>,
+    /// The (last) `event_name` field; absent and empty are the same.
+    pub event_name: Option<Vec<u8>>,
+    /// Every attribute, in order, with its value (the last `key` field of a KeyValue; a
+    /// KeyValue without one has the empty key).
+    pub attributes: Vec<(Vec<u8>, AttrValue)>,
+}
+
+impl RecordFacts {
+    pub fn new(severity: i32) -> RecordFacts {
+        RecordFacts {
+            severity,
+            ..Default::default()
+        }
+    }
+
+    pub fn with_service(mut self, s: &str) -> RecordFacts {
+        self.service = Some(s.as_bytes().to_vec());
+        self
+    }
+
+    pub fn with_body(mut self, s: &str) -> RecordFacts {
+        self.body = Some(s.as_bytes().to_vec());
+        self
+    }
+
+    pub fn with_event_name(mut self, s: &str) -> RecordFacts {
+        self.event_name = Some(s.as_bytes().to_vec());
+        self
+    }
+
+    pub fn with_attr(mut self, k: &str, v: AttrValue) -> RecordFacts {
+        self.attributes.push((k.as_bytes().to_vec(), v));
+        self
+    }
+}
+
+impl From<&Facts> for RecordFacts {
+    /// String attributes only, no event name.
+    fn from(f: &Facts) -> RecordFacts {
+        RecordFacts {
+            service: f.service.as_ref().map(|s| s.as_bytes().to_vec()),
+            severity: f.severity,
+            body: f.body.as_ref().map(|s| s.as_bytes().to_vec()),
+            event_name: None,
+            attributes: f
+                .attributes
+                .iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), AttrValue::str(v)))
+                .collect(),
+        }
+    }
+}
+
+impl From<&ReceivedRecord> for RecordFacts {
+    /// A [`ReceivedRecord`] as the rules see it, as far as it tells: no event name (it has
+    /// none); attribute values typed back from their rendering ([`AttrValue::from_rendered`]);
+    /// the service absent when empty or not a string.
+    fn from(r: &ReceivedRecord) -> RecordFacts {
+        let service = match AttrValue::from_rendered(&r.service) {
+            AttrValue::Str(s) if !s.is_empty() => Some(s),
+            _ => None,
+        };
+        RecordFacts {
+            service,
+            severity: r.severity_number,
+            body: r.body.as_ref().map(|s| s.as_bytes().to_vec()),
+            event_name: None,
+            attributes: r
+                .attributes
+                .iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), AttrValue::from_rendered(v)))
+                .collect(),
+        }
+    }
+}
+
 /// Where a record's evaluation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum End {
@@ -315,22 +739,34 @@ pub struct Evaluation {
     pub matched: Vec<usize>,
     /// The redact rules among them: their edits apply if the record is kept.
     pub redactors: Vec<usize>,
+    /// The `group_by` rules among them, with the group each counts the record under (before
+    /// the cap).
+    pub groups: Vec<(usize, GroupKey)>,
     pub end: End,
 }
 
 /// Evaluates `rules` in order on one record (README, "Evaluation, per record"): a match bumps
 /// `matched`; count goes on; redact marks and goes on; drop, sample and rate_limit stop.
 pub fn evaluate_record(rules: &[RuleSpec], r: &Facts) -> Evaluation {
+    evaluate_facts(rules, &RecordFacts::from(r))
+}
+
+/// [`evaluate_record`] on the full view of a record.
+pub fn evaluate_facts(rules: &[RuleSpec], r: &RecordFacts) -> Evaluation {
     let mut e = Evaluation {
         matched: Vec::new(),
         redactors: Vec::new(),
+        groups: Vec::new(),
         end: End::Kept,
     };
     for (i, rule) in rules.iter().enumerate() {
-        if !rule.matches(r) {
+        if !rule.matches_facts(r) {
             continue;
         }
         e.matched.push(i);
+        if let Some(k) = rule.group_key(r) {
+            e.groups.push((i, k));
+        }
         match rule.action {
             Action::Count => {}
             Action::Redact { .. } => e.redactors.push(i),
@@ -370,13 +806,26 @@ impl AddAssign for Counts {
 /// The sample counters and rate-limit buckets, per rule name (README, "Sample" and "Rate
 /// limit"): a sample rule keeps its match k (from 0, over the agent's life) iff k is a multiple
 /// of `keep_one_in`; a rate_limit bucket starts full with `per_second` tokens and, as no time
-/// passes in the model, is never refilled.
+/// passes in the model, is never refilled. And the groups of each `group_by` rule, per rule
+/// name, over the agent's life (values take slots in the order they are first counted).
 #[derive(Clone, Debug, Default)]
 pub struct Decider {
     /// Matches so far of each sample rule.
     pub sample_matches: BTreeMap<String, u64>,
     /// Tokens taken so far from each rate_limit bucket.
     pub tokens_taken: BTreeMap<String, u64>,
+    /// The groups of each `group_by` rule that counted anything.
+    pub groups: BTreeMap<String, GroupTable>,
+}
+
+impl Decider {
+    /// Rule `name`'s groups as `stats --json` names them (empty when it counted nothing).
+    pub fn groups_of(&self, name: &str) -> BTreeMap<String, u64> {
+        self.groups
+            .get(name)
+            .map(GroupTable::rendered)
+            .unwrap_or_default()
+    }
 }
 
 impl Decider {
@@ -415,8 +864,17 @@ impl Evaluation {
     /// Settles a [`End::Decided`] end with `decider` and gives the counters the record moves
     /// (its whole encoding is `field_len` bytes): `matched` of every matching rule; `dropped`
     /// and `dropped_bytes` of the rule that removed it; `kept` of the sample or rate_limit rule
-    /// that kept it; `redacted` of every redact rule that marked it, when it is kept.
+    /// that kept it; `redacted` of every redact rule that marked it, when it is kept. Counts
+    /// the record in the groups of every matching `group_by` rule, in `decider`.
     pub fn settle(&self, rules: &[RuleSpec], decider: &mut Decider, field_len: u64) -> Settled {
+        for (i, key) in &self.groups {
+            let max = rules[*i].group_by.as_ref().map_or(0, GroupBy::max);
+            decider
+                .groups
+                .entry(rules[*i].name.clone())
+                .or_default()
+                .count(key.clone(), max);
+        }
         let mut counts: Vec<(usize, Counts)> = self
             .matched
             .iter()
@@ -508,19 +966,37 @@ pub struct Simulation {
     pub kept: Vec<ReceivedRecord>,
     /// Per input record, the rule that removed it.
     pub dropped_by: Vec<Option<usize>>,
+    /// Per rule, in order: its groups as `stats --json` names them (empty without `group_by`).
+    pub groups: Vec<BTreeMap<String, u64>>,
 }
 
 /// Evaluates `rules` over `records` in order, settling sample and rate_limit ends with a fresh
-/// [`Decider`] (rules see each record as sent; edits apply when it leaves).
+/// [`Decider`] (rules see each record as sent, as [`RecordFacts::from`] a [`ReceivedRecord`]
+/// gives it; edits apply when it leaves).
 pub fn simulate(rules: &[RuleSpec], records: &[SentRecord]) -> Simulation {
+    let facts: Vec<RecordFacts> = records
+        .iter()
+        .map(|s| RecordFacts::from(&s.record))
+        .collect();
+    simulate_with_facts(rules, records, &facts)
+}
+
+/// [`simulate`], the rules seeing record `i` as `facts[i]` (e.g. from
+/// [`crate::record::request_facts`], with event names and typed values).
+pub fn simulate_with_facts(
+    rules: &[RuleSpec],
+    records: &[SentRecord],
+    facts: &[RecordFacts],
+) -> Simulation {
+    assert_eq!(records.len(), facts.len(), "one RecordFacts per record");
     let mut decider = Decider::default();
     let mut out = Simulation {
         counts: vec![Counts::default(); rules.len()],
         ..Default::default()
     };
-    for s in records {
+    for (s, f) in records.iter().zip(facts) {
         out.records += 1;
-        let e = evaluate_record(rules, &Facts::from(&s.record));
+        let e = evaluate_facts(rules, f);
         let settled = e.settle(rules, &mut decider, s.field_len);
         for (i, c) in settled.counts {
             out.counts[i] += c;
@@ -533,6 +1009,7 @@ pub fn simulate(rules: &[RuleSpec], records: &[SentRecord]) -> Simulation {
         }
         out.dropped_by.push(settled.dropped_by);
     }
+    out.groups = rules.iter().map(|r| decider.groups_of(&r.name)).collect();
     out
 }
 
@@ -544,6 +1021,9 @@ pub struct RuleExpect {
     pub matched: u64,
     pub dropped: u64,
     pub dropped_bytes: u64,
+    /// `group_by` rules: matches per group, as `stats --json` names them (a group not listed
+    /// counts 0).
+    pub groups: BTreeMap<String, u64>,
 }
 
 /// What a run must produce.
@@ -561,6 +1041,8 @@ pub struct Expected {
 
 impl Expected {
     /// Adds `other`'s counts and records after this one's (same rules, in the same order).
+    /// Groups are added up too: exact while no rule reaches its `max_groups` (`other` was
+    /// evaluated from no groups taken).
     pub fn merge(&mut self, other: &Expected) {
         if self.rules.is_empty() {
             self.rules = other
@@ -583,6 +1065,9 @@ impl Expected {
             a.matched += b.matched;
             a.dropped += b.dropped;
             a.dropped_bytes += b.dropped_bytes;
+            for (k, n) in &b.groups {
+                *a.groups.entry(k.clone()).or_default() += n;
+            }
         }
         self.records += other.records;
         self.records_dropped += other.records_dropped;
@@ -601,6 +1086,19 @@ impl Expected {
 /// [`simulate`] for rule sets of count and drop rules, as [`Expected`] (which has no `kept` or
 /// `redacted` counters, so other actions are refused).
 pub fn evaluate(rules: &[RuleSpec], records: &[SentRecord]) -> Expected {
+    let facts: Vec<RecordFacts> = records
+        .iter()
+        .map(|s| RecordFacts::from(&s.record))
+        .collect();
+    evaluate_with_facts(rules, records, &facts)
+}
+
+/// [`evaluate`], the rules seeing record `i` as `facts[i]` (see [`simulate_with_facts`]).
+pub fn evaluate_with_facts(
+    rules: &[RuleSpec],
+    records: &[SentRecord],
+    facts: &[RecordFacts],
+) -> Expected {
     for r in rules {
         assert!(
             matches!(r.action, Action::Count | Action::Drop),
@@ -609,17 +1107,19 @@ pub fn evaluate(rules: &[RuleSpec], records: &[SentRecord]) -> Expected {
             r.action.as_str()
         );
     }
-    let sim = simulate(rules, records);
+    let sim = simulate_with_facts(rules, records, facts);
     Expected {
         rules: rules
             .iter()
             .zip(&sim.counts)
-            .map(|(r, c)| RuleExpect {
+            .zip(&sim.groups)
+            .map(|((r, c), g)| RuleExpect {
                 name: r.name.clone(),
                 action: Some(r.action.clone()),
                 matched: c.matched,
                 dropped: c.dropped,
                 dropped_bytes: c.dropped_bytes,
+                groups: g.clone(),
             })
             .collect(),
         records: sim.records,
@@ -696,5 +1196,172 @@ mod tests {
         r.service = None;
         r.attributes = vec![("k".into(), "x".into())];
         assert!(!r.matches(&facts));
+    }
+
+    #[test]
+    fn typed_attributes_and_event_name() {
+        let f = RecordFacts::new(9)
+            .with_event_name("payment.failed")
+            .with_attr("http.status_code", AttrValue::Int(503))
+            .with_attr("code", AttrValue::str("503"))
+            .with_attr("retry", AttrValue::Bool(true))
+            .with_attr("n", AttrValue::Int(1))
+            .with_attr("d", AttrValue::Other);
+        let r = |rule: RuleSpec| rule.matches_facts(&f);
+        assert!(r(RuleSpec::count("a").event_name("payment.failed")));
+        assert!(!r(RuleSpec::count("a").event_name("payment")));
+        assert!(r(
+            RuleSpec::count("a").attribute_int("http.status_code", 503)
+        ));
+        assert!(!r(RuleSpec::count("a").attribute("http.status_code", "503")));
+        assert!(!r(RuleSpec::count("a").attribute_int("code", 503)));
+        assert!(r(RuleSpec::count("a").attribute("code", "503")));
+        assert!(r(RuleSpec::count("a").attribute_bool("retry", true)));
+        assert!(!r(RuleSpec::count("a").attribute_bool("retry", false)));
+        assert!(!r(RuleSpec::count("a").attribute_bool("n", true)));
+        assert!(!r(RuleSpec::count("a").attribute("d", "")));
+        assert!(r(RuleSpec::count("a")
+            .attribute("code", "503")
+            .attribute_bool("retry", true)));
+        // No event name (or an empty one) equals nothing.
+        let none = RecordFacts::new(9);
+        let empty = RecordFacts::new(9).with_event_name("");
+        let rule = RuleSpec::count("a").event_name("x");
+        assert!(!rule.matches_facts(&none) && !rule.matches_facts(&empty));
+        assert_eq!(
+            RuleSpec::count("a")
+                .event_name("e")
+                .attribute("s", "v")
+                .attribute_int("i", -9223372036854775808)
+                .attribute_bool("b", false)
+                .group_by("attributes.http.route", Some(3))
+                .to_toml(),
+            "[[rule]]\nname = \"a\"\naction = \"count\"\ngroup_by = \"attributes.http.route\"\nmax_groups = 3\n[rule.match]\nevent_name = \"e\"\nattributes = { \"s\" = \"v\", \"i\" = -9223372036854775808, \"b\" = false }\n"
+        );
+    }
+
+    #[test]
+    fn group_values() {
+        let f = RecordFacts::new(0)
+            .with_service("svc")
+            .with_attr("k", AttrValue::Int(-7))
+            .with_attr("b", AttrValue::Bool(false))
+            .with_attr("o", AttrValue::Other)
+            .with_attr("k", AttrValue::str("last"))
+            .with_attr("bad", AttrValue::Str(b"a\xffb".to_vec()))
+            .with_attr("long", AttrValue::Str("日".repeat(30).into_bytes()));
+        let key = |dim: &str| {
+            RuleSpec::count("g")
+                .group_by(dim, None)
+                .group_key(&f)
+                .expect("grouped")
+                .render()
+        };
+        assert_eq!(key("service"), "svc");
+        assert_eq!(key("severity"), "UNSPECIFIED");
+        assert_eq!(key("event_name"), "__missing__");
+        assert_eq!(key("attributes.k"), "last");
+        assert_eq!(key("attributes.b"), "false");
+        assert_eq!(key("attributes.o"), "__other__");
+        assert_eq!(key("attributes.nope"), "__missing__");
+        assert_eq!(key("attributes.bad"), "a\u{fffd}b");
+        // 90 bytes: the first 64 (21 characters and one byte of the 22nd), then "…".
+        assert_eq!(
+            key("attributes.long"),
+            format!("{}\u{fffd}…", "日".repeat(21))
+        );
+        let f2 = RecordFacts::new(-3).with_attr("k", AttrValue::Int(i64::MIN));
+        let g = RuleSpec::count("g").group_by("attributes.k", None);
+        assert_eq!(
+            g.group_key(&f2).map(|k| k.render()).as_deref(),
+            Some("-9223372036854775808")
+        );
+        for (n, want) in [
+            (1, "TRACE"),
+            (8, "DEBUG"),
+            (12, "INFO"),
+            (13, "WARN"),
+            (20, "ERROR"),
+            (24, "FATAL"),
+            (25, "UNSPECIFIED"),
+            (-1, "UNSPECIFIED"),
+        ] {
+            assert_eq!(severity_level(n), want);
+        }
+    }
+
+    #[test]
+    fn groups_are_capped_in_first_counted_order() {
+        let rules = [RuleSpec::count("g")
+            .group_by("attributes.k", Some(2))
+            .severity("INFO", 9..=12)];
+        let rec = |v: Option<&str>| {
+            let r = RecordFacts::new(9);
+            match v {
+                Some(v) => r.with_attr("k", AttrValue::str(v)),
+                None => r,
+            }
+        };
+        let facts = [
+            rec(Some("a")),
+            rec(None),
+            rec(Some("b")),
+            rec(Some("c")),
+            rec(Some("a")),
+            rec(Some("c")),
+            RecordFacts::new(9).with_attr("k", AttrValue::Other),
+            RecordFacts::new(1).with_attr("k", AttrValue::str("d")),
+        ];
+        let sent: Vec<SentRecord> = (0..facts.len()).map(|_| rec_(9)).collect();
+        let e = evaluate_with_facts(&rules, &sent, &facts);
+        let want: BTreeMap<String, u64> =
+            [("a", 2), ("b", 1), ("__missing__", 1), ("__other__", 3)]
+                .into_iter()
+                .map(|(k, n)| (k.to_string(), n))
+                .collect();
+        assert_eq!(e.rule("g").groups, want);
+        assert_eq!(e.rule("g").matched, 7);
+        // Groups carry on in the Decider: a later value still finds no slot.
+        let mut d = Decider::default();
+        for f in &facts {
+            evaluate_facts(&rules, f).settle(&rules, &mut d, 1);
+        }
+        evaluate_facts(&rules, &rec(Some("b"))).settle(&rules, &mut d, 1);
+        evaluate_facts(&rules, &rec(Some("z"))).settle(&rules, &mut d, 1);
+        assert_eq!(d.groups_of("g")["b"], 2);
+        assert_eq!(d.groups_of("g")["__other__"], 4);
+    }
+
+    fn rec_(sev: i32) -> SentRecord {
+        rec(sev, "", &[])
+    }
+
+    #[test]
+    fn received_records_type_their_values_back() {
+        let mut r = rec(
+            9,
+            "x",
+            &[
+                ("i", "int:-4"),
+                ("b", "bool:true"),
+                ("d", "double:1.5"),
+                ("s", "int:x"),
+            ],
+        );
+        r.record.service = String::new();
+        let f = RecordFacts::from(&r.record);
+        assert_eq!(f.service, None);
+        assert_eq!(
+            f.attributes
+                .iter()
+                .map(|(_, v)| v.clone())
+                .collect::<Vec<_>>(),
+            vec![
+                AttrValue::Int(-4),
+                AttrValue::Bool(true),
+                AttrValue::Other,
+                AttrValue::str("int:x")
+            ]
+        );
     }
 }

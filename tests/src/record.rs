@@ -7,6 +7,9 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value::Value};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use prost::Message;
 
+use crate::model::{AttrValue, RecordFacts};
+use crate::oracle;
+
 /// One log record with its resource's `service.name` and its scope's name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ReceivedRecord {
@@ -123,6 +126,63 @@ pub fn flatten_sent(req: &ExportLogsServiceRequest) -> Vec<SentRecord> {
 /// Every record of `req`, in wire order.
 pub fn flatten(req: &ExportLogsServiceRequest) -> Vec<ReceivedRecord> {
     flatten_sent(req).into_iter().map(|s| s.record).collect()
+}
+
+/// What the rules see of every record of an encoded `ExportLogsServiceRequest`, in wire order,
+/// decoded as prost decodes it (merge semantics: the last of a repeated singular field wins,
+/// repeated messages merge) with every string as the bytes sent. `None` when the body does not
+/// decode ([`crate::oracle`]).
+pub fn body_facts(body: &[u8]) -> Option<Vec<RecordFacts>> {
+    fn value(v: Option<&oracle::AnyValue>) -> AttrValue {
+        match v.and_then(|v| v.value.as_ref()) {
+            Some(oracle::Value::String(s)) => AttrValue::Str(s.clone()),
+            Some(oracle::Value::Int(i)) => AttrValue::Int(*i),
+            Some(oracle::Value::Bool(b)) => AttrValue::Bool(*b),
+            _ => AttrValue::Other,
+        }
+    }
+    let req = oracle::LogsRequest::decode(body).ok()?;
+    let mut out = Vec::new();
+    for rl in &req.resource_logs {
+        let service = rl
+            .resource
+            .as_ref()
+            .and_then(|r| {
+                r.attributes
+                    .iter()
+                    .rev()
+                    .find(|kv| kv.key == b"service.name")
+            })
+            .and_then(|kv| match value(kv.value.as_ref()) {
+                AttrValue::Str(s) => Some(s),
+                _ => None,
+            });
+        for sl in &rl.scope_logs {
+            for r in &sl.log_records {
+                out.push(RecordFacts {
+                    service: service.clone(),
+                    severity: r.severity_number,
+                    body: match value(r.body.as_ref()) {
+                        AttrValue::Str(s) => Some(s),
+                        _ => None,
+                    },
+                    event_name: (!r.event_name.is_empty()).then(|| r.event_name.clone()),
+                    attributes: r
+                        .attributes
+                        .iter()
+                        .map(|kv| (kv.key.clone(), value(kv.value.as_ref())))
+                        .collect(),
+                });
+            }
+        }
+    }
+    Some(out)
+}
+
+/// What the rules see of every record of `req`, in wire order (see [`body_facts`]): with event
+/// names and typed attribute values, which [`ReceivedRecord`] does not keep.
+pub fn request_facts(req: &ExportLogsServiceRequest) -> Vec<RecordFacts> {
+    body_facts(&req.encode_to_vec()).expect("prost's own encoding decodes")
 }
 
 /// Asserts `got` and `expected` hold the same records as multisets, with a readable diff.

@@ -119,6 +119,7 @@ fn otel_exporter_100k_records_drop_90_percent() {
                 format!("noise record {i}: nobody reads this")
             },
             attributes: vec![("request.id".into(), format!("req-{i}"))],
+            event_name: None,
         })
         .collect();
     let plan = ExportPlan {

@@ -12,7 +12,14 @@
 //! - what the receiver decodes: the whole request, record by record;
 //! - the counters after every response: per rule (matched, kept, dropped, dropped_bytes,
 //!   redacted) and the totals (requests, log_requests, records, records_dropped, bytes_in,
-//!   bytes_out, every passthrough reason, edit_failures).
+//!   bytes_out, every passthrough reason, edit_failures);
+//! - after every round, each `group_by` count rule's `groups` in `stats --json` over the run
+//!   (a group not listed counts 0), and no groups on the other rules.
+//!
+//! Rules match on severity, service, event_name, body_contains, and string, int and bool
+//! attributes (records give the same keys values of other types, several `event_name` fields,
+//! bools written as 2 or in 10 bytes, negative ints); count rules sometimes have a `group_by`
+//! (service, severity, event_name or an attribute) with a small `max_groups`.
 //!
 //! Values nest: array and kvlist values inside each other in record bodies and attributes,
 //! resource and scope attributes, sometimes near and past dt's depth bound; strings sometimes
@@ -55,6 +62,7 @@ use std::time::{Duration, Instant};
 
 use dt_agent::Stats;
 use dt_tests::host_walk;
+use dt_tests::model::GroupBy;
 use dt_tests::proptest_gen::logs::Chunking;
 use dt_tests::proptest_gen::reference::{Counts, RefState};
 use dt_tests::proptest_gen::round::{self, Case, GenConfig, Round};
@@ -268,6 +276,8 @@ struct Coverage {
     head_cuts: usize,
     body_cuts: usize,
     rules: std::collections::BTreeMap<&'static str, usize>,
+    /// Rules with each newer condition or grouping.
+    conditions: std::collections::BTreeMap<&'static str, usize>,
     /// Host walk steps over every request: field by field, and with the record fast path.
     steps_slow: u64,
     steps_fast: u64,
@@ -278,6 +288,20 @@ impl Coverage {
     fn add(&mut self, r: &Round) {
         for rule in &r.rules {
             *self.rules.entry(rule.action.as_str()).or_default() += 1;
+            let mut cond = |what: &'static str, on: bool| {
+                if on {
+                    *self.conditions.entry(what).or_default() += 1;
+                }
+            };
+            cond("event_name", rule.event_name.is_some());
+            cond("typed attributes", !rule.typed_attributes.is_empty());
+            cond("group_by", rule.group_by.is_some());
+            cond(
+                "group_by with max_groups < 64",
+                rule.group_by
+                    .as_ref()
+                    .is_some_and(|g| g.max() < GroupBy::DEFAULT_MAX_GROUPS),
+            );
         }
         for conn in &r.conns {
             self.pipelined += conn.pipelined.is_some() as usize;
@@ -326,7 +350,7 @@ impl Coverage {
         format!(
             "{} requests: {} edited ({} emptied of all their records), {} unchanged, {} arriving with invalid UTF-8, \
              {} passed through {:?}, defects by depth {:?}; \
-             {} records, {} dropped, {} attributes removed, {} string bodies masked; rules {:?}; \
+             {} records, {} dropped, {} attributes removed, {} string bodies masked; rules {:?}, of which {:?}; \
              {} pipelined connections; {} chunked requests of one data chunk, {} of several; \
              {} writes cut in heads, {} in bodies; host walk both ways: {} steps field by field, {} with the record fast path ({} records taken whole)",
             self.requests,
@@ -342,6 +366,7 @@ impl Coverage {
             self.attrs_removed,
             self.bodies_masked,
             self.rules,
+            self.conditions,
             self.pipelined,
             self.one_chunk,
             self.several_chunks,
@@ -1005,6 +1030,103 @@ fn check_rules(r: &Round, after: &Stats, state: &RefState, problems: &mut Vec<St
             after.rules.len(),
             state.counts.len()
         ));
+    }
+    check_groups(after, state, problems);
+}
+
+/// Each rule's `"groups"` in `stats --json` (the Stats document as JSON: whatever the agent's
+/// type calls the field): group → count, `None` when the rule has no `groups`, `Err` when they
+/// are not a map of counts.
+fn groups_in_stats(
+    after: &Stats,
+) -> BTreeMap<String, Result<Option<BTreeMap<String, u64>>, String>> {
+    let json = serde_json::to_value(after).expect("Stats as JSON");
+    let mut out = BTreeMap::new();
+    for rule in json["rules"].as_array().into_iter().flatten() {
+        let name = rule["name"].as_str().unwrap_or_default().to_string();
+        let groups = match rule.get("groups") {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::Object(m)) => m
+                .iter()
+                .map(|(k, v)| {
+                    v.as_u64()
+                        .map(|n| (k.clone(), n))
+                        .ok_or_else(|| format!("group {k:?} = {v}"))
+                })
+                .collect::<Result<BTreeMap<_, _>, _>>()
+                .map(Some),
+            Some(other) => Err(format!("groups = {other}")),
+        };
+        out.insert(name, groups);
+    }
+    out
+}
+
+/// A group map shortened for a message: at most 24 groups, long names cut.
+fn fmt_groups(g: &BTreeMap<String, u64>) -> String {
+    let mut parts: Vec<String> = g
+        .iter()
+        .take(24)
+        .map(|(k, n)| format!("{}: {n}", short(k, 40)))
+        .collect();
+    if g.len() > 24 {
+        parts.push(format!("... ({} groups)", g.len()));
+    }
+    format!("{{{}}}", parts.join(", "))
+}
+
+/// Every `group_by` rule's groups over the whole run against the reference (a group absent on
+/// either side counts 0); rules without `group_by` have no group above 0.
+fn check_groups(after: &Stats, state: &RefState, problems: &mut Vec<String>) {
+    let got_all = groups_in_stats(after);
+    for name in state.counts.keys() {
+        let grouped = state.group_by.get(name);
+        let got = match got_all.get(name) {
+            None => continue, // "not listed in stats", reported above
+            Some(Err(e)) => {
+                problems.push(format!("rule {name}: groups are not counts: {e}"));
+                continue;
+            }
+            Some(Ok(g)) => g.clone(),
+        };
+        let want = state.groups(name);
+        if grouped.is_some() && got.is_none() && !want.is_empty() {
+            problems.push(format!(
+                "rule {name} (group_by {}): no \"groups\" in stats, want {}",
+                grouped.map(|g| g.dim.as_text()).unwrap_or_default(),
+                fmt_groups(&want)
+            ));
+            continue;
+        }
+        let got = got.unwrap_or_default();
+        let keys: BTreeSet<&String> = want.keys().chain(got.keys()).collect();
+        let diff: Vec<String> = keys
+            .into_iter()
+            .filter_map(|k| {
+                let (w, g) = (
+                    want.get(k).copied().unwrap_or(0),
+                    got.get(k).copied().unwrap_or(0),
+                );
+                (w != g).then(|| format!("{}: {g}, want {w}", short(k, 40)))
+            })
+            .collect();
+        if diff.is_empty() {
+            continue;
+        }
+        match grouped {
+            Some(g) => problems.push(format!(
+                "rule {name} (group_by {}, max_groups {}): groups differ over the run: {}\n      got  {}\n      want {}",
+                g.dim.as_text(),
+                g.max(),
+                diff.iter().take(12).cloned().collect::<Vec<_>>().join(", "),
+                fmt_groups(&got),
+                fmt_groups(&want)
+            )),
+            None => problems.push(format!(
+                "rule {name} has no group_by but groups {}",
+                fmt_groups(&got)
+            )),
+        }
     }
 }
 

@@ -524,6 +524,7 @@ fn redact_plan(total: usize, batch_size: usize) -> ExportPlan {
             severity_number: ((i * 5) % 24 + 1) as i32,
             body,
             attributes,
+            event_name: None,
         });
     }
     ExportPlan {
@@ -655,6 +656,7 @@ fn simulated_kernel(
                 dropped_bytes: c.dropped_bytes,
                 redacted: c.redacted,
                 fired: None,
+                groups: None,
             })
             .collect(),
         ..Default::default()

@@ -56,6 +56,7 @@ fn rec(severity_number: i32, body: String) -> PlannedRecord {
         severity_number,
         body,
         attributes: vec![("request.id".into(), body_id(severity_number))],
+        event_name: None,
     }
 }
 

@@ -2,7 +2,10 @@
 //! write splits.
 
 use super::wire::{Field, Kind, Val, WT_EGROUP, WT_I32, WT_I64, WT_LEN, WT_SGROUP, WT_VARINT};
-use super::{ATTR_KEYS, ATTR_VALUES, ATTRS, BODY_WORDS, G, NEEDLES, SERVICES};
+use super::{
+    ATTR_KEYS, ATTR_VALUES, ATTRS, BODY_WORDS, BOOL_KEYS, EVENT_NAMES, G, INT_ATTRS, NEEDLES,
+    SERVICES, TYPED_LOOKALIKES,
+};
 
 /// Field numbers each message of the schema (opentelemetry-proto 0.33, as prost decodes it)
 /// defines. Unknown fields are drawn outside these.
@@ -345,13 +348,27 @@ pub fn kv_fields(g: &mut G, key: Option<&str>, value: Option<Vec<Field>>) -> Vec
 }
 
 /// A record attribute as SDKs write it: a key from the pool, then one of its string values or
-/// an int.
+/// an int; sometimes a key of the typed pools with one of their ints (negative ones in 10
+/// bytes) or a bool.
 fn plain_attribute(g: &mut G) -> Field {
-    let (k, values) = *g.pick(ATTRS);
-    let value = if g.chance(0.8) {
-        string_any(values[g.range(0, values.len() - 1)])
-    } else {
-        vec![Field::varint(3, g.range(0, 600) as u64)]
+    let (k, value) = match g.weighted(&[80, 12, 8]) {
+        0 => {
+            let (k, values) = *g.pick(ATTRS);
+            let value = if g.chance(0.8) {
+                string_any(values[g.range(0, values.len() - 1)])
+            } else {
+                vec![Field::varint(3, g.range(0, 600) as u64)]
+            };
+            (k, value)
+        }
+        1 => {
+            let (k, values) = *g.pick(INT_ATTRS);
+            (k, vec![Field::varint(3, *g.pick(values) as u64)])
+        }
+        _ => (
+            *g.pick(BOOL_KEYS),
+            vec![Field::varint(2, g.chance(0.5) as u64)],
+        ),
     };
     Field::msg(
         6,
@@ -361,6 +378,47 @@ fn plain_attribute(g: &mut G) -> Field {
             Field::msg(2, Kind::AnyValue, value),
         ],
     )
+}
+
+/// The varint of a `bool_value`: 0 or 1 as SDKs write them, or any other (nonzero: true),
+/// some in several bytes.
+fn bool_varint(g: &mut G) -> u64 {
+    *g.pick(&[0u64, 1, 0, 1, 0, 1, 2, 255, 1 << 40, u64::MAX])
+}
+
+/// A typed member of an AnyValue: an int (from the pools, or any 64-bit pattern: negative ones
+/// take 10 bytes), a bool, or a string that reads like one.
+fn typed_member(g: &mut G, ints: &[i64]) -> Field {
+    match g.weighted(&[50, 30, 20]) {
+        0 => {
+            let v = if g.chance(0.8) {
+                *g.pick(ints) as u64
+            } else {
+                any_varint(g)
+            };
+            Field::varint(3, v)
+        }
+        1 => Field::varint(2, bool_varint(g)),
+        _ => Field::bytes(1, g.pick(TYPED_LOOKALIKES).as_bytes()),
+    }
+}
+
+/// A record attribute with a typed value under a key rules name with typed conditions (and
+/// which other records give other types): usually one member, sometimes two (the last one
+/// wins), through [`kv_fields`] (a second key or value sometimes).
+fn typed_attribute(g: &mut G) -> Field {
+    let (k, ints): (&str, &[i64]) = if g.chance(0.6) {
+        *g.pick(INT_ATTRS)
+    } else {
+        (*g.pick(BOOL_KEYS), &[0, 1, 503])
+    };
+    let mut any = vec![typed_member(g, ints)];
+    if g.chance(0.1) {
+        let other = typed_member(g, ints);
+        let at = g.range(0, 1);
+        any.insert(at, other);
+    }
+    Field::msg(6, Kind::KeyValue, kv_fields(g, Some(k), Some(any)))
 }
 
 /// A record attribute: a key from the pool, usually one of its string values.
@@ -498,6 +556,8 @@ pub fn record(g: &mut G) -> Field {
     for _ in 0..attrs {
         f.push(if plain {
             plain_attribute(g)
+        } else if g.chance(0.15) {
+            typed_attribute(g)
         } else {
             record_attribute(g)
         });
@@ -514,10 +574,24 @@ pub fn record(g: &mut G) -> Field {
     if g.chance(0.3) {
         f.push(Field::bytes(10, g.bytes(8)));
     }
-    if g.chance(0.1) {
-        let name = *g.pick(&["", "login", "日本"]);
-        let name = maybe_bad_utf8(g, name);
-        f.push(Field::bytes(12, name));
+    if g.chance(0.2) {
+        // event_name: usually once, sometimes repeated (the last one wins), sometimes empty
+        // (absent to decoders), longer than a rule may name.
+        let n = match g.weighted(&[80, 15, 5]) {
+            0 => 1,
+            1 => 2,
+            _ => 3,
+        };
+        for _ in 0..n {
+            let name = match g.weighted(&[80, 10, 5, 5]) {
+                0 => g.pick(EVENT_NAMES).to_string(),
+                1 => String::new(),
+                2 => "e".repeat(g.range(60, 200)),
+                _ => "payment.failed.x".to_string(),
+            };
+            let name = maybe_bad_utf8(g, name);
+            f.push(Field::bytes(12, name));
+        }
     }
     if !plain {
         add_unknown(g, &mut f, Kind::LogRecord, 0.15, 3);

@@ -6,11 +6,13 @@
 //!   type, padded varints) and, re-emitted with edits, give the exact bytes dt must send on.
 //! - [`logs`]: random ExportLogsServiceRequests, malformed variants, HTTP heads and splits.
 //! - [`rules`]: random rule sets (count, drop, and, behind a switch, sample and redact) as
-//!   [`crate::model::RuleSpec`]s, which render themselves to TOML and match records (no dt code).
+//!   [`crate::model::RuleSpec`]s, which render themselves to TOML and match records (no dt code):
+//!   severity, service, event_name, body_contains, string and typed attribute conditions, and
+//!   count rules with `group_by`.
 //! - [`reference`]: says whether dt must pass a request through and why (the oracle,
 //!   [`crate::oracle`], for malformed; groups and dt's depth bound besides), else decodes it with
 //!   prost (protobuf merge semantics) and applies the rules with [`crate::model`], giving the
-//!   decoded request, the bytes and the counters dt must produce.
+//!   decoded request, the bytes, the counters and the `group_by` groups dt must produce.
 //! - [`round`]: one rule set and the connections of requests sent under it.
 //!
 //! Nothing here calls dt's walker (`dt_ebpf_common::walk`) or rule compiler.
@@ -87,6 +89,54 @@ pub const ATTR_VALUES: &[&str] = &[
     "/healthz2",
     "/Healthz",
     "s3cr3t",
+];
+
+/// Record attribute keys that take int values, with the values rules name. Some are keys of
+/// [`ATTRS`] (string values) and [`BOOL_KEYS`]: a typed condition must tell the types apart.
+pub const INT_ATTRS: &[(&str, &[i64])] = &[
+    ("http.status_code", &[200, 503, 404, 0, 1, -1]),
+    (
+        "retry.count",
+        &[0, 1, 2, -5, 1 << 40, i64::MAX, i64::MIN, -9_000_000_000],
+    ),
+    ("k", &[1, 0, 503, -1]),
+    ("http.route", &[503, 1]),
+];
+
+/// Record attribute keys that take bool values (some also ints or strings elsewhere).
+pub const BOOL_KEYS: &[&str] = &["retry", "sampled", "k", "http.status_code"];
+
+/// Strings that read like the typed values (never equal to them), under the typed keys.
+pub const TYPED_LOOKALIKES: &[&str] = &["503", "1", "0", "true", "false", "-1", "200"];
+
+/// `event_name` values rules name (1..=128 bytes): near-duplicates, multi-byte, one exactly
+/// 64 bytes (a group value shown whole), one of 72 bytes (shown cut at 64 bytes, inside a
+/// character), the longest a rule may name (128 bytes; a group value cut too).
+pub const EVENT_NAMES: &[&str] = &[
+    "payment.failed",
+    "payment.failed2",
+    "Payment.failed",
+    "payment",
+    "login",
+    "日本",
+    "x234567890123456789012345678901234567890123456789012345678901234",
+    "日本日本日本日本日本日本日本日本日本日本日本日本",
+    "event-eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee",
+];
+
+/// `group_by` values the generator uses: every dimension, attributes of string, int and bool
+/// values (and of mixed ones), and the longest key.
+pub const GROUP_DIMS: &[&str] = &[
+    "service",
+    "severity",
+    "event_name",
+    "attributes.http.route",
+    "attributes.k",
+    "attributes.http.status_code",
+    "attributes.retry",
+    "attributes.user.email",
+    "attributes.retry.count",
+    "attributes.long.key.kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk",
 ];
 
 /// `body_contains` needles: overlapping, prefixes and suffixes of each other, multi-byte UTF-8,

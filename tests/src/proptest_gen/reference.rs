@@ -1,24 +1,31 @@
 //! The reference: what dt must make of a valid request under a rule set, computed from prost's
 //! decoding of the request (protobuf merge semantics) and the rule model ([`crate::model`]).
+//! The rules see each record as prost decodes the bytes sent with strings as bytes
+//! ([`crate::record::body_facts`]): event names, typed attribute values, and the raw bytes group
+//! values show.
 
 use std::collections::BTreeMap;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value::Value};
+use prost::Message;
 
 use super::wire::{Edits, Mark, RecordSizes};
 pub use crate::model::Counts;
-use crate::model::{Decider, End, Facts, Redaction, RuleSpec, evaluate_record};
+use crate::model::{Decider, End, Facts, GroupBy, Redaction, RuleSpec, evaluate_facts};
 
 /// What the reference carries from request to request for the agent's whole life: every rule
-/// name's counters, and each sample rule's match count (in the [`Decider`]).
+/// name's counters, each sample rule's match count and each `group_by` rule's groups (in the
+/// [`Decider`]).
 #[derive(Clone, Debug, Default)]
 pub struct RefState {
     pub counts: BTreeMap<String, Counts>,
-    /// The sample counters (and rate-limit buckets), per rule name.
+    /// The sample counters (and rate-limit buckets), and the groups, per rule name.
     pub decider: Decider,
     /// Each name's action (names are tied to one action).
     pub actions: BTreeMap<String, &'static str>,
+    /// Each `group_by` rule name's grouping (names are tied to one).
+    pub group_by: BTreeMap<String, GroupBy>,
 }
 
 impl RefState {
@@ -32,7 +39,22 @@ impl RefState {
                 "rule name {} changed action",
                 r.name
             );
+            let grouped = self.group_by.get(&r.name);
+            assert!(
+                grouped == r.group_by.as_ref() || !self.decider.groups.contains_key(&r.name),
+                "rule name {} changed group_by",
+                r.name
+            );
+            if let Some(g) = &r.group_by {
+                self.group_by.insert(r.name.clone(), g.clone());
+            }
         }
+    }
+
+    /// Rule `name`'s groups over the agent's life, as `stats --json` names them (a group not
+    /// listed counts 0).
+    pub fn groups(&self, name: &str) -> BTreeMap<String, u64> {
+        self.decider.groups_of(name)
     }
 }
 
@@ -97,17 +119,35 @@ pub fn facts(req: &ExportLogsServiceRequest) -> Vec<Facts> {
     out
 }
 
-/// Evaluates `rules` on every record of `decoded` (whose encoding has `sizes`) with the model
-/// ([`evaluate_record`], settled with `state`'s [`Decider`]: sample keeps match k, from 0, per
-/// rule name, over the agent's life, iff k % N == 0) and updates `state`'s counters. Redact
-/// edits apply to kept records only.
+/// [`evaluate_body`] for a request sent as prost encodes `decoded`.
 pub fn evaluate(
     state: &mut RefState,
     rules: &[RuleSpec],
     decoded: &ExportLogsServiceRequest,
     sizes: &[RecordSizes],
 ) -> Outcome {
-    let facts = facts(decoded);
+    evaluate_body(state, rules, decoded, &decoded.encode_to_vec(), sizes)
+}
+
+/// Evaluates `rules` on every record of the request sent as `body` (prost decodes it as
+/// `decoded`, with any invalid UTF-8 replaced; its encoding has `sizes`) with the model
+/// ([`evaluate_facts`] on [`crate::record::body_facts`] of `body`, settled with `state`'s
+/// [`Decider`]: sample keeps match k, from 0, per rule name, over the agent's life, iff
+/// k % N == 0; groups counted in record order) and updates `state`'s counters. Redact edits
+/// apply to kept records only.
+pub fn evaluate_body(
+    state: &mut RefState,
+    rules: &[RuleSpec],
+    decoded: &ExportLogsServiceRequest,
+    body: &[u8],
+    sizes: &[RecordSizes],
+) -> Outcome {
+    let facts = crate::record::body_facts(body).expect("generator: a valid request");
+    assert_eq!(
+        facts.len(),
+        self::facts(decoded).len(),
+        "generator: the body and its decoding differ"
+    );
     assert_eq!(
         facts.len(),
         sizes.len(),
@@ -128,7 +168,7 @@ pub fn evaluate(
     // Per record: the edits for kept records.
     let mut marks: Vec<Redaction> = Vec::new();
     for (ri, (f, size)) in facts.iter().zip(sizes).enumerate() {
-        let e = evaluate_record(rules, f);
+        let e = evaluate_facts(rules, f);
         if !matches!(e.end, End::Kept) {
             out.planned = true;
         }
@@ -458,6 +498,99 @@ mod tests {
         assert_eq!(passthrough(&body), Some("malformed"));
         // A truncated body: the oracle refuses it.
         assert_eq!(passthrough(&body[..body.len() - 1]), Some("malformed"));
+    }
+
+    /// The rules' view of the bytes sent: the last event_name, typed values as prost decodes
+    /// them (negative ints in 10 bytes, a bool written as 2, the last of two oneof members, two
+    /// value fields merged), invalid UTF-8 kept for group values.
+    #[test]
+    fn record_facts_from_the_wire() {
+        use crate::model::{AttrValue, RuleSpec};
+        let kv = |k: &str, any: Vec<Field>| {
+            Field::msg(
+                6,
+                Kind::KeyValue,
+                vec![Field::bytes(1, k), Field::msg(2, Kind::AnyValue, any)],
+            )
+        };
+        let rec = Field::msg(
+            2,
+            Kind::LogRecord,
+            vec![
+                Field::bytes(12, "payment.failed"),
+                kv("i", vec![Field::varint(3, -5i64 as u64)]),
+                Field::bytes(12, "login"),
+                kv("b", vec![Field::varint(2, 2)]),
+                kv("m", vec![Field::varint(3, 503), Field::bytes(1, "503")]),
+                Field::msg(
+                    6,
+                    Kind::KeyValue,
+                    vec![
+                        Field::bytes(1, "v"),
+                        Field::msg(2, Kind::AnyValue, vec![Field::varint(3, 1)]),
+                        Field::msg(2, Kind::AnyValue, vec![]),
+                    ],
+                ),
+                kv("s", vec![Field::bytes(1, b"a\xff".to_vec())]),
+                Field::msg(6, Kind::KeyValue, vec![Field::bytes(1, "none")]),
+            ],
+        );
+        let svc = Field::msg(
+            1,
+            Kind::Resource,
+            vec![Field::msg(
+                1,
+                Kind::KeyValue,
+                vec![
+                    Field::bytes(1, "service.name"),
+                    Field::msg(2, Kind::AnyValue, vec![Field::bytes(1, "checkout")]),
+                ],
+            )],
+        );
+        let sl = Field::msg(2, Kind::ScopeLogs, vec![rec]);
+        let body = encode(&[Field::msg(1, Kind::ResourceLogs, vec![sl, svc])]);
+        let f = &crate::record::body_facts(&body).expect("valid")[0];
+        assert_eq!(f.service.as_deref(), Some(&b"checkout"[..]));
+        assert_eq!(f.event_name.as_deref(), Some(&b"login"[..]));
+        let values: Vec<(&[u8], &AttrValue)> =
+            f.attributes.iter().map(|(k, v)| (&k[..], v)).collect();
+        assert_eq!(
+            values,
+            vec![
+                (&b"i"[..], &AttrValue::Int(-5)),
+                (b"b", &AttrValue::Bool(true)),
+                (b"m", &AttrValue::str("503")),
+                (b"v", &AttrValue::Int(1)),
+                (b"s", &AttrValue::Str(b"a\xff".to_vec())),
+                (b"none", &AttrValue::Other),
+            ]
+        );
+        let key = |dim: &str| {
+            RuleSpec::count("g")
+                .group_by(dim, None)
+                .group_key(f)
+                .map(|k| k.render())
+                .unwrap()
+        };
+        assert_eq!(key("attributes.s"), "a\u{fffd}");
+        assert_eq!(key("attributes.b"), "true");
+        assert_eq!(key("attributes.none"), "__other__");
+        assert_eq!(key("event_name"), "login");
+        assert!(
+            !RuleSpec::count("e")
+                .event_name("payment.failed")
+                .matches_facts(f)
+        );
+        assert!(
+            RuleSpec::count("b")
+                .attribute_bool("b", true)
+                .matches_facts(f)
+        );
+        assert!(
+            !RuleSpec::count("m")
+                .attribute_int("m", 503)
+                .matches_facts(f)
+        );
     }
 
     #[test]

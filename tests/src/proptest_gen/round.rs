@@ -248,7 +248,8 @@ pub fn case(
             )
         });
         let mut st = state.clone();
-        let out = reference::evaluate(&mut st, rules, &decoded, &sizes);
+        // The rules see the bytes sent (group values show invalid UTF-8 as it is).
+        let out = reference::evaluate_body(&mut st, rules, &decoded, &body, &sizes);
         let removals = out.edits.remove.len();
         let masks = out.edits.mask.len() + out.edits.either.len();
         let records = sizes.len();
@@ -512,10 +513,20 @@ mod tests {
         let (mut masked, mut removed_attrs, mut kept_by_sample, mut malformed) = (0, 0, 0, 0);
         let (mut too_deep, mut bad_utf8) = (0, 0);
         let (mut one_chunk, mut several, mut one_chunk_malformed) = (0, 0, 0);
+        let (mut event_matches, mut typed_matches) = (0, 0);
         for i in 0..40 {
             let r = round(i, round_seed(7, i), first, &cfg, &mut state);
             first += r.n_cases();
             for c in r.cases() {
+                for rule in &r.rules {
+                    let moved = c
+                        .expect
+                        .counts
+                        .get(&rule.name)
+                        .is_some_and(|d| d.matched > 0);
+                    event_matches += (moved && rule.event_name.is_some()) as usize;
+                    typed_matches += (moved && !rule.typed_attributes.is_empty()) as usize;
+                }
                 if c.malformed.is_some() {
                     malformed += 1;
                     assert_eq!(c.expect.body, c.request.payload);
@@ -552,6 +563,42 @@ mod tests {
             }
         }
         assert!(masked > 0 && removed_attrs > 0 && kept_by_sample > 0 && malformed > 0);
+        assert!(
+            event_matches > 0 && typed_matches > 0,
+            "{event_matches} matches of event_name rules, {typed_matches} of typed attribute rules"
+        );
+        // Every grouped rule's groups add up to its matches; the special groups and cut values
+        // come up.
+        let mut all_groups: BTreeMap<String, u64> = BTreeMap::new();
+        for name in state.group_by.keys() {
+            let groups = state.groups(name);
+            assert_eq!(
+                groups.values().sum::<u64>(),
+                state.counts[name].matched,
+                "rule {name}: groups {groups:?}"
+            );
+            for (k, n) in groups {
+                *all_groups.entry(k).or_default() += n;
+            }
+        }
+        for k in [
+            "__other__",
+            "__missing__",
+            "TRACE",
+            "UNSPECIFIED",
+            "true",
+            "503",
+            "-1",
+        ] {
+            assert!(
+                all_groups.contains_key(k),
+                "no group {k:?} in {all_groups:?}"
+            );
+        }
+        assert!(
+            all_groups.keys().any(|k| k.ends_with('…')),
+            "no cut group value"
+        );
         assert!(
             one_chunk > 0 && several > 0 && one_chunk_malformed > 0,
             "{one_chunk} single-chunk requests ({one_chunk_malformed} malformed), {several} of several chunks"

@@ -1,8 +1,11 @@
 //! Random rule sets as [`RuleSpec`]s (README, "Rules" and "Severity"; nothing from dt's
 //! compiler): the model renders them to TOML and matches them.
 
-use super::{ATTR_KEYS, ATTR_VALUES, ATTRS, G, NEEDLES, SERVICES};
-use crate::model::{Action, RuleSpec, Severity};
+use super::{
+    ATTR_KEYS, ATTR_VALUES, ATTRS, BOOL_KEYS, EVENT_NAMES, G, GROUP_DIMS, INT_ATTRS, NEEDLES,
+    SERVICES, TYPED_LOOKALIKES,
+};
+use crate::model::{Action, GroupBy, GroupDim, RuleSpec, RuleValue, Severity};
 
 const LEVELS: [(&str, i32); 6] = [
     ("TRACE", 1),
@@ -88,6 +91,52 @@ fn name_for(action: &Action, i: usize) -> String {
     }
 }
 
+/// `max_groups` values: the default, small ones (reached: later values count as `__other__`),
+/// the largest.
+const MAX_GROUPS: &[Option<u32>] = &[None, Some(1), Some(2), Some(3), Some(8), Some(1024)];
+
+/// A random `group_by`, and the name a count rule with it takes: the name is tied to the
+/// grouping (as to the action), so its groups carry on across rule sets like its counters.
+fn grouping(g: &mut G, i: usize) -> (GroupBy, String) {
+    let d = g.range(0, GROUP_DIMS.len() - 1);
+    let m = g.weighted(&[40, 8, 20, 15, 10, 7]);
+    let dim = GroupDim::parse(GROUP_DIMS[d]).expect("a dimension");
+    let name = format!("group{d}m{}-{i}", MAX_GROUPS[m].unwrap_or(0));
+    (
+        GroupBy {
+            dim,
+            max_groups: MAX_GROUPS[m],
+        },
+        name,
+    )
+}
+
+/// A typed attribute condition: an int or a bool under a key records give such values (and
+/// other types), or a string that reads like one (which no int or bool matches).
+fn typed_condition(g: &mut G) -> (String, RuleValue) {
+    match g.weighted(&[50, 30, 20]) {
+        0 => {
+            let (k, values) = *g.pick(INT_ATTRS);
+            (k.to_string(), RuleValue::Int(*g.pick(values)))
+        }
+        1 => (
+            g.pick(BOOL_KEYS).to_string(),
+            RuleValue::Bool(g.chance(0.6)),
+        ),
+        _ => {
+            let k = if g.chance(0.5) {
+                g.pick(INT_ATTRS).0
+            } else {
+                *g.pick(BOOL_KEYS)
+            };
+            (
+                k.to_string(),
+                RuleValue::Str(g.pick(TYPED_LOOKALIKES).to_string()),
+            )
+        }
+    }
+}
+
 /// A random rule set of 1..=8 rules with distinct names.
 pub fn rule_set(g: &mut G, cfg: RuleConfig) -> Vec<RuleSpec> {
     let n = g.range(1, 8);
@@ -108,7 +157,12 @@ pub fn rule_set(g: &mut G, cfg: RuleConfig) -> Vec<RuleSpec> {
             _ => {
                 let mut remove: Vec<String> = Vec::new();
                 for _ in 0..g.range(0, 3) {
-                    let k = g.pick(ATTR_KEYS).to_string();
+                    // Keys records give values of any type (removed whatever the type).
+                    let k = if g.chance(0.15) {
+                        g.pick(BOOL_KEYS).to_string()
+                    } else {
+                        g.pick(ATTR_KEYS).to_string()
+                    };
                     if !remove.contains(&k) {
                         remove.push(k);
                     }
@@ -117,36 +171,58 @@ pub fn rule_set(g: &mut G, cfg: RuleConfig) -> Vec<RuleSpec> {
                 Action::Redact { remove, mask_body }
             }
         };
-        let name = name_for(&action, g.range(0, 3));
+        let i = g.range(0, 3);
+        let (group_by, name) = if action == Action::Count && g.chance(0.35) {
+            let (gb, name) = grouping(g, i);
+            (Some(gb), name)
+        } else {
+            (None, name_for(&action, i))
+        };
         if rules.iter().any(|r| r.name == name) {
             continue;
         }
         let mut r = RuleSpec::new(&name, action);
-        // A rule without a match table takes every record: rare, or little else gets through.
-        if !g.chance(if r.action == Action::Count {
-            0.15
-        } else {
-            0.04
-        }) {
+        r.group_by = group_by;
+        // A rule without a match table takes every record: rare, or little else gets through
+        // (common for a grouped count rule: it sees every value).
+        let no_match = match (&r.action, &r.group_by) {
+            (Action::Count, Some(_)) => 0.4,
+            (Action::Count, None) => 0.15,
+            _ => 0.04,
+        };
+        if !g.chance(no_match) {
             if g.chance(0.45) {
                 r.severity = Some(severity(g));
             }
             if g.chance(0.25) {
                 r.service = Some(g.pick(SERVICES).to_string());
             }
+            if g.chance(0.12) {
+                r.event_name = Some(g.pick(EVENT_NAMES).to_string());
+            }
             if g.chance(0.3) {
                 r.body_contains = Some(g.pick(NEEDLES).to_string());
             }
-            if g.chance(0.25) {
+            if g.chance(0.3) {
                 for _ in 0..g.range(1, 2) {
-                    let (k, values) = *g.pick(ATTRS);
-                    if r.attributes.iter().all(|(rk, _)| rk != k) {
+                    let (k, v) = if g.chance(0.3) {
+                        typed_condition(g)
+                    } else {
+                        let (k, values) = *g.pick(ATTRS);
                         let v = if g.chance(0.9) {
                             g.pick(values)
                         } else {
                             g.pick(ATTR_VALUES)
                         };
-                        r.attributes.push((k.to_string(), v.to_string()));
+                        (k.to_string(), RuleValue::Str(v.to_string()))
+                    };
+                    // One condition per key (a TOML table has each key once).
+                    if r.all_attributes().any(|(rk, _)| rk == k) {
+                        continue;
+                    }
+                    match v {
+                        RuleValue::Str(v) => r.attributes.push((k, v)),
+                        v => r.typed_attributes.push((k, v)),
                     }
                 }
             }
