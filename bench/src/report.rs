@@ -304,6 +304,24 @@ pub fn ratios(runs: &[RunResult], sizes: &[usize], rounds: usize) -> Vec<Ratio> 
             None,
             div("h", "d", msg),
         ));
+        out.push(ratio(
+            runs,
+            rounds,
+            size,
+            "(j)/(d) CPU per record",
+            "whole-path CPU ns per record sent, the drop rule with [enrich] over without",
+            (size == 100).then_some(("<= 1.3", 1.3, false)),
+            div("j", "d", cpu),
+        ));
+        out.push(ratio(
+            runs,
+            rounds,
+            size,
+            "(j)/(d) dt_msg cost per record",
+            "dt_msg run time (bpf_stats) per record, with [enrich] over without",
+            None,
+            div("j", "d", msg),
+        ));
     }
     out.retain(|r| r.stat.is_some());
     out

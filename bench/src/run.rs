@@ -73,6 +73,8 @@ pub enum RuleSet {
     Drop90Recorded,
     /// (c) with realistic body needles.
     CountNeedles,
+    /// (d)'s drop rule with `[enrich]` adding every attribute it can.
+    Drop90Enriched,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -135,6 +137,13 @@ pub const SCENARIOS: &[Scenario] = &[
         kind: Kind::Agent(Some(RuleSet::CountNeedles)),
         framing: Framing::ContentLength,
     },
+    // (d) with `[enrich]`: every request's Resources get the sender's attributes.
+    Scenario {
+        key: "j",
+        label: "agent, drop 90%, enrich",
+        kind: Kind::Agent(Some(RuleSet::Drop90Enriched)),
+        framing: Framing::ContentLength,
+    },
     // (d) with the dropped records kept in a flight recorder.
     Scenario {
         key: "h",
@@ -153,7 +162,9 @@ impl Scenario {
     pub fn drops(&self) -> bool {
         matches!(
             self.kind,
-            Kind::Agent(Some(RuleSet::Drop90 | RuleSet::Drop90Recorded)) | Kind::Proxy
+            Kind::Agent(Some(
+                RuleSet::Drop90 | RuleSet::Drop90Recorded | RuleSet::Drop90Enriched
+            )) | Kind::Proxy
         )
     }
 
@@ -283,6 +294,11 @@ impl Bench {
                 RuleSet::CountNeedles,
                 "i",
                 workload::rules::count_realistic_needles(),
+            ),
+            (
+                RuleSet::Drop90Enriched,
+                "j",
+                workload::rules::drop_90_enriched(),
             ),
             (
                 RuleSet::Count64,

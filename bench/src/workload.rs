@@ -367,6 +367,17 @@ pub mod rules {
             .to_string()
     }
 
+    /// (d)'s drop rule with `[enrich]` (scenario j): every request's Resources get the
+    /// sender's pid and the host name (the bench's sender is in no container).
+    pub fn drop_90_enriched() -> String {
+        format!(
+            "# (j): (d), with the sender's identity added to every Resource.\n\
+             [enrich]\nresource_attributes = [\"process.pid\", \"host.name\", \"container.id\", \
+             \"k8s.pod.uid\"]\n{}",
+            drop_90()
+        )
+    }
+
     /// (d)'s drop rule, with what it drops kept in a 4 MiB flight recorder (scenario h). The
     /// ring is overwritten all the time: the steady state of a recorder nobody flushes.
     pub fn drop_90_recorded() -> String {

@@ -166,6 +166,9 @@ pub struct RuleSet {
     /// What the rules look at ([`NEED_SERVICE`], [`NEED_ATTRS`], [`NEED_STATES`]): the walk
     /// still checks the whole request, but skips the lookups no rule needs.
     pub needs: u32,
+    /// The resource attributes `[enrich]` adds ([`ENRICH_PID`] ...; 0: no enrichment).
+    pub enrich: u32,
+    pub _pad_enrich: u32,
     /// Bits of the states some rule's match names: the ones read when a record's evaluation
     /// begins.
     pub states: u64,
@@ -205,6 +208,56 @@ pub const NEED_SCAN_SKIP: u32 = 16;
 pub const NEED_EVENT: u32 = 32;
 /// Some count rule has a `group_by`.
 pub const NEED_GROUPS: u32 = 64;
+
+/// [`RuleSet::enrich`]: the resource attributes the kernel adds, in the order they are added.
+pub const ENRICH_PID: u32 = 1;
+pub const ENRICH_HOST: u32 = 2;
+pub const ENRICH_CONTAINER: u32 = 4;
+pub const ENRICH_POD: u32 = 8;
+/// Their keys, by bit index.
+pub const ENRICH_KEYS: [&[u8]; 4] = [
+    b"process.pid",
+    b"host.name",
+    b"container.id",
+    b"k8s.pod.uid",
+];
+
+/// A string value `[enrich]` adds (`len` 0: none): the host name (`ENRICH_HOST[0]`, the
+/// agent's), a container id or a pod uid (`CGROUP_IDS`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct EnrichStr {
+    pub len: u32,
+    pub bytes: [u8; 64],
+}
+
+impl EnrichStr {
+    pub const NONE: EnrichStr = EnrichStr {
+        len: 0,
+        bytes: [0; 64],
+    };
+
+    /// The first 64 bytes of `s`.
+    pub fn of(s: &[u8]) -> EnrichStr {
+        let mut e = EnrichStr::NONE;
+        let n = s.len().min(64);
+        e.bytes[..n].copy_from_slice(&s[..n]);
+        e.len = n as u32;
+        e
+    }
+}
+
+/// Value of the `CGROUP_IDS` map (key: a cgroup v2 id, `bpf_get_current_cgroup_id`): what the
+/// cgroup's path says of the container and pod its tasks run in.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct CgroupIds {
+    pub container: EnrichStr,
+    pub pod: EnrichStr,
+}
+
+/// Entries of `CGROUP_IDS`: cgroups that name a container or a pod.
+pub const MAX_CGROUP_IDS: u32 = 16384;
 
 /// [`Rule::group`]: what a count rule counts its matches by.
 pub const GROUP_SERVICE: u8 = 1;
@@ -362,6 +415,8 @@ impl RuleSet {
         ac_states: 0,
         remove_keys: 0,
         needs: 0,
+        enrich: 0,
+        _pad_enrich: 0,
         states: 0,
         attr_key_lens: 0,
         redact_key_lens: 0,
@@ -500,6 +555,9 @@ pub const STR_ATTR_BOOL: u8 = 5;
 pub const STR_EVENT: u8 = 6;
 /// An attribute name alone → bits of the `group_by` keys (indexes) it equals.
 pub const STR_GROUP: u8 = 7;
+/// A resource attribute name alone → the `ENRICH_*` bit of the key it is, among those
+/// `[enrich]` adds.
+pub const STR_ENRICH: u8 = 8;
 
 /// Whether strings of `kind` are also in `ATTR_HASHES`, for the record fast path's lookups:
 /// attribute pairs of every value type, and removal names.
@@ -634,13 +692,14 @@ pub enum Passthrough {
     BadHttp = 13,
     NoRules = 14,
     TooDeep = 15,
+    Enrich = 16,
 }
 
-pub const N_PASSTHROUGH: usize = 16;
+pub const N_PASSTHROUGH: usize = 17;
 
 impl Passthrough {
     /// Every reason, in index order, with the key used in `stats --json`.
-    pub const ALL: [(Passthrough, &'static str); 16] = [
+    pub const ALL: [(Passthrough, &'static str); 17] = [
         (Passthrough::Compressed, "compressed"),
         (Passthrough::Json, "json"),
         (Passthrough::Chunked, "chunked"),
@@ -657,6 +716,7 @@ impl Passthrough {
         (Passthrough::BadHttp, "bad_http"),
         (Passthrough::NoRules, "no_rules"),
         (Passthrough::TooDeep, "too_deep"),
+        (Passthrough::Enrich, "enrich"),
     ];
 }
 
@@ -962,5 +1022,7 @@ mod pod {
     unsafe impl aya::Pod for RecConf {}
     unsafe impl aya::Pod for RingBlock {}
     unsafe impl aya::Pod for GroupKey {}
+    unsafe impl aya::Pod for EnrichStr {}
+    unsafe impl aya::Pod for CgroupIds {}
     unsafe impl aya::Pod for GroupNotes {}
 }

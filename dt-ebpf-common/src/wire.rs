@@ -129,6 +129,9 @@ pub enum Error {
     EditLimit,
     /// Messages nest deeper than the walk checks.
     TooDeep,
+    /// `[enrich]` can't add the attributes (a length prefix too narrow for the new length, or
+    /// too many ResourceLogs).
+    Enrich,
 }
 
 /// Reads a varint at `off` that must end before `end`. Returns the value and its length. The

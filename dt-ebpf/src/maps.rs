@@ -8,10 +8,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, SockHash},
 };
 use dt_ebpf_common::{
-    AcTable, Control, GroupKey, GroupNotes, HashEntry, HashKey, Held, MAX_CONDS, MAX_GROUP_ENTRIES,
-    MAX_HELD, MAX_NAME_LEN, MAX_RECORDERS, MAX_SLOTS, MAX_STATES, NameEntry, NameKey, REBODY_SLOTS,
-    Rebody, RecConf, RecCounters, RecState, RingBlock, RuleCounters, RuleSet, SockState, StrKey,
-    Totals, TriggerState,
+    AcTable, CgroupIds, Control, EnrichStr, GroupKey, GroupNotes, HashEntry, HashKey, Held,
+    MAX_CGROUP_IDS, MAX_CONDS, MAX_GROUP_ENTRIES, MAX_HELD, MAX_NAME_LEN, MAX_RECORDERS, MAX_SLOTS,
+    MAX_STATES, NameEntry, NameKey, REBODY_SLOTS, Rebody, RecConf, RecCounters, RecState,
+    RingBlock, RuleCounters, RuleSet, SockState, StrKey, Totals, TriggerState,
 };
 
 /// The active rule set slot and generation, the rip cord, the size bound.
@@ -49,6 +49,15 @@ pub static GROUPS: HashMap<GroupKey, u64> = HashMap::with_max_entries(MAX_GROUP_
 /// `max_groups` bounds them).
 #[map]
 pub static GROUP_COUNT: Array<u64> = Array::with_max_entries(MAX_SLOTS, 0);
+
+/// `[enrich]`: the host name (entry 0), written by the agent.
+#[map]
+pub static ENRICH_HOST: Array<EnrichStr> = Array::with_max_entries(1, 0);
+
+/// `[enrich]`: cgroup v2 id → the container id and pod uid its path names (the agent keeps it up
+/// to date from the cgroup hierarchy).
+#[map]
+pub static CGROUP_IDS: HashMap<u64, CgroupIds> = HashMap::with_max_entries(MAX_CGROUP_IDS, 0);
 
 /// The grouped matches of the request being walked on a connection.
 #[btf_map]

@@ -23,9 +23,9 @@ use core::{ffi::c_void, ptr};
 use aya_ebpf::{
     bindings::{BPF_SK_STORAGE_GET_F_CREATE, sk_action, sk_msg_md},
     helpers::generated::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_loop, bpf_msg_apply_bytes,
-        bpf_msg_cork_bytes, bpf_msg_pop_data, bpf_msg_pull_data, bpf_probe_read_kernel,
-        bpf_sk_storage_get,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_loop,
+        bpf_msg_apply_bytes, bpf_msg_cork_bytes, bpf_msg_pop_data, bpf_msg_pull_data,
+        bpf_msg_push_data, bpf_probe_read_kernel, bpf_sk_storage_get,
     },
     macros::sk_msg,
     programs::SkMsgContext,
@@ -48,8 +48,8 @@ mod record;
 
 use crate::dynamic::{self, atomic_update};
 use crate::maps::{
-    AC_FLAT, ATTR_HASHES, CONTROL, HELD, RATES, RULE_COUNTERS, RULESETS, SAMPLES, SOCK_STATE,
-    STRINGS, TOTALS,
+    AC_FLAT, ATTR_HASHES, CGROUP_IDS, CONTROL, ENRICH_HOST, HELD, RATES, RULE_COUNTERS, RULESETS,
+    SAMPLES, SOCK_STATE, STRINGS, TOTALS,
 };
 
 /// A block of zeros to clear lookup keys from.
@@ -163,14 +163,26 @@ fn untracked(totals: &mut Totals, size: u32) {
 /// Passes a whole request of `total` bytes untouched, counted under `why`.
 #[inline(always)]
 fn pass(totals: &mut Totals, why: Passthrough, total: u32) -> Verdict {
-    // Masked: the index is a discriminant, but the verifier must see the bound.
-    let i = why as usize & (N_PASSTHROUGH - 1);
-    if i < totals.passthrough.len() {
-        totals.passthrough[i] += 1;
-    }
+    count_passthrough(totals, why);
     totals.bytes_in += total as u64;
     totals.bytes_out += total as u64;
     (total, 0)
+}
+
+/// Counts one request under `why`. The index is a discriminant, so the compiler drops a bound
+/// check it knows holds, but the verifier must see it: the index is read back from memory
+/// first.
+#[inline(always)]
+fn count_passthrough(totals: &mut Totals, why: Passthrough) {
+    let mut slot = why as u32;
+    // SAFETY: a store to and a load from a local.
+    let i = unsafe {
+        ptr::write_volatile(&mut slot, why as u32);
+        ptr::read_volatile(&slot)
+    } as usize;
+    if i < N_PASSTHROUGH {
+        totals.passthrough[i] += 1;
+    }
 }
 
 /// Stops following the connection: this message and everything after it pass.
@@ -178,11 +190,7 @@ fn pass(totals: &mut Totals, why: Passthrough, total: u32) -> Verdict {
 fn lose_track(st: &mut SockState, totals: &mut Totals, why: Passthrough, size: u32) -> Verdict {
     st.phase = PHASE_UNTRACKED;
     totals.requests += 1;
-    // Masked: the index is a discriminant, but the verifier must see the bound.
-    let i = why as usize & (N_PASSTHROUGH - 1);
-    if i < totals.passthrough.len() {
-        totals.passthrough[i] += 1;
-    }
+    count_passthrough(totals, why);
     untracked(totals, size);
     WHOLE
 }
@@ -285,7 +293,7 @@ fn fresh(
     let total = total as u32;
     let no_rules = RULESETS
         .get(control.active_slot())
-        .is_some_and(|rs| rs.n_rules == 0);
+        .is_some_and(|rs| rs.n_rules == 0 && rs.enrich == 0);
     if chunked {
         if why.is_some_and(|w| !matches!(w, Passthrough::Oversize)) || no_rules {
             // Not walked, so not scanned: its end is not known.
@@ -530,6 +538,9 @@ struct WalkCtx {
 
 const WALK_RUNNING: i32 = 0;
 const WALK_DONE: i32 = 1;
+/// `walk_cb`'s outcome of a walk that stopped at [`Error::Enrich`] (the other failures are -1
+/// to -4; `rechunk`'s own are -5 to -7).
+const WALK_ENRICH: i32 = -8;
 extern "C" fn walk_cb(_i: u64, ctx: *mut c_void) -> i64 {
     let c = unsafe { &mut *(ctx as *mut WalkCtx) };
     let w = unsafe { &mut (*c.st).walk };
@@ -545,6 +556,7 @@ extern "C" fn walk_cb(_i: u64, ctx: *mut c_void) -> i64 {
                 Error::Unreadable => -2,
                 Error::EditLimit => -3,
                 Error::TooDeep => -4,
+                Error::Enrich => WALK_ENRICH,
             };
             1
         }
@@ -597,6 +609,9 @@ fn walk_request_inner(msg: *mut sk_msg_md, st: &mut SockState, totals: &mut Tota
     st.walk
         .start(st.body_start, st.body_end, st.cl_off, st.cl_digits);
     st.walk.cl_hex = st.cl_hex;
+    if rs.enrich != 0 {
+        dt_enrich(&mut st.walk, rs.enrich as u64);
+    }
     if rs.needs & NEED_GROUPS != 0 && groups::notes_of(msg, true).is_null() {
         return pass(totals, Passthrough::Other, total);
     }
@@ -624,10 +639,7 @@ fn walk_request_inner(msg: *mut sk_msg_md, st: &mut SockState, totals: &mut Tota
     // in `conclude`: its grouped matches are counted before, while the walk's offsets still
     // hold (the copy back does not fail once the walk is done).
     let unchanged_multi = unsafe {
-        (*st_ptr).multi != 0
-            && (*st_ptr).walk.outcome == WALK_DONE
-            && (*st_ptr).walk.n_edits == 0
-            && (*st_ptr).walk.n_masks == 0
+        (*st_ptr).multi != 0 && (*st_ptr).walk.outcome == WALK_DONE && !(*st_ptr).walk.changes()
     };
     if unchanged_multi && slot_generation(rs) == generation {
         groups::count(msg, st_ptr, rs, unsafe { (*st_ptr).total });
@@ -644,7 +656,7 @@ fn walk_request_inner(msg: *mut sk_msg_md, st: &mut SockState, totals: &mut Tota
     if slot_generation(rs) != generation {
         return abandon_at(totals, Passthrough::Generation, total, now);
     }
-    if st.walk.n_edits > 0 || st.walk.n_masks > 0 {
+    if st.walk.changes() {
         // Make every length prefix and the Content-Length reachable before the first pop, so
         // that once removing starts, every rewrite succeeds.
         let mut src = Window::new(msg, st_ptr, now);
@@ -683,8 +695,8 @@ fn walk_request_inner(msg: *mut sk_msg_md, st: &mut SockState, totals: &mut Tota
     }
     let w = unsafe { &(*st_ptr).walk };
     commit(rs, w, totals);
-    let out = now - w.removed - w.head_removed;
-    if w.removed > 0 {
+    let out = now - w.removed - w.head_removed + w.added + w.shift;
+    if w.removed > 0 || w.added > 0 {
         // Pops leave the request in many scatterlist pieces, each sent as its own TCP segment;
         // one linear copy sends it in as few as possible (best effort: on failure it goes as is).
         unsafe { bpf_msg_pull_data(msg, 0, out, 0) };
@@ -746,6 +758,7 @@ fn multi_why(outcome: i64) -> Passthrough {
         -2 | rechunk::MULTI_PULL => Passthrough::PullFailed,
         -3 => Passthrough::EditLimit,
         -4 => Passthrough::TooDeep,
+        x if x == WALK_ENRICH as i64 => Passthrough::Enrich,
         rechunk::MULTI_GENERATION => Passthrough::Generation,
         rechunk::MULTI_BUSY => Passthrough::Chunked,
         _ => Passthrough::Other,
@@ -991,6 +1004,19 @@ impl Editor for Window {
     }
 
     #[inline(always)]
+    fn push(&mut self, off: u32, len: u32) -> bool {
+        let msg = self.msg;
+        let s = self.state();
+        s.start = 0;
+        s.end = 0;
+        if off > s.limit || unsafe { bpf_msg_push_data(msg, off, len, 0) } != 0 {
+            return false;
+        }
+        s.limit += len;
+        true
+    }
+
+    #[inline(always)]
     fn reach(&mut self, off: u32, len: u32) -> bool {
         Window::reach(self, off, len)
     }
@@ -1156,6 +1182,27 @@ impl walk::Hashes for KernelHashes {
         // SAFETY: a map value, only read.
         unsafe { ATTR_HASHES.get(key) }
     }
+}
+
+/// `[enrich]`: encodes the attributes of `want` the sender has values for, as a global BPF
+/// function, checked once on its own (and leaving the walk's callers one state, not one a way
+/// through the encoding). The sender is the task sending now: its pid, its cgroup.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn dt_enrich(w: *mut walk::Walk, want: u64) -> u64 {
+    if w.is_null() {
+        return 0;
+    }
+    let pid = (unsafe { bpf_get_current_pid_tgid() } >> 32) as u32;
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    walk::prepare_enrich(
+        unsafe { &mut *w },
+        want as u32,
+        pid,
+        ENRICH_HOST.get(0),
+        unsafe { CGROUP_IDS.get(cgroup) },
+    );
+    1
 }
 
 /// The notes of a record's grouped matches ([`walk::note_groups`]) as a global BPF function,

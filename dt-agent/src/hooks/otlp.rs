@@ -22,7 +22,7 @@ use aya::{
 use crate::sys::link_update;
 
 /// Every map of the OTLP hook (all pinned in pinned mode).
-pub const MAPS: [&str; 17] = [
+pub const MAPS: [&str; 19] = [
     "CONTROL",
     "PORTS",
     "SOCKS",
@@ -40,6 +40,8 @@ pub const MAPS: [&str; 17] = [
     "GROUPS",
     "GROUP_COUNT",
     "GROUP_NOTES",
+    "ENRICH_HOST",
+    "CGROUP_IDS",
 ];
 /// The pinned sock_ops cgroup link.
 pub const SOCKOPS_LINK: &str = "sockops_link";

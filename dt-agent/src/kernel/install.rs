@@ -6,8 +6,8 @@ use std::{collections::BTreeMap, thread, time::Duration};
 
 use aya::maps::{Array, HashMap};
 use dt_ebpf_common::{
-    AcTable, Control, GV_MISSING, GV_OTHER, GroupKey, HashEntry, HashKey, MAX_NAME_LEN, NameEntry,
-    NameKey, RuleSet, StrKey, hashed_kind,
+    AcTable, Control, ENRICH_CONTAINER, ENRICH_POD, GV_MISSING, GV_OTHER, GroupKey, HashEntry,
+    HashKey, MAX_NAME_LEN, NameEntry, NameKey, RuleSet, StrKey, hashed_kind,
 };
 
 use super::{Agent, KnownRule, map};
@@ -130,6 +130,10 @@ impl Agent {
             .map(|r| (r.slot, r.name.clone()))
             .collect();
 
+        if let Some(t) = &self.cgroups {
+            let wants = compiled.ruleset.enrich & (ENRICH_CONTAINER | ENRICH_POD) != 0;
+            t.wanted.store(wants, std::sync::atomic::Ordering::Relaxed);
+        }
         self.other_used = true;
         self.active_slot = slot;
         self.generation = generation;

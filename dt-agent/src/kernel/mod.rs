@@ -14,6 +14,7 @@
 //! The pieces: `install` (write a set into the idle slot, then flip), `pins` (pinned state
 //! and adoption), `counters` (per-CPU counters summed), `detach` (drain, uninstall, drop).
 
+pub mod cgroups;
 mod counters;
 mod detach;
 mod install;
@@ -135,6 +136,21 @@ pub struct Agent {
     capture_endpoint: Option<String>,
     /// This agent's id among the process's agents (see `export::own`).
     id: u64,
+    /// `[enrich]`: keeps `CGROUP_IDS` up to date (none without a cgroup v2 hierarchy).
+    cgroups: Option<cgroups::Tracker>,
+}
+
+/// `[enrich]`'s `host.name`: this host's name (its UTS namespace's, as `hostname` prints it;
+/// at most 64 bytes), for the kernel to add.
+fn write_host_name(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let mut host: Array<_, dt_ebpf_common::EnrichStr> = Array::try_from(map(ebpf, "ENRICH_HOST")?)?;
+    host.set(
+        0,
+        dt_ebpf_common::EnrichStr::of(name.trim_end().as_bytes()),
+        0,
+    )?;
+    Ok(())
 }
 
 /// Ids of the agents of this process.
@@ -222,6 +238,14 @@ impl Agent {
             None => None,
         };
         let socks = hooks::otlp::take_socks(&mut ebpf)?;
+        write_host_name(&mut ebpf)?;
+        let cgroups = match (sys::cgroup2_root(), ebpf.take_map("CGROUP_IDS")) {
+            (Ok(root), Some(m)) => Some(cgroups::Tracker::start(
+                aya::maps::HashMap::try_from(m)?,
+                root,
+            )),
+            _ => None,
+        };
         let mut agent = Agent {
             ebpf,
             socks,
@@ -245,6 +269,7 @@ impl Agent {
             flusher,
             capture_endpoint: cfg.capture_endpoint.clone(),
             id,
+            cgroups,
         };
         // uprobe hook: what depends on this kernel (drop) and this agent (capture endpoint).
         agent.probes.check(&compiled.uprobe).map_err(RuleErrors)?;

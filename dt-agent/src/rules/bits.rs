@@ -9,7 +9,7 @@ use super::model::AttrValue;
 
 use dt_ebpf_common::{
     MAX_CONDS, NEED_ATTRS, NEED_RECORD, NEED_SERVICE, NEED_STATES, Rule, STR_ATTR, STR_ATTR_BOOL,
-    STR_ATTR_INT, STR_EVENT, STR_GROUP, STR_REDACT, STR_SERVICE, StrKey,
+    STR_ATTR_INT, STR_ENRICH, STR_EVENT, STR_GROUP, STR_REDACT, STR_SERVICE, StrKey,
 };
 
 /// Distinct values of one condition kind, each with its bit (in order of first use).
@@ -127,6 +127,15 @@ pub(super) fn attribute_key(name: &str, value: &AttrValue) -> StrKey {
 pub(super) fn group_key(name: &str) -> StrKey {
     let mut key = remove_key(name);
     key.kind = STR_GROUP;
+    key
+}
+
+/// The `STRINGS` key of a resource attribute name `[enrich]` adds.
+pub(super) fn enrich_key(name: &[u8]) -> StrKey {
+    let mut key = StrKey::ZERO;
+    key.kind = STR_ENRICH;
+    key.klen = name.len() as u8;
+    key.bytes[..name.len()].copy_from_slice(name);
     key
 }
 

@@ -12,17 +12,17 @@ use dt_ebpf_common::uprobe::{
     COMM_LEN, MAX_PROBE_RULES, MAX_PROBES, PRS_BODY, PRS_CAPTURE, ProbeRule, ProbeRuleSet,
 };
 use dt_ebpf_common::{
-    AcRow, AcTable, GROUP_ATTR, GROUP_EVENT, GROUP_SERVICE, GROUP_SEVERITY, MAX_AC_STATES,
-    MAX_ATTR_KEY_LEN, MAX_ATTR_VALUE_LEN, MAX_EVENT_LEN, MAX_GROUP_KEYS, MAX_GROUP_RULES,
-    MAX_NEEDLE_LEN, MAX_RATE, MAX_RECORDERS, MAX_RULES, MAX_SERVICE_LEN, MAX_SLOTS, MAX_STATES,
-    NEED_EVENT, NEED_GROUPS, NEED_SCAN_SKIP, RULE_MASK_BODY, Rule, RuleSet, StrKey, Trigger,
-    key_len_bit,
+    AcRow, AcTable, ENRICH_KEYS, GROUP_ATTR, GROUP_EVENT, GROUP_SERVICE, GROUP_SEVERITY,
+    MAX_AC_STATES, MAX_ATTR_KEY_LEN, MAX_ATTR_VALUE_LEN, MAX_EVENT_LEN, MAX_GROUP_KEYS,
+    MAX_GROUP_RULES, MAX_NEEDLE_LEN, MAX_RATE, MAX_RECORDERS, MAX_RULES, MAX_SERVICE_LEN,
+    MAX_SLOTS, MAX_STATES, NEED_EVENT, NEED_GROUPS, NEED_SCAN_SKIP, RULE_MASK_BODY, Rule, RuleSet,
+    StrKey, Trigger, key_len_bit,
 };
 
 use super::ac::{AcBuilder, TooManyStates};
 use super::bits::{
-    Cond, CondBits, TooManyConds, attribute_key, event_key, group_key, needs, remove_key,
-    service_key,
+    Cond, CondBits, TooManyConds, attribute_key, enrich_key, event_key, group_key, needs,
+    remove_key, service_key,
 };
 use super::diag::{Diagnostic, Pos};
 use super::model::{
@@ -174,7 +174,16 @@ pub fn compile<D: RuleSource + ?Sized>(
     for def in defs.rules() {
         compiler.rule(def);
     }
-    let (compiled, new_slots) = compiler.finish()?;
+    let (mut compiled, new_slots) = compiler.finish()?;
+    if let Some(e) = defs.enrich() {
+        compiled.ruleset.enrich = e.attrs;
+        // The keys it adds, for the walk to see which a Resource has already.
+        for (k, key) in ENRICH_KEYS.iter().enumerate() {
+            if e.attrs & 1 << k != 0 {
+                compiled.strings.push((enrich_key(key), 1 << k));
+            }
+        }
+    }
     *slots = new_slots;
     Ok(compiled)
 }

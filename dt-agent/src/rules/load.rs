@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use super::compile::{Compiled, compile};
 use super::diag::{Diagnostic, Pos, RuleErrors, SourceText};
-use super::model::{Action, At, Hook, ProbeDef, RecorderDef, RuleDef, RuleSetDef, StateDef};
+use super::model::{
+    Action, At, EnrichDef, Hook, ProbeDef, RecorderDef, RuleDef, RuleSetDef, StateDef,
+};
 use super::parse::parse_file;
 use super::slots::SlotTable;
 
@@ -94,6 +96,7 @@ struct Loader {
     probes: Vec<ProbeDef>,
     recorders: Vec<RecorderDef>,
     states: Vec<StateDef>,
+    enrich: Option<EnrichDef>,
     /// Probes that were refused: hooks naming them are not reported again.
     broken_probes: Vec<String>,
     diags: Vec<Diagnostic>,
@@ -128,6 +131,20 @@ impl Loader {
                     first.name.pos.line,
                 )),
                 None => self.states.push(st),
+            }
+        }
+        if let Some(e) = parsed.enrich {
+            match &self.enrich {
+                Some(first) => diags.push(Diagnostic::new(
+                    path,
+                    e.pos,
+                    format!(
+                        "a rule set has at most one [enrich]: the first is at {}:{}",
+                        first.file.display(),
+                        first.pos.line
+                    ),
+                )),
+                None => self.enrich = Some(e),
             }
         }
         self.broken_probes.extend(parsed.broken_probes);
@@ -240,6 +257,7 @@ impl Loader {
                 rules: self.rules,
                 recorders: self.recorders,
                 states: self.states,
+                enrich: self.enrich,
             })
         } else {
             Err(self.diags)

@@ -39,9 +39,9 @@ pub use diag::{Diagnostic, Pos, RuleErrors};
 pub use env::HostEnv;
 pub use load::{check_files, compile_dir, load_dir, load_files, load_sources, rule_files};
 pub use model::{
-    Action, ActionKind, At, AttrValue, GroupBy, Hook, Match, ProbeDef, ProbeKind, RecorderDef,
-    RuleDef, RuleSetDef, RuleSource, SYSLOG_SEVERITIES, SeverityMap, SeveritySource, StateDef,
-    TriggerDef,
+    Action, ActionKind, At, AttrValue, EnrichDef, GroupBy, Hook, Match, ProbeDef, ProbeKind,
+    RecorderDef, RuleDef, RuleSetDef, RuleSource, SYSLOG_SEVERITIES, SeverityMap, SeveritySource,
+    StateDef, TriggerDef,
 };
 pub use parse::{parse_duration, parse_size};
 pub use severity::SeverityRange;

@@ -92,6 +92,17 @@ pub struct RuleSetDef {
     pub rules: Vec<RuleDef>,
     pub recorders: Vec<RecorderDef>,
     pub states: Vec<StateDef>,
+    /// The set's `[enrich]`, if a file has one.
+    pub enrich: Option<EnrichDef>,
+}
+
+/// An `[enrich]` table: the resource attributes the kernel adds to every walked request's
+/// Resources (`ENRICH_*` bits).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnrichDef {
+    pub file: PathBuf,
+    pub pos: Pos,
+    pub attrs: u32,
 }
 
 impl std::ops::Deref for RuleSetDef {
@@ -120,6 +131,9 @@ pub trait RuleSource {
     fn states(&self) -> &[StateDef] {
         &[]
     }
+    fn enrich(&self) -> Option<&EnrichDef> {
+        None
+    }
 }
 
 impl RuleSource for RuleSetDef {
@@ -131,6 +145,9 @@ impl RuleSource for RuleSetDef {
     }
     fn states(&self) -> &[StateDef] {
         &self.states
+    }
+    fn enrich(&self) -> Option<&EnrichDef> {
+        self.enrich.as_ref()
     }
 }
 

@@ -3,14 +3,54 @@
 
 use super::*;
 
-/// Prepares [`apply_step`]: the cursors start at the last edit, mask and fix.
+/// Prepares [`apply_step`]: the cursors start at the last edit, mask, fix and insert. With
+/// inserts, the Content-Length (or chunk size) may need more digits than it has: they are
+/// pushed first, so that no edit is made unless the head can say the new length.
 pub fn apply_start(w: &mut Walk) {
     w.apply_edit = w.n_edits;
     w.apply_fix = w.n_fixes;
     w.apply_mask = w.n_masks;
+    w.apply_ins = w.n_ins;
     w.apply_done = 0;
     w.removed = 0;
     w.head_removed = 0;
+    w.added = 0;
+    w.shift = 0;
+    w.ins_piece = 0;
+    w.ins_poff = 0;
+    w.ins_void = 0;
+    w.head_grow = 0;
+    if w.n_ins > 0 && w.cl_digits > 0 {
+        let mut most = (w.body_end - w.body_start) as u64;
+        let mut i = 0;
+        while i < MAX_INSERTS {
+            if i >= w.n_ins as usize {
+                break;
+            }
+            most += w.ins[i].len as u64;
+            i += 1;
+        }
+        let need = digits(most, w.cl_hex != 0);
+        if need > w.cl_digits {
+            w.head_grow = need - w.cl_digits;
+        }
+    }
+}
+
+/// Digits of `v` in decimal, or in hex.
+#[inline(always)]
+fn digits(v: u64, hex: bool) -> u32 {
+    let base = if hex { 16 } else { 10 };
+    let mut n = 1;
+    let mut v = v / base;
+    while n < 20 {
+        if v == 0 {
+            break;
+        }
+        v /= base;
+        n += 1;
+    }
+    n
 }
 
 /// Applies one edit (or one chunk of a mask), back to front: removals, masks and length
@@ -21,7 +61,16 @@ pub fn apply_start(w: &mut Walk) {
 /// rule's results (they count as kept), so the request stays valid and the counters true.
 #[inline(always)]
 pub fn apply_step<D: Editor>(w: &mut Walk, ed: &mut D) -> bool {
-    let (p, x, m) = (w.apply_edit, w.apply_fix, w.apply_mask);
+    if w.head_grow > 0 && w.shift == 0 && w.ins_void == 0 {
+        // First, the head's extra digits: every later offset moves by them.
+        if ed.push(w.cl_off, w.head_grow) {
+            w.shift = w.head_grow;
+        } else {
+            w.ins_void = 1;
+        }
+        return true;
+    }
+    let (p, x, m, q) = (w.apply_edit, w.apply_fix, w.apply_mask, w.apply_ins);
     // The next item back to front is the one with the highest offset (they never overlap).
     let e_off = if p > 0 {
         w.edits[(p as usize - 1) % MAX_EDITS].off as u64
@@ -38,6 +87,18 @@ pub fn apply_step<D: Editor>(w: &mut Walk, ed: &mut D) -> bool {
     } else {
         0
     };
+    let q_off = if q > 0 {
+        w.ins[(q as usize - 1) % MAX_INSERTS].off as u64
+    } else {
+        0
+    };
+    // An insert goes at a ResourceLogs' end: every other edit of it is before, and the next
+    // one's are after (an insert and a removal are never at one offset).
+    if q > 0 && q_off > e_off && q_off >= m_off && q_off >= x_off {
+        let ins = w.ins[(q as usize - 1) % MAX_INSERTS];
+        enrich::insert_step(w, ed, ins);
+        return true;
+    }
     if p > 0 && e_off >= x_off && e_off >= m_off {
         let e = w.edits[(p as usize - 1) % MAX_EDITS];
         w.apply_edit = p - 1;
@@ -52,13 +113,14 @@ pub fn apply_step<D: Editor>(w: &mut Walk, ed: &mut D) -> bool {
     if x > 0 {
         w.apply_fix = x - 1;
         let fx = w.fixes[(x as usize - 1) % MAX_FIXES];
-        if fx.removed > 0 {
+        if fx.removed > 0 || fx.added > 0 {
             // The prefix was made reachable before any pop, and pops never split it.
-            write_varint(ed, fx.off, (fx.value - fx.removed) as u64, fx.len as u32);
+            let v = (fx.value - fx.removed) as u64 + fx.added as u64;
+            write_varint(ed, fx.off + w.shift, v, fx.len as u32);
         }
         return true;
     }
-    if w.removed > 0 && w.cl_digits > 0 {
+    if (w.removed > 0 || w.added > 0 || w.shift > 0) && w.cl_digits > 0 {
         rewrite_content_length(w, ed);
     }
     false
@@ -70,7 +132,7 @@ pub(super) fn pop_edit<D: Editor>(w: &mut Walk, ed: &mut D, e: Edit) {
         // Made void by the decisions.
         return;
     }
-    if ed.pop(e.off, e.len) {
+    if ed.pop(e.off + w.shift, e.len) {
         w.removed += e.len;
         if e.fix0 != NO_FIX {
             w.fixes[e.fix0 as usize % MAX_FIXES].removed += e.len;
@@ -109,7 +171,7 @@ pub(super) fn mask_chunk<D: Editor>(w: &mut Walk, ed: &mut D, span: Span) {
     } else {
         MASK_CHUNK
     };
-    let off = span.off + done;
+    let off = span.off + w.shift + done;
     if ed.reach(off, n) {
         let mut i = 0u32;
         while i < MASK_CHUNK {
@@ -151,49 +213,72 @@ pub(super) fn write_varint<D: Editor>(ed: &mut D, off: u32, v: u64, n: u32) {
     }
 }
 
-/// Rewrites the Content-Length digits for the bytes removed: the new number right-aligned in the
-/// old digits, the leading spare digits popped (or, if the kernel refuses, left as zeros). A
-/// chunk size is written in hex, zero-padded to its old width (chunk sizes may have leading
-/// zeros).
+/// Rewrites the Content-Length digits for the bytes removed and inserted: the new number
+/// right-aligned in the digits (the old ones and any pushed before them), the leading spare
+/// digits popped (or, if the kernel refuses, left as zeros). A chunk size is written in hex,
+/// zero-padded to its width (chunk sizes may have leading zeros).
 #[inline(always)]
 pub(super) fn rewrite_content_length<D: Editor>(w: &mut Walk, ed: &mut D) {
-    let new = (w.body_end - w.body_start) - w.removed;
-    let n = w.cl_digits;
-    if n == 0 || n > 10 || !ed.reach(w.cl_off, n) {
+    let new = (w.body_end - w.body_start) - w.removed + w.added;
+    let (k, n) = (w.shift, w.cl_digits);
+    if n == 0 || n > 10 || k > 10 {
         return;
     }
-    if w.cl_hex != 0 {
-        let mut v = new;
-        let mut k = 0u32;
+    let hex = w.cl_hex != 0;
+    // The old digits take the low ones; digits pushed before them (`shift`), the rest. Each
+    // part is reached on its own: they may lie in different pieces of the message.
+    let rest = put_digits(ed, w.cl_off + k, n, new, hex);
+    if k > 0 {
+        put_digits(ed, w.cl_off, k, rest, hex);
+    }
+    if hex {
+        return;
+    }
+    let mut need = 1u32;
+    let mut v = new / 10;
+    while need < 20 {
+        if v == 0 {
+            break;
+        }
+        v /= 10;
+        need += 1;
+    }
+    if need < n + k && ed.pop(w.cl_off, n + k - need) {
+        w.head_removed = n + k - need;
+    }
+}
+
+/// Writes the low `n` digits of `v` (decimal, or hex), right-aligned at `off`; returns `v`
+/// without them.
+#[inline(always)]
+fn put_digits<D: Editor>(ed: &mut D, off: u32, n: u32, v: u32, hex: bool) -> u32 {
+    let mut v = v;
+    if n == 0 || n > 10 || !ed.reach(off, n) {
+        return v;
+    }
+    let mut k = 0u32;
+    if hex {
         while k < 10 {
             if k >= n {
                 break;
             }
             let d = (v & 15) as u8;
             ed.put(
-                w.cl_off + (n - 1 - k),
+                off + (n - 1 - k),
                 if d < 10 { b'0' + d } else { b'a' + d - 10 },
             );
             v >>= 4;
             k += 1;
         }
-        return;
-    }
-    let mut v = new;
-    let mut need = 0u32;
-    let mut k = 0u32;
-    while k < 10 {
-        if k >= n {
-            break;
+    } else {
+        while k < 10 {
+            if k >= n {
+                break;
+            }
+            ed.put(off + (n - 1 - k), b'0' + (v % 10) as u8);
+            v /= 10;
+            k += 1;
         }
-        ed.put(w.cl_off + (n - 1 - k), b'0' + (v % 10) as u8);
-        if v > 0 || k == 0 {
-            need = k + 1;
-        }
-        v /= 10;
-        k += 1;
     }
-    if need < n && ed.pop(w.cl_off, n - need) {
-        w.head_removed = n - need;
-    }
+    v
 }

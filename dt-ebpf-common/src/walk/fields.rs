@@ -191,6 +191,7 @@ pub(super) fn on_len<S: Source, E: Env>(
             w.svc_off = 0;
             w.svc_len = 0;
             w.svc_bits = 0;
+            w.rl_has = 0;
             w.push(K_RL_SCAN, R_NONE, start, end, len_off, len_len)
         }
         (K_RL_SCAN, 1) => w.push(K_RESOURCE, R_NONE, start, end, len_off, len_len),
@@ -373,7 +374,8 @@ pub(super) fn plain_kv<S: Source>(w: &mut Walk, s: &mut S, rs: &RuleSet, start: 
         w.val_num = num;
     }
     let acts = match role {
-        R_RESOURCE_ATTR => klen == 12,
+        // service.name; with `[enrich]`, the keys it adds.
+        R_RESOURCE_ATTR => klen == 12 || rs.enrich != 0 && (klen == 9 || klen == 11),
         R_RECORD_ATTR => {
             attr_looked_up(rs, klen, kind, slen)
                 || redact_looked_up(rs, klen)
@@ -531,6 +533,11 @@ pub(super) fn end_frame<S: Source, E: Env>(
                 copy_into_key(w, s, w.svc_off, w.svc_len, 0)?;
                 w.svc_bits = env.lookup(&w.key);
             }
+            // `[enrich]`: the attributes the Resource lacks go at the ResourceLogs' end.
+            let missing = env.rules().enrich & w.enrich_have & !w.rl_has;
+            if missing != 0 {
+                enrich::plan_insert(w, f, w.depth, missing)?;
+            }
             let d = (w.depth & DEPTH_MASK) as usize;
             w.frames[d].kind = K_RL;
             w.pos = f.start;
@@ -545,6 +552,11 @@ pub(super) fn end_frame<S: Source, E: Env>(
                     w.svc_set = is_string as u32;
                     w.svc_off = w.val_off;
                     w.svc_len = w.val_len;
+                }
+                // `[enrich]`: a key it adds, looked up in the next step.
+                if env.rules().enrich != 0 && matches!(w.key_len, 9 | 11 | 12) {
+                    w.mode = MODE_RES_KEY;
+                    return Ok(());
                 }
             } else if f.role == R_RECORD_ATTR && w.key_set != 0 {
                 if attr_looked_up(env.rules(), w.key_len, kind, w.val_len) {
@@ -603,6 +615,22 @@ pub(super) fn end_record(w: &mut Walk, f: Frame, rs: &RuleSet) {
         w.after_event = w.mode;
         w.mode = MODE_EVENT;
     }
+}
+
+/// [`MODE_RES_KEY`]: notes whether a resource attribute's key is one `[enrich]` adds (looked
+/// up among the set's [`STR_ENRICH`] strings), then ends the KeyValue.
+#[inline(always)]
+pub(super) fn res_key_step<S: Source, E: Env>(
+    w: &mut Walk,
+    s: &mut S,
+    env: &mut E,
+) -> Result<(), Error> {
+    let kl = w.key_len;
+    clear_key(w, s, env.slot(), STR_ENRICH, kl, 0);
+    copy_into_key(w, s, w.key_off, kl, 0)?;
+    w.rl_has |= env.lookup(&w.key) as u32;
+    end_kv(w);
+    Ok(())
 }
 
 /// [`MODE_EVENT`]: looks the record's event name up (its bits are attribute bits), then goes

@@ -18,12 +18,16 @@
 //!   over 10 bytes, group wire types, field number 0) stops the walk: the request passes through.
 
 mod apply;
+mod enrich;
 mod eval;
 mod fast;
 mod fields;
 mod plan;
 
 pub use apply::{apply_start, apply_step};
+pub use enrich::{
+    ENRICH_KV_MAX, ENRICH_VALUE_MAX, Insert, MAX_INSERTS, encode_kv, prepare_enrich, varint_len,
+};
 pub use eval::{GroupSink, note_groups};
 use eval::{evaluate, fire_step, group_step};
 use fast::fast_lookup_step;
@@ -34,7 +38,7 @@ pub use fast::{
 pub use fields::scan_chunk;
 use fields::{
     attr_group_step, attr_redact_step, attr_value_step, end_frame, event_step, field_step,
-    scan_step,
+    res_key_step, scan_step,
 };
 pub use plan::{decide, decide_start, decide_step};
 use plan::{redact_attrs_step, redact_bodies_step};
@@ -47,7 +51,7 @@ use crate::{
     MAX_GROUP_RULES, MAX_MASKS, MAX_RECORD_BODIES, MAX_RECORD_REDACT_RULES, MAX_RECORD_REDACTS,
     MAX_RULES, MAX_SERVICE_LEN, NEED_ATTRS, NEED_EVENT, NEED_GROUPS, NEED_SCAN_SKIP, NEED_SERVICE,
     NEED_STATES, RULE_MASK_BODY, Rule, RuleSet, SEV_OUT_OF_RANGE, STR_ATTR, STR_ATTR_BOOL,
-    STR_ATTR_INT, STR_EVENT, STR_GROUP, STR_REDACT, STR_SERVICE, StrKey, key_len_bit,
+    STR_ATTR_INT, STR_ENRICH, STR_EVENT, STR_GROUP, STR_REDACT, STR_SERVICE, StrKey, key_len_bit,
     severity_level,
     wire::{CHUNK_BYTES, Error, Source, varint},
 };
@@ -113,6 +117,9 @@ pub trait Editor {
     fn reach(&mut self, off: u32, len: u32) -> bool;
     /// Overwrites the byte at `off`, inside the range last reached.
     fn put(&mut self, off: u32, b: u8);
+    /// Inserts `len` bytes (of any value, written next) at `off`. `false` when the kernel
+    /// refused (nothing changed).
+    fn push(&mut self, off: u32, len: u32) -> bool;
 }
 
 // Frame kinds.
@@ -172,6 +179,8 @@ pub const MODE_FAST_LOOKUP: u32 = 10;
 pub const MODE_EVENT: u32 = 11;
 /// Look a record attribute's key up among the `group_by` keys, and end the KeyValue.
 pub const MODE_ATTR_GROUP: u32 = 12;
+/// A resource attribute's key may be one `[enrich]` adds: look it up, and end the KeyValue.
+pub const MODE_RES_KEY: u32 = 14;
 /// Grouped count rules matched the record just evaluated: note each match with its group
 /// value, then go on in [`Walk::after_group`].
 pub const MODE_GROUP: u32 = 13;
@@ -280,7 +289,8 @@ pub struct Fix {
     pub removed: u32,
     pub len: u8,
     pub _pad0: u8,
-    pub _pad1: u16,
+    /// Bytes inserted inside the container (`[enrich]`).
+    pub added: u16,
 }
 
 /// Per-rule results of one request, committed to the counters once the request is done.
@@ -471,6 +481,27 @@ pub struct Walk {
     pub fixes: [Fix; MAX_FIXES],
     pub acc: [RuleAcc; MAX_RULES],
     pub key: StrKey,
+    /// `[enrich]`: the keys the ResourceLogs being walked has.
+    pub rl_has: u32,
+    /// The `[enrich]` attributes this request's sender has values for (bits), each encoded in
+    /// `ekv` (`ekv_len` bytes).
+    pub enrich_have: u32,
+    pub ekv_len: [u32; 4],
+    pub ekv: [[u8; ENRICH_KV_MAX]; 4],
+    /// Inserts planned; the apply cursor over them, its piece, position and offset in the
+    /// piece; bytes inserted; digits pushed into the head first (and so the shift of every
+    /// body offset); set when the head could not grow (no insert is made).
+    pub n_ins: u32,
+    pub apply_ins: u32,
+    pub ins_piece: u32,
+    pub ins_pos: u32,
+    pub ins_poff: u32,
+    pub added: u32,
+    pub head_grow: u32,
+    pub shift: u32,
+    pub ins_void: u32,
+    pub _pad_ins: u32,
+    pub ins: [Insert; MAX_INSERTS],
 }
 
 /// The outcome of one step.
@@ -509,6 +540,11 @@ impl Walk {
         set(&mut self.bytes_dropped, 0);
         set(&mut self.n_edits, 0);
         set(&mut self.n_masks, 0);
+        set(&mut self.n_ins, 0);
+        set(&mut self.added, 0);
+        set(&mut self.shift, 0);
+        set(&mut self.head_grow, 0);
+        set(&mut self.enrich_have, 0);
         set(&mut self.n_fixes, 0);
         set(&mut self.n_cands, 0);
         set(&mut self.n_cand_redacts, 0);
@@ -570,6 +606,11 @@ impl Walk {
         Ok(())
     }
 
+    /// Whether the plan changes the request.
+    pub fn changes(&self) -> bool {
+        self.n_edits > 0 || self.n_masks > 0 || self.n_ins > 0
+    }
+
     /// Adds a length prefix to rewrite. Fixes are added outermost first and in walk order, so
     /// their offsets ascend.
     #[inline(always)]
@@ -584,7 +625,7 @@ impl Walk {
             removed: 0,
             len: len as u8,
             _pad0: 0,
-            _pad1: 0,
+            added: 0,
         };
         self.n_fixes = n + 1;
         Ok(n as u16)
@@ -633,6 +674,7 @@ pub fn step<S: Source, E: Env>(w: &mut Walk, s: &mut S, env: &mut E) -> Step {
         MODE_FAST_LOOKUP => fast_lookup_step(w, env),
         MODE_EVENT => event_step(w, s, env),
         MODE_ATTR_GROUP => attr_group_step(w, s, env),
+        MODE_RES_KEY => res_key_step(w, s, env),
         MODE_GROUP => group_step(w, env),
         _ => return Step::Done,
     };

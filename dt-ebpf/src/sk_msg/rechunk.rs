@@ -446,7 +446,7 @@ fn finish_inner(msg: *mut sk_msg_md, st_ptr: *mut SockState, rs: &'static RuleSe
     if super::slot_generation(rs) != st.generation {
         return MULTI_GENERATION;
     }
-    if st.walk.n_edits == 0 && st.walk.n_masks == 0 {
+    if !st.walk.changes() {
         return MULTI_UNCHANGED;
     }
     let (new_end, end) = (st.body_end + 7, st.total);

@@ -17,8 +17,8 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::diag::{Diagnostic, SourceText};
 use super::model::{
-    Action, ActionKind, At, AttrValue, DEFAULT_MAX_GROUPS, GroupBy, Hook, MAX_MAX_GROUPS, Match,
-    ProbeDef, RecorderDef, RuleDef, StateDef, TriggerDef,
+    Action, ActionKind, At, AttrValue, DEFAULT_MAX_GROUPS, EnrichDef, GroupBy, Hook,
+    MAX_MAX_GROUPS, Match, ProbeDef, RecorderDef, RuleDef, StateDef, TriggerDef,
 };
 use super::severity::SeverityRange;
 
@@ -114,6 +114,7 @@ pub(crate) struct ParsedFile {
     pub probes: Vec<ProbeDef>,
     pub recorders: Vec<RecorderDef>,
     pub states: Vec<StateDef>,
+    pub enrich: Option<EnrichDef>,
     /// Names of the probes that were refused (so hooks naming them are not reported again).
     pub broken_probes: Vec<String>,
     pub diags: Vec<Diagnostic>,
@@ -139,8 +140,13 @@ pub(crate) fn parse_file(src: &SourceText) -> ParsedFile {
     let mut diags = Vec::new();
     let mut recorders = Vec::new();
     let mut states = Vec::new();
+    let mut enrich = None;
     for (key, value) in root.get_ref() {
         match key.get_ref().as_ref() {
+            "enrich" => match objects::parse_enrich(src, value) {
+                Ok(e) => enrich = Some(e),
+                Err(errors) => diags.extend(errors),
+            },
             kind @ ("recorder" | "state") => match value.get_ref() {
                 DeValue::Array(tables) => {
                     for table in tables.iter() {
@@ -204,13 +210,14 @@ pub(crate) fn parse_file(src: &SourceText) -> ParsedFile {
                 key.span(),
                 format!(
                     "unknown key `{other}`: a rule file holds [[rule]], [[probe]], [[recorder]] \
-                     and [[state]] tables"
+                     and [[state]] tables, and an [enrich] table"
                 ),
             )),
         }
     }
     diags.sort_by_key(Diagnostic::pos);
     ParsedFile {
+        enrich,
         rules,
         probes,
         recorders,

@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use dt_ebpf_common::{MAX_NAME_LEN, MAX_RECORD_CEILING, RING_BLOCK};
+use dt_ebpf_common::{ENRICH_KEYS, MAX_NAME_LEN, MAX_RECORD_CEILING, RING_BLOCK};
 use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeValue, ValueDeserializer};
 
 use super::{at, toml_error};
 use crate::rules::diag::{Diagnostic, SourceText};
-use crate::rules::model::{RecorderDef, StateDef};
+use crate::rules::model::{EnrichDef, RecorderDef, StateDef};
 
 /// Default and largest ring of a recorder, and the smallest.
 pub const DEFAULT_RECORDER_SIZE: u64 = 4 << 20;
@@ -29,6 +29,64 @@ struct RawRecorder {
     name: Spanned<String>,
     size: Option<Spanned<String>>,
     max_record: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnrich {
+    resource_attributes: Spanned<Vec<Spanned<String>>>,
+}
+
+/// The `[enrich]` table.
+pub(super) fn parse_enrich(
+    src: &SourceText,
+    t: &Spanned<DeValue>,
+) -> Result<EnrichDef, Vec<Diagnostic>> {
+    if !t.get_ref().is_table() {
+        return Err(vec![
+            src.diag(t.span(), "enrich must be a table: write [enrich]"),
+        ]);
+    }
+    let raw: RawEnrich = RawEnrich::deserialize(ValueDeserializer::from(t.clone()))
+        .map_err(|e| vec![toml_error(src, &e, t.span())])?;
+    let mut diags = Vec::new();
+    let mut attrs = 0;
+    for name in raw.resource_attributes.get_ref() {
+        match ENRICH_KEYS
+            .iter()
+            .position(|k| *k == name.get_ref().as_bytes())
+        {
+            Some(i) if attrs & 1 << i != 0 => {
+                diags.push(src.diag(
+                    name.span(),
+                    format!("\"{}\" is listed twice", name.get_ref()),
+                ));
+            }
+            Some(i) => attrs |= 1 << i,
+            None => diags.push(src.diag(
+                name.span(),
+                format!(
+                    "unknown resource attribute \"{}\": dt adds \"process.pid\", \"host.name\", \
+                     \"container.id\" and \"k8s.pod.uid\"",
+                    name.get_ref()
+                ),
+            )),
+        }
+    }
+    if raw.resource_attributes.get_ref().is_empty() {
+        diags.push(src.diag(
+            raw.resource_attributes.span(),
+            "resource_attributes must not be empty",
+        ));
+    }
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    Ok(EnrichDef {
+        file: src.path.to_path_buf(),
+        pos: src.pos(t.span().start),
+        attrs,
+    })
 }
 
 #[derive(Deserialize)]
