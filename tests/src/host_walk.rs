@@ -3,9 +3,9 @@
 //! verdict, every counter, the plan and the edited bytes.
 
 use dt_agent::rules::{Compiled, HostEnv, SlotTable, compile, load_sources};
-use dt_ebpf_common::walk::{Editor, Walk, apply_start, apply_step, run};
+use dt_ebpf_common::walk::{Editor, Walk, apply_start, apply_step, prepare_enrich, run};
 use dt_ebpf_common::wire::SliceSource;
-use dt_ebpf_common::{GV_BOOL, GV_INT, GV_LEVEL, GV_STRING, GroupNote};
+use dt_ebpf_common::{EnrichStr, GV_BOOL, GV_INT, GV_LEVEL, GV_STRING, GroupNote};
 
 /// Applies a walk's plan to a copy of the request bytes.
 pub struct VecEditor(pub Vec<u8>);
@@ -23,6 +23,17 @@ impl Editor for VecEditor {
 
     fn put(&mut self, off: u32, b: u8) {
         self.0[off as usize] = b;
+    }
+
+    fn push(&mut self, off: u32, len: u32) -> bool {
+        let off = off as usize;
+        if off > self.0.len() {
+            return false;
+        }
+        // Any bytes: the walk writes them next (0xee shows one it did not).
+        self.0
+            .splice(off..off, std::iter::repeat_n(0xee, len as usize));
+        true
     }
 }
 
@@ -53,6 +64,16 @@ fn note_value(body: &[u8], n: &GroupNote) -> (u8, u8, Vec<u8>) {
     (n.rule, n.kind, bytes)
 }
 
+/// The `[enrich]` values the host walk adds: this process's pid and the host's name, as the
+/// kernel would for a request this process sends (no container).
+pub fn enrich_values() -> (u32, EnrichStr) {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    (
+        std::process::id(),
+        EnrichStr::of(host.trim_end().as_bytes()),
+    )
+}
+
 /// Walks `body` (a protobuf request) under `compiled`, with the fast path on (`fast`) or off;
 /// also returns the steps taken and the records taken whole.
 pub fn walk_body(compiled: &Compiled, body: &[u8], fast: bool) -> (Outcome, u32, u32) {
@@ -60,6 +81,10 @@ pub fn walk_body(compiled: &Compiled, body: &[u8], fast: bool) -> (Outcome, u32,
     let mut walk = Box::new(unsafe { std::mem::zeroed::<Walk>() });
     walk.start(0, body.len() as u32, 0, 0);
     walk.fast = fast as u32;
+    if compiled.ruleset.enrich != 0 {
+        let (pid, host) = enrich_values();
+        prepare_enrich(&mut walk, compiled.ruleset.enrich, pid, Some(&host), None);
+    }
     let mut env = HostEnv::new(compiled);
     let r = run(&mut walk, &mut SliceSource(body), &mut env);
     let mut editor = VecEditor(body.to_vec());

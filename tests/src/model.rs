@@ -3,7 +3,8 @@
 //!
 //! - [`RuleSpec`]: one `[[rule]]` (name, [`Action`] with its parameters, and the match
 //!   conditions, the severity one as a [`Severity`]: its TOML text and the SeverityNumbers the
-//!   test means by it). It renders itself to TOML ([`RuleSpec::to_toml`], [`rules_toml`]) and
+//!   test means by it). It renders itself to TOML ([`RuleSpec::to_toml`], [`rules_toml`]; with
+//!   an `[enrich]` table, [`EnrichSpec`], [`rule_set_toml`]) and
 //!   decides in plain Rust which records it matches ([`RuleSpec::matches`]), so a test's
 //!   expectations and the rule file it installs come from one description.
 //! - [`Facts`]: what the rules look at in one record, as strings; [`RecordFacts`]: the same with
@@ -566,6 +567,50 @@ pub fn rules_toml(rules: &[RuleSpec]) -> String {
         .map(RuleSpec::to_toml)
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The resource attributes an `[enrich]` table may list, in the order the kernel adds them
+/// (README, "Enrich").
+pub const ENRICH_ATTRS: [&str; 4] = ["process.pid", "host.name", "container.id", "k8s.pod.uid"];
+
+/// An `[enrich]` table: the resource attributes dt adds to every walked request's
+/// ResourceLogs whose Resource does not carry them (at most one per rule set).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnrichSpec {
+    /// Names among [`ENRICH_ATTRS`], distinct, non-empty, in the order the file lists them
+    /// (which changes nothing: the kernel adds them in [`ENRICH_ATTRS`] order).
+    pub resource_attributes: Vec<String>,
+}
+
+impl EnrichSpec {
+    pub fn new(names: &[&str]) -> EnrichSpec {
+        EnrichSpec {
+            resource_attributes: names.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// Whether the table lists `name`.
+    pub fn lists(&self, name: &str) -> bool {
+        self.resource_attributes.iter().any(|a| a == name)
+    }
+
+    /// The table as TOML.
+    pub fn to_toml(&self) -> String {
+        let names: Vec<String> = self
+            .resource_attributes
+            .iter()
+            .map(|s| toml_str(s))
+            .collect();
+        format!("[enrich]\nresource_attributes = [{}]\n", names.join(", "))
+    }
+}
+
+/// A rule file: the `[enrich]` table first (when there is one), then the rules in order.
+pub fn rule_set_toml(enrich: Option<&EnrichSpec>, rules: &[RuleSpec]) -> String {
+    match enrich {
+        None => rules_toml(rules),
+        Some(e) => format!("{}\n{}", e.to_toml(), rules_toml(rules)),
+    }
 }
 
 /// What the rules look at in one record.
@@ -1175,6 +1220,17 @@ mod tests {
             r.to_toml(),
             "[[rule]]\nname = \"x\"\naction = \"drop\"\n[rule.match]\nseverity = \"<INFO\"\nattributes = { \"http.route\" = \"/healthz\" }\n"
         );
+    }
+
+    #[test]
+    fn renders_enrich_first() {
+        let e = EnrichSpec::new(&["host.name", "process.pid"]);
+        let set = rule_set_toml(Some(&e), &[RuleSpec::count("c")]);
+        assert_eq!(
+            set,
+            "[enrich]\nresource_attributes = [\"host.name\", \"process.pid\"]\n\n[[rule]]\nname = \"c\"\naction = \"count\"\n"
+        );
+        assert_eq!(rule_set_toml(None, &[]), "");
     }
 
     #[test]

@@ -272,8 +272,36 @@ pub fn export_with_python_simple(endpoint: &str, plan: &ExportPlan) -> PyExportR
     export_python_value(&v)
 }
 
+/// Like [`export_with_python`], from a process that joins the cgroup v2 directory `cgroup`
+/// (its `cgroup.procs`) before it starts Python: a sender in, say, a container's scope.
+pub fn export_with_python_in_cgroup(
+    endpoint: &str,
+    plan: &ExportPlan,
+    cgroup: &std::path::Path,
+) -> PyExportReport {
+    let py = python_command("export_logs.py");
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg("echo 0 > \"$1\" && shift && exec \"$@\"")
+        .arg("sh")
+        .arg(cgroup.join("cgroup.procs"))
+        .arg(py.get_program())
+        .args(py.get_args());
+    for (k, v) in py.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    export_python_with(c, &python_plan(endpoint, plan))
+}
+
 fn export_python_value(plan: &Value) -> PyExportReport {
-    let mut child = python_command("export_logs.py")
+    export_python_with(python_command("export_logs.py"), plan)
+}
+
+fn export_python_with(mut cmd: Command, plan: &Value) -> PyExportReport {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -44,6 +44,17 @@
 //! chunk (the size zero-padded to the digits the old length needs), else byte for byte as sent.
 //! The wire is delimited by the chunk framing that arrives.
 //!
+//! Some rule sets (`GenConfig::enrich`) have an `[enrich]` table (README, "Enrich") listing
+//! some of process.pid, host.name, container.id and k8s.pod.uid. Every request dt walks and
+//! sends on then gets, at the end of each ResourceLogs whose Resources (all its `resource`
+//! fields) lack some of them, one more `resource` field with the missing ones the sender has
+//! (this process's pid, the host name; no container here), the ResourceLogs' length prefix
+//! rewritten in the bytes it had, Content-Length or the chunk size growing as needed. Resources
+//! sometimes carry them already (any value, or none; keys that only look like them do not
+//! count), and some ResourceLogs are made to just fit or just overflow their prefix (127,
+//! 16383, padded), or number around 64: a request with an insert that does not fit, or more than
+//! 64, passes through byte for byte as `enrich`.
+//!
 //! A round is one rule set (installed with `Agent::reload`, rule names reused across rounds so
 //! counters and sample sequences carry on) and 10-20 requests under it.
 //!
@@ -64,7 +75,7 @@ use dt_agent::Stats;
 use dt_tests::host_walk;
 use dt_tests::model::GroupBy;
 use dt_tests::proptest_gen::logs::Chunking;
-use dt_tests::proptest_gen::reference::{Counts, RefState};
+use dt_tests::proptest_gen::reference::{Counts, RefState, Sender};
 use dt_tests::proptest_gen::round::{self, Case, GenConfig, Round};
 use dt_tests::proptest_gen::wire::{first_difference, hex};
 use dt_tests::record::flatten;
@@ -80,6 +91,9 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 const SAMPLE: bool = true;
 const REDACT: bool = true;
 
+/// Share of rounds whose rule set has an `[enrich]` table.
+const ENRICH: f64 = 0.3;
+
 /// Requests per run unless `DT_PROPTEST_CASES` says otherwise.
 const DEFAULT_CASES: usize = 2000;
 
@@ -93,6 +107,9 @@ fn config() -> GenConfig {
         cases_per_round: (10, 20),
         chunked: 0.2,
         several_chunks: 0.3,
+        enrich: ENRICH,
+        // The requests come from this process: its pid, this host's name.
+        sender: Sender::this_process(),
     }
 }
 
@@ -278,6 +295,12 @@ struct Coverage {
     rules: std::collections::BTreeMap<&'static str, usize>,
     /// Rules with each newer condition or grouping.
     conditions: std::collections::BTreeMap<&'static str, usize>,
+    /// Rounds with an `[enrich]` table, by the attributes it lists (in the kernel's order).
+    enrich_rounds: std::collections::BTreeMap<String, usize>,
+    /// Requests `[enrich]` edited, the ResourceLogs it inserted a resource into, the bytes.
+    enriched: usize,
+    enriched_resource_logs: usize,
+    enrich_bytes: u64,
     /// Host walk steps over every request: field by field, and with the record fast path.
     steps_slow: u64,
     steps_fast: u64,
@@ -306,8 +329,19 @@ impl Coverage {
         for conn in &r.conns {
             self.pipelined += conn.pipelined.is_some() as usize;
         }
+        if let Some(e) = &r.enrich {
+            let names: Vec<&str> = dt_tests::model::ENRICH_ATTRS
+                .iter()
+                .copied()
+                .filter(|n| e.lists(n))
+                .collect();
+            *self.enrich_rounds.entry(names.join("+")).or_default() += 1;
+        }
         for c in r.cases() {
             self.requests += 1;
+            self.enriched += (c.expect.enriched > 0) as usize;
+            self.enriched_resource_logs += c.expect.enriched;
+            self.enrich_bytes += c.expect.inserted_bytes;
             match &c.chunking {
                 Some(Chunking::One { .. }) => self.one_chunk += 1,
                 Some(Chunking::Several { .. }) => self.several_chunks += 1,
@@ -351,6 +385,7 @@ impl Coverage {
             "{} requests: {} edited ({} emptied of all their records), {} unchanged, {} arriving with invalid UTF-8, \
              {} passed through {:?}, defects by depth {:?}; \
              {} records, {} dropped, {} attributes removed, {} string bodies masked; rules {:?}, of which {:?}; \
+             {} rounds with [enrich] {:?}: {} requests enriched ({} ResourceLogs, {} bytes inserted); \
              {} pipelined connections; {} chunked requests of one data chunk, {} of several; \
              {} writes cut in heads, {} in bodies; host walk both ways: {} steps field by field, {} with the record fast path ({} records taken whole)",
             self.requests,
@@ -367,6 +402,11 @@ impl Coverage {
             self.bodies_masked,
             self.rules,
             self.conditions,
+            self.enrich_rounds.values().sum::<usize>(),
+            self.enrich_rounds,
+            self.enriched,
+            self.enriched_resource_logs,
+            self.enrich_bytes,
             self.pipelined,
             self.one_chunk,
             self.several_chunks,
@@ -525,6 +565,10 @@ impl Delta {
             if !a.passthrough.contains_key(*reason) {
                 want(&format!("passthrough.{reason}"), 0, *w);
             }
+        }
+        // Every reason is listed, 0 when unused (`enrich` among them).
+        if !a.passthrough.contains_key("enrich") {
+            problems.push("totals.passthrough has no \"enrich\" key".into());
         }
         for r in &after.rules {
             let old = before.rule(&r.name);
@@ -744,9 +788,17 @@ impl Run<'_> {
                     .filter_map(|(i, d)| d.as_ref().map(|d| format!("{i}:{d}")))
                     .collect();
                 summary += &format!(
-                    "\n    reference: {} records, dropped [{}]",
+                    "\n    reference: {} records, dropped [{}]{}",
                     c.expect.dropped_by.len(),
-                    dropped.join(" ")
+                    dropped.join(" "),
+                    if c.expect.enriched > 0 {
+                        format!(
+                            ", [enrich] inserted {} bytes in {} ResourceLogs",
+                            c.expect.inserted_bytes, c.expect.enriched
+                        )
+                    } else {
+                        String::new()
+                    }
                 );
             }
         }

@@ -1,6 +1,7 @@
 //! Random ExportLogsServiceRequests as field trees, their malformed variants, HTTP heads and
 //! write splits.
 
+use super::reference::{self, EnrichAttr};
 use super::wire::{Field, Kind, Val, WT_EGROUP, WT_I32, WT_I64, WT_LEN, WT_SGROUP, WT_VARINT};
 use super::{
     ATTR_KEYS, ATTR_VALUES, ATTRS, BODY_WORDS, BOOL_KEYS, EVENT_NAMES, G, INT_ATTRS, NEEDLES,
@@ -665,7 +666,9 @@ pub fn record(g: &mut G) -> Field {
 }
 
 /// A resource: `service.name` (usually once, a string; sometimes missing, twice, not a string,
-/// or without a value), other attributes, sometimes entity refs and unknown fields.
+/// or without a value), other attributes (`host.name` among them), sometimes `process.pid` (an
+/// int, a string, no value, an empty value; sometimes under a key that only looks like it: what
+/// `[enrich]` adds only when a Resource lacks it), entity refs and unknown fields.
 fn resource(g: &mut G) -> Field {
     let mut f = Vec::new();
     let names = match g.weighted(&[15, 75, 10]) {
@@ -698,6 +701,29 @@ fn resource(g: &mut G) -> Field {
             Kind::KeyValue,
             kv_fields(g, Some(k), Some(v)),
         ));
+    }
+    if g.chance(0.12) {
+        let k = if g.chance(0.8) {
+            "process.pid"
+        } else {
+            *g.pick(&[
+                "Process.pid",
+                "process.pid ",
+                "process.pi",
+                "host.name.x",
+                "Host.name",
+            ])
+        };
+        let v = match g.weighted(&[50, 20, 15, 15]) {
+            0 => Some(vec![Field::varint(3, g.range(1, 1 << 22) as u64)]),
+            1 => {
+                let s = *g.pick(&["4242", "", "process.pid"]);
+                Some(string_any(s))
+            }
+            2 => None,
+            _ => Some(Vec::new()),
+        };
+        f.push(Field::msg(1, Kind::KeyValue, kv_fields(g, Some(k), v)));
     }
     if g.chance(0.1) {
         f.push(Field::varint(2, g.range(0, 10) as u64));
@@ -793,6 +819,137 @@ fn resource_logs(g: &mut G, shape: &Shape) -> Field {
         }
     }
     Field::msg(1, Kind::ResourceLogs, f)
+}
+
+// ------------------------------------------------------------------------------------------
+// Shapes for `[enrich]`
+
+/// Adds ResourceLogs (small ones, some with a resource) at random places until `want` of them
+/// (or more) lack something `attrs` adds: around dt's bound on ResourceLogs enriched in one
+/// request ([`super::reference::MAX_ENRICHED`]). Stops short of `max_body` bytes.
+pub fn more_resource_logs(
+    g: &mut G,
+    fields: &mut Vec<Field>,
+    attrs: &[EnrichAttr],
+    want: usize,
+    max_body: usize,
+) {
+    if attrs.is_empty() {
+        return;
+    }
+    let shape = Shape {
+        resource_logs: (1, 1),
+        scope_logs: (0, 1),
+        records: (0, 1),
+    };
+    let needing = |fields: &[Field]| {
+        fields
+            .iter()
+            .filter(|f| f.num == 1)
+            .filter(|rl| !reference::missing(rl, attrs).is_empty())
+            .count()
+    };
+    let mut n = needing(fields);
+    for _ in 0..4 * want {
+        if n >= want {
+            break;
+        }
+        let rl = if g.chance(0.5) {
+            Field::msg(1, Kind::ResourceLogs, Vec::new())
+        } else {
+            resource_logs(g, &shape)
+        };
+        if super::wire::fields_len(fields) + super::wire::field_len(&rl) > max_body {
+            break;
+        }
+        n += !reference::missing(&rl, attrs).is_empty() as usize;
+        let at = g.range(0, fields.len());
+        fields.insert(at, rl);
+    }
+}
+
+/// Makes one ResourceLogs that lacks something `attrs` adds (a new empty one when none fits)
+/// just fit, or just not fit, its length prefix once dt inserts its resource: its length
+/// brought (with an unknown field) to a few bytes around 127 or 16383 minus the insert, its
+/// prefix minimal; or (`padded`) the same in a prefix one byte longer than it needs, which
+/// holds the insert. At most `max_body` bytes in all (else nothing changes). Returns the
+/// ResourceLogs' length before dt inserts, and the bound.
+pub fn near_prefix_bound(
+    g: &mut G,
+    fields: &mut Vec<Field>,
+    attrs: &[EnrichAttr],
+    padded: bool,
+    max_body: usize,
+) -> Option<(u64, u64)> {
+    if attrs.is_empty() {
+        return None;
+    }
+    let width = if g.chance(0.7) { 1 } else { 2 };
+    let cap = reference::prefix_cap(width);
+    let delta: i64 = *g.pick(&[-2, -1, 0, 0, 1, 1, 2]);
+    let total = super::wire::fields_len(fields) as u64;
+    // The length a ResourceLogs must have for its insert to overshoot the bound by `delta`.
+    let target_for = |rl: &Field| -> Option<(u64, u64)> {
+        let add = reference::resource_field(&reference::missing(rl, attrs)).len() as u64;
+        let len = super::wire::fields_len(rl.fields().expect("a ResourceLogs")) as u64;
+        let target = (cap as i64 + delta - add as i64).max(0) as u64;
+        (add > 0 && len + 2 <= target && total + (target - len) + 3 <= max_body as u64)
+            .then_some((len, target))
+    };
+    let candidates: Vec<usize> = (0..fields.len())
+        .filter(|&i| fields[i].num == 1 && target_for(&fields[i]).is_some())
+        .collect();
+    let i = if candidates.is_empty() {
+        let rl = Field::msg(1, Kind::ResourceLogs, Vec::new());
+        target_for(&rl)?;
+        let at = g.range(0, fields.len());
+        fields.insert(at, rl);
+        at
+    } else {
+        candidates[g.range(0, candidates.len() - 1)]
+    };
+    let (len, target) = target_for(&fields[i]).expect("a candidate");
+    let filler = filler(g, (target - len) as usize);
+    let rl = &mut fields[i];
+    let inner = rl.fields_mut().expect("a ResourceLogs");
+    let at = g.range(0, inner.len());
+    inner.insert(at, filler);
+    if let Val::Msg { pad, .. } = &mut rl.val {
+        *pad = padded as u8;
+    }
+    debug_assert_eq!(
+        super::wire::fields_len(rl.fields().expect("a ResourceLogs")) as u64,
+        target
+    );
+    Some((target, cap))
+}
+
+/// An unknown ResourceLogs field of exactly `n` bytes (at least 2): tag, length prefix (padded
+/// when no minimal one makes `n`), random bytes.
+fn filler(g: &mut G, n: usize) -> Field {
+    assert!(n >= 2, "a filler of {n} bytes");
+    let mut num = unknown_number(g, Kind::ResourceLogs);
+    if super::wire::varint_len(num << 3) + 1 > n {
+        num = 4;
+    }
+    let tag = super::wire::varint_len(num << 3);
+    for k in 1..=3usize {
+        let Some(data_len) = n.checked_sub(tag + k) else {
+            break;
+        };
+        let need = super::wire::varint_len(data_len as u64);
+        if need <= k {
+            let data = g.bytes(data_len);
+            return Field::new(
+                num,
+                Val::Bytes {
+                    data,
+                    pad: (k - need) as u8,
+                },
+            );
+        }
+    }
+    unreachable!("no filler of {n} bytes")
 }
 
 /// Largest body generated: well inside the agent's 256 KiB request bound, and small enough

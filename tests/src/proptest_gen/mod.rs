@@ -8,12 +8,15 @@
 //! - [`rules`]: random rule sets (count, drop, and, behind a switch, sample and redact) as
 //!   [`crate::model::RuleSpec`]s, which render themselves to TOML and match records (no dt code):
 //!   severity, service, event_name, body_contains, string and typed attribute conditions, and
-//!   count rules with `group_by`.
+//!   count rules with `group_by`; random `[enrich]` tables ([`crate::model::EnrichSpec`]).
 //! - [`reference`]: says whether dt must pass a request through and why (the oracle,
 //!   [`crate::oracle`], for malformed; groups and dt's depth bound besides), else decodes it with
 //!   prost (protobuf merge semantics) and applies the rules with [`crate::model`], giving the
-//!   decoded request, the bytes, the counters and the `group_by` groups dt must produce.
-//! - [`round`]: one rule set and the connections of requests sent under it.
+//!   decoded request, the bytes, the counters and the `group_by` groups dt must produce; with
+//!   an `[enrich]` table, the resource field dt inserts at the end of each ResourceLogs that
+//!   lacks some of its attributes (or that the request passes through `enrich`).
+//! - [`round`]: one rule set (sometimes with `[enrich]`) and the connections of requests sent
+//!   under it.
 //!
 //! Nothing here calls dt's walker (`dt_ebpf_common::walk`) or rule compiler.
 

@@ -3,16 +3,22 @@
 //! The rules see each record as prost decodes the bytes sent with strings as bytes
 //! ([`crate::record::body_facts`]): event names, typed attribute values, and the raw bytes group
 //! values show.
+//!
+//! `[enrich]` ([`enrich_plan`], [`apply_enrichment`]): the resource field dt inserts at the end
+//! of each ResourceLogs whose Resource lacks a listed attribute, or why the request passes
+//! through `enrich`.
 
 use std::collections::BTreeMap;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value::Value};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use prost::Message;
 
-use super::wire::{Edits, Mark, RecordSizes};
+use super::wire::{Edits, Field, Mark, RecordSizes, Val, fields_len, put_varint, varint_len};
 pub use crate::model::Counts;
-use crate::model::{Decider, End, Facts, GroupBy, Redaction, RuleSpec, evaluate_facts};
+use crate::model::{
+    Decider, ENRICH_ATTRS, End, EnrichSpec, Facts, GroupBy, Redaction, RuleSpec, evaluate_facts,
+};
 
 /// What the reference carries from request to request for the agent's whole life: every rule
 /// name's counters, each sample rule's match count and each `group_by` rule's groups (in the
@@ -69,11 +75,15 @@ pub struct Outcome {
     pub records_dropped: u64,
     /// Bytes removed from the body: dropped records' fields and removed attributes' fields.
     pub removed_bytes: u64,
+    /// Bytes inserted by `[enrich]` (the resource fields, see [`apply_enrichment`]).
+    pub inserted_bytes: u64,
+    /// ResourceLogs that got a resource field.
+    pub enriched: usize,
     /// Per record, in order: `None` kept, `Some(rule)` dropped by that rule.
     pub dropped_by: Vec<Option<String>>,
     /// Whether dt's plan for the request has anything in it: a record a drop, sample or
-    /// rate_limit rule stopped at (kept or not), or a redaction. (A request of several chunks
-    /// is rewritten as one chunk then.)
+    /// rate_limit rule stopped at (kept or not), a redaction, or a resource `[enrich]` inserts.
+    /// (A request of several chunks is rewritten as one chunk then.)
     pub planned: bool,
 }
 
@@ -162,6 +172,8 @@ pub fn evaluate_body(
         records: facts.len() as u64,
         records_dropped: 0,
         removed_bytes: 0,
+        inserted_bytes: 0,
+        enriched: 0,
         dropped_by: Vec::new(),
         planned: false,
     };
@@ -243,11 +255,286 @@ pub fn evaluate_body(
             }
         }
     }
-    if !edits.remove.is_empty() || !edits.mask.is_empty() || !edits.either.is_empty() {
+    if !edits.is_empty() {
         out.planned = true;
     }
     out.edits = edits;
     out
+}
+
+// ------------------------------------------------------------------------------------------
+// [enrich]
+
+/// The most ResourceLogs dt inserts a resource into in one request: a request with more that
+/// need one passes through `enrich`.
+pub const MAX_ENRICHED: usize = 64;
+
+/// Who sends the requests: where the values `[enrich]` adds come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sender {
+    /// The sending process's pid (its tgid).
+    pub pid: u32,
+    /// The agent's host name: `/proc/sys/kernel/hostname` without its trailing newline.
+    pub host_name: Vec<u8>,
+    /// The sender's container id and pod uid, from its cgroup (`None`: not in a container,
+    /// nothing added).
+    pub container_id: Option<Vec<u8>>,
+    pub pod_uid: Option<Vec<u8>>,
+}
+
+impl Sender {
+    /// This process on this host, in no container cgroup: the property test's sender.
+    pub fn this_process() -> Sender {
+        let host =
+            std::fs::read("/proc/sys/kernel/hostname").expect("read /proc/sys/kernel/hostname");
+        let host_name = host.strip_suffix(b"\n").unwrap_or(&host).to_vec();
+        Sender {
+            pid: std::process::id(),
+            host_name,
+            container_id: None,
+            pod_uid: None,
+        }
+    }
+}
+
+/// The value of an attribute `[enrich]` adds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Enriched {
+    Int(i64),
+    Str(Vec<u8>),
+}
+
+/// One attribute `[enrich]` adds: its key and its value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnrichAttr {
+    pub key: &'static str,
+    pub value: Enriched,
+}
+
+impl EnrichAttr {
+    /// The KeyValue's encoding (minimal varints): key, then value (`int_value` or
+    /// `string_value`).
+    pub fn encode(&self) -> Vec<u8> {
+        let any = match &self.value {
+            Enriched::Int(v) => {
+                let mut b = vec![0x18];
+                put_varint(&mut b, *v as u64, 0);
+                b
+            }
+            Enriched::Str(s) => len_field(0x0a, s),
+        };
+        let mut kv = len_field(0x0a, self.key.as_bytes());
+        kv.extend(len_field(0x12, &any));
+        kv
+    }
+
+    /// The KeyValue a decoder sees.
+    pub fn proto(&self) -> KeyValue {
+        let value = match &self.value {
+            Enriched::Int(v) => Value::IntValue(*v),
+            Enriched::Str(s) => Value::StringValue(String::from_utf8_lossy(s).into_owned()),
+        };
+        KeyValue {
+            key: self.key.to_string(),
+            value: Some(AnyValue { value: Some(value) }),
+            ..Default::default()
+        }
+    }
+}
+
+/// `tag`, the minimal varint of `data`'s length, `data`.
+fn len_field(tag: u8, data: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    put_varint(&mut out, data.len() as u64, 0);
+    out.extend_from_slice(data);
+    out
+}
+
+/// What `spec` adds for `sender`'s requests, in the kernel's order (process.pid, host.name,
+/// container.id, k8s.pod.uid): the listed attributes the sender has a value for (an empty host
+/// name, container id or pod uid is none).
+pub fn enrich_attrs(spec: &EnrichSpec, sender: &Sender) -> Vec<EnrichAttr> {
+    ENRICH_ATTRS
+        .iter()
+        .filter(|k| spec.lists(k))
+        .filter_map(|&key| {
+            let value = match key {
+                "process.pid" => Enriched::Int(sender.pid as i64),
+                "host.name" => Enriched::Str(sender.host_name.clone()),
+                "container.id" => Enriched::Str(sender.container_id.clone()?),
+                _ => Enriched::Str(sender.pod_uid.clone()?),
+            };
+            if value == Enriched::Str(Vec::new()) {
+                return None;
+            }
+            Some(EnrichAttr { key, value })
+        })
+        .collect()
+}
+
+/// The `resource` field (ResourceLogs field 1) holding `attrs`: `0x0a varint(R)` then, per
+/// attribute, `0x0a varint(len(KV)) KV`. Empty for no attributes.
+pub fn resource_field(attrs: &[EnrichAttr]) -> Vec<u8> {
+    if attrs.is_empty() {
+        return Vec::new();
+    }
+    let mut r = Vec::new();
+    for a in attrs {
+        r.extend(len_field(0x0a, &a.encode()));
+    }
+    len_field(0x0a, &r)
+}
+
+/// What dt inserts into one ResourceLogs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Insert {
+    /// The ResourceLogs' index among the request's.
+    pub rl: u32,
+    /// The attributes added, in order.
+    pub added: Vec<EnrichAttr>,
+    /// The field inserted at the end of the ResourceLogs' contents.
+    pub field: Vec<u8>,
+}
+
+/// The keys a ResourceLogs' Resources carry, as a decoder reads them: every KeyValue (field 1)
+/// of every `resource` field (field 1), its key the last `key` field (empty when none), the
+/// bytes as sent.
+fn carried_keys(rl_fields: &[Field]) -> Vec<Vec<u8>> {
+    let mut keys = Vec::new();
+    for res in rl_fields.iter().filter(|f| f.num == 1) {
+        for kv in res.fields().into_iter().flatten().filter(|f| f.num == 1) {
+            let key = kv
+                .fields()
+                .into_iter()
+                .flatten()
+                .filter(|f| f.num == 1)
+                .filter_map(|f| match &f.val {
+                    Val::Bytes { data, .. } => Some(data.clone()),
+                    _ => None,
+                })
+                .next_back()
+                .unwrap_or_default();
+            keys.push(key);
+        }
+    }
+    keys
+}
+
+/// The largest value a length prefix of `width` bytes holds.
+pub fn prefix_cap(width: usize) -> u64 {
+    if width >= 10 {
+        u64::MAX
+    } else {
+        (1u64 << (7 * width)) - 1
+    }
+}
+
+/// Where the length prefix of a message field stands: its content's length unedited and the
+/// prefix's width in bytes (padded or not).
+pub fn prefix_of(f: &Field) -> Option<(u64, usize)> {
+    match &f.val {
+        Val::Msg {
+            fields,
+            pad,
+            bad_len: None,
+            ..
+        } => {
+            let len = fields_len(fields) as u64;
+            Some((len, (varint_len(len) + *pad as usize).min(10)))
+        }
+        _ => None,
+    }
+}
+
+/// The attributes of `attrs` (in order) that the ResourceLogs `rl` of a valid request does not
+/// carry: what dt adds to it.
+pub fn missing(rl: &Field, attrs: &[EnrichAttr]) -> Vec<EnrichAttr> {
+    let keys = carried_keys(
+        rl.fields()
+            .expect("generator: a valid request's ResourceLogs"),
+    );
+    attrs
+        .iter()
+        .filter(|a| !keys.iter().any(|k| k == a.key.as_bytes()))
+        .cloned()
+        .collect()
+}
+
+/// What `[enrich]` (adding `attrs`) does to the valid request `tree`: per ResourceLogs (a field
+/// numbered 1) whose Resources lack some of `attrs`' keys, a resource field of the missing ones
+/// (in `attrs`' order) inserted at the end of its contents; or, as `Err`, why the request passes
+/// through `enrich`: a ResourceLogs whose original length plus the insert exceeds what its
+/// length prefix holds in the bytes it has (whatever the request's removals), or more than
+/// [`MAX_ENRICHED`] ResourceLogs to insert into.
+pub fn enrich_plan(tree: &[Field], attrs: &[EnrichAttr]) -> Result<Vec<Insert>, String> {
+    let mut out = Vec::new();
+    if attrs.is_empty() {
+        return Ok(out);
+    }
+    for (i, rl) in tree.iter().filter(|f| f.num == 1).enumerate() {
+        let added = missing(rl, attrs);
+        if added.is_empty() {
+            continue;
+        }
+        let field = resource_field(&added);
+        let (len, width) = prefix_of(rl).expect("generator: a valid request's ResourceLogs");
+        if len + field.len() as u64 > prefix_cap(width) {
+            return Err(format!(
+                "overflow: ResourceLogs {i} of {len} bytes, its prefix {width} bytes, {} to insert",
+                field.len()
+            ));
+        }
+        out.push(Insert {
+            rl: i as u32,
+            added,
+            field,
+        });
+        if out.len() > MAX_ENRICHED {
+            return Err(format!(
+                "count: more than {MAX_ENRICHED} ResourceLogs to insert into"
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `[enrich]` (adding `attrs`) might make dt pass the request `tree` (made malformed, or
+/// nested too deep) through as `enrich`, whatever the Resources carry: a ResourceLogs near its
+/// prefix's bound, or more than [`MAX_ENRICHED`] ResourceLogs. Which of the two reasons dt
+/// finds first depends on where the walk meets them: the generator leaves such requests out.
+pub fn enrich_may_pass_through(tree: &[Field], attrs: &[EnrichAttr]) -> bool {
+    let most = resource_field(attrs).len() as u64;
+    if most == 0 {
+        return false;
+    }
+    let rls: Vec<&Field> = tree.iter().filter(|f| f.num == 1).collect();
+    rls.len() > MAX_ENRICHED
+        || rls
+            .iter()
+            .filter_map(|rl| prefix_of(rl))
+            .any(|(len, width)| len + most > prefix_cap(width))
+}
+
+/// Applies `[enrich]`'s inserts to what the reference says about a request: the resource
+/// fields inserted (the ResourceLogs' length prefixes count them, see [`Edits::append`]), the
+/// attributes added after the Resource's own (decoders merge the `resource` fields), the
+/// request edited.
+pub fn apply_enrichment(out: &mut Outcome, inserts: &[Insert]) {
+    for ins in inserts {
+        let rl = &mut out.expected.resource_logs[ins.rl as usize];
+        rl.resource
+            .get_or_insert_with(Default::default)
+            .attributes
+            .extend(ins.added.iter().map(EnrichAttr::proto));
+        out.edits
+            .append
+            .insert(Mark::ResourceLogs(ins.rl), ins.field.clone());
+        out.inserted_bytes += ins.field.len() as u64;
+    }
+    out.enriched += inserts.len();
+    if !inserts.is_empty() {
+        out.planned = true;
+    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -426,7 +713,7 @@ mod tests {
             .collect()
     }
 
-    use super::super::wire::{Field, Kind, Val, WT_EGROUP, WT_SGROUP, encode};
+    use super::super::wire::{Kind, WT_EGROUP, WT_SGROUP, encode};
 
     /// A request of one record with one attribute whose value nests `levels` array (or kvlist)
     /// values, ending in an int (an AnyValue walked as a frame) or a string (read in place).
@@ -591,6 +878,192 @@ mod tests {
                 .attribute_int("m", 503)
                 .matches_facts(f)
         );
+    }
+
+    fn sender() -> Sender {
+        Sender {
+            pid: 4242,
+            host_name: b"h".to_vec(),
+            container_id: None,
+            pod_uid: None,
+        }
+    }
+
+    fn res_kv(key: &str, any: Option<Vec<Field>>) -> Field {
+        let mut f = vec![Field::bytes(1, key)];
+        if let Some(a) = any {
+            f.push(Field::msg(2, Kind::AnyValue, a));
+        }
+        Field::msg(1, Kind::KeyValue, f)
+    }
+
+    fn resource(kvs: Vec<Field>) -> Field {
+        Field::msg(1, Kind::Resource, kvs)
+    }
+
+    fn one_record() -> Field {
+        let rec = Field::msg(2, Kind::LogRecord, vec![Field::varint(2, 9)]);
+        Field::msg(2, Kind::ScopeLogs, vec![rec])
+    }
+
+    /// The bytes of the resource field for pid 4242 and host "h", by hand.
+    const PID_AND_HOST: &[u8] = &[
+        0x0a, 38, // resource, 38 bytes
+        0x0a, 18, // KeyValue, 18 bytes
+        0x0a, 11, b'p', b'r', b'o', b'c', b'e', b's', b's', b'.', b'p', b'i', b'd', //
+        0x12, 3, 0x18, 0x92, 0x21, // int_value 4242
+        0x0a, 16, // KeyValue, 16 bytes
+        0x0a, 9, b'h', b'o', b's', b't', b'.', b'n', b'a', b'm', b'e', //
+        0x12, 3, 0x0a, 1, b'h', // string_value "h"
+    ];
+
+    /// What each ResourceLogs gets: the attributes its Resources (all of them) lack, whatever
+    /// the carried ones' values; only exact keys count; the rest of the listed ones in the
+    /// fixed order, at the end of its contents, its prefix in the width it had.
+    #[test]
+    fn enrich_inserts_what_each_resource_lacks() {
+        let spec = EnrichSpec::new(&["k8s.pod.uid", "host.name", "container.id", "process.pid"]);
+        let attrs = enrich_attrs(&spec, &sender());
+        assert_eq!(
+            attrs.iter().map(|a| a.key).collect::<Vec<_>>(),
+            vec!["process.pid", "host.name"]
+        );
+        assert_eq!(resource_field(&attrs), PID_AND_HOST);
+        let rl = |fields: Vec<Field>| Field::msg(1, Kind::ResourceLogs, fields);
+        let mut tree = vec![
+            // No resource: both.
+            rl(vec![one_record()]),
+            // process.pid as a string: host.name only.
+            rl(vec![
+                resource(vec![res_kv(
+                    "process.pid",
+                    Some(vec![Field::bytes(1, "1")]),
+                )]),
+                one_record(),
+            ]),
+            // Two resources, one with host.name (no value), the other process.pid (an int):
+            // nothing.
+            rl(vec![
+                resource(vec![res_kv("host.name", None)]),
+                one_record(),
+                resource(vec![res_kv("process.pid", Some(vec![Field::varint(3, 7)]))]),
+            ]),
+            // Near misses: both. Its prefix padded.
+            {
+                let mut f = rl(vec![resource(vec![
+                    res_kv("Process.pid", Some(vec![])),
+                    res_kv("host.name ", None),
+                ])]);
+                if let Val::Msg { pad, .. } = &mut f.val {
+                    *pad = 1;
+                }
+                f
+            },
+        ];
+        let body = encode(&tree);
+        let sizes = super::super::wire::mark_request(&mut tree);
+        let inserts = enrich_plan(&tree, &attrs).expect("fits");
+        assert_eq!(
+            inserts
+                .iter()
+                .map(|i| (i.rl, i.added.iter().map(|a| a.key).collect::<Vec<_>>()))
+                .collect::<Vec<_>>(),
+            vec![
+                (0, vec!["process.pid", "host.name"]),
+                (1, vec!["host.name"]),
+                (3, vec!["process.pid", "host.name"]),
+            ]
+        );
+        let decoded = ExportLogsServiceRequest::decode(&body[..]).expect("valid");
+        let mut st = RefState::default();
+        let mut out = evaluate_body(&mut st, &[], &decoded, &body, &sizes);
+        assert!(!out.planned);
+        apply_enrichment(&mut out, &inserts);
+        assert!(out.planned && out.enriched == 3);
+        let (got, _) = super::super::wire::emit(&tree, &out.edits);
+        assert_eq!(got.len() as u64, body.len() as u64 + out.inserted_bytes);
+        // The first ResourceLogs: its contents, then the insert, its prefix one byte still.
+        let first = encode(std::slice::from_ref(&tree[0]));
+        let n = first.len() - 2;
+        assert_eq!(got[0..2], [0x0a, (n + PID_AND_HOST.len()) as u8]);
+        assert_eq!(got[2..2 + n], first[2..]);
+        assert_eq!(got[2 + n..2 + n + PID_AND_HOST.len()], *PID_AND_HOST);
+        // The last one: a two-byte prefix, and the insert ends the body.
+        assert!(got.ends_with(PID_AND_HOST));
+        let last = encode(std::slice::from_ref(&tree[3]));
+        let total = last.len() - 3 + PID_AND_HOST.len();
+        let tail = &got[got.len() - total - 3..got.len() - total];
+        assert_eq!(
+            tail,
+            [0x0a, 0x80 | (total as u8 & 0x7f), (total >> 7) as u8]
+        );
+        let redecoded = ExportLogsServiceRequest::decode(&got[..]).expect("decodes");
+        assert_eq!(redecoded, out.expected);
+        let keys = |i: usize| -> Vec<String> {
+            out.expected.resource_logs[i]
+                .resource
+                .as_ref()
+                .map(|r| r.attributes.iter().map(|kv| kv.key.clone()).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(keys(0), vec!["process.pid", "host.name"]);
+        assert_eq!(keys(1), vec!["process.pid", "host.name"]);
+        assert_eq!(keys(2), vec!["host.name", "process.pid"]);
+        assert_eq!(
+            keys(3),
+            vec!["Process.pid", "host.name ", "process.pid", "host.name"]
+        );
+        // Only what the sender has: container.id and k8s.pod.uid alone add nothing.
+        let none = enrich_attrs(
+            &EnrichSpec::new(&["container.id", "k8s.pod.uid"]),
+            &sender(),
+        );
+        assert!(none.is_empty());
+        assert!(enrich_plan(&tree, &none).expect("nothing").is_empty());
+    }
+
+    /// A ResourceLogs whose original length plus the insert exceeds its prefix's width passes
+    /// the request through (removals do not count); a padded prefix holds more; more than 64
+    /// ResourceLogs to enrich pass it through too.
+    #[test]
+    fn enrich_passes_through_what_does_not_fit() {
+        let attrs = enrich_attrs(&EnrichSpec::new(&["process.pid", "host.name"]), &sender());
+        let add = PID_AND_HOST.len();
+        let rl_of = |len: usize, pad: u8| {
+            // An unknown bytes field (number 4) of `len` bytes in all.
+            let data = (1..=3)
+                .map(|k| len - 1 - k)
+                .find(|&n| varint_len(n as u64) == len - 1 - n)
+                .expect("a length");
+            let mut f = Field::msg(
+                1,
+                Kind::ResourceLogs,
+                vec![Field::bytes(4, vec![0u8; data])],
+            );
+            assert_eq!(fields_len(f.fields().unwrap()), len);
+            if let Val::Msg { pad: p, .. } = &mut f.val {
+                *p = pad;
+            }
+            f
+        };
+        assert!(enrich_plan(&[rl_of(127 - add, 0)], &attrs).is_ok());
+        let err = enrich_plan(&[rl_of(128 - add, 0)], &attrs).unwrap_err();
+        assert!(err.starts_with("overflow"), "{err}");
+        assert!(enrich_plan(&[rl_of(128 - add, 1)], &attrs).is_ok());
+        assert!(enrich_may_pass_through(&[rl_of(128 - add, 0)], &attrs));
+        assert!(!enrich_may_pass_through(&[rl_of(128 - add, 1)], &attrs));
+        // 16383 in two bytes.
+        assert!(enrich_plan(&[rl_of(16383 - add, 0)], &attrs).is_ok());
+        assert!(enrich_plan(&[rl_of(16384 - add, 0)], &attrs).is_err());
+        let many = |n: usize| vec![Field::msg(1, Kind::ResourceLogs, vec![]); n];
+        assert_eq!(enrich_plan(&many(64), &attrs).map(|v| v.len()), Ok(64));
+        assert!(
+            enrich_plan(&many(65), &attrs)
+                .unwrap_err()
+                .starts_with("count")
+        );
+        assert!(enrich_may_pass_through(&many(65), &attrs));
+        assert!(!enrich_may_pass_through(&many(64), &attrs));
     }
 
     #[test]

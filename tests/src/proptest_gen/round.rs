@@ -7,15 +7,15 @@ use prost::Message;
 use super::logs::{self, Chunking, Head};
 use std::collections::BTreeMap;
 
-use super::reference::{self, Counts, RefState};
+use super::reference::{self, Counts, EnrichAttr, RefState, Sender};
 use super::rules::{self, RuleConfig};
 use super::wire::{self, Either, Field};
 use super::{G, mix};
 use crate::http::HttpRequest;
-use crate::model::{RuleSpec, rules_toml};
+use crate::model::{EnrichSpec, RuleSpec, rule_set_toml};
 
 /// What the generator may produce.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct GenConfig {
     /// `sample` rules.
     pub sample: bool,
@@ -34,6 +34,10 @@ pub struct GenConfig {
     /// data chunks (which pass through as `chunked`; the others have one and are walked).
     pub chunked: f64,
     pub several_chunks: f64,
+    /// Share of rounds whose rule set has an `[enrich]` table.
+    pub enrich: f64,
+    /// Who sends the requests (what `[enrich]` adds).
+    pub sender: Sender,
 }
 
 /// What must arrive for one request.
@@ -43,14 +47,15 @@ pub struct Expect {
     pub body: Vec<u8>,
     pub either: Vec<Either>,
     /// Acceptable heads: Content-Length rewritten to the new length (or, if the kernel could
-    /// not remove the spare digits, zero-padded to the old width); a chunked request's head
-    /// unchanged.
+    /// not remove the spare digits, zero-padded to the old width; a longer body takes the
+    /// digits it needs); a chunked request's head unchanged.
     pub heads: Vec<Vec<u8>>,
     /// A chunked request: the exact bytes that must follow the head (the chunk framing), and
     /// where `body` starts in them (`either` ranges are offsets into `body`).
     pub chunked_wire: Option<(Vec<u8>, usize)>,
-    /// Why dt must pass the request through byte for byte (`malformed`, `too_deep`, `chunked`
-    /// for several data chunks), or `None` when it walks and edits it.
+    /// Why dt must pass the request through byte for byte (`malformed`, `too_deep`, `enrich`
+    /// when a resource `[enrich]` would insert does not fit), or `None` when it walks and edits
+    /// it.
     pub passthrough: Option<&'static str>,
     /// What the receiver must decode (`None` for a request passed through, or one that keeps
     /// invalid UTF-8 in a string, which the receiver's `string`-typed decoder refuses).
@@ -70,6 +75,9 @@ pub struct Expect {
     /// Attributes removed and string bodies masked in kept records.
     pub attrs_removed: usize,
     pub bodies_masked: usize,
+    /// ResourceLogs `[enrich]` inserted a resource into, and the bytes inserted.
+    pub enriched: usize,
+    pub inserted_bytes: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -104,6 +112,9 @@ pub struct Round {
     pub index: usize,
     pub seed: u64,
     pub rules: Vec<RuleSpec>,
+    /// The rule set's `[enrich]` table.
+    pub enrich: Option<EnrichSpec>,
+    /// The rule file: the `[enrich]` table, then the rules.
     pub toml: String,
     pub conns: Vec<ConnPlan>,
 }
@@ -168,12 +179,17 @@ fn http_request(head: &Head, body: &[u8], chunking: Option<&Chunking>) -> HttpRe
 
 /// One request: a random valid one evaluated by the reference (which updates `state`), or one
 /// the reference says dt must pass through untouched: made malformed on purpose (`cfg.malformed`
-/// of the requests; when the change leaves it valid, another one), or nested past dt's bound.
+/// of the requests; when the change leaves it valid, another one), nested past dt's bound, or
+/// with a ResourceLogs a resource `[enrich]` adds (`enrich`, the attributes it adds for this
+/// sender) does not fit in. With `[enrich]`, some valid requests get a ResourceLogs made to
+/// just fit or just not fit ([`logs::near_prefix_bound`]), a few around 64 ResourceLogs to
+/// enrich ([`logs::more_resource_logs`]).
 pub fn case(
     g: &mut G,
     id: usize,
     cfg: &GenConfig,
     rules: &[RuleSpec],
+    enrich: &[EnrichAttr],
     state: &mut RefState,
 ) -> Case {
     let malform = g.chance(cfg.malformed);
@@ -195,6 +211,16 @@ pub fn case(
     // rightly pass through as edit_limit): another one otherwise.
     loop {
         let mut tree = logs::request(g);
+        if !malform && !enrich.is_empty() {
+            if g.chance(0.02) {
+                let want = g.range(reference::MAX_ENRICHED - 2, reference::MAX_ENRICHED + 3);
+                logs::more_resource_logs(g, &mut tree, enrich, want, logs::MAX_BODY);
+            }
+            if g.chance(0.12) {
+                let padded = g.chance(0.25);
+                logs::near_prefix_bound(g, &mut tree, enrich, padded, logs::MAX_BODY);
+            }
+        }
         let (body, what) = if malform {
             // Often a nested value to put the defect in (defects go at any depth).
             if g.chance(0.5) {
@@ -213,6 +239,11 @@ pub fn case(
         };
         // The oracle decides, not what the generator meant.
         if let Some(reason) = reference::passthrough(&body) {
+            // Whether dt meets the defect (or the depth) or an insert that does not fit first
+            // depends on where its walk finds each: no such requests.
+            if reference::enrich_may_pass_through(&tree, enrich) {
+                continue;
+            }
             if what.is_none() && reason == "malformed" {
                 panic!(
                     "generator bug: case {id}: the oracle refuses a request meant valid: {:?}\nbody {}",
@@ -249,12 +280,20 @@ pub fn case(
         });
         let mut st = state.clone();
         // The rules see the bytes sent (group values show invalid UTF-8 as it is).
-        let out = reference::evaluate_body(&mut st, rules, &decoded, &body, &sizes);
+        let mut out = reference::evaluate_body(&mut st, rules, &decoded, &body, &sizes);
         let removals = out.edits.remove.len();
         let masks = out.edits.mask.len() + out.edits.either.len();
         let records = sizes.len();
         if removals > EDIT_LIMIT || masks > EDIT_LIMIT || records > EDIT_LIMIT {
             continue;
+        }
+        match reference::enrich_plan(&tree, enrich) {
+            Ok(inserts) => reference::apply_enrichment(&mut out, &inserts),
+            Err(what) => {
+                // Passed through: the rules' counters stay (`st` is dropped).
+                let ch = chunking(g, body.len());
+                return passthrough_case(g, id, cfg, tree, body, "enrich", what, ch);
+            }
         }
         let mut head = logs::head(g, cfg.http_variety);
         let ch = chunking(g, body.len());
@@ -315,6 +354,8 @@ fn passthrough_case(
             counts: BTreeMap::new(),
             attrs_removed: 0,
             bodies_masked: 0,
+            enriched: 0,
+            inserted_bytes: 0,
         },
         request,
         cuts,
@@ -359,12 +400,13 @@ fn valid_case(
     let (exp_body, either) = wire::emit(&tree, &out.edits);
     let (clean_exp, _) = wire::emit(&clean, &out.edits);
     // The reference's own consistency: the edited bytes decode to the expected request, and
-    // they are exactly the removed fields shorter.
+    // they are exactly the removed fields shorter and the inserted ones longer.
     assert_eq!(
         exp_body.len() as u64,
-        body.len() as u64 - out.removed_bytes,
+        body.len() as u64 - out.removed_bytes + out.inserted_bytes,
         "generator bug: case {id}: edited length"
     );
+    assert_eq!(out.inserted_bytes, out.edits.inserted() as u64);
     assert_eq!(clean_exp.len(), exp_body.len(), "generator bug: case {id}");
     let redecoded = ExportLogsServiceRequest::decode(&clean_exp[..])
         .unwrap_or_else(|e| panic!("generator bug: case {id}: edited body does not decode: {e}"));
@@ -422,6 +464,8 @@ fn valid_case(
             counts,
             attrs_removed,
             bodies_masked: out.edits.mask.len(),
+            enriched: out.enriched,
+            inserted_bytes: out.inserted_bytes,
         },
     }
 }
@@ -444,7 +488,11 @@ pub fn round(
         },
     );
     state.install(&rules);
-    let toml = rules_toml(&rules);
+    let enrich = g.chance(cfg.enrich).then(|| rules::enrich(&mut g));
+    let toml = rule_set_toml(enrich.as_ref(), &rules);
+    let adds = enrich
+        .as_ref()
+        .map_or_else(Vec::new, |e| reference::enrich_attrs(e, &cfg.sender));
     let n = g.range(cfg.cases_per_round.0, cfg.cases_per_round.1);
     let mut conns = Vec::new();
     let mut id = first_case;
@@ -452,7 +500,7 @@ pub fn round(
         let k = g.range(1, 6).min(first_case + n - id);
         let mut cases = Vec::new();
         for _ in 0..k {
-            cases.push(case(&mut g, id, cfg, &rules, state));
+            cases.push(case(&mut g, id, cfg, &rules, &adds, state));
             id += 1;
         }
         let pipelined = if g.chance(cfg.pipelined) {
@@ -484,6 +532,7 @@ pub fn round(
         index,
         seed,
         rules,
+        enrich,
         toml,
         conns,
     }
@@ -507,6 +556,13 @@ mod tests {
             cases_per_round: (10, 20),
             chunked: 0.2,
             several_chunks: 0.3,
+            enrich: 0.3,
+            sender: Sender {
+                pid: 4_000_000,
+                host_name: b"dt-test-host".to_vec(),
+                container_id: None,
+                pod_uid: None,
+            },
         };
         let mut state = RefState::default();
         let mut first = 0;
@@ -514,10 +570,45 @@ mod tests {
         let (mut too_deep, mut bad_utf8) = (0, 0);
         let (mut one_chunk, mut several, mut one_chunk_malformed) = (0, 0, 0);
         let (mut event_matches, mut typed_matches) = (0, 0);
+        // [enrich]: rounds with one, requests enriched, passed through (overflow, count).
+        let (mut enrich_rounds, mut enriched, mut overflow, mut too_many) = (0, 0, 0, 0);
         for i in 0..40 {
             let r = round(i, round_seed(7, i), first, &cfg, &mut state);
             first += r.n_cases();
+            enrich_rounds += r.enrich.is_some() as usize;
+            assert_eq!(r.toml.contains("[enrich]"), r.enrich.is_some());
+            // Every attribute the sender has a value for, in every ResourceLogs that arrives.
+            let adds: Vec<&str> = r.enrich.as_ref().map_or_else(Vec::new, |e| {
+                reference::enrich_attrs(e, &cfg.sender)
+                    .iter()
+                    .map(|a| a.key)
+                    .collect()
+            });
             for c in r.cases() {
+                enriched += (c.expect.enriched > 0) as usize;
+                if c.expect.passthrough == Some("enrich") {
+                    let m = c.malformed.as_deref().unwrap_or_default();
+                    overflow += m.starts_with("enrich: overflow") as usize;
+                    too_many += m.starts_with("enrich: count") as usize;
+                    assert!(!adds.is_empty());
+                }
+                if r.enrich.is_none() {
+                    assert_eq!(c.expect.enriched, 0);
+                }
+                if let (None, Some(logs)) = (c.expect.passthrough, &c.expect.logs) {
+                    for rl in &logs.resource_logs {
+                        let keys: Vec<&str> = rl
+                            .resource
+                            .iter()
+                            .flat_map(|r| r.attributes.iter().map(|kv| kv.key.as_str()))
+                            .collect();
+                        assert!(
+                            adds.iter().all(|a| keys.contains(a)),
+                            "case {}: {adds:?} not all in {keys:?}",
+                            c.id
+                        );
+                    }
+                }
                 for rule in &r.rules {
                     let moved = c
                         .expect
@@ -606,6 +697,15 @@ mod tests {
         assert!(
             too_deep > 0 && bad_utf8 > 0,
             "{too_deep} too deep, {bad_utf8} with bad UTF-8"
+        );
+        println!(
+            "[enrich]: {enrich_rounds} rounds, {enriched} requests enriched, passed through: \
+             {overflow} overflowing, {too_many} too many"
+        );
+        assert!(
+            enrich_rounds > 0 && enriched > 0 && overflow > 0,
+            "{enrich_rounds} rounds with [enrich]: {enriched} requests enriched, {overflow} \
+             passed through for a ResourceLogs that does not fit, {too_many} for too many"
         );
     }
 }

@@ -5,7 +5,9 @@ use super::{
     ATTR_KEYS, ATTR_VALUES, ATTRS, BOOL_KEYS, EVENT_NAMES, G, GROUP_DIMS, INT_ATTRS, NEEDLES,
     SERVICES, TYPED_LOOKALIKES,
 };
-use crate::model::{Action, GroupBy, GroupDim, RuleSpec, RuleValue, Severity};
+use crate::model::{
+    Action, ENRICH_ATTRS, EnrichSpec, GroupBy, GroupDim, RuleSpec, RuleValue, Severity,
+};
 
 const LEVELS: [(&str, i32); 6] = [
     ("TRACE", 1),
@@ -230,6 +232,27 @@ pub fn rule_set(g: &mut G, cfg: RuleConfig) -> Vec<RuleSpec> {
         rules.push(r);
     }
     rules
+}
+
+/// A random `[enrich]` table: all four attributes, or a random non-empty subset of them, in a
+/// random order (container.id and k8s.pod.uid add nothing for a sender in no container).
+pub fn enrich(g: &mut G) -> EnrichSpec {
+    let mut names: Vec<&str> = if g.chance(0.25) {
+        ENRICH_ATTRS.to_vec()
+    } else {
+        loop {
+            let v: Vec<&str> = ENRICH_ATTRS
+                .iter()
+                .copied()
+                .filter(|_| g.chance(0.5))
+                .collect();
+            if !v.is_empty() {
+                break v;
+            }
+        }
+    };
+    g.shuffle(&mut names);
+    EnrichSpec::new(&names)
 }
 
 #[cfg(test)]

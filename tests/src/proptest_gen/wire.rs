@@ -6,8 +6,9 @@
 //! lengths, group wire types and the like.
 //!
 //! The same tree, re-emitted with [`Edits`], gives the exact bytes dt must send on: removed
-//! fields gone, every enclosing length prefix rewritten in the number of bytes it had, masked
-//! strings replaced by `*`.
+//! fields gone, bytes inserted at the end of a message (`[enrich]`'s resource), every
+//! enclosing length prefix rewritten in the number of bytes it had, masked strings replaced by
+//! `*`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -40,6 +41,8 @@ pub enum Kind {
 /// records are numbered over the whole request, attributes and body strings within their record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Mark {
+    /// The `resource_logs` field `i` of the request.
+    ResourceLogs(u32),
     /// The `log_records` field holding record `r`.
     Record(u32),
     /// The `attributes` field `a` of record `r`.
@@ -203,11 +206,21 @@ pub struct Edits {
     /// Byte strings that may arrive either as they were or as `*`s (overridden body strings of
     /// a masked record: invisible to decoders, so dt may mask them or not).
     pub either: BTreeSet<Mark>,
+    /// Bytes inserted at the end of a message's contents (its length prefix counts them).
+    pub append: BTreeMap<Mark, Vec<u8>>,
 }
 
 impl Edits {
     pub fn is_empty(&self) -> bool {
-        self.remove.is_empty() && self.mask.is_empty() && self.either.is_empty()
+        self.remove.is_empty()
+            && self.mask.is_empty()
+            && self.either.is_empty()
+            && self.append.is_empty()
+    }
+
+    /// Bytes inserted in all.
+    pub fn inserted(&self) -> usize {
+        self.append.values().map(Vec::len).sum()
     }
 }
 
@@ -345,10 +358,14 @@ fn emit_field(
             debug_assert_eq!(out.len() - start, len);
         }
         Val::Msg { fields, pad, .. } => {
-            // The prefix keeps the byte count it had unedited; the value is the edited length.
+            // The prefix keeps the byte count it had unedited; the value is the edited length
+            // (with what is inserted at the end).
             let mut content = Vec::new();
             let mut inner = Vec::new();
             emit_fields(fields, edits, &mut content, &mut inner);
+            if let Some(extra) = f.mark.and_then(|m| edits.append.get(&m)) {
+                content.extend_from_slice(extra);
+            }
             let orig_len = if edits.is_empty() {
                 content.len()
             } else {
@@ -413,12 +430,13 @@ fn field_len_before(f: &Field, later: usize) -> usize {
 }
 
 /// Sets the [`Mark`]s of a valid request's tree, following the schema the way prost decodes
-/// it: records in order over ResourceLogs and ScopeLogs, attributes and body strings in order
-/// within their record. Returns, per record, its field's encoded size and the encoded sizes of
-/// its attribute fields.
+/// it: ResourceLogs in order, records in order over ResourceLogs and ScopeLogs, attributes and
+/// body strings in order within their record. Returns, per record, its field's encoded size and
+/// the encoded sizes of its attribute fields.
 pub fn mark_request(req: &mut [Field]) -> Vec<RecordSizes> {
     let mut out = Vec::new();
-    for rl in req.iter_mut().filter(|f| f.num == 1) {
+    for (i, rl) in req.iter_mut().filter(|f| f.num == 1).enumerate() {
+        rl.mark = Some(Mark::ResourceLogs(i as u32));
         let Some(rl_fields) = rl.fields_mut() else {
             continue;
         };
@@ -607,6 +625,32 @@ mod tests {
         e.remove.insert(Mark::Record(0));
         let (out, _) = emit(&fields, &e);
         assert_eq!(out, vec![0x12, 0x84, 0x80, 0x00, 0x12, 2, 0x10, 5]);
+    }
+
+    /// Bytes appended to a message: its prefix keeps its width (padded or not) and counts them
+    /// with the removals inside it.
+    #[test]
+    fn appended_bytes_keep_the_prefix_width() {
+        let mut rec = Field::msg(2, Kind::LogRecord, vec![Field::varint(2, 9)]);
+        rec.mark = Some(Mark::Record(0));
+        let sl = Field::msg(2, Kind::ScopeLogs, vec![rec]);
+        let mut rl = Field::msg(1, Kind::ResourceLogs, vec![sl]);
+        rl.mark = Some(Mark::ResourceLogs(0));
+        if let Val::Msg { pad, .. } = &mut rl.val {
+            *pad = 1;
+        }
+        let fields = vec![rl];
+        assert_eq!(
+            encode(&fields),
+            vec![0x0a, 0x86, 0x00, 0x12, 4, 0x12, 2, 0x10, 9]
+        );
+        let mut e = Edits::default();
+        e.remove.insert(Mark::Record(0));
+        e.append.insert(Mark::ResourceLogs(0), vec![0x0a, 1, 0xaa]);
+        let (out, _) = emit(&fields, &e);
+        // 6 - 4 + 3 = 5, in two bytes.
+        assert_eq!(out, vec![0x0a, 0x85, 0x00, 0x12, 0, 0x0a, 1, 0xaa]);
+        assert_eq!(e.inserted(), 3);
     }
 
     #[test]
