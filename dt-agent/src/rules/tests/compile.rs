@@ -598,3 +598,62 @@ fn group_by_mistakes_are_errors_where_they_are() {
         "r.toml:36:12: too many rules with group_by: a rule set can have at most 8"
     );
 }
+
+#[test]
+fn enrich_lists_the_attributes_and_their_keys() {
+    use dt_ebpf_common::{ENRICH_HOST, ENRICH_PID, ENRICH_POD, STR_ENRICH};
+    let c = compiled(
+        "[enrich]\nresource_attributes = [\"process.pid\", \"host.name\", \"k8s.pod.uid\"]\n",
+    );
+    assert_eq!(c.ruleset.enrich, ENRICH_PID | ENRICH_HOST | ENRICH_POD);
+    assert_eq!(string_bits(&c, STR_ENRICH, 11, b"process.pid"), Some(1));
+    assert_eq!(string_bits(&c, STR_ENRICH, 9, b"host.name"), Some(2));
+    assert_eq!(string_bits(&c, STR_ENRICH, 11, b"k8s.pod.uid"), Some(8));
+    assert_eq!(string_bits(&c, STR_ENRICH, 12, b"container.id"), None);
+    assert_eq!(c.ruleset.n_rules, 0);
+}
+
+#[test]
+fn enrich_mistakes_are_errors_where_they_are() {
+    for (text, want) in [
+        (
+            "[enrich]\nresource_attributes = [\"process.pid\", \"pid\"]\n",
+            "r.toml:2:39: unknown resource attribute \"pid\": dt adds \"process.pid\", \
+             \"host.name\", \"container.id\" and \"k8s.pod.uid\"",
+        ),
+        (
+            "[enrich]\nresource_attributes = [\"host.name\", \"host.name\"]\n",
+            "r.toml:2:37: \"host.name\" is listed twice",
+        ),
+        (
+            "[enrich]\nresource_attributes = []\n",
+            "r.toml:2:23: resource_attributes must not be empty",
+        ),
+        (
+            "[enrich]\nattributes = [\"host.name\"]\n",
+            "r.toml:2:1: unknown field `attributes`, expected `resource_attributes`",
+        ),
+    ] {
+        assert_eq!(error(text), want, "{text}");
+    }
+}
+
+#[test]
+fn a_rule_set_has_one_enrich() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = "[enrich]\nresource_attributes = [\"host.name\"]\n";
+    std::fs::write(dir.path().join("10-a.toml"), e).unwrap();
+    std::fs::write(dir.path().join("20-b.toml"), e).unwrap();
+    let errs = crate::rules::load_dir(dir.path()).unwrap_err();
+    let text: Vec<String> = errs.iter().map(|d| d.to_string()).collect();
+    assert_eq!(text.len(), 1, "{text:?}");
+    let (a, b) = (dir.path().join("10-a.toml"), dir.path().join("20-b.toml"));
+    assert_eq!(
+        text[0],
+        format!(
+            "{}:1:1: a rule set has at most one [enrich]: the first is at {}:1",
+            b.display(),
+            a.display()
+        )
+    );
+}

@@ -51,7 +51,8 @@ fn load(text: &str) -> Result<Vec<RuleDef>, Vec<Diagnostic>> {
 
 /// Loads and compiles one in-memory rule file with a fresh slot table.
 fn build(text: &str) -> Result<Compiled, Vec<Diagnostic>> {
-    super::compile(&load(text)?, &mut SlotTable::new())
+    let set = load_sources(&[(PathBuf::from(FILE), text.to_string())])?;
+    super::compile(&set, &mut SlotTable::new())
 }
 
 /// The diagnostics (displayed) of loading and compiling `text`, which must fail.
