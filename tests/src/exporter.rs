@@ -176,18 +176,6 @@ impl ExportReport {
     }
 }
 
-fn level_name(n: i32) -> &'static str {
-    match n {
-        1..=4 => "TRACE",
-        5..=8 => "DEBUG",
-        9..=12 => "INFO",
-        13..=16 => "WARN",
-        17..=20 => "ERROR",
-        21..=24 => "FATAL",
-        _ => "UNSPECIFIED",
-    }
-}
-
 fn severity(n: i32) -> Option<Severity> {
     use Severity::*;
     Some(match n {
@@ -285,7 +273,7 @@ impl LogExporter for CheckedExporter {
     }
 }
 
-fn build_exporter(endpoint: &str) -> opentelemetry_otlp::LogExporter {
+pub fn build_exporter(endpoint: &str) -> opentelemetry_otlp::LogExporter {
     opentelemetry_otlp::LogExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpBinary)
@@ -442,7 +430,7 @@ fn export_on_this_thread(endpoint: &str, plan: &ExportPlan) -> ExportReport {
                 .or_default() += 1;
             *report
                 .records_by_level
-                .entry(level_name(s.record.severity_number).to_owned())
+                .entry(crate::model::severity_level(s.record.severity_number).to_owned())
                 .or_default() += 1;
         }
         report.sent.extend(t.sent.iter().cloned());

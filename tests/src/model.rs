@@ -213,14 +213,9 @@ impl GroupBy {
 /// The level name a `severity` group shows for a SeverityNumber: 1–4 `TRACE`, 5–8 `DEBUG`,
 /// 9–12 `INFO`, 13–16 `WARN`, 17–20 `ERROR`, 21–24 `FATAL`, anything else `UNSPECIFIED`.
 pub fn severity_level(n: i32) -> &'static str {
-    match n {
-        1..=4 => "TRACE",
-        5..=8 => "DEBUG",
-        9..=12 => "INFO",
-        13..=16 => "WARN",
-        17..=20 => "ERROR",
-        21..=24 => "FATAL",
-        _ => "UNSPECIFIED",
+    match crate::otlp::severity_text(n) {
+        "" => "UNSPECIFIED",
+        level => level,
     }
 }
 

@@ -8,13 +8,13 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use dt_agent::kernel::cgroups::ids_of;
+use dt_tests::exporter::build_exporter;
 use dt_tests::{
     ExportMode, ExportPlan, PlannedRecord, Receiver, TempRules, WAIT, cgroup2_mount,
     export_with_python_in_cgroup, kernel_or_skip, python_or_skip, start_agent, stats_of,
 };
 use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _};
 use opentelemetry::{InstrumentationScope, KeyValue};
-use opentelemetry_otlp::{Protocol, RetryPolicy, WithExportConfig, WithHttpConfig};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_sdk::Resource;
@@ -71,14 +71,7 @@ fn resources(logs: &[ExportLogsServiceRequest]) -> Vec<(String, Vec<(String, Str
 /// real Rust exporter (opentelemetry-otlp, HTTP/protobuf), from this process.
 fn export_rust(endpoint: String, service: &'static str, extra: Vec<KeyValue>, n: usize) {
     std::thread::spawn(move || {
-        let mut exporter = opentelemetry_otlp::LogExporter::builder()
-            .with_http()
-            .with_protocol(Protocol::HttpBinary)
-            .with_endpoint(endpoint)
-            .with_timeout(Duration::from_secs(20))
-            .with_retry_policy(RetryPolicy::disabled())
-            .build()
-            .unwrap();
+        let mut exporter = build_exporter(&endpoint);
         let resource = Resource::builder()
             .with_service_name(service)
             .with_attributes(extra)
