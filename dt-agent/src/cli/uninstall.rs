@@ -19,8 +19,13 @@ pub fn uninstall(at: &AgentAt) -> anyhow::Result<()> {
         let status =
             match control::call_within(&socket, &Request::Uninstall, control::UNINSTALL_DEADLINE) {
                 Ok(r) => r.uninstall.unwrap_or_default(),
-                // It finished and stopped between two questions.
-                Err(CallError::NoAgent(_)) if !said.is_empty() && !kernel::has_pins(&pins) => break,
+                // It finished and stopped between two questions (or while answering one: a
+                // question that reaches it as it exits finds the connection closed).
+                Err(CallError::NoAgent(_) | CallError::Other(_))
+                    if !said.is_empty() && !kernel::has_pins(&pins) =>
+                {
+                    break;
+                }
                 Err(e) => return Err(cannot_reach("uninstall", &socket, &pins, e)),
             };
         if status.done {

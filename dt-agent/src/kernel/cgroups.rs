@@ -138,7 +138,8 @@ impl Tracker {
                     if w.load(Ordering::Relaxed) {
                         sync(&mut map, &mut known, scan(&root));
                     }
-                    std::thread::sleep(SCAN_EVERY);
+                    // Woken at once when the tracker drops.
+                    std::thread::park_timeout(SCAN_EVERY);
                 }
             })
             .ok();
@@ -179,6 +180,7 @@ impl Drop for Tracker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }
