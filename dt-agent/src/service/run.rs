@@ -39,7 +39,10 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             cfg.rules_dir.display(),
             socket.display()
         );
-        let mut tasks = vec![tokio::spawn(control::serve(listener, service.clone()))];
+        let mut tasks = vec![
+            tokio::spawn(control::serve(listener, service.clone())),
+            tokio::spawn(rescan(service.clone())),
+        ];
         let source: export::StatsSource = {
             let service = service.clone();
             Arc::new(move || service.stats())
@@ -111,5 +114,21 @@ fn agent_config(settings: &Settings) -> AgentConfig {
         max_request: settings.max_request,
         pin_root: settings.pin.then(|| settings.pin_dir.clone()),
         capture_endpoint: settings.capture_endpoint.clone(),
+    }
+}
+
+/// How often the rules directory's contents are hashed, whatever the watcher saw.
+pub const RESCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Backs the directory watcher with a content hash on a slow timer: a change the watcher
+/// missed (a ConfigMap volume swaps its `..data` symlink; a file system without inotify) is
+/// picked up within [`RESCAN_EVERY`]. An unchanged directory is not reloaded.
+async fn rescan(service: Arc<Service>) {
+    let mut every = tokio::time::interval(RESCAN_EVERY);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let s = service.clone();
+        let _ = tokio::task::spawn_blocking(move || s.reload_from_dir()).await;
     }
 }
