@@ -76,11 +76,7 @@ pub fn otlp_request(
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
             resource: Some(Resource {
-                attributes: vec![
-                    string_kv("service.name", "dt-agent".into()),
-                    string_kv("service.version", env!("CARGO_PKG_VERSION").into()),
-                    string_kv("host.name", hostname().to_string()),
-                ],
+                attributes: resource_attributes(node_name()),
                 ..Default::default()
             }),
             scope_metrics: vec![ScopeMetrics {
@@ -108,6 +104,30 @@ fn string_kv(key: &str, value: String) -> KeyValue {
 }
 
 /// This host's name (`gethostname`), or `unknown`.
+/// The resource of dt's metrics: `service.name` = `dt-agent`, `service.version`, `host.name`,
+/// and `k8s.node.name` when the agent runs on a Kubernetes node (the DaemonSet passes it in
+/// [`NODE_NAME_ENV`]), so that a fleet's counters add up by node in the backend.
+pub fn resource_attributes(node: Option<&str>) -> Vec<KeyValue> {
+    let mut attrs = vec![
+        string_kv("service.name", "dt-agent".into()),
+        string_kv("service.version", env!("CARGO_PKG_VERSION").into()),
+        string_kv("host.name", hostname().to_string()),
+    ];
+    if let Some(node) = node.filter(|n| !n.is_empty()) {
+        attrs.push(string_kv("k8s.node.name", node.to_string()));
+    }
+    attrs
+}
+
+/// The environment variable the Kubernetes DaemonSet sets to the node's name (downward API).
+pub const NODE_NAME_ENV: &str = "K8S_NODE_NAME";
+
+fn node_name() -> Option<&'static str> {
+    static NAME: OnceLock<Option<String>> = OnceLock::new();
+    NAME.get_or_init(|| std::env::var(NODE_NAME_ENV).ok())
+        .as_deref()
+}
+
 fn hostname() -> &'static str {
     static NAME: OnceLock<String> = OnceLock::new();
     NAME.get_or_init(|| {

@@ -440,3 +440,18 @@ async fn push_once_is_bounded() {
     assert!(took >= PUSH_TIMEOUT && took < PUSH_TIMEOUT + Duration::from_secs(5));
     hold.abort();
 }
+
+#[test]
+fn the_resource_names_the_node_when_kubernetes_says_it() {
+    let keys = |node| {
+        attrs(&super::resource_attributes(node))
+            .into_iter()
+            .collect::<BTreeMap<_, _>>()
+    };
+    let plain = keys(None);
+    assert_eq!(plain["service.name"], "dt-agent");
+    assert_eq!(plain["host.name"], hostname());
+    assert!(!plain.contains_key("k8s.node.name"));
+    assert!(!keys(Some("")).contains_key("k8s.node.name"));
+    assert_eq!(keys(Some("node-7"))["k8s.node.name"], "node-7");
+}
