@@ -350,3 +350,71 @@ fn scrape_prometheus(stats: &dt_agent::Stats) -> String {
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     text
 }
+
+/// `dt-agent stats` (the table) and `stats --json` of a running `dt-agent run` show a grouped
+/// rule's groups.
+#[test]
+fn the_stats_verb_shows_groups_in_the_table_and_the_json() {
+    if !kernel_or_skip("the_stats_verb_shows_groups_in_the_table_and_the_json") {
+        return;
+    }
+    use dt_tests::agent_process::{AgentProcess, output_text};
+    use dt_tests::otlp::{LogsRequestBuilder, Rec, encode};
+    use dt_tests::{HttpRequestBuilder, RawClient, Split};
+
+    let rx = Receiver::start_v4();
+    let dir = TempRules::with_files(&[(
+        "50-test.toml",
+        "[[rule]]\nname = \"by-kind\"\naction = \"count\"\ngroup_by = \"attributes.kind\"\n\
+         max_groups = 2\n",
+    )]);
+    let mut agent = AgentProcess::new("groups-cli", dir.path(), &[rx.port()], false);
+    agent.start();
+    let mut b = LogsRequestBuilder::new().resource("svc").scope("ops");
+    for (i, kind) in ["a", "b", "a", "c", "a"].iter().enumerate() {
+        b = b.record(Rec::new(9, &format!("r{i}")).attr("kind", kind));
+    }
+    b = b.record(Rec::new(9, "no kind"));
+    let req = HttpRequestBuilder::logs(encode(&b.build())).build();
+    let mut c = RawClient::connect(rx.addr());
+    assert_eq!(c.roundtrip(&req, &Split::Whole).status, 200);
+    c.finish();
+    rx.wait_for(1, WAIT);
+
+    let json = agent.verb("stats", &["--json"]);
+    assert!(json.status.success(), "{}", output_text(&json));
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let rule = v["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "by-kind")
+        .unwrap();
+    assert_eq!(rule["matched"], 6);
+    assert_eq!(
+        rule["groups"],
+        serde_json::json!({"a": 3, "b": 1, "__other__": 1, "__missing__": 1})
+    );
+    let table = agent.verb("stats", &[]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("by-kind"))
+        .unwrap_or_else(|| panic!("{text}"));
+    // The groups under their rule, largest first.
+    let under: Vec<Vec<&str>> = lines[at + 1..at + 5]
+        .iter()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        under,
+        vec![
+            vec!["a", "3"],
+            vec!["__missing__", "1"],
+            vec!["__other__", "1"],
+            vec!["b", "1"]
+        ],
+        "{text}"
+    );
+}

@@ -231,20 +231,21 @@ pub(super) fn rewrite_content_length<D: Editor>(w: &mut Walk, ed: &mut D) {
     if k > 0 {
         put_digits(ed, w.cl_off, k, rest, hex);
     }
-    if hex {
-        return;
-    }
+    // The digits kept: a decimal length in as few as it needs; a chunk size zero-padded to its
+    // old width when it fits there (digits pushed for a growth that removals took back go).
+    let (base, shift) = if hex { (16, 4) } else { (10, 0) };
     let mut need = 1u32;
-    let mut v = new / 10;
+    let mut v = if hex { new >> shift } else { new / base };
     while need < 20 {
         if v == 0 {
             break;
         }
-        v /= 10;
+        v = if hex { v >> shift } else { v / base };
         need += 1;
     }
-    if need < n + k && ed.pop(w.cl_off, n + k - need) {
-        w.head_removed = n + k - need;
+    let keep = if hex && need < n { n } else { need };
+    if keep < n + k && ed.pop(w.cl_off, n + k - keep) {
+        w.head_removed = n + k - keep;
     }
 }
 
