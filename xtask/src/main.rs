@@ -7,6 +7,7 @@
 
 mod bench;
 mod cmd;
+mod image;
 mod run;
 mod setup;
 mod test;
@@ -71,6 +72,9 @@ enum Task {
         )]
         args: Vec<String>,
     },
+    /// Run setup, build dt-agent (release), and build an OCI image of it offline with buildah,
+    /// FROM scratch. The last line printed is the image reference (localhost/dt-agent:VERSION).
+    Image,
 }
 
 fn main() {
@@ -87,6 +91,7 @@ fn real_main() -> Result<()> {
         Task::Run { args } => run::run(&args),
         Task::Test { args } => test::test(&args),
         Task::Bench { args } => bench::bench(&args),
+        Task::Image => image::image(),
     }
 }
 

@@ -13,7 +13,17 @@ use crate::{cmd, workspace_root};
 /// - `iproute2`: `ss` and `ip`, used by tests and by hand to see the hooked connections.
 /// - `python3-venv`: `python3 -m venv` for tests that check edited requests against Python's
 ///   HTTP and OTLP parsers (it also pulls in Debian's python3).
-pub const DEBIAN_PACKAGES: &[&str] = &["bpftool", "iproute2", "python3-venv"];
+/// - `buildah`, `podman`, `runc`: `cargo xtask image` builds the agent's image offline, and a
+///   test runs it as the Kubernetes DaemonSet does (podman needs runc here: crun refuses this
+///   machine kind's hybrid cgroup layout; see TOOLCHAIN.md).
+pub const DEBIAN_PACKAGES: &[&str] = &[
+    "bpftool",
+    "iproute2",
+    "python3-venv",
+    "buildah",
+    "podman",
+    "runc",
+];
 
 /// The bpf-linker release that works with the installed nightly (see TOOLCHAIN.md): 0.10.x
 /// loads LLVM from the rustup nightly at run time.
