@@ -11,20 +11,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cmd, setup, workspace_root};
+use crate::cmd;
 
 /// The image's name; its tag is the agent's version.
 pub const IMAGE_NAME: &str = "localhost/dt-agent";
 
 pub fn image() -> Result<()> {
-    setup::setup()?;
-    let root = workspace_root()?;
-    cmd::run(
-        cmd::new("cargo")
-            .args(["build", "--release", "-p", "dt-agent"])
-            .current_dir(&root),
-    )?;
-    let agent = root.join("target/release/dt-agent");
+    let (root, agent) = crate::run::release_agent()?;
     let stage = root.join("target/image");
     let _ = std::fs::remove_dir_all(&stage);
     let rootfs = stage.join("root");

@@ -4,7 +4,8 @@ use anyhow::{Result, bail};
 
 use crate::{cmd, setup, workspace_root};
 
-pub fn run(args: &[String]) -> Result<()> {
+/// Runs setup and builds `dt-agent` in release: the workspace root and the binary's path.
+pub fn release_agent() -> Result<(std::path::PathBuf, std::path::PathBuf)> {
     setup::setup()?;
     let root = workspace_root()?;
     cmd::run(
@@ -12,11 +13,15 @@ pub fn run(args: &[String]) -> Result<()> {
             .args(["build", "--release", "-p", "dt-agent"])
             .current_dir(&root),
     )?;
-
     let agent = root.join("target/release/dt-agent");
     if !agent.is_file() {
         bail!("{} is missing after the build", agent.display());
     }
+    Ok((root, agent))
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let (root, agent) = release_agent()?;
     let mut command = cmd::new(&agent);
     command
         .arg("run")
