@@ -39,6 +39,7 @@ pub mod kernel;
 pub mod model;
 pub mod net;
 pub mod node;
+pub mod opamp;
 pub mod oracle;
 pub mod otlp;
 pub mod proptest_gen;
