@@ -1,10 +1,13 @@
 //! Builds dt's eBPF object (the `dt-ebpf` package, for `bpfel-unknown-none` with nightly and
-//! bpf-linker) into OUT_DIR, where `agent.rs` embeds it.
+//! bpf-linker) into OUT_DIR, where `agent.rs` embeds it; and generates the OpAMP messages from
+//! the vendored `proto/opamp/v1/opamp.proto` (protox compiles it, so no `protoc` is needed;
+//! prost-build writes the Rust types), which `src/opamp` includes.
 
 use anyhow::{Context as _, anyhow};
 use aya_build::Toolchain;
 
 fn main() -> anyhow::Result<()> {
+    opamp_messages()?;
     let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()
@@ -27,4 +30,14 @@ fn main() -> anyhow::Result<()> {
         ..Default::default()
     };
     aya_build::build_ebpf([package], Toolchain::default())
+}
+
+fn opamp_messages() -> anyhow::Result<()> {
+    let proto = "proto/opamp/v1/opamp.proto";
+    println!("cargo:rerun-if-changed=proto/opamp");
+    let descriptors = protox::compile([proto], ["proto"]).context("compiling opamp.proto")?;
+    prost_build::Config::new()
+        .compile_fds(descriptors)
+        .context("generating the OpAMP messages")?;
+    Ok(())
 }

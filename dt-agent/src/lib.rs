@@ -6,6 +6,7 @@ pub mod drain;
 pub mod export;
 pub mod hooks;
 pub mod kernel;
+pub mod opamp;
 pub mod ripcord;
 pub mod rules;
 pub mod service;

@@ -1,9 +1,11 @@
 //! The few system interfaces aya does not wrap: the cgroup v2 and bpffs mounts (from
-//! `/proc/mounts`), mounting bpffs, `BPF_LINK_UPDATE` on a pinned link, and RLIMIT_MEMLOCK.
+//! `/proc/mounts`), mounting bpffs, `BPF_LINK_UPDATE` on a pinned link, RLIMIT_MEMLOCK, and
+//! this host's identity (host name, Kubernetes node name, kernel release).
 
 use std::{
     os::fd::AsRawFd,
     path::{Path, PathBuf},
+    sync::OnceLock,
 };
 
 use anyhow::{Context as _, anyhow};
@@ -133,4 +135,37 @@ pub fn bump_memlock() {
     if ret != 0 {
         log::debug!("could not raise RLIMIT_MEMLOCK");
     }
+}
+
+/// The environment variable the Kubernetes DaemonSet sets to the node's name (downward API).
+pub const NODE_NAME_ENV: &str = "K8S_NODE_NAME";
+
+/// The node's name when the agent runs on a Kubernetes node ([`NODE_NAME_ENV`]).
+pub(crate) fn node_name() -> Option<&'static str> {
+    static NAME: OnceLock<Option<String>> = OnceLock::new();
+    NAME.get_or_init(|| std::env::var(NODE_NAME_ENV).ok())
+        .as_deref()
+}
+
+/// This host's name (`gethostname`), or `unknown`.
+pub(crate) fn hostname() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| {
+        let mut buf = [0u8; 256];
+        // SAFETY: the buffer is valid for its length; the result is NUL-terminated unless
+        // truncated, and the length is bounded by the buffer either way.
+        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+        let len = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+        if rc != 0 || len == 0 {
+            return "unknown".to_string();
+        }
+        String::from_utf8_lossy(&buf[..len]).into_owned()
+    })
+}
+
+/// The kernel's release (`uname -r`), or `unknown`.
+pub(crate) fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
 }

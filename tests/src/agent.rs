@@ -20,6 +20,7 @@ pub fn agent_config(rules: &TempRules, ports: &[u16]) -> AgentConfig {
         max_request: DEFAULT_MAX_REQUEST,
         pin_root: None,
         capture_endpoint: None,
+        remote_rules: Vec::new(),
     }
 }
 

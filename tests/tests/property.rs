@@ -428,7 +428,7 @@ fn hint_if_sample_redact_accepted() {
         "[[rule]]\nname = \"s\"\naction = \"sample\"\nkeep_one_in = 2\n\n[[rule]]\nname = \"r\"\naction = \"redact\"\nmask_body = true\n",
     );
     let mut slots = Default::default();
-    if dt_agent::agent::compile_dir(dir.path(), &mut slots).is_ok() {
+    if dt_agent::agent::compile_dir(dir.path(), &[], &mut slots).is_ok() {
         say(
             "property: NOTE: dt accepts sample and redact rules; SAMPLE and REDACT in tests/tests/property.rs can be on",
         );

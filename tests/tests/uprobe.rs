@@ -166,6 +166,7 @@ fn agent(rules: &TempRules, capture: Option<String>) -> (Agent, TcpListener) {
     let (hold, port) = reserve_port();
     let cfg = AgentConfig {
         capture_endpoint: capture,
+        remote_rules: Vec::new(),
         ..agent_config(rules, &[port])
     };
     (start_agent_with(cfg), hold)
@@ -1017,6 +1018,7 @@ fn a_syslog_error_fires_a_trigger_that_raises_otlp_verbosity_and_flushes() {
     );
     let cfg = AgentConfig {
         capture_endpoint: Some(receiver.logs_url()),
+        remote_rules: Vec::new(),
         ..agent_config(&rules, &[receiver.port()])
     };
     let agent = start_agent_with(cfg);

@@ -1,12 +1,13 @@
-//! Posting OTLP/HTTP protobuf bodies to a collector, for the metrics push and the uprobe
-//! capture export: plain `http://`, one fresh HTTP/1.1 connection a post.
+//! Posting protobuf bodies over plain `http://`, one fresh HTTP/1.1 connection a post: OTLP to a
+//! collector (the metrics push, the uprobe capture export, recorder flushes) and OpAMP to its
+//! server.
 
 use anyhow::{Context as _, anyhow, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{
     Uri,
-    header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, USER_AGENT},
+    header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, RETRY_AFTER, USER_AGENT},
 };
 use hyper_util::rt::TokioIo;
 
@@ -61,6 +62,35 @@ pub(crate) async fn post_protobuf(
     body: Vec<u8>,
     what: &str,
 ) -> anyhow::Result<Answer> {
+    let reply = post(endpoint, body, what, &[], MAX_RESPONSE).await?;
+    if !reply.status.is_success() {
+        let text = String::from_utf8_lossy(&reply.body[..reply.body.len().min(300)]).into_owned();
+        bail!("POST {endpoint}: {}: {text:?}", reply.status);
+    }
+    Ok(Answer {
+        protobuf: reply.protobuf,
+        body: reply.body,
+    })
+}
+
+/// Any answer to a post.
+pub(crate) struct Reply {
+    pub status: hyper::StatusCode,
+    /// `Retry-After` in seconds, when given so.
+    pub retry_after: Option<std::time::Duration>,
+    pub protobuf: bool,
+    pub body: Bytes,
+}
+
+/// Posts one protobuf body on a fresh connection, with `headers` besides the usual ones, and
+/// reads at most `max_response` bytes of the answer (a longer one is an error).
+pub(crate) async fn post(
+    endpoint: &Uri,
+    body: Vec<u8>,
+    what: &str,
+    headers: &[(&'static str, String)],
+    max_response: usize,
+) -> anyhow::Result<Reply> {
     let (host, port, authority, path) = target(endpoint, what)?;
     let stream = tokio::net::TcpStream::connect((host.as_str(), port))
         .await
@@ -79,7 +109,7 @@ pub(crate) async fn post_protobuf(
         }
     }));
     let len = body.len();
-    let req = hyper::Request::post(path)
+    let mut req = hyper::Request::post(path)
         .header(HOST, authority.as_str())
         .header(
             CONTENT_TYPE,
@@ -89,7 +119,11 @@ pub(crate) async fn post_protobuf(
         .header(
             USER_AGENT,
             HeaderValue::from_static(concat!("dt-agent/", env!("CARGO_PKG_VERSION"))),
-        )
+        );
+    for (name, value) in headers {
+        req = req.header(*name, value.as_str());
+    }
+    let req = req
         .body(Full::new(Bytes::from(body)))
         .context("building the request")?;
     let resp = sender
@@ -102,16 +136,23 @@ pub(crate) async fn post_protobuf(
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-protobuf"));
-    let body = Limited::new(resp.into_body(), MAX_RESPONSE)
+    let retry_after = resp
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(std::time::Duration::from_secs);
+    let body = Limited::new(resp.into_body(), max_response)
         .collect()
         .await
         .map(|b| b.to_bytes())
         .map_err(|e| anyhow!("reading the answer of {endpoint}: {e}"))?;
-    if !status.is_success() {
-        let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
-        bail!("POST {endpoint}: {status}: {text:?}");
-    }
-    Ok(Answer { protobuf, body })
+    Ok(Reply {
+        status,
+        retry_after,
+        protobuf,
+        body,
+    })
 }
 
 /// Aborts a task when dropped.

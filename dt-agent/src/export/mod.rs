@@ -38,8 +38,8 @@
 //! plain `http://` poster both OTLP outputs use.
 //!
 //! The pieces, for `dt-agent run`:
-//! - [`bind_metrics`] then [`serve_prometheus`] (a task) for the `/metrics` endpoint, which only
-//!   ever listens on loopback;
+//! - [`bind_metrics`] then [`serve_prometheus`] (a task) for the `/metrics` endpoint, which
+//!   listens on loopback only, unless `metrics_public` chose [`bind_metrics_public`];
 //! - [`push_otlp`] (a task) to push every interval, built on [`push_once`] and [`otlp_request`].
 
 pub mod capture;
@@ -52,7 +52,9 @@ mod prometheus;
 
 pub use families::StatsSource;
 pub use otlp_metrics::{PUSH_TIMEOUT, otlp_request, push_once, push_otlp};
-pub use prometheus::{CONTENT_TYPE, bind_metrics, render_prometheus, serve_prometheus};
+pub use prometheus::{
+    CONTENT_TYPE, bind_metrics, bind_metrics_public, render_prometheus, serve_prometheus,
+};
 
 /// Starts a thread named `name` that runs `work` to its end on a tokio runtime of its own (the
 /// exporters' threads: they post with async HTTP, away from the agent's lock and runtime).

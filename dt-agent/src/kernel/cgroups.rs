@@ -80,10 +80,19 @@ fn is_uid(s: &str) -> bool {
         })
 }
 
-/// Every cgroup under `root` that names a container or pod: its id and what it names.
+/// Every cgroup at or under `root` that names a container or pod: its id and what it names.
+/// Paths are read whole, from `root`'s own path down, so a cgroup below a container's (or the
+/// hooked cgroup being one) is attributed to it.
 pub fn scan(root: &Path) -> StdHashMap<u64, CgroupIds> {
     let mut found = StdHashMap::new();
-    let mut stack: Vec<(PathBuf, String)> = vec![(root.to_path_buf(), String::new())];
+    let root_path = root.to_string_lossy().into_owned();
+    if let Ok(meta) = std::fs::metadata(root) {
+        use std::os::unix::fs::MetadataExt as _;
+        if let Some(ids) = cgroup_ids(&root_path) {
+            found.insert(meta.ino(), ids);
+        }
+    }
+    let mut stack: Vec<(PathBuf, String)> = vec![(root.to_path_buf(), root_path)];
     let mut dirs = 0;
     while let Some((dir, rel)) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -99,21 +108,26 @@ pub fn scan(root: &Path) -> StdHashMap<u64, CgroupIds> {
             }
             let name = e.file_name().to_string_lossy().into_owned();
             let path = format!("{rel}/{name}");
-            let (container, pod) = ids_of(&path);
-            if container.is_some() || pod.is_some() {
-                let none = EnrichStr::NONE;
-                found.insert(
-                    e.ino(),
-                    CgroupIds {
-                        container: container.map_or(none, |c| EnrichStr::of(c.as_bytes())),
-                        pod: pod.map_or(none, |p| EnrichStr::of(p.as_bytes())),
-                    },
-                );
+            if let Some(ids) = cgroup_ids(&path) {
+                found.insert(e.ino(), ids);
             }
             stack.push((e.path(), path));
         }
     }
     found
+}
+
+/// What a cgroup path names, if anything.
+fn cgroup_ids(path: &str) -> Option<CgroupIds> {
+    let (container, pod) = ids_of(path);
+    if container.is_none() && pod.is_none() {
+        return None;
+    }
+    let none = EnrichStr::NONE;
+    Some(CgroupIds {
+        container: container.map_or(none, |c| EnrichStr::of(c.as_bytes())),
+        pod: pod.map_or(none, |p| EnrichStr::of(p.as_bytes())),
+    })
 }
 
 /// The thread that keeps `CGROUP_IDS` up to date; stops when dropped.

@@ -75,6 +75,9 @@ pub struct AgentConfig {
     /// Where captured uprobe calls are posted as OTLP logs (`http://.../v1/logs`); `None`: no
     /// capture rules are accepted.
     pub capture_endpoint: Option<String>,
+    /// Rule files held in memory, `(label, text)`, that follow the directory's in the rule set:
+    /// the remote part an OpAMP server gave (labelled `opamp/NAME.toml`).
+    pub remote_rules: Vec<(PathBuf, String)>,
 }
 
 impl AgentConfig {
@@ -88,6 +91,7 @@ impl AgentConfig {
             max_request: DEFAULT_MAX_REQUEST,
             pin_root: None,
             capture_endpoint: None,
+            remote_rules: Vec::new(),
         }
     }
 }
@@ -180,7 +184,7 @@ impl Agent {
             (SlotTable::default(), BTreeMap::new())
         };
         let active_objects = slots.objects.clone();
-        let compiled = rules::compile_dir(&cfg.rules_dir, &mut slots)?;
+        let compiled = rules::compile_dir(&cfg.rules_dir, &cfg.remote_rules, &mut slots)?;
         check_recorders(&compiled, cfg.capture_endpoint.as_deref()).map_err(RuleErrors)?;
         let cgroup = match &cfg.cgroup {
             Some(p) => p.clone(),
@@ -239,12 +243,15 @@ impl Agent {
         };
         let socks = hooks::otlp::take_socks(&mut ebpf)?;
         write_host_name(&mut ebpf)?;
-        let cgroups = match (sys::cgroup2_root(), ebpf.take_map("CGROUP_IDS")) {
-            (Ok(root), Some(m)) => Some(cgroups::Tracker::start(
+        // Only senders in the hooked cgroup are walked, so the cgroups below it are the ones
+        // to know (and in a pod, the host's hierarchy is where --cgroup points, not the pod's
+        // own /sys/fs/cgroup).
+        let cgroups = match ebpf.take_map("CGROUP_IDS") {
+            Some(m) => Some(cgroups::Tracker::start(
                 aya::maps::HashMap::try_from(m)?,
-                root,
+                cgroup.clone(),
             )),
-            _ => None,
+            None => None,
         };
         let mut agent = Agent {
             ebpf,
@@ -445,7 +452,7 @@ impl Agent {
         self.objects.set_state(slot, until)
     }
 
-    fn active_count(&self) -> usize {
+    pub(crate) fn active_count(&self) -> usize {
         self.known.values().filter(|r| r.active).count()
     }
 }

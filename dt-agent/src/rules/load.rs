@@ -16,8 +16,22 @@ use super::slots::SlotTable;
 /// skipped, as a shell glob would). A missing or unreadable directory is a diagnostic at line 1,
 /// column 1 of `dir`. See [`load_files`].
 pub fn load_dir(dir: &Path) -> Result<RuleSetDef, Vec<Diagnostic>> {
+    load_dir_and(dir, &[])
+}
+
+/// [`load_dir`], then the files of `extra` (in memory, `(label, text)`) after the directory's:
+/// the rule set of a rules directory and the remote files an OpAMP server gave.
+pub fn load_dir_and(
+    dir: &Path,
+    extra: &[(PathBuf, String)],
+) -> Result<RuleSetDef, Vec<Diagnostic>> {
     let paths = rule_files(dir).map_err(|d| vec![d])?;
-    load_files(&paths)
+    let mut loader = Loader::default();
+    loader.add_files(&paths);
+    for (label, text) in extra {
+        loader.add(label, text);
+    }
+    loader.finish()
 }
 
 /// Loads the rule files `paths`, in that order. Every problem in every file is reported (I/O
@@ -27,16 +41,7 @@ pub fn load_dir(dir: &Path) -> Result<RuleSetDef, Vec<Diagnostic>> {
 /// limits are checked by [`compile`](super::compile).
 pub fn load_files(paths: &[PathBuf]) -> Result<RuleSetDef, Vec<Diagnostic>> {
     let mut loader = Loader::default();
-    for path in paths {
-        match std::fs::read_to_string(path) {
-            Ok(text) => loader.add(path, &text),
-            Err(e) => loader.fail(Diagnostic::new(
-                path,
-                Pos::START,
-                format!("cannot read rule file: {e}"),
-            )),
-        }
-    }
+    loader.add_files(paths);
     loader.finish()
 }
 
@@ -50,9 +55,14 @@ pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<RuleSetDef, Vec<Dia
     loader.finish()
 }
 
-/// Compiles every rule file of a directory, or fails with [`RuleErrors`].
-pub fn compile_dir(dir: &Path, slots: &mut SlotTable) -> anyhow::Result<Compiled> {
-    let defs = load_dir(dir).map_err(RuleErrors)?;
+/// Compiles every rule file of a directory, then the in-memory files of `extra` (see
+/// [`load_dir_and`]), or fails with [`RuleErrors`].
+pub fn compile_dir(
+    dir: &Path,
+    extra: &[(PathBuf, String)],
+    slots: &mut SlotTable,
+) -> anyhow::Result<Compiled> {
+    let defs = load_dir_and(dir, extra).map_err(RuleErrors)?;
     Ok(compile(&defs, slots).map_err(RuleErrors)?)
 }
 
@@ -105,6 +115,20 @@ struct Loader {
 }
 
 impl Loader {
+    /// Reads and adds each file; one that cannot be read is a diagnostic.
+    fn add_files(&mut self, paths: &[PathBuf]) {
+        for path in paths {
+            match std::fs::read_to_string(path) {
+                Ok(text) => self.add(path, &text),
+                Err(e) => self.fail(Diagnostic::new(
+                    path,
+                    Pos::START,
+                    format!("cannot read rule file: {e}"),
+                )),
+            }
+        }
+    }
+
     fn add(&mut self, path: &Path, text: &str) {
         let src = SourceText::new(path, text);
         let parsed = parse_file(&src);

@@ -37,7 +37,9 @@ pub use compile::{
 pub(crate) use diag::SourceText;
 pub use diag::{Diagnostic, Pos, RuleErrors};
 pub use env::HostEnv;
-pub use load::{check_files, compile_dir, load_dir, load_files, load_sources, rule_files};
+pub use load::{
+    check_files, compile_dir, load_dir, load_dir_and, load_files, load_sources, rule_files,
+};
 pub use model::{
     Action, ActionKind, At, AttrValue, EnrichDef, GroupBy, Hook, Match, ProbeDef, ProbeKind,
     RecorderDef, RuleDef, RuleSetDef, RuleSource, SYSLOG_SEVERITIES, SeverityMap, SeveritySource,

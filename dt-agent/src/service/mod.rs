@@ -29,7 +29,7 @@ use crate::{
 /// How often a waiting agent looks again whether requests are still held.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
-/// The agent and its rules directory.
+/// The agent and its rules directory (and the remote part of its rule set).
 pub struct Service {
     inner: Mutex<Inner>,
     rules_dir: PathBuf,
@@ -42,6 +42,13 @@ struct Inner {
     agent: Option<Agent>,
     /// Digest of the rule files the active generation was compiled from.
     digest: u64,
+    /// The remote part of the rule set (`opamp/NAME.toml` labels and texts, in name order),
+    /// after the rules directory's files: what an OpAMP server gave last and was applied.
+    remote: Vec<(PathBuf, String)>,
+    /// The rule files (labels and texts) the active generation was compiled from.
+    active_sources: Vec<(PathBuf, String)>,
+    /// Why the last change of the rule set was refused, until one succeeds.
+    last_error: Option<String>,
     /// The agent is about to detach: everything passes, and nothing may turn filtering on.
     stopping: bool,
     /// `uninstall` has begun (it waits for held requests, then detaches and unpins).
@@ -51,13 +58,22 @@ struct Inner {
 }
 
 impl Service {
-    /// Wraps a started agent whose rule set came from `rules_dir`.
-    pub fn new(agent: Agent, rules_dir: PathBuf) -> anyhow::Result<Arc<Service>> {
-        let sources = read_sources(&rules_dir)?;
+    /// Wraps a started agent whose rule set came from `rules_dir` and then `remote` (see
+    /// [`Service::apply_remote`]).
+    pub fn new(
+        agent: Agent,
+        rules_dir: PathBuf,
+        remote: Vec<(PathBuf, String)>,
+    ) -> anyhow::Result<Arc<Service>> {
+        let mut sources = read_sources(&rules_dir)?;
+        sources.extend(remote.iter().cloned());
         Ok(Arc::new(Service {
             inner: Mutex::new(Inner {
                 agent: Some(agent),
                 digest: digest(&sources),
+                remote,
+                active_sources: sources,
+                last_error: None,
                 stopping: false,
                 uninstalling: false,
                 uninstall_error: None,
@@ -174,6 +190,8 @@ impl Service {
             names.push(name);
         }
         sources.sort_by_key(|(p, _)| p.file_name().map(|n| n.to_owned()));
+        let remote = inner.remote.clone();
+        sources.extend(remote.iter().cloned());
         let agent = inner
             .agent
             .as_mut()
@@ -190,7 +208,8 @@ impl Service {
             std::fs::rename(&tmp, &target)
                 .with_context(|| format!("renaming {} to {}", tmp.display(), target.display()))?;
         }
-        let installed = read_sources(&self.rules_dir)?;
+        let mut installed = read_sources(&self.rules_dir)?;
+        installed.extend(remote);
         let defs = rules::load_sources(&installed).map_err(RuleErrors)?;
         let (compiled, slots) = agent.compile_defs(&defs)?;
         agent.install_compiled(&compiled, slots)?;
@@ -198,6 +217,8 @@ impl Service {
         // What is in the directory now is what is active: the watcher's event for these writes
         // finds nothing new.
         inner.digest = digest(&installed);
+        inner.active_sources = installed;
+        inner.last_error = None;
         log::info!("pushed {}: generation {generation}", names.join(", "));
         Ok(generation)
     }
@@ -207,13 +228,15 @@ impl Service {
     /// stays.
     pub fn reload_from_dir(&self) {
         let mut inner = self.lock();
-        let sources = match read_sources(&self.rules_dir) {
+        let mut sources = match read_sources(&self.rules_dir) {
             Ok(s) => s,
             Err(e) => {
                 log::error!("rules directory: {e:#}; the active rule set stays");
+                inner.last_error = Some(format!("rules directory: {e:#}"));
                 return;
             }
         };
+        sources.extend(inner.remote.iter().cloned());
         let d = digest(&sources);
         if d == inner.digest {
             return;
@@ -228,6 +251,8 @@ impl Service {
         match result {
             Ok(()) => {
                 inner.digest = d;
+                inner.active_sources = sources;
+                inner.last_error = None;
                 log::info!(
                     "rules directory changed: generation {}",
                     inner.agent.as_ref().map_or(0, |a| a.generation())
@@ -245,7 +270,98 @@ impl Service {
                     }
                     None => log::error!("reloading the rules: {e:#}; the active rule set stays"),
                 }
+                inner.last_error = Some(format!("the rules directory is invalid: {e:#}"));
             }
+        }
+    }
+
+    /// Makes `remote` (labelled `opamp/NAME.toml`, see [`remote_sources`]) the remote part of
+    /// the rule set, replacing the one before whole: the set it makes with the directory's files
+    /// is validated as `push` validates (kernel checks included) and installed as one new
+    /// generation. On any error the active set stays, and the error lists every problem.
+    pub fn apply_remote(&self, remote: Vec<(PathBuf, String)>) -> anyhow::Result<u64> {
+        let mut inner = self.lock();
+        if inner.stopping {
+            bail!("the agent is stopping (it waits for held requests, then detaches)");
+        }
+        let mut sources = read_sources(&self.rules_dir)?;
+        sources.extend(remote.iter().cloned());
+        let agent = inner
+            .agent
+            .as_mut()
+            .ok_or_else(|| anyhow!("dt was uninstalled; the agent is stopping"))?;
+        let result = rules::load_sources(&sources)
+            .map_err(|d| anyhow::Error::new(RuleErrors(d)))
+            .and_then(|defs| {
+                agent.check_defs(&defs)?;
+                agent.compile_defs(&defs)
+            })
+            .and_then(|(compiled, slots)| agent.install_compiled(&compiled, slots));
+        if let Err(e) = result {
+            inner.last_error = Some(format!("a remote config was refused: {e:#}"));
+            return Err(e);
+        }
+        let generation = agent.generation();
+        inner.digest = digest(&sources);
+        inner.active_sources = sources;
+        inner.remote = remote;
+        inner.last_error = None;
+        Ok(generation)
+    }
+
+    /// The rule files the active generation was compiled from, as (name, text): a file of the
+    /// rules directory by its file name, a remote one by its `opamp/NAME.toml` label.
+    pub fn effective_config(&self) -> Vec<(String, String)> {
+        let inner = self.lock();
+        inner
+            .active_sources
+            .iter()
+            .map(|(p, text)| {
+                let name = match p.strip_prefix(&self.rules_dir) {
+                    Ok(rel) => rel.to_string_lossy().into_owned(),
+                    Err(_) => p.to_string_lossy().into_owned(),
+                };
+                (name, text.clone())
+            })
+            .collect()
+    }
+
+    /// Whether the agent is attached and filtering, or why not.
+    pub fn health(&self) -> Health {
+        let inner = self.lock();
+        let last_error = inner.last_error.clone();
+        let (healthy, status) = match &inner.agent {
+            None => (false, "uninstalled: the agent is stopping".to_string()),
+            Some(_) if inner.stopping => (
+                false,
+                "stopping: every request passes until the agent has detached".to_string(),
+            ),
+            Some(agent) => match agent.stats() {
+                Err(e) => (false, format!("error: reading the kernel's state: {e:#}")),
+                Ok(s) if !s.enabled => (
+                    false,
+                    "disabled: the rip cord is pulled (dt-agent disable); every request passes \
+                     untouched"
+                        .to_string(),
+                ),
+                Ok(_) if agent.active_count() == 0 => (
+                    false,
+                    "no rules: attached, but the rule set is empty".to_string(),
+                ),
+                Ok(s) => (
+                    true,
+                    format!(
+                        "filtering: attached, generation {}, {} rules",
+                        s.generation,
+                        agent.active_count()
+                    ),
+                ),
+            },
+        };
+        Health {
+            healthy,
+            status,
+            last_error,
         }
     }
 
@@ -278,6 +394,51 @@ impl Service {
     }
 }
 
+/// What [`Service::health`] says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    /// Attached, enabled, and some rules are active.
+    pub healthy: bool,
+    /// `filtering: …`, or why not (`disabled: …`, `no rules: …`, `stopping: …`, `error: …`).
+    pub status: String,
+    /// Why the last change of the rule set was refused (the active set stayed), if it was.
+    pub last_error: Option<String>,
+}
+
+/// The label of a remote rule file: `opamp/NAME`.
+pub const REMOTE_LABEL: &str = "opamp";
+
+/// The remote part of a rule set from a remote config's entries `(name, text)`: the `*.toml`
+/// ones, in name order, labelled `opamp/NAME` (other entries are not rule files and are left
+/// out). A `.toml` name that is not a plain file name (a `/`, or a leading `.`) is an error.
+pub fn remote_sources(
+    entries: impl IntoIterator<Item = (String, String)>,
+) -> Result<Vec<(PathBuf, String)>, RuleErrors> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for (name, text) in entries {
+        if !name.ends_with(".toml") {
+            continue;
+        }
+        let label = Path::new(REMOTE_LABEL).join(&name);
+        if name.contains('/') || name.starts_with('.') || name == ".toml" {
+            errors.push(rules::Diagnostic::new(
+                &label,
+                rules::Pos::START,
+                "a remote rule file's name must be a plain file name ending in .toml (no `/`, \
+                 not starting with a dot)",
+            ));
+            continue;
+        }
+        out.push((label, text));
+    }
+    if !errors.is_empty() {
+        return Err(RuleErrors(errors));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
 /// The rule files of `dir` ([`rules::rule_files`]) with their text.
 fn read_sources(dir: &Path) -> anyhow::Result<Vec<(PathBuf, String)>> {
     let files = rules::rule_files(dir).map_err(|d| anyhow!("{d}"))?;
@@ -296,7 +457,7 @@ fn read_sources(dir: &Path) -> anyhow::Result<Vec<(PathBuf, String)>> {
 fn digest(sources: &[(PathBuf, String)]) -> u64 {
     let mut h = DefaultHasher::new();
     for (p, text) in sources {
-        p.file_name().hash(&mut h);
+        p.hash(&mut h);
         text.hash(&mut h);
     }
     h.finish()

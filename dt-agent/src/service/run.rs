@@ -10,11 +10,20 @@ use std::{
 use anyhow::Context as _;
 
 use super::Service;
-use crate::{Agent, AgentConfig, control, export, settings::Settings};
+use crate::{Agent, AgentConfig, control, export, opamp, settings::Settings};
 
 /// Runs the agent with `settings` until it is told to stop.
 pub fn run(settings: Settings) -> anyhow::Result<()> {
-    let cfg = agent_config(&settings);
+    let mut cfg = agent_config(&settings);
+    // With `[opamp]`: the kept remote config is the remote part of the rule set to start with.
+    let opamp = match &settings.opamp {
+        Some(o) => {
+            let startup = opamp::startup(&settings.state_dir, &cfg.rules_dir)?;
+            cfg.remote_rules = startup.remote.clone();
+            Some((o.clone(), startup))
+        }
+        None => None,
+    };
     let start_unix_nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -28,11 +37,12 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         // Bind first: a second agent on the same socket fails before attaching anything.
         let listener = control::bind(&socket)?;
         let metrics_listener = match settings.metrics_addr {
+            Some(addr) if settings.metrics_public => Some(export::bind_metrics_public(addr)?),
             Some(addr) => Some(export::bind_metrics(addr)?),
             None => None,
         };
         let agent = Agent::start(cfg.clone())?;
-        let service = Service::new(agent, cfg.rules_dir.clone())?;
+        let service = Service::new(agent, cfg.rules_dir.clone(), cfg.remote_rules.clone())?;
         let _watcher = service.watch()?;
         log::info!(
             "dt-agent running: rules {} (watched), control socket {}",
@@ -43,6 +53,11 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             tokio::spawn(control::serve(listener, service.clone())),
             tokio::spawn(rescan(service.clone())),
         ];
+        if let Some((settings, startup)) = opamp {
+            let client =
+                opamp::Client::new(&settings, startup.state, service.clone(), startup.status)?;
+            tasks.push(tokio::spawn(client.run()));
+        }
         let source: export::StatsSource = {
             let service = service.clone();
             Arc::new(move || service.stats())
@@ -114,6 +129,7 @@ fn agent_config(settings: &Settings) -> AgentConfig {
         max_request: settings.max_request,
         pin_root: settings.pin.then(|| settings.pin_dir.clone()),
         capture_endpoint: settings.capture_endpoint.clone(),
+        remote_rules: Vec::new(),
     }
 }
 

@@ -50,22 +50,29 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// Parses a Prometheus endpoint address such as `"127.0.0.1:9464"` or `"[::1]:9464"`: an IP
-/// address (not a host name) on loopback, and a port other than 0.
+/// address (not a host name) and a port other than 0. Whether it must be on loopback depends
+/// on `metrics_public`, so [`resolve`](super::resolve) checks that.
 pub fn parse_metrics_addr(text: &str) -> Result<SocketAddr, String> {
     let addr: SocketAddr = text.parse().map_err(|_| {
         format!("`{text}` is not a socket address; write an IP and a port, e.g. \"127.0.0.1:9464\"")
     })?;
-    check_loopback(addr)?;
+    check_metrics_port(addr)?;
     Ok(addr)
 }
 
+/// The metrics endpoint's address without `metrics_public`: on loopback, port not 0.
 pub fn check_loopback(addr: SocketAddr) -> Result<(), String> {
     if !addr.ip().to_canonical().is_loopback() {
         return Err(format!(
             "{addr} is not a loopback address; the metrics endpoint is served on loopback only \
-             (127.0.0.0/8 or [::1])"
+             (127.0.0.0/8 or [::1]) unless `metrics_public = true` (--metrics-public) says it may \
+             be reached from other hosts"
         ));
     }
+    check_metrics_port(addr)
+}
+
+pub fn check_metrics_port(addr: SocketAddr) -> Result<(), String> {
     if addr.port() == 0 {
         return Err(format!("{addr}: the port must not be 0"));
     }
@@ -76,15 +83,26 @@ pub fn check_loopback(addr: SocketAddr) -> Result<(), String> {
 /// push in `export::otlp_metrics` has no TLS, so `https://` is refused here rather than at the first
 /// push), a host, and no whitespace. The URL is used as given, path included.
 pub fn check_otlp_endpoint(url: &str) -> Result<(), String> {
+    check_http_url(url, "a collector", "http://127.0.0.1:4318/v1/metrics")
+}
+
+/// Checks the OpAMP server's URL, such as `"http://opamp.example:4320/v1/opamp"`: as
+/// [`check_otlp_endpoint`] (http:// only, a host).
+pub fn check_opamp_endpoint(url: &str) -> Result<(), String> {
+    check_http_url(url, "an OpAMP server", "http://opamp.example:4320/v1/opamp")
+}
+
+/// `http://`, a host, no whitespace; `peer` and `example` make the error messages.
+fn check_http_url(url: &str, peer: &str, example: &str) -> Result<(), String> {
     if url.starts_with("https://") {
         return Err(format!(
-            "`{url}`: https is not supported; use http:// to a collector on this host or a \
+            "`{url}`: https is not supported; use http:// to {peer} on this host or a \
              trusted network"
         ));
     }
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        format!("`{url}` is not an http:// URL, e.g. \"http://127.0.0.1:4318/v1/metrics\"")
-    })?;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("`{url}` is not an http:// URL, e.g. \"{example}\""))?;
     if url.chars().any(char::is_whitespace) {
         return Err(format!("`{url}` contains whitespace"));
     }

@@ -14,8 +14,8 @@ use toml::Spanned;
 use super::{
     DEFAULT_CONFIG, Layer,
     check::{
-        check_capture_endpoint, check_max_request, check_otlp_endpoint, max_request_range,
-        parse_duration, parse_metrics_addr,
+        check_capture_endpoint, check_loopback, check_max_request, check_opamp_endpoint,
+        check_otlp_endpoint, max_request_range, parse_duration, parse_metrics_addr,
     },
 };
 use crate::rules::{Diagnostic, Pos, SourceText};
@@ -35,6 +35,17 @@ struct RawFile {
     otlp_interval: Option<Spanned<String>>,
     max_request: Option<Spanned<i64>>,
     capture_endpoint: Option<Spanned<String>>,
+    metrics_public: Option<bool>,
+    state_dir: Option<Spanned<String>>,
+    opamp: Option<RawOpamp>,
+}
+
+/// `[opamp]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOpamp {
+    endpoint: Spanned<String>,
+    poll_interval: Option<Spanned<String>>,
 }
 
 /// The config file `run` reads: `explicit` (`--config FILE`), which must exist, or else
@@ -88,6 +99,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Layer, Vec<Diagnostic>> {
     let cgroup = path_key("cgroup", raw.cgroup);
     let socket = path_key("socket", raw.socket);
     let pin_dir = path_key("pin_dir", raw.pin_dir);
+    let state_dir = path_key("state_dir", raw.state_dir);
 
     let ports = raw.ports.and_then(|list| {
         let mut ports = Vec::new();
@@ -120,13 +132,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Layer, Vec<Diagnostic>> {
         ok.then_some(ports)
     });
 
-    let metrics_addr = checked(
-        &src,
-        &mut diags,
-        "metrics_addr",
-        raw.metrics_addr,
-        parse_metrics_addr,
-    );
+    // Loopback only, unless the file says `metrics_public = true` (a `--metrics-public` flag
+    // over a file's public address is checked by `resolve`, without a position).
+    let metrics_public = raw.metrics_public.unwrap_or(false);
+    let metrics_addr = checked(&src, &mut diags, "metrics_addr", raw.metrics_addr, |text| {
+        let addr = parse_metrics_addr(text)?;
+        if !metrics_public {
+            check_loopback(addr)?;
+        }
+        Ok(addr)
+    });
     let otlp_endpoint = checked(&src, &mut diags, "otlp_endpoint", raw.otlp_endpoint, |s| {
         check_otlp_endpoint(s).map(|()| s.to_string())
     });
@@ -144,6 +159,22 @@ pub fn parse(path: &Path, text: &str) -> Result<Layer, Vec<Diagnostic>> {
         raw.capture_endpoint,
         |s| check_capture_endpoint(s).map(|()| s.to_string()),
     );
+
+    let (opamp_endpoint, opamp_poll_interval) = match raw.opamp {
+        Some(o) => (
+            checked(&src, &mut diags, "opamp.endpoint", Some(o.endpoint), |s| {
+                check_opamp_endpoint(s).map(|()| s.to_string())
+            }),
+            checked(
+                &src,
+                &mut diags,
+                "opamp.poll_interval",
+                o.poll_interval,
+                parse_duration,
+            ),
+        ),
+        None => (None, None),
+    };
 
     let max_request = raw
         .max_request
@@ -174,11 +205,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Layer, Vec<Diagnostic>> {
         otlp_interval,
         max_request,
         capture_endpoint,
+        metrics_public,
+        state_dir,
+        opamp_endpoint,
+        opamp_poll_interval,
     })
 }
 
 /// The keys of the file (the fields of [`RawFile`]).
-pub(super) const KEYS: [&str; 11] = [
+pub(super) const KEYS: [&str; 14] = [
     "rules_dir",
     "ports",
     "cgroup",
@@ -190,6 +225,9 @@ pub(super) const KEYS: [&str; 11] = [
     "otlp_interval",
     "max_request",
     "capture_endpoint",
+    "metrics_public",
+    "state_dir",
+    "opamp",
 ];
 
 /// The known top-level key whose value holds `span`, if any. (An unknown key's error already

@@ -21,8 +21,9 @@ use std::{
 use dt_ebpf_common::DEFAULT_MAX_REQUEST;
 
 pub use check::{
-    check_capture_endpoint, check_loopback, check_max_request, check_otlp_endpoint, check_ports,
-    parse_duration, parse_max_request, parse_metrics_addr,
+    check_capture_endpoint, check_loopback, check_max_request, check_metrics_port,
+    check_opamp_endpoint, check_otlp_endpoint, check_ports, parse_duration, parse_max_request,
+    parse_metrics_addr,
 };
 pub use file::{load, load_optional, parse};
 
@@ -44,6 +45,10 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/dt";
 pub const DEFAULT_SOCKET: &str = "/run/dt/agent.sock";
 /// The OTLP metrics push interval.
 pub const DEFAULT_OTLP_INTERVAL: Duration = Duration::from_secs(10);
+/// Where the agent keeps state across restarts (the OpAMP instance id, the last remote config).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/dt";
+/// How often the OpAMP client polls its server (the spec's default).
+pub const DEFAULT_OPAMP_POLL: Duration = Duration::from_secs(30);
 
 /// One layer of settings, every value optional: the config file's keys ([`parse`], every value
 /// validated, relative paths made relative to the file's directory) or the flags of `dt-agent
@@ -72,9 +77,13 @@ pub struct Layer {
     /// Where pins go [default: /sys/fs/bpf/dt].
     #[arg(long, value_name = "PATH", display_order = 8)]
     pub pin_dir: Option<PathBuf>,
-    /// Serve Prometheus metrics on this loopback address (e.g. 127.0.0.1:9464).
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464); loopback only unless
+    /// --metrics-public.
     #[arg(long, value_name = "ADDR", display_order = 9, value_parser = parse_metrics_addr)]
     pub metrics_addr: Option<SocketAddr>,
+    /// Allow --metrics-addr on a non-loopback address (e.g. 0.0.0.0:9464 for a cluster's scraper).
+    #[arg(long, display_order = 9)]
+    pub metrics_public: bool,
     /// Push OTLP metrics to this URL (e.g. http://127.0.0.1:4318/v1/metrics).
     #[arg(long, value_name = "URL", display_order = 10)]
     pub otlp_endpoint: Option<String>,
@@ -87,6 +96,24 @@ pub struct Layer {
     /// Post captured uprobe calls as OTLP logs to this URL (e.g. http://127.0.0.1:4318/v1/logs).
     #[arg(long, value_name = "URL", display_order = 13)]
     pub capture_endpoint: Option<String>,
+    /// Where state is kept across restarts [default: /var/lib/dt].
+    #[arg(long, value_name = "DIR", display_order = 14)]
+    pub state_dir: Option<PathBuf>,
+    /// Take remote rule files from this OpAMP server (plain HTTP), e.g.
+    /// http://opamp.example:4320/v1/opamp (`[opamp] endpoint` in the file).
+    #[arg(long, value_name = "URL", display_order = 15)]
+    pub opamp_endpoint: Option<String>,
+    /// How often to poll the OpAMP server [default: 30s] (`[opamp] poll_interval`).
+    #[arg(long, value_name = "DURATION", display_order = 16, value_parser = parse_duration)]
+    pub opamp_poll_interval: Option<Duration>,
+}
+
+/// `[opamp]`: the OpAMP server the agent takes remote rule files from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpampSettings {
+    /// `http://` URL of the server's OpAMP endpoint.
+    pub endpoint: String,
+    pub poll_interval: Duration,
 }
 
 /// The settings `run` uses: flags > file > defaults.
@@ -100,12 +127,17 @@ pub struct Settings {
     pub pin_dir: PathBuf,
     /// `None`: no Prometheus endpoint.
     pub metrics_addr: Option<SocketAddr>,
+    /// `metrics_addr` may be a non-loopback address.
+    pub metrics_public: bool,
     /// `None`: no OTLP metrics push.
     pub otlp_endpoint: Option<String>,
     pub otlp_interval: Duration,
     pub max_request: u32,
     /// `None`: capture rules are refused.
     pub capture_endpoint: Option<String>,
+    pub state_dir: PathBuf,
+    /// `None`: no OpAMP client, and no remote rule files.
+    pub opamp: Option<OpampSettings>,
 }
 
 /// Merges the flags, the file and the defaults (in that order of precedence) and checks the
@@ -131,8 +163,13 @@ pub fn resolve(file: Option<Layer>, flags: Layer) -> Result<Settings, String> {
         (Some(a), _) => (Some(a), "--metrics-addr"),
         (None, a) => (a, "metrics_addr"),
     };
+    let metrics_public = flags.metrics_public || file.metrics_public;
     if let Some(addr) = metrics_addr {
-        check_loopback(addr).map_err(|e| format!("{key}: {e}"))?;
+        if metrics_public {
+            check_metrics_port(addr).map_err(|e| format!("{key}: {e}"))?;
+        } else {
+            check_loopback(addr).map_err(|e| format!("{key}: {e}"))?;
+        }
     }
     let (otlp_endpoint, key) = match (flags.otlp_endpoint, file.otlp_endpoint) {
         (Some(u), _) => (Some(u), "--otlp-endpoint"),
@@ -156,6 +193,26 @@ pub fn resolve(file: Option<Layer>, flags: Layer) -> Result<Settings, String> {
     if let Some(url) = &capture_endpoint {
         check_capture_endpoint(url).map_err(|e| format!("{key}: {e}"))?;
     }
+    let (opamp_endpoint, key) = match (flags.opamp_endpoint, file.opamp_endpoint) {
+        (Some(u), _) => (Some(u), "--opamp-endpoint"),
+        (None, u) => (u, "opamp.endpoint"),
+    };
+    let poll_interval = flags.opamp_poll_interval.or(file.opamp_poll_interval);
+    let opamp = match opamp_endpoint {
+        Some(endpoint) => {
+            check_opamp_endpoint(&endpoint).map_err(|e| format!("{key}: {e}"))?;
+            Some(OpampSettings {
+                endpoint,
+                poll_interval: poll_interval.unwrap_or(DEFAULT_OPAMP_POLL),
+            })
+        }
+        None if poll_interval.is_some() => {
+            return Err("an OpAMP poll interval is given without an OpAMP endpoint \
+                        (`[opamp] endpoint` or --opamp-endpoint)"
+                .to_string());
+        }
+        None => None,
+    };
     Ok(Settings {
         rules_dir: flags
             .rules_dir
@@ -173,10 +230,16 @@ pub fn resolve(file: Option<Layer>, flags: Layer) -> Result<Settings, String> {
             .or(file.pin_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR)),
         metrics_addr,
+        metrics_public,
         otlp_endpoint,
         otlp_interval,
         max_request,
         capture_endpoint,
+        state_dir: flags
+            .state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+        opamp,
     })
 }
 

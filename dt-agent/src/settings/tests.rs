@@ -30,6 +30,9 @@ fn defaults() -> Settings {
         otlp_interval: Duration::from_secs(10),
         max_request: DEFAULT_MAX_REQUEST,
         capture_endpoint: None,
+        metrics_public: false,
+        state_dir: PathBuf::from("/var/lib/dt"),
+        opamp: None,
     }
 }
 
@@ -45,6 +48,12 @@ otlp_endpoint = "http://127.0.0.1:4318/v1/metrics"
 otlp_interval = "1m30s"
 max_request = 131072
 capture_endpoint = "http://127.0.0.1:4318/v1/logs"
+metrics_public = true
+state_dir = "/srv/dt/state"
+
+[opamp]
+endpoint = "http://opamp.example:4320/v1/opamp"
+poll_interval = "5s"
 "#;
 
 #[test]
@@ -82,6 +91,10 @@ fn every_key() {
             otlp_interval: Some(Duration::from_secs(90)),
             max_request: Some(131072),
             capture_endpoint: Some("http://127.0.0.1:4318/v1/logs".into()),
+            metrics_public: true,
+            state_dir: Some("/srv/dt/state".into()),
+            opamp_endpoint: Some("http://opamp.example:4320/v1/opamp".into()),
+            opamp_poll_interval: Some(Duration::from_secs(5)),
         }
     );
     let settings = resolve(Some(file), Layer::default()).unwrap();
@@ -99,6 +112,12 @@ fn every_key() {
             otlp_interval: Duration::from_secs(90),
             max_request: 131072,
             capture_endpoint: Some("http://127.0.0.1:4318/v1/logs".into()),
+            metrics_public: true,
+            state_dir: "/srv/dt/state".into(),
+            opamp: Some(OpampSettings {
+                endpoint: "http://opamp.example:4320/v1/opamp".into(),
+                poll_interval: Duration::from_secs(5),
+            }),
         }
     );
 }
@@ -152,6 +171,10 @@ fn flags_override_the_file() {
         otlp_interval: Some(Duration::from_millis(500)),
         max_request: Some(1000),
         capture_endpoint: Some("http://[::1]:4318/v1/logs".into()),
+        metrics_public: false,
+        state_dir: Some("/tmp/state".into()),
+        opamp_endpoint: Some("http://127.0.0.1:4320/v1/opamp".into()),
+        opamp_poll_interval: None,
     };
     let s = resolve(Some(file.clone()), flags).unwrap();
     assert_eq!(
@@ -169,6 +192,14 @@ fn flags_override_the_file() {
             otlp_interval: Duration::from_millis(500),
             max_request: 1000,
             capture_endpoint: Some("http://[::1]:4318/v1/logs".into()),
+            // `metrics_public` is on when either layer says so.
+            metrics_public: true,
+            state_dir: "/tmp/state".into(),
+            // The flag's endpoint, the file's interval.
+            opamp: Some(OpampSettings {
+                endpoint: "http://127.0.0.1:4320/v1/opamp".into(),
+                poll_interval: Duration::from_secs(5),
+            }),
         }
     );
     // `--pin` over a file that says nothing, and `--no-pin` over `pin = true`.
@@ -206,7 +237,7 @@ fn unknown_keys_are_errors_at_their_position() {
         e,
         "2:3: unknown field `max_requets`, expected one of `rules_dir`, `ports`, `cgroup`, \
          `socket`, `pin`, `pin_dir`, `metrics_addr`, `otlp_endpoint`, `otlp_interval`, \
-         `max_request`, `capture_endpoint`"
+         `max_request`, `capture_endpoint`, `metrics_public`, `state_dir`, `opamp`"
     );
     let listed: Vec<String> = KEYS.iter().map(|k| format!("`{k}`")).collect();
     assert!(
@@ -301,8 +332,10 @@ fn metrics_addr_must_be_loopback() {
         e.starts_with("1:16: `metrics_addr`: `localhost:9464` is not a socket address"),
         "{e}"
     );
-    assert!(parse_metrics_addr("10.0.0.1:9464").is_err());
-    assert!(parse_metrics_addr("[::]:9464").is_err());
+    // Any IP parses; loopback is checked unless metrics_public.
+    assert!(check_loopback("10.0.0.1:9464".parse().unwrap()).is_err());
+    assert!(check_loopback("[::]:9464".parse().unwrap()).is_err());
+    assert!(parse_metrics_addr("0.0.0.0:9464").is_ok());
     assert!(parse_metrics_addr("127.0.0.1:0").is_err());
     assert!(parse_metrics_addr("127.0.0.1").is_err());
     assert!(parse_metrics_addr("127.0.0.2:9464").is_ok());
@@ -321,8 +354,59 @@ fn metrics_addr_must_be_loopback() {
         metrics_addr: Some("192.168.1.1:9464".parse().unwrap()),
         ..Layer::default()
     };
-    let e = resolve(Some(file), Layer::default()).unwrap_err();
+    let e = resolve(Some(file.clone()), Layer::default()).unwrap_err();
     assert!(e.starts_with("metrics_addr:"), "{e}");
+    assert!(e.contains("metrics_public = true"), "{e}");
+}
+
+#[test]
+fn metrics_public_allows_any_address() {
+    let layer = parse_str("metrics_addr = \"0.0.0.0:9464\"\nmetrics_public = true\n").unwrap();
+    let s = resolve(Some(layer), Layer::default()).unwrap();
+    assert_eq!(s.metrics_addr, Some("0.0.0.0:9464".parse().unwrap()));
+    assert!(s.metrics_public);
+    // The flag does it too.
+    let s = resolve(
+        None,
+        Layer {
+            metrics_addr: Some("[::]:9464".parse().unwrap()),
+            metrics_public: true,
+            ..Layer::default()
+        },
+    )
+    .unwrap();
+    assert!(s.metrics_public);
+    let e = error("metrics_addr = \"0.0.0.0:0\"\nmetrics_public = true\n");
+    assert!(e.contains("the port must not be 0"), "{e}");
+}
+
+#[test]
+fn opamp_table() {
+    let e = error("[opamp]\nendpoint = \"https://x/v1/opamp\"\n");
+    assert!(
+        e.starts_with("2:12: `opamp.endpoint`: `https://x/v1/opamp`: https is not supported"),
+        "{e}"
+    );
+    let e = error("[opamp]\nendpoint = \"http://x/v1/opamp\"\npoll = \"1s\"\n");
+    assert!(e.starts_with("3:1: unknown field `poll`"), "{e}");
+    let e = error("[opamp]\nendpoint = \"http://x/v1/opamp\"\npoll_interval = \"0s\"\n");
+    assert!(e.starts_with("3:17: `opamp.poll_interval`:"), "{e}");
+    let e = error("[opamp]\npoll_interval = \"1s\"\n");
+    assert!(e.contains("missing field `endpoint`"), "{e}");
+    // The default interval is the spec's 30 s.
+    let layer = parse_str("[opamp]\nendpoint = \"http://x:4320/v1/opamp\"\n").unwrap();
+    let s = resolve(Some(layer), Layer::default()).unwrap();
+    assert_eq!(s.opamp.unwrap().poll_interval, Duration::from_secs(30));
+    // An interval flag without an endpoint anywhere.
+    let e = resolve(
+        None,
+        Layer {
+            opamp_poll_interval: Some(Duration::from_secs(1)),
+            ..Layer::default()
+        },
+    )
+    .unwrap_err();
+    assert!(e.contains("without an OpAMP endpoint"), "{e}");
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! The counters as OTLP metrics, pushed over OTLP/HTTP (protobuf) to a collector.
 
-use std::sync::OnceLock;
+use crate::sys::{hostname, node_name};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
@@ -103,10 +103,9 @@ fn string_kv(key: &str, value: String) -> KeyValue {
     }
 }
 
-/// This host's name (`gethostname`), or `unknown`.
 /// The resource of dt's metrics: `service.name` = `dt-agent`, `service.version`, `host.name`,
 /// and `k8s.node.name` when the agent runs on a Kubernetes node (the DaemonSet passes it in
-/// [`NODE_NAME_ENV`]), so that a fleet's counters add up by node in the backend.
+/// [`crate::sys::NODE_NAME_ENV`]), so that a fleet's counters add up by node in the backend.
 pub fn resource_attributes(node: Option<&str>) -> Vec<KeyValue> {
     let mut attrs = vec![
         string_kv("service.name", "dt-agent".into()),
@@ -117,30 +116,6 @@ pub fn resource_attributes(node: Option<&str>) -> Vec<KeyValue> {
         attrs.push(string_kv("k8s.node.name", node.to_string()));
     }
     attrs
-}
-
-/// The environment variable the Kubernetes DaemonSet sets to the node's name (downward API).
-pub const NODE_NAME_ENV: &str = "K8S_NODE_NAME";
-
-fn node_name() -> Option<&'static str> {
-    static NAME: OnceLock<Option<String>> = OnceLock::new();
-    NAME.get_or_init(|| std::env::var(NODE_NAME_ENV).ok())
-        .as_deref()
-}
-
-fn hostname() -> &'static str {
-    static NAME: OnceLock<String> = OnceLock::new();
-    NAME.get_or_init(|| {
-        let mut buf = [0u8; 256];
-        // SAFETY: the buffer is valid for its length; the result is NUL-terminated unless
-        // truncated, and the length is bounded by the buffer either way.
-        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-        let len = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-        if rc != 0 || len == 0 {
-            return "unknown".to_string();
-        }
-        String::from_utf8_lossy(&buf[..len]).into_owned()
-    })
 }
 
 fn unix_nanos_now() -> u64 {

@@ -90,6 +90,12 @@ pub fn bind_metrics(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     if !addr.ip().to_canonical().is_loopback() {
         bail!("metrics address must be a loopback address (127.0.0.0/8 or ::1), not {addr}");
     }
+    bind_metrics_public(addr)
+}
+
+/// Binds the metrics listener on any address: `metrics_public = true`, for a scraper on other
+/// hosts (a cluster's Prometheus scraping each node). As [`bind_metrics`] otherwise.
+pub fn bind_metrics_public(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     if tokio::runtime::Handle::try_current().is_err() {
         bail!("bind_metrics({addr}) must be called inside a tokio runtime");
     }

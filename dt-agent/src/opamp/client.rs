@@ -1,0 +1,485 @@
+//! The OpAMP client's poll loop over plain HTTP: one `AgentToServer` per POST, the answer a
+//! `ServerToAgent`.
+//!
+//! - The first message, and the next after the server sets `ReportFullState` or assigns a new
+//!   instance id, carries the whole status: description, capabilities, health, effective config
+//!   and remote config status. Later ones carry only what changed since it was last delivered
+//!   (the spec's status compression); a message that was not delivered is not counted as
+//!   reported, so its parts go again.
+//! - A remote config whose hash differs from the last one processed is applied at once (on a
+//!   blocking thread, through [`Service::apply_remote`]), kept in the state directory when
+//!   applied, and reported right away (APPLIED, or FAILED with every `file:line:column`).
+//! - Errors (no connection, a timeout, a non-2xx answer, `ServerErrorResponse`) back off
+//!   exponentially from 1 s, with jitter, up to the larger of 5 minutes and the poll interval;
+//!   a `Retry-After` (503, 429) or `retry_info` is honoured, up to an hour.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use hyper::Uri;
+use prost::Message as _;
+
+use super::proto::{
+    AgentCapabilities, AgentConfigFile, AgentConfigMap, AgentDescription, AgentRemoteConfig,
+    AgentToServer, AnyValue, ComponentHealth, EffectiveConfig, KeyValue, RemoteConfigStatus,
+    RemoteConfigStatuses, ServerErrorResponseType, ServerToAgent, ServerToAgentFlags, any_value,
+    server_error_response,
+};
+use super::{StateDir, format_uuid, remote_files, short_hash};
+use crate::{
+    export::http,
+    service::{Health, Service},
+    settings::OpampSettings,
+    sys,
+};
+
+/// What the agent can do, as the spec's capability bits.
+const CAPABILITIES: u64 = AgentCapabilities::ReportsStatus as u64
+    | AgentCapabilities::AcceptsRemoteConfig as u64
+    | AgentCapabilities::ReportsEffectiveConfig as u64
+    | AgentCapabilities::ReportsHealth as u64
+    | AgentCapabilities::ReportsRemoteConfig as u64;
+
+/// How long one exchange may take.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most of an answer that is read (the spec's recommended limit is 64 MiB; rule files are
+/// small).
+const MAX_ANSWER: usize = 16 << 20;
+/// The first wait after an error; doubled after each one in a row.
+const BACKOFF_START: Duration = Duration::from_secs(1);
+/// The longest wait after errors, unless the poll interval is longer.
+const BACKOFF_CAP: Duration = Duration::from_secs(300);
+/// The longest a server's `Retry-After` or `retry_info` is honoured.
+const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
+/// Messages sent one after the other without the poll interval between them, at most (a
+/// server that asks for the full state in every answer must not make the agent spin).
+const MAX_IMMEDIATE: u32 = 4;
+
+/// The sub-messages last delivered to the server.
+#[derive(Default)]
+struct Reported {
+    description: Option<AgentDescription>,
+    health: Option<ComponentHealth>,
+    effective: Option<EffectiveConfig>,
+    remote_status: Option<RemoteConfigStatus>,
+}
+
+/// What to do after an exchange.
+enum Next {
+    /// Send again now: something changed, or the server asked for the full state.
+    Now,
+    /// Wait for the poll interval.
+    Poll,
+}
+
+pub struct Client {
+    endpoint: Uri,
+    poll: Duration,
+    state: StateDir,
+    service: Arc<Service>,
+    uid: [u8; 16],
+    sequence_num: u64,
+    /// The next message carries the whole status.
+    full: bool,
+    reported: Reported,
+    /// The remote config last processed (applied or refused), and how.
+    remote_status: RemoteConfigStatus,
+    start_unix_nano: u64,
+    /// The health last seen, and since when it has been so.
+    health: Option<(Health, u64)>,
+    /// Errors in a row.
+    failures: u32,
+    rng: u64,
+}
+
+impl Client {
+    /// A client for `settings`, with the state `startup` opened and the remote config status it
+    /// decided.
+    pub fn new(
+        settings: &OpampSettings,
+        state: StateDir,
+        service: Arc<Service>,
+        remote_status: RemoteConfigStatus,
+    ) -> anyhow::Result<Client> {
+        let endpoint: Uri = settings
+            .endpoint
+            .parse()
+            .map_err(|e| anyhow::anyhow!("opamp endpoint {:?}: {e}", settings.endpoint))?;
+        http::target(&endpoint, "OpAMP endpoint")?;
+        let uid = state.instance_uid()?;
+        let now = unix_nanos();
+        Ok(Client {
+            endpoint,
+            poll: settings.poll_interval,
+            state,
+            service,
+            uid,
+            sequence_num: 0,
+            full: true,
+            reported: Reported::default(),
+            remote_status,
+            start_unix_nano: now,
+            health: None,
+            failures: 0,
+            rng: now ^ u64::from_le_bytes(uid[8..].try_into().unwrap_or_default()) | 1,
+        })
+    }
+
+    pub fn instance_uid(&self) -> String {
+        format_uuid(&self.uid)
+    }
+
+    /// Polls the server until the task is dropped.
+    pub async fn run(mut self) {
+        log::info!(
+            "OpAMP: polling {} every {:?} as instance {}",
+            self.endpoint,
+            self.poll,
+            self.instance_uid()
+        );
+        let mut immediate = 0;
+        loop {
+            let wait = match self.exchange().await {
+                Ok(Next::Now) if immediate < MAX_IMMEDIATE => {
+                    immediate += 1;
+                    continue;
+                }
+                Ok(Next::Now | Next::Poll) => self.poll,
+                Err((e, retry_after)) => self.failed(&e, retry_after),
+            };
+            immediate = 0;
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// One message and its answer.
+    async fn exchange(&mut self) -> Result<Next, (String, Option<Duration>)> {
+        let message = self.message().await;
+        let headers = [("opamp-instance-uid", format_uuid(&self.uid))];
+        let post = http::post(
+            &self.endpoint,
+            message.encode_to_vec(),
+            "OpAMP endpoint",
+            &headers,
+            MAX_ANSWER,
+        );
+        let reply = match tokio::time::timeout(EXCHANGE_TIMEOUT, post).await {
+            Err(_) => return Err((format!("no answer within {EXCHANGE_TIMEOUT:?}"), None)),
+            Ok(Err(e)) => return Err((format!("{e:#}"), None)),
+            Ok(Ok(r)) => r,
+        };
+        if !reply.status.is_success() {
+            let text = String::from_utf8_lossy(&reply.body[..reply.body.len().min(200)]);
+            return Err((
+                format!("the server answered {}: {text:?}", reply.status),
+                reply.retry_after,
+            ));
+        }
+        let answer = ServerToAgent::decode(reply.body).map_err(|e| {
+            (
+                format!("the server's answer is not a ServerToAgent: {e}"),
+                None,
+            )
+        })?;
+        if self.failures > 0 {
+            log::info!("OpAMP: {} answers again", self.endpoint);
+        }
+        self.failures = 0;
+        self.delivered(message);
+        self.answer(answer).await
+    }
+
+    /// The next message: the whole status when due, else what changed since it was reported.
+    async fn message(&mut self) -> AgentToServer {
+        let full = self.full;
+        let description = self.description();
+        let health = self.current_health().await;
+        let effective = self.effective_config().await;
+        let remote_status = self.remote_status.clone();
+        let r = &self.reported;
+        let message = AgentToServer {
+            instance_uid: self.uid.to_vec(),
+            sequence_num: self.sequence_num,
+            capabilities: CAPABILITIES,
+            agent_description: changed(full, &r.description, &description).then_some(description),
+            health: changed(full, &r.health, &health).then_some(health),
+            effective_config: changed(full, &r.effective, &effective).then_some(effective),
+            remote_config_status: changed(full, &r.remote_status, &remote_status)
+                .then_some(remote_status),
+            ..Default::default()
+        };
+        self.sequence_num += 1;
+        message
+    }
+
+    /// `message` reached the server: its parts count as reported.
+    fn delivered(&mut self, message: AgentToServer) {
+        let r = &mut self.reported;
+        if message.agent_description.is_some() {
+            r.description = message.agent_description;
+        }
+        if message.health.is_some() {
+            r.health = message.health;
+        }
+        if message.effective_config.is_some() {
+            r.effective = message.effective_config;
+        }
+        if message.remote_config_status.is_some() {
+            r.remote_status = message.remote_config_status;
+        }
+        if self.full {
+            self.full = false;
+        }
+    }
+
+    /// Acts on the server's answer.
+    async fn answer(&mut self, answer: ServerToAgent) -> Result<Next, (String, Option<Duration>)> {
+        if let Some(e) = &answer.error_response {
+            let retry = e
+                .details
+                .as_ref()
+                .map(|server_error_response::Details::RetryInfo(r)| {
+                    Duration::from_nanos(r.retry_after_nanoseconds)
+                });
+            if e.r#type == ServerErrorResponseType::Unavailable as i32 {
+                return Err((
+                    format!("the server is unavailable: {}", e.error_message),
+                    retry,
+                ));
+            }
+            // A bad request: the server may have lost track of this agent; tell it everything.
+            log::warn!(
+                "OpAMP: the server refused a message: {}; the next one carries the whole status",
+                e.error_message
+            );
+            self.full = true;
+            return Ok(Next::Poll);
+        }
+        let mut next = Next::Poll;
+        if let Some(id) = &answer.agent_identification {
+            match <[u8; 16]>::try_from(id.new_instance_uid.as_slice()) {
+                Ok(uid) if uid != self.uid => {
+                    log::info!(
+                        "OpAMP: the server assigned the instance id {}",
+                        format_uuid(&uid)
+                    );
+                    if let Err(e) = self.state.set_instance_uid(uid) {
+                        log::error!("{e:#}; the new instance id is not kept across restarts");
+                    }
+                    self.uid = uid;
+                    self.full = true;
+                    next = Next::Now;
+                }
+                Ok(_) => {}
+                Err(_) => log::warn!(
+                    "OpAMP: ignoring a new instance id of {} bytes (it must be 16)",
+                    id.new_instance_uid.len()
+                ),
+            }
+        }
+        if answer.flags & ServerToAgentFlags::ReportFullState as u64 != 0 {
+            self.full = true;
+            next = Next::Now;
+        }
+        if let Some(config) = answer.remote_config
+            && self.apply(config).await
+        {
+            next = Next::Now;
+        }
+        Ok(next)
+    }
+
+    /// Applies a remote config unless it is the one last processed; true when the remote
+    /// config status changed.
+    async fn apply(&mut self, config: AgentRemoteConfig) -> bool {
+        let processed = &self.remote_status;
+        if processed.status != RemoteConfigStatuses::Unset as i32
+            && processed.last_remote_config_hash == config.config_hash
+        {
+            return false;
+        }
+        let hash = config.config_hash.clone();
+        let service = self.service.clone();
+        let result = match remote_files(&config) {
+            Err(errors) => Err(anyhow::Error::new(errors)),
+            Ok(remote) => {
+                let names: Vec<String> = remote
+                    .iter()
+                    .map(|(p, _)| p.display().to_string())
+                    .collect();
+                tokio::task::spawn_blocking(move || service.apply_remote(remote))
+                    .await
+                    .unwrap_or_else(|e| Err(anyhow::anyhow!("applying the remote config: {e}")))
+                    .map(|generation| (generation, names))
+            }
+        };
+        self.remote_status = match result {
+            Ok((generation, names)) => {
+                log::info!(
+                    "OpAMP: remote config ({}) applied: generation {generation}, remote files [{}]",
+                    short_hash(&hash),
+                    names.join(", ")
+                );
+                if let Err(e) = self.state.save_remote(&config) {
+                    log::error!("{e:#}; after a restart the agent will not have this config");
+                }
+                RemoteConfigStatus {
+                    last_remote_config_hash: hash,
+                    status: RemoteConfigStatuses::Applied as i32,
+                    error_message: String::new(),
+                }
+            }
+            Err(e) => {
+                let message = format!("{e:#}");
+                for line in message.lines() {
+                    log::error!("{line}");
+                }
+                log::error!(
+                    "OpAMP: remote config ({}) refused; the active rule set stays",
+                    short_hash(&hash)
+                );
+                RemoteConfigStatus {
+                    last_remote_config_hash: hash,
+                    status: RemoteConfigStatuses::Failed as i32,
+                    error_message: message,
+                }
+            }
+        };
+        true
+    }
+
+    /// The wait after an error, logged the first time in a row.
+    fn failed(&mut self, error: &str, retry_after: Option<Duration>) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let cap = BACKOFF_CAP.max(self.poll);
+        let backoff = BACKOFF_START
+            .saturating_mul(1 << (self.failures - 1).min(16))
+            .min(cap);
+        // Jitter: 80% to 120%, so a fleet does not come back in step.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let jittered = backoff.mul_f64(0.8 + (self.rng % 401) as f64 / 1000.0);
+        let wait = match retry_after {
+            Some(r) => r.min(RETRY_AFTER_CAP).max(jittered),
+            None => jittered,
+        };
+        if self.failures == 1 {
+            log::warn!(
+                "OpAMP: {}: {error}; retrying with backoff (next in {wait:?})",
+                self.endpoint
+            );
+        } else {
+            log::debug!(
+                "OpAMP: {}: {error} ({} in a row; next in {wait:?})",
+                self.endpoint,
+                self.failures
+            );
+        }
+        wait
+    }
+
+    fn description(&self) -> AgentDescription {
+        let mut non_identifying = vec![
+            kv("host.name", sys::hostname()),
+            kv("os.type", "linux"),
+            kv(
+                "os.description",
+                &format!("Linux {}", sys::kernel_release()),
+            ),
+            kv("host.arch", host_arch()),
+        ];
+        if let Some(node) = sys::node_name().filter(|n| !n.is_empty()) {
+            non_identifying.push(kv("k8s.node.name", node));
+        }
+        AgentDescription {
+            identifying_attributes: vec![
+                kv("service.name", "dt-agent"),
+                kv("service.version", env!("CARGO_PKG_VERSION")),
+                kv("service.instance.id", &format_uuid(&self.uid)),
+            ],
+            non_identifying_attributes: non_identifying,
+        }
+    }
+
+    async fn current_health(&mut self) -> ComponentHealth {
+        let service = self.service.clone();
+        let health = tokio::task::spawn_blocking(move || service.health())
+            .await
+            .unwrap_or_else(|e| Health {
+                healthy: false,
+                status: format!("error: {e}"),
+                last_error: None,
+            });
+        let since = match &self.health {
+            Some((h, since)) if *h == health => *since,
+            _ => unix_nanos(),
+        };
+        self.health = Some((health.clone(), since));
+        ComponentHealth {
+            healthy: health.healthy,
+            start_time_unix_nano: self.start_unix_nano,
+            last_error: health.last_error.unwrap_or_default(),
+            status: health.status,
+            status_time_unix_nano: since,
+            ..Default::default()
+        }
+    }
+
+    async fn effective_config(&self) -> EffectiveConfig {
+        let service = self.service.clone();
+        let files = tokio::task::spawn_blocking(move || service.effective_config())
+            .await
+            .unwrap_or_default();
+        EffectiveConfig {
+            config_map: Some(AgentConfigMap {
+                config_map: files
+                    .into_iter()
+                    .map(|(name, text)| {
+                        (
+                            name,
+                            AgentConfigFile {
+                                body: text.into_bytes(),
+                                content_type: "application/toml".to_string(),
+                            },
+                        )
+                    })
+                    .collect(),
+            }),
+        }
+    }
+}
+
+/// Whether a sub-message goes in the next message: the whole status is due, or it is not what
+/// was last delivered.
+fn changed<T: PartialEq>(full: bool, reported: &Option<T>, now: &T) -> bool {
+    full || reported.as_ref() != Some(now)
+}
+
+fn kv(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.to_string())),
+        }),
+    }
+}
+
+/// `host.arch` as OpenTelemetry's semantic conventions spell it.
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "x86",
+        other => other,
+    }
+}
+
+fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

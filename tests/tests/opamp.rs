@@ -1,0 +1,310 @@
+//! Remote configuration over OpAMP, against the tests' own OpAMP server
+//! (`tests/python/opamp_server.py`, written from the spec's messages with the `opamp_pb2`
+//! module of OpenTelemetry's Python OpAMP client), with a real `dt-agent run`: the server's
+//! remote config becomes the remote part of the rule set and filters real traffic in the
+//! kernel; a bad one is refused with its positions and changes nothing; a new one replaces the
+//! old whole; the agent describes itself, reports its effective config and health, honours
+//! `ReportFullState`, backs off when the server fails, and comes back after a restart without
+//! the server with the last config it applied and the same instance id.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use dt_tests::agent_process::{AgentProcess, output_text};
+use dt_tests::opamp::{AgentMessage, OpampServer};
+use dt_tests::{
+    ExportPlan, Receiver, RuleSpec, TempRules, WAIT, evaluate, export_with_real_exporter,
+    kernel_or_skip, python_or_skip,
+};
+
+const WAIT_OPAMP: Duration = Duration::from_secs(20);
+
+fn config(state_dir: &Path, endpoint: &str) -> String {
+    format!(
+        "state_dir = \"{}\"\n\n[opamp]\nendpoint = \"{endpoint}\"\npoll_interval = \"1s\"\n",
+        state_dir.display()
+    )
+}
+
+/// The active rules' (name, source file) and the generation.
+fn active(agent: &AgentProcess) -> (Vec<(String, String)>, u64) {
+    let info = agent.rules();
+    (
+        info.rules
+            .iter()
+            .map(|r| (r.name.clone(), r.file.display().to_string()))
+            .collect(),
+        info.generation,
+    )
+}
+
+fn names(agent: &AgentProcess) -> Vec<String> {
+    active(agent).0.into_iter().map(|(n, _)| n).collect()
+}
+
+/// The first message whose remote config status has `hash` and `status`.
+fn wait_status(server: &OpampServer, hash: &str, status: &str, what: &str) -> AgentMessage {
+    let msgs = server.wait_for(what, WAIT_OPAMP, |m| {
+        m.iter().any(|m| {
+            m.remote_config_status
+                .as_ref()
+                .is_some_and(|s| s.hash == hash && s.status == status)
+        })
+    });
+    msgs.into_iter()
+        .find(|m| {
+            m.remote_config_status
+                .as_ref()
+                .is_some_and(|s| s.hash == hash && s.status == status)
+        })
+        .unwrap()
+}
+
+#[test]
+fn remote_rules_over_opamp() {
+    if !kernel_or_skip("remote_rules_over_opamp")
+        || python_or_skip("remote_rules_over_opamp").is_none()
+    {
+        return;
+    }
+    let server = OpampServer::start();
+    let local = RuleSpec::count("local-count");
+    let rules = TempRules::from_rules(std::slice::from_ref(&local));
+    let receiver = Receiver::start_v4();
+    let state = tempfile::Builder::new()
+        .prefix("dt-opamp-state-")
+        .tempdir()
+        .unwrap();
+    let mut agent = AgentProcess::new("opamp", rules.path(), &[receiver.port()], false);
+    agent.write_config(&config(state.path(), &server.endpoint()));
+    agent.start();
+
+    // The first message: the whole status.
+    let msgs = server.wait_for("a first status report", WAIT_OPAMP, |m| {
+        m.iter().any(|m| m.description.is_some())
+    });
+    let first = &msgs[0];
+    assert_eq!(first.sequence_num, 0);
+    assert_eq!(first.instance_uid.len(), 32, "16 bytes");
+    let uid = first.instance_uid.clone();
+    assert_eq!(
+        first.uid_header.as_deref().map(|h| h.replace('-', "")),
+        Some(uid.clone()),
+        "the OpAMP-Instance-UID header"
+    );
+    assert_eq!(
+        first.content_type.as_deref(),
+        Some("application/x-protobuf")
+    );
+    let d = first.description.as_ref().expect("description");
+    assert_eq!(d.identifying["service.name"], "dt-agent");
+    assert_eq!(d.identifying["service.version"], env!("CARGO_PKG_VERSION"));
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(d.non_identifying["host.name"], host.trim());
+    assert_eq!(d.non_identifying["os.type"], "linux");
+    // ReportsStatus, AcceptsRemoteConfig, ReportsEffectiveConfig, ReportsHealth,
+    // ReportsRemoteConfig.
+    assert_eq!(first.capabilities, 0x1 | 0x2 | 0x4 | 0x800 | 0x1000);
+    let h = first.health.as_ref().expect("health");
+    assert!(h.healthy, "{h:?}");
+    assert!(h.status.starts_with("filtering"), "{h:?}");
+    assert!(h.start_time_unix_nano > 0);
+    let eff = first.effective_config.as_ref().expect("effective config");
+    assert_eq!(
+        eff.keys().collect::<Vec<_>>(),
+        vec!["50-test.toml"],
+        "{eff:?}"
+    );
+    assert!(eff["50-test.toml"].contains("local-count"));
+
+    // Later polls carry only what changed: nothing, here.
+    let msgs = server.wait_for("polls", WAIT_OPAMP, |m| m.len() >= 3);
+    let poll = &msgs[2];
+    assert!(
+        poll.description.is_none() && poll.health.is_none() && poll.effective_config.is_none(),
+        "{poll:?}"
+    );
+
+    // A remote config: its *.toml entries become the remote part, after the directory's files.
+    let remote_drop = RuleSpec::drop("remote-drop-debug").severity("<=DEBUG", 1..=8);
+    let readme = "not a rule file: left out";
+    let h1 = server.set_config(&[
+        ("50-remote.toml", &remote_drop.to_toml()),
+        ("README", readme),
+    ]);
+    let applied = wait_status(&server, &h1, "APPLIED", "the first remote config");
+    assert_eq!(
+        applied.remote_config_status.as_ref().unwrap().error_message,
+        ""
+    );
+    let (rules_now, g1) = active(&agent);
+    assert_eq!(
+        rules_now,
+        vec![
+            (
+                "local-count".to_string(),
+                rules.file("50-test.toml").display().to_string()
+            ),
+            (
+                "remote-drop-debug".to_string(),
+                "opamp/50-remote.toml".to_string()
+            ),
+        ]
+    );
+    // The effective config says so too.
+    let msgs = server.wait_for(
+        "the effective config with the remote file",
+        WAIT_OPAMP,
+        |m| {
+            m.iter().any(|m| {
+                m.effective_config
+                    .as_ref()
+                    .is_some_and(|e| e.contains_key("opamp/50-remote.toml"))
+            })
+        },
+    );
+    let eff = msgs
+        .iter()
+        .rev()
+        .find_map(|m| m.effective_config.clone())
+        .unwrap();
+    assert_eq!(eff["opamp/50-remote.toml"], remote_drop.to_toml());
+    assert!(!eff.contains_key("opamp/README"));
+
+    // And it filters the host's traffic in the kernel.
+    let plan = ExportPlan::mixed(200, &["checkout", "cart"], 50);
+    let report = export_with_real_exporter(receiver.port(), &plan);
+    report.assert_all_ok(200);
+    receiver.wait_for(report.batches_ok, WAIT);
+    let expected = evaluate(&[local.clone(), remote_drop.clone()], &report.sent);
+    assert!(expected.records_dropped > 0);
+    assert_eq!(receiver.records().len(), expected.kept.len());
+    let stats = agent.stats();
+    assert_eq!(
+        stats.rule("remote-drop-debug").unwrap().dropped,
+        expected.records_dropped
+    );
+
+    // A bad config: FAILED with every position, and nothing changes.
+    let bad = "[[rule]]\nname = \"x\"\naction = \"explode\"\n\n[[rule]]\nname = \"local-count\"\naction = \"count\"\n";
+    let h2 = server.set_config(&[("50-remote.toml", bad)]);
+    let failed = wait_status(&server, &h2, "FAILED", "the bad remote config");
+    let err = &failed.remote_config_status.as_ref().unwrap().error_message;
+    assert!(
+        err.contains("opamp/50-remote.toml:3:10: unknown action"),
+        "{err}"
+    );
+    assert!(
+        err.contains("opamp/50-remote.toml:6:8:") && err.contains("local-count"),
+        "the duplicate name is reported too: {err}"
+    );
+    assert_eq!(active(&agent).1, g1, "the active set stays");
+    assert_eq!(names(&agent), vec!["local-count", "remote-drop-debug"]);
+    assert!(
+        agent
+            .log()
+            .contains("opamp/50-remote.toml:3:10: unknown action")
+    );
+
+    // A new config replaces the old one whole.
+    let other = RuleSpec::count("remote-count");
+    let h3 = server.set_config(&[("60-other.toml", &other.to_toml())]);
+    wait_status(&server, &h3, "APPLIED", "the third remote config");
+    assert_eq!(names(&agent), vec!["local-count", "remote-count"]);
+
+    // ReportFullState: the next message carries everything again.
+    let before = server.messages().len();
+    server.report_full_state();
+    let msgs = server.wait_for("a full state after ReportFullState", WAIT_OPAMP, |m| {
+        m[before..].iter().any(|m| {
+            m.description.is_some()
+                && m.health.is_some()
+                && m.effective_config.is_some()
+                && m.remote_config_status.is_some()
+        })
+    });
+    let full = msgs[before..]
+        .iter()
+        .find(|m| m.description.is_some())
+        .unwrap();
+    assert_eq!(full.remote_config_status.as_ref().unwrap().hash, h3);
+
+    // Health follows the rip cord.
+    let o = agent.verb("disable", &[]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    server.wait_for("health: disabled", WAIT_OPAMP, |m| {
+        m.iter().any(|m| {
+            m.health
+                .as_ref()
+                .is_some_and(|h| !h.healthy && h.status.starts_with("disabled"))
+        })
+    });
+    let o = agent.verb("enable", &[]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    let n = server.messages().len();
+    server.wait_for("health: filtering again", WAIT_OPAMP, |m| {
+        m[n..]
+            .iter()
+            .any(|m| m.health.as_ref().is_some_and(|h| h.healthy))
+    });
+
+    // The server fails: the agent backs off (honouring Retry-After), the control socket
+    // answers all along, and status reporting resumes afterwards.
+    server.fail(3, Some(1));
+    let t0 = Instant::now();
+    while server.rejected().len() < 3 {
+        assert!(agent.stats().enabled);
+        assert!(t0.elapsed() < WAIT_OPAMP, "three rejected attempts");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rejected = server.rejected();
+    for w in rejected.windows(2) {
+        assert!(
+            w[1] - w[0] >= 0.9,
+            "at least the Retry-After between attempts: {rejected:?}"
+        );
+    }
+    let n = server.messages().len();
+    server.wait_for("messages after the failures", WAIT_OPAMP, |m| m.len() > n);
+    assert!(
+        agent.log().contains("retrying with backoff"),
+        "{}",
+        agent.log()
+    );
+
+    // A restart with the server gone: the agent comes up with the last applied config.
+    agent.signal(libc::SIGTERM);
+    agent.wait_exit(Duration::from_secs(20));
+    let old_endpoint = server.endpoint();
+    drop(server);
+    agent.write_config(&config(state.path(), &old_endpoint));
+    agent.start();
+    assert_eq!(names(&agent), vec!["local-count", "remote-count"]);
+    assert!(
+        agent.log().contains("starting with the last remote config"),
+        "{}",
+        agent.log()
+    );
+    // ... and keeps its instance id for the next server.
+    agent.signal(libc::SIGTERM);
+    agent.wait_exit(Duration::from_secs(20));
+    let server = OpampServer::start();
+    agent.write_config(&config(state.path(), &server.endpoint()));
+    agent.start();
+    let msgs = server.wait_for("the restarted agent's report", WAIT_OPAMP, |m| {
+        m.iter().any(|m| m.remote_config_status.is_some())
+    });
+    assert_eq!(msgs[0].instance_uid, uid, "the instance id is kept");
+    let s = msgs[0].remote_config_status.as_ref().unwrap();
+    assert_eq!(
+        (s.hash.as_str(), s.status.as_str()),
+        (h3.as_str(), "APPLIED")
+    );
+
+    // Without [opamp], the remote part is not used.
+    agent.signal(libc::SIGTERM);
+    agent.wait_exit(Duration::from_secs(20));
+    agent.write_config(&format!("state_dir = \"{}\"\n", state.path().display()));
+    agent.start();
+    assert_eq!(names(&agent), vec!["local-count"]);
+}
