@@ -33,6 +33,7 @@ pub mod agent_process;
 pub mod capture;
 pub mod client;
 pub mod exporter;
+pub mod fuzz_checks;
 pub mod host_walk;
 pub mod http;
 pub mod kernel;

@@ -2,11 +2,15 @@
 //!
 //! - `setup`: install what building and testing need (idempotent, fast when done already).
 //! - `run`:   setup, build the agent, and run it on the workspace's `rules/`.
-//! - `test`:  setup, then run every test in the workspace, kernel tests included.
+//! - `test`:  setup, then run every test in the workspace, kernel tests included, then fuzz a
+//!   little.
 //! - `bench`: setup, build in release, and run the benchmarks (BENCHMARKS.md).
+//! - `fuzz`:  setup, then every fuzz target for N seconds each (FUZZING.md).
+//! - `image`: setup, build the agent, and build its OCI image.
 
 mod bench;
 mod cmd;
+mod fuzz;
 mod image;
 mod run;
 mod setup;
@@ -44,7 +48,8 @@ enum Task {
         )]
         args: Vec<String>,
     },
-    /// Run setup, then every test of the workspace: `cargo test --workspace --all-targets`.
+    /// Run setup, then every test of the workspace: `cargo test --workspace --all-targets`;
+    /// then, without ARGS, every fuzz target for 15 s (`DT_FUZZ_SECONDS`; 0 skips it).
     ///
     /// ARGS go to `cargo test`; a second `--` among them starts the test-harness arguments,
     /// e.g. `cargo xtask test -- -p dt-agent -- rules::`. The harness gets `--test-threads=2`
@@ -75,6 +80,16 @@ enum Task {
     /// Run setup, build dt-agent (release), and build an OCI image of it offline with buildah,
     /// FROM scratch. The last line printed is the image reference (localhost/dt-agent:VERSION).
     Image,
+    /// Run setup (and install cargo-fuzz), build the fuzz targets of fuzz/ (nightly,
+    /// libFuzzer), and run each for SECONDS; exit non-zero on any finding (FUZZING.md).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only these targets (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        targets: Option<Vec<String>>,
+    },
 }
 
 fn main() {
@@ -92,6 +107,7 @@ fn real_main() -> Result<()> {
         Task::Test { args } => test::test(&args),
         Task::Bench { args } => bench::bench(&args),
         Task::Image => image::image(),
+        Task::Fuzz { seconds, targets } => fuzz::fuzz(seconds, targets.as_deref()),
     }
 }
 

@@ -1,4 +1,5 @@
-//! `cargo xtask test [-- ARGS...]`: setup, then every test of the workspace.
+//! `cargo xtask test [-- ARGS...]`: setup, then every test of the workspace, then (without
+//! ARGS) every fuzz target for 15 s.
 
 use std::path::Path;
 use std::process::Command;
@@ -14,6 +15,9 @@ const BPF_ONLY: &[&str] = &["dt-ebpf"];
 /// Default test-harness threads: kernel tests are heavy, and the machines have two cores.
 const TEST_THREADS: &str = "--test-threads=2";
 
+/// Seconds per fuzz target after the tests (`DT_FUZZ_SECONDS` overrides; 0 skips the fuzzing).
+const FUZZ_SECONDS: u64 = 15;
+
 pub fn test(args: &[String]) -> Result<()> {
     setup::setup()?;
     let root = workspace_root()?;
@@ -22,7 +26,18 @@ pub fn test(args: &[String]) -> Result<()> {
         // Kernel tests fail instead of skipping when they cannot run, so CI never skips silently.
         command.env("DT_REQUIRE_KERNEL_TESTS", "1");
     }
-    cmd::run(&mut command)
+    cmd::run(&mut command)?;
+    // Then every fuzz target for a little while (only for the whole suite, not a selection).
+    let seconds = match std::env::var("DT_FUZZ_SECONDS") {
+        Ok(s) => s
+            .parse()
+            .map_err(|_| anyhow::anyhow!("DT_FUZZ_SECONDS={s:?} is not a number of seconds"))?,
+        Err(_) => FUZZ_SECONDS,
+    };
+    if args.is_empty() && seconds > 0 {
+        crate::fuzz::fuzz(seconds, None)?;
+    }
+    Ok(())
 }
 
 /// `cargo test` for the workspace with ARGS, run in `root`.

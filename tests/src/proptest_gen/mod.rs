@@ -27,7 +27,7 @@ pub mod rules;
 pub mod wire;
 
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 /// Resource `service.name` values. Near-duplicates on purpose: equality must be exact.
@@ -182,7 +182,7 @@ pub const BODY_WORDS: &[&str] = &[
 
 /// A seeded random source with the few helpers the generators use.
 pub struct G {
-    pub rng: ChaCha8Rng,
+    pub rng: Box<dyn RngCore>,
     /// Share of strings given invalid UTF-8 in the request being generated (0 in most
     /// requests: the receiver cannot decode one that still holds some when it arrives).
     pub bad_utf8: f64,
@@ -191,7 +191,16 @@ pub struct G {
 impl G {
     pub fn new(seed: u64) -> G {
         G {
-            rng: ChaCha8Rng::seed_from_u64(seed),
+            rng: Box::new(ChaCha8Rng::seed_from_u64(seed)),
+            bad_utf8: 0.0,
+        }
+    }
+
+    /// Decisions drawn from `data` (a fuzzer's input), then, once it is used up, from a seed
+    /// made of it: a mutated input changes the decisions its changed bytes feed.
+    pub fn from_bytes(data: &[u8]) -> G {
+        G {
+            rng: Box::new(ByteRng::new(data)),
             bad_utf8: 0.0,
         }
     }
@@ -232,11 +241,52 @@ impl G {
     }
 
     pub fn shuffle<T>(&mut self, v: &mut [T]) {
-        v.shuffle(&mut self.rng);
+        v.shuffle(&mut *self.rng);
     }
 
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
         (0..n).map(|_| self.rng.random()).collect()
+    }
+}
+
+/// Random bits from a byte string, then from a ChaCha stream seeded with its hash.
+struct ByteRng {
+    data: Vec<u8>,
+    pos: usize,
+    rest: ChaCha8Rng,
+}
+
+impl ByteRng {
+    fn new(data: &[u8]) -> ByteRng {
+        let seed = data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ *b as u64).wrapping_mul(0x100_0000_01b3)
+        });
+        ByteRng {
+            data: data.to_vec(),
+            pos: 0,
+            rest: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+}
+
+impl RngCore for ByteRng {
+    fn next_u32(&mut self) -> u32 {
+        let mut b = [0u8; 4];
+        self.fill_bytes(&mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let mut b = [0u8; 8];
+        self.fill_bytes(&mut b);
+        u64::from_le_bytes(b)
+    }
+
+    fn fill_bytes(&mut self, dst: &mut [u8]) {
+        let n = dst.len().min(self.data.len() - self.pos);
+        dst[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+        self.pos += n;
+        self.rest.fill_bytes(&mut dst[n..]);
     }
 }
 

@@ -479,16 +479,27 @@ pub fn round(
     cfg: &GenConfig,
     state: &mut RefState,
 ) -> Round {
-    let mut g = G::new(seed);
+    round_from(&mut G::new(seed), index, seed, first_case, cfg, state)
+}
+
+/// [`round`] with its decisions drawn from `g` (a fuzzer's bytes: [`G::from_bytes`]).
+pub fn round_from(
+    g: &mut G,
+    index: usize,
+    seed: u64,
+    first_case: usize,
+    cfg: &GenConfig,
+    state: &mut RefState,
+) -> Round {
     let rules = rules::rule_set(
-        &mut g,
+        g,
         RuleConfig {
             sample: cfg.sample,
             redact: cfg.redact,
         },
     );
     state.install(&rules);
-    let enrich = g.chance(cfg.enrich).then(|| rules::enrich(&mut g));
+    let enrich = g.chance(cfg.enrich).then(|| rules::enrich(g));
     let toml = rule_set_toml(enrich.as_ref(), &rules);
     let adds = enrich
         .as_ref()
@@ -500,7 +511,7 @@ pub fn round(
         let k = g.range(1, 6).min(first_case + n - id);
         let mut cases = Vec::new();
         for _ in 0..k {
-            cases.push(case(&mut g, id, cfg, &rules, &adds, state));
+            cases.push(case(g, id, cfg, &rules, &adds, state));
             id += 1;
         }
         let pipelined = if g.chance(cfg.pipelined) {

@@ -1,0 +1,5 @@
+//! The `config_parse` check of `dt_tests::fuzz_checks` (see there what it checks).
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| dt_tests::fuzz_checks::config_parse(data));
