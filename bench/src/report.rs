@@ -322,6 +322,16 @@ pub fn ratios(runs: &[RunResult], sizes: &[usize], rounds: usize) -> Vec<Ratio> 
             None,
             div("j", "d", msg),
         ));
+        out.push(ratio(
+            runs,
+            rounds,
+            size,
+            "(d)/(k) CPU per record",
+            "whole-path CPU ns per record sent, BPF run-time statistics on over off: what the \
+             cost ceiling's measuring costs",
+            None,
+            div("d", "k", cpu),
+        ));
     }
     out.retain(|r| r.stat.is_some());
     out

@@ -84,6 +84,8 @@ pub struct Scenario {
     pub kind: Kind,
     /// How the sender frames its requests.
     pub framing: Framing,
+    /// BPF run-time statistics on during the run (dt_msg's run time is read from them).
+    pub bpf_stats: bool,
 }
 
 pub const SCENARIOS: &[Scenario] = &[
@@ -92,36 +94,42 @@ pub const SCENARIOS: &[Scenario] = &[
         label: "no agent",
         kind: Kind::Direct,
         framing: Framing::ContentLength,
+        bpf_stats: true,
     },
     Scenario {
         key: "b",
         label: "agent, no rules",
         kind: Kind::Agent(None),
         framing: Framing::ContentLength,
+        bpf_stats: true,
     },
     Scenario {
         key: "c",
         label: "agent, 10 count rules",
         kind: Kind::Agent(Some(RuleSet::Count10)),
         framing: Framing::ContentLength,
+        bpf_stats: true,
     },
     Scenario {
         key: "d",
         label: "agent, drop 90%",
         kind: Kind::Agent(Some(RuleSet::Drop90)),
         framing: Framing::ContentLength,
+        bpf_stats: true,
     },
     Scenario {
         key: "e",
         label: "agent, 64 count rules",
         kind: Kind::Agent(Some(RuleSet::Count64)),
         framing: Framing::ContentLength,
+        bpf_stats: true,
     },
     Scenario {
         key: "f",
         label: "userspace proxy, drop 90%",
         kind: Kind::Proxy,
         framing: Framing::ContentLength,
+        bpf_stats: true,
     },
     // (d) with every request framed as the Node.js SDK sends it.
     Scenario {
@@ -129,6 +137,7 @@ pub const SCENARIOS: &[Scenario] = &[
         label: "agent, drop 90%, chunked",
         kind: Kind::Agent(Some(RuleSet::Drop90)),
         framing: Framing::Chunked,
+        bpf_stats: true,
     },
     // (c) with realistic needles (distinct first characters, as operators write them).
     Scenario {
@@ -136,6 +145,7 @@ pub const SCENARIOS: &[Scenario] = &[
         label: "agent, 10 count rules, realistic needles",
         kind: Kind::Agent(Some(RuleSet::CountNeedles)),
         framing: Framing::ContentLength,
+        bpf_stats: true,
     },
     // (d) with `[enrich]`: every request's Resources get the sender's attributes.
     Scenario {
@@ -143,6 +153,7 @@ pub const SCENARIOS: &[Scenario] = &[
         label: "agent, drop 90%, enrich",
         kind: Kind::Agent(Some(RuleSet::Drop90Enriched)),
         framing: Framing::ContentLength,
+        bpf_stats: true,
     },
     // (d) with the dropped records kept in a flight recorder.
     Scenario {
@@ -150,6 +161,16 @@ pub const SCENARIOS: &[Scenario] = &[
         label: "agent, drop 90% into a recorder",
         kind: Kind::Agent(Some(RuleSet::Drop90Recorded)),
         framing: Framing::ContentLength,
+        bpf_stats: true,
+    },
+    // (d) with BPF run-time statistics off: what measuring costs (the agent's `[ceiling]` turns
+    // them on; every other agent scenario has them on, for the dt_msg figures).
+    Scenario {
+        key: "k",
+        label: "agent, drop 90%, no bpf_stats",
+        kind: Kind::Agent(Some(RuleSet::Drop90)),
+        framing: Framing::ContentLength,
+        bpf_stats: false,
     },
 ];
 
@@ -395,7 +416,10 @@ impl Bench {
         let target = match sc.kind {
             Kind::Direct => sink.port,
             Kind::Agent(set) => {
-                stats_guard = Some(BpfStatsGuard::enable().context("enable BPF run-time stats")?);
+                if sc.bpf_stats {
+                    stats_guard =
+                        Some(BpfStatsGuard::enable().context("enable BPF run-time stats")?);
+                }
                 agent = Some(Agent::start(
                     &self.opts.agent,
                     &self.work,
@@ -561,9 +585,11 @@ impl Bench {
             agent_peak_rss_kib: agent_peak,
             proxy_peak_rss_kib: proxy_end.map(|p| p.peak_rss_kib),
             dt_msg_ns_per_run: msg
-                .filter(|m| m.run_cnt > 0)
+                .filter(|m| m.run_cnt > 0 && sc.bpf_stats)
                 .map(|m| m.run_time_ns as f64 / m.run_cnt as f64),
-            dt_msg_ns_per_record: msg.map(|m| m.run_time_ns as f64 / rep.records.max(1) as f64),
+            dt_msg_ns_per_record: msg
+                .filter(|_| sc.bpf_stats)
+                .map(|m| m.run_time_ns as f64 / rep.records.max(1) as f64),
             steps_per_record: agent_totals.as_ref().and_then(|t| {
                 let steps = t["walk_steps"].as_u64()?;
                 let records = t["records"].as_u64().filter(|&r| r > 0)?;

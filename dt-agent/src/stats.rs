@@ -55,6 +55,13 @@ pub struct TotalStats {
 pub struct Stats {
     pub generation: u64,
     pub enabled: bool,
+    /// Why evaluation is off, while it is: the rip cord pulled by hand, or a cost ceiling
+    /// exceeded (with the measured and allowed figures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
+    /// What dt's kernel programs cost, measured over the last window (with `[ceiling]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<CostStats>,
     pub rules: Vec<RuleStats>,
     pub totals: TotalStats,
     /// The uprobe hook (see `crate::hooks::uprobe`).
@@ -66,6 +73,26 @@ pub struct Stats {
     /// The active set's states.
     #[serde(default)]
     pub states: Vec<StateStats>,
+}
+
+/// The cost of dt's kernel programs over the last measuring window (`[ceiling]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CostStats {
+    /// The window's length, and the CPUs online.
+    pub window_ms: u64,
+    pub cpus: u64,
+    /// CPU time of dt's kernel programs in the window (all hooks), and their runs.
+    pub kernel_ns: u64,
+    pub runs: u64,
+    /// That CPU time as a share of all CPUs' time, in millionths (10,000 is 1%), and the
+    /// ceiling.
+    pub cpu_ppm: u64,
+    pub cpu_ceiling_ppm: u64,
+    /// Windows that went over the ceiling (each pulled the rip cord).
+    pub exceeded: u64,
+    /// Kernel memory of dt's maps (recorders included), in bytes.
+    pub map_bytes: u64,
 }
 
 /// One flight recorder. `records` and `bytes` are what it holds now; the rest count since it

@@ -169,3 +169,42 @@ pub(crate) fn kernel_release() -> String {
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".to_string())
 }
+
+/// Kernel memory of the BPF maps this process holds (`memlock` of each map in
+/// `/proc/self/fdinfo`, each map counted once): dt's maps, recorders included.
+pub(crate) fn bpf_map_memory() -> u64 {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0u64;
+    for fd in fds.flatten() {
+        let is_map = std::fs::read_link(fd.path())
+            .is_ok_and(|l| l.to_string_lossy() == "anon_inode:bpf-map");
+        if !is_map {
+            continue;
+        }
+        let info = Path::new("/proc/self/fdinfo").join(fd.file_name());
+        let Ok(text) = std::fs::read_to_string(info) else {
+            continue;
+        };
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        if let (Some(id), Some(bytes)) = (field("map_id:"), field("memlock:"))
+            && seen.insert(id)
+        {
+            total += bytes;
+        }
+    }
+    total
+}
+
+/// CPUs online (`sysconf(_SC_NPROCESSORS_ONLN)`), at least 1.
+pub(crate) fn online_cpus() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    n.max(1) as u64
+}

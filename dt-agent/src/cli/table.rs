@@ -51,6 +51,22 @@ pub fn stats(s: &Stats) -> String {
     let mut out = String::new();
     let hw = hook_width(s.rules.iter().map(|r| r.hook.as_str()));
     let _ = writeln!(out, "generation {}  {}", s.generation, switch(s.enabled));
+    if let Some(why) = &s.disabled_reason {
+        let _ = writeln!(out, "why: {why}");
+    }
+    if let Some(c) = &s.cost {
+        let _ = writeln!(
+            out,
+            "cost: kernel programs {} of {} CPUs over the last {} ms (ceiling {}, exceeded {} \
+             times), maps {} KiB",
+            dt_agent::settings::format_ppm(c.cpu_ppm),
+            c.cpus,
+            c.window_ms,
+            dt_agent::settings::format_ppm(c.cpu_ceiling_ppm),
+            c.exceeded,
+            c.map_bytes / 1024
+        );
+    }
     let _ = writeln!(
         out,
         "\n{:<32} {:<10} {:<hw$} {:>12} {:>12} {:>12} {:>14} {:>10}",

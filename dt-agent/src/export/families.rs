@@ -327,6 +327,55 @@ pub(crate) const STATE_ON: Family = gauge(
     "1 while the state is on, 0 while off.",
 );
 
+/// While evaluation is off: 1, labelled with why (`reason`: the rip cord pulled by hand, or a
+/// cost ceiling exceeded with its figures).
+pub(crate) const DISABLED_INFO: Family = gauge(
+    "dt_disabled_info",
+    "dt.disabled.info",
+    "1",
+    "1 while dt is disabled, labelled with the reason (the rip cord pulled by hand, or a cost ceiling exceeded).",
+);
+
+/// The cost ceiling's last measurement (`[ceiling]`; no series without one).
+pub(crate) const COST_FAMILIES: [Reader<crate::stats::CostStats>; 4] = [
+    (
+        gauge(
+            "dt_kernel_cpu_ppm",
+            "dt.kernel.cpu.ppm",
+            "{ppm}",
+            "CPU time of dt's kernel programs over the last window, in millionths of all CPUs' time (10000 is 1%).",
+        ),
+        |c| c.cpu_ppm,
+    ),
+    (
+        gauge(
+            "dt_kernel_cpu_ceiling_ppm",
+            "dt.kernel.cpu.ceiling.ppm",
+            "{ppm}",
+            "The CPU ceiling, in millionths of all CPUs' time.",
+        ),
+        |c| c.cpu_ceiling_ppm,
+    ),
+    (
+        counter(
+            "dt_ceiling_exceeded_total",
+            "dt.ceiling.exceeded",
+            "{window}",
+            "Windows over the CPU ceiling (each pulled the rip cord).",
+        ),
+        |c| c.exceeded,
+    ),
+    (
+        gauge(
+            "dt_maps_bytes",
+            "dt.maps.size",
+            "By",
+            "Kernel memory of dt's BPF maps, recorders included.",
+        ),
+        |c| c.map_bytes,
+    ),
+];
+
 /// One labelled value.
 #[derive(Debug)]
 pub(crate) struct Sample {
@@ -411,6 +460,26 @@ pub(crate) fn families(stats: &Stats) -> Vec<(&'static Family, Vec<Sample>)> {
         })
         .collect();
     out.push((&STATE_ON, states));
+    let disabled = stats
+        .disabled_reason
+        .iter()
+        .map(|why| Sample {
+            labels: vec![("reason", why.clone())],
+            value: 1,
+        })
+        .collect();
+    out.push((&DISABLED_INFO, disabled));
+    for (family, value) in &COST_FAMILIES {
+        let samples = stats
+            .cost
+            .iter()
+            .map(|c| Sample {
+                labels: Vec::new(),
+                value: value(c),
+            })
+            .collect();
+        out.push((family, samples));
+    }
     for (family, value) in &GAUGES {
         out.push((
             family,
@@ -531,6 +600,8 @@ pub(crate) mod testdata {
                 on: true,
                 remaining_ms: 1500,
             }],
+            disabled_reason: None,
+            cost: None,
         }
     }
 }

@@ -10,6 +10,10 @@ use dt_ebpf_common::{
 };
 
 use super::{Agent, KnownRule, map, map_ref};
+
+/// `disabled_reason` when the rip cord was pulled by hand (or by the pins, with no agent).
+const HAND_PULLED: &str =
+    "the rip cord is pulled (dt-agent disable): every request passes untouched";
 use crate::{
     drain::{self, HeldRequest, Holding},
     rules::{ActionKind, Hook},
@@ -28,13 +32,62 @@ impl Agent {
         add_groups(&mut stats, &groups, &self.known);
         stats.uprobes = self.probes.stats(&self.ebpf);
         add_objects(&mut stats, &self.objects, &self.active_objects, &self.known);
+        if !stats.enabled {
+            stats.disabled_reason = Some(
+                self.disabled_reason
+                    .clone()
+                    .unwrap_or_else(|| HAND_PULLED.to_string()),
+            );
+        }
+        stats.cost = self.cost.clone();
         Ok(stats)
     }
 
     /// Turns rule evaluation on or off (the rip cord). Off, every request passes untouched.
+    /// On clears why it was off.
     pub fn set_enabled(&mut self, enabled: bool) -> anyhow::Result<()> {
         let mut control: Array<_, Control> = Array::try_from(map(&mut self.ebpf, "CONTROL")?)?;
-        set_enabled_in(&mut control, enabled)
+        set_enabled_in(&mut control, enabled)?;
+        self.disabled_reason = (!enabled).then(|| HAND_PULLED.to_string());
+        if enabled {
+            self.enabled_epoch += 1;
+        }
+        Ok(())
+    }
+
+    /// Bumped by every `enable`: a cost measured across one does not count (see
+    /// `crate::ceiling`).
+    pub fn enabled_epoch(&self) -> u64 {
+        self.enabled_epoch
+    }
+
+    /// Pulls the rip cord for `reason` (a cost ceiling exceeded): what `stats` says until
+    /// `enable`.
+    pub fn trip(&mut self, reason: String) -> anyhow::Result<()> {
+        let mut control: Array<_, Control> = Array::try_from(map(&mut self.ebpf, "CONTROL")?)?;
+        set_enabled_in(&mut control, false)?;
+        self.disabled_reason = Some(reason);
+        Ok(())
+    }
+
+    /// CPU time of every program of this agent (sk_msg, sock_ops, uprobes) since it was loaded,
+    /// in nanoseconds, and their runs: counted by the kernel while BPF run-time statistics are
+    /// on (see `crate::ceiling`).
+    pub fn run_time(&self) -> (u64, u64) {
+        let mut ns = 0u64;
+        let mut runs = 0u64;
+        for (_, p) in self.ebpf.programs() {
+            if let Ok(info) = p.info() {
+                ns = ns.saturating_add(info.run_time().as_nanos() as u64);
+                runs = runs.saturating_add(info.run_count());
+            }
+        }
+        (ns, runs)
+    }
+
+    /// What the cost ceiling measured last (shown by `stats`).
+    pub fn set_cost(&mut self, cost: crate::stats::CostStats) {
+        self.cost = Some(cost);
     }
 
     /// The requests held in the kernel now, and who sent them.
@@ -218,6 +271,8 @@ where
         uprobes: Default::default(),
         recorders: Vec::new(),
         states: Vec::new(),
+        disabled_reason: None,
+        cost: None,
     })
 }
 

@@ -142,6 +142,12 @@ pub struct Agent {
     id: u64,
     /// `[enrich]`: keeps `CGROUP_IDS` up to date (none without a cgroup v2 hierarchy).
     cgroups: Option<cgroups::Tracker>,
+    /// Why the rip cord is pulled, when the agent pulled it.
+    disabled_reason: Option<String>,
+    /// The cost ceiling's last measurement.
+    cost: Option<crate::stats::CostStats>,
+    /// Bumped by every `enable`.
+    enabled_epoch: u64,
 }
 
 /// `[enrich]`'s `host.name`: this host's name (its UTS namespace's, as `hostname` prints it;
@@ -277,6 +283,9 @@ impl Agent {
             capture_endpoint: cfg.capture_endpoint.clone(),
             id,
             cgroups,
+            disabled_reason: None,
+            cost: None,
+            enabled_epoch: 0,
         };
         // uprobe hook: what depends on this kernel (drop) and this agent (capture endpoint).
         agent.probes.check(&compiled.uprobe).map_err(RuleErrors)?;

@@ -326,6 +326,40 @@ impl Service {
             .collect()
     }
 
+    /// Its programs' run time and runs so far, and the enable epoch (see [`crate::ceiling`]);
+    /// `None` once uninstalled.
+    pub fn run_time(&self) -> Option<(u64, u64, u64)> {
+        self.lock().agent.as_ref().map(|a| {
+            let (ns, runs) = a.run_time();
+            (ns, runs, a.enabled_epoch())
+        })
+    }
+
+    /// Keeps the ceiling's last measurement for `stats`; with `trip`, pulls the rip cord for
+    /// that reason, unless it is pulled already or the agent is stopping. Returns the reason
+    /// when it pulled it.
+    pub fn record_cost(
+        &self,
+        cost: crate::stats::CostStats,
+        trip: Option<String>,
+    ) -> Option<String> {
+        let mut inner = self.lock();
+        let stopping = inner.stopping;
+        let agent = inner.agent.as_mut()?;
+        agent.set_cost(cost);
+        let reason = trip?;
+        if stopping || !agent.stats().is_ok_and(|s| s.enabled) {
+            return None;
+        }
+        match agent.trip(reason.clone()) {
+            Ok(()) => Some(reason),
+            Err(e) => {
+                log::error!("ceiling: could not pull the rip cord: {e:#}");
+                None
+            }
+        }
+    }
+
     /// Whether the agent is attached and filtering, or why not.
     pub fn health(&self) -> Health {
         let inner = self.lock();
@@ -340,9 +374,12 @@ impl Service {
                 Err(e) => (false, format!("error: reading the kernel's state: {e:#}")),
                 Ok(s) if !s.enabled => (
                     false,
-                    "disabled: the rip cord is pulled (dt-agent disable); every request passes \
-                     untouched"
-                        .to_string(),
+                    format!(
+                        "disabled: {}",
+                        s.disabled_reason
+                            .as_deref()
+                            .unwrap_or("the rip cord is pulled")
+                    ),
                 ),
                 Ok(_) if agent.active_count() == 0 => (
                     false,

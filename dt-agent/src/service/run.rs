@@ -53,6 +53,12 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             tokio::spawn(control::serve(listener, service.clone())),
             tokio::spawn(rescan(service.clone())),
         ];
+        if let Some(ceiling) = settings.ceiling.clone() {
+            tasks.push(tokio::spawn(crate::ceiling::watch(
+                service.clone(),
+                ceiling,
+            )));
+        }
         if let Some((settings, startup)) = opamp {
             let client =
                 opamp::Client::new(&settings, startup.state, service.clone(), startup.status)?;

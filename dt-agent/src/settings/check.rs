@@ -149,3 +149,50 @@ pub fn parse_max_request(text: &str) -> Result<u32, String> {
     check_max_request(n)?;
     Ok(n)
 }
+
+/// Parses a share of all CPUs such as `"2%"` or `"0.5%"` into millionths (`"2%"` is 20,000):
+/// more than 0, at most 100%, at most four decimals (0.0001% is the smallest step).
+pub fn parse_cpu_share(text: &str) -> Result<u64, String> {
+    let bad = || format!("`{text}` is not a share of the CPUs; write e.g. \"2%\" or \"0.5%\"");
+    let number = text.trim().strip_suffix('%').ok_or_else(bad)?.trim();
+    let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && frac.is_empty()
+        || !whole.chars().all(|c| c.is_ascii_digit())
+        || !frac.chars().all(|c| c.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    if frac.len() > 4 {
+        return Err(format!(
+            "`{text}`: at most four decimals (0.0001% is the smallest step)"
+        ));
+    }
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| bad())?
+    };
+    let frac_ppm: u64 = format!("{frac:0<4}").parse().map_err(|_| bad())?;
+    let ppm = whole
+        .checked_mul(10_000)
+        .and_then(|w| w.checked_add(frac_ppm))
+        .ok_or_else(bad)?;
+    if ppm == 0 || ppm > 1_000_000 {
+        return Err(format!(
+            "`{text}`: the CPU ceiling is more than 0% and at most 100%"
+        ));
+    }
+    Ok(ppm)
+}
+
+/// Millionths of the CPUs as a percentage, e.g. 20,000 as `2%` and 1 as `0.0001%`.
+pub fn format_ppm(ppm: u64) -> String {
+    let whole = ppm / 10_000;
+    let frac = ppm % 10_000;
+    if frac == 0 {
+        format!("{whole}%")
+    } else {
+        let f = format!("{frac:04}");
+        format!("{whole}.{}%", f.trim_end_matches('0'))
+    }
+}

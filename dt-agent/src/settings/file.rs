@@ -15,7 +15,8 @@ use super::{
     DEFAULT_CONFIG, Layer,
     check::{
         check_capture_endpoint, check_loopback, check_max_request, check_opamp_endpoint,
-        check_otlp_endpoint, max_request_range, parse_duration, parse_metrics_addr,
+        check_otlp_endpoint, max_request_range, parse_cpu_share, parse_duration,
+        parse_metrics_addr,
     },
 };
 use crate::rules::{Diagnostic, Pos, SourceText};
@@ -38,6 +39,15 @@ struct RawFile {
     metrics_public: Option<bool>,
     state_dir: Option<Spanned<String>>,
     opamp: Option<RawOpamp>,
+    ceiling: Option<RawCeiling>,
+}
+
+/// `[ceiling]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCeiling {
+    cpu: Spanned<String>,
+    window: Option<Spanned<String>>,
 }
 
 /// `[opamp]`.
@@ -176,6 +186,20 @@ pub fn parse(path: &Path, text: &str) -> Result<Layer, Vec<Diagnostic>> {
         None => (None, None),
     };
 
+    let (ceiling_cpu, ceiling_window) = match raw.ceiling {
+        Some(c) => (
+            checked(
+                &src,
+                &mut diags,
+                "ceiling.cpu",
+                Some(c.cpu),
+                parse_cpu_share,
+            ),
+            checked(&src, &mut diags, "ceiling.window", c.window, parse_duration),
+        ),
+        None => (None, None),
+    };
+
     let max_request = raw
         .max_request
         .and_then(|value| match u32::try_from(*value.get_ref()) {
@@ -209,11 +233,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Layer, Vec<Diagnostic>> {
         state_dir,
         opamp_endpoint,
         opamp_poll_interval,
+        ceiling_cpu,
+        ceiling_window,
     })
 }
 
 /// The keys of the file (the fields of [`RawFile`]).
-pub(super) const KEYS: [&str; 14] = [
+pub(super) const KEYS: [&str; 15] = [
     "rules_dir",
     "ports",
     "cgroup",
@@ -228,6 +254,7 @@ pub(super) const KEYS: [&str; 14] = [
     "metrics_public",
     "state_dir",
     "opamp",
+    "ceiling",
 ];
 
 /// The known top-level key whose value holds `span`, if any. (An unknown key's error already

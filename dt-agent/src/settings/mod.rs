@@ -22,8 +22,8 @@ use dt_ebpf_common::DEFAULT_MAX_REQUEST;
 
 pub use check::{
     check_capture_endpoint, check_loopback, check_max_request, check_metrics_port,
-    check_opamp_endpoint, check_otlp_endpoint, check_ports, parse_duration, parse_max_request,
-    parse_metrics_addr,
+    check_opamp_endpoint, check_otlp_endpoint, check_ports, format_ppm, parse_cpu_share,
+    parse_duration, parse_max_request, parse_metrics_addr,
 };
 pub use file::{load, load_optional, parse};
 
@@ -49,6 +49,8 @@ pub const DEFAULT_OTLP_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/dt";
 /// How often the OpAMP client polls its server (the spec's default).
 pub const DEFAULT_OPAMP_POLL: Duration = Duration::from_secs(30);
+/// The cost ceiling's measuring window.
+pub const DEFAULT_CEILING_WINDOW: Duration = Duration::from_secs(10);
 
 /// One layer of settings, every value optional: the config file's keys ([`parse`], every value
 /// validated, relative paths made relative to the file's directory) or the flags of `dt-agent
@@ -106,6 +108,22 @@ pub struct Layer {
     /// How often to poll the OpAMP server [default: 30s] (`[opamp] poll_interval`).
     #[arg(long, value_name = "DURATION", display_order = 16, value_parser = parse_duration)]
     pub opamp_poll_interval: Option<Duration>,
+    /// CPU ceiling of dt's kernel programs, as a share of all CPUs (e.g. 2% or 0.5%): over it,
+    /// dt pulls its own rip cord (`[ceiling] cpu`).
+    #[arg(long, value_name = "PERCENT", display_order = 17, value_parser = parse_cpu_share)]
+    pub ceiling_cpu: Option<u64>,
+    /// The window the CPU ceiling is measured over [default: 10s] (`[ceiling] window`).
+    #[arg(long, value_name = "DURATION", display_order = 18, value_parser = parse_duration)]
+    pub ceiling_window: Option<Duration>,
+}
+
+/// `[ceiling]`: the cost ceiling; over it, dt pulls its own rip cord.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CeilingSettings {
+    /// The CPU time of dt's kernel programs allowed, in millionths of all CPUs' time.
+    pub cpu_ppm: u64,
+    /// How long each measurement is.
+    pub window: Duration,
 }
 
 /// `[opamp]`: the OpAMP server the agent takes remote rule files from.
@@ -138,6 +156,8 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// `None`: no OpAMP client, and no remote rule files.
     pub opamp: Option<OpampSettings>,
+    /// `None`: no cost ceiling (and nothing measured).
+    pub ceiling: Option<CeilingSettings>,
 }
 
 /// Merges the flags, the file and the defaults (in that order of precedence) and checks the
@@ -213,6 +233,25 @@ pub fn resolve(file: Option<Layer>, flags: Layer) -> Result<Settings, String> {
         }
         None => None,
     };
+    let window = flags.ceiling_window.or(file.ceiling_window);
+    let ceiling = match flags.ceiling_cpu.or(file.ceiling_cpu) {
+        Some(cpu_ppm) => {
+            let window = window.unwrap_or(DEFAULT_CEILING_WINDOW);
+            if window < Duration::from_millis(100) {
+                return Err(format!(
+                    "ceiling window {window:?}: at least 100ms (the CPU time is read once a window)"
+                ));
+            }
+            Some(CeilingSettings { cpu_ppm, window })
+        }
+        None if window.is_some() => {
+            return Err(
+                "a ceiling window is given without a CPU ceiling (`[ceiling] cpu` or --ceiling-cpu)"
+                    .to_string(),
+            );
+        }
+        None => None,
+    };
     Ok(Settings {
         rules_dir: flags
             .rules_dir
@@ -240,6 +279,7 @@ pub fn resolve(file: Option<Layer>, flags: Layer) -> Result<Settings, String> {
             .or(file.state_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
         opamp,
+        ceiling,
     })
 }
 

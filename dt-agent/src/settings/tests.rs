@@ -33,6 +33,7 @@ fn defaults() -> Settings {
         metrics_public: false,
         state_dir: PathBuf::from("/var/lib/dt"),
         opamp: None,
+        ceiling: None,
     }
 }
 
@@ -54,6 +55,10 @@ state_dir = "/srv/dt/state"
 [opamp]
 endpoint = "http://opamp.example:4320/v1/opamp"
 poll_interval = "5s"
+
+[ceiling]
+cpu = "0.5%"
+window = "2s"
 "#;
 
 #[test]
@@ -95,6 +100,8 @@ fn every_key() {
             state_dir: Some("/srv/dt/state".into()),
             opamp_endpoint: Some("http://opamp.example:4320/v1/opamp".into()),
             opamp_poll_interval: Some(Duration::from_secs(5)),
+            ceiling_cpu: Some(5000),
+            ceiling_window: Some(Duration::from_secs(2)),
         }
     );
     let settings = resolve(Some(file), Layer::default()).unwrap();
@@ -117,6 +124,10 @@ fn every_key() {
             opamp: Some(OpampSettings {
                 endpoint: "http://opamp.example:4320/v1/opamp".into(),
                 poll_interval: Duration::from_secs(5),
+            }),
+            ceiling: Some(CeilingSettings {
+                cpu_ppm: 5000,
+                window: Duration::from_secs(2),
             }),
         }
     );
@@ -175,6 +186,8 @@ fn flags_override_the_file() {
         state_dir: Some("/tmp/state".into()),
         opamp_endpoint: Some("http://127.0.0.1:4320/v1/opamp".into()),
         opamp_poll_interval: None,
+        ceiling_cpu: Some(20000),
+        ceiling_window: None,
     };
     let s = resolve(Some(file.clone()), flags).unwrap();
     assert_eq!(
@@ -199,6 +212,11 @@ fn flags_override_the_file() {
             opamp: Some(OpampSettings {
                 endpoint: "http://127.0.0.1:4320/v1/opamp".into(),
                 poll_interval: Duration::from_secs(5),
+            }),
+            // The flag's share, the file's window.
+            ceiling: Some(CeilingSettings {
+                cpu_ppm: 20000,
+                window: Duration::from_secs(2),
             }),
         }
     );
@@ -237,7 +255,7 @@ fn unknown_keys_are_errors_at_their_position() {
         e,
         "2:3: unknown field `max_requets`, expected one of `rules_dir`, `ports`, `cgroup`, \
          `socket`, `pin`, `pin_dir`, `metrics_addr`, `otlp_endpoint`, `otlp_interval`, \
-         `max_request`, `capture_endpoint`, `metrics_public`, `state_dir`, `opamp`"
+         `max_request`, `capture_endpoint`, `metrics_public`, `state_dir`, `opamp`, `ceiling`"
     );
     let listed: Vec<String> = KEYS.iter().map(|k| format!("`{k}`")).collect();
     assert!(
@@ -551,4 +569,45 @@ fn load_reads_files_and_reports_missing_ones() {
     assert_eq!((diags[0].line, diags[0].column), (1, 1));
     assert!(diags[0].message.starts_with("cannot read the config file"));
     assert!(load_optional(Some(&missing)).is_err());
+}
+
+#[test]
+fn cpu_shares() {
+    assert_eq!(parse_cpu_share("2%"), Ok(20_000));
+    assert_eq!(parse_cpu_share("0.5%"), Ok(5_000));
+    assert_eq!(parse_cpu_share(".5%"), Ok(5_000));
+    assert_eq!(parse_cpu_share("0.0001%"), Ok(1));
+    assert_eq!(parse_cpu_share("100%"), Ok(1_000_000));
+    for bad in [
+        "2", "0%", "101%", "-1%", "1.00001%", "x%", "%", "1.2.3%", "",
+    ] {
+        assert!(parse_cpu_share(bad).is_err(), "{bad}");
+    }
+    assert_eq!(format_ppm(20_000), "2%");
+    assert_eq!(format_ppm(5_000), "0.5%");
+    assert_eq!(format_ppm(1), "0.0001%");
+    assert_eq!(format_ppm(12_345), "1.2345%");
+}
+
+#[test]
+fn ceiling_table() {
+    let e = error("[ceiling]\ncpu = \"two\"\n");
+    assert!(
+        e.starts_with("2:7: `ceiling.cpu`: `two` is not a share"),
+        "{e}"
+    );
+    let e = error("[ceiling]\nwindow = \"1s\"\n");
+    assert!(e.contains("missing field `cpu`"), "{e}");
+    let layer = parse_str("[ceiling]\ncpu = \"2%\"\n").unwrap();
+    let s = resolve(Some(layer), Layer::default()).unwrap();
+    assert_eq!(
+        s.ceiling,
+        Some(CeilingSettings {
+            cpu_ppm: 20_000,
+            window: Duration::from_secs(10)
+        })
+    );
+    let layer = parse_str("[ceiling]\ncpu = \"2%\"\nwindow = \"50ms\"\n").unwrap();
+    let e = resolve(Some(layer), Layer::default()).unwrap_err();
+    assert!(e.contains("at least 100ms"), "{e}");
 }

@@ -277,7 +277,7 @@ fn renders_every_value_and_parses_back() {
     let text = render_prometheus(&stats);
     let p = parse(&text);
     check_all(&p, &stats);
-    assert_eq!(p.order.len(), 28, "{:?}", p.order);
+    assert_eq!(p.order.len(), 33, "{:?}", p.order);
     assert!(
         text.contains("dt_recorder_records{recorder=\"checkout-debug\"} 12\n"),
         "{text}"
@@ -338,9 +338,9 @@ fn empty_stats_still_list_every_family() {
     let stats = Stats::default();
     let text = render_prometheus(&stats);
     let p = parse(&text);
-    // Every family is listed, with or without samples (10 of them: triggers, groups,
-    // recorders, states).
-    assert_eq!(p.order.len(), 28);
+    // Every family is listed, with or without samples (15 of them: triggers, groups,
+    // recorders, states, why disabled, the cost ceiling's).
+    assert_eq!(p.order.len(), 33);
     check_all(&p, &stats);
     assert!(text.contains("dt_enabled 0\n"));
     let families: BTreeSet<_> = p.order.iter().cloned().collect();

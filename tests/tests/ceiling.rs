@@ -1,0 +1,147 @@
+//! The cost ceiling: a real `dt-agent run` with `[ceiling] cpu` set far below what a steady
+//! export load costs its kernel programs. Under that load dt pulls its own rip cord within two
+//! windows, the application sees no error (every export succeeds, every record arrives), and
+//! `stats` (JSON and table) and the log say why with the measured and allowed figures;
+//! `dt-agent enable` re-arms it, and without load it stays armed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use dt_tests::agent_process::{AgentProcess, output_text};
+use dt_tests::{
+    ExportPlan, Receiver, RuleSpec, TempRules, export_with_real_exporter, kernel_or_skip,
+};
+
+const WINDOW: Duration = Duration::from_secs(1);
+
+#[test]
+fn over_the_ceiling_dt_disables_itself_and_enable_rearms_it() {
+    if !kernel_or_skip("over_the_ceiling_dt_disables_itself_and_enable_rearms_it") {
+        return;
+    }
+    let rules = TempRules::from_rules(&[
+        RuleSpec::count("count-all"),
+        RuleSpec::drop("drop-debug").severity("<=DEBUG", 1..=8),
+    ]);
+    let receiver = Receiver::start_v4();
+    let mut agent = AgentProcess::new("ceiling", rules.path(), &[receiver.port()], false);
+    agent.write_config("[ceiling]\ncpu = \"0.0001%\"\nwindow = \"1s\"\n");
+    agent.start();
+
+    // Idle: measured, under the ceiling.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let cost = loop {
+        if let Some(c) = agent.stats().cost {
+            break c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no measurement:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(cost.cpu_ceiling_ppm, 1);
+    assert!(cost.cpus >= 1 && cost.map_bytes > 0, "{cost:?}");
+    assert!(agent.stats().enabled);
+
+    // A steady load from the real exporter, until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let load = {
+        let (stop, sent, port) = (stop.clone(), sent.clone(), receiver.port());
+        std::thread::spawn(move || {
+            let mut reports = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let plan = ExportPlan::mixed(200, &["checkout", "cart"], 50);
+                let report = export_with_real_exporter(port, &plan);
+                sent.fetch_add(report.sent.len(), Ordering::Relaxed);
+                reports.push(report);
+            }
+            reports
+        })
+    };
+    let started = Instant::now();
+    let tripped = loop {
+        let s = agent.stats();
+        if !s.enabled {
+            break s;
+        }
+        assert!(
+            started.elapsed() < 4 * WINDOW,
+            "still enabled after {:?} of load: {:?}\n{}",
+            started.elapsed(),
+            s.cost,
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = started.elapsed();
+    // Within two windows of the load (and the poll's 50 ms).
+    assert!(took <= 2 * WINDOW + Duration::from_millis(300), "{took:?}");
+    let why = tripped.disabled_reason.clone().expect("disabled_reason");
+    assert!(
+        why.starts_with("ceiling: dt's kernel programs took "),
+        "{why}"
+    );
+    assert!(why.contains("over the ceiling of 0.0001%"), "{why}");
+    let cost = tripped.cost.clone().unwrap();
+    assert!(
+        cost.cpu_ppm > cost.cpu_ceiling_ppm && cost.exceeded >= 1,
+        "{cost:?}"
+    );
+    agent.wait_log(
+        "ceiling: dt's kernel programs took",
+        1,
+        Duration::from_secs(5),
+    );
+    let table = agent.verb("stats", &[]);
+    let text = output_text(&table);
+    assert!(
+        text.contains("DISABLED") && text.contains("why: ceiling:"),
+        "{text}"
+    );
+    assert!(text.contains("cost: kernel programs"), "{text}");
+
+    // The load goes on, untouched now.
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let reports = load.join().unwrap();
+    for r in &reports {
+        r.assert_all_ok(r.sent.len());
+    }
+    let after = agent.stats();
+    assert!(
+        after.totals.passthrough["disabled"] > 0,
+        "{:?}",
+        after.totals
+    );
+    // Every record arrived but those dropped while enabled.
+    let total = sent.load(Ordering::Relaxed) as u64;
+    receiver.wait_for(reports.iter().map(|r| r.batches_ok).sum(), dt_tests::WAIT);
+    assert_eq!(
+        receiver.records().len() as u64,
+        total - after.totals.records_dropped
+    );
+
+    // `enable` re-arms; idle, it stays enabled.
+    let o = agent.verb("enable", &[]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    let s = agent.stats();
+    assert!(s.enabled && s.disabled_reason.is_none(), "{s:?}");
+    std::thread::sleep(3 * WINDOW);
+    let s = agent.stats();
+    assert!(s.enabled, "{:?}", s.disabled_reason);
+
+    // The rip cord by hand says so.
+    let o = agent.verb("disable", &[]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    let s = agent.stats();
+    assert!(
+        s.disabled_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("dt-agent disable")),
+        "{s:?}"
+    );
+}
