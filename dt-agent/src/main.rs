@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Verb {
     /// Load and attach the kernel programs, compile the rules, and serve until SIGINT/SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Validate rule files (no kernel, no root): exit 0 when valid, else 1 with
     /// `file:line:column: message` for each problem.
     Check {
@@ -94,7 +94,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.verb {
-        Verb::Run(args) => cli::run::run(args),
+        Verb::Run(args) => cli::run::run(*args),
         Verb::Check { paths } => return cli::check::check(&paths),
         Verb::Push { paths, at } => cli::push::push(&paths, &at),
         Verb::Stats { json, at } => cli::stats::stats(json, &at),
