@@ -90,6 +90,8 @@ pub struct AgentProcess {
     child: Option<Child>,
     /// Log file of each start, in order.
     logs: Vec<PathBuf>,
+    /// Environment variables of the next starts.
+    env: Vec<(String, String)>,
 }
 
 impl AgentProcess {
@@ -117,6 +119,15 @@ impl AgentProcess {
             pin,
             child: None,
             logs: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Sets (or, with `None`, removes) an environment variable of the agent's next starts.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.env.push((key.to_string(), v.to_string()));
         }
     }
 
@@ -185,6 +196,7 @@ impl AgentProcess {
         let child = Command::new(bin())
             .args(self.run_args())
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)

@@ -1134,7 +1134,10 @@ fn operator_non_root_peer_is_refused() {
         ("stats", vec!["--json"]),
         ("rules", vec!["--json"]),
         ("disable", vec![]),
+        ("enable", vec![]),
         ("push", vec![file_s]),
+        ("flush", vec!["some-recorder"]),
+        ("state", vec!["some-state", "on"]),
         ("uninstall", vec![]),
     ] {
         let o = as_nobody(verb, &args);

@@ -5,8 +5,11 @@
 //! The pieces: `stop` (uninstall and the wait before an exit), [`run`] (sockets, tasks,
 //! signals).
 
+mod journal;
 mod run;
 mod stop;
+
+pub use journal::recover as recover_push;
 
 use std::{
     collections::hash_map::DefaultHasher,
@@ -199,15 +202,15 @@ impl Service {
         let defs = rules::load_sources(&sources).map_err(RuleErrors)?;
         // Kernel checks included, and every probe the rules use attaches (then detaches again).
         agent.check_defs(&defs)?;
-        // Valid: write every file (each atomically, by rename), then install the set as the
-        // directory now holds it (so `rules` names the installed files).
-        for (f, name) in files.iter().zip(&names) {
-            let target = self.rules_dir.join(name);
-            let tmp = self.rules_dir.join(format!(".{name}.dt-push"));
-            std::fs::write(&tmp, &f.text).with_context(|| format!("writing {}", tmp.display()))?;
-            std::fs::rename(&tmp, &target)
-                .with_context(|| format!("renaming {} to {}", tmp.display(), target.display()))?;
-        }
+        // Valid: write the files as one change (the directory holds the old set or the new,
+        // whatever happens: see `journal`), then install the set as the directory now holds it
+        // (so `rules` names the installed files).
+        let writes: Vec<(String, String)> = names
+            .iter()
+            .zip(files)
+            .map(|(name, f)| (name.clone(), f.text.clone()))
+            .collect();
+        journal::commit(&self.rules_dir, &writes)?;
         let mut installed = read_sources(&self.rules_dir)?;
         installed.extend(remote);
         let defs = rules::load_sources(&installed).map_err(RuleErrors)?;

@@ -15,6 +15,12 @@ use crate::{Agent, AgentConfig, control, export, opamp, settings::Settings};
 /// Runs the agent with `settings` until it is told to stop.
 pub fn run(settings: Settings) -> anyhow::Result<()> {
     let mut cfg = agent_config(&settings);
+    // A push an earlier agent left midway is finished (or undone) before the rules are read.
+    if cfg.rules_dir.is_dir() {
+        for what in super::recover_push(&cfg.rules_dir)? {
+            log::warn!("rules directory {}: {what}", cfg.rules_dir.display());
+        }
+    }
     // With `[opamp]`: the kept remote config is the remote part of the rule set to start with.
     let opamp = match &settings.opamp {
         Some(o) => {
