@@ -23,24 +23,32 @@ use crate::settings::{CeilingSettings, format_ppm};
 use crate::stats::CostStats;
 use crate::sys;
 
-/// Measures every window and trips the rip cord over the ceiling, until the task is dropped.
+/// Measures every window and trips the rip cord over the CPU ceiling, until the task is dropped.
 pub async fn watch(service: Arc<Service>, ceiling: CeilingSettings) {
-    let _stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
-        Ok(fd) => fd,
-        Err(e) => {
-            log::error!(
-                "ceiling: cannot turn on BPF run-time statistics ({e}); the CPU ceiling of {} is \
-                 not enforced",
-                format_ppm(ceiling.cpu_ppm)
-            );
-            return;
-        }
+    // Without a CPU ceiling the statistics stay off (they cost a little per run): the
+    // measurement then reports the other costs only.
+    let cpu_ceiling = ceiling.cpu_ppm.unwrap_or(0);
+    let stats_fd = match ceiling.cpu_ppm {
+        None => None,
+        Some(cpu) => match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                log::error!(
+                    "ceiling: cannot turn on BPF run-time statistics ({e}); the CPU ceiling of \
+                     {} is not enforced",
+                    format_ppm(cpu)
+                );
+                None
+            }
+        },
     };
-    log::info!(
-        "ceiling: dt's kernel programs may take {} of all CPUs, measured every {:?}",
-        format_ppm(ceiling.cpu_ppm),
-        ceiling.window
-    );
+    if ceiling.cpu_ppm.is_some() {
+        log::info!(
+            "ceiling: dt's kernel programs may take {} of all CPUs, measured every {:?}",
+            format_ppm(cpu_ceiling),
+            ceiling.window
+        );
+    }
     let cpus = sys::online_cpus();
     let mut exceeded = 0u64;
     let mut last = (Instant::now(), sample(&service).await);
@@ -62,7 +70,7 @@ pub async fn watch(service: Arc<Service>, ceiling: CeilingSettings) {
         let wall = now.duration_since(then).as_nanos().max(1) as u64;
         let kernel_ns = ns.saturating_sub(ns0);
         let cpu_ppm = (kernel_ns as u128 * 1_000_000 / (wall as u128 * cpus as u128)) as u64;
-        let over = cpu_ppm > ceiling.cpu_ppm;
+        let over = stats_fd.is_some() && cpu_ppm > cpu_ceiling;
         if over {
             exceeded += 1;
         }
@@ -72,9 +80,9 @@ pub async fn watch(service: Arc<Service>, ceiling: CeilingSettings) {
             kernel_ns,
             runs: runs.saturating_sub(runs0),
             cpu_ppm,
-            cpu_ceiling_ppm: ceiling.cpu_ppm,
+            cpu_ceiling_ppm: cpu_ceiling,
             exceeded,
-            map_bytes: sys::bpf_map_memory(),
+            map_bytes: 0,
         };
         let reason = over.then(|| {
             format!(
@@ -85,7 +93,7 @@ pub async fn watch(service: Arc<Service>, ceiling: CeilingSettings) {
                 cost.window_ms,
                 kernel_ns / 1000,
                 cost.runs,
-                format_ppm(ceiling.cpu_ppm)
+                format_ppm(cpu_ceiling)
             )
         });
         let s = service.clone();

@@ -153,6 +153,10 @@ pub struct UprobeStats {
     pub captured: u64,
     /// Calls that capture rules matched but the full ring buffer refused.
     pub capture_lost: u64,
+    /// Captured calls not exported because `[ceiling] captures_per_second` was reached in
+    /// their second.
+    #[serde(default)]
+    pub capture_throttled: u64,
     /// Captured calls exported as OTLP log records.
     pub exported: u64,
     /// Captured calls in exports that failed (collector unreachable, error answer).

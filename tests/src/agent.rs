@@ -21,6 +21,8 @@ pub fn agent_config(rules: &TempRules, ports: &[u16]) -> AgentConfig {
         pin_root: None,
         capture_endpoint: None,
         remote_rules: Vec::new(),
+        memory_ceiling: None,
+        captures_per_second: None,
     }
 }
 

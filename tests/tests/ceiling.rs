@@ -15,6 +15,34 @@ use dt_tests::{
 
 const WINDOW: Duration = Duration::from_secs(1);
 
+/// This test process in a cgroup of its own for as long as the guard lives: the agent hooks only
+/// that cgroup, so what its programs cost is this test's traffic alone, whatever else the
+/// machine runs (its sock_ops program would otherwise run for every connection on the host).
+struct OwnCgroup {
+    dir: std::path::PathBuf,
+    root: std::path::PathBuf,
+}
+
+impl OwnCgroup {
+    fn enter(name: &str) -> OwnCgroup {
+        let root = dt_tests::cgroup2_mount().expect("a cgroup v2 hierarchy");
+        let dir = root.join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string()).unwrap();
+        OwnCgroup { dir, root }
+    }
+}
+
+impl Drop for OwnCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(
+            self.root.join("cgroup.procs"),
+            std::process::id().to_string(),
+        );
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
 #[test]
 fn over_the_ceiling_dt_disables_itself_and_enable_rearms_it() {
     if !kernel_or_skip("over_the_ceiling_dt_disables_itself_and_enable_rearms_it") {
@@ -24,9 +52,14 @@ fn over_the_ceiling_dt_disables_itself_and_enable_rearms_it() {
         RuleSpec::count("count-all"),
         RuleSpec::drop("drop-debug").severity("<=DEBUG", 1..=8),
     ]);
+    // First, so that it is dropped last: the agent (started inside it) has exited by then.
+    let cgroup = OwnCgroup::enter("dt-test-ceiling");
     let receiver = Receiver::start_v4();
     let mut agent = AgentProcess::new("ceiling", rules.path(), &[receiver.port()], false);
-    agent.write_config("[ceiling]\ncpu = \"0.0001%\"\nwindow = \"1s\"\n");
+    agent.write_config(&format!(
+        "cgroup = \"{}\"\n\n[ceiling]\ncpu = \"0.0001%\"\nwindow = \"1s\"\n",
+        cgroup.dir.display()
+    ));
     agent.start();
 
     // Idle: measured, under the ceiling.
@@ -144,4 +177,63 @@ fn over_the_ceiling_dt_disables_itself_and_enable_rearms_it() {
             .is_some_and(|r| r.contains("dt-agent disable")),
         "{s:?}"
     );
+}
+
+/// `[ceiling] memory`: a rule set whose recorders would take dt's maps over it is refused at
+/// `push` with the recorder's position and the figures; one that fits goes in; `stats` reports
+/// the maps' kernel memory.
+#[test]
+fn a_rule_set_over_the_memory_ceiling_is_refused() {
+    if !kernel_or_skip("a_rule_set_over_the_memory_ceiling_is_refused") {
+        return;
+    }
+    let rules = TempRules::from_rules(&[RuleSpec::count("count-all")]);
+    let receiver = Receiver::start_v4();
+    let mut agent = AgentProcess::new("ceiling-memory", rules.path(), &[receiver.port()], false);
+    agent.write_config(&format!(
+        "capture_endpoint = \"{}\"\n\n[ceiling]\nmemory = \"48MiB\"\ncpu = \"100%\"\nwindow = \"1s\"\n",
+        receiver.logs_url()
+    ));
+    agent.start();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let base = loop {
+        if let Some(c) = agent.stats().cost {
+            break c.map_bytes;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no measurement:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(base > 0 && base < 40 << 20, "dt's maps take {base} bytes");
+    let generation = agent.rules().generation;
+
+    let src = tempfile::tempdir().unwrap();
+    let recorder = |size: &str| {
+        format!(
+            "[[recorder]]\nname = \"big\"\nsize = \"{size}\"\n\n[[rule]]\nname = \"keep-debug\"\n\
+             action = \"drop\"\nrecorder = \"big\"\n[rule.match]\nseverity = \"DEBUG\"\n"
+        )
+    };
+    let file = src.path().join("20-recorder.toml");
+    std::fs::write(&file, recorder("64MiB")).unwrap();
+    let out = agent.push(&[&file]);
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("20-recorder.toml:2:8: recorder \"big\"")
+            && text.contains("over the memory ceiling of 49152 KiB"),
+        "{text}"
+    );
+    assert_eq!(agent.rules().generation, generation, "nothing changed");
+
+    std::fs::write(&file, recorder("1MiB")).unwrap();
+    let out = agent.push(&[&file]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    // The ring counts in the maps' memory.
+    std::thread::sleep(Duration::from_millis(2500));
+    let after = agent.stats().cost.unwrap().map_bytes;
+    assert!(after >= base + (1 << 20), "{base} then {after}");
 }

@@ -167,6 +167,8 @@ fn agent(rules: &TempRules, capture: Option<String>) -> (Agent, TcpListener) {
     let cfg = AgentConfig {
         capture_endpoint: capture,
         remote_rules: Vec::new(),
+        memory_ceiling: None,
+        captures_per_second: None,
         ..agent_config(rules, &[port])
     };
     (start_agent_with(cfg), hold)
@@ -1019,6 +1021,8 @@ fn a_syslog_error_fires_a_trigger_that_raises_otlp_verbosity_and_flushes() {
     let cfg = AgentConfig {
         capture_endpoint: Some(receiver.logs_url()),
         remote_rules: Vec::new(),
+        memory_ceiling: None,
+        captures_per_second: None,
         ..agent_config(&rules, &[receiver.port()])
     };
     let agent = start_agent_with(cfg);
@@ -1051,4 +1055,64 @@ fn a_syslog_error_fires_a_trigger_that_raises_otlp_verbosity_and_flushes() {
     let got = receiver.wait_for(3, WAIT);
     assert_eq!(got[2].records()[0].body.as_deref(), Some("verbose debug"));
     assert_eq!(stats_of(&agent).rule("drop-debug").unwrap().dropped, 1);
+}
+
+/// `[ceiling] captures_per_second`: a burst of captured calls is exported up to the ceiling
+/// each second; the rest are counted `capture_throttled`, never queued (the exporter's memory
+/// stays bounded), and everything adds up.
+#[test]
+fn captures_over_the_egress_ceiling_are_counted_not_exported() {
+    if !kernel_or_skip("captures_over_the_egress_ceiling_are_counted_not_exported") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let burst = build_logcalls(dir.path(), "u9burst", false, None);
+    let receiver = Receiver::start_v4();
+    let rules = TempRules::new();
+    rules.write(
+        "50-burst.toml",
+        &format!(
+            "{SYSLOG_PROBE}{}",
+            rule(
+                "u9-capture",
+                "capture",
+                "uprobe:syslog",
+                "service = \"u9burst\""
+            )
+        ),
+    );
+    let (hold, port) = reserve_port();
+    let cfg = AgentConfig {
+        capture_endpoint: Some(receiver.logs_url()),
+        captures_per_second: Some(100),
+        ..agent_config(&rules, &[port])
+    };
+    let agent = start_agent_with(cfg);
+    drop(hold);
+    let n = 2000;
+    let t0 = Instant::now();
+    run(&burst, &["burst", &n.to_string()]);
+    // Everything read from the ring buffer is either exported or throttled.
+    let deadline = Instant::now() + WAIT;
+    let u = loop {
+        let u = stats_of(&agent).uprobes;
+        if u.exported + u.export_failed + u.capture_throttled >= u.captured {
+            break u;
+        }
+        assert!(Instant::now() < deadline, "{u:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let seconds = t0.elapsed().as_secs() + 1;
+    assert_eq!(u.captured + u.capture_lost, n, "{u:?}");
+    assert_eq!(u.export_failed, 0, "{u:?}");
+    assert!(u.capture_throttled > 0, "{u:?}");
+    assert!(
+        u.exported <= 100 * seconds,
+        "at most the ceiling a second: {u:?} over {seconds} s"
+    );
+    assert_eq!(u.exported + u.capture_throttled, u.captured, "{u:?}");
+    assert_eq!(
+        wait_records(&receiver, u.exported as usize).len() as u64,
+        u.exported
+    );
 }

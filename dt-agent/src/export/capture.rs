@@ -1,7 +1,9 @@
 //! Capture: the uprobe hook's `PROBE_EVENTS` ring buffer drained by a thread of its own and
 //! posted as batches of OTLP log records (ExportLogsServiceRequest, HTTP/protobuf) to the
 //! configured `capture_endpoint`. While a post is in flight the ring buffer is not read; when it
-//! fills, the kernel counts each refused call (`capture_lost`).
+//! fills, the kernel counts each refused call (`capture_lost`). With `[ceiling]
+//! captures_per_second`, calls over that many in a second are read and counted
+//! (`capture_throttled`), not exported.
 
 use std::{
     collections::HashMap,
@@ -39,6 +41,8 @@ const FINAL_POST_TIMEOUT: Duration = Duration::from_secs(2);
 struct ExportCounters {
     exported: AtomicU64,
     failed: AtomicU64,
+    /// Over `[ceiling] captures_per_second`: read from the ring buffer, not exported.
+    throttled: AtomicU64,
 }
 
 /// The capture exporter: a thread draining `PROBE_EVENTS` and posting OTLP log records.
@@ -55,13 +59,14 @@ impl Exporter {
         ring: RingBuf<MapData>,
         endpoint: hyper::Uri,
         meta: Arc<Mutex<HashMap<u32, EntryMeta>>>,
+        per_second: Option<u64>,
     ) -> anyhow::Result<Exporter> {
         let counters = Arc::new(ExportCounters::default());
         let (tx, rx) = tokio::sync::watch::channel(false);
         let c = counters.clone();
         let thread =
             super::spawn_on_own_runtime("dt-capture", "capture exporter", move || async move {
-                if let Err(e) = export_loop(ring, endpoint, meta, c, rx).await {
+                if let Err(e) = export_loop(ring, endpoint, meta, c, rx, per_second).await {
                     log::error!("capture exporter stopped: {e:#}");
                 }
             })?;
@@ -74,11 +79,12 @@ impl Exporter {
 }
 
 impl Exporter {
-    /// (records exported, records whose post failed).
-    pub fn counts(&self) -> (u64, u64) {
+    /// (records exported, records whose post failed, records over the captures ceiling).
+    pub fn counts(&self) -> (u64, u64, u64) {
         (
             self.counters.exported.load(Ordering::Relaxed),
             self.counters.failed.load(Ordering::Relaxed),
+            self.counters.throttled.load(Ordering::Relaxed),
         )
     }
 }
@@ -100,6 +106,7 @@ async fn export_loop(
     meta: Arc<Mutex<HashMap<u32, EntryMeta>>>,
     counters: Arc<ExportCounters>,
     stop: tokio::sync::watch::Receiver<bool>,
+    per_second: Option<u64>,
 ) -> anyhow::Result<()> {
     use tokio::io::{Interest, unix::AsyncFd};
     // SAFETY: the ring buffer owns its map's file descriptor, which stays open and the same
@@ -114,6 +121,8 @@ async fn export_loop(
         stop: stop.clone(),
     };
     let mut stopped = stop;
+    // `[ceiling] captures_per_second`: the second being counted, and its captures so far.
+    let mut second = (std::time::Instant::now(), 0u64);
     loop {
         let stopping = tokio::select! {
             _ = stopped.wait_for(|s| *s) => true,
@@ -130,6 +139,22 @@ async fn export_loop(
             let Some(ev) = ev else {
                 break;
             };
+            if let Some(limit) = per_second {
+                if second.0.elapsed() >= Duration::from_secs(1) {
+                    second = (std::time::Instant::now(), 0);
+                }
+                if second.1 >= limit {
+                    let before = counters.throttled.fetch_add(1, Ordering::Relaxed);
+                    if before == 0 {
+                        log::warn!(
+                            "captured calls over the ceiling of {limit} a second are counted \
+                             (capture_throttled) and not exported"
+                        );
+                    }
+                    continue;
+                }
+                second.1 += 1;
+            }
             batch.push(ev);
             if batch.len() >= BATCH {
                 exp.post_batch(&mut batch, stopping).await;

@@ -86,7 +86,8 @@ impl Agent {
     }
 
     /// What the cost ceiling measured last (shown by `stats`).
-    pub fn set_cost(&mut self, cost: crate::stats::CostStats) {
+    pub fn set_cost(&mut self, mut cost: crate::stats::CostStats) {
+        cost.map_bytes = self.map_bytes();
         self.cost = Some(cost);
     }
 

@@ -21,6 +21,11 @@ impl Agent {
     /// Makes `compiled` the active rule set, as a new generation: it is written into the
     /// inactive slot, then one write to `CONTROL.active` flips to it.
     pub(super) fn install(&mut self, compiled: &Compiled) -> anyhow::Result<()> {
+        self.ring_bytes = compiled
+            .recorders
+            .iter()
+            .map(|r| super::objects::ring_memory(r.size))
+            .sum();
         // uprobe hook: attach the probes the new set uses first; on failure nothing changed.
         let probes_ready = self
             .probes

@@ -78,6 +78,11 @@ pub struct AgentConfig {
     /// Rule files held in memory, `(label, text)`, that follow the directory's in the rule set:
     /// the remote part an OpAMP server gave (labelled `opamp/NAME.toml`).
     pub remote_rules: Vec<(PathBuf, String)>,
+    /// `[ceiling] memory`: bytes of kernel memory dt's maps may take, recorders included; a
+    /// rule set whose recorders would go over it is refused.
+    pub memory_ceiling: Option<u64>,
+    /// `[ceiling] captures_per_second`: captured calls exported per second, at most.
+    pub captures_per_second: Option<u64>,
 }
 
 impl AgentConfig {
@@ -92,6 +97,8 @@ impl AgentConfig {
             pin_root: None,
             capture_endpoint: None,
             remote_rules: Vec::new(),
+            memory_ceiling: None,
+            captures_per_second: None,
         }
     }
 }
@@ -148,6 +155,12 @@ pub struct Agent {
     cost: Option<crate::stats::CostStats>,
     /// Bumped by every `enable`.
     enabled_epoch: u64,
+    /// `[ceiling] memory`, and what dt's maps take without recorder rings (measured when
+    /// loaded).
+    memory_ceiling: Option<u64>,
+    base_map_bytes: u64,
+    /// Kernel memory of the active set's recorder rings.
+    ring_bytes: u64,
 }
 
 /// `[enrich]`'s `host.name`: this host's name (its UTS namespace's, as `hostname` prints it;
@@ -214,7 +227,11 @@ impl Agent {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(EBPF_OBJ).context("loading dt's eBPF object")?;
-        let probes = Probes::start(&mut ebpf, cfg.capture_endpoint.clone())?;
+        let probes = Probes::start(
+            &mut ebpf,
+            cfg.capture_endpoint.clone(),
+            cfg.captures_per_second,
+        )?;
 
         let (generation, active_slot) = {
             let mut control: Array<_, Control> = Array::try_from(map(&mut ebpf, "CONTROL")?)?;
@@ -286,7 +303,21 @@ impl Agent {
             disabled_reason: None,
             cost: None,
             enabled_epoch: 0,
+            memory_ceiling: cfg.memory_ceiling,
+            base_map_bytes: sys::bpf_map_memory(),
+            ring_bytes: 0,
         };
+        if let Some(ceiling) = cfg.memory_ceiling
+            && agent.base_map_bytes > ceiling
+        {
+            bail!(
+                "[ceiling] memory = {} KiB is below what dt's maps take without any recorder \
+                 ({} KiB)",
+                ceiling / 1024,
+                agent.base_map_bytes / 1024
+            );
+        }
+        agent.check_memory(&compiled).map_err(RuleErrors)?;
         // uprobe hook: what depends on this kernel (drop) and this agent (capture endpoint).
         agent.probes.check(&compiled.uprobe).map_err(RuleErrors)?;
         agent.install(&compiled)?;
@@ -339,7 +370,48 @@ impl Agent {
         let compiled = rules::compile(defs, &mut slots).map_err(RuleErrors)?;
         self.probes.check(&compiled.uprobe).map_err(RuleErrors)?;
         check_recorders(&compiled, self.capture_endpoint.as_deref()).map_err(RuleErrors)?;
+        self.check_memory(&compiled).map_err(RuleErrors)?;
         Ok((compiled, slots))
+    }
+
+    /// `[ceiling] memory`: the set's recorder rings and dt's other maps must fit under it.
+    fn check_memory(&self, compiled: &Compiled) -> Result<(), Vec<rules::Diagnostic>> {
+        let Some(ceiling) = self.memory_ceiling else {
+            return Ok(());
+        };
+        let rings: u64 = compiled
+            .recorders
+            .iter()
+            .map(|r| objects::ring_memory(r.size))
+            .sum();
+        if self.base_map_bytes + rings <= ceiling {
+            return Ok(());
+        }
+        Err(compiled
+            .recorders
+            .iter()
+            .map(|r| {
+                rules::Diagnostic::new(
+                    &r.file,
+                    r.pos,
+                    format!(
+                        "recorder \"{}\": the rule set's recorders take {} KiB of kernel memory, \
+                         which with dt's other maps ({} KiB) is over the memory ceiling of {} KiB \
+                         ([ceiling] memory)",
+                        r.name,
+                        rings / 1024,
+                        self.base_map_bytes / 1024,
+                        ceiling / 1024
+                    ),
+                )
+            })
+            .collect())
+    }
+
+    /// Kernel memory of dt's maps now: those this process holds and the active recorders'
+    /// rings.
+    pub fn map_bytes(&self) -> u64 {
+        sys::bpf_map_memory() + self.ring_bytes
     }
 
     /// Everything [`compile_defs`](Self::compile_defs) checks, plus that every probe the rules

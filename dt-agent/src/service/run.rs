@@ -142,6 +142,11 @@ fn agent_config(settings: &Settings) -> AgentConfig {
         pin_root: settings.pin.then(|| settings.pin_dir.clone()),
         capture_endpoint: settings.capture_endpoint.clone(),
         remote_rules: Vec::new(),
+        memory_ceiling: settings.ceiling.as_ref().and_then(|c| c.memory),
+        captures_per_second: settings
+            .ceiling
+            .as_ref()
+            .and_then(|c| c.captures_per_second),
     }
 }
 

@@ -196,3 +196,14 @@ pub fn format_ppm(ppm: u64) -> String {
         format!("{whole}.{}%", f.trim_end_matches('0'))
     }
 }
+
+/// Parses a memory size such as `"256MiB"` (the units of a recorder's `size`: `B`, `KiB`,
+/// `MiB`, `GiB`), at least 1 MiB.
+pub fn parse_memory(text: &str) -> Result<u64, String> {
+    let bytes = crate::rules::parse_size(text)
+        .map_err(|e| format!("`{text}`: {e}; write e.g. \"256MiB\""))?;
+    if bytes < 1 << 20 {
+        return Err(format!("`{text}`: the memory ceiling is at least 1MiB"));
+    }
+    Ok(bytes)
+}

@@ -15,7 +15,7 @@ use super::{
     DEFAULT_CONFIG, Layer,
     check::{
         check_capture_endpoint, check_loopback, check_max_request, check_opamp_endpoint,
-        check_otlp_endpoint, max_request_range, parse_cpu_share, parse_duration,
+        check_otlp_endpoint, max_request_range, parse_cpu_share, parse_duration, parse_memory,
         parse_metrics_addr,
     },
 };
@@ -46,8 +46,10 @@ struct RawFile {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCeiling {
-    cpu: Spanned<String>,
+    cpu: Option<Spanned<String>>,
     window: Option<Spanned<String>>,
+    memory: Option<Spanned<String>>,
+    captures_per_second: Option<Spanned<i64>>,
 }
 
 /// `[opamp]`.
@@ -186,19 +188,28 @@ pub fn parse(path: &Path, text: &str) -> Result<Layer, Vec<Diagnostic>> {
         None => (None, None),
     };
 
-    let (ceiling_cpu, ceiling_window) = match raw.ceiling {
-        Some(c) => (
-            checked(
-                &src,
-                &mut diags,
-                "ceiling.cpu",
-                Some(c.cpu),
-                parse_cpu_share,
-            ),
-            checked(&src, &mut diags, "ceiling.window", c.window, parse_duration),
-        ),
-        None => (None, None),
-    };
+    let (mut ceiling_cpu, mut ceiling_window, mut ceiling_memory, mut ceiling_captures) =
+        (None, None, None, None);
+    if let Some(c) = raw.ceiling {
+        ceiling_cpu = checked(&src, &mut diags, "ceiling.cpu", c.cpu, parse_cpu_share);
+        ceiling_window = checked(&src, &mut diags, "ceiling.window", c.window, parse_duration);
+        ceiling_memory = checked(&src, &mut diags, "ceiling.memory", c.memory, parse_memory);
+        ceiling_captures = c
+            .captures_per_second
+            .and_then(|n| match u64::try_from(*n.get_ref()) {
+                Ok(v) if v >= 1 => Some(v),
+                _ => {
+                    diags.push(src.diag(
+                        n.span(),
+                        format!(
+                            "`ceiling.captures_per_second`: {} is not a rate; at least 1",
+                            n.get_ref()
+                        ),
+                    ));
+                    None
+                }
+            });
+    }
 
     let max_request = raw
         .max_request
@@ -235,6 +246,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Layer, Vec<Diagnostic>> {
         opamp_poll_interval,
         ceiling_cpu,
         ceiling_window,
+        ceiling_memory,
+        ceiling_captures,
     })
 }
 

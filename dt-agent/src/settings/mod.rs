@@ -23,7 +23,7 @@ use dt_ebpf_common::DEFAULT_MAX_REQUEST;
 pub use check::{
     check_capture_endpoint, check_loopback, check_max_request, check_metrics_port,
     check_opamp_endpoint, check_otlp_endpoint, check_ports, format_ppm, parse_cpu_share,
-    parse_duration, parse_max_request, parse_metrics_addr,
+    parse_duration, parse_max_request, parse_memory, parse_metrics_addr,
 };
 pub use file::{load, load_optional, parse};
 
@@ -115,15 +115,30 @@ pub struct Layer {
     /// The window the CPU ceiling is measured over [default: 10s] (`[ceiling] window`).
     #[arg(long, value_name = "DURATION", display_order = 18, value_parser = parse_duration)]
     pub ceiling_window: Option<Duration>,
+    /// Kernel memory dt's maps may take, recorders included (e.g. 256MiB): a rule set whose
+    /// recorders would go over it is refused (`[ceiling] memory`).
+    #[arg(long, value_name = "SIZE", display_order = 19, value_parser = parse_memory)]
+    pub ceiling_memory: Option<u64>,
+    /// Captured uprobe calls exported per second, at most; the rest are counted
+    /// `capture_throttled` (`[ceiling] captures_per_second`).
+    #[arg(long, value_name = "N", display_order = 20,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub ceiling_captures: Option<u64>,
 }
 
-/// `[ceiling]`: the cost ceiling; over it, dt pulls its own rip cord.
+/// `[ceiling]`: the cost ceilings. Over the CPU one, dt pulls its own rip cord; the memory one
+/// refuses rule sets whose recorders would not fit; over the captures one, captured calls are
+/// counted and not exported.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CeilingSettings {
     /// The CPU time of dt's kernel programs allowed, in millionths of all CPUs' time.
-    pub cpu_ppm: u64,
-    /// How long each measurement is.
+    pub cpu_ppm: Option<u64>,
+    /// How long each CPU measurement is.
     pub window: Duration,
+    /// Bytes of kernel memory of dt's maps, recorders included.
+    pub memory: Option<u64>,
+    /// Captured calls exported per second.
+    pub captures_per_second: Option<u64>,
 }
 
 /// `[opamp]`: the OpAMP server the agent takes remote rule files from.
@@ -234,24 +249,28 @@ pub fn resolve(file: Option<Layer>, flags: Layer) -> Result<Settings, String> {
         None => None,
     };
     let window = flags.ceiling_window.or(file.ceiling_window);
-    let ceiling = match flags.ceiling_cpu.or(file.ceiling_cpu) {
-        Some(cpu_ppm) => {
-            let window = window.unwrap_or(DEFAULT_CEILING_WINDOW);
-            if window < Duration::from_millis(100) {
-                return Err(format!(
-                    "ceiling window {window:?}: at least 100ms (the CPU time is read once a window)"
-                ));
-            }
-            Some(CeilingSettings { cpu_ppm, window })
-        }
-        None if window.is_some() => {
-            return Err(
-                "a ceiling window is given without a CPU ceiling (`[ceiling] cpu` or --ceiling-cpu)"
-                    .to_string(),
-            );
-        }
-        None => None,
-    };
+    let cpu_ppm = flags.ceiling_cpu.or(file.ceiling_cpu);
+    let memory = flags.ceiling_memory.or(file.ceiling_memory);
+    let captures_per_second = flags.ceiling_captures.or(file.ceiling_captures);
+    if window.is_some() && cpu_ppm.is_none() {
+        return Err(
+            "a ceiling window is given without a CPU ceiling (`[ceiling] cpu` or --ceiling-cpu)"
+                .to_string(),
+        );
+    }
+    let window = window.unwrap_or(DEFAULT_CEILING_WINDOW);
+    if window < Duration::from_millis(100) {
+        return Err(format!(
+            "ceiling window {window:?}: at least 100ms (the CPU time is read once a window)"
+        ));
+    }
+    let any = cpu_ppm.is_some() || memory.is_some() || captures_per_second.is_some();
+    let ceiling = any.then_some(CeilingSettings {
+        cpu_ppm,
+        window,
+        memory,
+        captures_per_second,
+    });
     Ok(Settings {
         rules_dir: flags
             .rules_dir

@@ -59,6 +59,8 @@ poll_interval = "5s"
 [ceiling]
 cpu = "0.5%"
 window = "2s"
+memory = "64MiB"
+captures_per_second = 500
 "#;
 
 #[test]
@@ -102,6 +104,8 @@ fn every_key() {
             opamp_poll_interval: Some(Duration::from_secs(5)),
             ceiling_cpu: Some(5000),
             ceiling_window: Some(Duration::from_secs(2)),
+            ceiling_memory: Some(64 << 20),
+            ceiling_captures: Some(500),
         }
     );
     let settings = resolve(Some(file), Layer::default()).unwrap();
@@ -126,8 +130,10 @@ fn every_key() {
                 poll_interval: Duration::from_secs(5),
             }),
             ceiling: Some(CeilingSettings {
-                cpu_ppm: 5000,
+                cpu_ppm: Some(5000),
                 window: Duration::from_secs(2),
+                memory: Some(64 << 20),
+                captures_per_second: Some(500),
             }),
         }
     );
@@ -188,6 +194,8 @@ fn flags_override_the_file() {
         opamp_poll_interval: None,
         ceiling_cpu: Some(20000),
         ceiling_window: None,
+        ceiling_memory: None,
+        ceiling_captures: Some(10),
     };
     let s = resolve(Some(file.clone()), flags).unwrap();
     assert_eq!(
@@ -215,8 +223,10 @@ fn flags_override_the_file() {
             }),
             // The flag's share, the file's window.
             ceiling: Some(CeilingSettings {
-                cpu_ppm: 20000,
+                cpu_ppm: Some(20000),
                 window: Duration::from_secs(2),
+                memory: Some(64 << 20),
+                captures_per_second: Some(10),
             }),
         }
     );
@@ -596,16 +606,29 @@ fn ceiling_table() {
         e.starts_with("2:7: `ceiling.cpu`: `two` is not a share"),
         "{e}"
     );
-    let e = error("[ceiling]\nwindow = \"1s\"\n");
-    assert!(e.contains("missing field `cpu`"), "{e}");
+    let layer = parse_str("[ceiling]\nwindow = \"1s\"\n").unwrap();
+    let e = resolve(Some(layer), Layer::default()).unwrap_err();
+    assert!(e.contains("without a CPU ceiling"), "{e}");
     let layer = parse_str("[ceiling]\ncpu = \"2%\"\n").unwrap();
     let s = resolve(Some(layer), Layer::default()).unwrap();
     assert_eq!(
         s.ceiling,
         Some(CeilingSettings {
-            cpu_ppm: 20_000,
-            window: Duration::from_secs(10)
+            cpu_ppm: Some(20_000),
+            window: Duration::from_secs(10),
+            memory: None,
+            captures_per_second: None,
         })
+    );
+    let e = error("[ceiling]\nmemory = \"12KiB\"\n");
+    assert!(
+        e.starts_with("2:10: `ceiling.memory`:") && e.contains("at least 1MiB"),
+        "{e}"
+    );
+    let e = error("[ceiling]\ncaptures_per_second = 0\n");
+    assert!(
+        e.starts_with("2:23: `ceiling.captures_per_second`: 0"),
+        "{e}"
     );
     let layer = parse_str("[ceiling]\ncpu = \"2%\"\nwindow = \"50ms\"\n").unwrap();
     let e = resolve(Some(layer), Layer::default()).unwrap_err();

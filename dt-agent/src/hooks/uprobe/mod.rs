@@ -109,7 +109,11 @@ pub struct Probes {
 impl Probes {
     /// Loads the uprobe program, finds out whether a uprobe may skip a call, and starts the
     /// capture exporter when there is an endpoint.
-    pub fn start(ebpf: &mut Ebpf, capture_endpoint: Option<String>) -> anyhow::Result<Probes> {
+    pub fn start(
+        ebpf: &mut Ebpf,
+        capture_endpoint: Option<String>,
+        captures_per_second: Option<u64>,
+    ) -> anyhow::Result<Probes> {
         let support = drop_support::detect(ebpf);
         log::info!(
             "uprobe drop: {} ({})",
@@ -137,7 +141,12 @@ impl Probes {
                         .ok_or_else(|| anyhow!("map PROBE_EVENTS missing"))?,
                 )?;
                 log::info!("captured uprobe calls are exported to {url}");
-                Some(Exporter::start(ring, uri, meta.clone())?)
+                Some(Exporter::start(
+                    ring,
+                    uri,
+                    meta.clone(),
+                    captures_per_second,
+                )?)
             }
             None => None,
         };
@@ -363,7 +372,7 @@ impl Probes {
         s.attached = self.attached.len() as u64;
         s.drop_supported = self.support.supported;
         if let Some(x) = &self.exporter {
-            (s.exported, s.export_failed) = x.counts();
+            (s.exported, s.export_failed, s.capture_throttled) = x.counts();
         }
         s
     }
