@@ -85,7 +85,9 @@ fn the_kernel_does_what_the_host_walker_does() {
             .as_nanos() as u64
     });
     let cases = env_u64("DT_KDIFF_CASES").unwrap_or(DEFAULT_CASES) as usize;
-    eprintln!("kernel differential: seed {seed}, {cases} requests (replay with DT_KDIFF_SEED={seed})");
+    eprintln!(
+        "kernel differential: seed {seed}, {cases} requests (replay with DT_KDIFF_SEED={seed})"
+    );
     let receiver = Receiver::start_v4();
     let dir = TempRules::new();
     let mut g = G::new(seed);
