@@ -1116,3 +1116,47 @@ fn captures_over_the_egress_ceiling_are_counted_not_exported() {
         u.exported
     );
 }
+
+/// The capture endpoint down (nothing listens): every post fails fast, the calls in it are
+/// counted `export_failed`, nothing piles up, and the hook goes on counting.
+#[test]
+fn captures_to_an_endpoint_that_is_down_are_counted_as_failed() {
+    if !kernel_or_skip("captures_to_an_endpoint_that_is_down_are_counted_as_failed") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let burst = build_logcalls(dir.path(), "u10down", false, None);
+    let (closed, closed_port) = reserve_port();
+    drop(closed);
+    let rules = TempRules::new();
+    rules.write(
+        "50-down.toml",
+        &format!(
+            "{SYSLOG_PROBE}{}",
+            rule(
+                "u10-capture",
+                "capture",
+                "uprobe:syslog",
+                "service = \"u10down\""
+            )
+        ),
+    );
+    let (agent, _port) = agent(
+        &rules,
+        Some(format!("http://127.0.0.1:{closed_port}/v1/logs")),
+    );
+    let n = 3000;
+    run(&burst, &["burst", &n.to_string()]);
+    let deadline = Instant::now() + WAIT;
+    let u = loop {
+        let u = stats_of(&agent).uprobes;
+        if u.export_failed + u.exported >= u.captured {
+            break u;
+        }
+        assert!(Instant::now() < deadline, "{u:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(u.captured + u.capture_lost, n, "{u:?}");
+    assert_eq!((u.exported, u.export_failed), (0, u.captured), "{u:?}");
+    assert_eq!(stats_of(&agent).rule("u10-capture").unwrap().matched, n);
+}
