@@ -195,6 +195,24 @@ fn rule(name: &str, action: &str, hook: &str, matches: &str) -> String {
     r
 }
 
+/// A rules directory with one rule capturing every syslog call of `service`, named `name`.
+fn capture_all(name: &str, service: &str) -> TempRules {
+    let rules = TempRules::new();
+    rules.write(
+        "50-capture.toml",
+        &format!(
+            "{SYSLOG_PROBE}{}",
+            rule(
+                name,
+                "capture",
+                "uprobe:syslog",
+                &format!("service = \"{service}\"")
+            )
+        ),
+    );
+    rules
+}
+
 /// What logcalls' plan makes per repetition, by rule suffix: (suffix, `[rule.match]` extra
 /// line, matches per repetition). Every rule also matches `service` = the program's name.
 const PLAN_RULES: [(&str, &str, u64); 12] = [
@@ -574,19 +592,7 @@ fn a_full_capture_ring_buffer_is_counted() {
             held.push(c);
         }
     });
-    let rules = TempRules::new();
-    rules.write(
-        "50-burst.toml",
-        &format!(
-            "{SYSLOG_PROBE}{}",
-            rule(
-                "u4-capture",
-                "capture",
-                "uprobe:syslog",
-                "service = \"u4burst\""
-            )
-        ),
-    );
+    let rules = capture_all("u4-capture", "u4burst");
     let (agent, _port) = agent(&rules, Some(url));
     let n = 20_000;
     run(&burst, &["burst", &n.to_string()]);
@@ -1068,19 +1074,7 @@ fn captures_over_the_egress_ceiling_are_counted_not_exported() {
     let dir = tempfile::tempdir().unwrap();
     let burst = build_logcalls(dir.path(), "u9burst", false, None);
     let receiver = Receiver::start_v4();
-    let rules = TempRules::new();
-    rules.write(
-        "50-burst.toml",
-        &format!(
-            "{SYSLOG_PROBE}{}",
-            rule(
-                "u9-capture",
-                "capture",
-                "uprobe:syslog",
-                "service = \"u9burst\""
-            )
-        ),
-    );
+    let rules = capture_all("u9-capture", "u9burst");
     let (hold, port) = reserve_port();
     let cfg = AgentConfig {
         capture_endpoint: Some(receiver.logs_url()),
@@ -1128,19 +1122,7 @@ fn captures_to_an_endpoint_that_is_down_are_counted_as_failed() {
     let burst = build_logcalls(dir.path(), "u10down", false, None);
     let (closed, closed_port) = reserve_port();
     drop(closed);
-    let rules = TempRules::new();
-    rules.write(
-        "50-down.toml",
-        &format!(
-            "{SYSLOG_PROBE}{}",
-            rule(
-                "u10-capture",
-                "capture",
-                "uprobe:syslog",
-                "service = \"u10down\""
-            )
-        ),
-    );
+    let rules = capture_all("u10-capture", "u10down");
     let (agent, _port) = agent(
         &rules,
         Some(format!("http://127.0.0.1:{closed_port}/v1/logs")),
