@@ -387,25 +387,17 @@ impl Agent {
         if self.base_map_bytes + rings <= ceiling {
             return Ok(());
         }
-        Err(compiled
-            .recorders
-            .iter()
-            .map(|r| {
-                rules::Diagnostic::new(
-                    &r.file,
-                    r.pos,
-                    format!(
-                        "recorder \"{}\": the rule set's recorders take {} KiB of kernel memory, \
-                         which with dt's other maps ({} KiB) is over the memory ceiling of {} KiB \
-                         ([ceiling] memory)",
-                        r.name,
-                        rings / 1024,
-                        self.base_map_bytes / 1024,
-                        ceiling / 1024
-                    ),
-                )
-            })
-            .collect())
+        recorders_refused(compiled, |r| {
+            format!(
+                "recorder \"{}\": the rule set's recorders take {} KiB of kernel memory, which \
+                 with dt's other maps ({} KiB) is over the memory ceiling of {} KiB ([ceiling] \
+                 memory)",
+                r.name,
+                rings / 1024,
+                self.base_map_bytes / 1024,
+                ceiling / 1024
+            )
+        })
     }
 
     /// Kernel memory of dt's maps now: those this process holds and the active recorders'
@@ -546,20 +538,24 @@ fn check_recorders(
     if capture_endpoint.is_some() {
         return Ok(());
     }
+    recorders_refused(compiled, |r| {
+        format!(
+            "recorder \"{}\" needs a capture_endpoint in the agent config: flushed records are \
+             posted there",
+            r.name
+        )
+    })
+}
+
+/// Every recorder of the set refused at its position, with `message` (`Ok` when it has none).
+fn recorders_refused(
+    compiled: &Compiled,
+    message: impl Fn(&rules::CompiledRecorder) -> String,
+) -> Result<(), Vec<rules::Diagnostic>> {
     let diags: Vec<_> = compiled
         .recorders
         .iter()
-        .map(|r| {
-            rules::Diagnostic::new(
-                &r.file,
-                r.pos,
-                format!(
-                    "recorder \"{}\" needs a capture_endpoint in the agent config: flushed \
-                     records are posted there",
-                    r.name
-                ),
-            )
-        })
+        .map(|r| rules::Diagnostic::new(&r.file, r.pos, message(r)))
         .collect();
     if diags.is_empty() { Ok(()) } else { Err(diags) }
 }
