@@ -208,3 +208,11 @@ pub(crate) fn online_cpus() -> u64 {
     let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
     n.max(1) as u64
 }
+
+/// The largest send buffer `SO_SNDBUF` can give a socket: twice `net.core.wmem_max`.
+pub(crate) fn max_send_buffer() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(|v| v * 2)
+}

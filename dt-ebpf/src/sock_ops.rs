@@ -8,7 +8,9 @@ use aya_ebpf::{
         BPF_ANY, BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
     },
-    helpers::generated::{bpf_get_socket_cookie, bpf_sk_storage_get},
+    helpers::generated::{
+        bpf_get_socket_cookie, bpf_getsockopt, bpf_setsockopt, bpf_sk_storage_get,
+    },
     macros::sock_ops,
     programs::SockOpsContext,
 };
@@ -18,6 +20,12 @@ use crate::maps::{HELD, PORTS, SOCK_STATE, SOCKS, TOTALS};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
+
+const SOL_SOCKET: i32 = 1;
+const SO_SNDBUF: i32 = 7;
+/// The send buffer a hooked connection gets at least (the kernel doubles what is set, and caps
+/// it at `net.core.wmem_max`): room for a whole request of the largest size dt holds.
+const SNDBUF_WANTED: i32 = dt_ebpf_common::MAX_REQUEST_CEILING as i32;
 
 /// TCP states (include/net/tcp_states.h).
 const TCP_ESTABLISHED: u32 = 1;
@@ -77,10 +85,46 @@ fn hook(ctx: &SockOpsContext) {
     if SOCKS
         .update(&mut cookie, unsafe { &mut *ctx.ops }, BPF_ANY as u64)
         .is_ok()
-        && let Some(t) = TOTALS.get_ptr_mut(0)
     {
-        unsafe { (*t).connections += 1 };
+        if let Some(t) = TOTALS.get_ptr_mut(0) {
+            unsafe { (*t).connections += 1 };
+        }
+        room_for_a_request(ctx);
     }
+}
+
+/// A request dt has held (corked) leaves in one push when it is complete. If the socket's
+/// send buffer cannot take it all and the sender does not wait (non-blocking, or a send
+/// timeout), the kernel frees the part it could not queue and tells the sender fewer bytes
+/// went: the sender then writes its own (unedited) bytes again after dt's edited ones. So a
+/// hooked connection's send buffer is made large enough for the largest request dt holds
+/// (never made smaller; the application's own larger setting stays).
+#[inline(always)]
+fn room_for_a_request(ctx: &SockOpsContext) {
+    let mut now: i32 = 0;
+    let got = unsafe {
+        bpf_getsockopt(
+            ctx.ops.cast(),
+            SOL_SOCKET,
+            SO_SNDBUF,
+            ptr::from_mut(&mut now).cast(),
+            4,
+        )
+    };
+    // getsockopt gives the doubled value.
+    if got == 0 && now >= 2 * SNDBUF_WANTED {
+        return;
+    }
+    let mut want = SNDBUF_WANTED;
+    let _ = unsafe {
+        bpf_setsockopt(
+            ctx.ops.cast(),
+            SOL_SOCKET,
+            SO_SNDBUF,
+            ptr::from_mut(&mut want).cast(),
+            4,
+        )
+    };
 }
 
 /// A hooked connection changed state. Once it is closed for sending (our close or shutdown:

@@ -213,6 +213,21 @@ impl Agent {
             File::open(&cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
 
         sys::bump_memlock();
+        // sock_ops makes each hooked socket's send buffer hold a whole request (see
+        // `room_for_a_request` in dt-ebpf), up to what the kernel allows.
+        if let Some(most) = sys::max_send_buffer()
+            && u64::from(cfg.max_request) > most
+        {
+            log::warn!(
+                "max_request is {} bytes, but a socket's send buffer can be made at most {most} \
+                 bytes here (2 × net.core.wmem_max): a request larger than that, held by dt, \
+                 from a sender that does not wait for buffer space (non-blocking) under \
+                 back-pressure could leave cut; raise net.core.wmem_max to at least {} or lower \
+                 max_request",
+                cfg.max_request,
+                cfg.max_request.div_ceil(2)
+            );
+        }
         let mut loader = EbpfLoader::new();
         let pin_paths: Vec<(&str, PathBuf)> = match &pins {
             Some(dir) => {
