@@ -276,6 +276,26 @@ fn assert_exposition_matches(e: &Exposition, stats: &Stats) {
         assert_eq!(e.get(name, &[]), Some(want as f64), "{name}");
         n += 1;
     }
+    // Why it is disabled, while it is; what the cost ceiling measured, with one.
+    if let Some(reason) = &stats.disabled_reason {
+        assert_eq!(
+            e.get("dt_disabled_info", &[("reason", reason)]),
+            Some(1.0),
+            "disabled_reason"
+        );
+        n += 1;
+    }
+    if let Some(c) = &stats.cost {
+        for (name, want) in [
+            ("dt_kernel_cpu_ppm", c.cpu_ppm),
+            ("dt_kernel_cpu_ceiling_ppm", c.cpu_ceiling_ppm),
+            ("dt_ceiling_exceeded_total", c.exceeded),
+            ("dt_maps_bytes", c.map_bytes),
+        ] {
+            assert_eq!(e.get(name, &[]), Some(want as f64), "{name}");
+            n += 1;
+        }
+    }
     assert!(!t.passthrough.is_empty());
     for (reason, want) in &t.passthrough {
         assert_eq!(
