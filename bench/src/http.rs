@@ -26,6 +26,8 @@ pub struct Head {
     pub chunked: bool,
     /// The status code of a response (0 for a request).
     pub status: u16,
+    /// `Content-Encoding: gzip` (what a collector's OTLP/HTTP exporter sends by default).
+    pub gzip: bool,
 }
 
 /// A read buffer for one connection.
@@ -256,6 +258,7 @@ fn parse_head(head: &[u8]) -> io::Result<Head> {
     };
     let mut content_length = 0;
     let mut chunked = false;
+    let mut gzip = false;
     for line in lines {
         if let Some((k, v)) = line.split_once(':') {
             let k = k.trim();
@@ -266,6 +269,8 @@ fn parse_head(head: &[u8]) -> io::Result<Head> {
                     return Err(bad("Transfer-Encoding other than chunked"));
                 }
                 chunked = true;
+            } else if k.eq_ignore_ascii_case("content-encoding") {
+                gzip = v.trim().eq_ignore_ascii_case("gzip");
             }
         }
     }
@@ -277,6 +282,7 @@ fn parse_head(head: &[u8]) -> io::Result<Head> {
         content_length,
         chunked,
         status,
+        gzip,
     })
 }
 

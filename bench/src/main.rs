@@ -65,9 +65,13 @@ enum Cmd {
         /// Decode every request and check that it holds this many records.
         #[arg(long)]
         expect_records: Option<usize>,
-        /// With --expect-records: and none that the drop rule removes.
+        /// With --expect-records or --decode: and none that the drop rule removes.
         #[arg(long)]
         expect_filtered: bool,
+        /// Decode and check every request, whatever number of records it holds (what a
+        /// collector forwards is batched its own way).
+        #[arg(long)]
+        decode: bool,
     },
     /// The userspace filtering proxy: decode, drop records below INFO, re-encode, forward.
     Proxy {
@@ -117,10 +121,11 @@ fn main() -> anyhow::Result<()> {
             listen,
             expect_records,
             expect_filtered,
+            decode,
         } => sink::run(
             &listen,
-            expect_records.map(|records| sink::Expect {
-                records,
+            (decode || expect_records.is_some()).then_some(sink::Expect {
+                records: expect_records,
                 filtered: expect_filtered,
             }),
         ),

@@ -290,3 +290,111 @@ impl Drop for Agent {
         }
     }
 }
+
+/// The OpenTelemetry collector of scenario (l): Rotel (`rotel-agent start`), receiving OTLP/HTTP
+/// on a port of its own, dropping records below INFO in its Python logs processor, and
+/// exporting OTLP/HTTP (uncompressed protobuf) to the sink.
+pub struct Collector {
+    child: Option<Child>,
+    pub port: u16,
+    log: PathBuf,
+}
+
+/// The collector's logs processor: the rule of scenario (d), `severity < INFO` (SeverityNumber
+/// 1–8), as Rotel's Python processor API writes it.
+const COLLECTOR_PROCESSOR: &str = "\
+# dt-bench scenario (l): drop records with SeverityNumber 1-8 (below INFO), as (d) does.
+from rotel_sdk.open_telemetry.logs.v1 import ResourceLogs
+
+
+def process_logs(resource_logs: ResourceLogs):
+    for scope_logs in resource_logs.scope_logs:
+        scope_logs.log_records = [
+            r for r in scope_logs.log_records if not (1 <= r.severity_number < 9)
+        ]
+";
+
+/// A port free on 127.0.0.1 now (bound, read, released).
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Collector {
+    /// Starts the collector forwarding to `upstream` and waits until its HTTP receiver accepts
+    /// connections.
+    pub fn start(bin: &Path, work: &Path, upstream: u16) -> Result<Collector> {
+        let processor = work.join("collector_drop.py");
+        std::fs::write(&processor, COLLECTOR_PROCESSOR)?;
+        let (http, grpc) = (free_port()?, free_port()?);
+        let log = work.join("collector.log");
+        let logf = std::fs::File::create(&log)?;
+        let child = Command::new(bin)
+            .arg("start")
+            .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
+            .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
+            .args(["--exporter", "otlp", "--otlp-exporter-protocol", "http"])
+            .args(["--otlp-exporter-compression", "none"])
+            .args([
+                "--otlp-exporter-endpoint",
+                &format!("http://127.0.0.1:{upstream}"),
+            ])
+            .arg("--otlp-with-logs-processor")
+            .arg(&processor)
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone()?)
+            .stderr(logf)
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        let mut c = Collector {
+            child: Some(child),
+            port: http,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = c.child.as_mut().unwrap().try_wait()? {
+                c.child = None;
+                bail!("the collector exited ({st}); log:\n{}", c.log_text());
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", http)).is_ok() {
+                return Ok(c);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the collector did not listen within 30 s; log:\n{}",
+                    c.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then SIGKILL after 10 s.
+    pub fn stop(mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child by its pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            wait_bounded(&mut child, Duration::from_secs(10))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

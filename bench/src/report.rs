@@ -242,6 +242,30 @@ pub fn ratios(runs: &[RunResult], sizes: &[usize], rounds: usize) -> Vec<Ratio> 
             runs,
             rounds,
             size,
+            "(d)/(l) CPU per record",
+            "whole-path CPU ns per record sent, kernel drop over a real OpenTelemetry collector's drop",
+            None,
+            div("d", "l", cpu),
+        ));
+        out.push(ratio(
+            runs,
+            rounds,
+            size,
+            "(d)/(l) added CPU per record",
+            "whole-path CPU ns per record minus that of (a): what dt adds over what the collector adds",
+            (size == 100).then_some(("<= 0.05", 0.05, false)),
+            |round| {
+                let a = value(runs, size, "a", round, &cpu)?;
+                Some(
+                    (value(runs, size, "d", round, &cpu)? - a)
+                        / (value(runs, size, "l", round, &cpu)? - a),
+                )
+            },
+        ));
+        out.push(ratio(
+            runs,
+            rounds,
+            size,
             "(e)/(c) dt_msg cost per record",
             "dt_msg run time (bpf_stats) per record, 64 rules over 10",
             Some(("<= 2", 2.0, false)),

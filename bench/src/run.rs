@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use crate::procfs::{self, BpfStatsGuard, Cpu, HostCpu, ProgStats};
-use crate::procs::{Agent, Sender, Server};
+use crate::procs::{Agent, Collector, Sender, Server};
 use crate::report;
 use crate::server::Snap;
 use crate::uprobe;
@@ -38,8 +38,8 @@ pub struct Opts {
     /// Records per request (multiples of 10).
     #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
     pub sizes: Vec<usize>,
-    /// Scenarios to run (a–g).
-    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e,f,g")]
+    /// Scenarios to run (a–l; see BENCHMARKS.md).
+    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e,f,g,l")]
     pub scenarios: Vec<String>,
     /// `dt-agent run --max-request`: 512 KiB, the ceiling, because 1,000-record requests are
     /// about 360 KB.
@@ -51,6 +51,10 @@ pub struct Opts {
     /// Skip the uprobe measurement.
     #[arg(long)]
     pub no_uprobe: bool,
+    /// The OpenTelemetry collector of scenario (l): Rotel's `rotel-agent` binary (`cargo xtask
+    /// bench` installs it from PyPI). Without it, (l) is left out, with the reason printed.
+    #[arg(long)]
+    pub collector: Option<PathBuf>,
 }
 
 /// How a scenario is set up.
@@ -62,6 +66,9 @@ pub enum Kind {
     Agent(Option<RuleSet>),
     /// The sender talks to the userspace filtering proxy, which forwards to the sink.
     Proxy,
+    /// The sender talks to a real OpenTelemetry collector (Rotel) filtering in its processor,
+    /// which exports to the sink.
+    Collector,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,6 +170,15 @@ pub const SCENARIOS: &[Scenario] = &[
         framing: Framing::ContentLength,
         bpf_stats: true,
     },
+    // The same filtering in a real OpenTelemetry collector, in userspace: what users would run
+    // instead of dt (the OpenTelemetry Collector itself can't be fetched on this machine kind).
+    Scenario {
+        key: "l",
+        label: "OTel collector (Rotel), drop 90%",
+        kind: Kind::Collector,
+        framing: Framing::ContentLength,
+        bpf_stats: true,
+    },
     // (d) with BPF run-time statistics off: what measuring costs (the agent's `[ceiling]` turns
     // them on; every other agent scenario has them on, for the dt_msg figures).
     Scenario {
@@ -186,6 +202,7 @@ impl Scenario {
             Kind::Agent(Some(
                 RuleSet::Drop90 | RuleSet::Drop90Recorded | RuleSet::Drop90Enriched
             )) | Kind::Proxy
+                | Kind::Collector
         )
     }
 
@@ -274,6 +291,7 @@ struct Window {
     sink: Snap,
     proxy: Option<Snap>,
     agent_cpu: Option<Cpu>,
+    collector_cpu: Option<Cpu>,
     progs: Vec<ProgStats>,
 }
 
@@ -369,6 +387,7 @@ impl Bench {
         sink: &mut Server,
         proxy: Option<&mut Server>,
         agent: Option<&Agent>,
+        collector: Option<&Collector>,
     ) -> Result<Window> {
         let host = procfs::host_cpu();
         let tcp_out_segs = procfs::tcp_out_segs();
@@ -387,6 +406,7 @@ impl Bench {
             sink,
             proxy,
             agent_cpu,
+            collector_cpu: collector.and_then(|c| procfs::pid_cpu(c.pid())),
             progs,
         })
     }
@@ -402,9 +422,14 @@ impl Bench {
         let t_start = Instant::now();
         let mut sink_cmd = self.me("sink");
         if verify {
-            sink_cmd
-                .arg("--expect-records")
-                .arg(sc.records_delivered_per_request(size).to_string());
+            if sc.kind == Kind::Collector {
+                // The collector batches records its own way: any number a request.
+                sink_cmd.arg("--decode");
+            } else {
+                sink_cmd
+                    .arg("--expect-records")
+                    .arg(sc.records_delivered_per_request(size).to_string());
+            }
             if sc.drops() {
                 sink_cmd.arg("--expect-filtered");
             }
@@ -413,6 +438,7 @@ impl Bench {
         let mut stats_guard = None;
         let mut agent = None;
         let mut proxy = None;
+        let mut collector = None;
         let target = match sc.kind {
             Kind::Direct => sink.port,
             Kind::Agent(set) => {
@@ -437,6 +463,15 @@ impl Bench {
                 proxy = Some(p);
                 port
             }
+            Kind::Collector => {
+                let Some(bin) = &self.opts.collector else {
+                    bail!("scenario (l) needs --collector");
+                };
+                let c = Collector::start(bin, &self.work, sink.port)?;
+                let port = c.port;
+                collector = Some(c);
+                port
+            }
         };
         let (warmup, duration) = if verify {
             (0.0, 0.4)
@@ -459,9 +494,19 @@ impl Bench {
         }
         let mut sender = Sender::spawn(load)?;
         sender.wait_go()?;
-        let w0 = self.window(&mut sink, proxy.as_mut(), agent.as_ref())?;
+        let w0 = self.window(
+            &mut sink,
+            proxy.as_mut(),
+            agent.as_ref(),
+            collector.as_ref(),
+        )?;
         let rep = sender.wait_stop()?;
-        let w1 = self.window(&mut sink, proxy.as_mut(), agent.as_ref())?;
+        let w1 = self.window(
+            &mut sink,
+            proxy.as_mut(),
+            agent.as_ref(),
+            collector.as_ref(),
+        )?;
         sender.finish()?;
 
         let mut notes = Vec::new();
@@ -484,6 +529,20 @@ impl Bench {
             }
             None => None,
         };
+        let mut collector_peak = None;
+        if let Some(c) = collector {
+            collector_peak = procfs::peak_rss_kib(Path::new(&format!("/proc/{}", c.pid())));
+            if verify {
+                // What the collector accepted, it exports on its own time (its batch timeout):
+                // wait until every record it should keep has reached the sink.
+                let want = rep.records / size as u64 * workload::kept_per_request(size) as u64;
+                let deadline = Instant::now() + std::time::Duration::from_secs(15);
+                while sink.snap()?.records_in < want && Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            }
+            c.stop()?;
+        }
         let sink_end = sink.snap()?;
         sink.stop()?;
 
@@ -530,11 +589,23 @@ impl Bench {
             .collect();
         let msg = progs.iter().find(|p| p.prog_type == 16);
 
-        let records_delivered = sink_w.requests * sc.records_delivered_per_request(size) as u64;
+        // A collector batches: its requests don't hold a fixed number of records. It keeps
+        // exactly the tenth the rule keeps (the correctness step checks that).
+        let records_delivered = if sc.kind == Kind::Collector {
+            rep.records / size as u64 * workload::kept_per_request(size) as u64
+        } else {
+            sink_w.requests * sc.records_delivered_per_request(size) as u64
+        };
+        let cpu_collector = match (w0.collector_cpu, w1.collector_cpu) {
+            (Some(a), Some(b)) => Some(b.since(&a)),
+            _ => None,
+        };
+        // The intermediary's CPU: the proxy's, or the collector's.
+        let cpu_proxy = proxy_w.map(|p| p.cpu).or(cpu_collector);
         let cpu_total_s = rep.cpu.total()
             + sink_w.cpu.total()
             + cpu_agent.map_or(0.0, |c| c.total())
-            + proxy_w.map_or(0.0, |p| p.cpu.total());
+            + cpu_proxy.map_or(0.0, |c| c.total());
         if rep.errors > 0 || sink_w.errors > 0 {
             notes.push(format!(
                 "errors: sender {}, sink {}",
@@ -550,8 +621,11 @@ impl Bench {
                 ));
             }
         }
-        // The sink's window is read a moment after the sender's: allow for that skew.
-        if rep.requests.abs_diff(sink_w.requests) > self.opts.conns as u64 * 2 + rep.requests / 100
+        // The sink's window is read a moment after the sender's: allow for that skew. (A
+        // collector sends its own batches.)
+        if sc.kind != Kind::Collector
+            && rep.requests.abs_diff(sink_w.requests)
+                > self.opts.conns as u64 * 2 + rep.requests / 100
         {
             notes.push(format!(
                 "sender completed {} requests, sink saw {}",
@@ -576,14 +650,14 @@ impl Bench {
             sink_read_calls: sink_w.read_calls,
             tcp_out_segs: w1.tcp_out_segs - w0.tcp_out_segs,
             cpu_agent,
-            cpu_proxy: proxy_w.map(|p| p.cpu),
+            cpu_proxy,
             cpu_total_s,
             cpu_ns_per_record: cpu_total_s * 1e9 / rep.records.max(1) as f64,
             host_busy_s: w1.host.busy - w0.host.busy,
             host_softirq_s: w1.host.softirq - w0.host.softirq,
             other_cpus: (w1.host.busy - w0.host.busy - cpu_total_s) / rep.elapsed_s,
             agent_peak_rss_kib: agent_peak,
-            proxy_peak_rss_kib: proxy_end.map(|p| p.peak_rss_kib),
+            proxy_peak_rss_kib: proxy_end.map(|p| p.peak_rss_kib).or(collector_peak),
             dt_msg_ns_per_run: msg
                 .filter(|m| m.run_cnt > 0 && sc.bpf_stats)
                 .map(|m| m.run_time_ns as f64 / m.run_cnt as f64),
@@ -608,7 +682,7 @@ impl Bench {
             wall_s: t_start.elapsed().as_secs_f64(),
         };
         if verify {
-            self.check_verified(size, sc, &sink_end, agent_stats.as_ref())?;
+            self.check_verified(size, sc, &sink_end, agent_stats.as_ref(), rep.records)?;
         }
         Ok((result, sink_end))
     }
@@ -620,10 +694,31 @@ impl Bench {
         sc: Scenario,
         sink: &Snap,
         stats: Option<&serde_json::Value>,
+        records_sent: u64,
     ) -> Result<()> {
         let per = sc.records_delivered_per_request(size) as u64;
         if sink.requests == 0 {
             bail!("no request reached the sink");
+        }
+        if sc.kind == Kind::Collector {
+            // The sender counts the requests answered in its window; a connection's requests
+            // answered just before it or still on their way when it closed reached the
+            // collector all the same (the same skew the other scenarios allow for).
+            let want = records_sent / size as u64 * per;
+            let most = want + (self.opts.conns as u64 * 2 + want / per / 100) * per;
+            if sink.bad > 0
+                || !(want..=most).contains(&sink.records_in)
+                || sink.records_in % per != 0
+            {
+                bail!(
+                    "the collector forwarded {} records in {} requests ({} not as expected), \
+                     expected {want} to {most} (whole requests' tenths), all of INFO or above",
+                    sink.records_in,
+                    sink.requests,
+                    sink.bad
+                );
+            }
+            return Ok(());
         }
         if sink.bad > 0 || sink.records_in != sink.requests * per {
             bail!(
@@ -795,6 +890,19 @@ pub fn main(opts: Opts) -> Result<()> {
         .iter()
         .map(|k| Scenario::by_key(k).with_context(|| format!("--scenarios: no scenario {k:?}")))
         .collect::<Result<_>>()?;
+    let scenarios: Vec<Scenario> = scenarios
+        .into_iter()
+        .filter(|sc| {
+            let keep = sc.kind != Kind::Collector || opts.collector.is_some();
+            if !keep {
+                eprintln!(
+                    "dt-bench: scenario (l) left out: no collector binary (--collector; \
+                     `cargo xtask bench` installs Rotel from PyPI)"
+                );
+            }
+            keep
+        })
+        .collect();
     let mut machine = machine();
     eprintln!(
         "dt-bench: {} × {} CPU, kernel {}, load average {}",

@@ -17,8 +17,8 @@ use crate::workload::{self, SERVICE};
 /// What a verifying sink checks in every request.
 #[derive(Clone, Copy, Debug)]
 pub struct Expect {
-    /// Records per request.
-    pub records: usize,
+    /// Records per request (None: any number, as a collector that batches sends them).
+    pub records: Option<usize>,
     /// No record the drop rule removes may arrive.
     pub filtered: bool,
 }
@@ -40,13 +40,13 @@ fn handle(mut s: TcpStream, c: &Counters, expect: Option<Expect>) -> std::io::Re
                 add(&c.chunked, 1);
             }
             if let Some(e) = expect {
-                verify(c, &body, e);
+                verify(c, &body, e, h.gzip);
             }
             ch.wire_len
         } else {
             match expect {
                 None => r.skip(&mut s, h.content_length)?,
-                Some(e) => verify(c, r.body(&mut s, h.content_length)?, e),
+                Some(e) => verify(c, r.body(&mut s, h.content_length)?, e, h.gzip),
             }
             h.content_length
         };
@@ -57,7 +57,21 @@ fn handle(mut s: TcpStream, c: &Counters, expect: Option<Expect>) -> std::io::Re
     Ok(())
 }
 
-fn verify(c: &Counters, body: &[u8], e: Expect) {
+fn verify(c: &Counters, body: &[u8], e: Expect, gzip: bool) {
+    let mut plain = Vec::new();
+    let body = if gzip {
+        use std::io::Read;
+        if flate2::read::GzDecoder::new(body)
+            .read_to_end(&mut plain)
+            .is_err()
+        {
+            add(&c.bad, 1);
+            return;
+        }
+        &plain[..]
+    } else {
+        body
+    };
     let (n, ok) = check(body, e);
     add(&c.records_in, n as u64);
     if !ok {
@@ -88,5 +102,5 @@ fn check(body: &[u8], e: Expect) -> (usize, bool) {
             }
         }
     }
-    (n, ok && n == e.records)
+    (n, ok && e.records.is_none_or(|r| n == r))
 }
