@@ -708,7 +708,7 @@ impl Bench {
             let most = want + (self.opts.conns as u64 * 2 + want / per / 100) * per;
             if sink.bad > 0
                 || !(want..=most).contains(&sink.records_in)
-                || sink.records_in % per != 0
+                || !sink.records_in.is_multiple_of(per)
             {
                 bail!(
                     "the collector forwarded {} records in {} requests ({} not as expected), \
