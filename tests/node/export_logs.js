@@ -40,7 +40,7 @@
  * deterministic). The report on stdout, one JSON line:
  *   batches_ok, batches_failed, errors, flush_errors, records_planned, records_sent,
  *   records_failed, http_requests (requests http.request made: retries would show here),
- *   elapsed_secs (start of the first export to the end of the last),
+ *   elapsed_secs (start of the first export to the end of the last), pid (this process's),
  *   sent_bodies: [base64 ExportLogsServiceRequest] of the successful exports, in export order,
  *   versions.
  * Exit status 0 only when every export and flush succeeded and every planned record went out.
@@ -306,6 +306,7 @@ async function main() {
     records_failed: tally.recordsFailed,
     http_requests: httpRequests,
     elapsed_secs: elapsed,
+    pid: process.pid,
     sent_bodies: tally.bodies,
     versions: {
       node: process.versions.node,

@@ -161,6 +161,8 @@ pub struct NodeExportReport {
     pub stderr: String,
     /// Node.js and package versions.
     pub versions: Value,
+    /// The exporting process's pid.
+    pub pid: u32,
 }
 
 impl NodeExportReport {
@@ -337,6 +339,7 @@ pub fn export_with_node_value(plan: &Value) -> NodeExportReport {
         exit_ok: status.success(),
         stderr,
         versions: v["versions"].clone(),
+        pid: n("pid") as u32,
     };
     assert_eq!(
         report.sent.len(),

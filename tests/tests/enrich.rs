@@ -10,8 +10,9 @@ use std::time::{Duration, SystemTime};
 use dt_agent::kernel::cgroups::ids_of;
 use dt_tests::exporter::build_exporter;
 use dt_tests::{
-    ExportMode, ExportPlan, PlannedRecord, Receiver, TempRules, WAIT, cgroup2_mount,
-    export_with_python_in_cgroup, kernel_or_skip, python_or_skip, start_agent, stats_of,
+    ExportMode, ExportPlan, PlannedRecord, Receiver, TempRules, WAIT, assert_same_records,
+    cgroup2_mount, export_with_node, export_with_python_in_cgroup, kernel_or_skip, node_or_skip,
+    python_or_skip, start_agent, stats_of,
 };
 use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _};
 use opentelemetry::{InstrumentationScope, KeyValue};
@@ -253,4 +254,76 @@ fn a_sender_in_a_container_scope_is_named_by_its_container_id() {
         assert_ne!(pid[0], format!("int:{}", std::process::id()));
         assert!(get("k8s.pod.uid").is_empty());
     }
+}
+
+/// The Node.js SDK sends every export chunked: the kernel inserts the attributes into each
+/// request's Resources and rewrites the chunk size (the request grows), and the records the
+/// rule drops go in the same pass. The Node.js process's own pid arrives, not this test's.
+#[test]
+fn node_sdk_chunked_exports_are_named_by_the_node_process() {
+    let name = "node_sdk_chunked_exports_are_named_by_the_node_process";
+    if !kernel_or_skip(name) || node_or_skip(name).is_none() {
+        return;
+    }
+    let receiver = Receiver::start_v4();
+    let dir = TempRules::with_files(&[("50-enrich.toml", RULES)]);
+    let agent = start_agent(&dir, &[receiver.port()]);
+    let plan = ExportPlan::mixed(600, &["checkout", "payments"], 50);
+    let report = export_with_node(&receiver.logs_url(), &plan);
+    report.assert_all_ok(plan.total());
+    let got = receiver.wait_for(report.batches_ok, WAIT);
+    receiver.assert_no_more(report.batches_ok, Duration::from_millis(100));
+    let stats = stats_of(&agent);
+    drop(agent);
+
+    assert_eq!(stats.totals.passthrough.get("chunked").copied(), Some(0));
+    assert_eq!(stats.totals.passthrough["enrich"], 0);
+    assert_eq!(stats.totals.log_requests, report.batches_ok as u64);
+    assert!(receiver.decode_failures().is_empty());
+    for r in &got {
+        assert_eq!(r.status, 200);
+        assert!(r.chunked, "the request keeps its chunked framing");
+    }
+    let logs: Vec<_> = got.iter().filter_map(|r| r.logs.clone()).collect();
+    assert_eq!(logs.len(), report.batches_ok, "every request decodes");
+    assert!(report.pid > 0 && report.pid != std::process::id());
+    let own_cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let (container, _) = ids_of(own_cgroup.trim().trim_start_matches("0::"));
+    let resources = resources(&logs);
+    assert_eq!(resources.len(), report.batches_ok);
+    for (service, attrs) in resources {
+        let get = |k: &str| {
+            attrs
+                .iter()
+                .filter(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            get("process.pid"),
+            vec![format!("int:{}", report.pid)],
+            "{service}: {attrs:?}"
+        );
+        assert_eq!(get("host.name"), vec![host_name()], "{service}");
+        assert_eq!(
+            get("container.id"),
+            container.iter().cloned().collect::<Vec<_>>()
+        );
+        assert_eq!(
+            attrs[0].0, "service.name",
+            "the sender's own attributes first"
+        );
+    }
+    // The rule applied in the same pass: exactly the DEBUG records (5-8) are gone.
+    let kept: Vec<_> = report
+        .sent_records()
+        .into_iter()
+        .filter(|r| !(5..=8).contains(&r.severity_number))
+        .collect();
+    assert!(kept.len() < plan.total());
+    assert_same_records(name, &kept, &receiver.records());
+    assert_eq!(
+        stats.rule("drop-debug").unwrap().dropped,
+        (plan.total() - kept.len()) as u64
+    );
 }
