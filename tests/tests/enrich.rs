@@ -68,6 +68,15 @@ fn resources(logs: &[ExportLogsServiceRequest]) -> Vec<(String, Vec<(String, Str
     out
 }
 
+/// The values of the attributes named `key`, in order.
+fn values_of(attrs: &[(String, String)], key: &str) -> Vec<String> {
+    attrs
+        .iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
 /// Exports `n` records (every third DEBUG) from a service whose Resource has `extra`, with the
 /// real Rust exporter (opentelemetry-otlp, HTTP/protobuf), from this process.
 fn export_rust(endpoint: String, service: &'static str, extra: Vec<KeyValue>, n: usize) {
@@ -239,13 +248,7 @@ fn a_sender_in_a_container_scope_is_named_by_its_container_id() {
     assert_eq!(logs.len(), 2);
     for (service, attrs) in resources(&logs) {
         assert_eq!(service, "inventory");
-        let get = |k: &str| {
-            attrs
-                .iter()
-                .filter(|(key, _)| key == k)
-                .map(|(_, v)| v.clone())
-                .collect::<Vec<_>>()
-        };
+        let get = |k: &str| values_of(&attrs, k);
         assert_eq!(get("container.id"), vec![id.clone()], "{attrs:?}");
         assert_eq!(get("host.name"), vec![host_name()]);
         // The Python process's pid: not this test's.
@@ -292,13 +295,7 @@ fn node_sdk_chunked_exports_are_named_by_the_node_process() {
     let resources = resources(&logs);
     assert_eq!(resources.len(), report.batches_ok);
     for (service, attrs) in resources {
-        let get = |k: &str| {
-            attrs
-                .iter()
-                .filter(|(key, _)| key == k)
-                .map(|(_, v)| v.clone())
-                .collect::<Vec<_>>()
-        };
+        let get = |k: &str| values_of(&attrs, k);
         assert_eq!(
             get("process.pid"),
             vec![format!("int:{}", report.pid)],
