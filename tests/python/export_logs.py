@@ -16,7 +16,9 @@ The plan is JSON on stdin:
     "services": [
       {"service": "checkout",
        "records": [{"scope": "http", "severity_number": 9, "body": "text",
-                    "attributes": [["http.route", "/healthz"]]}]}
+                    "event_name": "order.placed",                  (optional)
+                    "attributes": [["http.route", "/healthz"], ["http.status_code", 503],
+                                   ["retry", true]]}]}         (string, integer or boolean values)
     ]
   }
 One LoggerProvider per service (Resource with service.name), one logger per scope, used one
@@ -211,6 +213,7 @@ def emit_all(provider, records, seq, base):
             severity_text=sev.name if sev else None,
             body=r.get("body"),
             attributes=attrs or None,
+            event_name=r.get("event_name"),
         )
     return seq
 

@@ -225,6 +225,19 @@ fn strings(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A planned attribute value as the scripts take it: `int:N` and `bool:B` (how the plans and the
+/// decoders write typed values) become a JSON integer or boolean, which the SDKs encode as
+/// `int_value` and `bool_value`; anything else stays a string.
+fn typed(v: &str) -> Value {
+    if let Some(n) = v.strip_prefix("int:").and_then(|n| n.parse::<i64>().ok()) {
+        json!(n)
+    } else if let Some(b) = v.strip_prefix("bool:").and_then(|b| b.parse::<bool>().ok()) {
+        json!(b)
+    } else {
+        json!(v)
+    }
+}
+
 /// The plan as `export_logs.py` reads it.
 pub fn python_plan(endpoint: &str, plan: &ExportPlan) -> Value {
     let mode = match plan.mode {
@@ -237,12 +250,18 @@ pub fn python_plan(endpoint: &str, plan: &ExportPlan) -> Value {
         .map(|(svc, recs)| {
             json!({
                 "service": svc,
-                "records": recs.iter().map(|r| json!({
-                    "scope": r.scope,
-                    "severity_number": r.severity_number,
-                    "body": r.body,
-                    "attributes": r.attributes.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
-                })).collect::<Vec<_>>(),
+                "records": recs.iter().map(|r| {
+                    let mut rec = json!({
+                        "scope": r.scope,
+                        "severity_number": r.severity_number,
+                        "body": r.body,
+                        "attributes": r.attributes.iter().map(|(k, v)| json!([k, typed(v)])).collect::<Vec<_>>(),
+                    });
+                    if let Some(e) = &r.event_name {
+                        rec["event_name"] = json!(e);
+                    }
+                    rec
+                }).collect::<Vec<_>>(),
             })
         })
         .collect();

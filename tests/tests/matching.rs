@@ -1,8 +1,8 @@
 //! `event_name` and typed `attributes` conditions (README, "Matching and shaping") through the
-//! kernel, with records sent by the real OpenTelemetry Rust exporter (opentelemetry-otlp 0.33,
-//! HTTP/protobuf): its SDK sets `event_name` (LogRecord field 12) and encodes int and bool
-//! attributes as `int_value` and `bool_value`. Count rules with `group_by` count by value, in
-//! `stats` and on the Prometheus endpoint.
+//! kernel, with records sent by three real OpenTelemetry exporters: Rust (opentelemetry-otlp
+//! 0.33), Python and Node.js (chunked), all HTTP/protobuf. Each SDK sets `event_name` (LogRecord
+//! field 12) and encodes int and bool attributes as `int_value` and `bool_value`. Count rules
+//! with `group_by` count by value, in `stats` and on the Prometheus endpoint.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use dt_agent::metrics::{StatsSource, bind_metrics, serve_prometheus};
 use dt_tests::{
-    ExportMode, ExportPlan, PlannedRecord, Receiver, TempRules, WAIT, assert_no_passthrough,
-    export_with_real_exporter, kernel_or_skip, start_agent, stats_of,
+    ExportMode, ExportPlan, PlannedRecord, ReceivedRecord, Receiver, TempRules, WAIT,
+    assert_no_passthrough, export_with_node, export_with_python, export_with_real_exporter,
+    kernel_or_skip, node_or_skip, python_or_skip, start_agent, stats_of,
 };
 
 const RULES: &str = r#"
@@ -173,27 +174,32 @@ fn record(i: usize) -> PlannedRecord {
     }
 }
 
-#[test]
-fn event_name_and_typed_attributes_count_and_drop_exactly() {
-    if !kernel_or_skip("event_name_and_typed_attributes_count_and_drop_exactly") {
-        return;
-    }
-    const N: usize = 600;
+/// What an SDK's run left: the requests that succeeded, and its records as it sent them.
+struct Sent {
+    requests: usize,
+    records: Vec<ReceivedRecord>,
+}
+
+/// Sends the plan of `n` records through an agent with [`RULES`] with `send` (an SDK exporting
+/// to the receiver), then checks every count, drop and group against the plan.
+fn run_and_check(n: usize, send: impl FnOnce(&Receiver, &ExportPlan) -> Sent) {
+    // Enough records for every value the checks expect (a retried record with delta 5 first
+    // at record 33).
+    assert!(n >= 100);
     let plan = ExportPlan {
-        services: vec![("checkout".into(), (0..N).map(record).collect())],
+        services: vec![("checkout".into(), (0..n).map(record).collect())],
         batch_size: 50,
         mode: ExportMode::Direct,
     };
     let receiver = Receiver::start_v4();
     let dir = TempRules::with_files(&[("50-test.toml", RULES)]);
     let agent = start_agent(&dir, &[receiver.port()]);
-    let report = export_with_real_exporter(receiver.port(), &plan);
-    report.assert_all_ok(N);
-    receiver.wait_for(report.batches_ok, WAIT);
+    let sent = send(&receiver, &plan);
+    receiver.wait_for(sent.requests, WAIT);
     let stats = stats_of(&agent);
     drop(agent);
 
-    let count = |f: &dyn Fn(&Planned) -> bool| (0..N).filter(|&i| f(&planned(i))).count() as u64;
+    let count = |f: &dyn Fn(&Planned) -> bool| (0..n).filter(|&i| f(&planned(i))).count() as u64;
     let expect: BTreeMap<&str, u64> = [
         (
             "count-payment-failed",
@@ -227,14 +233,14 @@ fn event_name_and_typed_attributes_count_and_drop_exactly() {
         stats.rule("drop-payment-ok-first-try").unwrap().dropped,
         dropped
     );
-    assert_eq!(stats.totals.records, N as u64);
+    assert_eq!(stats.totals.records, n as u64);
     assert_no_passthrough(&stats);
 
     // Grouped counters: exact, capped at max_groups (first values first: one sender, one
     // connection), with __missing__ and __other__.
     let groups = |f: &dyn Fn(&Planned) -> String| {
         let mut m: BTreeMap<String, u64> = BTreeMap::new();
-        for i in 0..N {
+        for i in 0..n {
             *m.entry(f(&planned(i))).or_default() += 1;
         }
         m
@@ -255,7 +261,7 @@ fn event_name_and_typed_attributes_count_and_drop_exactly() {
         ("count-by-service", groups(&|_| "checkout".into())),
         (
             "count-retried-by-delta",
-            (0..N)
+            (0..n)
                 .map(planned)
                 .filter(|p| p.retry)
                 .fold(BTreeMap::new(), |mut m, p| {
@@ -306,7 +312,7 @@ fn event_name_and_typed_attributes_count_and_drop_exactly() {
         .iter()
         .map(|r| r.attribute("seq").unwrap_or("?").to_string())
         .collect();
-    let want: Vec<String> = (0..N)
+    let want: Vec<String> = (0..n)
         .filter(|&i| {
             let p = planned(i);
             p.event != Some("payment.ok") || p.retry
@@ -314,14 +320,66 @@ fn event_name_and_typed_attributes_count_and_drop_exactly() {
         .map(|i| format!("s{i}"))
         .collect();
     assert_eq!(got, want);
-    let sent: BTreeMap<String, _> = report
-        .sent_records()
+    assert_eq!(sent.records.len(), n);
+    let sent: BTreeMap<String, _> = sent
+        .records
         .into_iter()
         .map(|r| (r.attribute("seq").unwrap().to_string(), r))
         .collect();
     for r in receiver.records() {
         assert_eq!(&sent[r.attribute("seq").unwrap()], &r);
     }
+}
+
+/// The Rust exporter (opentelemetry-otlp): `event_name` as field 12, ints and bools typed.
+#[test]
+fn event_name_and_typed_attributes_count_and_drop_exactly() {
+    if !kernel_or_skip("event_name_and_typed_attributes_count_and_drop_exactly") {
+        return;
+    }
+    run_and_check(600, |receiver, plan| {
+        let report = export_with_real_exporter(receiver.port(), plan);
+        report.assert_all_ok(plan.total());
+        Sent {
+            requests: report.batches_ok,
+            records: report.sent_records(),
+        }
+    });
+}
+
+/// The same with the Python SDK (its `event_name` argument; Python ints and bools).
+#[test]
+fn python_sdk_event_name_and_typed_attributes_count_and_drop_exactly() {
+    let name = "python_sdk_event_name_and_typed_attributes_count_and_drop_exactly";
+    if !kernel_or_skip(name) || python_or_skip(name).is_none() {
+        return;
+    }
+    run_and_check(300, |receiver, plan| {
+        let report = export_with_python(&receiver.logs_url(), plan);
+        report.assert_all_ok(plan.total());
+        Sent {
+            requests: report.batches_ok,
+            records: report.sent_records(),
+        }
+    });
+}
+
+/// The same with the Node.js SDK: chunked requests, `eventName`, JavaScript numbers that are
+/// integers (sent as `int_value`) and booleans.
+#[test]
+fn node_sdk_event_name_and_typed_attributes_count_and_drop_exactly() {
+    let name = "node_sdk_event_name_and_typed_attributes_count_and_drop_exactly";
+    if !kernel_or_skip(name) || node_or_skip(name).is_none() {
+        return;
+    }
+    run_and_check(300, |receiver, plan| {
+        let report = export_with_node(&receiver.logs_url(), plan);
+        report.assert_all_ok(plan.total());
+        Sent {
+            requests: report.batches_ok,
+            records: report.sent_records(),
+        }
+    });
 }
 
 /// The agent's Prometheus endpoint serving `stats`, scraped once.
