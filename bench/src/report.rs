@@ -242,6 +242,26 @@ pub fn ratios(runs: &[RunResult], sizes: &[usize], rounds: usize) -> Vec<Ratio> 
             runs,
             rounds,
             size,
+            "(c)/(f) CPU per record",
+            "whole-path CPU ns per record sent, 10 count rules in the kernel over the userspace proxy's drop",
+            (size == 100).then_some(("<= 0.60", 0.60, false)),
+            div("c", "f", cpu),
+        ));
+        out.push(ratio(
+            runs,
+            rounds,
+            size,
+            "(d) dt_msg / (a) CPU per record",
+            "dt_msg ns per record in (d) over the whole no-agent path's CPU ns per record",
+            (size == 100).then_some(("<= 1.00", 1.0, false)),
+            |round| {
+                Some(value(runs, size, "d", round, &msg)? / value(runs, size, "a", round, &cpu)?)
+            },
+        ));
+        out.push(ratio(
+            runs,
+            rounds,
+            size,
             "(d)/(l) CPU per record",
             "whole-path CPU ns per record sent, kernel drop over a real OpenTelemetry collector's drop",
             None,
