@@ -74,6 +74,10 @@ impl Reader {
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // The bench's sockets are blocking, without a timeout: EAGAIN is the kernel's
+                // sockmap receive path (`tcp_bpf_recvmsg`) woken by something other than data,
+                // such as send-buffer space. Read again, as real clients do.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             }
         }

@@ -76,6 +76,12 @@ impl HttpResponse {
     }
 }
 
+/// How long a read may wait for the peer.
+const READ_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Reads that came back with EAGAIN before [`READ_TIMEOUT`] (see [`RawClient::fill`]).
+pub static SPURIOUS_EAGAIN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 pub struct RawClient {
     stream: TcpStream,
     buf: Vec<u8>,
@@ -84,12 +90,12 @@ pub struct RawClient {
 }
 
 impl RawClient {
-    /// Connects with Nagle off and a 20 s read timeout.
+    /// Connects with Nagle off and a [`READ_TIMEOUT`] read timeout.
     pub fn connect(addr: SocketAddr) -> RawClient {
         let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
         stream.set_nodelay(true).expect("nodelay");
         stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
+            .set_read_timeout(Some(READ_TIMEOUT))
             .expect("read timeout");
         RawClient {
             stream,
@@ -126,8 +132,14 @@ impl RawClient {
         self.read_response()
     }
 
+    /// One `read`, waiting up to [`READ_TIMEOUT`] in all. A blocking read on a socket in dt's
+    /// sockhash goes through the kernel's sockmap receive path (`tcp_bpf_recvmsg`), which
+    /// returns EAGAIN when something other than data wakes it, such as send-buffer space freed
+    /// by ACKs after a large write: like the clients dt serves (non-blocking ones, and CPython
+    /// and Java with a timeout), this retries until the time is up.
     fn fill(&mut self) -> usize {
         let mut tmp = [0u8; 16384];
+        let deadline = std::time::Instant::now() + READ_TIMEOUT;
         loop {
             match self.stream.read(&mut tmp) {
                 Ok(n) => {
@@ -135,6 +147,13 @@ impl RawClient {
                     return n;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        && std::time::Instant::now() < deadline =>
+                {
+                    SPURIOUS_EAGAIN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                }
                 Err(e) => panic!(
                     "reading the response: {e} (have {} bytes: {:?})",
                     self.buf.len(),

@@ -303,15 +303,25 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Reads one response head off a client stream (the servers here answer without a body).
+/// Reads one response head off a client stream (the servers here answer without a body),
+/// waiting up to the stream's read timeout. A blocking read on a hooked socket can return
+/// EAGAIN early, when send-buffer space wakes it (the kernel's sockmap receive path; see
+/// `dt_tests::client::RawClient`): it is read again, as real clients do.
 fn read_response_head(s: &mut TcpStream) -> Result<String, String> {
     let mut buf = Vec::new();
     let mut tmp = [0u8; 1024];
+    let wait = s
+        .read_timeout()
+        .ok()
+        .flatten()
+        .unwrap_or(Duration::from_secs(30));
+    let deadline = Instant::now() + wait;
     while find(&buf, b"\r\n\r\n").is_none() {
         match s.read(&mut tmp) {
             Ok(0) => return Err("EOF before a response".into()),
             Ok(n) => buf.extend_from_slice(&tmp[..n]),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {}
             Err(e) => return Err(format!("reading the response: {e}")),
         }
     }
