@@ -117,7 +117,7 @@ impl Chunked {
                 let d = hex(b);
                 if d < 16 {
                     // Leading zeros are allowed (and count against the line's length only).
-                    if pos - self.line_start >= MAX_SIZE_LINE {
+                    if pos.wrapping_sub(self.line_start) >= MAX_SIZE_LINE {
                         return self.bad();
                     }
                     if self.size != 0 || d != 0 {
@@ -130,7 +130,7 @@ impl Chunked {
                     self.digits += 1;
                 } else if self.digits == 0 {
                     return self.bad();
-                } else if b == b';' && pos - self.line_start < MAX_SIZE_LINE {
+                } else if b == b';' && pos.wrapping_sub(self.line_start) < MAX_SIZE_LINE {
                     // Only `;` may follow the digits. HTTP allows whitespace before it, but
                     // servers disagree (hyper takes it, Go's net/http and llhttp refuse a size
                     // followed by a space): dt does not follow what a server may read
@@ -145,7 +145,7 @@ impl Chunked {
             C_EXT => {
                 if b == b'\r' {
                     self.state = C_LF;
-                } else if b == b'\n' || pos - self.line_start >= MAX_SIZE_LINE {
+                } else if b == b'\n' || pos.wrapping_sub(self.line_start) >= MAX_SIZE_LINE {
                     return self.bad();
                 }
             }
@@ -191,6 +191,15 @@ impl Chunked {
         Scan::More
     }
 
+    /// After [`Scan::Need`] on a request that passes piece by piece: the `by` bytes scanned so
+    /// far are gone, and positions count from the next piece's first byte. (The start of a size
+    /// line cut by the piece's end wraps below zero; only its distance to `pos` is used.)
+    #[inline(always)]
+    pub fn rebase(&mut self, by: u32) {
+        self.pos -= by;
+        self.line_start = self.line_start.wrapping_sub(by);
+    }
+
     /// A size line has ended (its LF just read).
     #[inline(always)]
     fn line_done(&mut self) -> Scan {
@@ -207,7 +216,7 @@ impl Chunked {
             // The last ten digits at most: leading zeros before them stay as they are.
             let d = self.digits as u32;
             let (off, n) = if d > 10 { (d - 10, 10) } else { (0, d) };
-            self.first_digits_off = self.line_start + off;
+            self.first_digits_off = self.line_start.wrapping_add(off);
             self.first_digits = n;
         }
         self.n_chunks += 1;
@@ -286,11 +295,84 @@ pub fn scan(bytes: &[u8], start: u32) -> (Chunked, Scan) {
     }
 }
 
+/// Scans `bytes` from `start` as the kernel does a request that passes piece by piece: each
+/// piece (cut at `cuts`, ascending) scanned on its own, the state rebased after it. The
+/// outcome, and where the request ends counted from `bytes`' first byte.
+pub fn scan_pieces(bytes: &[u8], start: u32, cuts: &[usize]) -> (Scan, Option<usize>) {
+    let mut c = Chunked::default();
+    c.start(start);
+    let mut from = 0;
+    let ends = cuts.iter().copied().chain(core::iter::once(bytes.len()));
+    let mut r = Scan::Need;
+    for to in ends {
+        let piece = &bytes[from..to];
+        let mut s = crate::wire::SliceSource(piece);
+        let mut steps = 0;
+        r = loop {
+            let r = c.step(&mut s, piece.len() as u32);
+            if r != Scan::More || steps >= MAX_SCAN_STEPS {
+                break c.outcome(piece.len() as u32);
+            }
+            steps += 1;
+        };
+        match r {
+            Scan::Need => c.rebase(piece.len() as u32),
+            Scan::Done => return (r, Some(from + c.end as usize)),
+            _ => return (r, None),
+        }
+        from = to;
+    }
+    (r, None)
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
     use super::*;
     use std::vec::Vec;
+
+    /// Every way of cutting a body in two and three pieces scans as the whole body does.
+    #[test]
+    fn a_body_in_pieces_scans_as_a_whole() {
+        let bodies: [&[u8]; 7] = [
+            b"7\r\nabcdefg\r\n0\r\n\r\n",
+            b"A;name=value\r\n0123456789\r\n3;x\r\nabc\r\n0;last\r\n\r\nPOST /v1/logs",
+            b"0000000000003\r\nabc\r\n0\r\n\r\n",
+            b"3\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n",
+            b"3 ;x\r\nabc\r\n0\r\n\r\n",
+            b"3\r\nabcd\r\n0\r\n\r\n",
+            b"0\r\n\r\n",
+        ];
+        for body in bodies {
+            let (whole, r) = scan(body, 0);
+            let want = match r {
+                Scan::Done => (Scan::Done, Some(whole.end as usize)),
+                r => (r, None),
+            };
+            let n = body.len();
+            for i in 1..n {
+                assert_eq!(scan_pieces(body, 0, &[i]), want, "{body:?} cut at {i}");
+                for j in i + 1..n {
+                    assert_eq!(
+                        scan_pieces(body, 0, &[i, j]),
+                        want,
+                        "{body:?} cut at {i}, {j}"
+                    );
+                }
+            }
+        }
+        // A size line of 64 bytes across two pieces is still one line too long.
+        let mut long = std::vec![b'0'; 64];
+        long.extend_from_slice(b"3\r\nabc\r\n0\r\n\r\n");
+        assert_eq!(scan(&long, 0).1, Scan::Unsupported);
+        for i in 1..long.len() {
+            assert_eq!(
+                scan_pieces(&long, 0, &[i]).0,
+                Scan::Unsupported,
+                "cut at {i}"
+            );
+        }
+    }
 
     #[test]
     fn one_chunk_as_node_sends_it() {

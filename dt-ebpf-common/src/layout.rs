@@ -876,6 +876,10 @@ pub const PHASE_UNTRACKED: u32 = 2;
 pub const PHASE_HEAD: u32 = 3;
 /// A chunked request is being corked, its framing scanned step by step.
 pub const PHASE_CHUNKED: u32 = 4;
+/// A chunked request dt does not walk (the rip cord pulled, no rules, not logs, ...) is
+/// passing: each piece passes as it comes, and its framing is followed across them, so that the
+/// next request on the connection is found and followed again.
+pub const PHASE_CHUNK_PASS: u32 = 5;
 
 /// Entries of the `HELD` map (one per socket at most).
 pub const MAX_HELD: u32 = 65535;

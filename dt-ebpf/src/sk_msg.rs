@@ -33,9 +33,10 @@ use aya_ebpf::{
 use dt_ebpf_common::{
     AcTable, Control, GroupNote, GroupNotes, HashEntry, HashKey, Held, MAX_EDITS, MAX_FIXES,
     MAX_GROUP_NOTES, MAX_HEAD_LEN, MAX_MASKS, MAX_REQUEST_CEILING, MAX_RULES, N_PASSTHROUGH,
-    NEED_GROUPS, NEED_RECORD, PHASE_CHUNKED, PHASE_CORKED, PHASE_HEAD, PHASE_IDLE, PHASE_UNTRACKED,
-    Passthrough, RuleSet, STR_KEY_BYTES, SockState, StrKey, Totals, Trigger, WinState,
-    chunked::{self, Scan},
+    NEED_GROUPS, NEED_RECORD, PHASE_CHUNK_PASS, PHASE_CHUNKED, PHASE_CORKED, PHASE_HEAD,
+    PHASE_IDLE, PHASE_UNTRACKED, Passthrough, RuleSet, STR_KEY_BYTES, SockState, StrKey, Totals,
+    Trigger, WinState,
+    chunked::{self, Chunked, Scan},
     decide,
     http::{self, Feed},
     walk::{self, Editor, Env, Step},
@@ -149,6 +150,7 @@ fn handle(ctx: &SkMsgContext) -> Next {
             st.chunk.start(st.head_len);
             chunked_run(ctx.msg, size, st)
         }
+        PHASE_CHUNK_PASS => chunked_run(ctx.msg, size, st),
         _ => fresh(msg, size, st, control, totals),
     }
 }
@@ -295,9 +297,19 @@ fn fresh(
         .get(control.active_slot())
         .is_some_and(|rs| rs.n_rules == 0 && rs.enrich == 0);
     if chunked {
-        if why.is_some_and(|w| !matches!(w, Passthrough::Oversize)) || no_rules {
-            // Not walked, so not scanned: its end is not known.
-            return Next::Verdict(lose_track(st, totals, Passthrough::Chunked, size));
+        let not_walked = match why {
+            Some(Passthrough::Oversize) | None if no_rules => Some(Passthrough::NoRules),
+            Some(Passthrough::Oversize) | None => None,
+            w => w,
+        };
+        if let Some(why) = not_walked {
+            // Not walked: it passes piece by piece as it comes, never held, and its framing is
+            // followed across the pieces to where the next request begins.
+            totals.requests += 1;
+            count_passthrough(totals, why);
+            st.chunk.start(h.len);
+            st.phase = PHASE_CHUNK_PASS;
+            return chunked_run(msg, size, st);
         }
         totals.requests += 1;
         st.slot = control.active_slot();
@@ -401,6 +413,9 @@ fn chunked_scan_inner(
         );
     }
     let c = st.chunk;
+    if st.phase == PHASE_CHUNK_PASS {
+        return Next::Verdict(chunk_pass(st, totals, &c, size));
+    }
     match c.outcome(size) {
         Scan::Need => {
             let need = c.need();
@@ -451,6 +466,32 @@ fn chunked_scan_inner(
         _ => {
             release(st, totals);
             Next::Verdict(lose_track_counted(st, totals, Passthrough::Chunked, size))
+        }
+    }
+}
+
+/// A piece of a chunked request that passes unwalked ([`PHASE_CHUNK_PASS`]), scanned: it
+/// passes at once. The request's end ends the phase, and the bytes after it are the next
+/// request's; framing dt does not follow leaves the connection unfollowed from here.
+#[inline(always)]
+fn chunk_pass(st: &mut SockState, totals: &mut Totals, c: &Chunked, size: u32) -> Verdict {
+    match c.outcome(size) {
+        Scan::Need => {
+            st.chunk.rebase(size);
+            totals.bytes_in += size as u64;
+            totals.bytes_out += size as u64;
+            WHOLE
+        }
+        Scan::Done => {
+            st.phase = PHASE_IDLE;
+            totals.bytes_in += c.end as u64;
+            totals.bytes_out += c.end as u64;
+            (c.end, 0)
+        }
+        _ => {
+            st.phase = PHASE_UNTRACKED;
+            untracked(totals, size);
+            WHOLE
         }
     }
 }

@@ -32,6 +32,9 @@
  *   simple  SimpleLogRecordProcessor: one request per record, each export awaited before
  *           the next record is emitted
  *   direct  exporter.export() called with batches of batch_size records, in order, each awaited
+ *           (with "pause_dir" and "pause_before": [k, ...], before batch k it creates
+ *           <pause_dir>/paused-k and waits until <pause_dir>/resume-k exists: the test changes
+ *           the agent between batches that share one keep-alive connection)
  * Record i of the whole plan gets timestamp base_time_nanos + i (exactly, as HrTime); severity
  * number 0 emits none; a null body emits none.
  *
@@ -210,6 +213,20 @@ function emitAll(provider, records, seq, base) {
   return seq;
 }
 
+// The plan's pause before batch k, if it has one (see the header).
+async function pauseBefore(plan, k, timeoutMillis) {
+  if (!plan.pause_dir || !(plan.pause_before || []).includes(k)) return;
+  const fs = require('fs');
+  const path = require('path');
+  fs.writeFileSync(path.join(plan.pause_dir, `paused-${k}`), '');
+  const resume = path.join(plan.pause_dir, `resume-${k}`);
+  const deadline = Date.now() + timeoutMillis;
+  while (!fs.existsSync(resume)) {
+    if (Date.now() > deadline) throw new Error(`no ${resume} within ${timeoutMillis} ms`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
 function exportOnce(exporter, batch) {
   return new Promise((resolve) => exporter.export(batch, resolve));
 }
@@ -281,6 +298,7 @@ async function main() {
       const provider = new LoggerProvider({ resource, processors: [collecting] });
       seq = emitAll(provider, records, seq, base);
       for (let i = 0; i < collecting.records.length; i += batchSize) {
+        await pauseBefore(plan, i / batchSize, timeoutMillis);
         await exportOnce(exporter, collecting.records.slice(i, i + batchSize));
       }
       try {

@@ -320,6 +320,27 @@ fn reference_chunks(b: &[u8]) -> Option<(usize, Vec<(usize, usize)>)> {
 /// See the module docs.
 pub fn chunked(data: &[u8]) {
     let (c, r) = chunked::scan(data, 0);
+    // Passed piece by piece (cut at three points the input picks), the scan ends as it does
+    // whole: where, or that it does not follow the framing.
+    if data.len() > 3 {
+        let mut cuts: Vec<usize> = data[..3]
+            .iter()
+            .map(|&b| 1 + b as usize % (data.len() - 1))
+            .collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        let whole = match r {
+            Scan::Done => (Scan::Done, Some(c.end as usize)),
+            Scan::More => (Scan::Unsupported, None),
+            r => (r, None),
+        };
+        assert_eq!(
+            chunked::scan_pieces(data, 0, &cuts),
+            whole,
+            "cut at {cuts:?}: {:?}",
+            String::from_utf8_lossy(data)
+        );
+    }
     if r != Scan::Done {
         return;
     }

@@ -66,7 +66,7 @@ pub use model::{Action, Expected, Facts, RuleExpect, RuleSpec, evaluate, simulat
 pub use net::{listener_v4, listener_v6, reserve_port};
 pub use node::{
     NodeExportReport, export_with_node, export_with_node_simple, export_with_node_value,
-    node_or_skip,
+    node_or_skip, node_plan,
 };
 pub use otlp::{LogsRequestBuilder, Rec};
 pub use python::{

@@ -317,3 +317,114 @@ fn what_passes_as_chunked() {
     assert_eq!(stats.rules[0].matched, (30 + 20) as u64);
     assert_eq!(stats.totals.in_flight, 0);
 }
+
+/// Chunked requests dt does not walk (the rip cord pulled, an empty rule set, another path)
+/// pass at once, byte for byte, each counted under its own reason; their framing is followed
+/// as they pass, so the next request on the same keep-alive connection is walked again, as
+/// the Node.js SDK's connections need after `enable` or a first push.
+#[test]
+fn chunked_requests_not_walked_pass_and_the_connection_stays_followed() {
+    if !kernel_or_skip("chunked_requests_not_walked_pass_and_the_connection_stays_followed") {
+        return;
+    }
+    let rules = rules();
+    let empty = TempRules::from_rules(&[]);
+    let full = TempRules::from_rules(&rules);
+    let receiver = Receiver::start_v4();
+    let mut agent = start_agent(&empty, &[receiver.port()]);
+    let mut rng = ChaCha8Rng::seed_from_u64(31);
+    let mut client = RawClient::connect(receiver.addr());
+    // (request, whether it is walked)
+    let mut sent: Vec<(ExportLogsServiceRequest, bool)> = Vec::new();
+    let mut send = |client: &mut RawClient, rng: &mut ChaCha8Rng, seed: u64, multi: bool| {
+        let req = logs(seed, rng.random_range(5..40));
+        let body = encode(&req);
+        let http = if multi {
+            HttpRequestBuilder::logs(body).chunked(97).build()
+        } else {
+            one_chunk(&body, rng.random_range(1..6), "", false)
+        };
+        let split = random_split(rng, &http);
+        assert_eq!(
+            client.roundtrip(&http, &split).status,
+            200,
+            "request {seed}"
+        );
+        req
+    };
+
+    // No rules: passes, counted `no_rules`.
+    for i in 0..3 {
+        sent.push((send(&mut client, &mut rng, i, i == 1), false));
+    }
+    // The first push: the same connection's requests are walked.
+    agent.reload(full.path()).expect("reload");
+    for i in 10..13 {
+        sent.push((send(&mut client, &mut rng, i, i == 11), true));
+    }
+    // The rip cord: they pass, counted `disabled`, in pieces of every size.
+    agent.set_enabled(false).expect("disable");
+    for i in 20..24 {
+        sent.push((send(&mut client, &mut rng, i, i % 2 == 0), false));
+    }
+    // A chunked request on another path, with the cord back: passes, counted `not_logs`.
+    agent.set_enabled(true).expect("enable");
+    let traces = HttpRequestBuilder::logs(vec![0x0a; 300])
+        .path("/v1/traces")
+        .chunked(64)
+        .build();
+    assert_eq!(
+        client.roundtrip(&traces, &Split::head_then_body(4)).status,
+        200
+    );
+    for i in 30..33 {
+        sent.push((send(&mut client, &mut rng, i, i == 31), true));
+    }
+    client.finish();
+
+    let got = receiver.wait_for(sent.len() + 1, WAIT);
+    let stats = stats_of(&agent);
+    let mut walked = Vec::new();
+    let logs_got: Vec<_> = got.iter().filter(|r| r.path == "/v1/logs").collect();
+    assert_eq!(logs_got.len(), sent.len());
+    for (i, ((req, walk), r)) in sent.iter().zip(&logs_got).enumerate() {
+        let recs = sent_records(req);
+        if *walk {
+            assert_eq!(
+                r.records(),
+                evaluate(&rules, &recs).kept,
+                "request {i} is edited"
+            );
+            walked.extend(recs);
+        } else {
+            assert_eq!(r.body, encode(req), "request {i} passes byte for byte");
+        }
+    }
+    let pt = &stats.totals.passthrough;
+    assert_eq!(pt.get("no_rules"), Some(&3), "{pt:?}");
+    assert_eq!(pt.get("disabled"), Some(&4), "{pt:?}");
+    assert_eq!(pt.get("not_logs"), Some(&1), "{pt:?}");
+    assert_eq!(pt.get("chunked").copied().unwrap_or(0), 0, "{pt:?}");
+    assert_eq!(
+        stats.totals.untracked_bytes, 0,
+        "the connection is followed throughout"
+    );
+    assert_eq!(stats.totals.requests, sent.len() as u64 + 1);
+    assert_eq!(
+        stats.totals.bytes_out,
+        receiver.connection_bytes()[0].len() as u64,
+        "every byte that left is counted once"
+    );
+    let want = evaluate(&rules, &walked);
+    assert_eq!(stats.totals.records_dropped, want.records_dropped);
+    for r in &want.rules {
+        let got = stats.rule(&r.name).expect("rule listed");
+        assert_eq!(
+            (got.matched, got.dropped),
+            (r.matched, r.dropped),
+            "{}",
+            r.name
+        );
+    }
+    assert_eq!(stats.totals.in_flight, 0);
+}

@@ -8,11 +8,15 @@
 use std::time::Duration;
 
 use dt_tests::model::{Counts, Simulation, rules_toml, simulate};
+use dt_tests::otlp::sent_records;
 use dt_tests::{
     ExportMode, ExportPlan, NodeExportReport, Receiver, RuleSpec, TempRules, WAIT, assert_expected,
     assert_no_passthrough, assert_same_records, evaluate, export_with_node,
-    export_with_node_simple, kernel_or_skip, node_or_skip, start_agent, stats_of,
+    export_with_node_simple, export_with_node_value, kernel_or_skip, node_or_skip, node_plan,
+    start_agent, stats_of,
 };
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use prost::Message;
 
 fn node_kernel_or_skip(test: &str) -> bool {
     kernel_or_skip(test) && node_or_skip(test).is_some()
@@ -365,4 +369,103 @@ fn node_exporter_redact() {
     ];
     let plan = redact_plan(6_000, 300);
     run_actions(test, &rules, &plan);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The rip cord and rule changes on a live Node.js connection.
+
+/// One Node.js exporter, one keep-alive connection, five chunked exports, and between them the
+/// agent changes: an empty rule set, then a first push, the rip cord pulled, then put back.
+/// Exports dt does not walk pass byte for byte, counted under their reason; every one after
+/// them on the same connection is walked again (dt follows the framing of the requests it
+/// passes), so nothing on the connection goes unfollowed.
+#[test]
+fn node_exporter_connection_is_filtered_again_after_enable_and_a_first_push() {
+    let test = "node_exporter_connection_is_filtered_again_after_enable_and_a_first_push";
+    if !node_kernel_or_skip(test) {
+        return;
+    }
+    let rules = count_drop_rules();
+    let empty = TempRules::from_rules(&[]);
+    let full = TempRules::from_rules(&rules);
+    let receiver = Receiver::start_v4();
+    let mut agent = start_agent(&empty, &[receiver.port()]);
+    let pauses = tempfile::tempdir().expect("tempdir");
+    let plan = ExportPlan::mixed(1_000, &["checkout"], 200);
+    let mut v = node_plan(&receiver.logs_url(), &plan);
+    v["mode"] = serde_json::json!("direct");
+    v["pause_dir"] = serde_json::json!(pauses.path());
+    v["pause_before"] = serde_json::json!([1, 2, 3]);
+    let node = std::thread::spawn(move || export_with_node_value(&v));
+
+    // Before export k, the agent changes; export k then goes out on the same connection.
+    let wait_paused = |k: usize| {
+        let p = pauses.path().join(format!("paused-{k}"));
+        let deadline = std::time::Instant::now() + WAIT;
+        while !p.exists() {
+            assert!(std::time::Instant::now() < deadline, "{test}: no pause {k}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let resume = |k: usize| {
+        std::fs::write(pauses.path().join(format!("resume-{k}")), "").expect("resume");
+    };
+    wait_paused(1);
+    agent.reload(full.path()).expect("the first push");
+    resume(1);
+    wait_paused(2);
+    agent.set_enabled(false).expect("disable");
+    resume(2);
+    wait_paused(3);
+    agent.set_enabled(true).expect("enable");
+    resume(3);
+    let report = node.join().expect("the Node.js exporter's thread");
+    report.assert_all_ok(plan.total());
+    assert_eq!(report.batches_ok, 5);
+    receiver.wait_for(5, WAIT);
+    let stats = stats_of(&agent);
+    drop(agent);
+
+    assert_eq!(
+        receiver.connections(),
+        1,
+        "{test}: one keep-alive connection"
+    );
+    let got = receiver.requests();
+    let walked = [false, true, false, true, true];
+    let mut walked_records = Vec::new();
+    for (i, (r, body)) in got.iter().zip(&report.bodies).enumerate() {
+        assert!(r.chunked, "{test}: export {i} arrived chunked");
+        let req = ExportLogsServiceRequest::decode(body.as_slice()).expect("a sent body");
+        let recs = sent_records(&req);
+        if walked[i] {
+            assert_eq!(
+                r.records(),
+                evaluate(&rules, &recs).kept,
+                "{test}: export {i} is filtered"
+            );
+            walked_records.extend(recs);
+        } else {
+            assert_eq!(&r.body, body, "{test}: export {i} passes byte for byte");
+        }
+    }
+    let pt = &stats.totals.passthrough;
+    assert_eq!(pt.get("no_rules"), Some(&1), "{test}: {pt:?}");
+    assert_eq!(pt.get("disabled"), Some(&1), "{test}: {pt:?}");
+    assert_not_passed_as_chunked(test, &stats);
+    assert_eq!(stats.totals.untracked_bytes, 0, "{test}: never unfollowed");
+    assert_eq!(stats.totals.requests, 5);
+    assert_eq!(stats.totals.bytes_out, receiver.total_bytes());
+    let want = evaluate(&rules, &walked_records);
+    assert!(want.records_dropped > 0);
+    assert_eq!(stats.totals.records_dropped, want.records_dropped);
+    for r in &want.rules {
+        let s = stats.rule(&r.name).expect("rule listed");
+        assert_eq!(
+            (s.matched, s.dropped),
+            (r.matched, r.dropped),
+            "{test}: {}",
+            r.name
+        );
+    }
 }
