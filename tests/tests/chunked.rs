@@ -336,7 +336,7 @@ fn chunked_requests_not_walked_pass_and_the_connection_stays_followed() {
     let mut client = RawClient::connect(receiver.addr());
     // (request, whether it is walked)
     let mut sent: Vec<(ExportLogsServiceRequest, bool)> = Vec::new();
-    let mut send = |client: &mut RawClient, rng: &mut ChaCha8Rng, seed: u64, multi: bool| {
+    let send = |client: &mut RawClient, rng: &mut ChaCha8Rng, seed: u64, multi: bool| {
         let req = logs(seed, rng.random_range(5..40));
         let body = encode(&req);
         let http = if multi {
