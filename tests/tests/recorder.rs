@@ -716,6 +716,52 @@ fn states_by_hand_and_a_flush_to_an_endpoint_that_is_down() {
     );
 }
 
+/// A capture endpoint that takes the connection and never answers: each try gives up after
+/// 5 s, the flush after its 5 tries, counted, within `dt-agent flush`'s wait; the records stay.
+#[test]
+fn a_flush_to_an_endpoint_that_never_answers_is_given_up_in_time() {
+    if !kernel_or_skip("recorder: endpoint never answers") {
+        return;
+    }
+    let receiver = Receiver::start_v4();
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let hung_port = hung.local_addr().unwrap().port();
+    // Takes every connection and holds it, reading nothing, answering nothing.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in hung.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let dir = TempRules::with_files(&[("recorder.toml", &rules("1h"))]);
+    let mut cfg = agent_config(&dir, &[receiver.port()]);
+    cfg.capture_endpoint = Some(format!("http://127.0.0.1:{hung_port}/v1/logs"));
+    let agent = start_agent_with(cfg);
+    let debug = LogsRequestBuilder::new()
+        .resource("checkout")
+        .scope("app")
+        .records((0..4).map(|i| Rec::new(5, &format!("debug {i}"))))
+        .build();
+    send_raw(receiver.port(), &debug);
+    assert_eq!(stats_of(&agent).recorders[0].records, 4);
+    let (requester, slots) = agent.flush_request(&["checkout-debug".into()]).unwrap();
+    let start = Instant::now();
+    let e = format!("{:#}", requester.flush(slots).unwrap_err());
+    let took = start.elapsed();
+    assert!(e.contains("flush given up after 5 tries"), "{e}");
+    assert!(e.contains("no answer within 5 s"), "{e}");
+    assert!(
+        took >= Duration::from_secs(25) && took < dt_agent::export::flush::FLUSH_WAIT,
+        "{took:?}: {e}"
+    );
+    let s = stats_of(&agent);
+    let r = &s.recorders[0];
+    assert_eq!(
+        (r.records, r.flushes, r.flush_failures, r.flushed_records),
+        (4, 0, 1, 0)
+    );
+}
+
 /// A push that keeps a recorder keeps its records; one that removes it frees its ring.
 #[test]
 fn rule_sets_keep_or_free_recorders_by_name() {

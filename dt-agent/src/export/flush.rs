@@ -25,6 +25,10 @@ const POLL: Duration = Duration::from_millis(100);
 /// Tries of one flush, and the pause before the second (doubling after each failure).
 const TRIES: u32 = 5;
 const FIRST_PAUSE: Duration = Duration::from_millis(200);
+/// Bound on one post (connecting, sending, the answer): an endpoint that takes a connection and
+/// never answers fails the try instead of stalling every recorder's flushes. All tries of one
+/// flush take at most 5 × 5 s + 3 s of pauses, within [`FLUSH_WAIT`].
+const POST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest body of one egress request; a bigger flush is sent in several.
 const MAX_BODY: usize = 4 << 20;
 /// How long `dt-agent flush` waits for the egress.
@@ -219,9 +223,21 @@ impl Worker {
                 .max(1);
             let (batch, later) = rest.split_at(n);
             let body = logs_request(name, batch);
-            super::http::post_protobuf(&self.endpoint, body, "capture endpoint")
-                .await
-                .map_err(|e| (sent, e))?;
+            let post = super::http::post_protobuf(&self.endpoint, body, "capture endpoint");
+            match tokio::time::timeout(POST_TIMEOUT, post).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err((sent, e)),
+                Err(_) => {
+                    return Err((
+                        sent,
+                        anyhow::anyhow!(
+                            "POST {}: no answer within {} s",
+                            self.endpoint,
+                            POST_TIMEOUT.as_secs()
+                        ),
+                    ));
+                }
+            }
             let last = batch[batch.len() - 1].clone();
             let records = batch.len() as u64;
             self.objects
