@@ -308,3 +308,74 @@ fn remote_rules_over_opamp() {
     agent.start();
     assert_eq!(names(&agent), vec!["local-count"]);
 }
+
+/// A kept remote config that compiles but does not start (its recorder needs the capture
+/// endpoint this restart's config no longer has): the agent starts without it, on its local
+/// rules, filtering, and the server hears FAILED with the reason; it does not exit.
+#[test]
+fn a_kept_config_that_no_longer_starts_is_set_aside() {
+    let test = "a_kept_config_that_no_longer_starts_is_set_aside";
+    if !kernel_or_skip(test) || python_or_skip(test).is_none() {
+        return;
+    }
+    let server = OpampServer::start();
+    let local = RuleSpec::count("local-count");
+    let rules = TempRules::from_rules(std::slice::from_ref(&local));
+    let receiver = Receiver::start_v4();
+    let state = tempfile::Builder::new()
+        .prefix("dt-opamp-state-")
+        .tempdir()
+        .unwrap();
+    let mut agent = AgentProcess::new("opamp-aside", rules.path(), &[receiver.port()], false);
+    let with_capture = format!(
+        "capture_endpoint = \"{}\"\n{}",
+        receiver.logs_url(),
+        config(state.path(), &server.endpoint())
+    );
+    agent.write_config(&with_capture);
+    agent.start();
+    let recorder = "[[recorder]]\nname = \"remote-rec\"\nsize = \"1MiB\"\n\n\
+                    [[rule]]\nname = \"remote-record-debug\"\naction = \"drop\"\n\
+                    recorder = \"remote-rec\"\n[rule.match]\nseverity = \"DEBUG\"\n";
+    let h = server.set_config(&[("50-remote.toml", recorder)]);
+    wait_status(&server, &h, "APPLIED", "the recorder config");
+    assert_eq!(names(&agent), vec!["local-count", "remote-record-debug"]);
+
+    // Restarted without the capture endpoint.
+    agent.signal(libc::SIGTERM);
+    agent.wait_exit(Duration::from_secs(20));
+    let seen = server.messages().len();
+    agent.write_config(&config(state.path(), &server.endpoint()));
+    agent.start();
+    assert_eq!(names(&agent), vec!["local-count"]);
+    assert!(
+        agent
+            .log()
+            .contains("the last remote config does not start; starting without it"),
+        "{}",
+        agent.log()
+    );
+    let plan = ExportPlan::mixed(200, &["checkout"], 100);
+    export_with_real_exporter(receiver.port(), &plan).assert_all_ok(200);
+    let stats = agent.stats();
+    assert_eq!(stats.rule("local-count").unwrap().matched, 200);
+
+    // The server hears FAILED, with the reason, for the kept config's hash.
+    let msgs = server.wait_for("the set-aside config", WAIT_OPAMP, |m| {
+        m[seen..].iter().any(|m| {
+            m.remote_config_status
+                .as_ref()
+                .is_some_and(|s| s.hash == h && s.status == "FAILED")
+        })
+    });
+    let failed = msgs[seen..]
+        .iter()
+        .find_map(|m| {
+            m.remote_config_status
+                .as_ref()
+                .filter(|s| s.status == "FAILED")
+        })
+        .unwrap();
+    let e = &failed.error_message;
+    assert!(e.contains("capture_endpoint"), "{e}");
+}

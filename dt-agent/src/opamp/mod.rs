@@ -69,6 +69,17 @@ pub struct Startup {
     pub status: RemoteConfigStatus,
 }
 
+impl Startup {
+    /// The agent did not start with the kept remote config (`error`, say a recorder it names and
+    /// a capture endpoint the config no longer has): it starts without it, and the server hears
+    /// FAILED with the error, as for a kept config that no longer compiles.
+    pub fn set_aside(&mut self, error: &str) {
+        self.remote.clear();
+        let hash = self.status.last_remote_config_hash.clone();
+        self.status = status(&hash, RemoteConfigStatuses::Failed, error);
+    }
+}
+
 /// Opens the state directory and takes the kept remote config as the remote part, when the
 /// rule set it makes with `rules_dir` is valid. When it is not but the directory alone is, the
 /// agent starts without it, and the server hears FAILED with the errors; when the directory

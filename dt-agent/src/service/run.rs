@@ -22,7 +22,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         }
     }
     // With `[opamp]`: the kept remote config is the remote part of the rule set to start with.
-    let opamp = match &settings.opamp {
+    let mut opamp = match &settings.opamp {
         Some(o) => {
             let startup = opamp::startup(&settings.state_dir, &cfg.rules_dir)?;
             cfg.remote_rules = startup.remote.clone();
@@ -47,7 +47,23 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             Some(addr) => Some(export::bind_metrics(addr)?),
             None => None,
         };
-        let agent = Agent::start(cfg.clone())?;
+        let agent = match Agent::start(cfg.clone()) {
+            Ok(a) => a,
+            Err(e) if !cfg.remote_rules.is_empty() => {
+                // The kept remote config passed the rules' checks but not the agent's (its
+                // recorders and this config's capture endpoint, the ceiling, probes): start
+                // without it rather than not at all, and tell the server.
+                let error = format!("{e:#}");
+                log::error!("{error}");
+                log::error!("the last remote config does not start; starting without it");
+                if let Some((_, startup)) = opamp.as_mut() {
+                    startup.set_aside(&error);
+                }
+                cfg.remote_rules.clear();
+                Agent::start(cfg.clone())?
+            }
+            Err(e) => return Err(e),
+        };
         let service = Service::new(agent, cfg.rules_dir.clone(), cfg.remote_rules.clone())?;
         let _watcher = service.watch()?;
         log::info!(
