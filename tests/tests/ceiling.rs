@@ -237,3 +237,67 @@ fn a_rule_set_over_the_memory_ceiling_is_refused() {
     let after = agent.stats().cost.unwrap().map_bytes;
     assert!(after >= base + (1 << 20), "{base} then {after}");
 }
+
+/// A `run` refused after loading dt's object (here `[ceiling] memory` below what dt's maps
+/// take) leaves nothing behind: on a fresh pin directory no pins; over a pinned filter it
+/// would adopt, that filter's ports, size bound and counters as they were.
+#[test]
+fn a_refused_run_leaves_no_pins_and_changes_no_pinned_filter() {
+    if !kernel_or_skip("a_refused_run_leaves_no_pins_and_changes_no_pinned_filter") {
+        return;
+    }
+    let rules = TempRules::from_rules(&[RuleSpec::count("count-all")]);
+    let receiver = Receiver::start_v4();
+    let other = Receiver::start_v4();
+    let mut agent = AgentProcess::new("refused-run", rules.path(), &[receiver.port()], true);
+    let refused = |agent: &AgentProcess, extra: &[&str]| {
+        agent.write_config("[ceiling]\nmemory = \"1MiB\"\n");
+        let mut cmd = std::process::Command::new(dt_tests::agent_process::bin());
+        cmd.args(agent.run_args()).args(extra);
+        let out = dt_tests::agent_process::dt_agent_cmd(cmd, Duration::from_secs(60), "run");
+        let text = output_text(&out);
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        assert!(
+            text.contains("[ceiling] memory = 1024 KiB is below"),
+            "{text}"
+        );
+    };
+    refused(&agent, &[]);
+    assert!(
+        !agent.pin_dir().join("CONTROL").exists(),
+        "a refused start on fresh pins leaves none"
+    );
+
+    // A pinned filter, its agent stopped: it goes on filtering.
+    agent.write_config("");
+    agent.start();
+    agent.signal(libc::SIGTERM);
+    agent.wait_exit(Duration::from_secs(20));
+    assert!(agent.pin_dir().join("CONTROL").exists());
+    let send = |port: u16| {
+        let plan = ExportPlan::mixed(10, &["checkout"], 10);
+        export_with_real_exporter(port, &plan).assert_all_ok(10);
+    };
+    send(receiver.port());
+    let before = agent.stats();
+    assert_eq!(before.rule("count-all").unwrap().matched, 10);
+    let other_port = other.port().to_string();
+    refused(&agent, &["--port", &other_port, "--max-request", "1024"]);
+    // The pins are still there, the filter's ports are not changed (the other port is not
+    // hooked) and its size bound is not (a request over 1024 bytes is still walked).
+    assert!(agent.pin_dir().join("CONTROL").exists());
+    send(other.port());
+    send(receiver.port());
+    let after = agent.stats();
+    assert_eq!(after.rule("count-all").unwrap().matched, 20, "{after:?}");
+    assert_eq!(
+        after
+            .totals
+            .passthrough
+            .get("oversize")
+            .copied()
+            .unwrap_or(0),
+        0
+    );
+    assert_eq!(after.totals.requests, before.totals.requests + 1);
+}

@@ -182,8 +182,25 @@ static NEXT_AGENT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU6
 impl Agent {
     /// Compiles the rules, loads the programs (adopting pinned state when there is some),
     /// installs the rule set and attaches. On a rule error nothing is loaded, pinned or
-    /// attached.
+    /// attached; on any error, pins this start made are removed again, and pinned state it
+    /// would adopt is left as it was.
     pub fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
+        let fresh_pins = cfg
+            .pin_root
+            .as_deref()
+            .map(pin_dir)
+            .filter(|d| !d.join("CONTROL").exists());
+        let started = Self::start_inner(cfg);
+        if started.is_err()
+            && let Some(dir) = fresh_pins
+            && let Err(e) = pins::remove_pins(&dir)
+        {
+            log::warn!("removing the pins of a refused start: {e:#}");
+        }
+        started
+    }
+
+    fn start_inner(cfg: AgentConfig) -> anyhow::Result<Agent> {
         if cfg.ports.is_empty() {
             bail!("no ports to hook: give at least one --port");
         }
@@ -248,23 +265,15 @@ impl Agent {
             cfg.captures_per_second,
         )?;
 
-        let (generation, active_slot) = {
-            let mut control: Array<_, Control> = Array::try_from(map(&mut ebpf, "CONTROL")?)?;
-            let mut c = control.get(&0, 0)?;
-            if !adopting {
-                c = Control {
-                    active: Control::pack(0, 0),
-                    enabled: 1,
-                    layout: LAYOUT_VERSION,
-                    max_request: 0,
-                    _pad: 0,
-                };
-            }
-            c.max_request = cfg.max_request;
-            control.set(0, c, 0)?;
+        // Read now, written once every check has passed: a refused start changes nothing of
+        // a running filter it would adopt.
+        let (generation, active_slot) = if adopting {
+            let control: Array<_, Control> = Array::try_from(map(&mut ebpf, "CONTROL")?)?;
+            let c = control.get(&0, 0)?;
             (c.active_generation(), c.active_slot())
+        } else {
+            (0, 0)
         };
-        hooks::otlp::write_ports(&mut ebpf, &cfg.ports)?;
         let id = NEXT_AGENT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         export::own::register(id, hooks::otlp::socks_handle(&ebpf)?);
         let objects = Objects::open(&ebpf)?;
@@ -335,6 +344,22 @@ impl Agent {
         agent.check_memory(&compiled).map_err(RuleErrors)?;
         // uprobe hook: what depends on this kernel (drop) and this agent (capture endpoint).
         agent.probes.check(&compiled.uprobe).map_err(RuleErrors)?;
+        {
+            let mut control: Array<_, Control> = Array::try_from(map(&mut agent.ebpf, "CONTROL")?)?;
+            let mut c = control.get(&0, 0)?;
+            if !adopting {
+                c = Control {
+                    active: Control::pack(0, 0),
+                    enabled: 1,
+                    layout: LAYOUT_VERSION,
+                    max_request: 0,
+                    _pad: 0,
+                };
+            }
+            c.max_request = cfg.max_request;
+            control.set(0, c, 0)?;
+        }
+        hooks::otlp::write_ports(&mut agent.ebpf, &cfg.ports)?;
         agent.install(&compiled)?;
         agent.sk_msg = Some(hooks::otlp::attach_sk_msg(&mut agent.ebpf, &agent.socks)?);
         let pinned_link = agent
