@@ -90,6 +90,38 @@ pub fn commit(dir: &Path, files: &[(String, String)]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `dir` holds under each of `names` now (`None`: no such file), for [`put_back`].
+pub fn previous(dir: &Path, names: &[String]) -> anyhow::Result<Vec<(String, Option<String>)>> {
+    names
+        .iter()
+        .map(|n| {
+            let path = dir.join(n);
+            match std::fs::read_to_string(&path) {
+                Ok(t) => Ok((n.clone(), Some(t))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((n.clone(), None)),
+                Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+            }
+        })
+        .collect()
+}
+
+/// Undoes a committed push whose rule set could not be installed: the files it replaced get
+/// their old text back (as one change, like [`commit`]), and the files it added go.
+pub fn put_back(dir: &Path, previous: &[(String, Option<String>)]) -> anyhow::Result<()> {
+    let old: Vec<(String, String)> = previous
+        .iter()
+        .filter_map(|(n, t)| t.clone().map(|t| (n.clone(), t)))
+        .collect();
+    if !old.is_empty() {
+        commit(dir, &old)?;
+    }
+    for (n, _) in previous.iter().filter(|(_, t)| t.is_none()) {
+        let path = dir.join(n);
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    sync_dir(dir).with_context(|| format!("syncing {}", dir.display()))
+}
+
 /// Finishes or undoes a push an earlier agent left midway (see the module docs); returns what
 /// it did, for the log.
 pub fn recover(dir: &Path) -> anyhow::Result<Vec<String>> {
@@ -148,6 +180,38 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn a_push_put_back_leaves_the_directory_as_it_was() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a.toml"), "old a").unwrap();
+        std::fs::write(d.path().join("c.toml"), "c").unwrap();
+        let names = ["a.toml".to_string(), "b.toml".to_string()];
+        let before = previous(d.path(), &names).unwrap();
+        assert_eq!(
+            before,
+            [
+                ("a.toml".into(), Some("old a".into())),
+                ("b.toml".into(), None)
+            ]
+        );
+        commit(
+            d.path(),
+            &[
+                ("a.toml".into(), "new a".into()),
+                ("b.toml".into(), "b".into()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(listing(d.path()), ["a.toml", "b.toml", "c.toml"]);
+        put_back(d.path(), &before).unwrap();
+        assert_eq!(listing(d.path()), ["a.toml", "c.toml"]);
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("a.toml")).unwrap(),
+            "old a"
+        );
+        assert!(recover(d.path()).unwrap().is_empty());
     }
 
     #[test]

@@ -210,12 +210,29 @@ impl Service {
             .zip(files)
             .map(|(name, f)| (name.clone(), f.text.clone()))
             .collect();
+        let before = journal::previous(&self.rules_dir, &names)?;
         journal::commit(&self.rules_dir, &writes)?;
-        let mut installed = read_sources(&self.rules_dir)?;
-        installed.extend(remote);
-        let defs = rules::load_sources(&installed).map_err(RuleErrors)?;
-        let (compiled, slots) = agent.compile_defs(&defs)?;
-        agent.install_compiled(&compiled, slots)?;
+        let installed = read_sources(&self.rules_dir).and_then(|mut installed| {
+            installed.extend(remote);
+            let defs = rules::load_sources(&installed).map_err(RuleErrors)?;
+            let (compiled, slots) = agent.compile_defs(&defs)?;
+            agent.install_compiled(&compiled, slots)?;
+            Ok(installed)
+        });
+        // Not installed after all (a probe's binary gone since the check, a map update
+        // refused): the files go back as they were, so that the watcher does not install later
+        // what failed now.
+        let installed = match installed {
+            Ok(i) => i,
+            Err(e) => {
+                return Err(match journal::put_back(&self.rules_dir, &before) {
+                    Ok(()) => e.context("the push was not installed; its files were put back"),
+                    Err(b) => e.context(format!(
+                        "the push was not installed, and putting its files back failed: {b:#}"
+                    )),
+                });
+            }
+        };
         let generation = agent.generation();
         // What is in the directory now is what is active: the watcher's event for these writes
         // finds nothing new.
