@@ -424,10 +424,25 @@ fn the_stats_verb_shows_groups_in_the_table_and_the_json() {
     let dir = TempRules::with_files(&[(
         "50-test.toml",
         "[[rule]]\nname = \"by-kind\"\naction = \"count\"\ngroup_by = \"attributes.kind\"\n\
-         max_groups = 2\n",
+         max_groups = 2\n\n[[rule]]\nname = \"by-severity-never\"\naction = \"count\"\n\
+         group_by = \"severity\"\n[rule.match]\nevent_name = \"never\"\n",
     )]);
     let mut agent = AgentProcess::new("groups-cli", dir.path(), &[rx.port()], false);
     agent.start();
+    // Before any match, and for a rule that never matches: the key is there, every count 0.
+    let unmatched = |names: &[&str]| {
+        for r in agent.stats().rules {
+            if names.contains(&r.name.as_str()) {
+                assert!(
+                    r.groups
+                        .as_ref()
+                        .is_some_and(|g| g.values().all(|&n| n == 0)),
+                    "{r:?}"
+                );
+            }
+        }
+    };
+    unmatched(&["by-kind", "by-severity-never"]);
     let mut b = LogsRequestBuilder::new().resource("svc").scope("ops");
     for (i, kind) in ["a", "b", "a", "c", "a"].iter().enumerate() {
         b = b.record(Rec::new(9, &format!("r{i}")).attr("kind", kind));
@@ -438,6 +453,7 @@ fn the_stats_verb_shows_groups_in_the_table_and_the_json() {
     assert_eq!(c.roundtrip(&req, &Split::Whole).status, 200);
     c.finish();
     rx.wait_for(1, WAIT);
+    unmatched(&["by-severity-never"]);
 
     let json = agent.verb("stats", &["--json"]);
     assert!(json.status.success(), "{}", output_text(&json));
