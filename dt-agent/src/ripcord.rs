@@ -97,6 +97,11 @@ pub fn set_enabled_by_id(id: u32, enabled: bool) -> anyhow::Result<()> {
         );
     }
     c.enabled = enabled as u32;
+    c.off_why = if enabled {
+        0
+    } else {
+        dt_ebpf_common::OFF_BY_HAND
+    };
     control.set(0, c, 0)?;
     Ok(())
 }

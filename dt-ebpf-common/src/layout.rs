@@ -626,8 +626,18 @@ pub struct Control {
     pub layout: u32,
     /// Requests whose whole length is larger than this pass through as `oversize`.
     pub max_request: u32,
-    pub _pad: u32,
+    /// Why the rip cord is pulled, while it is: an `OFF_*` code (0 before it was recorded).
+    /// Only the agents read it, so that an agent adopting pins, and `stats` read from them,
+    /// say why.
+    pub off_why: u32,
 }
+
+/// [`Control::off_why`]: `dt-agent disable`.
+pub const OFF_BY_HAND: u32 = 1;
+/// [`Control::off_why`]: the cost ceiling was exceeded.
+pub const OFF_BY_CEILING: u32 = 2;
+/// [`Control::off_why`]: the agent is stopping or uninstalling (the drain before detaching).
+pub const OFF_STOPPING: u32 = 3;
 
 impl Control {
     pub fn active_slot(&self) -> u32 {

@@ -301,3 +301,46 @@ fn a_refused_run_leaves_no_pins_and_changes_no_pinned_filter() {
     );
     assert_eq!(after.totals.requests, before.totals.requests + 1);
 }
+
+/// Why the rip cord is pulled outlives the agent that pulled it (it is kept in the pinned
+/// CONTROL map): `stats` read from the pins with no agent, and an agent that adopts them, say
+/// it was the ceiling, or a hand.
+#[test]
+fn the_rip_cords_reason_survives_a_pinned_restart() {
+    if !kernel_or_skip("the_rip_cords_reason_survives_a_pinned_restart") {
+        return;
+    }
+    let rules = TempRules::from_rules(&[RuleSpec::count("count-all")]);
+    let receiver = Receiver::start_v4();
+    let root = std::path::Path::new(dt_tests::agent_process::BPFFS)
+        .join(format!("dt-test-op-reason-{}", std::process::id()));
+    let mut cfg = dt_tests::agent_config(&rules, &[receiver.port()]);
+    cfg.pin_root = Some(root.clone());
+    let why = |s: &dt_agent::Stats| s.disabled_reason.clone().unwrap_or_default();
+
+    let mut a = dt_tests::start_agent_with(cfg.clone());
+    a.trip("ceiling: dt's kernel programs took 9% (test)".into())
+        .unwrap();
+    drop(a);
+    let s = dt_agent::agent::pinned_stats(&root).unwrap();
+    assert!(
+        !s.enabled && why(&s).starts_with("ceiling: the cost ceiling was exceeded"),
+        "{}",
+        why(&s)
+    );
+    let mut b = dt_tests::start_agent_with(cfg.clone());
+    let s = dt_tests::stats_of(&b);
+    assert!(!s.enabled && why(&s).starts_with("ceiling:"), "{}", why(&s));
+
+    // By hand: said so, after the agent too.
+    b.set_enabled(true).unwrap();
+    b.set_enabled(false).unwrap();
+    drop(b);
+    let s = dt_agent::agent::pinned_stats(&root).unwrap();
+    assert!(why(&s).contains("dt-agent disable"), "{}", why(&s));
+    let mut c = dt_tests::start_agent_with(cfg);
+    assert!(why(&dt_tests::stats_of(&c)).contains("dt-agent disable"));
+    c.uninstall().unwrap();
+    drop(c);
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use dt_ebpf_common::{
-    Control, GV_BOOL, GV_INT, GV_LEVEL, GV_MISSING, GV_STRING, GroupKey, Held, Passthrough,
-    RuleCounters, Totals,
+    Control, GV_BOOL, GV_INT, GV_LEVEL, GV_MISSING, GV_STRING, GroupKey, Held, OFF_BY_CEILING,
+    OFF_BY_HAND, OFF_STOPPING, Passthrough, RuleCounters, Totals,
 };
 
 use super::{Agent, KnownRule, map, map_ref};
@@ -14,6 +14,23 @@ use super::{Agent, KnownRule, map, map_ref};
 /// `disabled_reason` when the rip cord was pulled by hand (or by the pins, with no agent).
 const HAND_PULLED: &str =
     "the rip cord is pulled (dt-agent disable): every request passes untouched";
+/// `disabled_reason` while the agent drains before it detaches.
+const STOPPING: &str = "the agent is stopping (it waits for held requests, then detaches): \
+                        every request passes untouched";
+
+/// What `stats` says of a rip cord pulled with `off_why` ([`Control::off_why`]) by an agent
+/// before this one (an adopted pinned state), or with no agent running.
+pub(super) fn reason_recorded(off_why: u32) -> String {
+    match off_why {
+        OFF_BY_CEILING => "ceiling: the cost ceiling was exceeded (the figures are in the log of \
+                           the agent that measured them): every request passes untouched until \
+                           dt-agent enable"
+            .to_string(),
+        OFF_STOPPING => STOPPING.to_string(),
+        OFF_BY_HAND => HAND_PULLED.to_string(),
+        _ => "the rip cord is pulled: every request passes untouched".to_string(),
+    }
+}
 use crate::{
     drain::{self, HeldRequest, Holding},
     rules::{ActionKind, Hook},
@@ -47,11 +64,19 @@ impl Agent {
     /// On clears why it was off.
     pub fn set_enabled(&mut self, enabled: bool) -> anyhow::Result<()> {
         let mut control: Array<_, Control> = Array::try_from(map(&mut self.ebpf, "CONTROL")?)?;
-        set_enabled_in(&mut control, enabled)?;
+        set_enabled_in(&mut control, enabled, OFF_BY_HAND)?;
         self.disabled_reason = (!enabled).then(|| HAND_PULLED.to_string());
         if enabled {
             self.enabled_epoch += 1;
         }
+        Ok(())
+    }
+
+    /// Pass-through before detaching, said as such.
+    pub(super) fn set_stopping(&mut self) -> anyhow::Result<()> {
+        let mut control: Array<_, Control> = Array::try_from(map(&mut self.ebpf, "CONTROL")?)?;
+        set_enabled_in(&mut control, false, OFF_STOPPING)?;
+        self.disabled_reason = Some(STOPPING.to_string());
         Ok(())
     }
 
@@ -65,7 +90,7 @@ impl Agent {
     /// `enable`.
     pub fn trip(&mut self, reason: String) -> anyhow::Result<()> {
         let mut control: Array<_, Control> = Array::try_from(map(&mut self.ebpf, "CONTROL")?)?;
-        set_enabled_in(&mut control, false)?;
+        set_enabled_in(&mut control, false, OFF_BY_CEILING)?;
         self.disabled_reason = Some(reason);
         Ok(())
     }
@@ -199,9 +224,11 @@ pub(super) fn add_objects(
 pub(super) fn set_enabled_in<M: std::borrow::BorrowMut<MapData>>(
     control: &mut Array<M, Control>,
     enabled: bool,
+    off_why: u32,
 ) -> anyhow::Result<()> {
     let mut c = control.get(&0, 0)?;
     c.enabled = enabled as u32;
+    c.off_why = if enabled { 0 } else { off_why };
     control.set(0, c, 0)?;
     Ok(())
 }

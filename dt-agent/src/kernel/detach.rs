@@ -16,7 +16,7 @@ impl Agent {
     /// Switches to pass-through: requests that are not held yet will not be, and the rip cord
     /// stays pulled in the pinned state. The first step of every detach.
     pub fn begin_drain(&mut self) -> anyhow::Result<()> {
-        self.set_enabled(false)
+        self.set_stopping()
             .context("switching to pass-through before detaching")
     }
 

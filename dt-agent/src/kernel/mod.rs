@@ -267,12 +267,14 @@ impl Agent {
 
         // Read now, written once every check has passed: a refused start changes nothing of
         // a running filter it would adopt.
-        let (generation, active_slot) = if adopting {
+        let (generation, active_slot, disabled_reason) = if adopting {
             let control: Array<_, Control> = Array::try_from(map(&mut ebpf, "CONTROL")?)?;
             let c = control.get(&0, 0)?;
-            (c.active_generation(), c.active_slot())
+            // A rip cord pulled before: this agent says why, as recorded.
+            let why = (c.enabled == 0).then(|| counters::reason_recorded(c.off_why));
+            (c.active_generation(), c.active_slot(), why)
         } else {
-            (0, 0)
+            (0, 0, None)
         };
         let id = NEXT_AGENT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         export::own::register(id, hooks::otlp::socks_handle(&ebpf)?);
@@ -324,7 +326,7 @@ impl Agent {
             capture_endpoint: cfg.capture_endpoint.clone(),
             id,
             cgroups,
-            disabled_reason: None,
+            disabled_reason,
             cost: None,
             enabled_epoch: 0,
             memory_ceiling: cfg.memory_ceiling,
@@ -353,7 +355,7 @@ impl Agent {
                     enabled: 1,
                     layout: LAYOUT_VERSION,
                     max_request: 0,
-                    _pad: 0,
+                    off_why: 0,
                 };
             }
             c.max_request = cfg.max_request;

@@ -39,6 +39,11 @@ pub fn pinned_stats(root: &Path) -> anyhow::Result<Stats> {
         PerCpuArray::try_from(pinned_map(&dir, "TOTALS", Map::PerCpuArray)?)?;
     let (_, known) = read_names(&dir)?;
     let mut stats = build_stats(&control, &counters, &totals, &known)?;
+    if !stats.enabled {
+        stats.disabled_reason = Some(super::counters::reason_recorded(
+            control.get(&0, 0)?.off_why,
+        ));
+    }
     let groups: aya::maps::HashMap<_, dt_ebpf_common::GroupKey, u64> =
         aya::maps::HashMap::try_from(pinned_map(&dir, "GROUPS", Map::HashMap)?)?;
     super::counters::add_groups(&mut stats, &groups, &known);
@@ -54,7 +59,7 @@ pub fn pinned_set_enabled(root: &Path, enabled: bool) -> anyhow::Result<()> {
     let dir = pin_dir(root);
     check_pinned_layout(&dir)?;
     let mut control: Array<_, Control> = Array::try_from(pinned_map(&dir, "CONTROL", Map::Array)?)?;
-    set_enabled_in(&mut control, enabled)
+    set_enabled_in(&mut control, enabled, dt_ebpf_common::OFF_BY_HAND)
 }
 
 /// Whether pinned state of this layout exists under `root`.
