@@ -1521,3 +1521,76 @@ fn operator_ripcord_plain_messages_without_agent_and_for_non_root() {
     let r = send_one(&rx, &req.http, &Split::Whole);
     assert_filtered("the other agent, after all this", &r, &set, &req);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 8. Counter slots are taken back from removed rules
+
+/// Rule names come and go (generated names, renames): once every one of the 1,024 counter
+/// slots has had a rule, the next new name takes the slot of a removed rule, whose counts start
+/// again from zero and whose name is forgotten. Pushes never fail for names seen long ago.
+#[test]
+fn removed_rules_give_their_counter_slots_back() {
+    if !kernel_or_skip("removed_rules_give_their_counter_slots_back") {
+        return;
+    }
+    let receiver = Receiver::start_v4();
+    let set = |g: usize| {
+        let specs: Vec<RuleSpec> = (0..128)
+            .map(|i| RuleSpec::count(&format!("g{g}-r{i}")))
+            .collect();
+        TempRules::from_rules(&specs)
+    };
+    let send = |n: usize| {
+        let mut b = LogsRequestBuilder::new().resource("svc").scope("ops");
+        for i in 0..n {
+            b = b.record(Rec::new(9, &format!("r{i}")));
+        }
+        let req = HttpRequestBuilder::logs(encode(&b.build())).build();
+        let mut c = RawClient::connect(receiver.addr());
+        assert_eq!(c.roundtrip(&req, &Split::Whole).status, 200);
+        c.finish();
+    };
+    let first = set(0);
+    let mut agent = start_agent(&first, &[receiver.port()]);
+    send(3);
+    // Eight sets of 128 new names: every slot has had a rule.
+    for g in 1..8 {
+        agent
+            .reload(set(g).path())
+            .expect("a set while slots are free");
+    }
+    let s = stats_of(&agent);
+    assert_eq!(s.rules.len(), 1024);
+    assert_eq!(
+        s.rule("g0-r5").map(|r| (r.active, r.matched)),
+        Some((false, 3))
+    );
+    // A ninth: it takes g0's slots back (the lowest of the removed rules'), from zero.
+    agent
+        .reload(set(8).path())
+        .expect("a set of new names with every slot used once");
+    send(4);
+    let s = stats_of(&agent);
+    assert_eq!(s.rules.len(), 1024);
+    assert!(s.rule("g0-r5").is_none(), "g0's names are forgotten");
+    for i in 0..128 {
+        let r = s.rule(&format!("g8-r{i}")).expect("listed");
+        assert_eq!((r.active, r.matched), (true, 4), "g8-r{i} starts from zero");
+    }
+    assert_eq!(
+        s.rule("g1-r0").map(|r| (r.active, r.matched)),
+        Some((false, 0))
+    );
+    // And g0 again: its names are new now, and take g1's slots.
+    agent.reload(first.path()).expect("g0 again");
+    let s = stats_of(&agent);
+    assert!(s.rule("g1-r0").is_none());
+    assert_eq!(
+        s.rule("g0-r5").map(|r| (r.active, r.matched)),
+        Some((true, 0))
+    );
+    assert_eq!(
+        s.rule("g8-r5").map(|r| (r.active, r.matched)),
+        Some((false, 4))
+    );
+}

@@ -4,10 +4,11 @@
 
 use std::{collections::BTreeMap, thread, time::Duration};
 
-use aya::maps::{Array, HashMap};
+use aya::maps::{Array, HashMap, PerCpuArray, PerCpuValues};
 use dt_ebpf_common::{
     AcTable, Control, ENRICH_CONTAINER, ENRICH_POD, GV_MISSING, GV_OTHER, GroupKey, HashEntry,
-    HashKey, MAX_NAME_LEN, NameEntry, NameKey, RuleSet, StrKey, hashed_kind,
+    HashKey, MAX_NAME_LEN, NameEntry, NameKey, RuleCounters, RuleSet, StrKey, TriggerState,
+    hashed_kind,
 };
 
 use super::{Agent, KnownRule, map};
@@ -43,6 +44,12 @@ impl Agent {
         rulesets.set(slot, stale, 0)?;
         if self.other_used {
             thread::sleep(SLOT_GRACE);
+        }
+        // Slots taken back from removed rules start again from nothing: no walk of a set that
+        // still names them can commit any more (the only such set is the one just marked
+        // stale).
+        for (name, s) in std::mem::take(&mut self.slots.reclaimed) {
+            self.clear_slot(s, &name)?;
         }
         {
             let mut strings: HashMap<_, StrKey, u64> =
@@ -163,6 +170,48 @@ impl Agent {
             );
         }
         self.write_names()?;
+        Ok(())
+    }
+
+    /// Forgets the removed rule `name` of counter slot `slot`, and zeroes everything the kernel
+    /// keeps for the slot: counters, groups, sample and rate state, trigger state.
+    fn clear_slot(&mut self, slot: u16, name: &str) -> anyhow::Result<()> {
+        let i = slot as u32;
+        {
+            let mut counters: PerCpuArray<_, RuleCounters> =
+                PerCpuArray::try_from(map(&mut self.ebpf, "RULE_COUNTERS")?)?;
+            let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+            counters.set(
+                i,
+                PerCpuValues::try_from(vec![RuleCounters::default(); cpus])?,
+                0,
+            )?;
+        }
+        for m in ["GROUP_COUNT", "SAMPLES", "RATES"] {
+            let mut a: Array<_, u64> = Array::try_from(map(&mut self.ebpf, m)?)?;
+            a.set(i, 0, 0)?;
+        }
+        {
+            let mut t: Array<_, TriggerState> = Array::try_from(map(&mut self.ebpf, "TRIGGERS")?)?;
+            t.set(i, TriggerState::default(), 0)?;
+        }
+        {
+            let mut groups: HashMap<_, GroupKey, u64> =
+                HashMap::try_from(map(&mut self.ebpf, "GROUPS")?)?;
+            let stale: Vec<GroupKey> = groups
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.slot == i)
+                .collect();
+            for k in stale {
+                groups.remove(&k)?;
+            }
+        }
+        let mut names: HashMap<_, NameKey, NameEntry> =
+            HashMap::try_from(map(&mut self.ebpf, "NAMES")?)?;
+        let _ = names.remove(&name_key(name));
+        self.known.remove(&slot);
+        log::info!("counter slot {slot} of the removed rule \"{name}\" taken back for a new rule");
         Ok(())
     }
 

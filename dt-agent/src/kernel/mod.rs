@@ -220,6 +220,12 @@ impl Agent {
             (SlotTable::default(), BTreeMap::new())
         };
         let active_objects = slots.objects.clone();
+        // Rules the adopted set had removed may give their slots back, as on any install.
+        slots.retired = known
+            .values()
+            .filter(|r| !r.active)
+            .map(|r| r.name.clone())
+            .collect();
         let compiled = rules::compile_dir(&cfg.rules_dir, &cfg.remote_rules, &mut slots)?;
         check_recorders(&compiled, cfg.capture_endpoint.as_deref()).map_err(RuleErrors)?;
         let cgroup = match &cfg.cgroup {
@@ -409,6 +415,14 @@ impl Agent {
     /// Returns the compiled set and the slot table it needs.
     pub fn compile_defs(&self, defs: &rules::RuleSetDef) -> anyhow::Result<(Compiled, SlotTable)> {
         let mut slots = self.slots.clone();
+        // Removed rules' slots may be taken back when every slot is in use.
+        slots.retired = self
+            .known
+            .values()
+            .filter(|r| !r.active)
+            .map(|r| r.name.clone())
+            .collect();
+        slots.reclaimed.clear();
         let compiled = rules::compile(defs, &mut slots).map_err(RuleErrors)?;
         self.probes.check(&compiled.uprobe).map_err(RuleErrors)?;
         check_recorders(&compiled, self.capture_endpoint.as_deref()).map_err(RuleErrors)?;

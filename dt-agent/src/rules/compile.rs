@@ -169,7 +169,12 @@ pub fn compile<D: RuleSource + ?Sized>(
     defs: &D,
     slots: &mut SlotTable,
 ) -> Result<Compiled, Vec<Diagnostic>> {
-    let mut compiler = Compiler::new(slots.clone());
+    let mut table = slots.clone();
+    // A name of this set is never taken back, even when its rule was removed before.
+    for def in defs.rules() {
+        table.retired.remove(&def.name.value);
+    }
+    let mut compiler = Compiler::new(table);
     compiler.objects(defs.recorders(), defs.states());
     for def in defs.rules() {
         compiler.rule(def);
@@ -526,7 +531,7 @@ impl<'d> Compiler<'d> {
             None => {
                 let message = format!(
                     "no free counter slot for rule \"{}\": all {MAX_SLOTS} slots are taken by \
-                     rule names seen before (a name keeps its slot for good)",
+                     the rules of this set and of the set before",
                     def.name.value
                 );
                 self.error(def, def.name.pos, message);

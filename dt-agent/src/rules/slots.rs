@@ -7,10 +7,12 @@ use serde::{Deserialize, Serialize};
 
 /// Maps rule names to counter slots (`< MAX_SLOTS`).
 ///
-/// Assignments are stable: once a name has a slot it keeps it for the life of the table, even
-/// while the rule is out of the rule set, so a removed rule keeps its final counts and a re-added
-/// one continues them. New names take the lowest free slot. The table serializes as a map from
-/// name to slot, so it can be persisted next to pinned maps.
+/// Assignments are stable: a name keeps its slot while the rule is out of the rule set, so a
+/// removed rule keeps its final counts and a re-added one continues them. New names take the
+/// lowest free slot; when none is free, the slot of a removed rule ([`SlotTable::retired`],
+/// the lowest such slot) is taken back, its name forgotten ([`SlotTable::reclaimed`] says
+/// which, for the agent to clear its counters). The table serializes as a map from name to
+/// slot, so it can be persisted next to pinned maps.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "BTreeMap<String, u16>", into = "BTreeMap<String, u16>")]
 pub struct SlotTable {
@@ -19,6 +21,11 @@ pub struct SlotTable {
     /// Slots of the active set's recorders and states, by name (not persisted here: the
     /// agent keeps them in the pinned `OBJECTS` map).
     pub objects: ObjectSlots,
+    /// Names of removed rules whose slots may be taken back when no slot is free (the agent's
+    /// inactive rules; never a name of the set being compiled).
+    pub retired: BTreeSet<String>,
+    /// Slots taken back by [`SlotTable::assign`] since the last install, with the names they had.
+    pub reclaimed: Vec<(String, u16)>,
 }
 
 /// Slots of recorders and of states. Unlike rule counter slots, these are few: a name keeps
@@ -89,9 +96,23 @@ impl SlotTable {
         if let Some(slot) = self.get(name) {
             return Some(slot);
         }
-        let slot = (0..MAX_SLOTS)
+        let free = (0..MAX_SLOTS)
             .filter_map(|s| u16::try_from(s).ok())
-            .find(|s| !self.taken.contains(s))?;
+            .find(|s| !self.taken.contains(s));
+        let slot = match free {
+            Some(s) => s,
+            None => {
+                let (old, slot) = self
+                    .retired
+                    .iter()
+                    .filter_map(|n| self.by_name.get(n).map(|&s| (n.clone(), s)))
+                    .min_by_key(|&(_, s)| s)?;
+                self.retired.remove(&old);
+                self.by_name.remove(&old);
+                self.reclaimed.push((old, slot));
+                slot
+            }
+        };
         self.by_name.insert(name.to_owned(), slot);
         self.taken.insert(slot);
         Some(slot)
@@ -116,7 +137,7 @@ impl TryFrom<BTreeMap<String, u16>> for SlotTable {
         Ok(SlotTable {
             by_name,
             taken,
-            objects: ObjectSlots::default(),
+            ..SlotTable::default()
         })
     }
 }
@@ -159,6 +180,21 @@ mod tests {
         }
         assert_eq!(t.assign("one-too-many"), None);
         assert_eq!(t.assign("r7"), Some(7));
+    }
+
+    #[test]
+    fn a_full_table_takes_back_the_lowest_slot_of_a_removed_rule() {
+        let mut t = SlotTable::new();
+        for i in 0..MAX_SLOTS {
+            t.assign(&format!("r{i}"));
+        }
+        t.retired = ["r9", "r5", "gone"].map(String::from).into();
+        assert_eq!(t.assign("new-a"), Some(5));
+        assert_eq!(t.assign("new-b"), Some(9));
+        assert_eq!(t.assign("new-c"), None, "no removed rule left");
+        assert_eq!(t.get("r5"), None);
+        assert_eq!(t.reclaimed, [("r5".to_string(), 5), ("r9".to_string(), 9)]);
+        assert_eq!(t.len(), MAX_SLOTS as usize);
     }
 
     #[test]

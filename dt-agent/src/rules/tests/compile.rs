@@ -401,9 +401,25 @@ fn exhausted_slots_are_an_error() {
     assert_eq!(diags.len(), 1);
     assert_eq!(
         diags[0].to_string(),
-        "r.toml:5:8: no free counter slot for rule \"new\": all 1024 slots are taken by rule names seen before (a name keeps its slot for good)"
+        "r.toml:5:8: no free counter slot for rule \"new\": all 1024 slots are taken by the rules of this set and of the set before"
     );
     assert_eq!(slots, before);
+}
+
+#[test]
+fn a_full_table_takes_back_a_removed_rules_slot_never_one_of_the_set() {
+    let mut slots = SlotTable::new();
+    for i in 0..MAX_SLOTS {
+        slots.assign(&format!("old-{i}"));
+    }
+    slots.retired = ["old-3", "old-7"].map(String::from).into();
+    // old-3 is in the set again: it keeps slot 3, and "new" takes old-7's.
+    compile(&defs(&["old-3", "new"]), &mut slots).unwrap();
+    assert_eq!(
+        (slots.get("old-3"), slots.get("new"), slots.get("old-7")),
+        (Some(3), Some(7), None)
+    );
+    assert_eq!(slots.reclaimed, [("old-7".to_string(), 7)]);
 }
 
 #[test]
