@@ -35,6 +35,8 @@
  *           (with "pause_dir" and "pause_before": [k, ...], before batch k it creates
  *           <pause_dir>/paused-k and waits until <pause_dir>/resume-k exists: the test changes
  *           the agent between batches that share one keep-alive connection)
+ * "protocol": "json" exports with @opentelemetry/exporter-logs-otlp-http (http/json) instead; the
+ * report's sent_bodies are still the protobuf encoding of what each export carried.
  * Record i of the whole plan gets timestamp base_time_nanos + i (exactly, as HrTime); severity
  * number 0 emits none; a null body emits none.
  *
@@ -67,6 +69,8 @@ for (const mod of [http, https]) {
 nodeModule.syncBuiltinESMExports();
 
 const { OTLPLogExporter } = require('@opentelemetry/exporter-logs-otlp-proto');
+// "protocol": "json" in the plan: the http/json exporter (the same transport, a JSON body).
+const { OTLPLogExporter: OTLPLogExporterJson } = require('@opentelemetry/exporter-logs-otlp-http');
 const {
   LoggerProvider,
   BatchLogRecordProcessor,
@@ -248,7 +252,8 @@ async function main() {
   for (const svc of plan.services) {
     const { service, records } = svc;
     planned += records.length;
-    const inner = new OTLPLogExporter({ url: endpoint, timeoutMillis });
+    const Exporter = plan.protocol === 'json' ? OTLPLogExporterJson : OTLPLogExporter;
+    const inner = new Exporter({ url: endpoint, timeoutMillis });
     const exporter = new CheckedExporter(inner, tally);
     const resource = resourceFromAttributes({ 'service.name': service });
     if (mode === 'batch') {
@@ -329,6 +334,7 @@ async function main() {
     versions: {
       node: process.versions.node,
       'exporter-logs-otlp-proto': version('@opentelemetry/exporter-logs-otlp-proto'),
+      'exporter-logs-otlp-http': version('@opentelemetry/exporter-logs-otlp-http'),
       'sdk-logs': version('@opentelemetry/sdk-logs'),
       'otlp-transformer': version('@opentelemetry/otlp-transformer'),
       'otlp-exporter-base': version('@opentelemetry/otlp-exporter-base'),

@@ -469,3 +469,60 @@ fn node_exporter_connection_is_filtered_again_after_enable_and_a_first_push() {
         );
     }
 }
+
+/// The Node.js SDK's http/json exporter (@opentelemetry/exporter-logs-otlp-http): the same
+/// chunked transport with a JSON body. dt does not walk JSON: each export passes byte for byte,
+/// counted `json`, and the keep-alive connection stays followed from one export to the next
+/// (none of its bytes go untracked).
+#[test]
+fn node_json_exporter_passes_counted_and_followed() {
+    let test = "node_json_exporter_passes_counted_and_followed";
+    if !node_kernel_or_skip(test) {
+        return;
+    }
+    let rules = count_drop_rules();
+    let dir = TempRules::from_rules(&rules);
+    let receiver = Receiver::start_v4();
+    let agent = start_agent(&dir, &[receiver.port()]);
+    let plan = ExportPlan::mixed(600, &["checkout"], 200);
+    let mut v = node_plan(&receiver.logs_url(), &plan);
+    v["mode"] = serde_json::json!("direct");
+    v["protocol"] = serde_json::json!("json");
+    let report = export_with_node_value(&v);
+    report.assert_all_ok(plan.total());
+    assert_eq!(report.batches_ok, 3);
+    receiver.wait_for(3, WAIT);
+    let stats = stats_of(&agent);
+    drop(agent);
+
+    assert_eq!(
+        receiver.connections(),
+        1,
+        "{test}: one keep-alive connection"
+    );
+    for (i, r) in receiver.requests().iter().enumerate() {
+        assert!(r.chunked, "{test}: export {i} arrived chunked");
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/json"),
+            "{test}: export {i}"
+        );
+        let body: serde_json::Value = serde_json::from_slice(&r.body).expect("a JSON body");
+        assert!(body["resourceLogs"].is_array(), "{test}: export {i}");
+    }
+    let pt = &stats.totals.passthrough;
+    assert_eq!(pt.get("json"), Some(&3), "{test}: {pt:?}");
+    assert_not_passed_as_chunked(test, &stats);
+    assert_eq!(stats.totals.untracked_bytes, 0, "{test}: never unfollowed");
+    assert_eq!(stats.totals.requests, 3);
+    assert_eq!(stats.totals.log_requests, 0);
+    assert_eq!(
+        stats.totals.bytes_in, stats.totals.bytes_out,
+        "{test}: untouched"
+    );
+    assert_eq!(stats.totals.bytes_out, receiver.total_bytes());
+    assert!(
+        stats.rules.iter().all(|r| r.matched == 0),
+        "{test}: nothing evaluated"
+    );
+}
