@@ -144,6 +144,30 @@ pub fn fuzz(seconds: u64, only: Option<&[String]>) -> Result<()> {
 /// `cargo +nightly fuzz SUBCOMMAND --fuzz-dir fuzz -s none`: no sanitizer (the code under
 /// test is safe Rust; panics, overflow checks and debug assertions are what find bugs here, and
 /// the inputs per second are several times higher).
+/// Starts the build of every fuzz target in the background (its own target directory, so it
+/// does not wait for the workspace's), its output in `target/fuzz/build.log`: `cargo xtask test`
+/// builds them while its tests run, and [`fuzz`]'s own build then has nothing left to do.
+pub fn spawn_build() -> Result<(std::process::Child, PathBuf)> {
+    ensure_cargo_fuzz()?;
+    let root = workspace_root()?;
+    let log = root.join("target/fuzz/build.log");
+    std::fs::create_dir_all(log.parent().unwrap())?;
+    let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let err = out.try_clone()?;
+    let mut c = cargo_fuzz(&root.join("fuzz"), "build");
+    eprintln!(
+        "+ {} (in the background, to {})",
+        cmd::display(&c),
+        log.display()
+    );
+    let child = c
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .context("starting the fuzz targets' build")?;
+    Ok((child, log))
+}
+
 fn cargo_fuzz(fuzz_dir: &Path, subcommand: &str) -> std::process::Command {
     let mut c = cmd::new("cargo");
     c.args(["+nightly", "fuzz", subcommand, "--fuzz-dir"])

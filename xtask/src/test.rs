@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use crate::{cmd, setup, workspace_root};
 
@@ -21,23 +21,41 @@ const FUZZ_SECONDS: u64 = 15;
 pub fn test(args: &[String]) -> Result<()> {
     setup::setup()?;
     let root = workspace_root()?;
-    let mut command = test_command(&root, args);
-    if cfg!(target_os = "linux") && cmd::is_root() {
-        // Kernel tests fail instead of skipping when they cannot run, so CI never skips silently.
-        command.env("DT_REQUIRE_KERNEL_TESTS", "1");
-    }
-    cmd::run(&mut command)?;
-    // Then every fuzz target for a little while (only for the whole suite, not a selection).
+    // After the tests, every fuzz target for a little while (only for the whole suite, not a
+    // selection).
     let seconds = match std::env::var("DT_FUZZ_SECONDS") {
         Ok(s) => s
             .parse()
             .map_err(|_| anyhow::anyhow!("DT_FUZZ_SECONDS={s:?} is not a number of seconds"))?,
         Err(_) => FUZZ_SECONDS,
     };
-    if args.is_empty() && seconds > 0 {
-        crate::fuzz::fuzz(seconds, None)?;
+    let fuzzing = args.is_empty() && seconds > 0;
+    let mut command = test_command(&root, args);
+    if cfg!(target_os = "linux") && cmd::is_root() {
+        // Kernel tests fail instead of skipping when they cannot run, so CI never skips silently.
+        command.env("DT_REQUIRE_KERNEL_TESTS", "1");
     }
-    Ok(())
+    if !fuzzing {
+        return cmd::run(&mut command);
+    }
+    // The tests are built first; then the fuzz targets build while the tests run (much of a
+    // kernel test's time is waiting), instead of after them.
+    cmd::run(&mut test_command(&root, &["--no-run".to_string()]))?;
+    let (mut build, log) = crate::fuzz::spawn_build()?;
+    let tested = cmd::run(&mut command);
+    if tested.is_err() {
+        // No fuzzing follows failed tests: the build is not waited for.
+        let _ = build.kill();
+    }
+    let built = build.wait();
+    tested?;
+    let built = built.context("waiting for the fuzz targets' build")?;
+    if !built.success() {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        eprintln!("{text}");
+        anyhow::bail!("building the fuzz targets failed ({built}); its output is above");
+    }
+    crate::fuzz::fuzz(seconds, None)
 }
 
 /// `cargo test` for the workspace with ARGS, run in `root`.
