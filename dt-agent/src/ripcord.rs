@@ -89,21 +89,14 @@ pub fn set_enabled_by_id(id: u32, enabled: bool) -> anyhow::Result<()> {
     let data = MapData::from_id(id).with_context(|| format!("opening BPF map id {id}"))?;
     let mut control: Array<_, Control> =
         Array::try_from(Map::Array(data)).with_context(|| format!("BPF map id {id}"))?;
-    let mut c = control.get(&0, 0)?;
+    let c = control.get(&0, 0)?;
     if c.layout != LAYOUT_VERSION {
         bail!(
             "BPF map id {id} has dt's map layout {}, this dt-agent knows {LAYOUT_VERSION}",
             c.layout
         );
     }
-    c.enabled = enabled as u32;
-    c.off_why = if enabled {
-        0
-    } else {
-        dt_ebpf_common::OFF_BY_HAND
-    };
-    control.set(0, c, 0)?;
-    Ok(())
+    crate::kernel::set_enabled_in(&mut control, enabled, dt_ebpf_common::OFF_BY_HAND)
 }
 
 /// What [`pull_for_hung_agent`] did.

@@ -81,6 +81,23 @@ pub fn assert_passthrough_only(stats: &Stats, reason: &str, n: u64) {
     );
 }
 
+/// Per-rule `matched` and `dropped` exactly as the model says (not the bytes: where the test
+/// decodes and re-encodes what a client sent, length prefixes may differ), `what` naming the
+/// case.
+pub fn assert_matched_dropped(what: &str, stats: &Stats, expected: &Expected) {
+    for r in &expected.rules {
+        let got = stats
+            .rule(&r.name)
+            .unwrap_or_else(|| panic!("{what}: rule {} not listed", r.name));
+        assert_eq!(
+            (got.matched, got.dropped),
+            (r.matched, r.dropped),
+            "{what}: {}",
+            r.name
+        );
+    }
+}
+
 /// Per-rule `matched`, `dropped`, `dropped_bytes` (and `kept == 0` for drop rules), and the
 /// totals `records` and `records_dropped`, all exactly as the model says.
 pub fn assert_expected(stats: &Stats, expected: &Expected) {

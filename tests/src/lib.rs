@@ -51,8 +51,8 @@ pub mod rules;
 pub mod scenario;
 
 pub use agent::{
-    agent_bin, agent_config, assert_expected, assert_no_passthrough, assert_passthrough_only,
-    start_agent, start_agent_with, stats_of,
+    agent_bin, agent_config, assert_expected, assert_matched_dropped, assert_no_passthrough,
+    assert_passthrough_only, start_agent, start_agent_with, stats_of,
 };
 pub use capture::{CaptureListener, CapturedRequest};
 pub use client::{HttpResponse, RawClient, Split};

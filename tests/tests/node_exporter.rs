@@ -11,7 +11,7 @@ use dt_tests::model::{Counts, Simulation, rules_toml, simulate};
 use dt_tests::otlp::sent_records;
 use dt_tests::{
     ExportMode, ExportPlan, NodeExportReport, Receiver, RuleSpec, TempRules, WAIT, assert_expected,
-    assert_no_passthrough, assert_same_records, evaluate, export_with_node,
+    assert_matched_dropped, assert_no_passthrough, assert_same_records, evaluate, export_with_node,
     export_with_node_simple, export_with_node_value, kernel_or_skip, node_or_skip, node_plan,
     start_agent, stats_of,
 };
@@ -459,15 +459,7 @@ fn node_exporter_connection_is_filtered_again_after_enable_and_a_first_push() {
     let want = evaluate(&rules, &walked_records);
     assert!(want.records_dropped > 0);
     assert_eq!(stats.totals.records_dropped, want.records_dropped);
-    for r in &want.rules {
-        let s = stats.rule(&r.name).expect("rule listed");
-        assert_eq!(
-            (s.matched, s.dropped),
-            (r.matched, r.dropped),
-            "{test}: {}",
-            r.name
-        );
-    }
+    assert_matched_dropped(test, &stats, &want);
 }
 
 /// The Node.js SDK's http/json exporter (@opentelemetry/exporter-logs-otlp-http): the same

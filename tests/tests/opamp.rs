@@ -26,6 +26,37 @@ fn config(state_dir: &Path, endpoint: &str) -> String {
     )
 }
 
+/// An OpAMP server, a rules directory with the local rule `local-count`, a receiver, a state
+/// directory and an agent (not started) for them.
+struct Setup {
+    server: OpampServer,
+    local: RuleSpec,
+    rules: TempRules,
+    receiver: Receiver,
+    state: tempfile::TempDir,
+    agent: AgentProcess,
+}
+
+fn setup(name: &str) -> Setup {
+    let server = OpampServer::start();
+    let local = RuleSpec::count("local-count");
+    let rules = TempRules::from_rules(std::slice::from_ref(&local));
+    let receiver = Receiver::start_v4();
+    let state = tempfile::Builder::new()
+        .prefix("dt-opamp-state-")
+        .tempdir()
+        .unwrap();
+    let agent = AgentProcess::new(name, rules.path(), &[receiver.port()], false);
+    Setup {
+        server,
+        local,
+        rules,
+        receiver,
+        state,
+        agent,
+    }
+}
+
 /// The active rules' (name, source file) and the generation.
 fn active(agent: &AgentProcess) -> (Vec<(String, String)>, u64) {
     let info = agent.rules();
@@ -67,15 +98,14 @@ fn remote_rules_over_opamp() {
     {
         return;
     }
-    let server = OpampServer::start();
-    let local = RuleSpec::count("local-count");
-    let rules = TempRules::from_rules(std::slice::from_ref(&local));
-    let receiver = Receiver::start_v4();
-    let state = tempfile::Builder::new()
-        .prefix("dt-opamp-state-")
-        .tempdir()
-        .unwrap();
-    let mut agent = AgentProcess::new("opamp", rules.path(), &[receiver.port()], false);
+    let Setup {
+        server,
+        local,
+        rules,
+        receiver,
+        state,
+        mut agent,
+    } = setup("opamp");
     agent.write_config(&config(state.path(), &server.endpoint()));
     agent.start();
 
@@ -318,15 +348,14 @@ fn a_kept_config_that_no_longer_starts_is_set_aside() {
     if !kernel_or_skip(test) || python_or_skip(test).is_none() {
         return;
     }
-    let server = OpampServer::start();
-    let local = RuleSpec::count("local-count");
-    let rules = TempRules::from_rules(std::slice::from_ref(&local));
-    let receiver = Receiver::start_v4();
-    let state = tempfile::Builder::new()
-        .prefix("dt-opamp-state-")
-        .tempdir()
-        .unwrap();
-    let mut agent = AgentProcess::new("opamp-aside", rules.path(), &[receiver.port()], false);
+    let Setup {
+        server,
+        rules: _rules,
+        receiver,
+        state,
+        mut agent,
+        ..
+    } = setup("opamp-aside");
     let with_capture = format!(
         "capture_endpoint = \"{}\"\n{}",
         receiver.logs_url(),

@@ -10,6 +10,11 @@ use dt_ebpf_common::{
 };
 
 use super::{Agent, KnownRule, map, map_ref};
+use crate::{
+    drain::{self, HeldRequest, Holding},
+    rules::{ActionKind, Hook},
+    stats::{RuleStats, Stats, TotalStats},
+};
 
 /// `disabled_reason` when the rip cord was pulled by hand (or by the pins, with no agent).
 const HAND_PULLED: &str =
@@ -31,11 +36,6 @@ pub(super) fn reason_recorded(off_why: u32) -> String {
         _ => "the rip cord is pulled: every request passes untouched".to_string(),
     }
 }
-use crate::{
-    drain::{self, HeldRequest, Holding},
-    rules::{ActionKind, Hook},
-    stats::{RuleStats, Stats, TotalStats},
-};
 
 impl Agent {
     /// Reads every counter back, summed over all CPUs.
@@ -221,7 +221,7 @@ pub(super) fn add_objects(
     }
 }
 
-pub(super) fn set_enabled_in<M: std::borrow::BorrowMut<MapData>>(
+pub(crate) fn set_enabled_in<M: std::borrow::BorrowMut<MapData>>(
     control: &mut Array<M, Control>,
     enabled: bool,
     off_why: u32,

@@ -46,6 +46,7 @@ use crate::{
     settings, sys,
 };
 
+pub(crate) use counters::set_enabled_in;
 pub use objects::{Entry, Objects, RingContents};
 pub use pins::{has_pins, pin_dir, pinned_set_enabled, pinned_stats};
 
@@ -176,6 +177,16 @@ fn write_host_name(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The names of the removed (inactive) rules among `known`: their counter slots may be taken
+/// back ([`SlotTable::retired`]).
+fn retired(known: &BTreeMap<u16, KnownRule>) -> std::collections::BTreeSet<String> {
+    known
+        .values()
+        .filter(|r| !r.active)
+        .map(|r| r.name.clone())
+        .collect()
+}
+
 /// Ids of the agents of this process.
 static NEXT_AGENT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -221,11 +232,7 @@ impl Agent {
         };
         let active_objects = slots.objects.clone();
         // Rules the adopted set had removed may give their slots back, as on any install.
-        slots.retired = known
-            .values()
-            .filter(|r| !r.active)
-            .map(|r| r.name.clone())
-            .collect();
+        slots.retired = retired(&known);
         let compiled = rules::compile_dir(&cfg.rules_dir, &cfg.remote_rules, &mut slots)?;
         check_recorders(&compiled, cfg.capture_endpoint.as_deref()).map_err(RuleErrors)?;
         let cgroup = match &cfg.cgroup {
@@ -416,12 +423,7 @@ impl Agent {
     pub fn compile_defs(&self, defs: &rules::RuleSetDef) -> anyhow::Result<(Compiled, SlotTable)> {
         let mut slots = self.slots.clone();
         // Removed rules' slots may be taken back when every slot is in use.
-        slots.retired = self
-            .known
-            .values()
-            .filter(|r| !r.active)
-            .map(|r| r.name.clone())
-            .collect();
+        slots.retired = retired(&self.known);
         slots.reclaimed.clear();
         let compiled = rules::compile(defs, &mut slots).map_err(RuleErrors)?;
         self.probes.check(&compiled.uprobe).map_err(RuleErrors)?;
