@@ -3,12 +3,15 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, anyhow};
 use dt_agent::control::{self, PushedFile, Request};
+use dt_agent::rules;
 
 use super::{AgentAt, cannot_reach, locate};
 
 pub fn push(paths: &[PathBuf], at: &AgentAt) -> anyhow::Result<()> {
+    // Names the agent would refuse are refused before it is asked (it checks them again).
+    rules::pushed_names(paths.iter().map(PathBuf::as_path)).map_err(|e| anyhow!(e))?;
     let (socket, pins) = locate(at)?;
     let mut files = Vec::new();
     for p in paths {

@@ -92,6 +92,37 @@ pub fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
     Ok(paths)
 }
 
+/// The names pushed files take in the rules directory, in order: the error names the first
+/// path that cannot be a rule file there (its name does not end in `.toml`, or starts with a
+/// dot: the directory's listing would skip it), or that has the name of an earlier one (the
+/// directory keeps one file of a name).
+pub fn pushed_names<'p>(paths: impl IntoIterator<Item = &'p Path>) -> Result<Vec<String>, String> {
+    let mut names: Vec<(String, &Path)> = Vec::new();
+    for path in paths {
+        let name = path
+            .file_name()
+            .and_then(OsStr::to_str)
+            .filter(|_| is_rule_file_name(path))
+            .ok_or_else(|| {
+                format!(
+                    "{}: a rule file's name must end in .toml and not start with a dot (the \
+                     rules directory holds only such files)",
+                    path.display()
+                )
+            })?;
+        if let Some((_, first)) = names.iter().find(|(n, _)| n == name) {
+            return Err(format!(
+                "{}: {} is pushed too, with the same file name; the rules directory keeps one \
+                 file of a name",
+                path.display(),
+                first.display()
+            ));
+        }
+        names.push((name.to_string(), path));
+    }
+    Ok(names.into_iter().map(|(n, _)| n).collect())
+}
+
 fn is_rule_file_name(path: &Path) -> bool {
     let Some(name) = path.file_name().and_then(OsStr::to_str) else {
         return false;

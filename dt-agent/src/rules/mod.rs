@@ -11,9 +11,9 @@
 //!    actions the kernel cannot run yet are checked here.
 //!
 //! Both stages report problems as [`Diagnostic`]s (`file:line:column: message`) and go on after
-//! one: every file and every rule is checked. (A rule whose table has the wrong shape, such as an
-//! unknown key or a wrong type, reports that one problem.) [`check_files`] runs both stages, for
-//! `dt-agent check`.
+//! one: every file and every rule is checked. Every unknown key of a table is reported, and the
+//! table's other keys are still checked; a wrong type, or a required key missing, ends the
+//! checks of that table there. [`check_files`] runs both stages, for `dt-agent check`.
 //!
 //! [`HostEnv`] runs the kernel's OTLP walker on the host over a [`Compiled`] rule set.
 
@@ -38,7 +38,8 @@ pub(crate) use diag::SourceText;
 pub use diag::{Diagnostic, Pos, RuleErrors};
 pub use env::HostEnv;
 pub use load::{
-    check_files, compile_dir, load_dir, load_dir_and, load_files, load_sources, rule_files,
+    check_files, compile_dir, load_dir, load_dir_and, load_files, load_sources, pushed_names,
+    rule_files,
 };
 pub use model::{
     Action, ActionKind, At, AttrValue, EnrichDef, GroupBy, Hook, Match, ProbeDef, ProbeKind,

@@ -171,26 +171,15 @@ impl Service {
             bail!("the agent is stopping (it waits for held requests, then detaches)");
         }
         let mut sources = read_sources(&self.rules_dir)?;
-        let mut names = Vec::new();
-        for f in files {
-            let name = f
-                .path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .filter(|n| n.ends_with(".toml") && !n.starts_with('.'))
-                .ok_or_else(|| {
-                    anyhow!(
-                        "{}: a rule file's name must end in .toml (and not start with a dot)",
-                        f.path.display()
-                    )
-                })?;
+        let names =
+            rules::pushed_names(files.iter().map(|f| f.path.as_path())).map_err(|e| anyhow!(e))?;
+        for (f, name) in files.iter().zip(&names) {
             // The pushed file replaces the directory's file of that name; errors name the path
             // the user gave.
             sources.retain(|(p, _)| {
                 p.file_name().map(|n| n.to_string_lossy()) != Some(name.as_str().into())
             });
             sources.push((f.path.clone(), f.text.clone()));
-            names.push(name);
         }
         sources.sort_by_key(|(p, _)| p.file_name().map(|n| n.to_owned()));
         let remote = inner.remote.clone();

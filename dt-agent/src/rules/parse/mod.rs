@@ -227,6 +227,69 @@ pub(crate) fn parse_file(src: &SourceText) -> ParsedFile {
     }
 }
 
+/// Reads `table` as a `T`, reporting every unknown key, not only the first: serde stops at the
+/// first one, so each is reported, left out, and the table read again (at most once a key). The
+/// checks after this one then see the table's other keys, so a typo and a bad value in one table
+/// are both reported in one `check`. Any other error (a wrong type, a missing key) ends the
+/// reading, reported, with `None`.
+pub(super) fn read_table<T: for<'de> Deserialize<'de>>(
+    src: &SourceText,
+    table: &Spanned<DeValue>,
+) -> (Option<T>, Vec<Diagnostic>) {
+    let mut table = table.clone();
+    let mut diags = Vec::new();
+    loop {
+        let error = match T::deserialize(ValueDeserializer::from(table.clone())) {
+            Ok(t) => return (Some(t), diags),
+            Err(e) => e,
+        };
+        diags.push(toml_error(src, &error, table.span()));
+        let unknown = error.message().starts_with("unknown field `");
+        let removed = match error.span() {
+            Some(span) if unknown => remove_key_at(table.get_mut(), &span),
+            _ => false,
+        };
+        if !removed {
+            return (None, diags);
+        }
+    }
+}
+
+/// Removes the key whose name is at `span`, in `value` or a table in it; `false` when no key
+/// is there.
+fn remove_key_at(value: &mut DeValue, span: &std::ops::Range<usize>) -> bool {
+    let DeValue::Table(t) = value else {
+        return false;
+    };
+    let mut hit = None;
+    for (key, v) in t.iter_mut() {
+        if key.span() == *span {
+            hit = Some(key.get_ref().to_string());
+            break;
+        }
+        // (A `[rule.match]` table's span is its header's, not its keys'.)
+        if remove_key_at(v.get_mut(), span) {
+            return true;
+        }
+    }
+    match hit {
+        Some(name) => t.remove(name.as_str()).is_some(),
+        None => false,
+    }
+}
+
+/// The result of a table's own checks, after the problems found reading it ([`read_table`]).
+pub(super) fn with_read_problems<T>(
+    read: Vec<Diagnostic>,
+    checked: Result<T, Vec<Diagnostic>>,
+) -> Result<T, Vec<Diagnostic>> {
+    match checked {
+        Ok(t) if read.is_empty() => Ok(t),
+        Ok(_) => Err(read),
+        Err(more) => Err(read.into_iter().chain(more).collect()),
+    }
+}
+
 /// A diagnostic for a TOML error, at its span or else at `fallback`.
 pub(super) fn toml_error(
     src: &SourceText,
@@ -247,9 +310,11 @@ fn parse_rule(src: &SourceText, table: &Spanned<DeValue>) -> Result<RuleDef, Vec
             src.diag(table.span(), "a rule must be a table: write [[rule]]"),
         ]);
     }
-    let raw = RawRule::deserialize(ValueDeserializer::from(table.clone()))
-        .map_err(|e| vec![toml_error(src, &e, table.span())])?;
-    RuleChecker::new(src).check(raw, table.span().start)
+    let (raw, read) = read_table::<RawRule>(src, table);
+    let Some(raw) = raw else {
+        return Err(read);
+    };
+    with_read_problems(read, RuleChecker::new(src).check(raw, table.span().start))
 }
 
 /// Validates one [`RawRule`], collecting every problem.

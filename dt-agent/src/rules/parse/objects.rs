@@ -6,9 +6,9 @@ use std::time::Duration;
 use dt_ebpf_common::{ENRICH_KEYS, MAX_NAME_LEN, MAX_RECORD_CEILING, RING_BLOCK};
 use serde::Deserialize;
 use toml::Spanned;
-use toml::de::{DeValue, ValueDeserializer};
+use toml::de::DeValue;
 
-use super::{at, toml_error};
+use super::{at, read_table};
 use crate::rules::diag::{Diagnostic, SourceText};
 use crate::rules::model::{EnrichDef, RecorderDef, StateDef};
 
@@ -47,9 +47,10 @@ pub(super) fn parse_enrich(
             src.diag(t.span(), "enrich must be a table: write [enrich]"),
         ]);
     }
-    let raw: RawEnrich = RawEnrich::deserialize(ValueDeserializer::from(t.clone()))
-        .map_err(|e| vec![toml_error(src, &e, t.span())])?;
-    let mut diags = Vec::new();
+    let (raw, mut diags) = read_table::<RawEnrich>(src, t);
+    let Some(raw) = raw else {
+        return Err(diags);
+    };
     let mut attrs = 0;
     for name in raw.resource_attributes.get_ref() {
         match ENRICH_KEYS
@@ -96,19 +97,23 @@ struct RawState {
     duration: Spanned<String>,
 }
 
-fn table<'t, T: for<'de> Deserialize<'de>>(
+/// `table` read as a `T` ([`read_table`]): the value, and the problems found reading it; `Err`
+/// when it cannot be read.
+fn table<T: for<'de> Deserialize<'de>>(
     src: &SourceText,
-    table: &'t Spanned<DeValue>,
+    table: &Spanned<DeValue>,
     what: &str,
-) -> Result<T, Vec<Diagnostic>> {
+) -> Result<(T, Vec<Diagnostic>), Vec<Diagnostic>> {
     if !table.get_ref().is_table() {
         return Err(vec![src.diag(
             table.span(),
             format!("a {what} must be a table: write [[{what}]]"),
         )]);
     }
-    T::deserialize(ValueDeserializer::from(table.clone()))
-        .map_err(|e| vec![toml_error(src, &e, table.span())])
+    match read_table(src, table) {
+        (Some(t), read) => Ok((t, read)),
+        (None, read) => Err(read),
+    }
 }
 
 /// A name of a recorder or state: 1 to `MAX_NAME_LEN - 1` bytes (the pinned name table keeps
@@ -129,8 +134,7 @@ pub(super) fn parse_recorder(
     src: &SourceText,
     t: &Spanned<DeValue>,
 ) -> Result<RecorderDef, Vec<Diagnostic>> {
-    let raw: RawRecorder = table(src, t, "recorder")?;
-    let mut diags = Vec::new();
+    let (raw, mut diags): (RawRecorder, _) = table(src, t, "recorder")?;
     object_name(src, &raw.name, &mut diags);
     let mut size = DEFAULT_RECORDER_SIZE;
     if let Some(s) = &raw.size {
@@ -175,8 +179,7 @@ pub(super) fn parse_state(
     src: &SourceText,
     t: &Spanned<DeValue>,
 ) -> Result<StateDef, Vec<Diagnostic>> {
-    let raw: RawState = table(src, t, "state")?;
-    let mut diags = Vec::new();
+    let (raw, mut diags): (RawState, _) = table(src, t, "state")?;
     object_name(src, &raw.name, &mut diags);
     let duration = match parse_duration(raw.duration.get_ref()) {
         Ok(d) if (MIN_STATE_DURATION..=MAX_STATE_DURATION).contains(&d) => Some(d),

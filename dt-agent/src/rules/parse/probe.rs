@@ -7,9 +7,9 @@ use dt_ebpf_common::uprobe::{MAX_PROBE_ARG, MAX_SEV_PAIRS};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
-use toml::de::{DeValue, ValueDeserializer};
+use toml::de::DeValue;
 
-use super::{RawSeverity, at, toml_error};
+use super::{RawSeverity, at, read_table, with_read_problems};
 use crate::rules::diag::{Diagnostic, SourceText};
 use crate::rules::model::{At, ProbeDef, ProbeKind, SeverityMap, SeveritySource};
 use crate::rules::severity;
@@ -76,13 +76,16 @@ pub(super) fn parse_probe(
             src.diag(table.span(), "a probe must be a table: write [[probe]]"),
         ]);
     }
-    let raw = RawProbe::deserialize(ValueDeserializer::from(table.clone()))
-        .map_err(|e| vec![toml_error(src, &e, table.span())])?;
-    ProbeChecker {
+    let (raw, read) = read_table::<RawProbe>(src, table);
+    let Some(raw) = raw else {
+        return Err(read);
+    };
+    let checked = ProbeChecker {
         src,
         diags: Vec::new(),
     }
-    .check(raw, table.span().start)
+    .check(raw, table.span().start);
+    with_read_problems(read, checked)
 }
 
 /// Validates one [`RawProbe`], collecting every problem.

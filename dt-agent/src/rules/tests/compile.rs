@@ -645,13 +645,17 @@ fn enrich_mistakes_are_errors_where_they_are() {
             "[enrich]\nresource_attributes = []\n",
             "r.toml:2:23: resource_attributes must not be empty",
         ),
-        (
-            "[enrich]\nattributes = [\"host.name\"]\n",
-            "r.toml:2:1: unknown field `attributes`, expected `resource_attributes`",
-        ),
     ] {
         assert_eq!(error(text), want, "{text}");
     }
+    // A misspelt key, and the key it leaves missing.
+    assert_eq!(
+        errors("[enrich]\nattributes = [\"host.name\"]\n"),
+        [
+            "r.toml:1:1: missing field `resource_attributes`",
+            "r.toml:2:1: unknown field `attributes`, expected `resource_attributes`",
+        ]
+    );
 }
 
 #[test]

@@ -149,6 +149,78 @@ fn unknown_match_key_is_an_error_at_the_key() {
 }
 
 #[test]
+fn every_unknown_key_of_a_table_is_reported_with_the_tables_other_problems() {
+    // A typo at the top of the rule, one in its match table, and a bad value: all three in one
+    // run, each where it is.
+    let e = errors(
+        "[[rule]]\nname = \"a\"\naction = \"drop\"\nkeep_one = 3\n[rule.match]\n\
+         severity = \"LOUD\"\nservce = \"x\"\n",
+    );
+    assert_eq!(e.len(), 3, "{e:#?}");
+    assert!(
+        e[0].starts_with("r.toml:4:1: unknown field `keep_one`"),
+        "{e:#?}"
+    );
+    assert!(
+        e[1].starts_with("r.toml:6:12: invalid severity \"LOUD\""),
+        "{e:#?}"
+    );
+    assert!(
+        e[2].starts_with("r.toml:7:1: unknown field `servce`"),
+        "{e:#?}"
+    );
+    // A required key misspelt: every unknown key, and the missing one; the values wait until
+    // the rule can be read.
+    let e = errors(
+        "[[rule]]\nname = \"a\"\nacton = \"drop\"\nkeep_one = 3\n[rule.match]\n\
+         severity = \"LOUD\"\nservce = \"x\"\n",
+    );
+    assert_eq!(e.len(), 4, "{e:#?}");
+    assert!(
+        e[0].starts_with("r.toml:1:1: missing field `action`"),
+        "{e:#?}"
+    );
+    assert!(
+        e[1].starts_with("r.toml:3:1: unknown field `acton`"),
+        "{e:#?}"
+    );
+    assert!(
+        e[2].starts_with("r.toml:4:1: unknown field `keep_one`"),
+        "{e:#?}"
+    );
+    assert!(
+        e[3].starts_with("r.toml:7:1: unknown field `servce`"),
+        "{e:#?}"
+    );
+}
+
+#[test]
+fn an_unknown_key_and_a_bad_value_are_both_reported() {
+    let e = errors("[[rule]]\nname = \"\"\naction = \"drop\"\nnme = \"x\"\n");
+    assert_eq!(
+        e,
+        [
+            "r.toml:2:8: name must not be empty",
+            "r.toml:4:1: unknown field `nme`, expected one of `name`, `action`, `hooks`, \
+             `keep_one_in`, `per_second`, `remove_attributes`, `mask_body`, `recorder`, `flush`, \
+             `set_state`, `cooldown`, `threshold`, `group_by`, `max_groups`, `match`"
+        ]
+    );
+    // In an inline table too.
+    let e = errors(
+        "[[rule]]\nname = \"a\"\naction = \"trigger\"\nset_state = [\"s\"]\n\
+         threshold = { count = 0, within = \"1m\", windw = \"2m\" }\n\
+         [[state]]\nname = \"s\"\nduration = \"1m\"\n",
+    );
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(e[0].starts_with("r.toml:5:23: "), "{e:#?}");
+    assert!(
+        e[1].starts_with("r.toml:5:41: unknown field `windw`"),
+        "{e:#?}"
+    );
+}
+
+#[test]
 fn unknown_top_level_key_is_an_error() {
     let e = error(&format!("{}\n[rules]\nx = 1\n", rule("a", "drop")));
     assert!(e.starts_with("r.toml:5:2: unknown key `rules`"), "{e}");
@@ -535,4 +607,23 @@ fn unreadable_files_are_diagnostics_and_other_files_still_checked() {
         (binary, Pos::START)
     );
     assert_eq!(diags[2].file, bad);
+}
+
+#[test]
+fn pushed_files_need_rule_file_names_of_their_own() {
+    use crate::rules::pushed_names;
+    let names = pushed_names([Path::new("a/10-x.toml"), Path::new("20-y.toml")]).unwrap();
+    assert_eq!(names, ["10-x.toml", "20-y.toml"]);
+    for bad in ["rules.txt", "a/.hidden.toml", "a/toml", "a/"] {
+        let e = pushed_names([Path::new(bad)]).unwrap_err();
+        assert!(
+            e.contains("must end in .toml and not start with a dot"),
+            "{bad}: {e}"
+        );
+    }
+    let e = pushed_names([Path::new("a/10-x.toml"), Path::new("b/10-x.toml")]).unwrap_err();
+    assert!(
+        e.starts_with("b/10-x.toml: a/10-x.toml is pushed too, with the same file name"),
+        "{e}"
+    );
 }
