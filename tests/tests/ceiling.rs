@@ -250,17 +250,18 @@ fn a_refused_run_leaves_no_pins_and_changes_no_pinned_filter() {
     let receiver = Receiver::start_v4();
     let other = Receiver::start_v4();
     let mut agent = AgentProcess::new("refused-run", rules.path(), &[receiver.port()], true);
-    let refused = |agent: &AgentProcess, extra: &[&str]| {
-        agent.write_config("[ceiling]\nmemory = \"1MiB\"\n");
+    let refused_by = |agent: &AgentProcess, extra: &[&str], config: &str, why: &str| {
+        agent.write_config(config);
         let mut cmd = std::process::Command::new(dt_tests::agent_process::bin());
         cmd.args(agent.run_args()).args(extra);
         let out = dt_tests::agent_process::dt_agent_cmd(cmd, Duration::from_secs(60), "run");
         let text = output_text(&out);
         assert_eq!(out.status.code(), Some(1), "{text}");
-        assert!(
-            text.contains("[ceiling] memory = 1024 KiB is below"),
-            "{text}"
-        );
+        assert!(text.contains(why), "{text}");
+    };
+    let refused = |agent: &AgentProcess, extra: &[&str]| {
+        let config = "[ceiling]\nmemory = \"1MiB\"\n";
+        refused_by(agent, extra, config, "[ceiling] memory = 1024 KiB is below");
     };
     refused(&agent, &[]);
     assert!(
@@ -283,6 +284,24 @@ fn a_refused_run_leaves_no_pins_and_changes_no_pinned_filter() {
     assert_eq!(before.rule("count-all").unwrap().matched, 10);
     let other_port = other.port().to_string();
     refused(&agent, &["--port", &other_port, "--max-request", "1024"]);
+    // Refused later, when a probe of the rules does not attach (the last check before the
+    // rule set goes in): the same.
+    let probe = rules.path().join("50-probe.toml");
+    std::fs::write(
+        &probe,
+        "[[probe]]\nname = \"app\"\nbinary = \"libc\"\nsymbol = \"dt_no_such_function\"\n\
+         message_arg = 0\n\n[[rule]]\nname = \"count-app\"\naction = \"count\"\n\
+         hooks = [\"uprobe:app\"]\n",
+    )
+    .unwrap();
+    refused_by(
+        &agent,
+        &["--port", &other_port, "--max-request", "1024"],
+        "",
+        "no function \"dt_no_such_function\"",
+    );
+    std::fs::remove_file(&probe).unwrap();
+    agent.write_config("");
     // The pins are still there, the filter's ports are not changed (the other port is not
     // hooked) and its size bound is not (a request over 1024 bytes is still walked).
     assert!(agent.pin_dir().join("CONTROL").exists());

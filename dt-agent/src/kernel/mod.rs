@@ -359,23 +359,27 @@ impl Agent {
         agent.check_memory(&compiled).map_err(RuleErrors)?;
         // uprobe hook: what depends on this kernel (drop) and this agent (capture endpoint).
         agent.probes.check(&compiled.uprobe).map_err(RuleErrors)?;
+        if !adopting {
+            let mut control: Array<_, Control> = Array::try_from(map(&mut agent.ebpf, "CONTROL")?)?;
+            let c = Control {
+                active: Control::pack(0, 0),
+                enabled: 1,
+                layout: LAYOUT_VERSION,
+                max_request: 0,
+                off_why: 0,
+            };
+            control.set(0, c, 0)?;
+        }
+        // The probes attach first in `install`, and a refusal there changes nothing.
+        agent.install(&compiled)?;
+        // Only now, every check passed: an adopted filter's size bound and ports change.
         {
             let mut control: Array<_, Control> = Array::try_from(map(&mut agent.ebpf, "CONTROL")?)?;
             let mut c = control.get(&0, 0)?;
-            if !adopting {
-                c = Control {
-                    active: Control::pack(0, 0),
-                    enabled: 1,
-                    layout: LAYOUT_VERSION,
-                    max_request: 0,
-                    off_why: 0,
-                };
-            }
             c.max_request = cfg.max_request;
             control.set(0, c, 0)?;
         }
         hooks::otlp::write_ports(&mut agent.ebpf, &cfg.ports)?;
-        agent.install(&compiled)?;
         agent.sk_msg = Some(hooks::otlp::attach_sk_msg(&mut agent.ebpf, &agent.socks)?);
         let pinned_link = agent
             .pins
