@@ -14,9 +14,8 @@ use toml::Spanned;
 use super::{
     DEFAULT_CONFIG, Layer,
     check::{
-        check_capture_endpoint, check_loopback, check_max_request, check_opamp_endpoint,
-        check_otlp_endpoint, max_request_range, parse_cpu_share, parse_duration, parse_memory,
-        parse_metrics_addr,
+        check_capture_endpoint, check_max_request, check_opamp_endpoint, check_otlp_endpoint,
+        max_request_range, parse_cpu_share, parse_duration, parse_memory, parse_metrics_addr,
     },
 };
 use crate::rules::{Diagnostic, Pos, SourceText};
@@ -144,16 +143,20 @@ pub fn parse(path: &Path, text: &str) -> Result<Layer, Vec<Diagnostic>> {
         ok.then_some(ports)
     });
 
-    // Loopback only, unless the file says `metrics_public = true` (a `--metrics-public` flag
-    // over a file's public address is checked by `resolve`, without a position).
+    // Whether it must be loopback is `resolve`'s to say: `metrics_public = true` here, or
+    // `--metrics-public`, allows any address. Its error names this position.
     let metrics_public = raw.metrics_public.unwrap_or(false);
-    let metrics_addr = checked(&src, &mut diags, "metrics_addr", raw.metrics_addr, |text| {
-        let addr = parse_metrics_addr(text)?;
-        if !metrics_public {
-            check_loopback(addr)?;
-        }
-        Ok(addr)
+    let metrics_addr_at = raw.metrics_addr.as_ref().map(|v| {
+        let pos = src.pos(v.span().start);
+        format!("{}:{}:{}", path.display(), pos.line, pos.column)
     });
+    let metrics_addr = checked(
+        &src,
+        &mut diags,
+        "metrics_addr",
+        raw.metrics_addr,
+        parse_metrics_addr,
+    );
     let otlp_endpoint = checked(&src, &mut diags, "otlp_endpoint", raw.otlp_endpoint, |s| {
         check_otlp_endpoint(s).map(|()| s.to_string())
     });
@@ -236,6 +239,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Layer, Vec<Diagnostic>> {
         pin: raw.pin,
         pin_dir,
         metrics_addr,
+        metrics_addr_at,
         otlp_endpoint,
         otlp_interval,
         max_request,

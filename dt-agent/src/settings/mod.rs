@@ -86,6 +86,9 @@ pub struct Layer {
     /// Allow --metrics-addr on a non-loopback address (e.g. 0.0.0.0:9464 for a cluster's scraper).
     #[arg(long, display_order = 9)]
     pub metrics_public: bool,
+    /// Where the file sets `metrics_addr` (`file:line:column`), for errors about it.
+    #[arg(skip)]
+    pub metrics_addr_at: Option<String>,
     /// Push OTLP metrics to this URL (e.g. http://127.0.0.1:4318/v1/metrics).
     #[arg(long, value_name = "URL", display_order = 10)]
     pub otlp_endpoint: Option<String>,
@@ -194,9 +197,13 @@ pub fn resolve(file: Option<Layer>, flags: Layer) -> Result<Settings, String> {
         (None, None) => (DEFAULT_MAX_REQUEST, "max_request"),
     };
     check_max_request(max_request).map_err(|e| format!("{key}: {e}"))?;
+    let file_key = match &file.metrics_addr_at {
+        Some(at) => format!("{at}: `metrics_addr`"),
+        None => "metrics_addr".to_string(),
+    };
     let (metrics_addr, key) = match (flags.metrics_addr, file.metrics_addr) {
         (Some(a), _) => (Some(a), "--metrics-addr"),
-        (None, a) => (a, "metrics_addr"),
+        (None, a) => (a, file_key.as_str()),
     };
     let metrics_public = flags.metrics_public || file.metrics_public;
     if let Some(addr) = metrics_addr {

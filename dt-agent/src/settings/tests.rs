@@ -99,6 +99,7 @@ fn every_key() {
             max_request: Some(131072),
             capture_endpoint: Some("http://127.0.0.1:4318/v1/logs".into()),
             metrics_public: true,
+            metrics_addr_at: Some("/etc/dt/agent.toml:8:16".into()),
             state_dir: Some("/srv/dt/state".into()),
             opamp_endpoint: Some("http://opamp.example:4320/v1/opamp".into()),
             opamp_poll_interval: Some(Duration::from_secs(5)),
@@ -189,6 +190,7 @@ fn flags_override_the_file() {
         max_request: Some(1000),
         capture_endpoint: Some("http://[::1]:4318/v1/logs".into()),
         metrics_public: false,
+        metrics_addr_at: None,
         state_dir: Some("/tmp/state".into()),
         opamp_endpoint: Some("http://127.0.0.1:4320/v1/opamp".into()),
         opamp_poll_interval: None,
@@ -350,11 +352,22 @@ fn bad_durations() {
 
 #[test]
 fn metrics_addr_must_be_loopback() {
-    let e = error("\nmetrics_addr = \"0.0.0.0:9464\"\n");
+    // Checked once the flags are known, at the file's position.
+    let file = parse_str("\nmetrics_addr = \"0.0.0.0:9464\"\n").unwrap();
+    let e = resolve(Some(file.clone()), Layer::default()).unwrap_err();
     assert!(
-        e.starts_with("2:16: `metrics_addr`: 0.0.0.0:9464 is not a loopback address"),
+        e.starts_with(
+            "/etc/dt/agent.toml:2:16: `metrics_addr`: 0.0.0.0:9464 is not a loopback address"
+        ),
         "{e}"
     );
+    // `--metrics-public` allows the file's address, as `metrics_public = true` would.
+    let public = Layer {
+        metrics_public: true,
+        ..Layer::default()
+    };
+    let s = resolve(Some(file), public).unwrap();
+    assert_eq!(s.metrics_addr, Some("0.0.0.0:9464".parse().unwrap()));
     let e = error("metrics_addr = \"localhost:9464\"\n");
     assert!(
         e.starts_with("1:16: `metrics_addr`: `localhost:9464` is not a socket address"),
@@ -553,7 +566,7 @@ fn max_request_out_of_range() {
 #[test]
 fn every_problem_is_reported_in_order() {
     let diags =
-        parse_str("max_request = 0\nports = [0]\nmetrics_addr = \"8.8.8.8:1\"\nsocket = \"\"\n")
+        parse_str("max_request = 0\nports = [0]\nmetrics_addr = \"8.8.8.8\"\nsocket = \"\"\n")
             .unwrap_err();
     let at: Vec<(usize, usize)> = diags.iter().map(|d| (d.line, d.column)).collect();
     assert_eq!(at, vec![(1, 15), (2, 10), (3, 16), (4, 10)]);
