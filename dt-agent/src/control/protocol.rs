@@ -97,6 +97,24 @@ impl Response {
     }
 }
 
+impl RuleInfo {
+    /// One entry a rule, in the set's order: a rule on several hooks is compiled once a hook,
+    /// and listed once, its hooks joined as `stats` shows them (`"otlp,uprobe:syslog"`).
+    pub fn of_rules(rules: &[CompiledRule]) -> Vec<RuleInfo> {
+        let mut out: Vec<RuleInfo> = Vec::new();
+        for r in rules {
+            match out.iter_mut().find(|i| i.name == r.name) {
+                Some(info) => {
+                    info.hook.push(',');
+                    info.hook.push_str(&r.hook.name());
+                }
+                None => out.push(RuleInfo::from(r)),
+            }
+        }
+        out
+    }
+}
+
 impl From<&CompiledRule> for RuleInfo {
     fn from(r: &CompiledRule) -> RuleInfo {
         RuleInfo {

@@ -114,7 +114,7 @@ impl Service {
             generation: stats.generation,
             enabled: stats.enabled,
             rules_dir: self.rules_dir.clone(),
-            rules: agent.active_rules().iter().map(RuleInfo::from).collect(),
+            rules: RuleInfo::of_rules(agent.active_rules()),
         })
     }
 

@@ -365,6 +365,23 @@ hooks = [\"uprobe:app\"]
             ("drop-noise", "uprobe:app"),
         ]
     );
+    // `rules` lists each rule once, with its hooks.
+    let listed: Vec<_> = crate::control::RuleInfo::of_rules(&c.rules)
+        .into_iter()
+        .map(|i| (i.name, i.hook))
+        .collect();
+    let listed: Vec<_> = listed
+        .iter()
+        .map(|(n, h)| (n.as_str(), h.as_str()))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            ("all-errors", "otlp,uprobe:syslog"),
+            ("capture-timeouts", "uprobe:syslog,uprobe:app"),
+            ("drop-noise", "uprobe:app"),
+        ]
+    );
 }
 
 #[test]
