@@ -174,3 +174,17 @@ impl Stats {
         self.totals.passthrough.values().sum()
     }
 }
+
+/// The error of a read of the counters once dt is uninstalled: there are none, and nothing of
+/// dt is attached. The metrics endpoint of an agent idle after `uninstall` answers 200 with a
+/// comment saying so (a liveness probe on it keeps passing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Uninstalled;
+
+impl std::fmt::Display for Uninstalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("dt was uninstalled: nothing of dt is attached or pinned")
+    }
+}
+
+impl std::error::Error for Uninstalled {}

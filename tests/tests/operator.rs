@@ -1594,3 +1594,71 @@ fn removed_rules_give_their_counter_slots_back() {
         Some((false, 4))
     );
 }
+
+/// `idle_after_uninstall` (the Kubernetes DaemonSet's config): after `uninstall` the agent
+/// stays up with nothing of dt attached or pinned, its metrics endpoint answering 200 (a
+/// liveness probe keeps passing, so the kubelet does not restart it and attach dt again), until
+/// SIGTERM, on which it exits 0.
+#[test]
+fn uninstall_with_idle_after_uninstall_stays_up_detached_until_sigterm() {
+    if !kernel_or_skip("uninstall_with_idle_after_uninstall_stays_up_detached_until_sigterm") {
+        return;
+    }
+    let rx = Receiver::start_v4();
+    let rules = TempRules::with_files(&[("50-test.toml", &toml(&[count_all()]))]);
+    let mut agent = AgentProcess::new("idle-uninstall", rules.path(), &[rx.port()], true);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    agent.write_config(&format!(
+        "idle_after_uninstall = true\nmetrics_addr = \"127.0.0.1:{port}\"\n"
+    ));
+    agent.start();
+    let get_metrics = || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    };
+    assert!(get_metrics().contains("dt_rule_matched_total"));
+    let (_, prog) = pinned_link(&agent.pin_dir().join("sockops_link"));
+
+    let o = agent.verb("uninstall", &[]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(agent.is_running(), "log:\n{}", agent.log());
+    assert!(!agent.pin_dir().exists(), "{}", agent.pin_dir().display());
+    assert!(
+        !cgroup_sock_ops(&cgroup_root())
+            .iter()
+            .any(|(id, _)| *id == prog),
+        "the sock_ops program is still attached"
+    );
+    let text = get_metrics();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("# dt-agent: dt was uninstalled"), "{text}");
+    let o = agent.verb("stats", &[]);
+    assert!(
+        output_text(&o).contains("dt was uninstalled"),
+        "{}",
+        output_text(&o)
+    );
+    // Traffic passes untouched, unseen.
+    let req = abc_request(5, 3, 20);
+    let r = send_one(&rx, &req.http, &Split::head_then_body(3));
+    assert_eq!(r.body, req.http.payload, "the request arrives as sent");
+
+    agent.signal(libc::SIGTERM);
+    let st = agent.wait_exit(Duration::from_secs(15));
+    assert_eq!(st.code(), Some(0), "log:\n{}", agent.log());
+    assert!(
+        agent.log().contains("idle until SIGTERM"),
+        "{}",
+        agent.log()
+    );
+}

@@ -92,10 +92,7 @@ impl Service {
 
     fn with_agent<T>(&self, f: impl FnOnce(&mut Agent) -> anyhow::Result<T>) -> anyhow::Result<T> {
         let mut inner = self.lock();
-        let agent = inner
-            .agent
-            .as_mut()
-            .ok_or_else(|| anyhow!("dt was uninstalled; the agent is stopping"))?;
+        let agent = inner.agent.as_mut().ok_or(crate::stats::Uninstalled)?;
         f(agent)
     }
 
@@ -105,10 +102,7 @@ impl Service {
 
     pub fn rules(&self) -> anyhow::Result<RulesInfo> {
         let inner = self.lock();
-        let agent = inner
-            .agent
-            .as_ref()
-            .ok_or_else(|| anyhow!("dt was uninstalled; the agent is stopping"))?;
+        let agent = inner.agent.as_ref().ok_or(crate::stats::Uninstalled)?;
         let stats = agent.stats()?;
         Ok(RulesInfo {
             generation: stats.generation,
@@ -184,10 +178,7 @@ impl Service {
         sources.sort_by_key(|(p, _)| p.file_name().map(|n| n.to_owned()));
         let remote = inner.remote.clone();
         sources.extend(remote.iter().cloned());
-        let agent = inner
-            .agent
-            .as_mut()
-            .ok_or_else(|| anyhow!("dt was uninstalled; the agent is stopping"))?;
+        let agent = inner.agent.as_mut().ok_or(crate::stats::Uninstalled)?;
         let defs = rules::load_sources(&sources).map_err(RuleErrors)?;
         // Kernel checks included, and every probe the rules use attaches (then detaches again).
         agent.check_defs(&defs)?;
@@ -295,10 +286,7 @@ impl Service {
         }
         let mut sources = read_sources(&self.rules_dir)?;
         sources.extend(remote.iter().cloned());
-        let agent = inner
-            .agent
-            .as_mut()
-            .ok_or_else(|| anyhow!("dt was uninstalled; the agent is stopping"))?;
+        let agent = inner.agent.as_mut().ok_or(crate::stats::Uninstalled)?;
         let result = rules::load_sources(&sources)
             .map_err(|d| anyhow::Error::new(RuleErrors(d)))
             .and_then(|defs| {

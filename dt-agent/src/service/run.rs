@@ -65,16 +65,15 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             Err(e) => return Err(e),
         };
         let service = Service::new(agent, cfg.rules_dir.clone(), cfg.remote_rules.clone())?;
-        let _watcher = service.watch()?;
+        let watcher = service.watch()?;
         log::info!(
             "dt-agent running: rules {} (watched), control socket {}",
             cfg.rules_dir.display(),
             socket.display()
         );
-        let mut tasks = vec![
-            tokio::spawn(control::serve(listener, service.clone())),
-            tokio::spawn(rescan(service.clone())),
-        ];
+        // What answers (kept while idle after an uninstall), and the rest.
+        let mut serving = vec![tokio::spawn(control::serve(listener, service.clone()))];
+        let mut tasks = vec![tokio::spawn(rescan(service.clone()))];
         if let Some(ceiling) = settings.ceiling.clone() {
             tasks.push(tokio::spawn(crate::ceiling::watch(
                 service.clone(),
@@ -95,7 +94,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
                 "Prometheus metrics on http://{}/metrics",
                 listener.local_addr()?
             );
-            tasks.push(tokio::spawn(export::serve_prometheus(
+            serving.push(tokio::spawn(export::serve_prometheus(
                 listener,
                 source.clone(),
             )));
@@ -115,10 +114,13 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
                 source,
             )));
         }
-        tokio::select! {
-            r = wait_for_signal() => r?,
-            _ = service.shutdown.notified() => {}
-        }
+        let uninstalled = tokio::select! {
+            r = wait_for_signal() => {
+                r?;
+                false
+            }
+            _ = service.shutdown.notified() => true,
+        };
         // Held requests are waited for (no deadline) while the control socket still answers;
         // a second signal stops the wait.
         service
@@ -126,7 +128,20 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
                 let _ = wait_for_signal().await;
             })
             .await;
-        for t in &tasks {
+        if uninstalled && settings.idle_after_uninstall {
+            // A supervisor that restarts an agent that exits would attach dt again: stay up,
+            // with nothing attached, until told to stop.
+            drop(watcher);
+            for t in &tasks {
+                t.abort();
+            }
+            log::info!(
+                "uninstalled; idle until SIGTERM (idle_after_uninstall): nothing of dt is \
+                 attached, and the control socket and metrics endpoint still answer"
+            );
+            wait_for_signal().await?;
+        }
+        for t in tasks.iter().chain(&serving) {
             t.abort();
         }
         // Dropping the agent detaches, or leaves the pins.

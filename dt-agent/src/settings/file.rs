@@ -36,6 +36,7 @@ struct RawFile {
     max_request: Option<Spanned<i64>>,
     capture_endpoint: Option<Spanned<String>>,
     metrics_public: Option<bool>,
+    idle_after_uninstall: Option<bool>,
     state_dir: Option<Spanned<String>>,
     opamp: Option<RawOpamp>,
     ceiling: Option<RawCeiling>,
@@ -245,6 +246,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Layer, Vec<Diagnostic>> {
         max_request,
         capture_endpoint,
         metrics_public,
+        idle_after_uninstall: raw.idle_after_uninstall.unwrap_or(false),
         state_dir,
         opamp_endpoint,
         opamp_poll_interval,
@@ -256,7 +258,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Layer, Vec<Diagnostic>> {
 }
 
 /// The keys of the file (the fields of [`RawFile`]).
-pub(super) const KEYS: [&str; 15] = [
+pub(super) const KEYS: [&str; 16] = [
     "rules_dir",
     "ports",
     "cgroup",
@@ -269,6 +271,7 @@ pub(super) const KEYS: [&str; 15] = [
     "max_request",
     "capture_endpoint",
     "metrics_public",
+    "idle_after_uninstall",
     "state_dir",
     "opamp",
     "ceiling",

@@ -89,6 +89,11 @@ pub struct Layer {
     /// Where the file sets `metrics_addr` (`file:line:column`), for errors about it.
     #[arg(skip)]
     pub metrics_addr_at: Option<String>,
+    /// After `dt-agent uninstall`, stay up (control socket and metrics endpoint answering) until
+    /// SIGTERM instead of exiting: for supervisors that restart an agent that exits, such as a
+    /// Kubernetes DaemonSet, which would attach dt again.
+    #[arg(long, display_order = 21)]
+    pub idle_after_uninstall: bool,
     /// Push OTLP metrics to this URL (e.g. http://127.0.0.1:4318/v1/metrics).
     #[arg(long, value_name = "URL", display_order = 10)]
     pub otlp_endpoint: Option<String>,
@@ -165,6 +170,8 @@ pub struct Settings {
     pub metrics_addr: Option<SocketAddr>,
     /// `metrics_addr` may be a non-loopback address.
     pub metrics_public: bool,
+    /// After `uninstall`, wait for SIGTERM instead of exiting.
+    pub idle_after_uninstall: bool,
     /// `None`: no OTLP metrics push.
     pub otlp_endpoint: Option<String>,
     pub otlp_interval: Duration,
@@ -296,6 +303,7 @@ pub fn resolve(file: Option<Layer>, flags: Layer) -> Result<Settings, String> {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR)),
         metrics_addr,
         metrics_public,
+        idle_after_uninstall: flags.idle_after_uninstall || file.idle_after_uninstall,
         otlp_endpoint,
         otlp_interval,
         max_request,

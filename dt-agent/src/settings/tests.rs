@@ -31,6 +31,7 @@ fn defaults() -> Settings {
         max_request: DEFAULT_MAX_REQUEST,
         capture_endpoint: None,
         metrics_public: false,
+        idle_after_uninstall: false,
         state_dir: PathBuf::from("/var/lib/dt"),
         opamp: None,
         ceiling: None,
@@ -50,6 +51,7 @@ otlp_interval = "1m30s"
 max_request = 131072
 capture_endpoint = "http://127.0.0.1:4318/v1/logs"
 metrics_public = true
+idle_after_uninstall = true
 state_dir = "/srv/dt/state"
 
 [opamp]
@@ -100,6 +102,7 @@ fn every_key() {
             capture_endpoint: Some("http://127.0.0.1:4318/v1/logs".into()),
             metrics_public: true,
             metrics_addr_at: Some("/etc/dt/agent.toml:8:16".into()),
+            idle_after_uninstall: true,
             state_dir: Some("/srv/dt/state".into()),
             opamp_endpoint: Some("http://opamp.example:4320/v1/opamp".into()),
             opamp_poll_interval: Some(Duration::from_secs(5)),
@@ -125,6 +128,7 @@ fn every_key() {
             max_request: 131072,
             capture_endpoint: Some("http://127.0.0.1:4318/v1/logs".into()),
             metrics_public: true,
+            idle_after_uninstall: true,
             state_dir: "/srv/dt/state".into(),
             opamp: Some(OpampSettings {
                 endpoint: "http://opamp.example:4320/v1/opamp".into(),
@@ -191,6 +195,7 @@ fn flags_override_the_file() {
         capture_endpoint: Some("http://[::1]:4318/v1/logs".into()),
         metrics_public: false,
         metrics_addr_at: None,
+        idle_after_uninstall: false,
         state_dir: Some("/tmp/state".into()),
         opamp_endpoint: Some("http://127.0.0.1:4320/v1/opamp".into()),
         opamp_poll_interval: None,
@@ -217,6 +222,7 @@ fn flags_override_the_file() {
             capture_endpoint: Some("http://[::1]:4318/v1/logs".into()),
             // `metrics_public` is on when either layer says so.
             metrics_public: true,
+            idle_after_uninstall: true,
             state_dir: "/tmp/state".into(),
             // The flag's endpoint, the file's interval.
             opamp: Some(OpampSettings {
@@ -267,7 +273,7 @@ fn unknown_keys_are_errors_at_their_position() {
         e,
         "2:3: unknown field `max_requets`, expected one of `rules_dir`, `ports`, `cgroup`, \
          `socket`, `pin`, `pin_dir`, `metrics_addr`, `otlp_endpoint`, `otlp_interval`, \
-         `max_request`, `capture_endpoint`, `metrics_public`, `state_dir`, `opamp`, `ceiling`"
+         `max_request`, `capture_endpoint`, `metrics_public`, `idle_after_uninstall`, `state_dir`, `opamp`, `ceiling`"
     );
     let listed: Vec<String> = KEYS.iter().map(|k| format!("`{k}`")).collect();
     assert!(

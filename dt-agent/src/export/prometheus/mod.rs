@@ -172,6 +172,10 @@ async fn respond(req: Request<Incoming>, source: &StatsSource) -> Response<Full<
                 .insert(CONTENT_TYPE_HEADER, HeaderValue::from_static(CONTENT_TYPE));
             resp
         }
+        Err(e) if e.is::<crate::stats::Uninstalled>() => text(
+            StatusCode::OK,
+            &format!("# dt-agent: {e}; idle until stopped\n"),
+        ),
         Err(e) => {
             log::warn!("metrics endpoint: reading the counters: {e:#}");
             text(
