@@ -733,7 +733,11 @@ fn a_flush_to_an_endpoint_that_never_answers_is_given_up_in_time() {
             held.push(s);
         }
     });
-    let dir = TempRules::with_files(&[("recorder.toml", &rules("1h"))]);
+    // A second recorder, named in the same flush: the flush has one budget for both.
+    let other = "[[recorder]]\nname = \"other\"\nsize = \"64KiB\"\n\n[[rule]]\n\
+                 name = \"drop-other\"\naction = \"drop\"\nrecorder = \"other\"\n\
+                 [rule.match]\nservice = \"other\"\n";
+    let dir = TempRules::with_files(&[("recorder.toml", &rules("1h")), ("other.toml", other)]);
     let mut cfg = agent_config(&dir, &[receiver.port()]);
     cfg.capture_endpoint = Some(format!("http://127.0.0.1:{hung_port}/v1/logs"));
     let agent = start_agent_with(cfg);
@@ -743,19 +747,48 @@ fn a_flush_to_an_endpoint_that_never_answers_is_given_up_in_time() {
         .records((0..4).map(|i| Rec::new(5, &format!("debug {i}"))))
         .build();
     send_raw(receiver.port(), &debug);
-    assert_eq!(stats_of(&agent).recorders[0].records, 4);
-    let (requester, slots) = agent.flush_request(&["checkout-debug".into()]).unwrap();
+    let to_other = LogsRequestBuilder::new()
+        .resource("other")
+        .scope("app")
+        .records((0..2).map(|i| Rec::new(9, &format!("other {i}"))))
+        .build();
+    send_raw(receiver.port(), &to_other);
+    let s = stats_of(&agent);
+    let held: Vec<_> = s
+        .recorders
+        .iter()
+        .map(|r| (r.name.as_str(), r.records))
+        .collect();
+    assert_eq!(held, [("checkout-debug", 4), ("other", 2)]);
+    let (requester, slots) = agent
+        .flush_request(&["checkout-debug".into(), "other".into()])
+        .unwrap();
     let start = Instant::now();
     let e = format!("{:#}", requester.flush(slots).unwrap_err());
     let took = start.elapsed();
-    assert!(e.contains("flush given up after 5 tries"), "{e}");
-    assert!(e.contains("no answer within 5 s"), "{e}");
+    // Each recorder's fate, in one answer within `dt-agent flush`'s wait.
+    let lines: Vec<&str> = e.lines().collect();
+    assert_eq!(lines.len(), 2, "{e}");
+    assert!(
+        lines[0].starts_with("recorder checkout-debug: flush given up after 5 tries"),
+        "{e}"
+    );
+    assert!(lines[0].contains("no answer within 5 s"), "{e}");
+    // What time is left after the first (about 1 s) goes to the second.
+    assert!(
+        lines[1].starts_with("recorder other: flush given up after"),
+        "{e}"
+    );
     assert!(
         took >= Duration::from_secs(25) && took < dt_agent::export::flush::FLUSH_WAIT,
         "{took:?}: {e}"
     );
     let s = stats_of(&agent);
-    let r = &s.recorders[0];
+    let r = s
+        .recorders
+        .iter()
+        .find(|r| r.name == "checkout-debug")
+        .unwrap();
     assert_eq!(
         (r.records, r.flushes, r.flush_failures, r.flushed_records),
         (4, 0, 1, 0)

@@ -13,7 +13,7 @@ use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex, mpsc},
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use prost::encoding::{WireType, encode_key, encode_varint};
@@ -26,9 +26,12 @@ const POLL: Duration = Duration::from_millis(100);
 const TRIES: u32 = 5;
 const FIRST_PAUSE: Duration = Duration::from_millis(200);
 /// Bound on one post (connecting, sending, the answer): an endpoint that takes a connection and
-/// never answers fails the try instead of stalling every recorder's flushes. All tries of one
-/// flush take at most 5 × 5 s + 3 s of pauses, within [`FLUSH_WAIT`].
+/// never answers fails the try instead of stalling every recorder's flushes.
 const POST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on one flush, every try, post and pause included: a trigger's flush of one recorder,
+/// or every recorder `dt-agent flush` names (within [`FLUSH_WAIT`]). 5 tries of one post each
+/// that get no answer take 5 × 5 s + 3 s of pauses, within it.
+const FLUSH_BUDGET: Duration = Duration::from_secs(29);
 /// Largest body of one egress request; a bigger flush is sent in several.
 const MAX_BODY: usize = 4 << 20;
 /// How long `dt-agent flush` waits for the egress.
@@ -121,18 +124,13 @@ impl Worker {
             match rx.recv_timeout(POLL) {
                 Ok(Cmd::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 Ok(Cmd::Flush { slots, reply }) => {
-                    let mut out = Vec::new();
-                    let mut failed = None;
+                    // One budget for all of them, so the answer comes within FLUSH_WAIT.
+                    let deadline = Instant::now() + FLUSH_BUDGET;
+                    let mut results = Vec::new();
                     for slot in slots {
-                        match self.flush(slot, None).await {
-                            Ok(f) => out.push(f),
-                            Err(e) => failed = Some(format!("{e:#}")),
-                        }
+                        results.push(self.flush(slot, None, deadline).await);
                     }
-                    let _ = reply.send(match failed {
-                        Some(e) => Err(e),
-                        None => Ok(out),
-                    });
+                    let _ = reply.send(answer(results));
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
@@ -140,8 +138,9 @@ impl Worker {
             let names = self.names.lock().unwrap_or_else(|e| e.into_inner()).clone();
             for &slot in names.keys() {
                 let req = self.objects.rec_state(slot).flush_req;
+                let deadline = Instant::now() + FLUSH_BUDGET;
                 if req != self.objects.conf(slot).flush_done
-                    && let Err(e) = self.flush(slot, Some(req)).await
+                    && let Err(e) = self.flush(slot, Some(req), deadline).await
                 {
                     log::error!("{e:#}");
                 }
@@ -149,8 +148,14 @@ impl Worker {
         }
     }
 
-    /// Egresses recorder `slot` with a few tries; `req`: the flush request served.
-    async fn flush(&mut self, slot: u8, req: Option<u64>) -> anyhow::Result<Flushed> {
+    /// Egresses recorder `slot` with a few tries, until `deadline`; `req`: the flush request
+    /// served.
+    async fn flush(
+        &mut self,
+        slot: u8,
+        req: Option<u64>,
+        deadline: Instant,
+    ) -> anyhow::Result<Flushed> {
         let name = self
             .names
             .lock()
@@ -161,12 +166,20 @@ impl Worker {
         let mut pause = FIRST_PAUSE;
         let mut sent = 0u64;
         let mut last_error = None;
+        let mut tries = 0;
         for attempt in 0..TRIES {
             if attempt > 0 {
+                if Instant::now() + pause >= deadline {
+                    break;
+                }
                 tokio::time::sleep(pause).await;
                 pause *= 2;
             }
-            match self.egress(slot, &name).await {
+            if Instant::now() >= deadline {
+                break;
+            }
+            tries += 1;
+            match self.egress(slot, &name, deadline).await {
                 Ok(n) => {
                     sent += n;
                     self.objects.update_conf(slot, |c| {
@@ -197,9 +210,14 @@ impl Worker {
             }
             c.flush_failures += 1;
         })?;
-        let e = last_error.unwrap_or_else(|| anyhow::anyhow!("no try made"));
+        let e = last_error.unwrap_or_else(|| {
+            anyhow::anyhow!(
+                "the flush's {} s were used up before it",
+                FLUSH_BUDGET.as_secs()
+            )
+        });
         Err(e.context(format!(
-            "recorder {name}: flush given up after {TRIES} tries ({sent} records sent; the rest \
+            "recorder {name}: flush given up after {tries} tries ({sent} records sent; the rest \
              stay in the recorder)"
         )))
     }
@@ -207,7 +225,12 @@ impl Worker {
     /// Sends what the recorder holds now, in requests of at most [`MAX_BODY`], moving its
     /// tail past each request the endpoint took. Returns the records sent, or with the error
     /// those sent before it.
-    async fn egress(&mut self, slot: u8, name: &str) -> Result<u64, (u64, anyhow::Error)> {
+    async fn egress(
+        &mut self,
+        slot: u8,
+        name: &str,
+        deadline: Instant,
+    ) -> Result<u64, (u64, anyhow::Error)> {
         let contents = self.objects.read_ring(slot).map_err(|e| (0, e))?;
         let mut sent = 0u64;
         let mut rest = contents.entries.as_slice();
@@ -224,16 +247,21 @@ impl Worker {
             let (batch, later) = rest.split_at(n);
             let body = logs_request(name, batch);
             let post = super::http::post_protobuf(&self.endpoint, body, "capture endpoint");
-            match tokio::time::timeout(POST_TIMEOUT, post).await {
+            let bound = POST_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
+            match tokio::time::timeout(bound, post).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err((sent, e)),
                 Err(_) => {
                     return Err((
                         sent,
                         anyhow::anyhow!(
-                            "POST {}: no answer within {} s",
+                            "POST {}: no answer within {}",
                             self.endpoint,
-                            POST_TIMEOUT.as_secs()
+                            if bound == POST_TIMEOUT {
+                                format!("{} s", bound.as_secs())
+                            } else {
+                                format!("{:.1} s (the flush's time was up)", bound.as_secs_f64())
+                            }
                         ),
                     ));
                 }
@@ -251,6 +279,22 @@ impl Worker {
         }
         Ok(sent)
     }
+}
+
+/// The answer to a `dt-agent flush` of several recorders: each one's records, or, when one
+/// failed, an error that says what became of each.
+fn answer(results: Vec<anyhow::Result<Flushed>>) -> Result<Vec<Flushed>, String> {
+    if results.iter().all(Result::is_ok) {
+        return Ok(results.into_iter().flatten().collect());
+    }
+    let lines: Vec<String> = results
+        .into_iter()
+        .map(|r| match r {
+            Ok(f) => format!("recorder {}: {} records flushed", f.recorder, f.records),
+            Err(e) => format!("{e:#}"),
+        })
+        .collect();
+    Err(lines.join("\n"))
 }
 
 /// An `ExportLogsServiceRequest` of recorded entries, oldest first: a ResourceLogs for each
