@@ -87,9 +87,18 @@ pub fn cannot_reach(verb: &str, socket: &Path, pins: &Path, e: CallError) -> any
         CallError::NoAnswer { pid, waited } => {
             let pid = pid.or_else(|| cord::listener_pid(socket));
             anyhow::anyhow!(
-                "{}. `dt-agent {verb}` needs an agent that answers{}: resume it ({}) or restart \
-                 it; `dt-agent disable` works on a hung agent",
+                "{}. {}`dt-agent {verb}` needs an agent that answers{}: resume it ({}) or \
+                 restart it; `dt-agent disable` works on a hung agent",
                 CallError::NoAnswer { pid, waited },
+                // The agent took the request and may still carry it out: say so.
+                match verb {
+                    "push" =>
+                        "The push may still be applied once the agent gets to it \
+                               (`dt-agent rules` shows the active generation and files). ",
+                    "flush" => "The flush may still be under way. ",
+                    "uninstall" => "The uninstall may still be under way. ",
+                    _ => "",
+                },
                 if verb == "stats" {
                     format!(
                         " or pinned maps (nothing is pinned under {})",
