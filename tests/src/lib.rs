@@ -49,6 +49,7 @@ pub mod receiver;
 pub mod record;
 pub mod rules;
 pub mod scenario;
+pub mod tls;
 
 pub use agent::{
     agent_bin, agent_config, assert_expected, assert_matched_dropped, assert_no_passthrough,

@@ -17,6 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, channel};
@@ -261,14 +262,28 @@ pub struct OpampServer {
     child: Mutex<Child>,
     io: Mutex<Io>,
     port: u16,
+    tls: bool,
 }
 
 impl OpampServer {
     /// Starts the server and waits until it listens. Panics without the venv (call
     /// [`crate::python_or_skip`] first).
     pub fn start() -> OpampServer {
+        Self::spawn(None)
+    }
+
+    /// [`OpampServer::start`] over TLS, with this PEM certificate chain and key:
+    /// [`OpampServer::endpoint`] is then `https://`.
+    pub fn start_tls(cert: &Path, key: &Path) -> OpampServer {
+        Self::spawn(Some((cert, key)))
+    }
+
+    fn spawn(tls: Option<(&Path, &Path)>) -> OpampServer {
         let mut c = Command::new(python());
         c.arg(python_script("opamp_server.py"));
+        if let Some((cert, key)) = tls {
+            c.arg("--tls").arg(cert).arg(key);
+        }
         for k in ["PYTHONPATH", "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"] {
             c.env_remove(k);
         }
@@ -308,6 +323,7 @@ impl OpampServer {
             child: Mutex::new(child),
             io: Mutex::new(Io { stdin, lines }),
             port,
+            tls: tls.is_some(),
         }
     }
 
@@ -315,9 +331,10 @@ impl OpampServer {
         self.port
     }
 
-    /// `http://127.0.0.1:PORT/v1/opamp`.
+    /// `http://127.0.0.1:PORT/v1/opamp` (`https://` over TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}/v1/opamp", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/v1/opamp", self.port)
     }
 
     /// Sends one command and returns its answer; panics on an `error` answer or a dead server.

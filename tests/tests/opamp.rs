@@ -408,3 +408,63 @@ fn a_kept_config_that_no_longer_starts_is_set_aside() {
     let e = &failed.error_message;
     assert!(e.contains("capture_endpoint"), "{e}");
 }
+
+/// OpAMP over `https://`: the agent checks the server's certificate against the CA
+/// certificates it trusts (here `SSL_CERT_FILE`), and takes no config from a server whose
+/// certificate no trusted CA signed; with the right CA it applies the server's config, which
+/// filters real traffic.
+#[test]
+fn remote_rules_over_opamp_with_tls() {
+    let test = "remote_rules_over_opamp_with_tls";
+    if !kernel_or_skip(test) || python_or_skip(test).is_none() {
+        return;
+    }
+    let ca = dt_tests::tls::TestCa::new("opamp");
+    let other = dt_tests::tls::TestCa::new("other");
+    let server = OpampServer::start_tls(&ca.cert, &ca.key);
+    assert!(server.endpoint().starts_with("https://127.0.0.1:"));
+    let local = RuleSpec::count("local-count");
+    let rules = TempRules::from_rules(std::slice::from_ref(&local));
+    let receiver = Receiver::start_v4();
+    let state = tempfile::Builder::new()
+        .prefix("dt-opamp-state-")
+        .tempdir()
+        .unwrap();
+    let mut agent = AgentProcess::new("opamp-tls", rules.path(), &[receiver.port()], false);
+    agent.write_config(&config(state.path(), &server.endpoint()));
+    let remote = "[[rule]]\nname = \"remote-drop-debug\"\naction = \"drop\"\n\
+                  [rule.match]\nseverity = \"DEBUG\"\n";
+    let h = server.set_config(&[("50-remote.toml", remote)]);
+
+    // Trusting another CA: the handshake fails, nothing reaches the server, and nothing of its
+    // config is applied.
+    agent.set_env("SSL_CERT_FILE", Some(other.ca.to_str().unwrap()));
+    agent.start();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !agent.log().contains("invalid peer certificate") {
+        assert!(Instant::now() < deadline, "{}", agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(agent.log().contains("UnknownIssuer"), "{}", agent.log());
+    assert_eq!(server.messages().len(), 0);
+    assert_eq!(names(&agent), vec!["local-count"]);
+    agent.signal(libc::SIGTERM);
+    agent.wait_exit(Duration::from_secs(20));
+
+    // Trusting the server's CA: the config is applied, and filters.
+    agent.set_env("SSL_CERT_FILE", Some(ca.ca.to_str().unwrap()));
+    agent.start();
+    wait_status(&server, &h, "APPLIED", "the config over TLS");
+    assert_eq!(names(&agent), vec!["local-count", "remote-drop-debug"]);
+    let plan = ExportPlan::mixed(200, &["checkout"], 100);
+    export_with_real_exporter(receiver.port(), &plan).assert_all_ok(200);
+    let stats = agent.stats();
+    assert_eq!(stats.rule("local-count").unwrap().matched, 200);
+    let dropped = stats.rule("remote-drop-debug").unwrap().dropped;
+    assert!(dropped > 0, "{stats:?}");
+    assert_eq!(
+        receiver.records().len() as u64,
+        200 - dropped,
+        "the records that arrive are the ones the remote rule kept"
+    );
+}

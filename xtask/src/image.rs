@@ -1,8 +1,9 @@
 //! `cargo xtask image`: an OCI image of the agent, built offline with buildah `FROM scratch`.
 //!
 //! The image holds the release `dt-agent`, the shared libraries it links (from `ldd`: glibc,
-//! libm, libgcc_s and the loader), the default rules at `/etc/dt/rules`, and the empty
-//! directories it writes to (`/run/dt` for the control socket, `/var/lib/dt`, `/tmp`). Nothing
+//! libm, libgcc_s and the loader), the default rules at `/etc/dt/rules`, the build host's CA
+//! certificates at `/etc/ssl/certs/ca-certificates.crt` (for `https://` endpoints), and the
+//! empty directories it writes to (`/run/dt` for the control socket, `/var/lib/dt`, `/tmp`). Nothing
 //! is pulled: no base image exists offline. The last line printed is the image reference.
 //! buildah keeps it in containers-storage with the vfs driver (`--storage-driver vfs`), where
 //! `podman --storage-driver vfs` finds it.
@@ -37,6 +38,20 @@ pub fn image() -> Result<()> {
         std::fs::create_dir_all(to.parent().unwrap())?;
         // The file itself, not the symlink (`libc.so.6` is one on some systems).
         std::fs::copy(&lib, &to).with_context(|| format!("copying {}", lib.display()))?;
+    }
+    // The CA bundle `https://` endpoints are checked against (where Debian, Fedora and Alpine
+    // keep it; the agent looks in the first place of these too).
+    match CA_BUNDLES.iter().map(Path::new).find(|p| p.is_file()) {
+        Some(bundle) => {
+            let to = rootfs.join("etc/ssl/certs/ca-certificates.crt");
+            std::fs::create_dir_all(to.parent().unwrap())?;
+            std::fs::copy(bundle, &to).with_context(|| format!("copying {}", bundle.display()))?;
+        }
+        None => eprintln!(
+            "no CA bundle on this host ({}): the image has none, so https:// endpoints need \
+             SSL_CERT_FILE",
+            CA_BUNDLES.join(", ")
+        ),
     }
     for entry in std::fs::read_dir(root.join("rules"))? {
         let path = entry?.path();
@@ -73,6 +88,13 @@ pub fn image() -> Result<()> {
     println!("{reference}");
     Ok(())
 }
+
+/// Where distributions keep the system's CA bundle.
+const CA_BUNDLES: [&str; 3] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
 
 /// The shared libraries `binary` loads, as `ldd` resolves them (the loader included).
 fn linked_libraries(binary: &Path) -> Result<Vec<PathBuf>> {

@@ -1,6 +1,13 @@
-//! Posting protobuf bodies over plain `http://`, one fresh HTTP/1.1 connection a post: OTLP to a
-//! collector (the metrics push, the uprobe capture export, recorder flushes) and OpAMP to its
-//! server.
+//! Posting protobuf bodies over `http://` or `https://`, one fresh HTTP/1.1 connection a post:
+//! OTLP to a collector (the metrics push, the uprobe capture export, recorder flushes) and OpAMP
+//! to its server.
+//!
+//! `https://` is TLS (rustls, its `ring` provider) with the server's certificate checked against
+//! the system's CA certificates, or those of `SSL_CERT_FILE` / `SSL_CERT_DIR` when set (as
+//! OpenSSL reads them; rustls-native-certs), and its name or IP address against the URL's host.
+//! No client certificate.
+
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context as _, anyhow, bail};
 use bytes::Bytes;
@@ -14,19 +21,32 @@ use hyper_util::rt::TokioIo;
 /// The most of a collector's answer that is read.
 pub(crate) const MAX_RESPONSE: usize = 64 * 1024;
 
-/// (host to connect to, port, authority for `Host:`, path and query) of an `http://` URI;
-/// `what` names the setting in errors ("OTLP metrics endpoint").
-pub(crate) fn target(endpoint: &Uri, what: &str) -> anyhow::Result<(String, u16, String, String)> {
-    match endpoint.scheme_str() {
-        Some("http") => {}
-        Some("https") => bail!(
-            "{what} {endpoint}: https is not supported, use http:// (to a collector on this host or a trusted network)"
-        ),
-        Some(other) => bail!("{what} {endpoint}: unsupported scheme {other}, use http://"),
+/// Where a post goes: from an `http://` or `https://` URI.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Target {
+    /// Host to connect to (brackets of an IPv6 address removed).
+    pub host: String,
+    pub port: u16,
+    /// For `Host:`.
+    pub authority: String,
+    /// Path and query.
+    pub path: String,
+    /// `https://`.
+    pub tls: bool,
+}
+
+/// The [`Target`] of `endpoint`; `what` names the setting in errors ("OTLP metrics endpoint").
+pub(crate) fn target(endpoint: &Uri, what: &str) -> anyhow::Result<Target> {
+    let tls = match endpoint.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        Some(other) => {
+            bail!("{what} {endpoint}: unsupported scheme {other}, use http:// or https://")
+        }
         None => bail!(
-            "{what} {endpoint} must be an absolute http:// URI, such as http://127.0.0.1:4318/v1/metrics"
+            "{what} {endpoint} must be an absolute http:// or https:// URI, such as http://127.0.0.1:4318/v1/metrics"
         ),
-    }
+    };
     let authority = endpoint
         .authority()
         .ok_or_else(|| anyhow!("{what} {endpoint} has no host"))?;
@@ -39,14 +59,55 @@ pub(crate) fn target(endpoint: &Uri, what: &str) -> anyhow::Result<(String, u16,
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host)
         .to_string();
-    let port = authority.port_u16().unwrap_or(80);
+    let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let path = endpoint
         .path_and_query()
         .map(|p| p.as_str())
         .filter(|p| !p.is_empty())
         .unwrap_or("/")
         .to_string();
-    Ok((host, port, authority.as_str().to_string(), path))
+    Ok(Target {
+        host,
+        port,
+        authority: authority.as_str().to_string(),
+        path,
+        tls,
+    })
+}
+
+/// The TLS client setup of every `https://` post, made once: the CA certificates are read at
+/// the first (a change to them takes a restart).
+fn tls_config() -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let loaded = rustls_native_certs::load_native_certs();
+            let mut roots = rustls::RootCertStore::empty();
+            let (added, _unparsable) = roots.add_parsable_certificates(loaded.certs);
+            if added == 0 {
+                let why: Vec<String> = loaded.errors.iter().map(|e| e.to_string()).collect();
+                return Err(format!(
+                    "no CA certificates to check https servers against (the system's, or \
+                     SSL_CERT_FILE / SSL_CERT_DIR when set){}",
+                    if why.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", why.join("; "))
+                    }
+                ));
+            }
+            // ring rather than rustls's default aws-lc-rs: a much smaller C build. rustls
+            // deprecates it for lacking post-quantum key exchange; the classical groups it
+            // offers (X25519, P-256, P-384) are what OTLP and OpAMP servers take today.
+            #[allow(deprecated)]
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map(|b| Arc::new(b.with_root_certificates(roots).with_no_client_auth()))
+                .map_err(|e| format!("setting up TLS: {e}"))
+        })
+        .clone()
+        .map_err(|e| anyhow!(e))
 }
 
 /// A collector's 2xx answer.
@@ -91,14 +152,59 @@ pub(crate) async fn post(
     headers: &[(&'static str, String)],
     max_response: usize,
 ) -> anyhow::Result<Reply> {
-    let (host, port, authority, path) = target(endpoint, what)?;
-    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+    let t = target(endpoint, what)?;
+    let stream = tokio::net::TcpStream::connect((t.host.as_str(), t.port))
         .await
-        .with_context(|| format!("connecting to {authority}"))?;
+        .with_context(|| format!("connecting to {}", t.authority))?;
     // Never through the agent's own rules.
     super::own::exclude(&stream);
     let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    if t.tls {
+        let name = rustls::pki_types::ServerName::try_from(t.host.clone())
+            .with_context(|| format!("{what} {endpoint}: {:?} is not a server name", t.host))?;
+        let tls = tokio_rustls::TlsConnector::from(tls_config()?)
+            .connect(name, stream)
+            .await
+            .with_context(|| format!("TLS with {}", t.authority))?;
+        exchange(
+            TokioIo::new(tls),
+            &t,
+            endpoint,
+            body,
+            what,
+            headers,
+            max_response,
+        )
+        .await
+    } else {
+        exchange(
+            TokioIo::new(stream),
+            &t,
+            endpoint,
+            body,
+            what,
+            headers,
+            max_response,
+        )
+        .await
+    }
+}
+
+/// The post itself, over a connected stream (plain or TLS).
+async fn exchange<I>(
+    io: I,
+    t: &Target,
+    endpoint: &Uri,
+    body: Vec<u8>,
+    what: &str,
+    headers: &[(&'static str, String)],
+    max_response: usize,
+) -> anyhow::Result<Reply>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let authority = &t.authority;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
         .with_context(|| format!("HTTP handshake with {authority}"))?;
     // The connection task goes when the post is done or abandoned (a caller's timeout).
@@ -109,7 +215,7 @@ pub(crate) async fn post(
         }
     }));
     let len = body.len();
-    let mut req = hyper::Request::post(path)
+    let mut req = hyper::Request::post(t.path.as_str())
         .header(HOST, authority.as_str())
         .header(
             CONTENT_TYPE,

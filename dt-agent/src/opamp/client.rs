@@ -1,4 +1,4 @@
-//! The OpAMP client's poll loop over plain HTTP: one `AgentToServer` per POST, the answer a
+//! The OpAMP client's poll loop over HTTP(S): one `AgentToServer` per POST, the answer a
 //! `ServerToAgent`.
 //!
 //! - The first message, and the next after the server sets `ReportFullState` or assigns a new

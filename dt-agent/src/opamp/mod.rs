@@ -1,4 +1,4 @@
-//! Remote configuration over OpAMP (the plain HTTP transport, polling): the agent describes
+//! Remote configuration over OpAMP (the HTTP transport, polling; TLS with `https://`): the agent describes
 //! itself to an OpAMP server, takes the `*.toml` entries of the server's remote config as the
 //! remote part of its rule set, and reports what it applied, its effective config and its
 //! health.

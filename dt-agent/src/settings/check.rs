@@ -79,30 +79,24 @@ pub fn check_metrics_port(addr: SocketAddr) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks an OTLP metrics URL such as `"http://127.0.0.1:4318/v1/metrics"`: `http://` (the
-/// push in `export::otlp_metrics` has no TLS, so `https://` is refused here rather than at the first
-/// push), a host, and no whitespace. The URL is used as given, path included.
+/// Checks an OTLP metrics URL such as `"http://127.0.0.1:4318/v1/metrics"`: `http://` or
+/// `https://`, a host, and no whitespace. The URL is used as given, path included.
 pub fn check_otlp_endpoint(url: &str) -> Result<(), String> {
-    check_http_url(url, "a collector", "http://127.0.0.1:4318/v1/metrics")
+    check_http_url(url, "http://127.0.0.1:4318/v1/metrics")
 }
 
-/// Checks the OpAMP server's URL, such as `"http://opamp.example:4320/v1/opamp"`: as
-/// [`check_otlp_endpoint`] (http:// only, a host).
+/// Checks the OpAMP server's URL, such as `"https://opamp.example:4320/v1/opamp"`: as
+/// [`check_otlp_endpoint`].
 pub fn check_opamp_endpoint(url: &str) -> Result<(), String> {
-    check_http_url(url, "an OpAMP server", "http://opamp.example:4320/v1/opamp")
+    check_http_url(url, "https://opamp.example:4320/v1/opamp")
 }
 
-/// `http://`, a host, no whitespace; `peer` and `example` make the error messages.
-fn check_http_url(url: &str, peer: &str, example: &str) -> Result<(), String> {
-    if url.starts_with("https://") {
-        return Err(format!(
-            "`{url}`: https is not supported; use http:// to {peer} on this host or a \
-             trusted network"
-        ));
-    }
+/// `http://` or `https://`, a host, no whitespace; `example` goes in the error messages.
+fn check_http_url(url: &str, example: &str) -> Result<(), String> {
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| format!("`{url}` is not an http:// URL, e.g. \"{example}\""))?;
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("`{url}` is not an http:// or https:// URL, e.g. \"{example}\""))?;
     if url.chars().any(char::is_whitespace) {
         return Err(format!("`{url}` contains whitespace"));
     }
@@ -114,7 +108,7 @@ fn check_http_url(url: &str, peer: &str, example: &str) -> Result<(), String> {
 }
 
 /// Checks the URL captured uprobe calls are posted to, such as
-/// `"http://127.0.0.1:4318/v1/logs"`: as [`check_otlp_endpoint`] (http:// only, a host).
+/// `"http://127.0.0.1:4318/v1/logs"`: as [`check_otlp_endpoint`].
 pub fn check_capture_endpoint(url: &str) -> Result<(), String> {
     check_otlp_endpoint(url).map_err(|e| e.replace("/v1/metrics", "/v1/logs"))
 }

@@ -109,8 +109,8 @@ pub struct Layer {
     /// Where state is kept across restarts [default: /var/lib/dt].
     #[arg(long, value_name = "DIR", display_order = 14)]
     pub state_dir: Option<PathBuf>,
-    /// Take remote rule files from this OpAMP server (plain HTTP), e.g.
-    /// http://opamp.example:4320/v1/opamp (`[opamp] endpoint` in the file).
+    /// Take remote rule files from this OpAMP server (http:// or https://), e.g.
+    /// https://opamp.example:4320/v1/opamp (`[opamp] endpoint` in the file).
     #[arg(long, value_name = "URL", display_order = 15)]
     pub opamp_endpoint: Option<String>,
     /// How often to poll the OpAMP server [default: 30s] (`[opamp] poll_interval`).

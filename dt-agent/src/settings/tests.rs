@@ -429,11 +429,16 @@ fn metrics_public_allows_any_address() {
 
 #[test]
 fn opamp_table() {
-    let e = error("[opamp]\nendpoint = \"https://x/v1/opamp\"\n");
+    let e = error("[opamp]\nendpoint = \"opamp.example/v1/opamp\"\n");
     assert!(
-        e.starts_with("2:12: `opamp.endpoint`: `https://x/v1/opamp`: https is not supported"),
+        e.starts_with(
+            "2:12: `opamp.endpoint`: `opamp.example/v1/opamp` is not an http:// or https:// URL"
+        ),
         "{e}"
     );
+    let layer = parse_str("[opamp]\nendpoint = \"https://x/v1/opamp\"\n").unwrap();
+    let s = resolve(Some(layer), Layer::default()).unwrap();
+    assert_eq!(s.opamp.unwrap().endpoint, "https://x/v1/opamp");
     let e = error("[opamp]\nendpoint = \"http://x/v1/opamp\"\npoll = \"1s\"\n");
     assert!(e.starts_with("3:1: unknown field `poll`"), "{e}");
     let e = error("[opamp]\nendpoint = \"http://x/v1/opamp\"\npoll_interval = \"0s\"\n");
@@ -460,17 +465,14 @@ fn opamp_table() {
 fn otlp_endpoints() {
     let e = error("otlp_endpoint = \"127.0.0.1:4318\"\n");
     assert!(
-        e.starts_with("1:17: `otlp_endpoint`: `127.0.0.1:4318` is not an http://"),
+        e.starts_with("1:17: `otlp_endpoint`: `127.0.0.1:4318` is not an http:// or https://"),
         "{e}"
     );
-    assert!(
-        check_otlp_endpoint("https://collector/v1/metrics")
-            .unwrap_err()
-            .contains("https is not supported")
-    );
+    assert!(check_otlp_endpoint("https://collector/v1/metrics").is_ok());
+    assert!(check_otlp_endpoint("https:///v1/metrics").is_err());
     assert!(check_otlp_endpoint("ftp://collector/").is_err());
     let flags = Layer {
-        otlp_endpoint: Some("https://collector/v1/metrics".into()),
+        otlp_endpoint: Some("ftp://collector/v1/metrics".into()),
         ..Layer::default()
     };
     assert!(
@@ -485,13 +487,13 @@ fn otlp_endpoints() {
     let e = error("capture_endpoint = \"127.0.0.1:4318\"\n");
     assert!(
         e.starts_with(
-            "1:20: `capture_endpoint`: `127.0.0.1:4318` is not an http:// URL, e.g. \
+            "1:20: `capture_endpoint`: `127.0.0.1:4318` is not an http:// or https:// URL, e.g. \
              \"http://127.0.0.1:4318/v1/logs\""
         ),
         "{e}"
     );
     let flags = Layer {
-        capture_endpoint: Some("https://collector/v1/logs".into()),
+        capture_endpoint: Some("collector/v1/logs".into()),
         ..Layer::default()
     };
     assert!(

@@ -125,9 +125,8 @@ fn unix_nanos_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Checks that `endpoint` is something [`push_once`] can post to: an absolute `http://` URI
-/// with a host. `https` is not supported (push to a collector on this host or a trusted
-/// network, or through a local collector). Call it at startup to refuse a bad endpoint early.
+/// Checks that `endpoint` is something [`push_once`] can post to: an absolute `http://` or
+/// `https://` URI with a host. Call it at startup to refuse a bad endpoint early.
 pub fn check_otlp_endpoint(endpoint: &Uri) -> anyhow::Result<()> {
     super::http::target(endpoint, WHAT).map(|_| ())
 }
@@ -169,7 +168,7 @@ async fn post(endpoint: &Uri, body: Vec<u8>) -> anyhow::Result<()> {
 /// Every `interval` (the first push one interval after the call), [`push_once`]: failures are
 /// logged with `log::warn!` and the next interval tries again; this never returns unless the
 /// endpoint itself is unusable (see `check_otlp_endpoint`), which is logged as an error.
-/// Plain HTTP only: https is not supported. A zero interval is taken as one second.
+/// A zero interval is taken as one second.
 pub async fn push_otlp(
     endpoint: Uri,
     interval: Duration,

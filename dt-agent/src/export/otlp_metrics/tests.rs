@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use super::*;
 use crate::export::families::testdata;
+use crate::export::http::Target;
 use anyhow::anyhow;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -236,32 +237,29 @@ fn empty_families_are_left_out() {
 #[test]
 fn endpoints() {
     let t = |s: &str| crate::export::http::target(&s.parse::<Uri>().unwrap(), WHAT);
+    let target = |host: &str, port, authority: &str, path: &str, tls| Target {
+        host: host.into(),
+        port,
+        authority: authority.into(),
+        path: path.into(),
+        tls,
+    };
     assert_eq!(
         t("http://127.0.0.1:4318/v1/metrics").unwrap(),
-        (
-            "127.0.0.1".into(),
-            4318,
-            "127.0.0.1:4318".into(),
-            "/v1/metrics".into()
-        )
+        target("127.0.0.1", 4318, "127.0.0.1:4318", "/v1/metrics", false)
     );
     assert_eq!(
         t("http://[::1]:4318/v1/metrics?x=1").unwrap(),
-        (
-            "::1".into(),
-            4318,
-            "[::1]:4318".into(),
-            "/v1/metrics?x=1".into()
-        )
+        target("::1", 4318, "[::1]:4318", "/v1/metrics?x=1", false)
     );
     assert_eq!(
         t("http://collector").unwrap(),
-        ("collector".into(), 80, "collector".into(), "/".into())
+        target("collector", 80, "collector", "/", false)
     );
-    let e = t("https://127.0.0.1:4318/v1/metrics")
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("https is not supported"), "{e}");
+    assert_eq!(
+        t("https://collector/v1/metrics").unwrap(),
+        target("collector", 443, "collector", "/v1/metrics", true)
+    );
     assert!(t("/v1/metrics").is_err());
     assert!(t("ftp://x/y").is_err());
 }
@@ -409,7 +407,7 @@ async fn push_otlp_returns_on_a_bad_endpoint() {
     tokio::time::timeout(
         Duration::from_secs(5),
         push_otlp(
-            "https://127.0.0.1:4318/v1/metrics".parse().unwrap(),
+            "ftp://127.0.0.1:4318/v1/metrics".parse().unwrap(),
             Duration::from_secs(1),
             0,
             source,
