@@ -160,12 +160,24 @@ pub fn spawn_build() -> Result<(std::process::Child, PathBuf)> {
         cmd::display(&c),
         log.display()
     );
-    let child = c
+    // A process group of its own, so that `stop_build` stops `cargo fuzz`'s own `cargo build`
+    // too, not only `cargo fuzz`.
+    let child = std::os::unix::process::CommandExt::process_group(&mut c, 0)
         .stdout(out)
         .stderr(err)
         .spawn()
         .context("starting the fuzz targets' build")?;
     Ok((child, log))
+}
+
+/// Stops a build [`spawn_build`] started, with every process it started.
+pub fn stop_build(build: &mut std::process::Child) {
+    // SAFETY: a signal to the build's own process group (its pid, as `process_group(0)` made
+    // it); no memory is involved.
+    unsafe {
+        libc::kill(-(build.id() as libc::pid_t), libc::SIGTERM);
+    }
+    let _ = build.kill();
 }
 
 fn cargo_fuzz(fuzz_dir: &Path, subcommand: &str) -> std::process::Command {

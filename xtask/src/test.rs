@@ -44,8 +44,8 @@ pub fn test(args: &[String]) -> Result<()> {
     let (mut build, log) = crate::fuzz::spawn_build()?;
     let tested = cmd::run(&mut command);
     if tested.is_err() {
-        // No fuzzing follows failed tests: the build is not waited for.
-        let _ = build.kill();
+        // No fuzzing follows failed tests: the build is stopped, not waited for.
+        crate::fuzz::stop_build(&mut build);
     }
     let built = build.wait();
     tested?;
