@@ -38,7 +38,11 @@ struct Setup {
 }
 
 fn setup(name: &str) -> Setup {
-    let server = OpampServer::start();
+    setup_with(name, OpampServer::start())
+}
+
+/// [`setup`] with this server.
+fn setup_with(name: &str, server: OpampServer) -> Setup {
     let local = RuleSpec::count("local-count");
     let rules = TempRules::from_rules(std::slice::from_ref(&local));
     let receiver = Receiver::start_v4();
@@ -421,16 +425,15 @@ fn remote_rules_over_opamp_with_tls() {
     }
     let ca = dt_tests::tls::TestCa::new("opamp");
     let other = dt_tests::tls::TestCa::new("other");
-    let server = OpampServer::start_tls(&ca.cert, &ca.key);
+    let Setup {
+        server,
+        rules: _rules,
+        receiver,
+        state,
+        mut agent,
+        ..
+    } = setup_with("opamp-tls", OpampServer::start_tls(&ca.cert, &ca.key));
     assert!(server.endpoint().starts_with("https://127.0.0.1:"));
-    let local = RuleSpec::count("local-count");
-    let rules = TempRules::from_rules(std::slice::from_ref(&local));
-    let receiver = Receiver::start_v4();
-    let state = tempfile::Builder::new()
-        .prefix("dt-opamp-state-")
-        .tempdir()
-        .unwrap();
-    let mut agent = AgentProcess::new("opamp-tls", rules.path(), &[receiver.port()], false);
     agent.write_config(&config(state.path(), &server.endpoint()));
     let remote = "[[rule]]\nname = \"remote-drop-debug\"\naction = \"drop\"\n\
                   [rule.match]\nseverity = \"DEBUG\"\n";

@@ -159,6 +159,14 @@ pub(crate) async fn post(
     // Never through the agent's own rules.
     super::own::exclude(&stream);
     let _ = stream.set_nodelay(true);
+    let post = Post {
+        t: &t,
+        endpoint,
+        what,
+        body,
+        headers,
+        max_response,
+    };
     if t.tls {
         let name = rustls::pki_types::ServerName::try_from(t.host.clone())
             .with_context(|| format!("{what} {endpoint}: {:?} is not a server name", t.host))?;
@@ -166,43 +174,35 @@ pub(crate) async fn post(
             .connect(name, stream)
             .await
             .with_context(|| format!("TLS with {}", t.authority))?;
-        exchange(
-            TokioIo::new(tls),
-            &t,
-            endpoint,
-            body,
-            what,
-            headers,
-            max_response,
-        )
-        .await
+        exchange(TokioIo::new(tls), post).await
     } else {
-        exchange(
-            TokioIo::new(stream),
-            &t,
-            endpoint,
-            body,
-            what,
-            headers,
-            max_response,
-        )
-        .await
+        exchange(TokioIo::new(stream), post).await
     }
 }
 
-/// The post itself, over a connected stream (plain or TLS).
-async fn exchange<I>(
-    io: I,
-    t: &Target,
-    endpoint: &Uri,
+/// One post's request, and what it is for.
+struct Post<'a> {
+    t: &'a Target,
+    endpoint: &'a Uri,
+    what: &'a str,
     body: Vec<u8>,
-    what: &str,
-    headers: &[(&'static str, String)],
+    headers: &'a [(&'static str, String)],
     max_response: usize,
-) -> anyhow::Result<Reply>
+}
+
+/// The post itself, over a connected stream (plain or TLS).
+async fn exchange<I>(io: I, post: Post<'_>) -> anyhow::Result<Reply>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let Post {
+        t,
+        endpoint,
+        what,
+        body,
+        headers,
+        max_response,
+    } = post;
     let authority = &t.authority;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
