@@ -1642,9 +1642,19 @@ fn uninstall_with_idle_after_uninstall_stays_up_detached_until_sigterm() {
     let text = get_metrics();
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("# dt-agent: dt was uninstalled"), "{text}");
-    let o = agent.verb("stats", &[]);
+    // The verbs say so, and `disable` has nothing to do.
+    for (verb, ok) in [("stats", false), ("enable", false), ("disable", true)] {
+        let o = agent.verb(verb, &[]);
+        assert_eq!(o.status.success(), ok, "{verb}: {}", output_text(&o));
+        assert!(
+            ok || output_text(&o).contains("dt was uninstalled"),
+            "{verb}: {}",
+            output_text(&o)
+        );
+    }
+    let o = agent.push(&[&rules.path().join("50-test.toml")]);
     assert!(
-        output_text(&o).contains("dt was uninstalled"),
+        !o.status.success() && output_text(&o).contains("dt was uninstalled"),
         "{}",
         output_text(&o)
     );

@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
@@ -161,23 +162,54 @@ pub fn spawn_build() -> Result<(std::process::Child, PathBuf)> {
         log.display()
     );
     // A process group of its own, so that `stop_build` stops `cargo fuzz`'s own `cargo build`
-    // too, not only `cargo fuzz`.
+    // too, not only `cargo fuzz`. Out of the terminal's foreground group, it does not get a
+    // Ctrl-C: xtask passes SIGINT and SIGTERM on to it.
     let child = std::os::unix::process::CommandExt::process_group(&mut c, 0)
         .stdout(out)
         .stderr(err)
         .spawn()
         .context("starting the fuzz targets' build")?;
+    BUILD_GROUP.store(child.id() as i32, Ordering::SeqCst);
+    // SAFETY: installs a handler that only reads an atomic and calls kill, signal and raise,
+    // which are async-signal-safe.
+    unsafe {
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
+        }
+    }
     Ok((child, log))
+}
+
+/// The process group of the running background build, or 0.
+static BUILD_GROUP: AtomicI32 = AtomicI32::new(0);
+
+/// SIGINT or SIGTERM while a background build runs: stop its group, then die of the signal.
+extern "C" fn on_signal(sig: libc::c_int) {
+    let group = BUILD_GROUP.load(Ordering::SeqCst);
+    // SAFETY: async-signal-safe calls only.
+    unsafe {
+        if group > 0 {
+            libc::kill(-group, libc::SIGTERM);
+        }
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
 }
 
 /// Stops a build [`spawn_build`] started, with every process it started.
 pub fn stop_build(build: &mut std::process::Child) {
+    BUILD_GROUP.store(0, Ordering::SeqCst);
     // SAFETY: a signal to the build's own process group (its pid, as `process_group(0)` made
     // it); no memory is involved.
     unsafe {
         libc::kill(-(build.id() as libc::pid_t), libc::SIGTERM);
     }
     let _ = build.kill();
+}
+
+/// A background build that has ended: nothing to stop any more on a signal.
+pub fn build_ended() {
+    BUILD_GROUP.store(0, Ordering::SeqCst);
 }
 
 fn cargo_fuzz(fuzz_dir: &Path, subcommand: &str) -> std::process::Command {

@@ -48,6 +48,7 @@ pub fn test(args: &[String]) -> Result<()> {
         crate::fuzz::stop_build(&mut build);
     }
     let built = build.wait();
+    crate::fuzz::build_ended();
     tested?;
     let built = built.context("waiting for the fuzz targets' build")?;
     if !built.success() {

@@ -49,6 +49,6 @@ pub fn uninstall(at: &AgentAt) -> anyhow::Result<()> {
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    println!("uninstalled: every program detached and every pin removed; the agent is stopping");
+    println!("uninstalled: every program detached and every pin removed");
     Ok(())
 }

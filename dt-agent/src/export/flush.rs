@@ -28,9 +28,10 @@ const FIRST_PAUSE: Duration = Duration::from_millis(200);
 /// Bound on one post (connecting, sending, the answer): an endpoint that takes a connection and
 /// never answers fails the try instead of stalling every recorder's flushes.
 const POST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bound on one flush, every try, post and pause included: a trigger's flush of one recorder,
-/// or every recorder `dt-agent flush` names (within [`FLUSH_WAIT`]). 5 tries of one post each
-/// that get no answer take 5 × 5 s + 3 s of pauses, within it.
+/// Bound on a `dt-agent flush`, from when it is asked, every recorder it names, try, post and
+/// pause included, so that its answer comes within [`FLUSH_WAIT`]. 5 tries of one post each
+/// that get no answer take 5 × 5 s + 3 s of pauses, within it. (A trigger's flush has no such
+/// bound: a big recorder on a slow link goes on while its posts succeed.)
 const FLUSH_BUDGET: Duration = Duration::from_secs(29);
 /// Largest body of one egress request; a bigger flush is sent in several.
 const MAX_BODY: usize = 4 << 20;
@@ -50,6 +51,8 @@ pub struct Flushed {
 enum Cmd {
     Flush {
         slots: Vec<u8>,
+        /// When it was asked: its budget counts from then, waits behind other flushes included.
+        asked: Instant,
         reply: mpsc::Sender<Result<Vec<Flushed>, String>>,
     },
     Stop,
@@ -94,7 +97,11 @@ impl Requester {
     pub fn flush(&self, slots: Vec<u8>) -> anyhow::Result<Vec<Flushed>> {
         let (reply, answer) = mpsc::channel();
         self.0
-            .send(Cmd::Flush { slots, reply })
+            .send(Cmd::Flush {
+                slots,
+                asked: Instant::now(),
+                reply,
+            })
             .map_err(|_| anyhow::anyhow!("the recorder flusher has stopped"))?;
         answer
             .recv_timeout(FLUSH_WAIT + Duration::from_secs(5))
@@ -123,12 +130,16 @@ impl Worker {
         loop {
             match rx.recv_timeout(POLL) {
                 Ok(Cmd::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                Ok(Cmd::Flush { slots, reply }) => {
+                Ok(Cmd::Flush {
+                    slots,
+                    asked,
+                    reply,
+                }) => {
                     // One budget for all of them, so the answer comes within FLUSH_WAIT.
-                    let deadline = Instant::now() + FLUSH_BUDGET;
+                    let deadline = asked + FLUSH_BUDGET;
                     let mut results = Vec::new();
                     for slot in slots {
-                        results.push(self.flush(slot, None, deadline).await);
+                        results.push(self.flush(slot, None, Some(deadline)).await);
                     }
                     let _ = reply.send(answer(results));
                 }
@@ -138,9 +149,8 @@ impl Worker {
             let names = self.names.lock().unwrap_or_else(|e| e.into_inner()).clone();
             for &slot in names.keys() {
                 let req = self.objects.rec_state(slot).flush_req;
-                let deadline = Instant::now() + FLUSH_BUDGET;
                 if req != self.objects.conf(slot).flush_done
-                    && let Err(e) = self.flush(slot, Some(req), deadline).await
+                    && let Err(e) = self.flush(slot, Some(req), None).await
                 {
                     log::error!("{e:#}");
                 }
@@ -148,13 +158,13 @@ impl Worker {
         }
     }
 
-    /// Egresses recorder `slot` with a few tries, until `deadline`; `req`: the flush request
-    /// served.
+    /// Egresses recorder `slot` with a few tries, until `deadline` when given; `req`: the flush
+    /// request served.
     async fn flush(
         &mut self,
         slot: u8,
         req: Option<u64>,
-        deadline: Instant,
+        deadline: Option<Instant>,
     ) -> anyhow::Result<Flushed> {
         let name = self
             .names
@@ -168,14 +178,15 @@ impl Worker {
         let mut last_error = None;
         let mut tries = 0;
         for attempt in 0..TRIES {
+            let late = |after: Duration| deadline.is_some_and(|d| Instant::now() + after >= d);
             if attempt > 0 {
-                if Instant::now() + pause >= deadline {
+                if late(pause) {
                     break;
                 }
                 tokio::time::sleep(pause).await;
                 pause *= 2;
             }
-            if Instant::now() >= deadline {
+            if late(Duration::ZERO) {
                 break;
             }
             tries += 1;
@@ -229,7 +240,7 @@ impl Worker {
         &mut self,
         slot: u8,
         name: &str,
-        deadline: Instant,
+        deadline: Option<Instant>,
     ) -> Result<u64, (u64, anyhow::Error)> {
         let contents = self.objects.read_ring(slot).map_err(|e| (0, e))?;
         let mut sent = 0u64;
@@ -247,7 +258,10 @@ impl Worker {
             let (batch, later) = rest.split_at(n);
             let body = logs_request(name, batch);
             let post = super::http::post_protobuf(&self.endpoint, body, "capture endpoint");
-            let bound = POST_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
+            let bound = match deadline {
+                Some(d) => POST_TIMEOUT.min(d.saturating_duration_since(Instant::now())),
+                None => POST_TIMEOUT,
+            };
             match tokio::time::timeout(bound, post).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err((sent, e)),

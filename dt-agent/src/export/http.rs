@@ -75,39 +75,44 @@ pub(crate) fn target(endpoint: &Uri, what: &str) -> anyhow::Result<Target> {
     })
 }
 
-/// The TLS client setup of every `https://` post, made once: the CA certificates are read at
-/// the first (a change to them takes a restart).
+/// The TLS client setup of every `https://` post, made once it can be: the CA certificates are
+/// read at the first post that finds some (a change to them takes a restart); a post that finds
+/// none fails, and the next one reads them again.
 fn tls_config() -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let loaded = rustls_native_certs::load_native_certs();
-            let mut roots = rustls::RootCertStore::empty();
-            let (added, _unparsable) = roots.add_parsable_certificates(loaded.certs);
-            if added == 0 {
-                let why: Vec<String> = loaded.errors.iter().map(|e| e.to_string()).collect();
-                return Err(format!(
-                    "no CA certificates to check https servers against (the system's, or \
-                     SSL_CERT_FILE / SSL_CERT_DIR when set){}",
-                    if why.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", why.join("; "))
-                    }
-                ));
+    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    if let Some(config) = CONFIG.get() {
+        return Ok(config.clone());
+    }
+    let config = load_tls_config().map_err(|e| anyhow!(e))?;
+    Ok(CONFIG.get_or_init(|| config).clone())
+}
+
+/// The TLS client setup with the CA certificates found now.
+fn load_tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
+    let loaded = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _unparsable) = roots.add_parsable_certificates(loaded.certs);
+    if added == 0 {
+        let why: Vec<String> = loaded.errors.iter().map(|e| e.to_string()).collect();
+        return Err(format!(
+            "no CA certificates to check https servers against (the system's, or \
+             SSL_CERT_FILE / SSL_CERT_DIR when set){}",
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", why.join("; "))
             }
-            // ring rather than rustls's default aws-lc-rs: a much smaller C build. rustls
-            // deprecates it for lacking post-quantum key exchange; the classical groups it
-            // offers (X25519, P-256, P-384) are what OTLP and OpAMP servers take today.
-            #[allow(deprecated)]
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map(|b| Arc::new(b.with_root_certificates(roots).with_no_client_auth()))
-                .map_err(|e| format!("setting up TLS: {e}"))
-        })
-        .clone()
-        .map_err(|e| anyhow!(e))
+        ));
+    }
+    // ring rather than rustls's default aws-lc-rs: a much smaller C build. rustls
+    // deprecates it for lacking post-quantum key exchange; the classical groups it
+    // offers (X25519, P-256, P-384) are what OTLP and OpAMP servers take today.
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map(|b| Arc::new(b.with_root_certificates(roots).with_no_client_auth()))
+        .map_err(|e| format!("setting up TLS: {e}"))
 }
 
 /// A collector's 2xx answer.

@@ -58,6 +58,8 @@ struct Inner {
     uninstalling: bool,
     /// Why the uninstall failed, once it has.
     uninstall_error: Option<String>,
+    /// The uninstall is done: nothing of dt is attached or pinned.
+    uninstalled: bool,
 }
 
 impl Service {
@@ -80,6 +82,7 @@ impl Service {
                 stopping: false,
                 uninstalling: false,
                 uninstall_error: None,
+                uninstalled: false,
             }),
             rules_dir,
             shutdown: tokio::sync::Notify::new(),
@@ -94,6 +97,16 @@ impl Service {
         let mut inner = self.lock();
         let agent = inner.agent.as_mut().ok_or(crate::stats::Uninstalled)?;
         f(agent)
+    }
+
+    /// Whether `uninstall` is done (nothing of dt attached or pinned).
+    pub fn uninstalled(&self) -> bool {
+        self.lock().uninstalled
+    }
+
+    /// Why the uninstall failed, once it has.
+    pub fn uninstall_error(&self) -> Option<String> {
+        self.lock().uninstall_error.clone()
     }
 
     pub fn stats(&self) -> anyhow::Result<Stats> {
@@ -138,6 +151,13 @@ impl Service {
     }
 
     pub fn set_enabled(&self, enabled: bool) -> anyhow::Result<()> {
+        if self.uninstalled() {
+            // Nothing is attached: everything passes already, and nothing can filter again.
+            if enabled {
+                return Err(crate::stats::Uninstalled.into());
+            }
+            return Ok(());
+        }
         if enabled && self.lock().stopping {
             bail!(
                 "the agent is stopping: every request passes until it has detached, so it \
@@ -161,6 +181,9 @@ impl Service {
     /// active as one new generation. On any error nothing is written.
     pub fn push(&self, files: &[PushedFile]) -> anyhow::Result<u64> {
         let mut inner = self.lock();
+        if inner.uninstalled {
+            return Err(crate::stats::Uninstalled.into());
+        }
         if inner.stopping {
             bail!("the agent is stopping (it waits for held requests, then detaches)");
         }

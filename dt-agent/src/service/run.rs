@@ -40,6 +40,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         .build()?;
     let socket = settings.socket.clone();
     let result = runtime.block_on(async move {
+        let mut signals = Signals::new()?;
         // Bind first: a second agent on the same socket fails before attaching anything.
         let listener = control::bind(&socket)?;
         let metrics_listener = match settings.metrics_addr {
@@ -114,21 +115,22 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
                 source,
             )));
         }
-        let uninstalled = tokio::select! {
-            r = wait_for_signal() => {
-                r?;
-                false
-            }
-            _ = service.shutdown.notified() => true,
+        let told = tokio::select! {
+            () = signals.recv() => false,
+            () = service.shutdown.notified() => true,
         };
         // Held requests are waited for (no deadline) while the control socket still answers;
         // a second signal stops the wait.
-        service
-            .drain_before_exit(async {
-                let _ = wait_for_signal().await;
-            })
-            .await;
-        if uninstalled && settings.idle_after_uninstall {
+        service.drain_before_exit(signals.recv()).await;
+        if told && !service.uninstalled() {
+            // The uninstall failed: say why, as the exit's error.
+            let why = service.uninstall_error().unwrap_or_default();
+            for t in tasks.iter().chain(&serving) {
+                t.abort();
+            }
+            anyhow::bail!("uninstall failed: {why}");
+        }
+        if told && settings.idle_after_uninstall {
             // A supervisor that restarts an agent that exits would attach dt again: stay up,
             // with nothing attached, until told to stop.
             drop(watcher);
@@ -139,7 +141,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
                 "uninstalled; idle until SIGTERM (idle_after_uninstall): nothing of dt is \
                  attached, and the control socket and metrics endpoint still answer"
             );
-            wait_for_signal().await?;
+            signals.recv().await;
         }
         for t in tasks.iter().chain(&serving) {
             t.abort();
@@ -152,15 +154,29 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     result
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, listened to from the start to the exit: a signal that comes while no
+/// one waits is kept for the next wait, not lost.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
     }
-    Ok(())
+
+    /// The next SIGTERM or SIGINT.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 /// What the kernel side needs of the settings.

@@ -77,7 +77,6 @@ impl Service {
                         }
                         if let Err(e) = finish_uninstall(&mut inner) {
                             log::error!("uninstall: {e:#}");
-                            inner.uninstall_error = Some(format!("{e:#}"));
                         }
                         drop(inner);
                         self.shutdown.notify_one();
@@ -166,12 +165,16 @@ impl Service {
     }
 }
 
-/// Detaches everything, removes every pin, and drops the agent.
+/// Detaches everything, removes every pin, and drops the agent. A failure is kept: the next
+/// `uninstall` answers it, and `run` exits with it.
 fn finish_uninstall(inner: &mut Inner) -> anyhow::Result<()> {
-    if let Some(mut agent) = inner.agent.take() {
-        agent.uninstall()?;
-        drop(agent);
+    if let Some(mut agent) = inner.agent.take()
+        && let Err(e) = agent.uninstall()
+    {
+        inner.uninstall_error = Some(format!("{e:#}"));
+        return Err(e);
     }
+    inner.uninstalled = true;
     log::info!("uninstalled: nothing of dt is attached or pinned any more");
     Ok(())
 }

@@ -228,7 +228,8 @@ pub(crate) fn parse_file(src: &SourceText) -> ParsedFile {
 }
 
 /// Reads `table` as a `T`, reporting every unknown key, not only the first: serde stops at the
-/// first one, so each is reported, left out, and the table read again (at most once a key). The
+/// first one, so each is reported, left out, and the table read again (at most
+/// [`MAX_UNKNOWN_KEYS`] times: a table with more ends there, with one more diagnostic). The
 /// checks after this one then see the table's other keys, so a typo and a bad value in one table
 /// are both reported in one `check`. Any other error (a wrong type, a missing key) ends the
 /// reading, reported, with `None`.
@@ -238,6 +239,7 @@ pub(super) fn read_table<T: for<'de> Deserialize<'de>>(
 ) -> (Option<T>, Vec<Diagnostic>) {
     let mut table = table.clone();
     let mut diags = Vec::new();
+    let mut unknown_keys = 0;
     loop {
         let error = match T::deserialize(ValueDeserializer::from(table.clone())) {
             Ok(t) => return (Some(t), diags),
@@ -252,8 +254,23 @@ pub(super) fn read_table<T: for<'de> Deserialize<'de>>(
         if !removed {
             return (None, diags);
         }
+        unknown_keys += 1;
+        if unknown_keys == MAX_UNKNOWN_KEYS {
+            diags.push(src.diag(
+                table.span(),
+                format!(
+                    "this table has {MAX_UNKNOWN_KEYS} unknown keys; any more are not listed, and \
+                     its other keys are not checked"
+                ),
+            ));
+            return (None, diags);
+        }
     }
 }
+
+/// The unknown keys [`read_table`] lists in one table: each costs a reading of the table, and a
+/// file (from an OpAMP server, say) may hold any number.
+const MAX_UNKNOWN_KEYS: usize = 16;
 
 /// Removes the key whose name is at `span`, in `value` or a table in it; `false` when no key
 /// is there.

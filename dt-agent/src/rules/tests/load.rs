@@ -627,3 +627,23 @@ fn pushed_files_need_rule_file_names_of_their_own() {
         "{e}"
     );
 }
+
+#[test]
+fn a_table_lists_at_most_16_unknown_keys() {
+    let mut text = rule("a", "drop");
+    for i in 0..40 {
+        text.push_str(&format!("k{i} = 1\n"));
+    }
+    let e = errors(&text);
+    assert_eq!(e.len(), 17, "{e:#?}");
+    let unknown = e
+        .iter()
+        .filter(|d| d.contains(": unknown field `k"))
+        .count();
+    assert_eq!(unknown, 16, "{e:#?}");
+    assert!(
+        e.iter().any(|d| d
+            .starts_with("r.toml:1:1: this table has 16 unknown keys; any more are not listed")),
+        "{e:#?}"
+    );
+}
