@@ -13,6 +13,9 @@ The plan is JSON on stdin:
     "batch_size": 200,
     "base_time_nanos": 1704067200000000000,
     "timeout_secs": 20,
+    "protocol": "http/protobuf" | "grpc",                        (optional, http/protobuf)
+    "compression": "none" | "gzip",                              (optional, none)
+    "ca_file": "/path/ca.pem",        (optional: the CA to trust for an https:// endpoint)
     "services": [
       {"service": "checkout",
        "records": [{"scope": "http", "severity_number": 9, "body": "text",
@@ -28,6 +31,9 @@ service after another. Modes:
   simple  SimpleLogRecordProcessor: one request per record
   direct  exporter.export() called with batches of batch_size records, in order
 Record i of the whole plan gets timestamp base_time_nanos + i; severity_number 0 emits none.
+With protocol grpc the exporter is the SDK's OTLP/gRPC one (grpcio, HTTP/2 without TLS), and
+endpoint is "http://HOST:PORT"; http_requests then counts the exporter's export calls (a retry
+inside one call does not show: count what the receiver got).
 
 The exporter sits behind CheckedExporter, which records every export's result and the records it
 carried, as the exporter's own encoder (encode_logs) encodes them. The report on stdout:
@@ -50,6 +56,7 @@ from google.protobuf import __version__ as protobuf_version
 from google.protobuf.internal import api_implementation
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor, ReadableLogRecord
 from opentelemetry.sdk._logs.export import (
@@ -140,7 +147,10 @@ class CheckedExporter(LogRecordExporter):
         self._inner = inner
         self._tally = tally
 
+    calls = 0
+
     def export(self, batch):
+        self.calls += 1
         recs = carried(batch)
         start = time.monotonic()
         try:
@@ -225,6 +235,9 @@ def main():
     batch_size = max(1, int(plan.get("batch_size", 512)))
     base = int(plan.get("base_time_nanos", 1_704_067_200_000_000_000))
     timeout = float(plan.get("timeout_secs", 20))
+    protocol = plan.get("protocol", "http/protobuf")
+    gzip = plan.get("compression", "none") == "gzip"
+    ca_file = plan.get("ca_file")
 
     tally = Tally()
     flush_errors = []
@@ -235,7 +248,34 @@ def main():
         service, records = svc["service"], svc["records"]
         planned += len(records)
         session = CountingSession()
-        inner = OTLPLogExporter(endpoint=endpoint, timeout=timeout, session=session)
+        if protocol == "grpc":
+            # Imported here: only the gRPC runs need grpcio.
+            from opentelemetry.exporter.otlp.proto.grpc._log_exporter import (
+                OTLPLogExporter as GrpcLogExporter,
+            )
+            import grpc
+
+            credentials = None
+            if ca_file:
+                with open(ca_file, "rb") as f:
+                    credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+            inner = GrpcLogExporter(
+                endpoint=endpoint,
+                insecure=not ca_file,
+                credentials=credentials,
+                timeout=timeout,
+                compression=grpc.Compression.Gzip if gzip else grpc.Compression.NoCompression,
+            )
+        elif protocol == "http/protobuf":
+            inner = OTLPLogExporter(
+                endpoint=endpoint,
+                timeout=timeout,
+                session=session,
+                certificate_file=ca_file,
+                compression=Compression.Gzip if gzip else Compression.NoCompression,
+            )
+        else:
+            raise SystemExit("unknown protocol %r" % protocol)
         exporter = CheckedExporter(inner, tally)
         provider = LoggerProvider(resource=Resource.create({"service.name": service}), shutdown_on_exit=False)
         if mode == "batch":
@@ -265,7 +305,7 @@ def main():
             provider.shutdown()
         else:
             raise SystemExit("unknown mode %r" % mode)
-        http_requests += session.requests_made
+        http_requests += session.requests_made if protocol != "grpc" else exporter.calls
 
     elapsed = 0.0
     if tally.first_start is not None:

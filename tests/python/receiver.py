@@ -24,6 +24,15 @@ Each request appends one JSON line to FILE (flushed before the response is sent)
                                ExportLogsServiceResponse, 400 when the body does not decode
 Requests the HTTP stack itself rejects are recorded with "http_error".
 
+With --grpc it serves OTLP/gRPC instead (grpcio, HTTP/2 without TLS): the LogsService's Export
+method, taking the request's bytes as they came off the wire (after gRPC's own decompression)
+and decoding them with upb. Each call appends the same JSON line, with method "POST", path
+"/opentelemetry.proto.collector.logs.v1.LogsService/Export", version "HTTP/2", the call's
+metadata as headers, conn numbered by the client's address and port, and conn_bytes 0 (grpcio
+does not say). A body that does not decode is answered INVALID_ARGUMENT (status 400).
+
+With --tls CERT KEY it serves either over TLS, with the PEM certificate chain CERT and key KEY.
+
 It exits 0 on SIGTERM or SIGINT, or when its stdin reaches EOF (its parent went away).
 """
 
@@ -34,6 +43,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import sys
 import threading
 import zlib
@@ -137,6 +147,18 @@ class Results:
             n = self._conns
             self._conns += 1
             return n
+
+    def conn_of(self, peer):
+        """(connection number, request number on it) for a gRPC call from `peer`."""
+        with self._lock:
+            if not hasattr(self, "_peers"):
+                self._peers = {}
+            conn, seq = self._peers.get(peer, (None, 0))
+            if conn is None:
+                conn = self._conns
+                self._conns += 1
+            self._peers[peer] = (conn, seq + 1)
+            return conn, seq
 
     def write(self, entry):
         line = json.dumps(entry, separators=(",", ":")) + "\n"
@@ -283,6 +305,66 @@ class Handler(BaseHTTPRequestHandler):
     do_HEAD = _handle
 
 
+LOGS_SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
+
+
+def start_grpc(host, port, results, tls):
+    """An OTLP/gRPC LogsService on HOST:PORT (over TLS with tls = (CERT, KEY)); returns (server,
+    port)."""
+    from concurrent import futures
+
+    import grpc
+
+    def export(raw, context):
+        conn, seq = results.conn_of(context.peer())
+        entry = {
+            "conn": conn,
+            "seq_on_conn": seq,
+            "method": "POST",
+            "path": "/%s/Export" % LOGS_SERVICE,
+            "version": "HTTP/2",
+            "headers": [[k, v if isinstance(v, str) else repr(v)] for k, v in context.invocation_metadata()],
+            "content_length": None,
+            "chunked": False,
+            "body_len": len(raw),
+            "body_crc32": zlib.crc32(raw),
+            "complete": True,
+            "conn_bytes": 0,
+            "decode_ok": False,
+            "decode_error": None,
+        }
+        try:
+            req = ExportLogsServiceRequest.FromString(raw)
+            records, unknown = flatten(req)
+            entry["decode_ok"] = True
+            entry["unknown_fields"] = unknown
+            entry["records"] = records
+            entry["status"] = 200
+        except pb_message.DecodeError as e:
+            entry["decode_error"] = "%s: %s" % (type(e).__name__, e)
+            entry["status"] = 400
+        results.write(entry)
+        if entry["status"] != 200:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, entry["decode_error"])
+        return ExportLogsServiceResponse().SerializeToString()
+
+    handler = grpc.method_handlers_generic_handler(
+        LOGS_SERVICE,
+        # No (de)serializers: the method gets and returns bytes.
+        {"Export": grpc.unary_unary_rpc_method_handler(export)},
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), handlers=[handler])
+    where = "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+    if tls:
+        with open(tls[0], "rb") as c, open(tls[1], "rb") as k:
+            creds = grpc.ssl_server_credentials([(k.read(), c.read())])
+        bound = server.add_secure_port(where, creds)
+    else:
+        bound = server.add_insecure_port(where)
+    server.start()
+    return server, bound
+
+
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
@@ -297,6 +379,8 @@ def main():
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--results", required=True, help="file to append JSON lines to")
+    ap.add_argument("--grpc", action="store_true", help="serve OTLP/gRPC instead of OTLP/HTTP")
+    ap.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"), help="serve over TLS")
     ap.add_argument(
         "--any-protobuf-backend",
         action="store_true",
@@ -309,12 +393,20 @@ def main():
         print("receiver.py: protobuf backend is %r, not 'upb'" % backend, file=sys.stderr)
         return 2
 
-    cls = Server6 if ":" in args.host else Server
-    server = cls((args.host, args.port), Handler)
-    server.results = Results(args.results)
-    port = server.server_address[1]
-
     stop = threading.Event()
+    if args.grpc:
+        results = Results(args.results)
+        grpc_server, port = start_grpc(args.host, args.port, results, args.tls)
+    else:
+        cls = Server6 if ":" in args.host else Server
+        server = cls((args.host, args.port), Handler)
+        server.results = Results(args.results)
+        port = server.server_address[1]
+        if args.tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(args.tls[0], args.tls[1])
+            # The handshake happens in accept; one a client fails is skipped by socketserver.
+            server.socket = ctx.wrap_socket(server.socket, server_side=True)
 
     def on_signal(_signum, _frame):
         stop.set()
@@ -333,6 +425,13 @@ def main():
         stop.set()
 
     threading.Thread(target=watch_stdin, name="stdin-watch", daemon=True).start()
+    if args.grpc:
+        print(json.dumps({"listening": args.host, "port": port, "protobuf": backend}), flush=True)
+        while not stop.wait(0.5):
+            pass
+        grpc_server.stop(grace=None)
+        results.close()
+        return 0
     serving = threading.Thread(target=server.serve_forever, name="serve", daemon=True)
     serving.start()
     print(json.dumps({"listening": args.host, "port": port, "protobuf": backend}), flush=True)

@@ -71,8 +71,8 @@ pub use node::{
 };
 pub use otlp::{LogsRequestBuilder, Rec};
 pub use python::{
-    Collector, PyExportReport, PyReceived, PyReceiver, export_with_python,
-    export_with_python_in_cgroup, export_with_python_simple, python_or_skip,
+    Collector, PyExportReport, PyReceived, PyReceiver, PyTransport, export_with_python,
+    export_with_python_as, export_with_python_in_cgroup, export_with_python_simple, python_or_skip,
 };
 pub use receiver::{Received, Receiver};
 pub use record::{ReceivedRecord, SentRecord, assert_same_records, flatten};

@@ -112,6 +112,10 @@ fn python_command(script: &str) -> Command {
         c.env_remove(k);
     }
     c.env("NO_PROXY", "*").env("no_proxy", "*");
+    // requests lets these override the CA an exporter is given (`certificate_file` sets the
+    // session's `verify`, which the environment's bundle replaces).
+    c.env_remove("REQUESTS_CA_BUNDLE")
+        .env_remove("CURL_CA_BUNDLE");
     c.env("PYTHONDONTWRITEBYTECODE", "1");
     c.env("PYTHONUNBUFFERED", "1");
     c
@@ -282,6 +286,35 @@ pub fn python_plan(endpoint: &str, plan: &ExportPlan) -> Value {
 /// export failures are in the report (see [`PyExportReport::assert_all_ok`]).
 pub fn export_with_python(endpoint: &str, plan: &ExportPlan) -> PyExportReport {
     export_python_value(&python_plan(endpoint, plan))
+}
+
+/// How the Python SDK's exporter sends: its OTLP/HTTP exporter (`http/protobuf`) or its OTLP/gRPC
+/// one (`grpc`, grpcio over HTTP/2; `endpoint` is then `http(s)://HOST:PORT`), with or without
+/// gzip, trusting the CA `ca` for an `https://` endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PyTransport {
+    pub grpc: bool,
+    pub gzip: bool,
+    pub ca: Option<PathBuf>,
+}
+
+/// Like [`export_with_python`], sending as `transport` says.
+pub fn export_with_python_as(
+    endpoint: &str,
+    plan: &ExportPlan,
+    transport: &PyTransport,
+) -> PyExportReport {
+    let mut v = python_plan(endpoint, plan);
+    v["protocol"] = json!(if transport.grpc {
+        "grpc"
+    } else {
+        "http/protobuf"
+    });
+    v["compression"] = json!(if transport.gzip { "gzip" } else { "none" });
+    if let Some(ca) = &transport.ca {
+        v["ca_file"] = json!(ca.to_string_lossy());
+    }
+    export_python_value(&v)
 }
 
 /// Like [`export_with_python`] with SimpleLogRecordProcessor: one request per record.
@@ -463,6 +496,10 @@ impl PyReceived {
 pub struct PyReceiver {
     child: Option<Child>,
     addr: SocketAddr,
+    /// Serving OTLP/gRPC, not OTLP/HTTP.
+    grpc: bool,
+    /// Over TLS.
+    tls: bool,
     _dir: tempfile::TempDir,
     results: PathBuf,
     stderr: Arc<Mutex<Vec<u8>>>,
@@ -472,13 +509,40 @@ impl PyReceiver {
     /// Starts the receiver on `addr` (port 0: a free port, which it reports) and waits until it
     /// listens.
     pub fn start(addr: SocketAddr) -> PyReceiver {
+        PyReceiver::start_with(addr, false, None)
+    }
+
+    /// An OTLP/gRPC receiver (grpcio) on a fresh `127.0.0.1` port: the LogsService's `Export`,
+    /// each call recorded like a request (see `tests/python/receiver.py`, `--grpc`).
+    pub fn start_grpc_v4() -> PyReceiver {
+        PyReceiver::start_with("127.0.0.1:0".parse().unwrap(), true, None)
+    }
+
+    /// An OTLP/HTTP (or with `grpc`, OTLP/gRPC) receiver over TLS on a fresh `127.0.0.1` port,
+    /// with `ca`'s server certificate.
+    pub fn start_tls_v4(grpc: bool, ca: &crate::tls::TestCa) -> PyReceiver {
+        PyReceiver::start_with(
+            "127.0.0.1:0".parse().unwrap(),
+            grpc,
+            Some((ca.cert.as_path(), ca.key.as_path())),
+        )
+    }
+
+    fn start_with(addr: SocketAddr, grpc: bool, tls: Option<(&Path, &Path)>) -> PyReceiver {
         let dir = tempfile::Builder::new()
             .prefix("dt-py-receiver-")
             .tempdir()
             .expect("temp dir");
         let results = dir.path().join("results.jsonl");
         std::fs::write(&results, b"").expect("create results file");
-        let mut child = python_command("receiver.py")
+        let mut cmd = python_command("receiver.py");
+        if grpc {
+            cmd.arg("--grpc");
+        }
+        if let Some((cert, key)) = tls {
+            cmd.arg("--tls").arg(cert).arg(key);
+        }
+        let mut child = cmd
             .arg("--host")
             .arg(addr.ip().to_string())
             .arg("--port")
@@ -522,6 +586,8 @@ impl PyReceiver {
         PyReceiver {
             child: Some(child),
             addr: SocketAddr::new(addr.ip(), port),
+            grpc,
+            tls: tls.is_some(),
             _dir: dir,
             results,
             stderr,
@@ -546,9 +612,15 @@ impl PyReceiver {
         self.addr.port()
     }
 
-    /// `http://<addr>/v1/logs`.
+    /// `http://<addr>/v1/logs`; for a gRPC receiver `http://<addr>`, the gRPC exporter's endpoint;
+    /// `https://` over TLS.
     pub fn logs_url(&self) -> String {
-        format!("http://{}/v1/logs", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        if self.grpc {
+            format!("{scheme}://{}", self.addr)
+        } else {
+            format!("{scheme}://{}/v1/logs", self.addr)
+        }
     }
 
     /// What the receiver wrote to stderr so far.
@@ -755,7 +827,11 @@ impl Collector for Receiver {
 
 impl Collector for PyReceiver {
     fn kind(&self) -> &'static str {
-        "http.server+upb"
+        if self.grpc {
+            "grpcio+upb"
+        } else {
+            "http.server+upb"
+        }
     }
     fn port(&self) -> u16 {
         PyReceiver::port(self)

@@ -72,6 +72,9 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             cfg.rules_dir.display(),
             socket.display()
         );
+        if cfg.ports.contains(&OTLP_GRPC_PORT) {
+            log::warn!("{}", grpc_port_warning());
+        }
         // What answers (kept while idle after an uninstall), and the rest.
         let mut serving = vec![tokio::spawn(control::serve(listener, service.clone()))];
         let mut tasks = vec![tokio::spawn(rescan(service.clone()))];
@@ -177,6 +180,18 @@ impl Signals {
             _ = self.int.recv() => {}
         }
     }
+}
+
+/// OTLP/gRPC's registered port.
+const OTLP_GRPC_PORT: u16 = 4317;
+
+/// Hooking 4317 is most likely a mistake: dt walks OTLP/HTTP only.
+fn grpc_port_warning() -> String {
+    format!(
+        "port {OTLP_GRPC_PORT} is hooked, OTLP/gRPC's port: dt walks OTLP/HTTP only, so gRPC \
+         exports pass untouched (counted `bad_http`, once per connection); hook the collector's \
+         OTLP/HTTP port (4318) and send with OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"
+    )
 }
 
 /// What the kernel side needs of the settings.
