@@ -293,7 +293,9 @@ impl Drop for Agent {
 
 /// The OpenTelemetry collector of scenario (l): Rotel (`rotel-agent start`), receiving OTLP/HTTP
 /// on a port of its own, dropping records below INFO in its Python logs processor, and
-/// exporting OTLP/HTTP (uncompressed protobuf) to the sink.
+/// exporting OTLP/HTTP protobuf to the sink: gzipped, whatever `--otlp-exporter-compression none`
+/// (or its logs variant) says in this version, as the Collector's `otlphttp` exporter does by
+/// default.
 pub struct Collector {
     child: Option<Child>,
     pub port: u16,
