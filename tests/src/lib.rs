@@ -39,6 +39,7 @@ pub mod http;
 pub mod kernel;
 pub mod model;
 pub mod net;
+pub mod netns;
 pub mod node;
 pub mod opamp;
 pub mod oracle;
@@ -66,13 +67,14 @@ pub use kernel::{cgroup2_mount, kernel_or_skip};
 pub use model::{Action, Expected, Facts, RuleExpect, RuleSpec, evaluate, simulate};
 pub use net::{listener_v4, listener_v6, reserve_port};
 pub use node::{
-    NodeExportReport, export_with_node, export_with_node_simple, export_with_node_value,
-    node_or_skip, node_plan,
+    NodeExportReport, export_with_node, export_with_node_in_netns, export_with_node_simple,
+    export_with_node_value, node_or_skip, node_plan,
 };
 pub use otlp::{LogsRequestBuilder, Rec};
 pub use python::{
     Collector, PyExportReport, PyReceived, PyReceiver, PyTransport, export_with_python,
-    export_with_python_as, export_with_python_in_cgroup, export_with_python_simple, python_or_skip,
+    export_with_python_as, export_with_python_in_cgroup, export_with_python_in_netns,
+    export_with_python_simple, python_or_skip,
 };
 pub use receiver::{Received, Receiver};
 pub use record::{ReceivedRecord, SentRecord, assert_same_records, flatten};

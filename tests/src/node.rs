@@ -265,7 +265,23 @@ pub fn export_with_node_simple(endpoint: &str, plan: &ExportPlan) -> NodeExportR
 /// Runs `export_logs.js` on a plan given as JSON (for records with `event_name` or typed
 /// attributes, which [`ExportPlan`] does not carry).
 pub fn export_with_node_value(plan: &Value) -> NodeExportReport {
-    let mut child = node_command("export_logs.js")
+    export_with_node_cmd(node_command("export_logs.js"), plan)
+}
+
+/// Like [`export_with_node`], from inside the network namespace `ns` (over its veth pair).
+pub fn export_with_node_in_netns(
+    endpoint: &str,
+    plan: &ExportPlan,
+    ns: &crate::netns::Netns,
+) -> NodeExportReport {
+    export_with_node_cmd(
+        ns.wrap(&node_command("export_logs.js")),
+        &node_plan(endpoint, plan),
+    )
+}
+
+fn export_with_node_cmd(mut cmd: Command, plan: &Value) -> NodeExportReport {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -348,6 +348,18 @@ pub fn export_with_python_in_cgroup(
     export_python_with(c, &python_plan(endpoint, plan))
 }
 
+/// Like [`export_with_python`], from inside the network namespace `ns` (over its veth pair).
+pub fn export_with_python_in_netns(
+    endpoint: &str,
+    plan: &ExportPlan,
+    ns: &crate::netns::Netns,
+) -> PyExportReport {
+    export_python_with(
+        ns.wrap(&python_command("export_logs.py")),
+        &python_plan(endpoint, plan),
+    )
+}
+
 fn export_python_value(plan: &Value) -> PyExportReport {
     export_python_with(python_command("export_logs.py"), plan)
 }
