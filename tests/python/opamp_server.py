@@ -6,10 +6,11 @@ specification's sections on the Plain HTTP Transport, AgentToServer / ServerToAg
 Reporting, Agent Status Compression, RemoteConfigStatus and Throttling, and uses only the
 message classes of opentelemetry-opamp-client (opamp_pb2), never dt's code.
 
-    python opamp_server.py [--tls CERT KEY]
+    python opamp_server.py [--tls CERT KEY [CLIENT_CA]]
 
 binds 127.0.0.1 on a free port, prints `port N`, and answers POST on any path (over TLS with
-the PEM certificate chain CERT and key KEY when --tls is given). The test drives
+the PEM certificate chain CERT and key KEY when --tls is given, and requiring a client
+certificate signed by the CA of CLIENT_CA when that is given too). The test drives
 it with one JSON command per line on stdin and reads one JSON answer line per command on stdout:
 set_config {files}, clear_config, report_full_state, fail {count, retry_after?}, messages,
 state, quit (see tests/src/opamp.rs). EOF on stdin exits.
@@ -269,9 +270,13 @@ def command(c):
 def main():
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    if len(sys.argv) == 4 and sys.argv[1] == "--tls":
+    if len(sys.argv) in (4, 5) and sys.argv[1] == "--tls":
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+        if len(sys.argv) == 5:
+            # Client authentication: a certificate signed by this CA, or no handshake.
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(sys.argv[4])
         # A client that refuses the certificate fails its own handshake (in accept, which
         # socketserver skips), not the server.
         server.socket = ctx.wrap_socket(server.socket, server_side=True)

@@ -269,20 +269,29 @@ impl OpampServer {
     /// Starts the server and waits until it listens. Panics without the venv (call
     /// [`crate::python_or_skip`] first).
     pub fn start() -> OpampServer {
-        Self::spawn(None)
+        Self::spawn(None, None)
     }
 
     /// [`OpampServer::start`] over TLS, with this PEM certificate chain and key:
     /// [`OpampServer::endpoint`] is then `https://`.
     pub fn start_tls(cert: &Path, key: &Path) -> OpampServer {
-        Self::spawn(Some((cert, key)))
+        Self::spawn(Some((cert, key)), None)
     }
 
-    fn spawn(tls: Option<(&Path, &Path)>) -> OpampServer {
+    /// [`OpampServer::start_tls`] that also asks each client for a certificate signed by the CA
+    /// `client_ca`, and refuses the handshake of one that has none.
+    pub fn start_tls_client_auth(cert: &Path, key: &Path, client_ca: &Path) -> OpampServer {
+        Self::spawn(Some((cert, key)), Some(client_ca))
+    }
+
+    fn spawn(tls: Option<(&Path, &Path)>, client_ca: Option<&Path>) -> OpampServer {
         let mut c = Command::new(python());
         c.arg(python_script("opamp_server.py"));
         if let Some((cert, key)) = tls {
             c.arg("--tls").arg(cert).arg(key);
+        }
+        if let Some(ca) = client_ca {
+            c.arg(ca);
         }
         for k in ["PYTHONPATH", "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"] {
             c.env_remove(k);

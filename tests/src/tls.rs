@@ -1,5 +1,6 @@
-//! Throw-away certificate authorities for the `https://` tests: a CA, and a server certificate
-//! it signs for `127.0.0.1` and `localhost`, as PEM files in a directory of their own.
+//! Throw-away certificate authorities for the `https://` tests: a CA, a server certificate it
+//! signs for `127.0.0.1` and `localhost`, and a client certificate it signs, as PEM files in a
+//! directory of their own.
 
 use std::path::PathBuf;
 
@@ -16,6 +17,9 @@ pub struct TestCa {
     /// The server's certificate and its key.
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// A client's certificate (for TLS client authentication) and its key.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
 }
 
 impl TestCa {
@@ -50,6 +54,19 @@ impl TestCa {
             .signed_by(&leaf_key, &issuer)
             .expect("server certificate");
 
+        let mut client = CertificateParams::new(Vec::<String>::new()).expect("client params");
+        client.distinguished_name.push(
+            DnType::CommonName,
+            format!("dt-agent test client of {name}"),
+        );
+        client.use_authority_key_identifier_extension = true;
+        client.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client_key = KeyPair::generate().expect("client key");
+        let client_cert = client
+            .signed_by(&client_key, &issuer)
+            .expect("client certificate");
+
         let write = |name: &str, text: String| {
             let path = dir.path().join(name);
             std::fs::write(&path, text).expect("writing a certificate");
@@ -59,6 +76,8 @@ impl TestCa {
             ca: write("ca.pem", ca_cert.pem()),
             cert: write("server.pem", leaf_cert.pem()),
             key: write("server.key", leaf_key.serialize_pem()),
+            client_cert: write("client.pem", client_cert.pem()),
+            client_key: write("client.key", client_key.serialize_pem()),
             _dir: dir,
         }
     }

@@ -471,3 +471,87 @@ fn remote_rules_over_opamp_with_tls() {
         "the records that arrive are the ones the remote rule kept"
     );
 }
+
+#[test]
+fn remote_rules_over_opamp_with_a_client_certificate() {
+    let test = "remote_rules_over_opamp_with_a_client_certificate";
+    if !kernel_or_skip(test) || python_or_skip(test).is_none() {
+        return;
+    }
+    let ca = dt_tests::tls::TestCa::new("opamp-mtls");
+    let Setup {
+        server,
+        rules: _rules,
+        receiver,
+        state,
+        mut agent,
+        ..
+    } = setup_with(
+        "opamp-mtls",
+        OpampServer::start_tls_client_auth(&ca.cert, &ca.key, &ca.ca),
+    );
+    let remote = "[[rule]]\nname = \"remote-drop-debug\"\naction = \"drop\"\n\
+                  [rule.match]\nseverity = \"DEBUG\"\n";
+    let h = server.set_config(&[("50-remote.toml", remote)]);
+    // The server's CA from `ca_file`, not the environment: SSL_CERT_FILE names the system's
+    // bundle, which does not hold it.
+    agent.set_env("SSL_CERT_FILE", Some("/nonexistent/dt-test-bundle.pem"));
+    let base = format!(
+        "{}ca_file = \"{}\"\n",
+        config(state.path(), &server.endpoint()),
+        ca.ca.display()
+    );
+
+    // No client certificate: the server refuses the handshake, and nothing is applied.
+    agent.write_config(&base);
+    agent.start();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !agent.log().contains("retrying with backoff") {
+        assert!(Instant::now() < deadline, "{}", agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(server.messages().len(), 0, "{}", agent.log());
+    assert_eq!(names(&agent), vec!["local-count"]);
+    agent.signal(libc::SIGTERM);
+    agent.wait_exit(Duration::from_secs(20));
+
+    // A client key that is not PEM: `run` refuses to start, naming the file, before attaching
+    // anything.
+    let bad_key = state.path().join("bad.key");
+    std::fs::write(&bad_key, "not a key\n").unwrap();
+    agent.write_config(&format!(
+        "{base}client_cert = \"{}\"\nclient_key = \"{}\"\n",
+        ca.client_cert.display(),
+        bad_key.display()
+    ));
+    let out = dt_tests::agent_process::dt_agent_cmd(
+        {
+            let mut c = std::process::Command::new(dt_tests::agent_process::bin());
+            c.args(agent.run_args());
+            c
+        },
+        Duration::from_secs(30),
+        "run with a bad OpAMP client key",
+    );
+    let text = dt_tests::agent_process::output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("OpAMP TLS: client key {}", bad_key.display())),
+        "{text}"
+    );
+
+    // With the client certificate: the config is applied, and filters.
+    agent.write_config(&format!(
+        "{base}client_cert = \"{}\"\nclient_key = \"{}\"\n",
+        ca.client_cert.display(),
+        ca.client_key.display()
+    ));
+    agent.start();
+    wait_status(&server, &h, "APPLIED", "the config over mutual TLS");
+    assert_eq!(names(&agent), vec!["local-count", "remote-drop-debug"]);
+    let plan = ExportPlan::mixed(200, &["checkout"], 100);
+    export_with_real_exporter(receiver.port(), &plan).assert_all_ok(200);
+    let dropped = agent.stats().rule("remote-drop-debug").unwrap().dropped;
+    assert!(dropped > 0);
+    assert_eq!(receiver.records().len() as u64, 200 - dropped);
+}

@@ -5,8 +5,10 @@
 //! `https://` is TLS (rustls, its `ring` provider) with the server's certificate checked against
 //! the system's CA certificates, or those of `SSL_CERT_FILE` / `SSL_CERT_DIR` when set (as
 //! OpenSSL reads them; rustls-native-certs), and its name or IP address against the URL's host.
-//! No client certificate.
+//! No client certificate, except where a post is given a setup of its own ([`tls_config_with`]:
+//! OpAMP's `ca_file`, `client_cert` and `client_key`).
 
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context as _, anyhow, bail};
@@ -89,6 +91,11 @@ fn tls_config() -> anyhow::Result<Arc<rustls::ClientConfig>> {
 
 /// The TLS client setup with the CA certificates found now.
 fn load_tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
+    Ok(Arc::new(builder(native_roots()?)?.with_no_client_auth()))
+}
+
+/// The system's CA certificates (or `SSL_CERT_FILE` / `SSL_CERT_DIR`'s).
+fn native_roots() -> Result<rustls::RootCertStore, String> {
     let loaded = rustls_native_certs::load_native_certs();
     let mut roots = rustls::RootCertStore::empty();
     let (added, _unparsable) = roots.add_parsable_certificates(loaded.certs);
@@ -104,6 +111,13 @@ fn load_tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
             }
         ));
     }
+    Ok(roots)
+}
+
+type WantsClientCert = rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>;
+
+/// rustls's builder, checking servers against `roots`.
+fn builder(roots: rustls::RootCertStore) -> Result<WantsClientCert, String> {
     // ring rather than rustls's default aws-lc-rs: a much smaller C build. rustls
     // deprecates it for lacking post-quantum key exchange; the classical groups it
     // offers (X25519, P-256, P-384) are what OTLP and OpAMP servers take today.
@@ -111,8 +125,73 @@ fn load_tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map(|b| Arc::new(b.with_root_certificates(roots).with_no_client_auth()))
+        .map(|b| b.with_root_certificates(roots))
         .map_err(|e| format!("setting up TLS: {e}"))
+}
+
+/// A TLS client setup of its own, read now: servers checked against the CA certificates of
+/// `ca_file` (PEM) instead of the system's, and, with `client` (a PEM certificate chain and its
+/// PEM private key), that certificate presented when a server asks for one. `what` names the
+/// settings in errors, which name the file too.
+pub(crate) fn tls_config_with(
+    ca_file: Option<&Path>,
+    client: Option<(&Path, &Path)>,
+    what: &str,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let certs = |path: &Path, kind: &str| -> anyhow::Result<Vec<CertificateDer<'static>>> {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| anyhow!("{what}: {kind} {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            bail!(
+                "{what}: {kind} {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
+                path.display()
+            );
+        }
+        Ok(certs)
+    };
+    // The client's files first: their errors do not depend on the system's certificates.
+    let client = match client {
+        None => None,
+        Some((cert, key_path)) => {
+            let chain = certs(cert, "client certificate")?;
+            let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| {
+                anyhow!(
+                    "{what}: client key {}: {e} (a PEM private key: PKCS#8, PKCS#1 or SEC1)",
+                    key_path.display()
+                )
+            })?;
+            Some((cert, key_path, chain, key))
+        }
+    };
+    let roots = match ca_file {
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in certs(path, "CA file")? {
+                roots.add(cert).map_err(|e| {
+                    anyhow!(
+                        "{what}: CA file {}: a certificate in it: {e}",
+                        path.display()
+                    )
+                })?;
+            }
+            roots
+        }
+        None => native_roots().map_err(|e| anyhow!("{what}: {e}"))?,
+    };
+    let b = builder(roots).map_err(|e| anyhow!(e))?;
+    let config = match client {
+        None => b.with_no_client_auth(),
+        Some((cert, key_path, chain, key)) => b.with_client_auth_cert(chain, key).map_err(|e| {
+            anyhow!(
+                "{what}: client certificate {} with key {}: {e}",
+                cert.display(),
+                key_path.display()
+            )
+        })?,
+    };
+    Ok(Arc::new(config))
 }
 
 /// A collector's 2xx answer.
@@ -128,7 +207,7 @@ pub(crate) async fn post_protobuf(
     body: Vec<u8>,
     what: &str,
 ) -> anyhow::Result<Answer> {
-    let reply = post(endpoint, body, what, &[], MAX_RESPONSE).await?;
+    let reply = post(endpoint, body, what, &[], MAX_RESPONSE, None).await?;
     if !reply.status.is_success() {
         let text = String::from_utf8_lossy(&reply.body[..reply.body.len().min(300)]).into_owned();
         bail!("POST {endpoint}: {}: {text:?}", reply.status);
@@ -149,13 +228,15 @@ pub(crate) struct Reply {
 }
 
 /// Posts one protobuf body on a fresh connection, with `headers` besides the usual ones, and
-/// reads at most `max_response` bytes of the answer (a longer one is an error).
+/// reads at most `max_response` bytes of the answer (a longer one is an error). Over
+/// `https://`, `tls` is the TLS setup, or the common one when `None`.
 pub(crate) async fn post(
     endpoint: &Uri,
     body: Vec<u8>,
     what: &str,
     headers: &[(&'static str, String)],
     max_response: usize,
+    tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> anyhow::Result<Reply> {
     let t = target(endpoint, what)?;
     let stream = tokio::net::TcpStream::connect((t.host.as_str(), t.port))
@@ -175,7 +256,11 @@ pub(crate) async fn post(
     if t.tls {
         let name = rustls::pki_types::ServerName::try_from(t.host.clone())
             .with_context(|| format!("{what} {endpoint}: {:?} is not a server name", t.host))?;
-        let tls = tokio_rustls::TlsConnector::from(tls_config()?)
+        let config = match tls {
+            Some(c) => c.clone(),
+            None => tls_config()?,
+        };
+        let tls = tokio_rustls::TlsConnector::from(config)
             .connect(name, stream)
             .await
             .with_context(|| format!("TLS with {}", t.authority))?;
@@ -272,5 +357,37 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(ca: Option<&Path>, client: Option<(&Path, &Path)>) -> String {
+        format!(
+            "{:#}",
+            tls_config_with(ca, client, "OpAMP TLS").unwrap_err()
+        )
+    }
+
+    #[test]
+    fn tls_files_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let e = error(Some(&missing), None);
+        assert!(
+            e.starts_with(&format!("OpAMP TLS: CA file {}: ", missing.display())),
+            "{e}"
+        );
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let e = error(Some(&empty), None);
+        assert!(e.contains("no PEM certificate"), "{e}");
+        let e = error(None, Some((&empty, &missing)));
+        assert!(
+            e.contains(&format!("client certificate {}", empty.display())),
+            "{e}"
+        );
     }
 }

@@ -76,6 +76,8 @@ enum Next {
 
 pub struct Client {
     endpoint: Uri,
+    /// The TLS setup of its own (`ca_file`, client certificate), if any.
+    tls: Option<Arc<rustls::ClientConfig>>,
     poll: Duration,
     state: StateDir,
     service: Arc<Service>,
@@ -94,11 +96,23 @@ pub struct Client {
     rng: u64,
 }
 
+/// The TLS setup `settings` ask for (a CA file, a client certificate), read now so that a bad
+/// file stops `run` before anything is attached; `None` for the common one.
+pub fn tls(settings: &OpampSettings) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
+    let t = &settings.tls;
+    if t.ca_file.is_none() && t.client.is_none() {
+        return Ok(None);
+    }
+    let client = t.client.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+    http::tls_config_with(t.ca_file.as_deref(), client, "OpAMP TLS").map(Some)
+}
+
 impl Client {
     /// A client for `settings`, with the state `startup` opened and the remote config status it
     /// decided.
     pub fn new(
         settings: &OpampSettings,
+        tls: Option<Arc<rustls::ClientConfig>>,
         state: StateDir,
         service: Arc<Service>,
         remote_status: RemoteConfigStatus,
@@ -112,6 +126,7 @@ impl Client {
         let now = unix_nanos();
         Ok(Client {
             endpoint,
+            tls,
             poll: settings.poll_interval,
             state,
             service,
@@ -164,6 +179,7 @@ impl Client {
             "OpAMP endpoint",
             &headers,
             MAX_ANSWER,
+            self.tls.as_ref(),
         );
         let reply = match tokio::time::timeout(EXCHANGE_TIMEOUT, post).await {
             Err(_) => return Err((format!("no answer within {EXCHANGE_TIMEOUT:?}"), None)),

@@ -24,9 +24,10 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     // With `[opamp]`: the kept remote config is the remote part of the rule set to start with.
     let mut opamp = match &settings.opamp {
         Some(o) => {
+            let tls = opamp::tls(o)?;
             let startup = opamp::startup(&settings.state_dir, &cfg.rules_dir)?;
             cfg.remote_rules = startup.remote.clone();
-            Some((o.clone(), startup))
+            Some((o.clone(), tls, startup))
         }
         None => None,
     };
@@ -57,7 +58,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
                 let error = format!("{e:#}");
                 log::error!("{error}");
                 log::error!("the last remote config does not start; starting without it");
-                if let Some((_, startup)) = opamp.as_mut() {
+                if let Some((_, _, startup)) = opamp.as_mut() {
                     startup.set_aside(&error);
                 }
                 cfg.remote_rules.clear();
@@ -84,9 +85,14 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
                 ceiling,
             )));
         }
-        if let Some((settings, startup)) = opamp {
-            let client =
-                opamp::Client::new(&settings, startup.state, service.clone(), startup.status)?;
+        if let Some((settings, tls, startup)) = opamp {
+            let client = opamp::Client::new(
+                &settings,
+                tls,
+                startup.state,
+                service.clone(),
+                startup.status,
+            )?;
             tasks.push(tokio::spawn(client.run()));
         }
         let source: export::StatsSource = {

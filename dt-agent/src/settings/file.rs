@@ -58,6 +58,9 @@ struct RawCeiling {
 struct RawOpamp {
     endpoint: Spanned<String>,
     poll_interval: Option<Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
+    client_cert: Option<Spanned<String>>,
+    client_key: Option<Spanned<String>>,
 }
 
 /// The config file `run` reads: `explicit` (`--config FILE`), which must exist, or else
@@ -87,7 +90,7 @@ pub fn load(path: &Path) -> Result<Layer, Vec<Diagnostic>> {
 /// its relative paths.
 pub fn parse(path: &Path, text: &str) -> Result<Layer, Vec<Diagnostic>> {
     let src = SourceText::new(path, text);
-    let raw: RawFile = toml::from_str(text).map_err(|e| {
+    let mut raw: RawFile = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
         let message = e.message().trim_end();
         // A type error points into a value: name the key it belongs to.
@@ -112,6 +115,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Layer, Vec<Diagnostic>> {
     let socket = path_key("socket", raw.socket);
     let pin_dir = path_key("pin_dir", raw.pin_dir);
     let state_dir = path_key("state_dir", raw.state_dir);
+    let (opamp_ca_file, opamp_client_cert, opamp_client_key) = match raw.opamp.as_mut() {
+        Some(o) => (
+            path_key("opamp.ca_file", o.ca_file.take()),
+            path_key("opamp.client_cert", o.client_cert.take()),
+            path_key("opamp.client_key", o.client_key.take()),
+        ),
+        None => (None, None, None),
+    };
 
     let ports = raw.ports.and_then(|list| {
         let mut ports = Vec::new();
@@ -250,6 +261,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Layer, Vec<Diagnostic>> {
         state_dir,
         opamp_endpoint,
         opamp_poll_interval,
+        opamp_ca_file,
+        opamp_client_cert,
+        opamp_client_key,
         ceiling_cpu,
         ceiling_window,
         ceiling_memory,

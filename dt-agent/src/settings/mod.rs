@@ -116,6 +116,17 @@ pub struct Layer {
     /// How often to poll the OpAMP server [default: 30s] (`[opamp] poll_interval`).
     #[arg(long, value_name = "DURATION", display_order = 16, value_parser = parse_duration)]
     pub opamp_poll_interval: Option<Duration>,
+    /// CA certificates (PEM) to check an https:// OpAMP server against, instead of the
+    /// system's (`[opamp] ca_file`).
+    #[arg(long, value_name = "FILE", display_order = 16)]
+    pub opamp_ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) to present to an https:// OpAMP server that asks for one
+    /// (`[opamp] client_cert`; with --opamp-client-key).
+    #[arg(long, value_name = "FILE", display_order = 16)]
+    pub opamp_client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM) (`[opamp] client_key`).
+    #[arg(long, value_name = "FILE", display_order = 16)]
+    pub opamp_client_key: Option<PathBuf>,
     /// CPU ceiling of dt's kernel programs, as a share of all CPUs (e.g. 2% or 0.5%): over it,
     /// dt pulls its own rip cord (`[ceiling] cpu`).
     #[arg(long, value_name = "PERCENT", display_order = 17, value_parser = parse_cpu_share)]
@@ -152,9 +163,21 @@ pub struct CeilingSettings {
 /// `[opamp]`: the OpAMP server the agent takes remote rule files from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpampSettings {
-    /// `http://` URL of the server's OpAMP endpoint.
+    /// `http://` or `https://` URL of the server's OpAMP endpoint.
     pub endpoint: String,
     pub poll_interval: Duration,
+    /// For an `https://` endpoint: what the server is checked against, and the client
+    /// certificate, if any.
+    pub tls: OpampTls,
+}
+
+/// `[opamp] ca_file`, `client_cert` and `client_key`: only for an `https://` endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpampTls {
+    /// CA certificates (PEM) instead of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain and private key (PEM), presented when the server asks.
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 /// The settings `run` uses: flags > file > defaults.
@@ -247,16 +270,42 @@ pub fn resolve(file: Option<Layer>, flags: Layer) -> Result<Settings, String> {
         (None, u) => (u, "opamp.endpoint"),
     };
     let poll_interval = flags.opamp_poll_interval.or(file.opamp_poll_interval);
+    let ca_file = flags.opamp_ca_file.or(file.opamp_ca_file);
+    let client = match (
+        flags.opamp_client_cert.or(file.opamp_client_cert),
+        flags.opamp_client_key.or(file.opamp_client_key),
+    ) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err("an OpAMP client certificate is given without its key \
+                        (`[opamp] client_key` or --opamp-client-key)"
+                .to_string());
+        }
+        (None, Some(_)) => {
+            return Err("an OpAMP client key is given without its certificate \
+                        (`[opamp] client_cert` or --opamp-client-cert)"
+                .to_string());
+        }
+    };
+    let tls = OpampTls { ca_file, client };
     let opamp = match opamp_endpoint {
         Some(endpoint) => {
             check_opamp_endpoint(&endpoint).map_err(|e| format!("{key}: {e}"))?;
+            if tls != OpampTls::default() && !endpoint.starts_with("https://") {
+                return Err(format!(
+                    "{key}: {endpoint} is not https://, so an OpAMP CA file or client \
+                     certificate has no use: make it https:// or remove them"
+                ));
+            }
             Some(OpampSettings {
                 endpoint,
                 poll_interval: poll_interval.unwrap_or(DEFAULT_OPAMP_POLL),
+                tls,
             })
         }
-        None if poll_interval.is_some() => {
-            return Err("an OpAMP poll interval is given without an OpAMP endpoint \
+        None if poll_interval.is_some() || tls != OpampTls::default() => {
+            return Err("OpAMP settings are given without an OpAMP endpoint \
                         (`[opamp] endpoint` or --opamp-endpoint)"
                 .to_string());
         }

@@ -106,6 +106,9 @@ fn every_key() {
             state_dir: Some("/srv/dt/state".into()),
             opamp_endpoint: Some("http://opamp.example:4320/v1/opamp".into()),
             opamp_poll_interval: Some(Duration::from_secs(5)),
+            opamp_ca_file: None,
+            opamp_client_cert: None,
+            opamp_client_key: None,
             ceiling_cpu: Some(5000),
             ceiling_window: Some(Duration::from_secs(2)),
             ceiling_memory: Some(64 << 20),
@@ -133,6 +136,7 @@ fn every_key() {
             opamp: Some(OpampSettings {
                 endpoint: "http://opamp.example:4320/v1/opamp".into(),
                 poll_interval: Duration::from_secs(5),
+                tls: OpampTls::default(),
             }),
             ceiling: Some(CeilingSettings {
                 cpu_ppm: Some(5000),
@@ -199,6 +203,9 @@ fn flags_override_the_file() {
         state_dir: Some("/tmp/state".into()),
         opamp_endpoint: Some("http://127.0.0.1:4320/v1/opamp".into()),
         opamp_poll_interval: None,
+        opamp_ca_file: None,
+        opamp_client_cert: None,
+        opamp_client_key: None,
         ceiling_cpu: Some(20000),
         ceiling_window: None,
         ceiling_memory: None,
@@ -228,6 +235,7 @@ fn flags_override_the_file() {
             opamp: Some(OpampSettings {
                 endpoint: "http://127.0.0.1:4320/v1/opamp".into(),
                 poll_interval: Duration::from_secs(5),
+                tls: OpampTls::default(),
             }),
             // The flag's share, the file's window.
             ceiling: Some(CeilingSettings {
@@ -425,6 +433,64 @@ fn metrics_public_allows_any_address() {
     assert!(s.metrics_public);
     let e = error("metrics_addr = \"0.0.0.0:0\"\nmetrics_public = true\n");
     assert!(e.contains("the port must not be 0"), "{e}");
+}
+
+#[test]
+fn opamp_tls_files() {
+    let layer = parse_str(
+        "[opamp]\nendpoint = \"https://x/v1/opamp\"\nca_file = \"ca.pem\"\n\
+         client_cert = \"/srv/agent.pem\"\nclient_key = \"keys/agent.key\"\n",
+    )
+    .unwrap();
+    let s = resolve(Some(layer.clone()), Layer::default()).unwrap();
+    // Relative paths are the config file's directory's.
+    assert_eq!(
+        s.opamp.unwrap().tls,
+        OpampTls {
+            ca_file: Some("/etc/dt/ca.pem".into()),
+            client: Some(("/srv/agent.pem".into(), "/etc/dt/keys/agent.key".into())),
+        }
+    );
+    // A flag replaces the file's one key.
+    let flags = Layer {
+        opamp_client_key: Some("/tmp/k.pem".into()),
+        ..Layer::default()
+    };
+    let s = resolve(Some(layer), flags).unwrap();
+    assert_eq!(
+        s.opamp.unwrap().tls.client,
+        Some(("/srv/agent.pem".into(), "/tmp/k.pem".into()))
+    );
+    // A certificate without its key, and the other way round.
+    let layer =
+        parse_str("[opamp]\nendpoint = \"https://x/v1/opamp\"\nclient_cert = \"/srv/agent.pem\"\n")
+            .unwrap();
+    let e = resolve(Some(layer), Layer::default()).unwrap_err();
+    assert!(e.contains("without its key"), "{e}");
+    let flags = Layer {
+        opamp_endpoint: Some("https://x/v1/opamp".into()),
+        opamp_client_key: Some("/tmp/k.pem".into()),
+        ..Layer::default()
+    };
+    let e = resolve(None, flags).unwrap_err();
+    assert!(e.contains("without its certificate"), "{e}");
+    // Over http:// they would never be used.
+    let layer = parse_str("[opamp]\nendpoint = \"http://x/v1/opamp\"\nca_file = \"/etc/ca.pem\"\n")
+        .unwrap();
+    let e = resolve(Some(layer), Layer::default()).unwrap_err();
+    assert!(e.contains("is not https://"), "{e}");
+    // Nor without an endpoint.
+    let flags = Layer {
+        opamp_ca_file: Some("/etc/ca.pem".into()),
+        ..Layer::default()
+    };
+    let e = resolve(None, flags).unwrap_err();
+    assert!(e.contains("without an OpAMP endpoint"), "{e}");
+    let e = error("[opamp]\nendpoint = \"https://x/v1/opamp\"\nca_file = \"\"\n");
+    assert!(
+        e.starts_with("3:11: `opamp.ca_file` must not be empty"),
+        "{e}"
+    );
 }
 
 #[test]
