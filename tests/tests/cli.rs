@@ -115,6 +115,24 @@ fn cli_check_valid_files_exit_0() {
 }
 
 #[test]
+fn cli_check_reads_a_file_named_twice_once_and_says_an_empty_directory() {
+    let dir = TempRules::with_files(&[("10-a.toml", VALID_A)]);
+    let a = dir.file("10-a.toml");
+    // The directory and one of its files: that file's rules are not duplicates of themselves.
+    let o = dt_agent(&["check", dir.path().to_str().unwrap(), a.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "stderr:\n{}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("in 1 file"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let empty = TempRules::new();
+    let o = dt_agent(&["check", empty.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "stderr:\n{}", stderr(&o));
+    assert!(stderr(&o).contains("holds no rule file"), "{}", stderr(&o));
+}
+
+#[test]
 fn cli_check_unknown_key() {
     let dir = TempRules::new();
     let f = dir.write(

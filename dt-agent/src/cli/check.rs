@@ -4,17 +4,41 @@ use std::{path::PathBuf, process::ExitCode};
 
 use dt_agent::rules;
 
-/// Rule files: each directory expanded into its rule files ([`rules::rule_files`]).
+/// Rule files: each directory expanded into its rule files ([`rules::rule_files`]), each file
+/// once (`check rules/ rules/10.toml` names one file twice; its rules are not duplicates of
+/// themselves). A directory that holds no rule file is said on stderr.
 fn rule_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, rules::Diagnostic> {
-    let mut out = Vec::new();
+    let mut out: Vec<PathBuf> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for p in paths {
-        if p.is_dir() {
-            out.extend(rules::rule_files(p)?);
+        let found = if p.is_dir() {
+            let files = rules::rule_files(p)?;
+            if files.is_empty() {
+                eprintln!(
+                    "note: {} holds no rule file (*.toml whose name does not start with a dot)",
+                    p.display()
+                );
+            }
+            files
         } else {
-            out.push(p.clone());
+            vec![p.clone()]
+        };
+        for f in found {
+            if seen.insert(std::fs::canonicalize(&f).unwrap_or_else(|_| f.clone())) {
+                out.push(f);
+            }
         }
     }
     Ok(out)
+}
+
+/// `n` and the noun, in the singular for one.
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 pub fn check(paths: &[PathBuf]) -> ExitCode {
@@ -27,7 +51,11 @@ pub fn check(paths: &[PathBuf]) -> ExitCode {
     };
     match rules::check_files(&files) {
         Ok(defs) => {
-            println!("ok: {} rules in {} files", defs.len(), files.len());
+            println!(
+                "ok: {} in {}",
+                count(defs.len(), "rule"),
+                count(files.len(), "file")
+            );
             ExitCode::SUCCESS
         }
         Err(diags) => {

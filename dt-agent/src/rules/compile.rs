@@ -324,15 +324,22 @@ impl<'d> Compiler<'d> {
                 self.slots.objects.recorders = table;
             }
             None => {
-                let r = &recorders[0];
-                self.diags.push(Diagnostic::new(
-                    &r.file,
-                    r.name.pos,
+                // The first one over the limit, when this set alone has too many.
+                let r = &recorders[(MAX_RECORDERS as usize).min(recorders.len() - 1)];
+                let message = if recorders.len() > MAX_RECORDERS as usize {
+                    format!(
+                        "too many recorders: this is number {}, and a rule set has at most \
+                         {MAX_RECORDERS}",
+                        MAX_RECORDERS + 1
+                    )
+                } else {
                     format!(
                         "too many recorders: at most {MAX_RECORDERS}, counting those of the \
                          active rule set while it is replaced"
-                    ),
-                ));
+                    )
+                };
+                self.diags
+                    .push(Diagnostic::new(&r.file, r.name.pos, message));
             }
         }
         let names: Vec<&str> = states.iter().map(|s| s.name.value.as_str()).collect();
@@ -349,15 +356,21 @@ impl<'d> Compiler<'d> {
                 self.slots.objects.states = table;
             }
             None => {
-                let s = &states[0];
-                self.diags.push(Diagnostic::new(
-                    &s.file,
-                    s.name.pos,
+                let s = &states[(MAX_STATES as usize).min(states.len() - 1)];
+                let message = if states.len() > MAX_STATES as usize {
+                    format!(
+                        "too many states: this is number {}, and a rule set has at most \
+                         {MAX_STATES}",
+                        MAX_STATES + 1
+                    )
+                } else {
                     format!(
                         "too many states: at most {MAX_STATES}, counting those of the active \
                          rule set while it is replaced"
-                    ),
-                ));
+                    )
+                };
+                self.diags
+                    .push(Diagnostic::new(&s.file, s.name.pos, message));
             }
         }
     }

@@ -88,7 +88,8 @@ impl<'a> SourceText<'a> {
         let line = self.line_starts.partition_point(|&start| start <= offset);
         let start = self.line_starts[line - 1];
         let column = match self.text.get(start..offset) {
-            Some(prefix) => prefix.chars().count(),
+            // A byte order mark is no column an editor shows.
+            Some(prefix) => prefix.chars().filter(|&c| c != '\u{feff}').count(),
             None => offset - start,
         };
         Pos {
@@ -103,9 +104,192 @@ impl<'a> SourceText<'a> {
     }
 }
 
+/// A TOML or serde error message in the words of a rule or config file: `key` rather than
+/// `field`, `list` rather than `sequence`, `a whole number` rather than `i64`, a table rather
+/// than a Rust struct's name, and a likely key for an unknown one. `text` is the key or value
+/// the error points at, when known. Messages it does not recognise come back as they are.
+pub(crate) fn plain_message(message: &str, text: Option<&str>) -> String {
+    let message = message.trim_end();
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let Some((key, expected)) = rest.split_once('`')
+    {
+        let choices: Vec<&str> = expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|c| !c.is_empty())
+            .collect();
+        let hint = closest(key, &choices)
+            .map(|c| format!(" (did you mean `{c}`?)"))
+            .unwrap_or_default();
+        return if choices.is_empty() {
+            format!("unknown key `{key}`{hint}")
+        } else {
+            format!(
+                "unknown key `{key}`{hint}; the keys here are {}",
+                choices
+                    .iter()
+                    .map(|c| format!("`{c}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+    }
+    if let Some(rest) = message.strip_prefix("missing field `")
+        && let Some(key) = rest.strip_suffix('`')
+    {
+        return format!("missing key `{key}`: this table needs it");
+    }
+    if message == "duplicate key" {
+        return match text {
+            Some(key) => format!("duplicate key `{}`: a table sets each key once", key.trim()),
+            None => "duplicate key: a table sets each key once".to_string(),
+        };
+    }
+    if let Some(m) = message.strip_suffix(", expected literal string") {
+        return m.to_string();
+    }
+    let Some(rest) = message.strip_prefix("invalid type: ") else {
+        return message.to_string();
+    };
+    let Some((found, expected)) = rest.split_once(", expected ") else {
+        return message.to_string();
+    };
+    // A number too large for 64 bits comes as an i128.
+    if let Some(n) = found
+        .strip_prefix("integer `")
+        .and_then(|f| f.strip_suffix("` as i128"))
+    {
+        return format!(
+            "{n} is out of range: a whole number here is between {} and {}",
+            i64::MIN,
+            i64::MAX
+        );
+    }
+    let found = plain_found(found);
+    let expected = match expected {
+        "i64" | "u64" | "i32" | "u32" | "u16" | "u8" | "usize" => {
+            "a whole number (without quotes)".to_string()
+        }
+        "a sequence" => "a list, such as [\"a\", \"b\"]".to_string(),
+        "a boolean" => "true or false (without quotes)".to_string(),
+        "a string" => "a string in quotes".to_string(),
+        e if e.starts_with("struct ") || e == "a map" => {
+            "a table: { key = value, ... }, or a [section] of its own".to_string()
+        }
+        e => e.to_string(),
+    };
+    format!("expected {expected}, found {found}")
+}
+
+/// serde's name for what it found: `string "x"`, ``integer `3` ``, `sequence`, `map`, ...
+fn plain_found(found: &str) -> String {
+    let unquote = |s: &str| s.trim_matches('`').to_string();
+    if let Some(s) = found.strip_prefix("string ") {
+        format!("the string {s}")
+    } else if let Some(n) = found.strip_prefix("integer ") {
+        format!("the number {}", unquote(n))
+    } else if let Some(n) = found.strip_prefix("floating point ") {
+        format!("the number {}", unquote(n))
+    } else if let Some(b) = found.strip_prefix("boolean ") {
+        unquote(b)
+    } else if found == "sequence" {
+        "a list".to_string()
+    } else if found == "map" {
+        "a table".to_string()
+    } else {
+        found.to_string()
+    }
+}
+
+/// The choice within two edits of `key` (case aside), if one is.
+fn closest<'c>(key: &str, choices: &[&'c str]) -> Option<&'c str> {
+    let key = key.to_ascii_lowercase();
+    choices
+        .iter()
+        .map(|c| (edits(&key, &c.to_ascii_lowercase()), *c))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance.
+fn edits(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serde_words_become_the_files_words() {
+        let p = |m: &str| plain_message(m, None);
+        assert_eq!(
+            p("unknown field `acton`, expected one of `name`, `action`, `hooks`"),
+            "unknown key `acton` (did you mean `action`?); the keys here are `name`, `action`, \
+             `hooks`"
+        );
+        assert_eq!(
+            p("unknown field `zzz`, expected `a` or `b`"),
+            "unknown key `zzz`; the keys here are `a`, `b`"
+        );
+        assert_eq!(
+            p("missing field `action`"),
+            "missing key `action`: this table needs it"
+        );
+        assert_eq!(
+            p("invalid type: string \"10\", expected i64"),
+            "expected a whole number (without quotes), found the string \"10\""
+        );
+        assert_eq!(
+            p("invalid type: integer `99999999999999999999` as i128, expected i64"),
+            "99999999999999999999 is out of range: a whole number here is between \
+             -9223372036854775808 and 9223372036854775807"
+        );
+        assert_eq!(
+            p("invalid type: string \"user.email\", expected a sequence"),
+            "expected a list, such as [\"a\", \"b\"], found the string \"user.email\""
+        );
+        assert_eq!(
+            p("invalid type: sequence, expected a string"),
+            "expected a string in quotes, found a list"
+        );
+        assert_eq!(
+            p("invalid type: integer `10`, expected a string"),
+            "expected a string in quotes, found the number 10"
+        );
+        assert_eq!(
+            p("invalid type: string \"severity >= WARN\", expected struct RawMatch"),
+            "expected a table: { key = value, ... }, or a [section] of its own, found the \
+             string \"severity >= WARN\""
+        );
+        assert_eq!(
+            p("string values must be quoted, expected literal string"),
+            "string values must be quoted"
+        );
+        assert_eq!(
+            plain_message("duplicate key", Some("action ")),
+            "duplicate key `action`: a table sets each key once"
+        );
+        // Its own words, and ones it does not know, stay.
+        assert_eq!(p("name must not be empty"), "name must not be empty");
+        assert_eq!(
+            p("invalid type: map, expected a severity string such as \"<INFO\""),
+            "expected a severity string such as \"<INFO\", found a table"
+        );
+    }
 
     #[test]
     fn positions_are_one_based_and_count_characters() {
@@ -119,6 +303,10 @@ mod tests {
         assert_eq!(src.pos(7), Pos { line: 3, column: 1 });
         assert_eq!(src.pos(8), Pos { line: 4, column: 1 });
         assert_eq!(src.pos(100), Pos { line: 4, column: 2 });
+        // A byte order mark takes no column.
+        let src = SourceText::new(Path::new("f.toml"), "\u{feff}ab");
+        assert_eq!(src.pos(3), Pos { line: 1, column: 1 });
+        assert_eq!(src.pos(4), Pos { line: 1, column: 2 });
     }
 
     #[test]

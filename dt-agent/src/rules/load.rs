@@ -62,16 +62,58 @@ pub fn compile_dir(
     extra: &[(PathBuf, String)],
     slots: &mut SlotTable,
 ) -> anyhow::Result<Compiled> {
-    let defs = load_dir_and(dir, extra).map_err(RuleErrors)?;
-    Ok(compile(&defs, slots).map_err(RuleErrors)?)
+    let paths = rule_files(dir).map_err(|d| RuleErrors(vec![d]))?;
+    let mut loader = Loader::default();
+    loader.add_files(&paths);
+    for (label, text) in extra {
+        loader.add(label, text);
+    }
+    let order: Vec<PathBuf> = paths
+        .into_iter()
+        .chain(extra.iter().map(|(l, _)| l.clone()))
+        .collect();
+    Ok(load_and_compile(loader, &order, slots).map(|(_, c)| c)?)
 }
 
 /// Everything `dt-agent check` verifies: loads `paths` and compiles them (with a fresh
 /// [`SlotTable`]), so the kernel's size and count limits are checked too.
 pub fn check_files(paths: &[PathBuf]) -> Result<RuleSetDef, Vec<Diagnostic>> {
-    let defs = load_files(paths)?;
-    compile(&defs, &mut SlotTable::default())?;
-    Ok(defs)
+    let mut loader = Loader::default();
+    loader.add_files(paths);
+    load_and_compile(loader, paths, &mut SlotTable::default())
+        .map(|(d, _)| d)
+        .map_err(|e| e.0)
+}
+
+/// Finishes `loader` and compiles what it read. When some files or rules had problems, the
+/// rules that read well are compiled anyway (on a copy of `slots`), so that the kernel's limits
+/// they break are reported in the same run; the problems come sorted by file (in `order`),
+/// then position. `slots` changes only on success.
+fn load_and_compile(
+    loader: Loader,
+    order: &[PathBuf],
+    slots: &mut SlotTable,
+) -> Result<(RuleSetDef, Compiled), RuleErrors> {
+    let (defs, mut diags) = loader.finish_all();
+    if diags.is_empty() {
+        let compiled = compile(&defs, slots).map_err(RuleErrors)?;
+        return Ok((defs, compiled));
+    }
+    if let Err(more) = compile(&defs, &mut slots.clone()) {
+        for d in more {
+            if !diags.contains(&d) {
+                diags.push(d);
+            }
+        }
+    }
+    let rank = |d: &Diagnostic| {
+        order
+            .iter()
+            .position(|p| *p == d.file)
+            .unwrap_or(usize::MAX)
+    };
+    diags.sort_by_key(|d| (rank(d), d.pos()));
+    Err(RuleErrors(diags))
 }
 
 /// The rule files of `dir`: the `*.toml` files directly in it whose names do not start with `.`
@@ -130,6 +172,35 @@ fn is_rule_file_name(path: &Path) -> bool {
     !name.starts_with('.') && path.extension() == Some(OsStr::new("toml"))
 }
 
+/// The text of a rule file; a file that cannot be read, or is not UTF-8, is a diagnostic (for
+/// bytes that are not UTF-8, at the first of them).
+fn read_rule_file(path: &Path) -> Result<String, Diagnostic> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::NotFound => "no such file".to_string(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+            std::io::ErrorKind::IsADirectory => "a directory, not a file".to_string(),
+            _ => e.to_string(),
+        };
+        Diagnostic::new(path, Pos::START, format!("cannot read rule file: {why}"))
+    })?;
+    String::from_utf8(bytes).map_err(|e| {
+        let good = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        // The valid text before the bad byte gives its line and column.
+        let before = std::str::from_utf8(&bytes[..good]).unwrap_or_default();
+        let pos = SourceText::new(path, before).pos(good);
+        Diagnostic::new(
+            path,
+            pos,
+            format!(
+                "byte 0x{:02X} is not UTF-8: a rule file is UTF-8 text (save it so)",
+                bytes[good]
+            ),
+        )
+    })
+}
+
 /// Accumulates the rules and diagnostics of a rule set, file by file.
 #[derive(Default)]
 struct Loader {
@@ -149,13 +220,9 @@ impl Loader {
     /// Reads and adds each file; one that cannot be read is a diagnostic.
     fn add_files(&mut self, paths: &[PathBuf]) {
         for path in paths {
-            match std::fs::read_to_string(path) {
+            match read_rule_file(path) {
                 Ok(text) => self.add(path, &text),
-                Err(e) => self.fail(Diagnostic::new(
-                    path,
-                    Pos::START,
-                    format!("cannot read rule file: {e}"),
-                )),
+                Err(d) => self.fail(d),
             }
         }
     }
@@ -304,19 +371,26 @@ impl Loader {
         self.diags.extend(diags);
     }
 
-    fn finish(mut self) -> Result<RuleSetDef, Vec<Diagnostic>> {
+    fn finish(self) -> Result<RuleSetDef, Vec<Diagnostic>> {
+        let (defs, diags) = self.finish_all();
+        if diags.is_empty() {
+            Ok(defs)
+        } else {
+            Err(diags)
+        }
+    }
+
+    /// What was read well, and every problem found.
+    fn finish_all(mut self) -> (RuleSetDef, Vec<Diagnostic>) {
         self.link_probes();
         self.link_objects();
-        if self.diags.is_empty() {
-            Ok(RuleSetDef {
-                rules: self.rules,
-                recorders: self.recorders,
-                states: self.states,
-                enrich: self.enrich,
-            })
-        } else {
-            Err(self.diags)
-        }
+        let defs = RuleSetDef {
+            rules: self.rules,
+            recorders: self.recorders,
+            states: self.states,
+            enrich: self.enrich,
+        };
+        (defs, self.diags)
     }
 }
 

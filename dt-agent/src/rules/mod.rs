@@ -20,7 +20,7 @@
 mod ac;
 mod bits;
 mod compile;
-mod diag;
+pub(crate) mod diag;
 mod env;
 mod load;
 mod model;

@@ -92,7 +92,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Layer, Vec<Diagnostic>> {
     let src = SourceText::new(path, text);
     let mut raw: RawFile = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
-        let message = e.message().trim_end();
+        let message = &crate::rules::diag::plain_message(e.message(), text.get(span.clone()));
         // A type error points into a value: name the key it belongs to.
         let message = match key_of_value(text, &span) {
             Some(key) => format!("`{key}`: {message}"),

@@ -295,6 +295,18 @@ fn remove_key_at(value: &mut DeValue, span: &std::ops::Range<usize>) -> bool {
     }
 }
 
+/// Why `name` (of a rule, probe, recorder or state) cannot be one: it holds a control
+/// character (a line break, a tab), which would break `rules` and `stats` tables and metric
+/// labels.
+pub(super) fn bad_name_char(name: &str) -> Option<String> {
+    let c = name.chars().find(|c| c.is_control())?;
+    Some(format!(
+        "name {name:?} holds the control character {:?}: a name is one line of printable \
+         characters",
+        c
+    ))
+}
+
 /// The result of a table's own checks, after the problems found reading it ([`read_table`]).
 pub(super) fn with_read_problems<T>(
     read: Vec<Diagnostic>,
@@ -313,7 +325,12 @@ pub(super) fn toml_error(
     error: &toml::de::Error,
     fallback: std::ops::Range<usize>,
 ) -> Diagnostic {
-    src.diag(error.span().unwrap_or(fallback), error.message().trim_end())
+    let span = error.span().unwrap_or(fallback);
+    let text = src.text.get(span.clone());
+    src.diag(
+        span,
+        crate::rules::diag::plain_message(error.message(), text),
+    )
 }
 
 pub(super) fn at<T>(src: &SourceText, spanned: Spanned<T>) -> At<T> {
@@ -326,6 +343,14 @@ fn parse_rule(src: &SourceText, table: &Spanned<DeValue>) -> Result<RuleDef, Vec
         return Err(vec![
             src.diag(table.span(), "a rule must be a table: write [[rule]]"),
         ]);
+    }
+    if let Some(m) = table.get_ref().as_table().and_then(|t| t.get("match"))
+        && m.get_ref().is_array()
+    {
+        return Err(vec![src.diag(
+            m.span(),
+            "a rule has one `match` table: write [rule.match], not [[rule.match]]",
+        )]);
     }
     let (raw, read) = read_table::<RawRule>(src, table);
     let Some(raw) = raw else {
@@ -521,6 +546,8 @@ impl<'s, 'a> RuleChecker<'s, 'a> {
                 name,
                 format!("name is {len} bytes; the limit is {MAX_NAME_LEN}"),
             );
+        } else if let Some(why) = bad_name_char(name.get_ref()) {
+            self.error(name, why);
         }
     }
 
@@ -549,6 +576,19 @@ impl<'s, 'a> RuleChecker<'s, 'a> {
             ActionKind::RateLimit => {
                 let per_second =
                     self.required_count(&raw.action, "per_second", raw.per_second.as_ref())?;
+                if per_second > dt_ebpf_common::MAX_RATE
+                    && let Some(at) = raw.per_second.as_ref()
+                {
+                    // The kernel's limit (compile checks it too): said here, at the value.
+                    self.error(
+                        at,
+                        format!(
+                            "per_second is {per_second}; the limit is {} (one a nanosecond)",
+                            dt_ebpf_common::MAX_RATE
+                        ),
+                    );
+                    return None;
+                }
                 Some(Action::RateLimit { per_second })
             }
             ActionKind::Redact => self.redact(raw),
@@ -798,10 +838,25 @@ impl<'s, 'a> RuleChecker<'s, 'a> {
             .collect();
         let event_name = raw.event_name.map(|e| self.non_empty(e, "event_name"));
         let state = raw.state.map(|s| {
-            let off = s.get_ref().starts_with('!');
-            let name = s.get_ref().trim_start_matches('!').to_string();
+            let text = s.get_ref();
+            let off = text.starts_with('!');
+            let name = text.strip_prefix('!').unwrap_or(text).to_string();
             if name.is_empty() {
-                self.error(&s, "state names a [[state]]: write \"NAME\" or \"!NAME\"");
+                self.error(
+                    &s,
+                    format!(
+                        "state {text:?} names no state: write \"NAME\" (the state is on) or \
+                         \"!NAME\" (it is off)"
+                    ),
+                );
+            } else if name.starts_with('!') {
+                self.error(
+                    &s,
+                    format!(
+                        "state {text:?}: write \"NAME\" (the state is on) or \"!NAME\" (it is \
+                         off), with one \"!\""
+                    ),
+                );
             }
             let pos = self.src.pos(s.span().start);
             (At::new(name, pos), off)

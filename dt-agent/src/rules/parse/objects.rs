@@ -127,6 +127,8 @@ pub(super) fn object_name(src: &SourceText, name: &Spanned<String>, diags: &mut 
             name.span(),
             format!("name is {len} bytes; the limit is {}", MAX_NAME_LEN - 1),
         ));
+    } else if let Some(why) = super::bad_name_char(name.get_ref()) {
+        diags.push(src.diag(name.span(), why));
     }
 }
 
@@ -181,6 +183,13 @@ pub(super) fn parse_state(
 ) -> Result<StateDef, Vec<Diagnostic>> {
     let (raw, mut diags): (RawState, _) = table(src, t, "state")?;
     object_name(src, &raw.name, &mut diags);
+    if raw.name.get_ref().starts_with('!') {
+        diags.push(src.diag(
+            raw.name.span(),
+            "a state's name must not start with \"!\": a rule's `state = \"!NAME\"` means \
+             the state NAME is off",
+        ));
+    }
     let duration = match parse_duration(raw.duration.get_ref()) {
         Ok(d) if (MIN_STATE_DURATION..=MAX_STATE_DURATION).contains(&d) => Some(d),
         Ok(_) => {
@@ -225,10 +234,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(ms))
 }
 
-/// `"4MiB"`, `"512KiB"`, `"1048576"`: a whole number of bytes, KiB or MiB.
+/// `"4MiB"`, `"512KiB"`, `"1GiB"`, `"1048576"`: a whole number of bytes, KiB, MiB or GiB.
+/// (Each use checks its own range.)
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let bad =
-        || format!("\"{text}\" is not a size: write a whole number and KiB or MiB, as \"4MiB\"");
+    let bad = || {
+        format!("\"{text}\" is not a size: write a whole number and KiB, MiB or GiB, as \"4MiB\"")
+    };
     let digits = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
@@ -238,6 +249,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "" | "B" => Some(n),
         "KiB" => n.checked_mul(1 << 10),
         "MiB" => n.checked_mul(1 << 20),
+        "GiB" => n.checked_mul(1 << 30),
         _ => None,
     }
     .ok_or_else(bad)
@@ -257,6 +269,7 @@ mod tests {
         assert_eq!(parse_size("4MiB"), Ok(4 << 20));
         assert_eq!(parse_size("64KiB"), Ok(64 << 10));
         assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
         assert!(parse_size("4MB").is_err());
     }
 }

@@ -108,6 +108,8 @@ impl ProbeChecker<'_, '_> {
                 &raw.name,
                 format!("name is {len} bytes; the limit is {MAX_NAME_LEN}"),
             );
+        } else if let Some(why) = super::bad_name_char(raw.name.get_ref()) {
+            self.error(&raw.name, why);
         }
         let preset = raw.preset.as_ref().and_then(|p| {
             let found = PRESETS.iter().find(|(name, _)| name == p.get_ref());

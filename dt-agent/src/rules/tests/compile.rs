@@ -176,11 +176,13 @@ fn sample_rate_limit_and_redact_are_encoded() {
 #[test]
 fn rate_limit_per_second_has_a_limit() {
     let text = "[[rule]]\nname = \"a\"\naction = \"rate_limit\"\nper_second = 2000000000\n";
-    assert!(load(text).is_ok());
+    // Said where the value is.
     assert_eq!(
         error(text),
-        "r.toml:3:10: per_second is 2000000000; the limit is 1000000000 (one a nanosecond)"
+        "r.toml:4:14: per_second is 2000000000; the limit is 1000000000 (one a nanosecond)"
     );
+    let text = text.replace("2000000000", "1000000000");
+    assert!(load(&text).is_ok());
 }
 
 #[test]
@@ -331,14 +333,14 @@ fn every_compile_error_is_reported() {
         "{}{}",
         rule_with_match(
             "a",
-            "sample",
+            "count",
             &format!("body_contains = \"{}\"", "x".repeat(200))
         ),
         rule_with_match("b", "drop", &format!("service = \"{}\"", "s".repeat(200))),
-    )
-    .replace(
-        "action = \"sample\"",
-        "action = \"rate_limit\"\nper_second = 2000000000",
+    ) + &rule_with_match(
+        "c",
+        "drop",
+        &format!("body_contains = \"{}\"", "y".repeat(300)),
     );
     let errors = errors(&text);
     assert_eq!(errors.len(), 3, "{errors:#?}");
@@ -430,18 +432,31 @@ fn check_files_applies_compile_limits() {
     let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,
-        rule("b", "rate_limit").replace("rate_limit\"", "rate_limit\"\nper_second = 2000000000"),
+        rule_with_match(
+            "b",
+            "drop",
+            &format!("body_contains = \"{}\"", "x".repeat(200)),
+        ),
     )
     .unwrap();
     assert_eq!(check_files(std::slice::from_ref(&good)).unwrap().len(), 1);
-    let diags = check_files(&[good, bad.clone()]).unwrap_err();
-    assert_eq!(
-        diags[0].to_string(),
-        format!(
-            "{}:3:10: per_second is 2000000000; the limit is 1000000000 (one a nanosecond)",
-            bad.display()
-        )
+    let diags = check_files(&[good.clone(), bad.clone()]).unwrap_err();
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert!(
+        diags[0]
+            .to_string()
+            .starts_with(&format!("{}:", bad.display()))
+            && diags[0].message.contains("body_contains"),
+        "{}",
+        diags[0]
     );
+    // A limit is reported with the set's other problems, not after them: the kernel's limits
+    // are checked on the rules that read well.
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(&typo, rule("c", "drop").replace("action", "acton")).unwrap();
+    let diags = check_files(&[good, bad.clone(), typo.clone()]).unwrap_err();
+    let files: Vec<_> = diags.iter().map(|d| d.file.clone()).collect();
+    assert_eq!(files, vec![bad, typo.clone(), typo], "{diags:#?}");
 }
 
 #[test]
@@ -652,8 +667,8 @@ fn enrich_mistakes_are_errors_where_they_are() {
     assert_eq!(
         errors("[enrich]\nattributes = [\"host.name\"]\n"),
         [
-            "r.toml:1:1: missing field `resource_attributes`",
-            "r.toml:2:1: unknown field `attributes`, expected `resource_attributes`",
+            "r.toml:1:1: missing key `resource_attributes`: this table needs it",
+            "r.toml:2:1: unknown key `attributes`; the keys here are `resource_attributes`",
         ]
     );
 }

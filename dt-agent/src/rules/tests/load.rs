@@ -137,7 +137,7 @@ fn empty_file_is_an_empty_rule_set() {
 #[test]
 fn unknown_rule_key_is_an_error_at_the_key() {
     let e = error("[[rule]]\nname = \"a\"\naction = \"drop\"\nnme = \"x\"\n");
-    assert!(e.starts_with("r.toml:4:1: unknown field `nme`"), "{e}");
+    assert!(e.starts_with("r.toml:4:1: unknown key `nme`"), "{e}");
 }
 
 #[test]
@@ -145,7 +145,7 @@ fn unknown_match_key_is_an_error_at_the_key() {
     let e = error(
         "[[rule]]\nname = \"a\"\naction = \"drop\"\n[rule.match]\nseverity = \"INFO\"\n  body = \"x\"\n",
     );
-    assert!(e.starts_with("r.toml:6:3: unknown field `body`"), "{e}");
+    assert!(e.starts_with("r.toml:6:3: unknown key `body`"), "{e}");
 }
 
 #[test]
@@ -158,7 +158,7 @@ fn every_unknown_key_of_a_table_is_reported_with_the_tables_other_problems() {
     );
     assert_eq!(e.len(), 3, "{e:#?}");
     assert!(
-        e[0].starts_with("r.toml:4:1: unknown field `keep_one`"),
+        e[0].starts_with("r.toml:4:1: unknown key `keep_one`"),
         "{e:#?}"
     );
     assert!(
@@ -166,7 +166,7 @@ fn every_unknown_key_of_a_table_is_reported_with_the_tables_other_problems() {
         "{e:#?}"
     );
     assert!(
-        e[2].starts_with("r.toml:7:1: unknown field `servce`"),
+        e[2].starts_with("r.toml:7:1: unknown key `servce`"),
         "{e:#?}"
     );
     // A required key misspelt: every unknown key, and the missing one; the values wait until
@@ -177,19 +177,19 @@ fn every_unknown_key_of_a_table_is_reported_with_the_tables_other_problems() {
     );
     assert_eq!(e.len(), 4, "{e:#?}");
     assert!(
-        e[0].starts_with("r.toml:1:1: missing field `action`"),
+        e[0].starts_with("r.toml:1:1: missing key `action`: this table needs it"),
         "{e:#?}"
     );
     assert!(
-        e[1].starts_with("r.toml:3:1: unknown field `acton`"),
+        e[1].starts_with("r.toml:3:1: unknown key `acton`"),
         "{e:#?}"
     );
     assert!(
-        e[2].starts_with("r.toml:4:1: unknown field `keep_one`"),
+        e[2].starts_with("r.toml:4:1: unknown key `keep_one`"),
         "{e:#?}"
     );
     assert!(
-        e[3].starts_with("r.toml:7:1: unknown field `servce`"),
+        e[3].starts_with("r.toml:7:1: unknown key `servce`"),
         "{e:#?}"
     );
 }
@@ -201,7 +201,7 @@ fn an_unknown_key_and_a_bad_value_are_both_reported() {
         e,
         [
             "r.toml:2:8: name must not be empty",
-            "r.toml:4:1: unknown field `nme`, expected one of `name`, `action`, `hooks`, \
+            "r.toml:4:1: unknown key `nme` (did you mean `name`?); the keys here are `name`, `action`, `hooks`, \
              `keep_one_in`, `per_second`, `remove_attributes`, `mask_body`, `recorder`, `flush`, \
              `set_state`, `cooldown`, `threshold`, `group_by`, `max_groups`, `match`"
         ]
@@ -215,7 +215,7 @@ fn an_unknown_key_and_a_bad_value_are_both_reported() {
     assert_eq!(e.len(), 2, "{e:#?}");
     assert!(e[0].starts_with("r.toml:5:23: "), "{e:#?}");
     assert!(
-        e[1].starts_with("r.toml:5:41: unknown field `windw`"),
+        e[1].starts_with("r.toml:5:41: unknown key `windw`"),
         "{e:#?}"
     );
 }
@@ -246,23 +246,23 @@ fn wrong_types_are_errors_at_the_value() {
     let cases = [
         (
             "name = 5\naction = \"drop\"",
-            "r.toml:2:8: invalid type: integer `5`, expected a string",
+            "r.toml:2:8: expected a string in quotes, found the number 5",
         ),
         (
             "name = \"a\"\naction = 1",
-            "r.toml:3:10: invalid type: integer `1`, expected a string",
+            "r.toml:3:10: expected a string in quotes, found the number 1",
         ),
         (
             "name = \"a\"\naction = \"sample\"\nkeep_one_in = \"3\"",
-            "r.toml:4:15: invalid type: string \"3\"",
+            "r.toml:4:15: expected a whole number (without quotes), found the string \"3\"",
         ),
         (
             "name = \"a\"\naction = \"redact\"\nmask_body = \"yes\"",
-            "r.toml:4:13: invalid type: string \"yes\", expected a boolean",
+            "r.toml:4:13: expected true or false (without quotes), found the string \"yes\"",
         ),
         (
             "name = \"a\"\naction = \"drop\"\nhooks = \"otlp\"",
-            "r.toml:4:9: invalid type: string \"otlp\", expected a sequence",
+            "r.toml:4:9: expected a list, such as [\"a\", \"b\"], found the string \"otlp\"",
         ),
         (
             "name = \"a\"\naction = \"drop\"\nmatch = { attributes = { x = 1.5 } }",
@@ -270,15 +270,15 @@ fn wrong_types_are_errors_at_the_value() {
         ),
         (
             "name = \"a\"\naction = \"drop\"\nmatch = { severity = true }",
-            "r.toml:4:22: invalid type: boolean `true`, expected a severity string",
+            "r.toml:4:22: expected a severity string",
         ),
         (
             "name = \"a\"\naction = \"drop\"\nmatch = { service = [\"x\"] }",
-            "r.toml:4:21: invalid type: sequence, expected a string",
+            "r.toml:4:21: expected a string in quotes, found a list",
         ),
         (
             "name = \"a\"\naction = \"drop\"\nmatch = 3",
-            "r.toml:4:9: invalid type: integer `3`",
+            "r.toml:4:9: expected a table: { key = value, ... }, or a [section] of its own, found the number 3",
         ),
     ];
     for (body, want) in cases {
@@ -290,9 +290,9 @@ fn wrong_types_are_errors_at_the_value() {
 #[test]
 fn missing_required_keys_are_errors_at_the_table() {
     let e = error("\n[[rule]]\naction = \"drop\"\n");
-    assert_eq!(e, "r.toml:2:1: missing field `name`");
+    assert_eq!(e, "r.toml:2:1: missing key `name`: this table needs it");
     let e = error("[[rule]]\nname = \"a\"\n");
-    assert_eq!(e, "r.toml:1:1: missing field `action`");
+    assert_eq!(e, "r.toml:1:1: missing key `action`: this table needs it");
 }
 
 #[test]
@@ -491,7 +491,7 @@ fn every_bad_rule_of_a_file_is_reported() {
     let errors = errors(&text);
     assert_eq!(errors.len(), 2, "{errors:#?}");
     assert!(errors[0].starts_with("r.toml:3:10: unknown action \"nope\""));
-    assert!(errors[1].starts_with("r.toml:10:1: unknown field `extra`"));
+    assert!(errors[1].starts_with("r.toml:10:1: unknown key `extra`"));
 }
 
 #[test]
@@ -636,14 +636,70 @@ fn a_table_lists_at_most_16_unknown_keys() {
     }
     let e = errors(&text);
     assert_eq!(e.len(), 17, "{e:#?}");
-    let unknown = e
-        .iter()
-        .filter(|d| d.contains(": unknown field `k"))
-        .count();
+    let unknown = e.iter().filter(|d| d.contains(": unknown key `k")).count();
     assert_eq!(unknown, 16, "{e:#?}");
     assert!(
         e.iter().any(|d| d
             .starts_with("r.toml:1:1: this table has 16 unknown keys; any more are not listed")),
         "{e:#?}"
     );
+}
+
+#[test]
+fn names_are_one_line_and_states_are_named_once() {
+    let e = error("[[rule]]\nname = \"drop debug\\nnoise\"\naction = \"drop\"\n");
+    assert!(
+        e.starts_with("r.toml:2:8: name \"drop debug\\nnoise\" holds the control character"),
+        "{e}"
+    );
+    let state = "[[state]]\nname = \"incident\"\nduration = \"1m\"\n";
+    let rule_with_state = |s: &str| {
+        format!("[[rule]]\nname = \"a\"\naction = \"drop\"\n[rule.match]\nstate = \"{s}\"\n{state}")
+    };
+    assert!(load(&rule_with_state("incident")).is_ok());
+    assert!(load(&rule_with_state("!incident")).is_ok());
+    // "!!incident" once meant "off": it is refused, not read either way.
+    let e = error(&rule_with_state("!!incident"));
+    assert!(
+        e.starts_with("r.toml:5:9: state \"!!incident\": write \"NAME\""),
+        "{e}"
+    );
+    let e = error(&rule_with_state("!"));
+    assert!(
+        e.starts_with("r.toml:5:9: state \"!\" names no state"),
+        "{e}"
+    );
+    let e = errors("[[state]]\nname = \"!x\"\nduration = \"1m\"\n");
+    assert!(
+        e[0].starts_with("r.toml:2:8: a state's name must not start with \"!\""),
+        "{e:#?}"
+    );
+}
+
+#[test]
+fn a_match_array_and_bytes_that_are_not_utf8_are_said_plainly() {
+    let e =
+        error("[[rule]]\nname = \"a\"\naction = \"drop\"\n[[rule.match]]\nseverity = \"DEBUG\"\n");
+    assert!(
+        e.ends_with("a rule has one `match` table: write [rule.match], not [[rule.match]]"),
+        "{e}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("latin1.toml");
+    fs::write(&f, b"[[rule]]\nname = \"caf\xe9\"\naction = \"drop\"\n").unwrap();
+    let d = load_files(std::slice::from_ref(&f)).unwrap_err();
+    assert_eq!(
+        d[0].pos(),
+        Pos {
+            line: 2,
+            column: 12
+        }
+    );
+    assert_eq!(
+        d[0].message,
+        "byte 0xE9 is not UTF-8: a rule file is UTF-8 text (save it so)"
+    );
+    let missing = dir.path().join("missing.toml");
+    let d = load_files(std::slice::from_ref(&missing)).unwrap_err();
+    assert_eq!(d[0].message, "cannot read rule file: no such file");
 }

@@ -102,7 +102,9 @@ fn mistakes_are_reported_where_they_are() {
     let e = errors("[[recorder]]\nname = \"r\"\nsize = \"4MB\"\n");
     assert_eq!(
         e,
-        ["r.toml:3:8: \"4MB\" is not a size: write a whole number and KiB or MiB, as \"4MiB\""]
+        [
+            "r.toml:3:8: \"4MB\" is not a size: write a whole number and KiB, MiB or GiB, as \"4MiB\""
+        ]
     );
     let e = errors("[[recorder]]\nname = \"r\"\nsize = \"128MiB\"\n");
     assert_eq!(
@@ -115,23 +117,17 @@ fn mistakes_are_reported_where_they_are() {
         "{e:?}"
     );
     let e = errors("[[recorder]]\nname = \"r\"\nsizes = 1\n");
-    assert!(
-        e[0].starts_with("r.toml:3:1: unknown field `sizes`"),
-        "{e:?}"
-    );
+    assert!(e[0].starts_with("r.toml:3:1: unknown key `sizes`"), "{e:?}");
     // Every unknown key, and the table's other problems with them.
     let e = errors("[[recorder]]\nname = \"r\"\nsizes = 1\nsize = \"4MB\"\nmax_rec = 1\n");
     assert_eq!(e.len(), 3, "{e:?}");
-    assert!(
-        e[0].starts_with("r.toml:3:1: unknown field `sizes`"),
-        "{e:?}"
-    );
+    assert!(e[0].starts_with("r.toml:3:1: unknown key `sizes`"), "{e:?}");
     assert!(
         e[1].starts_with("r.toml:4:8: \"4MB\" is not a size"),
         "{e:?}"
     );
     assert!(
-        e[2].starts_with("r.toml:5:1: unknown field `max_rec`"),
+        e[2].starts_with("r.toml:5:1: unknown key `max_rec`"),
         "{e:?}"
     );
     let e = errors("[[state]]\nname = \"\"\nduration = \"1m\"\nlast = 1\n");
@@ -140,20 +136,14 @@ fn mistakes_are_reported_where_they_are() {
         e[0].starts_with("r.toml:2:8: name must not be empty"),
         "{e:?}"
     );
-    assert!(
-        e[1].starts_with("r.toml:4:1: unknown field `last`"),
-        "{e:?}"
-    );
+    assert!(e[1].starts_with("r.toml:4:1: unknown key `last`"), "{e:?}");
     let e = errors("[enrich]\nresource_attributes = [\"pid\"]\nextra = 1\n");
     assert_eq!(e.len(), 2, "{e:?}");
     assert!(
         e[0].starts_with("r.toml:2:24: unknown resource attribute \"pid\""),
         "{e:?}"
     );
-    assert!(
-        e[1].starts_with("r.toml:3:1: unknown field `extra`"),
-        "{e:?}"
-    );
+    assert!(e[1].starts_with("r.toml:3:1: unknown key `extra`"), "{e:?}");
     let e = errors("[[state]]\nname = \"s\"\nduration = \"2d\"\n");
     assert!(
         e[0].starts_with("r.toml:3:12: \"2d\" is not a duration"),

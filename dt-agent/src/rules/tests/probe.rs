@@ -190,7 +190,7 @@ fn probe_errors_point_at_their_key() {
         ),
         (
             "preset = \"syslog\"\nsymbl = \"x\"\n",
-            "r.toml:4:1: unknown field `symbl`, expected one of `name`, `preset`, `binary`, `symbol`, `severity_arg`, `severity_map`, `severity`, `message_arg`, `pid`, `service`",
+            "r.toml:4:1: unknown key `symbl` (did you mean `symbol`?); the keys here are `name`, `preset`, `binary`, `symbol`, `severity_arg`, `severity_map`, `severity`, `message_arg`, `pid`, `service`",
         ),
     ];
     for (body, want) in cases {
