@@ -524,10 +524,16 @@ impl<'s, 'a> RuleChecker<'s, 'a> {
             toml::Value::Integer(i) => AttrValue::Int(*i),
             toml::Value::Boolean(b) => AttrValue::Bool(*b),
             other => {
+                // `{ http.route = "/x" }` is the table http = { route = "/x" } in TOML.
+                let hint = if other.is_table() {
+                    "; a key with dots needs quotes: { \"http.route\" = \"/healthz\" }"
+                } else {
+                    ""
+                };
                 self.error(
                     &value,
                     format!(
-                        "an attribute value is a string, an integer or a boolean, not {}",
+                        "an attribute value is a string, an integer or a boolean, not {}{hint}",
                         other.type_str()
                     ),
                 );
