@@ -429,7 +429,8 @@ def main():
         print(json.dumps({"listening": args.host, "port": port, "protobuf": backend}), flush=True)
         while not stop.wait(0.5):
             pass
-        grpc_server.stop(grace=None)
+        # Wait for calls in progress, which write to the results, before closing them.
+        grpc_server.stop(grace=None).wait()
         results.close()
         return 0
     serving = threading.Thread(target=server.serve_forever, name="serve", daemon=True)

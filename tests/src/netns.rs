@@ -34,7 +34,7 @@ fn ip(args: &[&str]) -> Result<(), String> {
 
 impl Netns {
     /// A fresh namespace `dt-test-<pid>-<n>` and a veth pair `dtv<n><pid>h` (host) /
-    /// `...n` (namespace) with the /30 `10.213.<n>.0`: host .1, namespace .2. `Err` says why
+    /// `...n` (namespace) with a free /30 `198.18.x.0`: host .1, namespace .2. `Err` says why
     /// it could not be made (no `ip`, no CAP_NET_ADMIN).
     pub fn new() -> Result<Netns, String> {
         sweep_stale();
@@ -45,9 +45,24 @@ impl Netns {
         // Interface names have at most 15 bytes.
         let host_if = format!("dtv{n}h{pid}");
         let ns_if = format!("dtv{n}n{pid}");
-        let third = (pid as u32 * 7 + n) % 250;
-        let host = Ipv4Addr::new(10, 213, third as u8, 1);
-        let inner = Ipv4Addr::new(10, 213, third as u8, 2);
+        // A /30 of 198.18.0.0/15 (set aside for tests of network devices, RFC 2544) that no
+        // interface here has yet: another test process may be using one.
+        let used = Command::new("ip")
+            .args(["-o", "-4", "addr", "show"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let start = pid * 7 + n;
+        let (host, inner) = (0..256u32)
+            .map(|k| (start + k) % 256)
+            .map(|third| {
+                (
+                    Ipv4Addr::new(198, 18, third as u8, 1),
+                    Ipv4Addr::new(198, 18, third as u8, 2),
+                )
+            })
+            .find(|(h, _)| !used.contains(&format!("inet {h}/")))
+            .ok_or("no free 198.18.x.0/30 for a veth pair")?;
         let ns = Netns {
             name: name.clone(),
             host_if: host_if.clone(),
@@ -70,6 +85,17 @@ impl Netns {
         exec(&["link", "set", &ns_if, "up"])?;
         exec(&["link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// Bytes the host's end of the pair has received: what the namespace sent it.
+    pub fn host_rx_bytes(&self) -> u64 {
+        std::fs::read_to_string(format!(
+            "/sys/class/net/{}/statistics/rx_bytes",
+            self.host_if
+        ))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
     }
 
     /// `cmd` run inside the namespace (`ip netns exec`), with its environment.

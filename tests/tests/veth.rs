@@ -40,6 +40,17 @@ fn netns_or_skip(test: &str) -> Option<Netns> {
     }
 }
 
+/// The requests came over the veth pair, not some other way: the host's end received at least
+/// the bytes the receiver read.
+fn assert_crossed(ns: &Netns, rx_before: u64, receiver: &Receiver) {
+    let crossed = ns.host_rx_bytes() - rx_before;
+    assert!(
+        crossed >= receiver.total_bytes(),
+        "{crossed} bytes crossed the veth pair, the receiver read {}",
+        receiver.total_bytes()
+    );
+}
+
 /// Checks what `receiver` got, and the agent's counters, against the model for `sent`.
 fn check(name: &str, receiver: &Receiver, stats: &dt_agent::Stats, sent: &[SentRecord]) {
     let rules = rules();
@@ -80,9 +91,11 @@ fn python_exporter_across_a_veth_pair_is_filtered() {
 
     // Batches of 400 records: requests of about 60 KiB, some 40 segments each on the link.
     let plan = ExportPlan::mixed(4_000, &["checkout", "payments", "inventory"], 400);
+    let rx0 = ns.host_rx_bytes();
     let report = export_with_python_in_netns(&receiver.logs_url(), &plan, &ns);
     report.assert_all_ok(plan.total());
     receiver.wait_for(report.batches_ok, WAIT);
+    assert_crossed(&ns, rx0, &receiver);
     let stats = stats_of(&agent);
     drop(agent);
     assert_eq!(stats.totals.log_requests, report.batches_ok as u64);
@@ -105,9 +118,11 @@ fn node_exporter_across_a_veth_pair_is_filtered() {
     let agent = start_agent(&dir, &[receiver.port()]);
 
     let plan = ExportPlan::mixed(4_000, &["checkout", "payments", "inventory"], 400);
+    let rx0 = ns.host_rx_bytes();
     let report = export_with_node_in_netns(&receiver.logs_url(), &plan, &ns);
     report.assert_all_ok(plan.total());
     receiver.wait_for(report.batches_ok, WAIT);
+    assert_crossed(&ns, rx0, &receiver);
     let stats = stats_of(&agent);
     drop(agent);
     // Node sends every export chunked, and dt walks and edits them all.

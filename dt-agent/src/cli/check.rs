@@ -4,12 +4,14 @@ use std::{path::PathBuf, process::ExitCode};
 
 use dt_agent::rules;
 
-/// Rule files: each directory expanded into its rule files ([`rules::rule_files`]), each file
-/// once (`check rules/ rules/10.toml` names one file twice; its rules are not duplicates of
-/// themselves). A directory that holds no rule file is said on stderr.
+/// Rule files: each directory expanded into its rule files ([`rules::rule_files`]). A file that
+/// an earlier argument already gave (`check rules/ rules/10.toml`) is read once: its rules are
+/// not duplicates of themselves. Within one directory every file counts, as `run` reads them
+/// (two links to one file there are two files). A directory that holds no rule file is said on
+/// stderr.
 fn rule_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, rules::Diagnostic> {
     let mut out: Vec<PathBuf> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
+    let mut earlier = std::collections::HashSet::new();
     for p in paths {
         let found = if p.is_dir() {
             let files = rules::rule_files(p)?;
@@ -23,11 +25,14 @@ fn rule_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, rules::Diagnostic> {
         } else {
             vec![p.clone()]
         };
-        for f in found {
-            if seen.insert(std::fs::canonicalize(&f).unwrap_or_else(|_| f.clone())) {
+        let canonical = |f: &PathBuf| std::fs::canonicalize(f).unwrap_or_else(|_| f.clone());
+        let this: Vec<PathBuf> = found.iter().map(canonical).collect();
+        for (f, c) in found.into_iter().zip(&this) {
+            if !earlier.contains(c) {
                 out.push(f);
             }
         }
+        earlier.extend(this);
     }
     Ok(out)
 }

@@ -88,8 +88,10 @@ impl<'a> SourceText<'a> {
         let line = self.line_starts.partition_point(|&start| start <= offset);
         let start = self.line_starts[line - 1];
         let column = match self.text.get(start..offset) {
-            // A byte order mark is no column an editor shows.
-            Some(prefix) => prefix.chars().filter(|&c| c != '\u{feff}').count(),
+            // A byte order mark at the start of the file is no column an editor shows.
+            Some(prefix) => {
+                prefix.chars().count() - usize::from(start == 0 && prefix.starts_with('\u{feff}'))
+            }
             None => offset - start,
         };
         Pos {
@@ -149,10 +151,22 @@ pub(crate) fn plain_message(message: &str, text: Option<&str>) -> String {
     if let Some(m) = message.strip_suffix(", expected literal string") {
         return m.to_string();
     }
+    // 2^63 to 2^64 - 1 come as a u64 that is no i64.
+    if let Some(n) = message
+        .strip_prefix("invalid value: integer `")
+        .and_then(|r| r.strip_suffix("`, expected i64"))
+    {
+        return format!(
+            "{n} is out of range: a whole number here is between {} and {}",
+            i64::MIN,
+            i64::MAX
+        );
+    }
     let Some(rest) = message.strip_prefix("invalid type: ") else {
         return message.to_string();
     };
-    let Some((found, expected)) = rest.split_once(", expected ") else {
+    // The last one: what was found may be a string holding the words.
+    let Some((found, expected)) = rest.rsplit_once(", expected ") else {
         return message.to_string();
     };
     // A number too large for 64 bits comes as an i128.
@@ -283,6 +297,15 @@ mod tests {
             plain_message("duplicate key", Some("action ")),
             "duplicate key `action`: a table sets each key once"
         );
+        assert_eq!(
+            p("invalid type: string \"1, expected 2\", expected i64"),
+            "expected a whole number (without quotes), found the string \"1, expected 2\""
+        );
+        assert_eq!(
+            p("invalid value: integer `18446744073709551615`, expected i64"),
+            "18446744073709551615 is out of range: a whole number here is between \
+             -9223372036854775808 and 9223372036854775807"
+        );
         // Its own words, and ones it does not know, stay.
         assert_eq!(p("name must not be empty"), "name must not be empty");
         assert_eq!(
@@ -307,6 +330,9 @@ mod tests {
         let src = SourceText::new(Path::new("f.toml"), "\u{feff}ab");
         assert_eq!(src.pos(3), Pos { line: 1, column: 1 });
         assert_eq!(src.pos(4), Pos { line: 1, column: 2 });
+        // Elsewhere, U+FEFF is a character like any other.
+        let src = SourceText::new(Path::new("f.toml"), "a\u{feff}b");
+        assert_eq!(src.pos(4), Pos { line: 1, column: 3 });
     }
 
     #[test]

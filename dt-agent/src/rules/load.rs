@@ -68,11 +68,7 @@ pub fn compile_dir(
     for (label, text) in extra {
         loader.add(label, text);
     }
-    let order: Vec<PathBuf> = paths
-        .into_iter()
-        .chain(extra.iter().map(|(l, _)| l.clone()))
-        .collect();
-    Ok(load_and_compile(loader, &order, slots).map(|(_, c)| c)?)
+    Ok(load_and_compile(loader, slots).map(|(_, c)| c)?)
 }
 
 /// Everything `dt-agent check` verifies: loads `paths` and compiles them (with a fresh
@@ -80,32 +76,30 @@ pub fn compile_dir(
 pub fn check_files(paths: &[PathBuf]) -> Result<RuleSetDef, Vec<Diagnostic>> {
     let mut loader = Loader::default();
     loader.add_files(paths);
-    load_and_compile(loader, paths, &mut SlotTable::default())
+    load_and_compile(loader, &mut SlotTable::default())
         .map(|(d, _)| d)
         .map_err(|e| e.0)
 }
 
-/// Finishes `loader` and compiles what it read. When some files or rules had problems, the
-/// rules that read well are compiled anyway (on a copy of `slots`), so that the kernel's limits
-/// they break are reported in the same run; the problems come sorted by file (in `order`),
-/// then position. `slots` changes only on success.
+/// Finishes `loader` and compiles what it read (see [`Loader::finish`]); compile's problems
+/// come sorted as the loader's do. `slots` changes only on success.
 fn load_and_compile(
     loader: Loader,
-    order: &[PathBuf],
     slots: &mut SlotTable,
 ) -> Result<(RuleSetDef, Compiled), RuleErrors> {
-    let (defs, mut diags) = loader.finish_all();
-    if diags.is_empty() {
-        let compiled = compile(&defs, slots).map_err(RuleErrors)?;
-        return Ok((defs, compiled));
-    }
-    if let Err(more) = compile(&defs, &mut slots.clone()) {
-        for d in more {
-            if !diags.contains(&d) {
-                diags.push(d);
-            }
+    let order = loader.order.clone();
+    let defs = loader.finish().map_err(RuleErrors)?;
+    match compile(&defs, slots) {
+        Ok(compiled) => Ok((defs, compiled)),
+        Err(mut diags) => {
+            sort_diags(&mut diags, &order);
+            Err(RuleErrors(diags))
         }
     }
+}
+
+/// Sorts problems by file (in rule set order, `order`) and then position.
+fn sort_diags(diags: &mut [Diagnostic], order: &[PathBuf]) {
     let rank = |d: &Diagnostic| {
         order
             .iter()
@@ -113,7 +107,6 @@ fn load_and_compile(
             .unwrap_or(usize::MAX)
     };
     diags.sort_by_key(|d| (rank(d), d.pos()));
-    Err(RuleErrors(diags))
 }
 
 /// The rule files of `dir`: the `*.toml` files directly in it whose names do not start with `.`
@@ -214,6 +207,8 @@ struct Loader {
     diags: Vec<Diagnostic>,
     /// Where each rule name was first defined (file, line).
     names: HashMap<String, (PathBuf, usize)>,
+    /// The files, in the order added.
+    order: Vec<PathBuf>,
 }
 
 impl Loader {
@@ -222,12 +217,16 @@ impl Loader {
         for path in paths {
             match read_rule_file(path) {
                 Ok(text) => self.add(path, &text),
-                Err(d) => self.fail(d),
+                Err(d) => {
+                    self.order.push(path.clone());
+                    self.fail(d)
+                }
             }
         }
     }
 
     fn add(&mut self, path: &Path, text: &str) {
+        self.order.push(path.to_path_buf());
         let src = SourceText::new(path, text);
         let parsed = parse_file(&src);
         let (rules, probes, mut diags) = (parsed.rules, parsed.probes, parsed.diags);
@@ -371,17 +370,10 @@ impl Loader {
         self.diags.extend(diags);
     }
 
-    fn finish(self) -> Result<RuleSetDef, Vec<Diagnostic>> {
-        let (defs, diags) = self.finish_all();
-        if diags.is_empty() {
-            Ok(defs)
-        } else {
-            Err(diags)
-        }
-    }
-
-    /// What was read well, and every problem found.
-    fn finish_all(mut self) -> (RuleSetDef, Vec<Diagnostic>) {
+    /// The rule set, or every problem found, sorted by file and position. With problems, the
+    /// rules that read well are compiled too (with fresh slots), so that the kernel's limits
+    /// they break are reported in the same run rather than after the other problems are fixed.
+    fn finish(mut self) -> Result<RuleSetDef, Vec<Diagnostic>> {
         self.link_probes();
         self.link_objects();
         let defs = RuleSetDef {
@@ -390,7 +382,19 @@ impl Loader {
             states: self.states,
             enrich: self.enrich,
         };
-        (defs, self.diags)
+        if self.diags.is_empty() {
+            return Ok(defs);
+        }
+        let mut diags = self.diags;
+        if let Err(more) = compile(&defs, &mut SlotTable::default()) {
+            for d in more {
+                if !diags.contains(&d) {
+                    diags.push(d);
+                }
+            }
+        }
+        sort_diags(&mut diags, &self.order);
+        Err(diags)
     }
 }
 

@@ -344,15 +344,27 @@ fn parse_rule(src: &SourceText, table: &Spanned<DeValue>) -> Result<RuleDef, Vec
             src.diag(table.span(), "a rule must be a table: write [[rule]]"),
         ]);
     }
+    // `[[rule.match]]` (an array): said, and the rule's other keys still checked without it.
+    let mut without_match = None;
     if let Some(m) = table.get_ref().as_table().and_then(|t| t.get("match"))
         && m.get_ref().is_array()
     {
-        return Err(vec![src.diag(
+        let d = src.diag(
             m.span(),
             "a rule has one `match` table: write [rule.match], not [[rule.match]]",
-        )]);
+        );
+        let mut t = table.clone();
+        if let DeValue::Table(t) = t.get_mut() {
+            t.remove("match");
+        }
+        without_match = Some((t, d));
     }
-    let (raw, read) = read_table::<RawRule>(src, table);
+    let (table, match_problem) = match &without_match {
+        Some((t, d)) => (t, Some(d.clone())),
+        None => (table, None),
+    };
+    let (raw, mut read) = read_table::<RawRule>(src, table);
+    read.splice(0..0, match_problem);
     let Some(raw) = raw else {
         return Err(read);
     };

@@ -202,3 +202,26 @@ fn mistakes_are_reported_where_they_are() {
         "{e:?}"
     );
 }
+
+#[test]
+fn too_many_recorders_or_states_point_at_the_first_one_over() {
+    let recorders: String = (0..17)
+        .map(|i| format!("[[recorder]]\nname = \"r{i}\"\n"))
+        .collect();
+    let e = super::errors(&recorders);
+    assert_eq!(e.len(), 1, "{e:#?}");
+    // The 17th table starts on line 33; its name is on line 34.
+    assert!(
+        e[0].starts_with("r.toml:34:8: too many recorders: this is number 17"),
+        "{e:#?}"
+    );
+    let states: String = (0..65)
+        .map(|i| format!("[[state]]\nname = \"s{i}\"\nduration = \"1m\"\n"))
+        .collect();
+    let e = super::errors(&states);
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].starts_with("r.toml:194:8: too many states: this is number 65"),
+        "{e:#?}"
+    );
+}
