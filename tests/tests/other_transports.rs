@@ -9,8 +9,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use dt_tests::{
-    Collector, ExportPlan, PyReceiver, PyTransport, RuleSpec, TempRules, WAIT, assert_same_records,
-    export_with_python_as, kernel_or_skip, python_or_skip, start_agent, stats_of, tls::TestCa,
+    Collector, ExportPlan, PyReceiver, PyTransport, RuleSpec, TempRules, WAIT,
+    assert_passthrough_only, assert_same_records, export_with_python_as, kernel_or_skip,
+    python_or_skip, start_agent, stats_of, tls::TestCa,
 };
 use dt_tests::{agent_process::AgentProcess, model::rules_toml};
 
@@ -100,21 +101,6 @@ fn run(
     (stats, got.len(), conns.len())
 }
 
-/// Only `reason` is non-zero among the passthrough counters.
-fn only(stats: &dt_agent::stats::Stats, reason: &str) -> u64 {
-    let others: Vec<_> = stats
-        .totals
-        .passthrough
-        .iter()
-        .filter(|(k, v)| k.as_str() != reason && **v != 0)
-        .collect();
-    assert!(
-        others.is_empty(),
-        "passthrough besides {reason}: {others:?}"
-    );
-    stats.totals.passthrough[reason]
-}
-
 #[test]
 fn python_grpc_exporter_passes_untouched_counted_bad_http() {
     let test = "python_grpc_exporter_passes_untouched_counted_bad_http";
@@ -142,7 +128,7 @@ fn python_grpc_exporter_passes_untouched_counted_bad_http() {
 /// later export on it passed uncounted, its bytes as `untracked_bytes`.
 fn assert_not_followed(name: &str, stats: &dt_agent::stats::Stats, requests: usize, conns: usize) {
     assert_eq!(conns, 2, "{name}: connections (one per service)");
-    assert_eq!(only(stats, "bad_http"), conns as u64, "{name}");
+    assert_passthrough_only(stats, "bad_http", conns as u64);
     assert_eq!(stats.totals.requests, conns as u64, "{name}");
     assert_eq!(
         stats.totals.untracked_bytes, stats.totals.bytes_in,
@@ -197,7 +183,7 @@ fn python_gzip_exporter_passes_untouched_counted_compressed() {
     for r in receiver.results() {
         assert_eq!(r.header("Content-Encoding"), Some("gzip"), "{name}");
     }
-    assert_eq!(only(&stats, "compressed"), requests as u64, "{name}");
+    assert_passthrough_only(&stats, "compressed", requests as u64);
     assert_eq!(stats.totals.requests, requests as u64, "{name}");
     assert_eq!(
         stats.totals.untracked_bytes, 0,

@@ -74,6 +74,36 @@ fn check(name: &str, receiver: &Receiver, stats: &dt_agent::Stats, sent: &[SentR
     );
 }
 
+/// What one exporter run did: its records as sent, and its successful exports.
+struct Sent {
+    records: Vec<SentRecord>,
+    exports: usize,
+}
+
+/// `export` (an exporter run from inside a namespace, to a URL) sends the plan across a veth
+/// pair through an agent with [`rules`]; returns the receiver and the agent's stats, the bytes
+/// checked to have crossed the pair.
+fn across(
+    export: impl FnOnce(&str, &ExportPlan, &Netns) -> Sent,
+    ns: &Netns,
+) -> (Receiver, dt_agent::Stats, Sent) {
+    let receiver = Receiver::start(
+        std::net::TcpListener::bind(SocketAddr::new(ns.host, 0)).expect("bind on the veth"),
+    );
+    let dir = TempRules::from_rules(&rules());
+    let agent = start_agent(&dir, &[receiver.port()]);
+    // Batches of 400 records: requests of about 60 KiB, some 40 segments each on the link.
+    let plan = ExportPlan::mixed(4_000, &["checkout", "payments", "inventory"], 400);
+    let rx0 = ns.host_rx_bytes();
+    let sent = export(&receiver.logs_url(), &plan, ns);
+    assert_eq!(sent.records.len(), plan.total());
+    receiver.wait_for(sent.exports, WAIT);
+    assert_crossed(ns, rx0, &receiver);
+    let stats = stats_of(&agent);
+    drop(agent);
+    (receiver, stats, sent)
+}
+
 #[test]
 fn python_exporter_across_a_veth_pair_is_filtered() {
     let test = "python_exporter_across_a_veth_pair_is_filtered";
@@ -83,23 +113,22 @@ fn python_exporter_across_a_veth_pair_is_filtered() {
     let Some(ns) = netns_or_skip(test) else {
         return;
     };
-    let receiver = Receiver::start(
-        std::net::TcpListener::bind(SocketAddr::new(ns.host, 0)).expect("bind on the veth"),
+    let python = |url: &str, plan: &ExportPlan, ns: &Netns| {
+        let report = export_with_python_in_netns(url, plan, ns);
+        report.assert_all_ok(plan.total());
+        Sent {
+            records: report.sent,
+            exports: report.batches_ok,
+        }
+    };
+    let (receiver, stats, sent) = across(python, &ns);
+    assert_eq!(stats.totals.log_requests, sent.exports as u64);
+    check(
+        "python across a veth pair",
+        &receiver,
+        &stats,
+        &sent.records,
     );
-    let dir = TempRules::from_rules(&rules());
-    let agent = start_agent(&dir, &[receiver.port()]);
-
-    // Batches of 400 records: requests of about 60 KiB, some 40 segments each on the link.
-    let plan = ExportPlan::mixed(4_000, &["checkout", "payments", "inventory"], 400);
-    let rx0 = ns.host_rx_bytes();
-    let report = export_with_python_in_netns(&receiver.logs_url(), &plan, &ns);
-    report.assert_all_ok(plan.total());
-    receiver.wait_for(report.batches_ok, WAIT);
-    assert_crossed(&ns, rx0, &receiver);
-    let stats = stats_of(&agent);
-    drop(agent);
-    assert_eq!(stats.totals.log_requests, report.batches_ok as u64);
-    check("python across a veth pair", &receiver, &stats, &report.sent);
 }
 
 #[test]
@@ -111,21 +140,16 @@ fn node_exporter_across_a_veth_pair_is_filtered() {
     let Some(ns) = netns_or_skip(test) else {
         return;
     };
-    let receiver = Receiver::start(
-        std::net::TcpListener::bind(SocketAddr::new(ns.host, 0)).expect("bind on the veth"),
-    );
-    let dir = TempRules::from_rules(&rules());
-    let agent = start_agent(&dir, &[receiver.port()]);
-
-    let plan = ExportPlan::mixed(4_000, &["checkout", "payments", "inventory"], 400);
-    let rx0 = ns.host_rx_bytes();
-    let report = export_with_node_in_netns(&receiver.logs_url(), &plan, &ns);
-    report.assert_all_ok(plan.total());
-    receiver.wait_for(report.batches_ok, WAIT);
-    assert_crossed(&ns, rx0, &receiver);
-    let stats = stats_of(&agent);
-    drop(agent);
+    let node = |url: &str, plan: &ExportPlan, ns: &Netns| {
+        let report = export_with_node_in_netns(url, plan, ns);
+        report.assert_all_ok(plan.total());
+        Sent {
+            records: report.sent,
+            exports: report.batches_ok,
+        }
+    };
+    let (receiver, stats, sent) = across(node, &ns);
     // Node sends every export chunked, and dt walks and edits them all.
     assert!(receiver.requests().iter().all(|r| r.chunked));
-    check("node across a veth pair", &receiver, &stats, &report.sent);
+    check("node across a veth pair", &receiver, &stats, &sent.records);
 }

@@ -218,6 +218,25 @@ fn trigger_encoding(action: &Action, objects: &ObjectSlots) -> Trigger {
     }
 }
 
+/// More recorders or states (`kind`) than `max`, at the first one over it when the set alone has
+/// too many (`names`: where each is named, in order; never empty, as an empty set fits).
+fn too_many(kind: &str, names: &[(&PathBuf, Pos)], max: u32) -> Diagnostic {
+    let over = names.len() > max as usize;
+    let (file, pos) = names[(max as usize).min(names.len() - 1)];
+    let message = if over {
+        format!(
+            "too many {kind}: this is number {}, and a rule set has at most {max}",
+            max + 1
+        )
+    } else {
+        format!(
+            "too many {kind}: at most {max}, counting those of the active rule set while it \
+             is replaced"
+        )
+    };
+    Diagnostic::new(file, pos, message)
+}
+
 /// Refuses what the kernel programs cannot run.
 fn check_supported(action: &Action) -> Result<(), String> {
     match action {
@@ -324,22 +343,9 @@ impl<'d> Compiler<'d> {
                 self.slots.objects.recorders = table;
             }
             None => {
-                // The first one over the limit, when this set alone has too many.
-                let r = &recorders[(MAX_RECORDERS as usize).min(recorders.len() - 1)];
-                let message = if recorders.len() > MAX_RECORDERS as usize {
-                    format!(
-                        "too many recorders: this is number {}, and a rule set has at most \
-                         {MAX_RECORDERS}",
-                        MAX_RECORDERS + 1
-                    )
-                } else {
-                    format!(
-                        "too many recorders: at most {MAX_RECORDERS}, counting those of the \
-                         active rule set while it is replaced"
-                    )
-                };
+                let names: Vec<_> = recorders.iter().map(|r| (&r.file, r.name.pos)).collect();
                 self.diags
-                    .push(Diagnostic::new(&r.file, r.name.pos, message));
+                    .push(too_many("recorders", &names, MAX_RECORDERS));
             }
         }
         let names: Vec<&str> = states.iter().map(|s| s.name.value.as_str()).collect();
@@ -356,21 +362,8 @@ impl<'d> Compiler<'d> {
                 self.slots.objects.states = table;
             }
             None => {
-                let s = &states[(MAX_STATES as usize).min(states.len() - 1)];
-                let message = if states.len() > MAX_STATES as usize {
-                    format!(
-                        "too many states: this is number {}, and a rule set has at most \
-                         {MAX_STATES}",
-                        MAX_STATES + 1
-                    )
-                } else {
-                    format!(
-                        "too many states: at most {MAX_STATES}, counting those of the active \
-                         rule set while it is replaced"
-                    )
-                };
-                self.diags
-                    .push(Diagnostic::new(&s.file, s.name.pos, message));
+                let names: Vec<_> = states.iter().map(|s| (&s.file, s.name.pos)).collect();
+                self.diags.push(too_many("states", &names, MAX_STATES));
             }
         }
     }

@@ -156,11 +156,7 @@ pub(crate) fn plain_message(message: &str, text: Option<&str>) -> String {
         .strip_prefix("invalid value: integer `")
         .and_then(|r| r.strip_suffix("`, expected i64"))
     {
-        return format!(
-            "{n} is out of range: a whole number here is between {} and {}",
-            i64::MIN,
-            i64::MAX
-        );
+        return out_of_range(n);
     }
     let Some(rest) = message.strip_prefix("invalid type: ") else {
         return message.to_string();
@@ -174,11 +170,7 @@ pub(crate) fn plain_message(message: &str, text: Option<&str>) -> String {
         .strip_prefix("integer `")
         .and_then(|f| f.strip_suffix("` as i128"))
     {
-        return format!(
-            "{n} is out of range: a whole number here is between {} and {}",
-            i64::MIN,
-            i64::MAX
-        );
+        return out_of_range(n);
     }
     let found = plain_found(found);
     let expected = match expected {
@@ -194,6 +186,14 @@ pub(crate) fn plain_message(message: &str, text: Option<&str>) -> String {
         e => e.to_string(),
     };
     format!("expected {expected}, found {found}")
+}
+
+fn out_of_range(n: &str) -> String {
+    format!(
+        "{n} is out of range: a whole number here is between {} and {}",
+        i64::MIN,
+        i64::MAX
+    )
 }
 
 /// serde's name for what it found: `string "x"`, ``integer `3` ``, `sequence`, `map`, ...
