@@ -20,13 +20,15 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// `cargo xtask image`, or the image `DT_IMAGE` names: its reference.
+/// `cargo xtask image --debug`, or the image `DT_IMAGE` names: its reference.
 fn image() -> String {
     if let Ok(r) = std::env::var("DT_IMAGE") {
         return r;
     }
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["xtask", "image"])
+        // The debug build the tests use: the same packing, without a release build of every
+        // dependency (minutes of CI).
+        .args(["xtask", "image", "--debug"])
         .current_dir(workspace_root())
         .output()
         .expect("running cargo xtask image");

@@ -17,8 +17,9 @@ use crate::cmd;
 /// The image's name; its tag is the agent's version.
 pub const IMAGE_NAME: &str = "localhost/dt-agent";
 
-pub fn image() -> Result<()> {
-    let (root, agent) = crate::run::release_agent()?;
+/// Builds the image of the release agent, or (`debug`) of the debug build.
+pub fn image(debug: bool) -> Result<()> {
+    let (root, agent) = crate::run::built_agent(debug)?;
     let stage = root.join("target/image");
     let _ = std::fs::remove_dir_all(&stage);
     let rootfs = stage.join("root");
