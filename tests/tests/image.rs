@@ -20,15 +20,17 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// `cargo xtask image --debug`, or the image `DT_IMAGE` names: its reference.
+/// `cargo xtask image --agent <the tests' dt-agent>`, or the image `DT_IMAGE` names: its
+/// reference.
 fn image() -> String {
     if let Ok(r) = std::env::var("DT_IMAGE") {
         return r;
     }
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        // The debug build the tests use: the same packing, without a release build of every
+        // The agent the tests run: the same packing, without a release build of every
         // dependency (minutes of CI).
-        .args(["xtask", "image", "--debug"])
+        .args(["xtask", "image", "--agent"])
+        .arg(bin())
         .current_dir(workspace_root())
         .output()
         .expect("running cargo xtask image");

@@ -17,9 +17,18 @@ use crate::cmd;
 /// The image's name; its tag is the agent's version.
 pub const IMAGE_NAME: &str = "localhost/dt-agent";
 
-/// Builds the image of the release agent, or (`debug`) of the debug build.
-pub fn image(debug: bool) -> Result<()> {
-    let (root, agent) = crate::run::built_agent(debug)?;
+/// Builds the image of the release agent, or of the binary `agent` when given (then nothing
+/// is built).
+pub fn image(agent: Option<PathBuf>) -> Result<()> {
+    let (root, agent) = match agent {
+        Some(agent) => {
+            if !agent.is_file() {
+                bail!("--agent {}: no such file", agent.display());
+            }
+            (crate::workspace_root()?, std::fs::canonicalize(&agent)?)
+        }
+        None => crate::run::release_agent()?,
+    };
     let stage = root.join("target/image");
     let _ = std::fs::remove_dir_all(&stage);
     let rootfs = stage.join("root");

@@ -80,10 +80,10 @@ enum Task {
     /// Run setup, build dt-agent (release), and build an OCI image of it offline with buildah,
     /// FROM scratch. The last line printed is the image reference (localhost/dt-agent:VERSION).
     Image {
-        /// Pack the debug build instead (what the tests build anyway: the image test uses it,
-        /// sparing CI a release build of the whole dependency tree).
-        #[arg(long)]
-        debug: bool,
+        /// Pack this dt-agent binary instead of building one (the image test packs the one the
+        /// tests run, sparing CI a release build of the whole dependency tree).
+        #[arg(long, value_name = "PATH")]
+        agent: Option<PathBuf>,
     },
     /// Run setup (and install cargo-fuzz), build the fuzz targets of fuzz/ (nightly,
     /// libFuzzer), and run each for SECONDS; exit non-zero on any finding (FUZZING.md).
@@ -111,7 +111,7 @@ fn real_main() -> Result<()> {
         Task::Run { args } => run::run(&args),
         Task::Test { args } => test::test(&args),
         Task::Bench { args } => bench::bench(&args),
-        Task::Image { debug } => image::image(debug),
+        Task::Image { agent } => image::image(agent),
         Task::Fuzz { seconds, targets } => fuzz::fuzz(seconds, targets.as_deref()),
     }
 }

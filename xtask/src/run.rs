@@ -6,24 +6,14 @@ use crate::{cmd, setup, workspace_root};
 
 /// Runs setup and builds `dt-agent` in release: the workspace root and the binary's path.
 pub fn release_agent() -> Result<(std::path::PathBuf, std::path::PathBuf)> {
-    built_agent(false)
-}
-
-/// Runs setup and builds dt-agent, release or (`debug`) debug: the workspace root and the binary.
-pub fn built_agent(debug: bool) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
     setup::setup()?;
     let root = workspace_root()?;
-    let mut build = cmd::new("cargo");
-    build.args(["build", "-p", "dt-agent"]).current_dir(&root);
-    if !debug {
-        build.arg("--release");
-    }
-    cmd::run(&mut build)?;
-    let agent = root.join(if debug {
-        "target/debug/dt-agent"
-    } else {
-        "target/release/dt-agent"
-    });
+    cmd::run(
+        cmd::new("cargo")
+            .args(["build", "--release", "-p", "dt-agent"])
+            .current_dir(&root),
+    )?;
+    let agent = root.join("target/release/dt-agent");
     if !agent.is_file() {
         bail!("{} is missing after the build", agent.display());
     }
