@@ -413,6 +413,36 @@ fn a_kept_config_that_no_longer_starts_is_set_aside() {
     assert!(e.contains("capture_endpoint"), "{e}");
 }
 
+/// The remote config of the TLS tests: a rule that drops DEBUG records.
+const REMOTE_DROP_DEBUG: &str = "[[rule]]\nname = \"remote-drop-debug\"\naction = \"drop\"\n\
+                                 [rule.match]\nseverity = \"DEBUG\"\n";
+
+/// Waits (20 s at most) until the agent's log shows `needle`.
+fn wait_log(agent: &AgentProcess, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !agent.log().contains(needle) {
+        assert!(Instant::now() < deadline, "{}", agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// With [`REMOTE_DROP_DEBUG`] applied, 200 records of a real exporter: the rule dropped some, and
+/// the records that arrive are the ones it kept. The stats after.
+fn assert_remote_drop_filters(agent: &AgentProcess, receiver: &Receiver) -> dt_agent::Stats {
+    assert_eq!(names(agent), vec!["local-count", "remote-drop-debug"]);
+    let plan = ExportPlan::mixed(200, &["checkout"], 100);
+    export_with_real_exporter(receiver.port(), &plan).assert_all_ok(200);
+    let stats = agent.stats();
+    let dropped = stats.rule("remote-drop-debug").unwrap().dropped;
+    assert!(dropped > 0, "{stats:?}");
+    assert_eq!(
+        receiver.records().len() as u64,
+        200 - dropped,
+        "the records that arrive are the ones the remote rule kept"
+    );
+    stats
+}
+
 /// OpAMP over `https://`: the agent checks the server's certificate against the CA
 /// certificates it trusts (here `SSL_CERT_FILE`), and takes no config from a server whose
 /// certificate no trusted CA signed; with the right CA it applies the server's config, which
@@ -435,19 +465,13 @@ fn remote_rules_over_opamp_with_tls() {
     } = setup_with("opamp-tls", OpampServer::start_tls(&ca.cert, &ca.key));
     assert!(server.endpoint().starts_with("https://127.0.0.1:"));
     agent.write_config(&config(state.path(), &server.endpoint()));
-    let remote = "[[rule]]\nname = \"remote-drop-debug\"\naction = \"drop\"\n\
-                  [rule.match]\nseverity = \"DEBUG\"\n";
-    let h = server.set_config(&[("50-remote.toml", remote)]);
+    let h = server.set_config(&[("50-remote.toml", REMOTE_DROP_DEBUG)]);
 
     // Trusting another CA: the handshake fails, nothing reaches the server, and nothing of its
     // config is applied.
     agent.set_env("SSL_CERT_FILE", Some(other.ca.to_str().unwrap()));
     agent.start();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !agent.log().contains("invalid peer certificate") {
-        assert!(Instant::now() < deadline, "{}", agent.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_log(&agent, "invalid peer certificate");
     assert!(agent.log().contains("UnknownIssuer"), "{}", agent.log());
     assert_eq!(server.messages().len(), 0);
     assert_eq!(names(&agent), vec!["local-count"]);
@@ -458,18 +482,8 @@ fn remote_rules_over_opamp_with_tls() {
     agent.set_env("SSL_CERT_FILE", Some(ca.ca.to_str().unwrap()));
     agent.start();
     wait_status(&server, &h, "APPLIED", "the config over TLS");
-    assert_eq!(names(&agent), vec!["local-count", "remote-drop-debug"]);
-    let plan = ExportPlan::mixed(200, &["checkout"], 100);
-    export_with_real_exporter(receiver.port(), &plan).assert_all_ok(200);
-    let stats = agent.stats();
+    let stats = assert_remote_drop_filters(&agent, &receiver);
     assert_eq!(stats.rule("local-count").unwrap().matched, 200);
-    let dropped = stats.rule("remote-drop-debug").unwrap().dropped;
-    assert!(dropped > 0, "{stats:?}");
-    assert_eq!(
-        receiver.records().len() as u64,
-        200 - dropped,
-        "the records that arrive are the ones the remote rule kept"
-    );
 }
 
 #[test]
@@ -490,9 +504,7 @@ fn remote_rules_over_opamp_with_a_client_certificate() {
         "opamp-mtls",
         OpampServer::start_tls_client_auth(&ca.cert, &ca.key, &ca.ca),
     );
-    let remote = "[[rule]]\nname = \"remote-drop-debug\"\naction = \"drop\"\n\
-                  [rule.match]\nseverity = \"DEBUG\"\n";
-    let h = server.set_config(&[("50-remote.toml", remote)]);
+    let h = server.set_config(&[("50-remote.toml", REMOTE_DROP_DEBUG)]);
     // The server's CA from `ca_file`, not the environment: SSL_CERT_FILE names the system's
     // bundle, which does not hold it.
     agent.set_env("SSL_CERT_FILE", Some("/nonexistent/dt-test-bundle.pem"));
@@ -505,11 +517,7 @@ fn remote_rules_over_opamp_with_a_client_certificate() {
     // No client certificate: the server refuses the handshake, and nothing is applied.
     agent.write_config(&base);
     agent.start();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !agent.log().contains("retrying with backoff") {
-        assert!(Instant::now() < deadline, "{}", agent.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_log(&agent, "retrying with backoff");
     assert_eq!(server.messages().len(), 0, "{}", agent.log());
     assert_eq!(names(&agent), vec!["local-count"]);
     agent.signal(libc::SIGTERM);
@@ -548,10 +556,5 @@ fn remote_rules_over_opamp_with_a_client_certificate() {
     ));
     agent.start();
     wait_status(&server, &h, "APPLIED", "the config over mutual TLS");
-    assert_eq!(names(&agent), vec!["local-count", "remote-drop-debug"]);
-    let plan = ExportPlan::mixed(200, &["checkout"], 100);
-    export_with_real_exporter(receiver.port(), &plan).assert_all_ok(200);
-    let dropped = agent.stats().rule("remote-drop-debug").unwrap().dropped;
-    assert!(dropped > 0);
-    assert_eq!(receiver.records().len() as u64, 200 - dropped);
+    assert_remote_drop_filters(&agent, &receiver);
 }
