@@ -112,15 +112,7 @@ impl<'a> SourceText<'a> {
 /// the error points at, when known. Messages it does not recognise come back as they are.
 pub(crate) fn plain_message(message: &str, text: Option<&str>) -> String {
     let message = message.trim_end();
-    if let Some(rest) = message.strip_prefix("unknown field `")
-        && let Some((key, expected)) = rest.split_once('`')
-    {
-        let choices: Vec<&str> = expected
-            .split('`')
-            .skip(1)
-            .step_by(2)
-            .filter(|c| !c.is_empty())
-            .collect();
+    if let Some((key, choices)) = unknown_key(message) {
         let hint = closest(key, &choices)
             .map(|c| format!(" (did you mean `{c}`?)"))
             .unwrap_or_default();
@@ -188,6 +180,25 @@ pub(crate) fn plain_message(message: &str, text: Option<&str>) -> String {
     format!("expected {expected}, found {found}")
 }
 
+/// serde's `unknown field` message: the key, and the keys the table has.
+fn unknown_key(message: &str) -> Option<(&str, Vec<&str>)> {
+    let rest = message.trim_end().strip_prefix("unknown field `")?;
+    let (key, expected) = rest.split_once('`')?;
+    let choices = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|c| !c.is_empty())
+        .collect();
+    Some((key, choices))
+}
+
+/// For serde's `unknown field` message, the key it was likely meant to be (within two edits).
+pub(crate) fn meant_key(message: &str) -> Option<String> {
+    let (key, choices) = unknown_key(message)?;
+    closest(key, &choices).map(str::to_string)
+}
+
 fn out_of_range(n: &str) -> String {
     format!(
         "{n} is out of range: a whole number here is between {} and {}",
@@ -217,7 +228,7 @@ fn plain_found(found: &str) -> String {
 }
 
 /// The choice within two edits of `key` (case aside), if one is.
-fn closest<'c>(key: &str, choices: &[&'c str]) -> Option<&'c str> {
+pub(crate) fn closest<'c>(key: &str, choices: &[&'c str]) -> Option<&'c str> {
     let key = key.to_ascii_lowercase();
     choices
         .iter()

@@ -46,6 +46,7 @@ pub use model::{
     RecorderDef, RuleDef, RuleSetDef, RuleSource, SYSLOG_SEVERITIES, SeverityMap, SeveritySource,
     StateDef, TriggerDef,
 };
+pub(crate) use parse::read_table_naming;
 pub use parse::{parse_duration, parse_size};
 pub use severity::SeverityRange;
 pub use slots::{ObjectSlots, SlotTable};

@@ -3,10 +3,7 @@
 //! are errors. Relative paths in the file are relative to the file's directory, so
 //! `rules_dir = "rules"` in `/etc/dt/agent.toml` means `/etc/dt/rules`.
 
-use std::{
-    ops::Range,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -90,18 +87,21 @@ pub fn load(path: &Path) -> Result<Layer, Vec<Diagnostic>> {
 /// its relative paths.
 pub fn parse(path: &Path, text: &str) -> Result<Layer, Vec<Diagnostic>> {
     let src = SourceText::new(path, text);
-    let mut raw: RawFile = toml::from_str(text).map_err(|e| {
+    let root = toml::de::DeTable::parse(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
-        let message = &crate::rules::diag::plain_message(e.message(), text.get(span.clone()));
-        // A type error points into a value: name the key it belongs to.
-        let message = match key_of_value(text, &span) {
-            Some(key) => format!("`{key}`: {message}"),
-            None => message.to_string(),
-        };
+        let message = crate::rules::diag::plain_message(e.message(), text.get(span.clone()));
         vec![src.diag(span, message)]
     })?;
+    let root = Spanned::new(root.span(), toml::de::DeValue::Table(root.into_inner()));
+    // Every unknown key and every value of the wrong type, each naming its key.
+    let (raw, read) = crate::rules::read_table_naming::<RawFile>(&src, &root, true);
+    let Some(mut raw) = raw else {
+        let mut read = read;
+        read.sort_by_key(Diagnostic::pos);
+        return Err(read);
+    };
     let base = path.parent().unwrap_or(Path::new(""));
-    let mut diags = Vec::new();
+    let mut diags = read;
     let mut path_key = |key: &str, value: Option<Spanned<String>>| -> Option<PathBuf> {
         let value = value?;
         if value.get_ref().is_empty() {
@@ -269,37 +269,6 @@ pub fn parse(path: &Path, text: &str) -> Result<Layer, Vec<Diagnostic>> {
         ceiling_memory,
         ceiling_captures,
     })
-}
-
-/// The keys of the file (the fields of [`RawFile`]).
-pub(super) const KEYS: [&str; 16] = [
-    "rules_dir",
-    "ports",
-    "cgroup",
-    "socket",
-    "pin",
-    "pin_dir",
-    "metrics_addr",
-    "otlp_endpoint",
-    "otlp_interval",
-    "max_request",
-    "capture_endpoint",
-    "metrics_public",
-    "idle_after_uninstall",
-    "state_dir",
-    "opamp",
-    "ceiling",
-];
-
-/// The known top-level key whose value holds `span`, if any. (An unknown key's error already
-/// names it.)
-fn key_of_value(text: &str, span: &Range<usize>) -> Option<String> {
-    let (root, _) = toml::de::DeTable::parse_recoverable(text);
-    root.get_ref()
-        .iter()
-        .find(|(_, value)| value.span().contains(&span.start))
-        .map(|(key, _)| key.get_ref().to_string())
-        .filter(|key| KEYS.contains(&key.as_str()))
 }
 
 /// `check(value)`, or a diagnostic at the value naming `key`.

@@ -227,39 +227,86 @@ pub(crate) fn parse_file(src: &SourceText) -> ParsedFile {
     }
 }
 
-/// Reads `table` as a `T`, reporting every unknown key, not only the first: serde stops at the
-/// first one, so each is reported, left out, and the table read again (at most
-/// [`MAX_UNKNOWN_KEYS`] times: a table with more ends there, with one more diagnostic). The
-/// checks after this one then see the table's other keys, so a typo and a bad value in one table
-/// are both reported in one `check`. Any other error (a wrong type, a missing key) ends the
-/// reading, reported, with `None`.
+/// Reads `table` as a `T`, reporting every problem serde finds, not only the first: serde stops
+/// at the first one, so each is reported, the key it is about set aside, and the table read
+/// again (at most [`MAX_READ_PROBLEMS`] times: a table with more ends there, with one more
+/// diagnostic).
+/// - An unknown key within two edits of a key the table lacks (`acton` for `action`) is read as
+///   that key; any other unknown key is left out. The table's own checks still run, so a typo
+///   and a bad value in one table are both reported in one `check`, and a misspelt key is not
+///   also reported missing.
+/// - A value of the wrong type is left out and the rest of the table still read, but `None`
+///   comes back: the table's checks would see it without that key.
+/// - A key missing altogether is reported unless it was left out for its type. Missing from a
+///   table within this one, that table is left out as a wrong-typed value is; missing from this
+///   one, it ends the reading (`None`).
 pub(super) fn read_table<T: for<'de> Deserialize<'de>>(
     src: &SourceText,
     table: &Spanned<DeValue>,
 ) -> (Option<T>, Vec<Diagnostic>) {
+    read_table_naming::<T>(src, table, false)
+}
+
+/// [`read_table`]; with `config`, as the config file reads: a value of the wrong type is
+/// reported with its key's name (`` `ceiling.cpu`: expected ... ``), and the table still comes
+/// back without it (no key of the config file needs another, so its checks can run).
+pub(crate) fn read_table_naming<T: for<'de> Deserialize<'de>>(
+    src: &SourceText,
+    table: &Spanned<DeValue>,
+    config: bool,
+) -> (Option<T>, Vec<Diagnostic>) {
     let mut table = table.clone();
     let mut diags = Vec::new();
-    let mut unknown_keys = 0;
+    // Keys left out because their values were of the wrong type.
+    let mut wrong_typed: Vec<String> = Vec::new();
     loop {
         let error = match T::deserialize(ValueDeserializer::from(table.clone())) {
-            Ok(t) => return (Some(t), diags),
+            Ok(t) if wrong_typed.is_empty() || config => return (Some(t), diags),
+            Ok(_) => return (None, diags),
             Err(e) => e,
         };
-        diags.push(toml_error(src, &error, table.span()));
-        let unknown = error.message().starts_with("unknown field `");
-        let removed = match error.span() {
-            Some(span) if unknown => remove_key_at(table.get_mut(), &span),
+        let message = error.message();
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|r| r.trim_end().strip_suffix('`'));
+        let said = missing.is_some_and(|key| {
+            wrong_typed
+                .iter()
+                .any(|k| k.rsplit('.').next() == Some(key))
+        });
+        if !said {
+            diags.push(toml_error(src, &error, table.span()));
+        }
+        let set_aside = match error.span() {
+            Some(span) if message.starts_with("unknown field `") => {
+                let meant = crate::rules::diag::meant_key(message);
+                fix_key_at(table.get_mut(), &span, meant.as_deref())
+            }
+            // A value of the wrong type; or a table in this one that lacks a key, left out
+            // whole (this table's own lack ends the reading).
+            Some(span) => match remove_value_at(table.get_mut(), &span) {
+                Some(key) => {
+                    if config
+                        && missing.is_none()
+                        && let Some(d) = diags.last_mut()
+                    {
+                        d.message = format!("`{key}`: {}", d.message);
+                    }
+                    wrong_typed.push(key);
+                    true
+                }
+                None => false,
+            },
             _ => false,
         };
-        if !removed {
+        if !set_aside {
             return (None, diags);
         }
-        unknown_keys += 1;
-        if unknown_keys == MAX_UNKNOWN_KEYS {
+        if diags.len() >= MAX_READ_PROBLEMS {
             diags.push(src.diag(
                 table.span(),
                 format!(
-                    "this table has {MAX_UNKNOWN_KEYS} unknown keys; any more are not listed, and \
+                    "this table has {MAX_READ_PROBLEMS} problems; any more are not listed, and \
                      its other keys are not checked"
                 ),
             ));
@@ -268,13 +315,36 @@ pub(super) fn read_table<T: for<'de> Deserialize<'de>>(
     }
 }
 
-/// The unknown keys [`read_table`] lists in one table: each costs a reading of the table, and a
+/// The problems [`read_table`] lists in one table: each costs a reading of the table, and a
 /// file (from an OpAMP server, say) may hold any number.
-const MAX_UNKNOWN_KEYS: usize = 16;
+const MAX_READ_PROBLEMS: usize = 16;
 
-/// Removes the key whose name is at `span`, in `value` or a table in it; `false` when no key
-/// is there.
-fn remove_key_at(value: &mut DeValue, span: &std::ops::Range<usize>) -> bool {
+/// Removes the key whose value holds `span` (the innermost one, in `value` or a table in it),
+/// and says which (dotted: `opamp.endpoint`); `None` when no value holds it.
+fn remove_value_at(value: &mut DeValue, span: &std::ops::Range<usize>) -> Option<String> {
+    let DeValue::Table(t) = value else {
+        return None;
+    };
+    let mut hit = None;
+    for (key, v) in t.iter_mut() {
+        let vs = v.span();
+        let holds = vs.start <= span.start && span.end <= vs.end && !vs.is_empty();
+        // (A `[rule.match]` table's span is its header's, not its keys': looked in anyway.)
+        if let Some(inner) = remove_value_at(v.get_mut(), span) {
+            return Some(format!("{}.{inner}", key.get_ref()));
+        }
+        if holds {
+            hit = Some(key.get_ref().to_string());
+            break;
+        }
+    }
+    let name = hit?;
+    t.remove(name.as_str()).map(|_| name)
+}
+
+/// The unknown key whose name is at `span`, in `value` or a table in it: renamed `meant` when
+/// its table has no key of that name, else removed. `false` when no key is there.
+fn fix_key_at(value: &mut DeValue, span: &std::ops::Range<usize>, meant: Option<&str>) -> bool {
     let DeValue::Table(t) = value else {
         return false;
     };
@@ -285,14 +355,25 @@ fn remove_key_at(value: &mut DeValue, span: &std::ops::Range<usize>) -> bool {
             break;
         }
         // (A `[rule.match]` table's span is its header's, not its keys'.)
-        if remove_key_at(v.get_mut(), span) {
+        if fix_key_at(v.get_mut(), span, meant) {
             return true;
         }
     }
-    match hit {
-        Some(name) => t.remove(name.as_str()).is_some(),
-        None => false,
+    let Some(name) = hit else {
+        return false;
+    };
+    let Some(v) = t.remove(name.as_str()) else {
+        return false;
+    };
+    if let Some(meant) = meant
+        && !t.contains_key(meant)
+    {
+        t.insert(
+            Spanned::new(span.clone(), std::borrow::Cow::Owned(meant.to_string())),
+            v,
+        );
     }
+    true
 }
 
 /// Why `name` (of a rule, probe, recorder or state) cannot be one: it holds a control
@@ -364,11 +445,52 @@ fn parse_rule(src: &SourceText, table: &Spanned<DeValue>) -> Result<RuleDef, Vec
         None => (table, None),
     };
     let (raw, mut read) = read_table::<RawRule>(src, table);
+    for d in &mut read {
+        match_key_hint(d);
+    }
     read.splice(0..0, match_problem);
     let Some(raw) = raw else {
         return Err(read);
     };
     with_read_problems(read, RuleChecker::new(src).check(raw, table.span().start))
+}
+
+/// The keys of `[rule.match]`.
+const MATCH_KEYS: [&str; 6] = [
+    "severity",
+    "service",
+    "body_contains",
+    "attributes",
+    "event_name",
+    "state",
+];
+
+/// An unknown key of a rule that is (or is a typo of) a key of `[rule.match]`: says where it
+/// goes, in place of the rule's own keys.
+fn match_key_hint(d: &mut Diagnostic) {
+    let Some(key) = d
+        .message
+        .strip_prefix("unknown key `")
+        .and_then(|r| r.split_once('`'))
+        .map(|(k, _)| k.to_string())
+    else {
+        return;
+    };
+    if d.message.contains("(did you mean") {
+        return;
+    }
+    let Some(m) = crate::rules::diag::closest(&key, &MATCH_KEYS) else {
+        return;
+    };
+    let what = if m == key {
+        format!("`{key}`")
+    } else {
+        format!("`{key}` (`{m}`?)")
+    };
+    d.message = format!(
+        "unknown key {what} in a rule: conditions go in its [rule.match] table, after the \
+         rule's other keys"
+    );
 }
 
 /// Validates one [`RawRule`], collecting every problem.

@@ -189,14 +189,25 @@ fn probe_errors_point_at_their_key() {
             "r.toml:4:11: service must not be empty",
         ),
         (
-            "preset = \"syslog\"\nsymbl = \"x\"\n",
-            "r.toml:4:1: unknown key `symbl` (did you mean `symbol`?); the keys here are `name`, `preset`, `binary`, `symbol`, `severity_arg`, `severity_map`, `severity`, `message_arg`, `pid`, `service`",
+            "preset = \"syslog\"\nbogus = 1\n",
+            "r.toml:4:1: unknown key `bogus`; the keys here are `name`, `preset`, `binary`, `symbol`, `severity_arg`, `severity_map`, `severity`, `message_arg`, `pid`, `service`",
         ),
     ];
     for (body, want) in cases {
         let text = format!("[[probe]]\nname = \"p\"\n{body}\n{rule}");
         assert_eq!(error(&text), want, "{body}");
     }
+    // A misspelt key is checked as the one it was meant to be.
+    let text = format!("[[probe]]\nname = \"p\"\npreset = \"syslog\"\nsymbl = \"x\"\n{rule}");
+    assert_eq!(
+        errors(&text),
+        [
+            "r.toml:4:1: unknown key `symbl` (did you mean `symbol`?); the keys here are `name`, \
+             `preset`, `binary`, `symbol`, `severity_arg`, `severity_map`, `severity`, \
+             `message_arg`, `pid`, `service`",
+            "r.toml:4:9: symbol is set by preset \"syslog\"; leave it out",
+        ]
+    );
 }
 
 #[test]
