@@ -343,6 +343,59 @@ fn cli_run_stats_json_and_sigterm() {
     assert!(t.status.success(), "stats: {}", stderr(&t));
     assert!(String::from_utf8_lossy(&t.stdout).contains("drop-debug"));
 
+    // A second `run` on the same socket is refused, and leaves this agent's socket alone.
+    let second = Command::new(agent_bin())
+        .args([
+            "run",
+            "--rules",
+            dir.path().to_str().unwrap(),
+            "--port",
+            &receiver.port().to_string(),
+            "--socket",
+            socket.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn a second dt-agent run");
+    let second = wait_output(second, Duration::from_secs(20), &["run"]);
+    assert_eq!(second.status.code(), Some(1), "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("another agent is already serving"),
+        "{}",
+        stderr(&second)
+    );
+    assert!(
+        socket.exists(),
+        "the refused run removed the agent's socket"
+    );
+    let o = dt_agent(&["stats", "--json", "--socket", socket.to_str().unwrap()]);
+    assert!(
+        o.status.success(),
+        "stats after the refused run: {}",
+        stderr(&o)
+    );
+
+    // SIGHUP reads the rules directory again, and the agent goes on.
+    let pid = child.0.as_ref().unwrap().id() as libc::pid_t;
+    // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains("SIGHUP: reading the rules directory again")
+    {
+        assert!(Instant::now() < deadline, "no SIGHUP line in the log");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        child.0.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "SIGHUP stopped the agent"
+    );
+    let o = dt_agent(&["stats", "--json", "--socket", socket.to_str().unwrap()]);
+    assert!(o.status.success(), "stats after SIGHUP: {}", stderr(&o));
+
     // SIGTERM: a clean exit 0.
     let mut child = child.0.take().unwrap();
     // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.

@@ -10,4 +10,4 @@ pub use client::{
     ANSWER_DEADLINE, CallError, PUSH_DEADLINE, UNINSTALL_DEADLINE, call, call_within,
 };
 pub use protocol::{PushedFile, Request, Response, RuleInfo, RulesInfo};
-pub use server::{Handler, bind, serve};
+pub use server::{Handler, SocketFile, bind, serve};

@@ -21,8 +21,41 @@ pub trait Handler: Clone + Send + Sync + 'static {
     fn stop(&self);
 }
 
+/// The socket file [`bind`] made: removed at exit only while it is still that file, so that an
+/// agent never removes a socket it did not make (another agent's, which would leave that one
+/// running with no way to reach it).
+pub struct SocketFile {
+    path: std::path::PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketFile {
+    fn of(path: &Path) -> anyhow::Result<SocketFile> {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = std::fs::symlink_metadata(path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        Ok(SocketFile {
+            path: path.to_path_buf(),
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+
+    /// Removes the socket file if it is still the one this agent bound.
+    pub fn remove(&self) {
+        use std::os::unix::fs::MetadataExt as _;
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if m.dev() == self.dev && m.ino() == self.ino => {
+                let _ = std::fs::remove_file(&self.path);
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Binds the control socket (mode 0600), replacing a stale socket file nobody listens on.
-pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+pub fn bind(path: &Path) -> anyhow::Result<(UnixListener, SocketFile)> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -38,9 +71,10 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     }
     let listener =
         UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let file = SocketFile::of(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("setting the mode of {}", path.display()))?;
-    Ok(listener)
+    Ok((listener, file))
 }
 
 /// Serves requests until the task is dropped.

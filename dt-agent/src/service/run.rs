@@ -40,10 +40,15 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let socket = settings.socket.clone();
+    // The socket file this agent made, removed at exit: none when binding failed (another
+    // agent serves it), so that agent's socket stays.
+    let socket_file = Arc::new(std::sync::OnceLock::new());
+    let made = socket_file.clone();
     let result = runtime.block_on(async move {
         let mut signals = Signals::new()?;
         // Bind first: a second agent on the same socket fails before attaching anything.
-        let listener = control::bind(&socket)?;
+        let (listener, file) = control::bind(&socket)?;
+        let _ = made.set(file);
         let metrics_listener = match settings.metrics_addr {
             Some(addr) if settings.metrics_public => Some(export::bind_metrics_public(addr)?),
             Some(addr) => Some(export::bind_metrics(addr)?),
@@ -79,6 +84,9 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         // What answers (kept while idle after an uninstall), and the rest.
         let mut serving = vec![tokio::spawn(control::serve(listener, service.clone()))];
         let mut tasks = vec![tokio::spawn(rescan(service.clone()))];
+        if let Some(hup) = signals.hup.take() {
+            tasks.push(tokio::spawn(reread_on_hangup(hup, service.clone())));
+        }
         if let Some(ceiling) = settings.ceiling.clone() {
             tasks.push(tokio::spawn(crate::ceiling::watch(
                 service.clone(),
@@ -159,15 +167,19 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         drop(service.take_agent());
         anyhow::Ok(())
     });
-    let _ = std::fs::remove_file(&settings.socket);
+    if let Some(file) = socket_file.get() {
+        file.remove();
+    }
     result
 }
 
 /// SIGTERM and SIGINT, listened to from the start to the exit: a signal that comes while no
-/// one waits is kept for the next wait, not lost.
+/// one waits is kept for the next wait, not lost. SIGHUP too, from the start (its default
+/// would end the agent at once, held requests lost): it reads the rules directory again.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: Option<tokio::signal::unix::Signal>,
 }
 
 impl Signals {
@@ -176,6 +188,7 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: Some(signal(SignalKind::hangup()).context("installing the SIGHUP handler")?),
         })
     }
 
@@ -185,6 +198,17 @@ impl Signals {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}
         }
+    }
+}
+
+/// SIGHUP (`systemctl reload dt-agent`): the rules directory is read again, as when the
+/// watcher sees a change (an unchanged directory makes no new generation). Once this task is
+/// gone (the agent is stopping), a SIGHUP does nothing.
+async fn reread_on_hangup(mut hup: tokio::signal::unix::Signal, service: Arc<Service>) {
+    while hup.recv().await.is_some() {
+        log::info!("SIGHUP: reading the rules directory again");
+        let s = service.clone();
+        let _ = tokio::task::spawn_blocking(move || s.reload_from_dir()).await;
     }
 }
 
