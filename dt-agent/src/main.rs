@@ -33,6 +33,7 @@ enum Verb {
     /// Install rule files into the running agent's rules directory, as one new generation.
     /// The whole resulting set is validated first; on any error nothing is written.
     Push {
+        /// Rule files, or directories whose *.toml files are pushed.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
         #[command(flatten)]

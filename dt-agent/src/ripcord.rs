@@ -69,6 +69,47 @@ pub fn loaded_control_maps() -> anyhow::Result<Vec<u32>> {
     Ok(ids)
 }
 
+/// Which of `ports` other dt agents already hook (their `PORTS` maps, loaded in the kernel,
+/// other than `own`, the pinned map this agent adopts), and the processes holding those maps
+/// (none: a pinned filter whose agent is gone).
+pub fn ports_hooked_elsewhere(ports: &[u16], own: Option<u32>) -> (BTreeSet<u16>, Vec<u32>) {
+    let mut taken = BTreeSet::new();
+    let mut ids = Vec::new();
+    for info in aya::maps::loaded_maps().flatten() {
+        let is_ports = info.name_as_str() == Some("PORTS")
+            && matches!(info.map_type(), Ok(MapType::Hash))
+            && info.key_size() == 4
+            && info.value_size() == 1;
+        if !is_ports || Some(info.id()) == own {
+            continue;
+        }
+        let Ok(data) = MapData::from_id(info.id()) else {
+            continue;
+        };
+        let Ok(map) = aya::maps::HashMap::<_, u32, u8>::try_from(Map::HashMap(data)) else {
+            continue;
+        };
+        let mut hit = false;
+        for port in map.keys().flatten() {
+            if let Ok(p) = u16::try_from(port)
+                && ports.contains(&p)
+            {
+                taken.insert(p);
+                hit = true;
+            }
+        }
+        if hit {
+            ids.push(info.id());
+        }
+    }
+    let holders = if ids.is_empty() {
+        Vec::new()
+    } else {
+        holders_of(&ids)
+    };
+    (taken, holders)
+}
+
 /// The processes holding a file descriptor of any of the maps `ids`.
 pub fn holders_of(ids: &[u32]) -> Vec<u32> {
     let Ok(rd) = std::fs::read_dir("/proc") else {

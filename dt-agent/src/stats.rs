@@ -59,6 +59,11 @@ pub struct Stats {
     /// exceeded (with the measured and allowed figures).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled_reason: Option<String>,
+    /// Why the last change of the rule set was refused (a reload of the rules directory, or a
+    /// remote config), while it stands: the active set is the one before it. A later change
+    /// that applies clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules_error: Option<String>,
     /// What dt's kernel programs cost, measured over the last window (with `[ceiling]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<CostStats>,

@@ -26,6 +26,18 @@ pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
         })
 }
 
+/// Whether `dir` (open) is a directory of a cgroup v2 hierarchy, where sock_ops attaches.
+pub fn is_cgroup2(dir: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd as _;
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs(2) on an open descriptor, into a statfs it may fill.
+    if unsafe { libc::fstatfs(dir.as_raw_fd(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_type as i64 == CGROUP2_SUPER_MAGIC)
+}
+
 /// Mounts bpffs at /sys/fs/bpf when `root` lies under it and it is not mounted yet.
 pub fn ensure_bpffs(root: &Path) -> anyhow::Result<()> {
     let bpffs = Path::new("/sys/fs/bpf");

@@ -115,6 +115,34 @@ fn cli_check_valid_files_exit_0() {
 }
 
 #[test]
+fn cli_arguments_are_checked_before_the_agent_is_asked() {
+    // No agent runs on this socket: each refusal comes from the argument itself.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("none.sock");
+    let socket = socket.to_str().unwrap();
+    // A state is on for 1s to 24h by hand too, as in a rule file.
+    for d in ["48h", "500ms"] {
+        let o = dt_agent(&["state", "incident", "on", "--for", d, "--socket", socket]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&format!("--for {d}: a state is on for 1s to 24h")),
+            "{}",
+            stderr(&o)
+        );
+    }
+    // `push DIR` pushes the directory's rule files; one without any says so.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let o = dt_agent(&["push", empty.to_str().unwrap(), "--socket", socket]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("a directory with no rule file (*.toml) in it; nothing to push"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
 fn cli_check_reads_a_file_named_twice_once_and_says_an_empty_directory() {
     let dir = TempRules::with_files(&[("10-a.toml", VALID_A)]);
     let a = dir.file("10-a.toml");
@@ -268,6 +296,38 @@ fn cli_run_invalid_rules_exits_1_and_attaches_nothing() {
 }
 
 #[test]
+fn cli_run_refuses_a_cgroup_that_is_not_one() {
+    if !kernel_or_skip("cli_run_refuses_a_cgroup_that_is_not_one") {
+        return;
+    }
+    let dir = TempRules::new();
+    dir.write("10-ok.toml", VALID_A);
+    let not_cgroup = tempfile::tempdir().unwrap();
+    let socket = not_cgroup.path().join("agent.sock");
+    let o = dt_agent(&[
+        "run",
+        "--rules",
+        dir.path().to_str().unwrap(),
+        "--port",
+        "14399",
+        "--socket",
+        socket.to_str().unwrap(),
+        "--cgroup",
+        not_cgroup.path().to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!(
+            "{} is not a directory of the cgroup v2 hierarchy",
+            not_cgroup.path().display()
+        )),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!socket.exists(), "no control socket may be left behind");
+}
+
+#[test]
 fn cli_run_stats_json_and_sigterm() {
     if !kernel_or_skip("cli_run_stats_json_and_sigterm") {
         return;
@@ -376,6 +436,45 @@ fn cli_run_stats_json_and_sigterm() {
         "stats after the refused run: {}",
         stderr(&o)
     );
+
+    // A second agent on another socket but the same port is warned that this one hooks it.
+    let other_socket = sock_dir.path().join("other.sock");
+    let other_log = sock_dir.path().join("other.log");
+    let other = Command::new(agent_bin())
+        .args([
+            "run",
+            "--rules",
+            dir.path().to_str().unwrap(),
+            "--port",
+            &receiver.port().to_string(),
+            "--socket",
+            other_socket.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&other_log).unwrap())
+        .spawn()
+        .expect("spawn another dt-agent run");
+    let other = KillOnDrop(Some(other));
+    let want = format!(
+        "port {} already hooked by another dt agent (pid {})",
+        receiver.port(),
+        child.0.as_ref().unwrap().id()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&other_log)
+        .unwrap_or_default()
+        .contains(&want)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no warning of the other agent: {}",
+            std::fs::read_to_string(&other_log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SIGKILL: unpinned, its programs go with it.
+    drop(other);
 
     // SIGHUP reads the rules directory again, and the agent goes on.
     let pid = child.0.as_ref().unwrap().id() as libc::pid_t;

@@ -684,15 +684,41 @@ fn operator_directory_edits_and_push_generations() {
         RELOAD_BOUND,
     );
     assert_logged_diag(&agent.log(), &new, 4, 1, "bogus");
-    assert_eq!(agent.rules(), info_before, "after an invalid edit");
+    // The refusal stands in `rules` and `stats` too (JSON and tables), not only in the log.
+    let mut after = agent.rules();
+    let refused = after
+        .rules_error
+        .take()
+        .expect("rules --json: no rules_error");
+    assert!(
+        refused.contains(&format!("{}:4:1: unknown key `bogus`", new.display())),
+        "{refused}"
+    );
+    assert_eq!(after, info_before, "after an invalid edit");
+    let s = agent.stats();
+    assert_eq!(s.rules_error.as_deref(), Some(refused.as_str()));
+    for verb in ["rules", "stats"] {
+        let o = agent.verb(verb, &[]);
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            text.contains("REFUSED: the last change of the rule set") && text.contains("bogus"),
+            "{verb}: {text}"
+        );
+    }
     traffic("after an invalid edit", &active, &mut stats);
 
-    // A push that fixes the file: exactly one new generation, not a second one from the
-    // watcher seeing the agent's own write.
+    // A push that fixes the file (a directory holding it: its rule files are pushed): exactly
+    // one new generation, not a second one from the watcher seeing the agent's own write.
     let incoming = TempRules::new();
-    let fix = incoming.write("60-new.toml", &toml(&[drop_kind("b")]));
-    let o = agent.push(&[&fix]);
+    let _fix = incoming.write("60-new.toml", &toml(&[drop_kind("b")]));
+    let o = agent.push(&[incoming.path()]);
     assert!(o.status.success(), "{}", output_text(&o));
+    assert_eq!(
+        agent.rules().rules_error,
+        None,
+        "the push applied: no refusal stands"
+    );
+    assert_eq!(agent.stats().rules_error, None);
     assert_eq!(pushed_generation(&o), g0 + 3);
     let info = agent.rules();
     assert_eq!(info.generation, g0 + 3);

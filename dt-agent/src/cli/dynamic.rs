@@ -5,7 +5,7 @@ use anyhow::{Context as _, bail};
 use dt_agent::{
     control::{self, Request},
     export::flush::FLUSH_WAIT,
-    rules::parse_duration,
+    rules::{MAX_STATE_DURATION, MIN_STATE_DURATION, parse_duration},
 };
 
 use super::{AgentAt, cannot_reach, locate};
@@ -30,8 +30,11 @@ pub fn state(name: &str, on: bool, for_: Option<&str>, at: &AgentAt) -> anyhow::
         Some(_) if !on => bail!("--for is only for `state NAME on`"),
         Some(text) => {
             let d = parse_duration(text).map_err(|e| anyhow::anyhow!("--for: {e}"))?;
-            if d.is_zero() {
-                bail!("--for: the duration must be more than 0");
+            if !(MIN_STATE_DURATION..=MAX_STATE_DURATION).contains(&d) {
+                bail!(
+                    "--for {text}: a state is on for 1s to 24h, as a state's duration in a rule \
+                     file"
+                );
             }
             Some(d.as_millis() as u64)
         }

@@ -1,15 +1,32 @@
-//! `dt-agent push PATH...`: sends rule files to the running agent, which validates the whole
+//! `dt-agent push PATH...`: sends rule files (a directory: its rule files) to the running agent, which validates the whole
 //! resulting set before it writes anything.
 
 use std::path::PathBuf;
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
 use dt_agent::control::{self, PushedFile, Request};
 use dt_agent::rules;
 
 use super::{AgentAt, cannot_reach, locate};
 
 pub fn push(paths: &[PathBuf], at: &AgentAt) -> anyhow::Result<()> {
+    // A directory stands for its rule files, as for `check`.
+    let mut expanded = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let files = rules::rule_files(p).map_err(|d| anyhow!("{d}"))?;
+            if files.is_empty() {
+                bail!(
+                    "{}: a directory with no rule file (*.toml) in it; nothing to push",
+                    p.display()
+                );
+            }
+            expanded.extend(files);
+        } else {
+            expanded.push(p.clone());
+        }
+    }
+    let paths = &expanded;
     // Names the agent would refuse are refused before it is asked (it checks them again).
     rules::pushed_names(paths.iter().map(PathBuf::as_path)).map_err(|e| anyhow!(e))?;
     let (socket, pins) = locate(at)?;

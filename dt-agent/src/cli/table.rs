@@ -18,6 +18,20 @@ fn switch(enabled: bool) -> &'static str {
     }
 }
 
+/// The last refused change of the rule set, if it stands, one problem a line.
+fn refused(out: &mut String, error: Option<&str>) {
+    let Some(error) = error else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "REFUSED: the last change of the rule set (the rules above are the set before it):"
+    );
+    for line in error.lines() {
+        let _ = writeln!(out, "  {line}");
+    }
+}
+
 pub fn rules(info: &RulesInfo) -> String {
     let mut out = String::new();
     let hw = hook_width(info.rules.iter().map(|r| r.hook.as_str()));
@@ -28,6 +42,7 @@ pub fn rules(info: &RulesInfo) -> String {
         switch(info.enabled),
         info.rules_dir.display()
     );
+    refused(&mut out, info.rules_error.as_deref());
     let _ = writeln!(
         out,
         "\n{:<32} {:<10} {:<hw$} SOURCE",
@@ -54,6 +69,7 @@ pub fn stats(s: &Stats) -> String {
     if let Some(why) = &s.disabled_reason {
         let _ = writeln!(out, "why: {why}");
     }
+    refused(&mut out, s.rules_error.as_deref());
     if let Some(c) = &s.cost {
         let _ = writeln!(
             out,

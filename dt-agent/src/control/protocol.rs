@@ -55,6 +55,9 @@ pub struct RulesInfo {
     pub enabled: bool,
     pub rules_dir: PathBuf,
     pub rules: Vec<RuleInfo>,
+    /// As `stats`'s `rules_error`: why the last change of the rule set was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules_error: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

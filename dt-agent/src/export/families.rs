@@ -549,6 +549,7 @@ pub(crate) mod testdata {
         Stats {
             generation: 7,
             enabled: true,
+            rules_error: None,
             rules: vec![
                 rule("drop-debug-noise", "drop", "otlp", true, 10),
                 rule(r#"quote " back \ nl"#, "sample", "otlp", true, 20),

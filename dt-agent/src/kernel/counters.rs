@@ -279,6 +279,7 @@ where
     Ok(Stats {
         generation: c.active_generation(),
         enabled: c.enabled != 0,
+        rules_error: None,
         rules,
         totals: TotalStats {
             connections: t.connections,

@@ -190,6 +190,34 @@ fn retired(known: &BTreeMap<u16, KnownRule>) -> std::collections::BTreeSet<Strin
 /// Ids of the agents of this process.
 static NEXT_AGENT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
+/// Warns when another dt agent (or a pinned filter whose agent is gone) hooks any of `ports`:
+/// on a connection both would hook, one agent's programs take it and the other's counters stay
+/// at 0. (Agents on other cgroups may share a port without meeting, so it is not refused.)
+/// `adopted`: the pin directory this agent adopts, whose filter is its own.
+fn warn_of_other_agents(ports: &[u16], adopted: Option<&Path>) {
+    let own = adopted.and_then(|dir| {
+        let data = MapData::from_pin(dir.join("PORTS")).ok()?;
+        Some(data.info().ok()?.id())
+    });
+    let (taken, holders) = crate::ripcord::ports_hooked_elsewhere(ports, own);
+    if taken.is_empty() {
+        return;
+    }
+    let list = |v: Vec<String>| v.join(", ");
+    log::warn!(
+        "port{} {} already hooked by another dt agent ({}): on connections both hook, only one \
+         agent filters and counts, and the other's counters stay at 0; stop the other (`dt-agent \
+         uninstall` with its --socket), or hook other ports or another --cgroup",
+        if taken.len() > 1 { "s" } else { "" },
+        list(taken.iter().map(u16::to_string).collect()),
+        if holders.is_empty() {
+            "a pinned filter whose agent is not running".to_string()
+        } else {
+            format!("pid {}", list(holders.iter().map(u32::to_string).collect()))
+        }
+    );
+}
+
 impl Agent {
     /// Compiles the rules, loads the programs (adopting pinned state when there is some),
     /// installs the rule set and attaches. On a rule error nothing is loaded, pinned or
@@ -241,6 +269,18 @@ impl Agent {
         };
         let cgroup_file =
             File::open(&cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        if !sys::is_cgroup2(&cgroup_file)
+            .with_context(|| format!("reading the file system of {}", cgroup.display()))?
+        {
+            bail!(
+                "{} is not a directory of the cgroup v2 hierarchy (where dt hooks sockets): give \
+                 --cgroup a directory under {} or leave it out for the whole host",
+                cgroup.display(),
+                sys::cgroup2_root()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| "the cgroup2 mount".to_string())
+            );
+        }
 
         sys::bump_memlock();
         // sock_ops makes each hooked socket's send buffer hold a whole request (see
@@ -258,6 +298,7 @@ impl Agent {
                 cfg.max_request.div_ceil(2)
             );
         }
+        warn_of_other_agents(&cfg.ports, pins.as_deref().filter(|_| adopting));
         let mut loader = EbpfLoader::new();
         let pin_paths: Vec<(&str, PathBuf)> = match &pins {
             Some(dir) => {

@@ -47,6 +47,6 @@ pub use model::{
     StateDef, TriggerDef,
 };
 pub(crate) use parse::read_table_naming;
-pub use parse::{parse_duration, parse_size};
+pub use parse::{MAX_STATE_DURATION, MIN_STATE_DURATION, parse_duration, parse_size};
 pub use severity::SeverityRange;
 pub use slots::{ObjectSlots, SlotTable};

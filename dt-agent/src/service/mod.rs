@@ -110,7 +110,9 @@ impl Service {
     }
 
     pub fn stats(&self) -> anyhow::Result<Stats> {
-        self.with_agent(|a| a.stats())
+        let mut stats = self.with_agent(|a| a.stats())?;
+        stats.rules_error = self.lock().last_error.clone();
+        Ok(stats)
     }
 
     pub fn rules(&self) -> anyhow::Result<RulesInfo> {
@@ -122,6 +124,7 @@ impl Service {
             enabled: stats.enabled,
             rules_dir: self.rules_dir.clone(),
             rules: RuleInfo::of_rules(agent.active_rules()),
+            rules_error: inner.last_error.clone(),
         })
     }
 
@@ -138,6 +141,13 @@ impl Service {
         on: bool,
         duration: Option<Duration>,
     ) -> anyhow::Result<()> {
+        if let Some(d) = duration {
+            anyhow::ensure!(
+                (rules::MIN_STATE_DURATION..=rules::MAX_STATE_DURATION).contains(&d),
+                "a state is on for 1s to 24h, as a state's duration in a rule file (asked: {} s)",
+                d.as_secs_f64()
+            );
+        }
         self.with_agent(|a| a.set_state(name, on, duration))?;
         log::info!(
             "state {name} {}",

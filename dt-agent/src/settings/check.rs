@@ -137,9 +137,18 @@ pub fn max_request_range(got: impl std::fmt::Display) -> String {
     format!("{got} is out of range; the request size bound is 1..={MAX_REQUEST_CEILING} bytes")
 }
 
-/// `--max-request BYTES`: a number that [`check_max_request`] accepts.
+/// `--max-request BYTES`: bytes, or a size such as `256KiB`, that [`check_max_request`]
+/// accepts.
 pub fn parse_max_request(text: &str) -> Result<u32, String> {
-    let n: u32 = text.parse().map_err(|_| max_request_range(text))?;
+    if let Some(n) = text.strip_prefix('-')
+        && n.parse::<u64>().is_ok()
+    {
+        return Err(max_request_range(text));
+    }
+    let bytes = crate::rules::parse_size(text).map_err(|_| {
+        format!("`{text}` is not a size: write bytes (262144) or KiB or MiB (\"256KiB\")")
+    })?;
+    let n = u32::try_from(bytes).map_err(|_| max_request_range(text))?;
     check_max_request(n)?;
     Ok(n)
 }

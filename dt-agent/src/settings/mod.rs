@@ -100,7 +100,8 @@ pub struct Layer {
     /// How often to push OTLP metrics (e.g. 10s) [default: 10s].
     #[arg(long, value_name = "DURATION", display_order = 11, value_parser = parse_duration)]
     pub otlp_interval: Option<Duration>,
-    /// Requests (head + body) longer than this pass through untouched, counted `oversize`.
+    /// Requests (head + body) longer than this pass through untouched, counted `oversize`
+    /// (bytes, or e.g. 256KiB).
     #[arg(long, value_name = "BYTES", display_order = 12, value_parser = parse_max_request)]
     pub max_request: Option<u32>,
     /// Post captured uprobe calls as OTLP logs to this URL (e.g. http://127.0.0.1:4318/v1/logs).

@@ -775,3 +775,29 @@ fn every_problem_of_the_file_is_reported_in_one_run() {
     );
     assert!(e[3].starts_with("5:8: `ceiling.cpu`: "), "{e:#?}");
 }
+
+#[test]
+fn the_max_request_flag_takes_bytes_or_a_size() {
+    use super::check::parse_max_request;
+    assert_eq!(parse_max_request("131072"), Ok(131072));
+    assert_eq!(parse_max_request("256KiB"), Ok(262144));
+    assert_eq!(
+        parse_max_request("10k"),
+        Err("`10k` is not a size: write bytes (262144) or KiB or MiB (\"256KiB\")".to_string())
+    );
+    assert!(
+        parse_max_request("1MiB")
+            .unwrap_err()
+            .starts_with("1048576 is out of range")
+    );
+    assert!(
+        parse_max_request("0")
+            .unwrap_err()
+            .starts_with("0 is out of range")
+    );
+    assert!(
+        parse_max_request("-5")
+            .unwrap_err()
+            .starts_with("-5 is out of range")
+    );
+}

@@ -4,7 +4,7 @@
 mod objects;
 mod probe;
 
-pub use objects::{parse_duration, parse_size};
+pub use objects::{MAX_STATE_DURATION, MIN_STATE_DURATION, parse_duration, parse_size};
 
 use std::collections::BTreeMap;
 use std::fmt;
