@@ -44,6 +44,39 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// `dt-agent run` on the rules in `rules`, hooking `port`, serving `socket`.
+fn run_command(rules: &Path, port: u16, socket: &Path) -> Command {
+    let mut cmd = Command::new(agent_bin());
+    cmd.args([
+        "run",
+        "--rules",
+        rules.to_str().unwrap(),
+        "--port",
+        &port.to_string(),
+        "--socket",
+        socket.to_str().unwrap(),
+    ])
+    .stdin(Stdio::null());
+    cmd
+}
+
+/// Waits until the file at `log` holds `needle`.
+fn wait_for_log(log: &Path, needle: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} does not say {needle:?} within {timeout:?}:\n{text}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Asserts exit 1 and a `file:line:column: message` line for `file` at `line` (and `column`
 /// when given) whose message contains `needle`. Returns the column found.
 fn assert_diag(o: &Output, file: &Path, line: usize, column: Option<usize>, needle: &str) -> usize {
@@ -343,17 +376,7 @@ fn cli_run_stats_json_and_sigterm() {
     let socket = sock_dir.path().join("agent.sock");
     let log_path = sock_dir.path().join("agent.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let child = Command::new(agent_bin())
-        .args([
-            "run",
-            "--rules",
-            dir.path().to_str().unwrap(),
-            "--port",
-            &receiver.port().to_string(),
-            "--socket",
-            socket.to_str().unwrap(),
-        ])
-        .stdin(Stdio::null())
+    let child = run_command(dir.path(), receiver.port(), &socket)
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
@@ -404,17 +427,7 @@ fn cli_run_stats_json_and_sigterm() {
     assert!(String::from_utf8_lossy(&t.stdout).contains("drop-debug"));
 
     // A second `run` on the same socket is refused, and leaves this agent's socket alone.
-    let second = Command::new(agent_bin())
-        .args([
-            "run",
-            "--rules",
-            dir.path().to_str().unwrap(),
-            "--port",
-            &receiver.port().to_string(),
-            "--socket",
-            socket.to_str().unwrap(),
-        ])
-        .stdin(Stdio::null())
+    let second = run_command(dir.path(), receiver.port(), &socket)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -440,17 +453,7 @@ fn cli_run_stats_json_and_sigterm() {
     // A second agent on another socket but the same port is warned that this one hooks it.
     let other_socket = sock_dir.path().join("other.sock");
     let other_log = sock_dir.path().join("other.log");
-    let other = Command::new(agent_bin())
-        .args([
-            "run",
-            "--rules",
-            dir.path().to_str().unwrap(),
-            "--port",
-            &receiver.port().to_string(),
-            "--socket",
-            other_socket.to_str().unwrap(),
-        ])
-        .stdin(Stdio::null())
+    let other = run_command(dir.path(), receiver.port(), &other_socket)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&other_log).unwrap())
         .spawn()
@@ -461,18 +464,7 @@ fn cli_run_stats_json_and_sigterm() {
         receiver.port(),
         child.0.as_ref().unwrap().id()
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_to_string(&other_log)
-        .unwrap_or_default()
-        .contains(&want)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no warning of the other agent: {}",
-            std::fs::read_to_string(&other_log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_log(&other_log, &want, Duration::from_secs(20));
     // SIGKILL: unpinned, its programs go with it.
     drop(other);
 
@@ -480,14 +472,11 @@ fn cli_run_stats_json_and_sigterm() {
     let pid = child.0.as_ref().unwrap().id() as libc::pid_t;
     // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(&log_path)
-        .unwrap_or_default()
-        .contains("SIGHUP: reading the rules directory again")
-    {
-        assert!(Instant::now() < deadline, "no SIGHUP line in the log");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_log(
+        &log_path,
+        "SIGHUP: reading the rules directory again",
+        Duration::from_secs(10),
+    );
     assert!(
         child.0.as_mut().unwrap().try_wait().unwrap().is_none(),
         "SIGHUP stopped the agent"
