@@ -775,6 +775,67 @@ fn operator_directory_edits_and_push_generations() {
     );
 }
 
+/// SIGHUP (`systemctl reload dt-agent`) tries a refused change again, even with the rules
+/// directory as it was: here a probe's binary that was missing is installed, outside the
+/// directory (neither the watcher nor the rescan, which skip files already refused, reload).
+#[test]
+fn operator_sighup_tries_a_refused_change_again() {
+    if !kernel_or_skip("operator_sighup_tries_a_refused_change_again") {
+        return;
+    }
+    let rx = Receiver::start_v4();
+    let rules = TempRules::with_files(&[("50-test.toml", &toml(&[drop_kind("a")]))]);
+    let mut agent = AgentProcess::new("sighup", rules.path(), &[rx.port()], false);
+    agent.start();
+    let g0 = agent.rules().generation;
+    let lib_dir = tempfile::tempdir().unwrap();
+    let lib = lib_dir.path().join("libdt-test-copy.so.6");
+    rules.write(
+        "60-probe.toml",
+        &format!(
+            "[[probe]]\nname = \"copy\"\npreset = \"syslog\"\nbinary = \"{}\"\n\n\
+             [[rule]]\nname = \"count-copy\"\naction = \"count\"\nhooks = [\"uprobe:copy\"]\n",
+            lib.display()
+        ),
+    );
+    agent.wait_log(
+        "the rules directory is invalid; the active rule set stays",
+        1,
+        Duration::from_secs(5),
+    );
+    let refused = agent.rules().rules_error.expect("a refusal stands");
+    assert!(refused.contains(&lib.display().to_string()), "{refused}");
+
+    // The binary appears; the files are as they were: nothing reloads by itself.
+    std::fs::copy("/lib/x86_64-linux-gnu/libc.so.6", &lib).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(agent.rules().generation, g0);
+    // SAFETY: kill(2) on the agent's pid, a child of this test.
+    assert_eq!(
+        unsafe { libc::kill(agent.pid() as libc::pid_t, libc::SIGHUP) },
+        0
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let info = loop {
+        let info = agent.rules();
+        if info.generation > g0 {
+            break info;
+        }
+        assert!(Instant::now() < deadline, "SIGHUP did not apply the set");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(info.generation, g0 + 1);
+    assert_eq!(info.rules_error, None, "the refusal is cleared");
+    assert_eq!(rule_names(&info), ["drop-a", "count-copy"]);
+    assert!(
+        agent
+            .log()
+            .contains("SIGHUP: reading the rules directory again"),
+        "{}",
+        agent.log()
+    );
+}
+
 // ------------------------------------------------------------------------------------------
 // 4. The rip cord, with the agent running and on the pins after kill -9
 

@@ -28,10 +28,13 @@ pub struct SocketFile {
     path: std::path::PathBuf,
     dev: u64,
     ino: u64,
+    /// `<socket>.lock`, locked (flock) from before the socket is looked at until the agent
+    /// exits: two agents starting at once on a stale socket cannot both take it.
+    _lock: std::fs::File,
 }
 
 impl SocketFile {
-    fn of(path: &Path) -> anyhow::Result<SocketFile> {
+    fn of(path: &Path, lock: std::fs::File) -> anyhow::Result<SocketFile> {
         use std::os::unix::fs::MetadataExt as _;
         let m = std::fs::symlink_metadata(path)
             .with_context(|| format!("reading {}", path.display()))?;
@@ -39,6 +42,7 @@ impl SocketFile {
             path: path.to_path_buf(),
             dev: m.dev(),
             ino: m.ino(),
+            _lock: lock,
         })
     }
 
@@ -59,6 +63,7 @@ pub fn bind(path: &Path) -> anyhow::Result<(UnixListener, SocketFile)> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    let lock = lock_beside(path)?;
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             bail!(
@@ -71,10 +76,39 @@ pub fn bind(path: &Path) -> anyhow::Result<(UnixListener, SocketFile)> {
     }
     let listener =
         UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    let file = SocketFile::of(path)?;
+    let file = SocketFile::of(path, lock)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("setting the mode of {}", path.display()))?;
     Ok((listener, file))
+}
+
+/// Takes `<path>.lock` (created when missing, mode 0600) with an exclusive `flock`, or says
+/// which agent has it.
+fn lock_beside(path: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = std::path::PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    // SAFETY: flock(2) on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            bail!(
+                "another agent is already serving {} (give another --socket to run a second one)",
+                path.display()
+            );
+        }
+        return Err(e).with_context(|| format!("locking {}", lock_path.display()));
+    }
+    Ok(file)
 }
 
 /// Serves requests until the task is dropped.

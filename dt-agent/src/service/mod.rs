@@ -43,8 +43,9 @@ pub struct Service {
 struct Inner {
     /// `None` once uninstalled.
     agent: Option<Agent>,
-    /// Digest of the rule files the active generation was compiled from.
-    digest: u64,
+    /// Digest of the rule files the active generation was compiled from (or that were refused
+    /// last); `None` after the rules directory could not be read.
+    digest: Option<u64>,
     /// The remote part of the rule set (`opamp/NAME.toml` labels and texts, in name order),
     /// after the rules directory's files: what an OpAMP server gave last and was applied.
     remote: Vec<(PathBuf, String)>,
@@ -69,16 +70,17 @@ impl Service {
         agent: Agent,
         rules_dir: PathBuf,
         remote: Vec<(PathBuf, String)>,
+        last_error: Option<String>,
     ) -> anyhow::Result<Arc<Service>> {
         let mut sources = read_sources(&rules_dir)?;
         sources.extend(remote.iter().cloned());
         Ok(Arc::new(Service {
             inner: Mutex::new(Inner {
                 agent: Some(agent),
-                digest: digest(&sources),
+                digest: Some(digest(&sources)),
                 remote,
                 active_sources: sources,
-                last_error: None,
+                last_error,
                 stopping: false,
                 uninstalling: false,
                 uninstall_error: None,
@@ -249,7 +251,7 @@ impl Service {
         let generation = agent.generation();
         // What is in the directory now is what is active: the watcher's event for these writes
         // finds nothing new.
-        inner.digest = digest(&installed);
+        inner.digest = Some(digest(&installed));
         inner.active_sources = installed;
         inner.last_error = None;
         log::info!("pushed {}: generation {generation}", names.join(", "));
@@ -260,18 +262,35 @@ impl Service {
     /// active set. An invalid set is logged (`file:line:column: message`) and the active one
     /// stays.
     pub fn reload_from_dir(&self) {
+        self.reload_dir(false);
+    }
+
+    /// SIGHUP: [`Service::reload_from_dir`], and a refused change is tried again even when the
+    /// files are as they were (what refused it may have changed: a probe's binary installed).
+    pub fn reread_dir(&self) {
+        self.reload_dir(true);
+    }
+
+    fn reload_dir(&self, retry_refused: bool) {
         let mut inner = self.lock();
+        if inner.stopping {
+            // Detaching: no new generation (push and remote configs are refused too).
+            return;
+        }
         let mut sources = match read_sources(&self.rules_dir) {
             Ok(s) => s,
             Err(e) => {
                 log::error!("rules directory: {e:#}; the active rule set stays");
                 inner.last_error = Some(format!("rules directory: {e:#}"));
+                // Whatever the next reading finds is reloaded (and this error cleared), even
+                // the active set's files.
+                inner.digest = None;
                 return;
             }
         };
         sources.extend(inner.remote.iter().cloned());
         let d = digest(&sources);
-        if d == inner.digest {
+        if inner.digest == Some(d) && !(retry_refused && inner.last_error.is_some()) {
             return;
         }
         let Some(agent) = inner.agent.as_mut() else {
@@ -283,7 +302,7 @@ impl Service {
             .and_then(|(compiled, slots)| agent.install_compiled(&compiled, slots));
         match result {
             Ok(()) => {
-                inner.digest = d;
+                inner.digest = Some(d);
                 inner.active_sources = sources;
                 inner.last_error = None;
                 log::info!(
@@ -293,7 +312,7 @@ impl Service {
             }
             Err(e) => {
                 // Remember the digest: the same broken files are not reported again.
-                inner.digest = d;
+                inner.digest = Some(d);
                 match e.downcast_ref::<RuleErrors>() {
                     Some(errors) => {
                         for d in &errors.0 {
@@ -332,7 +351,7 @@ impl Service {
             return Err(e);
         }
         let generation = agent.generation();
-        inner.digest = digest(&sources);
+        inner.digest = Some(digest(&sources));
         inner.active_sources = sources;
         inner.remote = remote;
         inner.last_error = None;

@@ -54,6 +54,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             Some(addr) => Some(export::bind_metrics(addr)?),
             None => None,
         };
+        // A kept remote config set aside at start stands as the refused change.
+        let mut set_aside = None;
         let agent = match Agent::start(cfg.clone()) {
             Ok(a) => a,
             Err(e) if !cfg.remote_rules.is_empty() => {
@@ -66,12 +68,20 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
                 if let Some((_, _, startup)) = opamp.as_mut() {
                     startup.set_aside(&error);
                 }
+                set_aside = Some(format!(
+                    "the last remote config was set aside at start: {error}"
+                ));
                 cfg.remote_rules.clear();
                 Agent::start(cfg.clone())?
             }
             Err(e) => return Err(e),
         };
-        let service = Service::new(agent, cfg.rules_dir.clone(), cfg.remote_rules.clone())?;
+        let service = Service::new(
+            agent,
+            cfg.rules_dir.clone(),
+            cfg.remote_rules.clone(),
+            set_aside,
+        )?;
         let watcher = service.watch()?;
         log::info!(
             "dt-agent running: rules {} (watched), control socket {}",
@@ -202,13 +212,13 @@ impl Signals {
 }
 
 /// SIGHUP (`systemctl reload dt-agent`): the rules directory is read again, as when the
-/// watcher sees a change (an unchanged directory makes no new generation). Once this task is
-/// gone (the agent is stopping), a SIGHUP does nothing.
+/// watcher sees a change (an unchanged directory makes no new generation), and a refused change
+/// is tried again. While the agent is stopping, a SIGHUP does nothing.
 async fn reread_on_hangup(mut hup: tokio::signal::unix::Signal, service: Arc<Service>) {
     while hup.recv().await.is_some() {
         log::info!("SIGHUP: reading the rules directory again");
         let s = service.clone();
-        let _ = tokio::task::spawn_blocking(move || s.reload_from_dir()).await;
+        let _ = tokio::task::spawn_blocking(move || s.reread_dir()).await;
     }
 }
 

@@ -71,7 +71,7 @@ pub fn load_optional(explicit: Option<&Path>) -> Result<Option<Layer>, Vec<Diagn
 }
 
 /// Reads and validates a config file. On failure, returns every problem found as
-/// `file:line:column: message` (a TOML syntax or type error reports that one problem).
+/// `file:line:column: message` (a TOML syntax error reports that one problem).
 pub fn load(path: &Path) -> Result<Layer, Vec<Diagnostic>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         vec![Diagnostic::new(

@@ -445,8 +445,9 @@ fn parse_rule(src: &SourceText, table: &Spanned<DeValue>) -> Result<RuleDef, Vec
         None => (table, None),
     };
     let (raw, mut read) = read_table::<RawRule>(src, table);
+    let rule_keys = table.get_ref().as_table();
     for d in &mut read {
-        match_key_hint(d);
+        match_key_hint(d, |k| rule_keys.is_some_and(|t| t.contains_key(k)));
     }
     read.splice(0..0, match_problem);
     let Some(raw) = raw else {
@@ -465,9 +466,10 @@ const MATCH_KEYS: [&str; 6] = [
     "state",
 ];
 
-/// An unknown key of a rule that is (or is a typo of) a key of `[rule.match]`: says where it
-/// goes, in place of the rule's own keys.
-fn match_key_hint(d: &mut Diagnostic) {
+/// An unknown key of a rule (`in_rule`: one of the rule table's own, not of a table in it)
+/// that is (or is a typo of) a key of `[rule.match]`: says where it goes, in place of the rule's
+/// own keys.
+fn match_key_hint(d: &mut Diagnostic, in_rule: impl Fn(&str) -> bool) {
     let Some(key) = d
         .message
         .strip_prefix("unknown key `")
@@ -476,7 +478,7 @@ fn match_key_hint(d: &mut Diagnostic) {
     else {
         return;
     };
-    if d.message.contains("(did you mean") {
+    if d.message.contains("(did you mean") || !in_rule(&key) {
         return;
     }
     let Some(m) = crate::rules::diag::closest(&key, &MATCH_KEYS) else {
