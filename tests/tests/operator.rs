@@ -896,10 +896,44 @@ fn operator_disable_enable_running_and_on_pins() {
         output_text(&o)
     );
     phase(&agent, "killed, disabled on the pins", false);
+    // `uninstall` needs the agent (it waits for held requests), and says how to do without.
+    let o = agent.verb("uninstall", &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("if it cannot start, remove the pinned filter"),
+        "{}",
+        output_text(&o)
+    );
+    // `stats` with no agent says on stderr that the numbers are the pinned filter's.
+    let o = agent.verb("stats", &["--json"]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no agent answers on")
+            && String::from_utf8_lossy(&o.stderr).contains("the counters of the pinned filter"),
+        "{}",
+        output_text(&o)
+    );
     let o = agent.verb("enable", &[]);
     assert!(o.status.success(), "{}", output_text(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("no agent is running"));
     phase(&agent, "killed, enabled on the pins", true);
+
+    // An agent that adopts a disabled filter says so in its log, and it stays disabled.
+    let o = agent.verb("disable", &[]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    agent.start();
+    assert!(
+        agent.log().contains(
+            "the adopted filter is DISABLED: the rip cord is pulled (dt-agent disable): every \
+             request passes untouched; `dt-agent enable` turns it on"
+        ),
+        "{}",
+        agent.log()
+    );
+    phase(&agent, "adopted, disabled", false);
+    let o = agent.verb("enable", &[]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    phase(&agent, "adopted, enabled", true);
 }
 
 // ------------------------------------------------------------------------------------------

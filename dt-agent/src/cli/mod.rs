@@ -78,6 +78,19 @@ pub fn cannot_reach(verb: &str, socket: &Path, pins: &Path, e: CallError) -> any
                 format!("there is nothing to {verb}")
             }
         ),
+        CallError::NoAgent(_) if verb == "uninstall" && dt_agent::kernel::has_pins(pins) => {
+            anyhow::anyhow!(
+                "no agent is running (nothing answers on {}): `dt-agent uninstall` needs a \
+                 running agent, which waits for requests held in the kernel before it detaches. \
+                 Start it (`dt-agent run --pin`, or `systemctl start dt-agent`) and uninstall \
+                 again; or, if it cannot start, remove the pinned filter under {} by hand \
+                 (`rm -r {}`: its programs detach at once, and a request held at that moment \
+                 is lost)",
+                socket.display(),
+                pins.display(),
+                pins.display()
+            )
+        }
         CallError::NoAgent(_) => anyhow::anyhow!(
             "no agent is running (nothing answers on {}): `dt-agent {verb}` needs a running \
              agent. Start it (`dt-agent run`, or `systemctl start dt-agent`), or give --socket \

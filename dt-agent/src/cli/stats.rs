@@ -12,8 +12,15 @@ pub fn stats(json: bool, at: &AgentAt) -> anyhow::Result<()> {
     let (socket, pins) = locate(at)?;
     let stats = match control::call_within(&socket, &Request::Stats, control::ANSWER_DEADLINE) {
         Ok(r) => r.stats.context("the agent's answer carries no stats")?,
-        Err(CallError::NoAgent(e)) if kernel::has_pins(&pins) => {
-            log::debug!("{e:#}; reading the pinned maps");
+        Err(CallError::NoAgent(_)) if kernel::has_pins(&pins) => {
+            // Said on stderr (stdout stays the table or the JSON): the numbers are those of a
+            // filter whose agent is not running.
+            eprintln!(
+                "dt-agent: no agent answers on {}: the counters of the pinned filter under {} \
+                 (still filtering with its last rule set, if enabled)",
+                socket.display(),
+                pins.display()
+            );
             kernel::pinned_stats(&pins)?
         }
         Err(e @ CallError::NoAnswer { .. }) if kernel::has_pins(&pins) => {

@@ -18,6 +18,23 @@ fn switch(enabled: bool) -> &'static str {
     }
 }
 
+/// `text` with control characters escaped as Rust writes them in a string (`\n`, `\u{1b}`), and
+/// backslashes doubled so that an escape is never ambiguous.
+fn printable(text: &str) -> String {
+    if !text.chars().any(|c| c.is_control() || c == '\\') {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() || c == '\\' {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// The last refused change of the rule set, if it stands, one problem a line.
 fn refused(out: &mut String, error: Option<&str>) {
     let Some(error) = error else {
@@ -103,7 +120,9 @@ pub fn stats(s: &Stats) -> String {
         let mut groups: Vec<_> = r.groups.iter().flatten().filter(|(_, n)| **n > 0).collect();
         groups.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         for (group, n) in groups {
-            let label = format!("  {group}");
+            // A group is a value from a sender's record: control characters (an escape
+            // sequence, a carriage return, a line break) are shown escaped, never written.
+            let label = format!("  {}", printable(group));
             let _ = writeln!(out, "{label:<32} {:<10} {:<hw$} {n:>12}", "", "");
         }
     }
@@ -191,4 +210,54 @@ pub fn stats(s: &Stats) -> String {
         let _ = writeln!(out, "states: {}", states.join(", "));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use dt_agent::{Stats, stats::RuleStats};
+
+    #[test]
+    fn group_values_from_senders_are_shown_escaped() {
+        let groups = [
+            ("\u{1b}[2J\u{1b}[31mFAKE", 1),
+            ("ok\rdrop-everything   drop  otlp  99999", 2),
+            ("line1\nline2", 3),
+            ("back\\slash", 4),
+            ("plain ünïcødé", 5),
+        ];
+        let s = Stats {
+            rules: vec![RuleStats {
+                name: "by-user".into(),
+                action: "count".into(),
+                hook: "otlp".into(),
+                active: true,
+                matched: 15,
+                groups: Some(groups.iter().map(|(g, n)| (g.to_string(), *n)).collect()),
+                ..RuleStats::default()
+            }],
+            ..Stats::default()
+        };
+        let text = super::stats(&s);
+        assert!(
+            !text.contains(['\u{1b}', '\r']),
+            "a control character reached the table: {text:?}"
+        );
+        for shown in [
+            "\\u{1b}[2J\\u{1b}[31mFAKE",
+            "ok\\rdrop-everything   drop  otlp  99999",
+            "line1\\nline2",
+            "back\\\\slash",
+            "plain ünïcødé",
+        ] {
+            assert!(text.contains(shown), "{shown} is not in {text}");
+        }
+        // One line a group, largest first: nothing breaks the table's rows.
+        let lines: Vec<&str> = text.lines().collect();
+        let at = lines.iter().position(|l| l.starts_with("by-user")).unwrap();
+        let counts: Vec<&str> = lines[at + 1..at + 6]
+            .iter()
+            .map(|l| l.split_whitespace().last().unwrap())
+            .collect();
+        assert_eq!(counts, ["5", "4", "3", "2", "1"], "{text}");
+    }
 }

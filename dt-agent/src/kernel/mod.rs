@@ -448,6 +448,10 @@ impl Agent {
                 None => String::new(),
             }
         );
+        if let Some(why) = agent.disabled_reason.as_deref() {
+            // Adopted with the rip cord pulled: it stays pulled, and every request passes.
+            log::warn!("the adopted filter is DISABLED: {why}; `dt-agent enable` turns it on");
+        }
         Ok(agent)
     }
 

@@ -142,6 +142,9 @@ impl Objects {
             let kept = old.recorders.get(&r.name) == Some(&r.slot) && conf.size == r.size;
             if !kept {
                 // A fresh ring: the recorder is new, or its size changed (it starts empty).
+                if old.recorders.get(&r.name) == Some(&r.slot) {
+                    self.warn_resized(r.slot, &r.name, conf, r.size);
+                }
                 let ring: Array<MapData, RingBlock> =
                     Array::create((r.size / RING_BLOCK as u64) as u32, BPF_F_INNER_MAP)
                         .with_context(|| format!("creating the ring of recorder {}", r.name))?;
@@ -167,6 +170,29 @@ impl Objects {
                 .insert(object_key(KIND_STATE, &s.name), s.slot as u32, 0)?;
         }
         Ok(())
+    }
+
+    /// A recorder whose size changes starts with a new, empty ring: says what the old one held
+    /// (and a flush a trigger asked for and no agent served yet), which is discarded.
+    fn warn_resized(&self, slot: u8, name: &str, conf: RecConf, size: u64) {
+        let held = self
+            .read_ring_with(slot, false)
+            .map(|c| c.entries.len())
+            .unwrap_or(0);
+        let pending = self.rec_state(slot).flush_req != conf.flush_done;
+        if held == 0 && !pending {
+            return;
+        }
+        log::warn!(
+            "recorder {name}: its size changes from {} to {size} bytes, so it starts empty: the \
+             {held} records it held are discarded{} (flush it before changing its size)",
+            conf.size,
+            if pending {
+                ", and the flush a trigger asked for is not made"
+            } else {
+                ""
+            }
+        );
     }
 
     /// After a rule set became active: the recorders and states it no longer has go (a
