@@ -272,6 +272,20 @@ fn assert_exposition_matches(e: &Exposition, stats: &Stats) {
         ("dt_generation", stats.generation),
         ("dt_enabled", stats.enabled as u64),
         ("dt_requests_in_flight", t.in_flight),
+        ("dt_released_total", t.released),
+        ("dt_uprobe_attached", stats.uprobes.attached),
+        ("dt_uprobe_calls_total", stats.uprobes.calls),
+        ("dt_uprobe_nested_total", stats.uprobes.nested),
+        ("dt_uprobe_unreadable_total", stats.uprobes.unreadable),
+        ("dt_uprobe_truncated_total", stats.uprobes.truncated),
+        ("dt_uprobe_captured_total", stats.uprobes.captured),
+        ("dt_uprobe_capture_lost_total", stats.uprobes.capture_lost),
+        (
+            "dt_uprobe_capture_throttled_total",
+            stats.uprobes.capture_throttled,
+        ),
+        ("dt_uprobe_exported_total", stats.uprobes.exported),
+        ("dt_uprobe_export_failed_total", stats.uprobes.export_failed),
     ] {
         assert_eq!(e.get(name, &[]), Some(want as f64), "{name}");
         n += 1;
@@ -588,6 +602,21 @@ fn assert_points_match(p: &Points, stats: &Stats, start: u64, window: (u64, u64)
         ("dt.generation", stats.generation, false),
         ("dt.enabled", stats.enabled as u64, false),
         ("dt.requests.in_flight", t.in_flight, false),
+        ("dt.released", t.released, true),
+        ("dt.uprobe.attached", stats.uprobes.attached, false),
+        ("dt.uprobe.calls", stats.uprobes.calls, true),
+        ("dt.uprobe.nested", stats.uprobes.nested, true),
+        ("dt.uprobe.unreadable", stats.uprobes.unreadable, true),
+        ("dt.uprobe.truncated", stats.uprobes.truncated, true),
+        ("dt.uprobe.captured", stats.uprobes.captured, true),
+        ("dt.uprobe.capture_lost", stats.uprobes.capture_lost, true),
+        (
+            "dt.uprobe.capture_throttled",
+            stats.uprobes.capture_throttled,
+            true,
+        ),
+        ("dt.uprobe.exported", stats.uprobes.exported, true),
+        ("dt.uprobe.export_failed", stats.uprobes.export_failed, true),
     ] {
         assert_eq!(get(name, &[]), (want, sum), "{name}");
         n += 1;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::stats::{RecorderStats, RuleStats, Stats, TotalStats};
+use crate::stats::{RecorderStats, RuleStats, Stats, TotalStats, UprobeStats};
 
 /// Where the exporters read the counters from, typically the running service's `stats()`. It is called
 /// on a blocking thread (`tokio::task::spawn_blocking`), so it may take a lock.
@@ -112,7 +112,7 @@ pub(crate) const RULE_FAMILIES: [Reader<RuleStats>; 5] = [
 ];
 
 /// Whole-path counters, without labels.
-pub(crate) const TOTAL_FAMILIES: [Reader<TotalStats>; 9] = [
+pub(crate) const TOTAL_FAMILIES: [Reader<TotalStats>; 10] = [
     (
         counter(
             "dt_connections_total",
@@ -194,6 +194,15 @@ pub(crate) const TOTAL_FAMILIES: [Reader<TotalStats>; 9] = [
         ),
         |t| t.untracked_bytes,
     ),
+    (
+        counter(
+            "dt_released_total",
+            "dt.released",
+            "{request}",
+            "Held requests whose connection closed before the rest of them was sent (they never left).",
+        ),
+        |t| t.released,
+    ),
 ];
 
 /// Requests that left byte-for-byte untouched, labelled `reason`.
@@ -236,7 +245,7 @@ pub(crate) const GAUGES: [Reader<Stats>; 3] = [
 ];
 
 /// Per-recorder values, labelled `recorder`.
-pub(crate) const RECORDER_FAMILIES: [Reader<RecorderStats>; 7] = [
+pub(crate) const RECORDER_FAMILIES: [Reader<RecorderStats>; 9] = [
     (
         gauge(
             "dt_recorder_records",
@@ -299,6 +308,118 @@ pub(crate) const RECORDER_FAMILIES: [Reader<RecorderStats>; 7] = [
             "Flushes given up after every try failed (their records stayed in the recorder).",
         ),
         |r| r.flush_failures,
+    ),
+    (
+        counter(
+            "dt_recorder_lost_total",
+            "dt.recorder.lost",
+            "{record}",
+            "Records not recorded for another reason (the recorder just removed, a message unreadable).",
+        ),
+        |r| r.lost,
+    ),
+    (
+        counter(
+            "dt_recorder_recorded_total",
+            "dt.recorder.recorded",
+            "{record}",
+            "Records written into the recorder in all.",
+        ),
+        |r| r.recorded,
+    ),
+];
+
+/// The uprobe hook's counters, without labels.
+pub(crate) const UPROBE_FAMILIES: [Reader<UprobeStats>; 10] = [
+    (
+        gauge(
+            "dt_uprobe_attached",
+            "dt.uprobe.attached",
+            "{function}",
+            "Functions the uprobe hook is attached to now.",
+        ),
+        |u| u.attached,
+    ),
+    (
+        counter(
+            "dt_uprobe_calls_total",
+            "dt.uprobe.calls",
+            "{call}",
+            "Application calls of probed functions evaluated against the rules.",
+        ),
+        |u| u.calls,
+    ),
+    (
+        counter(
+            "dt_uprobe_nested_total",
+            "dt.uprobe.nested",
+            "{call}",
+            "Calls a probed library made into its own probed functions, not evaluated again.",
+        ),
+        |u| u.nested,
+    ),
+    (
+        counter(
+            "dt_uprobe_unreadable_total",
+            "dt.uprobe.unreadable",
+            "{call}",
+            "Calls whose message could not be read.",
+        ),
+        |u| u.unreadable,
+    ),
+    (
+        counter(
+            "dt_uprobe_truncated_total",
+            "dt.uprobe.truncated",
+            "{call}",
+            "Calls whose message was cut at the bound.",
+        ),
+        |u| u.truncated,
+    ),
+    (
+        counter(
+            "dt_uprobe_captured_total",
+            "dt.uprobe.captured",
+            "{call}",
+            "Calls capture rules sent into the ring buffer.",
+        ),
+        |u| u.captured,
+    ),
+    (
+        counter(
+            "dt_uprobe_capture_lost_total",
+            "dt.uprobe.capture_lost",
+            "{call}",
+            "Calls capture rules matched that the full ring buffer refused.",
+        ),
+        |u| u.capture_lost,
+    ),
+    (
+        counter(
+            "dt_uprobe_capture_throttled_total",
+            "dt.uprobe.capture_throttled",
+            "{call}",
+            "Captured calls not exported: the captures-per-second ceiling was reached.",
+        ),
+        |u| u.capture_throttled,
+    ),
+    (
+        counter(
+            "dt_uprobe_exported_total",
+            "dt.uprobe.exported",
+            "{call}",
+            "Captured calls exported as OTLP log records.",
+        ),
+        |u| u.exported,
+    ),
+    (
+        counter(
+            "dt_uprobe_export_failed_total",
+            "dt.uprobe.export_failed",
+            "{call}",
+            "Captured calls in exports that failed.",
+        ),
+        |u| u.export_failed,
     ),
 ];
 
@@ -450,6 +571,15 @@ pub(crate) fn families(stats: &Stats) -> Vec<(&'static Family, Vec<Sample>)> {
             })
             .collect();
         out.push((family, samples));
+    }
+    for (family, value) in &UPROBE_FAMILIES {
+        out.push((
+            family,
+            vec![Sample {
+                labels: Vec::new(),
+                value: value(&stats.uprobes),
+            }],
+        ));
     }
     let states = stats
         .states
@@ -619,6 +749,8 @@ mod tests {
             .chain(TOTAL_FAMILIES.iter().map(|(f, _)| f))
             .chain(std::iter::once(&PASSTHROUGH))
             .chain(GAUGES.iter().map(|(f, _)| f))
+            .chain(RECORDER_FAMILIES.iter().map(|(f, _)| f))
+            .chain(UPROBE_FAMILIES.iter().map(|(f, _)| f))
             .collect();
         let mut seen = std::collections::BTreeSet::new();
         for f in &all {
@@ -636,6 +768,6 @@ mod tests {
             assert!(seen.insert(f.prometheus), "duplicate {}", f.prometheus);
             assert!(!f.help.contains('\n') && !f.help.is_empty());
         }
-        assert_eq!(all.len(), 18);
+        assert_eq!(all.len(), 38);
     }
 }

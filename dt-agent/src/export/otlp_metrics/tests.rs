@@ -119,6 +119,21 @@ fn check_points(p: &Points, stats: &Stats, start: u64, now: Option<u64>) {
         ("dt.generation", stats.generation, false),
         ("dt.enabled", stats.enabled as u64, false),
         ("dt.requests.in_flight", t.in_flight, false),
+        ("dt.released", t.released, true),
+        ("dt.uprobe.attached", stats.uprobes.attached, false),
+        ("dt.uprobe.calls", stats.uprobes.calls, true),
+        ("dt.uprobe.nested", stats.uprobes.nested, true),
+        ("dt.uprobe.unreadable", stats.uprobes.unreadable, true),
+        ("dt.uprobe.truncated", stats.uprobes.truncated, true),
+        ("dt.uprobe.captured", stats.uprobes.captured, true),
+        ("dt.uprobe.capture_lost", stats.uprobes.capture_lost, true),
+        (
+            "dt.uprobe.capture_throttled",
+            stats.uprobes.capture_throttled,
+            true,
+        ),
+        ("dt.uprobe.exported", stats.uprobes.exported, true),
+        ("dt.uprobe.export_failed", stats.uprobes.export_failed, true),
     ] {
         assert_eq!(get(name, &[]), (sat(want), sum), "{name}");
         n += 1;
@@ -163,6 +178,8 @@ fn check_points(p: &Points, stats: &Stats, start: u64, now: Option<u64>) {
             ("dt.recorder.flushes", r.flushes, true),
             ("dt.recorder.flushed_records", r.flushed_records, true),
             ("dt.recorder.flush_failures", r.flush_failures, true),
+            ("dt.recorder.lost", r.lost, true),
+            ("dt.recorder.recorded", r.recorded, true),
         ] {
             assert_eq!(get(name, &l), (sat(want), sum), "{name}");
             n += 1;
@@ -211,7 +228,7 @@ fn request_holds_every_value() {
     assert_eq!(units["dt.bytes.in"], "By");
     assert_eq!(units["dt.rule.dropped_bytes"], "By");
     assert_eq!(units["dt.records"], "{record}");
-    assert_eq!(units.len(), 28);
+    assert_eq!(units.len(), 41);
     // Gauges carry no start time.
     for m in &req.resource_metrics[0].scope_metrics[0].metrics {
         if let Some(metric::Data::Gauge(g)) = &m.data {
@@ -230,7 +247,7 @@ fn empty_families_are_left_out() {
         .collect();
     assert!(!names.iter().any(|n| n.starts_with("dt.rule.")));
     assert!(!names.contains(&"dt.passthrough"));
-    assert_eq!(names.len(), 12);
+    assert_eq!(names.len(), 23);
     check_points(&points(&req), &Stats::default(), 1, Some(2));
 }
 

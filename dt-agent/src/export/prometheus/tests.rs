@@ -195,6 +195,20 @@ fn check_all(p: &Parsed, stats: &Stats) {
         ("dt_generation", stats.generation),
         ("dt_enabled", stats.enabled as u64),
         ("dt_requests_in_flight", t.in_flight),
+        ("dt_released_total", t.released),
+        ("dt_uprobe_attached", stats.uprobes.attached),
+        ("dt_uprobe_calls_total", stats.uprobes.calls),
+        ("dt_uprobe_nested_total", stats.uprobes.nested),
+        ("dt_uprobe_unreadable_total", stats.uprobes.unreadable),
+        ("dt_uprobe_truncated_total", stats.uprobes.truncated),
+        ("dt_uprobe_captured_total", stats.uprobes.captured),
+        ("dt_uprobe_capture_lost_total", stats.uprobes.capture_lost),
+        (
+            "dt_uprobe_capture_throttled_total",
+            stats.uprobes.capture_throttled,
+        ),
+        ("dt_uprobe_exported_total", stats.uprobes.exported),
+        ("dt_uprobe_export_failed_total", stats.uprobes.export_failed),
     ] {
         assert_eq!(p.get(name, &[]), Some(want), "{name}");
         expected_series += 1;
@@ -247,6 +261,8 @@ fn check_all(p: &Parsed, stats: &Stats) {
             ("dt_recorder_flushes_total", r.flushes),
             ("dt_recorder_flushed_records_total", r.flushed_records),
             ("dt_recorder_flush_failures_total", r.flush_failures),
+            ("dt_recorder_lost_total", r.lost),
+            ("dt_recorder_recorded_total", r.recorded),
         ] {
             assert_eq!(p.get(name, &l), Some(want), "{name}");
             expected_series += 1;
@@ -277,7 +293,7 @@ fn renders_every_value_and_parses_back() {
     let text = render_prometheus(&stats);
     let p = parse(&text);
     check_all(&p, &stats);
-    assert_eq!(p.order.len(), 33, "{:?}", p.order);
+    assert_eq!(p.order.len(), 46, "{:?}", p.order);
     assert!(
         text.contains("dt_recorder_records{recorder=\"checkout-debug\"} 12\n"),
         "{text}"
@@ -338,9 +354,9 @@ fn empty_stats_still_list_every_family() {
     let stats = Stats::default();
     let text = render_prometheus(&stats);
     let p = parse(&text);
-    // Every family is listed, with or without samples (15 of them: triggers, groups,
-    // recorders, states, why disabled, the cost ceiling's).
-    assert_eq!(p.order.len(), 33);
+    // Every family is listed, with or without samples (those of rules, triggers, groups,
+    // recorders, states, why disabled and the cost ceiling have none here).
+    assert_eq!(p.order.len(), 46);
     check_all(&p, &stats);
     assert!(text.contains("dt_enabled 0\n"));
     let families: BTreeSet<_> = p.order.iter().cloned().collect();
