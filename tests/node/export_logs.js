@@ -37,6 +37,7 @@
  *           the agent between batches that share one keep-alive connection)
  * "protocol": "json" exports with @opentelemetry/exporter-logs-otlp-http (http/json) instead; the
  * report's sent_bodies are still the protobuf encoding of what each export carried.
+ * "compression": "gzip" makes the exporter gzip each body (sent_bodies stay uncompressed).
  * Record i of the whole plan gets timestamp base_time_nanos + i (exactly, as HrTime); severity
  * number 0 emits none; a null body emits none.
  *
@@ -253,7 +254,10 @@ async function main() {
     const { service, records } = svc;
     planned += records.length;
     const Exporter = plan.protocol === 'json' ? OTLPLogExporterJson : OTLPLogExporter;
-    const inner = new Exporter({ url: endpoint, timeoutMillis });
+    // "compression": "gzip" in the plan: the exporter gzips each body (Content-Encoding: gzip,
+    // still chunked: it pipes the body through zlib into the request).
+    const compression = plan.compression === 'gzip' ? 'gzip' : 'none';
+    const inner = new Exporter({ url: endpoint, timeoutMillis, compression });
     const exporter = new CheckedExporter(inner, tally);
     const resource = resourceFromAttributes({ 'service.name': service });
     if (mode === 'batch') {

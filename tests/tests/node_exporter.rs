@@ -3,7 +3,8 @@
 //! as `Transfer-Encoding: chunked` (one chunk of the whole body, then `0\r\n\r\n`, keep-alive: see
 //! `client_framing.rs`), which dt walks and edits like a Content-Length request (README,
 //! "Chunked requests"): exact counters, exactly the kept records at the receiver, no request
-//! passed through as `chunked`, every export answered with success.
+//! passed through as `chunked`, every export answered with success. With `compression: 'gzip'`
+//! (a gzipped body, still chunked) each export passes untouched, counted `compressed`.
 
 use std::time::Duration;
 
@@ -504,6 +505,66 @@ fn node_json_exporter_passes_counted_and_followed() {
     }
     let pt = &stats.totals.passthrough;
     assert_eq!(pt.get("json"), Some(&3), "{test}: {pt:?}");
+    assert_not_passed_as_chunked(test, &stats);
+    assert_eq!(stats.totals.untracked_bytes, 0, "{test}: never unfollowed");
+    assert_eq!(stats.totals.requests, 3);
+    assert_eq!(stats.totals.log_requests, 0);
+    assert_eq!(
+        stats.totals.bytes_in, stats.totals.bytes_out,
+        "{test}: untouched"
+    );
+    assert_eq!(stats.totals.bytes_out, receiver.total_bytes());
+    assert!(
+        stats.rules.iter().all(|r| r.matched == 0),
+        "{test}: nothing evaluated"
+    );
+}
+
+/// `compression: 'gzip'`: the Node exporter pipes each body through zlib into a chunked request
+/// with `Content-Encoding: gzip`. dt does not walk compressed bodies: each passes untouched,
+/// counted `compressed`, its connection followed (the next request is looked at again), and every
+/// record arrives as the exporter encoded it.
+#[test]
+fn node_gzip_exporter_passes_counted_compressed_and_followed() {
+    let test = "node_gzip_exporter_passes_counted_compressed_and_followed";
+    if !node_kernel_or_skip(test) {
+        return;
+    }
+    let rules = count_drop_rules();
+    let dir = TempRules::from_rules(&rules);
+    let receiver = Receiver::start_v4();
+    let agent = start_agent(&dir, &[receiver.port()]);
+    let plan = ExportPlan::mixed(600, &["checkout"], 200);
+    let mut v = node_plan(&receiver.logs_url(), &plan);
+    v["mode"] = serde_json::json!("direct");
+    v["compression"] = serde_json::json!("gzip");
+    let report = export_with_node_value(&v);
+    report.assert_all_ok(plan.total());
+    assert_eq!(report.batches_ok, 3);
+    check_receiver(test, &receiver, 3);
+    let stats = stats_of(&agent);
+    drop(agent);
+
+    assert_eq!(
+        receiver.connections(),
+        1,
+        "{test}: one keep-alive connection"
+    );
+    for (i, r) in receiver.requests().iter().enumerate() {
+        assert_eq!(
+            r.header("content-encoding"),
+            Some("gzip"),
+            "{test}: export {i}"
+        );
+    }
+    // Every record, as the exporter encoded it (the receiver gunzips).
+    assert_same_records(test, &plan.records(), &report.sent_records());
+    assert!(
+        receiver.records() == report.sent_records(),
+        "{test}: records"
+    );
+    let pt = &stats.totals.passthrough;
+    assert_eq!(pt.get("compressed"), Some(&3), "{test}: {pt:?}");
     assert_not_passed_as_chunked(test, &stats);
     assert_eq!(stats.totals.untracked_bytes, 0, "{test}: never unfollowed");
     assert_eq!(stats.totals.requests, 3);
