@@ -558,6 +558,24 @@ fn after_kill_9_the_kernel_fires_and_the_restarted_agent_flushes() {
     assert_eq!(pinned.rule("checkout-error").unwrap().fired, Some(1));
     assert_eq!(pinned.recorders[0].records, 10);
     assert!(flushed(&receiver).0.is_empty());
+    // With no agent, a state is set on the pins directly (off, then on again as it was).
+    for (args, on) in [
+        (&["incident", "off"][..], false),
+        (&["incident", "on"][..], true),
+    ] {
+        let o = agent.verb("state", args);
+        let text = dt_tests::agent_process::output_text(&o);
+        assert!(o.status.success(), "{text}");
+        assert!(
+            text.contains("no agent is running: set on the pinned state under"),
+            "{text}"
+        );
+        let st = &agent.stats().states[0];
+        assert_eq!(st.on, on, "{st:?}");
+    }
+    let o = agent.verb("state", &["nope", "off"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no state named nope"));
 
     // The next agent adopts the pins and serves the flush request.
     agent.start();

@@ -3,12 +3,13 @@
 
 use anyhow::{Context as _, bail};
 use dt_agent::{
-    control::{self, Request},
+    control::{self, CallError, Request},
     export::flush::FLUSH_WAIT,
+    kernel,
     rules::{MAX_STATE_DURATION, MIN_STATE_DURATION, parse_duration},
 };
 
-use super::{AgentAt, cannot_reach, locate};
+use super::{AgentAt, cannot_reach, euid, locate};
 
 pub fn flush(recorders: &[String], at: &AgentAt) -> anyhow::Result<()> {
     let (socket, pins) = locate(at)?;
@@ -46,7 +47,24 @@ pub fn state(name: &str, on: bool, for_: Option<&str>, at: &AgentAt) -> anyhow::
         on,
         for_ms,
     };
-    control::call(&socket, &request).map_err(|e| cannot_reach("state", &socket, &pins, e))?;
+    match control::call(&socket, &request) {
+        Ok(_) => {}
+        // No agent: states are kernel state, pinned with the filter; set there directly (the
+        // kernel reads them as the agent would have set them).
+        Err(CallError::NoAgent(_)) if euid() == 0 && kernel::has_pins(&pins) => {
+            kernel::pinned_set_state(
+                &pins,
+                name,
+                on,
+                for_ms.map(std::time::Duration::from_millis),
+            )?;
+            println!(
+                "no agent is running: set on the pinned state under {}",
+                pins.display()
+            );
+        }
+        Err(e) => return Err(cannot_reach("state", &socket, &pins, e)),
+    }
     println!("state {name} is {}", if on { "on" } else { "off" });
     Ok(())
 }

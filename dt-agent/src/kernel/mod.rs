@@ -48,7 +48,7 @@ use crate::{
 
 pub(crate) use counters::set_enabled_in;
 pub use objects::{Entry, Objects, RingContents};
-pub use pins::{has_pins, pin_dir, pinned_set_enabled, pinned_stats};
+pub use pins::{has_pins, pin_dir, pinned_set_enabled, pinned_set_state, pinned_stats};
 
 static EBPF_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dt"));
 
@@ -604,37 +604,50 @@ impl Agent {
         on: bool,
         duration: Option<std::time::Duration>,
     ) -> anyhow::Result<()> {
-        let Some(&slot) = self.active_objects.states.get(name) else {
-            let known: Vec<&str> = self
-                .active_objects
-                .states
-                .keys()
-                .map(String::as_str)
-                .collect();
-            bail!(
-                "no state named {name} in the active rule set (its states: {})",
-                if known.is_empty() {
-                    "none".to_string()
-                } else {
-                    known.join(", ")
-                }
-            );
-        };
-        let until = if on {
-            let ns = match duration {
-                Some(d) => d.as_nanos() as u64,
-                None => self.objects.state_duration(slot),
-            };
-            crate::drain::monotonic_ns() + ns
-        } else {
-            0
-        };
-        self.objects.set_state(slot, until)
+        set_state_named(
+            &mut self.objects,
+            &self.active_objects.states,
+            name,
+            on,
+            duration,
+        )
     }
 
     pub(crate) fn active_count(&self) -> usize {
         self.known.values().filter(|r| r.active).count()
     }
+}
+
+/// Turns state `name` of `states` (names to slots) on (for `duration`, else its own duration)
+/// or off: for the running agent, and on the pins with none.
+fn set_state_named(
+    objects: &mut Objects,
+    states: &BTreeMap<String, u8>,
+    name: &str,
+    on: bool,
+    duration: Option<std::time::Duration>,
+) -> anyhow::Result<()> {
+    let Some(&slot) = states.get(name) else {
+        let known: Vec<&str> = states.keys().map(String::as_str).collect();
+        bail!(
+            "no state named {name} in the active rule set (its states: {})",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        );
+    };
+    let until = if on {
+        let ns = match duration {
+            Some(d) => d.as_nanos() as u64,
+            None => objects.state_duration(slot),
+        };
+        crate::drain::monotonic_ns() + ns
+    } else {
+        0
+    };
+    objects.set_state(slot, until)
 }
 
 /// Recorders egress to the capture endpoint: a rule set with one needs it.

@@ -62,6 +62,20 @@ pub fn pinned_set_enabled(root: &Path, enabled: bool) -> anyhow::Result<()> {
     set_enabled_in(&mut control, enabled, dt_ebpf_common::OFF_BY_HAND)
 }
 
+/// `dt-agent state NAME on|off` on the pinned state, with no agent running.
+pub fn pinned_set_state(
+    root: &Path,
+    name: &str,
+    on: bool,
+    duration: Option<std::time::Duration>,
+) -> anyhow::Result<()> {
+    let dir = pin_dir(root);
+    check_pinned_layout(&dir)?;
+    let mut objects = super::Objects::from_pins(&dir)?;
+    let names = objects.read_names();
+    super::set_state_named(&mut objects, &names.states, name, on, duration)
+}
+
 /// Whether pinned state of this layout exists under `root`.
 pub fn has_pins(root: &Path) -> bool {
     pin_dir(root).join("CONTROL").exists()
