@@ -237,9 +237,10 @@ pub(crate) fn parse_file(src: &SourceText) -> ParsedFile {
 ///   also reported missing.
 /// - A value of the wrong type is left out and the rest of the table still read, but `None`
 ///   comes back: the table's checks would see it without that key.
-/// - A key missing altogether is reported unless it was left out for its type. Missing from a
-///   table within this one, that table is left out as a wrong-typed value is; missing from this
-///   one, it ends the reading (`None`).
+/// - A key missing altogether is reported unless it was left out for its type (then a stand-in
+///   of a type it takes lets the reading go on). Missing from a table within this one, that
+///   table is left out as a wrong-typed value is; missing from this one, it ends the reading
+///   (`None`).
 pub(super) fn read_table<T: for<'de> Deserialize<'de>>(
     src: &SourceText,
     table: &Spanned<DeValue>,
@@ -295,8 +296,12 @@ pub(crate) fn read_table_naming<T: for<'de> Deserialize<'de>>(
                     wrong_typed.push(key);
                     true
                 }
+                // A required key of this table, left out for its type: a stand-in lets the
+                // reading go on to the table's other problems (its checks do not run).
+                None if said => stand_in::<T>(&mut table, missing.unwrap_or_default()),
                 None => false,
             },
+            None if said => stand_in::<T>(&mut table, missing.unwrap_or_default()),
             _ => false,
         };
         if !set_aside {
@@ -313,6 +318,40 @@ pub(crate) fn read_table_naming<T: for<'de> Deserialize<'de>>(
             return (None, diags);
         }
     }
+}
+
+/// Where a stand-in value is: no position in any file.
+const STAND_IN: std::ops::Range<usize> = usize::MAX - 1..usize::MAX;
+
+/// Puts a value of some type `T` takes for `key` into `table` (whose `key` was left out for its
+/// type): `false` when no plain value (a string, a number, a boolean, an empty list or table)
+/// reads as one.
+fn stand_in<T: for<'de> Deserialize<'de>>(table: &mut Spanned<DeValue>, key: &str) -> bool {
+    let Ok(values) = DeTable::parse("s = \"\"\ni = 1\nb = false\na = []\nt = {}\n") else {
+        return false;
+    };
+    for (_, value) in values.get_ref().iter() {
+        let mut with = table.clone();
+        let DeValue::Table(t) = with.get_mut() else {
+            return false;
+        };
+        t.insert(
+            Spanned::new(STAND_IN, std::borrow::Cow::Owned(key.to_string())),
+            Spanned::new(STAND_IN, value.get_ref().clone()),
+        );
+        let fits = match T::deserialize(ValueDeserializer::from(with.clone())) {
+            Ok(_) => true,
+            Err(e) => {
+                e.span() != Some(STAND_IN)
+                    && !e.message().starts_with(&format!("missing field `{key}`"))
+            }
+        };
+        if fits {
+            *table = with;
+            return true;
+        }
+    }
+    false
 }
 
 /// The problems [`read_table`] lists in one table: each costs a reading of the table, and a

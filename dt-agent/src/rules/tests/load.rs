@@ -250,6 +250,17 @@ fn a_value_of_the_wrong_type_does_not_hide_the_tables_other_problems() {
         e,
         ["r.toml:2:8: expected a string in quotes, found the number 5"]
     );
+    // Nor does it hide another required key that is missing.
+    let e = errors("[[rule]]\nname = 5\n\n[[state]]\nname = 5\n");
+    assert_eq!(
+        e,
+        [
+            "r.toml:1:1: missing key `action`: this table needs it",
+            "r.toml:2:8: expected a string in quotes, found the number 5",
+            "r.toml:4:1: missing key `duration`: this table needs it",
+            "r.toml:5:8: expected a string in quotes, found the number 5",
+        ]
+    );
     let e = errors("[[state]]\nname = \"s\"\nduration = 10\ndurashun = \"1m\"\n");
     assert_eq!(e.len(), 2, "{e:#?}");
     assert!(e[0].starts_with("r.toml:3:12: expected a string"), "{e:#?}");
