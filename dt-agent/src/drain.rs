@@ -46,10 +46,11 @@ impl Holding {
 
 impl fmt::Display for HeldRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Any process may name itself anything (prctl): escaped.
         let comm = if self.comm.is_empty() {
-            "?"
+            "?".to_string()
         } else {
-            &self.comm
+            crate::text::printable(&self.comm)
         };
         write!(
             f,

@@ -14,6 +14,7 @@ pub mod service;
 pub mod settings;
 pub mod stats;
 mod sys;
+pub mod text;
 
 pub use export as metrics;
 pub use kernel::{Agent, AgentConfig};

@@ -411,6 +411,28 @@ fn a_kept_config_that_no_longer_starts_is_set_aside() {
         .unwrap();
     let e = &failed.error_message;
     assert!(e.contains("capture_endpoint"), "{e}");
+
+    // The refusal stands in `rules` and `stats`; SIGHUP retries refused rule files of the
+    // directory only, so it stands after one too, with no new generation.
+    let info = agent.rules();
+    let refused = info
+        .rules_error
+        .clone()
+        .expect("rules_error after the set-aside");
+    assert!(
+        refused.starts_with("the last remote config was set aside at start:\n")
+            && refused.contains("capture_endpoint"),
+        "{refused}"
+    );
+    agent.signal(libc::SIGHUP);
+    wait_log(&agent, "SIGHUP: reading the rules directory again");
+    std::thread::sleep(Duration::from_millis(500));
+    let after = agent.rules();
+    assert_eq!(
+        after.generation, info.generation,
+        "SIGHUP made a generation"
+    );
+    assert_eq!(after.rules_error.as_deref(), Some(refused.as_str()));
 }
 
 /// The remote config of the TLS tests: a rule that drops DEBUG records.

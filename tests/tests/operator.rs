@@ -775,6 +775,21 @@ fn operator_directory_edits_and_push_generations() {
     );
 }
 
+/// The C library this test process runs with (its path from `/proc/self/maps`).
+fn mapped_libc() -> PathBuf {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| {
+            Path::new(p)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libc.so") || n.starts_with("libc-"))
+        })
+        .map(PathBuf::from)
+        .expect("no libc mapped into the test process")
+}
+
 /// SIGHUP (`systemctl reload dt-agent`) tries a refused change again, even with the rules
 /// directory as it was: here a probe's binary that was missing is installed, outside the
 /// directory (neither the watcher nor the rescan, which skip files already refused, reload).
@@ -806,10 +821,12 @@ fn operator_sighup_tries_a_refused_change_again() {
     let refused = agent.rules().rules_error.expect("a refusal stands");
     assert!(refused.contains(&lib.display().to_string()), "{refused}");
 
-    // The binary appears; the files are as they were: nothing reloads by itself.
-    std::fs::copy("/lib/x86_64-linux-gnu/libc.so.6", &lib).unwrap();
-    std::thread::sleep(Duration::from_secs(1));
+    // The binary appears; the files are as they were: nothing reloads by itself, not even the
+    // rescan of the directory (every 10 s).
+    std::fs::copy(mapped_libc(), &lib).unwrap();
+    std::thread::sleep(dt_agent::service::RESCAN_EVERY + Duration::from_secs(1));
     assert_eq!(agent.rules().generation, g0);
+    assert!(agent.rules().rules_error.is_some());
     // SAFETY: kill(2) on the agent's pid, a child of this test.
     assert_eq!(
         unsafe { libc::kill(agent.pid() as libc::pid_t, libc::SIGHUP) },

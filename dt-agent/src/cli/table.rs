@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use dt_agent::{Stats, control::RulesInfo};
+use dt_agent::{Stats, control::RulesInfo, text::printable};
 
 /// The width of the HOOK column: it fits "uprobe:NAME" hooks.
 fn hook_width<'a>(hooks: impl Iterator<Item = &'a str>) -> usize {
@@ -18,23 +18,6 @@ fn switch(enabled: bool) -> &'static str {
     }
 }
 
-/// `text` with control characters escaped as Rust writes them in a string (`\n`, `\u{1b}`), and
-/// backslashes doubled so that an escape is never ambiguous.
-fn printable(text: &str) -> String {
-    if !text.chars().any(|c| c.is_control() || c == '\\') {
-        return text.to_string();
-    }
-    text.chars()
-        .map(|c| {
-            if c.is_control() || c == '\\' {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
-
 /// The last refused change of the rule set, if it stands, one problem a line.
 fn refused(out: &mut String, error: Option<&str>) {
     let Some(error) = error else {
@@ -42,10 +25,11 @@ fn refused(out: &mut String, error: Option<&str>) {
     };
     let _ = writeln!(
         out,
-        "REFUSED: the last change of the rule set (the rules above are the set before it):"
+        "REFUSED: the last change of the rule set (the active rules are the set before it):"
     );
     for line in error.lines() {
-        let _ = writeln!(out, "  {line}");
+        // (A remote rule file's key may hold anything.)
+        let _ = writeln!(out, "  {}", printable(line));
     }
 }
 

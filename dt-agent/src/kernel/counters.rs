@@ -37,6 +37,19 @@ pub(super) fn reason_recorded(off_why: u32) -> String {
     }
 }
 
+/// What an agent that adopts pinned state with the rip cord pulled says of it: as
+/// [`reason_recorded`], but a pull by a stopping agent means its uninstall was cut short (a
+/// pinned agent stops without pulling it), not that an agent is stopping now.
+pub(super) fn reason_adopted(off_why: u32) -> String {
+    match off_why {
+        OFF_STOPPING => "an uninstall was cut short before it detached (the agent stopping it was \
+                         killed): every request passes untouched until dt-agent enable, or \
+                         uninstall again"
+            .to_string(),
+        o => reason_recorded(o),
+    }
+}
+
 impl Agent {
     /// Reads every counter back, summed over all CPUs.
     pub fn stats(&self) -> anyhow::Result<Stats> {

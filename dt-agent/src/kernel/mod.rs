@@ -325,7 +325,7 @@ impl Agent {
             let control: Array<_, Control> = Array::try_from(map(&mut ebpf, "CONTROL")?)?;
             let c = control.get(&0, 0)?;
             // A rip cord pulled before: this agent says why, as recorded.
-            let why = (c.enabled == 0).then(|| counters::reason_recorded(c.off_why));
+            let why = (c.enabled == 0).then(|| counters::reason_adopted(c.off_why));
             (c.active_generation(), c.active_slot(), why)
         } else {
             (0, 0, None)

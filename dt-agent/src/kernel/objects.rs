@@ -142,9 +142,9 @@ impl Objects {
             let kept = old.recorders.get(&r.name) == Some(&r.slot) && conf.size == r.size;
             if !kept {
                 // A fresh ring: the recorder is new, or its size changed (it starts empty).
-                if old.recorders.get(&r.name) == Some(&r.slot) {
-                    self.warn_resized(r.slot, &r.name, conf, r.size);
-                }
+                // What the old ring held, said once the new one is in place.
+                let resized = (old.recorders.get(&r.name) == Some(&r.slot))
+                    .then(|| self.held_before_resize(r.slot, conf));
                 let ring: Array<MapData, RingBlock> =
                     Array::create((r.size / RING_BLOCK as u64) as u32, BPF_F_INNER_MAP)
                         .with_context(|| format!("creating the ring of recorder {}", r.name))?;
@@ -157,6 +157,9 @@ impl Objects {
                     ..RecConf::default()
                 };
                 self.rings.set(slot, &ring, 0)?;
+                if let Some((held, pending)) = resized {
+                    warn_resized(&r.name, conf.size, r.size, held, pending);
+                }
             }
             conf.max_record = r.max_record;
             self.rec_conf.set(slot, conf, 0)?;
@@ -172,27 +175,14 @@ impl Objects {
         Ok(())
     }
 
-    /// A recorder whose size changes starts with a new, empty ring: says what the old one held
-    /// (and a flush a trigger asked for and no agent served yet), which is discarded.
-    fn warn_resized(&self, slot: u8, name: &str, conf: RecConf, size: u64) {
+    /// What the ring of recorder `slot` holds (records, and whether a trigger's flush waits),
+    /// before it is replaced.
+    fn held_before_resize(&self, slot: u8, conf: RecConf) -> (usize, bool) {
         let held = self
             .read_ring_with(slot, false)
             .map(|c| c.entries.len())
             .unwrap_or(0);
-        let pending = self.rec_state(slot).flush_req != conf.flush_done;
-        if held == 0 && !pending {
-            return;
-        }
-        log::warn!(
-            "recorder {name}: its size changes from {} to {size} bytes, so it starts empty: the \
-             {held} records it held are discarded{} (flush it before changing its size)",
-            conf.size,
-            if pending {
-                ", and the flush a trigger asked for is not made"
-            } else {
-                ""
-            }
-        );
+        (held, self.rec_state(slot).flush_req != conf.flush_done)
     }
 
     /// After a rule set became active: the recorders and states it no longer has go (a
@@ -307,6 +297,23 @@ impl Objects {
         entries.retain(|e| e.pos >= floor);
         Ok(RingContents { entries, head })
     }
+}
+
+/// A recorder whose size changed started with a new, empty ring: says what the old one held
+/// (and a flush a trigger asked for and no agent served yet), now discarded.
+fn warn_resized(name: &str, old_size: u64, size: u64, held: usize, pending: bool) {
+    if held == 0 && !pending {
+        return;
+    }
+    log::warn!(
+        "recorder {name}: its size changed from {old_size} to {size} bytes, so it starts empty: \
+         the {held} records it held are discarded{} (flush it before changing its size)",
+        if pending {
+            ", and the flush a trigger asked for is not made"
+        } else {
+            ""
+        }
+    );
 }
 
 /// A one-block ring: what a freed slot of `RECORDERS` holds (its big ring goes).

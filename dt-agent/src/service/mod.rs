@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 
-pub use run::run;
+pub use run::{RESCAN_EVERY, run};
 
 use crate::{
     Agent, Stats,
@@ -53,6 +53,9 @@ struct Inner {
     active_sources: Vec<(PathBuf, String)>,
     /// Why the last change of the rule set was refused, until one succeeds.
     last_error: Option<String>,
+    /// That refusal was of the rules directory's files (what SIGHUP tries again), not of a
+    /// remote config.
+    refused_dir: bool,
     /// The agent is about to detach: everything passes, and nothing may turn filtering on.
     stopping: bool,
     /// `uninstall` has begun (it waits for held requests, then detaches and unpins).
@@ -81,6 +84,7 @@ impl Service {
                 remote,
                 active_sources: sources,
                 last_error,
+                refused_dir: false,
                 stopping: false,
                 uninstalling: false,
                 uninstall_error: None,
@@ -281,7 +285,8 @@ impl Service {
             Ok(s) => s,
             Err(e) => {
                 log::error!("rules directory: {e:#}; the active rule set stays");
-                inner.last_error = Some(format!("rules directory: {e:#}"));
+                inner.last_error = Some(format!("the rules directory could not be read:\n{e:#}"));
+                inner.refused_dir = true;
                 // Whatever the next reading finds is reloaded (and this error cleared), even
                 // the active set's files.
                 inner.digest = None;
@@ -290,7 +295,8 @@ impl Service {
         };
         sources.extend(inner.remote.iter().cloned());
         let d = digest(&sources);
-        if inner.digest == Some(d) && !(retry_refused && inner.last_error.is_some()) {
+        let retry = retry_refused && inner.last_error.is_some() && inner.refused_dir;
+        if inner.digest == Some(d) && !retry {
             return;
         }
         let Some(agent) = inner.agent.as_mut() else {
@@ -322,7 +328,8 @@ impl Service {
                     }
                     None => log::error!("reloading the rules: {e:#}; the active rule set stays"),
                 }
-                inner.last_error = Some(format!("the rules directory is invalid: {e:#}"));
+                inner.last_error = Some(format!("the rules directory is invalid:\n{e:#}"));
+                inner.refused_dir = true;
             }
         }
     }
@@ -347,7 +354,8 @@ impl Service {
             })
             .and_then(|(compiled, slots)| agent.install_compiled(&compiled, slots));
         if let Err(e) = result {
-            inner.last_error = Some(format!("a remote config was refused: {e:#}"));
+            inner.last_error = Some(format!("a remote config was refused:\n{e:#}"));
+            inner.refused_dir = false;
             return Err(e);
         }
         let generation = agent.generation();

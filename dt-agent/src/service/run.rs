@@ -69,7 +69,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
                     startup.set_aside(&error);
                 }
                 set_aside = Some(format!(
-                    "the last remote config was set aside at start: {error}"
+                    "the last remote config was set aside at start:\n{error}"
                 ));
                 cfg.remote_rules.clear();
                 Agent::start(cfg.clone())?
