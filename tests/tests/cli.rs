@@ -484,6 +484,30 @@ fn cli_run_stats_json_and_sigterm() {
     let o = dt_agent(&["stats", "--json", "--socket", socket.to_str().unwrap()]);
     assert!(o.status.success(), "stats after SIGHUP: {}", stderr(&o));
 
+    // A config file with problems (mid-edit) does not stop the verbs that only reach the agent:
+    // its socket is used as written, and the rest is a warning.
+    let edited = sock_dir.path().join("edited.toml");
+    std::fs::write(
+        &edited,
+        format!(
+            "socket = \"{}\"\nmax_request = 9999999\nnew_key = 1\n",
+            socket.display()
+        ),
+    )
+    .unwrap();
+    for verb in [&["disable"][..], &["enable"], &["stats", "--json"]] {
+        let mut args = verb.to_vec();
+        args.extend(["--config", edited.to_str().unwrap()]);
+        let o = dt_agent(&args);
+        assert!(o.status.success(), "{verb:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("warning: the config file has problems")
+                && stderr(&o).contains("edited.toml:2:15: `max_request`"),
+            "{verb:?}: {}",
+            stderr(&o)
+        );
+    }
+
     // SIGTERM: a clean exit 0.
     let mut child = child.0.take().unwrap();
     // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.

@@ -239,6 +239,23 @@ fn remote_rules_over_opamp() {
             .log()
             .contains("opamp/50-remote.toml:3:10: unknown action")
     );
+    let refused = agent.rules().rules_error.expect("rules_error after FAILED");
+    assert!(
+        refused.starts_with("a remote config was refused:\n")
+            && refused.contains("opamp/50-remote.toml:3:10: unknown action"),
+        "{refused}"
+    );
+    // A file name that cannot be one: refused before it is read, and said the same way.
+    let h_name = server.set_config(&[(".hidden.toml", bad)]);
+    wait_status(&server, &h_name, "FAILED", "the badly named remote config");
+    let refused = agent.rules().rules_error.expect("rules_error after FAILED");
+    assert!(
+        refused.starts_with("a remote config was refused:\n")
+            && refused.contains("opamp/.hidden.toml")
+            && !refused.contains("unknown action"),
+        "{refused}"
+    );
+    assert_eq!(active(&agent).1, g1, "the active set stays");
 
     // A new config replaces the old one whole.
     let other = RuleSpec::count("remote-count");

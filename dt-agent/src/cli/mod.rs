@@ -37,13 +37,35 @@ pub struct AgentAt {
     pub pin_dir: Option<PathBuf>,
 }
 
-/// The socket and pin root a verb uses: flags, else the config file's, else the defaults.
+/// The socket and pin root a verb uses: flags, else the config file's, else the defaults. The
+/// file is not read when both flags are given; a file with problems (mid-edit, say) is only
+/// warned of, and its `socket` and `pin_dir` are still used: the rip cord must always work.
 pub fn locate(at: &AgentAt) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let file = settings::load_optional(at.config.as_deref()).map_err(ConfigErrors)?;
+    if at.socket.is_none() || at.pin_dir.is_none() {
+        let (socket, pin_dir, problems) =
+            settings::locations_optional(at.config.as_deref()).map_err(ConfigErrors)?;
+        if !problems.is_empty() {
+            eprintln!(
+                "dt-agent: warning: the config file has problems (the agent would refuse it at \
+                 its next start); its socket and pin_dir are used as written:\n{}",
+                ConfigErrors(problems)
+            );
+        }
+        let file = settings::Layer {
+            socket,
+            pin_dir,
+            ..settings::Layer::default()
+        };
+        return Ok(settings::locate(
+            at.socket.clone(),
+            at.pin_dir.clone(),
+            Some(&file),
+        ));
+    }
     Ok(settings::locate(
         at.socket.clone(),
         at.pin_dir.clone(),
-        file.as_ref(),
+        None,
     ))
 }
 

@@ -319,7 +319,10 @@ impl Client {
         let hash = config.config_hash.clone();
         let service = self.service.clone();
         let result = match remote_files(&config) {
-            Err(errors) => Err(anyhow::Error::new(errors)),
+            Err(errors) => {
+                self.service.refuse_remote(&errors.to_string());
+                Err(anyhow::Error::new(errors))
+            }
             Ok(remote) => {
                 let names: Vec<String> = remote
                     .iter()

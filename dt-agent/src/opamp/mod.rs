@@ -60,6 +60,14 @@ pub fn remote_files(config: &AgentRemoteConfig) -> Result<Vec<(PathBuf, String)>
     }
 }
 
+impl Startup {
+    /// Why the kept remote config was set aside, when it was.
+    pub fn set_aside_why(&self) -> Option<&str> {
+        (self.status.status == RemoteConfigStatuses::Failed as i32)
+            .then_some(self.status.error_message.as_str())
+    }
+}
+
 /// What the agent starts with when `[opamp]` is configured.
 pub struct Startup {
     pub state: StateDir,

@@ -366,6 +366,14 @@ impl Service {
         Ok(generation)
     }
 
+    /// A remote config refused before it could be tried (its files' names or text): it stands
+    /// as the refused change, as one [`Service::apply_remote`] refuses.
+    pub fn refuse_remote(&self, why: &str) {
+        let mut inner = self.lock();
+        inner.last_error = Some(format!("a remote config was refused:\n{why}"));
+        inner.refused_dir = false;
+    }
+
     /// The rule files the active generation was compiled from, as (name, text): a file of the
     /// rules directory by its file name, a remote one by its `opamp/NAME.toml` label.
     pub fn effective_config(&self) -> Vec<(String, String)> {

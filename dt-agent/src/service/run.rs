@@ -54,8 +54,12 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             Some(addr) => Some(export::bind_metrics(addr)?),
             None => None,
         };
-        // A kept remote config set aside at start stands as the refused change.
-        let mut set_aside = None;
+        // A kept remote config set aside at start stands as the refused change: here because
+        // it no longer makes a valid set with the directory, below because it does not start.
+        let mut set_aside = opamp
+            .as_ref()
+            .and_then(|(_, _, startup)| startup.set_aside_why())
+            .map(|why| format!("the last remote config was set aside at start:\n{why}"));
         let agent = match Agent::start(cfg.clone()) {
             Ok(a) => a,
             Err(e) if !cfg.remote_rules.is_empty() => {

@@ -70,6 +70,42 @@ pub fn load_optional(explicit: Option<&Path>) -> Result<Option<Layer>, Vec<Diagn
     }
 }
 
+/// Where the config file that `run` would read (see [`load_optional`]) puts the control socket
+/// and the pin root, read leniently for the verbs that only need to reach the agent: the rip
+/// cord must work while the file is being edited. The file's other problems come back too (the
+/// agent would refuse the file at its next start); `Err` only when an explicit file cannot be
+/// read.
+pub fn locations_optional(
+    explicit: Option<&Path>,
+) -> Result<(Option<PathBuf>, Option<PathBuf>, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let path = match explicit {
+        Some(p) => p,
+        None if Path::new(DEFAULT_CONFIG).exists() => Path::new(DEFAULT_CONFIG),
+        None => return Ok((None, None, Vec::new())),
+    };
+    let layer = match load(path) {
+        Ok(layer) => return Ok((layer.socket, layer.pin_dir, Vec::new())),
+        Err(problems) => {
+            if std::fs::metadata(path).is_err() {
+                return Err(problems);
+            }
+            problems
+        }
+    };
+    // Only the two paths, from whatever of the file reads as TOML.
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let (root, _) = toml::de::DeTable::parse_recoverable(&text);
+    let base = path.parent().unwrap_or(Path::new(""));
+    let path_of = |key: &str| {
+        root.get_ref()
+            .get(key)
+            .and_then(|v| v.get_ref().as_str().map(str::to_string))
+            .filter(|s| !s.is_empty())
+            .map(|s| base.join(s))
+    };
+    Ok((path_of("socket"), path_of("pin_dir"), layer))
+}
+
 /// Reads and validates a config file. On failure, returns every problem found as
 /// `file:line:column: message` (a TOML syntax error reports that one problem).
 pub fn load(path: &Path) -> Result<Layer, Vec<Diagnostic>> {
