@@ -42,8 +42,11 @@ pub struct AgentAt {
 /// warned of, and its `socket` and `pin_dir` are still used: the rip cord must always work.
 pub fn locate(at: &AgentAt) -> anyhow::Result<(PathBuf, PathBuf)> {
     if at.socket.is_none() || at.pin_dir.is_none() {
-        let (socket, pin_dir, problems) =
-            settings::locations_optional(at.config.as_deref()).map_err(ConfigErrors)?;
+        let settings::Locations {
+            socket,
+            pin_dir,
+            problems,
+        } = settings::locations_optional(at.config.as_deref()).map_err(ConfigErrors)?;
         if !problems.is_empty() {
             eprintln!(
                 "dt-agent: warning: the config file has problems (the agent would refuse it at \

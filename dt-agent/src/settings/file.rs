@@ -75,16 +75,20 @@ pub fn load_optional(explicit: Option<&Path>) -> Result<Option<Layer>, Vec<Diagn
 /// cord must work while the file is being edited. The file's other problems come back too (the
 /// agent would refuse the file at its next start); `Err` only when an explicit file cannot be
 /// read.
-pub fn locations_optional(
-    explicit: Option<&Path>,
-) -> Result<(Option<PathBuf>, Option<PathBuf>, Vec<Diagnostic>), Vec<Diagnostic>> {
+pub fn locations_optional(explicit: Option<&Path>) -> Result<Locations, Vec<Diagnostic>> {
     let path = match explicit {
         Some(p) => p,
         None if Path::new(DEFAULT_CONFIG).exists() => Path::new(DEFAULT_CONFIG),
-        None => return Ok((None, None, Vec::new())),
+        None => return Ok(Locations::default()),
     };
-    let layer = match load(path) {
-        Ok(layer) => return Ok((layer.socket, layer.pin_dir, Vec::new())),
+    let problems = match load(path) {
+        Ok(layer) => {
+            return Ok(Locations {
+                socket: layer.socket,
+                pin_dir: layer.pin_dir,
+                problems: Vec::new(),
+            });
+        }
         Err(problems) => {
             if std::fs::metadata(path).is_err() {
                 return Err(problems);
@@ -103,7 +107,20 @@ pub fn locations_optional(
             .filter(|s| !s.is_empty())
             .map(|s| base.join(s))
     };
-    Ok((path_of("socket"), path_of("pin_dir"), layer))
+    Ok(Locations {
+        socket: path_of("socket"),
+        pin_dir: path_of("pin_dir"),
+        problems,
+    })
+}
+
+/// What [`locations_optional`] read.
+#[derive(Debug, Default)]
+pub struct Locations {
+    pub socket: Option<PathBuf>,
+    pub pin_dir: Option<PathBuf>,
+    /// The file's problems (the agent would refuse it at its next start).
+    pub problems: Vec<Diagnostic>,
 }
 
 /// Reads and validates a config file. On failure, returns every problem found as

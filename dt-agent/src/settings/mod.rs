@@ -25,7 +25,7 @@ pub use check::{
     check_opamp_endpoint, check_otlp_endpoint, check_ports, format_ppm, parse_cpu_share,
     parse_duration, parse_max_request, parse_memory, parse_metrics_addr,
 };
-pub use file::{load, load_optional, locations_optional, parse};
+pub use file::{Locations, load, load_optional, locations_optional, parse};
 
 use crate::rules::Diagnostic;
 
