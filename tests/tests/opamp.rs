@@ -323,9 +323,26 @@ fn remote_rules_over_opamp() {
         agent.log()
     );
 
-    // A restart with the server gone: the agent comes up with the last applied config.
+    // A restart with the server gone: the agent comes up with the last applied config. Its
+    // last message before it stops says it disconnects, as the spec asks.
+    let n = server.messages().len();
     agent.signal(libc::SIGTERM);
     agent.wait_exit(Duration::from_secs(20));
+    let msgs = server.messages();
+    assert!(
+        msgs.len() > n && msgs.last().unwrap().disconnect,
+        "the last message is no disconnect: {:?}",
+        &msgs[n..]
+    );
+    assert!(
+        msgs[..msgs.len() - 1].iter().all(|m| !m.disconnect),
+        "a disconnect before the last message"
+    );
+    assert!(
+        agent.log().contains("OpAMP: disconnected"),
+        "{}",
+        agent.log()
+    );
     let old_endpoint = server.endpoint();
     drop(server);
     agent.write_config(&config(state.path(), &old_endpoint));

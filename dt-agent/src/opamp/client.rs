@@ -22,10 +22,10 @@ use hyper::Uri;
 use prost::Message as _;
 
 use super::proto::{
-    AgentCapabilities, AgentConfigFile, AgentConfigMap, AgentDescription, AgentRemoteConfig,
-    AgentToServer, AnyValue, ComponentHealth, EffectiveConfig, KeyValue, RemoteConfigStatus,
-    RemoteConfigStatuses, ServerErrorResponseType, ServerToAgent, ServerToAgentFlags, any_value,
-    server_error_response,
+    AgentCapabilities, AgentConfigFile, AgentConfigMap, AgentDescription, AgentDisconnect,
+    AgentRemoteConfig, AgentToServer, AnyValue, ComponentHealth, EffectiveConfig, KeyValue,
+    RemoteConfigStatus, RemoteConfigStatuses, ServerErrorResponseType, ServerToAgent,
+    ServerToAgentFlags, any_value, server_error_response,
 };
 use super::{StateDir, format_uuid, remote_files, short_hash};
 use crate::{
@@ -44,6 +44,8 @@ const CAPABILITIES: u64 = AgentCapabilities::ReportsStatus as u64
 
 /// How long one exchange may take.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the last message, `agent_disconnect`, may take at exit.
+pub const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The most of an answer that is read (the spec's recommended limit is 64 MiB; rule files are
 /// small).
 const MAX_ANSWER: usize = 16 << 20;
@@ -146,8 +148,9 @@ impl Client {
         format_uuid(&self.uid)
     }
 
-    /// Polls the server until the task is dropped.
-    pub async fn run(mut self) {
+    /// Polls the server until `stop` is notified (then sends the last message, with
+    /// `agent_disconnect`, as the spec asks) or the task is dropped.
+    pub async fn run(mut self, stop: Arc<tokio::sync::Notify>) {
         log::info!(
             "OpAMP: polling {} every {:?} as instance {}",
             self.endpoint,
@@ -165,7 +168,37 @@ impl Client {
                 Err((e, retry_after)) => self.failed(&e, retry_after),
             };
             immediate = 0;
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = stop.notified() => {
+                    self.disconnect().await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The last message: what changed (the health says the agent stops), with
+    /// `agent_disconnect`; within [`DISCONNECT_TIMEOUT`], its answer not waited for beyond.
+    async fn disconnect(&mut self) {
+        let mut message = self.message().await;
+        message.agent_disconnect = Some(AgentDisconnect::default());
+        let headers = [("opamp-instance-uid", format_uuid(&self.uid))];
+        let post = http::post(
+            &self.endpoint,
+            message.encode_to_vec(),
+            "OpAMP endpoint",
+            &headers,
+            MAX_ANSWER,
+            self.tls.as_ref(),
+        );
+        match tokio::time::timeout(DISCONNECT_TIMEOUT, post).await {
+            Ok(Ok(r)) if r.status.is_success() => log::info!("OpAMP: disconnected"),
+            Ok(Ok(r)) => log::warn!("OpAMP: the disconnect was answered {}", r.status),
+            Ok(Err(e)) => log::warn!("OpAMP: the disconnect was not sent: {e:#}"),
+            Err(_) => {
+                log::warn!("OpAMP: no answer to the disconnect within {DISCONNECT_TIMEOUT:?}")
+            }
         }
     }
 

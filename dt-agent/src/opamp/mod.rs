@@ -23,7 +23,7 @@ pub mod proto {
 
 use std::path::{Path, PathBuf};
 
-pub use client::{Client, tls};
+pub use client::{Client, DISCONNECT_TIMEOUT, tls};
 pub use state::{StateDir, format_uuid, new_uuid_v7, parse_uuid};
 
 use proto::{AgentRemoteConfig, RemoteConfigStatus, RemoteConfigStatuses};

@@ -107,6 +107,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
                 ceiling,
             )));
         }
+        // The OpAMP client's own stop, so that its last message says the agent disconnects.
+        let mut opamp_client = None;
         if let Some((settings, tls, startup)) = opamp {
             let client = opamp::Client::new(
                 &settings,
@@ -115,7 +117,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
                 service.clone(),
                 startup.status,
             )?;
-            tasks.push(tokio::spawn(client.run()));
+            let stop = Arc::new(tokio::sync::Notify::new());
+            opamp_client = Some((stop.clone(), tokio::spawn(client.run(stop))));
         }
         let source: export::StatsSource = {
             let service = service.clone();
@@ -153,6 +156,15 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         // Held requests are waited for (no deadline) while the control socket still answers;
         // a second signal stops the wait.
         service.drain_before_exit(signals.recv()).await;
+        if let Some((stop, mut client)) = opamp_client {
+            // Its last message, the disconnect, before anything else goes.
+            stop.notify_one();
+            let wait = opamp::DISCONNECT_TIMEOUT + std::time::Duration::from_secs(1);
+            if tokio::time::timeout(wait, &mut client).await.is_err() {
+                client.abort();
+                log::warn!("OpAMP: the client did not stop in {wait:?}");
+            }
+        }
         if told && !service.uninstalled() {
             // The uninstall failed: say why, as the exit's error.
             let why = service.uninstall_error().unwrap_or_default();
