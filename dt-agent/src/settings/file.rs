@@ -53,7 +53,8 @@ struct RawCeiling {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawOpamp {
-    endpoint: Spanned<String>,
+    /// Required, from here or from `--opamp-endpoint` (checked when they are stacked).
+    endpoint: Option<Spanned<String>>,
     poll_interval: Option<Spanned<String>>,
     ca_file: Option<Spanned<String>>,
     client_cert: Option<Spanned<String>>,
@@ -242,7 +243,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Layer, Vec<Diagnostic>> {
 
     let (opamp_endpoint, opamp_poll_interval) = match raw.opamp {
         Some(o) => (
-            checked(&src, &mut diags, "opamp.endpoint", Some(o.endpoint), |s| {
+            checked(&src, &mut diags, "opamp.endpoint", o.endpoint, |s| {
                 check_opamp_endpoint(s).map(|()| s.to_string())
             }),
             checked(

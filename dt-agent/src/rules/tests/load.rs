@@ -250,6 +250,20 @@ fn a_value_of_the_wrong_type_does_not_hide_the_tables_other_problems() {
         e,
         ["r.toml:2:8: expected a string in quotes, found the number 5"]
     );
+    // A table within the rule that lacks its required key is left out, the rest still read.
+    let e = errors(
+        "[[rule]]\nname = \"a\"\naction = \"trigger\"\nset_state = [\"s\"]\n\
+         threshold = { within = \"1m\" }\nbogus = 1\n\n[[state]]\nname = \"s\"\nduration = \"1m\"\n",
+    );
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(
+        e[0].starts_with("r.toml:5:13: missing key `count`: this table needs it"),
+        "{e:#?}"
+    );
+    assert!(
+        e[1].starts_with("r.toml:6:1: unknown key `bogus`"),
+        "{e:#?}"
+    );
     // Nor does it hide another required key that is missing.
     let e = errors("[[rule]]\nname = 5\n\n[[state]]\nname = 5\n");
     assert_eq!(
