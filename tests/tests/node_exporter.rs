@@ -463,24 +463,25 @@ fn node_exporter_connection_is_filtered_again_after_enable_and_a_first_push() {
     assert_matched_dropped(test, &stats, &want);
 }
 
-/// The Node.js SDK's http/json exporter (@opentelemetry/exporter-logs-otlp-http): the same
-/// chunked transport with a JSON body. dt does not walk JSON: each export passes byte for byte,
-/// counted `json`, and the keep-alive connection stays followed from one export to the next
-/// (none of its bytes go untracked).
-#[test]
-fn node_json_exporter_passes_counted_and_followed() {
-    let test = "node_json_exporter_passes_counted_and_followed";
-    if !node_kernel_or_skip(test) {
-        return;
-    }
-    let rules = count_drop_rules();
-    let dir = TempRules::from_rules(&rules);
+/// Exports 600 records in 3 direct batches with the Node exporter, its plan's `key` set to
+/// `value`, through an agent with [`count_drop_rules`] that must not walk them: each export
+/// passes untouched, counted under `reason`, on one followed keep-alive connection, and no rule
+/// evaluates a record. `check` looks at each request as it arrived; returns the report and the
+/// receiver.
+fn passes_untouched(
+    test: &str,
+    key: &str,
+    value: &str,
+    reason: &str,
+    check: impl Fn(usize, &dt_tests::Received),
+) -> (NodeExportReport, Receiver) {
+    let dir = TempRules::from_rules(&count_drop_rules());
     let receiver = Receiver::start_v4();
     let agent = start_agent(&dir, &[receiver.port()]);
     let plan = ExportPlan::mixed(600, &["checkout"], 200);
     let mut v = node_plan(&receiver.logs_url(), &plan);
     v["mode"] = serde_json::json!("direct");
-    v["protocol"] = serde_json::json!("json");
+    v[key] = serde_json::json!(value);
     let report = export_with_node_value(&v);
     report.assert_all_ok(plan.total());
     assert_eq!(report.batches_ok, 3);
@@ -495,16 +496,10 @@ fn node_json_exporter_passes_counted_and_followed() {
     );
     for (i, r) in receiver.requests().iter().enumerate() {
         assert!(r.chunked, "{test}: export {i} arrived chunked");
-        assert_eq!(
-            r.header("content-type"),
-            Some("application/json"),
-            "{test}: export {i}"
-        );
-        let body: serde_json::Value = serde_json::from_slice(&r.body).expect("a JSON body");
-        assert!(body["resourceLogs"].is_array(), "{test}: export {i}");
+        check(i, r);
     }
     let pt = &stats.totals.passthrough;
-    assert_eq!(pt.get("json"), Some(&3), "{test}: {pt:?}");
+    assert_eq!(pt.get(reason), Some(&3), "{test}: {pt:?}");
     assert_not_passed_as_chunked(test, &stats);
     assert_eq!(stats.totals.untracked_bytes, 0, "{test}: never unfollowed");
     assert_eq!(stats.totals.requests, 3);
@@ -518,6 +513,28 @@ fn node_json_exporter_passes_counted_and_followed() {
         stats.rules.iter().all(|r| r.matched == 0),
         "{test}: nothing evaluated"
     );
+    (report, receiver)
+}
+
+/// The Node.js SDK's http/json exporter (@opentelemetry/exporter-logs-otlp-http): the same
+/// chunked transport with a JSON body. dt does not walk JSON: each export passes byte for byte,
+/// counted `json`, and the keep-alive connection stays followed from one export to the next
+/// (none of its bytes go untracked).
+#[test]
+fn node_json_exporter_passes_counted_and_followed() {
+    let test = "node_json_exporter_passes_counted_and_followed";
+    if !node_kernel_or_skip(test) {
+        return;
+    }
+    passes_untouched(test, "protocol", "json", "json", |i, r| {
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/json"),
+            "{test}: export {i}"
+        );
+        let body: serde_json::Value = serde_json::from_slice(&r.body).expect("a JSON body");
+        assert!(body["resourceLogs"].is_array(), "{test}: export {i}");
+    });
 }
 
 /// `compression: 'gzip'`: the Node exporter pipes each body through zlib into a chunked request
@@ -530,52 +547,25 @@ fn node_gzip_exporter_passes_counted_compressed_and_followed() {
     if !node_kernel_or_skip(test) {
         return;
     }
-    let rules = count_drop_rules();
-    let dir = TempRules::from_rules(&rules);
-    let receiver = Receiver::start_v4();
-    let agent = start_agent(&dir, &[receiver.port()]);
-    let plan = ExportPlan::mixed(600, &["checkout"], 200);
-    let mut v = node_plan(&receiver.logs_url(), &plan);
-    v["mode"] = serde_json::json!("direct");
-    v["compression"] = serde_json::json!("gzip");
-    let report = export_with_node_value(&v);
-    report.assert_all_ok(plan.total());
-    assert_eq!(report.batches_ok, 3);
-    check_receiver(test, &receiver, 3);
-    let stats = stats_of(&agent);
-    drop(agent);
-
-    assert_eq!(
-        receiver.connections(),
-        1,
-        "{test}: one keep-alive connection"
-    );
-    for (i, r) in receiver.requests().iter().enumerate() {
+    let (report, receiver) = passes_untouched(test, "compression", "gzip", "compressed", |i, r| {
         assert_eq!(
             r.header("content-encoding"),
             Some("gzip"),
             "{test}: export {i}"
         );
-    }
+        assert!(
+            r.logs.is_some(),
+            "{test}: export {i} does not gunzip to logs"
+        );
+    });
     // Every record, as the exporter encoded it (the receiver gunzips).
-    assert_same_records(test, &plan.records(), &report.sent_records());
+    assert_same_records(
+        test,
+        &ExportPlan::mixed(600, &["checkout"], 200).records(),
+        &report.sent_records(),
+    );
     assert!(
         receiver.records() == report.sent_records(),
         "{test}: records"
-    );
-    let pt = &stats.totals.passthrough;
-    assert_eq!(pt.get("compressed"), Some(&3), "{test}: {pt:?}");
-    assert_not_passed_as_chunked(test, &stats);
-    assert_eq!(stats.totals.untracked_bytes, 0, "{test}: never unfollowed");
-    assert_eq!(stats.totals.requests, 3);
-    assert_eq!(stats.totals.log_requests, 0);
-    assert_eq!(
-        stats.totals.bytes_in, stats.totals.bytes_out,
-        "{test}: untouched"
-    );
-    assert_eq!(stats.totals.bytes_out, receiver.total_bytes());
-    assert!(
-        stats.rules.iter().all(|r| r.matched == 0),
-        "{test}: nothing evaluated"
     );
 }

@@ -183,16 +183,7 @@ impl Client {
     async fn disconnect(&mut self) {
         let mut message = self.message().await;
         message.agent_disconnect = Some(AgentDisconnect::default());
-        let headers = [("opamp-instance-uid", format_uuid(&self.uid))];
-        let post = http::post(
-            &self.endpoint,
-            message.encode_to_vec(),
-            "OpAMP endpoint",
-            &headers,
-            MAX_ANSWER,
-            self.tls.as_ref(),
-        );
-        match tokio::time::timeout(DISCONNECT_TIMEOUT, post).await {
+        match tokio::time::timeout(DISCONNECT_TIMEOUT, self.post(&message)).await {
             Ok(Ok(r)) if r.status.is_success() => log::info!("OpAMP: disconnected"),
             Ok(Ok(r)) => log::warn!("OpAMP: the disconnect was answered {}", r.status),
             Ok(Err(e)) => log::warn!("OpAMP: the disconnect was not sent: {e:#}"),
@@ -205,16 +196,7 @@ impl Client {
     /// One message and its answer.
     async fn exchange(&mut self) -> Result<Next, (String, Option<Duration>)> {
         let message = self.message().await;
-        let headers = [("opamp-instance-uid", format_uuid(&self.uid))];
-        let post = http::post(
-            &self.endpoint,
-            message.encode_to_vec(),
-            "OpAMP endpoint",
-            &headers,
-            MAX_ANSWER,
-            self.tls.as_ref(),
-        );
-        let reply = match tokio::time::timeout(EXCHANGE_TIMEOUT, post).await {
+        let reply = match tokio::time::timeout(EXCHANGE_TIMEOUT, self.post(&message)).await {
             Err(_) => return Err((format!("no answer within {EXCHANGE_TIMEOUT:?}"), None)),
             Ok(Err(e)) => return Err((format!("{e:#}"), None)),
             Ok(Ok(r)) => r,
@@ -238,6 +220,20 @@ impl Client {
         self.failures = 0;
         self.delivered(message);
         self.answer(answer).await
+    }
+
+    /// Posts `message` to the server, with the instance id header.
+    async fn post(&self, message: &AgentToServer) -> anyhow::Result<http::Reply> {
+        let headers = [("opamp-instance-uid", format_uuid(&self.uid))];
+        http::post(
+            &self.endpoint,
+            message.encode_to_vec(),
+            "OpAMP endpoint",
+            &headers,
+            MAX_ANSWER,
+            self.tls.as_ref(),
+        )
+        .await
     }
 
     /// The next message: the whole status when due, else what changed since it was reported.
