@@ -469,6 +469,59 @@ fn a_kept_config_that_no_longer_starts_is_set_aside() {
     assert_eq!(after.rules_error.as_deref(), Some(refused.as_str()));
 }
 
+/// A remote config refused because one of its rules has the name of a local one applies once
+/// the local file is gone: the directory's change tries it again, the server hears APPLIED for
+/// it, and `rules_error` clears.
+#[test]
+fn a_remote_config_refused_for_a_local_clash_applies_once_the_local_file_goes() {
+    let test = "a_remote_config_refused_for_a_local_clash_applies_once_the_local_file_goes";
+    if !kernel_or_skip(test) || python_or_skip(test).is_none() {
+        return;
+    }
+    let Setup {
+        server,
+        rules,
+        state,
+        mut agent,
+        ..
+    } = setup("opamp-clash");
+    agent.write_config(&config(state.path(), &server.endpoint()));
+    agent.start();
+    let clash = rules.write("30-clash.toml", &RuleSpec::count("x1").to_toml());
+    let deadline = Instant::now() + WAIT_OPAMP;
+    while !names(&agent).contains(&"x1".to_string()) {
+        assert!(
+            Instant::now() < deadline,
+            "the local x1 never became active"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let h = server.set_config(&[("50-x.toml", &RuleSpec::count("x1").to_toml())]);
+    let failed = wait_status(&server, &h, "FAILED", "the clashing remote config");
+    let err = &failed.remote_config_status.as_ref().unwrap().error_message;
+    assert!(err.contains("duplicate rule name \"x1\""), "{err}");
+    assert!(agent.rules().rules_error.is_some());
+
+    // The local file goes: the remote config applies with the directory's change.
+    std::fs::remove_file(&clash).unwrap();
+    wait_status(&server, &h, "APPLIED", "the remote config applied late");
+    let (active, _) = active(&agent);
+    assert!(
+        active
+            .iter()
+            .any(|(n, f)| n == "x1" && f.ends_with("opamp/50-x.toml")),
+        "{active:?}"
+    );
+    assert_eq!(agent.rules().rules_error, None);
+    assert!(
+        agent
+            .log()
+            .contains("the remote config refused before applies with it"),
+        "{}",
+        agent.log()
+    );
+}
+
 /// The remote config of the TLS tests: a rule that drops DEBUG records.
 const REMOTE_DROP_DEBUG: &str = "[[rule]]\nname = \"remote-drop-debug\"\naction = \"drop\"\n\
                                  [rule.match]\nseverity = \"DEBUG\"\n";

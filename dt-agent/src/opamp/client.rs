@@ -90,6 +90,9 @@ pub struct Client {
     reported: Reported,
     /// The remote config last processed (applied or refused), and how.
     remote_status: RemoteConfigStatus,
+    /// That config, while it stands refused: kept when it applies later (with a change of the
+    /// rules directory, see [`Service::take_pending_applied`]).
+    refused: Option<AgentRemoteConfig>,
     start_unix_nano: u64,
     /// The health last seen, and since when it has been so.
     health: Option<(Health, u64)>,
@@ -137,6 +140,7 @@ impl Client {
             full: true,
             reported: Reported::default(),
             remote_status,
+            refused: None,
             start_unix_nano: now,
             health: None,
             failures: 0,
@@ -238,6 +242,7 @@ impl Client {
 
     /// The next message: the whole status when due, else what changed since it was reported.
     async fn message(&mut self) -> AgentToServer {
+        self.refused_config_applied().await;
         let full = self.full;
         let description = self.description();
         let health = self.current_health().await;
@@ -257,6 +262,29 @@ impl Client {
         };
         self.sequence_num += 1;
         message
+    }
+
+    /// The refused remote config applied since (a change of the rules directory removed what
+    /// clashed with it): reported APPLIED, and kept for restarts as any applied config.
+    async fn refused_config_applied(&mut self) {
+        let service = self.service.clone();
+        let applied = tokio::task::spawn_blocking(move || service.take_pending_applied())
+            .await
+            .unwrap_or(false);
+        if !applied || self.remote_status.status != RemoteConfigStatuses::Failed as i32 {
+            return;
+        }
+        if let Some(config) = self.refused.take() {
+            log::info!(
+                "OpAMP: remote config ({}) applied with the changed rules directory",
+                short_hash(&config.config_hash)
+            );
+            if let Err(e) = self.state.save_remote(&config) {
+                log::error!("{e:#}; after a restart the agent will not have this config");
+            }
+        }
+        self.remote_status.status = RemoteConfigStatuses::Applied as i32;
+        self.remote_status.error_message.clear();
     }
 
     /// `message` reached the server: its parts count as reported.
@@ -347,6 +375,7 @@ impl Client {
         }
         let hash = config.config_hash.clone();
         let service = self.service.clone();
+        self.refused = None;
         let result = match remote_files(&config) {
             Err(errors) => {
                 self.service.refuse_remote(&errors.to_string());
@@ -388,6 +417,7 @@ impl Client {
                     "OpAMP: remote config ({}) refused; the active rule set stays",
                     short_hash(&hash)
                 );
+                self.refused = Some(config);
                 RemoteConfigStatus {
                     last_remote_config_hash: hash,
                     status: RemoteConfigStatuses::Failed as i32,

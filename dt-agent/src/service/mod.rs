@@ -56,6 +56,12 @@ struct Inner {
     /// That refusal was of the rules directory's files (what SIGHUP tries again), not of a
     /// remote config.
     refused_dir: bool,
+    /// The last remote config, refused (`None` once one applies): tried again with the rules
+    /// directory when its files change, since a clash with a local file may be what refused it.
+    pending_remote: Option<Vec<(PathBuf, String)>>,
+    /// The pending remote config applied with a change of the directory: the OpAMP client
+    /// reports it applied ([`Service::take_pending_applied`]).
+    pending_applied: bool,
     /// The agent is about to detach: everything passes, and nothing may turn filtering on.
     stopping: bool,
     /// `uninstall` has begun (it waits for held requests, then detaches and unpins).
@@ -85,6 +91,8 @@ impl Service {
                 active_sources: sources,
                 last_error,
                 refused_dir: false,
+                pending_remote: None,
+                pending_applied: false,
                 stopping: false,
                 uninstalling: false,
                 uninstall_error: None,
@@ -299,6 +307,12 @@ impl Service {
         if inner.digest == Some(d) && !retry {
             return;
         }
+        if inner.agent.is_none() {
+            return;
+        }
+        if self.apply_pending_remote(&mut inner) {
+            return;
+        }
         let Some(agent) = inner.agent.as_mut() else {
             return;
         };
@@ -356,6 +370,8 @@ impl Service {
         if let Err(e) = result {
             inner.last_error = Some(format!("a remote config was refused:\n{e:#}"));
             inner.refused_dir = false;
+            inner.pending_remote = Some(remote);
+            inner.pending_applied = false;
             return Err(e);
         }
         let generation = agent.generation();
@@ -363,7 +379,52 @@ impl Service {
         inner.active_sources = sources;
         inner.remote = remote;
         inner.last_error = None;
+        inner.pending_remote = None;
+        inner.pending_applied = false;
         Ok(generation)
+    }
+
+    /// With the rules directory changed: the refused remote config, tried again with the
+    /// directory's files as they are now; `true` when that set is active.
+    fn apply_pending_remote(&self, inner: &mut Inner) -> bool {
+        let Some(remote) = inner.pending_remote.clone() else {
+            return false;
+        };
+        let Ok(mut sources) = read_sources(&self.rules_dir) else {
+            return false;
+        };
+        sources.extend(remote.iter().cloned());
+        let Some(agent) = inner.agent.as_mut() else {
+            return false;
+        };
+        let applied = rules::load_sources(&sources)
+            .map_err(|d| anyhow::Error::new(RuleErrors(d)))
+            .and_then(|defs| {
+                agent.check_defs(&defs)?;
+                agent.compile_defs(&defs)
+            })
+            .and_then(|(compiled, slots)| agent.install_compiled(&compiled, slots));
+        if applied.is_err() {
+            return false;
+        }
+        log::info!(
+            "rules directory changed, and the remote config refused before applies with it: \
+             generation {}",
+            agent.generation()
+        );
+        inner.digest = Some(digest(&sources));
+        inner.active_sources = sources;
+        inner.remote = remote;
+        inner.last_error = None;
+        inner.pending_remote = None;
+        inner.pending_applied = true;
+        true
+    }
+
+    /// Whether the refused remote config applied since last asked (with a change of the rules
+    /// directory): the OpAMP client then reports it applied.
+    pub fn take_pending_applied(&self) -> bool {
+        std::mem::take(&mut self.lock().pending_applied)
     }
 
     /// A remote config refused before it could be tried (its files' names or text): it stands
@@ -372,6 +433,9 @@ impl Service {
         let mut inner = self.lock();
         inner.last_error = Some(format!("a remote config was refused:\n{why}"));
         inner.refused_dir = false;
+        // Nothing in it to try again.
+        inner.pending_remote = None;
+        inner.pending_applied = false;
     }
 
     /// The rule files the active generation was compiled from, as (name, text): a file of the
