@@ -289,7 +289,7 @@ impl Service {
             // Detaching: no new generation (push and remote configs are refused too).
             return;
         }
-        let mut sources = match read_sources(&self.rules_dir) {
+        let dir = match read_sources(&self.rules_dir) {
             Ok(s) => s,
             Err(e) => {
                 log::error!("rules directory: {e:#}; the active rule set stays");
@@ -301,6 +301,8 @@ impl Service {
                 return;
             }
         };
+        let dir_files = dir.len();
+        let mut sources = dir;
         sources.extend(inner.remote.iter().cloned());
         let d = digest(&sources);
         let retry = retry_refused && inner.last_error.is_some() && inner.refused_dir;
@@ -310,16 +312,13 @@ impl Service {
         if inner.agent.is_none() {
             return;
         }
-        if self.apply_pending_remote(&mut inner) {
+        if Self::apply_pending_remote(&mut inner, &sources[..dir_files]) {
             return;
         }
         let Some(agent) = inner.agent.as_mut() else {
             return;
         };
-        let result = rules::load_sources(&sources)
-            .map_err(|d| anyhow::Error::new(RuleErrors(d)))
-            .and_then(|defs| agent.compile_defs(&defs))
-            .and_then(|(compiled, slots)| agent.install_compiled(&compiled, slots));
+        let result = install_sources(agent, &sources, false);
         match result {
             Ok(()) => {
                 inner.digest = Some(d);
@@ -360,13 +359,7 @@ impl Service {
         let mut sources = read_sources(&self.rules_dir)?;
         sources.extend(remote.iter().cloned());
         let agent = inner.agent.as_mut().ok_or(crate::stats::Uninstalled)?;
-        let result = rules::load_sources(&sources)
-            .map_err(|d| anyhow::Error::new(RuleErrors(d)))
-            .and_then(|defs| {
-                agent.check_defs(&defs)?;
-                agent.compile_defs(&defs)
-            })
-            .and_then(|(compiled, slots)| agent.install_compiled(&compiled, slots));
+        let result = install_sources(agent, &sources, true);
         if let Err(e) = result {
             inner.last_error = Some(format!("a remote config was refused:\n{e:#}"));
             inner.refused_dir = false;
@@ -384,27 +377,18 @@ impl Service {
         Ok(generation)
     }
 
-    /// With the rules directory changed: the refused remote config, tried again with the
-    /// directory's files as they are now; `true` when that set is active.
-    fn apply_pending_remote(&self, inner: &mut Inner) -> bool {
+    /// With the rules directory changed (its files now `dir`): the refused remote config,
+    /// tried again with them; `true` when that set is active.
+    fn apply_pending_remote(inner: &mut Inner, dir: &[(PathBuf, String)]) -> bool {
         let Some(remote) = inner.pending_remote.clone() else {
             return false;
         };
-        let Ok(mut sources) = read_sources(&self.rules_dir) else {
-            return false;
-        };
+        let mut sources = dir.to_vec();
         sources.extend(remote.iter().cloned());
         let Some(agent) = inner.agent.as_mut() else {
             return false;
         };
-        let applied = rules::load_sources(&sources)
-            .map_err(|d| anyhow::Error::new(RuleErrors(d)))
-            .and_then(|defs| {
-                agent.check_defs(&defs)?;
-                agent.compile_defs(&defs)
-            })
-            .and_then(|(compiled, slots)| agent.install_compiled(&compiled, slots));
-        if applied.is_err() {
+        if install_sources(agent, &sources, true).is_err() {
             return false;
         }
         log::info!(
@@ -618,6 +602,22 @@ fn read_sources(dir: &Path) -> anyhow::Result<Vec<(PathBuf, String)>> {
         }
     }
     Ok(out)
+}
+
+/// Makes the rule files `sources` (labels and texts) the agent's active set: read, checked
+/// against the kernel first when `check` (its features, the probes attaching), compiled and
+/// installed as one generation. On any error the active set stays.
+fn install_sources(
+    agent: &mut Agent,
+    sources: &[(PathBuf, String)],
+    check: bool,
+) -> anyhow::Result<()> {
+    let defs = rules::load_sources(sources).map_err(RuleErrors)?;
+    if check {
+        agent.check_defs(&defs)?;
+    }
+    let (compiled, slots) = agent.compile_defs(&defs)?;
+    agent.install_compiled(&compiled, slots)
 }
 
 fn digest(sources: &[(PathBuf, String)]) -> u64 {
