@@ -19,7 +19,7 @@ use dt_agent::{
     control::CallError,
     ripcord as cord,
     rules::RuleErrors,
-    settings::{self, ConfigErrors},
+    settings::{self, ConfigErrors, SettingsErrors},
 };
 
 /// Where the verbs find the agent, and its pinned state.
@@ -176,6 +176,9 @@ pub fn report(e: &anyhow::Error) {
             Some(file) => eprintln!("dt-agent: the config file {} is invalid", file.display()),
             None => eprintln!("dt-agent: the config file is invalid"),
         }
+    } else if let Some(errors) = e.downcast_ref::<SettingsErrors>() {
+        eprintln!("{errors}");
+        eprintln!("dt-agent: the settings were refused; the agent did not start");
     } else if let Some(CallError::Refused(message)) = e.downcast_ref::<CallError>() {
         eprintln!("{message}");
     } else {

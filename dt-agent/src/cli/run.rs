@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 use dt_agent::{
     service,
-    settings::{self, ConfigErrors, Layer},
+    settings::{self, ConfigErrors, Layer, SettingsErrors},
 };
 
 /// `dt-agent run`'s flags: the settings ones ([`Layer`]), the config file and pinning.
@@ -38,6 +38,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         ..args.flags
     };
-    let settings = settings::resolve(file, flags).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let settings = settings::resolve(file, flags).map_err(SettingsErrors)?;
     service::run(settings)
 }

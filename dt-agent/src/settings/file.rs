@@ -3,7 +3,10 @@
 //! are errors. Relative paths in the file are relative to the file's directory, so
 //! `rules_dir = "rules"` in `/etc/dt/agent.toml` means `/etc/dt/rules`.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -156,6 +159,34 @@ pub fn parse(path: &Path, text: &str) -> Result<Layer, Vec<Diagnostic>> {
     };
     let base = path.parent().unwrap_or(Path::new(""));
     let mut diags = read;
+    // Where the keys that `resolve` checks against each other (and against the flags) are.
+    let mut at = BTreeMap::new();
+    let mut mark = |key: &'static str, span: Option<std::ops::Range<usize>>| {
+        if let Some(span) = span {
+            let pos = src.pos(span.start);
+            at.insert(
+                key,
+                format!("{}:{}:{}", path.display(), pos.line, pos.column),
+            );
+        }
+    };
+    mark("metrics_addr", raw.metrics_addr.as_ref().map(Spanned::span));
+    if let Some(o) = &raw.opamp {
+        mark("opamp.endpoint", o.endpoint.as_ref().map(Spanned::span));
+        mark(
+            "opamp.poll_interval",
+            o.poll_interval.as_ref().map(Spanned::span),
+        );
+        mark("opamp.ca_file", o.ca_file.as_ref().map(Spanned::span));
+        mark(
+            "opamp.client_cert",
+            o.client_cert.as_ref().map(Spanned::span),
+        );
+        mark("opamp.client_key", o.client_key.as_ref().map(Spanned::span));
+    }
+    if let Some(c) = &raw.ceiling {
+        mark("ceiling.window", c.window.as_ref().map(Spanned::span));
+    }
     let mut path_key = |key: &str, value: Option<Spanned<String>>| -> Option<PathBuf> {
         let value = value?;
         if value.get_ref().is_empty() {
@@ -210,12 +241,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Layer, Vec<Diagnostic>> {
     });
 
     // Whether it must be loopback is `resolve`'s to say: `metrics_public = true` here, or
-    // `--metrics-public`, allows any address. Its error names this position.
+    // `--metrics-public`, allows any address. Its error names the position marked above.
     let metrics_public = raw.metrics_public.unwrap_or(false);
-    let metrics_addr_at = raw.metrics_addr.as_ref().map(|v| {
-        let pos = src.pos(v.span().start);
-        format!("{}:{}:{}", path.display(), pos.line, pos.column)
-    });
     let metrics_addr = checked(
         &src,
         &mut diags,
@@ -305,7 +332,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Layer, Vec<Diagnostic>> {
         pin: raw.pin,
         pin_dir,
         metrics_addr,
-        metrics_addr_at,
+        at,
         otlp_endpoint,
         otlp_interval,
         max_request,

@@ -13,6 +13,7 @@ mod file;
 mod tests;
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
@@ -86,9 +87,10 @@ pub struct Layer {
     /// Allow --metrics-addr on a non-loopback address (e.g. 0.0.0.0:9464 for a cluster's scraper).
     #[arg(long, display_order = 9)]
     pub metrics_public: bool,
-    /// Where the file sets `metrics_addr` (`file:line:column`), for errors about it.
+    /// Where the file sets each of its keys that [`resolve`] checks against others
+    /// (`"ceiling.window"` -> `file:line:column`), for its errors to name.
     #[arg(skip)]
-    pub metrics_addr_at: Option<String>,
+    pub at: BTreeMap<&'static str, String>,
     /// After `dt-agent uninstall`, stay up (control socket and metrics endpoint answering) until
     /// SIGTERM instead of exiting: for supervisors that restart an agent that exits, such as a
     /// Kubernetes DaemonSet, which would attach dt again.
@@ -210,15 +212,26 @@ pub struct Settings {
 }
 
 /// Merges the flags, the file and the defaults (in that order of precedence) and checks the
-/// result. An error names the key (or flag) at fault.
+/// result. Every problem is reported, one a line, each naming the flag or the file's key (at its
+/// position) at fault.
 pub fn resolve(file: Option<Layer>, flags: Layer) -> Result<Settings, String> {
     let file = file.unwrap_or_default();
+    let mut errors = Vec::new();
+    // How an error names a setting: the flag, when the flags gave it, else the file's key at its
+    // position.
+    let name = |key: &str, flag: &str, from_flag: bool| -> String {
+        match (from_flag, file.at.get(key)) {
+            (true, _) => flag.to_string(),
+            (false, Some(at)) => format!("{at}: `{key}`"),
+            (false, None) => key.to_string(),
+        }
+    };
     let ports = if !flags.ports.is_empty() {
-        check_ports("--port", &flags.ports)?;
+        check_ports("--port", &flags.ports).unwrap_or_else(|e| errors.push(e));
         flags.ports
     } else if !file.ports.is_empty() {
-        check_ports("ports", &file.ports)?;
-        file.ports
+        check_ports("ports", &file.ports).unwrap_or_else(|e| errors.push(e));
+        file.ports.clone()
     } else {
         vec![DEFAULT_PORT]
     };
@@ -227,29 +240,30 @@ pub fn resolve(file: Option<Layer>, flags: Layer) -> Result<Settings, String> {
         (None, Some(n)) => (n, "max_request"),
         (None, None) => (DEFAULT_MAX_REQUEST, "max_request"),
     };
-    check_max_request(max_request).map_err(|e| format!("{key}: {e}"))?;
-    let file_key = match &file.metrics_addr_at {
-        Some(at) => format!("{at}: `metrics_addr`"),
-        None => "metrics_addr".to_string(),
-    };
-    let (metrics_addr, key) = match (flags.metrics_addr, file.metrics_addr) {
-        (Some(a), _) => (Some(a), "--metrics-addr"),
-        (None, a) => (a, file_key.as_str()),
-    };
+    check_max_request(max_request).unwrap_or_else(|e| errors.push(format!("{key}: {e}")));
+    let metrics_addr = flags.metrics_addr.or(file.metrics_addr);
     let metrics_public = flags.metrics_public || file.metrics_public;
     if let Some(addr) = metrics_addr {
-        if metrics_public {
-            check_metrics_port(addr).map_err(|e| format!("{key}: {e}"))?;
+        let checked = if metrics_public {
+            check_metrics_port(addr)
         } else {
-            check_loopback(addr).map_err(|e| format!("{key}: {e}"))?;
+            check_loopback(addr)
+        };
+        if let Err(e) = checked {
+            let key = name(
+                "metrics_addr",
+                "--metrics-addr",
+                flags.metrics_addr.is_some(),
+            );
+            errors.push(format!("{key}: {e}"));
         }
     }
-    let (otlp_endpoint, key) = match (flags.otlp_endpoint, file.otlp_endpoint) {
+    let (otlp_endpoint, key) = match (flags.otlp_endpoint, file.otlp_endpoint.clone()) {
         (Some(u), _) => (Some(u), "--otlp-endpoint"),
         (None, u) => (u, "otlp_endpoint"),
     };
     if let Some(url) = &otlp_endpoint {
-        check_otlp_endpoint(url).map_err(|e| format!("{key}: {e}"))?;
+        check_otlp_endpoint(url).unwrap_or_else(|e| errors.push(format!("{key}: {e}")));
     }
     let (otlp_interval, key) = match (flags.otlp_interval, file.otlp_interval) {
         (Some(d), _) => (d, "--otlp-interval"),
@@ -257,46 +271,66 @@ pub fn resolve(file: Option<Layer>, flags: Layer) -> Result<Settings, String> {
         (None, None) => (DEFAULT_OTLP_INTERVAL, "otlp_interval"),
     };
     if otlp_interval.is_zero() {
-        return Err(format!("{key}: the interval must be greater than zero"));
+        errors.push(format!("{key}: the interval must be greater than zero"));
     }
-    let (capture_endpoint, key) = match (flags.capture_endpoint, file.capture_endpoint) {
+    let (capture_endpoint, key) = match (flags.capture_endpoint, file.capture_endpoint.clone()) {
         (Some(u), _) => (Some(u), "--capture-endpoint"),
         (None, u) => (u, "capture_endpoint"),
     };
     if let Some(url) = &capture_endpoint {
-        check_capture_endpoint(url).map_err(|e| format!("{key}: {e}"))?;
+        check_capture_endpoint(url).unwrap_or_else(|e| errors.push(format!("{key}: {e}")));
     }
-    let (opamp_endpoint, key) = match (flags.opamp_endpoint, file.opamp_endpoint) {
-        (Some(u), _) => (Some(u), "--opamp-endpoint"),
-        (None, u) => (u, "opamp.endpoint"),
-    };
+    let endpoint_flag = flags.opamp_endpoint.is_some();
+    let opamp_endpoint = flags.opamp_endpoint.or(file.opamp_endpoint.clone());
+    let poll_flag = flags.opamp_poll_interval.is_some();
     let poll_interval = flags.opamp_poll_interval.or(file.opamp_poll_interval);
-    let ca_file = flags.opamp_ca_file.or(file.opamp_ca_file);
+    let ca_flag = flags.opamp_ca_file.is_some();
+    let ca_file = flags.opamp_ca_file.or(file.opamp_ca_file.clone());
+    let (cert_flag, key_flag) = (
+        flags.opamp_client_cert.is_some(),
+        flags.opamp_client_key.is_some(),
+    );
     let client = match (
-        flags.opamp_client_cert.or(file.opamp_client_cert),
-        flags.opamp_client_key.or(file.opamp_client_key),
+        flags.opamp_client_cert.or(file.opamp_client_cert.clone()),
+        flags.opamp_client_key.or(file.opamp_client_key.clone()),
     ) {
         (Some(cert), Some(key)) => Some((cert, key)),
         (None, None) => None,
         (Some(_), None) => {
-            return Err("an OpAMP client certificate is given without its key \
-                        (`[opamp] client_key` or --opamp-client-key)"
-                .to_string());
+            let at = name("opamp.client_cert", "--opamp-client-cert", cert_flag);
+            errors.push(format!(
+                "{at}: an OpAMP client certificate is given without its key \
+                 (`[opamp] client_key` or --opamp-client-key)"
+            ));
+            None
         }
         (None, Some(_)) => {
-            return Err("an OpAMP client key is given without its certificate \
-                        (`[opamp] client_cert` or --opamp-client-cert)"
-                .to_string());
+            let at = name("opamp.client_key", "--opamp-client-key", key_flag);
+            errors.push(format!(
+                "{at}: an OpAMP client key is given without its certificate \
+                 (`[opamp] client_cert` or --opamp-client-cert)"
+            ));
+            None
         }
+    };
+    // The first OpAMP setting given besides the endpoint, for an error about them.
+    let first_tls = if ca_file.is_some() {
+        Some(name("opamp.ca_file", "--opamp-ca-file", ca_flag))
+    } else if client.is_some() {
+        Some(name("opamp.client_cert", "--opamp-client-cert", cert_flag))
+    } else {
+        None
     };
     let tls = OpampTls { ca_file, client };
     let opamp = match opamp_endpoint {
         Some(endpoint) => {
-            check_opamp_endpoint(&endpoint).map_err(|e| format!("{key}: {e}"))?;
-            if tls != OpampTls::default() && !endpoint.starts_with("https://") {
-                return Err(format!(
-                    "{key}: {endpoint} is not https://, so an OpAMP CA file or client \
-                     certificate has no use: make it https:// or remove them"
+            let key = name("opamp.endpoint", "--opamp-endpoint", endpoint_flag);
+            check_opamp_endpoint(&endpoint).unwrap_or_else(|e| errors.push(format!("{key}: {e}")));
+            if let Some(first) = first_tls.filter(|_| !endpoint.starts_with("https://")) {
+                errors.push(format!(
+                    "{first}: the OpAMP endpoint {endpoint} ({key}) is not https://, so an \
+                     OpAMP CA file or client certificate has no use: make it https:// or \
+                     remove them"
                 ));
             }
             Some(OpampSettings {
@@ -305,28 +339,48 @@ pub fn resolve(file: Option<Layer>, flags: Layer) -> Result<Settings, String> {
                 tls,
             })
         }
-        None if poll_interval.is_some() || tls != OpampTls::default() => {
-            return Err("OpAMP settings are given without an OpAMP endpoint \
-                        (`[opamp] endpoint` or --opamp-endpoint)"
-                .to_string());
+        None => {
+            let first = match poll_interval {
+                Some(_) => Some(name(
+                    "opamp.poll_interval",
+                    "--opamp-poll-interval",
+                    poll_flag,
+                )),
+                None => first_tls,
+            };
+            if let Some(first) = first {
+                errors.push(format!(
+                    "{first}: OpAMP settings are given without an OpAMP endpoint \
+                     (`[opamp] endpoint` or --opamp-endpoint)"
+                ));
+            }
+            None
         }
-        None => None,
     };
+    let window_key = name(
+        "ceiling.window",
+        "--ceiling-window",
+        flags.ceiling_window.is_some(),
+    );
     let window = flags.ceiling_window.or(file.ceiling_window);
     let cpu_ppm = flags.ceiling_cpu.or(file.ceiling_cpu);
     let memory = flags.ceiling_memory.or(file.ceiling_memory);
     let captures_per_second = flags.ceiling_captures.or(file.ceiling_captures);
     if window.is_some() && cpu_ppm.is_none() {
-        return Err(
-            "a ceiling window is given without a CPU ceiling (`[ceiling] cpu` or --ceiling-cpu)"
-                .to_string(),
-        );
+        errors.push(format!(
+            "{window_key}: a ceiling window is given without a CPU ceiling \
+             (`[ceiling] cpu` or --ceiling-cpu)"
+        ));
     }
     let window = window.unwrap_or(DEFAULT_CEILING_WINDOW);
     if window < Duration::from_millis(100) {
-        return Err(format!(
-            "ceiling window {window:?}: at least 100ms (the CPU time is read once a window)"
+        errors.push(format!(
+            "{window_key}: {window:?} is too short; at least 100ms (the CPU time is read once \
+             a window)"
         ));
+    }
+    if !errors.is_empty() {
+        return Err(errors.join("\n"));
     }
     let any = cpu_ppm.is_some() || memory.is_some() || captures_per_second.is_some();
     let ceiling = any.then_some(CeilingSettings {
@@ -392,6 +446,18 @@ pub fn locate(
         .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
     (socket, pins)
 }
+
+/// Every problem [`resolve`] found, one a line: the settings `run` was refused.
+#[derive(Debug)]
+pub struct SettingsErrors(pub String);
+
+impl std::fmt::Display for SettingsErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SettingsErrors {}
 
 /// Every problem of a config file that was refused, as `file:line:column: message` lines.
 #[derive(Debug)]

@@ -100,7 +100,14 @@ fn every_key() {
             max_request: Some(131072),
             capture_endpoint: Some("http://127.0.0.1:4318/v1/logs".into()),
             metrics_public: true,
-            metrics_addr_at: Some("/etc/dt/agent.toml:8:16".into()),
+            at: [
+                ("metrics_addr", "8:16"),
+                ("opamp.endpoint", "18:12"),
+                ("opamp.poll_interval", "19:17"),
+                ("ceiling.window", "23:10"),
+            ]
+            .map(|(key, at)| (key, format!("/etc/dt/agent.toml:{at}")))
+            .into(),
             idle_after_uninstall: true,
             state_dir: Some("/srv/dt/state".into()),
             opamp_endpoint: Some("http://opamp.example:4320/v1/opamp".into()),
@@ -197,7 +204,7 @@ fn flags_override_the_file() {
         max_request: Some(1000),
         capture_endpoint: Some("http://[::1]:4318/v1/logs".into()),
         metrics_public: false,
-        metrics_addr_at: None,
+        at: Default::default(),
         idle_after_uninstall: false,
         state_dir: Some("/tmp/state".into()),
         opamp_endpoint: Some("http://127.0.0.1:4320/v1/opamp".into()),
@@ -710,7 +717,10 @@ fn ceiling_table() {
     );
     let layer = parse_str("[ceiling]\nwindow = \"1s\"\n").unwrap();
     let e = resolve(Some(layer), Layer::default()).unwrap_err();
-    assert!(e.contains("without a CPU ceiling"), "{e}");
+    assert!(
+        e.starts_with("/etc/dt/agent.toml:2:10: `ceiling.window`: a ceiling window is given without a CPU ceiling"),
+        "{e}"
+    );
     let layer = parse_str("[ceiling]\ncpu = \"2%\"\n").unwrap();
     let s = resolve(Some(layer), Layer::default()).unwrap();
     assert_eq!(
@@ -734,7 +744,11 @@ fn ceiling_table() {
     );
     let layer = parse_str("[ceiling]\ncpu = \"2%\"\nwindow = \"50ms\"\n").unwrap();
     let e = resolve(Some(layer), Layer::default()).unwrap_err();
-    assert!(e.contains("at least 100ms"), "{e}");
+    assert_eq!(
+        e,
+        "/etc/dt/agent.toml:3:10: `ceiling.window`: 50ms is too short; at least 100ms (the CPU \
+         time is read once a window)"
+    );
 }
 
 #[test]
@@ -803,5 +817,57 @@ fn the_max_request_flag_takes_bytes_or_a_size() {
         parse_max_request("-5")
             .unwrap_err()
             .starts_with("-5 is out of range")
+    );
+}
+
+#[test]
+fn problems_between_settings_are_all_reported_at_their_keys() {
+    // Each problem that only shows once file and flags are stacked names the key at fault at
+    // its line and column, and every one is reported in the same run.
+    let layer = parse_str(
+        "metrics_addr = \"0.0.0.0:9464\"\n[opamp]\npoll_interval = \"5s\"\n\
+         client_cert = \"/srv/agent.pem\"\n[ceiling]\nwindow = \"1s\"\n",
+    )
+    .unwrap();
+    let e = resolve(Some(layer.clone()), Layer::default()).unwrap_err();
+    let lines: Vec<&str> = e.lines().collect();
+    assert_eq!(lines.len(), 4, "{e}");
+    assert!(
+        lines[0]
+            .starts_with("/etc/dt/agent.toml:1:16: `metrics_addr`: 0.0.0.0:9464 is not a loopback"),
+        "{e}"
+    );
+    assert!(
+        lines[1].starts_with(
+            "/etc/dt/agent.toml:4:15: `opamp.client_cert`: an OpAMP client certificate is given \
+             without its key"
+        ),
+        "{e}"
+    );
+    assert!(
+        lines[2].starts_with(
+            "/etc/dt/agent.toml:3:17: `opamp.poll_interval`: OpAMP settings are given without an \
+             OpAMP endpoint"
+        ),
+        "{e}"
+    );
+    assert!(
+        lines[3].starts_with("/etc/dt/agent.toml:6:10: `ceiling.window`: a ceiling window"),
+        "{e}"
+    );
+    // A flag that settles a problem takes it away; one that makes it names the flag.
+    let flags = Layer {
+        metrics_public: true,
+        opamp_endpoint: Some("http://x/v1/opamp".into()),
+        opamp_client_key: Some("/srv/agent.key".into()),
+        ceiling_cpu: Some(20_000),
+        ..Layer::default()
+    };
+    let e = resolve(Some(layer), flags).unwrap_err();
+    assert_eq!(
+        e,
+        "/etc/dt/agent.toml:4:15: `opamp.client_cert`: the OpAMP endpoint http://x/v1/opamp \
+         (--opamp-endpoint) is not https://, so an OpAMP CA file or client certificate has no \
+         use: make it https:// or remove them"
     );
 }
