@@ -1001,3 +1001,101 @@ severity = "<INFO"
         assert_eq!(sizes[i], w.field_len, "flushed record {i}: encoded size");
     }
 }
+
+/// A recorder whose size changes starts with an empty ring: the agent says what was discarded
+/// (the old and new sizes), and the recorder's counters go on, so no exported counter goes
+/// backwards (the records the old ring held count as overwritten).
+#[test]
+fn a_resized_recorder_starts_empty_and_its_counters_go_on() {
+    if !kernel_or_skip("recorder: resize") {
+        return;
+    }
+    let receiver = Receiver::start_v4();
+    let dir = TempRules::with_files(&[("recorder.toml", &rules("1h"))]);
+    let mut agent = dt_tests::agent_process::AgentProcess::new(
+        "recorder-resize",
+        dir.path(),
+        &[receiver.port()],
+        false,
+    );
+    agent.write_config(&format!("capture_endpoint = \"{}\"\n", receiver.logs_url()));
+    agent.start();
+    let debug = |from: usize, n: usize| {
+        LogsRequestBuilder::new()
+            .resource("checkout")
+            .scope("app")
+            .records((from..from + n).map(|i| Rec::new(5, &format!("debug {i}"))))
+            .build()
+    };
+    send_raw(receiver.port(), &debug(0, 4));
+    let o = agent.verb("flush", &["checkout-debug"]);
+    assert!(
+        o.status.success(),
+        "{}",
+        dt_tests::agent_process::output_text(&o)
+    );
+    send_raw(receiver.port(), &debug(4, 6));
+    let before = agent.stats().recorders[0].clone();
+    assert_eq!(
+        (
+            before.records,
+            before.recorded,
+            before.flushes,
+            before.flushed_records
+        ),
+        (6, 10, 1, 4),
+        "{before:?}"
+    );
+
+    // The directory's watcher reloads it.
+    dir.write(
+        "recorder.toml",
+        &rules("1h").replace("\"1MiB\"", "\"2MiB\""),
+    );
+    agent.wait_log(
+        "recorder checkout-debug: its size changed from 1048576 to 2097152 bytes, so it starts \
+         empty: the 6 records it held are discarded",
+        1,
+        WAIT,
+    );
+    let after = agent.stats().recorders[0].clone();
+    assert_eq!(after.size, 2 * 1024 * 1024);
+    assert_eq!(after.records, 0, "{after:?}");
+    assert_eq!(
+        (
+            after.recorded,
+            after.overwritten,
+            after.flushes,
+            after.flushed_records
+        ),
+        (10, 6, 1, 4),
+        "{after:?}"
+    );
+    // It records on, and a flush egresses only what the new ring holds.
+    send_raw(receiver.port(), &debug(10, 3));
+    let o = agent.verb("flush", &["checkout-debug"]);
+    assert!(
+        o.status.success(),
+        "{}",
+        dt_tests::agent_process::output_text(&o)
+    );
+    let end = agent.stats().recorders[0].clone();
+    assert_eq!(
+        (
+            end.records,
+            end.recorded,
+            end.overwritten,
+            end.flushes,
+            end.flushed_records
+        ),
+        (0, 13, 6, 2, 7),
+        "{end:?}"
+    );
+    let (records, _) = flushed(&receiver);
+    assert_eq!(
+        bodies(&records),
+        [
+            "debug 0", "debug 1", "debug 2", "debug 3", "debug 10", "debug 11", "debug 12"
+        ]
+    );
+}

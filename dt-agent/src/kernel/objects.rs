@@ -149,16 +149,31 @@ impl Objects {
                     Array::create((r.size / RING_BLOCK as u64) as u32, BPF_F_INNER_MAP)
                         .with_context(|| format!("creating the ring of recorder {}", r.name))?;
                 self.rec_state.set(slot, RecState::default(), 0)?;
-                let zero = vec![RecCounters::default(); aya::util::nr_cpus().map_err(|(_, e)| e)?];
-                self.rec_counters
-                    .set(slot, aya::maps::PerCpuValues::try_from(zero)?, 0)?;
-                conf = RecConf {
-                    size: r.size,
-                    ..RecConf::default()
+                let old_size = conf.size;
+                conf = match resized {
+                    // The same recorder: its counters go on (what the old ring held counts
+                    // as overwritten), so no exported counter goes backwards.
+                    Some(_) => RecConf {
+                        size: r.size,
+                        flushes: conf.flushes,
+                        flushed_records: conf.flushed_records,
+                        flush_failures: conf.flush_failures,
+                        ..RecConf::default()
+                    },
+                    None => {
+                        let zero =
+                            vec![RecCounters::default(); aya::util::nr_cpus().map_err(|(_, e)| e)?];
+                        self.rec_counters
+                            .set(slot, aya::maps::PerCpuValues::try_from(zero)?, 0)?;
+                        RecConf {
+                            size: r.size,
+                            ..RecConf::default()
+                        }
+                    }
                 };
                 self.rings.set(slot, &ring, 0)?;
                 if let Some((held, pending)) = resized {
-                    warn_resized(&r.name, conf.size, r.size, held, pending);
+                    warn_resized(&r.name, old_size, r.size, held, pending);
                 }
             }
             conf.max_record = r.max_record;
