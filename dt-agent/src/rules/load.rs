@@ -194,6 +194,11 @@ fn read_rule_file(path: &Path) -> Result<String, Diagnostic> {
     })
 }
 
+/// Whether the `kind` table named `name` is among the refused ones.
+fn refused(broken: &[(&'static str, String)], kind: &str, name: &str) -> bool {
+    broken.iter().any(|(k, n)| *k == kind && n == name)
+}
+
 /// Accumulates the rules and diagnostics of a rule set, file by file.
 #[derive(Default)]
 struct Loader {
@@ -202,8 +207,12 @@ struct Loader {
     recorders: Vec<RecorderDef>,
     states: Vec<StateDef>,
     enrich: Option<EnrichDef>,
-    /// Probes that were refused: hooks naming them are not reported again.
-    broken_probes: Vec<String>,
+    /// Probes, recorders and states that were refused, as (kind, name): rules naming them are
+    /// not reported again, as if they were missing.
+    broken: Vec<(&'static str, String)>,
+    /// The recorders and states that refused rules name, and their files: checked as a valid
+    /// rule's are.
+    refused_refs: Vec<(PathBuf, &'static str, At<String>)>,
     diags: Vec<Diagnostic>,
     /// Where each rule name was first defined (file, line).
     names: HashMap<String, (PathBuf, usize)>,
@@ -268,22 +277,34 @@ impl Loader {
                 None => self.enrich = Some(e),
             }
         }
-        self.broken_probes.extend(parsed.broken_probes);
-        for rule in rules {
-            match self.names.get(&rule.name.value) {
+        self.broken.extend(parsed.broken);
+        let file = path.to_path_buf();
+        let refs = parsed.refused_refs.into_iter();
+        self.refused_refs
+            .extend(refs.map(|(kind, name)| (file.clone(), kind, name)));
+        // Valid and refused rules in the file's order: a name given twice is reported whether
+        // the first was refused or not.
+        let mut named: Vec<(At<String>, Option<RuleDef>)> = rules
+            .into_iter()
+            .map(|r| (r.name.clone(), Some(r)))
+            .chain(parsed.refused_rules.into_iter().map(|n| (n, None)))
+            .collect();
+        named.sort_by_key(|(n, _)| n.pos);
+        for (name, rule) in named {
+            match self.names.get(&name.value) {
                 Some((file, line)) => diags.push(Diagnostic::new(
                     path,
-                    rule.name.pos,
+                    name.pos,
                     format!(
                         "duplicate rule name \"{}\": first defined at {}:{line}",
-                        rule.name.value,
+                        name.value,
                         file.display()
                     ),
                 )),
                 None => {
-                    let first = (rule.file.clone(), rule.name.pos.line);
-                    self.names.insert(rule.name.value.clone(), first);
-                    self.rules.push(rule);
+                    let first = (path.to_path_buf(), name.pos.line);
+                    self.names.insert(name.value, first);
+                    self.rules.extend(rule);
                 }
             }
         }
@@ -323,7 +344,7 @@ impl Loader {
                 };
                 match self.probes.iter().find(|p| &p.name.value == name) {
                     Some(probe) => rule.probes.push(probe.clone()),
-                    None if self.broken_probes.contains(name) => {}
+                    None if refused(&self.broken, "probe", name) => {}
                     None => self.diags.push(Diagnostic::new(
                         &rule.file,
                         *pos,
@@ -338,9 +359,15 @@ impl Loader {
     fn link_objects(&mut self) {
         let mut diags = Vec::new();
         for rule in &self.rules {
-            let recorder_known =
-                |n: &At<String>| self.recorders.iter().any(|r| r.name.value == n.value);
-            let state_known = |n: &At<String>| self.states.iter().any(|s| s.name.value == n.value);
+            // A refused one was reported where it is.
+            let recorder_known = |n: &At<String>| {
+                self.recorders.iter().any(|r| r.name.value == n.value)
+                    || refused(&self.broken, "recorder", &n.value)
+            };
+            let state_known = |n: &At<String>| {
+                self.states.iter().any(|s| s.name.value == n.value)
+                    || refused(&self.broken, "state", &n.value)
+            };
             let mut missing = |kind: &str, n: &At<String>| {
                 diags.push(Diagnostic::new(
                     &rule.file,
@@ -365,6 +392,19 @@ impl Loader {
                 for s in t.set_state.iter().filter(|s| !state_known(s)) {
                     missing("state", s);
                 }
+            }
+        }
+        for (file, kind, n) in &self.refused_refs {
+            let known = match *kind {
+                "recorder" => self.recorders.iter().any(|r| r.name.value == n.value),
+                _ => self.states.iter().any(|s| s.name.value == n.value),
+            };
+            if !known && !refused(&self.broken, kind, &n.value) {
+                diags.push(Diagnostic::new(
+                    file,
+                    n.pos,
+                    format!("no [[{kind}]] named \"{}\" in the rule set", n.value),
+                ));
             }
         }
         self.diags.extend(diags);

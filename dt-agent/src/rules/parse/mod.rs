@@ -115,8 +115,13 @@ pub(crate) struct ParsedFile {
     pub recorders: Vec<RecorderDef>,
     pub states: Vec<StateDef>,
     pub enrich: Option<EnrichDef>,
-    /// Names of the probes that were refused (so hooks naming them are not reported again).
-    pub broken_probes: Vec<String>,
+    /// The probes, recorders and states that were refused, as (`"probe"`, name): rules naming
+    /// them are not reported again, as if they were missing.
+    pub broken: Vec<(&'static str, String)>,
+    /// The recorders and states that refused rules name, as (`"state"`, name).
+    pub refused_refs: Vec<(&'static str, At<String>)>,
+    /// The names of the refused rules, for a duplicate of one to be reported too.
+    pub refused_rules: Vec<At<String>>,
     pub diags: Vec<Diagnostic>,
 }
 
@@ -136,7 +141,9 @@ pub(crate) fn parse_file(src: &SourceText) -> ParsedFile {
     }
     let mut rules = Vec::new();
     let mut probes = Vec::new();
-    let mut broken_probes = Vec::new();
+    let mut broken = Vec::new();
+    let mut refused_refs = Vec::new();
+    let mut refused_rules = Vec::new();
     let mut diags = Vec::new();
     let mut recorders = Vec::new();
     let mut states = Vec::new();
@@ -150,16 +157,23 @@ pub(crate) fn parse_file(src: &SourceText) -> ParsedFile {
             kind @ ("recorder" | "state") => match value.get_ref() {
                 DeValue::Array(tables) => {
                     for table in tables.iter() {
-                        if kind == "recorder" {
-                            match objects::parse_recorder(src, table) {
-                                Ok(r) => recorders.push(r),
-                                Err(errors) => diags.extend(errors),
-                            }
+                        let refused = if kind == "recorder" {
+                            objects::parse_recorder(src, table)
+                                .map(|r| recorders.push(r))
+                                .err()
                         } else {
-                            match objects::parse_state(src, table) {
-                                Ok(s) => states.push(s),
-                                Err(errors) => diags.extend(errors),
-                            }
+                            objects::parse_state(src, table)
+                                .map(|s| states.push(s))
+                                .err()
+                        };
+                        if let Some(errors) = refused {
+                            diags.extend(errors);
+                            let kind = if kind == "recorder" {
+                                "recorder"
+                            } else {
+                                "state"
+                            };
+                            broken.extend(table_name(table).map(|n| (kind, n)));
                         }
                     }
                 }
@@ -173,7 +187,14 @@ pub(crate) fn parse_file(src: &SourceText) -> ParsedFile {
                     for table in tables.iter() {
                         match parse_rule(src, table) {
                             Ok(rule) => rules.push(rule),
-                            Err(errors) => diags.extend(errors),
+                            Err(errors) => {
+                                diags.extend(errors);
+                                refused_refs.extend(references(src, table));
+                                if let Some(name) = table_name(table) {
+                                    let pos = rule_name_pos(src, table);
+                                    refused_rules.push(At::new(name, pos));
+                                }
+                            }
                         }
                     }
                 }
@@ -189,14 +210,7 @@ pub(crate) fn parse_file(src: &SourceText) -> ParsedFile {
                             Ok(probe) => probes.push(probe),
                             Err(errors) => {
                                 diags.extend(errors);
-                                if let Some(name) = table
-                                    .get_ref()
-                                    .as_table()
-                                    .and_then(|t| t.get("name"))
-                                    .and_then(|n| n.get_ref().as_str())
-                                {
-                                    broken_probes.push(name.to_string());
-                                }
+                                broken.extend(table_name(table).map(|n| ("probe", n)));
                             }
                         }
                     }
@@ -222,9 +236,65 @@ pub(crate) fn parse_file(src: &SourceText) -> ParsedFile {
         probes,
         recorders,
         states,
-        broken_probes,
+        broken,
+        refused_refs,
+        refused_rules,
         diags,
     }
+}
+
+/// Where a table's `name` value is (the table's start when it has none).
+fn rule_name_pos(src: &SourceText, table: &Spanned<DeValue>) -> crate::rules::diag::Pos {
+    let name = table.get_ref().as_table().and_then(|t| t.get("name"));
+    src.pos(name.map_or(table.span().start, |n| n.span().start))
+}
+
+/// The recorders and states a rule table names (`recorder`, `flush`, `set_state`, and
+/// `state` in `[rule.match]`, without its `!`), read from the table as written: for a rule that
+/// was refused, so that a name missing from the set is reported in the same run.
+fn references(src: &SourceText, table: &Spanned<DeValue>) -> Vec<(&'static str, At<String>)> {
+    let mut out = Vec::new();
+    let Some(t) = table.get_ref().as_table() else {
+        return out;
+    };
+    let mut add = |kind: &'static str, v: &Spanned<DeValue>| {
+        if let Some(name) = v.get_ref().as_str() {
+            let name = name.strip_prefix('!').unwrap_or(name);
+            // A name that is wrong in itself was reported as such.
+            if !name.is_empty() && !name.starts_with('!') {
+                out.push((kind, At::new(name.to_string(), src.pos(v.span().start))));
+            }
+        }
+    };
+    // Only the keys of the rule's action: one given with another action is reported as such.
+    let action = t.get("action").and_then(|a| a.get_ref().as_str());
+    if action == Some("trigger") {
+        for (key, kind) in [("flush", "recorder"), ("set_state", "state")] {
+            if let Some(DeValue::Array(list)) = t.get(key).map(Spanned::get_ref) {
+                list.iter().for_each(|v| add(kind, v));
+            }
+        }
+    }
+    if let Some(v) = t
+        .get("recorder")
+        .filter(|_| matches!(action, Some("drop" | "sample" | "rate_limit")))
+    {
+        add("recorder", v);
+    }
+    if let Some(v) = t
+        .get("match")
+        .and_then(|m| m.get_ref().as_table())
+        .and_then(|m| m.get("state"))
+    {
+        add("state", v);
+    }
+    out
+}
+
+/// The `name` a table gives itself, if it is a string.
+fn table_name(table: &Spanned<DeValue>) -> Option<String> {
+    let name = table.get_ref().as_table()?.get("name")?;
+    name.get_ref().as_str().map(str::to_string)
 }
 
 /// Reads `table` as a `T`, reporting every problem serde finds, not only the first: serde stops
@@ -804,46 +874,52 @@ impl<'s, 'a> RuleChecker<'s, 'a> {
         out
     }
 
+    /// A trigger's parameters, each checked (every problem reported, not only the first).
     fn trigger(&mut self, raw: &RawRule) -> Option<Action> {
         let flush = self.names(&raw.flush);
         let set_state = self.names(&raw.set_state);
         let cooldown = match &raw.cooldown {
-            Some(c) => self.duration(c)?,
-            None => DEFAULT_COOLDOWN,
+            Some(c) => self.duration(c),
+            None => Some(DEFAULT_COOLDOWN),
         };
         let threshold = match &raw.threshold {
-            None => None,
+            None => Some(None),
             Some(t) => {
                 let t = t.get_ref();
                 let count = *t.count.get_ref();
-                if !(1..=MAX_THRESHOLD).contains(&count) {
+                let count = if (1..=MAX_THRESHOLD).contains(&count) {
+                    Some(count as u32)
+                } else {
                     self.error(
                         &t.count,
                         format!("threshold count must be between 1 and {MAX_THRESHOLD}"),
                     );
-                    return None;
-                }
-                let within = self.duration(&t.within)?;
-                if within.is_zero() || within > MAX_WITHIN {
-                    self.error(&t.within, "within must be between \"1ms\" and \"24h\"");
-                    return None;
-                }
-                Some((count as u32, within))
+                    None
+                };
+                let within = match self.duration(&t.within) {
+                    Some(w) if w.is_zero() || w > MAX_WITHIN => {
+                        self.error(&t.within, "within must be between \"1ms\" and \"24h\"");
+                        None
+                    }
+                    w => w,
+                };
+                count.zip(within).map(Some)
             }
         };
-        if flush.is_empty() && set_state.is_empty() {
+        let does_something = !(flush.is_empty() && set_state.is_empty());
+        if !does_something && raw.flush.is_none() && raw.set_state.is_none() {
             self.error(
                 &raw.action,
                 "action \"trigger\" needs flush or set_state (what it does when it fires)",
             );
-            return None;
         }
         Some(Action::Trigger(TriggerDef {
             flush,
             set_state,
-            cooldown,
-            threshold,
+            cooldown: cooldown?,
+            threshold: threshold?,
         }))
+        .filter(|_| does_something)
     }
 
     /// Reports each parameter given with an action other than its own.

@@ -181,8 +181,14 @@ fn mistakes_are_reported_where_they_are() {
     let e = errors(
         "[[rule]]\nname = \"t\"\naction = \"trigger\"\nset_state = [\"x\"]\ncooldown = \"soon\"\n",
     );
+    // The trigger is refused, and the state it names still checked.
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert_eq!(
+        e[0],
+        "r.toml:4:14: no [[state]] named \"x\" in the rule set"
+    );
     assert!(
-        e[0].starts_with("r.toml:5:12: \"soon\" is not a duration"),
+        e[1].starts_with("r.toml:5:12: \"soon\" is not a duration"),
         "{e:?}"
     );
     let e = errors("[[rule]]\nname = \"t\"\naction = \"trigger\"\nset_state = [\"x\"]\n");
@@ -200,6 +206,71 @@ fn mistakes_are_reported_where_they_are() {
     assert!(
         e[0].starts_with("r.toml:8:23: threshold count must be between 1"),
         "{e:?}"
+    );
+}
+
+#[test]
+fn every_problem_of_a_trigger_and_what_it_names_is_reported_in_one_run() {
+    // A trigger with a bad cooldown and a bad count, naming a recorder and a state that are
+    // not in the set: four problems, one run.
+    let e = errors(
+        "[[recorder]]\nname = \"checkout-debug\"\n[[state]]\nname = \"incident\"\n\
+         duration = \"5m\"\n[[rule]]\nname = \"t\"\naction = \"trigger\"\n\
+         flush = [\"checkout-debugg\"]\nset_state = [\"incidnet\"]\ncooldown = \"10 s\"\n\
+         threshold = { count = 0, within = \"1m\" }\n",
+    );
+    assert_eq!(
+        e,
+        [
+            "r.toml:9:10: no [[recorder]] named \"checkout-debugg\" in the rule set",
+            "r.toml:10:14: no [[state]] named \"incidnet\" in the rule set",
+            "r.toml:11:12: \"10 s\" is not a duration: write a whole number and ms, s, m or h, \
+             as \"10s\"",
+            "r.toml:12:23: threshold count must be between 1 and 1000000",
+        ]
+    );
+    // A recorder or state refused for a bad value is reported there, not as missing where a
+    // rule names it.
+    let e = errors(
+        "[[recorder]]\nname = \"r\"\nsize = \"4MB\"\n[[state]]\nname = \"s\"\n\
+         duration = \"5min\"\n[[rule]]\nname = \"t\"\naction = \"trigger\"\n\
+         flush = [\"r\"]\nset_state = [\"s\"]\n[[rule]]\nname = \"d\"\naction = \"drop\"\n\
+         recorder = \"r\"\n[rule.match]\nstate = \"!s\"\n",
+    );
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(
+        e[0].starts_with("r.toml:3:8: \"4MB\" is not a size"),
+        "{e:#?}"
+    );
+    assert!(
+        e[1].starts_with("r.toml:6:12: \"5min\" is not a duration"),
+        "{e:#?}"
+    );
+    // A refused rule's recorder is checked too, but only the keys of its action.
+    let e = errors(
+        "[[rule]]\nname = \"d\"\naction = \"sample\"\nkeep_one_in = 0\nrecorder = \"gone\"\n",
+    );
+    assert_eq!(
+        e,
+        [
+            "r.toml:4:15: keep_one_in must be at least 1",
+            "r.toml:5:12: no [[recorder]] named \"gone\" in the rule set",
+        ]
+    );
+}
+
+#[test]
+fn a_rule_name_given_twice_is_reported_when_the_first_rule_is_refused() {
+    let e = errors(
+        "[[rule]]\nname = \"x\"\naction = \"sample\"\nkeep_one_in = 0\n\
+         [[rule]]\nname = \"x\"\naction = \"drop\"\n",
+    );
+    assert_eq!(
+        e,
+        [
+            "r.toml:4:15: keep_one_in must be at least 1",
+            "r.toml:6:8: duplicate rule name \"x\": first defined at r.toml:2",
+        ]
     );
 }
 
