@@ -1,6 +1,7 @@
 //! dt-agent: compiles rule files into BPF map entries, loads and attaches dt's kernel programs,
 //! and serves the control verbs. The README's "Map of the files: the agent" lists every module.
 
+pub mod advice;
 pub mod ceiling;
 pub mod control;
 pub mod drain;

@@ -342,3 +342,56 @@ fn passthrough_chunked() {
         );
     }
 }
+
+/// Requests that pass through for a reason an operator can fix are said in the agent's log,
+/// with what to do: a batch larger than max_request, OTLP/JSON. (Not every request: the first
+/// of a reason at once, then at most every ten minutes; `advice.rs` tests the timing.)
+#[test]
+fn the_log_says_why_requests_pass_unfiltered_and_what_to_do() {
+    if !kernel_or_skip("passthrough advice") {
+        return;
+    }
+    let receiver = Receiver::start_v4();
+    let dir = TempRules::with_files(&[(
+        "r.toml",
+        "[[rule]]\nname = \"drop-debug\"\naction = \"drop\"\n[rule.match]\nseverity = \"DEBUG\"\n",
+    )]);
+    let mut agent =
+        dt_tests::agent_process::AgentProcess::new("advice", dir.path(), &[receiver.port()], false);
+    agent.write_config("max_request = 4096\n");
+    agent.start();
+    let mut c = RawClient::connect(([127, 0, 0, 1], receiver.port()).into());
+    let big = sized_request("doomed", 8 * 1024, 200, 1);
+    let resp = c.roundtrip(
+        &HttpRequestBuilder::logs(encode(&big)).build(),
+        &Split::Whole,
+    );
+    assert_eq!(resp.status, 200);
+    let json = HttpRequestBuilder::logs(to_otlp_json(&doomed()))
+        .content_type(Some("application/json"))
+        .build();
+    assert_eq!(c.roundtrip(&json, &Split::Whole).status, 200);
+    let s = agent.stats();
+    assert_eq!(
+        (
+            s.totals.passthrough["oversize"],
+            s.totals.passthrough["json"]
+        ),
+        (1, 1)
+    );
+    // Checked every 10 s.
+    let within = Duration::from_secs(25);
+    agent.wait_log(
+        "1 request passed through unfiltered as `oversize`: they are larger than max_request \
+         (4096 bytes): raise max_request (--max-request, at most 524288), or lower the \
+         exporters' batch size (OTEL_BLRP_MAX_EXPORT_BATCH_SIZE",
+        1,
+        within,
+    );
+    agent.wait_log(
+        "1 request passed through unfiltered as `json`: they are OTLP/JSON: set the exporters' \
+         protocol to http/protobuf",
+        1,
+        within,
+    );
+}

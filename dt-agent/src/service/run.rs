@@ -97,7 +97,10 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         }
         // What answers (kept while idle after an uninstall), and the rest.
         let mut serving = vec![tokio::spawn(control::serve(listener, service.clone()))];
-        let mut tasks = vec![tokio::spawn(rescan(service.clone()))];
+        let mut tasks = vec![
+            tokio::spawn(rescan(service.clone())),
+            tokio::spawn(advise(service.clone(), settings.max_request)),
+        ];
         if let Some(hup) = signals.hup.take() {
             tasks.push(tokio::spawn(reread_on_hangup(hup, service.clone())));
         }
@@ -274,6 +277,23 @@ pub const RESCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(10)
 /// Backs the directory watcher with a content hash on a slow timer: a change the watcher
 /// missed (a ConfigMap volume swaps its `..data` symlink; a file system without inotify) is
 /// picked up within [`RESCAN_EVERY`]. An unchanged directory is not reloaded.
+/// Says, in the log, when requests pass through unfiltered for a reason an operator can fix
+/// (see [`crate::advice`]).
+async fn advise(service: Arc<Service>, max_request: u32) {
+    let mut advisor = crate::advice::Advisor::default();
+    let mut every = tokio::time::interval(crate::advice::CHECK_EVERY);
+    loop {
+        every.tick().await;
+        let Ok(stats) = service.stats() else {
+            continue;
+        };
+        let now = std::time::Instant::now();
+        for warning in advisor.observe(&stats.totals.passthrough, now, max_request) {
+            log::warn!("{warning}");
+        }
+    }
+}
+
 async fn rescan(service: Arc<Service>) {
     let mut every = tokio::time::interval(RESCAN_EVERY);
     every.tick().await;
