@@ -70,12 +70,14 @@ pub struct Advisor {
 }
 
 impl Advisor {
-    /// The warnings due now, given the passthrough counters read at `now`.
+    /// The warnings due now, given the passthrough counters read at `now`; `redacting`: the
+    /// active rule set has redact rules (which did not apply to those requests either).
     pub fn observe(
         &mut self,
         passthrough: &BTreeMap<String, u64>,
         now: Instant,
         max_request: u32,
+        redacting: bool,
     ) -> Vec<String> {
         let mut out = Vec::new();
         for (reason, &count) in passthrough {
@@ -106,8 +108,13 @@ impl Advisor {
                 None => continue,
             };
             let requests = if pending == 1 { "request" } else { "requests" };
+            let unredacted = if redacting {
+                " (and unredacted: no redact rule applied to their records)"
+            } else {
+                ""
+            };
             out.push(format!(
-                "{pending} {requests} passed through unfiltered as `{reason}`: {hint}"
+                "{pending} {requests} passed through unfiltered{unredacted} as `{reason}`: {hint}"
             ));
         }
         self.started = true;
@@ -129,10 +136,10 @@ mod tests {
         let t0 = Instant::now();
         // What was counted before the first reading is not new.
         assert!(
-            a.observe(&counts(&[("oversize", 5), ("json", 0)]), t0, 1024)
+            a.observe(&counts(&[("oversize", 5), ("json", 0)]), t0, 1024, false)
                 .is_empty()
         );
-        let w = a.observe(&counts(&[("oversize", 7), ("json", 0)]), t0, 1024);
+        let w = a.observe(&counts(&[("oversize", 7), ("json", 0)]), t0, 1024, false);
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(
             w[0].starts_with(
@@ -144,26 +151,36 @@ mod tests {
         // More within ten minutes: counted, said later with the count since.
         let t1 = t0 + Duration::from_secs(60);
         assert!(
-            a.observe(&counts(&[("oversize", 8), ("json", 1)]), t1, 1024)
+            a.observe(&counts(&[("oversize", 8), ("json", 1)]), t1, 1024, false)
                 .iter()
                 .all(|w| w.contains("`json`"))
         );
         let t2 = t0 + REPEAT_AFTER;
-        let w = a.observe(&counts(&[("oversize", 10), ("json", 1)]), t2, 1024);
+        let w = a.observe(&counts(&[("oversize", 10), ("json", 1)]), t2, 1024, false);
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].starts_with("3 requests passed through unfiltered as `oversize`"));
         // Nothing new: nothing said, however long after.
         let t3 = t2 + 2 * REPEAT_AFTER;
         assert!(
-            a.observe(&counts(&[("oversize", 10), ("json", 1)]), t3, 1024)
+            a.observe(&counts(&[("oversize", 10), ("json", 1)]), t3, 1024, false)
                 .is_empty()
+        );
+        // With redact rules active, it says their records left unredacted.
+        let w = a.observe(&counts(&[("oversize", 11), ("json", 1)]), t3, 1024, true);
+        assert!(
+            w[0].starts_with(
+                "1 request passed through unfiltered (and unredacted: no redact rule applied to \
+                 their records) as `oversize`"
+            ),
+            "{w:?}"
         );
         // Reasons no operator acts on are never said.
         assert!(
             a.observe(
                 &counts(&[("not_logs", 9), ("disabled", 3), ("no_rules", 1)]),
                 t3,
-                1024
+                1024,
+                false
             )
             .is_empty()
         );
@@ -171,7 +188,8 @@ mod tests {
             a.observe(
                 &counts(&[("not_logs", 19), ("disabled", 13), ("no_rules", 11)]),
                 t3,
-                1024
+                1024,
+                false
             )
             .is_empty()
         );

@@ -965,7 +965,9 @@ impl Evaluation {
 pub struct Redaction {
     /// Attribute keys to remove (whatever their value types).
     pub remove: BTreeSet<String>,
-    /// Replace a string body by `*` of the same length (in bytes).
+    /// Replace a string body by `*` of the same length (in bytes). (Another body becomes a
+    /// string of `*` filling its bytes; the model's records carry string bodies only, and the
+    /// property test's reference checks those bytes.)
     pub mask_body: bool,
 }
 

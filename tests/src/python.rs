@@ -360,7 +360,7 @@ pub fn export_with_python_in_netns(
     )
 }
 
-fn export_python_value(plan: &Value) -> PyExportReport {
+pub fn export_python_value(plan: &Value) -> PyExportReport {
     export_python_with(python_command("export_logs.py"), plan)
 }
 

@@ -278,6 +278,7 @@ struct Coverage {
     dropped: u64,
     attrs_removed: usize,
     bodies_masked: usize,
+    bodies_replaced: usize,
     edited: usize,
     unchanged: usize,
     emptied: usize,
@@ -351,6 +352,7 @@ impl Coverage {
             self.dropped += c.expect.records_dropped;
             self.attrs_removed += c.expect.attrs_removed;
             self.bodies_masked += c.expect.bodies_masked;
+            self.bodies_replaced += c.expect.bodies_replaced;
             self.head_cuts += c.cuts.iter().filter(|&&x| x < c.request.head_len).count();
             self.body_cuts += c.cuts.iter().filter(|&&x| x >= c.request.head_len).count();
             match &c.malformed {
@@ -384,7 +386,7 @@ impl Coverage {
         format!(
             "{} requests: {} edited ({} emptied of all their records), {} unchanged, {} arriving with invalid UTF-8, \
              {} passed through {:?}, defects by depth {:?}; \
-             {} records, {} dropped, {} attributes removed, {} string bodies masked; rules {:?}, of which {:?}; \
+             {} records, {} dropped, {} attributes removed, {} bodies masked ({} replaced whole); rules {:?}, of which {:?}; \
              {} rounds with [enrich] {:?}: {} requests enriched ({} ResourceLogs, {} bytes inserted); \
              {} pipelined connections; {} chunked requests of one data chunk, {} of several; \
              {} writes cut in heads, {} in bodies; host walk both ways: {} steps field by field, {} with the record fast path ({} records taken whole)",
@@ -400,6 +402,7 @@ impl Coverage {
             self.dropped,
             self.attrs_removed,
             self.bodies_masked,
+            self.bodies_replaced,
             self.rules,
             self.conditions,
             self.enrich_rounds.values().sum::<usize>(),

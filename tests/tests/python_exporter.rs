@@ -764,3 +764,75 @@ fn action_checks_accept_a_correct_kernel_and_reject_wrong_ones() {
         }
     }
 }
+
+/// `mask_body` on bodies that are not strings, as the Python SDK sends them (a dict is a
+/// kvlist_value, a list an array_value, an int an int_value): each value arrives replaced by a
+/// string of `*` filling its bytes, nothing of it readable, no length around it changed; a
+/// string body is masked in place as before. The request stays valid.
+#[test]
+fn python_structured_bodies_are_masked_whole() {
+    let test = "python_structured_bodies_are_masked_whole";
+    if !kernel_or_skip(test) || python_or_skip(test).is_none() {
+        return;
+    }
+    let receiver = Receiver::start_v4();
+    let rules = vec![RuleSpec::redact("mask-accounts", &[], true).service("accounts")];
+    let dir = TempRules::from_rules(&rules);
+    let agent = start_agent(&dir, &[receiver.port()]);
+    let record = |body: &str| PlannedRecord {
+        scope: "auth".into(),
+        severity_number: 9,
+        body: body.into(),
+        attributes: vec![],
+        event_name: None,
+    };
+    let plan = ExportPlan {
+        services: vec![("accounts".into(), (0..4).map(|_| record("")).collect())],
+        batch_size: 10,
+        mode: ExportMode::Direct,
+    };
+    let mut v = dt_tests::python_plan(&receiver.logs_url(), &plan);
+    let bodies = [
+        serde_json::json!("login failed for bob@example.com"),
+        serde_json::json!({"msg": "login", "email": "bob@example.com"}),
+        serde_json::json!(["bob@example.com", 7]),
+        serde_json::json!(4111111111111111u64),
+    ];
+    for (rec, body) in v["services"][0]["records"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .zip(&bodies)
+    {
+        rec["body"] = body.clone();
+    }
+    let report = dt_tests::export_python_value(&v);
+    report.assert_all_ok(4);
+    receiver.wait_for(1, WAIT);
+    let got = receiver.requests();
+    assert_eq!(got.len(), 1);
+    assert!(
+        !got[0]
+            .body
+            .windows(b"bob@example.com".len())
+            .any(|w| w == b"bob@example.com"),
+        "{test}: a body left readable"
+    );
+    let records = got[0].records();
+    let masked: Vec<&str> = records.iter().map(|r| r.body.as_deref().unwrap()).collect();
+    assert!(
+        masked.iter().all(|b| b.bytes().all(|c| c == b'*')),
+        "{test}: {masked:?}"
+    );
+    // The string in place; the others fill their value's bytes: a kvlist of two pairs, an
+    // array of a string and an int, an int_value of an 8-byte varint (9 bytes: a 2-byte
+    // string header and 7 '*').
+    assert_eq!(masked[0].len(), "login failed for bob@example.com".len());
+    assert!(masked[1].len() > "loginbob@example.com".len(), "{masked:?}");
+    assert!(masked[2].len() > "bob@example.com".len(), "{masked:?}");
+    assert_eq!(masked[3].len(), 7);
+    let s = stats_of(&agent);
+    assert_eq!(s.rule("mask-accounts").unwrap().redacted, 4);
+    assert_eq!(s.totals.bytes_in, s.totals.bytes_out, "no length changed");
+    assert_no_passthrough(&s);
+}

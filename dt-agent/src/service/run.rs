@@ -288,7 +288,9 @@ async fn advise(service: Arc<Service>, max_request: u32) {
             continue;
         };
         let now = std::time::Instant::now();
-        for warning in advisor.observe(&stats.totals.passthrough, now, max_request) {
+        let redacting = stats.rules.iter().any(|r| r.active && r.action == "redact");
+        let passthrough = &stats.totals.passthrough;
+        for warning in advisor.observe(passthrough, now, max_request, redacting) {
             log::warn!("{warning}");
         }
     }

@@ -159,15 +159,29 @@ pub(super) fn pop_edit<D: Editor>(w: &mut Walk, ed: &mut D, e: Edit) {
 /// Writes the next chunk of the current mask; moves to the next mask when it is complete.
 #[inline(always)]
 pub(super) fn mask_chunk<D: Editor>(w: &mut Walk, ed: &mut D, span: Span) {
-    if span.len == 0 {
+    let len = span.len & MASK_LEN;
+    let hdr = span.len >> MASK_HDR_SHIFT;
+    if len == 0 {
         // Made void by the decisions.
         w.apply_done = 0;
         w.apply_mask -= 1;
         return;
     }
+    if hdr > 0 && w.apply_done == 0 {
+        // A body replaced whole: the string's tag and length prefix first, its `*`s in the
+        // next steps. Done when nothing follows the header, or when the kernel could not
+        // reach it (then the body stays as it came).
+        if whole_header(w, ed, span) && hdr < len {
+            w.apply_done = hdr;
+        } else {
+            w.apply_done = 0;
+            w.apply_mask -= 1;
+        }
+        return;
+    }
     let done = w.apply_done;
-    let n = if span.len - done < MASK_CHUNK {
-        span.len - done
+    let n = if len - done < MASK_CHUNK {
+        len - done
     } else {
         MASK_CHUNK
     };
@@ -184,12 +198,28 @@ pub(super) fn mask_chunk<D: Editor>(w: &mut Walk, ed: &mut D, span: Span) {
     } else {
         w.edit_failures += 1;
     }
-    if done + n >= span.len {
+    if done + n >= len {
         w.apply_done = 0;
         w.apply_mask -= 1;
     } else {
         w.apply_done = done + n;
     }
+}
+
+/// Writes the string tag and the padded length prefix of a body replaced whole (see
+/// [`MASK_HDR_SHIFT`]); `false` when the kernel could not reach its bytes (nothing written).
+#[inline(always)]
+fn whole_header<D: Editor>(w: &mut Walk, ed: &mut D, span: Span) -> bool {
+    let len = span.len & MASK_LEN;
+    let hdr = span.len >> MASK_HDR_SHIFT;
+    let off = span.off + w.shift;
+    if !(2..=4).contains(&hdr) || hdr > len || !ed.reach(off, hdr) {
+        w.edit_failures += 1;
+        return false;
+    }
+    ed.put(off, 0x0a);
+    write_varint(ed, off + 1, (len - hdr) as u64, hdr - 1);
+    true
 }
 
 /// Writes `v` as a varint of exactly `n` bytes at `off` (padded with continuation bytes, which

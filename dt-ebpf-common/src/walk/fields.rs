@@ -154,21 +154,69 @@ pub(super) fn set_value(w: &mut Walk, role: u8, kind: u32, off: u32, len: u32) {
         w.body_kind = kind;
         w.body_off = off;
         w.body_len = len;
-        if kind == V_STRING && len > 0 {
-            // Every string occurrence is masked, so no unmasked copy stays on the wire.
-            let n = w.n_bodies as usize;
-            if n < MAX_RECORD_BODIES {
-                w.bodies[n] = Span { off, len };
-                w.n_bodies = n as u32 + 1;
-            } else {
-                w.body_overflow = 1;
-            }
+        // Every string occurrence is masked, so no unmasked copy stays on the wire; one inside
+        // a body that is replaced whole is in its range already.
+        if kind == V_STRING && len > 0 && !in_whole_body(w, off) {
+            push_body(w, Span { off, len });
         }
     } else if role == R_KV_VALUE {
         w.val_kind = kind;
         w.val_off = off;
         w.val_len = len;
     }
+}
+
+/// Notes a body range `mask_body` would overwrite ([`Walk::bodies`]); more than the walk holds
+/// makes a masking record pass its request through (`edit_limit`).
+#[inline(always)]
+fn push_body(w: &mut Walk, span: Span) {
+    let n = w.n_bodies as usize;
+    if n < MAX_RECORD_BODIES {
+        w.bodies[n] = span;
+        w.n_bodies = n as u32 + 1;
+    } else {
+        w.body_overflow = 1;
+    }
+}
+
+/// Whether `off` is inside the last body noted, when that one is replaced whole.
+#[inline(always)]
+fn in_whole_body(w: &Walk, off: u32) -> bool {
+    let n = w.n_bodies as usize;
+    if n == 0 || n > MAX_RECORD_BODIES {
+        return false;
+    }
+    let last = w.bodies[(n - 1) % MAX_RECORD_BODIES];
+    last.len >> MASK_HDR_SHIFT != 0 && off >= last.off && off - last.off < (last.len & MASK_LEN)
+}
+
+/// A body that is not exactly one `string_value` (a number, bytes, a map, an array, several
+/// fields): `mask_body` replaces its value whole with a string of `*` of the same size on the
+/// wire, a string tag and a length prefix padded to fit, so that nothing of it leaves
+/// readable and no length around it changes. The value is walked (and checked) as any other.
+#[inline(always)]
+fn whole_body(w: &mut Walk, start: u32, end: u32) {
+    let n = end - start;
+    if n < 2 {
+        // No value (an empty AnyValue): nothing to mask.
+        return;
+    }
+    // The tag byte and the fewest prefix bytes that leave room for the rest: the string is
+    // `n - hdr` bytes, and its length fits the prefix (padded when shorter).
+    let hdr = if n - 2 < 0x80 {
+        2
+    } else if n - 3 < 0x4000 {
+        3
+    } else {
+        4
+    };
+    push_body(
+        w,
+        Span {
+            off: start,
+            len: n | hdr << MASK_HDR_SHIFT,
+        },
+    );
 }
 
 #[inline(always)]
@@ -234,7 +282,10 @@ pub(super) fn on_len<S: Source, E: Env>(
                 set_value(w, R_BODY, V_STRING, off, len);
                 Ok(())
             }
-            None => w.push(K_ANY, R_BODY, start, end, len_off, len_len),
+            None => {
+                whole_body(w, start, end);
+                w.push(K_ANY, R_BODY, start, end, len_off, len_len)
+            }
         },
         (K_RECORD, 12) => {
             // The last event_name wins.

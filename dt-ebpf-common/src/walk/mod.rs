@@ -255,6 +255,13 @@ pub struct Span {
     pub len: u32,
 }
 
+/// A body mask's [`Span::len`] keeps, from this bit up, the bytes of a string's tag and length
+/// prefix written before its `*`s: a body that is not one `string_value` is replaced whole by a
+/// string of the same size (see `fields::whole_body`). 0 for a string's bytes masked in place.
+pub const MASK_HDR_SHIFT: u32 = 28;
+/// The range's length, below [`MASK_HDR_SHIFT`].
+pub const MASK_LEN: u32 = (1 << MASK_HDR_SHIFT) - 1;
+
 /// A record attribute whose key some redact rule may remove.
 #[derive(Copy, Clone, Debug, Default)]
 #[repr(C)]
@@ -476,7 +483,7 @@ pub struct Walk {
     pub n_cand_redacts: u32,
     pub cand_redacts: [u8; MAX_CAND_REDACTS],
     pub edits: [Edit; MAX_EDITS],
-    /// String bodies to overwrite with '*' (offsets ascend).
+    /// Bodies to overwrite with '*' (offsets ascend; see [`MASK_HDR_SHIFT`]).
     pub masks: [Span; MAX_MASKS],
     pub fixes: [Fix; MAX_FIXES],
     pub acc: [RuleAcc; MAX_RULES],

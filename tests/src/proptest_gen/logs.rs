@@ -2,7 +2,10 @@
 //! write splits.
 
 use super::reference::{self, EnrichAttr};
-use super::wire::{Field, Kind, Val, WT_EGROUP, WT_I32, WT_I64, WT_LEN, WT_SGROUP, WT_VARINT};
+use super::wire::{
+    Field, Kind, Val, WT_EGROUP, WT_I32, WT_I64, WT_LEN, WT_SGROUP, WT_VARINT, fields_len,
+    is_single_string,
+};
 use super::{
     ATTR_KEYS, ATTR_VALUES, ATTRS, BODY_WORDS, BOOL_KEYS, EVENT_NAMES, G, INT_ATTRS, NEEDLES,
     SERVICES, TYPED_LOOKALIKES,
@@ -634,13 +637,23 @@ pub fn record(g: &mut G) -> Field {
         }
         f.insert(at, Field::msg(5, Kind::AnyValue, any));
     }
-    // At most MAX_BODY_STRINGS string_value fields over all body fields (dt's documented limit
-    // on string body occurrences that mask_body masks): drop bodies from the end.
+    // At most MAX_BODY_STRINGS ranges that mask_body would overwrite over all body fields
+    // (dt's documented limit on body occurrences): drop bodies from the end. A body that is
+    // one string is one range when the string is not empty; another value is one range when it
+    // has any bytes (it is replaced whole); strings inside that one are in its range.
     let strings = |f: &[Field]| {
         f.iter()
             .filter(|x| x.num == 5)
             .filter_map(Field::fields)
-            .map(|any| any.iter().filter(|m| m.num == 1).count())
+            .map(|any| {
+                if is_single_string(any) {
+                    any.iter()
+                        .filter(|m| matches!(&m.val, Val::Bytes { data, .. } if !data.is_empty()))
+                        .count()
+                } else {
+                    (fields_len(any) >= 2) as usize
+                }
+            })
             .sum::<usize>()
     };
     while strings(&f) > MAX_BODY_STRINGS {

@@ -12,9 +12,12 @@ use std::collections::BTreeMap;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use prost::Message;
 
-use super::wire::{Edits, Field, Mark, RecordSizes, Val, fields_len, put_varint, varint_len};
+use super::wire::{
+    Edits, Field, Mark, RecordSizes, Val, fields_len, put_varint, varint_len, whole_body_stars,
+};
 pub use crate::model::Counts;
 use crate::model::{
     Decider, ENRICH_ATTRS, End, EnrichSpec, Facts, GroupBy, Redaction, RuleSpec, evaluate_facts,
@@ -85,6 +88,46 @@ pub struct Outcome {
     /// rate_limit rule stopped at (kept or not), a redaction, or a resource `[enrich]` inserts.
     /// (A request of several chunks is rewritten as one chunk then.)
     pub planned: bool,
+}
+
+/// `mask_body` on kept record `i` (README, "Redact"): a body field that is exactly one string
+/// has it masked in place; any other with a value is replaced whole by a string of `*` of the
+/// same size. `r`'s decoded body becomes what the last body field with a value leaves (the
+/// fields of a message merge, and a string replaces what came before).
+fn mask_body(i: usize, sizes: &RecordSizes, r: &mut LogRecord, edits: &mut Edits) {
+    let rec = i as u32;
+    let last = sizes.body_fields.iter().rposition(|f| f.content_len > 0);
+    let mut stars = None;
+    for (j, f) in sizes.body_fields.iter().enumerate() {
+        let decides = Some(j) == last;
+        match f.single {
+            Some(k) => {
+                let len = sizes.body_string_lens[k as usize];
+                // An empty string has nothing to mask: dt plans no mask for it. One that a
+                // later body field overrides may be masked or not (dt masks it).
+                if len > 0 && decides {
+                    edits.mask.insert(Mark::BodyString(rec, k));
+                } else if len > 0 {
+                    edits.either.insert(Mark::BodyString(rec, k));
+                }
+                if decides {
+                    stars = Some(len as usize);
+                }
+            }
+            None if f.content_len >= 2 => {
+                edits.mask.insert(Mark::BodyValue(rec, j as u32));
+                if decides {
+                    stars = Some(whole_body_stars(f.content_len as usize));
+                }
+            }
+            None => {}
+        }
+    }
+    if let Some(n) = stars {
+        r.body = Some(AnyValue {
+            value: Some(Value::StringValue("*".repeat(n))),
+        });
+    }
 }
 
 fn string_of(v: Option<&AnyValue>) -> Option<&str> {
@@ -228,28 +271,7 @@ pub fn evaluate_body(
                     r.attributes = kept_attrs;
                 }
                 if *mask {
-                    let n = sizes[i].body_strings;
-                    if let Some(Some(Value::StringValue(s))) =
-                        r.body.as_mut().map(|b| b.value.as_mut())
-                    {
-                        // The final string is the last string_value field of the body fields.
-                        *s = "*".repeat(s.len());
-                        assert!(n > 0, "generator: a string body without string fields");
-                        // An empty string has nothing to mask: dt plans no mask for it.
-                        let lens = &sizes[i].body_string_lens;
-                        let nonempty = |k: u32| lens.get(k as usize).is_some_and(|&l| l > 0);
-                        if nonempty(n - 1) {
-                            edits.mask.insert(Mark::BodyString(i as u32, n - 1));
-                        }
-                        for k in (0..n - 1).filter(|&k| nonempty(k)) {
-                            edits.either.insert(Mark::BodyString(i as u32, k));
-                        }
-                    } else {
-                        let lens = &sizes[i].body_string_lens;
-                        for k in (0..n).filter(|&k| lens.get(k as usize).is_some_and(|&l| l > 0)) {
-                            edits.either.insert(Mark::BodyString(i as u32, k));
-                        }
-                    }
+                    mask_body(i, &sizes[i], &mut r, &mut edits);
                 }
                 sl.log_records.push(r);
             }
@@ -709,6 +731,7 @@ mod tests {
                 attr_field_lens: vec![],
                 body_strings: 0,
                 body_string_lens: vec![],
+                body_fields: vec![],
             })
             .collect()
     }

@@ -72,9 +72,11 @@ pub struct Expect {
     pub dropped_by: Vec<Option<String>>,
     /// How much each rule's counters move (rules that move at all).
     pub counts: BTreeMap<String, Counts>,
-    /// Attributes removed and string bodies masked in kept records.
+    /// Attributes removed and bodies masked in kept records.
     pub attrs_removed: usize,
     pub bodies_masked: usize,
+    /// Of those, bodies that are not one string, replaced whole.
+    pub bodies_replaced: usize,
     /// ResourceLogs `[enrich]` inserted a resource into, and the bytes inserted.
     pub enriched: usize,
     pub inserted_bytes: u64,
@@ -354,6 +356,7 @@ fn passthrough_case(
             counts: BTreeMap::new(),
             attrs_removed: 0,
             bodies_masked: 0,
+            bodies_replaced: 0,
             enriched: 0,
             inserted_bytes: 0,
         },
@@ -464,6 +467,12 @@ fn valid_case(
             counts,
             attrs_removed,
             bodies_masked: out.edits.mask.len(),
+            bodies_replaced: out
+                .edits
+                .mask
+                .iter()
+                .filter(|m| matches!(m, wire::Mark::BodyValue(..)))
+                .count(),
             enriched: out.enriched,
             inserted_bytes: out.inserted_bytes,
         },

@@ -49,6 +49,49 @@ pub enum Mark {
     Attr(u32, u32),
     /// The `string_value` field `k` (counted over all `body` fields) of record `r`'s body.
     BodyString(u32, u32),
+    /// The `body` field `j` of record `r`, when it is not exactly one `string_value`: masked,
+    /// its value is replaced whole by a string of `*` of the same size ([`whole_body`]).
+    BodyValue(u32, u32),
+}
+
+/// What `mask_body` writes over a body value of `n` bytes that is not exactly one
+/// `string_value` (README, "Redact"): a `string_value` tag, the fewest length-prefix bytes that
+/// leave room for the rest (padded when the length is shorter), and `*` for the rest.
+pub fn whole_body(n: usize) -> Vec<u8> {
+    let stars = whole_body_stars(n);
+    let mut out = vec![0x0a];
+    put_varint_n(&mut out, stars as u64, n - 1 - stars);
+    out.resize(n, b'*');
+    out
+}
+
+/// How many `*` [`whole_body`] writes over a value of `n` bytes.
+pub fn whole_body_stars(n: usize) -> usize {
+    assert!(n >= 2, "an empty value is not masked");
+    let prefix = if n - 2 < 0x80 {
+        1
+    } else if n - 3 < 0x4000 {
+        2
+    } else {
+        3
+    };
+    n - 1 - prefix
+}
+
+/// Whether an AnyValue's fields are exactly one `string_value`, as dt reads a string body
+/// (its tag one byte, its length prefix any width): masked in place; any other value is
+/// replaced whole.
+pub fn is_single_string(any: &[Field]) -> bool {
+    matches!(
+        any,
+        [Field {
+            num: 1,
+            wt_override: None,
+            tag_pad: 0,
+            val: Val::Bytes { .. },
+            ..
+        }]
+    )
 }
 
 #[derive(Clone, Debug)]
@@ -344,6 +387,12 @@ fn emit_field(
                 _ => out.extend_from_slice(data),
             }
         }
+        Val::Msg { fields, pad, .. } if f.mark.is_some_and(|m| edits.mask.contains(&m)) => {
+            // A body replaced whole: the same length, a string of `*` in it.
+            let len = fields_len(fields);
+            put_varint(out, len as u64, *pad);
+            out.extend(whole_body(len));
+        }
         Val::Msg {
             fields,
             pad,
@@ -450,6 +499,7 @@ pub fn mark_request(req: &mut [Field]) -> Vec<RecordSizes> {
                 let mut attrs = Vec::new();
                 let mut body_strings = 0u32;
                 let mut body_string_lens = Vec::new();
+                let mut body_fields = Vec::new();
                 if let Some(fields) = rec.fields_mut() {
                     for f in fields.iter_mut() {
                         match f.num {
@@ -458,6 +508,16 @@ pub fn mark_request(req: &mut [Field]) -> Vec<RecordSizes> {
                                 attrs.push(field_len(f) as u64);
                             }
                             5 => {
+                                let first_string = body_strings;
+                                let (single, content_len) = match f.fields() {
+                                    Some(any) => (is_single_string(any), fields_len(any) as u64),
+                                    None => (false, 0),
+                                };
+                                f.mark = Some(Mark::BodyValue(r, body_fields.len() as u32));
+                                body_fields.push(BodyField {
+                                    single: single.then_some(first_string),
+                                    content_len,
+                                });
                                 if let Some(any) = f.fields_mut() {
                                     for s in any.iter_mut().filter(|s| s.num == 1) {
                                         s.mark = Some(Mark::BodyString(r, body_strings));
@@ -478,6 +538,7 @@ pub fn mark_request(req: &mut [Field]) -> Vec<RecordSizes> {
                     attr_field_lens: attrs,
                     body_strings,
                     body_string_lens,
+                    body_fields,
                 });
             }
         }
@@ -497,6 +558,18 @@ pub struct RecordSizes {
     /// The length of each of those strings: masking an empty one changes nothing, and dt
     /// plans nothing for it.
     pub body_string_lens: Vec<u64>,
+    /// Each `body` field, in order.
+    pub body_fields: Vec<BodyField>,
+}
+
+/// One `body` field of a record (see [`RecordSizes`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BodyField {
+    /// When it is exactly one `string_value`: that string's number among the record's body
+    /// strings (masked in place). `None`: the value is replaced whole when masked.
+    pub single: Option<u32>,
+    /// Bytes of its AnyValue (0: no value).
+    pub content_len: u64,
 }
 
 /// How deep messages nest in `fields` (a request's top-level fields: the request is depth 0),
