@@ -763,6 +763,28 @@ fn operator_directory_edits_and_push_generations() {
     assert_eq!(rule_names(&info), ["drop-a", "drop-b"]);
     assert_eq!(agent.log().matches("rules directory changed").count(), 2);
     traffic("after 20 pushes", &active, &mut stats);
+
+    // A change that changes nothing makes no generation (a swap lets requests in flight pass
+    // as `generation`): the same file pushed again, and an invalid edit undone.
+    let o = agent.push(&[&dir_b.file("60-new.toml")]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert_eq!(pushed_generation(&o), g0 + 23, "the same push again");
+    rules.write("70-broken.toml", "[[rule]]\nname = \"x\"\n");
+    agent.wait_log(
+        "the rules directory is invalid; the active rule set stays",
+        2,
+        RELOAD_BOUND,
+    );
+    assert!(agent.rules().rules_error.is_some());
+    std::fs::remove_file(rules.path().join("70-broken.toml")).unwrap();
+    agent.wait_log(
+        "rules directory holds the active rule set's files again: generation",
+        1,
+        RELOAD_BOUND,
+    );
+    let info = agent.rules();
+    assert_eq!(info.generation, g0 + 23, "an invalid edit undone");
+    assert_eq!(info.rules_error, None, "undone: no refusal stands");
     lat.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(

@@ -204,7 +204,9 @@ impl Service {
     /// name replaced), kernel checks included; only then writes the files and makes that set
     /// active as one new generation. On any error nothing is written.
     pub fn push(&self, files: &[PushedFile]) -> anyhow::Result<u64> {
-        let mut inner = self.lock();
+        let mut guard = self.lock();
+        // Its fields borrowed apart (the agent, and the active set's files).
+        let inner = &mut *guard;
         if inner.uninstalled {
             return Err(crate::stats::Uninstalled.into());
         }
@@ -239,8 +241,15 @@ impl Service {
             .collect();
         let before = journal::previous(&self.rules_dir, &names)?;
         journal::commit(&self.rules_dir, &writes)?;
+        let active = &inner.active_sources;
+        let mut unchanged = false;
         let installed = read_sources(&self.rules_dir).and_then(|mut installed| {
             installed.extend(remote);
+            if installed == *active {
+                // The files the active set was made of, as they were: no new generation.
+                unchanged = true;
+                return Ok(installed);
+            }
             let defs = rules::load_sources(&installed).map_err(RuleErrors)?;
             let (compiled, slots) = agent.compile_defs(&defs)?;
             agent.install_compiled(&compiled, slots)?;
@@ -266,7 +275,14 @@ impl Service {
         inner.digest = Some(digest(&installed));
         inner.active_sources = installed;
         inner.last_error = None;
-        log::info!("pushed {}: generation {generation}", names.join(", "));
+        if unchanged {
+            log::info!(
+                "pushed {}: the rule set is as it was (generation {generation} stays)",
+                names.join(", ")
+            );
+        } else {
+            log::info!("pushed {}: generation {generation}", names.join(", "));
+        }
         Ok(generation)
     }
 
@@ -315,6 +331,16 @@ impl Service {
         if Self::apply_pending_remote(&mut inner, &sources[..dir_files]) {
             return;
         }
+        if sources == inner.active_sources {
+            // Back to the files of the active set (a refused edit undone): no new generation.
+            inner.digest = Some(d);
+            inner.last_error = None;
+            log::info!(
+                "rules directory holds the active rule set's files again: generation {} stays",
+                inner.agent.as_ref().map_or(0, |a| a.generation())
+            );
+            return;
+        }
         let Some(agent) = inner.agent.as_mut() else {
             return;
         };
@@ -358,8 +384,14 @@ impl Service {
         }
         let mut sources = read_sources(&self.rules_dir)?;
         sources.extend(remote.iter().cloned());
+        let unchanged = sources == inner.active_sources;
         let agent = inner.agent.as_mut().ok_or(crate::stats::Uninstalled)?;
-        let result = install_sources(agent, &sources, true);
+        // The files of the active set, as they were: no new generation.
+        let result = if unchanged {
+            Ok(())
+        } else {
+            install_sources(agent, &sources, true)
+        };
         if let Err(e) = result {
             inner.last_error = Some(format!("a remote config was refused:\n{e:#}"));
             inner.refused_dir = false;
