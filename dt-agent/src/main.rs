@@ -67,6 +67,10 @@ enum Verb {
     },
     /// Detach everything and remove every pin; the agent then exits.
     Uninstall {
+        /// Don't wait for requests held in the kernel (a sender that never finishes its request
+        /// holds one for ever): detach at once; the held requests are lost.
+        #[arg(long)]
+        now: bool,
         #[command(flatten)]
         at: AgentAt,
     },
@@ -102,7 +106,7 @@ fn main() -> ExitCode {
         Verb::Rules { json, at } => cli::rules::rules(json, &at),
         Verb::Disable { at } => cli::ripcord::set_enabled(false, &at),
         Verb::Enable { at } => cli::ripcord::set_enabled(true, &at),
-        Verb::Uninstall { at } => cli::uninstall::uninstall(&at),
+        Verb::Uninstall { now, at } => cli::uninstall::uninstall(now, &at),
         Verb::Flush { recorders, at } => cli::dynamic::flush(&recorders, &at),
         Verb::State {
             name,

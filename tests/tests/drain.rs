@@ -436,3 +436,61 @@ fn drain_second_sigterm_stops_at_once() {
     println!("drain_force: a second SIGTERM stopped the agent in {took:?}");
     drop(held);
 }
+
+/// A sender that never finishes its request would make `uninstall` wait for ever: `uninstall
+/// --now` (here while a plain `uninstall` waits) detaches and unpins at once, saying which held
+/// request is lost; the agent exits.
+#[test]
+fn drain_uninstall_now_stops_waiting() {
+    if !kernel_or_skip("drain_uninstall_now_stops_waiting") {
+        return;
+    }
+    let set = rules();
+    let rx = Receiver::start_v4();
+    let dir = TempRules::with_files(&[("50-test.toml", &rules_toml(&set))]);
+    let mut agent = AgentProcess::new("drain-now", dir.path(), &[rx.port()], true);
+    agent.start();
+    let req = abc_request(9, 10, 40);
+    let held = hold(&agent, &rx, &req, 5, 1);
+    let (mut waiting, out) = spawn_uninstall(&agent);
+    agent.wait_log(
+        "uninstall: every request passes now",
+        1,
+        Duration::from_secs(5),
+    );
+    let said = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(
+        said.contains("uninstall --now"),
+        "it says how to stop waiting:\n{said}"
+    );
+    let t0 = Instant::now();
+    let o = agent.verb("uninstall", &["--now"]);
+    let took = t0.elapsed();
+    let text = dt_tests::agent_process::output_text(&o);
+    assert!(o.status.success(), "{text}");
+    assert!(
+        text.contains("detached at once (--now); lost: 1 request")
+            && text.contains(&format!("port {}", held.port)),
+        "{text}"
+    );
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let st = agent.wait_exit(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "log:\n{}", agent.log());
+    assert!(!agent.pin_dir().exists(), "the pins are gone");
+    // The waiting `uninstall` ends too (the agent is gone, and so are the pins).
+    let code = wait_child(&mut waiting, Duration::from_secs(10), "uninstall", &out);
+    assert_eq!(
+        code,
+        0,
+        "{}",
+        std::fs::read_to_string(&out).unwrap_or_default()
+    );
+    assert!(
+        agent
+            .log()
+            .contains("uninstall --now: detaching at once; the held requests are lost"),
+        "log:\n{}",
+        agent.log()
+    );
+    drop(held);
+}

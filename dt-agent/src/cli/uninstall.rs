@@ -8,8 +8,23 @@ use dt_agent::{
 
 use super::{AgentAt, cannot_reach, locate};
 
-pub fn uninstall(at: &AgentAt) -> anyhow::Result<()> {
+pub fn uninstall(now: bool, at: &AgentAt) -> anyhow::Result<()> {
     let (socket, pins) = locate(at)?;
+    if now {
+        let status = match control::call_within(
+            &socket,
+            &Request::UninstallNow,
+            control::UNINSTALL_DEADLINE,
+        ) {
+            Ok(r) => r.uninstall.unwrap_or_default(),
+            Err(e) => return Err(cannot_reach("uninstall", &socket, &pins, e)),
+        };
+        if status.waiting.in_flight > 0 {
+            println!("detached at once (--now); lost: {}", status.waiting);
+        }
+        println!("uninstalled: every program detached and every pin removed");
+        return Ok(());
+    }
     // The agent answers at once: done, or what it waits for (requests held in the kernel, which
     // would be lost if it detached now). Ask again until it is done; the held requests complete
     // meanwhile, and every request that is not held yet passes untouched.
@@ -40,7 +55,10 @@ pub fn uninstall(at: &AgentAt) -> anyhow::Result<()> {
             .collect();
         let now = format!("{} {who:?}", status.waiting.in_flight);
         if said.is_empty() {
-            println!("uninstall: every request passes now; waiting until no request is held");
+            println!(
+                "uninstall: every request passes now; waiting until no request is held \
+                 (`dt-agent uninstall --now` stops waiting: the held requests are then lost)"
+            );
         }
         if now != said || said_at.elapsed() >= drain::LOG_EVERY {
             println!("waiting for: {}", status.waiting);

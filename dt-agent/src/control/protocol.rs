@@ -24,6 +24,8 @@ pub enum Request {
     Disable,
     Enable,
     Uninstall,
+    /// `uninstall --now`: stop waiting for held requests (they are lost), detach and unpin.
+    UninstallNow,
     /// Egress these recorders now.
     Flush {
         recorders: Vec<String>,

@@ -166,7 +166,7 @@ async fn handle<H: Handler>(stream: UnixStream, handler: H) -> anyhow::Result<()
         match serde_json::from_str::<Request>(&line) {
             Err(e) => Response::error(format!("bad request: {e}")),
             Ok(request) => {
-                let uninstall = matches!(request, Request::Uninstall);
+                let uninstall = matches!(request, Request::Uninstall | Request::UninstallNow);
                 let h = handler.clone();
                 let r = tokio::task::spawn_blocking(move || h.answer(request)).await?;
                 stop_after = uninstall && r.uninstall.as_ref().is_some_and(|u| u.done);

@@ -682,6 +682,10 @@ impl Handler for Arc<Service> {
                 uninstall: Some(u),
                 ..Response::ok()
             }),
+            Request::UninstallNow => self.uninstall_now().map(|u| Response {
+                uninstall: Some(u),
+                ..Response::ok()
+            }),
             Request::Flush { recorders } => self.flush(&recorders).map(|f| Response {
                 flushed: Some(f),
                 ..Response::ok()

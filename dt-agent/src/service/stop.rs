@@ -55,6 +55,42 @@ impl Service {
         })
     }
 
+    /// `uninstall --now`: as [`Service::uninstall`], without waiting for held requests (a
+    /// sender that never finishes its request would make `uninstall` wait for ever): they are
+    /// lost, and logged with who held them. Also cuts short an uninstall that is waiting.
+    pub fn uninstall_now(self: &Arc<Self>) -> anyhow::Result<UninstallStatus> {
+        let mut guard = self.lock();
+        let inner: &mut Inner = &mut guard;
+        if let Some(e) = &inner.uninstall_error {
+            bail!("{e}");
+        }
+        let Some(agent) = inner.agent.as_mut() else {
+            return Ok(UninstallStatus {
+                done: true,
+                waiting: Holding::default(),
+            });
+        };
+        if !inner.stopping
+            && let Err(e) = agent.begin_drain()
+        {
+            log::warn!("{e:#}");
+        }
+        let lost = agent.holding().unwrap_or_default();
+        if !lost.is_empty() {
+            log::warn!("uninstall --now: detaching at once; the held requests are lost: {lost}");
+        }
+        agent.skip_drain();
+        inner.stopping = true;
+        inner.uninstalling = true;
+        finish_uninstall(inner)?;
+        drop(guard);
+        self.shutdown.notify_one();
+        Ok(UninstallStatus {
+            done: true,
+            waiting: lost,
+        })
+    }
+
     /// The background half of `uninstall`: wait, detach, unpin, stop.
     fn uninstall_when_drained(&self) {
         let mut next_log = Instant::now() + drain::LOG_EVERY;
