@@ -660,8 +660,8 @@ fn check_recorders(
     }
     recorders_refused(compiled, |r| {
         format!(
-            "recorder \"{}\" needs a capture_endpoint in the agent config: flushed records are \
-             posted there",
+            "recorder \"{}\" needs a capture endpoint (`capture_endpoint` in the agent's \
+             config, or `run --capture-endpoint URL`): flushed records are posted there",
             r.name
         )
     })

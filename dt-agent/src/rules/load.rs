@@ -194,6 +194,16 @@ fn read_rule_file(path: &Path) -> Result<String, Diagnostic> {
     })
 }
 
+/// "no [[kind]] named ...", with the set's name it likely meant (within two edits), if any.
+fn missing(kind: &str, name: &str, known: &[&str]) -> String {
+    match crate::rules::diag::closest(name, known) {
+        Some(meant) => {
+            format!("no [[{kind}]] named \"{name}\" in the rule set; did you mean \"{meant}\"?")
+        }
+        None => format!("no [[{kind}]] named \"{name}\" in the rule set"),
+    }
+}
+
 /// Whether the `kind` table named `name` is among the refused ones.
 fn refused(broken: &[(&'static str, String)], kind: &str, name: &str) -> bool {
     broken.iter().any(|(k, n)| *k == kind && n == name)
@@ -345,11 +355,15 @@ impl Loader {
                 match self.probes.iter().find(|p| &p.name.value == name) {
                     Some(probe) => rule.probes.push(probe.clone()),
                     None if refused(&self.broken, "probe", name) => {}
-                    None => self.diags.push(Diagnostic::new(
-                        &rule.file,
-                        *pos,
-                        format!("no [[probe]] named \"{name}\" in the rule set"),
-                    )),
+                    None => {
+                        let known: Vec<&str> =
+                            self.probes.iter().map(|p| p.name.value.as_str()).collect();
+                        self.diags.push(Diagnostic::new(
+                            &rule.file,
+                            *pos,
+                            missing("probe", name, &known),
+                        ))
+                    }
                 }
             }
         }
@@ -358,6 +372,17 @@ impl Loader {
     /// Checks that every recorder and state the rules name is in the set.
     fn link_objects(&mut self) {
         let mut diags = Vec::new();
+        // The names of the set's recorders or states.
+        let known = |kind: &str| -> Vec<&str> {
+            match kind {
+                "recorder" => self
+                    .recorders
+                    .iter()
+                    .map(|r| r.name.value.as_str())
+                    .collect(),
+                _ => self.states.iter().map(|s| s.name.value.as_str()).collect(),
+            }
+        };
         for rule in &self.rules {
             // A refused one was reported where it is.
             let recorder_known = |n: &At<String>| {
@@ -372,7 +397,7 @@ impl Loader {
                 diags.push(Diagnostic::new(
                     &rule.file,
                     n.pos,
-                    format!("no [[{kind}]] named \"{}\" in the rule set", n.value),
+                    missing(kind, &n.value, &known(kind)),
                 ))
             };
             if let Some(r) = &rule.recorder
@@ -395,15 +420,12 @@ impl Loader {
             }
         }
         for (file, kind, n) in &self.refused_refs {
-            let known = match *kind {
-                "recorder" => self.recorders.iter().any(|r| r.name.value == n.value),
-                _ => self.states.iter().any(|s| s.name.value == n.value),
-            };
-            if !known && !refused(&self.broken, kind, &n.value) {
+            let names = known(kind);
+            if !names.contains(&n.value.as_str()) && !refused(&self.broken, kind, &n.value) {
                 diags.push(Diagnostic::new(
                     file,
                     n.pos,
-                    format!("no [[{kind}]] named \"{}\" in the rule set", n.value),
+                    missing(kind, &n.value, &names),
                 ));
             }
         }

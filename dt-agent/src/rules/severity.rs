@@ -97,6 +97,35 @@ pub(crate) fn number(number: i64) -> Result<u8, String> {
     severity_number(number)
 }
 
+/// What an unknown level likely meant: an operator written backwards (`=>WARN`), a level of
+/// another logging system (`WARNING`, `CRITICAL`), a typo within two edits.
+fn level_hint(text: &str) -> String {
+    let meant = if let Some(rest) = text.strip_prefix("=>") {
+        Some(format!(">={rest}"))
+    } else if let Some(rest) = text.strip_prefix("=<") {
+        Some(format!("<={rest}"))
+    } else {
+        const OTHER: [(&str, &str); 7] = [
+            ("WARNING", "WARN"),
+            ("CRITICAL", "FATAL"),
+            ("CRIT", "FATAL"),
+            ("EMERG", "FATAL"),
+            ("ALERT", "FATAL"),
+            ("NOTICE", "INFO"),
+            ("ERR", "ERROR"),
+        ];
+        let names: Vec<&str> = LEVELS.iter().map(|(n, _)| *n).collect();
+        OTHER
+            .iter()
+            .find(|(other, _)| other.eq_ignore_ascii_case(text))
+            .map(|(_, ours)| ours.to_string())
+            .or_else(|| crate::rules::diag::closest(text, &names).map(str::to_string))
+    };
+    meant
+        .map(|m| format!("; did you mean \"{m}\"?"))
+        .unwrap_or_default()
+}
+
 /// One operand: a level name (its four numbers) or a number 1-24 (itself).
 fn term(text: &str) -> Result<SeverityRange, String> {
     let text = text.trim();
@@ -117,7 +146,10 @@ fn term(text: &str) -> Result<SeverityRange, String> {
     }
     match text.parse::<i64>() {
         Ok(number) => SeverityRange::from_number(number),
-        Err(_) => Err(format!("unknown level \"{text}\" ({EXPECTED})")),
+        Err(_) => Err(format!(
+            "unknown level \"{text}\"{} ({EXPECTED})",
+            level_hint(text)
+        )),
     }
 }
 
@@ -277,6 +309,10 @@ mod tests {
         assert!(error("..WARN").contains("missing"));
         assert!(error("DEBUG..").contains("missing"));
         assert!(error("VERBOSE").contains("unknown level \"VERBOSE\""));
+        assert!(error("EROR").contains("unknown level \"EROR\"; did you mean \"ERROR\"?"));
+        assert!(error("=>WARN").contains("did you mean \">=WARN\"?"));
+        assert!(error("warning").contains("did you mean \"WARN\"?"));
+        assert!(error("<=critical").contains("did you mean \"FATAL\"?"));
         assert!(error("=INFO").contains("unknown level"));
         assert!(error("<<INFO").contains("unknown level"));
         assert!(error("DEBUG..WARN..ERROR").contains("unknown level"));

@@ -220,13 +220,24 @@ pub(crate) fn parse_file(src: &SourceText) -> ParsedFile {
                     "`probe` must be an array of tables: write [[probe]]",
                 )),
             },
-            other => diags.push(src.diag(
-                key.span(),
-                format!(
-                    "unknown key `{other}`: a rule file holds [[rule]], [[probe]], [[recorder]] \
-                     and [[state]] tables, and an [enrich] table"
-                ),
-            )),
+            other => {
+                let meant = crate::rules::diag::closest(
+                    other,
+                    &["rule", "probe", "recorder", "state", "enrich"],
+                )
+                .map(|m| {
+                    let table = if m == "enrich" { "[enrich]" } else { "[[..]]" };
+                    format!(" (did you mean {}?)", table.replace("..", m))
+                })
+                .unwrap_or_default();
+                diags.push(src.diag(
+                    key.span(),
+                    format!(
+                        "unknown key `{other}`{meant}: a rule file holds [[rule]], [[probe]], \
+                         [[recorder]] and [[state]] tables, and an [enrich] table"
+                    ),
+                ))
+            }
         }
     }
     diags.sort_by_key(Diagnostic::pos);
@@ -806,8 +817,11 @@ impl<'s, 'a> RuleChecker<'s, 'a> {
     fn action(&mut self, raw: &RawRule) -> Option<Action> {
         let Some(name) = ActionKind::from_name(raw.action.get_ref()) else {
             let expected: Vec<_> = ActionKind::ALL.iter().map(|a| a.name()).collect();
+            let meant = crate::rules::diag::closest(raw.action.get_ref(), &expected)
+                .map(|m| format!(" (did you mean \"{m}\"?)"))
+                .unwrap_or_default();
             let message = format!(
-                "unknown action \"{}\": expected one of {}",
+                "unknown action \"{}\"{meant}: expected one of {}",
                 raw.action.get_ref(),
                 expected.join(", ")
             );

@@ -222,8 +222,10 @@ fn every_problem_of_a_trigger_and_what_it_names_is_reported_in_one_run() {
     assert_eq!(
         e,
         [
-            "r.toml:9:10: no [[recorder]] named \"checkout-debugg\" in the rule set",
-            "r.toml:10:14: no [[state]] named \"incidnet\" in the rule set",
+            "r.toml:9:10: no [[recorder]] named \"checkout-debugg\" in the rule set; did you \
+             mean \"checkout-debug\"?",
+            "r.toml:10:14: no [[state]] named \"incidnet\" in the rule set; did you mean \
+             \"incident\"?",
             "r.toml:11:12: \"10 s\" is not a duration: write a whole number and ms, s, m or h, \
              as \"10s\"",
             "r.toml:12:23: threshold count must be between 1 and 1000000",
