@@ -84,9 +84,11 @@ pub fn stats(s: &Stats) -> String {
             c.map_bytes / 1024
         );
     }
+    let labels = rule_labels(s);
+    let nw = first_width(labels.iter().map(String::as_str));
     let _ = writeln!(
         out,
-        "\n{:<32} {:<10} {:<hw$} {:>12} {:>12} {:>12} {:>14} {:>10}",
+        "\n{:<nw$} {:<10} {:<hw$} {:>12} {:>12} {:>12} {:>14} {:>10}",
         "RULE", "ACTION", "HOOK", "MATCHED", "KEPT", "DROPPED", "DROPPED BYTES", "REDACTED"
     );
     for r in &s.rules {
@@ -97,7 +99,7 @@ pub fn stats(s: &Stats) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<32} {:<10} {:<hw$} {:>12} {:>12} {:>12} {:>14} {:>10}",
+            "{:<nw$} {:<10} {:<hw$} {:>12} {:>12} {:>12} {:>14} {:>10}",
             name, r.action, r.hook, r.matched, r.kept, r.dropped, r.dropped_bytes, r.redacted
         );
         // Grouped counts under their rule, largest first.
@@ -107,7 +109,7 @@ pub fn stats(s: &Stats) -> String {
             // A group is a value from a sender's record: control characters (an escape
             // sequence, a carriage return, a line break) are shown escaped, never written.
             let label = format!("  {}", printable(group));
-            let _ = writeln!(out, "{label:<32} {:<10} {:<hw$} {n:>12}", "", "");
+            let _ = writeln!(out, "{label:<nw$} {:<10} {:<hw$} {n:>12}", "", "");
         }
     }
     let t = &s.totals;
@@ -159,22 +161,34 @@ pub fn stats(s: &Stats) -> String {
         let _ = writeln!(out, "triggers fired: {}", fired.join(", "));
     }
     if !s.recorders.is_empty() {
+        let rw = first_width(s.recorders.iter().map(|r| r.name.as_str()));
         let _ = writeln!(
             out,
-            "\n{:<32} {:>10} {:>12} {:>12} {:>10} {:>8} {:>12} {:>10}",
-            "RECORDER", "RECORDS", "BYTES", "OVERWRITTEN", "TOO LONG", "FLUSHES", "FLUSHED", "SIZE"
+            "\n{:<rw$} {:>10} {:>10} {:>11} {:>8} {:>6} {:>7} {:>10} {:>6} {:>10}",
+            "RECORDER",
+            "RECORDS",
+            "RECORDED",
+            "OVERWRITTEN",
+            "TOO LONG",
+            "LOST",
+            "FLUSHES",
+            "FLUSHED",
+            "FAILED",
+            "SIZE"
         );
         for r in &s.recorders {
             let _ = writeln!(
                 out,
-                "{:<32} {:>10} {:>12} {:>12} {:>10} {:>8} {:>12} {:>10}",
+                "{:<rw$} {:>10} {:>10} {:>11} {:>8} {:>6} {:>7} {:>10} {:>6} {:>10}",
                 r.name,
                 r.records,
-                r.bytes,
+                r.recorded,
                 r.overwritten,
                 r.too_long,
+                r.lost,
                 r.flushes,
                 r.flushed_records,
+                r.flush_failures,
                 r.size
             );
         }
@@ -194,6 +208,30 @@ pub fn stats(s: &Stats) -> String {
         let _ = writeln!(out, "states: {}", states.join(", "));
     }
     out
+}
+
+/// The width of a table's first column: 32, or its longest text (rule names, group values as
+/// shown, recorder names), so that the numbers stay in their columns.
+fn first_width<'a>(texts: impl Iterator<Item = &'a str>) -> usize {
+    texts.map(|t| t.chars().count()).max().unwrap_or(0).max(32)
+}
+
+/// Each rule's name as the table shows it, and its groups' labels (escaped, indented).
+fn rule_labels(s: &Stats) -> Vec<String> {
+    let mut labels = Vec::new();
+    for r in &s.rules {
+        labels.push(if r.active {
+            r.name.clone()
+        } else {
+            format!("{} (removed)", r.name)
+        });
+        for group in r.groups.iter().flatten().map(|(g, _)| g) {
+            // A group is a value from a sender's record: control characters (an escape
+            // sequence, a carriage return, a line break) are shown escaped, never written.
+            labels.push(format!("  {}", printable(group)));
+        }
+    }
+    labels
 }
 
 #[cfg(test)]
@@ -243,5 +281,14 @@ mod tests {
             .map(|l| l.split_whitespace().last().unwrap())
             .collect();
         assert_eq!(counts, ["5", "4", "3", "2", "1"], "{text}");
+        // The counts stay in their column, however long a value: each group's line ends where
+        // the header's MATCHED does (in characters).
+        let header = lines.iter().find(|l| l.starts_with("RULE")).unwrap();
+        let end = header[..header.find("MATCHED").unwrap() + "MATCHED".len()]
+            .chars()
+            .count();
+        for l in &lines[at + 1..at + 6] {
+            assert_eq!(l.chars().count(), end, "{l:?}\n{text}");
+        }
     }
 }
