@@ -15,7 +15,8 @@ use super::{
     DEFAULT_CONFIG, Layer,
     check::{
         check_capture_endpoint, check_max_request, check_opamp_endpoint, check_otlp_endpoint,
-        max_request_range, parse_cpu_share, parse_duration, parse_memory, parse_metrics_addr,
+        max_request_range, parse_cpu_share, parse_duration, parse_max_request, parse_memory,
+        parse_metrics_addr,
     },
 };
 use crate::rules::{Diagnostic, Pos, SourceText};
@@ -33,13 +34,24 @@ struct RawFile {
     metrics_addr: Option<Spanned<String>>,
     otlp_endpoint: Option<Spanned<String>>,
     otlp_interval: Option<Spanned<String>>,
-    max_request: Option<Spanned<i64>>,
+    max_request: Option<Spanned<Size>>,
     capture_endpoint: Option<Spanned<String>>,
     metrics_public: Option<bool>,
     idle_after_uninstall: Option<bool>,
     state_dir: Option<Spanned<String>>,
     opamp: Option<RawOpamp>,
     ceiling: Option<RawCeiling>,
+}
+
+/// `max_request`: bytes as an integer, or a size as text (`"256KiB"`), as its flag takes it.
+#[derive(Deserialize)]
+#[serde(
+    untagged,
+    expecting = "expected an integer (bytes) or a size such as \"256KiB\""
+)]
+enum Size {
+    Bytes(i64),
+    Text(String),
 }
 
 /// `[ceiling]`.
@@ -307,18 +319,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Layer, Vec<Diagnostic>> {
             });
     }
 
-    let max_request = raw
-        .max_request
-        .and_then(|value| match u32::try_from(*value.get_ref()) {
-            Ok(n) if check_max_request(n).is_ok() => Some(n),
-            _ => {
-                diags.push(src.diag(
-                    value.span(),
-                    format!("`max_request`: {}", max_request_range(value.get_ref())),
-                ));
-                None
-            }
-        });
+    let max_request = raw.max_request.and_then(|value| {
+        let n = match value.get_ref() {
+            Size::Bytes(n) => u32::try_from(*n)
+                .ok()
+                .filter(|&n| check_max_request(n).is_ok())
+                .ok_or_else(|| max_request_range(n)),
+            Size::Text(text) => parse_max_request(text),
+        };
+        n.map_err(|e| diags.push(src.diag(value.span(), format!("`max_request`: {e}"))))
+            .ok()
+    });
 
     if !diags.is_empty() {
         diags.sort_by_key(Diagnostic::pos);

@@ -321,7 +321,7 @@ fn bad_types() {
     let e = error("pin = true\nmax_request = 1.5\n");
     assert!(
         e.starts_with(
-            "2:15: `max_request`: expected a whole number (without quotes), found the number"
+            "2:15: `max_request`: expected an integer (bytes) or a size such as \"256KiB\""
         ),
         "{e}"
     );
@@ -869,5 +869,26 @@ fn problems_between_settings_are_all_reported_at_their_keys() {
         "/etc/dt/agent.toml:4:15: `opamp.client_cert`: the OpAMP endpoint http://x/v1/opamp \
          (--opamp-endpoint) is not https://, so an OpAMP CA file or client certificate has no \
          use: make it https:// or remove them"
+    );
+}
+
+#[test]
+fn max_request_in_the_file_takes_bytes_or_a_size() {
+    let s = |text: &str| parse_str(text).map(|l| l.max_request);
+    assert_eq!(s("max_request = 524288\n").unwrap(), Some(524_288));
+    assert_eq!(s("max_request = \"512KiB\"\n").unwrap(), Some(524_288));
+    assert_eq!(s("max_request = \"64KiB\"\n").unwrap(), Some(65_536));
+    let e = error("max_request = \"1MiB\"\n");
+    assert!(e.starts_with("1:15: `max_request`: "), "{e}");
+    assert!(e.contains("out of range"), "{e}");
+    let e = error("max_request = \"lots\"\n");
+    assert!(
+        e.starts_with("1:15: `max_request`: `lots` is not a size"),
+        "{e}"
+    );
+    let e = error("max_request = true\n");
+    assert_eq!(
+        e,
+        "1:15: `max_request`: expected an integer (bytes) or a size such as \"256KiB\""
     );
 }
