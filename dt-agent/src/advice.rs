@@ -25,6 +25,11 @@ fn hint(reason: &str, max_request: u32) -> Option<String> {
         "json" => "they are OTLP/JSON: set the exporters' protocol to http/protobuf \
                    (OTEL_EXPORTER_OTLP_LOGS_PROTOCOL=http/protobuf)"
             .to_string(),
+        "oversize" if max_request >= dt_ebpf_common::MAX_REQUEST_CEILING => format!(
+            "they are larger than max_request ({max_request} bytes, the most dt holds): lower \
+             the exporters' batch size (OTEL_BLRP_MAX_EXPORT_BATCH_SIZE, the Node.js SDK's \
+             maxExportBatchSize)"
+        ),
         "oversize" => format!(
             "they are larger than max_request ({max_request} bytes): raise max_request \
              (--max-request, at most {}), or lower the exporters' batch size \
@@ -34,8 +39,9 @@ fn hint(reason: &str, max_request: u32) -> Option<String> {
         "partial" => "the kernel could not hold them whole (its cork ran out of room): lower \
                       max_request or the exporters' batch size"
             .to_string(),
-        "edit_limit" => "they needed more edits than dt makes in one request: lower the \
-                         exporters' batch size (OTEL_BLRP_MAX_EXPORT_BATCH_SIZE)"
+        "edit_limit" => "they needed more edits than dt makes in one request or one record \
+                         (README: \"Limits\"): lower the exporters' batch size \
+                         (OTEL_BLRP_MAX_EXPORT_BATCH_SIZE)"
             .to_string(),
         "expect_continue" => "their senders ask `Expect: 100-continue` (curl does for bodies \
                               over 1 KiB), which dt cannot hold: send without it"
@@ -85,8 +91,13 @@ impl Advisor {
             if !self.started {
                 continue;
             }
-            // A counter that went back (a new set of maps) starts over.
-            let new = count.saturating_sub(before.unwrap_or(0));
+            // A counter that went back (a new set of maps) starts over from 0.
+            let before = before.unwrap_or(0);
+            let new = if count >= before {
+                count - before
+            } else {
+                count
+            };
             let Some(hint) = hint(reason, max_request) else {
                 continue;
             };
@@ -174,6 +185,18 @@ mod tests {
             ),
             "{w:?}"
         );
+        // At the ceiling, only the batch size can change.
+        let w = a.observe(
+            &counts(&[("oversize", 12)]),
+            t3 + REPEAT_AFTER,
+            dt_ebpf_common::MAX_REQUEST_CEILING,
+            false,
+        );
+        assert!(w[0].contains("the most dt holds): lower"), "{w:?}");
+        // A counter that went back (new maps) counts from 0 again.
+        let t4 = t3 + 3 * REPEAT_AFTER;
+        let w = a.observe(&counts(&[("oversize", 2)]), t4, 1024, false);
+        assert!(w[0].starts_with("2 requests passed through"), "{w:?}");
         // Reasons no operator acts on are never said.
         assert!(
             a.observe(

@@ -65,9 +65,8 @@ const WINDOW: u32 = 16384;
 const MAX_STEPS: u32 = 1 << 20;
 /// Upper bound on decision steps: every rule, every edit, and every edit and mask again.
 const DECIDE_STEPS: u32 = (MAX_RULES + 2 * MAX_EDITS + MAX_MASKS) as u32 + 4;
-/// Upper bound on apply steps for one request: every edit and fix, and the masks in chunks.
-const APPLY_STEPS: u32 =
-    (MAX_EDITS + MAX_FIXES) as u32 + (MAX_REQUEST_CEILING / walk::MASK_CHUNK) + 2;
+/// Upper bound on apply steps for one request (shared with the host's walk, which checks it).
+const APPLY_STEPS: u32 = walk::MAX_APPLY_STEPS;
 
 #[sk_msg]
 pub fn dt_msg(ctx: SkMsgContext) -> u32 {

@@ -3,7 +3,9 @@
 //! verdict, every counter, the plan and the edited bytes.
 
 use dt_agent::rules::{Compiled, HostEnv, SlotTable, compile, load_sources};
-use dt_ebpf_common::walk::{Editor, Walk, apply_start, apply_step, prepare_enrich, run};
+use dt_ebpf_common::walk::{
+    Editor, MAX_APPLY_STEPS, Walk, apply_start, apply_step, prepare_enrich, run,
+};
 use dt_ebpf_common::wire::SliceSource;
 use dt_ebpf_common::{EnrichStr, GV_BOOL, GV_INT, GV_LEVEL, GV_STRING, GroupNote};
 
@@ -90,7 +92,16 @@ pub fn walk_body(compiled: &Compiled, body: &[u8], fast: bool) -> (Outcome, u32,
     let mut editor = VecEditor(body.to_vec());
     if r.is_ok() {
         apply_start(&mut walk);
-        while apply_step(&mut walk, &mut editor) {}
+        // As many calls as the kernel's `bpf_loop` allows, and no more: a plan that needs more
+        // would leave the kernel's request half edited.
+        let mut calls = 1;
+        while apply_step(&mut walk, &mut editor) {
+            calls += 1;
+            assert!(
+                calls <= MAX_APPLY_STEPS,
+                "the apply plan needs more than the kernel's {MAX_APPLY_STEPS} steps"
+            );
+        }
     }
     let n = compiled.ruleset.n_rules as usize;
     let outcome = Outcome {

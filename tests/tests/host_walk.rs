@@ -481,3 +481,75 @@ fn sample_keeps_one_in_n_and_redact_edits_kept_records() {
         }
     }
 }
+
+/// A protobuf field of wire type 2: `tag`, the length, `data`.
+fn len_field(tag: u8, data: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    prost::encoding::encode_varint(data.len() as u64, &mut out);
+    out.extend_from_slice(data);
+    out
+}
+
+/// The most work one request can give the apply step, near the request bound: 256 records,
+/// each with four map bodies (a repeated field; each replaced whole by `mask_body`) and four
+/// attributes removed. The plan fits the kernel's `bpf_loop` bound (the host walk asserts it,
+/// as the kernel's loop would stop short), and every body leaves as a string of `*`.
+#[test]
+fn the_largest_redaction_plan_fits_the_apply_bound() {
+    let compiled = dt_tests::host_walk::compile_rules(
+        "[[rule]]\nname = \"scrub\"\naction = \"redact\"\nremove_attributes = [\"a\"]\n\
+         mask_body = true\n",
+    );
+    let map = AnyValue {
+        value: Some(Value::KvlistValue(
+            opentelemetry_proto::tonic::common::v1::KeyValueList {
+                values: (0..11)
+                    .map(|i| KeyValue {
+                        key: format!("field{i}"),
+                        value: string(&"secret".repeat(5)),
+                        ..KeyValue::default()
+                    })
+                    .collect(),
+            },
+        )),
+    }
+    .encode_to_vec();
+    let record = LogRecord {
+        severity_number: 9,
+        attributes: (0..4)
+            .map(|_| KeyValue {
+                key: "a".into(),
+                value: string("x"),
+                ..KeyValue::default()
+            })
+            .collect(),
+        ..LogRecord::default()
+    };
+    let mut rec = record.encode_to_vec();
+    for _ in 0..4 {
+        rec.extend(len_field(0x2a, &map));
+    }
+    let records: Vec<u8> = (0..256).flat_map(|_| len_field(0x12, &rec)).collect();
+    let body = len_field(0x0a, &len_field(0x12, &records));
+    assert!(
+        body.len() > 400 * 1024 && body.len() < 512 * 1024 - 300,
+        "{} bytes",
+        body.len()
+    );
+    for fast in [false, true] {
+        let (out, _, _) = dt_tests::host_walk::walk_body(&compiled, &body, fast);
+        assert!(out.verdict.starts_with("Ok"), "{}", out.verdict);
+        let req = ExportLogsServiceRequest::decode(&out.edited[..]).expect("decodes");
+        let got = &req.resource_logs[0].scope_logs[0].log_records;
+        assert_eq!(got.len(), 256);
+        for r in got {
+            assert!(r.attributes.is_empty());
+            match r.body.as_ref().and_then(|b| b.value.as_ref()) {
+                Some(Value::StringValue(s)) => {
+                    assert!(!s.is_empty() && s.bytes().all(|c| c == b'*'))
+                }
+                other => panic!("body {other:?}"),
+            }
+        }
+    }
+}

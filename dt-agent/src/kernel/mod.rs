@@ -162,6 +162,9 @@ pub struct Agent {
     base_map_bytes: u64,
     /// Kernel memory of the active set's recorder rings.
     ring_bytes: u64,
+    /// The rule files the agent started with, as it read them (see
+    /// [`Agent::take_started_sources`]).
+    started_sources: Vec<(PathBuf, String)>,
 }
 
 /// `[enrich]`'s `host.name`: this host's name (its UTS namespace's, as `hostname` prints it;
@@ -219,6 +222,12 @@ fn warn_of_other_agents(ports: &[u16], adopted: Option<&Path>) {
 }
 
 impl Agent {
+    /// The rule files (rules directory, then remote) of the set the agent started with, as it
+    /// read and compiled them: the active set's files, once (empty after).
+    pub fn take_started_sources(&mut self) -> Vec<(PathBuf, String)> {
+        std::mem::take(&mut self.started_sources)
+    }
+
     /// Compiles the rules, loads the programs (adopting pinned state when there is some),
     /// installs the rule set and attaches. On a rule error nothing is loaded, pinned or
     /// attached; on any error, pins this start made are removed again, and pinned state it
@@ -261,7 +270,8 @@ impl Agent {
         let active_objects = slots.objects.clone();
         // Rules the adopted set had removed may give their slots back, as on any install.
         slots.retired = retired(&known);
-        let compiled = rules::compile_dir(&cfg.rules_dir, &cfg.remote_rules, &mut slots)?;
+        let (compiled, started_sources) =
+            rules::compile_dir_sources(&cfg.rules_dir, &cfg.remote_rules, &mut slots)?;
         check_recorders(&compiled, cfg.capture_endpoint.as_deref()).map_err(RuleErrors)?;
         let cgroup = match &cfg.cgroup {
             Some(p) => p.clone(),
@@ -386,6 +396,7 @@ impl Agent {
             memory_ceiling: cfg.memory_ceiling,
             base_map_bytes: sys::bpf_map_memory(),
             ring_bytes: 0,
+            started_sources,
         };
         if let Some(ceiling) = cfg.memory_ceiling
             && agent.base_map_bytes > ceiling

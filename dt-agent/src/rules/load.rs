@@ -62,13 +62,24 @@ pub fn compile_dir(
     extra: &[(PathBuf, String)],
     slots: &mut SlotTable,
 ) -> anyhow::Result<Compiled> {
+    compile_dir_sources(dir, extra, slots).map(|(c, _)| c)
+}
+
+/// [`compile_dir`], with the files it compiled as it read them (path or label, text), in order:
+/// what the agent started with, whatever the directory holds by the time it looks again.
+pub fn compile_dir_sources(
+    dir: &Path,
+    extra: &[(PathBuf, String)],
+    slots: &mut SlotTable,
+) -> anyhow::Result<(Compiled, Vec<(PathBuf, String)>)> {
     let paths = rule_files(dir).map_err(|d| RuleErrors(vec![d]))?;
     let mut loader = Loader::default();
     loader.add_files(&paths);
     for (label, text) in extra {
         loader.add(label, text);
     }
-    Ok(load_and_compile(loader, slots).map(|(_, c)| c)?)
+    let sources = loader.texts.clone();
+    Ok(load_and_compile(loader, slots).map(|(_, c)| (c, sources))?)
 }
 
 /// Everything `dt-agent check` verifies: loads `paths` and compiles them (with a fresh
@@ -228,6 +239,8 @@ struct Loader {
     names: HashMap<String, (PathBuf, usize)>,
     /// The files, in the order added.
     order: Vec<PathBuf>,
+    /// The files read, with their texts, in the order added.
+    texts: Vec<(PathBuf, String)>,
 }
 
 impl Loader {
@@ -246,6 +259,7 @@ impl Loader {
 
     fn add(&mut self, path: &Path, text: &str) {
         self.order.push(path.to_path_buf());
+        self.texts.push((path.to_path_buf(), text.to_string()));
         let src = SourceText::new(path, text);
         let parsed = parse_file(&src);
         let (rules, probes, mut diags) = (parsed.rules, parsed.probes, parsed.diags);

@@ -38,8 +38,8 @@ pub(crate) use diag::SourceText;
 pub use diag::{Diagnostic, Pos, RuleErrors};
 pub use env::HostEnv;
 pub use load::{
-    check_files, compile_dir, load_dir, load_dir_and, load_files, load_sources, pushed_names,
-    rule_files,
+    check_files, compile_dir, compile_dir_sources, load_dir, load_dir_and, load_files,
+    load_sources, pushed_names, rule_files,
 };
 pub use model::{
     Action, ActionKind, At, AttrValue, EnrichDef, GroupBy, Hook, Match, ProbeDef, ProbeKind,

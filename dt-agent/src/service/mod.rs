@@ -76,13 +76,14 @@ impl Service {
     /// Wraps a started agent whose rule set came from `rules_dir` and then `remote` (see
     /// [`Service::apply_remote`]).
     pub fn new(
-        agent: Agent,
+        mut agent: Agent,
         rules_dir: PathBuf,
         remote: Vec<(PathBuf, String)>,
         last_error: Option<String>,
     ) -> anyhow::Result<Arc<Service>> {
-        let mut sources = read_sources(&rules_dir)?;
-        sources.extend(remote.iter().cloned());
+        // The files the agent compiled, not the directory read again: a file changed since is
+        // not active, and the watcher's first look must see it as a change.
+        let sources = agent.take_started_sources();
         Ok(Arc::new(Service {
             inner: Mutex::new(Inner {
                 agent: Some(agent),

@@ -83,8 +83,7 @@ impl Service {
         inner.stopping = true;
         inner.uninstalling = true;
         finish_uninstall(inner)?;
-        drop(guard);
-        self.shutdown.notify_one();
+        // The control server stops the agent once this answer is written.
         Ok(UninstallStatus {
             done: true,
             waiting: lost,

@@ -290,10 +290,20 @@ pub fn resolve(file: Option<Layer>, flags: Layer) -> Result<Settings, String> {
         flags.opamp_client_cert.is_some(),
         flags.opamp_client_key.is_some(),
     );
-    let client = match (
-        flags.opamp_client_cert.or(file.opamp_client_cert.clone()),
-        flags.opamp_client_key.or(file.opamp_client_key.clone()),
-    ) {
+    let cert = flags.opamp_client_cert.or(file.opamp_client_cert.clone());
+    let key = flags.opamp_client_key.or(file.opamp_client_key.clone());
+    // The first OpAMP setting given besides the endpoint, for an error about them (a
+    // certificate without its key is one too).
+    let first_tls = if ca_file.is_some() {
+        Some(name("opamp.ca_file", "--opamp-ca-file", ca_flag))
+    } else if cert.is_some() {
+        Some(name("opamp.client_cert", "--opamp-client-cert", cert_flag))
+    } else if key.is_some() {
+        Some(name("opamp.client_key", "--opamp-client-key", key_flag))
+    } else {
+        None
+    };
+    let client = match (cert, key) {
         (Some(cert), Some(key)) => Some((cert, key)),
         (None, None) => None,
         (Some(_), None) => {
@@ -312,14 +322,6 @@ pub fn resolve(file: Option<Layer>, flags: Layer) -> Result<Settings, String> {
             ));
             None
         }
-    };
-    // The first OpAMP setting given besides the endpoint, for an error about them.
-    let first_tls = if ca_file.is_some() {
-        Some(name("opamp.ca_file", "--opamp-ca-file", ca_flag))
-    } else if client.is_some() {
-        Some(name("opamp.client_cert", "--opamp-client-cert", cert_flag))
-    } else {
-        None
     };
     let tls = OpampTls { ca_file, client };
     let opamp = match opamp_endpoint {

@@ -855,6 +855,21 @@ fn problems_between_settings_are_all_reported_at_their_keys() {
         lines[3].starts_with("/etc/dt/agent.toml:6:10: `ceiling.window`: a ceiling window"),
         "{e}"
     );
+    // A key without its certificate, and no endpoint: both said.
+    let e = resolve(
+        None,
+        Layer {
+            opamp_client_key: Some("/srv/agent.key".into()),
+            ..Layer::default()
+        },
+    )
+    .unwrap_err();
+    assert_eq!(e.lines().count(), 2, "{e}");
+    assert!(
+        e.contains("--opamp-client-key: an OpAMP client key is given without its certificate")
+            && e.contains("--opamp-client-key: OpAMP settings are given without an OpAMP endpoint"),
+        "{e}"
+    );
     // A flag that settles a problem takes it away; one that makes it names the flag.
     let flags = Layer {
         metrics_public: true,

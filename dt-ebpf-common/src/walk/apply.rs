@@ -3,6 +3,17 @@
 
 use super::*;
 
+/// The most calls of [`apply_step`] one request takes (the kernel's `bpf_loop` bound): the
+/// head's growth; every removal and length rewrite; every mask's header and its chunks (each
+/// mask's last chunk may be short); every insert's push, header and four attributes in chunks;
+/// the Content-Length; and the last call, which finds nothing left.
+pub const MAX_APPLY_STEPS: u32 = 1
+    + (MAX_EDITS + MAX_FIXES) as u32
+    + 2 * MAX_MASKS as u32
+    + crate::MAX_REQUEST_CEILING / MASK_CHUNK
+    + (enrich::MAX_INSERTS as u32) * (2 + 4 * (enrich::ENRICH_KV_MAX as u32 / MASK_CHUNK + 1))
+    + 2;
+
 /// Prepares [`apply_step`]: the cursors start at the last edit, mask, fix and insert. With
 /// inserts, the Content-Length (or chunk size) may need more digits than it has: they are
 /// pushed first, so that no edit is made unless the head can say the new length.

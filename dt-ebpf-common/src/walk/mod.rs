@@ -24,7 +24,7 @@ mod fast;
 mod fields;
 mod plan;
 
-pub use apply::{apply_start, apply_step};
+pub use apply::{MAX_APPLY_STEPS, apply_start, apply_step};
 pub use enrich::{
     ENRICH_KV_MAX, ENRICH_VALUE_MAX, Insert, MAX_INSERTS, encode_kv, prepare_enrich, varint_len,
 };

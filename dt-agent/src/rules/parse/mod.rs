@@ -190,7 +190,10 @@ pub(crate) fn parse_file(src: &SourceText) -> ParsedFile {
                             Err(errors) => {
                                 diags.extend(errors);
                                 refused_refs.extend(references(src, table));
-                                if let Some(name) = table_name(table) {
+                                // A name that is wrong in itself was reported as such.
+                                if let Some(name) = table_name(table)
+                                    .filter(|n| !n.is_empty() && bad_name_char(n).is_none())
+                                {
                                     let pos = rule_name_pos(src, table);
                                     refused_rules.push(At::new(name, pos));
                                 }
@@ -268,11 +271,18 @@ fn references(src: &SourceText, table: &Spanned<DeValue>) -> Vec<(&'static str, 
     let Some(t) = table.get_ref().as_table() else {
         return out;
     };
-    let mut add = |kind: &'static str, v: &Spanned<DeValue>| {
-        if let Some(name) = v.get_ref().as_str() {
-            let name = name.strip_prefix('!').unwrap_or(name);
-            // A name that is wrong in itself was reported as such.
-            if !name.is_empty() && !name.starts_with('!') {
+    // `off`: a match condition's `"!NAME"` (the state NAME off).
+    let mut add = |kind: &'static str, v: &Spanned<DeValue>, off: bool| {
+        if let Some(text) = v.get_ref().as_str() {
+            let name = if off {
+                text.strip_prefix('!').unwrap_or(text)
+            } else {
+                text
+            };
+            // A name that is wrong in itself was reported as such, and a repeat once.
+            let repeat = out.iter().any(|(k, n)| *k == kind && n.value == name);
+            let wrong = name.is_empty() || off && name.starts_with('!');
+            if !wrong && !repeat {
                 out.push((kind, At::new(name.to_string(), src.pos(v.span().start))));
             }
         }
@@ -282,7 +292,7 @@ fn references(src: &SourceText, table: &Spanned<DeValue>) -> Vec<(&'static str, 
     if action == Some("trigger") {
         for (key, kind) in [("flush", "recorder"), ("set_state", "state")] {
             if let Some(DeValue::Array(list)) = t.get(key).map(Spanned::get_ref) {
-                list.iter().for_each(|v| add(kind, v));
+                list.iter().for_each(|v| add(kind, v, false));
             }
         }
     }
@@ -290,14 +300,14 @@ fn references(src: &SourceText, table: &Spanned<DeValue>) -> Vec<(&'static str, 
         .get("recorder")
         .filter(|_| matches!(action, Some("drop" | "sample" | "rate_limit")))
     {
-        add("recorder", v);
+        add("recorder", v, false);
     }
     if let Some(v) = t
         .get("match")
         .and_then(|m| m.get_ref().as_table())
         .and_then(|m| m.get("state"))
     {
-        add("state", v);
+        add("state", v, true);
     }
     out
 }
@@ -921,7 +931,10 @@ impl<'s, 'a> RuleChecker<'s, 'a> {
             }
         };
         let does_something = !(flush.is_empty() && set_state.is_empty());
-        if !does_something && raw.flush.is_none() && raw.set_state.is_none() {
+        // Names that were all refused were reported as such; none at all is this error.
+        let listed =
+            |l: &Option<Spanned<Vec<Spanned<String>>>>| l.as_ref().map_or(0, |l| l.get_ref().len());
+        if !does_something && listed(&raw.flush) + listed(&raw.set_state) == 0 {
             self.error(
                 &raw.action,
                 "action \"trigger\" needs flush or set_state (what it does when it fires)",

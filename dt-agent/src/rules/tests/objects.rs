@@ -262,6 +262,51 @@ fn every_problem_of_a_trigger_and_what_it_names_is_reported_in_one_run() {
 }
 
 #[test]
+fn a_trigger_with_empty_lists_is_refused_and_refused_rules_name_things_as_valid_ones_do() {
+    // Empty lists do nothing: said, not dropped silently.
+    for lists in ["flush = []", "set_state = []", "flush = []\nset_state = []"] {
+        let e = errors(&format!(
+            "[[rule]]\nname = \"t\"\naction = \"trigger\"\n{lists}\n"
+        ));
+        assert_eq!(
+            e,
+            [
+                "r.toml:3:10: action \"trigger\" needs flush or set_state (what it does when it \
+              fires)"
+            ],
+            "{lists}"
+        );
+    }
+    // A refused trigger's names: "!" is only for a match's state, a repeat is said once.
+    let e = errors(
+        "[[rule]]\nname = \"t\"\naction = \"trigger\"\nflush = [\"!rec\", \"a\", \"a\"]\n\
+         cooldown = \"soon\"\n",
+    );
+    assert_eq!(e.len(), 4, "{e:#?}");
+    assert!(
+        e[0].starts_with("r.toml:4:10: no [[recorder]] named \"!rec\""),
+        "{e:#?}"
+    );
+    assert!(
+        e[1].starts_with("r.toml:4:18: no [[recorder]] named \"a\""),
+        "{e:#?}"
+    );
+    assert!(
+        e[2].starts_with("r.toml:4:23: \"a\" is listed twice"),
+        "{e:#?}"
+    );
+    assert!(
+        e[3].starts_with("r.toml:5:12: \"soon\" is not a duration"),
+        "{e:#?}"
+    );
+    // Two refused rules without a valid name are not duplicates of each other.
+    let e = errors(
+        "[[rule]]\nname = \"\"\naction = \"count\"\n[[rule]]\nname = \"\"\naction = \"count\"\n",
+    );
+    assert!(e.iter().all(|d| !d.contains("duplicate")), "{e:#?}");
+}
+
+#[test]
 fn a_rule_name_given_twice_is_reported_when_the_first_rule_is_refused() {
     let e = errors(
         "[[rule]]\nname = \"x\"\naction = \"sample\"\nkeep_one_in = 0\n\
