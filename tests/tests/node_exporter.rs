@@ -569,3 +569,74 @@ fn node_gzip_exporter_passes_counted_compressed_and_followed() {
         "{test}: records"
     );
 }
+
+/// `mask_body` on the bodies the Node.js SDK sends for structured logs (an object is a
+/// kvlist_value, an array an array_value, a number a double or int): each arrives as a string of
+/// `*` filling the value's bytes, nothing of it readable, in its chunked request; a string body
+/// is masked in place.
+#[test]
+fn node_exporter_structured_bodies_are_masked_whole() {
+    let test = "node_exporter_structured_bodies_are_masked_whole";
+    if !node_kernel_or_skip(test) {
+        return;
+    }
+    let receiver = Receiver::start_v4();
+    let rules = vec![RuleSpec::redact("mask-accounts", &[], true).service("accounts")];
+    let dir = TempRules::from_rules(&rules);
+    let agent = start_agent(&dir, &[receiver.port()]);
+    let record = |_| dt_tests::PlannedRecord {
+        scope: "auth".into(),
+        severity_number: 9,
+        body: String::new(),
+        attributes: vec![],
+        event_name: None,
+    };
+    let plan = ExportPlan {
+        services: vec![("accounts".into(), (0..4).map(record).collect())],
+        batch_size: 10,
+        mode: ExportMode::Direct,
+    };
+    let mut v = node_plan(&receiver.logs_url(), &plan);
+    let bodies = [
+        serde_json::json!("login failed for bob@example.com"),
+        serde_json::json!({"msg": "login", "email": "bob@example.com", "attempt": 3}),
+        serde_json::json!(["bob@example.com", true]),
+        serde_json::json!(12.5),
+    ];
+    for (rec, body) in v["services"][0]["records"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .zip(&bodies)
+    {
+        rec["body"] = body.clone();
+    }
+    let report = export_with_node_value(&v);
+    report.assert_all_ok(4);
+    receiver.wait_for(1, WAIT);
+    let got = receiver.requests();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].chunked, "the Node.js SDK sends chunked");
+    let needle = b"bob@example.com";
+    assert!(
+        !got[0].body.windows(needle.len()).any(|w| w == needle),
+        "{test}: a body left readable"
+    );
+    let masked: Vec<String> = got[0]
+        .records()
+        .iter()
+        .map(|r| r.body.clone().unwrap_or_default())
+        .collect();
+    assert!(
+        masked
+            .iter()
+            .all(|b| !b.is_empty() && b.bytes().all(|c| c == b'*')),
+        "{test}: {masked:?}"
+    );
+    assert_eq!(masked[0].len(), "login failed for bob@example.com".len());
+    // A double is a fixed64 after its tag: 9 bytes, a string of 7 '*'.
+    assert_eq!(masked[3].len(), 7, "{masked:?}");
+    let s = stats_of(&agent);
+    assert_eq!(s.rule("mask-accounts").unwrap().redacted, 4);
+    assert_no_passthrough(&s);
+}
