@@ -272,6 +272,7 @@ fn assert_exposition_matches(e: &Exposition, stats: &Stats) {
         ("dt_generation", stats.generation),
         ("dt_enabled", stats.enabled as u64),
         ("dt_requests_in_flight", t.in_flight),
+        ("dt_rules_refused", stats.rules_error.is_some() as u64),
         ("dt_released_total", t.released),
         ("dt_uprobe_attached", stats.uprobes.attached),
         ("dt_uprobe_calls_total", stats.uprobes.calls),
@@ -602,6 +603,11 @@ fn assert_points_match(p: &Points, stats: &Stats, start: u64, window: (u64, u64)
         ("dt.generation", stats.generation, false),
         ("dt.enabled", stats.enabled as u64, false),
         ("dt.requests.in_flight", t.in_flight, false),
+        (
+            "dt.rules.refused",
+            stats.rules_error.is_some() as u64,
+            false,
+        ),
         ("dt.released", t.released, true),
         ("dt.uprobe.attached", stats.uprobes.attached, false),
         ("dt.uprobe.calls", stats.uprobes.calls, true),
@@ -708,4 +714,67 @@ fn metrics_refuses_non_loopback_addresses() {
             assert!(l.local_addr().unwrap().ip().is_loopback());
         }
     });
+}
+
+/// The start time of the OTLP push's counters: an agent's own start, or, when it adopts pinned
+/// counters that an earlier agent began, when those pins were made (before that agent's first
+/// push), so that a cumulative-to-delta conversion does not count the carried values again.
+#[test]
+fn metrics_otlp_start_time_of_adopted_counters_is_when_they_began() {
+    if !kernel_or_skip("metrics_otlp_start_time_of_adopted_counters_is_when_they_began") {
+        return;
+    }
+    let rt = runtime();
+    let (addr, got) = rt.block_on(start_metrics_receiver());
+    let receiver = Receiver::start_v4();
+    let dir = TempRules::from_rules(&rules());
+    let mut agent = dt_tests::agent_process::AgentProcess::new(
+        "otlp-start",
+        dir.path(),
+        &[receiver.port()],
+        true,
+    );
+    agent.write_config(&format!(
+        "otlp_endpoint = \"http://{addr}/v1/metrics\"\notlp_interval = \"200ms\"\n"
+    ));
+    // The start time of `dt.records` in the last push after `after` (ns since the epoch).
+    let records_start = |after: usize| -> (usize, u64) {
+        let t0 = std::time::Instant::now();
+        loop {
+            let pushed = got.lock().unwrap().clone();
+            if pushed.len() > after {
+                let req = pushed.last().unwrap().request.as_ref().unwrap().clone();
+                let p = otlp_points(&req);
+                let (_, _, start, _) = p
+                    .iter()
+                    .find(|((name, _), _)| name == "dt.records")
+                    .map(|(_, v)| *v)
+                    .expect("dt.records");
+                return (pushed.len(), start);
+            }
+            assert!(t0.elapsed() < WAIT, "no push");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let first_started = unix_nanos();
+    agent.start();
+    let (n, first) = records_start(0);
+    assert!(first >= first_started, "{first} < {first_started}");
+    agent.signal(libc::SIGTERM);
+    agent.wait_exit(Duration::from_secs(10));
+    // Pinned: the counters stay; the next agent adopts them.
+    let second_started = unix_nanos();
+    agent.start();
+    let (_, second) = records_start(n);
+    assert!(
+        (first..second_started).contains(&second),
+        "the adopted counters' start {second} is not when the pins were made (first agent's \
+         start {first}, second's {second_started})"
+    );
+    let o = agent.verb("uninstall", &[]);
+    assert!(
+        o.status.success(),
+        "{}",
+        dt_tests::agent_process::output_text(&o)
+    );
 }

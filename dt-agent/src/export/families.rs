@@ -214,12 +214,12 @@ pub(crate) const PASSTHROUGH: Family = counter(
 );
 
 /// Gauges, without labels.
-pub(crate) const GAUGES: [Reader<Stats>; 3] = [
+pub(crate) const GAUGES: [Reader<Stats>; 4] = [
     (
         gauge(
             "dt_generation",
             "dt.generation",
-            "1",
+            "{generation}",
             "Generation of the active rule set.",
         ),
         |s| s.generation,
@@ -228,7 +228,7 @@ pub(crate) const GAUGES: [Reader<Stats>; 3] = [
         gauge(
             "dt_enabled",
             "dt.enabled",
-            "1",
+            "{state}",
             "1 while rules are evaluated, 0 while disabled (every request passes untouched).",
         ),
         |s| s.enabled as u64,
@@ -241,6 +241,15 @@ pub(crate) const GAUGES: [Reader<Stats>; 3] = [
             "Requests held in the kernel right now, waiting for the rest of their bytes.",
         ),
         |s| s.totals.in_flight,
+    ),
+    (
+        gauge(
+            "dt_rules_refused",
+            "dt.rules.refused",
+            "{state}",
+            "1 while the last change of the rule set stands refused (an invalid edit of the rules directory, a remote config that did not apply: the previous set is active; stats --json says why in rules_error), else 0.",
+        ),
+        |s| s.rules_error.is_some() as u64,
     ),
 ];
 
@@ -444,7 +453,7 @@ pub(crate) const GROUP_MATCHED: Family = counter(
 pub(crate) const STATE_ON: Family = gauge(
     "dt_state_on",
     "dt.state.on",
-    "1",
+    "{state}",
     "1 while the state is on, 0 while off.",
 );
 
@@ -453,7 +462,7 @@ pub(crate) const STATE_ON: Family = gauge(
 pub(crate) const DISABLED_INFO: Family = gauge(
     "dt_disabled_info",
     "dt.disabled.info",
-    "1",
+    "{info}",
     "1 while dt is disabled, labelled with the reason (the rip cord pulled by hand, or a cost ceiling exceeded).",
 );
 
@@ -489,7 +498,7 @@ pub(crate) const COST_FAMILIES: [Reader<crate::stats::CostStats>; 4] = [
     (
         gauge(
             "dt_maps_bytes",
-            "dt.maps.size",
+            "dt.maps.bytes",
             "By",
             "Kernel memory of dt's BPF maps, recorders included.",
         ),
@@ -751,6 +760,8 @@ mod tests {
             .chain(GAUGES.iter().map(|(f, _)| f))
             .chain(RECORDER_FAMILIES.iter().map(|(f, _)| f))
             .chain(UPROBE_FAMILIES.iter().map(|(f, _)| f))
+            .chain([&FIRED, &GROUP_MATCHED, &STATE_ON, &DISABLED_INFO])
+            .chain(COST_FAMILIES.iter().map(|(f, _)| f))
             .collect();
         let mut seen = std::collections::BTreeSet::new();
         for f in &all {
@@ -765,9 +776,23 @@ mod tests {
                 "{f:?}"
             );
             assert!(f.prometheus.starts_with("dt_") && f.otel.starts_with("dt."));
+            // What an OpenTelemetry Collector's Prometheus translation adds from the unit:
+            // nothing for an `{annotation}`, `_bytes` for `By` unless a word of the name is
+            // `bytes` already, `_ratio` for a gauge in `1`. So only the first two are used.
+            let words: Vec<&str> = f.otel.split(['.', '_']).collect();
+            match f.unit {
+                "By" => assert!(
+                    words.contains(&"bytes"),
+                    "{f:?}: the translation adds _bytes"
+                ),
+                u => assert!(
+                    u.starts_with('{') && u.ends_with('}'),
+                    "{f:?}: the translation adds a suffix for {u}"
+                ),
+            }
             assert!(seen.insert(f.prometheus), "duplicate {}", f.prometheus);
             assert!(!f.help.contains('\n') && !f.help.is_empty());
         }
-        assert_eq!(all.len(), 38);
+        assert_eq!(all.len(), 47);
     }
 }

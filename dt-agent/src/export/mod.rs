@@ -29,6 +29,7 @@
 //! | `dt_generation` | `dt.generation` | gauge | | `generation` |
 //! | `dt_enabled` | `dt.enabled` | gauge (1/0) | | `enabled` |
 //! | `dt_requests_in_flight` | `dt.requests.in_flight` | gauge | | `totals.in_flight` |
+//! | `dt_rules_refused` | `dt.rules.refused` | gauge (1/0) | | `rules_error` present |
 //! | `dt_released_total` | `dt.released` | counter | | `totals.released` |
 //! | `dt_recorder_*` | `dt.recorder.*` | gauges `records`, `bytes`; counters `overwritten`, `too_long`, `flushes`, `flushed_records`, `flush_failures`, `lost`, `recorded` | `recorder` | `recorders[].*` |
 //! | `dt_uprobe_attached` | `dt.uprobe.attached` | gauge | | `uprobes.attached` |

@@ -80,6 +80,13 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             }
             Err(e) => return Err(e),
         };
+        // Counters adopted from pins began when the pins were made, not now: the OTLP push's
+        // start time says so (else a cumulative-to-delta conversion counts them again).
+        let counters_since = agent
+            .pins()
+            .filter(|_| agent.adopted())
+            .and_then(pins_made_at)
+            .unwrap_or(start_unix_nanos);
         let service = Service::new(
             agent,
             cfg.rules_dir.clone(),
@@ -148,7 +155,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             tasks.push(tokio::spawn(export::push_otlp(
                 uri,
                 settings.otlp_interval,
-                start_unix_nanos,
+                counters_since,
                 source,
             )));
         }
@@ -200,6 +207,14 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         file.remove();
     }
     result
+}
+
+/// When the pinned counters were made (their `CONTROL` map's pin), in ns since the epoch.
+fn pins_made_at(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(dir.join("CONTROL")).ok()?;
+    let secs = u64::try_from(m.ctime()).ok()?;
+    Some(secs * 1_000_000_000 + m.ctime_nsec() as u64)
 }
 
 /// SIGTERM and SIGINT, listened to from the start to the exit: a signal that comes while no
