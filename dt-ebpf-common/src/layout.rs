@@ -990,8 +990,9 @@ pub struct RecCounters {
     pub bytes: u64,
     /// Records longer than `max_record`, not recorded.
     pub too_long: u64,
-    /// Records not recorded for another reason: the ring missing (the recorder was just
-    /// removed), a reservation lost to other CPUs, or the message unreadable.
+    /// Records not recorded for another reason: a redact rule matched them (a copy would leave
+    /// unredacted), the ring missing (the recorder was just removed), a reservation lost to
+    /// other CPUs, or the message unreadable.
     pub lost: u64,
 }
 

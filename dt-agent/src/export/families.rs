@@ -323,7 +323,7 @@ pub(crate) const RECORDER_FAMILIES: [Reader<RecorderStats>; 9] = [
             "dt_recorder_lost_total",
             "dt.recorder.lost",
             "{record}",
-            "Records not recorded for another reason (the recorder just removed, a message unreadable).",
+            "Records not recorded for another reason (a redact rule matched them, the recorder just removed, a message unreadable).",
         ),
         |r| r.lost,
     ),

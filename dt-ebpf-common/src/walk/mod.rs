@@ -240,11 +240,26 @@ pub struct Edit {
     pub fix0: u16,
     pub fix1: u16,
     pub fix2: u16,
-    /// A candidate's match number among its rule's matches in this request (from 0).
+    /// A candidate's match number among its rule's matches in this request (from 0). For a
+    /// drop (`cand` 0): 1 when its records matched a redact rule before a rule dropped them
+    /// (see [`Edit::matched_redact`]), else 0.
     pub ordinal: u16,
     /// The `service.name` string of the records' ResourceLogs (len 0: none), for recorders.
     pub svc_off: u32,
     pub svc_len: u32,
+}
+
+impl Edit {
+    /// Whether the records it drops matched a redact rule first: a recorder does not keep
+    /// them, since its copy would leave the host unredacted when flushed.
+    #[inline(always)]
+    pub fn matched_redact(&self) -> bool {
+        if self.cand == 0 {
+            self.ordinal != 0
+        } else {
+            self.cand > 1
+        }
+    }
 }
 
 /// A byte range of the request.

@@ -12,6 +12,9 @@ pub(super) fn drop_record(w: &mut Walk, rule: usize) -> Result<(), Error> {
     // one above.
     let rl_fix = w.fix_of(w.depth - 1)?;
     let scope_fix = w.fix_of(w.depth)?;
+    // Records a redact rule matched before the drop are not merged with others: a recorder
+    // skips them (see `Edit::matched_redact`).
+    let redacted = (w.n_redact_rules > 0) as u16;
     let n = w.n_edits as usize;
     let mut merged = false;
     if n > 0 {
@@ -20,6 +23,8 @@ pub(super) fn drop_record(w: &mut Walk, rule: usize) -> Result<(), Error> {
             && last.off + last.len == off
             && last.rule as usize == rule
             && last.fix0 == scope_fix
+            && last.cand == 0
+            && last.ordinal == redacted
         {
             last.len += len;
             last.records += 1;
@@ -36,7 +41,7 @@ pub(super) fn drop_record(w: &mut Walk, rule: usize) -> Result<(), Error> {
             fix0: scope_fix,
             fix1: rl_fix,
             fix2: NO_FIX,
-            ordinal: 0,
+            ordinal: redacted,
             svc_off: w.svc_off,
             svc_len: svc_len(w),
         })?;
@@ -286,6 +291,9 @@ pub(super) fn decide_edit<E: Env>(w: &mut Walk, env: &mut E) {
         return;
     }
     w.edits[k].fix2 = NO_FIX;
+    // Now a drop: its `ordinal` says whether a redact rule matched the record (see
+    // `Edit::matched_redact`).
+    w.edits[k].ordinal = e.matched_redact() as u16;
     w.acc[rule].dropped += 1;
     w.acc[rule].dropped_bytes += e.len as u64;
     w.records_dropped += 1;
@@ -294,7 +302,12 @@ pub(super) fn decide_edit<E: Env>(w: &mut Walk, env: &mut E) {
     let last = w.last_drop;
     if last != NO_EDIT {
         let l = &mut w.edits[last as usize % MAX_EDITS];
-        if l.records > 0 && l.off + l.len == e.off && l.rule == e.rule && l.fix0 == e.fix0 {
+        if l.records > 0
+            && l.off + l.len == e.off
+            && l.rule == e.rule
+            && l.fix0 == e.fix0
+            && l.matched_redact() == e.matched_redact()
+        {
             l.len += e.len;
             l.records += 1;
             w.edits[k].len = 0;

@@ -101,6 +101,13 @@ fn next_edit(c: &mut RecordCtx) -> i64 {
     if rule.recorder == 0 {
         return 0;
     }
+    if e.matched_redact() {
+        // A redact rule matched these records first: a copy would leave unredacted.
+        if let Some(k) = counters((rule.recorder - 1) as u32) {
+            k.lost += e.records as u64;
+        }
+        return 0;
+    }
     r.recorder = (rule.recorder - 1) as u32;
     r.rule_slot = rule.slot as u32;
     r.pos = e.off;
