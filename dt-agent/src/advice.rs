@@ -57,9 +57,6 @@ fn hint(reason: &str, max_request: u32) -> Option<String> {
                         checks\"): their senders' collector will likely refuse them too"
             .to_string(),
         "too_deep" => "their values nest deeper than dt walks".to_string(),
-        "enrich" => {
-            "[enrich] cannot add its attributes to them (README: \"Sender identity\")".to_string()
-        }
         _ => return None,
     })
 }

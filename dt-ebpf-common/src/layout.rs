@@ -746,7 +746,9 @@ pub struct Totals {
     /// HTTP bytes before and after edits, heads included.
     pub bytes_in: u64,
     pub bytes_out: u64,
-    /// Pops the kernel refused (ENOMEM); those records were kept and uncounted as dropped.
+    /// Edits the kernel could not make: pops it refused (ENOMEM; those records were kept and
+    /// uncounted as dropped), and `[enrich]` inserts that did not fit or were refused (that
+    /// ResourceLogs went without).
     pub edit_failures: u64,
     /// Bytes sent on connections that stopped being followed (chunked, bad HTTP).
     pub untracked_bytes: u64,

@@ -32,10 +32,9 @@ use aya_ebpf::{
 };
 use dt_ebpf_common::{
     AcTable, Control, GroupNote, GroupNotes, HashEntry, HashKey, Held, MAX_EDITS, MAX_FIXES,
-    MAX_GROUP_NOTES, MAX_HEAD_LEN, MAX_MASKS, MAX_REQUEST_CEILING, MAX_RULES, N_PASSTHROUGH,
-    NEED_GROUPS, NEED_RECORD, PHASE_CHUNK_PASS, PHASE_CHUNKED, PHASE_CORKED, PHASE_HEAD,
-    PHASE_IDLE, PHASE_UNTRACKED, Passthrough, RuleSet, STR_KEY_BYTES, SockState, StrKey, Totals,
-    Trigger, WinState,
+    MAX_GROUP_NOTES, MAX_HEAD_LEN, MAX_MASKS, MAX_RULES, N_PASSTHROUGH, NEED_GROUPS, NEED_RECORD,
+    PHASE_CHUNK_PASS, PHASE_CHUNKED, PHASE_CORKED, PHASE_HEAD, PHASE_IDLE, PHASE_UNTRACKED,
+    Passthrough, RuleSet, STR_KEY_BYTES, SockState, StrKey, Totals, Trigger, WinState,
     chunked::{self, Chunked, Scan},
     decide,
     http::{self, Feed},

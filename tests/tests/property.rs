@@ -512,6 +512,8 @@ struct Delta {
     records_dropped: u64,
     bytes_in: u64,
     bytes_out: u64,
+    /// ResourceLogs `[enrich]` could not insert into, in the requests walked.
+    edit_failures: u64,
     rules: BTreeMap<String, Counts>,
 }
 
@@ -519,6 +521,9 @@ impl Delta {
     fn add(&mut self, c: &Case, bytes_out: u64) {
         self.requests += 1;
         self.log_requests += c.expect.log_request() as u64;
+        if c.expect.log_request() && c.expect.passthrough.is_none() {
+            self.edit_failures += c.expect.edit_failures;
+        }
         if let Some(reason) = c.expect.passthrough {
             *self.passthrough.entry(reason).or_default() += 1;
         }
@@ -558,7 +563,11 @@ impl Delta {
         );
         want("bytes_in", a.bytes_in - b.bytes_in, self.bytes_in);
         want("bytes_out", a.bytes_out - b.bytes_out, self.bytes_out);
-        want("edit_failures", a.edit_failures - b.edit_failures, 0);
+        want(
+            "edit_failures",
+            a.edit_failures - b.edit_failures,
+            self.edit_failures,
+        );
         for (reason, v) in &a.passthrough {
             let d = v - b.passthrough.get(reason).copied().unwrap_or(0);
             let w = self.passthrough.get(reason.as_str()).copied().unwrap_or(0);

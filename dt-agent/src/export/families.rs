@@ -181,7 +181,7 @@ pub(crate) const TOTAL_FAMILIES: [Reader<TotalStats>; 10] = [
             "dt_edit_failures_total",
             "dt.edit_failures",
             "{record}",
-            "Record removals the kernel refused (out of memory); those records were kept and not counted as dropped.",
+            "Edits the kernel could not make: a record removal refused (out of memory; those records were kept and not counted as dropped), or an [enrich] insert that did not fit (that ResourceLogs went without).",
         ),
         |t| t.edit_failures,
     ),

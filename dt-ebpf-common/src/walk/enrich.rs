@@ -4,7 +4,7 @@
 //! contents, one more `resource` field holding the missing attributes (decoders merge a repeated
 //! message field, so the Resource reads as the sender's attributes followed by these). The
 //! ResourceLogs' length prefix grows in place (a padded varint of its width: a ResourceLogs
-//! whose new length would not fit passes through, [`Error::Enrich`]), and so does the
+//! whose new length would not fit it goes without, counted `edit_failures`), and so does the
 //! Content-Length or chunk size (more digits are pushed before anything else is applied).
 //!
 //! The attributes are encoded once a request ([`Walk::ekv`], by the side that knows the sender),
@@ -21,8 +21,8 @@ pub const ENRICH_KV_MAX: usize = 128;
 /// Longest value of a string attribute added (host names are at most 64 bytes on Linux;
 /// container ids 64 hex digits; pod uids 36).
 pub const ENRICH_VALUE_MAX: usize = 64;
-/// Inserts (ResourceLogs enriched) one request may carry; more pass it through
-/// ([`Error::Enrich`]).
+/// Inserts (ResourceLogs enriched) one request may carry; the ResourceLogs after them go
+/// without (counted `edit_failures`).
 pub const MAX_INSERTS: usize = 64;
 
 /// One planned insert: `len` bytes at `off` (the end of a ResourceLogs' contents): a field
@@ -207,12 +207,13 @@ pub(super) fn plan_insert(w: &mut Walk, f: Frame, d: u32, bits: u32) -> Result<(
     } else {
         (1u64 << (7 * width)) - 1
     };
-    if (f.end - f.start) as u64 + len as u64 > max {
-        return Err(Error::Enrich);
-    }
     let n = w.n_ins as usize;
-    if n >= MAX_INSERTS {
-        return Err(Error::Enrich);
+    if (f.end - f.start) as u64 + len as u64 > max || n >= MAX_INSERTS {
+        // Its new length would not fit its prefix, or the request has enough inserts: this
+        // ResourceLogs goes without (counted `edit_failures`, as an insert the kernel refuses
+        // memory for), and the rest of the request is filtered as usual.
+        w.edit_failures += 1;
+        return Ok(());
     }
     let fix = w.fix_of(d)?;
     let fx = &mut w.fixes[fix as usize % MAX_FIXES];

@@ -80,8 +80,10 @@ pub struct Outcome {
     pub removed_bytes: u64,
     /// Bytes inserted by `[enrich]` (the resource fields, see [`apply_enrichment`]).
     pub inserted_bytes: u64,
-    /// ResourceLogs that got a resource field.
+    /// ResourceLogs that got a resource field, and those that could not (counted
+    /// `edit_failures`, see [`enrich_plan`]).
     pub enriched: usize,
+    pub enrich_skipped: u64,
     /// Per record, in order: `None` kept, `Some(rule)` dropped by that rule.
     pub dropped_by: Vec<Option<String>>,
     /// Whether dt's plan for the request has anything in it: a record a drop, sample or
@@ -217,6 +219,7 @@ pub fn evaluate_body(
         removed_bytes: 0,
         inserted_bytes: 0,
         enriched: 0,
+        enrich_skipped: 0,
         dropped_by: Vec::new(),
         planned: false,
     };
@@ -484,14 +487,15 @@ pub fn missing(rl: &Field, attrs: &[EnrichAttr]) -> Vec<EnrichAttr> {
 
 /// What `[enrich]` (adding `attrs`) does to the valid request `tree`: per ResourceLogs (a field
 /// numbered 1) whose Resources lack some of `attrs`' keys, a resource field of the missing ones
-/// (in `attrs`' order) inserted at the end of its contents; or, as `Err`, why the request passes
-/// through `enrich`: a ResourceLogs whose original length plus the insert exceeds what its
-/// length prefix holds in the bytes it has (whatever the request's removals), or more than
-/// [`MAX_ENRICHED`] ResourceLogs to insert into.
-pub fn enrich_plan(tree: &[Field], attrs: &[EnrichAttr]) -> Result<Vec<Insert>, String> {
+/// (in `attrs`' order) inserted at the end of its contents; and how many ResourceLogs go
+/// without (each counted `edit_failures`; the request is filtered as usual): one whose original
+/// length plus the insert exceeds what its length prefix holds in the bytes it has (whatever the
+/// request's removals), and every one after the first [`MAX_ENRICHED`] inserts.
+pub fn enrich_plan(tree: &[Field], attrs: &[EnrichAttr]) -> (Vec<Insert>, u64) {
     let mut out = Vec::new();
+    let mut skipped = 0;
     if attrs.is_empty() {
-        return Ok(out);
+        return (out, 0);
     }
     for (i, rl) in tree.iter().filter(|f| f.num == 1).enumerate() {
         let added = missing(rl, attrs);
@@ -500,24 +504,17 @@ pub fn enrich_plan(tree: &[Field], attrs: &[EnrichAttr]) -> Result<Vec<Insert>, 
         }
         let field = resource_field(&added);
         let (len, width) = prefix_of(rl).expect("generator: a valid request's ResourceLogs");
-        if len + field.len() as u64 > prefix_cap(width) {
-            return Err(format!(
-                "overflow: ResourceLogs {i} of {len} bytes, its prefix {width} bytes, {} to insert",
-                field.len()
-            ));
+        if len + field.len() as u64 > prefix_cap(width) || out.len() >= MAX_ENRICHED {
+            skipped += 1;
+            continue;
         }
         out.push(Insert {
             rl: i as u32,
             added,
             field,
         });
-        if out.len() > MAX_ENRICHED {
-            return Err(format!(
-                "count: more than {MAX_ENRICHED} ResourceLogs to insert into"
-            ));
-        }
     }
-    Ok(out)
+    (out, skipped)
 }
 
 /// Whether `[enrich]` (adding `attrs`) might make dt pass the request `tree` (made malformed, or
@@ -985,7 +982,8 @@ mod tests {
         ];
         let body = encode(&tree);
         let sizes = super::super::wire::mark_request(&mut tree);
-        let inserts = enrich_plan(&tree, &attrs).expect("fits");
+        let (inserts, skipped) = enrich_plan(&tree, &attrs);
+        assert_eq!(skipped, 0, "fits");
         assert_eq!(
             inserts
                 .iter()
@@ -1042,14 +1040,14 @@ mod tests {
             &sender(),
         );
         assert!(none.is_empty());
-        assert!(enrich_plan(&tree, &none).expect("nothing").is_empty());
+        assert_eq!(enrich_plan(&tree, &none).0.len(), 0);
     }
 
-    /// A ResourceLogs whose original length plus the insert exceeds its prefix's width passes
-    /// the request through (removals do not count); a padded prefix holds more; more than 64
-    /// ResourceLogs to enrich pass it through too.
+    /// A ResourceLogs whose original length plus the insert exceeds its prefix's width goes
+    /// without (removals do not count); a padded prefix holds more; past 64 inserts, the
+    /// ResourceLogs go without too. Each counts one `edit_failures`.
     #[test]
-    fn enrich_passes_through_what_does_not_fit() {
+    fn enrich_skips_what_does_not_fit() {
         let attrs = enrich_attrs(&EnrichSpec::new(&["process.pid", "host.name"]), &sender());
         let add = PID_AND_HOST.len();
         let rl_of = |len: usize, pad: u8| {
@@ -1069,22 +1067,26 @@ mod tests {
             }
             f
         };
-        assert!(enrich_plan(&[rl_of(127 - add, 0)], &attrs).is_ok());
-        let err = enrich_plan(&[rl_of(128 - add, 0)], &attrs).unwrap_err();
-        assert!(err.starts_with("overflow"), "{err}");
-        assert!(enrich_plan(&[rl_of(128 - add, 1)], &attrs).is_ok());
+        let plan = |tree: &[Field]| {
+            let (inserts, skipped) = enrich_plan(tree, &attrs);
+            (inserts.len(), skipped)
+        };
+        assert_eq!(plan(&[rl_of(127 - add, 0)]), (1, 0));
+        assert_eq!(plan(&[rl_of(128 - add, 0)]), (0, 1));
+        assert_eq!(plan(&[rl_of(128 - add, 1)]), (1, 0));
+        assert_eq!(
+            plan(&[rl_of(128 - add, 0), rl_of(127 - add, 0)]),
+            (1, 1),
+            "the next one still gets its insert"
+        );
         assert!(enrich_may_pass_through(&[rl_of(128 - add, 0)], &attrs));
         assert!(!enrich_may_pass_through(&[rl_of(128 - add, 1)], &attrs));
         // 16383 in two bytes.
-        assert!(enrich_plan(&[rl_of(16383 - add, 0)], &attrs).is_ok());
-        assert!(enrich_plan(&[rl_of(16384 - add, 0)], &attrs).is_err());
+        assert_eq!(plan(&[rl_of(16383 - add, 0)]), (1, 0));
+        assert_eq!(plan(&[rl_of(16384 - add, 0)]), (0, 1));
         let many = |n: usize| vec![Field::msg(1, Kind::ResourceLogs, vec![]); n];
-        assert_eq!(enrich_plan(&many(64), &attrs).map(|v| v.len()), Ok(64));
-        assert!(
-            enrich_plan(&many(65), &attrs)
-                .unwrap_err()
-                .starts_with("count")
-        );
+        assert_eq!(plan(&many(64)), (64, 0));
+        assert_eq!(plan(&many(66)), (64, 2));
         assert!(enrich_may_pass_through(&many(65), &attrs));
         assert!(!enrich_may_pass_through(&many(64), &attrs));
     }
