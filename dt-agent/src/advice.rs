@@ -18,45 +18,48 @@ pub const REPEAT_AFTER: Duration = Duration::from_secs(600);
 /// flight).
 fn hint(reason: &str, max_request: u32) -> Option<String> {
     Some(match reason {
-        "compressed" => "their bodies are compressed: set the exporters' compression to none \
+        "compressed" => {
+            "compressed bodies cannot be walked: set the exporters' compression to none \
                          (OTEL_EXPORTER_OTLP_LOGS_COMPRESSION=none; a Collector's otlphttp \
                          exporter: compression: none)"
-            .to_string(),
-        "json" => "they are OTLP/JSON: set the exporters' protocol to http/protobuf \
+                .to_string()
+        }
+        "json" => "dt walks OTLP/protobuf only: set the exporters' protocol to http/protobuf \
                    (OTEL_EXPORTER_OTLP_LOGS_PROTOCOL=http/protobuf)"
             .to_string(),
         "oversize" if max_request >= dt_ebpf_common::MAX_REQUEST_CEILING => format!(
-            "they are larger than max_request ({max_request} bytes, the most dt holds): lower \
+            "larger than max_request ({max_request} bytes, the most dt holds): lower \
              the exporters' batch size (OTEL_BLRP_MAX_EXPORT_BATCH_SIZE, the Node.js SDK's \
              maxExportBatchSize)"
         ),
         "oversize" => format!(
-            "they are larger than max_request ({max_request} bytes): raise max_request \
+            "larger than max_request ({max_request} bytes): raise max_request \
              (--max-request, at most {}), or lower the exporters' batch size \
              (OTEL_BLRP_MAX_EXPORT_BATCH_SIZE, the Node.js SDK's maxExportBatchSize)",
             dt_ebpf_common::MAX_REQUEST_CEILING
         ),
-        "partial" => "the kernel could not hold them whole (its cork ran out of room): lower \
+        "partial" => {
+            "the kernel could not hold the whole request (its cork ran out of room): lower \
                       max_request or the exporters' batch size"
+                .to_string()
+        }
+        "edit_limit" => "more edits than dt makes in one request or one record (README: \
+                         \"Limits\"): lower the exporters' batch size \
+                         (OTEL_BLRP_MAX_EXPORT_BATCH_SIZE, the Node.js SDK's \
+                         maxExportBatchSize)"
             .to_string(),
-        "edit_limit" => "they needed more edits than dt makes in one request or one record \
-                         (README: \"Limits\"): lower the exporters' batch size \
-                         (OTEL_BLRP_MAX_EXPORT_BATCH_SIZE)"
+        "expect_continue" => "the sender asked `Expect: 100-continue` (curl does for large \
+                              bodies), which dt cannot hold: send without it"
             .to_string(),
-        "expect_continue" => "their senders ask `Expect: 100-continue` (curl does for bodies \
-                              over 1 KiB), which dt cannot hold: send without it"
-            .to_string(),
-        "bad_http" => "their connections are not HTTP/1.x (OTLP/gRPC or TLS): hook the \
+        "bad_http" => "not HTTP/1.x (OTLP/gRPC or TLS): hook the \
                        collector's OTLP/HTTP port and have exporters send http/protobuf in \
                        plain text"
             .to_string(),
-        "chunked" => {
-            "they are chunked in a way dt does not edit (README: \"Chunked requests\")".to_string()
-        }
-        "malformed" => "they are not valid OTLP protobuf log requests (README: \"What dt \
-                        checks\"): their senders' collector will likely refuse them too"
+        "chunked" => "chunked in a way dt does not edit (README: \"Chunked requests\")".to_string(),
+        "malformed" => "not valid OTLP protobuf log requests (README: \"What dt checks\"): the \
+                        collector will likely refuse them too"
             .to_string(),
-        "too_deep" => "their values nest deeper than dt walks".to_string(),
+        "too_deep" => "values nest deeper than dt walks".to_string(),
         _ => return None,
     })
 }
@@ -98,20 +101,22 @@ impl Advisor {
             let Some(hint) = hint(reason, max_request) else {
                 continue;
             };
-            let pending = match self.said.get_mut(reason) {
+            // The count, and since when (for a reason said before).
+            let (pending, since) = match self.said.get_mut(reason) {
                 Some((at, pending)) => {
                     *pending += new;
                     if *pending == 0 || now.duration_since(*at) < REPEAT_AFTER {
                         continue;
                     }
                     let n = *pending;
+                    let minutes = now.duration_since(*at).as_secs() / 60;
                     *at = now;
                     *pending = 0;
-                    n
+                    (n, format!(" in the last {minutes} minutes"))
                 }
                 None if new > 0 => {
                     self.said.insert(reason.clone(), (now, 0));
-                    new
+                    (new, String::new())
                 }
                 None => continue,
             };
@@ -122,7 +127,8 @@ impl Advisor {
                 ""
             };
             out.push(format!(
-                "{pending} {requests} passed through unfiltered{unredacted} as `{reason}`: {hint}"
+                "{pending} {requests} passed through unfiltered{unredacted} as \
+                 `{reason}`{since}: {hint}"
             ));
         }
         self.started = true;
@@ -151,8 +157,8 @@ mod tests {
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(
             w[0].starts_with(
-                "2 requests passed through unfiltered as `oversize`: they are larger than \
-                 max_request (1024 bytes)"
+                "2 requests passed through unfiltered as `oversize`: larger than max_request \
+                 (1024 bytes)"
             ),
             "{w:?}"
         );
@@ -166,7 +172,13 @@ mod tests {
         let t2 = t0 + REPEAT_AFTER;
         let w = a.observe(&counts(&[("oversize", 10), ("json", 1)]), t2, 1024, false);
         assert_eq!(w.len(), 1, "{w:?}");
-        assert!(w[0].starts_with("3 requests passed through unfiltered as `oversize`"));
+        assert!(
+            w[0].starts_with(
+                "3 requests passed through unfiltered as `oversize` in the last 10 minutes: \
+                 larger than"
+            ),
+            "{w:?}"
+        );
         // Nothing new: nothing said, however long after.
         let t3 = t2 + 2 * REPEAT_AFTER;
         assert!(

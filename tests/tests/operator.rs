@@ -67,13 +67,15 @@ fn toml(rules: &[RuleSpec]) -> String {
     rules_toml(rules)
 }
 
-/// `dt-agent push` prints `pushed N file(s): generation G`.
+/// `dt-agent push` prints `pushed N file(s): generation G` (then, for a push that changed
+/// nothing, `(unchanged: ...)`).
 fn pushed_generation(o: &std::process::Output) -> u64 {
     let out = String::from_utf8_lossy(&o.stdout);
     out.lines()
         .find_map(|l| {
             l.rsplit_once("generation ")
-                .map(|(_, g)| g.trim().parse().ok())
+                .and_then(|(_, g)| g.split_whitespace().next())
+                .map(|g| g.parse().ok())
         })
         .flatten()
         .unwrap_or_else(|| panic!("no `generation N` in push's output:\n{}", output_text(o)))
@@ -769,7 +771,15 @@ fn operator_directory_edits_and_push_generations() {
     let o = agent.push(&[&dir_b.file("60-new.toml")]);
     assert!(o.status.success(), "{}", output_text(&o));
     assert_eq!(pushed_generation(&o), g0 + 23, "the same push again");
-    rules.write("70-broken.toml", "[[rule]]\nname = \"x\"\n");
+    assert!(
+        output_text(&o).contains("(unchanged: the rule set's files are as they were)"),
+        "{}",
+        output_text(&o)
+    );
+    // Written whole (renamed into place): an empty file seen half-written would be a valid,
+    // different set.
+    let tmp = rules.write("70-broken.toml.part", "[[rule]]\nname = \"x\"\n");
+    std::fs::rename(&tmp, rules.path().join("70-broken.toml")).unwrap();
     agent.wait_log(
         "the rules directory is invalid; the active rule set stays",
         2,

@@ -382,15 +382,15 @@ fn the_log_says_why_requests_pass_unfiltered_and_what_to_do() {
     // Checked every 10 s.
     let within = Duration::from_secs(25);
     agent.wait_log(
-        "1 request passed through unfiltered as `oversize`: they are larger than max_request \
-         (4096 bytes): raise max_request (--max-request, at most 524288), or lower the \
-         exporters' batch size (OTEL_BLRP_MAX_EXPORT_BATCH_SIZE",
+        "1 request passed through unfiltered as `oversize`: larger than max_request (4096 \
+         bytes): raise max_request (--max-request, at most 524288), or lower the exporters' \
+         batch size (OTEL_BLRP_MAX_EXPORT_BATCH_SIZE",
         1,
         within,
     );
     agent.wait_log(
-        "1 request passed through unfiltered as `json`: they are OTLP/JSON: set the exporters' \
-         protocol to http/protobuf",
+        "1 request passed through unfiltered as `json`: dt walks OTLP/protobuf only: set the \
+         exporters' protocol to http/protobuf",
         1,
         within,
     );

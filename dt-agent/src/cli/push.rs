@@ -42,9 +42,14 @@ pub fn push(paths: &[PathBuf], at: &AgentAt) -> anyhow::Result<()> {
     let response = control::call_within(&socket, &Request::Push { files }, control::PUSH_DEADLINE)
         .map_err(|e| cannot_reach("push", &socket, &pins, e))?;
     println!(
-        "pushed {} file(s): generation {}",
+        "pushed {} file(s): generation {}{}",
         paths.len(),
-        response.generation.unwrap_or_default()
+        response.generation.unwrap_or_default(),
+        if response.unchanged {
+            " (unchanged: the rule set's files are as they were)"
+        } else {
+            ""
+        }
     );
     Ok(())
 }

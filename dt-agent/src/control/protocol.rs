@@ -75,6 +75,9 @@ pub struct Response {
     /// The active generation after a push.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
+    /// A push that left the active set's files as they were (no new generation).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unchanged: bool,
     /// How far `uninstall` is: done, or what it still waits for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uninstall: Option<UninstallStatus>,

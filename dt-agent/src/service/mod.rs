@@ -203,8 +203,9 @@ impl Service {
 
     /// Validates the rule set that `files` would make (the directory's files, those of the same
     /// name replaced), kernel checks included; only then writes the files and makes that set
-    /// active as one new generation. On any error nothing is written.
-    pub fn push(&self, files: &[PushedFile]) -> anyhow::Result<u64> {
+    /// active as one new generation (none when the set's files are as they were: the second
+    /// value). On any error nothing is written.
+    pub fn push(&self, files: &[PushedFile]) -> anyhow::Result<(u64, bool)> {
         let mut guard = self.lock();
         // Its fields borrowed apart (the agent, and the active set's files).
         let inner = &mut *guard;
@@ -284,7 +285,7 @@ impl Service {
         } else {
             log::info!("pushed {}: generation {generation}", names.join(", "));
         }
-        Ok(generation)
+        Ok((generation, unchanged))
     }
 
     /// Re-reads the rules directory; when its files changed, compiles them and makes them the
@@ -673,8 +674,9 @@ impl Handler for Arc<Service> {
                 rules: Some(r),
                 ..Response::ok()
             }),
-            Request::Push { files } => self.push(&files).map(|g| Response {
+            Request::Push { files } => self.push(&files).map(|(g, unchanged)| Response {
                 generation: Some(g),
+                unchanged,
                 ..Response::ok()
             }),
             Request::Disable => self.set_enabled(false).map(|_| Response::ok()),
