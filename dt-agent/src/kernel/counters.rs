@@ -182,13 +182,39 @@ pub(super) fn add_groups<G: std::borrow::Borrow<MapData>>(
     }
 }
 
+/// How many bytes at the end of `bytes` start a UTF-8 character they do not finish (0 to 3).
+fn incomplete_tail(bytes: &[u8]) -> usize {
+    for n in 1..=3.min(bytes.len()) {
+        let b = bytes[bytes.len() - n];
+        if b & 0xc0 == 0x80 {
+            // A continuation byte: look further back for the lead byte.
+            continue;
+        }
+        let needs = match b {
+            0xc0..=0xdf => 2,
+            0xe0..=0xef => 3,
+            0xf0..=0xf7 => 4,
+            _ => 1,
+        };
+        return if needs > n { n } else { 0 };
+    }
+    0
+}
+
 /// How a group value is shown: a string as is (bytes that are not UTF-8 as U+FFFD, a cut one
 /// ending in "…"), an int in decimal, a bool, a severity level's name.
 pub fn group_label(k: &GroupKey) -> String {
     let bytes = &k.bytes[..(k.len as usize).min(k.bytes.len())];
     match k.kind {
         GV_STRING => {
-            let mut s = String::from_utf8_lossy(bytes).into_owned();
+            // A cut may fall inside a character: its first bytes are not shown (they are not
+            // the sender's invalid bytes).
+            let shown = if k.cut != 0 {
+                &bytes[..bytes.len() - incomplete_tail(bytes)]
+            } else {
+                bytes
+            };
+            let mut s = String::from_utf8_lossy(shown).into_owned();
             if k.cut != 0 {
                 s.push('…');
             }
@@ -342,4 +368,29 @@ fn sum_totals<T: std::borrow::Borrow<MapData>>(
         }
     }
     Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_cut_inside_a_character_shows_no_replacement_character() {
+        assert_eq!(incomplete_tail(b"abc"), 0);
+        assert_eq!(incomplete_tail("日本".as_bytes()), 0);
+        let cut = &"日本".as_bytes()[..4];
+        assert_eq!(incomplete_tail(cut), 1);
+        assert_eq!(incomplete_tail(&"日本".as_bytes()[..5]), 2);
+        assert_eq!(incomplete_tail(&"é".as_bytes()[..1]), 1);
+        assert_eq!(incomplete_tail(&"😀".as_bytes()[..3]), 3);
+        // A sender's own invalid byte at the end stays shown (as U+FFFD).
+        assert_eq!(incomplete_tail(b"ab\xff"), 0);
+        let mut key = GroupKey::special(0, GV_STRING);
+        let value = "日".repeat(22);
+        key.kind = GV_STRING;
+        key.bytes[..64].copy_from_slice(&value.as_bytes()[..64]);
+        key.len = 64;
+        key.cut = 1;
+        assert_eq!(group_label(&key), format!("{}…", "日".repeat(21)));
+    }
 }

@@ -227,31 +227,42 @@ fn plain_found(found: &str) -> String {
     }
 }
 
-/// The choice within two edits of `key` (case aside), if one is.
+/// The choice within two edits of `key` (one for a key of four letters or fewer, case aside),
+/// if one is.
 pub(crate) fn closest<'c>(key: &str, choices: &[&'c str]) -> Option<&'c str> {
     let key = key.to_ascii_lowercase();
+    let most = if key.chars().count() <= 4 { 1 } else { 2 };
     choices
         .iter()
         .map(|c| (edits(&key, &c.to_ascii_lowercase()), *c))
-        .filter(|(d, _)| *d <= 2)
+        .filter(|(d, _)| *d <= most)
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
 }
 
-/// Levenshtein distance.
+/// Edit distance, a swap of two neighbours counting as one edit (optimal string alignment).
 fn edits(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
         }
     }
-    row[b.len()]
+    d[a.len()][b.len()]
 }
 
 #[cfg(test)]

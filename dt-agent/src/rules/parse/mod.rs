@@ -768,11 +768,22 @@ impl<'s, 'a> RuleChecker<'s, 'a> {
                 }
                 Some(key) => Some(GroupBy::Attribute(key.to_string())),
                 None => {
+                    let meant = match text.split_once('.') {
+                        // `attribute.KEY`, `attrs.KEY`: the prefix mistyped.
+                        Some((_, key)) => Some(format!("attributes.{key}")),
+                        None => crate::rules::diag::closest(
+                            text,
+                            &["service", "severity", "event_name"],
+                        )
+                        .map(str::to_string),
+                    }
+                    .map(|m| format!(" (did you mean \"{m}\"?)"))
+                    .unwrap_or_default();
                     self.error(
                         g,
                         format!(
-                            "unknown group_by \"{text}\": expected \"service\", \"severity\", \
-                             \"event_name\" or \"attributes.KEY\""
+                            "unknown group_by \"{text}\"{meant}: expected \"service\", \
+                             \"severity\", \"event_name\" or \"attributes.KEY\""
                         ),
                     );
                     None
@@ -1093,9 +1104,19 @@ impl<'s, 'a> RuleChecker<'s, 'a> {
             }
             return Some(Hook::Uprobe(probe.to_string()));
         }
+        let meant = if let Some(probe) = name.strip_prefix("uprobe") {
+            Some(format!(
+                "uprobe:{}",
+                probe.trim_start_matches([':', '.', '/', '_', '-'])
+            ))
+        } else {
+            crate::rules::diag::closest(name, &["otlp"]).map(str::to_string)
+        }
+        .map(|m| format!(" (did you mean \"{m}\"?)"))
+        .unwrap_or_default();
         self.error(
             text,
-            format!("unknown hook \"{name}\": expected \"otlp\" or \"uprobe:NAME\""),
+            format!("unknown hook \"{name}\"{meant}: expected \"otlp\" or \"uprobe:NAME\""),
         );
         None
     }

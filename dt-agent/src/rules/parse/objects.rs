@@ -64,14 +64,28 @@ pub(super) fn parse_enrich(
                 ));
             }
             Some(i) => attrs |= 1 << i,
-            None => diags.push(src.diag(
-                name.span(),
-                format!(
-                    "unknown resource attribute \"{}\": dt adds \"process.pid\", \"host.name\", \
-                     \"container.id\" and \"k8s.pod.uid\"",
-                    name.get_ref()
-                ),
-            )),
+            None => {
+                let known = ["process.pid", "host.name", "container.id", "k8s.pod.uid"];
+                let given = name.get_ref();
+                // A typo, or the key without its namespace (`hostname`, `pid`).
+                let meant = crate::rules::diag::closest(given, &known)
+                    .or_else(|| {
+                        let bare = given.replace(['_', '.', '-'], "").to_ascii_lowercase();
+                        known.iter().copied().find(|k| {
+                            let k = k.replace(['_', '.', '-'], "");
+                            k.ends_with(&bare) && bare.len() >= 3
+                        })
+                    })
+                    .map(|m| format!(" (did you mean \"{m}\"?)"))
+                    .unwrap_or_default();
+                diags.push(src.diag(
+                    name.span(),
+                    format!(
+                        "unknown resource attribute \"{given}\"{meant}: dt adds \"process.pid\", \
+                         \"host.name\", \"container.id\" and \"k8s.pod.uid\""
+                    ),
+                ))
+            }
         }
     }
     if raw.resource_attributes.get_ref().is_empty() {

@@ -116,7 +116,13 @@ impl ProbeChecker<'_, '_> {
             if found.is_none() {
                 self.error(
                     p,
-                    format!("unknown preset \"{}\": expected \"syslog\"", p.get_ref()),
+                    format!(
+                        "unknown preset \"{}\"{}: expected \"syslog\"",
+                        p.get_ref(),
+                        crate::rules::diag::closest(p.get_ref(), &["syslog"])
+                            .map(|m| format!(" (did you mean \"{m}\"?)"))
+                            .unwrap_or_default()
+                    ),
                 );
             }
             found

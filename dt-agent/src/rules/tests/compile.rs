@@ -649,7 +649,7 @@ fn enrich_mistakes_are_errors_where_they_are() {
     for (text, want) in [
         (
             "[enrich]\nresource_attributes = [\"process.pid\", \"pid\"]\n",
-            "r.toml:2:39: unknown resource attribute \"pid\": dt adds \"process.pid\", \
+            "r.toml:2:39: unknown resource attribute \"pid\" (did you mean \"process.pid\"?): dt adds \"process.pid\", \
              \"host.name\", \"container.id\" and \"k8s.pod.uid\"",
         ),
         (

@@ -343,3 +343,45 @@ fn too_many_recorders_or_states_point_at_the_first_one_over() {
         "{e:#?}"
     );
 }
+
+#[test]
+fn mistyped_hooks_group_by_enrich_names_and_presets_say_what_was_meant() {
+    let cases = [
+        (
+            "[[rule]]\nname = \"a\"\naction = \"count\"\nhooks = [\"otpl\"]\n",
+            "\"otlp\"",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\naction = \"count\"\nhooks = [\"uprobe-syslog\"]\n",
+            "\"uprobe:syslog\"",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\naction = \"count\"\ngroup_by = \"sevrity\"\n",
+            "\"severity\"",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\naction = \"count\"\ngroup_by = \"attribute.k\"\n",
+            "\"attributes.k\"",
+        ),
+        (
+            "[enrich]\nresource_attributes = [\"hostname\"]\n",
+            "\"host.name\"",
+        ),
+        (
+            "[enrich]\nresource_attributes = [\"pid\"]\n",
+            "\"process.pid\"",
+        ),
+        (
+            "[[probe]]\nname = \"p\"\npreset = \"sylog\"\n",
+            "\"syslog\"",
+        ),
+    ];
+    for (text, meant) in cases {
+        let e = errors(text);
+        assert!(
+            e.iter()
+                .any(|d| d.contains(&format!("(did you mean {meant}?)"))),
+            "{text}: {e:#?}"
+        );
+    }
+}
