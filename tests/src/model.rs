@@ -247,10 +247,22 @@ impl GroupKey {
     }
 
     /// The group's name in `stats --json`: the value as `String::from_utf8_lossy` shows it
-    /// (a cut value with `…` appended), `__missing__`, `__other__`.
+    /// (a cut value without the first bytes of a character the cut split, and with `…`
+    /// appended), `__missing__`, `__other__`.
     pub fn render(&self) -> String {
         match self {
             GroupKey::Value(v, cut) => {
+                let mut v = &v[..];
+                if *cut {
+                    // The last byte that starts a character, among the last three: when what
+                    // starts there is an unfinished character, it is not shown.
+                    let from = v.len().saturating_sub(3);
+                    if let Some(p) = (from..v.len()).rev().find(|&i| v[i] & 0xc0 != 0x80)
+                        && std::str::from_utf8(&v[p..]).is_err_and(|e| e.error_len().is_none())
+                    {
+                        v = &v[..p];
+                    }
+                }
                 let mut s = String::from_utf8_lossy(v).into_owned();
                 if *cut {
                     s.push('…');
@@ -1318,11 +1330,8 @@ mod tests {
         assert_eq!(key("attributes.o"), "__other__");
         assert_eq!(key("attributes.nope"), "__missing__");
         assert_eq!(key("attributes.bad"), "a\u{fffd}b");
-        // 90 bytes: the first 64 (21 characters and one byte of the 22nd), then "…".
-        assert_eq!(
-            key("attributes.long"),
-            format!("{}\u{fffd}…", "日".repeat(21))
-        );
+        // 90 bytes: the first 64 (21 characters and one byte of the 22nd, not shown), then "…".
+        assert_eq!(key("attributes.long"), format!("{}…", "日".repeat(21)));
         let f2 = RecordFacts::new(-3).with_attr("k", AttrValue::Int(i64::MIN));
         let g = RuleSpec::count("g").group_by("attributes.k", None);
         assert_eq!(
