@@ -75,6 +75,7 @@ pub use python::{
     Collector, PyExportReport, PyReceived, PyReceiver, PyTransport, export_python_value,
     export_with_python, export_with_python_as, export_with_python_in_cgroup,
     export_with_python_in_netns, export_with_python_simple, python_or_skip, python_plan,
+    set_bodies,
 };
 pub use receiver::{Received, Receiver};
 pub use record::{ReceivedRecord, SentRecord, assert_same_records, flatten};

@@ -279,6 +279,17 @@ pub fn python_plan(endpoint: &str, plan: &ExportPlan) -> Value {
     })
 }
 
+/// Gives the records of the plan's first service these bodies, in order (a string, an object,
+/// an array, a number: each SDK encodes them as its AnyValue), for either script's plan.
+pub fn set_bodies(plan: &mut Value, bodies: &[Value]) {
+    let records = plan["services"][0]["records"]
+        .as_array_mut()
+        .expect("a plan with a service");
+    for (rec, body) in records.iter_mut().zip(bodies) {
+        rec["body"] = body.clone();
+    }
+}
+
 /// Exports `plan` with the OpenTelemetry Python SDK to `endpoint` (a full URL, e.g.
 /// `http://127.0.0.1:4318/v1/logs`). `ExportMode::Direct` calls the exporter with batches of
 /// `batch_size`; `ExportMode::BatchProcessor` goes through LoggerProvider and

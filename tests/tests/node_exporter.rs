@@ -603,14 +603,7 @@ fn node_exporter_structured_bodies_are_masked_whole() {
         serde_json::json!(["bob@example.com", true]),
         serde_json::json!(12.5),
     ];
-    for (rec, body) in v["services"][0]["records"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .zip(&bodies)
-    {
-        rec["body"] = body.clone();
-    }
+    dt_tests::set_bodies(&mut v, &bodies);
     let report = export_with_node_value(&v);
     report.assert_all_ok(4);
     receiver.wait_for(1, WAIT);

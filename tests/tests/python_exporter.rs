@@ -798,14 +798,7 @@ fn python_structured_bodies_are_masked_whole() {
         serde_json::json!(["bob@example.com", 7]),
         serde_json::json!(4111111111111111u64),
     ];
-    for (rec, body) in v["services"][0]["records"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .zip(&bodies)
-    {
-        rec["body"] = body.clone();
-    }
+    dt_tests::set_bodies(&mut v, &bodies);
     let report = dt_tests::export_python_value(&v);
     report.assert_all_ok(4);
     receiver.wait_for(1, WAIT);
