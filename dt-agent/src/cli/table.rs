@@ -3,10 +3,22 @@
 use std::fmt::Write as _;
 
 use dt_agent::{Stats, control::RulesInfo, text::printable};
+use unicode_width::UnicodeWidthStr as _;
 
 /// The width of the HOOK column: it fits "uprobe:NAME" hooks.
 fn hook_width<'a>(hooks: impl Iterator<Item = &'a str>) -> usize {
-    hooks.map(str::len).max().unwrap_or(0).max(6)
+    hooks.map(str::width).max().unwrap_or(0).max(6)
+}
+
+/// `text` and spaces up to `width` terminal columns. (`{:<w$}` counts characters, but a CJK
+/// character or an emoji takes two columns and a combining mark none: the columns after a
+/// name or group value with them would not line up.)
+fn pad(text: &str, width: usize) -> String {
+    let spaces = width.saturating_sub(text.width());
+    let mut padded = String::with_capacity(text.len() + spaces);
+    padded.push_str(text);
+    padded.extend(std::iter::repeat_n(' ', spaces));
+    padded
 }
 
 /// The rip cord's position, as the tables' first line says it.
@@ -52,10 +64,10 @@ pub fn rules(info: &RulesInfo) -> String {
     for r in &info.rules {
         let _ = writeln!(
             out,
-            "{:<32} {:<10} {:<hw$} {}:{}",
-            r.name,
+            "{} {:<10} {} {}:{}",
+            pad(&r.name, 32),
             r.action,
-            r.hook,
+            pad(&r.hook, hw),
             r.file.display(),
             r.line
         );
@@ -99,8 +111,15 @@ pub fn stats(s: &Stats) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<nw$} {:<10} {:<hw$} {:>12} {:>12} {:>12} {:>14} {:>10}",
-            name, r.action, r.hook, r.matched, r.kept, r.dropped, r.dropped_bytes, r.redacted
+            "{} {:<10} {} {:>12} {:>12} {:>12} {:>14} {:>10}",
+            pad(&name, nw),
+            r.action,
+            pad(&r.hook, hw),
+            r.matched,
+            r.kept,
+            r.dropped,
+            r.dropped_bytes,
+            r.redacted
         );
         // Grouped counts under their rule, largest first.
         let mut groups: Vec<_> = r.groups.iter().flatten().filter(|(_, n)| **n > 0).collect();
@@ -109,7 +128,7 @@ pub fn stats(s: &Stats) -> String {
             // A group is a value from a sender's record: control characters (an escape
             // sequence, a carriage return, a line break) are shown escaped, never written.
             let label = format!("  {}", printable(group));
-            let _ = writeln!(out, "{label:<nw$} {:<10} {:<hw$} {n:>12}", "", "");
+            let _ = writeln!(out, "{} {:<10} {:<hw$} {n:>12}", pad(&label, nw), "", "");
         }
     }
     let t = &s.totals;
@@ -179,8 +198,8 @@ pub fn stats(s: &Stats) -> String {
         for r in &s.recorders {
             let _ = writeln!(
                 out,
-                "{:<rw$} {:>10} {:>10} {:>11} {:>8} {:>6} {:>7} {:>10} {:>6} {:>10}",
-                r.name,
+                "{} {:>10} {:>10} {:>11} {:>8} {:>6} {:>7} {:>10} {:>6} {:>10}",
+                pad(&r.name, rw),
                 r.records,
                 r.recorded,
                 r.overwritten,
@@ -210,10 +229,10 @@ pub fn stats(s: &Stats) -> String {
     out
 }
 
-/// The width of a table's first column: 32, or its longest text (rule names, group values as
-/// shown, recorder names), so that the numbers stay in their columns.
+/// The width of a table's first column, in terminal columns: 32, or its widest text (rule
+/// names, group values as shown, recorder names), so that the numbers stay in their columns.
 fn first_width<'a>(texts: impl Iterator<Item = &'a str>) -> usize {
-    texts.map(|t| t.chars().count()).max().unwrap_or(0).max(32)
+    texts.map(str::width).max().unwrap_or(0).max(32)
 }
 
 /// Each rule's name as the table shows it, and its groups' labels (escaped, indented).
@@ -236,7 +255,13 @@ fn rule_labels(s: &Stats) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use dt_agent::{Stats, stats::RuleStats};
+    use dt_agent::{
+        Stats,
+        control::{RuleInfo, RulesInfo},
+        stats::{RecorderStats, RuleStats},
+        text::printable,
+    };
+    use unicode_width::UnicodeWidthStr as _;
 
     #[test]
     fn group_values_from_senders_are_shown_escaped() {
@@ -282,13 +307,146 @@ mod tests {
             .collect();
         assert_eq!(counts, ["5", "4", "3", "2", "1"], "{text}");
         // The counts stay in their column, however long a value: each group's line ends where
-        // the header's MATCHED does (in characters).
+        // the header's MATCHED does (in terminal columns).
         let header = lines.iter().find(|l| l.starts_with("RULE")).unwrap();
-        let end = header[..header.find("MATCHED").unwrap() + "MATCHED".len()]
-            .chars()
-            .count();
+        let end = header[..header.find("MATCHED").unwrap() + "MATCHED".len()].width();
         for l in &lines[at + 1..at + 6] {
-            assert_eq!(l.chars().count(), end, "{l:?}\n{text}");
+            assert_eq!(l.width(), end, "{l:?}\n{text}");
+        }
+    }
+
+    /// The terminal column where `field` starts in `line`, and where the line ends.
+    fn columns(line: &str, field: &str) -> (usize, usize) {
+        let at = line
+            .find(field)
+            .unwrap_or_else(|| panic!("{field} not in {line:?}"));
+        (line[..at].width(), line.width())
+    }
+
+    #[test]
+    fn wide_and_combining_characters_keep_the_columns_in_line() {
+        // Two columns a character (CJK, an emoji), none for a combining mark: counted in chars,
+        // each of these rows would be off by one column or more.
+        let groups = [
+            ("東京", 6),
+            ("🚀 launch", 5),
+            ("cafe\u{301}", 4),
+            ("e\u{301}\u{301}\u{301}", 3),
+            ("\u{1b}[31mred\nline", 2),
+            ("渋谷区の非常に長いグループの値、三十二桁を越える", 1),
+        ];
+        let s = Stats {
+            rules: vec![
+                RuleStats {
+                    name: "日本語のルール".into(),
+                    action: "count".into(),
+                    hook: "otlp".into(),
+                    active: true,
+                    matched: 21,
+                    groups: Some(groups.iter().map(|(g, n)| (g.to_string(), *n)).collect()),
+                    ..RuleStats::default()
+                },
+                RuleStats {
+                    name: "plain".into(),
+                    action: "drop".into(),
+                    hook: "otlp".into(),
+                    active: true,
+                    matched: 7,
+                    ..RuleStats::default()
+                },
+            ],
+            recorders: vec![
+                RecorderStats {
+                    name: "記録🚀".into(),
+                    size: 4 << 20,
+                    ..RecorderStats::default()
+                },
+                RecorderStats {
+                    name: "plain".into(),
+                    size: 4 << 20,
+                    ..RecorderStats::default()
+                },
+            ],
+            ..Stats::default()
+        };
+        let text = super::stats(&s);
+        let lines: Vec<&str> = text.lines().collect();
+        let line = |start: &str| {
+            *lines
+                .iter()
+                .find(|l| l.starts_with(start))
+                .unwrap_or_else(|| panic!("no line starts with {start:?}: {text}"))
+        };
+
+        // The rows end where the header does (every number is right-aligned), and ACTION and
+        // HOOK start where theirs do.
+        let header = line("RULE");
+        let (action, end) = columns(header, "ACTION");
+        let (hook, _) = columns(header, "HOOK");
+        for (row, verb) in [(line("日本語のルール"), "count"), (line("plain "), "drop")] {
+            assert_eq!(columns(row, verb), (action, end), "{row:?}\n{text}");
+            assert_eq!(columns(row, "otlp").0, hook, "{row:?}\n{text}");
+        }
+        // The groups' counts end under MATCHED's, the longest value widening the column.
+        let matched = columns(header, "MATCHED");
+        let matched_end = matched.0 + "MATCHED".len();
+        for (g, _) in &groups {
+            let shown = format!("  {}", printable(g));
+            let row = line(&shown);
+            assert_eq!(row.width(), matched_end, "{row:?}\n{text}");
+        }
+        assert!(
+            action > 32,
+            "the widest group value widens the column: {text}"
+        );
+        // Control characters are shown escaped, never written.
+        assert!(line("  \\u{1b}[31mred\\nline").ends_with(" 2"), "{text}");
+        assert!(!text.contains(['\u{1b}', '\r']), "{text:?}");
+        assert_eq!(text.lines().count(), text.matches('\n').count(), "{text:?}");
+
+        // The recorders' table too.
+        let at = lines
+            .iter()
+            .position(|l| l.starts_with("RECORDER"))
+            .unwrap();
+        let (records, end) = columns(lines[at], "RECORDS");
+        for (row, name) in lines[at + 1..].iter().zip(["記録🚀 ", "plain "]) {
+            assert!(row.starts_with(name), "{row:?}\n{text}");
+            assert_eq!(row.width(), end, "{row:?}\n{text}");
+            // RECORDS is right-aligned: its count (0) is the column's last character.
+            let zero = row.find(" 0").unwrap() + 1;
+            assert_eq!(
+                row[..zero].width(),
+                records + "RECORDS".len() - 1,
+                "{row:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_rules_table_pads_by_display_width() {
+        let info = RulesInfo {
+            rules: ["日本語のルール", "plain"]
+                .into_iter()
+                .map(|name| RuleInfo {
+                    name: name.into(),
+                    action: "drop".into(),
+                    hook: "otlp".into(),
+                    file: "r.toml".into(),
+                    line: 1,
+                })
+                .collect(),
+            generation: 1,
+            enabled: true,
+            rules_dir: "/etc/dt/rules".into(),
+            rules_error: None,
+        };
+        let text = super::rules(&info);
+        let header = text.lines().find(|l| l.starts_with("RULE")).unwrap();
+        let source = columns(header, "SOURCE").0;
+        for row in text.lines().filter(|l| l.ends_with("r.toml:1")) {
+            assert_eq!(columns(row, "drop").0, 33, "{row:?}\n{text}");
+            assert_eq!(columns(row, "r.toml").0, source, "{row:?}\n{text}");
         }
     }
 }
