@@ -32,6 +32,7 @@ pub mod agent;
 pub mod agent_process;
 pub mod capture;
 pub mod client;
+pub mod collector;
 pub mod exporter;
 pub mod fuzz_checks;
 pub mod host_walk;

@@ -6,12 +6,14 @@
 //!   Content-Length, the whole body in one chunk, then `0\r\n\r\n`; keep-alive.
 //! - Python SDK (requests/urllib3) and Rust `opentelemetry-otlp` (reqwest/hyper):
 //!   `Content-Length`; keep-alive.
+//! - A collector's exporter (Rotel, hyper): `Content-Length`, keep-alive, the body gzipped.
 
 use std::time::Duration;
 
+use dt_tests::collector::{Rotel, collector_or_skip, wait_records};
 use dt_tests::{
-    CaptureListener, CapturedRequest, ExportPlan, WAIT, export_with_node, export_with_python,
-    export_with_real_exporter_to, node_or_skip, python_or_skip,
+    CaptureListener, CapturedRequest, ExportPlan, WAIT, assert_same_records, export_with_node,
+    export_with_python, export_with_real_exporter_to, node_or_skip, python_or_skip,
 };
 
 fn check_common(who: &str, r: &CapturedRequest) {
@@ -166,4 +168,55 @@ fn rust_exporter_sends_content_length() {
         "keep-alive: connections for 3 exports"
     );
     assert!(cap.errors().is_empty(), "{:?}", cap.errors());
+}
+
+/// A collector's exporter (Rotel 0.0.1a15, hyper) forwarding what the Python SDK sent it:
+/// `Content-Length`, keep-alive, and a gzipped body whatever its compression flags say (the
+/// OpenTelemetry Collector's `otlphttp` exporter gzips by default too).
+#[test]
+fn collector_exporter_sends_gzip_with_content_length() {
+    let test = "collector_exporter_sends_gzip_with_content_length";
+    let (Some(rotel), Some(_)) = (collector_or_skip(test), python_or_skip(test)) else {
+        return;
+    };
+    for flags in [&[][..], &["--otlp-exporter-logs-compression", "none"][..]] {
+        let cap = CaptureListener::start();
+        let mut collector =
+            Rotel::start(&rotel, &format!("http://127.0.0.1:{}", cap.port()), flags);
+        let plan = ExportPlan::mixed(1_000, &["checkout", "payments"], 250);
+        let report = export_with_python(&collector.logs_url(), &plan);
+        report.assert_all_ok(1_000);
+        // The collector answers at once and forwards in its own batches.
+        let (got, records) = wait_records(&cap, 1_000, WAIT);
+        collector.stop();
+        assert_same_records(
+            &format!("collector {flags:?}: sent vs forwarded"),
+            &report.sent_records(),
+            &records,
+        );
+        for r in &got {
+            println!("Rotel, flags {flags:?}:\n{}", r.framing());
+            let who = format!("rotel {flags:?} request {}/{}", r.conn, r.seq_on_conn);
+            assert_eq!(r.request_line, "POST /v1/logs HTTP/1.1", "{who}");
+            assert_eq!(
+                r.header("content-type"),
+                Some("application/x-protobuf"),
+                "{who}"
+            );
+            assert_eq!(r.header("content-encoding"), Some("gzip"), "{who}");
+            assert!(!r.is_chunked(), "{who}: chunked:\n{}", r.framing());
+            assert_eq!(
+                r.header("content-length"),
+                Some(r.body.len().to_string().as_str()),
+                "{who}: Content-Length"
+            );
+            assert_eq!(r.raw.len(), r.head_len + r.body.len(), "{who}");
+        }
+        println!(
+            "Rotel, flags {flags:?}: {} requests on {} connections",
+            got.len(),
+            cap.connections()
+        );
+        assert!(cap.errors().is_empty(), "{:?}", cap.errors());
+    }
 }

@@ -5,9 +5,7 @@
 
 use std::io::Write;
 
-use std::path::{Path, PathBuf};
-
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 use crate::{cmd, setup, workspace_root};
 
@@ -33,7 +31,7 @@ pub fn bench(args: &[String]) -> Result<()> {
         .any(|a| a == "--collector" || a.starts_with("--collector="))
     {
         // Scenario (l)'s collector; without it the bench leaves (l) out and says why.
-        match stdout_to_stderr(|| collector(&root)) {
+        match setup::collector_bin() {
             Ok(bin) => {
                 command.arg("--collector").arg(bin);
             }
@@ -47,44 +45,6 @@ pub fn bench(args: &[String]) -> Result<()> {
     }
     command.args(args).current_dir(&root);
     cmd::run(&mut command)
-}
-
-/// Rotel, the OpenTelemetry collector of scenario (l), pinned: its PyPI wheel carries the
-/// `rotel-agent` binary (with the Python logs processor, linked to CPython 3.11). The
-/// OpenTelemetry Collector itself is not on any registry this machine kind reaches.
-const COLLECTOR_PACKAGE: &str = "rotel==0.0.1a15";
-const COLLECTOR_VENV: &str = "target/bench/collector-venv";
-
-/// The collector's binary, installed into its own venv the first time.
-fn collector(root: &Path) -> Result<PathBuf> {
-    let venv = root.join(COLLECTOR_VENV);
-    let find = || -> Option<PathBuf> {
-        std::fs::read_dir(venv.join("lib"))
-            .ok()?
-            .flatten()
-            .map(|d| d.path().join("site-packages/rotel/rotel-agent"))
-            .find(|p| p.is_file())
-    };
-    if let Some(bin) = find() {
-        return Ok(bin);
-    }
-    let _ = std::fs::remove_dir_all(&venv);
-    cmd::run(cmd::new("python3").arg("-m").arg("venv").arg(&venv))
-        .context("creating the collector's venv")?;
-    cmd::run(
-        cmd::new(venv.join("bin/python"))
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--no-input",
-                "--disable-pip-version-check",
-            ])
-            .args(["--no-deps", "--only-binary=:all:", COLLECTOR_PACKAGE]),
-    )
-    .with_context(|| format!("installing {COLLECTOR_PACKAGE} (needs PyPI)"))?;
-    let bin = find().context("no rotel/rotel-agent in the installed package")?;
-    Ok(bin)
 }
 
 /// Runs `f` with file descriptor 1 pointing at stderr.

@@ -86,6 +86,17 @@ const v = (p) => JSON.parse(fs.readFileSync(path.join(dir, p, 'package.json'), '
 console.log(process.versions.node, v('@opentelemetry/exporter-logs-otlp-proto'));
 ";
 
+/// A real OpenTelemetry collector, pinned: Rotel, whose PyPI wheel carries the `rotel-agent`
+/// binary (with its Python logs processor, linked to CPython 3.11). The tests send through it
+/// (its OTLP/HTTP exporter as a client of a hooked port) and the bench's scenario (l) filters with
+/// it. The OpenTelemetry Collector itself is on no registry this machine kind reaches.
+pub const COLLECTOR_PACKAGE: &str = "rotel==0.0.1a15";
+/// Its venv, relative to the workspace root; the tests look for
+/// `<venv>/lib/*/site-packages/rotel/rotel-agent` there, or at `DT_COLLECTOR`.
+pub const COLLECTOR_VENV: &str = "target/collector-venv";
+/// Inside [`COLLECTOR_VENV`]: the package it was installed from.
+const COLLECTOR_MARKER: &str = "dt-collector.stamp";
+
 /// What a setup step found.
 enum Done {
     Ok(String),
@@ -111,6 +122,7 @@ pub fn setup() -> Result<()> {
     report(bpffs()?);
     report(python_venv()?);
     report(node_client()?);
+    report(collector()?);
     Ok(())
 }
 
@@ -490,6 +502,82 @@ fn node_client() -> Result<Done> {
         )));
     }
     let v = check_node_client(&node, &dir).context("checking the new Node.js client")?;
+    std::fs::write(&marker, stamp).with_context(|| format!("writing {}", marker.display()))?;
+    Ok(Done::Installed(describe(v)))
+}
+
+/// `rotel-agent` in the collector's venv, if installed.
+fn collector_path(venv: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(venv.join("lib"))
+        .ok()?
+        .flatten()
+        .map(|d| d.path().join("site-packages/rotel/rotel-agent"))
+        .find(|p| p.is_file())
+}
+
+/// The installed collector's binary (after [`collector`] ran).
+pub fn collector_bin() -> Result<PathBuf> {
+    let venv = workspace_root()?.join(COLLECTOR_VENV);
+    collector_path(&venv).with_context(|| {
+        format!(
+            "no rotel-agent under {} (run `cargo xtask setup`)",
+            venv.display()
+        )
+    })
+}
+
+/// `rotel-agent --version`, which also shows that it runs here.
+fn check_collector(bin: &Path) -> Result<String> {
+    let v = cmd::stdout(cmd::new(bin).arg("--version"))?;
+    Ok(v.trim().to_owned())
+}
+
+/// (g) The collector of [`COLLECTOR_PACKAGE`] in its own venv at [`COLLECTOR_VENV`] (the wheel
+/// only, no dependencies: the tests and the bench run its binary, not its Python module).
+/// Reinstalled when the pin changes or the binary no longer runs; otherwise only checked.
+fn collector() -> Result<Done> {
+    let venv = workspace_root()?.join(COLLECTOR_VENV);
+    let stamp = format!("{COLLECTOR_PACKAGE}\n");
+    let marker = venv.join(COLLECTOR_MARKER);
+    let describe = |v: String| format!("collector {COLLECTOR_VENV} ({v}, {COLLECTOR_PACKAGE})");
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(stamp.as_str())
+        && let Some(bin) = collector_path(&venv)
+    {
+        match check_collector(&bin) {
+            Ok(v) => return Ok(Done::Ok(describe(v))),
+            Err(e) => eprintln!(
+                "the collector at {} is broken, reinstalling it: {e:#}",
+                bin.display()
+            ),
+        }
+    }
+    let python3 = base_python()?;
+    if venv.exists() {
+        std::fs::remove_dir_all(&venv)
+            .with_context(|| format!("removing the old venv {}", venv.display()))?;
+    }
+    cmd::run(cmd::new(&python3).arg("-m").arg("venv").arg(&venv))
+        .context("creating the collector's venv (on Debian, the python3-venv package)")?;
+    let installed = cmd::run(
+        cmd::new(venv.join("bin/python"))
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--no-input",
+                "--disable-pip-version-check",
+            ])
+            .args(["--no-deps", "--only-binary=:all:", COLLECTOR_PACKAGE]),
+    );
+    if let Err(e) = installed {
+        // No marker: the next setup starts over.
+        return Err(e.context(format!(
+            "installing {COLLECTOR_PACKAGE} into {} (needs access to PyPI)",
+            venv.display()
+        )));
+    }
+    let bin = collector_path(&venv).context("no rotel/rotel-agent in the installed package")?;
+    let v = check_collector(&bin).context("checking the installed collector")?;
     std::fs::write(&marker, stamp).with_context(|| format!("writing {}", marker.display()))?;
     Ok(Done::Installed(describe(v)))
 }
