@@ -154,12 +154,8 @@ pub(super) fn parse_recorder(
     object_name(src, &raw.name, &mut diags);
     let mut size = DEFAULT_RECORDER_SIZE;
     if let Some(s) = &raw.size {
-        match parse_size(s.get_ref()) {
-            Ok(n) if (MIN_RECORDER_SIZE..=MAX_RECORDER_SIZE).contains(&n) => size = n,
-            Ok(_) => diags.push(src.diag(
-                s.span(),
-                "size must be between \"64KiB\" and \"64MiB\"".to_string(),
-            )),
+        match recorder_size(s.get_ref()) {
+            Ok(n) => size = n,
             Err(e) => diags.push(src.diag(s.span(), e)),
         }
     }
@@ -246,6 +242,96 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     .ok_or_else(bad)?;
     Ok(Duration::from_millis(ms))
+}
+
+/// A recorder's `size`: [`parse_size`]'s forms, from `"64KiB"` to `"64MiB"`. Each mistake is
+/// said as what it is (out of range, negative, a space, a unit spelt otherwise), and the units
+/// offered are those a recorder can use: any GiB size is over the maximum.
+fn recorder_size(text: &str) -> Result<u64, String> {
+    const RANGE: &str = "a recorder's size is from \"64KiB\" to \"64MiB\"";
+    const HOW: &str = "write a whole number and B, KiB or MiB, as \"4MiB\"";
+    // (The text is shown as Rust writes a string: a control character in it is escaped.)
+    // `None`: more bytes than a u64 holds.
+    let out_of_range = |bytes: Option<u64>| match bytes {
+        Some(n) if n < MIN_RECORDER_SIZE => "too small",
+        _ => "too large",
+    };
+    let in_range = |n: u64| (MIN_RECORDER_SIZE..=MAX_RECORDER_SIZE).contains(&n);
+    if let Ok(n) = parse_size(text) {
+        return if in_range(n) {
+            Ok(n)
+        } else {
+            Err(format!(
+                "size {text:?} is {}: {RANGE}",
+                out_of_range(Some(n))
+            ))
+        };
+    }
+    if text.trim().is_empty() {
+        return Err(format!("size is empty: {HOW}"));
+    }
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    if !number.is_empty() && matches!(unit, "" | "B" | "KiB" | "MiB" | "GiB") {
+        // Digits and a unit, but more bytes than 2^64.
+        return Err(format!("size {text:?} is too large: {RANGE}"));
+    }
+    if let Some(digits) = text.strip_prefix('-')
+        && digits.starts_with(|c: char| c.is_ascii_digit())
+    {
+        return Err(format!("size {text:?} is negative: {RANGE}"));
+    }
+    // "4 MiB", " 4MiB": spaces.
+    let joined: String = text.split_whitespace().collect();
+    if joined != text
+        && let Ok(n) = parse_size(&joined)
+    {
+        return Err(if in_range(n) {
+            format!("{text:?} is not a size: write it without spaces, as {joined:?}")
+        } else {
+            format!(
+                "{text:?} is not a size (write it without spaces), and it is {}: {RANGE}",
+                out_of_range(Some(n))
+            )
+        });
+    }
+    // A unit spelt otherwise ("4MB", "4m", "4mib"): the binary unit is what it can mean.
+    let meant = match unit.trim_start().to_ascii_lowercase().as_str() {
+        "k" | "kb" | "kib" => Some("KiB"),
+        "m" | "mb" | "mib" => Some("MiB"),
+        "g" | "gb" | "gib" => Some("GiB"),
+        _ => None,
+    };
+    if let Some(meant) = meant
+        && !number.is_empty()
+    {
+        let fixed = format!("{number}{meant}");
+        return Err(match parse_size(&fixed) {
+            Ok(n) if in_range(n) => format!(
+                "{text:?} is not a size: write {fixed:?} (the units are B, KiB and MiB, of \
+                 1024)"
+            ),
+            // "4GB", "100MB": however it is meant, it is out of range.
+            n => format!(
+                "{text:?} is not a size, and as {fixed:?} it would be {}: {RANGE}",
+                out_of_range(n.ok())
+            ),
+        });
+    }
+    if !number.is_empty() && unit.starts_with(['.', ',']) {
+        return Err(format!(
+            "{text:?} is not a size: write a whole number, of KiB if need be (\"1536KiB\" \
+             for 1.5 MiB)"
+        ));
+    }
+    if !number.is_empty() {
+        return Err(format!(
+            "{text:?} is not a size: {unit:?} is not a unit; {HOW}"
+        ));
+    }
+    Err(format!("{text:?} is not a size: {HOW}"))
 }
 
 /// `"4MiB"`, `"512KiB"`, `"1GiB"`, `"1048576"`: a whole number of bytes, KiB, MiB or GiB.
