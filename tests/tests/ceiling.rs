@@ -43,6 +43,31 @@ impl Drop for OwnCgroup {
     }
 }
 
+/// A loopback port free now, for the agent's metrics endpoint.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The `dt_disabled_info` lines of a scrape of the agent's metrics endpoint on `port`.
+fn disabled_info(port: u16) -> Vec<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the metrics endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: dt\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("a scrape");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    answer
+        .lines()
+        .filter(|l| l.starts_with("dt_disabled_info"))
+        .map(str::to_string)
+        .collect()
+}
+
 #[test]
 fn over_the_ceiling_dt_disables_itself_and_enable_rearms_it() {
     if !kernel_or_skip("over_the_ceiling_dt_disables_itself_and_enable_rearms_it") {
@@ -56,11 +81,14 @@ fn over_the_ceiling_dt_disables_itself_and_enable_rearms_it() {
     let cgroup = OwnCgroup::enter("dt-test-ceiling");
     let receiver = Receiver::start_v4();
     let mut agent = AgentProcess::new("ceiling", rules.path(), &[receiver.port()], false);
+    let metrics_port = free_port();
     agent.write_config(&format!(
-        "cgroup = \"{}\"\n\n[ceiling]\ncpu = \"0.0001%\"\nwindow = \"1s\"\n",
+        "cgroup = \"{}\"\nmetrics_addr = \"127.0.0.1:{metrics_port}\"\n\n[ceiling]\n\
+         cpu = \"0.0001%\"\nwindow = \"1s\"\n",
         cgroup.dir.display()
     ));
     agent.start();
+    assert!(disabled_info(metrics_port).is_empty());
 
     // Idle: measured, under the ceiling.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -136,6 +164,12 @@ fn over_the_ceiling_dt_disables_itself_and_enable_rearms_it() {
         "{text}"
     );
     assert!(text.contains("cost: kernel programs"), "{text}");
+    // The metric says it in a fixed word, not with the figures: one series an alert can name,
+    // whatever this trip measured.
+    assert_eq!(
+        disabled_info(metrics_port),
+        ["dt_disabled_info{reason=\"ceiling\"} 1"]
+    );
 
     // The load goes on, untouched now.
     std::thread::sleep(Duration::from_millis(500));
@@ -163,6 +197,7 @@ fn over_the_ceiling_dt_disables_itself_and_enable_rearms_it() {
     assert!(o.status.success(), "{}", output_text(&o));
     let s = agent.stats();
     assert!(s.enabled && s.disabled_reason.is_none(), "{s:?}");
+    assert!(disabled_info(metrics_port).is_empty());
     std::thread::sleep(3 * WINDOW);
     let s = agent.stats();
     assert!(s.enabled, "{:?}", s.disabled_reason);
@@ -176,6 +211,10 @@ fn over_the_ceiling_dt_disables_itself_and_enable_rearms_it() {
             .as_deref()
             .is_some_and(|r| r.contains("dt-agent disable")),
         "{s:?}"
+    );
+    assert_eq!(
+        disabled_info(metrics_port),
+        ["dt_disabled_info{reason=\"disable\"} 1"]
     );
 }
 
@@ -341,15 +380,25 @@ fn the_rip_cords_reason_survives_a_pinned_restart() {
     a.trip("ceiling: dt's kernel programs took 9% (test)".into())
         .unwrap();
     drop(a);
+    // The metric's reason is the cause's fixed word, with or without the figures.
+    let info = |s: &dt_agent::Stats| -> Vec<String> {
+        dt_agent::metrics::render_prometheus(s)
+            .lines()
+            .filter(|l| l.starts_with("dt_disabled_info"))
+            .map(str::to_string)
+            .collect()
+    };
     let s = dt_agent::agent::pinned_stats(&root).unwrap();
     assert!(
         !s.enabled && why(&s).starts_with("ceiling: the cost ceiling was exceeded"),
         "{}",
         why(&s)
     );
+    assert_eq!(info(&s), ["dt_disabled_info{reason=\"ceiling\"} 1"]);
     let mut b = dt_tests::start_agent_with(cfg.clone());
     let s = dt_tests::stats_of(&b);
     assert!(!s.enabled && why(&s).starts_with("ceiling:"), "{}", why(&s));
+    assert_eq!(info(&s), ["dt_disabled_info{reason=\"ceiling\"} 1"]);
 
     // By hand: said so, after the agent too.
     b.set_enabled(true).unwrap();
@@ -357,8 +406,11 @@ fn the_rip_cords_reason_survives_a_pinned_restart() {
     drop(b);
     let s = dt_agent::agent::pinned_stats(&root).unwrap();
     assert!(why(&s).contains("dt-agent disable"), "{}", why(&s));
+    assert_eq!(info(&s), ["dt_disabled_info{reason=\"disable\"} 1"]);
     let mut c = dt_tests::start_agent_with(cfg);
-    assert!(why(&dt_tests::stats_of(&c)).contains("dt-agent disable"));
+    let s = dt_tests::stats_of(&c);
+    assert!(why(&s).contains("dt-agent disable"));
+    assert_eq!(info(&s), ["dt_disabled_info{reason=\"disable\"} 1"]);
     c.uninstall().unwrap();
     drop(c);
     let _ = std::fs::remove_dir_all(&root);

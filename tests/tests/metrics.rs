@@ -26,6 +26,15 @@ use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
 use prost::Message;
 
+/// Every value of `dt_disabled_info`'s `reason` label, as the README lists them.
+const DISABLED_REASONS: [&str; 5] = [
+    "ceiling",
+    "disable",
+    "stopping",
+    "uninstall_cut_short",
+    "unknown",
+];
+
 /// A count rule in front (its name needs escaping in the exposition), drops behind it.
 fn rules() -> Vec<RuleSpec> {
     vec![
@@ -291,14 +300,26 @@ fn assert_exposition_matches(e: &Exposition, stats: &Stats) {
         assert_eq!(e.get(name, &[]), Some(want as f64), "{name}");
         n += 1;
     }
-    // Why it is disabled, while it is; what the cost ceiling measured, with one.
-    if let Some(reason) = &stats.disabled_reason {
-        assert_eq!(
-            e.get("dt_disabled_info", &[("reason", reason)]),
-            Some(1.0),
-            "disabled_reason"
+    // Why it is disabled, while it is: one series, labelled with a fixed token (the words and
+    // figures of disabled_reason are no label); what the cost ceiling measured, with one.
+    let info: Vec<_> = e
+        .samples
+        .iter()
+        .filter(|((name, _), _)| name == "dt_disabled_info")
+        .collect();
+    if stats.disabled_reason.is_some() {
+        assert_eq!(info.len(), 1, "{info:?}");
+        let ((_, labels), value) = info[0];
+        assert_eq!(*value, 1.0);
+        assert!(
+            labels.len() == 1
+                && labels[0].0 == "reason"
+                && DISABLED_REASONS.contains(&labels[0].1.as_str()),
+            "{labels:?}"
         );
         n += 1;
+    } else {
+        assert!(info.is_empty(), "{info:?}");
     }
     if let Some(c) = &stats.cost {
         for (name, want) in [
@@ -400,13 +421,22 @@ fn metrics_prometheus_scrape_matches_agent_stats() {
     assert!(stats.totals.records > before.totals.records);
     assert_exposition_matches(&parse_exposition(&body), &stats);
 
-    // Disabled: dt_enabled reads 0.
+    // Disabled: dt_enabled reads 0, and dt_disabled_info says by hand, in a word.
     run.agent.lock().unwrap().set_enabled(false).unwrap();
     let (_, _, body) = scrape(&mut client, addr);
     let e = parse_exposition(&body);
     assert_eq!(e.get("dt_enabled", &[]), Some(0.0));
+    assert_eq!(
+        e.get("dt_disabled_info", &[("reason", "disable")]),
+        Some(1.0),
+        "{body}"
+    );
     assert_exposition_matches(&e, &run.stats());
     run.agent.lock().unwrap().set_enabled(true).unwrap();
+    let (_, _, body) = scrape(&mut client, addr);
+    let e = parse_exposition(&body);
+    assert_eq!(e.get("dt_enabled", &[]), Some(1.0));
+    assert_exposition_matches(&e, &run.stats());
 
     // Other paths and methods.
     client.write_chunks(&[b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n"], Duration::ZERO);
@@ -635,6 +665,26 @@ fn assert_points_match(p: &Points, stats: &Stats, start: u64, window: (u64, u64)
         );
         n += 1;
     }
+    // Why it is disabled, while it is: one point, its `reason` a fixed token.
+    let info: Vec<_> = p
+        .iter()
+        .filter(|((name, _), _)| name == "dt.disabled.info")
+        .collect();
+    if stats.disabled_reason.is_some() {
+        assert_eq!(info.len(), 1, "{info:?}");
+        let ((_, attributes), (value, is_sum, _, _)) = info[0];
+        assert_eq!((*value, *is_sum), (1, false));
+        assert!(
+            attributes.len() == 1
+                && attributes
+                    .get("reason")
+                    .is_some_and(|r| DISABLED_REASONS.contains(&r.as_str())),
+            "{attributes:?}"
+        );
+        n += 1;
+    } else {
+        assert!(info.is_empty(), "{info:?}");
+    }
     assert_eq!(p.len(), n, "no other points: {:?}", p.keys());
 }
 
@@ -677,6 +727,26 @@ fn metrics_otlp_push_matches_agent_stats() {
         assert_points_match(&otlp_points(req), &stats, start, (t0, t1));
         assert_eq!(run.stats(), stats);
     }
+
+    // Disabled by hand: dt.disabled.info says so, in a word.
+    run.agent.lock().unwrap().set_enabled(false).unwrap();
+    let stats = run.stats();
+    let t0 = unix_nanos();
+    rt.block_on(push_once(&endpoint, start, &source))
+        .unwrap_or_else(|e| panic!("push_once: {e:#}"));
+    let t1 = unix_nanos();
+    let req = got.lock().unwrap().last().unwrap().request.clone();
+    let p = otlp_points(req.as_ref().expect("the push decodes"));
+    assert_points_match(&p, &stats, start, (t0, t1));
+    let disabled = BTreeMap::from([("reason".to_string(), "disable".to_string())]);
+    assert_eq!(
+        p.get(&("dt.disabled.info".to_string(), disabled))
+            .map(|v| v.0),
+        Some(1),
+        "{:?}",
+        p.keys()
+    );
+    run.agent.lock().unwrap().set_enabled(true).unwrap();
 
     // A receiver that is gone: an error, not a panic or a hang.
     drop(rt);

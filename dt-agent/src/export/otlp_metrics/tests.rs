@@ -475,3 +475,28 @@ fn the_resource_names_the_node_when_kubernetes_says_it() {
     assert!(!keys(Some("")).contains_key("k8s.node.name"));
     assert_eq!(keys(Some("node-7"))["k8s.node.name"], "node-7");
 }
+
+/// `dt.disabled.info`'s `reason` attribute is the same fixed token as the Prometheus label.
+#[test]
+fn why_disabled_is_a_fixed_token() {
+    let mut stats = testdata::stats();
+    stats.enabled = false;
+    stats.disabled_reason = Some(
+        "ceiling: dt's kernel programs took 0.1683% of all 2 CPUs over the last 999 ms (3365 µs \
+         of CPU time in 2226 runs), over the ceiling of 0.0001%; every request passes untouched \
+         until `dt-agent enable`"
+            .into(),
+    );
+    let p = points(&otlp_request(&stats, 1, 2));
+    let info: Vec<_> = p
+        .iter()
+        .filter(|((name, _), _)| name == "dt.disabled.info")
+        .collect();
+    assert_eq!(info.len(), 1, "{info:?}");
+    let ((_, attributes), (value, is_sum, _, _)) = info[0];
+    assert_eq!(
+        attributes,
+        &BTreeMap::from([("reason".to_string(), "ceiling".to_string())])
+    );
+    assert_eq!((*value, *is_sum), (1, false));
+}

@@ -350,6 +350,60 @@ fn escapes_label_values_exactly() {
     assert_eq!(escape_help("a\\b\nc"), r"a\\b\nc");
 }
 
+/// `dt_disabled_info`'s `reason` is a fixed token: the same series for every trip of the
+/// ceiling, whatever its figures (they stay in `stats`' `disabled_reason`).
+#[test]
+fn why_disabled_is_a_fixed_token() {
+    let mut stats = testdata::stats();
+    stats.enabled = false;
+    let mut series = BTreeSet::new();
+    for (why, token) in [
+        (
+            "ceiling: dt's kernel programs took 0.1683% of all 2 CPUs over the last 999 ms \
+             (3365 µs of CPU time in 2226 runs), over the ceiling of 0.0001%; every request \
+             passes untouched until `dt-agent enable`",
+            "ceiling",
+        ),
+        (
+            "ceiling: dt's kernel programs took 0.2% of all 2 CPUs over the last 1001 ms \
+             (4001 µs of CPU time in 2500 runs), over the ceiling of 0.0001%; every request \
+             passes untouched until `dt-agent enable`",
+            "ceiling",
+        ),
+        (
+            "the rip cord is pulled (dt-agent disable): every request passes untouched",
+            "disable",
+        ),
+        (
+            "the agent is stopping (it waits for held requests, then detaches): every request \
+             passes untouched",
+            "stopping",
+        ),
+    ] {
+        stats.disabled_reason = Some(why.into());
+        let text = render_prometheus(&stats);
+        let line = format!("dt_disabled_info{{reason=\"{token}\"}} 1\n");
+        assert!(text.contains(&line), "{line} not in\n{text}");
+        for sample in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(
+                !sample.contains("CPU time") && !sample.contains("rip cord"),
+                "{sample}"
+            );
+        }
+        let p = parse(&text);
+        let info: Vec<_> = p
+            .samples
+            .keys()
+            .filter(|(name, _)| name == "dt_disabled_info")
+            .cloned()
+            .collect();
+        assert_eq!(info.len(), 1, "{info:?}");
+        series.insert(info[0].clone());
+    }
+    // Two trips of the ceiling, one series.
+    assert_eq!(series.len(), 3, "{series:?}");
+}
+
 #[test]
 fn empty_stats_still_list_every_family() {
     let stats = Stats::default();
