@@ -508,14 +508,31 @@ fn fix_key_at(value: &mut DeValue, span: &std::ops::Range<usize>, meant: Option<
 
 /// Why `name` (of a rule, probe, recorder or state) cannot be one: it holds a control
 /// character (a line break, a tab), which would break `rules` and `stats` tables and metric
-/// labels.
+/// labels, or an invisible formatting character (a bidirectional override, a zero-width
+/// space), which would make a name display as another, or differently from its bytes.
 pub(super) fn bad_name_char(name: &str) -> Option<String> {
-    let c = name.chars().find(|c| c.is_control())?;
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Some(format!(
+            "name {name:?} holds the control character {c:?}: a name is one line of printable \
+             characters"
+        ));
+    }
+    let c = name.chars().find(|&c| invisible_format(c))?;
+    // (`{:?}` writes them escaped, as `\u{202e}`.)
     Some(format!(
-        "name {name:?} holds the control character {:?}: a name is one line of printable \
-         characters",
-        c
+        "name {name:?} holds the invisible formatting character U+{:04X}: a name is one line \
+         of printable characters, shown as it is written",
+        c as u32
     ))
+}
+
+/// Unicode's invisible formatting characters that change how text around them displays or
+/// that show nothing at all: bidirectional embeddings, overrides, isolates and marks,
+/// zero-width spaces and joiners, the word joiner and invisible operators, the byte order mark.
+fn invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// The result of a table's own checks, after the problems found reading it ([`read_table`]).

@@ -763,6 +763,20 @@ fn names_are_one_line_and_states_are_named_once() {
         e.starts_with("r.toml:2:8: name \"drop debug\\nnoise\" holds the control character"),
         "{e}"
     );
+    // A name that would display as another: a right-to-left override, a zero-width space.
+    let e = error("[[rule]]\nname = \"drop-\\u202Egubed\"\naction = \"drop\"\n");
+    assert_eq!(
+        e,
+        "r.toml:2:8: name \"drop-\\u{202e}gubed\" holds the invisible formatting character \
+         U+202E: a name is one line of printable characters, shown as it is written",
+    );
+    let e = error("[[state]]\nname = \"inci\\u200Bdent\"\nduration = \"1m\"\n");
+    assert!(
+        e.contains("holds the invisible formatting character U+200B"),
+        "{e}"
+    );
+    // Printable characters of any script stay names.
+    assert!(load("[[rule]]\nname = \"drop-débogage-調試\"\naction = \"drop\"\n").is_ok());
     let state = "[[state]]\nname = \"incident\"\nduration = \"1m\"\n";
     let rule_with_state = |s: &str| {
         format!("[[rule]]\nname = \"a\"\naction = \"drop\"\n[rule.match]\nstate = \"{s}\"\n{state}")
