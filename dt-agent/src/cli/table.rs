@@ -48,6 +48,7 @@ fn refused(out: &mut String, error: Option<&str>) {
 pub fn rules(info: &RulesInfo) -> String {
     let mut out = String::new();
     let hw = hook_width(info.rules.iter().map(|r| r.hook.as_str()));
+    let nw = first_width(info.rules.iter().map(|r| r.name.as_str()));
     let _ = writeln!(
         out,
         "generation {}  {}  rules from {}",
@@ -58,14 +59,14 @@ pub fn rules(info: &RulesInfo) -> String {
     refused(&mut out, info.rules_error.as_deref());
     let _ = writeln!(
         out,
-        "\n{:<32} {:<10} {:<hw$} SOURCE",
+        "\n{:<nw$} {:<10} {:<hw$} SOURCE",
         "RULE", "ACTION", "HOOK"
     );
     for r in &info.rules {
         let _ = writeln!(
             out,
             "{} {:<10} {} {}:{}",
-            pad(&r.name, 32),
+            pad(&r.name, nw),
             r.action,
             pad(&r.hook, hw),
             r.file.display(),
@@ -426,16 +427,20 @@ mod tests {
     #[test]
     fn the_rules_table_pads_by_display_width() {
         let info = RulesInfo {
-            rules: ["日本語のルール", "plain"]
-                .into_iter()
-                .map(|name| RuleInfo {
-                    name: name.into(),
-                    action: "drop".into(),
-                    hook: "otlp".into(),
-                    file: "r.toml".into(),
-                    line: 1,
-                })
-                .collect(),
+            rules: [
+                "日本語のルール",
+                "plain",
+                "a-rule-name-longer-than-thirty-two-columns",
+            ]
+            .into_iter()
+            .map(|name| RuleInfo {
+                name: name.into(),
+                action: "drop".into(),
+                hook: "otlp".into(),
+                file: "r.toml".into(),
+                line: 1,
+            })
+            .collect(),
             generation: 1,
             enabled: true,
             rules_dir: "/etc/dt/rules".into(),
@@ -445,7 +450,9 @@ mod tests {
         let header = text.lines().find(|l| l.starts_with("RULE")).unwrap();
         let source = columns(header, "SOURCE").0;
         for row in text.lines().filter(|l| l.ends_with("r.toml:1")) {
-            assert_eq!(columns(row, "drop").0, 33, "{row:?}\n{text}");
+            // The widest name, and a space.
+            assert_eq!(columns(row, "drop").0, 43, "{row:?}\n{text}");
+            assert_eq!(columns(header, "ACTION").0, 43, "{header:?}");
             assert_eq!(columns(row, "r.toml").0, source, "{row:?}\n{text}");
         }
     }
