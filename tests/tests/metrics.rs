@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use dt_agent::metrics::{StatsSource, bind_metrics, push_once, serve_prometheus};
 use dt_agent::{Agent, Stats};
+use dt_tests::agent_process::AgentProcess;
 use dt_tests::otlp::{encode, sent_records};
 use dt_tests::{
     Expected, HttpRequestBuilder, LogsRequestBuilder, RawClient, Rec, Receiver, RuleSpec, Split,
@@ -555,6 +556,11 @@ fn otlp_points(req: &ExportMetricsServiceRequest) -> Points {
         res.get("host.name").is_some_and(|h| !h.is_empty()),
         "{res:?}"
     );
+    // Which agent: a UUID, so that two hosts' series stay apart.
+    assert!(
+        res.get("service.instance.id").is_some_and(|id| is_uuid(id)),
+        "{res:?}"
+    );
     assert_eq!(rm.scope_metrics.len(), 1);
     let sm = &rm.scope_metrics[0];
     assert_eq!(sm.scope.as_ref().expect("scope").name, "dt");
@@ -584,6 +590,42 @@ fn otlp_points(req: &ExportMetricsServiceRequest) -> Points {
         }
     }
     out
+}
+
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit() && !c.is_ascii_uppercase(),
+        })
+}
+
+/// The `service.instance.id` of the only resource of `req`.
+fn instance_id(req: &ExportMetricsServiceRequest) -> String {
+    let res = attr_map(
+        &req.resource_metrics[0]
+            .resource
+            .as_ref()
+            .expect("resource")
+            .attributes,
+    );
+    res["service.instance.id"].clone()
+}
+
+/// What an agent without OpAMP says its `service.instance.id` is on this host, by systemd's own
+/// derivation from the machine id (`None` without `systemd-id128`).
+fn host_instance_id() -> Option<String> {
+    let o = std::process::Command::new("systemd-id128")
+        .args([
+            "machine-id",
+            "--app-specific=fbb35291-fd53-4fe9-a1b2-b0c1957d121f",
+            "-u",
+        ])
+        .output()
+        .ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
 }
 
 fn assert_points_match(p: &Points, stats: &Stats, start: u64, window: (u64, u64)) {
@@ -726,6 +768,10 @@ fn metrics_otlp_push_matches_agent_stats() {
         // Nothing moves between stats() and the push: no traffic is in flight.
         assert_points_match(&otlp_points(req), &stats, start, (t0, t1));
         assert_eq!(run.stats(), stats);
+        // Without OpAMP, the host's id, derived from its machine id as systemd derives one.
+        if let Some(want) = host_instance_id() {
+            assert_eq!(instance_id(req), want);
+        }
     }
 
     // Disabled by hand: dt.disabled.info says so, in a word.
@@ -807,8 +853,9 @@ fn metrics_otlp_start_time_of_adopted_counters_is_when_they_began() {
     agent.write_config(&format!(
         "otlp_endpoint = \"http://{addr}/v1/metrics\"\notlp_interval = \"200ms\"\n"
     ));
-    // The start time of `dt.records` in the last push after `after` (ns since the epoch).
-    let records_start = |after: usize| -> (usize, u64) {
+    // The start time of `dt.records` in the last push after `after` (ns since the epoch), and
+    // the push's `service.instance.id`.
+    let records_start = |after: usize| -> (usize, u64, String) {
         let t0 = std::time::Instant::now();
         loop {
             let pushed = got.lock().unwrap().clone();
@@ -820,7 +867,7 @@ fn metrics_otlp_start_time_of_adopted_counters_is_when_they_began() {
                     .find(|((name, _), _)| name == "dt.records")
                     .map(|(_, v)| *v)
                     .expect("dt.records");
-                return (pushed.len(), start);
+                return (pushed.len(), start, instance_id(&req));
             }
             assert!(t0.elapsed() < WAIT, "no push");
             std::thread::sleep(Duration::from_millis(50));
@@ -828,23 +875,82 @@ fn metrics_otlp_start_time_of_adopted_counters_is_when_they_began() {
     };
     let first_started = unix_nanos();
     agent.start();
-    let (n, first) = records_start(0);
+    let (n, first, first_instance) = records_start(0);
     assert!(first >= first_started, "{first} < {first_started}");
     agent.signal(libc::SIGTERM);
     agent.wait_exit(Duration::from_secs(10));
     // Pinned: the counters stay; the next agent adopts them.
     let second_started = unix_nanos();
     agent.start();
-    let (_, second) = records_start(n);
+    let (_, second, second_instance) = records_start(n);
     assert!(
         (first..second_started).contains(&second),
         "the adopted counters' start {second} is not when the pins were made (first agent's \
          start {first}, second's {second_started})"
     );
+    // A restart is the same instance (so the counters it carries on are the same series).
+    assert_eq!(first_instance, second_instance);
+    if let Some(want) = host_instance_id() {
+        assert_eq!(first_instance, want);
+    }
     let o = agent.verb("uninstall", &[]);
     assert!(
         o.status.success(),
         "{}",
         dt_tests::agent_process::output_text(&o)
     );
+}
+
+/// With `[opamp]`, the metrics' `service.instance.id` is the OpAMP instance uid (kept in
+/// `<state_dir>/opamp/instance_uid`), so the OpAMP server and the metrics backend name the agent
+/// alike; an OpAMP server that cannot be reached does not change it, and a restart keeps it.
+#[test]
+fn metrics_otlp_instance_id_is_the_opamp_instance_uid() {
+    if !kernel_or_skip("metrics_otlp_instance_id_is_the_opamp_instance_uid") {
+        return;
+    }
+    let rt = runtime();
+    let (addr, got) = rt.block_on(start_metrics_receiver());
+    // A port nobody listens on: the OpAMP client retries, and the agent goes on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let receiver = Receiver::start_v4();
+    let dir = TempRules::from_rules(&rules());
+    let mut agent = AgentProcess::new("otlp-opamp", dir.path(), &[receiver.port()], false);
+    let state = agent.dir().join("state");
+    agent.write_config(&format!(
+        "otlp_endpoint = \"http://{addr}/v1/metrics\"\notlp_interval = \"200ms\"\n\
+         state_dir = \"{}\"\n\n[opamp]\nendpoint = \"http://127.0.0.1:{closed}/v1/opamp\"\n",
+        state.display()
+    ));
+    let pushed_instance = |agent: &AgentProcess, after: usize| -> (usize, String) {
+        let t0 = std::time::Instant::now();
+        loop {
+            let pushed = got.lock().unwrap().clone();
+            if pushed.len() > after {
+                let req = pushed.last().unwrap().request.as_ref().unwrap().clone();
+                otlp_points(&req);
+                return (pushed.len(), instance_id(&req));
+            }
+            assert!(t0.elapsed() < WAIT, "no push:\n{}", agent.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    for round in 0..2 {
+        agent.start();
+        let before = got.lock().unwrap().len();
+        let (n, id) = pushed_instance(&agent, before);
+        let kept = std::fs::read_to_string(state.join("opamp/instance_uid")).expect("the uid");
+        assert_eq!(id, kept.trim(), "round {round}");
+        // And it stays so, push after push.
+        assert_eq!(pushed_instance(&agent, n).1, id);
+        if let Some(host) = host_instance_id() {
+            assert_ne!(id, host);
+        }
+        agent.signal(libc::SIGTERM);
+        agent.wait_exit(Duration::from_secs(10));
+    }
 }

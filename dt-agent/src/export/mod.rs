@@ -40,8 +40,9 @@
 //! monotonic cumulative Sums whose start time is the agent's start, and gauges are Gauges; every
 //! value is an integer (`as_int`).
 //!
-//! Also here: [`capture`], the uprobe hook's captured calls as OTLP logs, and `http`, the
-//! plain `http://` poster both OTLP outputs use.
+//! Also here: [`capture`], the uprobe hook's captured calls as OTLP logs, `http`, the
+//! plain `http://` poster both OTLP outputs use, and [`identity`], the `service.instance.id` of
+//! the OTLP metrics' resource.
 //!
 //! The pieces, for `dt-agent run`:
 //! - [`bind_metrics`] then [`serve_prometheus`] (a task) for the `/metrics` endpoint, which
@@ -52,6 +53,7 @@ pub mod capture;
 mod families;
 pub mod flush;
 pub(crate) mod http;
+pub mod identity;
 mod otlp_metrics;
 pub mod own;
 mod prometheus;

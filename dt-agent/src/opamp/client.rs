@@ -128,6 +128,8 @@ impl Client {
             .map_err(|e| anyhow::anyhow!("opamp endpoint {:?}: {e}", settings.endpoint))?;
         http::target(&endpoint, "OpAMP endpoint")?;
         let uid = state.instance_uid()?;
+        // The agent's metrics name it as OpAMP does.
+        crate::export::identity::set_opamp_instance_uid(&format_uuid(&uid));
         let now = unix_nanos();
         Ok(Client {
             endpoint,
@@ -342,6 +344,7 @@ impl Client {
                         log::error!("{e:#}; the new instance id is not kept across restarts");
                     }
                     self.uid = uid;
+                    crate::export::identity::set_opamp_instance_uid(&format_uuid(&uid));
                     self.full = true;
                     next = Next::Now;
                 }

@@ -25,8 +25,9 @@ pub const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the endpoint is called in errors.
 const WHAT: &str = "OTLP metrics endpoint";
 
-/// The counters as one OTLP export request: one ResourceMetrics (`service.name` = `dt-agent`,
-/// `service.version`, `host.name`), one ScopeMetrics (scope `dt`), and every family of the
+/// The counters as one OTLP export request: one ResourceMetrics (see [`resource_attributes`];
+/// `service.instance.id` from [`super::identity`]), one ScopeMetrics (scope `dt`), and every
+/// family of the
 /// table in [`crate::export`] under its OTLP name, attributes as the Prometheus labels.
 /// Counters are monotonic cumulative Sums from `start_unix_nanos` (the agent's start) to
 /// `now_unix_nanos`; gauges are Gauges at `now_unix_nanos`. Values are `as_int` (counts above
@@ -76,7 +77,7 @@ pub fn otlp_request(
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
             resource: Some(Resource {
-                attributes: resource_attributes(node_name()),
+                attributes: resource_attributes(node_name(), &super::identity::instance_id()),
                 ..Default::default()
             }),
             scope_metrics: vec![ScopeMetrics {
@@ -103,13 +104,16 @@ fn string_kv(key: &str, value: String) -> KeyValue {
     }
 }
 
-/// The resource of dt's metrics: `service.name` = `dt-agent`, `service.version`, `host.name`,
-/// and `k8s.node.name` when the agent runs on a Kubernetes node (the DaemonSet passes it in
-/// [`crate::sys::NODE_NAME_ENV`]), so that a fleet's counters add up by node in the backend.
-pub fn resource_attributes(node: Option<&str>) -> Vec<KeyValue> {
+/// The resource of dt's metrics: `service.name` = `dt-agent`, `service.version`,
+/// `service.instance.id` (`instance`: which agent, see [`super::identity`]), `host.name`, and
+/// `k8s.node.name` when the agent runs on a Kubernetes node (the DaemonSet passes it in
+/// [`crate::sys::NODE_NAME_ENV`]), so that a fleet's counters stay apart, and add up by node, in
+/// the backend.
+pub fn resource_attributes(node: Option<&str>, instance: &str) -> Vec<KeyValue> {
     let mut attrs = vec![
         string_kv("service.name", "dt-agent".into()),
         string_kv("service.version", env!("CARGO_PKG_VERSION").into()),
+        string_kv("service.instance.id", instance.to_string()),
         string_kv("host.name", hostname().to_string()),
     ];
     if let Some(node) = node.filter(|n| !n.is_empty()) {

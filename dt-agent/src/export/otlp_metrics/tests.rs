@@ -33,6 +33,8 @@ fn points(req: &ExportMetricsServiceRequest) -> Points {
     let res = attrs(&rm.resource.as_ref().unwrap().attributes);
     assert_eq!(res["service.name"], "dt-agent");
     assert_eq!(res["host.name"], hostname());
+    let instance = &res["service.instance.id"];
+    assert!(crate::opamp::parse_uuid(instance).is_some(), "{instance}");
     assert_eq!(rm.scope_metrics.len(), 1);
     let sm = &rm.scope_metrics[0];
     assert_eq!(sm.scope.as_ref().unwrap().name, "dt");
@@ -464,13 +466,20 @@ async fn push_once_is_bounded() {
 #[test]
 fn the_resource_names_the_node_when_kubernetes_says_it() {
     let keys = |node| {
-        attrs(&super::resource_attributes(node))
-            .into_iter()
-            .collect::<BTreeMap<_, _>>()
+        attrs(&super::resource_attributes(
+            node,
+            "0c4915b8-9594-49c4-9b95-13b0f9e149c3",
+        ))
+        .into_iter()
+        .collect::<BTreeMap<_, _>>()
     };
     let plain = keys(None);
     assert_eq!(plain["service.name"], "dt-agent");
     assert_eq!(plain["host.name"], hostname());
+    assert_eq!(
+        plain["service.instance.id"],
+        "0c4915b8-9594-49c4-9b95-13b0f9e149c3"
+    );
     assert!(!plain.contains_key("k8s.node.name"));
     assert!(!keys(Some("")).contains_key("k8s.node.name"));
     assert_eq!(keys(Some("node-7"))["k8s.node.name"], "node-7");
