@@ -59,6 +59,12 @@ pub struct Stats {
     /// exceeded (with the measured and allowed figures).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled_reason: Option<String>,
+    /// The same as one fixed word, for scripts and alerts (the `reason` label of
+    /// `dt_disabled_info`): `ceiling`, `disable` (by hand), `stopping` (the drain before
+    /// detaching), `uninstall_cut_short` (adopted pins an unfinished uninstall left pulled) or
+    /// `unknown`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_cause: Option<String>,
     /// Why the last change of the rule set was refused (a reload of the rules directory, or a
     /// remote config), while it stands: the active set is the one before it. A later change
     /// that applies clears it.

@@ -147,6 +147,7 @@ fn over_the_ceiling_dt_disables_itself_and_enable_rearms_it() {
         "{why}"
     );
     assert!(why.contains("over the ceiling of 0.0001%"), "{why}");
+    assert_eq!(tripped.disabled_cause.as_deref(), Some("ceiling"));
     let cost = tripped.cost.clone().unwrap();
     assert!(
         cost.cpu_ppm > cost.cpu_ceiling_ppm && cost.exceeded >= 1,
@@ -196,7 +197,10 @@ fn over_the_ceiling_dt_disables_itself_and_enable_rearms_it() {
     let o = agent.verb("enable", &[]);
     assert!(o.status.success(), "{}", output_text(&o));
     let s = agent.stats();
-    assert!(s.enabled && s.disabled_reason.is_none(), "{s:?}");
+    assert!(
+        s.enabled && s.disabled_reason.is_none() && s.disabled_cause.is_none(),
+        "{s:?}"
+    );
     assert!(disabled_info(metrics_port).is_empty());
     std::thread::sleep(3 * WINDOW);
     let s = agent.stats();
@@ -395,6 +399,7 @@ fn the_rip_cords_reason_survives_a_pinned_restart() {
         why(&s)
     );
     assert_eq!(info(&s), ["dt_disabled_info{reason=\"ceiling\"} 1"]);
+    assert_eq!(s.disabled_cause.as_deref(), Some("ceiling"));
     let mut b = dt_tests::start_agent_with(cfg.clone());
     let s = dt_tests::stats_of(&b);
     assert!(!s.enabled && why(&s).starts_with("ceiling:"), "{}", why(&s));
@@ -407,6 +412,7 @@ fn the_rip_cords_reason_survives_a_pinned_restart() {
     let s = dt_agent::agent::pinned_stats(&root).unwrap();
     assert!(why(&s).contains("dt-agent disable"), "{}", why(&s));
     assert_eq!(info(&s), ["dt_disabled_info{reason=\"disable\"} 1"]);
+    assert_eq!(s.disabled_cause.as_deref(), Some("disable"));
     let mut c = dt_tests::start_agent_with(cfg);
     let s = dt_tests::stats_of(&c);
     assert!(why(&s).contains("dt-agent disable"));

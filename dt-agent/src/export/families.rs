@@ -458,7 +458,7 @@ pub(crate) const STATE_ON: Family = gauge(
 );
 
 /// While evaluation is off: 1, labelled with why as a token of [`DISABLED_REASONS`] (`reason`,
-/// from [`disabled_reason_token`]). The words and figures stay in `stats`' `disabled_reason`:
+/// `stats`' `disabled_cause`). The words and figures stay in `stats`' `disabled_reason`:
 /// as a label value they would make a new series at every trip, which no alert can name.
 pub(crate) const DISABLED_INFO: Family = gauge(
     "dt_disabled_info",
@@ -467,8 +467,7 @@ pub(crate) const DISABLED_INFO: Family = gauge(
     "1 while dt is disabled, labelled with why: reason is ceiling (the cost ceiling was exceeded), disable (the rip cord pulled by hand), stopping (the agent drains before it detaches), uninstall_cut_short (an adopted rip cord an uninstall left pulled) or unknown; stats --json disabled_reason has the details.",
 );
 
-/// Every value of `dt_disabled_info`'s `reason` label (what [`disabled_reason_token`] gives).
-#[cfg(test)]
+/// Every value of `dt_disabled_info`'s `reason` label (what [`disabled_token`] gives).
 pub(crate) const DISABLED_REASONS: [&str; 5] = [
     "ceiling",
     "disable",
@@ -477,29 +476,15 @@ pub(crate) const DISABLED_REASONS: [&str; 5] = [
     "unknown",
 ];
 
-/// The `reason` label of `dt_disabled_info` for `stats`' `disabled_reason` text: which of the
-/// rip cord's pullers (the kernel's `off_why`) the text says, as a fixed token. The texts are
-/// the agent's (`kernel::counters`, `ceiling`), read by their fixed beginnings, never by their
-/// figures:
-/// - `ceiling`: `ceiling: …`, a cost ceiling exceeded, measured by this agent (with figures) or
-///   adopted from pins (without);
-/// - `disable`: `the rip cord is pulled (dt-agent disable) …`, by hand;
-/// - `stopping`: `the agent is stopping …`, the drain before detaching;
-/// - `uninstall_cut_short`: `an uninstall was cut short …`, pins adopted whose rip cord an
-///   uninstall pulled and did not finish (it stays pulled until `enable`);
-/// - `unknown`: anything else (pins whose `off_why` this agent does not know).
-pub(crate) fn disabled_reason_token(why: &str) -> &'static str {
-    if why.starts_with("ceiling:") {
-        "ceiling"
-    } else if why.starts_with("the rip cord is pulled (dt-agent disable)") {
-        "disable"
-    } else if why.starts_with("the agent is stopping") {
-        "stopping"
-    } else if why.starts_with("an uninstall was cut short") {
-        "uninstall_cut_short"
-    } else {
-        "unknown"
-    }
+/// The `reason` label of `dt_disabled_info`: `stats`' `disabled_cause`, one of
+/// [`DISABLED_REASONS`] (`unknown` for a word this agent does not know, as from stats of
+/// another version).
+pub(crate) fn disabled_token(cause: Option<&str>) -> &'static str {
+    DISABLED_REASONS
+        .iter()
+        .copied()
+        .find(|&w| Some(w) == cause)
+        .unwrap_or("unknown")
 }
 
 /// The cost ceiling's last measurement (`[ceiling]`; no series without one).
@@ -638,8 +623,11 @@ pub(crate) fn families(stats: &Stats) -> Vec<(&'static Family, Vec<Sample>)> {
     let disabled = stats
         .disabled_reason
         .iter()
-        .map(|why| Sample {
-            labels: vec![("reason", disabled_reason_token(why).to_string())],
+        .map(|_| Sample {
+            labels: vec![(
+                "reason",
+                disabled_token(stats.disabled_cause.as_deref()).to_string(),
+            )],
             value: 1,
         })
         .collect();
@@ -777,6 +765,7 @@ pub(crate) mod testdata {
                 remaining_ms: 1500,
             }],
             disabled_reason: None,
+            disabled_cause: None,
             cost: None,
         }
     }
@@ -832,61 +821,22 @@ mod tests {
         assert_eq!(all.len(), 47);
     }
 
-    /// Every text the agent gives as `disabled_reason` (`kernel::counters`, `ceiling`), and the
-    /// token it reads as: one per cause, whatever the figures.
+    /// `stats`' `disabled_cause` as the label: its word, or `unknown` for one this agent does
+    /// not know (stats of another version) or none.
     #[test]
-    fn disabled_reasons_read_as_fixed_tokens() {
-        let cases = [
-            (
-                "ceiling: dt's kernel programs took 0.1683% of all 2 CPUs over the last 999 ms \
-                 (3365 µs of CPU time in 2226 runs), over the ceiling of 0.0001%; every request \
-                 passes untouched until `dt-agent enable`",
-                "ceiling",
-            ),
-            (
-                "ceiling: dt's kernel programs took 3.2% of all 64 CPUs over the last 10001 ms \
-                 (20480000 µs of CPU time in 9 runs), over the ceiling of 2%; every request \
-                 passes untouched until `dt-agent enable`",
-                "ceiling",
-            ),
-            (
-                "ceiling: the cost ceiling was exceeded (the figures are in the log of the agent \
-                 that measured them): every request passes untouched until dt-agent enable",
-                "ceiling",
-            ),
-            (
-                "the rip cord is pulled (dt-agent disable): every request passes untouched",
-                "disable",
-            ),
-            (
-                "the agent is stopping (it waits for held requests, then detaches): every \
-                 request passes untouched",
-                "stopping",
-            ),
-            (
-                "an uninstall was cut short before it detached (the agent stopping it was \
-                 killed): every request passes untouched until dt-agent enable, or uninstall \
-                 again",
-                "uninstall_cut_short",
-            ),
-            (
-                "the rip cord is pulled: every request passes untouched",
-                "unknown",
-            ),
-            ("", "unknown"),
-        ];
-        for (why, want) in cases {
-            assert_eq!(disabled_reason_token(why), want, "{why}");
-            assert!(DISABLED_REASONS.contains(&want));
-        }
-        // Each token is a plain word: no quoting in either output, and one series per cause.
-        for t in DISABLED_REASONS {
+    fn disabled_causes_are_the_label_words() {
+        for w in DISABLED_REASONS {
+            assert_eq!(disabled_token(Some(w)), w);
+            // A plain word: no quoting in either output, one series per cause.
             assert!(
-                t.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
-                "{t}"
+                w.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{w}"
             );
-            assert!(DISABLED_INFO.help.contains(t), "{t} is not in the help");
+            assert!(DISABLED_INFO.help.contains(w), "{w} is not in the help");
         }
+        assert_eq!(disabled_token(Some("ceiling: 3.2% of 64 CPUs")), "unknown");
+        assert_eq!(disabled_token(Some("")), "unknown");
+        assert_eq!(disabled_token(None), "unknown");
     }
 
     #[test]
@@ -901,6 +851,7 @@ mod tests {
         stats.disabled_reason = Some(
             "ceiling: dt's kernel programs took 0.1683% of all 2 CPUs over the last 999 ms".into(),
         );
+        stats.disabled_cause = Some("ceiling".into());
         let all = families(&stats);
         let (_, samples) = all
             .iter()

@@ -50,7 +50,7 @@
 //! - [`push_otlp`] (a task) to push every interval, built on [`push_once`] and [`otlp_request`].
 
 pub mod capture;
-mod families;
+pub(crate) mod families;
 pub mod flush;
 pub(crate) mod http;
 pub mod identity;

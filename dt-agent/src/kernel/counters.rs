@@ -23,6 +23,29 @@ const HAND_PULLED: &str =
 const STOPPING: &str = "the agent is stopping (it waits for held requests, then detaches): \
                         every request passes untouched";
 
+/// [`Stats::disabled_cause`] of a rip cord pulled with `off_why` (see [`reason_recorded`]).
+pub(super) fn cause_recorded(off_why: u32) -> &'static str {
+    match off_why {
+        OFF_BY_CEILING => CAUSE_CEILING,
+        OFF_STOPPING => CAUSE_STOPPING,
+        OFF_BY_HAND => CAUSE_DISABLE,
+        _ => "unknown",
+    }
+}
+
+/// [`Stats::disabled_cause`] of an adopted rip cord (see [`reason_adopted`]).
+pub(super) fn cause_adopted(off_why: u32) -> &'static str {
+    match off_why {
+        OFF_STOPPING => "uninstall_cut_short",
+        o => cause_recorded(o),
+    }
+}
+
+/// The words of [`Stats::disabled_cause`] this agent sets itself.
+const CAUSE_CEILING: &str = "ceiling";
+const CAUSE_DISABLE: &str = "disable";
+const CAUSE_STOPPING: &str = "stopping";
+
 /// What `stats` says of a rip cord pulled with `off_why` ([`Control::off_why`]) by an agent
 /// before this one (an adopted pinned state), or with no agent running.
 pub(super) fn reason_recorded(off_why: u32) -> String {
@@ -63,11 +86,12 @@ impl Agent {
         stats.uprobes = self.probes.stats(&self.ebpf);
         add_objects(&mut stats, &self.objects, &self.active_objects, &self.known);
         if !stats.enabled {
-            stats.disabled_reason = Some(
-                self.disabled_reason
-                    .clone()
-                    .unwrap_or_else(|| HAND_PULLED.to_string()),
-            );
+            let (cause, why) = self
+                .disabled
+                .clone()
+                .unwrap_or((CAUSE_DISABLE, HAND_PULLED.to_string()));
+            stats.disabled_reason = Some(why);
+            stats.disabled_cause = Some(cause.to_string());
         }
         stats.cost = self.cost.clone();
         Ok(stats)
@@ -78,7 +102,7 @@ impl Agent {
     pub fn set_enabled(&mut self, enabled: bool) -> anyhow::Result<()> {
         let mut control: Array<_, Control> = Array::try_from(map(&mut self.ebpf, "CONTROL")?)?;
         set_enabled_in(&mut control, enabled, OFF_BY_HAND)?;
-        self.disabled_reason = (!enabled).then(|| HAND_PULLED.to_string());
+        self.disabled = (!enabled).then(|| (CAUSE_DISABLE, HAND_PULLED.to_string()));
         if enabled {
             self.enabled_epoch += 1;
         }
@@ -89,7 +113,7 @@ impl Agent {
     pub(super) fn set_stopping(&mut self) -> anyhow::Result<()> {
         let mut control: Array<_, Control> = Array::try_from(map(&mut self.ebpf, "CONTROL")?)?;
         set_enabled_in(&mut control, false, OFF_STOPPING)?;
-        self.disabled_reason = Some(STOPPING.to_string());
+        self.disabled = Some((CAUSE_STOPPING, STOPPING.to_string()));
         Ok(())
     }
 
@@ -104,7 +128,7 @@ impl Agent {
     pub fn trip(&mut self, reason: String) -> anyhow::Result<()> {
         let mut control: Array<_, Control> = Array::try_from(map(&mut self.ebpf, "CONTROL")?)?;
         set_enabled_in(&mut control, false, OFF_BY_CEILING)?;
-        self.disabled_reason = Some(reason);
+        self.disabled = Some((CAUSE_CEILING, reason));
         Ok(())
     }
 
@@ -340,6 +364,7 @@ where
         recorders: Vec::new(),
         states: Vec::new(),
         disabled_reason: None,
+        disabled_cause: None,
         cost: None,
     })
 }
@@ -373,6 +398,29 @@ fn sum_totals<T: std::borrow::Borrow<MapData>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every way the rip cord is recorded pulled has its word, one of the metric's label values;
+    /// the text says the same cause.
+    #[test]
+    fn every_recorded_pull_has_a_cause_word() {
+        use crate::export::families::DISABLED_REASONS;
+        for (off_why, recorded, adopted) in [
+            (OFF_BY_CEILING, "ceiling", "ceiling"),
+            (OFF_BY_HAND, "disable", "disable"),
+            (OFF_STOPPING, "stopping", "uninstall_cut_short"),
+            (0, "unknown", "unknown"),
+            (99, "unknown", "unknown"),
+        ] {
+            assert_eq!(cause_recorded(off_why), recorded, "{off_why}");
+            assert_eq!(cause_adopted(off_why), adopted, "{off_why}");
+            assert!(DISABLED_REASONS.contains(&recorded) && DISABLED_REASONS.contains(&adopted));
+        }
+        assert!(reason_recorded(OFF_BY_CEILING).starts_with("ceiling: "));
+        assert!(reason_adopted(OFF_STOPPING).starts_with("an uninstall was cut short"));
+        for w in [CAUSE_CEILING, CAUSE_DISABLE, CAUSE_STOPPING] {
+            assert!(DISABLED_REASONS.contains(&w), "{w}");
+        }
+    }
 
     #[test]
     fn a_value_cut_inside_a_character_shows_no_replacement_character() {

@@ -150,8 +150,9 @@ pub struct Agent {
     id: u64,
     /// `[enrich]`: keeps `CGROUP_IDS` up to date (none without a cgroup v2 hierarchy).
     cgroups: Option<cgroups::Tracker>,
-    /// Why the rip cord is pulled, when the agent pulled it.
-    disabled_reason: Option<String>,
+    /// Why the rip cord is pulled, when the agent pulled it: `stats`' `disabled_cause` word and
+    /// `disabled_reason` text.
+    disabled: Option<(&'static str, String)>,
     /// The cost ceiling's last measurement.
     cost: Option<crate::stats::CostStats>,
     /// Bumped by every `enable`.
@@ -331,11 +332,16 @@ impl Agent {
 
         // Read now, written once every check has passed: a refused start changes nothing of
         // a running filter it would adopt.
-        let (generation, active_slot, disabled_reason) = if adopting {
+        let (generation, active_slot, disabled) = if adopting {
             let control: Array<_, Control> = Array::try_from(map(&mut ebpf, "CONTROL")?)?;
             let c = control.get(&0, 0)?;
             // A rip cord pulled before: this agent says why, as recorded.
-            let why = (c.enabled == 0).then(|| counters::reason_adopted(c.off_why));
+            let why = (c.enabled == 0).then(|| {
+                (
+                    counters::cause_adopted(c.off_why),
+                    counters::reason_adopted(c.off_why),
+                )
+            });
             (c.active_generation(), c.active_slot(), why)
         } else {
             (0, 0, None)
@@ -390,7 +396,7 @@ impl Agent {
             capture_endpoint: cfg.capture_endpoint.clone(),
             id,
             cgroups,
-            disabled_reason,
+            disabled,
             cost: None,
             enabled_epoch: 0,
             memory_ceiling: cfg.memory_ceiling,
@@ -459,7 +465,7 @@ impl Agent {
                 None => String::new(),
             }
         );
-        if let Some(why) = agent.disabled_reason.as_deref() {
+        if let Some((_, why)) = &agent.disabled {
             // Adopted with the rip cord pulled: it stays pulled, and every request passes.
             log::warn!("the adopted filter is DISABLED: {why}; `dt-agent enable` turns it on");
         }

@@ -40,9 +40,9 @@ pub fn pinned_stats(root: &Path) -> anyhow::Result<Stats> {
     let (_, known) = read_names(&dir)?;
     let mut stats = build_stats(&control, &counters, &totals, &known)?;
     if !stats.enabled {
-        stats.disabled_reason = Some(super::counters::reason_recorded(
-            control.get(&0, 0)?.off_why,
-        ));
+        let off_why = control.get(&0, 0)?.off_why;
+        stats.disabled_reason = Some(super::counters::reason_recorded(off_why));
+        stats.disabled_cause = Some(super::counters::cause_recorded(off_why).to_string());
     }
     let groups: aya::maps::HashMap<_, dt_ebpf_common::GroupKey, u64> =
         aya::maps::HashMap::try_from(pinned_map(&dir, "GROUPS", Map::HashMap)?)?;

@@ -496,6 +496,7 @@ fn why_disabled_is_a_fixed_token() {
          until `dt-agent enable`"
             .into(),
     );
+    stats.disabled_cause = Some("ceiling".into());
     let p = points(&otlp_request(&stats, 1, 2));
     let info: Vec<_> = p
         .iter()

@@ -381,6 +381,7 @@ fn why_disabled_is_a_fixed_token() {
         ),
     ] {
         stats.disabled_reason = Some(why.into());
+        stats.disabled_cause = Some(token.into());
         let text = render_prometheus(&stats);
         let line = format!("dt_disabled_info{{reason=\"{token}\"}} 1\n");
         assert!(text.contains(&line), "{line} not in\n{text}");
