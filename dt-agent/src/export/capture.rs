@@ -272,9 +272,9 @@ fn c_string(bytes: &[u8]) -> String {
 }
 
 /// The captured calls as one export request: a ResourceLogs per (service, process) with
-/// `service.name` and `process.pid`, a ScopeLogs `dt.uprobe`, and per call a LogRecord: time
-/// (the call's), observed time (the export's), severity number and text, the message as the
-/// string body, and attributes `dt.probe`, `code.function.name`, `thread.id`, `thread.name`,
+/// `service.name`, `process.pid` and `host.name`, a ScopeLogs `dt.uprobe`, and per call a
+/// LogRecord: time (the call's), observed time (the export's), severity number and text, the
+/// message as the string body, and attributes `dt.probe`, `code.function.name`, `thread.id`, `thread.name`,
 /// plus `dt.message.truncated` (true) when the message was cut at the bound or
 /// `dt.message.unreadable` (true) when it could not be read.
 pub fn logs_request(
@@ -351,6 +351,11 @@ pub fn logs_request(
                     attributes: vec![
                         kv("service.name", Value::StringValue(service)),
                         kv("process.pid", Value::IntValue(pid as i64)),
+                        // The host the pid is of: the same pid on two hosts is two processes.
+                        kv(
+                            "host.name",
+                            Value::StringValue(crate::sys::hostname().to_string()),
+                        ),
                     ],
                     ..Default::default()
                 }),
@@ -420,6 +425,27 @@ mod tests {
         let req = logs_request(&[ev, other, ev], &meta, 5_000, 9);
         assert_eq!(req.resource_logs.len(), 2);
         let rl = &req.resource_logs[0];
+        let resource: Vec<(&str, String)> = rl
+            .resource
+            .as_ref()
+            .unwrap()
+            .attributes
+            .iter()
+            .map(|a| {
+                (
+                    a.key.as_str(),
+                    format!("{:?}", a.value.as_ref().unwrap().value),
+                )
+            })
+            .collect();
+        assert_eq!(
+            resource.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            ["service.name", "process.pid", "host.name"]
+        );
+        assert!(
+            resource[2].1.contains(crate::sys::hostname()),
+            "{resource:?}"
+        );
         let records = &rl.scope_logs[0].log_records;
         assert_eq!(records.len(), 2);
         assert_eq!(records[0].time_unix_nano, 6_000);
