@@ -774,6 +774,7 @@ pub(crate) mod testdata {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn names_map_mechanically() {
@@ -818,6 +819,60 @@ mod tests {
             assert!(seen.insert(f.prometheus), "duplicate {}", f.prometheus);
             assert!(!f.help.contains('\n') && !f.help.is_empty());
         }
+        assert_eq!(all.len(), 47);
+    }
+
+    /// The README's metric table ("## Monitoring") lists every family, once, with its type and
+    /// the labels its samples carry, and nothing else.
+    #[test]
+    fn the_readme_lists_every_family() {
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("\n## Monitoring\n")
+            .expect("a Monitoring section");
+        let section = &readme[start + 1..];
+        let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+        let mut rows = BTreeMap::new();
+        for line in section.lines().filter(|l| l.starts_with("| `dt_")) {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let name = cells[1].trim_matches('`');
+            let labels: Vec<String> = cells[3]
+                .split(',')
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty())
+                .collect();
+            assert!(
+                rows.insert(name, (cells[2], labels)).is_none(),
+                "{name} twice"
+            );
+        }
+        // Stats with a sample in every family: rules, groups, a recorder, a state, the cost, and
+        // the rip cord pulled.
+        let mut stats = testdata::stats();
+        stats.enabled = false;
+        stats.disabled_reason = Some("the rip cord is pulled".into());
+        stats.disabled_cause = Some("disable".into());
+        stats.cost = Some(Default::default());
+        stats.states = vec![crate::stats::StateStats::default()];
+        stats.recorders = vec![crate::stats::RecorderStats::default()];
+        let all = families(&stats);
+        for (f, samples) in &all {
+            let Some((kind, labels)) = rows.remove(f.prometheus) else {
+                panic!("{} is not in the README's metric table", f.prometheus);
+            };
+            let want = match f.kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+            };
+            assert_eq!(kind, want, "{}", f.prometheus);
+            let sample = samples
+                .iter()
+                .max_by_key(|s| s.labels.len())
+                .unwrap_or_else(|| panic!("{}: no sample", f.prometheus));
+            let got: Vec<&str> = sample.labels.iter().map(|(k, _)| *k).collect();
+            assert_eq!(labels, got, "{}: labels", f.prometheus);
+        }
+        assert!(rows.is_empty(), "not families: {rows:?}");
         assert_eq!(all.len(), 47);
     }
 
