@@ -1579,15 +1579,23 @@ impl Chunking {
     }
 
     /// What dt must send on for a chunked request of `old_len` body bytes whose body it edited
-    /// to `new_body` (`planned`: dt's plan had anything in it). The body starts at `.1`.
-    /// - One chunk: when bytes were removed, the size rewritten in lowercase hex, zero-padded to
-    ///   the digits it had (else left as sent, like a Content-Length), the extensions kept.
+    /// to `new_body` (`planned`: dt's plan had anything in it; `resized`: it removed or
+    /// inserted bytes, even as many as it removed). The body starts at `.1`.
+    /// - One chunk: when bytes were removed or inserted, the size rewritten in lowercase hex,
+    ///   zero-padded to the digits it had (else left as sent, like a Content-Length), the
+    ///   extensions kept.
     /// - Several: rewritten as one chunk when planned (the size in lowercase hex, zero-padded
     ///   to the digits the old length needs, no extension), else as sent.
-    pub fn edited(&self, old_len: usize, new_body: &[u8], planned: bool) -> (Vec<u8>, usize) {
+    pub fn edited(
+        &self,
+        old_len: usize,
+        new_body: &[u8],
+        planned: bool,
+        resized: bool,
+    ) -> (Vec<u8>, usize) {
         let prefix = match self {
             Chunking::One { digits, ext, upper } => {
-                let upper = *upper && new_body.len() == old_len;
+                let upper = *upper && !resized;
                 format!("{}{ext}\r\n", hex_size(new_body.len(), *digits, upper))
             }
             Chunking::Several { lines, .. } => {

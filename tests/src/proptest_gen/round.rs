@@ -436,7 +436,10 @@ fn valid_case(
     }
     let chunked_wire = chunking
         .as_ref()
-        .map(|c| c.edited(body.len(), &exp_body, out.planned));
+        .map(|c| {
+            let resized = out.removed_bytes > 0 || out.inserted_bytes > 0;
+            c.edited(body.len(), &exp_body, out.planned, resized)
+        });
     if chunked_wire.is_some() {
         heads = vec![request.head().to_vec()];
     }
