@@ -7,31 +7,154 @@ use std::{collections::BTreeMap, thread, time::Duration};
 use aya::maps::{Array, HashMap, PerCpuArray, PerCpuValues};
 use dt_ebpf_common::{
     AcTable, Control, ENRICH_CONTAINER, ENRICH_POD, GV_MISSING, GV_OTHER, GroupKey, HashEntry,
-    HashKey, MAX_NAME_LEN, NameEntry, NameKey, RuleCounters, RuleSet, StrKey, TriggerState,
-    hashed_kind,
+    HashKey, MAX_GROUP_ENTRIES, MAX_NAME_LEN, NameEntry, NameKey, RuleCounters, RuleSet, StrKey,
+    TriggerState, hashed_kind,
 };
 
+use anyhow::Context as _;
+
+use super::objects::NewRings;
 use super::{Agent, KnownRule, map};
-use crate::rules::{Compiled, Hook, RuleErrors};
+use crate::hooks::uprobe::ReadyEntry;
+use crate::rules::{Compiled, Hook, RuleErrors, SlotTable};
 
 /// How long a rewritten slot is left alone after it was marked stale, so that any walk that
 /// read the old contents has finished. A walk is one program run: microseconds to a millisecond.
 const SLOT_GRACE: Duration = Duration::from_millis(20);
 
 impl Agent {
-    /// Makes `compiled` the active rule set, as a new generation: it is written into the
-    /// inactive slot, then one write to `CONTROL.active` flips to it.
-    pub(super) fn install(&mut self, compiled: &Compiled) -> anyhow::Result<()> {
+    /// Makes `compiled` the active rule set, as a new generation, with `slots` its counter
+    /// slots (from [`Agent::compile_defs`]): it is written into the inactive slot, then one
+    /// write to `CONTROL.active` flips to it.
+    ///
+    /// Whatever can fail is done first, where the active set does not see it: the inactive
+    /// slot, the `__other__`/`__missing__` entries of grouped rules, new recorder rings (made,
+    /// not yet in place), the uprobe functions to attach. On an error there, what it added is
+    /// taken out again, and the active set, its recorders and states, the counters and the
+    /// slot table are as they were (the one lasting change: removed rules whose slots it took
+    /// back stay forgotten, their counters cleared).
+    pub(super) fn install(
+        &mut self,
+        compiled: &Compiled,
+        mut slots: SlotTable,
+    ) -> anyhow::Result<()> {
+        // uprobe hook: attach the probes the new set uses first; on failure nothing changed.
+        let probes_before = self.probes.attached_ids();
+        let probes_ready = self
+            .probes
+            .prepare(&mut self.ebpf, &compiled.uprobe)
+            .map_err(RuleErrors)?;
+        let reclaimed = std::mem::take(&mut slots.reclaimed);
+        let mut groups_added = Vec::new();
+        let staged = self.stage(compiled, &reclaimed, &probes_ready, &mut groups_added);
+        // Removed rules whose slots were taken back are forgotten either way: their counters
+        // were cleared.
+        for (name, _) in &reclaimed {
+            self.forget(name);
+        }
+        let rings = match staged {
+            Ok(rings) => rings,
+            Err(e) => {
+                if let Ok(m) = map(&mut self.ebpf, "GROUPS")
+                    && let Ok(mut groups) = HashMap::<_, GroupKey, u64>::try_from(m)
+                {
+                    for k in &groups_added {
+                        let _ = groups.remove(k);
+                    }
+                }
+                self.probes.keep_only(&probes_before);
+                for (name, _) in &reclaimed {
+                    self.slots.release(name);
+                }
+                return Err(e);
+            }
+        };
+
+        // Nothing fails from here on but a map update the kernel refuses for no reason of the
+        // rule set's (an out-of-range index, which cannot happen).
+        let slot = 1 - self.active_slot;
+        let generation = self.generation + 1;
+        self.slots = slots;
+        // Recorders (their rings) and states the new set has, before it can use them.
+        let old_objects = self.active_objects.clone();
+        self.objects.prepare(compiled, &old_objects, rings)?;
+        let mut rs = compiled.ruleset;
+        rs.generation = generation;
+        let mut rulesets: Array<_, RuleSet> = Array::try_from(map(&mut self.ebpf, "RULESETS")?)?;
+        rulesets.set(slot, rs, 0)?;
+        let mut control: Array<_, Control> = Array::try_from(map(&mut self.ebpf, "CONTROL")?)?;
+        let mut c = control.get(&0, 0)?;
+        c.active = Control::pack(generation, slot);
+        control.set(0, c, 0)?;
+        // uprobe hook: detach what the new set no longer uses.
+        self.probes.finish(&probes_ready);
+        // Recorders and states the set no longer has go.
+        if let Err(e) = self.objects.finish(compiled, &old_objects) {
+            log::warn!("freeing removed recorders and states: {e:#}");
+        }
+        self.active_objects = self.slots.objects.clone();
+        *self
+            .recorder_names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = compiled
+            .recorders
+            .iter()
+            .map(|r| (r.slot, r.name.clone()))
+            .collect();
         self.ring_bytes = compiled
             .recorders
             .iter()
             .map(|r| super::objects::ring_memory(r.size))
             .sum();
-        // uprobe hook: attach the probes the new set uses first; on failure nothing changed.
-        let probes_ready = self
-            .probes
-            .prepare(&mut self.ebpf, &compiled.uprobe)
-            .map_err(RuleErrors)?;
+
+        if let Some(t) = &self.cgroups {
+            let wants = compiled.ruleset.enrich & (ENRICH_CONTAINER | ENRICH_POD) != 0;
+            t.wanted.store(wants, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.other_used = true;
+        self.active_slot = slot;
+        let was = self.generation;
+        self.generation = generation;
+        for r in self.known.values_mut() {
+            if r.active {
+                // Active through the generation that ends now.
+                r.last_active = was;
+            }
+            r.active = false;
+        }
+        self.active = compiled.rules.clone();
+        // A rule on several hooks (one counter) has them all, in rule set order.
+        let mut hooks: BTreeMap<u16, Vec<Hook>> = BTreeMap::new();
+        for r in &compiled.rules {
+            hooks.entry(r.slot).or_default().push(r.hook.clone());
+        }
+        for r in &compiled.rules {
+            self.known.insert(
+                r.slot,
+                KnownRule {
+                    name: r.name.clone(),
+                    action: r.action,
+                    hooks: hooks.get(&r.slot).cloned().unwrap_or_default(),
+                    active: true,
+                    last_active: generation,
+                },
+            );
+        }
+        self.write_names()?;
+        Ok(())
+    }
+
+    /// Everything of installing `compiled` that the active set does not see, and everything
+    /// that can fail: the inactive slot's tables (marked stale first), the counters of the
+    /// slots taken back, room and entries in `GROUPS` (those it adds listed in `groups_added`),
+    /// the new recorder rings (made, returned), the uprobe tables of the inactive slot.
+    fn stage(
+        &mut self,
+        compiled: &Compiled,
+        reclaimed: &[(String, u16)],
+        probes_ready: &[ReadyEntry],
+        groups_added: &mut Vec<GroupKey>,
+    ) -> anyhow::Result<NewRings> {
         let slot = 1 - self.active_slot;
         let generation = self.generation + 1;
         let mut rulesets: Array<_, RuleSet> = Array::try_from(map(&mut self.ebpf, "RULESETS")?)?;
@@ -48,8 +171,8 @@ impl Agent {
         // Slots taken back from removed rules start again from nothing: no walk of a set that
         // still names them can commit any more (the only such set is the one just marked
         // stale).
-        for (name, s) in std::mem::take(&mut self.slots.reclaimed) {
-            self.clear_slot(s, &name)?;
+        for (name, s) in reclaimed {
+            self.clear_slot(*s, name)?;
         }
         {
             let mut strings: HashMap<_, StrKey, u64> =
@@ -93,9 +216,7 @@ impl Agent {
             let mut flat: Array<_, AcTable> = Array::try_from(map(&mut self.ebpf, "AC_FLAT")?)?;
             flat.set(slot, compiled.ac_table(), 0)?;
         }
-        // Recorders (their rings) and states the new set has, before it can use them.
-        let old_objects = self.active_objects.clone();
-        self.objects.prepare(compiled, &old_objects)?;
+        self.make_group_room(compiled)?;
         // Grouped rules count under `__other__` and `__missing__`: their entries exist before
         // the set can count into them, so they are never lost to a full map.
         {
@@ -105,76 +226,110 @@ impl Agent {
                 for kind in [GV_OTHER, GV_MISSING] {
                     let k = GroupKey::special(r.slot as u32, kind);
                     if groups.get(&k, 0).is_err() {
-                        groups.insert(k, 0, 0)?;
+                        groups.insert(k, 0, 0).with_context(|| {
+                            format!(
+                                "rule \"{}\": adding its group entries to the kernel's group \
+                                 map ({MAX_GROUP_ENTRIES} entries)",
+                                r.name
+                            )
+                        })?;
+                        groups_added.push(k);
                     }
                 }
             }
         }
-        let mut rs = compiled.ruleset;
-        rs.generation = generation;
-        let mut rulesets: Array<_, RuleSet> = Array::try_from(map(&mut self.ebpf, "RULESETS")?)?;
-        rulesets.set(slot, rs, 0)?;
-        // uprobe hook: the slot's uprobe tables, under the same generation.
+        let rings = self.objects.new_rings(compiled, &self.active_objects)?;
+        // uprobe hook: the slot's uprobe tables, under the generation it will have.
         self.probes.write_slot(
             &mut self.ebpf,
             slot,
             generation,
             &compiled.uprobe,
-            &probes_ready,
+            probes_ready,
         )?;
-        let mut control: Array<_, Control> = Array::try_from(map(&mut self.ebpf, "CONTROL")?)?;
-        let mut c = control.get(&0, 0)?;
-        c.active = Control::pack(generation, slot);
-        control.set(0, c, 0)?;
-        // uprobe hook: detach what the new set no longer uses.
-        self.probes.finish(&probes_ready);
-        // Recorders and states the set no longer has go.
-        if let Err(e) = self.objects.finish(compiled, &old_objects) {
-            log::warn!("freeing removed recorders and states: {e:#}");
-        }
-        self.active_objects = self.slots.objects.clone();
-        *self
-            .recorder_names
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = compiled
-            .recorders
-            .iter()
-            .map(|r| (r.slot, r.name.clone()))
-            .collect();
+        Ok(rings)
+    }
 
-        if let Some(t) = &self.cgroups {
-            let wants = compiled.ruleset.enrich & (ENRICH_CONTAINER | ENRICH_POD) != 0;
-            t.wanted.store(wants, std::sync::atomic::Ordering::Relaxed);
+    /// Room in `GROUPS` for the grouped rules of `compiled`: each may hold up to its
+    /// `max_groups` values and its two special entries. Entries of rules in neither the active
+    /// set nor `compiled` (removed rules' final groups) make room, the rule active longest ago
+    /// first, as far as needed; their `matched` counts stay. Short of room even then, new values
+    /// count under `__other__` as on any full map.
+    fn make_group_room(&mut self, compiled: &Compiled) -> anyhow::Result<()> {
+        let wanted: BTreeMap<u16, u64> = compiled
+            .rules
+            .iter()
+            .filter_map(|r| {
+                r.group_by
+                    .as_ref()
+                    .map(|(_, max)| (r.slot, u64::from(*max) + 2))
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
         }
-        self.other_used = true;
-        self.active_slot = slot;
-        self.generation = generation;
-        for r in self.known.values_mut() {
-            r.active = false;
+        let mut groups: HashMap<_, GroupKey, u64> =
+            HashMap::try_from(map(&mut self.ebpf, "GROUPS")?)?;
+        let mut by_slot: BTreeMap<u16, Vec<GroupKey>> = BTreeMap::new();
+        for k in groups.keys().filter_map(Result::ok) {
+            by_slot.entry(k.slot as u16).or_default().push(k);
         }
-        self.active = compiled.rules.clone();
-        // A rule on several hooks (one counter) has them all, in rule set order.
-        let mut hooks: BTreeMap<u16, Vec<Hook>> = BTreeMap::new();
-        for r in &compiled.rules {
-            hooks.entry(r.slot).or_default().push(r.hook.clone());
+        let others: u64 = by_slot
+            .iter()
+            .filter(|(s, _)| !wanted.contains_key(s))
+            .map(|(_, keys)| keys.len() as u64)
+            .sum();
+        let need: u64 = wanted.values().sum();
+        let mut over = (others + need).saturating_sub(u64::from(MAX_GROUP_ENTRIES));
+        if over == 0 {
+            return Ok(());
         }
-        for r in &compiled.rules {
-            self.known.insert(
-                r.slot,
-                KnownRule {
-                    name: r.name.clone(),
-                    action: r.action,
-                    hooks: hooks.get(&r.slot).cloned().unwrap_or_default(),
-                    active: true,
-                },
+        let mut freed = Vec::new();
+        for s in super::retired_slots(&self.known) {
+            if over == 0 {
+                break;
+            }
+            if wanted.contains_key(&s) {
+                continue;
+            }
+            let Some(keys) = by_slot.remove(&s) else {
+                continue;
+            };
+            for k in &keys {
+                groups.remove(k)?;
+            }
+            let mut count: Array<_, u64> = Array::try_from(map(&mut self.ebpf, "GROUP_COUNT")?)?;
+            count.set(u32::from(s), 0, 0)?;
+            groups = HashMap::try_from(map(&mut self.ebpf, "GROUPS")?)?;
+            over = over.saturating_sub(keys.len() as u64);
+            if let Some(r) = self.known.get(&s) {
+                freed.push(format!("\"{}\" ({})", r.name, keys.len()));
+            }
+        }
+        if !freed.is_empty() {
+            log::info!(
+                "the kernel's group map ({MAX_GROUP_ENTRIES} entries) made room for the new rule \
+                 set's grouped rules: the groups of removed rules were dropped (their counts stay): \
+                 {}",
+                freed.join(", ")
             );
         }
-        self.write_names()?;
         Ok(())
     }
 
-    /// Forgets the removed rule `name` of counter slot `slot`, and zeroes everything the kernel
-    /// keeps for the slot: counters, groups, sample and rate state, trigger state.
+    /// Forgets the removed rule `name` whose counter slot was taken back: its name entry, and
+    /// what the agent knew of it.
+    fn forget(&mut self, name: &str) {
+        if let Ok(m) = map(&mut self.ebpf, "NAMES")
+            && let Ok(mut names) = HashMap::<_, NameKey, NameEntry>::try_from(m)
+        {
+            let _ = names.remove(&name_key(name));
+        }
+        self.known.retain(|_, r| r.name != name);
+    }
+
+    /// Zeroes everything the kernel keeps for counter slot `slot`, taken back from the removed
+    /// rule `name`: counters, groups, sample and rate state, trigger state.
     fn clear_slot(&mut self, slot: u16, name: &str) -> anyhow::Result<()> {
         let i = slot as u32;
         {
@@ -207,10 +362,6 @@ impl Agent {
                 groups.remove(&k)?;
             }
         }
-        let mut names: HashMap<_, NameKey, NameEntry> =
-            HashMap::try_from(map(&mut self.ebpf, "NAMES")?)?;
-        let _ = names.remove(&name_key(name));
-        self.known.remove(&slot);
         log::info!("counter slot {slot} of the removed rule \"{name}\" taken back for a new rule");
         Ok(())
     }

@@ -112,6 +112,10 @@ struct KnownRule {
     /// Its hooks, in rule set order (one counter for all of them).
     hooks: Vec<rules::Hook>,
     active: bool,
+    /// The last generation it was active in (0 for a removed rule of adopted pins, which do not
+    /// say): of removed rules, those active longest ago give back their counter slots and their
+    /// groups first.
+    last_active: u64,
 }
 
 /// A loaded and attached agent.
@@ -181,13 +185,23 @@ fn write_host_name(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The names of the removed (inactive) rules among `known`: their counter slots may be taken
-/// back ([`SlotTable::retired`]).
-fn retired(known: &BTreeMap<u16, KnownRule>) -> std::collections::BTreeSet<String> {
-    known
-        .values()
-        .filter(|r| !r.active)
-        .map(|r| r.name.clone())
+/// The removed (inactive) rules among `known`, active longest ago first (then by slot): the
+/// order in which they give back their counter slots ([`SlotTable::retired`]) and their groups.
+fn retired_slots(known: &BTreeMap<u16, KnownRule>) -> Vec<u16> {
+    let mut old: Vec<(u64, u16)> = known
+        .iter()
+        .filter(|(_, r)| !r.active)
+        .map(|(&slot, r)| (r.last_active, slot))
+        .collect();
+    old.sort_unstable();
+    old.into_iter().map(|(_, slot)| slot).collect()
+}
+
+/// The names of [`retired_slots`], in its order.
+fn retired(known: &BTreeMap<u16, KnownRule>) -> Vec<String> {
+    retired_slots(known)
+        .into_iter()
+        .filter_map(|s| known.get(&s).map(|r| r.name.clone()))
         .collect()
 }
 
@@ -429,7 +443,8 @@ impl Agent {
             control.set(0, c, 0)?;
         }
         // The probes attach first in `install`, and a refusal there changes nothing.
-        agent.install(&compiled)?;
+        let slots = std::mem::take(&mut agent.slots);
+        agent.install(&compiled, slots)?;
         // Only now, every check passed: an adopted filter's size bound and ports change.
         {
             let mut control: Array<_, Control> = Array::try_from(map(&mut agent.ebpf, "CONTROL")?)?;
@@ -553,8 +568,7 @@ impl Agent {
         compiled: &Compiled,
         slots: SlotTable,
     ) -> anyhow::Result<()> {
-        self.slots = slots;
-        self.install(compiled)
+        self.install(compiled, slots)
     }
 
     /// The active rules, in evaluation order.
@@ -705,4 +719,46 @@ fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::
 fn map_ref<'a>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<&'a aya::maps::Map> {
     ebpf.map(name)
         .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(name: &str, active: bool, last_active: u64) -> KnownRule {
+        KnownRule {
+            name: name.into(),
+            action: rules::ActionKind::Count,
+            hooks: vec![rules::Hook::Otlp],
+            active,
+            last_active,
+        }
+    }
+
+    /// Removed rules give back their slots (and groups) the one active longest ago first, then
+    /// the lowest slot: not the lowest slot first, which took from rules that come back every
+    /// few changes while names never seen again kept theirs.
+    #[test]
+    fn removed_rules_go_the_longest_inactive_first() {
+        let known: BTreeMap<u16, KnownRule> = [
+            (0, rule("comes-back", false, 40)),
+            (1, rule("active", true, 41)),
+            (2, rule("one-off-old", false, 3)),
+            (3, rule("adopted-removed", false, 0)),
+            (4, rule("one-off-newer", false, 20)),
+            (5, rule("also-old", false, 3)),
+        ]
+        .into();
+        assert_eq!(retired_slots(&known), [3, 2, 5, 4, 0]);
+        assert_eq!(
+            retired(&known),
+            [
+                "adopted-removed",
+                "one-off-old",
+                "also-old",
+                "one-off-newer",
+                "comes-back"
+            ]
+        );
+    }
 }

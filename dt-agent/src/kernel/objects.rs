@@ -5,7 +5,11 @@
 //! map. A recorder's ring is an inner map of `RECORDERS`, created at its size when the recorder
 //! enters the rule set (or its size changes) and freed when it leaves.
 
-use std::{collections::HashMap as StdHashMap, path::Path, sync::Mutex};
+use std::{
+    collections::{BTreeMap, HashMap as StdHashMap},
+    path::Path,
+    sync::Mutex,
+};
 
 use anyhow::{Context as _, anyhow};
 use aya::{
@@ -132,22 +136,44 @@ impl Objects {
         slots
     }
 
-    /// Before a rule set becomes active: rings for its new recorders (or resized ones), every
-    /// recorder's size and `max_record`, every state's duration, and the names.
-    pub fn prepare(&mut self, compiled: &Compiled, old: &ObjectSlots) -> anyhow::Result<()> {
+    /// The rings a rule set needs before it can become active: one for each new recorder, or
+    /// one whose size changed. Made, not put in place: nothing the active set uses changes, so a
+    /// rule set refused after this (or a ring the kernel cannot make) leaves its recorders as
+    /// they were. [`Objects::prepare`] puts them in place.
+    pub fn new_rings(&self, compiled: &Compiled, old: &ObjectSlots) -> anyhow::Result<NewRings> {
+        let _guard = CONF_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rings = BTreeMap::new();
+        for r in &compiled.recorders {
+            let conf = self.rec_conf.get(&(r.slot as u32), 0)?;
+            let kept = old.recorders.get(&r.name) == Some(&r.slot) && conf.size == r.size;
+            if !kept {
+                let ring: Array<MapData, RingBlock> =
+                    Array::create((r.size / RING_BLOCK as u64) as u32, BPF_F_INNER_MAP)
+                        .with_context(|| format!("creating the ring of recorder {}", r.name))?;
+                rings.insert(r.slot, ring);
+            }
+        }
+        Ok(NewRings(rings))
+    }
+
+    /// As a rule set becomes active: the rings of [`Objects::new_rings`] in place (a resized
+    /// recorder starts empty), every recorder's size and `max_record`, every state's duration,
+    /// and the names.
+    pub fn prepare(
+        &mut self,
+        compiled: &Compiled,
+        old: &ObjectSlots,
+        mut rings: NewRings,
+    ) -> anyhow::Result<()> {
         let _guard = CONF_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         for r in &compiled.recorders {
             let slot = r.slot as u32;
             let mut conf = self.rec_conf.get(&slot, 0)?;
-            let kept = old.recorders.get(&r.name) == Some(&r.slot) && conf.size == r.size;
-            if !kept {
+            if let Some(ring) = rings.0.remove(&r.slot) {
                 // A fresh ring: the recorder is new, or its size changed (it starts empty).
                 // What the old ring held, said once the new one is in place.
                 let resized = (old.recorders.get(&r.name) == Some(&r.slot))
                     .then(|| self.held_before_resize(r.slot, conf));
-                let ring: Array<MapData, RingBlock> =
-                    Array::create((r.size / RING_BLOCK as u64) as u32, BPF_F_INNER_MAP)
-                        .with_context(|| format!("creating the ring of recorder {}", r.name))?;
                 self.rec_state.set(slot, RecState::default(), 0)?;
                 let old_size = conf.size;
                 conf = match resized {
@@ -330,6 +356,9 @@ fn warn_resized(name: &str, old_size: u64, size: u64, held: usize, pending: bool
         }
     );
 }
+
+/// Rings made for a rule set, by recorder slot ([`Objects::new_rings`]).
+pub struct NewRings(BTreeMap<u8, Array<MapData, RingBlock>>);
 
 /// A one-block ring: what a freed slot of `RECORDERS` holds (its big ring goes).
 fn empty_ring() -> anyhow::Result<Array<MapData, RingBlock>> {

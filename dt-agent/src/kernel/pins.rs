@@ -161,6 +161,7 @@ pub(super) fn read_names(dir: &Path) -> anyhow::Result<(SlotTable, BTreeMap<u16,
                 // pinned state cannot say otherwise.
                 hooks: hooks.remove(&slot).unwrap_or_else(|| vec![Hook::Otlp]),
                 active: e.active != 0,
+                last_active: 0,
             },
         );
     }

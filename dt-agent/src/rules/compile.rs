@@ -172,7 +172,7 @@ pub fn compile<D: RuleSource + ?Sized>(
     let mut table = slots.clone();
     // A name of this set is never taken back, even when its rule was removed before.
     for def in defs.rules() {
-        table.retired.remove(&def.name.value);
+        table.retired.retain(|n| n != &def.name.value);
     }
     let mut compiler = Compiler::new(table);
     compiler.objects(defs.recorders(), defs.states());

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 /// Assignments are stable: a name keeps its slot while the rule is out of the rule set, so a
 /// removed rule keeps its final counts and a re-added one continues them. New names take the
 /// lowest free slot; when none is free, the slot of a removed rule ([`SlotTable::retired`],
-/// the lowest such slot) is taken back, its name forgotten ([`SlotTable::reclaimed`] says
+/// the first of them: the agent lists them longest inactive first) is taken back, its name
+/// forgotten ([`SlotTable::reclaimed`] says
 /// which, for the agent to clear its counters). The table serializes as a map from name to
 /// slot, so it can be persisted next to pinned maps.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,9 +22,10 @@ pub struct SlotTable {
     /// Slots of the active set's recorders and states, by name (not persisted here: the
     /// agent keeps them in the pinned `OBJECTS` map).
     pub objects: ObjectSlots,
-    /// Names of removed rules whose slots may be taken back when no slot is free (the agent's
-    /// inactive rules; never a name of the set being compiled).
-    pub retired: BTreeSet<String>,
+    /// Names of removed rules whose slots may be taken back when no slot is free, the first
+    /// taken first (the agent's inactive rules, the one active longest ago first, so that rules
+    /// that come and go keep their counts; never a name of the set being compiled).
+    pub retired: Vec<String>,
     /// Slots taken back by [`SlotTable::assign`] since the last install, with the names they had.
     pub reclaimed: Vec<(String, u16)>,
 }
@@ -90,6 +92,15 @@ impl SlotTable {
         self.by_name.is_empty()
     }
 
+    /// Forgets `name` and frees its slot (a removed rule whose slot was taken back, see
+    /// [`SlotTable::reclaimed`], when the rule set that took it was not installed).
+    pub fn release(&mut self, name: &str) {
+        if let Some(slot) = self.by_name.remove(name) {
+            self.taken.remove(&slot);
+        }
+        self.retired.retain(|n| n != name);
+    }
+
     /// The slot of `name`, assigning the lowest free one first if needed. `None` when every slot
     /// is taken.
     pub fn assign(&mut self, name: &str) -> Option<u16> {
@@ -102,13 +113,12 @@ impl SlotTable {
         let slot = match free {
             Some(s) => s,
             None => {
-                let (old, slot) = self
+                let i = self
                     .retired
                     .iter()
-                    .filter_map(|n| self.by_name.get(n).map(|&s| (n.clone(), s)))
-                    .min_by_key(|&(_, s)| s)?;
-                self.retired.remove(&old);
-                self.by_name.remove(&old);
+                    .position(|n| self.by_name.contains_key(n))?;
+                let old = self.retired.remove(i);
+                let slot = self.by_name.remove(&old)?;
                 self.reclaimed.push((old, slot));
                 slot
             }
@@ -183,17 +193,18 @@ mod tests {
     }
 
     #[test]
-    fn a_full_table_takes_back_the_lowest_slot_of_a_removed_rule() {
+    fn a_full_table_takes_back_the_slots_of_removed_rules_in_their_order() {
         let mut t = SlotTable::new();
         for i in 0..MAX_SLOTS {
             t.assign(&format!("r{i}"));
         }
-        t.retired = ["r9", "r5", "gone"].map(String::from).into();
-        assert_eq!(t.assign("new-a"), Some(5));
-        assert_eq!(t.assign("new-b"), Some(9));
+        // The order the agent gives: the rule inactive longest first, whatever its slot.
+        t.retired = ["gone", "r9", "r5"].map(String::from).into();
+        assert_eq!(t.assign("new-a"), Some(9));
+        assert_eq!(t.assign("new-b"), Some(5));
         assert_eq!(t.assign("new-c"), None, "no removed rule left");
         assert_eq!(t.get("r5"), None);
-        assert_eq!(t.reclaimed, [("r5".to_string(), 5), ("r9".to_string(), 9)]);
+        assert_eq!(t.reclaimed, [("r9".to_string(), 9), ("r5".to_string(), 5)]);
         assert_eq!(t.len(), MAX_SLOTS as usize);
     }
 

@@ -434,12 +434,10 @@ fn valid_case(
     if padded != heads[0] {
         heads.push(padded);
     }
-    let chunked_wire = chunking
-        .as_ref()
-        .map(|c| {
-            let resized = out.removed_bytes > 0 || out.inserted_bytes > 0;
-            c.edited(body.len(), &exp_body, out.planned, resized)
-        });
+    let chunked_wire = chunking.as_ref().map(|c| {
+        let resized = out.removed_bytes > 0 || out.inserted_bytes > 0;
+        c.edited(body.len(), &exp_body, out.planned, resized)
+    });
     if chunked_wire.is_some() {
         heads = vec![request.head().to_vec()];
     }

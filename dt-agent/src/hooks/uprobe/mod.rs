@@ -266,12 +266,23 @@ impl Probes {
         Ok(ready)
     }
 
+    /// The ids of the functions attached now (for [`keep_only`](Self::keep_only)).
+    pub fn attached_ids(&self) -> Vec<u32> {
+        self.attached.iter().map(|a| a.id).collect()
+    }
+
+    /// Detaches every function attached since `before` ([`attached_ids`](Self::attached_ids)):
+    /// undoes a [`prepare`](Self::prepare) whose rule set was not installed.
+    pub fn keep_only(&mut self, before: &[u32]) {
+        self.attached.retain(|a| before.contains(&a.id));
+    }
+
     /// Attaches and detaches again what [`prepare`](Self::prepare) would attach: the proof that
     /// every probe of the set can be attached, without changing anything.
     pub fn trial(&mut self, ebpf: &mut Ebpf, set: &UprobeSet) -> Result<(), Vec<Diagnostic>> {
-        let before: Vec<u32> = self.attached.iter().map(|a| a.id).collect();
+        let before = self.attached_ids();
         self.prepare(ebpf, set)?;
-        self.attached.retain(|a| before.contains(&a.id));
+        self.keep_only(&before);
         Ok(())
     }
 
