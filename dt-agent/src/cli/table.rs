@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use dt_agent::{Stats, control::RulesInfo, text::printable};
+use dt_agent::{Stats, control::RulesInfo, stats::RuleStats, text::printable};
 use unicode_width::UnicodeWidthStr as _;
 
 /// The width of the HOOK column: it fits "uprobe:NAME" hooks.
@@ -122,14 +122,20 @@ pub fn stats(s: &Stats) -> String {
             r.dropped_bytes,
             r.redacted
         );
-        // Grouped counts under their rule, largest first.
-        let mut groups: Vec<_> = r.groups.iter().flatten().filter(|(_, n)| **n > 0).collect();
-        groups.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        // Grouped counts under their rule, largest first, as many as a screen holds.
+        let (groups, more) = shown_groups(r);
         for (group, n) in groups {
             // A group is a value from a sender's record: control characters (an escape
             // sequence, a carriage return, a line break) are shown escaped, never written.
             let label = format!("  {}", printable(group));
             let _ = writeln!(out, "{} {:<10} {:<hw$} {n:>12}", pad(&label, nw), "", "");
+        }
+        if more > 0 {
+            let _ = writeln!(
+                out,
+                "  ... {more} more group{} (`stats --json` has them all)",
+                if more == 1 { "" } else { "s" }
+            );
         }
     }
     let t = &s.totals;
@@ -245,13 +251,26 @@ fn rule_labels(s: &Stats) -> Vec<String> {
         } else {
             format!("{} (removed)", r.name)
         });
-        for group in r.groups.iter().flatten().map(|(g, _)| g) {
+        for (group, _) in shown_groups(r).0 {
             // A group is a value from a sender's record: control characters (an escape
             // sequence, a carriage return, a line break) are shown escaped, never written.
             labels.push(format!("  {}", printable(group)));
         }
     }
     labels
+}
+
+/// Groups the table shows under a rule.
+const TABLE_GROUPS: usize = 20;
+
+/// The groups of `r` the table shows (those counted, largest first, at most [`TABLE_GROUPS`]),
+/// and how many more it has counted.
+fn shown_groups(r: &RuleStats) -> (Vec<(&String, &u64)>, usize) {
+    let mut groups: Vec<_> = r.groups.iter().flatten().filter(|(_, n)| **n > 0).collect();
+    groups.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let more = groups.len().saturating_sub(TABLE_GROUPS);
+    groups.truncate(TABLE_GROUPS);
+    (groups, more)
 }
 
 #[cfg(test)]
@@ -263,6 +282,46 @@ mod tests {
         text::printable,
     };
     use unicode_width::UnicodeWidthStr as _;
+
+    /// A rule with thousands of groups (a removed rule's, or `max_groups = 1024`) shows its 20
+    /// largest, and says how many more `stats --json` has; a long value does not widen the
+    /// first column unless it is shown.
+    #[test]
+    fn the_table_shows_twenty_groups_a_rule() {
+        let groups: std::collections::BTreeMap<String, u64> = (0..1_000u64)
+            .map(|i| (format!("user-{i:04}"), i + 1))
+            .chain([("x".repeat(80), 1)])
+            .chain([("zero".to_string(), 0)])
+            .collect();
+        let s = Stats {
+            rules: vec![RuleStats {
+                name: "by-user".into(),
+                action: "count".into(),
+                hook: "otlp".into(),
+                active: false,
+                matched: 500_501,
+                groups: Some(groups),
+                ..RuleStats::default()
+            }],
+            ..Stats::default()
+        };
+        let text = super::stats(&s);
+        let shown: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("  user-"))
+            .map(|l| l.split_whitespace().next().unwrap())
+            .collect();
+        let want: Vec<String> = (980..1_000).rev().map(|i| format!("user-{i:04}")).collect();
+        assert_eq!(shown, want, "{text}");
+        // 1,001 counted (the 0 is not shown), 20 of them shown.
+        assert!(
+            text.contains("  ... 981 more groups (`stats --json` has them all)"),
+            "{text}"
+        );
+        assert!(!text.contains(&"x".repeat(80)));
+        let header = text.lines().find(|l| l.starts_with("RULE")).unwrap();
+        assert_eq!(header.find("ACTION"), Some(33), "{header}");
+    }
 
     #[test]
     fn group_values_from_senders_are_shown_escaped() {
