@@ -228,3 +228,64 @@ pub(crate) fn max_send_buffer() -> Option<u64> {
         .and_then(|s| s.trim().parse::<u64>().ok())
         .map(|v| v * 2)
 }
+
+/// Tells systemd how the service is (`sd_notify(3)`: `READY=1`, `STOPPING=1`, `STATUS=...`)
+/// when it runs the agent as a `Type=notify` unit, which sets `NOTIFY_SOCKET`: a datagram to
+/// that socket (a path, or an abstract name written with a leading `@`). Without it, or on any
+/// error, nothing happens: the agent runs the same without systemd.
+pub fn notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    if let Err(e) = notify_to(&path, state) {
+        log::debug!("sd_notify to {}: {e}", path.to_string_lossy());
+    }
+}
+
+fn notify_to(path: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
+    use std::os::linux::net::SocketAddrExt as _;
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let bytes = path.as_bytes();
+    let addr = match bytes.first() {
+        Some(b'@') => SocketAddr::from_abstract_name(&bytes[1..])?,
+        Some(b'/') => SocketAddr::from_pathname(path)?,
+        _ => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "NOTIFY_SOCKET is neither a path nor an abstract name",
+            ));
+        }
+    };
+    let sock = UnixDatagram::unbound()?;
+    sock.send_to_addr(state.as_bytes(), &addr)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::linux::net::SocketAddrExt as _;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+
+    /// `NOTIFY_SOCKET` as systemd gives it: a path, or an abstract name after `@`.
+    #[test]
+    fn notify_reaches_a_path_and_an_abstract_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let at_path = UnixDatagram::bind(&path).unwrap();
+        super::notify_to(path.as_os_str(), "READY=1").unwrap();
+        let mut buf = [0u8; 64];
+        let n = at_path.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+
+        let name = format!("dt-agent-test-notify-{}", std::process::id());
+        let abstract_ =
+            UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap())
+                .unwrap();
+        super::notify_to(format!("@{name}").as_ref(), "STOPPING=1").unwrap();
+        let n = abstract_.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"STOPPING=1");
+
+        assert!(super::notify_to("relative".as_ref(), "READY=1").is_err());
+    }
+}

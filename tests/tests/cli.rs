@@ -545,3 +545,127 @@ fn assert_same_records_in(receiver: &Receiver, kept: &[dt_tests::ReceivedRecord]
     assert!(receiver.decode_failures().is_empty());
     dt_tests::assert_same_records("cli run", kept, &receiver.records());
 }
+
+/// While `run` loads and checks its kernel programs (a second or more), its control socket
+/// already answers: `stats` and the other verbs that only read or change the rule set are told
+/// at once that the agent is starting (never left to time out as if it were hung), and a
+/// `disable` waits and is carried out once it is up. Under systemd (`Type=notify`), `READY=1`
+/// comes once it filters, `STOPPING=1` when it stops.
+#[test]
+fn cli_run_answers_while_starting_and_tells_systemd_when_ready() {
+    use dt_agent::control::{self, CallError, Request};
+    use dt_tests::agent_process::AgentProcess;
+    use std::os::unix::net::UnixDatagram;
+    if !kernel_or_skip("cli_run_answers_while_starting_and_tells_systemd_when_ready") {
+        return;
+    }
+    let rx = Receiver::start_v4();
+    let rules = TempRules::from_rules(&[RuleSpec::count("count-all")]);
+    let mut agent = AgentProcess::new("starting", rules.path(), &[rx.port()], false);
+    let notify_path = agent.dir().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    agent.set_env("NOTIFY_SOCKET", Some(notify_path.to_str().unwrap()));
+
+    // Ask from the moment the socket is there, until the agent answers with its counters.
+    let socket = agent.socket().to_path_buf();
+    let asking = std::thread::spawn(move || {
+        let (mut starting, mut disabled) = (Vec::new(), None);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(Instant::now() < deadline, "no answer: {starting:?}");
+            match control::call(&socket, &Request::Stats) {
+                Ok(r) if r.stats.is_some() => return (starting, disabled),
+                Ok(r) => panic!("an answer without stats: {r:?}"),
+                Err(CallError::NoAgent(_)) => {}
+                Err(CallError::Refused(m)) => {
+                    assert!(m.contains("is starting"), "{m}");
+                    starting.push(m);
+                    if disabled.is_none() {
+                        // The rip cord, pulled while it starts: carried out once it is up.
+                        disabled = Some(control::call(&socket, &Request::Disable).map(|_| ()));
+                    }
+                }
+                Err(e) => panic!("while the agent starts: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    agent.start();
+    let (starting, disabled) = asking.join().unwrap();
+    assert!(!starting.is_empty(), "the agent was never seen starting");
+    println!(
+        "{} answers while starting, the last: {}; disable: {disabled:?}",
+        starting.len(),
+        starting.last().unwrap()
+    );
+    let ready = |s: &str| {
+        let mut buf = [0u8; 512];
+        let n = notify
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("waiting for {s}: {e}"));
+        let got = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(got.lines().any(|l| l == s), "{got:?}, not {s}");
+    };
+    ready("READY=1");
+    // The disable asked for while it started: done once it was up, whether its client waited
+    // for the answer or gave up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent.stats().enabled {
+        assert!(
+            Instant::now() < deadline,
+            "the disable sent while starting was lost"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    agent.signal(libc::SIGTERM);
+    ready("STOPPING=1");
+    assert!(agent.wait_exit(Duration::from_secs(30)).success());
+}
+
+/// The systemd unit of `dist/` is valid (`systemd-analyze verify`, with the built agent where
+/// the unit expects it), and a `Type=notify` unit, as the agent tells systemd when it is ready.
+#[test]
+fn the_systemd_unit_verifies() {
+    let Some(analyze) = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+    else {
+        eprintln!("SKIPPED the_systemd_unit_verifies: no systemd-analyze on this machine");
+        return;
+    };
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/dt-agent.service"),
+    )
+    .unwrap();
+    assert!(unit.lines().any(|l| l == "Type=notify"), "{unit}");
+    assert!(unit.lines().any(|l| l == "NotifyAccess=main"), "{unit}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dt-agent.service");
+    std::fs::write(
+        &path,
+        unit.replace(
+            "/usr/local/bin/dt-agent",
+            agent_bin().to_str().expect("a UTF-8 path"),
+        ),
+    )
+    .unwrap();
+    let o = Command::new(analyze)
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "systemd-analyze verify: {text}");
+    assert!(
+        !text.contains("dt-agent.service"),
+        "systemd-analyze verify says: {text}"
+    );
+}

@@ -19,6 +19,13 @@ pub trait Handler: Clone + Send + Sync + 'static {
     fn answer(&self, request: Request) -> Response;
     /// Called once the answer to an `uninstall` that is done has been written: the agent stops.
     fn stop(&self);
+    /// While the agent is still starting (loading and checking its kernel programs), what to
+    /// tell a client: requests that only read or change the rule set are answered with it at
+    /// once; the rip cord and `uninstall` wait until the agent is up (or their client gives up
+    /// and pulls the cord itself).
+    fn starting(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The socket file [`bind`] made: removed at exit only while it is still that file, so that an
@@ -140,7 +147,8 @@ async fn handle<H: Handler>(stream: UnixStream, handler: H) -> anyhow::Result<()
     // A client that gave up waiting (this agent was stopped or busy) has closed its end: its
     // request is stale and is not carried out. Carried out now, an old `enable` would undo the
     // `disable` the client then made on the kernel state directly.
-    if client_gone(&reader.into_inner().into_inner()) {
+    let rd = reader.into_inner().into_inner();
+    if client_gone(&rd) {
         if line.is_empty() {
             return Ok(());
         }
@@ -165,7 +173,28 @@ async fn handle<H: Handler>(stream: UnixStream, handler: H) -> anyhow::Result<()
     } else {
         match serde_json::from_str::<Request>(&line) {
             Err(e) => Response::error(format!("bad request: {e}")),
+            Ok(request) if !waits_for_start(&request) && handler.starting().is_some() => {
+                Response::error(handler.starting().unwrap_or_default())
+            }
             Ok(request) => {
+                if handler.starting().is_some() {
+                    while handler.starting().is_some() {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                    // As for a request found waiting in the backlog: one whose client gave up
+                    // meanwhile (and pulled the cord itself) is not carried out; but a
+                    // `disable` is (the client's own pull may have hit a filter the start then
+                    // turned on), as pulling the cord twice is pulling it once.
+                    if client_gone(&rd) && !matches!(request, Request::Disable) {
+                        log::warn!(
+                            "ignored a control request whose client had given up waiting for \
+                             the agent to start (pid {:?}): {}",
+                            peer.pid(),
+                            line.trim_end().chars().take(80).collect::<String>()
+                        );
+                        return Ok(());
+                    }
+                }
                 let uninstall = matches!(request, Request::Uninstall | Request::UninstallNow);
                 let h = handler.clone();
                 let r = tokio::task::spawn_blocking(move || h.answer(request)).await?;
@@ -183,6 +212,16 @@ async fn handle<H: Handler>(stream: UnixStream, handler: H) -> anyhow::Result<()
     }
     written?;
     Ok(())
+}
+
+/// Whether `request`, sent while the agent starts, waits until it is up (the rip cord and
+/// `uninstall`, which a client whose deadline passes carries out itself where it can) rather
+/// than being answered at once that the agent is starting.
+fn waits_for_start(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::Disable | Request::Enable | Request::Uninstall | Request::UninstallNow
+    )
 }
 
 /// Whether the client closed its end of the connection (POLLHUP: fully closed, not merely shut

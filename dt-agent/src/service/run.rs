@@ -3,14 +3,15 @@
 //! leaves the pins).
 
 use std::{
-    sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
+    sync::{Arc, OnceLock},
+    time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Context as _;
 
 use super::Service;
-use crate::{Agent, AgentConfig, control, export, opamp, settings::Settings};
+use crate::control::{Handler, Request, Response};
+use crate::{Agent, AgentConfig, control, export, opamp, settings::Settings, sys};
 
 /// Runs the agent with `settings` until it is told to stop.
 pub fn run(settings: Settings) -> anyhow::Result<()> {
@@ -49,6 +50,16 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         // Bind first: a second agent on the same socket fails before attaching anything.
         let (listener, file) = control::bind(&socket)?;
         let _ = made.set(file);
+        // Answering from now on: while the agent starts, that it is starting (see
+        // `Handler::starting`), then as the service.
+        let ready = Arc::new(OnceLock::new());
+        let control_task = tokio::spawn(control::serve(
+            listener,
+            Starting {
+                service: ready.clone(),
+                since: Instant::now(),
+            },
+        ));
         let metrics_listener = match settings.metrics_addr {
             Some(addr) if settings.metrics_public => Some(export::bind_metrics_public(addr)?),
             Some(addr) => Some(export::bind_metrics(addr)?),
@@ -94,16 +105,19 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             set_aside,
         )?;
         let watcher = service.watch()?;
+        let _ = ready.set(service.clone());
         log::info!(
             "dt-agent running: rules {} (watched), control socket {}",
             cfg.rules_dir.display(),
             socket.display()
         );
+        // A `Type=notify` systemd unit: `systemctl start` returns now, filtering on.
+        sys::notify("READY=1\nSTATUS=attached and filtering");
         if cfg.ports.contains(&OTLP_GRPC_PORT) {
             log::warn!("{}", grpc_port_warning());
         }
         // What answers (kept while idle after an uninstall), and the rest.
-        let mut serving = vec![tokio::spawn(control::serve(listener, service.clone()))];
+        let mut serving = vec![control_task];
         let mut tasks = vec![
             tokio::spawn(rescan(service.clone())),
             tokio::spawn(advise(service.clone(), settings.max_request)),
@@ -163,6 +177,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             () = signals.recv() => false,
             () = service.shutdown.notified() => true,
         };
+        sys::notify("STOPPING=1");
         // Held requests are waited for (no deadline) while the control socket still answers;
         // a second signal stops the wait.
         service.drain_before_exit(signals.recv()).await;
@@ -318,5 +333,39 @@ async fn rescan(service: Arc<Service>) {
         every.tick().await;
         let s = service.clone();
         let _ = tokio::task::spawn_blocking(move || s.reload_from_dir()).await;
+    }
+}
+
+/// The control socket's handler, from before the agent starts: until the service is there, it
+/// says the agent is starting; then it is the service.
+#[derive(Clone)]
+struct Starting {
+    service: Arc<OnceLock<Arc<Service>>>,
+    since: Instant,
+}
+
+impl Handler for Starting {
+    fn answer(&self, request: Request) -> Response {
+        match self.service.get() {
+            Some(s) => s.answer(request),
+            None => Response::error(self.starting().unwrap_or_default()),
+        }
+    }
+
+    fn stop(&self) {
+        if let Some(s) = self.service.get() {
+            s.stop();
+        }
+    }
+
+    fn starting(&self) -> Option<String> {
+        self.service.get().is_none().then(|| {
+            format!(
+                "the agent (pid {}) is starting: it loads and checks its kernel programs ({:.1} s \
+                 so far); ask again in a moment",
+                std::process::id(),
+                self.since.elapsed().as_secs_f32()
+            )
+        })
     }
 }
