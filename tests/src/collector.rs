@@ -76,6 +76,19 @@ impl Rotel {
     /// OTLP/HTTP exporter sending to `upstream` (`http://host:port`), with `extra` arguments;
     /// waits until the receiver accepts connections.
     pub fn start(bin: &Path, upstream: &str, extra: &[&str]) -> Rotel {
+        // Its ports are found free, released, then bound by the collector: another test may
+        // take one between; then it exits at once, and starts again on others.
+        for attempt in 1.. {
+            match Rotel::try_start(bin, upstream, extra) {
+                Ok(c) => return c,
+                Err(log) if attempt < 5 && log.contains("Address already in use") => continue,
+                Err(log) => panic!("the collector did not start; its log:\n{log}"),
+            }
+        }
+        unreachable!()
+    }
+
+    fn try_start(bin: &Path, upstream: &str, extra: &[&str]) -> Result<Rotel, String> {
         // Two free ports, released for the collector to bind.
         let ((l1, http), (l2, grpc)) = (reserve_port(), reserve_port());
         drop((l1, l2));
@@ -102,16 +115,13 @@ impl Rotel {
         loop {
             if let Some(st) = c.child.as_mut().and_then(|ch| ch.try_wait().ok().flatten()) {
                 c.child = None;
-                panic!("the collector exited ({st}); its log:\n{}", c.log_text());
+                return Err(format!("(exited: {st})\n{}", c.log_text()));
             }
             if std::net::TcpStream::connect(("127.0.0.1", http)).is_ok() {
-                return c;
+                return Ok(c);
             }
             if Instant::now() >= deadline {
-                panic!(
-                    "the collector did not listen within 30 s; its log:\n{}",
-                    c.log_text()
-                );
+                return Err(format!("(did not listen within 30 s)\n{}", c.log_text()));
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -383,6 +383,17 @@ fn the_rip_cords_reason_survives_a_pinned_restart() {
     let mut a = dt_tests::start_agent_with(cfg.clone());
     a.trip("ceiling: dt's kernel programs took 9% (test)".into())
         .unwrap();
+    let s = dt_tests::stats_of(&a);
+    assert_eq!(s.disabled_cause.as_deref(), Some("ceiling"));
+    assert!(why(&s).contains("took 9% (test)"), "{}", why(&s));
+    // Pulled again on the maps directly (as the client of a hung agent does): the kernel's
+    // record of who pulled it is what stats says, not this agent's words for its own pull.
+    dt_agent::agent::pinned_set_enabled(&root, false).unwrap();
+    let s = dt_tests::stats_of(&a);
+    assert_eq!(s.disabled_cause.as_deref(), Some("disable"), "{}", why(&s));
+    assert!(why(&s).contains("dt-agent disable"), "{}", why(&s));
+    a.trip("ceiling: dt's kernel programs took 9% (test)".into())
+        .unwrap();
     drop(a);
     // The metric's reason is the cause's fixed word, with or without the figures.
     let info = |s: &dt_agent::Stats| -> Vec<String> {

@@ -179,7 +179,9 @@ pub fn report(e: &anyhow::Error) {
     } else if let Some(errors) = e.downcast_ref::<SettingsErrors>() {
         eprintln!("{errors}");
         eprintln!("dt-agent: the settings were refused; the agent did not start");
-    } else if let Some(CallError::Refused(message)) = e.downcast_ref::<CallError>() {
+    } else if let Some(CallError::Refused(message) | CallError::Starting(message)) =
+        e.downcast_ref::<CallError>()
+    {
         eprintln!("{message}");
     } else {
         eprintln!("dt-agent: {e:#}");

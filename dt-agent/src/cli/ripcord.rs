@@ -23,6 +23,11 @@ pub fn set_enabled(enabled: bool, at: &AgentAt) -> anyhow::Result<()> {
         "every request now passes untouched"
     };
     match control::call_within(&socket, &request, control::ANSWER_DEADLINE) {
+        Ok(r) if r.note.is_some() => {
+            // Said by an agent that is still starting: what it did, and what it will do.
+            println!("{}", r.note.unwrap_or_default());
+            return Ok(());
+        }
         Ok(_) => {}
         Err(CallError::NoAnswer { pid, waited }) => {
             // The agent is hung: set the switch in the kernel without it.

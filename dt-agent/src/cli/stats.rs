@@ -23,7 +23,9 @@ pub fn stats(json: bool, at: &AgentAt) -> anyhow::Result<()> {
             );
             kernel::pinned_stats(&pins)?
         }
-        Err(e @ CallError::NoAnswer { .. }) if kernel::has_pins(&pins) => {
+        Err(e @ (CallError::NoAnswer { .. } | CallError::Starting(_)))
+            if kernel::has_pins(&pins) =>
+        {
             eprintln!(
                 "dt-agent: {e}; read the counters from the pinned maps under {} instead",
                 pins.display()

@@ -36,6 +36,8 @@ pub enum CallError {
     },
     /// The agent refused; the message is what it said.
     Refused(String),
+    /// The agent is still starting (loading and checking its programs); the message says so.
+    Starting(String),
     Other(anyhow::Error),
 }
 
@@ -56,7 +58,7 @@ impl std::fmt::Display for CallError {
                     waited.as_secs_f32()
                 )
             }
-            CallError::Refused(m) => write!(f, "{m}"),
+            CallError::Refused(m) | CallError::Starting(m) => write!(f, "{m}"),
         }
     }
 }
@@ -146,9 +148,12 @@ async fn call_async(
         CallError::Other(anyhow::Error::new(e).context(format!("unreadable answer: {line:?}")))
     })?;
     if !response.ok {
-        return Err(CallError::Refused(
-            response.error.unwrap_or_else(|| "the agent refused".into()),
-        ));
+        let message = response.error.unwrap_or_else(|| "the agent refused".into());
+        return Err(if response.starting {
+            CallError::Starting(message)
+        } else {
+            CallError::Refused(message)
+        });
     }
     Ok(response)
 }

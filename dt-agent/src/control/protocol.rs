@@ -84,6 +84,14 @@ pub struct Response {
     /// What `flush` egressed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flushed: Option<Vec<crate::export::flush::Flushed>>,
+    /// A refusal because the agent is still starting (`error` says so): a client that can do
+    /// without it (`stats` from the pins) may.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub starting: bool,
+    /// What a success means when it is not what the verb usually says (a rip cord pulled while
+    /// the agent starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl Response {

@@ -19,10 +19,9 @@ pub trait Handler: Clone + Send + Sync + 'static {
     fn answer(&self, request: Request) -> Response;
     /// Called once the answer to an `uninstall` that is done has been written: the agent stops.
     fn stop(&self);
-    /// While the agent is still starting (loading and checking its kernel programs), what to
-    /// tell a client: requests that only read or change the rule set are answered with it at
-    /// once; the rip cord and `uninstall` wait until the agent is up (or their client gives up
-    /// and pulls the cord itself).
+    /// While the agent is still starting (loading and checking its kernel programs), what it
+    /// is doing: `uninstall` then waits until it is up; every other request goes to
+    /// [`Handler::answer`], which answers it as a starting agent can.
     fn starting(&self) -> Option<String> {
         None
     }
@@ -173,19 +172,14 @@ async fn handle<H: Handler>(stream: UnixStream, handler: H) -> anyhow::Result<()
     } else {
         match serde_json::from_str::<Request>(&line) {
             Err(e) => Response::error(format!("bad request: {e}")),
-            Ok(request) if !waits_for_start(&request) && handler.starting().is_some() => {
-                Response::error(handler.starting().unwrap_or_default())
-            }
             Ok(request) => {
-                if handler.starting().is_some() {
+                if waits_for_start(&request) && handler.starting().is_some() {
                     while handler.starting().is_some() {
                         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                     }
                     // As for a request found waiting in the backlog: one whose client gave up
-                    // meanwhile (and pulled the cord itself) is not carried out; but a
-                    // `disable` is (the client's own pull may have hit a filter the start then
-                    // turned on), as pulling the cord twice is pulling it once.
-                    if client_gone(&rd) && !matches!(request, Request::Disable) {
+                    // meanwhile is not carried out.
+                    if client_gone(&rd) {
                         log::warn!(
                             "ignored a control request whose client had given up waiting for \
                              the agent to start (pid {:?}): {}",
@@ -214,14 +208,11 @@ async fn handle<H: Handler>(stream: UnixStream, handler: H) -> anyhow::Result<()
     Ok(())
 }
 
-/// Whether `request`, sent while the agent starts, waits until it is up (the rip cord and
-/// `uninstall`, which a client whose deadline passes carries out itself where it can) rather
-/// than being answered at once that the agent is starting.
+/// Whether `request`, sent while the agent starts, waits until it is up (`uninstall`, whose
+/// client waits long) rather than being answered at once by the handler (that the agent is
+/// starting; the rip cord, pulled on the pins and kept for when it is up).
 fn waits_for_start(request: &Request) -> bool {
-    matches!(
-        request,
-        Request::Disable | Request::Enable | Request::Uninstall | Request::UninstallNow
-    )
+    matches!(request, Request::Uninstall | Request::UninstallNow)
 }
 
 /// Whether the client closed its end of the connection (POLLHUP: fully closed, not merely shut

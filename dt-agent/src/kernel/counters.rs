@@ -86,10 +86,19 @@ impl Agent {
         stats.uprobes = self.probes.stats(&self.ebpf);
         add_objects(&mut stats, &self.objects, &self.active_objects, &self.known);
         if !stats.enabled {
-            let (cause, why) = self
-                .disabled
-                .clone()
-                .unwrap_or((CAUSE_DISABLE, HAND_PULLED.to_string()));
+            // Who pulled the cord is the kernel's to say (a hung agent's client pulls it on the
+            // maps directly); this agent's own words stand while they say the same.
+            let off_why = control.get(&0, 0)?.off_why;
+            let recorded = cause_recorded(off_why);
+            let (cause, why) = match &self.disabled {
+                Some((c, w))
+                    if *c == recorded
+                        || (*c == cause_adopted(off_why) && off_why == OFF_STOPPING) =>
+                {
+                    (*c, w.clone())
+                }
+                _ => (recorded, reason_recorded(off_why)),
+            };
             stats.disabled_reason = Some(why);
             stats.disabled_cause = Some(cause.to_string());
         }

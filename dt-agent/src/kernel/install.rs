@@ -31,8 +31,9 @@ impl Agent {
     /// slot, the `__other__`/`__missing__` entries of grouped rules, new recorder rings (made,
     /// not yet in place), the uprobe functions to attach. On an error there, what it added is
     /// taken out again, and the active set, its recorders and states, the counters and the
-    /// slot table are as they were (the one lasting change: removed rules whose slots it took
-    /// back stay forgotten, their counters cleared).
+    /// slot table are as they were. Two lasting changes: removed rules whose slots it took back
+    /// and cleared stay forgotten, and removed rules' groups dropped to make room stay dropped
+    /// (both are history the new set needed the room of).
     pub(super) fn install(
         &mut self,
         compiled: &Compiled,
@@ -45,11 +46,16 @@ impl Agent {
             .prepare(&mut self.ebpf, &compiled.uprobe)
             .map_err(RuleErrors)?;
         let reclaimed = std::mem::take(&mut slots.reclaimed);
-        let mut groups_added = Vec::new();
-        let staged = self.stage(compiled, &reclaimed, &probes_ready, &mut groups_added);
-        // Removed rules whose slots were taken back are forgotten either way: their counters
-        // were cleared.
-        for (name, _) in &reclaimed {
+        let (mut groups_added, mut cleared) = (Vec::new(), Vec::new());
+        let staged = self.stage(
+            compiled,
+            &reclaimed,
+            &probes_ready,
+            &mut groups_added,
+            &mut cleared,
+        );
+        // Removed rules whose slots were taken back and cleared are forgotten either way.
+        for (name, _) in &cleared {
             self.forget(name);
         }
         let rings = match staged {
@@ -63,7 +69,8 @@ impl Agent {
                     }
                 }
                 self.probes.keep_only(&probes_before);
-                for (name, _) in &reclaimed {
+                // Slots taken back but not cleared stay their removed rules'.
+                for (name, _) in &cleared {
                     self.slots.release(name);
                 }
                 return Err(e);
@@ -74,10 +81,16 @@ impl Agent {
         // rule set's (an out-of-range index, which cannot happen).
         let slot = 1 - self.active_slot;
         let generation = self.generation + 1;
-        self.slots = slots;
         // Recorders (their rings) and states the new set has, before it can use them.
         let old_objects = self.active_objects.clone();
-        self.objects.prepare(compiled, &old_objects, rings)?;
+        if let Err(e) = self.objects.prepare(compiled, &old_objects, rings) {
+            self.probes.keep_only(&probes_before);
+            for (name, _) in &cleared {
+                self.slots.release(name);
+            }
+            return Err(e);
+        }
+        self.slots = slots;
         let mut rs = compiled.ruleset;
         rs.generation = generation;
         let mut rulesets: Array<_, RuleSet> = Array::try_from(map(&mut self.ebpf, "RULESETS")?)?;
@@ -140,7 +153,10 @@ impl Agent {
                 },
             );
         }
-        self.write_names()?;
+        // The set is active: a name table not written is said, not a refusal.
+        if let Err(e) = self.write_names() {
+            log::warn!("writing the pinned name table: {e:#}");
+        }
         Ok(())
     }
 
@@ -154,6 +170,7 @@ impl Agent {
         reclaimed: &[(String, u16)],
         probes_ready: &[ReadyEntry],
         groups_added: &mut Vec<GroupKey>,
+        cleared: &mut Vec<(String, u16)>,
     ) -> anyhow::Result<NewRings> {
         let slot = 1 - self.active_slot;
         let generation = self.generation + 1;
@@ -173,6 +190,7 @@ impl Agent {
         // stale).
         for (name, s) in reclaimed {
             self.clear_slot(*s, name)?;
+            cleared.push((name.clone(), *s));
         }
         {
             let mut strings: HashMap<_, StrKey, u64> =
@@ -216,6 +234,17 @@ impl Agent {
             let mut flat: Array<_, AcTable> = Array::try_from(map(&mut self.ebpf, "AC_FLAT")?)?;
             flat.set(slot, compiled.ac_table(), 0)?;
         }
+        let rings = self.objects.new_rings(compiled, &self.active_objects)?;
+        // uprobe hook: the slot's uprobe tables, under the generation it will have.
+        self.probes.write_slot(
+            &mut self.ebpf,
+            slot,
+            generation,
+            &compiled.uprobe,
+            probes_ready,
+        )?;
+        // Last, as nothing can be undone of it: room in GROUPS (removed rules' groups dropped),
+        // then the entries the new set's grouped rules count into.
         self.make_group_room(compiled)?;
         // Grouped rules count under `__other__` and `__missing__`: their entries exist before
         // the set can count into them, so they are never lost to a full map.
@@ -238,15 +267,6 @@ impl Agent {
                 }
             }
         }
-        let rings = self.objects.new_rings(compiled, &self.active_objects)?;
-        // uprobe hook: the slot's uprobe tables, under the generation it will have.
-        self.probes.write_slot(
-            &mut self.ebpf,
-            slot,
-            generation,
-            &compiled.uprobe,
-            probes_ready,
-        )?;
         Ok(rings)
     }
 
@@ -285,11 +305,13 @@ impl Agent {
             return Ok(());
         }
         let mut freed = Vec::new();
+        // Rules of the new set keep their groups, grouped or not now (their history).
+        let keep: std::collections::BTreeSet<u16> = compiled.rules.iter().map(|r| r.slot).collect();
         for s in super::retired_slots(&self.known) {
             if over == 0 {
                 break;
             }
-            if wanted.contains_key(&s) {
+            if keep.contains(&s) {
                 continue;
             }
             let Some(keys) = by_slot.remove(&s) else {

@@ -40,9 +40,10 @@ pub fn pinned_stats(root: &Path) -> anyhow::Result<Stats> {
     let (_, known) = read_names(&dir)?;
     let mut stats = build_stats(&control, &counters, &totals, &known)?;
     if !stats.enabled {
+        // No agent runs: a cord pulled by a stopping agent was left by an uninstall cut short.
         let off_why = control.get(&0, 0)?.off_why;
-        stats.disabled_reason = Some(super::counters::reason_recorded(off_why));
-        stats.disabled_cause = Some(super::counters::cause_recorded(off_why).to_string());
+        stats.disabled_reason = Some(super::counters::reason_adopted(off_why));
+        stats.disabled_cause = Some(super::counters::cause_adopted(off_why).to_string());
     }
     let groups: aya::maps::HashMap<_, dt_ebpf_common::GroupKey, u64> =
         aya::maps::HashMap::try_from(pinned_map(&dir, "GROUPS", Map::HashMap)?)?;

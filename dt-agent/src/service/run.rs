@@ -3,7 +3,8 @@
 //! leaves the pins).
 
 use std::{
-    sync::{Arc, OnceLock},
+    path::PathBuf,
+    sync::{Arc, Mutex, OnceLock},
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -11,7 +12,7 @@ use anyhow::Context as _;
 
 use super::Service;
 use crate::control::{Handler, Request, Response};
-use crate::{Agent, AgentConfig, control, export, opamp, settings::Settings, sys};
+use crate::{Agent, AgentConfig, control, export, kernel, opamp, settings::Settings, sys};
 
 /// Runs the agent with `settings` until it is told to stop.
 pub fn run(settings: Settings) -> anyhow::Result<()> {
@@ -53,13 +54,13 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         // Answering from now on: while the agent starts, that it is starting (see
         // `Handler::starting`), then as the service.
         let ready = Arc::new(OnceLock::new());
-        let control_task = tokio::spawn(control::serve(
-            listener,
-            Starting {
-                service: ready.clone(),
-                since: Instant::now(),
-            },
-        ));
+        let starting = Starting {
+            service: ready.clone(),
+            since: Instant::now(),
+            pending: Arc::default(),
+            pin_root: cfg.pin_root.clone(),
+        };
+        let control_task = tokio::spawn(control::serve(listener, starting.clone()));
         let metrics_listener = match settings.metrics_addr {
             Some(addr) if settings.metrics_public => Some(export::bind_metrics_public(addr)?),
             Some(addr) => Some(export::bind_metrics(addr)?),
@@ -91,6 +92,11 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             }
             Err(e) => return Err(e),
         };
+        let mut agent = agent;
+        // The rip cord pulled while the agent started: at once, before anything else.
+        if let Some(enabled) = *starting.lock_pending() {
+            agent.set_enabled(enabled)?;
+        }
         // Counters adopted from pins began when the pins were made, not now: the OTLP push's
         // start time says so (else a cumulative-to-delta conversion counts them again).
         let counters_since = agent
@@ -105,7 +111,14 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             set_aside,
         )?;
         let watcher = service.watch()?;
-        let _ = ready.set(service.clone());
+        {
+            // The last word on the rip cord said while it started, then the service answers.
+            let mut pending = starting.lock_pending();
+            if let Some(enabled) = pending.take() {
+                service.set_enabled(enabled)?;
+            }
+            let _ = ready.set(service.clone());
+        }
         log::info!(
             "dt-agent running: rules {} (watched), control socket {}",
             cfg.rules_dir.display(),
@@ -337,18 +350,75 @@ async fn rescan(service: Arc<Service>) {
 }
 
 /// The control socket's handler, from before the agent starts: until the service is there, it
-/// says the agent is starting; then it is the service.
+/// answers as a starting agent can (that it is starting; the rip cord kept for when it is up,
+/// and pulled on the pinned filter at once); then it is the service.
 #[derive(Clone)]
 struct Starting {
     service: Arc<OnceLock<Arc<Service>>>,
     since: Instant,
+    /// The rip cord as the last `disable` or `enable` sent while the agent started left it:
+    /// carried out as the agent comes up (the service is set under this lock).
+    pending: Arc<Mutex<Option<bool>>>,
+    /// The pin root, where a pinned filter may be filtering while its next agent starts.
+    pin_root: Option<PathBuf>,
+}
+
+impl Starting {
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Option<bool>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `disable` or `enable` while the agent starts: kept for when it is up, and set on the
+    /// pinned filter now (an adopted filter goes on filtering while its agent starts).
+    fn set_enabled(&self, pending: &mut Option<bool>, enabled: bool) -> Response {
+        *pending = Some(enabled);
+        let pinned = self
+            .pin_root
+            .as_deref()
+            .filter(|r| kernel::has_pins(r))
+            .map(|r| kernel::pinned_set_enabled(r, enabled));
+        let now = match pinned {
+            Some(Ok(())) => "on the pinned filter now, and ",
+            Some(Err(e)) => {
+                log::warn!("setting the rip cord on the pinned filter while starting: {e:#}");
+                ""
+            }
+            None => "",
+        };
+        let what = if enabled {
+            "rules are evaluated again"
+        } else {
+            "the rip cord is pulled"
+        };
+        let outcome = if enabled {
+            "rules are evaluated"
+        } else {
+            "every request passes untouched"
+        };
+        Response {
+            note: Some(format!(
+                "the agent (pid {}) is starting: {what} {now}as it comes up: {outcome}",
+                std::process::id()
+            )),
+            ..Response::ok()
+        }
+    }
 }
 
 impl Handler for Starting {
     fn answer(&self, request: Request) -> Response {
-        match self.service.get() {
-            Some(s) => s.answer(request),
-            None => Response::error(self.starting().unwrap_or_default()),
+        let mut pending = self.lock_pending();
+        if let Some(s) = self.service.get() {
+            drop(pending);
+            return s.answer(request);
+        }
+        match request {
+            Request::Disable => self.set_enabled(&mut pending, false),
+            Request::Enable => self.set_enabled(&mut pending, true),
+            _ => Response {
+                starting: true,
+                ..Response::error(self.starting().unwrap_or_default())
+            },
         }
     }
 
