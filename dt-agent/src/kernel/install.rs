@@ -41,10 +41,13 @@ impl Agent {
     ) -> anyhow::Result<()> {
         // uprobe hook: attach the probes the new set uses first; on failure nothing changed.
         let probes_before = self.probes.attached_ids();
-        let probes_ready = self
-            .probes
-            .prepare(&mut self.ebpf, &compiled.uprobe)
-            .map_err(RuleErrors)?;
+        let probes_ready = match self.probes.prepare(&mut self.ebpf, &compiled.uprobe) {
+            Ok(r) => r,
+            Err(diags) => {
+                self.probes.keep_only(&probes_before);
+                return Err(RuleErrors(diags).into());
+            }
+        };
         let reclaimed = std::mem::take(&mut slots.reclaimed);
         let (mut groups_added, mut cleared) = (Vec::new(), Vec::new());
         let staged = self.stage(

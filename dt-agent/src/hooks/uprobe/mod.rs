@@ -78,6 +78,12 @@ struct AttachKey {
     pid: Option<u32>,
 }
 
+/// What [`Probes::attached_ids`] saw attached, and the captures' metadata then.
+pub struct Attachments {
+    ids: Vec<u32>,
+    meta: HashMap<u32, EntryMeta>,
+}
+
 /// One function of a rule set's probes, resolved and attached: its entry id and its table entry
 /// (generation not yet stamped).
 #[derive(Clone, Debug)]
@@ -266,24 +272,31 @@ impl Probes {
         Ok(ready)
     }
 
-    /// The ids of the functions attached now (for [`keep_only`](Self::keep_only)).
-    pub fn attached_ids(&self) -> Vec<u32> {
-        self.attached.iter().map(|a| a.id).collect()
+    /// What is attached now, and what the captures of each say (for
+    /// [`keep_only`](Self::keep_only)).
+    pub fn attached_ids(&self) -> Attachments {
+        Attachments {
+            ids: self.attached.iter().map(|a| a.id).collect(),
+            meta: self.meta.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        }
     }
 
-    /// Detaches every function attached since `before` ([`attached_ids`](Self::attached_ids)):
-    /// undoes a [`prepare`](Self::prepare) whose rule set was not installed.
-    pub fn keep_only(&mut self, before: &[u32]) {
-        self.attached.retain(|a| before.contains(&a.id));
+    /// Undoes a [`prepare`](Self::prepare) whose rule set was not installed: detaches every
+    /// function attached since `before` ([`attached_ids`](Self::attached_ids)), and the
+    /// captures of the functions still attached say again what they said (`prepare` wrote the
+    /// new set's probe and service for them).
+    pub fn keep_only(&mut self, before: &Attachments) {
+        self.attached.retain(|a| before.ids.contains(&a.id));
+        *self.meta.lock().unwrap_or_else(|e| e.into_inner()) = before.meta.clone();
     }
 
     /// Attaches and detaches again what [`prepare`](Self::prepare) would attach: the proof that
     /// every probe of the set can be attached, without changing anything.
     pub fn trial(&mut self, ebpf: &mut Ebpf, set: &UprobeSet) -> Result<(), Vec<Diagnostic>> {
         let before = self.attached_ids();
-        self.prepare(ebpf, set)?;
+        let tried = self.prepare(ebpf, set).map(|_| ());
         self.keep_only(&before);
-        Ok(())
+        tried
     }
 
     fn attach(&mut self, ebpf: &mut Ebpf, key: &AttachKey) -> Result<u32, String> {
