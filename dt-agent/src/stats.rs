@@ -37,6 +37,10 @@ pub struct TotalStats {
     pub untracked_bytes: u64,
     /// Requests held in the kernel right now (corked, waiting for the rest of their bytes).
     pub in_flight: u64,
+    /// How long the request held longest right now has been held, in milliseconds (0 when
+    /// none is).
+    #[serde(default)]
+    pub in_flight_longest_ms: u64,
     /// Held requests whose connection closed before the rest of them was sent (the kernel
     /// dropped their bytes with the socket; they never left).
     #[serde(default)]

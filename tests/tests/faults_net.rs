@@ -618,6 +618,13 @@ fn collector_resets_connections_while_requests_are_corked() {
         Duration::from_secs(10),
         |s| s.totals.in_flight == held,
     );
+    // How long the longest of them has been held: at least the wait since they all were.
+    std::thread::sleep(Duration::from_millis(200));
+    let longest = agent.stats().totals.in_flight_longest_ms;
+    assert!(
+        (200..60_000).contains(&longest),
+        "in_flight_longest_ms {longest} with {held} held"
+    );
     // Held means held: the collector has not seen a byte of them.
     for (i, v) in victims.iter().enumerate() {
         assert!(

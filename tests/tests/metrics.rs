@@ -282,6 +282,7 @@ fn assert_exposition_matches(e: &Exposition, stats: &Stats) {
         ("dt_generation", stats.generation),
         ("dt_enabled", stats.enabled as u64),
         ("dt_requests_in_flight", t.in_flight),
+        ("dt_requests_in_flight_longest_ms", t.in_flight_longest_ms),
         ("dt_rules_refused", stats.rules_error.is_some() as u64),
         ("dt_released_total", t.released),
         ("dt_uprobe_attached", stats.uprobes.attached),
@@ -675,6 +676,11 @@ fn assert_points_match(p: &Points, stats: &Stats, start: u64, window: (u64, u64)
         ("dt.generation", stats.generation, false),
         ("dt.enabled", stats.enabled as u64, false),
         ("dt.requests.in_flight", t.in_flight, false),
+        (
+            "dt.requests.in_flight.longest_ms",
+            t.in_flight_longest_ms,
+            false,
+        ),
         (
             "dt.rules.refused",
             stats.rules_error.is_some() as u64,

@@ -214,7 +214,7 @@ pub(crate) const PASSTHROUGH: Family = counter(
 );
 
 /// Gauges, without labels.
-pub(crate) const GAUGES: [Reader<Stats>; 4] = [
+pub(crate) const GAUGES: [Reader<Stats>; 5] = [
     (
         gauge(
             "dt_generation",
@@ -241,6 +241,15 @@ pub(crate) const GAUGES: [Reader<Stats>; 4] = [
             "Requests held in the kernel right now, waiting for the rest of their bytes.",
         ),
         |s| s.totals.in_flight,
+    ),
+    (
+        gauge(
+            "dt_requests_in_flight_longest_ms",
+            "dt.requests.in_flight.longest_ms",
+            "{ms}",
+            "How long the request held longest right now has been held, in milliseconds (0 when none is): a sender that never sends the rest of a request holds it until its connection closes.",
+        ),
+        |s| s.totals.in_flight_longest_ms,
     ),
     (
         gauge(
@@ -743,6 +752,7 @@ pub(crate) mod testdata {
                 edit_failures: 108,
                 untracked_bytes: 109,
                 in_flight: 110,
+                in_flight_longest_ms: 111,
                 released: 111,
                 walk_steps: 112,
                 fast_records: 113,
@@ -819,7 +829,7 @@ mod tests {
             assert!(seen.insert(f.prometheus), "duplicate {}", f.prometheus);
             assert!(!f.help.contains('\n') && !f.help.is_empty());
         }
-        assert_eq!(all.len(), 47);
+        assert_eq!(all.len(), 48);
     }
 
     /// The README's metric table ("## Monitoring") lists every family, once, with its type and
@@ -873,7 +883,7 @@ mod tests {
             assert_eq!(labels, got, "{}: labels", f.prometheus);
         }
         assert!(rows.is_empty(), "not families: {rows:?}");
-        assert_eq!(all.len(), 47);
+        assert_eq!(all.len(), 48);
     }
 
     /// `stats`' `disabled_cause` as the label: its word, or `unknown` for one this agent does

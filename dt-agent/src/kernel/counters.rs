@@ -81,6 +81,8 @@ impl Agent {
             PerCpuArray::try_from(map_ref(&self.ebpf, "RULE_COUNTERS")?)?;
         let totals: PerCpuArray<_, Totals> = PerCpuArray::try_from(map_ref(&self.ebpf, "TOTALS")?)?;
         let mut stats = build_stats(&control, &counters, &totals, &self.known)?;
+        let held: HashMap<_, u64, Held> = HashMap::try_from(map_ref(&self.ebpf, "HELD")?)?;
+        stats.totals.in_flight_longest_ms = longest_held_ms(&held);
         let groups: HashMap<_, GroupKey, u64> = HashMap::try_from(map_ref(&self.ebpf, "GROUPS")?)?;
         add_groups(&mut stats, &groups, &self.known);
         stats.uprobes = self.probes.stats(&self.ebpf);
@@ -190,6 +192,18 @@ impl Agent {
             held: list,
         })
     }
+}
+
+/// How long the request held longest in `held` (`HELD`) has been held, in milliseconds.
+pub(super) fn longest_held_ms<H: std::borrow::Borrow<MapData>>(
+    held: &HashMap<H, u64, Held>,
+) -> u64 {
+    let now = drain::monotonic_ns();
+    held.iter()
+        .filter_map(Result::ok)
+        .map(|(_, h)| now.saturating_sub(h.since_ns) / 1_000_000)
+        .max()
+        .unwrap_or(0)
 }
 
 /// The grouped counters of the rules in `stats` (`GROUPS`), by group value.
@@ -364,6 +378,7 @@ where
             edit_failures: t.edit_failures,
             untracked_bytes: t.untracked_bytes,
             in_flight: t.corked.saturating_sub(t.uncorked),
+            in_flight_longest_ms: 0,
             released: t.released,
             walk_steps: t.walk_steps,
             fast_records: t.fast_records,

@@ -45,6 +45,11 @@ pub fn pinned_stats(root: &Path) -> anyhow::Result<Stats> {
         stats.disabled_reason = Some(super::counters::reason_adopted(off_why));
         stats.disabled_cause = Some(super::counters::cause_adopted(off_why).to_string());
     }
+    if let Ok(m) = pinned_map(&dir, "HELD", Map::HashMap)
+        && let Ok(held) = aya::maps::HashMap::<_, u64, dt_ebpf_common::Held>::try_from(m)
+    {
+        stats.totals.in_flight_longest_ms = super::counters::longest_held_ms(&held);
+    }
     let groups: aya::maps::HashMap<_, dt_ebpf_common::GroupKey, u64> =
         aya::maps::HashMap::try_from(pinned_map(&dir, "GROUPS", Map::HashMap)?)?;
     super::counters::add_groups(&mut stats, &groups, &known);

@@ -122,6 +122,11 @@ fn check_points(p: &Points, stats: &Stats, start: u64, now: Option<u64>) {
         ("dt.enabled", stats.enabled as u64, false),
         ("dt.requests.in_flight", t.in_flight, false),
         (
+            "dt.requests.in_flight.longest_ms",
+            t.in_flight_longest_ms,
+            false,
+        ),
+        (
             "dt.rules.refused",
             stats.rules_error.is_some() as u64,
             false,
@@ -235,7 +240,7 @@ fn request_holds_every_value() {
     assert_eq!(units["dt.bytes.in"], "By");
     assert_eq!(units["dt.rule.dropped_bytes"], "By");
     assert_eq!(units["dt.records"], "{record}");
-    assert_eq!(units.len(), 42);
+    assert_eq!(units.len(), 43);
     // Gauges carry no start time.
     for m in &req.resource_metrics[0].scope_metrics[0].metrics {
         if let Some(metric::Data::Gauge(g)) = &m.data {
@@ -254,7 +259,7 @@ fn empty_families_are_left_out() {
         .collect();
     assert!(!names.iter().any(|n| n.starts_with("dt.rule.")));
     assert!(!names.contains(&"dt.passthrough"));
-    assert_eq!(names.len(), 24);
+    assert_eq!(names.len(), 25);
     check_points(&points(&req), &Stats::default(), 1, Some(2));
 }
 

@@ -195,6 +195,7 @@ fn check_all(p: &Parsed, stats: &Stats) {
         ("dt_generation", stats.generation),
         ("dt_enabled", stats.enabled as u64),
         ("dt_requests_in_flight", t.in_flight),
+        ("dt_requests_in_flight_longest_ms", t.in_flight_longest_ms),
         ("dt_rules_refused", stats.rules_error.is_some() as u64),
         ("dt_released_total", t.released),
         ("dt_uprobe_attached", stats.uprobes.attached),
@@ -294,7 +295,7 @@ fn renders_every_value_and_parses_back() {
     let text = render_prometheus(&stats);
     let p = parse(&text);
     check_all(&p, &stats);
-    assert_eq!(p.order.len(), 47, "{:?}", p.order);
+    assert_eq!(p.order.len(), 48, "{:?}", p.order);
     assert!(
         text.contains("dt_recorder_records{recorder=\"checkout-debug\"} 12\n"),
         "{text}"
@@ -412,7 +413,7 @@ fn empty_stats_still_list_every_family() {
     let p = parse(&text);
     // Every family is listed, with or without samples (those of rules, triggers, groups,
     // recorders, states, why disabled and the cost ceiling have none here).
-    assert_eq!(p.order.len(), 47);
+    assert_eq!(p.order.len(), 48);
     check_all(&p, &stats);
     assert!(text.contains("dt_enabled 0\n"));
     let families: BTreeSet<_> = p.order.iter().cloned().collect();
