@@ -674,3 +674,69 @@ fn the_systemd_unit_verifies() {
         "systemd-analyze verify says: {text}"
     );
 }
+
+/// An agent that adopts pins starts while the pinned filter goes on filtering: a `disable`
+/// sent then is set on the pins at once (said so), and kept as the agent comes up, with the
+/// new generation active (the cord and the rule set's flip write the same kernel value).
+#[test]
+fn cli_disable_while_an_adopting_agent_starts_acts_on_the_pins_at_once() {
+    use dt_agent::control::{self, CallError, Request};
+    use dt_tests::agent_process::AgentProcess;
+    if !kernel_or_skip("cli_disable_while_an_adopting_agent_starts_acts_on_the_pins_at_once") {
+        return;
+    }
+    let rx = Receiver::start_v4();
+    let rules = TempRules::from_rules(&[RuleSpec::count("count-all")]);
+    let mut agent = AgentProcess::new("starting-pinned", rules.path(), &[rx.port()], true);
+    let first = agent.start();
+    assert!(first.enabled);
+    agent.signal(libc::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(30)).success());
+    let pins = agent.pin_root().to_path_buf();
+    assert!(dt_agent::agent::has_pins(&pins));
+
+    let socket = agent.socket().to_path_buf();
+    let asking = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "the agent was never seen starting"
+            );
+            match control::call(&socket, &Request::Stats) {
+                Ok(_) => return None,
+                Err(CallError::Starting(_)) => {
+                    let r = control::call(&socket, &Request::Disable)
+                        .unwrap_or_else(|e| panic!("disable while starting: {e}"));
+                    // Pulled on the pins now: nothing filters from here on.
+                    let pinned = dt_agent::agent::pinned_stats(&pins).unwrap();
+                    return Some((r.note, pinned.enabled));
+                }
+                Err(_) => {}
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let started = agent.start();
+    let (note, pinned_enabled) = asking
+        .join()
+        .unwrap()
+        .expect("the agent answered before it was seen starting");
+    let note = note.expect("a note");
+    assert!(
+        note.contains("the rip cord is pulled on the pinned filter now, and as it comes up"),
+        "{note}"
+    );
+    assert!(!pinned_enabled, "the pins were not disabled at once");
+    let s = agent.stats();
+    assert!(
+        !s.enabled && s.disabled_cause.as_deref() == Some("disable"),
+        "{s:?}"
+    );
+    assert_eq!(
+        s.generation,
+        first.generation + 1,
+        "the new generation is active"
+    );
+    assert!(started.generation >= first.generation);
+}

@@ -30,7 +30,7 @@ pub fn stats(json: bool, at: &AgentAt) -> anyhow::Result<()> {
                 "dt-agent: {e}; read the counters from the pinned maps under {} instead",
                 pins.display()
             );
-            kernel::pinned_stats(&pins)?
+            kernel::pinned_stats_of_running(&pins)?
         }
         Err(e) => return Err(cannot_reach("stats", &socket, &pins, e)),
     };

@@ -752,7 +752,7 @@ pub(crate) mod testdata {
                 edit_failures: 108,
                 untracked_bytes: 109,
                 in_flight: 110,
-                in_flight_longest_ms: 111,
+                in_flight_longest_ms: 114,
                 released: 111,
                 walk_steps: 112,
                 fast_records: 113,

@@ -312,6 +312,7 @@ pub(crate) fn set_enabled_in<M: std::borrow::BorrowMut<MapData>>(
     enabled: bool,
     off_why: u32,
 ) -> anyhow::Result<()> {
+    let _guard = super::control_lock();
     let mut c = control.get(&0, 0)?;
     c.enabled = enabled as u32;
     c.off_why = if enabled { 0 } else { off_why };

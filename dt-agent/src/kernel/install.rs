@@ -64,13 +64,7 @@ impl Agent {
         let rings = match staged {
             Ok(rings) => rings,
             Err(e) => {
-                if let Ok(m) = map(&mut self.ebpf, "GROUPS")
-                    && let Ok(mut groups) = HashMap::<_, GroupKey, u64>::try_from(m)
-                {
-                    for k in &groups_added {
-                        let _ = groups.remove(k);
-                    }
-                }
+                self.remove_groups(&groups_added);
                 self.probes.keep_only(&probes_before);
                 // Slots taken back but not cleared stay their removed rules'.
                 for (name, _) in &cleared {
@@ -87,6 +81,9 @@ impl Agent {
         // Recorders (their rings) and states the new set has, before it can use them.
         let old_objects = self.active_objects.clone();
         if let Err(e) = self.objects.prepare(compiled, &old_objects, rings) {
+            // (Unlikely: map updates at valid indices. What prepare put in place before it
+            // failed stays; the active set goes on with it.)
+            self.remove_groups(&groups_added);
             self.probes.keep_only(&probes_before);
             for (name, _) in &cleared {
                 self.slots.release(name);
@@ -98,10 +95,13 @@ impl Agent {
         rs.generation = generation;
         let mut rulesets: Array<_, RuleSet> = Array::try_from(map(&mut self.ebpf, "RULESETS")?)?;
         rulesets.set(slot, rs, 0)?;
-        let mut control: Array<_, Control> = Array::try_from(map(&mut self.ebpf, "CONTROL")?)?;
-        let mut c = control.get(&0, 0)?;
-        c.active = Control::pack(generation, slot);
-        control.set(0, c, 0)?;
+        {
+            let _guard = super::control_lock();
+            let mut control: Array<_, Control> = Array::try_from(map(&mut self.ebpf, "CONTROL")?)?;
+            let mut c = control.get(&0, 0)?;
+            c.active = Control::pack(generation, slot);
+            control.set(0, c, 0)?;
+        }
         // uprobe hook: detach what the new set no longer uses.
         self.probes.finish(&probes_ready);
         // Recorders and states the set no longer has go.
@@ -192,8 +192,10 @@ impl Agent {
         // still names them can commit any more (the only such set is the one just marked
         // stale).
         for (name, s) in reclaimed {
-            self.clear_slot(*s, name)?;
+            // Listed first: a slot cleared in part is forgotten too, not left to a name whose
+            // counts it no longer holds.
             cleared.push((name.clone(), *s));
+            self.clear_slot(*s, name)?;
         }
         {
             let mut strings: HashMap<_, StrKey, u64> =
@@ -340,6 +342,17 @@ impl Agent {
             );
         }
         Ok(())
+    }
+
+    /// Takes out the `GROUPS` entries a refused install added.
+    fn remove_groups(&mut self, added: &[GroupKey]) {
+        if let Ok(m) = map(&mut self.ebpf, "GROUPS")
+            && let Ok(mut groups) = HashMap::<_, GroupKey, u64>::try_from(m)
+        {
+            for k in added {
+                let _ = groups.remove(k);
+            }
+        }
     }
 
     /// Forgets the removed rule `name` whose counter slot was taken back: its name entry, and

@@ -48,7 +48,9 @@ use crate::{
 
 pub(crate) use counters::set_enabled_in;
 pub use objects::{Entry, Objects, RingContents};
-pub use pins::{has_pins, pin_dir, pinned_set_enabled, pinned_set_state, pinned_stats};
+pub use pins::{
+    has_pins, pin_dir, pinned_set_enabled, pinned_set_state, pinned_stats, pinned_stats_of_running,
+};
 
 static EBPF_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dt"));
 
@@ -432,6 +434,7 @@ impl Agent {
         // uprobe hook: what depends on this kernel (drop) and this agent (capture endpoint).
         agent.probes.check(&compiled.uprobe).map_err(RuleErrors)?;
         if !adopting {
+            let _guard = control_lock();
             let mut control: Array<_, Control> = Array::try_from(map(&mut agent.ebpf, "CONTROL")?)?;
             let c = Control {
                 active: Control::pack(0, 0),
@@ -447,6 +450,7 @@ impl Agent {
         agent.install(&compiled, slots)?;
         // Only now, every check passed: an adopted filter's size bound and ports change.
         {
+            let _guard = control_lock();
             let mut control: Array<_, Control> = Array::try_from(map(&mut agent.ebpf, "CONTROL")?)?;
             let mut c = control.get(&0, 0)?;
             c.max_request = cfg.max_request;
@@ -709,6 +713,15 @@ fn recorders_refused(
         .map(|r| rules::Diagnostic::new(&r.file, r.pos, message(r)))
         .collect();
     if diags.is_empty() { Ok(()) } else { Err(diags) }
+}
+
+/// Every read-modify-write of the `CONTROL` value in this process (the rip cord, a rule set's
+/// flip, the size bound) holds this: the control socket pulls the cord on the pins while the
+/// agent that adopts them is still starting, and each writes the whole value back.
+static CONTROL_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub(crate) fn control_lock() -> std::sync::MutexGuard<'static, ()> {
+    CONTROL_LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {

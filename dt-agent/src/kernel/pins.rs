@@ -30,6 +30,15 @@ pub fn pin_dir(root: &Path) -> PathBuf {
 
 /// `stats` from the pinned maps, with no agent running.
 pub fn pinned_stats(root: &Path) -> anyhow::Result<Stats> {
+    pinned_stats_as(root, false)
+}
+
+/// `stats` from the pinned maps of an agent that runs but does not answer (hung, or starting).
+pub fn pinned_stats_of_running(root: &Path) -> anyhow::Result<Stats> {
+    pinned_stats_as(root, true)
+}
+
+fn pinned_stats_as(root: &Path, agent_runs: bool) -> anyhow::Result<Stats> {
     let dir = pin_dir(root);
     check_pinned_layout(&dir)?;
     let control: Array<_, Control> = Array::try_from(pinned_map(&dir, "CONTROL", Map::Array)?)?;
@@ -40,10 +49,22 @@ pub fn pinned_stats(root: &Path) -> anyhow::Result<Stats> {
     let (_, known) = read_names(&dir)?;
     let mut stats = build_stats(&control, &counters, &totals, &known)?;
     if !stats.enabled {
-        // No agent runs: a cord pulled by a stopping agent was left by an uninstall cut short.
+        // With no agent running, a cord pulled by a stopping agent was left by an uninstall cut
+        // short; with one (hung), it may be stopping now.
         let off_why = control.get(&0, 0)?.off_why;
-        stats.disabled_reason = Some(super::counters::reason_adopted(off_why));
-        stats.disabled_cause = Some(super::counters::cause_adopted(off_why).to_string());
+        let (cause, why) = if agent_runs {
+            (
+                super::counters::cause_recorded(off_why),
+                super::counters::reason_recorded(off_why),
+            )
+        } else {
+            (
+                super::counters::cause_adopted(off_why),
+                super::counters::reason_adopted(off_why),
+            )
+        };
+        stats.disabled_reason = Some(why);
+        stats.disabled_cause = Some(cause.to_string());
     }
     if let Ok(m) = pinned_map(&dir, "HELD", Map::HashMap)
         && let Ok(held) = aya::maps::HashMap::<_, u64, dt_ebpf_common::Held>::try_from(m)

@@ -94,8 +94,10 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         };
         let mut agent = agent;
         // The rip cord pulled while the agent started: at once, before anything else.
-        if let Some(enabled) = *starting.lock_pending() {
-            agent.set_enabled(enabled)?;
+        if let Some(enabled) = *starting.lock_pending()
+            && let Err(e) = agent.set_enabled(enabled)
+        {
+            log::error!("setting the rip cord asked for while starting: {e:#}");
         }
         // Counters adopted from pins began when the pins were made, not now: the OTLP push's
         // start time says so (else a cumulative-to-delta conversion counts them again).
@@ -114,8 +116,10 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         {
             // The last word on the rip cord said while it started, then the service answers.
             let mut pending = starting.lock_pending();
-            if let Some(enabled) = pending.take() {
-                service.set_enabled(enabled)?;
+            if let Some(enabled) = pending.take()
+                && let Err(e) = service.set_enabled(enabled)
+            {
+                log::error!("setting the rip cord asked for while starting: {e:#}");
             }
             let _ = ready.set(service.clone());
         }
@@ -379,9 +383,15 @@ impl Starting {
             .map(|r| kernel::pinned_set_enabled(r, enabled));
         let now = match pinned {
             Some(Ok(())) => "on the pinned filter now, and ",
+            // The pinned filter goes on as it was while the agent starts, and the start may
+            // fail: not done, said so (the client exits 1).
             Some(Err(e)) => {
-                log::warn!("setting the rip cord on the pinned filter while starting: {e:#}");
-                ""
+                return Response::error(format!(
+                    "the agent (pid {}) is starting, and setting the rip cord on its pinned \
+                     filter failed: {e:#}; it is set as the agent comes up, if it does: ask \
+                     again in a moment",
+                    std::process::id()
+                ));
             }
             None => "",
         };
