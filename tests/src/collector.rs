@@ -6,13 +6,11 @@
 //! (`rotel==0.0.1a15`), or `DT_COLLECTOR`. Tests call [`collector_or_skip`] first: without it
 //! they print `SKIPPED`, or fail when `DT_REQUIRE_KERNEL_TESTS=1`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::capture::{CaptureListener, CapturedRequest};
-use crate::kernel::REQUIRE_ENV;
 use crate::net::reserve_port;
 use crate::record::{ReceivedRecord, flatten};
 
@@ -51,17 +49,7 @@ pub fn collector_path() -> Result<PathBuf, String> {
 /// The collector's binary, or `None` after printing `SKIPPED` (a panic when
 /// `DT_REQUIRE_KERNEL_TESTS=1`).
 pub fn collector_or_skip(test: &str) -> Option<PathBuf> {
-    match collector_path() {
-        Ok(p) => Some(p),
-        Err(reason) => {
-            if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
-                panic!("{test}: {reason} (and {REQUIRE_ENV}=1)");
-            }
-            let line = format!("SKIPPED {test}: {reason}\n");
-            let _ = std::io::stderr().lock().write_all(line.as_bytes());
-            None
-        }
-    }
+    crate::kernel::needed_or_skip(test, collector_path())
 }
 
 /// A running `rotel-agent start` forwarding logs to an upstream; killed when dropped.

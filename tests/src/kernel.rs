@@ -61,6 +61,23 @@ pub fn kernel_unavailable_reason() -> Option<String> {
     None
 }
 
+/// What a test needs (`found`), or `None` after printing `SKIPPED <test>: <reason>` to stderr;
+/// a panic instead when `DT_REQUIRE_KERNEL_TESTS=1` (CI never skips silently).
+pub fn needed_or_skip<T>(test: &str, found: Result<T, String>) -> Option<T> {
+    match found {
+        Ok(t) => Some(t),
+        Err(reason) => {
+            if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
+                panic!("{test}: {reason} (and {REQUIRE_ENV}=1)");
+            }
+            // Straight to fd 2: libtest captures `eprintln!`, and a skip must be seen.
+            let line = format!("SKIPPED {test}: {reason}\n");
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+            None
+        }
+    }
+}
+
 /// `true` when the kernel test `test` can run. Otherwise prints `SKIPPED <test>: <reason>` to
 /// stderr and returns `false`, or panics when `DT_REQUIRE_KERNEL_TESTS=1`.
 pub fn kernel_or_skip(test: &str) -> bool {

@@ -20,7 +20,6 @@ use prost::Message;
 use serde_json::{Value, json};
 
 use crate::exporter::ExportPlan;
-use crate::kernel::REQUIRE_ENV;
 use crate::python::python_plan;
 use crate::record::{ReceivedRecord, SentRecord, flatten_sent};
 
@@ -78,17 +77,7 @@ pub fn node_path() -> Result<PathBuf, String> {
 /// The node binary, or `None` after printing `SKIPPED <test>: <reason>` (a panic instead when
 /// `DT_REQUIRE_KERNEL_TESTS=1`).
 pub fn node_or_skip(test: &str) -> Option<PathBuf> {
-    match node_path() {
-        Ok(p) => Some(p),
-        Err(reason) => {
-            if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
-                panic!("{test}: {reason} (and {REQUIRE_ENV}=1)");
-            }
-            let line = format!("SKIPPED {test}: {reason}\n");
-            let _ = std::io::stderr().lock().write_all(line.as_bytes());
-            None
-        }
-    }
+    crate::kernel::needed_or_skip(test, node_path())
 }
 
 /// The node binary; panics when there is none.

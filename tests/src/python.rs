@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::exporter::{ExportMode, ExportPlan};
-use crate::kernel::REQUIRE_ENV;
 use crate::otlp::BASE_TIME_NANOS;
 use crate::receiver::Receiver;
 use crate::record::{ReceivedRecord, SentRecord};
@@ -69,17 +68,7 @@ pub fn python_path() -> Result<PathBuf, String> {
 /// The interpreter, or `None` after printing `SKIPPED <test>: <reason>` (a panic instead when
 /// `DT_REQUIRE_KERNEL_TESTS=1`).
 pub fn python_or_skip(test: &str) -> Option<PathBuf> {
-    match python_path() {
-        Ok(p) => Some(p),
-        Err(reason) => {
-            if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
-                panic!("{test}: {reason} (and {REQUIRE_ENV}=1)");
-            }
-            let line = format!("SKIPPED {test}: {reason}\n");
-            let _ = std::io::stderr().lock().write_all(line.as_bytes());
-            None
-        }
-    }
+    crate::kernel::needed_or_skip(test, python_path())
 }
 
 /// The interpreter; panics when there is none.

@@ -360,28 +360,9 @@ fn python_venv() -> Result<Done> {
         }
     }
 
-    let python3 = base_python()?;
-    if venv.exists() {
-        std::fs::remove_dir_all(&venv)
-            .with_context(|| format!("removing the old venv {}", venv.display()))?;
-    }
-    let made = cmd::run(cmd::new(&python3).arg("-m").arg("venv").arg(&venv));
-    if let Err(e) = made {
-        let _ = std::fs::remove_dir_all(&venv);
-        return Err(e.context(format!(
-            "creating the venv with {} (on Debian, `python3 -m venv` needs the python3-venv package)",
-            python3.display()
-        )));
-    }
+    fresh_venv(&venv)?;
     let installed = cmd::run(
-        cmd::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--no-input",
-                "--disable-pip-version-check",
-            ])
+        pip_install(&python)
             .args(["--require-virtualenv", "-r"])
             .arg(&req_path),
     );
@@ -395,6 +376,39 @@ fn python_venv() -> Result<Done> {
     let v = check_venv(&python).context("checking the new venv")?;
     std::fs::write(&marker, stamp).with_context(|| format!("writing {}", marker.display()))?;
     Ok(Done::Installed(describe(v)))
+}
+
+/// An empty venv at `venv` (whatever was there removed), made with [`base_python`].
+fn fresh_venv(venv: &Path) -> Result<()> {
+    let python3 = base_python()?;
+    if venv.exists() {
+        std::fs::remove_dir_all(venv)
+            .with_context(|| format!("removing the old venv {}", venv.display()))?;
+    }
+    let made = cmd::run(cmd::new(&python3).arg("-m").arg("venv").arg(venv));
+    if let Err(e) = made {
+        let _ = std::fs::remove_dir_all(venv);
+        return Err(e.context(format!(
+            "creating the venv {} with {} (on Debian, `python3 -m venv` needs the python3-venv \
+             package)",
+            venv.display(),
+            python3.display()
+        )));
+    }
+    Ok(())
+}
+
+/// `python -m pip install`, quiet about prompts and pip's own version; the packages follow.
+fn pip_install(python: &Path) -> Command {
+    let mut c = cmd::new(python);
+    c.args([
+        "-m",
+        "pip",
+        "install",
+        "--no-input",
+        "--disable-pip-version-check",
+    ]);
+    c
 }
 
 /// `node --version` as (major, minor), and the path of node.
@@ -558,24 +572,12 @@ fn collector() -> Result<Done> {
             ),
         }
     }
-    let python3 = base_python()?;
-    if venv.exists() {
-        std::fs::remove_dir_all(&venv)
-            .with_context(|| format!("removing the old venv {}", venv.display()))?;
-    }
-    cmd::run(cmd::new(&python3).arg("-m").arg("venv").arg(&venv))
-        .context("creating the collector's venv (on Debian, the python3-venv package)")?;
-    let installed = cmd::run(
-        cmd::new(venv.join("bin/python"))
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--no-input",
-                "--disable-pip-version-check",
-            ])
-            .args(["--no-deps", "--only-binary=:all:", COLLECTOR_PACKAGE]),
-    );
+    fresh_venv(&venv)?;
+    let installed = cmd::run(pip_install(&venv.join("bin/python")).args([
+        "--no-deps",
+        "--only-binary=:all:",
+        COLLECTOR_PACKAGE,
+    ]));
     if let Err(e) = installed {
         // No marker: the next setup starts over.
         return Err(e.context(format!(
