@@ -40,17 +40,51 @@ fn validate(python: &Path, files: &[PathBuf]) -> std::process::Output {
 
 /// Every document of every manifest, as JSON (PyYAML in the venv reads them).
 fn documents(python: &Path) -> Vec<Value> {
+    documents_of(python, &manifests())
+}
+
+/// Every document of `files`, in order, as JSON.
+fn documents_of(python: &Path, files: &[PathBuf]) -> Vec<Value> {
     let script = "import json, sys, yaml\n\
                   docs = [d for f in sys.argv[1:] for d in yaml.safe_load_all(open(f))]\n\
                   print(json.dumps(docs))\n";
     let out = Command::new(python)
         .arg("-c")
         .arg(script)
-        .args(manifests())
+        .args(files)
         .output()
         .expect("python");
     assert!(out.status.success(), "{}", output_text(&out));
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `kubectl apply -f deploy/kubernetes/` applies the files in the order of their names, and
+/// stops at an object whose namespace does not exist yet: each object's namespace is made by an
+/// earlier document (its own file's, or a file whose name sorts first).
+#[test]
+fn kubectl_apply_of_the_directory_makes_the_namespace_first() {
+    let Some(python) = python_or_skip("kubectl_apply_of_the_directory_makes_the_namespace_first")
+    else {
+        return;
+    };
+    let mut made: Vec<String> = Vec::new();
+    for file in manifests() {
+        for doc in documents_of(&python, std::slice::from_ref(&file)) {
+            let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+            if doc["kind"] == "Namespace" {
+                made.push(name.to_string());
+            } else if let Some(ns) = doc["metadata"]["namespace"].as_str() {
+                assert!(
+                    made.iter().any(|m| m == ns),
+                    "{}: {} {name} is in namespace {ns}, which no earlier file makes \
+                     (kubectl applies files in name order)",
+                    file.display(),
+                    doc["kind"]
+                );
+            }
+        }
+    }
+    assert!(!made.is_empty(), "no Namespace in deploy/kubernetes");
 }
 
 fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
