@@ -156,6 +156,10 @@ pub struct UprobeStats {
     pub attached: u64,
     /// Whether this kernel lets a uprobe skip a call (what `drop` on a uprobe hook needs).
     pub drop_supported: bool,
+    /// Whether a message on a page the process has not touched yet is faulted in and read (a
+    /// sleepable uprobe); `false`: such a message is unreadable (a kernel older than 5.19).
+    #[serde(default)]
+    pub fault_in: bool,
     /// Application calls evaluated against the rules.
     pub calls: u64,
     /// Calls a probed library made into its own probed functions, not evaluated again.

@@ -1,8 +1,9 @@
 //! uprobe: count and capture calls of log functions (syslog(3), an application's own
 //! `log_write(level, msg)`) at their source.
 //!
-//! `dt_uprobe` is attached at the entry of every probed function, each attachment with a BPF
-//! cookie that indexes `PROBE_ENTRIES` (see dt-ebpf-common's `probe` module). For one call it:
+//! `dt_uprobe_sleepable` (or, where the kernel refuses a sleepable uprobe, `dt_uprobe`) is
+//! attached at the entry of every probed function, each attachment with a BPF cookie that
+//! indexes `PROBE_ENTRIES` (see dt-ebpf-common's `probe` module). For one call it:
 //! 1. finds its entry and the uprobe rules of the active rule set slot (both stamped with the
 //!    active generation, else the call is ignored);
 //! 2. ignores calls the probed library makes into its own family: a call whose return address
@@ -10,7 +11,9 @@
 //!    calling `__vsyslog_chk`), or a jump from one family function into another that leaves the
 //!    stack pointer and return address as they were (a tail call, e.g. an old glibc's `vsyslog`);
 //! 3. reads the severity argument and maps it, and copies the message (a `char *` argument, or
-//!    when that is exactly `"%s"`, the string it prints) into per-CPU scratch, bounded;
+//!    when that is exactly `"%s"`, the string it prints) into per-CPU scratch, bounded. The
+//!    sleepable program first faults in a page of the message the process has not touched yet
+//!    (a literal in its executable, typical of its first calls), which the other cannot wait for;
 //! 4. evaluates the rules in order: `count` counts; `capture` counts and sends the call, once,
 //!    into the `PROBE_EVENTS` ring buffer (a full buffer is counted as `capture_lost`).
 //!
@@ -25,7 +28,7 @@ use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::{bpf_get_attach_cookie, bpf_loop, bpf_probe_read_user_str},
+        generated::{bpf_copy_from_user, bpf_get_attach_cookie, bpf_loop, bpf_probe_read_user_str},
     },
     macros::{map, uprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -76,9 +79,18 @@ pub static PROBE_EVENTS: RingBuf = RingBuf::with_byte_size(PROBE_RING_BYTES, 0);
 #[map]
 pub static PROBE_TOTALS: PerCpuArray<ProbeTotals> = PerCpuArray::with_max_entries(1, 0);
 
+/// The probe where the kernel allows a sleepable uprobe (5.19 on): it may fault in the
+/// message's pages.
+#[uprobe(sleepable)]
+pub fn dt_uprobe_sleepable(ctx: ProbeContext) -> u32 {
+    on_call::<true>(&ctx);
+    0
+}
+
+/// The probe elsewhere: a message on a page the process has not touched yet is unreadable.
 #[uprobe]
 pub fn dt_uprobe(ctx: ProbeContext) -> u32 {
-    on_call(&ctx);
+    on_call::<false>(&ctx);
     0
 }
 
@@ -99,8 +111,11 @@ pub fn dt_uprobe_skip(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// One call. `SLEEPABLE`: the program may sleep, which only reading the message does (see
+/// `read_str`); everything else of the call is written to the per-CPU scratch after that, as
+/// another call on this CPU may use the scratch while this one sleeps.
 #[inline(always)]
-fn on_call(ctx: &ProbeContext) {
+fn on_call<const SLEEPABLE: bool>(ctx: &ProbeContext) {
     let Some(control) = CONTROL.get(0) else {
         return;
     };
@@ -144,14 +159,11 @@ fn on_call(ctx: &ProbeContext) {
         return;
     };
     let ev = unsafe { &mut *ev };
-    ev.time_ns = unsafe { bpf_ktime_get_ns() };
-    ev.pid_tgid = bpf_get_current_pid_tgid();
-    ev.entry = id;
-    ev.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    let time_ns = unsafe { bpf_ktime_get_ns() };
     let args = Args::read(regs);
-    ev.severity = severity(entry, &args);
     if rs.flags & (PRS_BODY | PRS_CAPTURE) != 0 {
-        read_message(entry, &args, ev);
+        // First: the sleepable program may sleep here, and only here.
+        read_message::<SLEEPABLE>(entry, &args, ev);
         if ev.flags & EV_UNREADABLE != 0 {
             totals.unreadable += 1;
         }
@@ -164,6 +176,11 @@ fn on_call(ctx: &ProbeContext) {
         ev.msg_len = 0;
         ev.flags = 0;
     }
+    ev.time_ns = time_ns;
+    ev.pid_tgid = bpf_get_current_pid_tgid();
+    ev.entry = id;
+    ev.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    ev.severity = severity(entry, &args);
     let body = if rs.flags & PRS_BODY != 0 {
         body_bits(ev, slot)
     } else {
@@ -344,11 +361,51 @@ fn va_first(ap: u64) -> u64 {
 
 /// Copies the NUL-terminated string at `p` into `ev.msg` (bounded); its length with the NUL, or
 /// 0 when it cannot be read.
+///
+/// `SLEEPABLE`: a read that fails because a page of the string is not mapped in the process yet
+/// (a literal in a page of its executable it has not read) faults that page in and reads again:
+/// the string's first page, then, when the string goes on past that page's end (the read
+/// stopped there), the next one; every byte touched is one the caller will read when it
+/// formats the message. The read that counts is the last, made after any sleep, so what
+/// another call on this CPU wrote to `ev.msg` meanwhile is overwritten.
 #[inline(always)]
-fn read_str(ev: &mut ProbeEvent, p: u64) -> u64 {
+fn read_str<const SLEEPABLE: bool>(ev: &mut ProbeEvent, p: u64) -> u64 {
     if p == 0 {
         return 0;
     }
+    let mut n = read_str_now(ev, p);
+    if SLEEPABLE {
+        let mut tries = 0;
+        while n == 0 && tries < 2 {
+            tries += 1;
+            let at = if unsafe { bpf_probe_read_user(p as *const u8) }.is_ok() {
+                // The first page is there: the string ran into the next one.
+                let next_page = (p | 0xfff).wrapping_add(1);
+                if next_page.wrapping_sub(p) >= PROBE_MSG_LEN as u64 {
+                    // The read did not reach it: not a page missing.
+                    break;
+                }
+                next_page
+            } else {
+                p
+            };
+            let mut byte = 0u8;
+            let r = unsafe {
+                bpf_copy_from_user(ptr::from_mut(&mut byte).cast(), 1, at as *const c_void)
+            };
+            if r != 0 {
+                // Not mapped at all.
+                break;
+            }
+            n = read_str_now(ev, p);
+        }
+    }
+    n
+}
+
+/// One read of the string at `p` (not 0) that does not fault pages in.
+#[inline(always)]
+fn read_str_now(ev: &mut ProbeEvent, p: u64) -> u64 {
     let n = unsafe {
         bpf_probe_read_user_str(
             ev.msg.as_mut_ptr().cast(),
@@ -361,10 +418,10 @@ fn read_str(ev: &mut ProbeEvent, p: u64) -> u64 {
 
 /// Fills `ev.msg`, `msg_len` and `flags`.
 #[inline(always)]
-fn read_message(entry: &ProbeEntry, args: &Args, ev: &mut ProbeEvent) {
-    ev.flags = 0;
+fn read_message<const SLEEPABLE: bool>(entry: &ProbeEntry, args: &Args, ev: &mut ProbeEvent) {
+    let mut flags = 0;
     let mut p = args.get(entry.msg_arg);
-    let mut n = read_str(ev, p);
+    let mut n = read_str::<SLEEPABLE>(ev, p);
     if n == 3 && ev.msg[0] == b'%' && ev.msg[1] == b's' {
         // `"%s"`: what is logged is the string argument it formats.
         let q = if entry.str_arg != ARG_NONE {
@@ -376,14 +433,14 @@ fn read_message(entry: &ProbeEntry, args: &Args, ev: &mut ProbeEvent) {
         };
         if q != 0 {
             p = q;
-            n = read_str(ev, p);
-            ev.flags |= EV_FROM_ARG;
+            n = read_str::<SLEEPABLE>(ev, p);
+            flags |= EV_FROM_ARG;
         }
     }
     if n == 0 {
         ev.msg[0] = 0;
         ev.msg_len = 0;
-        ev.flags |= EV_UNREADABLE;
+        ev.flags = flags | EV_UNREADABLE;
         return;
     }
     ev.msg_len = (n - 1) as u16;
@@ -391,9 +448,10 @@ fn read_message(entry: &ProbeEntry, args: &Args, ev: &mut ProbeEvent) {
         // The buffer is full: the string went on unless its next byte is the NUL.
         let next = unsafe { bpf_probe_read_user((p + PROBE_MSG_LEN as u64 - 1) as *const u8) };
         if next != Ok(0) {
-            ev.flags |= EV_TRUNCATED;
+            flags |= EV_TRUNCATED;
         }
     }
+    ev.flags = flags;
 }
 
 /// The Aho-Corasick scan of a message (bpf_loop context).

@@ -12,6 +12,12 @@
  *   logcalls edge        messages at the bound: 255 bytes, 300 bytes, and a NULL "%s" argument
  *   logcalls bench N     time N calls of syslog(LOG_INFO, ...) that the log mask filters, and
  *                        print "ns_per_call <float>"
+ *   logcalls cold FILE   three calls whose messages lie on pages the program has never read
+ *                        (a file it wrote, mapped, never touched): a format, a "%s" format and
+ *                        its argument each on its own page, and an argument that runs from the
+ *                        end of one such page into the next
+ *   logcalls cold-own FILE  the same messages (the argument for the "%s" call) to a function
+ *                        of the program's own, cold_log(level, msg), not to syslog
  *
  * The plan, per repetition, for each priority p = 0 (LOG_EMERG) .. 7 (LOG_DEBUG):
  *   syslog (LOG_USER   | p, "plain message at priority %d", p);
@@ -22,12 +28,15 @@
  * The log mask lets only LOG_DEBUG through, so the other calls return inside libc after the
  * probe has seen them (no EMERG message reaches a console or a logger).
  */
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <syslog.h>
 #include <time.h>
+#include <unistd.h>
 
 static void vlog(int pri, const char *fmt, ...) {
     va_list ap;
@@ -45,6 +54,72 @@ static void plan(int reps) {
             vlog(LOG_LOCAL1 | p, "%s", "va_list percent-s: timeout in a va_list");
         }
     }
+}
+
+#define PAGE 4096
+
+/* File page `pgoff` of `fd` mapped read-only at `at` (MAP_FIXED), or anywhere when `at` is NULL,
+ * with an inaccessible page on each side, so that it is its own mapping: the kernel maps the
+ * neighbours of a faulted page only within one mapping. */
+static char *map_page(int fd, long pgoff, char *at) {
+    if (!at) {
+        char *area = mmap(NULL, 3 * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (area == MAP_FAILED)
+            exit(3);
+        at = area + PAGE;
+    }
+    char *p = mmap(at, PAGE, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, pgoff * PAGE);
+    if (p == MAP_FAILED)
+        exit(3);
+    return p;
+}
+
+/* A logging function of the program's own, for a custom [[probe]] (message_arg = 1). */
+__attribute__((noinline, noipa)) void cold_log(int level, const char *msg) {
+    (void)level;
+    (void)msg;
+    __asm__ volatile("" ::: "memory");
+}
+
+static void cold(const char *path, int own) {
+    /* File pages: 0 a format, 1 "%s", 2 its argument, 3 and 5 the two halves of a message
+     * across a page end (4 is never mapped, so that 3 and 5 mapped side by side stay two
+     * mappings). */
+    static char file[6 * PAGE];
+    strcpy(file, "cold format: timeout on a page never read");
+    strcpy(file + PAGE, "%s");
+    strcpy(file + 2 * PAGE, "cold argument: timeout on a page never read");
+    const char *across = "cold across: a message that starts on one page never read "
+                         "and ends on the next";
+    size_t head = 20;
+    memcpy(file + 4 * PAGE - head, across, head);
+    strcpy(file + 5 * PAGE, across + head);
+    FILE *f = fopen(path, "w");
+    if (!f || fwrite(file, 1, sizeof file, f) != sizeof file || fclose(f) != 0)
+        exit(3);
+    int fd = open(path, O_RDONLY);
+    if (fd < 0)
+        exit(3);
+    char *format = map_page(fd, 0, NULL);
+    char *percent_s = map_page(fd, 1, NULL);
+    char *argument = map_page(fd, 2, NULL);
+    char *area = mmap(NULL, 4 * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (area == MAP_FAILED)
+        exit(3);
+    map_page(fd, 3, area + PAGE);
+    map_page(fd, 5, area + 2 * PAGE);
+    if (own) {
+        /* cold_log reads nothing. */
+        cold_log(LOG_ERR, format);
+        cold_log(LOG_ERR, argument);
+        cold_log(LOG_ERR, area + 2 * PAGE - head);
+        return;
+    }
+    /* The log mask filters LOG_ERR: syslog returns without reading the messages, so each page
+     * is first read by the probe. */
+    syslog(LOG_ERR, format);
+    syslog(LOG_ERR, percent_s, argument);
+    syslog(LOG_ERR, "%s", area + 2 * PAGE - head);
 }
 
 static double now_ns(void) {
@@ -77,6 +152,10 @@ int main(int argc, char **argv) {
         msg[300] = 0;
         syslog(LOG_ERR, "%s", msg); /* over it: cut, flagged truncated */
         syslog(LOG_ERR, "%s", (char *)NULL); /* no string: the format is the message */
+    } else if (strcmp(mode, "cold") == 0 || strcmp(mode, "cold-own") == 0) {
+        if (argc < 3)
+            return 2;
+        cold(argv[2], strcmp(mode, "cold-own") == 0);
     } else if (strcmp(mode, "bench") == 0) {
         for (long i = 0; i < n / 10; i++)
             syslog(LOG_INFO, "bench warm-up %ld", i);

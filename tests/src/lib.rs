@@ -64,7 +64,7 @@ pub use exporter::{
     export_with_real_exporter_to,
 };
 pub use http::{HttpRequest, HttpRequestBuilder};
-pub use kernel::{cgroup2_mount, kernel_or_skip};
+pub use kernel::{cgroup2_mount, kernel_or_skip, needed_or_skip};
 pub use model::{Action, Expected, Facts, RuleExpect, RuleSpec, evaluate, simulate};
 pub use net::{listener_v4, listener_v6, reserve_port};
 pub use node::{

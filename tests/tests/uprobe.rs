@@ -574,6 +574,142 @@ fn capture_exports_calls_as_otlp_log_records() {
     assert!(receiver.decode_failures().is_empty());
 }
 
+/// The rules of the `cold` runs: capture every call of `u3cold`, count those with "timeout".
+fn cold_rules() -> TempRules {
+    let rules = TempRules::new();
+    rules.write(
+        "50-cold.toml",
+        &format!(
+            "{SYSLOG_PROBE}{}{}",
+            rule(
+                "u3-cold-timeout",
+                "count",
+                "uprobe:syslog",
+                "service = \"u3cold\"\nbody_contains = \"timeout\""
+            ),
+            rule(
+                "u3-cold",
+                "capture",
+                "uprobe:syslog",
+                "service = \"u3cold\""
+            ),
+        ),
+    );
+    rules
+}
+
+/// Runs logcalls (`bin`) in `mode` (`cold` or `cold-own`), its file next to it; the three
+/// records captured, in order.
+fn cold_calls(bin: &Path, mode: &str, receiver: &Receiver) -> Vec<LogRecord> {
+    let file = bin.with_extension("messages");
+    run(bin, &[mode, &file.display().to_string()]);
+    wait_records(receiver, 3)
+        .into_iter()
+        .map(|(_, _, r)| r)
+        .collect()
+}
+
+/// Messages on pages the program has never read (a literal in its executable before its first
+/// use is the usual case) are faulted in and read whole: a format, a `"%s"` format and its
+/// argument each on a page of its own, and a message across a page end whose both pages are
+/// unread. They are captured as written, match `body_contains`, and none is unreadable.
+#[test]
+fn messages_on_pages_never_read_are_read() {
+    const TEST: &str = "messages_on_pages_never_read_are_read";
+    if !kernel_or_skip(TEST) {
+        return;
+    }
+    let receiver = Receiver::start_v4();
+    let rules = cold_rules();
+    let (agent, _port) = agent(&rules, Some(receiver.logs_url()));
+    let fault_in = stats_of(&agent).uprobes.fault_in;
+    let found = if fault_in {
+        Ok(())
+    } else {
+        Err(
+            "this kernel refuses a sleepable uprobe (5.19 on), so the probe cannot fault a \
+             message's page in"
+                .to_string(),
+        )
+    };
+    if needed_or_skip(TEST, found).is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_logcalls(dir.path(), "u3cold", false, None);
+    let bodies: Vec<String> = cold_calls(&bin, "cold", &receiver)
+        .iter()
+        .map(body)
+        .collect();
+    assert_eq!(
+        bodies,
+        [
+            "cold format: timeout on a page never read",
+            "cold argument: timeout on a page never read",
+            "cold across: a message that starts on one page never read and ends on the next",
+        ]
+    );
+    let stats = stats_of(&agent);
+    assert_eq!(stats.rule("u3-cold").unwrap().kept, 3);
+    assert_eq!(stats.rule("u3-cold-timeout").unwrap().matched, 2);
+    let u = &stats.uprobes;
+    assert_eq!((u.unreadable, u.truncated), (0, 0), "{u:?}");
+}
+
+/// The other program, as on a kernel without sleepable uprobes (chosen here by
+/// `DT_UPROBE_SLEEPABLE=0`): the same messages, to a function of the program's own, are counted
+/// and captured, empty, flagged `dt.message.unreadable` and counted as such; the log says why.
+/// (Not syslog: the other tests' agents, run alongside, would fault the pages in first.)
+#[test]
+fn without_a_sleepable_uprobe_messages_on_pages_never_read_are_unreadable() {
+    if !kernel_or_skip("without_a_sleepable_uprobe_messages_on_pages_never_read_are_unreadable") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The probe's binary must exist when the rules are installed.
+    let bin = build_logcalls(dir.path(), "u3own", false, None);
+    let receiver = Receiver::start_v4();
+    let rules = TempRules::new();
+    rules.write(
+        "50-cold.toml",
+        &format!(
+            "[[probe]]\nname = \"own\"\nbinary = \"{}\"\nsymbol = \"cold_log\"\n\
+             message_arg = 1\n\n{}{}",
+            bin.display(),
+            rule(
+                "u3-own-timeout",
+                "count",
+                "uprobe:own",
+                "body_contains = \"timeout\""
+            ),
+            rule("u3-own", "capture", "uprobe:own", ""),
+        ),
+    );
+    let (_hold, port) = reserve_port();
+    let mut proc = AgentProcess::new("u3nosleep", rules.path(), &[port], false);
+    proc.write_config(&format!("capture_endpoint = \"{}\"\n", receiver.logs_url()));
+    proc.set_env("DT_UPROBE_SLEEPABLE", Some("0"));
+    let started = proc.start();
+    assert!(!started.uprobes.fault_in, "{:?}", started.uprobes);
+    assert!(
+        proc.log()
+            .contains("not a sleepable uprobe (DT_UPROBE_SLEEPABLE=0)"),
+        "{}",
+        proc.log()
+    );
+    for r in cold_calls(&bin, "cold-own", &receiver) {
+        assert_eq!(body(&r), "");
+        assert_eq!(
+            string_attr(&r.attributes, "dt.message.unreadable").as_deref(),
+            Some("true")
+        );
+    }
+    let stats = proc.stats();
+    assert_eq!(stats.rule("u3-own").unwrap().kept, 3);
+    assert_eq!(stats.rule("u3-own-timeout").unwrap().matched, 0);
+    assert_eq!(stats.uprobes.unreadable, 3, "{:?}", stats.uprobes);
+}
+
 /// A collector that accepts connections and never answers: the exporter waits, the ring
 /// buffer fills, and every call it cannot take is counted.
 #[test]

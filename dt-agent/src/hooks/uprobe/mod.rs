@@ -53,7 +53,10 @@ use crate::{
 };
 use plan::{plan, table_entry};
 
-/// The uprobe program.
+/// The uprobe program that may fault a message's pages in (a sleepable uprobe), loaded where the
+/// kernel allows it.
+pub const PROGRAM_SLEEPABLE: &str = "dt_uprobe_sleepable";
+/// The uprobe program elsewhere: a message on a page not mapped yet is unreadable.
 pub const PROGRAM: &str = "dt_uprobe";
 /// Every map of the uprobe hook (all pinned in pinned mode).
 pub const MAPS: [&str; 7] = [
@@ -100,9 +103,52 @@ struct Attached {
     _link: UProbeLink,
 }
 
+/// Loads the sleepable uprobe program, or where this kernel refuses it, the other one; the name
+/// of the one loaded.
+/// `DT_UPROBE_SLEEPABLE=0` in the agent's environment loads the other one anyway (a way out
+/// should a kernel misbehave with it; the tests use it to run the fallback).
+fn load_program(ebpf: &mut Ebpf) -> anyhow::Result<&'static str> {
+    let why_not = if std::env::var(SLEEPABLE_ENV).as_deref() == Ok("0") {
+        format!("{SLEEPABLE_ENV}=0")
+    } else {
+        match program(ebpf, PROGRAM_SLEEPABLE)?.load() {
+            Ok(()) => {
+                log::info!(
+                    "uprobe messages: pages not yet mapped are faulted in (sleepable uprobe)"
+                );
+                return Ok(PROGRAM_SLEEPABLE);
+            }
+            Err(e) => format!(
+                "this kernel refuses a sleepable uprobe: {:#}",
+                anyhow::Error::new(e)
+            ),
+        }
+    };
+    program(ebpf, PROGRAM)?
+        .load()
+        .context("loading the uprobe program")?;
+    log::info!(
+        "uprobe messages: not a sleepable uprobe ({why_not}); a message on a page the process \
+         has not touched yet is unreadable"
+    );
+    Ok(PROGRAM)
+}
+
+/// The environment variable that turns the sleepable uprobe off.
+pub const SLEEPABLE_ENV: &str = "DT_UPROBE_SLEEPABLE";
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut UProbe> {
+    Ok(ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing"))?
+        .try_into()?)
+}
+
 /// The uprobe hook's state in the agent.
 pub struct Probes {
     support: DropSupport,
+    /// The loaded program: `PROGRAM_SLEEPABLE` or `PROGRAM`.
+    program: &'static str,
     capture_endpoint: Option<String>,
     attached: Vec<Attached>,
     /// Where the next entry id is looked for (ids are reused as late as possible, so that a
@@ -130,11 +176,7 @@ impl Probes {
             },
             support.detail
         );
-        let prog: &mut UProbe = ebpf
-            .program_mut(PROGRAM)
-            .ok_or_else(|| anyhow!("program {PROGRAM} missing"))?
-            .try_into()?;
-        prog.load().context("loading the uprobe program")?;
+        let program = load_program(ebpf)?;
         let meta = Arc::new(Mutex::new(HashMap::new()));
         let exporter = match &capture_endpoint {
             Some(url) => {
@@ -158,12 +200,18 @@ impl Probes {
         };
         Ok(Probes {
             support,
+            program,
             capture_endpoint,
             attached: Vec::new(),
             next_id: 0,
             meta,
             exporter,
         })
+    }
+
+    /// Whether the loaded program faults in a message's pages the process has not touched yet.
+    pub fn fault_in(&self) -> bool {
+        self.program == PROGRAM_SLEEPABLE
     }
 
     /// Whether this kernel lets a uprobe skip a call, as found at start-up.
@@ -303,10 +351,11 @@ impl Probes {
         let id = self
             .free_id()
             .ok_or_else(|| format!("all {MAX_PROBE_ENTRIES} uprobe attachments are in use"))?;
+        let program = self.program;
         let prog: &mut UProbe = ebpf
-            .program_mut(PROGRAM)
+            .program_mut(program)
             .and_then(|p| p.try_into().ok())
-            .ok_or_else(|| format!("program {PROGRAM} missing"))?;
+            .ok_or_else(|| format!("program {program} missing"))?;
         let scope = match key.pid.and_then(NonZeroU32::new) {
             Some(pid) => UProbeScope::OneProcess(pid),
             None => UProbeScope::AllProcesses,
@@ -395,6 +444,7 @@ impl Probes {
         let mut s = totals(ebpf.map("PROBE_TOTALS"));
         s.attached = self.attached.len() as u64;
         s.drop_supported = self.support.supported;
+        s.fault_in = self.fault_in();
         if let Some(x) = &self.exporter {
             (s.exported, s.export_failed, s.capture_throttled) = x.counts();
         }
