@@ -76,17 +76,26 @@ pub(super) fn reason_adopted(off_why: u32) -> String {
 impl Agent {
     /// Reads every counter back, summed over all CPUs.
     pub fn stats(&self) -> anyhow::Result<Stats> {
-        let control: Array<_, Control> = Array::try_from(map_ref(&self.ebpf, "CONTROL")?)?;
-        let counters: PerCpuArray<_, RuleCounters> =
-            PerCpuArray::try_from(map_ref(&self.ebpf, "RULE_COUNTERS")?)?;
-        let totals: PerCpuArray<_, Totals> = PerCpuArray::try_from(map_ref(&self.ebpf, "TOTALS")?)?;
-        let mut stats = build_stats(&control, &counters, &totals, &self.known)?;
+        let mut stats = self.summary()?;
         let held: HashMap<_, u64, Held> = HashMap::try_from(map_ref(&self.ebpf, "HELD")?)?;
         stats.totals.in_flight_longest_ms = longest_held_ms(&held);
         let groups: HashMap<_, GroupKey, u64> = HashMap::try_from(map_ref(&self.ebpf, "GROUPS")?)?;
         add_groups(&mut stats, &groups, &self.known);
         stats.uprobes = self.probes.stats(&self.ebpf);
         add_objects(&mut stats, &self.objects, &self.active_objects, &self.known);
+        Ok(stats)
+    }
+
+    /// What `stats` says without the parts that walk a map entry by entry (the rules' groups,
+    /// the held requests, the uprobe hook, recorders and states): the generation, the rip cord
+    /// and why, the totals and the rules' counters. For the agent's own frequent checks
+    /// (health, the ceiling, the log's advice), which run under the service's lock.
+    pub fn summary(&self) -> anyhow::Result<Stats> {
+        let control: Array<_, Control> = Array::try_from(map_ref(&self.ebpf, "CONTROL")?)?;
+        let counters: PerCpuArray<_, RuleCounters> =
+            PerCpuArray::try_from(map_ref(&self.ebpf, "RULE_COUNTERS")?)?;
+        let totals: PerCpuArray<_, Totals> = PerCpuArray::try_from(map_ref(&self.ebpf, "TOTALS")?)?;
+        let mut stats = build_stats(&control, &counters, &totals, &self.known)?;
         if !stats.enabled {
             // Who pulled the cord is the kernel's to say (a hung agent's client pulls it on the
             // maps directly); this agent's own words stand while they say the same.

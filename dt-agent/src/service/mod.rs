@@ -130,10 +130,15 @@ impl Service {
         Ok(stats)
     }
 
+    /// `stats` without the parts read entry by entry (see [`crate::kernel::Agent::summary`]).
+    pub fn summary(&self) -> anyhow::Result<Stats> {
+        self.with_agent(|a| a.summary())
+    }
+
     pub fn rules(&self) -> anyhow::Result<RulesInfo> {
         let inner = self.lock();
         let agent = inner.agent.as_ref().ok_or(crate::stats::Uninstalled)?;
-        let stats = agent.stats()?;
+        let stats = agent.summary()?;
         Ok(RulesInfo {
             generation: stats.generation,
             enabled: stats.enabled,
@@ -495,7 +500,7 @@ impl Service {
         let agent = inner.agent.as_mut()?;
         agent.set_cost(cost);
         let reason = trip?;
-        if stopping || !agent.stats().is_ok_and(|s| s.enabled) {
+        if stopping || !agent.summary().is_ok_and(|s| s.enabled) {
             return None;
         }
         match agent.trip(reason.clone()) {
@@ -517,7 +522,7 @@ impl Service {
                 false,
                 "stopping: every request passes until the agent has detached".to_string(),
             ),
-            Some(agent) => match agent.stats() {
+            Some(agent) => match agent.summary() {
                 Err(e) => (false, format!("error: reading the kernel's state: {e:#}")),
                 Ok(s) if !s.enabled => (
                     false,

@@ -331,7 +331,7 @@ async fn advise(service: Arc<Service>, max_request: u32) {
     let mut every = tokio::time::interval(crate::advice::CHECK_EVERY);
     loop {
         every.tick().await;
-        let Ok(stats) = service.stats() else {
+        let Ok(stats) = service.summary() else {
             continue;
         };
         let now = std::time::Instant::now();
