@@ -86,6 +86,11 @@ pub struct UninstallStatus {
     pub done: bool,
     /// What the agent still waits for before detaching.
     pub waiting: Holding,
+    /// The wait of an `uninstall` was cut short by `uninstall --now`: the requests held then,
+    /// lost. Answered to the waiting `uninstall` (which asks again every 200 ms) during the
+    /// moment the agent stays up for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut_short: Option<Holding>,
 }
 
 /// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
@@ -145,6 +150,7 @@ mod tests {
         let s = UninstallStatus {
             done: false,
             waiting: h,
+            cut_short: None,
         };
         let back: UninstallStatus =
             serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();

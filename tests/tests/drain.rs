@@ -439,7 +439,7 @@ fn drain_second_sigterm_stops_at_once() {
 
 /// A sender that never finishes its request would make `uninstall` wait for ever: `uninstall
 /// --now` (here while a plain `uninstall` waits) detaches and unpins at once, saying which held
-/// request is lost; the agent exits.
+/// request is lost, and so does the `uninstall` that waited; the agent exits.
 #[test]
 fn drain_uninstall_now_stops_waiting() {
     if !kernel_or_skip("drain_uninstall_now_stops_waiting") {
@@ -477,13 +477,17 @@ fn drain_uninstall_now_stops_waiting() {
     let st = agent.wait_exit(Duration::from_secs(10));
     assert_eq!(st.code(), Some(0), "log:\n{}", agent.log());
     assert!(!agent.pin_dir().exists(), "the pins are gone");
-    // The waiting `uninstall` ends too (the agent is gone, and so are the pins).
+    // The waiting `uninstall` ends too, saying its wait was cut short and what was lost (the
+    // agent stays up a moment to tell it), not as after a wait that ended well.
     let code = wait_child(&mut waiting, Duration::from_secs(10), "uninstall", &out);
-    assert_eq!(
-        code,
-        0,
-        "{}",
-        std::fs::read_to_string(&out).unwrap_or_default()
+    let said = std::fs::read_to_string(&out).unwrap_or_default();
+    assert_eq!(code, 0, "{said}");
+    assert!(
+        said.contains(
+            "the wait was cut short by `dt-agent uninstall --now`: detached at once; lost: 1 \
+             request"
+        ) && said.contains(&format!("port {}", held.port)),
+        "{said}"
     );
     assert!(
         agent

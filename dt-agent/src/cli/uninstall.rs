@@ -44,6 +44,12 @@ pub fn uninstall(now: bool, at: &AgentAt) -> anyhow::Result<()> {
                 Err(e) => return Err(cannot_reach("uninstall", &socket, &pins, e)),
             };
         if status.done {
+            if let Some(lost) = status.cut_short {
+                println!(
+                    "the wait was cut short by `dt-agent uninstall --now`: detached at once; \
+                     lost: {lost}"
+                );
+            }
             break;
         }
         // Say it again when who holds changes, else every few seconds.

@@ -31,6 +31,9 @@ use crate::{
 
 /// How often a waiting agent looks again whether requests are still held.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// How long an agent whose waiting `uninstall` another's `--now` cut short stays up after
+/// detaching, answering that `uninstall` (which asks every 200 ms) what was lost.
+const CUT_SHORT_LINGER: Duration = Duration::from_secs(1);
 
 /// The agent and its rules directory (and the remote part of its rule set).
 pub struct Service {
@@ -70,6 +73,8 @@ struct Inner {
     uninstall_error: Option<String>,
     /// The uninstall is done: nothing of dt is attached or pinned.
     uninstalled: bool,
+    /// A waiting `uninstall` was cut short by `uninstall --now`: the requests lost.
+    cut_short: Option<crate::drain::Holding>,
 }
 
 impl Service {
@@ -98,6 +103,7 @@ impl Service {
                 uninstalling: false,
                 uninstall_error: None,
                 uninstalled: false,
+                cut_short: None,
             }),
             rules_dir,
             shutdown: tokio::sync::Notify::new(),
@@ -706,6 +712,17 @@ impl Handler for Arc<Service> {
     }
 
     fn stop(&self) {
+        if self.lock().cut_short.is_some() {
+            // A waiting `uninstall` asks again within 200 ms: it is told its wait was cut
+            // short (and what was lost) instead of finding the agent gone, as after a wait
+            // that ended well.
+            let me = self.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(CUT_SHORT_LINGER);
+                me.shutdown.notify_one();
+            });
+            return;
+        }
         self.shutdown.notify_one();
     }
 }

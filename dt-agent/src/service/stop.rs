@@ -23,6 +23,7 @@ impl Service {
             return Ok(UninstallStatus {
                 done: true,
                 waiting: Holding::default(),
+                cut_short: inner.cut_short.clone(),
             });
         };
         if !inner.uninstalling {
@@ -35,6 +36,7 @@ impl Service {
                 return Ok(UninstallStatus {
                     done: true,
                     waiting,
+                    cut_short: None,
                 });
             }
             log::info!(
@@ -46,12 +48,14 @@ impl Service {
             return Ok(UninstallStatus {
                 done: false,
                 waiting,
+                cut_short: None,
             });
         }
         let waiting = agent.holding()?;
         Ok(UninstallStatus {
             done: false,
             waiting,
+            cut_short: None,
         })
     }
 
@@ -68,8 +72,10 @@ impl Service {
             return Ok(UninstallStatus {
                 done: true,
                 waiting: Holding::default(),
+                cut_short: None,
             });
         };
+        let cuts_a_wait = inner.uninstalling;
         if !inner.stopping
             && let Err(e) = agent.begin_drain()
         {
@@ -83,10 +89,14 @@ impl Service {
         inner.stopping = true;
         inner.uninstalling = true;
         finish_uninstall(inner)?;
+        if cuts_a_wait {
+            inner.cut_short = Some(lost.clone());
+        }
         // The control server stops the agent once this answer is written.
         Ok(UninstallStatus {
             done: true,
             waiting: lost,
+            cut_short: None,
         })
     }
 
