@@ -1696,8 +1696,9 @@ fn operator_ripcord_plain_messages_without_agent_and_for_non_root() {
 // 8. Counter slots are taken back from removed rules
 
 /// Rule names come and go (generated names, renames): once every one of the 1,024 counter
-/// slots has had a rule, the next new name takes the slot of a removed rule, whose counts start
-/// again from zero and whose name is forgotten. Pushes never fail for names seen long ago.
+/// slots has had a rule, the next new name takes the slot of a removed rule, whose counts (and
+/// groups: eight rules of each set are grouped by service) start again from zero and whose
+/// name is forgotten. Pushes never fail for names seen long ago.
 #[test]
 fn removed_rules_give_their_counter_slots_back() {
     if !kernel_or_skip("removed_rules_give_their_counter_slots_back") {
@@ -1706,7 +1707,14 @@ fn removed_rules_give_their_counter_slots_back() {
     let receiver = Receiver::start_v4();
     let set = |g: usize| {
         let specs: Vec<RuleSpec> = (0..128)
-            .map(|i| RuleSpec::count(&format!("g{g}-r{i}")))
+            .map(|i| {
+                let r = RuleSpec::count(&format!("g{g}-r{i}"));
+                if i < 8 {
+                    r.group_by("service", None)
+                } else {
+                    r
+                }
+            })
             .collect();
         TempRules::from_rules(&specs)
     };
@@ -1746,6 +1754,15 @@ fn removed_rules_give_their_counter_slots_back() {
     for i in 0..128 {
         let r = s.rule(&format!("g8-r{i}")).expect("listed");
         assert_eq!((r.active, r.matched), (true, 4), "g8-r{i} starts from zero");
+        // No group of the slot's last rule is left behind, under this rule or another.
+        let counted: Option<BTreeMap<String, u64>> = r.groups.as_ref().map(|g| {
+            g.iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(k, n)| (k.clone(), *n))
+                .collect()
+        });
+        let want = (i < 8).then(|| BTreeMap::from([("svc".to_string(), 4u64)]));
+        assert_eq!(counted, want, "g8-r{i}'s groups that counted");
     }
     assert_eq!(
         s.rule("g1-r0").map(|r| (r.active, r.matched)),

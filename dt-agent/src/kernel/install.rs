@@ -195,7 +195,19 @@ impl Agent {
             // Listed first: a slot cleared in part is forgotten too, not left to a name whose
             // counts it no longer holds.
             cleared.push((name.clone(), *s));
-            self.clear_slot(*s, name)?;
+            self.clear_slot(*s)?;
+        }
+        if !reclaimed.is_empty() {
+            self.clear_groups_of(reclaimed)?;
+            let taken: Vec<String> = reclaimed
+                .iter()
+                .map(|(name, s)| format!("\"{name}\" (slot {s})"))
+                .collect();
+            log::info!(
+                "counter slots of removed rules taken back for new rules (their counts are gone): \
+                 {}",
+                taken.join(", ")
+            );
         }
         {
             let mut strings: HashMap<_, StrKey, u64> =
@@ -366,9 +378,9 @@ impl Agent {
         self.known.retain(|_, r| r.name != name);
     }
 
-    /// Zeroes everything the kernel keeps for counter slot `slot`, taken back from the removed
-    /// rule `name`: counters, groups, sample and rate state, trigger state.
-    fn clear_slot(&mut self, slot: u16, name: &str) -> anyhow::Result<()> {
+    /// Zeroes what the kernel keeps for counter slot `slot`, taken back from a removed rule:
+    /// counters, sample and rate state, trigger state (its groups: [`Self::clear_groups_of`]).
+    fn clear_slot(&mut self, slot: u16) -> anyhow::Result<()> {
         let i = slot as u32;
         {
             let mut counters: PerCpuArray<_, RuleCounters> =
@@ -388,19 +400,21 @@ impl Agent {
             let mut t: Array<_, TriggerState> = Array::try_from(map(&mut self.ebpf, "TRIGGERS")?)?;
             t.set(i, TriggerState::default(), 0)?;
         }
-        {
-            let mut groups: HashMap<_, GroupKey, u64> =
-                HashMap::try_from(map(&mut self.ebpf, "GROUPS")?)?;
-            let stale: Vec<GroupKey> = groups
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| k.slot == i)
-                .collect();
-            for k in stale {
-                groups.remove(&k)?;
-            }
+        Ok(())
+    }
+
+    /// Removes the groups of the counter slots taken back (one walk of `GROUPS` for all).
+    fn clear_groups_of(&mut self, reclaimed: &[(String, u16)]) -> anyhow::Result<()> {
+        let mut groups: HashMap<_, GroupKey, u64> =
+            HashMap::try_from(map(&mut self.ebpf, "GROUPS")?)?;
+        let stale: Vec<GroupKey> = groups
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| reclaimed.iter().any(|(_, s)| u32::from(*s) == k.slot))
+            .collect();
+        for k in stale {
+            groups.remove(&k)?;
         }
-        log::info!("counter slot {slot} of the removed rule \"{name}\" taken back for a new rule");
         Ok(())
     }
 
