@@ -157,9 +157,13 @@ pub struct UprobeStats {
     /// Whether this kernel lets a uprobe skip a call (what `drop` on a uprobe hook needs).
     pub drop_supported: bool,
     /// Whether a message on a page the process has not touched yet is faulted in and read (a
-    /// sleepable uprobe); `false`: such a message is unreadable (a kernel older than 5.19).
+    /// sleepable uprobe); `false`: such a message is unreadable (a kernel older than 6.0, or
+    /// `DT_UPROBE_SLEEPABLE=0`).
     #[serde(default)]
     pub fault_in: bool,
+    /// Message pages faulted in (by this agent's program, since it started).
+    #[serde(default)]
+    pub pages_faulted_in: u64,
     /// Application calls evaluated against the rules.
     pub calls: u64,
     /// Calls a probed library made into its own probed functions, not evaluated again.

@@ -250,6 +250,18 @@ pub struct ProbeTotals {
     pub capture_lost: u64,
 }
 
+/// The sleepable uprobe program's faults, per CPU (`PROBE_FAULTS`; not pinned: each agent's
+/// own, as its uprobe program is).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeFaults {
+    /// Message pages faulted in.
+    pub pages: u64,
+    /// Nanoseconds spent faulting them in, mostly waiting (a page read from disk): counted in
+    /// the program's BPF run time, taken out of the cost ceiling's CPU time.
+    pub ns: u64,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -260,6 +272,7 @@ mod pod {
     unsafe impl aya::Pod for TailMark {}
     unsafe impl aya::Pod for ProbeEvent {}
     unsafe impl aya::Pod for ProbeTotals {}
+    unsafe impl aya::Pod for ProbeFaults {}
 }
 
 #[cfg(test)]

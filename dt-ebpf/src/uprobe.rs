@@ -40,7 +40,7 @@ use dt_ebpf_common::{
         ARG_NONE, COMM_LEN, CommKey, ENTRY_STATIC_SERVICE, EV_FROM_ARG, EV_TRUNCATED,
         EV_UNREADABLE, MAX_FAMILY, MAX_PROBE_ENTRIES, MAX_PROBE_RULES, MAX_PROBES, MAX_SEV_PAIRS,
         PROBE_MSG_LEN, PROBE_RING_BYTES, PROBE_TAIL_ENTRIES, PRS_BODY, PRS_CAPTURE, ProbeEntry,
-        ProbeEvent, ProbeRuleSet, ProbeTotals, SEV_DIRECT, SEV_TABLE, TailMark,
+        ProbeEvent, ProbeFaults, ProbeRuleSet, ProbeTotals, SEV_DIRECT, SEV_TABLE, TailMark,
     },
 };
 
@@ -67,9 +67,17 @@ pub static PROBE_COMMS: HashMap<CommKey, u64> = HashMap::with_max_entries(2 * MA
 pub static PROBE_TAILS: LruHashMap<u64, TailMark> =
     LruHashMap::with_max_entries(PROBE_TAIL_ENTRIES, 0);
 
-/// The call being evaluated (per CPU: a uprobe program is not preempted by another on its CPU).
+/// The call being evaluated, per CPU. A uprobe program runs with migration off, so one run
+/// stays on its CPU; under the kernel's `preempt=none` or `voluntary` (what this kernel runs)
+/// another run on that CPU can only come while this one sleeps, which only the first pass of
+/// the sleepable program does, and a pass that slept is done again (see `on_call`). (Under `preempt=full` or
+/// `lazy`, a run preempted mid-call by another call on its CPU can have its fields mixed.)
 #[map]
 pub static PROBE_SCRATCH: PerCpuArray<ProbeEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// The sleepable program's faults (see `ProbeFaults`).
+#[map]
+pub static PROBE_FAULTS: PerCpuArray<ProbeFaults> = PerCpuArray::with_max_entries(1, 0);
 
 /// Captured calls, to the agent.
 #[map]
@@ -79,7 +87,7 @@ pub static PROBE_EVENTS: RingBuf = RingBuf::with_byte_size(PROBE_RING_BYTES, 0);
 #[map]
 pub static PROBE_TOTALS: PerCpuArray<ProbeTotals> = PerCpuArray::with_max_entries(1, 0);
 
-/// The probe where the kernel allows a sleepable uprobe (5.19 on): it may fault in the
+/// The probe where the kernel allows a sleepable uprobe (6.0 on): it may fault in the
 /// message's pages.
 #[uprobe(sleepable)]
 pub fn dt_uprobe_sleepable(ctx: ProbeContext) -> u32 {
@@ -111,59 +119,81 @@ pub fn dt_uprobe_skip(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// One call. `SLEEPABLE`: the program may sleep, which only reading the message does (see
-/// `read_str`); everything else of the call is written to the per-CPU scratch after that, as
-/// another call on this CPU may use the scratch while this one sleeps.
+/// One call. The sleepable program (`SLEEPABLE`) makes a first pass that may fault in a page
+/// of the message the process has not touched yet, the only place it sleeps; when it did, it
+/// stops there (nothing counted yet) and a second pass, which does not fault, does the call
+/// from the start: the rule set, the entry and the message are read again after the sleep, so
+/// a rule set replaced or a rip cord pulled meanwhile is seen, and what another call on this
+/// CPU wrote to the per-CPU scratch meanwhile is overwritten.
 #[inline(always)]
 fn on_call<const SLEEPABLE: bool>(ctx: &ProbeContext) {
+    // The call's time: before any wait for a page.
+    let time_ns = unsafe { bpf_ktime_get_ns() };
+    if pass::<SLEEPABLE>(ctx, time_ns) {
+        pass::<false>(ctx, time_ns);
+    }
+}
+
+/// One pass over a call; `true` when it faulted a page in and stopped (only with `FAULT_IN`).
+#[inline(always)]
+fn pass<const FAULT_IN: bool>(ctx: &ProbeContext, time_ns: u64) -> bool {
     let Some(control) = CONTROL.get(0) else {
-        return;
+        return false;
     };
     if control.enabled == 0 {
-        return;
+        return false;
     }
     let slot = control.active_slot();
     let generation = control.active_generation();
     let id = unsafe { bpf_get_attach_cookie(ctx.regs.cast()) };
     if id >= MAX_PROBE_ENTRIES as u64 {
-        return;
+        return false;
     }
     let id = id as u32;
     let Some(entry) = PROBE_ENTRIES.get(slot * MAX_PROBE_ENTRIES + id) else {
-        return;
+        return false;
     };
     if entry.generation != generation {
         // Attached for a rule set that is not (or no longer) the active one.
-        return;
+        return false;
     }
     let Some(rs) = PROBE_RULES.get(slot) else {
-        return;
+        return false;
     };
     if rs.generation != generation {
-        return;
+        return false;
     }
     let Some(totals) = PROBE_TOTALS.get_ptr_mut(0) else {
-        return;
+        return false;
     };
     let totals = unsafe { &mut *totals };
     let regs = ctx.regs;
     let (sp, ip) = unsafe { ((*regs).rsp, (*regs).rip) };
     // At a function's first instruction, the return address is on top of the stack.
     let ra = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
+    // (A second pass finds the same mark: not a tail call.)
     if in_family(entry, ip, ra) || tail_call(id, entry.probe as u32, sp, ra) {
         totals.nested += 1;
-        return;
+        return false;
     }
-    totals.calls += 1;
     let Some(ev) = PROBE_SCRATCH.get_ptr_mut(0) else {
-        return;
+        return false;
     };
     let ev = unsafe { &mut *ev };
-    let time_ns = unsafe { bpf_ktime_get_ns() };
     let args = Args::read(regs);
     if rs.flags & (PRS_BODY | PRS_CAPTURE) != 0 {
         // First: the sleepable program may sleep here, and only here.
-        read_message::<SLEEPABLE>(entry, &args, ev);
+        let mut faults = Faults {
+            tries: 0,
+            pages: 0,
+            ns: 0,
+        };
+        read_message::<FAULT_IN>(entry, &args, ev, &mut faults);
+        if FAULT_IN && faults.tries > 0 {
+            count_faults(&faults);
+            return true;
+        }
+        totals.calls += 1;
         if ev.flags & EV_UNREADABLE != 0 {
             totals.unreadable += 1;
         }
@@ -171,6 +201,7 @@ fn on_call<const SLEEPABLE: bool>(ctx: &ProbeContext) {
             totals.truncated += 1;
         }
     } else {
+        totals.calls += 1;
         // No rule looks at the message: not read.
         ev.msg[0] = 0;
         ev.msg_len = 0;
@@ -196,6 +227,25 @@ fn on_call<const SLEEPABLE: bool>(ctx: &ProbeContext) {
         unsafe { PROBE_COMMS.get(key) }.copied().unwrap_or(0)
     };
     evaluate(rs, entry.probe, ev, body, service, totals);
+    false
+}
+
+/// Adds one call's faults to this CPU's `PROBE_FAULTS`.
+#[inline(always)]
+fn count_faults(faults: &Faults) {
+    if let Some(f) = PROBE_FAULTS.get_ptr_mut(0) {
+        // SAFETY: this CPU's entry; nothing sleeps from here on.
+        let f = unsafe { &mut *f };
+        f.pages += faults.pages;
+        f.ns += faults.ns;
+    }
+}
+
+/// Pages one call tried to fault in, those it did, and the time it took.
+struct Faults {
+    tries: u64,
+    pages: u64,
+    ns: u64,
 }
 
 /// Whether the call returns into one of the probe's family functions: the library calling
@@ -365,11 +415,10 @@ fn va_first(ap: u64) -> u64 {
 /// `SLEEPABLE`: a read that fails because a page of the string is not mapped in the process yet
 /// (a literal in a page of its executable it has not read) faults that page in and reads again:
 /// the string's first page, then, when the string goes on past that page's end (the read
-/// stopped there), the next one; every byte touched is one the caller will read when it
-/// formats the message. The read that counts is the last, made after any sleep, so what
-/// another call on this CPU wrote to `ev.msg` meanwhile is overwritten.
+/// stopped there), the next one; every byte touched is one a function reading the string
+/// reads. Any try to fault in makes `on_call` do the call again in a pass that does not fault.
 #[inline(always)]
-fn read_str<const SLEEPABLE: bool>(ev: &mut ProbeEvent, p: u64) -> u64 {
+fn read_str<const SLEEPABLE: bool>(ev: &mut ProbeEvent, p: u64, faults: &mut Faults) -> u64 {
     if p == 0 {
         return 0;
     }
@@ -390,13 +439,17 @@ fn read_str<const SLEEPABLE: bool>(ev: &mut ProbeEvent, p: u64) -> u64 {
                 p
             };
             let mut byte = 0u8;
+            let t0 = unsafe { bpf_ktime_get_ns() };
             let r = unsafe {
                 bpf_copy_from_user(ptr::from_mut(&mut byte).cast(), 1, at as *const c_void)
             };
+            faults.tries += 1;
+            faults.ns += unsafe { bpf_ktime_get_ns() }.wrapping_sub(t0);
             if r != 0 {
                 // Not mapped at all.
                 break;
             }
+            faults.pages += 1;
             n = read_str_now(ev, p);
         }
     }
@@ -418,10 +471,15 @@ fn read_str_now(ev: &mut ProbeEvent, p: u64) -> u64 {
 
 /// Fills `ev.msg`, `msg_len` and `flags`.
 #[inline(always)]
-fn read_message<const SLEEPABLE: bool>(entry: &ProbeEntry, args: &Args, ev: &mut ProbeEvent) {
+fn read_message<const SLEEPABLE: bool>(
+    entry: &ProbeEntry,
+    args: &Args,
+    ev: &mut ProbeEvent,
+    faults: &mut Faults,
+) {
     let mut flags = 0;
     let mut p = args.get(entry.msg_arg);
-    let mut n = read_str::<SLEEPABLE>(ev, p);
+    let mut n = read_str::<SLEEPABLE>(ev, p, faults);
     if n == 3 && ev.msg[0] == b'%' && ev.msg[1] == b's' {
         // `"%s"`: what is logged is the string argument it formats.
         let q = if entry.str_arg != ARG_NONE {
@@ -433,7 +491,7 @@ fn read_message<const SLEEPABLE: bool>(entry: &ProbeEntry, args: &Args, ev: &mut
         };
         if q != 0 {
             p = q;
-            n = read_str::<SLEEPABLE>(ev, p);
+            n = read_str::<SLEEPABLE>(ev, p, faults);
             flags |= EV_FROM_ARG;
         }
     }

@@ -18,6 +18,9 @@
  *                        end of one such page into the next
  *   logcalls cold-own FILE  the same messages (the argument for the "%s" call) to a function
  *                        of the program's own, cold_log(level, msg), not to syslog
+ *   logcalls stall       print "ready", wait for a line; call cold_log with a message on a page
+ *                        that a userfaultfd handler fills only when told: it prints "fault" when
+ *                        the page is first read, waits for a line, fills it; then "done"
  *
  * The plan, per repetition, for each priority p = 0 (LOG_EMERG) .. 7 (LOG_DEBUG):
  *   syslog (LOG_USER   | p, "plain message at priority %d", p);
@@ -33,7 +36,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/userfaultfd.h>
+#include <pthread.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <syslog.h>
 #include <time.h>
 #include <unistd.h>
@@ -122,6 +129,59 @@ static void cold(const char *path, int own) {
     syslog(LOG_ERR, "%s", area + 2 * PAGE - head);
 }
 
+/* The message page of `stall`, filled by the userfaultfd handler when told. */
+static long stall_uffd;
+
+static void *stall_handler(void *unused) {
+    (void)unused;
+    struct uffd_msg msg;
+    if (read((int)stall_uffd, &msg, sizeof msg) != sizeof msg ||
+        msg.event != UFFD_EVENT_PAGEFAULT)
+        exit(4);
+    printf("fault\n");
+    fflush(stdout);
+    char line[64];
+    if (!fgets(line, sizeof line, stdin))
+        exit(4);
+    static char page[PAGE] __attribute__((aligned(PAGE)));
+    strcpy(page, "stalled: a message whose page came late");
+    struct uffdio_copy copy = {
+        .dst = msg.arg.pagefault.address & ~(unsigned long long)(PAGE - 1),
+        .src = (unsigned long)page,
+        .len = PAGE,
+    };
+    if (ioctl((int)stall_uffd, UFFDIO_COPY, &copy) != 0)
+        exit(4);
+    return NULL;
+}
+
+static void stall(void) {
+    stall_uffd = syscall(SYS_userfaultfd, O_CLOEXEC);
+    struct uffdio_api api = {.api = UFFD_API};
+    if (stall_uffd < 0 || ioctl((int)stall_uffd, UFFDIO_API, &api) != 0)
+        exit(3);
+    char *area = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    struct uffdio_register reg = {
+        .range = {.start = (unsigned long)area, .len = PAGE},
+        .mode = UFFDIO_REGISTER_MODE_MISSING,
+    };
+    if (area == MAP_FAILED || ioctl((int)stall_uffd, UFFDIO_REGISTER, &reg) != 0)
+        exit(3);
+    pthread_t t;
+    if (pthread_create(&t, NULL, stall_handler, NULL) != 0)
+        exit(3);
+    char line[64];
+    printf("ready\n");
+    fflush(stdout);
+    if (!fgets(line, sizeof line, stdin))
+        exit(2);
+    cold_log(LOG_ERR, area);
+    /* Read by the program too (a probe that does not fault pages in left it unread). */
+    volatile char first = area[0];
+    (void)first;
+    pthread_join(t, NULL);
+}
+
 static double now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -156,6 +216,8 @@ int main(int argc, char **argv) {
         if (argc < 3)
             return 2;
         cold(argv[2], strcmp(mode, "cold-own") == 0);
+    } else if (strcmp(mode, "stall") == 0) {
+        stall();
     } else if (strcmp(mode, "bench") == 0) {
         for (long i = 0; i < n / 10; i++)
             syslog(LOG_INFO, "bench warm-up %ld", i);

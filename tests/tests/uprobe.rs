@@ -134,6 +134,15 @@ impl Logger {
         stdin.write_all(b"go\n").expect("write go");
     }
 
+    /// Writes `text` and a newline to its stdin (which stays open).
+    fn say(&mut self, text: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin
+            .write_all(format!("{text}\n").as_bytes())
+            .expect("write");
+        stdin.flush().expect("flush");
+    }
+
     /// Waits until it is done and has exited 0.
     fn finish(mut self) {
         self.expect_line("done");
@@ -574,19 +583,62 @@ fn capture_exports_calls_as_otlp_log_records() {
     assert!(receiver.decode_failures().is_empty());
 }
 
-/// The rules of the `cold` runs: capture every call of `u3cold`, count those with "timeout".
-fn cold_rules() -> TempRules {
+/// A `[[probe]]` named `own` on `cold_log(level, msg)` of the logcalls binary `bin`.
+fn own_probe(bin: &Path) -> String {
+    format!(
+        "[[probe]]\nname = \"own\"\nbinary = \"{}\"\nsymbol = \"cold_log\"\nmessage_arg = 1\n\n",
+        bin.display()
+    )
+}
+
+/// Runs logcalls (`bin`) in `mode` (`cold` or `cold-own`), its file next to it; the three
+/// records it makes the receiver get, in order.
+fn cold_calls(bin: &Path, mode: &str, receiver: &Receiver) -> Vec<LogRecord> {
+    let file = bin.with_extension(mode);
+    let before = received(receiver).len();
+    run(bin, &[mode, &file.display().to_string()]);
+    wait_records(receiver, before + 3)
+        .into_iter()
+        .skip(before)
+        .map(|(_, _, r)| r)
+        .collect()
+}
+
+const COLD_BODIES: [&str; 3] = [
+    "cold format: timeout on a page never read",
+    "cold argument: timeout on a page never read",
+    "cold across: a message that starts on one page never read and ends on the next",
+];
+
+/// Messages on pages the program has never read (a literal in its executable before its first
+/// use is the usual case) are faulted in and read whole: a format, a `"%s"` format and its
+/// argument each on a page of its own, and a message across a page end whose both pages are
+/// unread. They are captured as written, flagged neither unreadable nor truncated, and match
+/// `body_contains`. First to a function of the program's own, which only this test's agent
+/// probes (so the pages are certainly faulted in by it), then to syslog (whose `"%s"` is read
+/// through; another test's agent may fault those pages in first).
+#[test]
+fn messages_on_pages_never_read_are_read() {
+    const TEST: &str = "messages_on_pages_never_read_are_read";
+    if !kernel_or_skip(TEST) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_logcalls(dir.path(), "u3cold", false, None);
+    let receiver = Receiver::start_v4();
     let rules = TempRules::new();
     rules.write(
         "50-cold.toml",
         &format!(
-            "{SYSLOG_PROBE}{}{}",
+            "{SYSLOG_PROBE}{}{}{}{}",
+            own_probe(&bin),
             rule(
-                "u3-cold-timeout",
+                "u3-own-timeout",
                 "count",
-                "uprobe:syslog",
-                "service = \"u3cold\"\nbody_contains = \"timeout\""
+                "uprobe:own",
+                "body_contains = \"timeout\""
             ),
+            rule("u3-own", "capture", "uprobe:own", ""),
             rule(
                 "u3-cold",
                 "capture",
@@ -595,39 +647,13 @@ fn cold_rules() -> TempRules {
             ),
         ),
     );
-    rules
-}
-
-/// Runs logcalls (`bin`) in `mode` (`cold` or `cold-own`), its file next to it; the three
-/// records captured, in order.
-fn cold_calls(bin: &Path, mode: &str, receiver: &Receiver) -> Vec<LogRecord> {
-    let file = bin.with_extension("messages");
-    run(bin, &[mode, &file.display().to_string()]);
-    wait_records(receiver, 3)
-        .into_iter()
-        .map(|(_, _, r)| r)
-        .collect()
-}
-
-/// Messages on pages the program has never read (a literal in its executable before its first
-/// use is the usual case) are faulted in and read whole: a format, a `"%s"` format and its
-/// argument each on a page of its own, and a message across a page end whose both pages are
-/// unread. They are captured as written, match `body_contains`, and none is unreadable.
-#[test]
-fn messages_on_pages_never_read_are_read() {
-    const TEST: &str = "messages_on_pages_never_read_are_read";
-    if !kernel_or_skip(TEST) {
-        return;
-    }
-    let receiver = Receiver::start_v4();
-    let rules = cold_rules();
     let (agent, _port) = agent(&rules, Some(receiver.logs_url()));
     let fault_in = stats_of(&agent).uprobes.fault_in;
     let found = if fault_in {
         Ok(())
     } else {
         Err(
-            "this kernel refuses a sleepable uprobe (5.19 on), so the probe cannot fault a \
+            "this kernel refuses a sleepable uprobe (6.0 on), so the probe cannot fault a \
              message's page in"
                 .to_string(),
         )
@@ -635,25 +661,76 @@ fn messages_on_pages_never_read_are_read() {
     if needed_or_skip(TEST, found).is_none() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let bin = build_logcalls(dir.path(), "u3cold", false, None);
-    let bodies: Vec<String> = cold_calls(&bin, "cold", &receiver)
-        .iter()
-        .map(body)
-        .collect();
-    assert_eq!(
-        bodies,
-        [
-            "cold format: timeout on a page never read",
-            "cold argument: timeout on a page never read",
-            "cold across: a message that starts on one page never read and ends on the next",
-        ]
-    );
+    for mode in ["cold-own", "cold"] {
+        let got = cold_calls(&bin, mode, &receiver);
+        let bodies: Vec<String> = got.iter().map(body).collect();
+        assert_eq!(bodies, COLD_BODIES, "{mode}");
+        for r in &got {
+            assert_eq!(string_attr(&r.attributes, "dt.message.unreadable"), None);
+            assert_eq!(string_attr(&r.attributes, "dt.message.truncated"), None);
+        }
+        if mode == "cold-own" {
+            let stats = stats_of(&agent);
+            // Its own pages: faulted in by this agent (the format's, the argument's, and the
+            // two of the message across a page end).
+            assert!(stats.uprobes.pages_faulted_in >= 4, "{:?}", stats.uprobes);
+            assert_eq!(stats.rule("u3-own-timeout").unwrap().matched, 2);
+        }
+    }
     let stats = stats_of(&agent);
+    assert_eq!(stats.rule("u3-own").unwrap().kept, 3);
     assert_eq!(stats.rule("u3-cold").unwrap().kept, 3);
-    assert_eq!(stats.rule("u3-cold-timeout").unwrap().matched, 2);
+}
+
+/// A call that waits for its message's page (a userfaultfd page its program fills only when
+/// the test says) while the rule set is replaced: after the wait the call is taken from the
+/// start, so the new set's rule captures it and the removed rule does not count it; it is
+/// counted once.
+#[test]
+fn a_call_that_waits_for_its_page_meets_the_rule_set_active_after_the_wait() {
+    const TEST: &str = "a_call_that_waits_for_its_page_meets_the_rule_set_active_after_the_wait";
+    if !kernel_or_skip(TEST) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_logcalls(dir.path(), "u3stall", false, None);
+    let receiver = Receiver::start_v4();
+    let set = |name: &str| {
+        let rules = TempRules::new();
+        rules.write(
+            "50-stall.toml",
+            &format!(
+                "{}{}",
+                own_probe(&bin),
+                rule(name, "capture", "uprobe:own", "")
+            ),
+        );
+        rules
+    };
+    let before = set("u3-before");
+    let (mut agent, _port) = agent(&before, Some(receiver.logs_url()));
+    if !stats_of(&agent).uprobes.fault_in {
+        let reason = "this kernel refuses a sleepable uprobe (6.0 on)".to_string();
+        if needed_or_skip::<()>(TEST, Err(reason)).is_none() {
+            return;
+        }
+    }
+    let mut l = Logger::start(&bin, &["stall"]);
+    l.say("go");
+    // The probe is waiting for the page now.
+    l.expect_line("fault");
+    let after = set("u3-after");
+    reload(&mut agent, &after);
+    l.say("fill");
+    l.finish();
+    let got = wait_records(&receiver, 1);
+    assert_eq!(body(&got[0].2), "stalled: a message whose page came late");
+    let stats = stats_of(&agent);
+    assert_eq!(stats.rule("u3-after").map(|r| r.matched), Some(1));
+    assert_eq!(stats.rule("u3-before").map(|r| r.matched), Some(0));
     let u = &stats.uprobes;
-    assert_eq!((u.unreadable, u.truncated), (0, 0), "{u:?}");
+    assert_eq!((u.calls, u.captured), (1, 1), "{u:?}");
+    assert!(u.pages_faulted_in >= 1, "{u:?}");
 }
 
 /// The other program, as on a kernel without sleepable uprobes (chosen here by
@@ -673,9 +750,8 @@ fn without_a_sleepable_uprobe_messages_on_pages_never_read_are_unreadable() {
     rules.write(
         "50-cold.toml",
         &format!(
-            "[[probe]]\nname = \"own\"\nbinary = \"{}\"\nsymbol = \"cold_log\"\n\
-             message_arg = 1\n\n{}{}",
-            bin.display(),
+            "{}{}{}",
+            own_probe(&bin),
             rule(
                 "u3-own-timeout",
                 "count",

@@ -44,7 +44,11 @@ pub fn uninstall(now: bool, at: &AgentAt) -> anyhow::Result<()> {
                 Err(e) => return Err(cannot_reach("uninstall", &socket, &pins, e)),
             };
         if status.done {
-            if let Some(lost) = status.cut_short {
+            // Only to an `uninstall` that waited, and when something was held.
+            if let Some(lost) = status
+                .cut_short
+                .filter(|l| !said.is_empty() && !l.is_empty())
+            {
                 println!(
                     "the wait was cut short by `dt-agent uninstall --now`: detached at once; \
                      lost: {lost}"

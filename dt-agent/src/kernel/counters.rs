@@ -154,7 +154,7 @@ impl Agent {
 
     /// CPU time of every program of this agent (sk_msg, sock_ops, uprobes) since it was loaded,
     /// in nanoseconds, and their runs: counted by the kernel while BPF run-time statistics are
-    /// on (see `crate::ceiling`).
+    /// on (see `crate::ceiling`), less the time the uprobe program waited for pages.
     pub fn run_time(&self) -> (u64, u64) {
         let mut ns = 0u64;
         let mut runs = 0u64;
@@ -164,7 +164,10 @@ impl Agent {
                 runs = runs.saturating_add(info.run_count());
             }
         }
-        (ns, runs)
+        // The uprobe program's run time includes the time it waited for message pages to be
+        // faulted in (a read from disk, mostly asleep): not dt's CPU.
+        let slept = crate::hooks::uprobe::faults(&self.ebpf).ns;
+        (ns.saturating_sub(slept), runs)
     }
 
     /// What the cost ceiling measured last (shown by `stats`).

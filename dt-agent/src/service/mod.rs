@@ -75,6 +75,8 @@ struct Inner {
     uninstalled: bool,
     /// A waiting `uninstall` was cut short by `uninstall --now`: the requests lost.
     cut_short: Option<crate::drain::Holding>,
+    /// The agent stays up a moment to say so (see `stop`).
+    lingering: bool,
 }
 
 impl Service {
@@ -104,6 +106,7 @@ impl Service {
                 uninstall_error: None,
                 uninstalled: false,
                 cut_short: None,
+                lingering: false,
             }),
             rules_dir,
             shutdown: tokio::sync::Notify::new(),
@@ -712,16 +715,30 @@ impl Handler for Arc<Service> {
     }
 
     fn stop(&self) {
-        if self.lock().cut_short.is_some() {
-            // A waiting `uninstall` asks again within 200 ms: it is told its wait was cut
-            // short (and what was lost) instead of finding the agent gone, as after a wait
-            // that ended well.
-            let me = self.clone();
-            std::thread::spawn(move || {
-                std::thread::sleep(CUT_SHORT_LINGER);
-                me.shutdown.notify_one();
-            });
-            return;
+        {
+            let mut inner = self.lock();
+            if inner.lingering {
+                // The thread below stops the agent.
+                return;
+            }
+            if inner.cut_short.is_some() {
+                // A waiting `uninstall` asks again within 200 ms: it is told its wait was cut
+                // short (and what was lost) instead of finding the agent gone, as after a wait
+                // that ended well. Then the news is old: a later `uninstall` (an agent that
+                // stays up, `idle_after_uninstall`) is not told.
+                inner.lingering = true;
+                let me = self.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(CUT_SHORT_LINGER);
+                    {
+                        let mut inner = me.lock();
+                        inner.cut_short = None;
+                        inner.lingering = false;
+                    }
+                    me.shutdown.notify_one();
+                });
+                return;
+            }
         }
         self.shutdown.notify_one();
     }

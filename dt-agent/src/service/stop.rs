@@ -89,7 +89,7 @@ impl Service {
         inner.stopping = true;
         inner.uninstalling = true;
         finish_uninstall(inner)?;
-        if cuts_a_wait {
+        if cuts_a_wait && !lost.is_empty() {
             inner.cut_short = Some(lost.clone());
         }
         // The control server stops the agent once this answer is written.

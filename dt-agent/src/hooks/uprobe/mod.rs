@@ -41,7 +41,9 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
     },
 };
-use dt_ebpf_common::uprobe::{CommKey, MAX_PROBE_ENTRIES, ProbeEntry, ProbeRuleSet, ProbeTotals};
+use dt_ebpf_common::uprobe::{
+    CommKey, MAX_PROBE_ENTRIES, ProbeEntry, ProbeFaults, ProbeRuleSet, ProbeTotals,
+};
 
 pub use drop_support::{DropSupport, NO_SKIP};
 pub use resolve::{FnSym, elf_functions, resolve_binary};
@@ -119,7 +121,7 @@ fn load_program(ebpf: &mut Ebpf) -> anyhow::Result<&'static str> {
                 return Ok(PROGRAM_SLEEPABLE);
             }
             Err(e) => format!(
-                "this kernel refuses a sleepable uprobe: {:#}",
+                "loading it failed (a kernel older than 6.0 refuses it): {:#}",
                 anyhow::Error::new(e)
             ),
         }
@@ -132,6 +134,24 @@ fn load_program(ebpf: &mut Ebpf) -> anyhow::Result<&'static str> {
          has not touched yet is unreadable"
     );
     Ok(PROGRAM)
+}
+
+/// The sleepable program's faults, summed over the CPUs (zero when the map cannot be read).
+pub fn faults(ebpf: &Ebpf) -> ProbeFaults {
+    let Some(Ok(m)) = ebpf
+        .map("PROBE_FAULTS")
+        .map(PerCpuArray::<_, ProbeFaults>::try_from)
+    else {
+        return ProbeFaults::default();
+    };
+    let mut sum = ProbeFaults::default();
+    if let Ok(per_cpu) = m.get(&0, 0) {
+        for f in per_cpu.iter() {
+            sum.pages += f.pages;
+            sum.ns += f.ns;
+        }
+    }
+    sum
 }
 
 /// The environment variable that turns the sleepable uprobe off.
@@ -445,6 +465,8 @@ impl Probes {
         s.attached = self.attached.len() as u64;
         s.drop_supported = self.support.supported;
         s.fault_in = self.fault_in();
+        let f = faults(ebpf);
+        s.pages_faulted_in = f.pages;
         if let Some(x) = &self.exporter {
             (s.exported, s.export_failed, s.capture_throttled) = x.counts();
         }
