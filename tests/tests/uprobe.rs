@@ -733,6 +733,55 @@ fn a_call_that_waits_for_its_page_meets_the_rule_set_active_after_the_wait() {
     assert!(u.pages_faulted_in >= 1, "{u:?}");
 }
 
+/// The time a call waits for its page is not dt's CPU: with a cost ceiling of 5% a second on
+/// this machine's CPUs, a call that waits 2.5 s for its page (counted by the kernel in the
+/// program's run time) does not pull the rip cord.
+#[test]
+fn waiting_for_a_page_is_not_counted_against_the_cost_ceiling() {
+    const TEST: &str = "waiting_for_a_page_is_not_counted_against_the_cost_ceiling";
+    if !kernel_or_skip(TEST) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_logcalls(dir.path(), "u3ceil", false, None);
+    let receiver = Receiver::start_v4();
+    let rules = TempRules::new();
+    rules.write(
+        "50-stall.toml",
+        &format!(
+            "{}{}",
+            own_probe(&bin),
+            rule("u3-ceil", "capture", "uprobe:own", "")
+        ),
+    );
+    let (_hold, port) = reserve_port();
+    let mut proc = AgentProcess::new("u3ceil", rules.path(), &[port], false);
+    proc.write_config(&format!(
+        "capture_endpoint = \"{}\"\n[ceiling]\ncpu = \"5%\"\nwindow = \"1s\"\n",
+        receiver.logs_url()
+    ));
+    let started = proc.start();
+    if !started.uprobes.fault_in {
+        let reason = "this kernel refuses a sleepable uprobe (6.0 on)".to_string();
+        if needed_or_skip::<()>(TEST, Err(reason)).is_none() {
+            return;
+        }
+    }
+    let mut l = Logger::start(&bin, &["stall"]);
+    l.say("go");
+    l.expect_line("fault");
+    std::thread::sleep(Duration::from_millis(2500));
+    l.say("fill");
+    l.finish();
+    wait_records(&receiver, 1);
+    // Two more windows, for the ceiling to have read the wait.
+    std::thread::sleep(Duration::from_millis(2500));
+    let stats = proc.stats();
+    assert!(stats.enabled, "{:?}: {}", stats.disabled_reason, proc.log());
+    assert_eq!(stats.rule("u3-ceil").map(|r| r.kept), Some(1));
+    assert!(stats.uprobes.pages_faulted_in >= 1, "{:?}", stats.uprobes);
+}
+
 /// The other program, as on a kernel without sleepable uprobes (chosen here by
 /// `DT_UPROBE_SLEEPABLE=0`): the same messages, to a function of the program's own, are counted
 /// and captured, empty, flagged `dt.message.unreadable` and counted as such; the log says why.
