@@ -289,6 +289,10 @@ fn assert_exposition_matches(e: &Exposition, stats: &Stats) {
         ("dt_uprobe_calls_total", stats.uprobes.calls),
         ("dt_uprobe_nested_total", stats.uprobes.nested),
         ("dt_uprobe_unreadable_total", stats.uprobes.unreadable),
+        (
+            "dt_uprobe_pages_faulted_in_total",
+            stats.uprobes.pages_faulted_in,
+        ),
         ("dt_uprobe_truncated_total", stats.uprobes.truncated),
         ("dt_uprobe_captured_total", stats.uprobes.captured),
         ("dt_uprobe_capture_lost_total", stats.uprobes.capture_lost),
@@ -691,6 +695,11 @@ fn assert_points_match(p: &Points, stats: &Stats, start: u64, window: (u64, u64)
         ("dt.uprobe.calls", stats.uprobes.calls, true),
         ("dt.uprobe.nested", stats.uprobes.nested, true),
         ("dt.uprobe.unreadable", stats.uprobes.unreadable, true),
+        (
+            "dt.uprobe.pages_faulted_in",
+            stats.uprobes.pages_faulted_in,
+            true,
+        ),
         ("dt.uprobe.truncated", stats.uprobes.truncated, true),
         ("dt.uprobe.captured", stats.uprobes.captured, true),
         ("dt.uprobe.capture_lost", stats.uprobes.capture_lost, true),

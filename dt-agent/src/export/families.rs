@@ -348,7 +348,7 @@ pub(crate) const RECORDER_FAMILIES: [Reader<RecorderStats>; 9] = [
 ];
 
 /// The uprobe hook's counters, without labels.
-pub(crate) const UPROBE_FAMILIES: [Reader<UprobeStats>; 10] = [
+pub(crate) const UPROBE_FAMILIES: [Reader<UprobeStats>; 11] = [
     (
         gauge(
             "dt_uprobe_attached",
@@ -384,6 +384,15 @@ pub(crate) const UPROBE_FAMILIES: [Reader<UprobeStats>; 10] = [
             "Calls whose message could not be read.",
         ),
         |u| u.unreadable,
+    ),
+    (
+        counter(
+            "dt_uprobe_pages_faulted_in_total",
+            "dt.uprobe.pages_faulted_in",
+            "{page}",
+            "Message pages the probe faulted in (pages the calling process had not touched yet).",
+        ),
+        |u| u.pages_faulted_in,
     ),
     (
         counter(
@@ -829,7 +838,7 @@ mod tests {
             assert!(seen.insert(f.prometheus), "duplicate {}", f.prometheus);
             assert!(!f.help.contains('\n') && !f.help.is_empty());
         }
-        assert_eq!(all.len(), 48);
+        assert_eq!(all.len(), 49);
     }
 
     /// The README's metric table ("## Monitoring") lists every family, once, with its type and
@@ -883,7 +892,7 @@ mod tests {
             assert_eq!(labels, got, "{}: labels", f.prometheus);
         }
         assert!(rows.is_empty(), "not families: {rows:?}");
-        assert_eq!(all.len(), 48);
+        assert_eq!(all.len(), 49);
     }
 
     /// `stats`' `disabled_cause` as the label: its word, or `unknown` for one this agent does

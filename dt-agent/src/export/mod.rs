@@ -33,7 +33,7 @@
 //! | `dt_released_total` | `dt.released` | counter | | `totals.released` |
 //! | `dt_recorder_*` | `dt.recorder.*` | gauges `records`, `bytes`; counters `overwritten`, `too_long`, `flushes`, `flushed_records`, `flush_failures`, `lost`, `recorded` | `recorder` | `recorders[].*` |
 //! | `dt_uprobe_attached` | `dt.uprobe.attached` | gauge | | `uprobes.attached` |
-//! | `dt_uprobe_*_total` | `dt.uprobe.*` | counters `calls`, `nested`, `unreadable`, `truncated`, `captured`, `capture_lost`, `capture_throttled`, `exported`, `export_failed` | | `uprobes.*` |
+//! | `dt_uprobe_*_total` | `dt.uprobe.*` | counters `calls`, `nested`, `unreadable`, `pages_faulted_in`, `truncated`, `captured`, `capture_lost`, `capture_throttled`, `exported`, `export_failed` | | `uprobes.*` |
 //! | `dt_rule_fired_total`, `dt_rule_group_matched_total`, `dt_state_on`, `dt_disabled_info`, the cost ceiling's | | | | see [`families`] |
 //!
 //! Every label value is a string; `active` is `"true"` or `"false"`. In OTLP, counters are

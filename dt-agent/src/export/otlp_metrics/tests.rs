@@ -137,6 +137,11 @@ fn check_points(p: &Points, stats: &Stats, start: u64, now: Option<u64>) {
         ("dt.uprobe.nested", stats.uprobes.nested, true),
         ("dt.uprobe.unreadable", stats.uprobes.unreadable, true),
         ("dt.uprobe.truncated", stats.uprobes.truncated, true),
+        (
+            "dt.uprobe.pages_faulted_in",
+            stats.uprobes.pages_faulted_in,
+            true,
+        ),
         ("dt.uprobe.captured", stats.uprobes.captured, true),
         ("dt.uprobe.capture_lost", stats.uprobes.capture_lost, true),
         (
@@ -240,7 +245,7 @@ fn request_holds_every_value() {
     assert_eq!(units["dt.bytes.in"], "By");
     assert_eq!(units["dt.rule.dropped_bytes"], "By");
     assert_eq!(units["dt.records"], "{record}");
-    assert_eq!(units.len(), 43);
+    assert_eq!(units.len(), 44);
     // Gauges carry no start time.
     for m in &req.resource_metrics[0].scope_metrics[0].metrics {
         if let Some(metric::Data::Gauge(g)) = &m.data {
@@ -259,7 +264,7 @@ fn empty_families_are_left_out() {
         .collect();
     assert!(!names.iter().any(|n| n.starts_with("dt.rule.")));
     assert!(!names.contains(&"dt.passthrough"));
-    assert_eq!(names.len(), 25);
+    assert_eq!(names.len(), 26);
     check_points(&points(&req), &Stats::default(), 1, Some(2));
 }
 
