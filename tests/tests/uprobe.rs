@@ -398,6 +398,44 @@ fn syslog_preset_counts_every_call_once_before_and_after_the_push() {
     );
 }
 
+/// A statically linked program has its own copy of the syslog functions: the preset with
+/// `binary` = its path counts its calls as it counts libc's.
+#[test]
+fn the_syslog_preset_on_a_statically_linked_program() {
+    if !kernel_or_skip("the_syslog_preset_on_a_statically_linked_program") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("u1static");
+    gcc(&[
+        "-O2",
+        "-static",
+        "-U_FORTIFY_SOURCE",
+        "-D_FORTIFY_SOURCE=0",
+        "-o",
+        bin.to_str().unwrap(),
+        c_source("logcalls.c").to_str().unwrap(),
+    ]);
+    assert!(imports(&bin).is_empty(), "static: {:?}", imports(&bin));
+    let rules = TempRules::new();
+    rules.write(
+        "50-static.toml",
+        &format!(
+            "[[probe]]\nname = \"static\"\npreset = \"syslog\"\nbinary = \"{}\"\n\n{}",
+            bin.display(),
+            plan_rules("u1static", "uprobe:static")
+        ),
+    );
+    let (agent, _port) = agent(&rules, None);
+    let reps = 2;
+    let mut l = Logger::start(&bin, &["plan", &reps.to_string()]);
+    l.go();
+    l.finish();
+    let stats = stats_of(&agent);
+    assert_plan_counts(&stats, "u1static", reps);
+    assert_eq!(stats.uprobes.attached, 4, "{:?}", stats.uprobes);
+}
+
 /// A C library whose syslog functions call each other (nested calls and a tail call, as older
 /// glibc versions did): each application call is still counted once, and the library's own
 /// calls are counted as `nested`.

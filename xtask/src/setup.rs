@@ -16,8 +16,13 @@ use crate::{cmd, workspace_root};
 /// - `buildah`, `podman`, `runc`: `cargo xtask image` builds the agent's image offline, and a
 ///   test runs it as the Kubernetes DaemonSet does (podman needs runc here: crun refuses this
 ///   machine kind's hybrid cgroup layout; see TOOLCHAIN.md).
+/// - `gcc`, `libc6-dev`, `binutils`: the uprobe tests build their C targets (one statically
+///   linked) and read their symbols with `nm`.
 pub const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
+    "gcc",
+    "libc6-dev",
+    "binutils",
     "iproute2",
     "python3-venv",
     "buildah",
