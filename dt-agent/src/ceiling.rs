@@ -52,23 +52,33 @@ pub async fn watch(service: Arc<Service>, ceiling: CeilingSettings) {
     let cpus = sys::online_cpus();
     let mut exceeded = 0u64;
     let mut last = (Instant::now(), sample(&service).await);
+    // A window's waits for pages whose runs had not ended when it was read: taken from the
+    // next window's run time, which has them.
+    let mut owed = 0u64;
     let mut every = tokio::time::interval(ceiling.window);
     every.tick().await;
     loop {
         every.tick().await;
         let now = Instant::now();
-        let Some((ns, runs, epoch)) = sample(&service).await else {
+        let Some(s) = sample(&service).await else {
             return;
         };
         let (then, before) = last;
-        last = (now, Some((ns, runs, epoch)));
+        last = (now, Some(s));
         // A window across an `enable` starts over: the load that tripped it must not trip it
         // again at once.
-        let Some((ns0, runs0, _)) = before.filter(|b| b.2 == epoch) else {
+        let Some(s0) = before.filter(|b| b.epoch == s.epoch) else {
+            owed = 0;
             continue;
         };
+        let (runs, runs0) = (s.runs, s0.runs);
         let wall = now.duration_since(then).as_nanos().max(1) as u64;
-        let kernel_ns = ns.saturating_sub(ns0);
+        let run_ns = s.ns.saturating_sub(s0.ns);
+        let waited = s.waited_ns.saturating_sub(s0.waited_ns);
+        // Owed for one window only: waits of a run that began before the statistics were on
+        // are in no run time, and must not hide real CPU for long.
+        let (kernel_ns, next_owed) = cpu_of(run_ns, waited, owed);
+        owed = next_owed;
         let cpu_ppm = (kernel_ns as u128 * 1_000_000 / (wall as u128 * cpus as u128)) as u64;
         let over = stats_fd.is_some() && cpu_ppm > cpu_ceiling;
         if over {
@@ -106,11 +116,59 @@ pub async fn watch(service: Arc<Service>, ceiling: CeilingSettings) {
     }
 }
 
-/// The agent's programs' run time, runs and enable epoch; `None` once the agent is gone.
-async fn sample(service: &Arc<Service>) -> Option<(u64, u64, u64)> {
+/// One reading of the agent's programs.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    /// Run time of every program, ns (BPF run-time statistics).
+    pub ns: u64,
+    pub runs: u64,
+    /// The uprobe program's waits for pages, ns: in `ns`, but asleep.
+    pub waited_ns: u64,
+    /// The rip cord's enable epoch.
+    pub epoch: u64,
+}
+
+/// A window's CPU: its run time less its waits for pages and what the last window owed;
+/// and what this one owes the next (waits read before their runs ended).
+fn cpu_of(run_ns: u64, waited_ns: u64, owed: u64) -> (u64, u64) {
+    let taken = waited_ns.saturating_add(owed);
+    (
+        run_ns.saturating_sub(taken),
+        taken.saturating_sub(run_ns).min(waited_ns),
+    )
+}
+
+/// The agent's programs' run time, runs, waits and enable epoch; `None` once the agent is gone.
+async fn sample(service: &Arc<Service>) -> Option<Sample> {
     let s = service.clone();
     tokio::task::spawn_blocking(move || s.run_time())
         .await
         .ok()
         .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cpu_of;
+
+    #[test]
+    fn waits_for_pages_are_not_cpu() {
+        // 3 ms of run time, 2 of them a wait: 1 ms of CPU.
+        assert_eq!(cpu_of(3_000_000, 2_000_000, 0), (1_000_000, 0));
+        // A wait read before its run ended: none of this window's 1 ms is CPU, and the
+        // 2.5 s owed are taken from the next window, which has them in its run time.
+        assert_eq!(cpu_of(1_000_000, 2_500_000_000, 0), (0, 2_499_000_000));
+        assert_eq!(
+            cpu_of(2_500_300_000, 0, 2_499_000_000),
+            (1_300_000, 0),
+            "the next window: its own 1.3 ms only"
+        );
+        // Owed for one window only: a wait in no run time (its run began before the
+        // statistics were on) hides nothing after the next window.
+        let (cpu, owed) = cpu_of(0, 5_000_000_000, 0);
+        assert_eq!((cpu, owed), (0, 5_000_000_000));
+        let (cpu, owed) = cpu_of(1_000_000, 0, owed);
+        assert_eq!((cpu, owed), (0, 0));
+        assert_eq!(cpu_of(1_000_000, 0, owed), (1_000_000, 0));
+    }
 }

@@ -157,8 +157,8 @@ pub struct UprobeStats {
     /// Whether this kernel lets a uprobe skip a call (what `drop` on a uprobe hook needs).
     pub drop_supported: bool,
     /// Whether a message on a page the process has not touched yet is faulted in and read (a
-    /// sleepable uprobe); `false`: such a message is unreadable (a kernel older than 6.0, or
-    /// `DT_UPROBE_SLEEPABLE=0`).
+    /// sleepable uprobe); `false`: such a message is unreadable (`uprobe_fault_in` off, the
+    /// default, or a kernel older than 6.0).
     #[serde(default)]
     pub fault_in: bool,
     /// Message pages faulted in (by this agent's program, since it started).

@@ -129,14 +129,24 @@ pub fn dt_uprobe_skip(ctx: ProbeContext) -> u32 {
 fn on_call<const SLEEPABLE: bool>(ctx: &ProbeContext) {
     // The call's time: before any wait for a page.
     let time_ns = unsafe { bpf_ktime_get_ns() };
-    if pass::<SLEEPABLE>(ctx, time_ns) {
-        pass::<false>(ctx, time_ns);
+    let mut faults = Faults {
+        tries: 0,
+        pages: 0,
+        ns: 0,
+    };
+    if pass::<SLEEPABLE>(ctx, time_ns, &mut faults) {
+        pass::<false>(ctx, time_ns, &mut faults);
+        // Last, just before the run ends and the kernel adds it to the program's run time:
+        // the agent reads the run time first, then these, so what it subtracts is never less
+        // than the waits in the run time it read.
+        count_faults(&faults);
     }
 }
 
-/// One pass over a call; `true` when it faulted a page in and stopped (only with `FAULT_IN`).
+/// One pass over a call; `true` when it tried to fault a page in and stopped (only with
+/// `FAULT_IN`; what it did is in `faults`).
 #[inline(always)]
-fn pass<const FAULT_IN: bool>(ctx: &ProbeContext, time_ns: u64) -> bool {
+fn pass<const FAULT_IN: bool>(ctx: &ProbeContext, time_ns: u64, faults: &mut Faults) -> bool {
     let Some(control) = CONTROL.get(0) else {
         return false;
     };
@@ -183,14 +193,8 @@ fn pass<const FAULT_IN: bool>(ctx: &ProbeContext, time_ns: u64) -> bool {
     let args = Args::read(regs);
     if rs.flags & (PRS_BODY | PRS_CAPTURE) != 0 {
         // First: the sleepable program may sleep here, and only here.
-        let mut faults = Faults {
-            tries: 0,
-            pages: 0,
-            ns: 0,
-        };
-        read_message::<FAULT_IN>(entry, &args, ev, &mut faults);
+        read_message::<FAULT_IN>(entry, &args, ev, faults);
         if FAULT_IN && faults.tries > 0 {
-            count_faults(&faults);
             return true;
         }
         totals.calls += 1;
@@ -444,12 +448,12 @@ fn read_str<const SLEEPABLE: bool>(ev: &mut ProbeEvent, p: u64, faults: &mut Fau
                 bpf_copy_from_user(ptr::from_mut(&mut byte).cast(), 1, at as *const c_void)
             };
             faults.tries += 1;
-            faults.ns += unsafe { bpf_ktime_get_ns() }.wrapping_sub(t0);
             if r != 0 {
-                // Not mapped at all.
+                // Not mapped at all (a quick failure, on the CPU: not counted as a wait).
                 break;
             }
             faults.pages += 1;
+            faults.ns += unsafe { bpf_ktime_get_ns() }.wrapping_sub(t0);
             n = read_str_now(ev, p);
         }
     }

@@ -23,6 +23,7 @@ pub fn agent_config(rules: &TempRules, ports: &[u16]) -> AgentConfig {
         remote_rules: Vec::new(),
         memory_ceiling: None,
         captures_per_second: None,
+        uprobe_fault_in: false,
     }
 }
 

@@ -17,7 +17,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dt_agent::{Agent, AgentConfig, Stats};
-use dt_tests::agent_process::{AgentProcess, bin, dt_agent_cmd, output_text};
+use dt_tests::agent_process::{AgentProcess, bin, bpftool_json, dt_agent_cmd, output_text};
 use dt_tests::*;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
@@ -178,6 +178,20 @@ fn agent(rules: &TempRules, capture: Option<String>) -> (Agent, TcpListener) {
         remote_rules: Vec::new(),
         memory_ceiling: None,
         captures_per_second: None,
+        ..agent_config(rules, &[port])
+    };
+    (start_agent_with(cfg), hold)
+}
+
+/// As [`agent`], with `uprobe_fault_in` on.
+fn agent_fault_in(rules: &TempRules, capture: Option<String>) -> (Agent, TcpListener) {
+    let (hold, port) = reserve_port();
+    let cfg = AgentConfig {
+        capture_endpoint: capture,
+        remote_rules: Vec::new(),
+        memory_ceiling: None,
+        captures_per_second: None,
+        uprobe_fault_in: true,
         ..agent_config(rules, &[port])
     };
     (start_agent_with(cfg), hold)
@@ -685,7 +699,7 @@ fn messages_on_pages_never_read_are_read() {
             ),
         ),
     );
-    let (agent, _port) = agent(&rules, Some(receiver.logs_url()));
+    let (agent, _port) = agent_fault_in(&rules, Some(receiver.logs_url()));
     let fault_in = stats_of(&agent).uprobes.fault_in;
     let found = if fault_in {
         Ok(())
@@ -746,7 +760,7 @@ fn a_call_that_waits_for_its_page_meets_the_rule_set_active_after_the_wait() {
         rules
     };
     let before = set("u3-before");
-    let (mut agent, _port) = agent(&before, Some(receiver.logs_url()));
+    let (mut agent, _port) = agent_fault_in(&before, Some(receiver.logs_url()));
     if !stats_of(&agent).uprobes.fault_in {
         let reason = "this kernel refuses a sleepable uprobe (6.0 on)".to_string();
         if needed_or_skip::<()>(TEST, Err(reason)).is_none() {
@@ -771,9 +785,10 @@ fn a_call_that_waits_for_its_page_meets_the_rule_set_active_after_the_wait() {
     assert!(u.pages_faulted_in >= 1, "{u:?}");
 }
 
-/// The time a call waits for its page is not dt's CPU: with a cost ceiling of 5% a second on
-/// this machine's CPUs, a call that waits 2.5 s for its page (counted by the kernel in the
-/// program's run time) does not pull the rip cord.
+/// The time a call waits for its page is not dt's CPU: with a cost ceiling a 1 s window that
+/// the wait alone would be twice over on this machine's CPUs, a call that waits 2.5 s for its
+/// page (counted by the kernel in the program's run time, as checked) does not pull the rip
+/// cord.
 #[test]
 fn waiting_for_a_page_is_not_counted_against_the_cost_ceiling() {
     const TEST: &str = "waiting_for_a_page_is_not_counted_against_the_cost_ceiling";
@@ -794,8 +809,12 @@ fn waiting_for_a_page_is_not_counted_against_the_cost_ceiling() {
     );
     let (_hold, port) = reserve_port();
     let mut proc = AgentProcess::new("u3ceil", rules.path(), &[port], false);
+    // 2.5 s of waiting in a 1 s window is 250% / CPUs of the machine: half of that.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as f64;
+    let ceiling = 125.0 / cpus;
     proc.write_config(&format!(
-        "capture_endpoint = \"{}\"\n[ceiling]\ncpu = \"5%\"\nwindow = \"1s\"\n",
+        "capture_endpoint = \"{}\"\nuprobe_fault_in = true\n[ceiling]\ncpu = \"{ceiling:.3}%\"\n\
+         window = \"1s\"\n",
         receiver.logs_url()
     ));
     let started = proc.start();
@@ -817,12 +836,26 @@ fn waiting_for_a_page_is_not_counted_against_the_cost_ceiling() {
     let stats = proc.stats();
     assert!(stats.enabled, "{:?}: {}", stats.disabled_reason, proc.log());
     assert_eq!(stats.rule("u3-ceil").map(|r| r.kept), Some(1));
+    // The kernel did count the wait in the program's run time.
+    let run_ns: u64 = proc
+        .bpf_ids()
+        .progs
+        .iter()
+        .map(|id| bpftool_json(&["prog", "show", "id", &id.to_string()]))
+        .filter(|p| {
+            p["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("dt_uprobe"))
+        })
+        .filter_map(|p| p["run_time_ns"].as_u64())
+        .sum();
+    assert!(run_ns >= 2_400_000_000, "run time {run_ns} ns");
     assert!(stats.uprobes.pages_faulted_in >= 1, "{:?}", stats.uprobes);
 }
 
-/// The other program, as on a kernel without sleepable uprobes (chosen here by
-/// `DT_UPROBE_SLEEPABLE=0`): the same messages, to a function of the program's own, are counted
-/// and captured, empty, flagged `dt.message.unreadable` and counted as such; the log says why.
+/// Without `uprobe_fault_in` (the default; as on a kernel without sleepable uprobes): the same
+/// messages, to a function of the program's own, are counted and captured, empty, flagged
+/// `dt.message.unreadable` and counted as such; the log says why.
 /// (Not syslog: the other tests' agents, run alongside, would fault the pages in first.)
 #[test]
 fn without_a_sleepable_uprobe_messages_on_pages_never_read_are_unreadable() {
@@ -851,12 +884,10 @@ fn without_a_sleepable_uprobe_messages_on_pages_never_read_are_unreadable() {
     let (_hold, port) = reserve_port();
     let mut proc = AgentProcess::new("u3nosleep", rules.path(), &[port], false);
     proc.write_config(&format!("capture_endpoint = \"{}\"\n", receiver.logs_url()));
-    proc.set_env("DT_UPROBE_SLEEPABLE", Some("0"));
     let started = proc.start();
     assert!(!started.uprobes.fault_in, "{:?}", started.uprobes);
     assert!(
-        proc.log()
-            .contains("not a sleepable uprobe (DT_UPROBE_SLEEPABLE=0)"),
+        proc.log().contains("unreadable (uprobe_fault_in is off)"),
         "{}",
         proc.log()
     );

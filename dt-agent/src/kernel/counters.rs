@@ -152,10 +152,11 @@ impl Agent {
         Ok(())
     }
 
-    /// CPU time of every program of this agent (sk_msg, sock_ops, uprobes) since it was loaded,
-    /// in nanoseconds, and their runs: counted by the kernel while BPF run-time statistics are
-    /// on (see `crate::ceiling`), less the time the uprobe program waited for pages.
-    pub fn run_time(&self) -> (u64, u64) {
+    /// Run time of every program of this agent (sk_msg, sock_ops, uprobes) since it was
+    /// loaded, in nanoseconds, and their runs: counted by the kernel while BPF run-time
+    /// statistics are on (see `crate::ceiling`); then the time the uprobe program waited for
+    /// pages (asleep, in that run time: not CPU), read after it.
+    pub fn run_time(&self) -> (u64, u64, u64) {
         let mut ns = 0u64;
         let mut runs = 0u64;
         for (_, p) in self.ebpf.programs() {
@@ -164,10 +165,10 @@ impl Agent {
                 runs = runs.saturating_add(info.run_count());
             }
         }
-        // The uprobe program's run time includes the time it waited for message pages to be
-        // faulted in (a read from disk, mostly asleep): not dt's CPU.
-        let slept = crate::hooks::uprobe::faults(&self.ebpf).ns;
-        (ns.saturating_sub(slept), runs)
+        // Read second: a run adds its waits just before it ends and its run time just after,
+        // so these never fall short of the waits in the run time read above.
+        let waited = crate::hooks::uprobe::faults(&self.ebpf).ns;
+        (ns, runs, waited)
     }
 
     /// What the cost ceiling measured last (shown by `stats`).

@@ -86,6 +86,8 @@ pub struct AgentConfig {
     pub memory_ceiling: Option<u64>,
     /// `[ceiling] captures_per_second`: captured calls exported per second, at most.
     pub captures_per_second: Option<u64>,
+    /// `uprobe_fault_in`: load the uprobe program that faults message pages in.
+    pub uprobe_fault_in: bool,
 }
 
 impl AgentConfig {
@@ -102,6 +104,7 @@ impl AgentConfig {
             remote_rules: Vec::new(),
             memory_ceiling: None,
             captures_per_second: None,
+            uprobe_fault_in: false,
         }
     }
 }
@@ -344,6 +347,7 @@ impl Agent {
             &mut ebpf,
             cfg.capture_endpoint.clone(),
             cfg.captures_per_second,
+            cfg.uprobe_fault_in,
         )?;
 
         // Read now, written once every check has passed: a refused start changes nothing of

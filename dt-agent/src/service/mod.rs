@@ -487,12 +487,17 @@ impl Service {
             .collect()
     }
 
-    /// Its programs' run time and runs so far, and the enable epoch (see [`crate::ceiling`]);
-    /// `None` once uninstalled.
-    pub fn run_time(&self) -> Option<(u64, u64, u64)> {
+    /// Its programs' run time, runs and waits for pages so far, and the enable epoch (see
+    /// [`crate::ceiling`]); `None` once uninstalled.
+    pub fn run_time(&self) -> Option<crate::ceiling::Sample> {
         self.lock().agent.as_ref().map(|a| {
-            let (ns, runs) = a.run_time();
-            (ns, runs, a.enabled_epoch())
+            let (ns, runs, waited_ns) = a.run_time();
+            crate::ceiling::Sample {
+                ns,
+                runs,
+                waited_ns,
+                epoch: a.enabled_epoch(),
+            }
         })
     }
 

@@ -315,6 +315,7 @@ fn agent_config(settings: &Settings) -> AgentConfig {
             .ceiling
             .as_ref()
             .and_then(|c| c.captures_per_second),
+        uprobe_fault_in: settings.uprobe_fault_in,
     }
 }
 

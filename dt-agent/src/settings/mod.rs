@@ -96,6 +96,12 @@ pub struct Layer {
     /// Kubernetes DaemonSet, which would attach dt again.
     #[arg(long, display_order = 21)]
     pub idle_after_uninstall: bool,
+    /// Let the uprobe program fault in a message's page the calling process has not touched
+    /// yet (kernel 6.0 on), so a program's first log calls are read too. Off by default: a
+    /// page that never comes (a hung network or FUSE file system) holds the call, and every
+    /// uprobe detach of the host, until it does.
+    #[arg(long, display_order = 22)]
+    pub uprobe_fault_in: bool,
     /// Push OTLP metrics to this URL (e.g. http://127.0.0.1:4318/v1/metrics).
     #[arg(long, value_name = "URL", display_order = 10)]
     pub otlp_endpoint: Option<String>,
@@ -198,6 +204,8 @@ pub struct Settings {
     pub metrics_public: bool,
     /// After `uninstall`, wait for SIGTERM instead of exiting.
     pub idle_after_uninstall: bool,
+    /// The uprobe program may fault message pages in.
+    pub uprobe_fault_in: bool,
     /// `None`: no OTLP metrics push.
     pub otlp_endpoint: Option<String>,
     pub otlp_interval: Duration,
@@ -410,6 +418,7 @@ pub fn resolve(file: Option<Layer>, flags: Layer) -> Result<Settings, String> {
         metrics_addr,
         metrics_public,
         idle_after_uninstall: flags.idle_after_uninstall || file.idle_after_uninstall,
+        uprobe_fault_in: flags.uprobe_fault_in || file.uprobe_fault_in,
         otlp_endpoint,
         otlp_interval,
         max_request,

@@ -31,6 +31,7 @@ fn defaults() -> Settings {
         capture_endpoint: None,
         metrics_public: false,
         idle_after_uninstall: false,
+        uprobe_fault_in: false,
         state_dir: PathBuf::from("/var/lib/dt"),
         opamp: None,
         ceiling: None,
@@ -51,6 +52,7 @@ max_request = 131072
 capture_endpoint = "http://127.0.0.1:4318/v1/logs"
 metrics_public = true
 idle_after_uninstall = true
+uprobe_fault_in = true
 state_dir = "/srv/dt/state"
 
 [opamp]
@@ -102,13 +104,14 @@ fn every_key() {
             metrics_public: true,
             at: [
                 ("metrics_addr", "8:16"),
-                ("opamp.endpoint", "18:12"),
-                ("opamp.poll_interval", "19:17"),
-                ("ceiling.window", "23:10"),
+                ("opamp.endpoint", "19:12"),
+                ("opamp.poll_interval", "20:17"),
+                ("ceiling.window", "24:10"),
             ]
             .map(|(key, at)| (key, format!("/etc/dt/agent.toml:{at}")))
             .into(),
             idle_after_uninstall: true,
+            uprobe_fault_in: true,
             state_dir: Some("/srv/dt/state".into()),
             opamp_endpoint: Some("http://opamp.example:4320/v1/opamp".into()),
             opamp_poll_interval: Some(Duration::from_secs(5)),
@@ -138,6 +141,7 @@ fn every_key() {
             capture_endpoint: Some("http://127.0.0.1:4318/v1/logs".into()),
             metrics_public: true,
             idle_after_uninstall: true,
+            uprobe_fault_in: true,
             state_dir: "/srv/dt/state".into(),
             opamp: Some(OpampSettings {
                 endpoint: "http://opamp.example:4320/v1/opamp".into(),
@@ -206,6 +210,7 @@ fn flags_override_the_file() {
         metrics_public: false,
         at: Default::default(),
         idle_after_uninstall: false,
+        uprobe_fault_in: false,
         state_dir: Some("/tmp/state".into()),
         opamp_endpoint: Some("http://127.0.0.1:4320/v1/opamp".into()),
         opamp_poll_interval: None,
@@ -236,6 +241,8 @@ fn flags_override_the_file() {
             // `metrics_public` is on when either layer says so.
             metrics_public: true,
             idle_after_uninstall: true,
+            // On when either layer says so (the file does).
+            uprobe_fault_in: true,
             state_dir: "/tmp/state".into(),
             // The flag's endpoint, the file's interval.
             opamp: Some(OpampSettings {
@@ -287,7 +294,7 @@ fn unknown_keys_are_errors_at_their_position() {
         e,
         "2:3: unknown key `max_requets` (did you mean `max_request`?); the keys here are `rules_dir`, `ports`, `cgroup`, \
          `socket`, `pin`, `pin_dir`, `metrics_addr`, `otlp_endpoint`, `otlp_interval`, \
-         `max_request`, `capture_endpoint`, `metrics_public`, `idle_after_uninstall`, `state_dir`, `opamp`, `ceiling`"
+         `max_request`, `capture_endpoint`, `metrics_public`, `idle_after_uninstall`, `uprobe_fault_in`, `state_dir`, `opamp`, `ceiling`"
     );
     let e = error("ports = [4318]\n\n[rules]\ndir = \"x\"\n");
     assert!(e.starts_with("3:2: unknown key `rules`"), "{e}");

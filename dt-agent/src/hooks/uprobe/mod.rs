@@ -105,33 +105,36 @@ struct Attached {
     _link: UProbeLink,
 }
 
-/// Loads the sleepable uprobe program, or where this kernel refuses it, the other one; the name
-/// of the one loaded.
-/// `DT_UPROBE_SLEEPABLE=0` in the agent's environment loads the other one anyway (a way out
-/// should a kernel misbehave with it; the tests use it to run the fallback).
-fn load_program(ebpf: &mut Ebpf) -> anyhow::Result<&'static str> {
-    let why_not = if std::env::var(SLEEPABLE_ENV).as_deref() == Ok("0") {
-        format!("{SLEEPABLE_ENV}=0")
+/// Loads the uprobe program: with `fault_in` (`uprobe_fault_in`), the sleepable one, or where
+/// loading it fails (a kernel older than 6.0), the other; the name of the one loaded.
+fn load_program(ebpf: &mut Ebpf, fault_in: bool) -> anyhow::Result<&'static str> {
+    let why_not = if !fault_in {
+        "uprobe_fault_in is off".to_string()
     } else {
         match program(ebpf, PROGRAM_SLEEPABLE)?.load() {
             Ok(()) => {
                 log::info!(
-                    "uprobe messages: pages not yet mapped are faulted in (sleepable uprobe)"
+                    "uprobe messages: pages not yet mapped are faulted in (uprobe_fault_in, a \
+                     sleepable uprobe)"
                 );
                 return Ok(PROGRAM_SLEEPABLE);
             }
-            Err(e) => format!(
-                "loading it failed (a kernel older than 6.0 refuses it): {:#}",
-                anyhow::Error::new(e)
-            ),
+            Err(e) => {
+                let why = format!(
+                    "loading the sleepable uprobe failed (a kernel older than 6.0 refuses it): {:#}",
+                    anyhow::Error::new(e)
+                );
+                log::warn!("uprobe_fault_in: {why}");
+                why
+            }
         }
     };
     program(ebpf, PROGRAM)?
         .load()
         .context("loading the uprobe program")?;
     log::info!(
-        "uprobe messages: not a sleepable uprobe ({why_not}); a message on a page the process \
-         has not touched yet is unreadable"
+        "uprobe messages: a message on a page the process has not touched yet is unreadable \
+         ({why_not})"
     );
     Ok(PROGRAM)
 }
@@ -153,9 +156,6 @@ pub fn faults(ebpf: &Ebpf) -> ProbeFaults {
     }
     sum
 }
-
-/// The environment variable that turns the sleepable uprobe off.
-pub const SLEEPABLE_ENV: &str = "DT_UPROBE_SLEEPABLE";
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut UProbe> {
     Ok(ebpf
@@ -185,6 +185,7 @@ impl Probes {
         ebpf: &mut Ebpf,
         capture_endpoint: Option<String>,
         captures_per_second: Option<u64>,
+        fault_in: bool,
     ) -> anyhow::Result<Probes> {
         let support = drop_support::detect(ebpf);
         log::info!(
@@ -196,7 +197,7 @@ impl Probes {
             },
             support.detail
         );
-        let program = load_program(ebpf)?;
+        let program = load_program(ebpf, fault_in)?;
         let meta = Arc::new(Mutex::new(HashMap::new()));
         let exporter = match &capture_endpoint {
             Some(url) => {
