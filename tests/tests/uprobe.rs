@@ -49,9 +49,21 @@ fn gcc(args: &[&str]) {
 /// `-O2 -D_FORTIFY_SOURCE=2` (to __syslog_chk and __vsyslog_chk), optionally linked against a
 /// library of `lib_dir` first.
 fn build_logcalls(dir: &Path, name: &str, fortify: bool, lib_dir: Option<&Path>) -> PathBuf {
+    build_logcalls_with(dir, name, fortify, lib_dir, &[])
+}
+
+/// As [`build_logcalls`], with more gcc arguments (`-static`).
+fn build_logcalls_with(
+    dir: &Path,
+    name: &str,
+    fortify: bool,
+    lib_dir: Option<&Path>,
+    more: &[&str],
+) -> PathBuf {
     let out = dir.join(name);
     let src = c_source("logcalls.c");
     let mut args: Vec<String> = vec!["-O2".into()];
+    args.extend(more.iter().map(|a| a.to_string()));
     if fortify {
         args.push("-D_FORTIFY_SOURCE=2".into());
     } else {
@@ -420,16 +432,7 @@ fn the_syslog_preset_on_a_statically_linked_program() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let bin = dir.path().join("u1static");
-    gcc(&[
-        "-O2",
-        "-static",
-        "-U_FORTIFY_SOURCE",
-        "-D_FORTIFY_SOURCE=0",
-        "-o",
-        bin.to_str().unwrap(),
-        c_source("logcalls.c").to_str().unwrap(),
-    ]);
+    let bin = build_logcalls_with(dir.path(), "u1static", false, None, &["-static"]);
     assert!(imports(&bin).is_empty(), "static: {:?}", imports(&bin));
     let rules = TempRules::new();
     rules.write(
@@ -643,6 +646,33 @@ fn own_probe(bin: &Path) -> String {
     )
 }
 
+/// The `own` probe, a rule capturing its calls (`u3-own`) and one counting those with
+/// "timeout" in their message (`u3-own-timeout`).
+fn own_rules(bin: &Path) -> String {
+    format!(
+        "{}{}{}",
+        own_probe(bin),
+        rule(
+            "u3-own-timeout",
+            "count",
+            "uprobe:own",
+            "body_contains = \"timeout\""
+        ),
+        rule("u3-own", "capture", "uprobe:own", ""),
+    )
+}
+
+/// Whether an agent started with `uprobe_fault_in` (its first `stats`) faults pages in; if
+/// not, prints the skip (a panic where kernel tests are required).
+fn fault_in_or_skip(test: &str, stats: &Stats) -> bool {
+    let found = if stats.uprobes.fault_in {
+        Ok(())
+    } else {
+        Err("this kernel refuses a sleepable uprobe (6.0 on): no page can be faulted in".into())
+    };
+    needed_or_skip(test, found).is_some()
+}
+
 /// Runs logcalls (`bin`) in `mode` (`cold` or `cold-own`), its file next to it; the three
 /// records it makes the receiver get, in order.
 fn cold_calls(bin: &Path, mode: &str, receiver: &Receiver) -> Vec<LogRecord> {
@@ -682,15 +712,8 @@ fn messages_on_pages_never_read_are_read() {
     rules.write(
         "50-cold.toml",
         &format!(
-            "{SYSLOG_PROBE}{}{}{}{}",
-            own_probe(&bin),
-            rule(
-                "u3-own-timeout",
-                "count",
-                "uprobe:own",
-                "body_contains = \"timeout\""
-            ),
-            rule("u3-own", "capture", "uprobe:own", ""),
+            "{SYSLOG_PROBE}{}{}",
+            own_rules(&bin),
             rule(
                 "u3-cold",
                 "capture",
@@ -700,17 +723,7 @@ fn messages_on_pages_never_read_are_read() {
         ),
     );
     let (agent, _port) = agent_fault_in(&rules, Some(receiver.logs_url()));
-    let fault_in = stats_of(&agent).uprobes.fault_in;
-    let found = if fault_in {
-        Ok(())
-    } else {
-        Err(
-            "this kernel refuses a sleepable uprobe (6.0 on), so the probe cannot fault a \
-             message's page in"
-                .to_string(),
-        )
-    };
-    if needed_or_skip(TEST, found).is_none() {
+    if !fault_in_or_skip(TEST, &stats_of(&agent)) {
         return;
     }
     for mode in ["cold-own", "cold"] {
@@ -761,11 +774,8 @@ fn a_call_that_waits_for_its_page_meets_the_rule_set_active_after_the_wait() {
     };
     let before = set("u3-before");
     let (mut agent, _port) = agent_fault_in(&before, Some(receiver.logs_url()));
-    if !stats_of(&agent).uprobes.fault_in {
-        let reason = "this kernel refuses a sleepable uprobe (6.0 on)".to_string();
-        if needed_or_skip::<()>(TEST, Err(reason)).is_none() {
-            return;
-        }
+    if !fault_in_or_skip(TEST, &stats_of(&agent)) {
+        return;
     }
     let mut l = Logger::start(&bin, &["stall"]);
     l.say("go");
@@ -817,12 +827,8 @@ fn waiting_for_a_page_is_not_counted_against_the_cost_ceiling() {
          window = \"1s\"\n",
         receiver.logs_url()
     ));
-    let started = proc.start();
-    if !started.uprobes.fault_in {
-        let reason = "this kernel refuses a sleepable uprobe (6.0 on)".to_string();
-        if needed_or_skip::<()>(TEST, Err(reason)).is_none() {
-            return;
-        }
+    if !fault_in_or_skip(TEST, &proc.start()) {
+        return;
     }
     let mut l = Logger::start(&bin, &["stall"]);
     l.say("go");
@@ -867,20 +873,7 @@ fn without_a_sleepable_uprobe_messages_on_pages_never_read_are_unreadable() {
     let bin = build_logcalls(dir.path(), "u3own", false, None);
     let receiver = Receiver::start_v4();
     let rules = TempRules::new();
-    rules.write(
-        "50-cold.toml",
-        &format!(
-            "{}{}{}",
-            own_probe(&bin),
-            rule(
-                "u3-own-timeout",
-                "count",
-                "uprobe:own",
-                "body_contains = \"timeout\""
-            ),
-            rule("u3-own", "capture", "uprobe:own", ""),
-        ),
-    );
+    rules.write("50-cold.toml", &own_rules(&bin));
     let (_hold, port) = reserve_port();
     let mut proc = AgentProcess::new("u3nosleep", rules.path(), &[port], false);
     proc.write_config(&format!("capture_endpoint = \"{}\"\n", receiver.logs_url()));
