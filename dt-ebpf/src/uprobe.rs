@@ -1,8 +1,8 @@
 //! uprobe: count and capture calls of log functions (syslog(3), an application's own
 //! `log_write(level, msg)`) at their source.
 //!
-//! `dt_uprobe_sleepable` (or, where the kernel refuses a sleepable uprobe, `dt_uprobe`) is
-//! attached at the entry of every probed function, each attachment with a BPF cookie that
+//! `dt_uprobe` (or, with the agent's `uprobe_fault_in`, `dt_uprobe_sleepable`) is attached
+//! at the entry of every probed function, each attachment with a BPF cookie that
 //! indexes `PROBE_ENTRIES` (see dt-ebpf-common's `probe` module). For one call it:
 //! 1. finds its entry and the uprobe rules of the active rule set slot (both stamped with the
 //!    active generation, else the call is ignored);
@@ -70,8 +70,9 @@ pub static PROBE_TAILS: LruHashMap<u64, TailMark> =
 /// The call being evaluated, per CPU. A uprobe program runs with migration off, so one run
 /// stays on its CPU; under the kernel's `preempt=none` or `voluntary` (what this kernel runs)
 /// another run on that CPU can only come while this one sleeps, which only the first pass of
-/// the sleepable program does, and a pass that slept is done again (see `on_call`). (Under `preempt=full` or
-/// `lazy`, a run preempted mid-call by another call on its CPU can have its fields mixed.)
+/// the sleepable program does, and a pass that slept is done again (see `on_call`). (Under
+/// `preempt=full` or `lazy`, a run preempted mid-call by another call on its CPU can have its
+/// fields mixed.)
 #[map]
 pub static PROBE_SCRATCH: PerCpuArray<ProbeEvent> = PerCpuArray::with_max_entries(1, 0);
 
@@ -87,7 +88,7 @@ pub static PROBE_EVENTS: RingBuf = RingBuf::with_byte_size(PROBE_RING_BYTES, 0);
 #[map]
 pub static PROBE_TOTALS: PerCpuArray<ProbeTotals> = PerCpuArray::with_max_entries(1, 0);
 
-/// The probe where the kernel allows a sleepable uprobe (6.0 on): it may fault in the
+/// The probe with `uprobe_fault_in`, a sleepable uprobe (kernel 6.0 on): it may fault in the
 /// message's pages.
 #[uprobe(sleepable)]
 pub fn dt_uprobe_sleepable(ctx: ProbeContext) -> u32 {
@@ -95,7 +96,7 @@ pub fn dt_uprobe_sleepable(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// The probe elsewhere: a message on a page the process has not touched yet is unreadable.
+/// The probe otherwise: a message on a page the process has not touched yet is unreadable.
 #[uprobe]
 pub fn dt_uprobe(ctx: ProbeContext) -> u32 {
     on_call::<false>(&ctx);
