@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use dt_agent::metrics::{StatsSource, bind_metrics, push_once, serve_prometheus};
+use dt_agent::metrics::{CounterStarts, StatsSource, bind_metrics, push_once, serve_prometheus};
 use dt_agent::{Agent, Stats};
 use dt_tests::agent_process::AgentProcess;
 use dt_tests::otlp::{encode, sent_records};
@@ -633,7 +633,7 @@ fn host_instance_id() -> Option<String> {
         .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
 }
 
-fn assert_points_match(p: &Points, stats: &Stats, start: u64, window: (u64, u64)) {
+fn assert_points_match(p: &Points, stats: &Stats, start: CounterStarts, window: (u64, u64)) {
     let get = |name: &str, labels: &[(&str, &str)]| {
         let key = (
             name.to_string(),
@@ -648,7 +648,8 @@ fn assert_points_match(p: &Points, stats: &Stats, start: u64, window: (u64, u64)
             "{name}: time {t} outside {window:?}"
         );
         if is_sum {
-            assert_eq!(s, start, "{name}: start time is the agent's start");
+            // One agent, no pins adopted: every counter from its start.
+            assert_eq!(s, start.kernel, "{name}: start time is the agent's start");
         }
         (v as u64, is_sum)
     };
@@ -757,7 +758,7 @@ fn metrics_otlp_push_matches_agent_stats() {
     if !kernel_or_skip("metrics_otlp_push_matches_agent_stats") {
         return;
     }
-    let start = unix_nanos();
+    let start = CounterStarts::at(unix_nanos());
     let mut run = Running::start();
     let rt = runtime();
     let (addr, got) = rt.block_on(start_metrics_receiver());
@@ -850,6 +851,8 @@ fn metrics_refuses_non_loopback_addresses() {
 /// The start time of the OTLP push's counters: an agent's own start, or, when it adopts pinned
 /// counters that an earlier agent began, when those pins were made (before that agent's first
 /// push), so that a cumulative-to-delta conversion does not count the carried values again.
+/// The agent's own counters (the ceiling's `exceeded` here), which a restart begins again at 0,
+/// start at each agent's start, so that the conversion reads the restart as a reset.
 #[test]
 fn metrics_otlp_start_time_of_adopted_counters_is_when_they_began() {
     if !kernel_or_skip("metrics_otlp_start_time_of_adopted_counters_is_when_they_began") {
@@ -865,43 +868,64 @@ fn metrics_otlp_start_time_of_adopted_counters_is_when_they_began() {
         &[receiver.port()],
         true,
     );
+    // A ceiling no test traffic comes near, for its agent-side counter.
     agent.write_config(&format!(
-        "otlp_endpoint = \"http://{addr}/v1/metrics\"\notlp_interval = \"200ms\"\n"
+        "otlp_endpoint = \"http://{addr}/v1/metrics\"\notlp_interval = \"200ms\"\n\
+         [ceiling]\ncpu = \"90%\"\nwindow = \"1s\"\n"
     ));
-    // The start time of `dt.records` in the last push after `after` (ns since the epoch), and
-    // the push's `service.instance.id`.
-    let records_start = |after: usize| -> (usize, u64, String) {
+    // The start times of `dt.records` and of `dt.ceiling.exceeded` in the first push after
+    // `after` that has both (the ceiling's series come after its first window), in ns since
+    // the epoch, and the push's `service.instance.id`.
+    let records_start = |after: usize| -> (usize, (u64, u64), String) {
         let t0 = std::time::Instant::now();
         loop {
             let pushed = got.lock().unwrap().clone();
-            if pushed.len() > after {
-                let req = pushed.last().unwrap().request.as_ref().unwrap().clone();
-                let p = otlp_points(&req);
-                let (_, _, start, _) = p
-                    .iter()
-                    .find(|((name, _), _)| name == "dt.records")
-                    .map(|(_, v)| *v)
-                    .expect("dt.records");
-                return (pushed.len(), start, instance_id(&req));
+            for (i, push) in pushed.iter().enumerate().skip(after) {
+                let req = push.request.as_ref().unwrap();
+                let p = otlp_points(req);
+                let start = |family: &str| {
+                    let (_, is_sum, start, _) = p
+                        .iter()
+                        .find(|((name, _), _)| name == family)
+                        .map(|(_, v)| *v)?;
+                    assert!(is_sum, "{family} is a counter");
+                    Some(start)
+                };
+                if let (Some(kernel), Some(own)) =
+                    (start("dt.records"), start("dt.ceiling.exceeded"))
+                {
+                    return (i + 1, (kernel, own), instance_id(req));
+                }
             }
-            assert!(t0.elapsed() < WAIT, "no push");
+            assert!(
+                t0.elapsed() < WAIT,
+                "no push with dt.records and dt.ceiling.exceeded"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     };
     let first_started = unix_nanos();
     agent.start();
-    let (n, first, first_instance) = records_start(0);
+    let (_, (first, first_own), first_instance) = records_start(0);
     assert!(first >= first_started, "{first} < {first_started}");
+    assert_eq!(first_own, first, "one agent: every counter from its start");
     agent.signal(libc::SIGTERM);
     agent.wait_exit(Duration::from_secs(10));
+    // Pushes from now on are the second agent's.
+    let n = got.lock().unwrap().len();
     // Pinned: the counters stay; the next agent adopts them.
     let second_started = unix_nanos();
     agent.start();
-    let (_, second, second_instance) = records_start(n);
+    let (_, (second, second_own), second_instance) = records_start(n);
     assert!(
         (first..second_started).contains(&second),
         "the adopted counters' start {second} is not when the pins were made (first agent's \
          start {first}, second's {second_started})"
+    );
+    assert!(
+        second_own >= second_started,
+        "the second agent's own counter starts at {second_own}, before that agent started \
+         ({second_started}): its restart at 0 would read as a fall"
     );
     // A restart is the same instance (so the counters it carries on are the same series).
     assert_eq!(first_instance, second_instance);

@@ -16,6 +16,14 @@ pub(crate) enum Kind {
     Gauge,
 }
 
+/// Since when a counter counts: the counters the kernel keeps (in pinned maps, carried on by an
+/// agent that adopts them) or this agent's own, which start again at 0 when it restarts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Since {
+    Pins,
+    Agent,
+}
+
 /// One metric family, in both namings.
 #[derive(Debug)]
 pub(crate) struct Family {
@@ -24,6 +32,8 @@ pub(crate) struct Family {
     /// OTLP name.
     pub otel: &'static str,
     pub kind: Kind,
+    /// For counters: since when they count (the OTLP start time).
+    pub since: Since,
     /// UCUM unit for OTLP (`By`, or an `{annotation}`).
     pub unit: &'static str,
     pub help: &'static str,
@@ -39,8 +49,23 @@ const fn counter(
         prometheus,
         otel,
         kind: Kind::Counter,
+        since: Since::Pins,
         unit,
         help,
+    }
+}
+
+/// A counter the agent keeps in its own memory: it starts again at 0 when the agent restarts,
+/// pins or not.
+const fn agent_counter(
+    prometheus: &'static str,
+    otel: &'static str,
+    unit: &'static str,
+    help: &'static str,
+) -> Family {
+    Family {
+        since: Since::Agent,
+        ..counter(prometheus, otel, unit, help)
     }
 }
 
@@ -54,6 +79,7 @@ const fn gauge(
         prometheus,
         otel,
         kind: Kind::Gauge,
+        since: Since::Pins,
         unit,
         help,
     }
@@ -386,11 +412,11 @@ pub(crate) const UPROBE_FAMILIES: [Reader<UprobeStats>; 11] = [
         |u| u.unreadable,
     ),
     (
-        counter(
+        agent_counter(
             "dt_uprobe_pages_faulted_in_total",
             "dt.uprobe.pages_faulted_in",
             "{page}",
-            "Message pages the probe faulted in (pages the calling process had not touched yet).",
+            "Message pages the probe faulted in (pages the calling process had not touched yet). Since the agent started (it restarts at 0).",
         ),
         |u| u.pages_faulted_in,
     ),
@@ -422,29 +448,29 @@ pub(crate) const UPROBE_FAMILIES: [Reader<UprobeStats>; 11] = [
         |u| u.capture_lost,
     ),
     (
-        counter(
+        agent_counter(
             "dt_uprobe_capture_throttled_total",
             "dt.uprobe.capture_throttled",
             "{call}",
-            "Captured calls not exported: the captures-per-second ceiling was reached.",
+            "Captured calls not exported: the captures-per-second ceiling was reached. Since the agent started (it restarts at 0).",
         ),
         |u| u.capture_throttled,
     ),
     (
-        counter(
+        agent_counter(
             "dt_uprobe_exported_total",
             "dt.uprobe.exported",
             "{call}",
-            "Captured calls exported as OTLP log records.",
+            "Captured calls exported as OTLP log records. Since the agent started (it restarts at 0).",
         ),
         |u| u.exported,
     ),
     (
-        counter(
+        agent_counter(
             "dt_uprobe_export_failed_total",
             "dt.uprobe.export_failed",
             "{call}",
-            "Captured calls in exports that failed.",
+            "Captured calls in exports that failed. Since the agent started (it restarts at 0).",
         ),
         |u| u.export_failed,
     ),
@@ -526,11 +552,11 @@ pub(crate) const COST_FAMILIES: [Reader<crate::stats::CostStats>; 4] = [
         |c| c.cpu_ceiling_ppm,
     ),
     (
-        counter(
+        agent_counter(
             "dt_ceiling_exceeded_total",
             "dt.ceiling.exceeded",
             "{window}",
-            "Windows over the CPU ceiling (each pulled the rip cord).",
+            "Windows over the CPU ceiling (each pulled the rip cord). Since the agent started (it restarts at 0).",
         ),
         |c| c.exceeded,
     ),

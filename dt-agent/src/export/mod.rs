@@ -37,8 +37,11 @@
 //! | `dt_rule_fired_total`, `dt_rule_group_matched_total`, `dt_state_on`, `dt_disabled_info`, the cost ceiling's | | | | see [`families`] |
 //!
 //! Every label value is a string; `active` is `"true"` or `"false"`. In OTLP, counters are
-//! monotonic cumulative Sums whose start time is the agent's start, and gauges are Gauges; every
-//! value is an integer (`as_int`).
+//! monotonic cumulative Sums, and gauges are Gauges; every value is an integer (`as_int`). A
+//! counter's start time is when it began counting: for the kernel's counters, the pins' making
+//! when the agent adopted them (they carry on across restarts), else the agent's start; for the
+//! agent's own (`uprobes.pages_faulted_in`, `capture_throttled`, `exported`, `export_failed` and
+//! the ceiling's `exceeded`, see [`families::Since`]), the agent's start.
 //!
 //! Also here: [`capture`], the uprobe hook's captured calls as OTLP logs, `http`, the
 //! plain `http://` poster both OTLP outputs use, and [`identity`], the `service.instance.id` of
@@ -59,7 +62,7 @@ pub mod own;
 mod prometheus;
 
 pub use families::StatsSource;
-pub use otlp_metrics::{PUSH_TIMEOUT, otlp_request, push_once, push_otlp};
+pub use otlp_metrics::{CounterStarts, PUSH_TIMEOUT, otlp_request, push_once, push_otlp};
 pub use prometheus::{
     CONTENT_TYPE, bind_metrics, bind_metrics_public, render_prometheus, serve_prometheus,
 };

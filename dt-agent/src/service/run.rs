@@ -186,7 +186,10 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             tasks.push(tokio::spawn(export::push_otlp(
                 uri,
                 settings.otlp_interval,
-                counters_since,
+                export::CounterStarts {
+                    kernel: counters_since,
+                    agent: start_unix_nanos,
+                },
                 source,
             )));
         }

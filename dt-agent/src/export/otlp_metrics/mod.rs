@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message as _;
 
-use super::families::{Kind, StatsSource, families, read_stats};
+use super::families::{Kind, Since, StatsSource, families, read_stats};
 use crate::stats::Stats;
 
 /// Bound on one push: connecting, sending, and reading the answer.
@@ -25,16 +25,39 @@ pub const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the endpoint is called in errors.
 const WHAT: &str = "OTLP metrics endpoint";
 
+/// Since when the counters count, in ns since the epoch: the OTLP start time of their Sums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CounterStarts {
+    /// The kernel's counters (in maps an agent pins and the next adopts): when they began,
+    /// which is the pins' making when this agent adopted them, else this agent's start.
+    pub kernel: u64,
+    /// The agent's own counters, which a restart begins again at 0: this agent's start.
+    pub agent: u64,
+}
+
+impl CounterStarts {
+    /// Both from one start (no pins adopted).
+    pub fn at(start_unix_nanos: u64) -> CounterStarts {
+        CounterStarts {
+            kernel: start_unix_nanos,
+            agent: start_unix_nanos,
+        }
+    }
+}
+
 /// The counters as one OTLP export request: one ResourceMetrics (see [`resource_attributes`];
 /// `service.instance.id` from [`super::identity`]), one ScopeMetrics (scope `dt`), and every
 /// family of the
 /// table in [`crate::export`] under its OTLP name, attributes as the Prometheus labels.
-/// Counters are monotonic cumulative Sums from `start_unix_nanos` (the agent's start) to
-/// `now_unix_nanos`; gauges are Gauges at `now_unix_nanos`. Values are `as_int` (counts above
-/// `i64::MAX` saturate). Families without data points (no rules, say) are left out.
+/// Counters are monotonic cumulative Sums from their start (`starts`: the kernel's counters
+/// from when they began, the agent's own from its start) to `now_unix_nanos`, so that a
+/// restart that carries the kernel's on and begins the agent's again reads right in a
+/// cumulative-to-delta conversion; gauges are Gauges at `now_unix_nanos`. Values are `as_int`
+/// (counts above `i64::MAX` saturate). Families without data points (no rules, say) are left
+/// out.
 pub fn otlp_request(
     stats: &Stats,
-    start_unix_nanos: u64,
+    starts: CounterStarts,
     now_unix_nanos: u64,
 ) -> ExportMetricsServiceRequest {
     let mut metrics = Vec::new();
@@ -42,9 +65,10 @@ pub fn otlp_request(
         if samples.is_empty() {
             continue;
         }
-        let start = match family.kind {
-            Kind::Counter => start_unix_nanos,
-            Kind::Gauge => 0,
+        let start = match (family.kind, family.since) {
+            (Kind::Counter, Since::Pins) => starts.kernel,
+            (Kind::Counter, Since::Agent) => starts.agent,
+            (Kind::Gauge, _) => 0,
         };
         let data_points = samples
             .into_iter()
@@ -135,17 +159,17 @@ pub fn check_otlp_endpoint(endpoint: &Uri) -> anyhow::Result<()> {
     super::http::target(endpoint, WHAT).map(|_| ())
 }
 
-/// Reads `source` once and posts [`otlp_request`] (start `start_unix_nanos`, now) to `endpoint`
+/// Reads `source` once and posts [`otlp_request`] (`starts`, now) to `endpoint`
 /// as `application/x-protobuf`, on a fresh connection, within [`PUSH_TIMEOUT`]. Errors when
 /// the counters cannot be read, the collector cannot be reached or answers anything but 2xx,
 /// or it reports rejected data points.
 pub async fn push_once(
     endpoint: &Uri,
-    start_unix_nanos: u64,
+    starts: CounterStarts,
     source: &StatsSource,
 ) -> anyhow::Result<()> {
     let stats = read_stats(source).await.context("reading the counters")?;
-    let body = otlp_request(&stats, start_unix_nanos, unix_nanos_now()).encode_to_vec();
+    let body = otlp_request(&stats, starts, unix_nanos_now()).encode_to_vec();
     match tokio::time::timeout(PUSH_TIMEOUT, post(endpoint, body)).await {
         Ok(r) => r,
         Err(_) => bail!("pushing to {endpoint}: no answer within {PUSH_TIMEOUT:?}"),
@@ -176,7 +200,7 @@ async fn post(endpoint: &Uri, body: Vec<u8>) -> anyhow::Result<()> {
 pub async fn push_otlp(
     endpoint: Uri,
     interval: Duration,
-    start_unix_nanos: u64,
+    starts: CounterStarts,
     source: StatsSource,
 ) {
     if let Err(e) = check_otlp_endpoint(&endpoint) {
@@ -194,7 +218,7 @@ pub async fn push_otlp(
     let mut failing = 0u64;
     loop {
         ticker.tick().await;
-        match push_once(&endpoint, start_unix_nanos, &source).await {
+        match push_once(&endpoint, starts, &source).await {
             Ok(()) => {
                 if failing > 0 {
                     log::info!(

@@ -69,7 +69,16 @@ fn points(req: &ExportMetricsServiceRequest) -> Points {
     out
 }
 
-fn check_points(p: &Points, stats: &Stats, start: u64, now: Option<u64>) {
+/// The counters the agent keeps itself, which start again at each agent's start.
+const AGENT_COUNTERS: [&str; 5] = [
+    "dt.uprobe.pages_faulted_in",
+    "dt.uprobe.capture_throttled",
+    "dt.uprobe.exported",
+    "dt.uprobe.export_failed",
+    "dt.ceiling.exceeded",
+];
+
+fn check_points(p: &Points, stats: &Stats, starts: CounterStarts, now: Option<u64>) {
     let get = |name: &str, labels: &[(&str, &str)]| {
         let key = (
             name.to_string(),
@@ -83,6 +92,11 @@ fn check_points(p: &Points, stats: &Stats, start: u64, now: Option<u64>) {
             assert_eq!(t, now);
         }
         if is_sum {
+            let start = if AGENT_COUNTERS.contains(&name) {
+                starts.agent
+            } else {
+                starts.kernel
+            };
             assert_eq!(s, start, "{name} start time");
         }
         (v, is_sum)
@@ -209,17 +223,39 @@ fn check_points(p: &Points, stats: &Stats, start: u64, now: Option<u64>) {
         );
         n += 1;
     }
+    if let Some(c) = &stats.cost {
+        for (name, want, sum) in [
+            ("dt.kernel.cpu.ppm", c.cpu_ppm, false),
+            ("dt.kernel.cpu.ceiling.ppm", c.cpu_ceiling_ppm, false),
+            ("dt.ceiling.exceeded", c.exceeded, true),
+            ("dt.maps.bytes", c.map_bytes, false),
+        ] {
+            assert_eq!(get(name, &[]), (sat(want), sum), "{name}");
+            n += 1;
+        }
+    }
     assert_eq!(p.len(), n, "no other points");
 }
 
 #[test]
 fn request_holds_every_value() {
-    let stats = testdata::stats();
-    let req = otlp_request(&stats, 111, 222);
+    let mut stats = testdata::stats();
+    stats.cost = Some(crate::stats::CostStats {
+        cpu_ppm: 31,
+        cpu_ceiling_ppm: 32,
+        exceeded: 33,
+        map_bytes: 34,
+        ..Default::default()
+    });
+    let starts = CounterStarts {
+        kernel: 111,
+        agent: 150,
+    };
+    let req = otlp_request(&stats, starts, 222);
     // Round trip through the wire encoding.
     let req = ExportMetricsServiceRequest::decode(req.encode_to_vec().as_slice()).unwrap();
     let p = points(&req);
-    check_points(&p, &stats, 111, Some(222));
+    check_points(&p, &stats, starts, Some(222));
     // u64::MAX - 10 + 1 saturates.
     assert_eq!(
         p[&(
@@ -245,7 +281,7 @@ fn request_holds_every_value() {
     assert_eq!(units["dt.bytes.in"], "By");
     assert_eq!(units["dt.rule.dropped_bytes"], "By");
     assert_eq!(units["dt.records"], "{record}");
-    assert_eq!(units.len(), 44);
+    assert_eq!(units.len(), 48);
     // Gauges carry no start time.
     for m in &req.resource_metrics[0].scope_metrics[0].metrics {
         if let Some(metric::Data::Gauge(g)) = &m.data {
@@ -256,7 +292,7 @@ fn request_holds_every_value() {
 
 #[test]
 fn empty_families_are_left_out() {
-    let req = otlp_request(&Stats::default(), 1, 2);
+    let req = otlp_request(&Stats::default(), CounterStarts::at(1), 2);
     let names: Vec<_> = req.resource_metrics[0].scope_metrics[0]
         .metrics
         .iter()
@@ -265,7 +301,12 @@ fn empty_families_are_left_out() {
     assert!(!names.iter().any(|n| n.starts_with("dt.rule.")));
     assert!(!names.contains(&"dt.passthrough"));
     assert_eq!(names.len(), 26);
-    check_points(&points(&req), &Stats::default(), 1, Some(2));
+    check_points(
+        &points(&req),
+        &Stats::default(),
+        CounterStarts::at(1),
+        Some(2),
+    );
 }
 
 #[test]
@@ -356,8 +397,12 @@ async fn push_once_posts_protobuf() {
     let source: StatsSource = Arc::new(move || Ok(s.clone()));
     let endpoint: Uri = format!("http://{addr}/v1/metrics").parse().unwrap();
     let before = unix_nanos_now();
-    push_once(&endpoint, 5, &source).await.unwrap();
-    push_once(&endpoint, 5, &source).await.unwrap();
+    push_once(&endpoint, CounterStarts::at(5), &source)
+        .await
+        .unwrap();
+    push_once(&endpoint, CounterStarts::at(5), &source)
+        .await
+        .unwrap();
     let got = got.lock().unwrap().clone();
     assert_eq!(got.len(), 2);
     let (path, ct, body) = &got[0];
@@ -365,7 +410,7 @@ async fn push_once_posts_protobuf() {
     assert_eq!(ct, "application/x-protobuf");
     let req = ExportMetricsServiceRequest::decode(body.as_slice()).unwrap();
     let p = points(&req);
-    check_points(&p, &stats, 5, None);
+    check_points(&p, &stats, CounterStarts::at(5), None);
     let t = p.values().next().unwrap().3;
     assert!(t >= before && t <= unix_nanos_now());
 }
@@ -376,7 +421,9 @@ async fn push_once_reports_failures() {
     // A collector answering 503.
     let (addr, _) = collector(503, b"overloaded".to_vec()).await;
     let endpoint: Uri = format!("http://{addr}/v1/metrics").parse().unwrap();
-    let e = push_once(&endpoint, 0, &source).await.unwrap_err();
+    let e = push_once(&endpoint, CounterStarts::at(0), &source)
+        .await
+        .unwrap_err();
     assert!(format!("{e:#}").contains("503"), "{e:#}");
     // Rejected data points.
     let answer = ExportMetricsServiceResponse {
@@ -390,7 +437,9 @@ async fn push_once_reports_failures() {
     .encode_to_vec();
     let (addr, _) = collector(200, answer).await;
     let endpoint: Uri = format!("http://{addr}/v1/metrics").parse().unwrap();
-    let e = push_once(&endpoint, 0, &source).await.unwrap_err();
+    let e = push_once(&endpoint, CounterStarts::at(0), &source)
+        .await
+        .unwrap_err();
     assert!(format!("{e:#}").contains("rejected 3"), "{e:#}");
     // Nobody listening.
     let port = {
@@ -400,11 +449,15 @@ async fn push_once_reports_failures() {
     let endpoint: Uri = format!("http://127.0.0.1:{port}/v1/metrics")
         .parse()
         .unwrap();
-    let e = push_once(&endpoint, 0, &source).await.unwrap_err();
+    let e = push_once(&endpoint, CounterStarts::at(0), &source)
+        .await
+        .unwrap_err();
     assert!(format!("{e:#}").contains("connecting"), "{e:#}");
     // The source failing.
     let bad: StatsSource = Arc::new(|| Err(anyhow!("no maps")));
-    let e = push_once(&endpoint, 0, &bad).await.unwrap_err();
+    let e = push_once(&endpoint, CounterStarts::at(0), &bad)
+        .await
+        .unwrap_err();
     assert!(format!("{e:#}").contains("no maps"), "{e:#}");
 }
 
@@ -424,7 +477,12 @@ async fn push_otlp_keeps_going_after_failures() {
         }
     });
     let endpoint: Uri = format!("http://{addr}/v1/metrics").parse().unwrap();
-    let task = tokio::spawn(push_otlp(endpoint, Duration::from_millis(50), 1, source));
+    let task = tokio::spawn(push_otlp(
+        endpoint,
+        Duration::from_millis(50),
+        CounterStarts::at(1),
+        source,
+    ));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while got.lock().unwrap().len() < 3 {
         assert!(std::time::Instant::now() < deadline, "no pushes");
@@ -443,7 +501,7 @@ async fn push_otlp_returns_on_a_bad_endpoint() {
         push_otlp(
             "ftp://127.0.0.1:4318/v1/metrics".parse().unwrap(),
             Duration::from_secs(1),
-            0,
+            CounterStarts::at(0),
             source,
         ),
     )
@@ -466,7 +524,9 @@ async fn push_once_is_bounded() {
     let source: StatsSource = Arc::new(|| Ok(Stats::default()));
     let endpoint: Uri = format!("http://{addr}/v1/metrics").parse().unwrap();
     let started = std::time::Instant::now();
-    let e = push_once(&endpoint, 0, &source).await.unwrap_err();
+    let e = push_once(&endpoint, CounterStarts::at(0), &source)
+        .await
+        .unwrap_err();
     let took = started.elapsed();
     assert!(format!("{e:#}").contains("no answer within"), "{e:#}");
     assert!(took >= PUSH_TIMEOUT && took < PUSH_TIMEOUT + Duration::from_secs(5));
@@ -507,7 +567,7 @@ fn why_disabled_is_a_fixed_token() {
             .into(),
     );
     stats.disabled_cause = Some("ceiling".into());
-    let p = points(&otlp_request(&stats, 1, 2));
+    let p = points(&otlp_request(&stats, CounterStarts::at(1), 2));
     let info: Vec<_> = p
         .iter()
         .filter(|((name, _), _)| name == "dt.disabled.info")
