@@ -168,6 +168,12 @@ pub struct UprobeStats {
     pub calls: u64,
     /// Calls a probed library made into its own probed functions, not evaluated again.
     pub nested: u64,
+    /// Calls not evaluated (not counted by any rule, not captured, not dropped) because they
+    /// came while another call's evaluation on their CPU was preempted: only on kernels that
+    /// preempt kernel code (`preempt=full` or `lazy`). By this agent's program, since it
+    /// started.
+    #[serde(default)]
+    pub preempted: u64,
     /// Calls whose message could not be read (it is empty).
     pub unreadable: u64,
     /// Calls whose message was cut at the bound (255 bytes).

@@ -262,6 +262,20 @@ pub struct ProbeFaults {
     pub ns: u64,
 }
 
+/// Who is evaluating a call on a CPU, and the calls that came meanwhile, per CPU (`PROBE_GUARD`;
+/// not pinned: each agent's own, as its uprobe program is). A uprobe program runs with
+/// migration off but can be preempted where the kernel preempts kernel code (`preempt=full` or
+/// `lazy`); a call that comes on that CPU meanwhile finds the guard taken and is not evaluated
+/// (it would share the CPU's scratch with the preempted one), but counted in `preempted`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeGuard {
+    /// The evaluating thread's `pid_tgid`, or 0.
+    pub owner: u64,
+    /// Calls not evaluated: the guard was taken.
+    pub preempted: u64,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -273,6 +287,7 @@ mod pod {
     unsafe impl aya::Pod for ProbeEvent {}
     unsafe impl aya::Pod for ProbeTotals {}
     unsafe impl aya::Pod for ProbeFaults {}
+    unsafe impl aya::Pod for ProbeGuard {}
 }
 
 #[cfg(test)]
@@ -293,6 +308,7 @@ mod tests {
         assert_eq!(size_of::<CommKey>(), 4 + COMM_LEN);
         assert_eq!(size_of::<ProbeEvent>(), 24 + COMM_LEN + PROBE_MSG_LEN);
         assert_eq!(size_of::<ProbeEvent>() % 8, 0);
+        assert_eq!(size_of::<ProbeGuard>(), 16);
     }
 
     #[test]

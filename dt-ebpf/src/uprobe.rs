@@ -10,7 +10,9 @@
 //!    lies inside one of the family's functions (a nested call, e.g. an old glibc's `syslog`
 //!    calling `__vsyslog_chk`), or a jump from one family function into another that leaves the
 //!    stack pointer and return address as they were (a tail call, e.g. an old glibc's `vsyslog`);
-//! 3. reads the severity argument and maps it, and copies the message (a `char *` argument, or
+//! 3. takes the CPU's guard (a call that finds it taken, because the kernel preempted another
+//!    call's evaluation on this CPU, is counted as `preempted` and not evaluated), reads the
+//!    severity argument and maps it, and copies the message (a `char *` argument, or
 //!    when that is exactly `"%s"`, the string it prints) into per-CPU scratch, bounded. The
 //!    sleepable program first faults in a page of the message the process has not touched yet
 //!    (a literal in its executable, typical of its first calls), which the other cannot wait for;
@@ -22,7 +24,11 @@
 //!
 //! Register access is x86-64's (`pt_regs`).
 
-use core::{ffi::c_void, ptr};
+use core::{
+    ffi::c_void,
+    intrinsics::{AtomicOrdering, atomic_cxchg},
+    ptr,
+};
 
 use aya_ebpf::{
     bindings::pt_regs,
@@ -40,7 +46,8 @@ use dt_ebpf_common::{
         ARG_NONE, COMM_LEN, CommKey, ENTRY_STATIC_SERVICE, EV_FROM_ARG, EV_TRUNCATED,
         EV_UNREADABLE, MAX_FAMILY, MAX_PROBE_ENTRIES, MAX_PROBE_RULES, MAX_PROBES, MAX_SEV_PAIRS,
         PROBE_MSG_LEN, PROBE_RING_BYTES, PROBE_TAIL_ENTRIES, PRS_BODY, PRS_CAPTURE, ProbeEntry,
-        ProbeEvent, ProbeFaults, ProbeRuleSet, ProbeTotals, SEV_DIRECT, SEV_TABLE, TailMark,
+        ProbeEvent, ProbeFaults, ProbeGuard, ProbeRuleSet, ProbeTotals, SEV_DIRECT, SEV_TABLE,
+        TailMark,
     },
 };
 
@@ -68,13 +75,17 @@ pub static PROBE_TAILS: LruHashMap<u64, TailMark> =
     LruHashMap::with_max_entries(PROBE_TAIL_ENTRIES, 0);
 
 /// The call being evaluated, per CPU. A uprobe program runs with migration off, so one run
-/// stays on its CPU; under the kernel's `preempt=none` or `voluntary` (what this kernel runs)
-/// another run on that CPU can only come while this one sleeps, which only the first pass of
-/// the sleepable program does, and a pass that slept is done again (see `on_call`). (Under
-/// `preempt=full` or `lazy`, a run preempted mid-call by another call on its CPU can have its
-/// fields mixed.)
+/// stays on its CPU; another run on that CPU can come while this one sleeps (only the first
+/// pass of the sleepable program does, and a pass that slept is done again, see `on_call`) or,
+/// under the kernel's `preempt=full` or `lazy`, while it is preempted. `PROBE_GUARD` keeps
+/// the second from using the scratch (and the counters) the first is in the middle of.
 #[map]
 pub static PROBE_SCRATCH: PerCpuArray<ProbeEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Which thread is evaluating a call on this CPU, and the calls that found it taken (see
+/// `ProbeGuard`; not pinned).
+#[map]
+pub static PROBE_GUARD: PerCpuArray<ProbeGuard> = PerCpuArray::with_max_entries(1, 0);
 
 /// The sleepable program's faults (see `ProbeFaults`).
 #[map]
@@ -130,10 +141,16 @@ pub fn dt_uprobe_skip(ctx: ProbeContext) -> u32 {
 fn on_call<const SLEEPABLE: bool>(ctx: &ProbeContext) {
     // The call's time: before any wait for a page.
     let time_ns = unsafe { bpf_ktime_get_ns() };
+    let Some(guard) = PROBE_GUARD.get_ptr_mut(0) else {
+        return;
+    };
     let mut faults = Faults {
         tries: 0,
         pages: 0,
         ns: 0,
+        guard,
+        owner: bpf_get_current_pid_tgid(),
+        lost: false,
     };
     if pass::<SLEEPABLE>(ctx, time_ns, &mut faults) {
         pass::<false>(ctx, time_ns, &mut faults);
@@ -174,6 +191,59 @@ fn pass<const FAULT_IN: bool>(ctx: &ProbeContext, time_ns: u64, faults: &mut Fau
     if rs.generation != generation {
         return false;
     }
+    // From here on this CPU's scratch and counters are used: only with the guard.
+    if !take(faults) {
+        // SAFETY: this CPU's entry.
+        dynamic::atomic_add(unsafe { ptr::addr_of_mut!((*faults.guard).preempted) }, 1);
+        return false;
+    }
+    faults.lost = false;
+    let tried = guarded::<FAULT_IN>(ctx, time_ns, faults, slot, id, entry, rs);
+    if !faults.lost {
+        give_back(faults);
+    }
+    tried
+}
+
+/// Takes this CPU's guard for the calling thread, if no other call (preempted, or asleep in a
+/// fault-in that did not give it back) has it.
+#[inline(always)]
+fn take(faults: &Faults) -> bool {
+    // SAFETY: an aligned u64 of this CPU's map value; BPF's atomic compare-exchange.
+    let (_, taken) = unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
+            ptr::addr_of_mut!((*faults.guard).owner),
+            0,
+            faults.owner,
+        )
+    };
+    taken
+}
+
+/// Gives this CPU's guard back, if the calling thread has it.
+#[inline(always)]
+fn give_back(faults: &Faults) {
+    // SAFETY: as in `take`.
+    unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
+            ptr::addr_of_mut!((*faults.guard).owner),
+            faults.owner,
+            0,
+        )
+    };
+}
+
+/// The rest of [`pass`], with the guard held (`faults.lost`: given back and not had again).
+#[inline(always)]
+fn guarded<const FAULT_IN: bool>(
+    ctx: &ProbeContext,
+    time_ns: u64,
+    faults: &mut Faults,
+    slot: u32,
+    id: u32,
+    entry: &ProbeEntry,
+    rs: &ProbeRuleSet,
+) -> bool {
     let Some(totals) = PROBE_TOTALS.get_ptr_mut(0) else {
         return false;
     };
@@ -235,22 +305,28 @@ fn pass<const FAULT_IN: bool>(ctx: &ProbeContext, time_ns: u64, faults: &mut Fau
     false
 }
 
-/// Adds one call's faults to this CPU's `PROBE_FAULTS`.
+/// Adds one call's faults to this CPU's `PROBE_FAULTS` (atomically: the guard is not held).
 #[inline(always)]
 fn count_faults(faults: &Faults) {
     if let Some(f) = PROBE_FAULTS.get_ptr_mut(0) {
-        // SAFETY: this CPU's entry; nothing sleeps from here on.
-        let f = unsafe { &mut *f };
-        f.pages += faults.pages;
-        f.ns += faults.ns;
+        // SAFETY: this CPU's entry.
+        unsafe {
+            dynamic::atomic_add(ptr::addr_of_mut!((*f).pages), faults.pages);
+            dynamic::atomic_add(ptr::addr_of_mut!((*f).ns), faults.ns);
+        }
     }
 }
 
-/// Pages one call tried to fault in, those it did, and the time it took.
+/// Pages one call tried to fault in, those it did, and the time it took; this CPU's guard, the
+/// calling thread (its owner while it evaluates), and whether a pass gave the guard back to
+/// sleep and could not have it again.
 struct Faults {
     tries: u64,
     pages: u64,
     ns: u64,
+    guard: *mut ProbeGuard,
+    owner: u64,
+    lost: bool,
 }
 
 /// Whether the call returns into one of the probe's family functions: the library calling
@@ -444,11 +520,19 @@ fn read_str<const SLEEPABLE: bool>(ev: &mut ProbeEvent, p: u64, faults: &mut Fau
                 p
             };
             let mut byte = 0u8;
+            // Asleep, the guard is given back: calls on this CPU meanwhile are evaluated.
+            give_back(faults);
             let t0 = unsafe { bpf_ktime_get_ns() };
             let r = unsafe {
                 bpf_copy_from_user(ptr::from_mut(&mut byte).cast(), 1, at as *const c_void)
             };
             faults.tries += 1;
+            if !take(faults) {
+                // Another call has it (preempted while it evaluates): this pass stops here,
+                // without the scratch; the next pass is the call's.
+                faults.lost = true;
+                return 0;
+            }
             if r != 0 {
                 // Not mapped at all (a quick failure, on the CPU: not counted as a wait).
                 break;
@@ -485,6 +569,9 @@ fn read_message<const SLEEPABLE: bool>(
     let mut flags = 0;
     let mut p = args.get(entry.msg_arg);
     let mut n = read_str::<SLEEPABLE>(ev, p, faults);
+    if SLEEPABLE && faults.lost {
+        return;
+    }
     if n == 3 && ev.msg[0] == b'%' && ev.msg[1] == b's' {
         // `"%s"`: what is logged is the string argument it formats.
         let q = if entry.str_arg != ARG_NONE {
@@ -497,6 +584,9 @@ fn read_message<const SLEEPABLE: bool>(
         if q != 0 {
             p = q;
             n = read_str::<SLEEPABLE>(ev, p, faults);
+            if SLEEPABLE && faults.lost {
+                return;
+            }
             flags |= EV_FROM_ARG;
         }
     }

@@ -18,9 +18,11 @@
  *                        end of one such page into the next
  *   logcalls cold-own FILE  the same messages (the argument for the "%s" call) to a function
  *                        of the program's own, cold_log(level, msg), not to syslog
- *   logcalls stall       print "ready", wait for a line; call cold_log with a message on a page
+ *   logcalls stall [N]   print "ready", wait for a line; call cold_log with a message on a page
  *                        that a userfaultfd handler fills only when told: it prints "fault" when
- *                        the page is first read, waits for a line, fills it; then "done"
+ *                        the page is first read, waits for a line, makes N calls of cold_log
+ *                        ("while stalled I") on the same CPU (the process is pinned to one),
+ *                        fills the page; then "done"
  *
  * The plan, per repetition, for each priority p = 0 (LOG_EMERG) .. 7 (LOG_DEBUG):
  *   syslog (LOG_USER   | p, "plain message at priority %d", p);
@@ -31,7 +33,9 @@
  * The log mask lets only LOG_DEBUG through, so the other calls return inside libc after the
  * probe has seen them (no EMERG message reaches a console or a logger).
  */
+#define _GNU_SOURCE
 #include <fcntl.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -129,8 +133,10 @@ static void cold(const char *path, int own) {
     syslog(LOG_ERR, "%s", area + 2 * PAGE - head);
 }
 
-/* The message page of `stall`, filled by the userfaultfd handler when told. */
+/* The message page of `stall`, filled by the userfaultfd handler when told, and the calls its
+ * thread makes first. */
 static long stall_uffd;
+static long stall_calls;
 
 static void *stall_handler(void *unused) {
     (void)unused;
@@ -143,6 +149,12 @@ static void *stall_handler(void *unused) {
     char line[64];
     if (!fgets(line, sizeof line, stdin))
         exit(4);
+    /* The other thread waits for the page in the probe, on this CPU. */
+    for (long i = 0; i < stall_calls; i++) {
+        char msg[48];
+        snprintf(msg, sizeof msg, "while stalled %ld", i);
+        cold_log(LOG_ERR, msg);
+    }
     static char page[PAGE] __attribute__((aligned(PAGE)));
     strcpy(page, "stalled: a message whose page came late");
     struct uffdio_copy copy = {
@@ -155,7 +167,14 @@ static void *stall_handler(void *unused) {
     return NULL;
 }
 
-static void stall(void) {
+static void stall(long calls) {
+    stall_calls = calls;
+    /* One CPU for both threads (the handler thread inherits it). */
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(sched_getcpu(), &one);
+    if (sched_setaffinity(0, sizeof one, &one) != 0)
+        exit(3);
     stall_uffd = syscall(SYS_userfaultfd, O_CLOEXEC);
     struct uffdio_api api = {.api = UFFD_API};
     if (stall_uffd < 0 || ioctl((int)stall_uffd, UFFDIO_API, &api) != 0)
@@ -217,7 +236,7 @@ int main(int argc, char **argv) {
             return 2;
         cold(argv[2], strcmp(mode, "cold-own") == 0);
     } else if (strcmp(mode, "stall") == 0) {
-        stall();
+        stall(argc > 2 ? n : 0);
     } else if (strcmp(mode, "bench") == 0) {
         for (long i = 0; i < n / 10; i++)
             syslog(LOG_INFO, "bench warm-up %ld", i);

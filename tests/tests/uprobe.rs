@@ -750,7 +750,9 @@ fn messages_on_pages_never_read_are_read() {
 /// A call that waits for its message's page (a userfaultfd page its program fills only when
 /// the test says) while the rule set is replaced: after the wait the call is taken from the
 /// start, so the new set's rule captures it and the removed rule does not count it; it is
-/// counted once.
+/// counted once. Calls that another thread makes meanwhile on the waiting call's CPU are
+/// evaluated (the waiting call gave the CPU's scratch back) and keep their own messages; none
+/// is counted as preempted.
 #[test]
 fn a_call_that_waits_for_its_page_meets_the_rule_set_active_after_the_wait() {
     const TEST: &str = "a_call_that_waits_for_its_page_meets_the_rule_set_active_after_the_wait";
@@ -777,21 +779,31 @@ fn a_call_that_waits_for_its_page_meets_the_rule_set_active_after_the_wait() {
     if !fault_in_or_skip(TEST, &stats_of(&agent)) {
         return;
     }
-    let mut l = Logger::start(&bin, &["stall"]);
+    const MEANWHILE: usize = 5;
+    let mut l = Logger::start(&bin, &["stall", &MEANWHILE.to_string()]);
     l.say("go");
     // The probe is waiting for the page now.
     l.expect_line("fault");
     let after = set("u3-after");
     reload(&mut agent, &after);
+    // The other thread's calls, on the same CPU, then the page.
     l.say("fill");
     l.finish();
-    let got = wait_records(&receiver, 1);
-    assert_eq!(body(&got[0].2), "stalled: a message whose page came late");
+    let got = wait_records(&receiver, MEANWHILE + 1);
+    let mut bodies: Vec<String> = got.iter().map(|r| body(&r.2)).collect();
+    bodies.sort();
+    let mut want: Vec<String> = (0..MEANWHILE)
+        .map(|i| format!("while stalled {i}"))
+        .chain(["stalled: a message whose page came late".to_string()])
+        .collect();
+    want.sort();
+    assert_eq!(bodies, want);
     let stats = stats_of(&agent);
-    assert_eq!(stats.rule("u3-after").map(|r| r.matched), Some(1));
+    let n = MEANWHILE as u64 + 1;
+    assert_eq!(stats.rule("u3-after").map(|r| r.matched), Some(n));
     assert_eq!(stats.rule("u3-before").map(|r| r.matched), Some(0));
     let u = &stats.uprobes;
-    assert_eq!((u.calls, u.captured), (1, 1), "{u:?}");
+    assert_eq!((u.calls, u.captured, u.preempted), (n, n, 0), "{u:?}");
     assert!(u.pages_faulted_in >= 1, "{u:?}");
 }
 

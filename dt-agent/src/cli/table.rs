@@ -176,6 +176,14 @@ pub fn stats(s: &Stats) -> String {
             u.unreadable,
             u.truncated
         );
+        if u.preempted > 0 {
+            let _ = writeln!(
+                out,
+                "  {} calls not evaluated: they came while another call's evaluation on their \
+                 CPU was preempted",
+                u.preempted
+            );
+        }
     }
     // Triggers, recorders, states.
     let fired: Vec<String> = s

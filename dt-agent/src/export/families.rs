@@ -374,7 +374,7 @@ pub(crate) const RECORDER_FAMILIES: [Reader<RecorderStats>; 9] = [
 ];
 
 /// The uprobe hook's counters, without labels.
-pub(crate) const UPROBE_FAMILIES: [Reader<UprobeStats>; 11] = [
+pub(crate) const UPROBE_FAMILIES: [Reader<UprobeStats>; 12] = [
     (
         gauge(
             "dt_uprobe_attached",
@@ -419,6 +419,15 @@ pub(crate) const UPROBE_FAMILIES: [Reader<UprobeStats>; 11] = [
             "Message pages the probe faulted in (pages the calling process had not touched yet). Since the agent started (it restarts at 0).",
         ),
         |u| u.pages_faulted_in,
+    ),
+    (
+        agent_counter(
+            "dt_uprobe_preempted_total",
+            "dt.uprobe.preempted",
+            "{call}",
+            "Calls not evaluated: they came while another call's evaluation on their CPU was preempted (preempt=full or lazy kernels). Since the agent started (it restarts at 0).",
+        ),
+        |u| u.preempted,
     ),
     (
         counter(
@@ -864,7 +873,7 @@ mod tests {
             assert!(seen.insert(f.prometheus), "duplicate {}", f.prometheus);
             assert!(!f.help.contains('\n') && !f.help.is_empty());
         }
-        assert_eq!(all.len(), 49);
+        assert_eq!(all.len(), 50);
     }
 
     /// The README's metric table ("## Monitoring") lists every family, once, with its type and
@@ -918,7 +927,7 @@ mod tests {
             assert_eq!(labels, got, "{}: labels", f.prometheus);
         }
         assert!(rows.is_empty(), "not families: {rows:?}");
-        assert_eq!(all.len(), 49);
+        assert_eq!(all.len(), 50);
     }
 
     /// `stats`' `disabled_cause` as the label: its word, or `unknown` for one this agent does

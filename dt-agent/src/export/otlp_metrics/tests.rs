@@ -70,8 +70,9 @@ fn points(req: &ExportMetricsServiceRequest) -> Points {
 }
 
 /// The counters the agent keeps itself, which start again at each agent's start.
-const AGENT_COUNTERS: [&str; 5] = [
+const AGENT_COUNTERS: [&str; 6] = [
     "dt.uprobe.pages_faulted_in",
+    "dt.uprobe.preempted",
     "dt.uprobe.capture_throttled",
     "dt.uprobe.exported",
     "dt.uprobe.export_failed",
@@ -156,6 +157,7 @@ fn check_points(p: &Points, stats: &Stats, starts: CounterStarts, now: Option<u6
             stats.uprobes.pages_faulted_in,
             true,
         ),
+        ("dt.uprobe.preempted", stats.uprobes.preempted, true),
         ("dt.uprobe.captured", stats.uprobes.captured, true),
         ("dt.uprobe.capture_lost", stats.uprobes.capture_lost, true),
         (
@@ -281,7 +283,7 @@ fn request_holds_every_value() {
     assert_eq!(units["dt.bytes.in"], "By");
     assert_eq!(units["dt.rule.dropped_bytes"], "By");
     assert_eq!(units["dt.records"], "{record}");
-    assert_eq!(units.len(), 48);
+    assert_eq!(units.len(), 49);
     // Gauges carry no start time.
     for m in &req.resource_metrics[0].scope_metrics[0].metrics {
         if let Some(metric::Data::Gauge(g)) = &m.data {
@@ -300,7 +302,7 @@ fn empty_families_are_left_out() {
         .collect();
     assert!(!names.iter().any(|n| n.starts_with("dt.rule.")));
     assert!(!names.contains(&"dt.passthrough"));
-    assert_eq!(names.len(), 26);
+    assert_eq!(names.len(), 27);
     check_points(
         &points(&req),
         &Stats::default(),

@@ -207,6 +207,7 @@ fn check_all(p: &Parsed, stats: &Stats) {
             "dt_uprobe_pages_faulted_in_total",
             stats.uprobes.pages_faulted_in,
         ),
+        ("dt_uprobe_preempted_total", stats.uprobes.preempted),
         ("dt_uprobe_captured_total", stats.uprobes.captured),
         ("dt_uprobe_capture_lost_total", stats.uprobes.capture_lost),
         (
@@ -299,7 +300,7 @@ fn renders_every_value_and_parses_back() {
     let text = render_prometheus(&stats);
     let p = parse(&text);
     check_all(&p, &stats);
-    assert_eq!(p.order.len(), 49, "{:?}", p.order);
+    assert_eq!(p.order.len(), 50, "{:?}", p.order);
     assert!(
         text.contains("dt_recorder_records{recorder=\"checkout-debug\"} 12\n"),
         "{text}"
@@ -417,7 +418,7 @@ fn empty_stats_still_list_every_family() {
     let p = parse(&text);
     // Every family is listed, with or without samples (those of rules, triggers, groups,
     // recorders, states, why disabled and the cost ceiling have none here).
-    assert_eq!(p.order.len(), 49);
+    assert_eq!(p.order.len(), 50);
     check_all(&p, &stats);
     assert!(text.contains("dt_enabled 0\n"));
     let families: BTreeSet<_> = p.order.iter().cloned().collect();

@@ -42,7 +42,7 @@ use aya::{
     },
 };
 use dt_ebpf_common::uprobe::{
-    CommKey, MAX_PROBE_ENTRIES, ProbeEntry, ProbeFaults, ProbeRuleSet, ProbeTotals,
+    CommKey, MAX_PROBE_ENTRIES, ProbeEntry, ProbeFaults, ProbeGuard, ProbeRuleSet, ProbeTotals,
 };
 
 pub use drop_support::{DropSupport, NO_SKIP};
@@ -155,6 +155,20 @@ pub fn faults(ebpf: &Ebpf) -> ProbeFaults {
         }
     }
     sum
+}
+
+/// Calls not evaluated because another call's evaluation on their CPU was preempted (see
+/// `ProbeGuard`), summed over the CPUs (zero when the map cannot be read).
+pub fn preempted(ebpf: &Ebpf) -> u64 {
+    let Some(Ok(m)) = ebpf
+        .map("PROBE_GUARD")
+        .map(PerCpuArray::<_, ProbeGuard>::try_from)
+    else {
+        return 0;
+    };
+    m.get(&0, 0)
+        .map(|per_cpu| per_cpu.iter().map(|g| g.preempted).sum())
+        .unwrap_or(0)
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut UProbe> {
@@ -468,6 +482,7 @@ impl Probes {
         s.fault_in = self.fault_in();
         let f = faults(ebpf);
         s.pages_faulted_in = f.pages;
+        s.preempted = preempted(ebpf);
         if let Some(x) = &self.exporter {
             (s.exported, s.export_failed, s.capture_throttled) = x.counts();
         }
