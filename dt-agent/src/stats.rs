@@ -154,6 +154,10 @@ pub struct StateStats {
 pub struct UprobeStats {
     /// Functions attached right now.
     pub attached: u64,
+    /// Functions detached from the rule set but whose detach the kernel has not finished: it
+    /// waits while a probed call waits for a page of its message (`uprobe_fault_in`).
+    #[serde(default)]
+    pub detaching: u64,
     /// Whether this kernel lets a uprobe skip a call (what `drop` on a uprobe hook needs).
     pub drop_supported: bool,
     /// Whether a message on a page the process has not touched yet is faulted in and read (a

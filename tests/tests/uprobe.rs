@@ -807,6 +807,83 @@ fn a_call_that_waits_for_its_page_meets_the_rule_set_active_after_the_wait() {
     assert!(u.pages_faulted_in >= 1, "{u:?}");
 }
 
+/// A push that removes a probe while a call of it waits for its message's page: the kernel
+/// detaches no uprobe until that wait ends, but the push returns (after the agent's bounded
+/// wait, with a warning), `stats` answers meanwhile and says the function is still being
+/// detached, its id stays reserved, and once the page comes the detach completes. The call
+/// that waited meets the new set, which has no rule for it.
+#[test]
+fn a_probe_removed_while_a_call_waits_for_its_page_does_not_hold_the_agent() {
+    const TEST: &str = "a_probe_removed_while_a_call_waits_for_its_page_does_not_hold_the_agent";
+    if !kernel_or_skip(TEST) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_logcalls(dir.path(), "u3detach", false, None);
+    let receiver = Receiver::start_v4();
+    let rules = TempRules::new();
+    rules.write(
+        "50-stall.toml",
+        &format!(
+            "{}{}",
+            own_probe(&bin),
+            rule("u3-detach", "capture", "uprobe:own", "")
+        ),
+    );
+    let (_hold, port) = reserve_port();
+    let mut proc = AgentProcess::new("u3detach", rules.path(), &[port], false);
+    proc.write_config(&format!(
+        "capture_endpoint = \"{}\"\nuprobe_fault_in = true\n",
+        receiver.logs_url()
+    ));
+    if !fault_in_or_skip(TEST, &proc.start()) {
+        return;
+    }
+    assert_eq!(proc.stats().uprobes.attached, 1);
+    let mut l = Logger::start(&bin, &["stall"]);
+    l.say("go");
+    // The probe is waiting for the page now.
+    l.expect_line("fault");
+    // The same file without the probe.
+    let new = dir.path().join("50-stall.toml");
+    std::fs::write(&new, rule("u3-otlp", "count", "otlp", "")).unwrap();
+    let t0 = Instant::now();
+    let o = dt_agent_cmd(
+        proc.verb_command("push", &[new.to_str().unwrap()]),
+        Duration::from_secs(20),
+        "push removing the probe",
+    );
+    let took = t0.elapsed();
+    assert!(o.status.success(), "{}", output_text(&o));
+    let u = proc.stats().uprobes;
+    assert_eq!(
+        (u.attached, u.detaching),
+        (0, 1),
+        "{u:?}; push took {took:?}"
+    );
+    proc.wait_log("goes on in the background", 1, Duration::from_secs(5));
+    // The page comes: the call ends, and with it the detach.
+    l.say("fill");
+    l.finish();
+    let t0 = Instant::now();
+    loop {
+        let u = proc.stats().uprobes;
+        if u.detaching == 0 {
+            // The waiting call was taken again under the new set: no rule, not counted.
+            assert_eq!((u.calls, u.captured), (0, 0), "{u:?}");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "still detaching: {u:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(received(&receiver).is_empty());
+    let o = proc.verb("uninstall", &[]);
+    assert!(o.status.success(), "{}", output_text(&o));
+}
+
 /// The time a call waits for its page is not dt's CPU: with a cost ceiling a 1 s window that
 /// the wait alone would be twice over on this machine's CPUs, a call that waits 2.5 s for its
 /// page (counted by the kernel in the program's run time, as checked) does not pull the rip

@@ -176,6 +176,14 @@ pub fn stats(s: &Stats) -> String {
             u.unreadable,
             u.truncated
         );
+        if u.detaching > 0 {
+            let _ = writeln!(
+                out,
+                "  {} functions still being detached: the kernel waits for a probed call that \
+                 waits for a page of its message (uprobe_fault_in)",
+                u.detaching
+            );
+        }
         if u.preempted > 0 {
             let _ = writeln!(
                 out,

@@ -21,6 +21,7 @@
 //! table entries), `drop_support` (the start-up check), and [`crate::export::capture`] for
 //! captured calls.
 
+mod detach;
 mod drop_support;
 mod plan;
 mod resolve;
@@ -31,6 +32,8 @@ use std::{
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
+
+use detach::Detacher;
 
 use anyhow::{Context as _, anyhow};
 use aya::{
@@ -102,7 +105,7 @@ struct Attached {
     key: AttachKey,
     id: u32,
     /// Dropping it detaches.
-    _link: UProbeLink,
+    link: UProbeLink,
 }
 
 /// Loads the uprobe program: with `fault_in` (`uprobe_fault_in`), the sleepable one, or where
@@ -190,6 +193,8 @@ pub struct Probes {
     next_id: u32,
     meta: Arc<Mutex<HashMap<u32, EntryMeta>>>,
     exporter: Option<Exporter>,
+    /// Drops links on a thread of its own (see [`detach`]).
+    detacher: Detacher,
 }
 
 impl Probes {
@@ -241,6 +246,7 @@ impl Probes {
             next_id: 0,
             meta,
             exporter,
+            detacher: Detacher::start()?,
         })
     }
 
@@ -349,7 +355,7 @@ impl Probes {
             }
         }
         if !diags.is_empty() {
-            self.attached.retain(|a| !new_ids.contains(&a.id));
+            self.detach_where(|a| new_ids.contains(&a.id));
             return Err(diags);
         }
         Ok(ready)
@@ -369,7 +375,7 @@ impl Probes {
     /// captures of the functions still attached say again what they said (`prepare` wrote the
     /// new set's probe and service for them).
     pub fn keep_only(&mut self, before: &Attachments) {
-        self.attached.retain(|a| before.ids.contains(&a.id));
+        self.detach_where(|a| !before.ids.contains(&a.id));
         *self.meta.lock().unwrap_or_else(|e| e.into_inner()) = before.meta.clone();
     }
 
@@ -406,16 +412,31 @@ impl Probes {
         self.attached.push(Attached {
             key: key.clone(),
             id,
-            _link: link,
+            link,
         });
         self.next_id = (id + 1) % MAX_PROBE_ENTRIES;
         Ok(id)
     }
 
+    /// An id neither attached nor still being detached (a call through a link being detached
+    /// must not find another function's entry under its id).
     fn free_id(&self) -> Option<u32> {
+        let detaching = self.detacher.pending_ids();
         (0..MAX_PROBE_ENTRIES)
             .map(|i| (self.next_id + i) % MAX_PROBE_ENTRIES)
-            .find(|id| self.attached.iter().all(|a| a.id != *id))
+            .find(|id| self.attached.iter().all(|a| a.id != *id) && !detaching.contains(id))
+    }
+
+    /// Detaches the attachments `gone` says, through the detacher; the number detached.
+    fn detach_where(&mut self, gone: impl Fn(&Attached) -> bool) -> usize {
+        let (detached, kept) = std::mem::take(&mut self.attached)
+            .into_iter()
+            .partition::<Vec<_>, _>(|a| gone(a));
+        self.attached = kept;
+        let n = detached.len();
+        self.detacher
+            .detach(detached.into_iter().map(|a| (a.id, a.link)).collect());
+        n
     }
 
     /// Writes a rule set slot's uprobe tables: the entries of `ready`, the process names, and
@@ -462,10 +483,7 @@ impl Probes {
 
     /// After the flip: detaches every function the active rule set (`ready`) does not use.
     pub fn finish(&mut self, ready: &[ReadyEntry]) {
-        let before = self.attached.len();
-        self.attached
-            .retain(|a| ready.iter().any(|r| r.key == a.key));
-        let detached = before - self.attached.len();
+        let detached = self.detach_where(|a| !ready.iter().any(|r| r.key == a.key));
         if detached > 0 || !ready.is_empty() {
             log::info!(
                 "uprobes: {} function(s) attached, {detached} detached",
@@ -478,6 +496,7 @@ impl Probes {
     pub fn stats(&self, ebpf: &Ebpf) -> UprobeStats {
         let mut s = totals(ebpf.map("PROBE_TOTALS"));
         s.attached = self.attached.len() as u64;
+        s.detaching = self.detacher.pending_ids().len() as u64;
         s.drop_supported = self.support.supported;
         s.fault_in = self.fault_in();
         let f = faults(ebpf);
