@@ -43,11 +43,21 @@ pub fn atomic_update(p: *mut u64, f: impl Fn(u64) -> u64) -> Option<u64> {
     None
 }
 
-/// Adds `n` to the u64 at `p` atomically, without reading it back (BPF's atomic add).
+/// Adds `n` to the u64 at `p` atomically, without reading it back (BPF's atomic add). Every
+/// counter the programs share is added to this way, per-CPU ones too: a program can be
+/// interrupted on its CPU by another that adds to the same counter (`sock_ops` in a softirq
+/// while `dt_msg` runs in a sender's context; any program under `preempt=full` or `lazy`),
+/// and a plain read-add-write would lose one of the two.
 #[inline(always)]
 pub fn atomic_add(p: *mut u64, n: u64) {
     // SAFETY: an aligned u64 in map memory.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, n) };
+}
+
+/// Takes `n` from the u64 at `p` atomically (see [`atomic_add`]).
+#[inline(always)]
+pub fn atomic_sub(p: *mut u64, n: u64) {
+    atomic_add(p, n.wrapping_neg());
 }
 
 /// Writes the states on now among `which` (bits of state slots) to `out`. `out` is map

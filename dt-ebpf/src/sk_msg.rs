@@ -155,17 +155,17 @@ fn handle(ctx: &SkMsgContext) -> Next {
 
 #[inline(always)]
 fn untracked(totals: &mut Totals, size: u32) {
-    totals.bytes_in += size as u64;
-    totals.bytes_out += size as u64;
-    totals.untracked_bytes += size as u64;
+    dynamic::atomic_add(ptr::addr_of_mut!(totals.bytes_in), size as u64);
+    dynamic::atomic_add(ptr::addr_of_mut!(totals.bytes_out), size as u64);
+    dynamic::atomic_add(ptr::addr_of_mut!(totals.untracked_bytes), size as u64);
 }
 
 /// Passes a whole request of `total` bytes untouched, counted under `why`.
 #[inline(always)]
 fn pass(totals: &mut Totals, why: Passthrough, total: u32) -> Verdict {
     count_passthrough(totals, why);
-    totals.bytes_in += total as u64;
-    totals.bytes_out += total as u64;
+    dynamic::atomic_add(ptr::addr_of_mut!(totals.bytes_in), total as u64);
+    dynamic::atomic_add(ptr::addr_of_mut!(totals.bytes_out), total as u64);
     (total, 0)
 }
 
@@ -181,7 +181,7 @@ fn count_passthrough(totals: &mut Totals, why: Passthrough) {
         ptr::read_volatile(&slot)
     } as usize;
     if i < N_PASSTHROUGH {
-        totals.passthrough[i] += 1;
+        dynamic::atomic_add(ptr::addr_of_mut!(totals.passthrough[i]), 1);
     }
 }
 
@@ -189,7 +189,7 @@ fn count_passthrough(totals: &mut Totals, why: Passthrough) {
 #[inline(always)]
 fn lose_track(st: &mut SockState, totals: &mut Totals, why: Passthrough, size: u32) -> Verdict {
     st.phase = PHASE_UNTRACKED;
-    totals.requests += 1;
+    dynamic::atomic_add(ptr::addr_of_mut!(totals.requests), 1);
     count_passthrough(totals, why);
     untracked(totals, size);
     WHOLE
@@ -303,13 +303,13 @@ fn fresh(
         if let Some(why) = not_walked {
             // Not walked: it passes piece by piece as it comes, never held, and its framing is
             // followed across the pieces to where the next request begins.
-            totals.requests += 1;
+            dynamic::atomic_add(ptr::addr_of_mut!(totals.requests), 1);
             count_passthrough(totals, why);
             st.chunk.start(h.len);
             st.phase = PHASE_CHUNK_PASS;
             return chunked_run(msg, size, st);
         }
-        totals.requests += 1;
+        dynamic::atomic_add(ptr::addr_of_mut!(totals.requests), 1);
         st.slot = control.active_slot();
         st.generation = control.active_generation();
         st.head_len = h.len;
@@ -318,7 +318,7 @@ fn fresh(
         hold(msg, st, totals, size, PHASE_CHUNKED);
         return chunked_run(msg, size, st);
     }
-    totals.requests += 1;
+    dynamic::atomic_add(ptr::addr_of_mut!(totals.requests), 1);
     if let Some(why) = why {
         return Next::Verdict(pass(totals, why, total));
     }
@@ -476,14 +476,14 @@ fn chunk_pass(st: &mut SockState, totals: &mut Totals, c: &Chunked, size: u32) -
     match c.outcome(size) {
         Scan::Need => {
             st.chunk.rebase(size);
-            totals.bytes_in += size as u64;
-            totals.bytes_out += size as u64;
+            dynamic::atomic_add(ptr::addr_of_mut!(totals.bytes_in), size as u64);
+            dynamic::atomic_add(ptr::addr_of_mut!(totals.bytes_out), size as u64);
             WHOLE
         }
         Scan::Done => {
             st.phase = PHASE_IDLE;
-            totals.bytes_in += c.end as u64;
-            totals.bytes_out += c.end as u64;
+            dynamic::atomic_add(ptr::addr_of_mut!(totals.bytes_in), c.end as u64);
+            dynamic::atomic_add(ptr::addr_of_mut!(totals.bytes_out), c.end as u64);
             (c.end, 0)
         }
         _ => {
@@ -512,14 +512,14 @@ fn lose_track_counted(
     why: Passthrough,
     size: u32,
 ) -> Verdict {
-    totals.requests -= 1;
+    dynamic::atomic_sub(ptr::addr_of_mut!(totals.requests), 1);
     lose_track(st, totals, why, size)
 }
 
 /// Counts a request (or head) as held from now on, and notes who sent it since when.
 #[inline(always)]
 fn hold(msg: *mut sk_msg_md, st: &SockState, totals: &mut Totals, total: u32, phase: u32) {
-    totals.corked += 1;
+    dynamic::atomic_add(ptr::addr_of_mut!(totals.corked), 1);
     let held = Held {
         since_ns: unsafe { bpf_ktime_get_ns() },
         pid_tgid: unsafe { bpf_get_current_pid_tgid() },
@@ -534,7 +534,7 @@ fn hold(msg: *mut sk_msg_md, st: &SockState, totals: &mut Totals, total: u32, ph
 /// Counts the held request as no longer held.
 #[inline(always)]
 fn release(st: &SockState, totals: &mut Totals) {
-    totals.uncorked += 1;
+    dynamic::atomic_add(ptr::addr_of_mut!(totals.uncorked), 1);
     let _ = HELD.remove(st.cookie);
 }
 
@@ -641,7 +641,7 @@ fn walk_request_inner(msg: *mut sk_msg_md, st: &mut SockState, totals: &mut Tota
     if slot_generation(rs) != generation {
         return pass(totals, Passthrough::Generation, total);
     }
-    totals.log_requests += 1;
+    dynamic::atomic_add(ptr::addr_of_mut!(totals.log_requests), 1);
     // Best effort: one linear copy of the request makes every later window pull free. If the
     // kernel can't allocate it, the walk pulls window by window.
     unsafe { bpf_msg_pull_data(msg, 0, total, 0) };
@@ -740,8 +740,8 @@ fn walk_request_inner(msg: *mut sk_msg_md, st: &mut SockState, totals: &mut Tota
         // one linear copy sends it in as few as possible (best effort: on failure it goes as is).
         unsafe { bpf_msg_pull_data(msg, 0, out, 0) };
     }
-    totals.bytes_in += total as u64;
-    totals.bytes_out += out as u64;
+    dynamic::atomic_add(ptr::addr_of_mut!(totals.bytes_in), total as u64);
+    dynamic::atomic_add(ptr::addr_of_mut!(totals.bytes_out), out as u64);
     (out, 0)
 }
 
@@ -777,7 +777,7 @@ fn abandon(totals: &mut Totals, why: Passthrough, total: u32) -> Verdict {
 #[inline(always)]
 fn abandon_at(totals: &mut Totals, why: Passthrough, total: u32, now: u32) -> Verdict {
     let v = pass(totals, why, total);
-    totals.bytes_out -= (total - now) as u64;
+    dynamic::atomic_sub(ptr::addr_of_mut!(totals.bytes_out), (total - now) as u64);
     (now, v.1)
 }
 
@@ -835,20 +835,29 @@ fn commit(rs: &RuleSet, w: &walk::Walk, totals: &mut Totals) {
         {
             {
                 let c = unsafe { &mut *c };
-                c.matched += a.matched as u64;
-                c.kept += a.kept as u64;
-                c.dropped += a.dropped as u64;
-                c.dropped_bytes += a.dropped_bytes;
-                c.redacted += a.redacted as u64;
+                dynamic::atomic_add(ptr::addr_of_mut!(c.matched), a.matched as u64);
+                dynamic::atomic_add(ptr::addr_of_mut!(c.kept), a.kept as u64);
+                dynamic::atomic_add(ptr::addr_of_mut!(c.dropped), a.dropped as u64);
+                dynamic::atomic_add(ptr::addr_of_mut!(c.dropped_bytes), a.dropped_bytes);
+                dynamic::atomic_add(ptr::addr_of_mut!(c.redacted), a.redacted as u64);
             }
         }
         i += 1;
     }
-    totals.records += w.records as u64;
-    totals.records_dropped += w.records_dropped as u64;
-    totals.walk_steps += w.steps as u64;
-    totals.fast_records += w.fast_records as u64;
-    totals.edit_failures += w.edit_failures as u64;
+    dynamic::atomic_add(ptr::addr_of_mut!(totals.records), w.records as u64);
+    dynamic::atomic_add(
+        ptr::addr_of_mut!(totals.records_dropped),
+        w.records_dropped as u64,
+    );
+    dynamic::atomic_add(ptr::addr_of_mut!(totals.walk_steps), w.steps as u64);
+    dynamic::atomic_add(
+        ptr::addr_of_mut!(totals.fast_records),
+        w.fast_records as u64,
+    );
+    dynamic::atomic_add(
+        ptr::addr_of_mut!(totals.edit_failures),
+        w.edit_failures as u64,
+    );
 }
 
 // ------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ use aya_ebpf::{
 };
 use dt_ebpf_common::{PHASE_CHUNKED, PHASE_CORKED, PHASE_HEAD, PHASE_UNTRACKED, SockState};
 
+use crate::dynamic;
 use crate::maps::{HELD, PORTS, SOCK_STATE, SOCKS, TOTALS};
 
 const AF_INET: u32 = 2;
@@ -87,7 +88,7 @@ fn hook(ctx: &SockOpsContext) {
         .is_ok()
     {
         if let Some(t) = TOTALS.get_ptr_mut(0) {
-            unsafe { (*t).connections += 1 };
+            dynamic::atomic_add(unsafe { ptr::addr_of_mut!((*t).connections) }, 1);
         }
         room_for_a_request(ctx);
     }
@@ -148,7 +149,7 @@ fn state_change(ctx: &SockOpsContext) {
     let _ = HELD.remove(st.cookie);
     if let Some(t) = TOTALS.get_ptr_mut(0) {
         let t = unsafe { &mut *t };
-        t.uncorked += 1;
-        t.released += 1;
+        dynamic::atomic_add(ptr::addr_of_mut!(t.uncorked), 1);
+        dynamic::atomic_add(ptr::addr_of_mut!(t.released), 1);
     }
 }

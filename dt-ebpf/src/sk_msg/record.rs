@@ -22,7 +22,7 @@ use dt_ebpf_common::{
 
 use super::{WINDOW, Window};
 use crate::{
-    dynamic::atomic_update,
+    dynamic::{self, atomic_update},
     maps::{REC_CONF, REC_COUNTERS, REC_STATE, RECORDERS},
 };
 
@@ -104,7 +104,7 @@ fn next_edit(c: &mut RecordCtx) -> i64 {
     if e.matched_redact() {
         // A redact rule matched these records first: a copy would leave unredacted.
         if let Some(k) = counters((rule.recorder - 1) as u32) {
-            k.lost += e.records as u64;
+            dynamic::atomic_add(ptr::addr_of_mut!(k.lost), e.records as u64);
         }
         return 0;
     }
@@ -177,7 +177,7 @@ fn next_record(c: &mut RecordCtx) -> i64 {
     let (size, max_record) = (conf.size, conf.max_record);
     if len > max_record {
         if let Some(k) = counters(recorder) {
-            k.too_long += 1;
+            dynamic::atomic_add(ptr::addr_of_mut!(k.too_long), 1);
         }
         return 0;
     }
@@ -218,7 +218,7 @@ fn next_record(c: &mut RecordCtx) -> i64 {
 
 fn lost(recorder: u32) {
     if let Some(k) = counters(recorder) {
-        k.lost += 1;
+        dynamic::atomic_add(ptr::addr_of_mut!(k.lost), 1);
     }
 }
 
@@ -258,8 +258,8 @@ fn copy_piece(c: &mut RecordCtx) {
         if put_word(recorder, size, base + n - 8, base) && put_word(recorder, size, base, base + 1)
         {
             if let Some(k) = counters(recorder) {
-                k.records += 1;
-                k.bytes += n;
+                dynamic::atomic_add(ptr::addr_of_mut!(k.records), 1);
+                dynamic::atomic_add(ptr::addr_of_mut!(k.bytes), n);
             }
         } else {
             lost(recorder);
