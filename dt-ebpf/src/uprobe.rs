@@ -191,6 +191,18 @@ fn pass<const FAULT_IN: bool>(ctx: &ProbeContext, time_ns: u64, faults: &mut Fau
     if rs.generation != generation {
         return false;
     }
+    let regs = ctx.regs;
+    let (sp, ip) = unsafe { ((*regs).rsp, (*regs).rip) };
+    // At a function's first instruction, the return address is on top of the stack.
+    let ra = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
+    // (A second pass finds the same mark: not a tail call. The marks are per thread.)
+    if in_family(entry, ip, ra) || tail_call(id, entry.probe as u32, sp, ra) {
+        if let Some(totals) = PROBE_TOTALS.get_ptr_mut(0) {
+            // SAFETY: this CPU's entry; atomically, as the guard is not held.
+            dynamic::atomic_add(unsafe { ptr::addr_of_mut!((*totals).nested) }, 1);
+        }
+        return false;
+    }
     // From here on this CPU's scratch and counters are used: only with the guard.
     if !take(faults) {
         // SAFETY: this CPU's entry.
@@ -249,14 +261,6 @@ fn guarded<const FAULT_IN: bool>(
     };
     let totals = unsafe { &mut *totals };
     let regs = ctx.regs;
-    let (sp, ip) = unsafe { ((*regs).rsp, (*regs).rip) };
-    // At a function's first instruction, the return address is on top of the stack.
-    let ra = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
-    // (A second pass finds the same mark: not a tail call.)
-    if in_family(entry, ip, ra) || tail_call(id, entry.probe as u32, sp, ra) {
-        totals.nested += 1;
-        return false;
-    }
     let Some(ev) = PROBE_SCRATCH.get_ptr_mut(0) else {
         return false;
     };
@@ -527,6 +531,11 @@ fn read_str<const SLEEPABLE: bool>(ev: &mut ProbeEvent, p: u64, faults: &mut Fau
                 bpf_copy_from_user(ptr::from_mut(&mut byte).cast(), 1, at as *const c_void)
             };
             faults.tries += 1;
+            // Not mapped at all (`r` not 0) is a quick failure, on the CPU: not a wait.
+            if r == 0 {
+                faults.pages += 1;
+                faults.ns += unsafe { bpf_ktime_get_ns() }.wrapping_sub(t0);
+            }
             if !take(faults) {
                 // Another call has it (preempted while it evaluates): this pass stops here,
                 // without the scratch; the next pass is the call's.
@@ -534,11 +543,8 @@ fn read_str<const SLEEPABLE: bool>(ev: &mut ProbeEvent, p: u64, faults: &mut Fau
                 return 0;
             }
             if r != 0 {
-                // Not mapped at all (a quick failure, on the CPU: not counted as a wait).
                 break;
             }
-            faults.pages += 1;
-            faults.ns += unsafe { bpf_ktime_get_ns() }.wrapping_sub(t0);
             n = read_str_now(ev, p);
         }
     }

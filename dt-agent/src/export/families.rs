@@ -374,7 +374,7 @@ pub(crate) const RECORDER_FAMILIES: [Reader<RecorderStats>; 9] = [
 ];
 
 /// The uprobe hook's counters, without labels.
-pub(crate) const UPROBE_FAMILIES: [Reader<UprobeStats>; 12] = [
+pub(crate) const UPROBE_FAMILIES: [Reader<UprobeStats>; 13] = [
     (
         gauge(
             "dt_uprobe_attached",
@@ -383,6 +383,15 @@ pub(crate) const UPROBE_FAMILIES: [Reader<UprobeStats>; 12] = [
             "Functions the uprobe hook is attached to now.",
         ),
         |u| u.attached,
+    ),
+    (
+        gauge(
+            "dt_uprobe_detaching",
+            "dt.uprobe.detaching",
+            "{function}",
+            "Functions removed from the rule set whose detach the kernel has not finished (it waits while a probed call waits for a page of its message: uprobe_fault_in).",
+        ),
+        |u| u.detaching,
     ),
     (
         counter(
@@ -873,7 +882,7 @@ mod tests {
             assert!(seen.insert(f.prometheus), "duplicate {}", f.prometheus);
             assert!(!f.help.contains('\n') && !f.help.is_empty());
         }
-        assert_eq!(all.len(), 50);
+        assert_eq!(all.len(), 51);
     }
 
     /// The README's metric table ("## Monitoring") lists every family, once, with its type and
@@ -927,7 +936,7 @@ mod tests {
             assert_eq!(labels, got, "{}: labels", f.prometheus);
         }
         assert!(rows.is_empty(), "not families: {rows:?}");
-        assert_eq!(all.len(), 50);
+        assert_eq!(all.len(), 51);
     }
 
     /// `stats`' `disabled_cause` as the label: its word, or `unknown` for one this agent does

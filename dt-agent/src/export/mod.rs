@@ -32,16 +32,16 @@
 //! | `dt_rules_refused` | `dt.rules.refused` | gauge (1/0) | | `rules_error` present |
 //! | `dt_released_total` | `dt.released` | counter | | `totals.released` |
 //! | `dt_recorder_*` | `dt.recorder.*` | gauges `records`, `bytes`; counters `overwritten`, `too_long`, `flushes`, `flushed_records`, `flush_failures`, `lost`, `recorded` | `recorder` | `recorders[].*` |
-//! | `dt_uprobe_attached` | `dt.uprobe.attached` | gauge | | `uprobes.attached` |
-//! | `dt_uprobe_*_total` | `dt.uprobe.*` | counters `calls`, `nested`, `unreadable`, `pages_faulted_in`, `truncated`, `captured`, `capture_lost`, `capture_throttled`, `exported`, `export_failed` | | `uprobes.*` |
+//! | `dt_uprobe_attached`, `dt_uprobe_detaching` | `dt.uprobe.attached`, `dt.uprobe.detaching` | gauges | | `uprobes.attached`, `uprobes.detaching` |
+//! | `dt_uprobe_*_total` | `dt.uprobe.*` | counters `calls`, `nested`, `unreadable`, `pages_faulted_in`, `preempted`, `truncated`, `captured`, `capture_lost`, `capture_throttled`, `exported`, `export_failed` | | `uprobes.*` |
 //! | `dt_rule_fired_total`, `dt_rule_group_matched_total`, `dt_state_on`, `dt_disabled_info`, the cost ceiling's | | | | see [`families`] |
 //!
 //! Every label value is a string; `active` is `"true"` or `"false"`. In OTLP, counters are
 //! monotonic cumulative Sums, and gauges are Gauges; every value is an integer (`as_int`). A
 //! counter's start time is when it began counting: for the kernel's counters, the pins' making
 //! when the agent adopted them (they carry on across restarts), else the agent's start; for the
-//! agent's own (`uprobes.pages_faulted_in`, `capture_throttled`, `exported`, `export_failed` and
-//! the ceiling's `exceeded`, see [`families::Since`]), the agent's start.
+//! agent's own (`uprobes.pages_faulted_in`, `preempted`, `capture_throttled`, `exported`,
+//! `export_failed` and the ceiling's `exceeded`, see [`families::Since`]), the agent's start.
 //!
 //! Also here: [`capture`], the uprobe hook's captured calls as OTLP logs, `http`, the
 //! plain `http://` poster both OTLP outputs use, and [`identity`], the `service.instance.id` of

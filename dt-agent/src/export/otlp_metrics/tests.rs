@@ -148,6 +148,7 @@ fn check_points(p: &Points, stats: &Stats, starts: CounterStarts, now: Option<u6
         ),
         ("dt.released", t.released, true),
         ("dt.uprobe.attached", stats.uprobes.attached, false),
+        ("dt.uprobe.detaching", stats.uprobes.detaching, false),
         ("dt.uprobe.calls", stats.uprobes.calls, true),
         ("dt.uprobe.nested", stats.uprobes.nested, true),
         ("dt.uprobe.unreadable", stats.uprobes.unreadable, true),
@@ -283,7 +284,7 @@ fn request_holds_every_value() {
     assert_eq!(units["dt.bytes.in"], "By");
     assert_eq!(units["dt.rule.dropped_bytes"], "By");
     assert_eq!(units["dt.records"], "{record}");
-    assert_eq!(units.len(), 49);
+    assert_eq!(units.len(), 50);
     // Gauges carry no start time.
     for m in &req.resource_metrics[0].scope_metrics[0].metrics {
         if let Some(metric::Data::Gauge(g)) = &m.data {
@@ -302,7 +303,7 @@ fn empty_families_are_left_out() {
         .collect();
     assert!(!names.iter().any(|n| n.starts_with("dt.rule.")));
     assert!(!names.contains(&"dt.passthrough"));
-    assert_eq!(names.len(), 27);
+    assert_eq!(names.len(), 28);
     check_points(
         &points(&req),
         &Stats::default(),

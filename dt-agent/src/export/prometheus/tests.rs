@@ -199,6 +199,7 @@ fn check_all(p: &Parsed, stats: &Stats) {
         ("dt_rules_refused", stats.rules_error.is_some() as u64),
         ("dt_released_total", t.released),
         ("dt_uprobe_attached", stats.uprobes.attached),
+        ("dt_uprobe_detaching", stats.uprobes.detaching),
         ("dt_uprobe_calls_total", stats.uprobes.calls),
         ("dt_uprobe_nested_total", stats.uprobes.nested),
         ("dt_uprobe_unreadable_total", stats.uprobes.unreadable),
@@ -300,7 +301,7 @@ fn renders_every_value_and_parses_back() {
     let text = render_prometheus(&stats);
     let p = parse(&text);
     check_all(&p, &stats);
-    assert_eq!(p.order.len(), 50, "{:?}", p.order);
+    assert_eq!(p.order.len(), 51, "{:?}", p.order);
     assert!(
         text.contains("dt_recorder_records{recorder=\"checkout-debug\"} 12\n"),
         "{text}"
@@ -418,7 +419,7 @@ fn empty_stats_still_list_every_family() {
     let p = parse(&text);
     // Every family is listed, with or without samples (those of rules, triggers, groups,
     // recorders, states, why disabled and the cost ceiling have none here).
-    assert_eq!(p.order.len(), 50);
+    assert_eq!(p.order.len(), 51);
     check_all(&p, &stats);
     assert!(text.contains("dt_enabled 0\n"));
     let families: BTreeSet<_> = p.order.iter().cloned().collect();

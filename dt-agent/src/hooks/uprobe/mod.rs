@@ -246,7 +246,7 @@ impl Probes {
             next_id: 0,
             meta,
             exporter,
-            detacher: Detacher::start()?,
+            detacher: Detacher::default(),
         })
     }
 
@@ -389,9 +389,18 @@ impl Probes {
     }
 
     fn attach(&mut self, ebpf: &mut Ebpf, key: &AttachKey) -> Result<u32, String> {
-        let id = self
-            .free_id()
-            .ok_or_else(|| format!("all {MAX_PROBE_ENTRIES} uprobe attachments are in use"))?;
+        let id = self.free_id().ok_or_else(|| {
+            let detaching = self.detacher.pending_ids().len();
+            if detaching > 0 {
+                format!(
+                    "all {MAX_PROBE_ENTRIES} uprobe attachments are in use ({detaching} of them \
+                     by functions still being detached: the kernel waits for a probed call \
+                     that waits for a page of its message, see uprobe_fault_in)"
+                )
+            } else {
+                format!("all {MAX_PROBE_ENTRIES} uprobe attachments are in use")
+            }
+        })?;
         let program = self.program;
         let prog: &mut UProbe = ebpf
             .program_mut(program)
