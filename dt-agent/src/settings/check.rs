@@ -79,20 +79,33 @@ pub fn check_metrics_port(addr: SocketAddr) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks an OTLP metrics URL such as `"http://127.0.0.1:4318/v1/metrics"`: `http://` or
-/// `https://`, a host, and no whitespace. The URL is used as given, path included.
+/// Checks an OTLP metrics URL such as `"http://127.0.0.1:4318/v1/metrics"`: as
+/// [`check_http_url`], and with a path: the URL is used as given, path included, so a
+/// collector's base URL (`"http://127.0.0.1:4318"`, which SDKs complete with `/v1/metrics`)
+/// would post to `/`.
 pub fn check_otlp_endpoint(url: &str) -> Result<(), String> {
-    check_http_url(url, "http://127.0.0.1:4318/v1/metrics")
+    let example = "http://127.0.0.1:4318/v1/metrics";
+    let uri = check_http_url(url, example)?;
+    if uri.path().is_empty() || uri.path() == "/" {
+        let base = url.trim_end_matches('/');
+        return Err(format!(
+            "`{url}` has no path; the URL is used as given (no `/v1/metrics` is added), so \
+             write the whole of it, e.g. \"{base}/v1/metrics\""
+        ));
+    }
+    Ok(())
 }
 
 /// Checks the OpAMP server's URL, such as `"https://opamp.example:4320/v1/opamp"`: as
-/// [`check_otlp_endpoint`].
+/// [`check_http_url`].
 pub fn check_opamp_endpoint(url: &str) -> Result<(), String> {
-    check_http_url(url, "https://opamp.example:4320/v1/opamp")
+    check_http_url(url, "https://opamp.example:4320/v1/opamp").map(|_| ())
 }
 
-/// `http://` or `https://`, a host, no whitespace; `example` goes in the error messages.
-fn check_http_url(url: &str, example: &str) -> Result<(), String> {
+/// `http://` or `https://`, a URL the HTTP client can parse, with a host and, if it has one, a
+/// port in 1..=65535; `example` goes in the error messages. Checked when the settings are
+/// read, before anything is loaded, so that a typo is not found at the first post.
+fn check_http_url(url: &str, example: &str) -> Result<hyper::Uri, String> {
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
@@ -104,7 +117,31 @@ fn check_http_url(url: &str, example: &str) -> Result<(), String> {
     if authority.is_empty() || authority.starts_with(':') {
         return Err(format!("`{url}` has no host"));
     }
-    Ok(())
+    let uri: hyper::Uri = url.parse().map_err(|e| {
+        let hint = if url.contains('$') {
+            "; the config file does not expand environment variables"
+        } else {
+            ""
+        };
+        format!("`{url}` is not a valid URL ({e}){hint}")
+    })?;
+    // The port: what follows the host (a bracketed IPv6 address may hold colons).
+    let host_port = authority.rsplit('@').next().unwrap_or(authority);
+    let after_host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or("", |(_, rest)| rest),
+        None => host_port.find(':').map_or("", |i| &host_port[i..]),
+    };
+    if let Some(port) = after_host.strip_prefix(':') {
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 => {}
+            _ => {
+                return Err(format!(
+                    "`{url}`: the port `{port}` is not a number in 1..=65535"
+                ));
+            }
+        }
+    }
+    Ok(uri)
 }
 
 /// Checks the URL captured uprobe calls are posted to, such as

@@ -579,6 +579,49 @@ fn otlp_endpoints() {
     assert!(check_otlp_endpoint("http://:4318/v1/metrics").is_err());
     assert!(check_otlp_endpoint("http://a b/").is_err());
     assert!(check_otlp_endpoint("http://collector:4318/v1/metrics").is_ok());
+    assert!(check_otlp_endpoint("http://[::1]:4318/v1/metrics").is_ok());
+    assert!(check_otlp_endpoint("http://[::1]/v1/metrics").is_ok());
+    assert!(check_otlp_endpoint("https://user:pw@collector:443/v1/metrics").is_ok());
+    // Found when the settings are read, not at the first post.
+    for (url, want) in [
+        (
+            "http://127.0.0.1:43l8/v1/logs",
+            "the port `43l8` is not a number in 1..=65535",
+        ),
+        (
+            "http://127.0.0.1:99999/v1/metrics",
+            "the port `99999` is not a number in 1..=65535",
+        ),
+        (
+            "http://[::1]:0/v1/metrics",
+            "the port `0` is not a number in 1..=65535",
+        ),
+        (
+            "http://collector:/v1/metrics",
+            "the port `` is not a number in 1..=65535",
+        ),
+        (
+            "http://${OTEL_COLLECTOR_HOST}:4318/v1/metrics",
+            "is not a valid URL (invalid uri character); the config file does not expand \
+             environment variables",
+        ),
+        (
+            "http://127.0.0.1:4318",
+            "has no path; the URL is used as given (no `/v1/metrics` is added), so write the \
+             whole of it, e.g. \"http://127.0.0.1:4318/v1/metrics\"",
+        ),
+        (
+            "http://127.0.0.1:4318/",
+            "e.g. \"http://127.0.0.1:4318/v1/metrics\"",
+        ),
+    ] {
+        let e = check_otlp_endpoint(url).unwrap_err();
+        assert!(e.contains(want), "{url}: {e}");
+    }
+    let e = error("otlp_endpoint = \"http://127.0.0.1:99999/v1/metrics\"\n");
+    assert!(e.starts_with("1:17: `otlp_endpoint`: "), "{e}");
+    let e = error("capture_endpoint = \"http://127.0.0.1:4318\"\n");
+    assert!(e.contains("e.g. \"http://127.0.0.1:4318/v1/logs\""), "{e}");
     let e = error("capture_endpoint = \"127.0.0.1:4318\"\n");
     assert!(
         e.starts_with(
