@@ -15,7 +15,7 @@ use serde::de::{self, Deserializer, Unexpected, Visitor};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use super::diag::{Diagnostic, SourceText};
+use super::diag::{Diagnostic, Pos, SourceText};
 use super::model::{
     Action, ActionKind, At, AttrValue, DEFAULT_MAX_GROUPS, EnrichDef, GroupBy, Hook,
     MAX_MAX_GROUPS, Match, ProbeDef, RecorderDef, RuleDef, StateDef, TriggerDef,
@@ -593,8 +593,21 @@ fn parse_rule(src: &SourceText, table: &Spanned<DeValue>) -> Result<RuleDef, Vec
     };
     let (raw, mut read) = read_table::<RawRule>(src, table);
     let rule_keys = table.get_ref().as_table();
+    // The rule's own keys written after `[rule.match]`, which TOML puts in the match table,
+    // and where.
+    let in_match: Vec<(String, Pos)> = rule_keys
+        .and_then(|t| t.get("match"))
+        .and_then(|m| m.get_ref().as_table())
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| RULE_KEYS.contains(&k.get_ref().as_ref()))
+                .map(|(k, _)| (k.get_ref().to_string(), src.pos(k.span().start)))
+                .collect()
+        })
+        .unwrap_or_default();
     for d in &mut read {
         match_key_hint(d, |k| rule_keys.is_some_and(|t| t.contains_key(k)));
+        rule_key_in_match_hint(d, &in_match);
     }
     read.splice(0..0, match_problem);
     let Some(raw) = raw else {
@@ -612,6 +625,52 @@ const MATCH_KEYS: [&str; 6] = [
     "event_name",
     "state",
 ];
+
+/// The keys of a rule itself (those of [`RawRule`] but `match`).
+const RULE_KEYS: [&str; 14] = [
+    "name",
+    "action",
+    "hooks",
+    "keep_one_in",
+    "per_second",
+    "remove_attributes",
+    "mask_body",
+    "recorder",
+    "flush",
+    "set_state",
+    "cooldown",
+    "threshold",
+    "group_by",
+    "max_groups",
+];
+
+/// A rule's own key written after its `[rule.match]` header (`in_match`: which, and where),
+/// which TOML reads as a key of the match table: the common mistake of appending a key to a
+/// rule. Its "unknown key" in the match table and the rule's "missing key" say so.
+fn rule_key_in_match_hint(d: &mut Diagnostic, in_match: &[(String, Pos)]) {
+    let key = |prefix: &str| {
+        d.message
+            .strip_prefix(prefix)
+            .and_then(|r| r.split_once('`'))
+            .map(|(k, _)| k.to_string())
+    };
+    if let Some(k) = key("unknown key `")
+        && in_match.iter().any(|(m, pos)| *m == k && *pos == d.pos())
+    {
+        d.message = format!(
+            "`{k}` is a key of the rule, but it comes after [rule.match], so TOML reads it as a \
+             key of the match table: move it above [rule.match]"
+        );
+    } else if let Some(k) = key("missing key `")
+        && let Some((_, pos)) = in_match.iter().find(|(m, _)| *m == k)
+    {
+        d.message = format!(
+            "missing key `{k}` (the `{k}` at {}:{} comes after [rule.match], so TOML reads it as \
+             a key of the match table: move it above [rule.match])",
+            pos.line, pos.column
+        );
+    }
+}
 
 /// An unknown key of a rule (`in_rule`: one of the rule table's own, not of a table in it)
 /// that is (or is a typo of) a key of `[rule.match]`: says where it goes, in place of the rule's
@@ -786,16 +845,28 @@ impl<'s, 'a> RuleChecker<'s, 'a> {
                 Some(key) => Some(GroupBy::Attribute(key.to_string())),
                 None => {
                     let meant = match text.split_once('.') {
+                        // The resource's `service.name` (also spelt with a `resource.`
+                        // prefix) is what `service` groups by.
+                        _ if text == "service.name" || text.ends_with(".service.name") => {
+                            " (did you mean \"service\"? It is the resource's service.name; \
+                             \"attributes.KEY\" are the record's own attributes)"
+                                .to_string()
+                        }
+                        // Another resource attribute: not something a group can be.
+                        Some(("resource", _)) => " (a group is the resource's service.name, \
+                                                  \"service\", or one of the record's own \
+                                                  attributes, \"attributes.KEY\", not another \
+                                                  resource attribute)"
+                            .to_string(),
                         // `attribute.KEY`, `attrs.KEY`: the prefix mistyped.
-                        Some((_, key)) => Some(format!("attributes.{key}")),
+                        Some((_, key)) => format!(" (did you mean \"attributes.{key}\"?)"),
                         None => crate::rules::diag::closest(
                             text,
                             &["service", "severity", "event_name"],
                         )
-                        .map(str::to_string),
-                    }
-                    .map(|m| format!(" (did you mean \"{m}\"?)"))
-                    .unwrap_or_default();
+                        .map(|m| format!(" (did you mean \"{m}\"?)"))
+                        .unwrap_or_default(),
+                    };
                     self.error(
                         g,
                         format!(

@@ -607,6 +607,30 @@ fn group_by_mistakes_are_errors_where_they_are() {
             "r.toml:4:12: unknown group_by \"route\": expected \"service\", \"severity\", \"event_name\" or \"attributes.KEY\"",
         ),
         (
+            "action = \"count\"\ngroup_by = \"resource.service.name\"",
+            "r.toml:4:12: unknown group_by \"resource.service.name\" (did you mean \"service\"? \
+             It is the resource's service.name; \"attributes.KEY\" are the record's own \
+             attributes): expected \"service\", \"severity\", \"event_name\" or \"attributes.KEY\"",
+        ),
+        (
+            "action = \"count\"\ngroup_by = \"service.name\"",
+            "r.toml:4:12: unknown group_by \"service.name\" (did you mean \"service\"? It is the \
+             resource's service.name; \"attributes.KEY\" are the record's own attributes): \
+             expected \"service\", \"severity\", \"event_name\" or \"attributes.KEY\"",
+        ),
+        (
+            "action = \"count\"\ngroup_by = \"resource.host.name\"",
+            "r.toml:4:12: unknown group_by \"resource.host.name\" (a group is the resource's \
+             service.name, \"service\", or one of the record's own attributes, \
+             \"attributes.KEY\", not another resource attribute): expected \"service\", \
+             \"severity\", \"event_name\" or \"attributes.KEY\"",
+        ),
+        (
+            "action = \"count\"\ngroup_by = \"attribute.code\"",
+            "r.toml:4:12: unknown group_by \"attribute.code\" (did you mean \"attributes.code\"?): \
+             expected \"service\", \"severity\", \"event_name\" or \"attributes.KEY\"",
+        ),
+        (
             "action = \"count\"\ngroup_by = \"attributes.\"",
             "r.toml:4:12: group_by \"attributes.KEY\" needs a KEY",
         ),

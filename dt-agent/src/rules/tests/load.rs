@@ -305,6 +305,32 @@ fn a_condition_written_outside_the_match_table_says_where_it_goes() {
 }
 
 #[test]
+fn a_rule_key_written_after_the_match_table_says_to_move_it() {
+    let e =
+        errors("[[rule]]\nname = \"x\"\n[rule.match]\nseverity = \">=ERROR\"\naction = \"drop\"\n");
+    assert_eq!(
+        e,
+        [
+            "r.toml:1:1: missing key `action` (the `action` at 5:1 comes after [rule.match], so \
+             TOML reads it as a key of the match table: move it above [rule.match])",
+            "r.toml:5:1: `action` is a key of the rule, but it comes after [rule.match], so TOML \
+             reads it as a key of the match table: move it above [rule.match]",
+        ]
+    );
+    let e = errors(
+        "[[rule]]\nname = \"x\"\naction = \"count\"\n[rule.match]\nservice = \"a\"\n\
+         group_by = \"severity\"\n",
+    );
+    assert_eq!(
+        e,
+        [
+            "r.toml:6:1: `group_by` is a key of the rule, but it comes after [rule.match], so TOML \
+          reads it as a key of the match table: move it above [rule.match]"
+        ]
+    );
+}
+
+#[test]
 fn an_unknown_key_and_a_bad_value_are_both_reported() {
     let e = errors("[[rule]]\nname = \"\"\naction = \"drop\"\nnme = \"x\"\n");
     assert_eq!(
