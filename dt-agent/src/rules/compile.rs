@@ -273,6 +273,7 @@ enum Limit {
     GroupKeys,
     ProbeRules,
     Probes,
+    Slots,
 }
 
 struct Compiler<'d> {
@@ -535,12 +536,17 @@ impl<'d> Compiler<'d> {
         match self.slots.assign(&def.name.value) {
             Some(slot) => slot,
             None => {
-                let message = format!(
-                    "no free counter slot for rule \"{}\": all {MAX_SLOTS} slots are taken by \
-                     the rules of this set and of the set before",
-                    def.name.value
-                );
-                self.error(def, def.name.pos, message);
+                // Once, at the first rule without one: every later rule is in the same case.
+                // Not at all when the set has too many rules anyway: that is the cause to fix.
+                if !self.reported.contains(&Limit::Rules) {
+                    let message = format!(
+                        "no free counter slot for rule \"{}\" (nor for any rule after it): all \
+                         {MAX_SLOTS} slots are taken by the rules of this set and of the set \
+                         before",
+                        def.name.value
+                    );
+                    self.limit(def, def.name.pos, Limit::Slots, message);
+                }
                 0
             }
         }

@@ -325,6 +325,16 @@ fn at_most_128_rules() {
         .map(|i| rule(&format!("r{i}"), "count"))
         .collect();
     assert_eq!(compiled(&text).ruleset.n_rules as usize, MAX_RULES);
+    // So many that the counter slots run out too: still the one line (the slots' line would
+    // repeat for every rule past them).
+    let text: String = (0..2000).map(|i| rule(&format!("r{i}"), "count")).collect();
+    assert_eq!(
+        errors(&text),
+        [format!(
+            "r.toml:{}:8: too many rules: a rule set holds at most 128",
+            3 * MAX_RULES + 2
+        )]
+    );
 }
 
 #[test]
@@ -399,11 +409,13 @@ fn exhausted_slots_are_an_error() {
         slots.assign(&format!("old-{i}"));
     }
     let before = slots.clone();
-    let diags = compile(&defs(&["old-3", "new"]), &mut slots).unwrap_err();
+    // Said once, at the first rule without a slot.
+    let diags = compile(&defs(&["old-3", "new", "newer"]), &mut slots).unwrap_err();
     assert_eq!(diags.len(), 1);
     assert_eq!(
         diags[0].to_string(),
-        "r.toml:5:8: no free counter slot for rule \"new\": all 1024 slots are taken by the rules of this set and of the set before"
+        "r.toml:5:8: no free counter slot for rule \"new\" (nor for any rule after it): all 1024 \
+         slots are taken by the rules of this set and of the set before"
     );
     assert_eq!(slots, before);
 }
