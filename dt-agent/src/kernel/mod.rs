@@ -342,7 +342,18 @@ impl Agent {
         for (name, path) in &pin_paths {
             loader.map_pin_path(name, path.as_path());
         }
-        let mut ebpf = loader.load(EBPF_OBJ).context("loading dt's eBPF object")?;
+        let mut ebpf = loader.load(EBPF_OBJ).map_err(|e| {
+            let denied = permission_denied(&e);
+            let e = anyhow::Error::new(e).context("loading dt's eBPF object");
+            if denied {
+                e.context(
+                    "the kernel refused dt's BPF maps and programs: dt-agent run needs root \
+                     (or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN)",
+                )
+            } else {
+                e
+            }
+        })?;
         let probes = Probes::start(
             &mut ebpf,
             cfg.capture_endpoint.clone(),
@@ -736,6 +747,20 @@ fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::
 fn map_ref<'a>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<&'a aya::maps::Map> {
     ebpf.map(name)
         .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+}
+
+/// Whether `e`, or an error it comes from, is the kernel's EPERM or EACCES.
+fn permission_denied(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut at = Some(e);
+    while let Some(e) = at {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+        {
+            return true;
+        }
+        at = e.source();
+    }
+    false
 }
 
 #[cfg(test)]
