@@ -320,8 +320,8 @@ fn table_name(table: &Spanned<DeValue>) -> Option<String> {
 
 /// Reads `table` as a `T`, reporting every problem serde finds, not only the first: serde stops
 /// at the first one, so each is reported, the key it is about set aside, and the table read
-/// again (at most [`MAX_READ_PROBLEMS`] times: a table with more ends there, with one more
-/// diagnostic).
+/// again (at most [`MAX_FOUND_PROBLEMS`] times; of a table with more than [`MAX_READ_PROBLEMS`],
+/// the first by position are listed, and one more diagnostic says how many are not).
 /// - An unknown key within two edits of a key the table lacks (`acton` for `action`) is read as
 ///   that key; any other unknown key is left out. The table's own checks still run, so a typo
 ///   and a bad value in one table are both reported in one `check`, and a misspelt key is not
@@ -353,6 +353,9 @@ pub(crate) fn read_table_naming<T: for<'de> Deserialize<'de>>(
     let mut wrong_typed: Vec<String> = Vec::new();
     loop {
         let error = match T::deserialize(ValueDeserializer::from(table.clone())) {
+            Ok(_) if diags.len() > MAX_READ_PROBLEMS => {
+                return (None, at_most_listed(src, &table, diags, false));
+            }
             Ok(t) if wrong_typed.is_empty() || config => return (Some(t), diags),
             Ok(_) => return (None, diags),
             Err(e) => e,
@@ -396,19 +399,41 @@ pub(crate) fn read_table_naming<T: for<'de> Deserialize<'de>>(
             _ => false,
         };
         if !set_aside {
-            return (None, diags);
+            return (None, at_most_listed(src, &table, diags, false));
         }
-        if diags.len() >= MAX_READ_PROBLEMS {
-            diags.push(src.diag(
-                table.span(),
-                format!(
-                    "this table has {MAX_READ_PROBLEMS} problems; any more are not listed, and \
-                     its other keys are not checked"
-                ),
-            ));
-            return (None, diags);
+        if diags.len() >= MAX_FOUND_PROBLEMS {
+            return (None, at_most_listed(src, &table, diags, true));
         }
     }
+}
+
+/// A table's problems as listed: by position, the first [`MAX_READ_PROBLEMS`], then a line
+/// saying how many more there are (`more`: at least that many; the search stopped there).
+fn at_most_listed(
+    src: &SourceText,
+    table: &Spanned<DeValue>,
+    mut diags: Vec<Diagnostic>,
+    more: bool,
+) -> Vec<Diagnostic> {
+    if diags.len() <= MAX_READ_PROBLEMS && !more {
+        return diags;
+    }
+    diags.sort_by_key(|d| (d.line, d.column));
+    let left = diags.len() - MAX_READ_PROBLEMS;
+    diags.truncate(MAX_READ_PROBLEMS);
+    let left = if more {
+        format!("at least {left}")
+    } else {
+        left.to_string()
+    };
+    diags.push(src.diag(
+        table.span(),
+        format!(
+            "this table has {left} more problems, not listed (the first {MAX_READ_PROBLEMS} are), \
+             and its other keys are not checked"
+        ),
+    ));
+    diags
 }
 
 /// Where a stand-in value is: no position in any file.
@@ -445,9 +470,12 @@ fn stand_in<T: for<'de> Deserialize<'de>>(table: &mut Spanned<DeValue>, key: &st
     false
 }
 
-/// The problems [`read_table`] lists in one table: each costs a reading of the table, and a
-/// file (from an OpAMP server, say) may hold any number.
+/// The problems [`read_table`] lists in one table, the first by position.
 const MAX_READ_PROBLEMS: usize = 16;
+
+/// The problems it looks for in one table: each costs a reading of the table, and a file (from
+/// an OpAMP server, say) may hold any number.
+const MAX_FOUND_PROBLEMS: usize = 256;
 
 /// Removes the key whose value holds `span` (the innermost one, in `value` or a table in it),
 /// and says which (dotted: `opamp.endpoint`); `None` when no value holds it.
