@@ -449,6 +449,30 @@ impl<'d> Compiler<'d> {
                 self.push_compiled(def, hook, slot);
                 continue;
             };
+            // Without the probe's own `service`, a rule's `service` is matched against the
+            // calling process's name, which the kernel keeps to COMM_LEN - 1 bytes.
+            if probe.service.is_none()
+                && let Some(service) = &def.conditions.service
+                && service.value.len() >= COMM_LEN
+            {
+                let mut cut = COMM_LEN - 1;
+                while !service.value.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                let message = format!(
+                    "service \"{}\" is {} bytes: on hook \"uprobe:{}\", whose probe sets no \
+                     `service`, it is matched against the calling process's name, which the \
+                     kernel keeps to {} bytes, so it would never match; write \"{}\" (or give \
+                     the probe a `service`)",
+                    service.value,
+                    service.value.len(),
+                    probe.name.value,
+                    COMM_LEN - 1,
+                    &service.value[..cut]
+                );
+                self.error(def, service.pos, message);
+                continue;
+            }
             if self.probe_rules.len() >= MAX_PROBE_RULES {
                 let message = format!(
                     "too many rules on uprobe hooks: a rule set holds at most {MAX_PROBE_RULES}"

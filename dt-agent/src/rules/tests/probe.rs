@@ -413,3 +413,35 @@ fn too_many_uprobe_rules_is_an_error() {
     let c = compile(&load(SYSLOG).unwrap(), &mut SlotTable::new()).unwrap();
     assert!(c.uprobe.probes.is_empty());
 }
+
+#[test]
+fn a_service_longer_than_a_process_name_on_a_probe_without_one_is_an_error() {
+    let rule = |service: &str| {
+        format!(
+            "[[rule]]\nname = \"r\"\naction = \"count\"\nhooks = [\"uprobe:syslog\"]\n\
+             [rule.match]\nservice = \"{service}\"\n"
+        )
+    };
+    let e = errors(&format!("{SYSLOG}{}", rule("billing-reconciler-daemon")));
+    assert_eq!(
+        e,
+        [
+            "r.toml:9:11: service \"billing-reconciler-daemon\" is 25 bytes: on hook \
+          \"uprobe:syslog\", whose probe sets no `service`, it is matched against the calling \
+          process's name, which the kernel keeps to 15 bytes, so it would never match; write \
+          \"billing-reconci\" (or give the probe a `service`)"
+        ]
+    );
+    // 15 bytes fit; with the probe's own service, any length is that service's.
+    assert!(
+        load(&format!("{SYSLOG}{}", rule("billing-reconci")))
+            .and_then(|d| compile(&d, &mut SlotTable::new()))
+            .is_ok()
+    );
+    let own = "[[probe]]\nname = \"syslog\"\npreset = \"syslog\"\nservice = \"billing-reconciler-daemon\"\n";
+    assert!(
+        load(&format!("{own}{}", rule("billing-reconciler-daemon")))
+            .and_then(|d| compile(&d, &mut SlotTable::new()))
+            .is_ok()
+    );
+}
