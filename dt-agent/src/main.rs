@@ -49,6 +49,7 @@ enum Verb {
     },
     /// List the active rules, the generation, and each rule's source file.
     Rules {
+        /// The active rules as JSON (see the README) instead of a table.
         #[arg(long)]
         json: bool,
         #[command(flatten)]

@@ -150,6 +150,24 @@ pub fn check_capture_endpoint(url: &str) -> Result<(), String> {
     check_otlp_endpoint(url).map_err(|e| e.replace("/v1/metrics", "/v1/logs"))
 }
 
+/// `--port N`: one port, 1..=65535 (several are given by repeating the flag).
+pub fn parse_port(text: &str) -> Result<u16, String> {
+    if text.contains(',') {
+        let each: Vec<String> = text
+            .split(',')
+            .map(|p| format!("--port {}", p.trim()))
+            .collect();
+        return Err(format!(
+            "`{text}`: one port per --port; repeat it: {}",
+            each.join(" ")
+        ));
+    }
+    match text.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!("`{text}` is not a port; a port is 1..=65535")),
+    }
+}
+
 pub fn check_ports(key: &str, ports: &[u16]) -> Result<(), String> {
     for (i, &port) in ports.iter().enumerate() {
         if port == 0 {
@@ -240,8 +258,8 @@ pub fn format_ppm(ppm: u64) -> String {
 /// Parses a memory size such as `"256MiB"` (the units of a recorder's `size`: `B`, `KiB`,
 /// `MiB`, `GiB`), at least 1 MiB.
 pub fn parse_memory(text: &str) -> Result<u64, String> {
-    let bytes = crate::rules::parse_size(text)
-        .map_err(|e| format!("`{text}`: {e}; write e.g. \"256MiB\""))?;
+    // Its error names the text and says what to write.
+    let bytes = crate::rules::parse_size(text)?;
     if bytes < 1 << 20 {
         return Err(format!("`{text}`: the memory ceiling is at least 1MiB"));
     }

@@ -66,8 +66,7 @@ pub struct Layer {
     #[arg(long = "rules", value_name = "DIR", display_order = 1)]
     pub rules_dir: Option<PathBuf>,
     /// OTLP/HTTP port to hook; repeat for several [default: 4318].
-    #[arg(long = "port", value_name = "N", display_order = 3,
-          value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long = "port", value_name = "N", display_order = 3, value_parser = check::parse_port)]
     pub ports: Vec<u16>,
     /// cgroup v2 directory whose connections are hooked [default: the v2 root].
     #[arg(long, value_name = "PATH", display_order = 4)]

@@ -545,6 +545,14 @@ pub(super) fn bad_name_char(name: &str) -> Option<String> {
              characters"
         ));
     }
+    if name.trim() != name {
+        return Some(format!(
+            "name {name:?} starts or ends with a space: a name is compared as written, and a \
+             table shows it as {:?}; write {:?}",
+            name.trim(),
+            name.trim()
+        ));
+    }
     let c = name.chars().find(|&c| invisible_format(c))?;
     // (`{:?}` writes them escaped, as `\u{202e}`.)
     Some(format!(
@@ -1157,9 +1165,11 @@ impl<'s, 'a> RuleChecker<'s, 'a> {
             .remove_attributes
             .as_ref()
             .map_or(&[][..], |r| r.get_ref());
-        for key in remove {
+        for (i, key) in remove.iter().enumerate() {
             if key.get_ref().is_empty() {
                 self.error(key, "an attribute name must not be empty");
+            } else if remove[..i].iter().any(|k| k.get_ref() == key.get_ref()) {
+                self.error(key, format!("\"{}\" is listed twice", key.get_ref()));
             }
         }
         if remove.is_empty() && !mask_body {

@@ -503,6 +503,10 @@ fn parameters_belong_to_their_action() {
             "action = \"redact\"\nremove_attributes = [\"a\", \"\"]",
             "r.toml:4:27: an attribute name must not be empty",
         ),
+        (
+            "action = \"redact\"\nremove_attributes = [\"a\", \"b\", \"a\"]",
+            "r.toml:4:32: \"a\" is listed twice",
+        ),
     ];
     for (body, want) in cases {
         assert_eq!(error(&format!("[[rule]]\nname = \"a\"\n{body}\n")), want);
@@ -801,6 +805,16 @@ fn a_table_lists_at_most_16_problems() {
             "r.toml:1:1: this table has at least 240 more problems, not listed (the first 16 are)"
         )),
         "{e:#?}"
+    );
+}
+
+#[test]
+fn a_name_with_spaces_around_it_is_refused() {
+    let e = error("[[rule]]\nname = \"count-errors \"\naction = \"count\"\n");
+    assert_eq!(
+        e,
+        "r.toml:2:8: name \"count-errors \" starts or ends with a space: a name is compared as \
+         written, and a table shows it as \"count-errors\"; write \"count-errors\""
     );
 }
 
