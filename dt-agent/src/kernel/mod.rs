@@ -297,14 +297,19 @@ impl Agent {
             Some(p) => p.clone(),
             None => sys::cgroup2_root()?,
         };
-        let cgroup_file =
-            File::open(&cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        let cgroup_file = File::open(&cgroup).with_context(|| {
+            format!(
+                "opening cgroup {} (`cgroup` in the config, or --cgroup)",
+                cgroup.display()
+            )
+        })?;
         if !sys::is_cgroup2(&cgroup_file)
             .with_context(|| format!("reading the file system of {}", cgroup.display()))?
         {
             bail!(
                 "{} is not a directory of the cgroup v2 hierarchy (where dt hooks sockets): give \
-                 --cgroup a directory under {} or leave it out for the whole host",
+                 `cgroup` (in the config, or --cgroup) a directory under {} or leave it out for \
+                 the whole host",
                 cgroup.display(),
                 sys::cgroup2_root()
                     .map(|p| p.display().to_string())

@@ -125,7 +125,11 @@ fn sort_diags(diags: &mut [Diagnostic], order: &[PathBuf]) {
 /// The one listing of a rules directory: `run`, `push`, the watcher and `check` use it.
 pub fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
     let unreadable = |e: std::io::Error| {
-        Diagnostic::new(dir, Pos::START, format!("cannot read rules directory: {e}"))
+        Diagnostic::new(
+            dir,
+            Pos::START,
+            format!("cannot read rules directory (`rules_dir` in the config, or --rules): {e}"),
+        )
     };
     let mut paths = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(unreadable)? {

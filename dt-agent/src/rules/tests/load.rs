@@ -722,7 +722,7 @@ fn missing_directory_is_a_diagnostic() {
     assert!(
         diags[0]
             .message
-            .starts_with("cannot read rules directory: "),
+            .starts_with("cannot read rules directory (`rules_dir` in the config, or --rules): "),
         "{}",
         diags[0]
     );
