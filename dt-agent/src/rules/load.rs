@@ -183,6 +183,13 @@ fn is_rule_file_name(path: &Path) -> bool {
 /// The text of a rule file; a file that cannot be read, or is not UTF-8, is a diagnostic (for
 /// bytes that are not UTF-8, at the first of them).
 fn read_rule_file(path: &Path) -> Result<String, Diagnostic> {
+    read_text(path, "rule file", "a rule file")
+}
+
+/// The text of the file at `path`, `what` (`"rule file"`) and `a_what` (`"a rule file"`) naming
+/// it in its diagnostics: one that cannot be read, or is not UTF-8 (at the first byte that is
+/// not).
+pub(crate) fn read_text(path: &Path, what: &str, a_what: &str) -> Result<String, Diagnostic> {
     let bytes = std::fs::read(path).map_err(|e| {
         let why = match e.kind() {
             std::io::ErrorKind::NotFound => "no such file".to_string(),
@@ -190,7 +197,7 @@ fn read_rule_file(path: &Path) -> Result<String, Diagnostic> {
             std::io::ErrorKind::IsADirectory => "a directory, not a file".to_string(),
             _ => e.to_string(),
         };
-        Diagnostic::new(path, Pos::START, format!("cannot read rule file: {why}"))
+        Diagnostic::new(path, Pos::START, format!("cannot read {what}: {why}"))
     })?;
     String::from_utf8(bytes).map_err(|e| {
         let good = e.utf8_error().valid_up_to();
@@ -202,7 +209,7 @@ fn read_rule_file(path: &Path) -> Result<String, Diagnostic> {
             path,
             pos,
             format!(
-                "byte 0x{:02X} is not UTF-8: a rule file is UTF-8 text (save it so)",
+                "byte 0x{:02X} is not UTF-8: {a_what} is UTF-8 text (save it so)",
                 bytes[good]
             ),
         )

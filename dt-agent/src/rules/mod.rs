@@ -37,6 +37,7 @@ pub use compile::{
 pub(crate) use diag::SourceText;
 pub use diag::{Diagnostic, Pos, RuleErrors};
 pub use env::HostEnv;
+pub(crate) use load::read_text;
 pub use load::{
     check_files, compile_dir, compile_dir_sources, load_dir, load_dir_and, load_files,
     load_sources, pushed_names, rule_files,

@@ -19,7 +19,7 @@ use super::{
         parse_metrics_addr,
     },
 };
-use crate::rules::{Diagnostic, Pos, SourceText};
+use crate::rules::{Diagnostic, SourceText};
 
 /// The file as TOML holds it, with spans for the diagnostics.
 #[derive(Deserialize)]
@@ -143,13 +143,8 @@ pub struct Locations {
 /// Reads and validates a config file. On failure, returns every problem found as
 /// `file:line:column: message` (a TOML syntax error reports that one problem).
 pub fn load(path: &Path) -> Result<Layer, Vec<Diagnostic>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        vec![Diagnostic::new(
-            path,
-            Pos::START,
-            format!("cannot read the config file: {e}"),
-        )]
-    })?;
+    let text =
+        crate::rules::read_text(path, "the config file", "a config file").map_err(|d| vec![d])?;
     parse(path, &text)
 }
 

@@ -738,6 +738,16 @@ fn load_reads_files_and_reports_missing_ones() {
     assert_eq!((diags[0].line, diags[0].column), (1, 1));
     assert!(diags[0].message.starts_with("cannot read the config file"));
     assert!(load_optional(Some(&missing)).is_err());
+    // Bytes that are not UTF-8: at the first of them.
+    std::fs::write(&path, b"pin = true\nrules_dir = \"r\xe9\"\n").unwrap();
+    let diags = load(&path).unwrap_err();
+    assert_eq!(
+        diags[0].to_string(),
+        format!(
+            "{}:2:15: byte 0xE9 is not UTF-8: a config file is UTF-8 text (save it so)",
+            path.display()
+        )
+    );
 }
 
 #[test]
