@@ -216,6 +216,20 @@ pub(crate) fn read_text(path: &Path, what: &str, a_what: &str) -> Result<String,
     })
 }
 
+/// For a name defined in two files: when they have the same file name (an edited copy checked
+/// beside the directory it comes from), that in the rules directory one would replace the
+/// other.
+fn same_file_name(first: &Path, second: &Path) -> String {
+    match (first.file_name(), second.file_name()) {
+        (Some(a), Some(b)) if a == b && first != second => format!(
+            " (both files are named {}: in a rules directory the new one takes the old one's \
+             place, as `push` does; check the directory with it in place)",
+            b.to_string_lossy()
+        ),
+        _ => String::new(),
+    }
+}
+
 /// "no [[kind]] named ...", with the set's name it likely meant (within two edits), if any.
 fn missing(kind: &str, name: &str, known: &[&str]) -> String {
     match crate::rules::diag::closest(name, known) {
@@ -331,9 +345,10 @@ impl Loader {
                     path,
                     name.pos,
                     format!(
-                        "duplicate rule name \"{}\": first defined at {}:{line}",
+                        "duplicate rule name \"{}\": first defined at {}:{line}{}",
                         name.value,
-                        file.display()
+                        file.display(),
+                        same_file_name(file, path)
                     ),
                 )),
                 None => {
@@ -353,10 +368,11 @@ impl Loader {
                     path,
                     probe.name.pos,
                     format!(
-                        "duplicate probe name \"{}\": first defined at {}:{}",
+                        "duplicate probe name \"{}\": first defined at {}:{}{}",
                         probe.name.value,
                         first.file.display(),
-                        first.name.pos.line
+                        first.name.pos.line,
+                        same_file_name(&first.file, path)
                     ),
                 )),
                 None => self.probes.push(probe),

@@ -654,6 +654,24 @@ fn duplicate_names_across_files_point_at_the_second() {
 }
 
 #[test]
+fn a_duplicate_name_in_a_file_of_the_same_name_says_one_replaces_the_other() {
+    let sources = vec![
+        (PathBuf::from("rules/10-x.toml"), rule("dup", "count")),
+        (PathBuf::from("new/10-x.toml"), rule("dup", "drop")),
+    ];
+    let diags = load_sources(&sources).unwrap_err();
+    assert_eq!(
+        display(&diags),
+        vec![
+            "new/10-x.toml:2:8: duplicate rule name \"dup\": first defined at \
+             rules/10-x.toml:2 (both files are named 10-x.toml: in a rules directory the new \
+             one takes the old one's place, as `push` does; check the directory with it in \
+             place)"
+        ]
+    );
+}
+
+#[test]
 fn duplicate_names_in_one_file_are_errors() {
     let text = format!("{}{}", rule("dup", "count"), rule("dup", "drop"));
     assert_eq!(
