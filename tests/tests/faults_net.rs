@@ -471,6 +471,8 @@ enum ClientSaw {
 }
 
 /// Writes `rest` (if any) and waits for a response, as a client whose connection was reset.
+/// An early EAGAIN (see [`read_response_head`]) is read again until the read timeout, as real
+/// clients do: the reset that woke the read is the next read's error.
 fn after_reset(client: &mut TcpStream, rest: &[&[u8]]) -> ClientSaw {
     for piece in rest {
         if let Err(e) = client.write_all(piece) {
@@ -478,9 +480,16 @@ fn after_reset(client: &mut TcpStream, rest: &[&[u8]]) -> ClientSaw {
         }
     }
     let mut b = [0u8; 256];
+    let wait = client
+        .read_timeout()
+        .ok()
+        .flatten()
+        .unwrap_or(Duration::from_secs(10));
+    let deadline = Instant::now() + wait;
     let read = loop {
         match client.read(&mut b) {
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {}
             r => break r,
         }
     };

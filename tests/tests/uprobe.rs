@@ -673,6 +673,43 @@ fn fault_in_or_skip(test: &str, stats: &Stats) -> bool {
     needed_or_skip(test, found).is_some()
 }
 
+/// An agent process (not started yet) with `uprobe_fault_in` whose rule `rule_name` captures
+/// every call of the `own` probe of logcalls, built as `name`; `config` ends its config file.
+/// The directories and the reserved port live in `_keep`.
+struct FaultInProcess {
+    bin: PathBuf,
+    receiver: Receiver,
+    proc: AgentProcess,
+    _keep: (tempfile::TempDir, TempRules, TcpListener),
+}
+
+fn fault_in_process(name: &str, rule_name: &str, config: &str) -> FaultInProcess {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_logcalls(dir.path(), name, false, None);
+    let receiver = Receiver::start_v4();
+    let rules = TempRules::new();
+    rules.write(
+        "50-stall.toml",
+        &format!(
+            "{}{}",
+            own_probe(&bin),
+            rule(rule_name, "capture", "uprobe:own", "")
+        ),
+    );
+    let (hold, port) = reserve_port();
+    let proc = AgentProcess::new(name, rules.path(), &[port], false);
+    proc.write_config(&format!(
+        "capture_endpoint = \"{}\"\nuprobe_fault_in = true\n{config}",
+        receiver.logs_url()
+    ));
+    FaultInProcess {
+        bin,
+        receiver,
+        proc,
+        _keep: (dir, rules, hold),
+    }
+}
+
 /// Runs logcalls (`bin`) in `mode` (`cold` or `cold-own`), its file next to it; the three
 /// records it makes the receiver get, in order.
 fn cold_calls(bin: &Path, mode: &str, receiver: &Receiver) -> Vec<LogRecord> {
@@ -818,24 +855,12 @@ fn a_probe_removed_while_a_call_waits_for_its_page_does_not_hold_the_agent() {
     if !kernel_or_skip(TEST) {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let bin = build_logcalls(dir.path(), "u3detach", false, None);
-    let receiver = Receiver::start_v4();
-    let rules = TempRules::new();
-    rules.write(
-        "50-stall.toml",
-        &format!(
-            "{}{}",
-            own_probe(&bin),
-            rule("u3-detach", "capture", "uprobe:own", "")
-        ),
-    );
-    let (_hold, port) = reserve_port();
-    let mut proc = AgentProcess::new("u3detach", rules.path(), &[port], false);
-    proc.write_config(&format!(
-        "capture_endpoint = \"{}\"\nuprobe_fault_in = true\n",
-        receiver.logs_url()
-    ));
+    let FaultInProcess {
+        bin,
+        receiver,
+        mut proc,
+        _keep: keep,
+    } = fault_in_process("u3detach", "u3-detach", "");
     if !fault_in_or_skip(TEST, &proc.start()) {
         return;
     }
@@ -845,7 +870,7 @@ fn a_probe_removed_while_a_call_waits_for_its_page_does_not_hold_the_agent() {
     // The probe is waiting for the page now.
     l.expect_line("fault");
     // The same file without the probe.
-    let new = dir.path().join("50-stall.toml");
+    let new = keep.0.path().join("50-stall.toml");
     std::fs::write(&new, rule("u3-otlp", "count", "otlp", "")).unwrap();
     let t0 = Instant::now();
     let o = dt_agent_cmd(
@@ -894,28 +919,19 @@ fn waiting_for_a_page_is_not_counted_against_the_cost_ceiling() {
     if !kernel_or_skip(TEST) {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let bin = build_logcalls(dir.path(), "u3ceil", false, None);
-    let receiver = Receiver::start_v4();
-    let rules = TempRules::new();
-    rules.write(
-        "50-stall.toml",
-        &format!(
-            "{}{}",
-            own_probe(&bin),
-            rule("u3-ceil", "capture", "uprobe:own", "")
-        ),
-    );
-    let (_hold, port) = reserve_port();
-    let mut proc = AgentProcess::new("u3ceil", rules.path(), &[port], false);
     // 2.5 s of waiting in a 1 s window is 250% / CPUs of the machine: half of that.
     let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as f64;
     let ceiling = 125.0 / cpus;
-    proc.write_config(&format!(
-        "capture_endpoint = \"{}\"\nuprobe_fault_in = true\n[ceiling]\ncpu = \"{ceiling:.3}%\"\n\
-         window = \"1s\"\n",
-        receiver.logs_url()
-    ));
+    let FaultInProcess {
+        bin,
+        receiver,
+        mut proc,
+        _keep,
+    } = fault_in_process(
+        "u3ceil",
+        "u3-ceil",
+        &format!("[ceiling]\ncpu = \"{ceiling:.3}%\"\nwindow = \"1s\"\n"),
+    );
     if !fault_in_or_skip(TEST, &proc.start()) {
         return;
     }
