@@ -410,6 +410,7 @@ impl<'d> Compiler<'d> {
             .as_ref()
             .and_then(|r| self.slots.objects.recorders.get(&r.value))
             .map_or(0, |&s| s + 1);
+        let mut comm_refused = false;
         for hook in &def.hooks {
             let probe = match hook {
                 Hook::Otlp => None,
@@ -450,27 +451,34 @@ impl<'d> Compiler<'d> {
                 continue;
             };
             // Without the probe's own `service`, a rule's `service` is matched against the
-            // calling process's name, which the kernel keeps to COMM_LEN - 1 bytes.
+            // calling process's name, which the kernel keeps to COMM_LEN - 1 bytes (said once
+            // for a rule, whatever number of such hooks it has).
             if probe.service.is_none()
                 && let Some(service) = &def.conditions.service
                 && service.value.len() >= COMM_LEN
             {
-                let mut cut = COMM_LEN - 1;
-                while !service.value.is_char_boundary(cut) {
-                    cut -= 1;
+                if !comm_refused {
+                    comm_refused = true;
+                    let cut = COMM_LEN - 1;
+                    let write = if service.value.is_char_boundary(cut) {
+                        format!("write \"{}\"", &service.value[..cut])
+                    } else {
+                        // The kernel cuts inside a character: no text is the name it keeps.
+                        "no `service` can match it (the kernel cuts it inside a character)"
+                            .to_string()
+                    };
+                    let message = format!(
+                        "service \"{}\" is {} bytes: on hook \"uprobe:{}\", whose probe sets no \
+                         `service`, it is matched against the calling process's name, which \
+                         the kernel keeps to {} bytes, so it would never match; {write} (or \
+                         give the probe a `service`)",
+                        service.value,
+                        service.value.len(),
+                        probe.name.value,
+                        COMM_LEN - 1,
+                    );
+                    self.error(def, service.pos, message);
                 }
-                let message = format!(
-                    "service \"{}\" is {} bytes: on hook \"uprobe:{}\", whose probe sets no \
-                     `service`, it is matched against the calling process's name, which the \
-                     kernel keeps to {} bytes, so it would never match; write \"{}\" (or give \
-                     the probe a `service`)",
-                    service.value,
-                    service.value.len(),
-                    probe.name.value,
-                    COMM_LEN - 1,
-                    &service.value[..cut]
-                );
-                self.error(def, service.pos, message);
                 continue;
             }
             if self.probe_rules.len() >= MAX_PROBE_RULES {

@@ -216,12 +216,23 @@ pub(crate) fn read_text(path: &Path, what: &str, a_what: &str) -> Result<String,
     })
 }
 
-/// For a name defined in two files: when they have the same file name (an edited copy checked
-/// beside the directory it comes from), that in the rules directory one would replace the
-/// other.
+/// For a name defined in two files on disk: the same file given twice (`./rules/a.toml` and
+/// `rules/a.toml`), or two files of the same file name (an edited copy checked beside the
+/// directory it comes from), where in the rules directory one would replace the other. Not
+/// for sources that are not files here (an OpAMP server's, which are added beside the
+/// directory's, not in place of them).
 fn same_file_name(first: &Path, second: &Path) -> String {
+    if !first.is_file() || !second.is_file() {
+        return String::new();
+    }
+    let (Ok(a), Ok(b)) = (first.canonicalize(), second.canonicalize()) else {
+        return String::new();
+    };
+    if a == b {
+        return " (the same file, given twice)".to_string();
+    }
     match (first.file_name(), second.file_name()) {
-        (Some(a), Some(b)) if a == b && first != second => format!(
+        (Some(a), Some(b)) if a == b => format!(
             " (both files are named {}: in a rules directory the new one takes the old one's \
              place, as `push` does; check the directory with it in place)",
             b.to_string_lossy()
@@ -506,9 +517,10 @@ fn duplicate(path: &Path, kind: &str, name: &At<String>, file: &Path, line: usiz
         path,
         name.pos,
         format!(
-            "duplicate {kind} name \"{}\": first defined at {}:{line}",
+            "duplicate {kind} name \"{}\": first defined at {}:{line}{}",
             name.value,
-            file.display()
+            file.display(),
+            same_file_name(file, path)
         ),
     )
 }

@@ -80,17 +80,31 @@ pub fn check_metrics_port(addr: SocketAddr) -> Result<(), String> {
 }
 
 /// Checks an OTLP metrics URL such as `"http://127.0.0.1:4318/v1/metrics"`: as
-/// [`check_http_url`], and with a path: the URL is used as given, path included, so a
-/// collector's base URL (`"http://127.0.0.1:4318"`, which SDKs complete with `/v1/metrics`)
-/// would post to `/`.
+/// [`check_post_url`].
 pub fn check_otlp_endpoint(url: &str) -> Result<(), String> {
-    let example = "http://127.0.0.1:4318/v1/metrics";
-    let uri = check_http_url(url, example)?;
+    check_post_url(url, "/v1/metrics")
+}
+
+/// Checks the URL captured uprobe calls are posted to, such as
+/// `"http://127.0.0.1:4318/v1/logs"`: as [`check_post_url`].
+pub fn check_capture_endpoint(url: &str) -> Result<(), String> {
+    check_post_url(url, "/v1/logs")
+}
+
+/// As [`check_http_url`], and with a path: the URL is used as given, path included, so a
+/// collector's base URL (`"http://127.0.0.1:4318"`, which SDKs complete with `signal`, such as
+/// `/v1/metrics`) would post to `/`.
+fn check_post_url(url: &str, signal: &str) -> Result<(), String> {
+    let uri = check_http_url(url, &format!("http://127.0.0.1:4318{signal}"))?;
     if uri.path().is_empty() || uri.path() == "/" {
-        let base = url.trim_end_matches('/');
+        let base = format!(
+            "{}://{}",
+            uri.scheme_str().unwrap_or("http"),
+            uri.authority().map_or("", |a| a.as_str())
+        );
         return Err(format!(
-            "`{url}` has no path; the URL is used as given (no `/v1/metrics` is added), so \
-             write the whole of it, e.g. \"{base}/v1/metrics\""
+            "`{url}` has no path; the URL is used as given (no `{signal}` is added), so write \
+             the whole of it, e.g. \"{base}{signal}\""
         ));
     }
     Ok(())
@@ -103,9 +117,11 @@ pub fn check_opamp_endpoint(url: &str) -> Result<(), String> {
 }
 
 /// `http://` or `https://`, a URL the HTTP client can parse, with a host and, if it has one, a
-/// port in 1..=65535; `example` goes in the error messages. Checked when the settings are
-/// read, before anything is loaded, so that a typo is not found at the first post.
+/// port in 1..=65535, no credentials, and no `$` in either (a variable the file does not
+/// expand); `example` goes in the error messages. Checked when the settings are read, before
+/// anything is loaded, so that a typo is not found at the first post.
 fn check_http_url(url: &str, example: &str) -> Result<hyper::Uri, String> {
+    const NO_EXPANSION: &str = "the config file does not expand environment variables";
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
@@ -117,19 +133,27 @@ fn check_http_url(url: &str, example: &str) -> Result<hyper::Uri, String> {
     if authority.is_empty() || authority.starts_with(':') {
         return Err(format!("`{url}` has no host"));
     }
+    if authority.contains('$') {
+        return Err(format!("`{url}`: `$` in the host or port; {NO_EXPANSION}"));
+    }
+    if authority.contains('@') {
+        return Err(format!(
+            "`{url}` holds credentials (`user@`): they would not be sent, only shown in errors; \
+             write the URL without them"
+        ));
+    }
     let uri: hyper::Uri = url.parse().map_err(|e| {
         let hint = if url.contains('$') {
-            "; the config file does not expand environment variables"
+            format!("; {NO_EXPANSION}")
         } else {
-            ""
+            String::new()
         };
         format!("`{url}` is not a valid URL ({e}){hint}")
     })?;
     // The port: what follows the host (a bracketed IPv6 address may hold colons).
-    let host_port = authority.rsplit('@').next().unwrap_or(authority);
-    let after_host = match host_port.strip_prefix('[') {
+    let after_host = match authority.strip_prefix('[') {
         Some(v6) => v6.split_once(']').map_or("", |(_, rest)| rest),
-        None => host_port.find(':').map_or("", |i| &host_port[i..]),
+        None => authority.find(':').map_or("", |i| &authority[i..]),
     };
     if let Some(port) = after_host.strip_prefix(':') {
         match port.parse::<u16>() {
@@ -144,18 +168,14 @@ fn check_http_url(url: &str, example: &str) -> Result<hyper::Uri, String> {
     Ok(uri)
 }
 
-/// Checks the URL captured uprobe calls are posted to, such as
-/// `"http://127.0.0.1:4318/v1/logs"`: as [`check_otlp_endpoint`].
-pub fn check_capture_endpoint(url: &str) -> Result<(), String> {
-    check_otlp_endpoint(url).map_err(|e| e.replace("/v1/metrics", "/v1/logs"))
-}
-
 /// `--port N`: one port, 1..=65535 (several are given by repeating the flag).
 pub fn parse_port(text: &str) -> Result<u16, String> {
     if text.contains(',') {
         let each: Vec<String> = text
             .split(',')
-            .map(|p| format!("--port {}", p.trim()))
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| format!("--port {p}"))
             .collect();
         return Err(format!(
             "`{text}`: one port per --port; repeat it: {}",

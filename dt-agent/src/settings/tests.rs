@@ -581,7 +581,7 @@ fn otlp_endpoints() {
     assert!(check_otlp_endpoint("http://collector:4318/v1/metrics").is_ok());
     assert!(check_otlp_endpoint("http://[::1]:4318/v1/metrics").is_ok());
     assert!(check_otlp_endpoint("http://[::1]/v1/metrics").is_ok());
-    assert!(check_otlp_endpoint("https://user:pw@collector:443/v1/metrics").is_ok());
+    assert!(check_otlp_endpoint("https://collector:443/v1/metrics").is_ok());
     // Found when the settings are read, not at the first post.
     for (url, want) in [
         (
@@ -602,8 +602,7 @@ fn otlp_endpoints() {
         ),
         (
             "http://${OTEL_COLLECTOR_HOST}:4318/v1/metrics",
-            "is not a valid URL (invalid uri character); the config file does not expand \
-             environment variables",
+            "`$` in the host or port; the config file does not expand environment variables",
         ),
         (
             "http://127.0.0.1:4318",
@@ -614,6 +613,20 @@ fn otlp_endpoints() {
             "http://127.0.0.1:4318/",
             "e.g. \"http://127.0.0.1:4318/v1/metrics\"",
         ),
+        // The suggestion is the scheme and authority, not what follows them.
+        ("http://h:4318?x=1", "e.g. \"http://h:4318/v1/metrics\""),
+        (
+            "http://$COLLECTOR:4318/v1/metrics",
+            "`$` in the host or port; the config file does not expand environment variables",
+        ),
+        (
+            "http://c:$PORT/v1/metrics",
+            "`$` in the host or port; the config file does not expand environment variables",
+        ),
+        (
+            "https://user:pw@collector/v1/metrics",
+            "holds credentials (`user@`): they would not be sent",
+        ),
     ] {
         let e = check_otlp_endpoint(url).unwrap_err();
         assert!(e.contains(want), "{url}: {e}");
@@ -622,6 +635,12 @@ fn otlp_endpoints() {
     assert!(e.starts_with("1:17: `otlp_endpoint`: "), "{e}");
     let e = error("capture_endpoint = \"http://127.0.0.1:4318\"\n");
     assert!(e.contains("e.g. \"http://127.0.0.1:4318/v1/logs\""), "{e}");
+    // The URL is quoted as written.
+    let e = check_capture_endpoint("http://c:99999/v1/metrics").unwrap_err();
+    assert!(
+        e.starts_with("`http://c:99999/v1/metrics`: the port"),
+        "{e}"
+    );
     let e = error("capture_endpoint = \"127.0.0.1:4318\"\n");
     assert!(
         e.starts_with(

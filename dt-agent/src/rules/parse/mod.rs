@@ -545,6 +545,9 @@ pub(super) fn bad_name_char(name: &str) -> Option<String> {
              characters"
         ));
     }
+    if !name.is_empty() && name.trim().is_empty() {
+        return Some(format!("name {name:?} is only spaces"));
+    }
     if name.trim() != name {
         return Some(format!(
             "name {name:?} starts or ends with a space: a name is compared as written, and a \

@@ -655,20 +655,46 @@ fn duplicate_names_across_files_point_at_the_second() {
 
 #[test]
 fn a_duplicate_name_in_a_file_of_the_same_name_says_one_replaces_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (dir.path().join("rules"), dir.path().join("new"));
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::create_dir_all(&new).unwrap();
+    let (old, new) = (old.join("10-x.toml"), new.join("10-x.toml"));
+    std::fs::write(&old, rule("dup", "count")).unwrap();
+    std::fs::write(&new, rule("dup", "drop")).unwrap();
     let sources = vec![
-        (PathBuf::from("rules/10-x.toml"), rule("dup", "count")),
-        (PathBuf::from("new/10-x.toml"), rule("dup", "drop")),
+        (old.clone(), rule("dup", "count")),
+        (new.clone(), rule("dup", "drop")),
     ];
     let diags = load_sources(&sources).unwrap_err();
     assert_eq!(
         display(&diags),
-        vec![
-            "new/10-x.toml:2:8: duplicate rule name \"dup\": first defined at \
-             rules/10-x.toml:2 (both files are named 10-x.toml: in a rules directory the new \
-             one takes the old one's place, as `push` does; check the directory with it in \
-             place)"
-        ]
+        vec![format!(
+            "{}:2:8: duplicate rule name \"dup\": first defined at {}:2 (both files are named \
+             10-x.toml: in a rules directory the new one takes the old one's place, as `push` \
+             does; check the directory with it in place)",
+            new.display(),
+            old.display()
+        )]
     );
+    // The same file under two spellings.
+    let twice = dir.path().join("rules/../rules/10-x.toml");
+    let sources = vec![
+        (old.clone(), rule("dup", "count")),
+        (twice.clone(), rule("dup", "count")),
+    ];
+    let diags = load_sources(&sources).unwrap_err();
+    assert!(
+        display(&diags)[0].ends_with("(the same file, given twice)"),
+        "{diags:?}"
+    );
+    // Sources that are not files here (an OpAMP server's): no word of replacing.
+    let sources = vec![
+        (old.clone(), rule("dup", "count")),
+        (PathBuf::from("opamp/10-x.toml"), rule("dup", "drop")),
+    ];
+    let diags = load_sources(&sources).unwrap_err();
+    assert!(display(&diags)[0].ends_with(":2"), "{diags:?}");
 }
 
 #[test]

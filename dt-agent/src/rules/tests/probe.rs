@@ -445,3 +445,18 @@ fn a_service_longer_than_a_process_name_on_a_probe_without_one_is_an_error() {
             .is_ok()
     );
 }
+
+#[test]
+fn a_service_cut_inside_a_character_says_no_service_can_match() {
+    // 9 two-byte characters: the kernel keeps 15 bytes, half of the eighth.
+    let text = format!(
+        "{SYSLOG}[[rule]]\nname = \"r\"\naction = \"count\"\nhooks = [\"uprobe:syslog\"]\n\
+         [rule.match]\nservice = \"ааааааааа\"\n"
+    );
+    let e = errors(&text);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].contains("so it would never match; no `service` can match it (the kernel cuts it inside a character) (or give the probe a `service`)"),
+        "{e:?}"
+    );
+}
