@@ -61,17 +61,21 @@ pub fn gcra_take(tat: u64, now: u64, per_second: u64, want: u32) -> (u64, u32) {
 pub fn threshold_count(window: u64, now_ms: u64, within_ms: u32) -> (u64, u32) {
     let opened = window >> 24;
     let count = (window & 0xff_ffff) as u32;
-    if count == 0 || now_ms < opened || now_ms - opened > within_ms as u64 {
+    // A time before the window opened is a match on another CPU that read the clock before
+    // the one that opened it and updated after: it counts in the window.
+    if count == 0 || now_ms.saturating_sub(opened) > within_ms as u64 {
         return ((now_ms << 24) | 1, 1);
     }
     let next = if count < 0xff_ffff { count + 1 } else { count };
     ((opened << 24) | next as u64, next)
 }
 
-/// Whether a trigger that last fired at `last_ns` (0: never) may fire at `now_ns`.
+/// Whether a trigger that last fired at `last_ns` (0: never) may fire at `now_ns`. A `now_ns`
+/// before `last_ns` is a match on another CPU that read the clock before the one that fired
+/// and updated after: within the cooldown (it was fired "at the same instant").
 #[inline(always)]
 pub fn cooled_down(last_ns: u64, now_ns: u64, cooldown_ns: u64) -> bool {
-    last_ns == 0 || now_ns < last_ns || now_ns - last_ns >= cooldown_ns
+    last_ns == 0 || now_ns.saturating_sub(last_ns) >= cooldown_ns
 }
 
 #[cfg(test)]
@@ -112,6 +116,12 @@ mod tests {
         assert!(cooled_down(0, 5, 10));
         assert!(!cooled_down(100, 105, 10));
         assert!(cooled_down(100, 110, 10));
+        // Two CPUs: the one that read the clock first updates last. Not a second firing.
+        assert!(!cooled_down(105, 100, 10));
+        // Likewise a match read just before its window opened counts in it.
+        let (w, n) = threshold_count(0, 1000, 1000);
+        assert_eq!(n, 1);
+        assert_eq!(threshold_count(w, 999, 1000).1, 2);
     }
 
     #[test]
