@@ -63,11 +63,53 @@ pub fn check(paths: &[PathBuf]) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(diags) => {
+        Err(mut diags) => {
+            if paths.iter().any(|p| !p.is_dir()) {
+                scope_hint(&mut diags);
+            }
             for d in &diags {
                 eprintln!("{d}");
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Files picked out of a directory: a probe, recorder or state one of them uses may be defined
+/// in a file left out, and be missing only here.
+fn scope_hint(diags: &mut [rules::Diagnostic]) {
+    for d in diags {
+        if d.message.starts_with("no [[") {
+            d.message.push_str(
+                " (check sees only the files and directories it is given: if it is defined in \
+                 another file, check that too, or the whole directory)",
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_definition_checked_from_single_files_may_be_in_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("10-use.toml");
+        std::fs::write(
+            &file,
+            "[[rule]]\nname = \"u\"\naction = \"count\"\nhooks = [\"uprobe:syslog\"]\n",
+        )
+        .unwrap();
+        let mut e = rules::check_files(std::slice::from_ref(&file)).unwrap_err();
+        assert!(e[0].message.ends_with("in the rule set"), "{e:?}");
+        scope_hint(&mut e);
+        assert!(
+            e[0].message.ends_with(
+                "in the rule set (check sees only the files and directories it is given: if it \
+                 is defined in another file, check that too, or the whole directory)"
+            ),
+            "{e:?}"
+        );
     }
 }
