@@ -25,22 +25,25 @@ pub fn atomic_update(p: *mut u64, f: impl Fn(u64) -> u64) -> Option<u64> {
     while tries < CAS_TRIES {
         // SAFETY: an aligned u64 in map memory; an aligned 64-bit load is atomic.
         let old = unsafe { ptr::read_volatile(p) };
-        // SAFETY: as above; BPF's atomic compare-exchange. (core's atomic types have no
-        // read-modify-write on the BPF target, and LLVM 22 emits the fetch-add intrinsic without
-        // its fetch flag, so the old value would not come back.)
-        let (_, swapped) = unsafe {
-            atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
-                p,
-                old,
-                f(old),
-            )
-        };
-        if swapped {
+        if compare_exchange(p, old, f(old)) {
             return Some(old);
         }
         tries += 1;
     }
     None
+}
+
+/// Writes `new` to the u64 at `p` if it holds `old`, atomically; whether it did (BPF's atomic
+/// compare-exchange: core's atomic types have no read-modify-write on the BPF target, and
+/// LLVM 22 emits the fetch-add intrinsic without its fetch flag, so the old value would not
+/// come back).
+#[inline(always)]
+pub fn compare_exchange(p: *mut u64, old: u64, new: u64) -> bool {
+    // SAFETY: an aligned u64 in map memory.
+    let (_, swapped) = unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(p, old, new)
+    };
+    swapped
 }
 
 /// Adds `n` to the u64 at `p` atomically, without reading it back (BPF's atomic add). Every

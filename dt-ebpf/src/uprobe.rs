@@ -24,11 +24,7 @@
 //!
 //! Register access is x86-64's (`pt_regs`).
 
-use core::{
-    ffi::c_void,
-    intrinsics::{AtomicOrdering, atomic_cxchg},
-    ptr,
-};
+use core::{ffi::c_void, ptr};
 
 use aya_ebpf::{
     bindings::pt_regs,
@@ -221,28 +217,17 @@ fn pass<const FAULT_IN: bool>(ctx: &ProbeContext, time_ns: u64, faults: &mut Fau
 /// fault-in that did not give it back) has it.
 #[inline(always)]
 fn take(faults: &Faults) -> bool {
-    // SAFETY: an aligned u64 of this CPU's map value; BPF's atomic compare-exchange.
-    let (_, taken) = unsafe {
-        atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
-            ptr::addr_of_mut!((*faults.guard).owner),
-            0,
-            faults.owner,
-        )
-    };
-    taken
+    // SAFETY: a field of this CPU's map value.
+    let owner = unsafe { ptr::addr_of_mut!((*faults.guard).owner) };
+    dynamic::compare_exchange(owner, 0, faults.owner)
 }
 
 /// Gives this CPU's guard back, if the calling thread has it.
 #[inline(always)]
 fn give_back(faults: &Faults) {
     // SAFETY: as in `take`.
-    unsafe {
-        atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
-            ptr::addr_of_mut!((*faults.guard).owner),
-            faults.owner,
-            0,
-        )
-    };
+    let owner = unsafe { ptr::addr_of_mut!((*faults.guard).owner) };
+    dynamic::compare_exchange(owner, faults.owner, 0);
 }
 
 /// The rest of [`pass`], with the guard held (`faults.lost`: given back and not had again).

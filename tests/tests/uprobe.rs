@@ -184,26 +184,26 @@ fn run(bin: &Path, args: &[&str]) -> String {
 
 /// An in-process agent on `rules`, hooking a port nobody uses, capturing to `capture`.
 fn agent(rules: &TempRules, capture: Option<String>) -> (Agent, TcpListener) {
-    let (hold, port) = reserve_port();
-    let cfg = AgentConfig {
-        capture_endpoint: capture,
-        remote_rules: Vec::new(),
-        memory_ceiling: None,
-        captures_per_second: None,
-        ..agent_config(rules, &[port])
-    };
-    (start_agent_with(cfg), hold)
+    agent_with(rules, capture, false)
 }
 
 /// As [`agent`], with `uprobe_fault_in` on.
 fn agent_fault_in(rules: &TempRules, capture: Option<String>) -> (Agent, TcpListener) {
+    agent_with(rules, capture, true)
+}
+
+fn agent_with(
+    rules: &TempRules,
+    capture: Option<String>,
+    uprobe_fault_in: bool,
+) -> (Agent, TcpListener) {
     let (hold, port) = reserve_port();
     let cfg = AgentConfig {
         capture_endpoint: capture,
         remote_rules: Vec::new(),
         memory_ceiling: None,
         captures_per_second: None,
-        uprobe_fault_in: true,
+        uprobe_fault_in,
         ..agent_config(rules, &[port])
     };
     (start_agent_with(cfg), hold)
