@@ -632,23 +632,32 @@ fn parse_rule(src: &SourceText, table: &Spanned<DeValue>) -> Result<RuleDef, Vec
     };
     let (raw, mut read) = read_table::<RawRule>(src, table);
     let rule_keys = table.get_ref().as_table();
+    let match_table = rule_keys
+        .and_then(|t| t.get("match"))
+        .and_then(|m| m.get_ref().as_table());
     // The rule's own keys written after `[rule.match]`, which TOML puts in the match table,
     // and where.
-    let in_match: Vec<(String, Pos)> = rule_keys
-        .and_then(|t| t.get("match"))
-        .and_then(|m| m.get_ref().as_table())
+    let mut in_match: Vec<(String, Pos, bool)> = match_table
         .map(|m| {
             m.iter()
                 .filter(|(k, _)| RULE_KEYS.contains(&k.get_ref().as_ref()))
-                .map(|(k, _)| (k.get_ref().to_string(), src.pos(k.span().start)))
+                .map(|(k, _)| (k.get_ref().to_string(), src.pos(k.span().start), false))
                 .collect()
         })
         .unwrap_or_default();
+    let misplaced = keys_in_attributes(src, rule_keys, match_table);
+    in_match.extend(
+        misplaced
+            .iter()
+            .filter(|m| m.of_rule)
+            .map(|m| (m.key.clone(), m.pos, true)),
+    );
     for d in &mut read {
         match_key_hint(d, |k| rule_keys.is_some_and(|t| t.contains_key(k)));
         rule_key_in_match_hint(d, &in_match);
     }
     read.splice(0..0, match_problem);
+    read.extend(misplaced.iter().map(|m| m.diagnostic(src)));
     let Some(raw) = raw else {
         return Err(read);
     };
@@ -683,10 +692,86 @@ const RULE_KEYS: [&str; 14] = [
     "max_groups",
 ];
 
-/// A rule's own key written after its `[rule.match]` header (`in_match`: which, and where),
-/// which TOML reads as a key of the match table: the common mistake of appending a key to a
-/// rule. Its "unknown key" in the match table and the rule's "missing key" say so.
-fn rule_key_in_match_hint(d: &mut Diagnostic, in_match: &[(String, Pos)]) {
+/// A key of the rule or of `[rule.match]` written after a `[rule.match.attributes]` header,
+/// which TOML reads as an attribute condition: an attribute named `recorder` or `severity`, the
+/// rule quietly matching something else than meant.
+struct InAttributes {
+    key: String,
+    pos: Pos,
+    /// A key of the rule itself (else of `[rule.match]`).
+    of_rule: bool,
+}
+
+impl InAttributes {
+    fn diagnostic(&self, src: &SourceText) -> Diagnostic {
+        let (whose, above) = if self.of_rule {
+            ("the rule", "[rule.match]")
+        } else {
+            ("[rule.match]", "[rule.match.attributes]")
+        };
+        let k = &self.key;
+        Diagnostic::new(
+            src.path,
+            self.pos,
+            format!(
+                "`{k}` is a key of {whose}, but it comes after [rule.match.attributes], so TOML \
+                 reads it as an attribute condition: move it above {above} (for an attribute \
+                 named {k}, quote it: \"{k}\" = ...)"
+            ),
+        )
+    }
+}
+
+/// The bare keys of a `[rule.match.attributes]` table, each at the start of its line (not in
+/// an inline table, not dotted as `attributes.key`), that are keys of the rule or of
+/// `[rule.match]` the rule does not have where they belong. A quoted key is an attribute as
+/// written.
+fn keys_in_attributes(
+    src: &SourceText,
+    rule: Option<&DeTable>,
+    match_table: Option<&DeTable>,
+) -> Vec<InAttributes> {
+    let Some(attrs) = match_table.and_then(|m| m.get("attributes")) else {
+        return Vec::new();
+    };
+    let Some(t) = attrs.get_ref().as_table() else {
+        return Vec::new();
+    };
+    if src.text[attrs.span()].starts_with('{') {
+        return Vec::new();
+    }
+    let has = |t: Option<&DeTable>, k: &str| t.is_some_and(|t| t.contains_key(k));
+    let starts_its_line = |at: usize| {
+        let line = src.text[..at].rfind('\n').map_or(0, |i| i + 1);
+        src.text[line..at].trim().is_empty()
+    };
+    t.iter()
+        .filter(|(k, _)| {
+            !src.text[k.span()].starts_with(['"', '\'']) && starts_its_line(k.span().start)
+        })
+        .filter_map(|(k, _)| {
+            let key = k.get_ref().as_ref();
+            let of_rule = if RULE_KEYS.contains(&key) && !has(rule, key) {
+                true
+            } else if MATCH_KEYS.contains(&key) && key != "attributes" && !has(match_table, key) {
+                false
+            } else {
+                return None;
+            };
+            Some(InAttributes {
+                key: key.to_string(),
+                pos: src.pos(k.span().start),
+                of_rule,
+            })
+        })
+        .collect()
+}
+
+/// A rule's own key written after its `[rule.match]` header (`in_match`: which, where, and
+/// whether after `[rule.match.attributes]`), which TOML reads as a key of the match table: the
+/// common mistake of appending a key to a rule. Its "unknown key" in the match table and the
+/// rule's "missing key" say so.
+fn rule_key_in_match_hint(d: &mut Diagnostic, in_match: &[(String, Pos, bool)]) {
     let key = |prefix: &str| {
         d.message
             .strip_prefix(prefix)
@@ -694,18 +779,25 @@ fn rule_key_in_match_hint(d: &mut Diagnostic, in_match: &[(String, Pos)]) {
             .map(|(k, _)| k.to_string())
     };
     if let Some(k) = key("unknown key `")
-        && in_match.iter().any(|(m, pos)| *m == k && *pos == d.pos())
+        && in_match
+            .iter()
+            .any(|(m, pos, _)| *m == k && *pos == d.pos())
     {
         d.message = format!(
             "`{k}` is a key of the rule, but it comes after [rule.match], so TOML reads it as a \
              key of the match table: move it above [rule.match]"
         );
     } else if let Some(k) = key("missing key `")
-        && let Some((_, pos)) = in_match.iter().find(|(m, _)| *m == k)
+        && let Some((_, pos, in_attributes)) = in_match.iter().find(|(m, _, _)| *m == k)
     {
+        let (header, read_as) = if *in_attributes {
+            ("[rule.match.attributes]", "an attribute condition")
+        } else {
+            ("[rule.match]", "a key of the match table")
+        };
         d.message = format!(
-            "missing key `{k}` (the `{k}` at {}:{} comes after [rule.match], so TOML reads it as \
-             a key of the match table: move it above [rule.match])",
+            "missing key `{k}` (the `{k}` at {}:{} comes after {header}, so TOML reads it as \
+             {read_as}: move it above [rule.match])",
             pos.line, pos.column
         );
     }

@@ -331,6 +331,56 @@ fn a_rule_key_written_after_the_match_table_says_to_move_it() {
 }
 
 #[test]
+fn a_key_written_after_the_attributes_table_is_not_taken_for_an_attribute() {
+    let e = errors(
+        "[[rule]]\nname = \"x\"\n[rule.match]\nservice = \"a\"\n[rule.match.attributes]\n\
+         \"http.route\" = \"/health\"\naction = \"drop\"\n",
+    );
+    assert_eq!(
+        e,
+        [
+            "r.toml:1:1: missing key `action` (the `action` at 7:1 comes after \
+             [rule.match.attributes], so TOML reads it as an attribute condition: move it above \
+             [rule.match])",
+            "r.toml:7:1: `action` is a key of the rule, but it comes after \
+             [rule.match.attributes], so TOML reads it as an attribute condition: move it above \
+             [rule.match] (for an attribute named action, quote it: \"action\" = ...)",
+        ]
+    );
+    // Optional keys, which would otherwise load as conditions on attributes nobody sends.
+    let e = errors(
+        "[[rule]]\nname = \"x\"\naction = \"count\"\n[rule.match.attributes]\n\
+         \"http.route\" = \"/health\"\nkeep_one_in = 10\n  severity = \">=ERROR\"\n",
+    );
+    assert_eq!(
+        e,
+        [
+            "r.toml:6:1: `keep_one_in` is a key of the rule, but it comes after \
+             [rule.match.attributes], so TOML reads it as an attribute condition: move it above \
+             [rule.match] (for an attribute named keep_one_in, quote it: \"keep_one_in\" = ...)",
+            "r.toml:7:3: `severity` is a key of [rule.match], but it comes after \
+             [rule.match.attributes], so TOML reads it as an attribute condition: move it above \
+             [rule.match.attributes] (for an attribute named severity, quote it: \"severity\" = \
+             ...)",
+        ]
+    );
+    // Written so that it can only mean an attribute: quoted, dotted, inline, or a key the rule
+    // already has.
+    for ok in [
+        "[rule.match.attributes]\n\"severity\" = \"x\"\n'recorder' = \"y\"\n",
+        "[rule.match]\nattributes.severity = \"x\"\n",
+        "[rule.match]\nattributes = { severity = \"x\", recorder = \"y\" }\n",
+        "[rule.match]\nseverity = \"INFO\"\n[rule.match.attributes]\nseverity = \"x\"\nname = \"n\"\n\
+         user_id = \"u\"\n",
+    ] {
+        let text = format!("[[rule]]\nname = \"x\"\naction = \"count\"\n{ok}");
+        if let Err(e) = super::build(&text) {
+            panic!("{text}: {e:?}");
+        }
+    }
+}
+
+#[test]
 fn an_unknown_key_and_a_bad_value_are_both_reported() {
     let e = errors("[[rule]]\nname = \"\"\naction = \"drop\"\nnme = \"x\"\n");
     assert_eq!(
