@@ -421,16 +421,29 @@ fn at_most_listed(
     diags.sort_by_key(|d| (d.line, d.column));
     let left = diags.len() - MAX_READ_PROBLEMS;
     diags.truncate(MAX_READ_PROBLEMS);
-    let left = if more {
-        format!("at least {left}")
+    // Past the search's end, the problems found first are not always the first by position
+    // (the reader meets keys in its own order).
+    let (left, listed) = if more {
+        (
+            format!("at least {left}"),
+            format!("{MAX_READ_PROBLEMS} are"),
+        )
     } else {
-        left.to_string()
+        (
+            left.to_string(),
+            format!("the first {MAX_READ_PROBLEMS} are"),
+        )
     };
-    diags.push(src.diag(
-        table.span(),
+    // Said at the last problem listed, so that it follows them when sorted by position.
+    let table_at = src.pos(table.span().start);
+    let last = diags.last().map_or(table_at, Diagnostic::pos);
+    diags.push(Diagnostic::new(
+        src.path,
+        last,
         format!(
-            "this table has {left} more problems, not listed (the first {MAX_READ_PROBLEMS} are), \
-             and its other keys are not checked"
+            "the table at {}:{} has {left} more problems, not listed ({listed}), and its other \
+             keys are not checked",
+            table_at.line, table_at.column
         ),
     ));
     diags
