@@ -122,9 +122,14 @@ pub fn check_opamp_endpoint(url: &str) -> Result<(), String> {
 /// anything is loaded, so that a typo is not found at the first post.
 fn check_http_url(url: &str, example: &str) -> Result<hyper::Uri, String> {
     const NO_EXPANSION: &str = "the config file does not expand environment variables";
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
+    // A scheme is case-insensitive (RFC 3986), and so is the HTTP client's reading of it.
+    let after = |scheme: &str| {
+        url.get(..scheme.len())
+            .filter(|s| s.eq_ignore_ascii_case(scheme))
+            .map(|_| &url[scheme.len()..])
+    };
+    let rest = after("http://")
+        .or_else(|| after("https://"))
         .ok_or_else(|| format!("`{url}` is not an http:// or https:// URL, e.g. \"{example}\""))?;
     if url.chars().any(char::is_whitespace) {
         return Err(format!("`{url}` contains whitespace"));

@@ -582,6 +582,16 @@ fn otlp_endpoints() {
     assert!(check_otlp_endpoint("http://[::1]:4318/v1/metrics").is_ok());
     assert!(check_otlp_endpoint("http://[::1]/v1/metrics").is_ok());
     assert!(check_otlp_endpoint("https://collector:443/v1/metrics").is_ok());
+    // The scheme in any case, as RFC 3986 has it; the posts read it so too.
+    for (url, tls) in [
+        ("HTTP://collector:4318/v1/metrics", false),
+        ("Https://collector/v1/metrics", true),
+    ] {
+        assert!(check_otlp_endpoint(url).is_ok(), "{url}");
+        let t = crate::export::http::target(&url.parse().unwrap(), "test").unwrap();
+        assert_eq!((t.tls, t.host.as_str()), (tls, "collector"), "{url}");
+    }
+    assert!(check_otlp_endpoint("HTTPX://collector/v1/metrics").is_err());
     // Found when the settings are read, not at the first post.
     for (url, want) in [
         (
