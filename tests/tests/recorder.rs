@@ -865,10 +865,30 @@ fn rule_sets_keep_or_free_recorders_by_name() {
     wait_until("the ring to be freed", Duration::from_secs(5), || {
         rings() < before
     });
-    // Back again: a new, empty ring.
+    // Back again: a new, empty ring; its counters go on from where they were (what the ring
+    // held counts as overwritten), so that no exported counter of its name goes backwards.
     dir.write("recorder.toml", &rules("1h"));
     agent.reload(dir.path()).unwrap();
-    assert_eq!(stats_of(&agent).recorders[0].records, 0);
+    let back = stats_of(&agent).recorders[0].clone();
+    assert_eq!(
+        (back.records, back.recorded, back.overwritten, back.flushes),
+        (0, 6, 6, 0),
+        "{back:?}"
+    );
+    send_raw(
+        receiver.port(),
+        &LogsRequestBuilder::new()
+            .resource("checkout")
+            .scope("app")
+            .records((0..2).map(|i| Rec::new(5, &format!("debug {i}"))))
+            .build(),
+    );
+    let on = stats_of(&agent).recorders[0].clone();
+    assert_eq!(
+        (on.records, on.recorded, on.overwritten),
+        (2, 8, 6),
+        "{on:?}"
+    );
 }
 
 /// The Node.js SDK sends every export chunked: what its requests lose to a recorder's rule is

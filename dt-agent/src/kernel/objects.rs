@@ -70,7 +70,22 @@ pub struct Objects {
     rec_counters: PerCpuArray<MapData, RecCounters>,
     rec_conf: Array<MapData, RecConf>,
     names: HashMap<MapData, NameKey, u32>,
+    /// The counts of recorders a rule set removed, by name, oldest removal first: one added
+    /// again goes on from them, so that no exported counter of its name goes backwards.
+    departed: Vec<(String, Departed)>,
 }
+
+/// A removed recorder's counts (what its ring held counts as overwritten).
+#[derive(Clone, Copy, Debug)]
+struct Departed {
+    counters: RecCounters,
+    flushes: u64,
+    flushed_records: u64,
+    flush_failures: u64,
+}
+
+/// Removed recorders whose counts are kept for their return (then the oldest go).
+const MAX_DEPARTED: usize = 256;
 
 type Kind = fn(MapData) -> Map;
 
@@ -114,6 +129,7 @@ impl Objects {
             rec_counters: PerCpuArray::try_from(open("REC_COUNTERS", Map::PerCpuArray)?)?,
             rec_conf: Array::try_from(open("REC_CONF", Map::Array)?)?,
             names: HashMap::try_from(open("OBJECTS", Map::HashMap)?)?,
+            departed: Vec::new(),
         })
     }
 
@@ -186,13 +202,28 @@ impl Objects {
                         flush_failures: conf.flush_failures,
                         ..RecConf::default()
                     },
+                    // New here: at 0, or where it was when a rule set removed it.
                     None => {
-                        let zero =
+                        let back = self
+                            .departed
+                            .iter()
+                            .position(|(name, _)| *name == r.name)
+                            .map(|i| self.departed.remove(i).1);
+                        let mut counters =
                             vec![RecCounters::default(); aya::util::nr_cpus().map_err(|(_, e)| e)?];
-                        self.rec_counters
-                            .set(slot, aya::maps::PerCpuValues::try_from(zero)?, 0)?;
+                        if let Some(d) = back {
+                            counters[0] = d.counters;
+                        }
+                        self.rec_counters.set(
+                            slot,
+                            aya::maps::PerCpuValues::try_from(counters)?,
+                            0,
+                        )?;
                         RecConf {
                             size: r.size,
+                            flushes: back.map_or(0, |d| d.flushes),
+                            flushed_records: back.map_or(0, |d| d.flushed_records),
+                            flush_failures: back.map_or(0, |d| d.flush_failures),
                             ..RecConf::default()
                         }
                     }
@@ -238,6 +269,20 @@ impl Objects {
             if compiled.recorders.iter().any(|r| r.slot == slot) {
                 continue;
             }
+            let conf = self.conf(slot);
+            self.departed.retain(|(n, _)| n != name);
+            if self.departed.len() >= MAX_DEPARTED {
+                self.departed.remove(0);
+            }
+            self.departed.push((
+                name.clone(),
+                Departed {
+                    counters: self.counters(slot),
+                    flushes: conf.flushes,
+                    flushed_records: conf.flushed_records,
+                    flush_failures: conf.flush_failures,
+                },
+            ));
             self.rec_conf.set(slot as u32, RecConf::default(), 0)?;
             let _ = self.rings.set(slot as u32, &empty_ring()?, 0);
         }
