@@ -99,11 +99,11 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         {
             log::error!("setting the rip cord asked for while starting: {e:#}");
         }
-        // Counters adopted from pins began when the pins were made, not now: the OTLP push's
-        // start time says so (else a cumulative-to-delta conversion counts them again).
+        // Pinned counters began when the pins were made: the OTLP push's start time says so,
+        // the same for the agent that made them and every agent that adopts them (else a
+        // consumer reads the changed start time as a reset and counts them again).
         let counters_since = agent
             .pins()
-            .filter(|_| agent.adopted())
             .and_then(pins_made_at)
             .unwrap_or(start_unix_nanos);
         let service = Service::new(
