@@ -12,7 +12,8 @@ binds 127.0.0.1 on a free port, prints `port N`, and answers POST on any path (o
 the PEM certificate chain CERT and key KEY when --tls is given, and requiring a client
 certificate signed by the CA of CLIENT_CA when that is given too). The test drives
 it with one JSON command per line on stdin and reads one JSON answer line per command on stdout:
-set_config {files}, clear_config, report_full_state, fail {count, retry_after?}, messages,
+set_config {files}, clear_config, report_full_state, fail {count, retry_after?, status?},
+unavailable {count, retry_ns?}, require_header {name, value?}, capabilities {value}, messages,
 state, quit (see tests/src/opamp.rs). EOF on stdin exits.
 """
 
@@ -46,6 +47,11 @@ class State:
     full_state_once = False
     fail_count = 0
     fail_retry_after = None
+    fail_status = 503
+    unavailable_count = 0  # answers of ServerErrorResponse UNAVAILABLE (the message not processed)
+    unavailable_retry_ns = None
+    required_header = None  # (name, value): requests without it are answered 401
+    capabilities = SERVER_CAPABILITIES
 
 
 def any_value(v):
@@ -116,7 +122,7 @@ def process(m):
         flags |= REPORT_FULL_STATE
         State.full_state_once = False
     out = pb.ServerToAgent(
-        instance_uid=m.instance_uid, flags=flags, capabilities=SERVER_CAPABILITIES
+        instance_uid=m.instance_uid, flags=flags, capabilities=State.capabilities
     )
     rc = State.remote_config
     # Offered only to agents that accept remote config, until they report its hash.
@@ -176,10 +182,13 @@ class Handler(BaseHTTPRequestHandler):
             if fail:
                 State.fail_count -= 1
                 State.rejected.append(t)
-                retry_after = State.fail_retry_after
+                retry_after, status = State.fail_retry_after, State.fail_status
+            required = State.required_header
         if fail:
             headers = [] if retry_after is None else [("Retry-After", str(retry_after))]
-            return self.reply(503, b"", headers)
+            return self.reply(status, b"", headers)
+        if required is not None and self.headers.get(required[0]) != required[1]:
+            return self.refuse(t, 401, "%s: %r" % (required[0], self.headers.get(required[0])))
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if ctype != "application/x-protobuf":
             return self.refuse(t, 415, "content-type %r" % self.headers.get("Content-Type"))
@@ -205,6 +214,21 @@ class Handler(BaseHTTPRequestHandler):
             err = pb.ServerErrorResponse(type=1, error_message=str(e))
             body = pb.ServerToAgent(error_response=err).SerializeToString()
             return self.refuse(t, 400, str(e), body, [("Content-Type", "application/x-protobuf")])
+        with State.lock:
+            unavailable = State.unavailable_count > 0
+            if unavailable:
+                State.unavailable_count -= 1
+                State.rejected.append(t)
+                retry_ns = State.unavailable_retry_ns
+        if unavailable:
+            # Throttling: "the Server can reply with ServerErrorResponse of UNAVAILABLE type".
+            err = pb.ServerErrorResponse(type=2, error_message="overloaded")
+            if retry_ns is not None:
+                err.retry_info.retry_after_nanoseconds = retry_ns
+            body = pb.ServerToAgent(instance_uid=m.instance_uid, error_response=err)
+            return self.reply(
+                200, body.SerializeToString(), [("Content-Type", "application/x-protobuf")]
+            )
         entry = {
             "t": t, "instance_uid": m.instance_uid.hex(), "sequence_num": m.sequence_num,
             "capabilities": m.capabilities, "flags": m.flags, **summarise(m),
@@ -253,6 +277,14 @@ def command(c):
         State.full_state_once = True
     elif name == "fail":
         State.fail_count, State.fail_retry_after = int(c["count"]), c.get("retry_after")
+        State.fail_status = int(c.get("status", 503))
+    elif name == "unavailable":
+        State.unavailable_count, State.unavailable_retry_ns = int(c["count"]), c.get("retry_ns")
+    elif name == "require_header":
+        v = c.get("value")
+        State.required_header = None if v is None else (c["name"], v)
+    elif name == "capabilities":
+        State.capabilities = int(c["value"])
     elif name == "messages":
         return {
             "messages": State.messages,

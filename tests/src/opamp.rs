@@ -394,6 +394,36 @@ impl OpampServer {
         self.command(cmd);
     }
 
+    /// The next `count` POSTs get `status` with an empty body (and `Retry-After: S` when given).
+    pub fn fail_with(&self, count: u32, retry_after: Option<u32>, status: u16) {
+        let mut cmd = json!({"cmd": "fail", "count": count, "status": status});
+        if let Some(s) = retry_after {
+            cmd["retry_after"] = json!(s);
+        }
+        self.command(cmd);
+    }
+
+    /// The next `count` messages are answered with a `ServerErrorResponse` of type UNAVAILABLE
+    /// (with `retry_info` when `retry_ns` is given), not processed; their times go to
+    /// [`OpampServer::rejected`].
+    pub fn unavailable(&self, count: u32, retry_ns: Option<u64>) {
+        let mut cmd = json!({"cmd": "unavailable", "count": count});
+        if let Some(ns) = retry_ns {
+            cmd["retry_ns"] = json!(ns);
+        }
+        self.command(cmd);
+    }
+
+    /// Requests without header `name: value` are answered 401 (`None`: none required).
+    pub fn require_header(&self, name: &str, value: Option<&str>) {
+        self.command(json!({"cmd": "require_header", "name": name, "value": value}));
+    }
+
+    /// The ServerCapabilities bits the answers carry from now on.
+    pub fn capabilities(&self, value: u64) {
+        self.command(json!({"cmd": "capabilities", "value": value}));
+    }
+
     /// Every message, rejected attempt and refused request so far.
     pub fn received(&self) -> Received {
         let v = self.command(json!({"cmd": "messages"}));

@@ -667,3 +667,120 @@ fn remote_rules_over_opamp_with_a_client_certificate() {
     wait_status(&server, &h, "APPLIED", "the config over mutual TLS");
     assert_remote_drop_filters(&agent, &receiver);
 }
+
+/// What real servers do that the spec allows and `remote_rules_over_opamp` does not meet: a
+/// server that wants a token header; one that does not take effective configs; a config of one
+/// entry without a name (opamp-go's example server sends that); a config with no rule file
+/// (refused, not taken as "no rules"); throttling with a ServerErrorResponse UNAVAILABLE and its
+/// `retry_info`; a message refused as too large (413), which the spec says must not be sent
+/// again.
+#[test]
+fn opamp_servers_that_want_a_token_throttle_and_name_no_file() {
+    let test = "opamp_servers_that_want_a_token_throttle_and_name_no_file";
+    if !kernel_or_skip(test) || python_or_skip(test).is_none() {
+        return;
+    }
+    let Setup {
+        server,
+        rules: _rules,
+        receiver: _receiver,
+        state,
+        mut agent,
+        ..
+    } = setup("opamp-edges");
+    server.require_header("Authorization", Some("Bearer t0k3n"));
+    // AcceptsStatus | OffersRemoteConfig: no effective config.
+    server.capabilities(0x1 | 0x2);
+
+    // Without the header: every request refused (401), and the agent backs off and says so.
+    agent.write_config(&config(state.path(), &server.endpoint()));
+    agent.start();
+    wait_log(&agent, "401 Unauthorized");
+    assert!(server.messages().is_empty());
+    agent.signal(libc::SIGTERM);
+    agent.wait_exit(Duration::from_secs(20));
+
+    // With it, from `[opamp] headers`.
+    agent.write_config(&format!(
+        "{}headers = {{ Authorization = \"Bearer t0k3n\" }}\n",
+        config(state.path(), &server.endpoint())
+    ));
+    agent.start();
+    let msgs = server.wait_for("a message with the token", WAIT_OPAMP, |m| m.len() >= 2);
+    // The first message is whole (the agent does not know the server yet); once the server
+    // said what it takes, no effective config goes, even in a full report.
+    assert!(msgs[0].effective_config.is_some(), "{:?}", msgs[0]);
+    let n = server.messages().len();
+    server.report_full_state();
+    let msgs = server.wait_for("a full report", WAIT_OPAMP, |m| {
+        m[n..].iter().any(|m| m.description.is_some())
+    });
+    let full = msgs[n..].iter().find(|m| m.description.is_some()).unwrap();
+    assert!(
+        full.health.is_some()
+            && full.remote_config_status.is_some()
+            && full.effective_config.is_none(),
+        "{full:?}"
+    );
+
+    // One entry without a name: a rule file, `opamp/remote.toml`.
+    let remote = RuleSpec::count("remote-unnamed");
+    let h1 = server.set_config(&[("", &remote.to_toml())]);
+    wait_status(&server, &h1, "APPLIED", "the unnamed entry");
+    let (rules_now, _) = active(&agent);
+    assert!(
+        rules_now.contains(&(
+            "remote-unnamed".to_string(),
+            "opamp/remote.toml".to_string()
+        )),
+        "{rules_now:?}"
+    );
+
+    // Entries, none a rule file: FAILED, and the remote rule stays.
+    let h2 = server.set_config(&[("collector.yaml", "receivers: {}\n")]);
+    let failed = wait_status(&server, &h2, "FAILED", "the config without a rule file");
+    let err = &failed.remote_config_status.as_ref().unwrap().error_message;
+    assert!(
+        err.contains("opamp/collector.yaml:1:1: the remote config has no rule file"),
+        "{err}"
+    );
+    assert_eq!(names(&agent), vec!["local-count", "remote-unnamed"]);
+
+    // UNAVAILABLE with retry_info: the agent waits as told between tries.
+    let before = server.rejected().len();
+    server.unavailable(2, Some(1_500_000_000));
+    let t0 = Instant::now();
+    while server.rejected().len() < before + 2 {
+        assert!(t0.elapsed() < WAIT_OPAMP, "two UNAVAILABLE answers");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let n = server.messages().len();
+    server.wait_for("messages after UNAVAILABLE", WAIT_OPAMP, |m| m.len() > n);
+    let rejected = server.rejected();
+    let after = server.messages()[n].t;
+    assert!(
+        rejected[before + 1] - rejected[before] >= 1.4 && after - rejected[before + 1] >= 1.4,
+        "retry_info's 1.5 s between tries: {:?}, then {after}",
+        &rejected[before..]
+    );
+    assert!(
+        agent
+            .log()
+            .contains("the server is unavailable: overloaded")
+    );
+
+    // 413: that message is not sent again; the agent goes on polling.
+    let n = server.messages().len();
+    server.fail_with(1, None, 413);
+    wait_log(&agent, "413 Payload Too Large");
+    server.wait_for("a poll after the 413", WAIT_OPAMP, |m| m.len() > n);
+    assert!(agent.log().contains("is not sent again"), "{}", agent.log());
+    // No 401 since the header was set.
+    let refused: Vec<_> = server
+        .received()
+        .bad_requests
+        .into_iter()
+        .filter(|b| b["t"].as_f64().unwrap_or(0.0) > msgs[0].t)
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
+}

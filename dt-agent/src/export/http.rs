@@ -234,7 +234,7 @@ pub(crate) async fn post(
     endpoint: &Uri,
     body: Vec<u8>,
     what: &str,
-    headers: &[(&'static str, String)],
+    headers: &[(String, String)],
     max_response: usize,
     tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> anyhow::Result<Reply> {
@@ -276,7 +276,7 @@ struct Post<'a> {
     endpoint: &'a Uri,
     what: &'a str,
     body: Vec<u8>,
-    headers: &'a [(&'static str, String)],
+    headers: &'a [(String, String)],
     max_response: usize,
 }
 
@@ -317,7 +317,7 @@ where
             HeaderValue::from_static(concat!("dt-agent/", env!("CARGO_PKG_VERSION"))),
         );
     for (name, value) in headers {
-        req = req.header(*name, value.as_str());
+        req = req.header(name.as_str(), value.as_str());
     }
     let req = req
         .body(Full::new(Bytes::from(body)))
@@ -336,8 +336,7 @@ where
         .headers()
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(std::time::Duration::from_secs);
+        .and_then(|v| retry_after(v, std::time::SystemTime::now()));
     let body = Limited::new(resp.into_body(), max_response)
         .collect()
         .await
@@ -389,5 +388,41 @@ mod tests {
             e.contains(&format!("client certificate {}", empty.display())),
             "{e}"
         );
+    }
+}
+
+/// A `Retry-After` value (RFC 9110 10.2.3): seconds, or an HTTP date (then the time from `now`
+/// until it, 0 when past).
+fn retry_after(value: &str, now: std::time::SystemTime) -> Option<std::time::Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(std::time::Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod retry_after_tests {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    #[test]
+    fn seconds_or_a_date() {
+        let now = UNIX_EPOCH + Duration::from_secs(784_111_777);
+        assert_eq!(
+            super::retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        // Sun, 06 Nov 1994 08:49:37 GMT is 784111777 s after the epoch.
+        assert_eq!(
+            super::retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            super::retry_after("Sun, 06 Nov 1994 08:49:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(super::retry_after("soon", SystemTime::now()), None);
+        assert_eq!(super::retry_after("-1", SystemTime::now()), None);
     }
 }

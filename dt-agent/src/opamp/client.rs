@@ -9,9 +9,18 @@
 //! - A remote config whose hash differs from the last one processed is applied at once (on a
 //!   blocking thread, through [`Service::apply_remote`]), kept in the state directory when
 //!   applied, and reported right away (APPLIED, or FAILED with every `file:line:column`).
-//! - Errors (no connection, a timeout, a non-2xx answer, `ServerErrorResponse`) back off
-//!   exponentially from 1 s, with jitter, up to the larger of 5 minutes and the poll interval;
-//!   a `Retry-After` (503, 429) or `retry_info` is honoured, up to an hour.
+//! - Errors (no connection, a timeout, a non-2xx answer, `ServerErrorResponse` UNAVAILABLE)
+//!   back off exponentially from 1 s, with jitter, up to the larger of 5 minutes and the poll
+//!   interval; a `Retry-After` (503, 429; seconds or a date) or `retry_info` is honoured, up to
+//!   an hour, and a server that says it is overloaded without one is first left 30 s, the
+//!   spec's recommended minimum. Such a message is not counted as delivered: its parts go
+//!   again.
+//! - A message the server refuses as such (HTTP 400 or 413) is not sent again, as the spec
+//!   asks (413: MUST NOT retry the same request): its parts count as reported, and after a 400
+//!   the next poll carries the whole status.
+//! - Once the server has said what it can do, the effective config goes only to a server that
+//!   accepts it.
+//! - Headers of `[opamp] headers` (say `Authorization`) go with every message.
 
 use std::{
     sync::Arc,
@@ -24,8 +33,8 @@ use prost::Message as _;
 use super::proto::{
     AgentCapabilities, AgentConfigFile, AgentConfigMap, AgentDescription, AgentDisconnect,
     AgentRemoteConfig, AgentToServer, AnyValue, ComponentHealth, EffectiveConfig, KeyValue,
-    RemoteConfigStatus, RemoteConfigStatuses, ServerErrorResponseType, ServerToAgent,
-    ServerToAgentFlags, any_value, server_error_response,
+    RemoteConfigStatus, RemoteConfigStatuses, ServerCapabilities, ServerErrorResponseType,
+    ServerToAgent, ServerToAgentFlags, any_value, server_error_response,
 };
 use super::{StateDir, format_uuid, remote_files, short_hash};
 use crate::{
@@ -51,6 +60,9 @@ pub const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_ANSWER: usize = 16 << 20;
 /// The first wait after an error; doubled after each one in a row.
 const BACKOFF_START: Duration = Duration::from_secs(1);
+/// The first wait after a server said it is overloaded without saying for how long: the
+/// spec's "minimum recommended retry interval" (Throttling).
+const THROTTLED_START: Duration = Duration::from_secs(30);
 /// The longest wait after errors, unless the poll interval is longer.
 const BACKOFF_CAP: Duration = Duration::from_secs(300);
 /// The longest a server's `Retry-After` or `retry_info` is honoured.
@@ -68,6 +80,25 @@ struct Reported {
     remote_status: Option<RemoteConfigStatus>,
 }
 
+/// Why an exchange failed, and what the server said of when to come back.
+struct Failure {
+    error: String,
+    /// `Retry-After` or `retry_info`.
+    retry_after: Option<Duration>,
+    /// The server is overloaded (503, 429, UNAVAILABLE).
+    throttled: bool,
+}
+
+impl Failure {
+    fn new(error: String) -> Failure {
+        Failure {
+            error,
+            retry_after: None,
+            throttled: false,
+        }
+    }
+}
+
 /// What to do after an exchange.
 enum Next {
     /// Send again now: something changed, or the server asked for the full state.
@@ -78,6 +109,8 @@ enum Next {
 
 pub struct Client {
     endpoint: Uri,
+    /// `[opamp] headers`.
+    headers: Vec<(String, String)>,
     /// The TLS setup of its own (`ca_file`, client certificate), if any.
     tls: Option<Arc<rustls::ClientConfig>>,
     poll: Duration,
@@ -98,6 +131,8 @@ pub struct Client {
     health: Option<(Health, u64)>,
     /// Errors in a row.
     failures: u32,
+    /// The server's capabilities, once it said them (0: not yet).
+    server_capabilities: u64,
     rng: u64,
 }
 
@@ -133,6 +168,7 @@ impl Client {
         let now = unix_nanos();
         Ok(Client {
             endpoint,
+            headers: settings.headers.clone(),
             tls,
             poll: settings.poll_interval,
             state,
@@ -146,6 +182,7 @@ impl Client {
             start_unix_nano: now,
             health: None,
             failures: 0,
+            server_capabilities: 0,
             rng: now ^ u64::from_le_bytes(uid[8..].try_into().unwrap_or_default()) | 1,
         })
     }
@@ -165,13 +202,22 @@ impl Client {
         );
         let mut immediate = 0;
         loop {
-            let wait = match self.exchange().await {
+            // A stop during a slow exchange does not wait for it: the disconnect goes now.
+            let exchanged = tokio::select! {
+                r = self.exchange() => Some(r),
+                () = stop.notified() => None,
+            };
+            let Some(exchanged) = exchanged else {
+                self.disconnect().await;
+                return;
+            };
+            let wait = match exchanged {
                 Ok(Next::Now) if immediate < MAX_IMMEDIATE => {
                     immediate += 1;
                     continue;
                 }
                 Ok(Next::Now | Next::Poll) => self.poll,
-                Err((e, retry_after)) => self.failed(&e, retry_after),
+                Err(f) => self.failed(&f),
             };
             immediate = 0;
             tokio::select! {
@@ -200,37 +246,91 @@ impl Client {
     }
 
     /// One message and its answer.
-    async fn exchange(&mut self) -> Result<Next, (String, Option<Duration>)> {
+    async fn exchange(&mut self) -> Result<Next, Failure> {
         let message = self.message().await;
         let reply = match tokio::time::timeout(EXCHANGE_TIMEOUT, self.post(&message)).await {
-            Err(_) => return Err((format!("no answer within {EXCHANGE_TIMEOUT:?}"), None)),
-            Ok(Err(e)) => return Err((format!("{e:#}"), None)),
+            Err(_) => {
+                return Err(Failure::new(format!(
+                    "no answer within {EXCHANGE_TIMEOUT:?}"
+                )));
+            }
+            Ok(Err(e)) => return Err(Failure::new(format!("{e:#}"))),
             Ok(Ok(r)) => r,
         };
-        if !reply.status.is_success() {
+        let status = reply.status;
+        if !status.is_success() {
             let text = String::from_utf8_lossy(&reply.body[..reply.body.len().min(200)]);
-            return Err((
-                format!("the server answered {}: {text:?}", reply.status),
-                reply.retry_after,
-            ));
+            let error = format!("the server answered {status}: {text:?}");
+            if status == hyper::StatusCode::BAD_REQUEST
+                || status == hyper::StatusCode::PAYLOAD_TOO_LARGE
+            {
+                return Ok(self.refused(message, &error, status == hyper::StatusCode::BAD_REQUEST));
+            }
+            return Err(Failure {
+                error,
+                retry_after: reply.retry_after,
+                throttled: status == hyper::StatusCode::SERVICE_UNAVAILABLE
+                    || status == hyper::StatusCode::TOO_MANY_REQUESTS,
+            });
         }
         let answer = ServerToAgent::decode(reply.body).map_err(|e| {
-            (
-                format!("the server's answer is not a ServerToAgent: {e}"),
-                None,
-            )
+            Failure::new(format!("the server's answer is not a ServerToAgent: {e}"))
         })?;
-        if self.failures > 0 {
-            log::info!("OpAMP: {} answers again", self.endpoint);
+        // Unavailable: the message was not processed; its parts go again.
+        if let Some(e) = &answer.error_response
+            && e.r#type == ServerErrorResponseType::Unavailable as i32
+        {
+            let retry_after =
+                e.details
+                    .as_ref()
+                    .map(|server_error_response::Details::RetryInfo(r)| {
+                        Duration::from_nanos(r.retry_after_nanoseconds)
+                    });
+            return Err(Failure {
+                error: format!("the server is unavailable: {}", e.error_message),
+                retry_after,
+                throttled: true,
+            });
         }
-        self.failures = 0;
+        self.answers_again();
         self.delivered(message);
         self.answer(answer).await
     }
 
-    /// Posts `message` to the server, with the instance id header.
+    /// After errors, the server answers.
+    fn answers_again(&mut self) {
+        if self.failures > 0 {
+            log::info!("OpAMP: {} answers again", self.endpoint);
+        }
+        self.failures = 0;
+    }
+
+    /// The server refused `message` itself (`error`): it is not sent again, as the spec asks
+    /// (400, with `bad_request`: the next poll carries the whole status, since the server may
+    /// have lost track of this agent; 413: only what changes from now on).
+    fn refused(&mut self, message: AgentToServer, error: &str, bad_request: bool) -> Next {
+        self.answers_again();
+        let size = message.encoded_len();
+        self.delivered(message);
+        log::warn!(
+            "OpAMP: {}: {error}; the message ({size} bytes) is not sent again{}",
+            self.endpoint,
+            if bad_request {
+                ", and the next one carries the whole status"
+            } else {
+                ""
+            }
+        );
+        if bad_request {
+            self.full = true;
+        }
+        Next::Poll
+    }
+
+    /// Posts `message` to the server, with the instance id header and `[opamp] headers`.
     async fn post(&self, message: &AgentToServer) -> anyhow::Result<http::Reply> {
-        let headers = [("opamp-instance-uid", format_uuid(&self.uid))];
+        let mut headers = vec![("opamp-instance-uid".to_string(), format_uuid(&self.uid))];
+        headers.extend(self.headers.iter().cloned());
         http::post(
             &self.endpoint,
             message.encode_to_vec(),
@@ -250,6 +350,10 @@ impl Client {
         let health = self.current_health().await;
         let effective = self.effective_config().await;
         let remote_status = self.remote_status.clone();
+        // Not to a server that said it does not take it (the spec: an agent stops using what
+        // the server does not support).
+        let accepts_effective = self.server_capabilities == 0
+            || self.server_capabilities & ServerCapabilities::AcceptsEffectiveConfig as u64 != 0;
         let r = &self.reported;
         let message = AgentToServer {
             instance_uid: self.uid.to_vec(),
@@ -257,7 +361,8 @@ impl Client {
             capabilities: CAPABILITIES,
             agent_description: changed(full, &r.description, &description).then_some(description),
             health: changed(full, &r.health, &health).then_some(health),
-            effective_config: changed(full, &r.effective, &effective).then_some(effective),
+            effective_config: (accepts_effective && changed(full, &r.effective, &effective))
+                .then_some(effective),
             remote_config_status: changed(full, &r.remote_status, &remote_status)
                 .then_some(remote_status),
             ..Default::default()
@@ -310,20 +415,11 @@ impl Client {
     }
 
     /// Acts on the server's answer.
-    async fn answer(&mut self, answer: ServerToAgent) -> Result<Next, (String, Option<Duration>)> {
+    async fn answer(&mut self, answer: ServerToAgent) -> Result<Next, Failure> {
+        if answer.capabilities != 0 {
+            self.server_capabilities = answer.capabilities;
+        }
         if let Some(e) = &answer.error_response {
-            let retry = e
-                .details
-                .as_ref()
-                .map(|server_error_response::Details::RetryInfo(r)| {
-                    Duration::from_nanos(r.retry_after_nanoseconds)
-                });
-            if e.r#type == ServerErrorResponseType::Unavailable as i32 {
-                return Err((
-                    format!("the server is unavailable: {}", e.error_message),
-                    retry,
-                ));
-            }
             // A bad request: the server may have lost track of this agent; tell it everything.
             log::warn!(
                 "OpAMP: the server refused a message: {}; the next one carries the whole status",
@@ -432,21 +528,15 @@ impl Client {
     }
 
     /// The wait after an error, logged the first time in a row.
-    fn failed(&mut self, error: &str, retry_after: Option<Duration>) -> Duration {
+    fn failed(&mut self, f: &Failure) -> Duration {
+        let error = &f.error;
         self.failures = self.failures.saturating_add(1);
-        let cap = BACKOFF_CAP.max(self.poll);
-        let backoff = BACKOFF_START
-            .saturating_mul(1 << (self.failures - 1).min(16))
-            .min(cap);
         // Jitter: 80% to 120%, so a fleet does not come back in step.
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
-        let jittered = backoff.mul_f64(0.8 + (self.rng % 401) as f64 / 1000.0);
-        let wait = match retry_after {
-            Some(r) => r.min(RETRY_AFTER_CAP).max(jittered),
-            None => jittered,
-        };
+        let jitter = 0.8 + (self.rng % 401) as f64 / 1000.0;
+        let wait = wait_after(self.failures, f, self.poll, jitter);
         if self.failures == 1 {
             log::warn!(
                 "OpAMP: {}: {error}; retrying with backoff (next in {wait:?})",
@@ -499,10 +589,16 @@ impl Client {
             _ => unix_nanos(),
         };
         self.health = Some((health.clone(), since));
+        // The spec: `last_error` SHOULD be set when not healthy.
+        let last_error = match health.last_error {
+            Some(e) if !e.is_empty() => e,
+            _ if !health.healthy => health.status.clone(),
+            _ => String::new(),
+        };
         ComponentHealth {
             healthy: health.healthy,
             start_time_unix_nano: self.start_unix_nano,
-            last_error: health.last_error.unwrap_or_default(),
+            last_error,
             status: health.status,
             status_time_unix_nano: since,
             ..Default::default()
@@ -530,6 +626,26 @@ impl Client {
                     .collect(),
             }),
         }
+    }
+}
+
+/// The wait after `failures` errors in a row (at least 1), the last `f`: exponential from 1 s
+/// (30 s when the server said it is overloaded without saying until when), at most the larger
+/// of [`BACKOFF_CAP`] and the poll interval, times `jitter`; the server's `Retry-After` or
+/// `retry_info` (up to [`RETRY_AFTER_CAP`]) when longer.
+fn wait_after(failures: u32, f: &Failure, poll: Duration, jitter: f64) -> Duration {
+    let start = if f.throttled && f.retry_after.is_none() {
+        THROTTLED_START
+    } else {
+        BACKOFF_START
+    };
+    let backoff = start
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(BACKOFF_CAP.max(poll));
+    let jittered = backoff.mul_f64(jitter);
+    match f.retry_after {
+        Some(r) => r.min(RETRY_AFTER_CAP).max(jittered),
+        None => jittered,
     }
 }
 
@@ -563,4 +679,48 @@ fn unix_nanos() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_after_errors() {
+        let poll = Duration::from_secs(30);
+        let plain = Failure::new("no connection".into());
+        let secs = |n, f: &Failure| wait_after(n, f, poll, 1.0).as_secs();
+        assert_eq!(
+            [1, 2, 3, 9, 10].map(|n| secs(n, &plain)),
+            [1, 2, 4, 256, 300]
+        );
+        // Overloaded, without saying until when: the spec's 30 s first.
+        let busy = Failure {
+            throttled: true,
+            ..Failure::new("503".into())
+        };
+        assert_eq!([1, 2, 4].map(|n| secs(n, &busy)), [30, 60, 240]);
+        assert_eq!(
+            wait_after(1, &busy, poll, 0.8),
+            Duration::from_secs(24),
+            "jitter"
+        );
+        // Saying until when: that, unless the backoff is longer.
+        let told = Failure {
+            retry_after: Some(Duration::from_secs(5)),
+            throttled: true,
+            ..Failure::new("503".into())
+        };
+        assert_eq!([1, 3, 4].map(|n| secs(n, &told)), [5, 5, 8]);
+        let far = Failure {
+            retry_after: Some(Duration::from_secs(86_400)),
+            ..Failure::new("503".into())
+        };
+        assert_eq!(secs(1, &far), 3600);
+        // A poll interval longer than the cap raises it.
+        assert_eq!(
+            wait_after(20, &plain, Duration::from_secs(900), 1.0),
+            Duration::from_secs(900)
+        );
+    }
 }

@@ -31,23 +31,67 @@ use proto::{AgentRemoteConfig, RemoteConfigStatus, RemoteConfigStatuses};
 use crate::rules::{self, Diagnostic, Pos, RuleErrors, SlotTable};
 use crate::service::remote_sources;
 
-/// The remote part of the rule set from a remote config: its `*.toml` entries labelled
-/// `opamp/NAME.toml`, in name order ([`remote_sources`]). A body that is not UTF-8 is an error.
+/// What an entry with an empty name is called: the spec lets a config of one file leave its
+/// name empty (opamp-go's example server does).
+pub const UNNAMED_ENTRY: &str = "remote.toml";
+
+/// The remote part of the rule set from a remote config: its `*.toml` entries, and an entry
+/// with an empty name (as [`UNNAMED_ENTRY`]), labelled `opamp/NAME.toml`, in name order
+/// ([`remote_sources`]). A body that is not UTF-8 is an error, and so is a config that has
+/// entries but no rule file among them (it was not meant for dt, or misnamed: taken as "no
+/// rules", it would remove the remote rules and be reported applied).
 pub fn remote_files(config: &AgentRemoteConfig) -> Result<Vec<(PathBuf, String)>, RuleErrors> {
     let mut entries = Vec::new();
     let mut errors = Vec::new();
+    let mut others = Vec::new();
+    let label = |name: &str| Path::new(crate::service::REMOTE_LABEL).join(name);
     if let Some(map) = &config.config {
         for (name, file) in &map.config_map {
+            let name = if name.is_empty() {
+                if map.config_map.contains_key(UNNAMED_ENTRY) {
+                    errors.push(Diagnostic::new(
+                        &label(UNNAMED_ENTRY),
+                        Pos::START,
+                        format!(
+                            "the config has an entry without a name, which dt calls \
+                             {UNNAMED_ENTRY}, and one named so: name the first"
+                        ),
+                    ));
+                    continue;
+                }
+                UNNAMED_ENTRY
+            } else {
+                name.as_str()
+            };
+            if !name.ends_with(".toml") {
+                others.push(name.to_string());
+                continue;
+            }
             match String::from_utf8(file.body.clone()) {
-                Ok(text) => entries.push((name.clone(), text)),
-                Err(_) if name.ends_with(".toml") => errors.push(Diagnostic::new(
-                    &Path::new(crate::service::REMOTE_LABEL).join(name),
+                Ok(text) => entries.push((name.to_string(), text)),
+                Err(_) => errors.push(Diagnostic::new(
+                    &label(name),
                     Pos::START,
                     "a rule file must be UTF-8 text",
                 )),
-                Err(_) => {}
             }
         }
+    }
+    others.sort();
+    if entries.is_empty() && errors.is_empty() && !others.is_empty() {
+        errors.push(Diagnostic::new(
+            &label(&others[0]),
+            Pos::START,
+            format!(
+                "the remote config has no rule file: dt takes its entries whose names end in \
+                 .toml (or one without a name), and it has only {}",
+                others
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
     }
     let sources = remote_sources(entries);
     match sources {
@@ -170,4 +214,67 @@ pub fn short_hash(hash: &[u8]) -> String {
     }
     let hex: String = hash.iter().take(6).map(|b| format!("{b:02x}")).collect();
     format!("hash {hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::proto::{AgentConfigFile, AgentConfigMap};
+    use super::*;
+
+    fn config(entries: &[(&str, &str)]) -> AgentRemoteConfig {
+        AgentRemoteConfig {
+            config: Some(AgentConfigMap {
+                config_map: entries
+                    .iter()
+                    .map(|(n, b)| {
+                        (
+                            n.to_string(),
+                            AgentConfigFile {
+                                body: b.as_bytes().to_vec(),
+                                content_type: String::new(),
+                            },
+                        )
+                    })
+                    .collect(),
+            }),
+            config_hash: vec![1],
+        }
+    }
+
+    fn labels(c: &AgentRemoteConfig) -> Vec<String> {
+        remote_files(c)
+            .unwrap()
+            .iter()
+            .map(|(p, _)| p.display().to_string())
+            .collect()
+    }
+
+    fn error(c: &AgentRemoteConfig) -> String {
+        remote_files(c).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn which_entries_are_rule_files() {
+        assert_eq!(
+            labels(&config(&[("b.toml", ""), ("a.toml", ""), ("README", "x")])),
+            ["opamp/a.toml", "opamp/b.toml"]
+        );
+        // One entry without a name, as the spec allows and opamp-go's example server sends.
+        assert_eq!(labels(&config(&[("", "")])), ["opamp/remote.toml"]);
+        // No entries: no remote rules.
+        assert!(labels(&config(&[])).is_empty());
+        assert!(labels(&AgentRemoteConfig::default()).is_empty());
+        // Entries, none of them a rule file: refused, not taken as "no rules".
+        let e = error(&config(&[
+            ("collector.yaml", "receivers: {}"),
+            ("notes", ""),
+        ]));
+        assert!(
+            e.contains("opamp/collector.yaml:1:1: the remote config has no rule file")
+                && e.contains("it has only `collector.yaml`, `notes`"),
+            "{e}"
+        );
+        let e = error(&config(&[("", "a"), ("remote.toml", "b")]));
+        assert!(e.contains("an entry without a name"), "{e}");
+    }
 }

@@ -110,6 +110,54 @@ fn check_post_url(url: &str, signal: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Headers the agent writes itself, which `[opamp] headers` must not set.
+const OWN_HEADERS: [&str; 8] = [
+    "host",
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "transfer-encoding",
+    "connection",
+    "user-agent",
+    "opamp-instance-uid",
+];
+
+/// A problem with an `[opamp] headers` entry, if any: (whether it is the name's, the message).
+/// A name is an HTTP token, not one the agent writes itself; a value is visible ASCII, spaces
+/// and tabs, without line breaks (which would end the header and start another).
+pub fn check_opamp_header(name: &str, value: &str) -> Option<(bool, String)> {
+    let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || !name.chars().all(tchar) {
+        return Some((
+            true,
+            format!(
+                "`{}` is not a header name (letters, digits and !#$%&'*+-.^_`|~ only)",
+                name.escape_debug()
+            ),
+        ));
+    }
+    if OWN_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+        return Some((
+            true,
+            format!("`{name}` is a header the agent sets itself; it cannot be given here"),
+        ));
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|&c| !(c == ' ' || c == '\t' || c.is_ascii_graphic()))
+    {
+        return Some((
+            false,
+            format!(
+                "the value of header `{name}` holds {:?}: a header value is printable ASCII, \
+                 spaces and tabs",
+                c
+            ),
+        ));
+    }
+    None
+}
+
 /// Checks the OpAMP server's URL, such as `"https://opamp.example:4320/v1/opamp"`: as
 /// [`check_http_url`].
 pub fn check_opamp_endpoint(url: &str) -> Result<(), String> {

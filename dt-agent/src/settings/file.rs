@@ -14,9 +14,9 @@ use toml::Spanned;
 use super::{
     DEFAULT_CONFIG, Layer,
     check::{
-        check_capture_endpoint, check_max_request, check_opamp_endpoint, check_otlp_endpoint,
-        max_request_range, parse_cpu_share, parse_duration, parse_max_request, parse_memory,
-        parse_metrics_addr,
+        check_capture_endpoint, check_max_request, check_opamp_endpoint, check_opamp_header,
+        check_otlp_endpoint, max_request_range, parse_cpu_share, parse_duration, parse_max_request,
+        parse_memory, parse_metrics_addr,
     },
 };
 use crate::rules::{Diagnostic, SourceText};
@@ -75,6 +75,7 @@ struct RawOpamp {
     ca_file: Option<Spanned<String>>,
     client_cert: Option<Spanned<String>>,
     client_key: Option<Spanned<String>>,
+    headers: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
 }
 
 /// The config file `run` reads: `explicit` (`--config FILE`), which must exist, or else
@@ -191,6 +192,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Layer, Vec<Diagnostic>> {
             o.client_cert.as_ref().map(Spanned::span),
         );
         mark("opamp.client_key", o.client_key.as_ref().map(Spanned::span));
+        mark(
+            "opamp.headers",
+            o.headers
+                .as_ref()
+                .and_then(|h| h.keys().next())
+                .map(Spanned::span),
+        );
     }
     if let Some(c) = &raw.ceiling {
         mark("ceiling.window", c.window.as_ref().map(Spanned::span));
@@ -276,6 +284,25 @@ pub fn parse(path: &Path, text: &str) -> Result<Layer, Vec<Diagnostic>> {
         |s| check_capture_endpoint(s).map(|()| s.to_string()),
     );
 
+    let opamp_headers = raw
+        .opamp
+        .as_mut()
+        .and_then(|o| o.headers.take())
+        .map(|headers| {
+            headers
+                .into_iter()
+                .filter_map(|(name, value)| {
+                    let problem = check_opamp_header(name.get_ref(), value.get_ref());
+                    match problem {
+                        Some((true, p)) => diags.push(src.diag(name.span(), p)),
+                        Some((false, p)) => diags.push(src.diag(value.span(), p)),
+                        None => return Some((name.into_inner(), value.into_inner())),
+                    }
+                    None
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let (opamp_endpoint, opamp_poll_interval) = match raw.opamp {
         Some(o) => (
             checked(&src, &mut diags, "opamp.endpoint", o.endpoint, |s| {
@@ -353,6 +380,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Layer, Vec<Diagnostic>> {
         opamp_ca_file,
         opamp_client_cert,
         opamp_client_key,
+        opamp_headers,
         ceiling_cpu,
         ceiling_window,
         ceiling_memory,

@@ -90,6 +90,10 @@ pub struct Layer {
     /// (`"ceiling.window"` -> `file:line:column`), for its errors to name.
     #[arg(skip)]
     pub at: BTreeMap<&'static str, String>,
+    /// `[opamp] headers`: sent with every message to the OpAMP server (the file only: a flag
+    /// would show a token in `ps`).
+    #[arg(skip)]
+    pub opamp_headers: Vec<(String, String)>,
     /// After `dt-agent uninstall`, stay up (control socket and metrics endpoint answering) until
     /// SIGTERM instead of exiting: for supervisors that restart an agent that exits, such as a
     /// Kubernetes DaemonSet, which would attach dt again.
@@ -173,6 +177,8 @@ pub struct CeilingSettings {
 pub struct OpampSettings {
     /// `http://` or `https://` URL of the server's OpAMP endpoint.
     pub endpoint: String,
+    /// Headers sent with every message (`[opamp] headers`), such as `Authorization`.
+    pub headers: Vec<(String, String)>,
     pub poll_interval: Duration,
     /// For an `https://` endpoint: what the server is checked against, and the client
     /// certificate, if any.
@@ -335,7 +341,10 @@ pub fn resolve(file: Option<Layer>, flags: Layer) -> Result<Settings, String> {
         Some(endpoint) => {
             let key = name("opamp.endpoint", "--opamp-endpoint", endpoint_flag);
             check_opamp_endpoint(&endpoint).unwrap_or_else(|e| errors.push(format!("{key}: {e}")));
-            if let Some(first) = first_tls.filter(|_| !endpoint.starts_with("https://")) {
+            let https = endpoint
+                .get(..8)
+                .is_some_and(|s| s.eq_ignore_ascii_case("https://"));
+            if let Some(first) = first_tls.filter(|_| !https) {
                 errors.push(format!(
                     "{first}: the OpAMP endpoint {endpoint} ({key}) is not https://, so an \
                      OpAMP CA file or client certificate has no use: make it https:// or \
@@ -344,6 +353,7 @@ pub fn resolve(file: Option<Layer>, flags: Layer) -> Result<Settings, String> {
             }
             Some(OpampSettings {
                 endpoint,
+                headers: file.opamp_headers.clone(),
                 poll_interval: poll_interval.unwrap_or(DEFAULT_OPAMP_POLL),
                 tls,
             })
@@ -355,7 +365,10 @@ pub fn resolve(file: Option<Layer>, flags: Layer) -> Result<Settings, String> {
                     "--opamp-poll-interval",
                     poll_flag,
                 )),
-                None => first_tls,
+                None => first_tls.or_else(|| {
+                    (!file.opamp_headers.is_empty())
+                        .then(|| name("opamp.headers", "opamp.headers", false))
+                }),
             };
             if let Some(first) = first {
                 errors.push(format!(

@@ -58,6 +58,7 @@ state_dir = "/srv/dt/state"
 [opamp]
 endpoint = "http://opamp.example:4320/v1/opamp"
 poll_interval = "5s"
+headers = { Authorization = "Bearer abc", "X-Scope-OrgID" = "tenant 1" }
 
 [ceiling]
 cpu = "0.5%"
@@ -106,7 +107,8 @@ fn every_key() {
                 ("metrics_addr", "8:16"),
                 ("opamp.endpoint", "19:12"),
                 ("opamp.poll_interval", "20:17"),
-                ("ceiling.window", "24:10"),
+                ("opamp.headers", "21:13"),
+                ("ceiling.window", "25:10"),
             ]
             .map(|(key, at)| (key, format!("/etc/dt/agent.toml:{at}")))
             .into(),
@@ -118,6 +120,10 @@ fn every_key() {
             opamp_ca_file: None,
             opamp_client_cert: None,
             opamp_client_key: None,
+            opamp_headers: vec![
+                ("Authorization".into(), "Bearer abc".into()),
+                ("X-Scope-OrgID".into(), "tenant 1".into()),
+            ],
             ceiling_cpu: Some(5000),
             ceiling_window: Some(Duration::from_secs(2)),
             ceiling_memory: Some(64 << 20),
@@ -145,6 +151,10 @@ fn every_key() {
             state_dir: "/srv/dt/state".into(),
             opamp: Some(OpampSettings {
                 endpoint: "http://opamp.example:4320/v1/opamp".into(),
+                headers: vec![
+                    ("Authorization".into(), "Bearer abc".into()),
+                    ("X-Scope-OrgID".into(), "tenant 1".into()),
+                ],
                 poll_interval: Duration::from_secs(5),
                 tls: OpampTls::default(),
             }),
@@ -217,6 +227,7 @@ fn flags_override_the_file() {
         opamp_ca_file: None,
         opamp_client_cert: None,
         opamp_client_key: None,
+        opamp_headers: Vec::new(),
         ceiling_cpu: Some(20000),
         ceiling_window: None,
         ceiling_memory: None,
@@ -247,6 +258,11 @@ fn flags_override_the_file() {
             // The flag's endpoint, the file's interval.
             opamp: Some(OpampSettings {
                 endpoint: "http://127.0.0.1:4320/v1/opamp".into(),
+                // The file's headers (no flag sets them).
+                headers: vec![
+                    ("Authorization".into(), "Bearer abc".into()),
+                    ("X-Scope-OrgID".into(), "tenant 1".into()),
+                ],
                 poll_interval: Duration::from_secs(5),
                 tls: OpampTls::default(),
             }),
@@ -554,6 +570,49 @@ fn opamp_table() {
     )
     .unwrap_err();
     assert!(e.contains("without an OpAMP endpoint"), "{e}");
+}
+
+#[test]
+fn opamp_headers() {
+    let ok = parse_str(
+        "[opamp]\nendpoint = \"https://o/v1/opamp\"\n[opamp.headers]\nAuthorization = \"Basic eDp5\"\n",
+    )
+    .unwrap();
+    let s = resolve(Some(ok), Layer::default()).unwrap();
+    assert_eq!(
+        s.opamp.unwrap().headers,
+        [("Authorization".to_string(), "Basic eDp5".to_string())]
+    );
+    let file = parse_str("[opamp]\nheaders = { A = \"b\" }\n").unwrap();
+    let e = resolve(Some(file), Layer::default()).unwrap_err();
+    assert!(
+        e.contains("2:13: `opamp.headers`: OpAMP settings are given without an OpAMP endpoint"),
+        "{e}"
+    );
+    for (text, want) in [
+        (
+            "headers = { \"X Token\" = \"a\" }",
+            "3:13: `X Token` is not a header name",
+        ),
+        (
+            "headers = { \"Content-Type\" = \"a\" }",
+            "3:13: `Content-Type` is a header the agent sets itself",
+        ),
+        (
+            "headers = { opamp-instance-uid = \"a\" }",
+            "3:13: `opamp-instance-uid` is a header the agent sets itself",
+        ),
+        (
+            "headers = { X-Token = \"a\\r\\nHost: evil\" }",
+            "3:23: the value of header `X-Token` holds '\\r'",
+        ),
+        ("headers = { X-Token = 1 }", "3:23: "),
+    ] {
+        let e = error(&format!(
+            "[opamp]\nendpoint = \"https://o/v1/opamp\"\n{text}\n"
+        ));
+        assert!(e.starts_with(want), "{text}: {e}");
+    }
 }
 
 #[test]
