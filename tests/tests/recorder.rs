@@ -1213,3 +1213,105 @@ severity = "INFO"
         ]
     );
 }
+
+/// An endpoint that takes requests and answers each 200 only when told, one answer per
+/// message on the returned sender; the receiver says when a request has arrived whole.
+fn gated_endpoint() -> (
+    u16,
+    std::sync::mpsc::Sender<()>,
+    std::sync::mpsc::Receiver<()>,
+) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().unwrap().port();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (arrived_tx, arrived) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_err() {
+                return;
+            }
+            let _ = arrived_tx.send(());
+            if released.recv().is_err() {
+                return;
+            }
+            let mut stream = stream;
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    (port, release, arrived)
+}
+
+/// Records a flush has read and is still sending are not counted overwritten when the ring
+/// overwrites them meanwhile: they leave as flushed. Counted so during the post, the counter
+/// fell when the post succeeded.
+#[test]
+fn records_being_flushed_are_not_counted_overwritten() {
+    if !kernel_or_skip("recorder: overwritten during a flush") {
+        return;
+    }
+    let receiver = Receiver::start_v4();
+    let (port, release, arrived) = gated_endpoint();
+    let text = "[[recorder]]\nname = \"small\"\nsize = \"64KiB\"\n\n[[rule]]\n\
+                name = \"drop-debug\"\naction = \"drop\"\nrecorder = \"small\"\n\
+                [rule.match]\nseverity = \"DEBUG\"\n";
+    let dir = TempRules::with_files(&[("r.toml", text)]);
+    let mut cfg = agent_config(&dir, &[receiver.port()]);
+    cfg.capture_endpoint = Some(format!("http://127.0.0.1:{port}/v1/logs"));
+    let agent = start_agent_with(cfg);
+    let debug = |from: usize, n: usize| {
+        LogsRequestBuilder::new()
+            .resource("svc")
+            .scope("app")
+            .records(
+                (from..from + n).map(|i| Rec::new(5, &format!("debug {i:05} {}", "z".repeat(60)))),
+            )
+            .build()
+    };
+    send_raw(receiver.port(), &debug(0, 100));
+    let first = stats_of(&agent).recorders[0].clone();
+    assert_eq!((first.records, first.overwritten), (100, 0), "{first:?}");
+
+    // A flush reads the 100 and posts them; the endpoint holds its answer.
+    let (requester, slots) = agent.flush_request(&["small".into()]).unwrap();
+    let flush = std::thread::spawn(move || requester.flush(slots).map(|f| f[0].records));
+    arrived
+        .recv_timeout(WAIT)
+        .expect("the flush's post at the endpoint");
+    // Meanwhile the ring is overwritten many times over.
+    for k in 0..10 {
+        send_raw(receiver.port(), &debug(100 + k * 100, 100));
+    }
+    let during = stats_of(&agent).recorders[0].clone();
+    release.send(()).unwrap();
+    assert_eq!(flush.join().unwrap().unwrap(), 100);
+    let after = stats_of(&agent).recorders[0].clone();
+    assert_eq!(after.recorded, 1100, "{after:?}");
+    assert_eq!(after.flushed_records, 100, "{after:?}");
+    assert_eq!(
+        after.overwritten,
+        1100 - 100 - after.records,
+        "recorded = held + flushed + overwritten: {after:?}"
+    );
+    assert!(
+        during.overwritten <= after.overwritten,
+        "overwritten went from {} during the flush to {} after it",
+        during.overwritten,
+        after.overwritten
+    );
+}

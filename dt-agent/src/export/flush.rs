@@ -243,8 +243,24 @@ impl Worker {
         deadline: Option<Instant>,
     ) -> Result<u64, (u64, anyhow::Error)> {
         let contents = self.objects.read_ring(slot).map_err(|e| (0, e))?;
+        // Until sent or given up, what was read counts as being flushed, not as overwritten
+        // when the ring overwrites it meanwhile.
+        self.objects.flushing(slot, contents.entries.len() as u64);
+        let result = self.send(slot, name, deadline, &contents.entries).await;
+        self.objects.flushing(slot, 0);
+        result
+    }
+
+    /// [`Self::egress`]'s posts of `entries`.
+    async fn send(
+        &mut self,
+        slot: u8,
+        name: &str,
+        deadline: Option<Instant>,
+        entries: &[crate::kernel::Entry],
+    ) -> Result<u64, (u64, anyhow::Error)> {
         let mut sent = 0u64;
-        let mut rest = contents.entries.as_slice();
+        let mut rest = entries;
         while !rest.is_empty() {
             let mut size = 0usize;
             let n = rest
@@ -283,10 +299,7 @@ impl Worker {
             let last = batch[batch.len() - 1].clone();
             let records = batch.len() as u64;
             self.objects
-                .update_conf(slot, |c| {
-                    c.tail = c.tail.max(last.pos + last.len);
-                    c.flushed_records += records;
-                })
+                .flushed(slot, last.pos + last.len, records)
                 .map_err(|e| (sent, e))?;
             sent += records;
             rest = later;

@@ -8,7 +8,10 @@
 use std::{
     collections::{BTreeMap, HashMap as StdHashMap},
     path::Path,
-    sync::Mutex,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use anyhow::{Context as _, anyhow};
@@ -17,8 +20,8 @@ use aya::{
     maps::{Array, ArrayOfMaps, HashMap, Map, MapData, PerCpuArray},
 };
 use dt_ebpf_common::{
-    ENTRY_HEADER, MAX_NAME_LEN, MAX_RECORD_CEILING, MAX_RECORD_SERVICE, RING_BLOCK, RecConf,
-    RecCounters, RecState, RingBlock, TriggerState, entry_len,
+    ENTRY_HEADER, MAX_NAME_LEN, MAX_RECORD_CEILING, MAX_RECORD_SERVICE, MAX_RECORDERS, RING_BLOCK,
+    RecConf, RecCounters, RecState, RingBlock, TriggerState, entry_len,
 };
 
 use crate::{
@@ -45,6 +48,12 @@ const BPF_F_INNER_MAP: u32 = 1 << 12;
 /// Serialises the agent's read-modify-writes of `REC_CONF` (installs and flushes run on
 /// different threads).
 static CONF_LOCK: Mutex<()> = Mutex::new(());
+
+/// Per recorder slot: records a flush has read from the ring and not sent yet. They count as
+/// neither held nor overwritten (whatever the ring does with them meanwhile, the flush sends
+/// its copy); changed with `flushed_records`, under [`CONF_LOCK`], as each batch is sent.
+static FLUSHING: [AtomicU64; MAX_RECORDERS as usize] =
+    [const { AtomicU64::new(0) }; MAX_RECORDERS as usize];
 
 type NameKey = [u8; MAX_NAME_LEN];
 
@@ -73,6 +82,10 @@ pub struct Objects {
     /// The counts of recorders a rule set removed, by name, oldest removal first: one added
     /// again goes on from them, so that no exported counter of its name goes backwards.
     departed: Vec<(String, Departed)>,
+    /// The most `overwritten` reported of each recorder: it is worked out from counts read
+    /// one after the other while the kernel records, so a report may come out a little low;
+    /// the counter never shows less than it showed.
+    overwritten_shown: Mutex<StdHashMap<String, u64>>,
 }
 
 /// A removed recorder's counts (what its ring held counts as overwritten).
@@ -130,6 +143,7 @@ impl Objects {
             rec_conf: Array::try_from(open("REC_CONF", Map::Array)?)?,
             names: HashMap::try_from(open("OBJECTS", Map::HashMap)?)?,
             departed: Vec::new(),
+            overwritten_shown: Mutex::default(),
         })
     }
 
@@ -341,6 +355,34 @@ impl Objects {
         sum
     }
 
+    /// A flush read `records` records of recorder `slot` to send ([`Objects::flushed`] as each
+    /// batch goes; 0 when it ends).
+    pub fn flushing(&self, slot: u8, records: u64) {
+        let _guard = CONF_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = FLUSHING.get(slot as usize) {
+            f.store(records, Ordering::Relaxed);
+        }
+    }
+
+    /// A flush's batch of `records` records, ending at stream position `end`, was sent: the
+    /// ring's tail moves past it and the records count as flushed, no longer as being flushed.
+    pub fn flushed(&mut self, slot: u8, end: u64, records: u64) -> anyhow::Result<()> {
+        let _guard = CONF_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = FLUSHING.get(slot as usize) {
+            let _ = f.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(records))
+            });
+        }
+        let mut conf = self.rec_conf.get(&(slot as u32), 0)?;
+        if conf.size == 0 {
+            return Ok(());
+        }
+        conf.tail = conf.tail.max(end);
+        conf.flushed_records += records;
+        self.rec_conf.set(slot as u32, conf, 0)?;
+        Ok(())
+    }
+
     /// Updates a recorder's agent-written side under the lock.
     pub fn update_conf(&mut self, slot: u8, f: impl FnOnce(&mut RecConf)) -> anyhow::Result<()> {
         let _guard = CONF_LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -550,22 +592,41 @@ impl Ring<'_> {
 impl Objects {
     /// `stats` of the recorders and states named in `names`, and the firings of trigger rules.
     pub fn report(&self, names: &ObjectSlots, stats: &mut Stats) {
+        let mut shown = self
+            .overwritten_shown
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        shown.retain(|name, _| {
+            names.recorders.contains_key(name) || self.departed.iter().any(|(n, _)| n == name)
+        });
         for (name, &slot) in &names.recorders {
-            let conf = self.conf(slot);
+            // Recorded first, then held, then flushed: a record that lands or is flushed
+            // meanwhile makes `overwritten` come out low, never high.
             let counters = self.counters(slot);
             let held = self
                 .read_ring_with(slot, false)
                 .map(|c| c.entries)
                 .unwrap_or_default();
+            let (conf, flushing) = {
+                let _guard = CONF_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+                let flushing = FLUSHING
+                    .get(slot as usize)
+                    .map_or(0, |f| f.load(Ordering::Relaxed));
+                (self.conf(slot), flushing)
+            };
             let records = held.len() as u64;
+            let now = counters
+                .records
+                .saturating_sub(records)
+                .saturating_sub(conf.flushed_records)
+                .saturating_sub(flushing);
+            let overwritten = shown.entry(name.clone()).or_default();
+            *overwritten = (*overwritten).max(now);
             stats.recorders.push(RecorderStats {
                 name: name.clone(),
                 records,
                 bytes: held.iter().map(|e| e.len).sum(),
-                overwritten: counters
-                    .records
-                    .saturating_sub(records)
-                    .saturating_sub(conf.flushed_records),
+                overwritten: *overwritten,
                 too_long: counters.too_long,
                 flushes: conf.flushes,
                 flushed_records: conf.flushed_records,
