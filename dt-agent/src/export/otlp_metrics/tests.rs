@@ -583,3 +583,39 @@ fn why_disabled_is_a_fixed_token() {
     );
     assert_eq!((*value, *is_sum), (1, false));
 }
+
+#[test]
+fn push_failures_are_said_once_then_now_and_then() {
+    let endpoint: Uri = "http://127.0.0.1:4318/v1/metrics".parse().unwrap();
+    let e = anyhow::anyhow!("connection refused");
+    let said: Vec<u64> = (1..=95)
+        .filter(|&n| super::failure_line(&endpoint, n, Duration::from_secs(10), &e).is_some())
+        .collect();
+    assert_eq!(said, [1, 30, 60, 90]);
+    let first = super::failure_line(&endpoint, 1, Duration::from_secs(10), &e).unwrap();
+    assert!(
+        first.contains("failed: connection refused; trying again every 10s"),
+        "{first}"
+    );
+    let again = super::failure_line(&endpoint, 60, Duration::from_secs(10), &e).unwrap();
+    assert!(
+        again.contains("still fails (60 in a row): connection refused"),
+        "{again}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_otlp_stops_once_dt_is_uninstalled() {
+    let source: StatsSource = Arc::new(|| Err(crate::stats::Uninstalled.into()));
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        push_otlp(
+            "http://127.0.0.1:9/v1/metrics".parse().unwrap(),
+            Duration::from_millis(10),
+            CounterStarts::at(0),
+            source,
+        ),
+    )
+    .await
+    .expect("returns at the first push after the uninstall");
+}
