@@ -13,7 +13,8 @@ the PEM certificate chain CERT and key KEY when --tls is given, and requiring a 
 certificate signed by the CA of CLIENT_CA when that is given too). The test drives
 it with one JSON command per line on stdin and reads one JSON answer line per command on stdout:
 set_config {files}, clear_config, report_full_state, fail {count, retry_after?, status?},
-unavailable {count, retry_ns?}, require_header {name, value?}, capabilities {value}, messages,
+unavailable {count, retry_ns?}, require_header {name, value?}, capabilities {value},
+max_body {bytes} (larger requests get 413), messages,
 state, quit (see tests/src/opamp.rs). EOF on stdin exits.
 """
 
@@ -52,6 +53,7 @@ class State:
     unavailable_retry_ns = None
     required_header = None  # (name, value): requests without it are answered 401
     capabilities = SERVER_CAPABILITIES
+    max_body = MAX_BODY  # requests over it are answered 413 (the spec's Plain HTTP size limit)
 
 
 def any_value(v):
@@ -157,7 +159,7 @@ class Handler(BaseHTTPRequestHandler):
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
             body = bytearray()
             while (size := int(self.rfile.readline(1024).split(b";")[0], 16)) > 0:
-                if len(body) + size > MAX_BODY:
+                if len(body) + size > State.max_body:
                     return None
                 body += self.rfile.read(size)
                 self.rfile.readline(1024)
@@ -165,7 +167,10 @@ class Handler(BaseHTTPRequestHandler):
                 pass
             return bytes(body)
         n = int(self.headers.get("Content-Length") or 0)
-        return None if n > MAX_BODY else self.rfile.read(n)
+        if n > State.max_body:
+            self.rfile.read(n)  # read, so that the answer is not a reset
+            return None
+        return self.rfile.read(n)
 
     def do_POST(self):
         t = time.time()
@@ -176,7 +181,7 @@ class Handler(BaseHTTPRequestHandler):
             return self.refuse(t, 400, "framing: %s" % e)
         if body is None:
             self.close_connection = True
-            return self.refuse(t, 413, "request body over %d bytes" % MAX_BODY)
+            return self.refuse(t, 413, "request body over %d bytes" % State.max_body)
         with State.lock:
             fail = State.fail_count > 0
             if fail:
@@ -285,6 +290,8 @@ def command(c):
         State.required_header = None if v is None else (c["name"], v)
     elif name == "capabilities":
         State.capabilities = int(c["value"])
+    elif name == "max_body":
+        State.max_body = int(c["bytes"])
     elif name == "messages":
         return {
             "messages": State.messages,

@@ -419,6 +419,11 @@ impl OpampServer {
         self.command(json!({"cmd": "require_header", "name": name, "value": value}));
     }
 
+    /// Requests over `bytes` are answered 413 from now on.
+    pub fn max_body(&self, bytes: usize) {
+        self.command(json!({"cmd": "max_body", "bytes": bytes}));
+    }
+
     /// The ServerCapabilities bits the answers carry from now on.
     pub fn capabilities(&self, value: u64) {
         self.command(json!({"cmd": "capabilities", "value": value}));

@@ -682,7 +682,7 @@ fn opamp_servers_that_want_a_token_throttle_and_name_no_file() {
     }
     let Setup {
         server,
-        rules: _rules,
+        rules,
         receiver: _receiver,
         state,
         mut agent,
@@ -707,6 +707,7 @@ fn opamp_servers_that_want_a_token_throttle_and_name_no_file() {
     ));
     agent.start();
     let msgs = server.wait_for("a message with the token", WAIT_OPAMP, |m| m.len() >= 2);
+    let with_token = msgs[0].t;
     // The first message is whole (the agent does not know the server yet); once the server
     // said what it takes, no effective config goes, even in a full report.
     assert!(msgs[0].effective_config.is_some(), "{:?}", msgs[0]);
@@ -769,18 +770,62 @@ fn opamp_servers_that_want_a_token_throttle_and_name_no_file() {
             .contains("the server is unavailable: overloaded")
     );
 
-    // 413: that message is not sent again; the agent goes on polling.
+    // 413 (a server's size limit): a message with the effective config goes again at once
+    // without it, which is held back until it changes; one without is not sent again.
+    server.max_body(2000);
+    server.capabilities(0x1 | 0x2 | 0x4);
+    server.wait_for("the effective config, now taken", WAIT_OPAMP, |m| {
+        m.iter().any(|m| {
+            m.effective_config
+                .as_ref()
+                .is_some_and(|e| e.contains_key("opamp/remote.toml"))
+        })
+    });
+    let n = server.messages().len();
+    rules.write(
+        "60-big.toml",
+        &format!(
+            "{}# {}\n",
+            RuleSpec::count("big-count").to_toml(),
+            "x".repeat(4000)
+        ),
+    );
+    wait_log(&agent, "held back until it changes");
+    let msgs = server.wait_for(
+        "the message without the effective config",
+        WAIT_OPAMP,
+        |m| {
+            m[n..]
+                .iter()
+                .any(|m| m.health.is_some() || m.description.is_some())
+        },
+    );
+    assert!(
+        msgs[n..].iter().all(|m| m.effective_config.is_none()),
+        "{:?}",
+        &msgs[n..]
+    );
+    assert!(names(&agent).contains(&"big-count".to_string()));
     let n = server.messages().len();
     server.fail_with(1, None, 413);
-    wait_log(&agent, "413 Payload Too Large");
+    wait_log(&agent, "is not sent again");
     server.wait_for("a poll after the 413", WAIT_OPAMP, |m| m.len() > n);
-    assert!(agent.log().contains("is not sent again"), "{}", agent.log());
+    // Once it changes (and fits), it goes.
+    server.max_body(1 << 20);
+    rules.write("61-small.toml", &RuleSpec::count("small-count").to_toml());
+    server.wait_for("the changed effective config", WAIT_OPAMP, |m| {
+        m.iter().any(|m| {
+            m.effective_config
+                .as_ref()
+                .is_some_and(|e| e.contains_key("61-small.toml"))
+        })
+    });
     // No 401 since the header was set.
     let refused: Vec<_> = server
         .received()
         .bad_requests
         .into_iter()
-        .filter(|b| b["t"].as_f64().unwrap_or(0.0) > msgs[0].t)
+        .filter(|b| b["status"] == 401 && b["t"].as_f64().unwrap_or(0.0) > with_token)
         .collect();
     assert!(refused.is_empty(), "{refused:?}");
 }

@@ -133,6 +133,8 @@ pub struct Client {
     failures: u32,
     /// The server's capabilities, once it said them (0: not yet).
     server_capabilities: u64,
+    /// An effective config the server refused as too large (413): not sent until it changes.
+    held_back: Option<EffectiveConfig>,
     rng: u64,
 }
 
@@ -168,7 +170,7 @@ impl Client {
         let now = unix_nanos();
         Ok(Client {
             endpoint,
-            headers: settings.headers.clone(),
+            headers: settings.headers.0.clone(),
             tls,
             poll: settings.poll_interval,
             state,
@@ -183,6 +185,7 @@ impl Client {
             health: None,
             failures: 0,
             server_capabilities: 0,
+            held_back: None,
             rng: now ^ u64::from_le_bytes(uid[8..].try_into().unwrap_or_default()) | 1,
         })
     }
@@ -202,22 +205,18 @@ impl Client {
         );
         let mut immediate = 0;
         loop {
-            // A stop during a slow exchange does not wait for it: the disconnect goes now.
-            let exchanged = tokio::select! {
-                r = self.exchange() => Some(r),
-                () = stop.notified() => None,
-            };
-            let Some(exchanged) = exchanged else {
-                self.disconnect().await;
-                return;
-            };
-            let wait = match exchanged {
+            let wait = match self.exchange(&stop).await {
+                // Stopped while waiting for the server: the disconnect goes now.
+                Err(None) => {
+                    self.disconnect().await;
+                    return;
+                }
                 Ok(Next::Now) if immediate < MAX_IMMEDIATE => {
                     immediate += 1;
                     continue;
                 }
                 Ok(Next::Now | Next::Poll) => self.poll,
-                Err(f) => self.failed(&f),
+                Err(Some(f)) => self.failed(&f),
             };
             immediate = 0;
             tokio::select! {
@@ -245,16 +244,22 @@ impl Client {
         }
     }
 
-    /// One message and its answer.
-    async fn exchange(&mut self) -> Result<Next, Failure> {
+    /// One message and its answer; `Err(None)` when `stop` came while the server was being
+    /// waited for. Only that wait gives way to `stop`: what the answer starts (a remote config
+    /// applied, kept and reported) is done whole.
+    async fn exchange(&mut self, stop: &tokio::sync::Notify) -> Result<Next, Option<Failure>> {
         let message = self.message().await;
-        let reply = match tokio::time::timeout(EXCHANGE_TIMEOUT, self.post(&message)).await {
+        let posted = tokio::select! {
+            r = tokio::time::timeout(EXCHANGE_TIMEOUT, self.post(&message)) => r,
+            () = stop.notified() => return Err(None),
+        };
+        let reply = match posted {
             Err(_) => {
-                return Err(Failure::new(format!(
+                return Err(Some(Failure::new(format!(
                     "no answer within {EXCHANGE_TIMEOUT:?}"
-                )));
+                ))));
             }
-            Ok(Err(e)) => return Err(Failure::new(format!("{e:#}"))),
+            Ok(Err(e)) => return Err(Some(Failure::new(format!("{e:#}")))),
             Ok(Ok(r)) => r,
         };
         let status = reply.status;
@@ -266,15 +271,17 @@ impl Client {
             {
                 return Ok(self.refused(message, &error, status == hyper::StatusCode::BAD_REQUEST));
             }
-            return Err(Failure {
+            return Err(Some(Failure {
                 error,
                 retry_after: reply.retry_after,
                 throttled: status == hyper::StatusCode::SERVICE_UNAVAILABLE
                     || status == hyper::StatusCode::TOO_MANY_REQUESTS,
-            });
+            }));
         }
         let answer = ServerToAgent::decode(reply.body).map_err(|e| {
-            Failure::new(format!("the server's answer is not a ServerToAgent: {e}"))
+            Some(Failure::new(format!(
+                "the server's answer is not a ServerToAgent: {e}"
+            )))
         })?;
         // Unavailable: the message was not processed; its parts go again.
         if let Some(e) = &answer.error_response
@@ -286,15 +293,15 @@ impl Client {
                     .map(|server_error_response::Details::RetryInfo(r)| {
                         Duration::from_nanos(r.retry_after_nanoseconds)
                     });
-            return Err(Failure {
+            return Err(Some(Failure {
                 error: format!("the server is unavailable: {}", e.error_message),
                 retry_after,
                 throttled: true,
-            });
+            }));
         }
         self.answers_again();
         self.delivered(message);
-        self.answer(answer).await
+        Ok(self.answer(answer).await)
     }
 
     /// After errors, the server answers.
@@ -305,12 +312,24 @@ impl Client {
         self.failures = 0;
     }
 
-    /// The server refused `message` itself (`error`): it is not sent again, as the spec asks
-    /// (400, with `bad_request`: the next poll carries the whole status, since the server may
-    /// have lost track of this agent; 413: only what changes from now on).
-    fn refused(&mut self, message: AgentToServer, error: &str, bad_request: bool) -> Next {
+    /// The server refused `message` itself (`error`): it is not sent again, as the spec asks.
+    /// 413 with an effective config (the rule files, the part that grows): the same message
+    /// without it goes at once, and the effective config is held back until it changes. Else
+    /// its parts count as reported; after a 400 (`bad_request`) the next poll carries the whole
+    /// status, since the server may have lost track of this agent.
+    fn refused(&mut self, mut message: AgentToServer, error: &str, bad_request: bool) -> Next {
         self.answers_again();
         let size = message.encoded_len();
+        if !bad_request && let Some(effective) = message.effective_config.take() {
+            log::warn!(
+                "OpAMP: {}: {error}; the message ({size} bytes) is sent again at once without \
+                 the effective config ({} bytes), which is held back until it changes",
+                self.endpoint,
+                effective.encoded_len()
+            );
+            self.held_back = Some(effective);
+            return Next::Now;
+        }
         self.delivered(message);
         log::warn!(
             "OpAMP: {}: {error}; the message ({size} bytes) is not sent again{}",
@@ -361,8 +380,10 @@ impl Client {
             capabilities: CAPABILITIES,
             agent_description: changed(full, &r.description, &description).then_some(description),
             health: changed(full, &r.health, &health).then_some(health),
-            effective_config: (accepts_effective && changed(full, &r.effective, &effective))
-                .then_some(effective),
+            effective_config: (accepts_effective
+                && self.held_back.as_ref() != Some(&effective)
+                && changed(full, &r.effective, &effective))
+            .then_some(effective),
             remote_config_status: changed(full, &r.remote_status, &remote_status)
                 .then_some(remote_status),
             ..Default::default()
@@ -415,7 +436,7 @@ impl Client {
     }
 
     /// Acts on the server's answer.
-    async fn answer(&mut self, answer: ServerToAgent) -> Result<Next, Failure> {
+    async fn answer(&mut self, answer: ServerToAgent) -> Next {
         if answer.capabilities != 0 {
             self.server_capabilities = answer.capabilities;
         }
@@ -426,7 +447,7 @@ impl Client {
                 e.error_message
             );
             self.full = true;
-            return Ok(Next::Poll);
+            return Next::Poll;
         }
         let mut next = Next::Poll;
         if let Some(id) = &answer.agent_identification {
@@ -460,7 +481,7 @@ impl Client {
         {
             next = Next::Now;
         }
-        Ok(next)
+        next
     }
 
     /// Applies a remote config unless it is the one last processed; true when the remote

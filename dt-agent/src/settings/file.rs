@@ -289,10 +289,23 @@ pub fn parse(path: &Path, text: &str) -> Result<Layer, Vec<Diagnostic>> {
         .as_mut()
         .and_then(|o| o.headers.take())
         .map(|headers| {
+            let mut seen = std::collections::BTreeSet::new();
             headers
                 .into_iter()
                 .filter_map(|(name, value)| {
-                    let problem = check_opamp_header(name.get_ref(), value.get_ref());
+                    let problem =
+                        check_opamp_header(name.get_ref(), value.get_ref()).or_else(|| {
+                            (!seen.insert(name.get_ref().to_ascii_lowercase())).then(|| {
+                                (
+                                    true,
+                                    format!(
+                                        "header `{}` is given twice (header names are the same in \
+                                     any case)",
+                                        name.get_ref()
+                                    ),
+                                )
+                            })
+                        });
                     match problem {
                         Some((true, p)) => diags.push(src.diag(name.span(), p)),
                         Some((false, p)) => diags.push(src.diag(value.span(), p)),
@@ -302,6 +315,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Layer, Vec<Diagnostic>> {
                 })
                 .collect()
         })
+        .map(super::Headers)
         .unwrap_or_default();
     let (opamp_endpoint, opamp_poll_interval) = match raw.opamp {
         Some(o) => (

@@ -93,7 +93,7 @@ pub struct Layer {
     /// `[opamp] headers`: sent with every message to the OpAMP server (the file only: a flag
     /// would show a token in `ps`).
     #[arg(skip)]
-    pub opamp_headers: Vec<(String, String)>,
+    pub opamp_headers: Headers,
     /// After `dt-agent uninstall`, stay up (control socket and metrics endpoint answering) until
     /// SIGTERM instead of exiting: for supervisors that restart an agent that exits, such as a
     /// Kubernetes DaemonSet, which would attach dt again.
@@ -172,13 +172,26 @@ pub struct CeilingSettings {
     pub captures_per_second: Option<u64>,
 }
 
+/// `[opamp] headers`: name and value of each. Shown (`{:?}`) with the names only: the values
+/// are tokens.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Headers(pub Vec<(String, String)>);
+
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(name, _)| (name, "(not shown)")))
+            .finish()
+    }
+}
+
 /// `[opamp]`: the OpAMP server the agent takes remote rule files from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpampSettings {
     /// `http://` or `https://` URL of the server's OpAMP endpoint.
     pub endpoint: String,
     /// Headers sent with every message (`[opamp] headers`), such as `Authorization`.
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
     pub poll_interval: Duration,
     /// For an `https://` endpoint: what the server is checked against, and the client
     /// certificate, if any.
@@ -366,7 +379,7 @@ pub fn resolve(file: Option<Layer>, flags: Layer) -> Result<Settings, String> {
                     poll_flag,
                 )),
                 None => first_tls.or_else(|| {
-                    (!file.opamp_headers.is_empty())
+                    (!file.opamp_headers.0.is_empty())
                         .then(|| name("opamp.headers", "opamp.headers", false))
                 }),
             };

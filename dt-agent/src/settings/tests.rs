@@ -120,10 +120,10 @@ fn every_key() {
             opamp_ca_file: None,
             opamp_client_cert: None,
             opamp_client_key: None,
-            opamp_headers: vec![
+            opamp_headers: Headers(vec![
                 ("Authorization".into(), "Bearer abc".into()),
                 ("X-Scope-OrgID".into(), "tenant 1".into()),
-            ],
+            ]),
             ceiling_cpu: Some(5000),
             ceiling_window: Some(Duration::from_secs(2)),
             ceiling_memory: Some(64 << 20),
@@ -151,10 +151,10 @@ fn every_key() {
             state_dir: "/srv/dt/state".into(),
             opamp: Some(OpampSettings {
                 endpoint: "http://opamp.example:4320/v1/opamp".into(),
-                headers: vec![
+                headers: Headers(vec![
                     ("Authorization".into(), "Bearer abc".into()),
                     ("X-Scope-OrgID".into(), "tenant 1".into()),
-                ],
+                ]),
                 poll_interval: Duration::from_secs(5),
                 tls: OpampTls::default(),
             }),
@@ -227,7 +227,7 @@ fn flags_override_the_file() {
         opamp_ca_file: None,
         opamp_client_cert: None,
         opamp_client_key: None,
-        opamp_headers: Vec::new(),
+        opamp_headers: Headers::default(),
         ceiling_cpu: Some(20000),
         ceiling_window: None,
         ceiling_memory: None,
@@ -259,10 +259,10 @@ fn flags_override_the_file() {
             opamp: Some(OpampSettings {
                 endpoint: "http://127.0.0.1:4320/v1/opamp".into(),
                 // The file's headers (no flag sets them).
-                headers: vec![
+                headers: Headers(vec![
                     ("Authorization".into(), "Bearer abc".into()),
                     ("X-Scope-OrgID".into(), "tenant 1".into()),
-                ],
+                ]),
                 poll_interval: Duration::from_secs(5),
                 tls: OpampTls::default(),
             }),
@@ -579,9 +579,15 @@ fn opamp_headers() {
     )
     .unwrap();
     let s = resolve(Some(ok), Layer::default()).unwrap();
+    let headers = s.opamp.unwrap().headers;
     assert_eq!(
-        s.opamp.unwrap().headers,
+        headers.0,
         [("Authorization".to_string(), "Basic eDp5".to_string())]
+    );
+    // Debug output (should any log show the settings) does not show a token.
+    assert_eq!(
+        format!("{headers:?}"),
+        r#"{"Authorization": "(not shown)"}"#
     );
     let file = parse_str("[opamp]\nheaders = { A = \"b\" }\n").unwrap();
     let e = resolve(Some(file), Layer::default()).unwrap_err();
@@ -607,6 +613,10 @@ fn opamp_headers() {
             "3:23: the value of header `X-Token` holds '\\r'",
         ),
         ("headers = { X-Token = 1 }", "3:23: "),
+        (
+            "headers = { X-Token = \"a\", x-token = \"b\" }",
+            "3:28: header `x-token` is given twice",
+        ),
     ] {
         let e = error(&format!(
             "[opamp]\nendpoint = \"https://o/v1/opamp\"\n{text}\n"
