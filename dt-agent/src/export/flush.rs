@@ -242,12 +242,13 @@ impl Worker {
         name: &str,
         deadline: Option<Instant>,
     ) -> Result<u64, (u64, anyhow::Error)> {
-        let contents = self.objects.read_ring(slot).map_err(|e| (0, e))?;
         // Until sent or given up, what was read counts as being flushed, not as overwritten
         // when the ring overwrites it meanwhile.
-        self.objects.flushing(slot, contents.entries.len() as u64);
-        let result = self.send(slot, name, deadline, &contents.entries).await;
-        self.objects.flushing(slot, 0);
+        let (contents, epoch) = self.objects.read_ring_for_flush(slot).map_err(|e| (0, e))?;
+        let result = self
+            .send(slot, epoch, name, deadline, &contents.entries)
+            .await;
+        self.objects.flush_ended(slot, epoch);
         result
     }
 
@@ -255,6 +256,7 @@ impl Worker {
     async fn send(
         &mut self,
         slot: u8,
+        epoch: u64,
         name: &str,
         deadline: Option<Instant>,
         entries: &[crate::kernel::Entry],
@@ -299,7 +301,7 @@ impl Worker {
             let last = batch[batch.len() - 1].clone();
             let records = batch.len() as u64;
             self.objects
-                .flushed(slot, last.pos + last.len, records)
+                .flushed(slot, epoch, last.pos + last.len, records)
                 .map_err(|e| (sent, e))?;
             sent += records;
             rest = later;

@@ -55,6 +55,27 @@ static CONF_LOCK: Mutex<()> = Mutex::new(());
 static FLUSHING: [AtomicU64; MAX_RECORDERS as usize] =
     [const { AtomicU64::new(0) }; MAX_RECORDERS as usize];
 
+/// Per recorder slot: which ring it holds, bumped (under [`CONF_LOCK`]) whenever a rule set
+/// puts a new ring in the slot or frees it. A flush that read the ring before is not counted
+/// against the one after ([`Objects::flushed`]).
+static RING_EPOCH: [AtomicU64; MAX_RECORDERS as usize] =
+    [const { AtomicU64::new(0) }; MAX_RECORDERS as usize];
+
+/// A new ring in `slot` (or none): flushes of the one before count for nothing. Under
+/// [`CONF_LOCK`].
+fn new_ring_epoch(slot: u8) {
+    if let (Some(e), Some(f)) = (RING_EPOCH.get(slot as usize), FLUSHING.get(slot as usize)) {
+        e.fetch_add(1, Ordering::Relaxed);
+        f.store(0, Ordering::Relaxed);
+    }
+}
+
+fn ring_epoch(slot: u8) -> u64 {
+    RING_EPOCH
+        .get(slot as usize)
+        .map_or(0, |e| e.load(Ordering::Relaxed))
+}
+
 type NameKey = [u8; MAX_NAME_LEN];
 
 fn object_key(kind: u8, name: &str) -> NameKey {
@@ -243,6 +264,7 @@ impl Objects {
                     }
                 };
                 self.rings.set(slot, &ring, 0)?;
+                new_ring_epoch(r.slot);
                 if let Some((held, pending)) = resized {
                     warn_resized(&r.name, old_size, r.size, held, pending);
                 }
@@ -299,6 +321,7 @@ impl Objects {
             ));
             self.rec_conf.set(slot as u32, RecConf::default(), 0)?;
             let _ = self.rings.set(slot as u32, &empty_ring()?, 0);
+            new_ring_epoch(slot);
         }
         for (name, &slot) in &old.states {
             if compiled.states.iter().any(|s| &s.name == name) {
@@ -355,19 +378,37 @@ impl Objects {
         sum
     }
 
-    /// A flush read `records` records of recorder `slot` to send ([`Objects::flushed`] as each
-    /// batch goes; 0 when it ends).
-    pub fn flushing(&self, slot: u8, records: u64) {
+    /// What recorder `slot` holds, read for a flush: from now until [`Objects::flush_ended`]
+    /// these records count as being flushed (read and counted at once, under the lock), and
+    /// the ring they are of (its epoch, for [`Objects::flushed`]).
+    pub fn read_ring_for_flush(&self, slot: u8) -> anyhow::Result<(RingContents, u64)> {
         let _guard = CONF_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let contents = self.read_ring_with(slot, true)?;
         if let Some(f) = FLUSHING.get(slot as usize) {
-            f.store(records, Ordering::Relaxed);
+            f.store(contents.entries.len() as u64, Ordering::Relaxed);
+        }
+        Ok((contents, ring_epoch(slot)))
+    }
+
+    /// The flush of the ring of `epoch` ended: nothing of it is being flushed any more.
+    pub fn flush_ended(&self, slot: u8, epoch: u64) {
+        let _guard = CONF_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        if ring_epoch(slot) == epoch
+            && let Some(f) = FLUSHING.get(slot as usize)
+        {
+            f.store(0, Ordering::Relaxed);
         }
     }
 
-    /// A flush's batch of `records` records, ending at stream position `end`, was sent: the
-    /// ring's tail moves past it and the records count as flushed, no longer as being flushed.
-    pub fn flushed(&mut self, slot: u8, end: u64, records: u64) -> anyhow::Result<()> {
+    /// A flush's batch of `records` records of the ring of `epoch`, ending at stream position
+    /// `end`, was sent: the ring's tail moves past it and the records count as flushed, no
+    /// longer as being flushed. Nothing when the slot holds another ring now (the recorder was
+    /// resized or removed meanwhile).
+    pub fn flushed(&mut self, slot: u8, epoch: u64, end: u64, records: u64) -> anyhow::Result<()> {
         let _guard = CONF_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        if ring_epoch(slot) != epoch {
+            return Ok(());
+        }
         if let Some(f) = FLUSHING.get(slot as usize) {
             let _ = f.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                 Some(n.saturating_sub(records))
@@ -395,13 +436,8 @@ impl Objects {
         Ok(())
     }
 
-    /// What recorder `slot`'s ring holds now, oldest first (see [`Ring`]).
-    pub fn read_ring(&self, slot: u8) -> anyhow::Result<RingContents> {
-        self.read_ring_with(slot, true)
-    }
-
-    /// [`read_ring`](Self::read_ring), without the entries' service names and records when
-    /// `with_bytes` is false (`stats` only counts).
+    /// What recorder `slot`'s ring holds now, oldest first (see [`Ring`]); without the
+    /// entries' service names and records when `with_bytes` is false (`stats` only counts).
     fn read_ring_with(&self, slot: u8, with_bytes: bool) -> anyhow::Result<RingContents> {
         let conf = self.conf(slot);
         if conf.size == 0 {
