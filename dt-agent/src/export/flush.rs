@@ -173,6 +173,8 @@ impl Worker {
             .get(&slot)
             .cloned()
             .unwrap_or_default();
+        // The ring this flush is of: what it counts goes to that ring's recorder only.
+        let epoch = self.objects.ring_epoch(slot);
         let mut pause = FIRST_PAUSE;
         let mut sent = 0u64;
         let mut last_error = None;
@@ -193,7 +195,7 @@ impl Worker {
             match self.egress(slot, &name, deadline).await {
                 Ok(n) => {
                     sent += n;
-                    self.objects.update_conf(slot, |c| {
+                    self.objects.update_conf(slot, epoch, |c| {
                         if let Some(r) = req {
                             c.flush_done = r;
                         }
@@ -215,7 +217,7 @@ impl Worker {
                 }
             }
         }
-        self.objects.update_conf(slot, |c| {
+        self.objects.update_conf(slot, epoch, |c| {
             if let Some(r) = req {
                 c.flush_done = r;
             }

@@ -424,9 +424,25 @@ impl Objects {
         Ok(())
     }
 
-    /// Updates a recorder's agent-written side under the lock.
-    pub fn update_conf(&mut self, slot: u8, f: impl FnOnce(&mut RecConf)) -> anyhow::Result<()> {
+    /// Which ring recorder `slot` holds now (see [`Objects::update_conf`]).
+    pub fn ring_epoch(&self, slot: u8) -> u64 {
+        ring_epoch(slot)
+    }
+
+    /// Updates a recorder's agent-written side under the lock, if the slot still holds the ring
+    /// of `epoch` ([`Objects::ring_epoch`] when the work began): a flush that a rule set
+    /// outlived (its recorder resized, or removed and the slot given to another) changes
+    /// nothing.
+    pub fn update_conf(
+        &mut self,
+        slot: u8,
+        epoch: u64,
+        f: impl FnOnce(&mut RecConf),
+    ) -> anyhow::Result<()> {
         let _guard = CONF_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        if ring_epoch(slot) != epoch {
+            return Ok(());
+        }
         let mut conf = self.rec_conf.get(&(slot as u32), 0)?;
         if conf.size == 0 {
             return Ok(());
