@@ -688,24 +688,19 @@ fn opamp_servers_that_want_a_token_throttle_and_name_no_file() {
         mut agent,
         ..
     } = setup("opamp-edges");
-    server.require_header("Authorization", Some("Bearer t0k3n"));
+    // The server wants another token first: every request is refused (401), and the agent
+    // backs off and says so; then the agent's, from `[opamp] headers`, is taken.
+    server.require_header("Authorization", Some("Bearer 0ld"));
     // AcceptsStatus | OffersRemoteConfig: no effective config.
     server.capabilities(0x1 | 0x2);
-
-    // Without the header: every request refused (401), and the agent backs off and says so.
-    agent.write_config(&config(state.path(), &server.endpoint()));
-    agent.start();
-    wait_log(&agent, "401 Unauthorized");
-    assert!(server.messages().is_empty());
-    agent.signal(libc::SIGTERM);
-    agent.wait_exit(Duration::from_secs(20));
-
-    // With it, from `[opamp] headers`.
     agent.write_config(&format!(
         "{}headers = {{ Authorization = \"Bearer t0k3n\" }}\n",
         config(state.path(), &server.endpoint())
     ));
     agent.start();
+    wait_log(&agent, "401 Unauthorized");
+    assert!(server.messages().is_empty());
+    server.require_header("Authorization", Some("Bearer t0k3n"));
     let msgs = server.wait_for("a message with the token", WAIT_OPAMP, |m| m.len() >= 2);
     let with_token = msgs[0].t;
     // The first message is whole (the agent does not know the server yet); once the server

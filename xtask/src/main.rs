@@ -49,7 +49,7 @@ enum Task {
         args: Vec<String>,
     },
     /// Run setup, then every test of the workspace: `cargo test --workspace --all-targets`;
-    /// then, without ARGS, every fuzz target for 15 s (`DT_FUZZ_SECONDS`; 0 skips it).
+    /// then, without ARGS, every fuzz target for 10 s (`DT_FUZZ_SECONDS`; 0 skips it).
     ///
     /// ARGS go to `cargo test`; a second `--` among them starts the test-harness arguments,
     /// e.g. `cargo xtask test -- -p dt-agent -- rules::`. The harness gets `--test-threads=2`

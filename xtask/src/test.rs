@@ -1,5 +1,5 @@
 //! `cargo xtask test [-- ARGS...]`: setup, then every test of the workspace, then (without
-//! ARGS) every fuzz target for 15 s.
+//! ARGS) every fuzz target for 10 s.
 
 use std::path::Path;
 use std::process::Command;
@@ -16,7 +16,7 @@ const BPF_ONLY: &[&str] = &["dt-ebpf"];
 const TEST_THREADS: &str = "--test-threads=2";
 
 /// Seconds per fuzz target after the tests (`DT_FUZZ_SECONDS` overrides; 0 skips the fuzzing).
-const FUZZ_SECONDS: u64 = 15;
+const FUZZ_SECONDS: u64 = 10;
 
 pub fn test(args: &[String]) -> Result<()> {
     setup::setup()?;
