@@ -16,8 +16,10 @@
 //!   spec's recommended minimum. Such a message is not counted as delivered: its parts go
 //!   again.
 //! - A message the server refuses as such (HTTP 400 or 413) is not sent again, as the spec
-//!   asks (413: MUST NOT retry the same request): its parts count as reported, and after a 400
-//!   the next poll carries the whole status.
+//!   asks (413: MUST NOT retry the same request). A 413 of a message with the effective config
+//!   sends it again at once without it, held back until it changes; otherwise its parts count
+//!   as reported, and after a 400 the next poll carries the whole status.
+//! - Only the wait for an answer gives way to a stop; what an answer starts is done whole.
 //! - Once the server has said what it can do, the effective config goes only to a server that
 //!   accepts it.
 //! - Headers of `[opamp] headers` (say `Authorization`) go with every message.
