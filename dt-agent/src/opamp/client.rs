@@ -137,6 +137,8 @@ pub struct Client {
     server_capabilities: u64,
     /// An effective config the server refused as too large (413): not sent until it changes.
     held_back: Option<EffectiveConfig>,
+    /// Messages the server refused (400, 413) in a row: said once, then one in 30.
+    refusals: u32,
     rng: u64,
 }
 
@@ -188,6 +190,7 @@ impl Client {
             failures: 0,
             server_capabilities: 0,
             held_back: None,
+            refusals: 0,
             rng: now ^ u64::from_le_bytes(uid[8..].try_into().unwrap_or_default()) | 1,
         })
     }
@@ -302,6 +305,7 @@ impl Client {
             }));
         }
         self.answers_again();
+        self.refusals = 0;
         self.delivered(message);
         Ok(self.answer(answer).await)
     }
@@ -333,7 +337,8 @@ impl Client {
             return Next::Now;
         }
         self.delivered(message);
-        log::warn!(
+        self.refusals = self.refusals.saturating_add(1);
+        let line = format!(
             "OpAMP: {}: {error}; the message ({size} bytes) is not sent again{}",
             self.endpoint,
             if bad_request {
@@ -342,6 +347,14 @@ impl Client {
                 ""
             }
         );
+        // A server that refuses every message is said once, then one line in 30.
+        if self.refusals == 1 {
+            log::warn!("{line}");
+        } else if self.refusals.is_multiple_of(30) {
+            log::warn!("{line} ({} refused in a row)", self.refusals);
+        } else {
+            log::debug!("{line}");
+        }
         if bad_request {
             self.full = true;
         }
