@@ -93,3 +93,13 @@ where
         })
         .with_context(|| format!("starting the {what}"))
 }
+
+/// Failures in a row between two log lines after the first (a collector down for an hour at a
+/// 10 s interval is not 360 warnings).
+pub(crate) const SAY_AGAIN_EVERY: u64 = 30;
+
+/// Whether the `in_a_row`-th failure in a row (from 1) is logged: the first, then every
+/// [`SAY_AGAIN_EVERY`]-th.
+pub(crate) fn worth_saying(in_a_row: u64) -> bool {
+    in_a_row == 1 || in_a_row.is_multiple_of(SAY_AGAIN_EVERY)
+}

@@ -40,7 +40,7 @@ use super::proto::{
 };
 use super::{StateDir, format_uuid, remote_files, short_hash};
 use crate::{
-    export::http,
+    export::{self, http},
     service::{Health, Service},
     settings::OpampSettings,
     sys,
@@ -137,8 +137,8 @@ pub struct Client {
     server_capabilities: u64,
     /// An effective config the server refused as too large (413): not sent until it changes.
     held_back: Option<EffectiveConfig>,
-    /// Messages the server refused (400, 413) in a row: said once, then one in 30.
-    refusals: u32,
+    /// Messages the server refused (400, 413) in a row: said once, then now and then.
+    refusals: u64,
     rng: u64,
 }
 
@@ -347,13 +347,13 @@ impl Client {
                 ""
             }
         );
-        // A server that refuses every message is said once, then one line in 30.
-        if self.refusals == 1 {
-            log::warn!("{line}");
-        } else if self.refusals.is_multiple_of(30) {
-            log::warn!("{line} ({} refused in a row)", self.refusals);
-        } else {
+        // A server that refuses every message is said once, then now and then.
+        if !export::worth_saying(self.refusals) {
             log::debug!("{line}");
+        } else if self.refusals == 1 {
+            log::warn!("{line}");
+        } else {
+            log::warn!("{line} ({} refused in a row)", self.refusals);
         }
         if bad_request {
             self.full = true;

@@ -164,20 +164,22 @@ pub fn check_opamp_endpoint(url: &str) -> Result<(), String> {
     check_http_url(url, "https://opamp.example:4320/v1/opamp").map(|_| ())
 }
 
+/// What follows `scheme` (such as `"https://"`) at the start of `url`, the scheme in any case
+/// (RFC 3986; the HTTP client reads it so too).
+pub fn after_scheme<'a>(url: &'a str, scheme: &str) -> Option<&'a str> {
+    url.get(..scheme.len())
+        .filter(|s| s.eq_ignore_ascii_case(scheme))
+        .map(|_| &url[scheme.len()..])
+}
+
 /// `http://` or `https://`, a URL the HTTP client can parse, with a host and, if it has one, a
 /// port in 1..=65535, no credentials, and no `$` in either (a variable the file does not
 /// expand); `example` goes in the error messages. Checked when the settings are read, before
 /// anything is loaded, so that a typo is not found at the first post.
 fn check_http_url(url: &str, example: &str) -> Result<hyper::Uri, String> {
     const NO_EXPANSION: &str = "the config file does not expand environment variables";
-    // A scheme is case-insensitive (RFC 3986), and so is the HTTP client's reading of it.
-    let after = |scheme: &str| {
-        url.get(..scheme.len())
-            .filter(|s| s.eq_ignore_ascii_case(scheme))
-            .map(|_| &url[scheme.len()..])
-    };
-    let rest = after("http://")
-        .or_else(|| after("https://"))
+    let rest = after_scheme(url, "http://")
+        .or_else(|| after_scheme(url, "https://"))
         .ok_or_else(|| format!("`{url}` is not an http:// or https:// URL, e.g. \"{example}\""))?;
     if url.chars().any(char::is_whitespace) {
         return Err(format!("`{url}` contains whitespace"));

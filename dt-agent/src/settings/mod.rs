@@ -354,9 +354,7 @@ pub fn resolve(file: Option<Layer>, flags: Layer) -> Result<Settings, String> {
         Some(endpoint) => {
             let key = name("opamp.endpoint", "--opamp-endpoint", endpoint_flag);
             check_opamp_endpoint(&endpoint).unwrap_or_else(|e| errors.push(format!("{key}: {e}")));
-            let https = endpoint
-                .get(..8)
-                .is_some_and(|s| s.eq_ignore_ascii_case("https://"));
+            let https = check::after_scheme(&endpoint, "https://").is_some();
             if let Some(first) = first_tls.filter(|_| !https) {
                 errors.push(format!(
                     "{first}: the OpAMP endpoint {endpoint} ({key}) is not https://, so an \

@@ -194,9 +194,9 @@ async fn post(endpoint: &Uri, body: Vec<u8>) -> anyhow::Result<()> {
 }
 
 /// Every `interval` (the first push one interval after the call), [`push_once`]: failures are
-/// logged with `log::warn!` (the first in a row, then one in [`SAY_AGAIN_EVERY`]) and the next
-/// interval tries again; this never returns unless the endpoint itself is unusable (see
-/// `check_otlp_endpoint`), which is logged as an error, or dt was uninstalled.
+/// logged with `log::warn!` (the first in a row, then one in [`super::SAY_AGAIN_EVERY`]) and
+/// the next interval tries again; this never returns unless the endpoint itself is unusable
+/// (see `check_otlp_endpoint`), which is logged as an error, or dt was uninstalled.
 /// A zero interval is taken as one second.
 pub async fn push_otlp(
     endpoint: Uri,
@@ -243,28 +243,26 @@ pub async fn push_otlp(
     }
 }
 
-/// Failures in a row between two log lines after the first.
-const SAY_AGAIN_EVERY: u64 = 30;
-
-/// The log line of the `failing`-th push failure in a row, if it gets one: the first, then
-/// every [`SAY_AGAIN_EVERY`]-th (a collector down for an hour is not 360 warnings).
+/// The log line of the `failing`-th push failure in a row, if it gets one
+/// ([`super::worth_saying`]).
 fn failure_line(
     endpoint: &Uri,
     failing: u64,
     interval: Duration,
     e: &anyhow::Error,
 ) -> Option<String> {
-    if failing == 1 {
+    if !super::worth_saying(failing) {
+        None
+    } else if failing == 1 {
         Some(format!(
             "pushing OTLP metrics to {endpoint} failed: {e:#}; trying again every {interval:?} \
-             (said again every {SAY_AGAIN_EVERY} failures in a row)"
+             (said again every {} failures in a row)",
+            super::SAY_AGAIN_EVERY
         ))
-    } else if failing.is_multiple_of(SAY_AGAIN_EVERY) {
+    } else {
         Some(format!(
             "pushing OTLP metrics to {endpoint} still fails ({failing} in a row): {e:#}"
         ))
-    } else {
-        None
     }
 }
 
