@@ -1288,8 +1288,8 @@ impl walk::GroupSink for NoteSink {
 }
 
 /// The record fast path's lookups ([`walk::fast_lookups`]) as a global BPF function, checked
-/// once on its own: one noted attribute a `bpf_loop` iteration (each hashes and compares up to
-/// 192 bytes).
+/// once on its own: one lookup of one noted attribute a `bpf_loop` iteration (each hashes and
+/// compares up to 192 bytes), as many as the record needs.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn dt_fast_lookups(w: *mut walk::Walk, rs: *const RuleSet, slot: u64) -> u64 {
@@ -1297,9 +1297,11 @@ pub extern "C" fn dt_fast_lookups(w: *mut walk::Walk, rs: *const RuleSet, slot: 
         return 0;
     }
     let mut c = LookCtx { w, rs, slot };
+    // SAFETY: checked non-null; the verifier checks every access against the sizes.
+    let steps = walk::fast_lookup_steps(unsafe { &*w });
     unsafe {
         bpf_loop(
-            walk::FAST_LOOKUP_STEPS as u32,
+            steps.min(walk::FAST_LOOKUP_STEPS as u32),
             lookup_cb as *mut c_void,
             ptr::from_mut(&mut c).cast(),
             0,

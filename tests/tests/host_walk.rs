@@ -553,3 +553,97 @@ fn the_largest_redaction_plan_fits_the_apply_bound() {
         }
     }
 }
+
+/// Needles that begin with bytes rare in text: the body scan passes over the bytes that cannot
+/// begin one, 8 at a time when at most four bytes can (`NEED_SCAN_WORDS`), else one at a time
+/// (`NEED_SCAN_SKIP`). Both come to what a scan of every byte comes to, and to the model, on
+/// bodies full of the needles' first bytes and near misses, across the 64-byte chunks.
+#[test]
+fn body_scans_that_skip_bytes_agree_with_scanning_every_byte() {
+    use dt_ebpf_common::{NEED_SCAN_SKIP, NEED_SCAN_WORDS};
+    use dt_tests::host_walk::walk_body;
+    use dt_tests::model::contains;
+    let sets: [(&[&str], bool); 4] = [
+        (&["#oops"], true),
+        (&["#oops", "[warn]", "#"], true),
+        (&["#!", "[w", "{\"k", "\u{e9}t\u{e9}"], true),
+        // Five first bytes: one at a time.
+        (&["#!", "[w", "{\"k", "\u{e9}t\u{e9}", "~~"], false),
+    ];
+    let pieces = [
+        "#",
+        "#o",
+        "#oop",
+        "#oops",
+        "#!",
+        "[",
+        "[w",
+        "[warn",
+        "[warn]",
+        "{",
+        "{\"",
+        "{\"k",
+        "~",
+        "~~",
+        "\u{e9}",
+        "\u{e9}t",
+        "t\u{e9}",
+        "x",
+        "plain words ",
+        "        ",
+        "0123456",
+    ];
+    let mut rng = Rng::new(0x5ca9);
+    for (needles, words) in sets {
+        let text: String = needles
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                format!(
+                    "[[rule]]\nname = \"n{i}\"\naction = \"count\"\n[rule.match]\nbody_contains = {n:?}\n\n"
+                )
+            })
+            .collect();
+        let words_on = build(&text).unwrap_or_else(|e| panic!("{e:#?}"));
+        let needs = words_on.ruleset.needs;
+        assert_ne!(needs & NEED_SCAN_SKIP, 0, "{needles:?}");
+        assert_eq!(needs & NEED_SCAN_WORDS != 0, words, "{needles:?}");
+        let mut bytewise = words_on.clone();
+        bytewise.ruleset.needs &= !NEED_SCAN_WORDS;
+        let mut every = words_on.clone();
+        every.ruleset.needs &= !(NEED_SCAN_WORDS | NEED_SCAN_SKIP);
+        for round in 0..400 {
+            let most = if rng.chance(50) { 12 } else { 80 };
+            let n = rng.below(most) as usize;
+            let body: String = (0..n).map(|_| rng.pick(&pieces)).collect();
+            let request = ExportLogsServiceRequest {
+                resource_logs: vec![ResourceLogs {
+                    scope_logs: vec![ScopeLogs {
+                        log_records: vec![record(9, string(&body), Vec::new())],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+            };
+            let bytes = request.encode_to_vec();
+            let want: Vec<u32> = needles
+                .iter()
+                .map(|n| contains(body.as_bytes(), n.as_bytes()) as u32)
+                .collect();
+            for (how, compiled) in [
+                ("8 at a time", &words_on),
+                ("one at a time", &bytewise),
+                ("every byte", &every),
+            ] {
+                for fast in [true, false] {
+                    let (o, _, _) = walk_body(compiled, &bytes, fast);
+                    let got: Vec<u32> = o.acc.iter().map(|a| a.0).collect();
+                    assert_eq!(
+                        got, want,
+                        "{how} (fast path {fast}), round {round}, needles {needles:?}, body {body:?}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -15,8 +15,8 @@ use dt_ebpf_common::{
     AcRow, AcTable, ENRICH_KEYS, GROUP_ATTR, GROUP_EVENT, GROUP_SERVICE, GROUP_SEVERITY,
     MAX_AC_STATES, MAX_ATTR_KEY_LEN, MAX_ATTR_VALUE_LEN, MAX_EVENT_LEN, MAX_GROUP_KEYS,
     MAX_GROUP_RULES, MAX_NEEDLE_LEN, MAX_RATE, MAX_RECORDERS, MAX_RULES, MAX_SERVICE_LEN,
-    MAX_SLOTS, MAX_STATES, NEED_EVENT, NEED_GROUPS, NEED_SCAN_SKIP, RULE_MASK_BODY, Rule, RuleSet,
-    StrKey, Trigger, key_len_bit,
+    MAX_SLOTS, MAX_STATES, NEED_EVENT, NEED_GROUPS, NEED_SCAN_SKIP, NEED_SCAN_WORDS,
+    RULE_MASK_BODY, Rule, RuleSet, StrKey, Trigger, key_len_bit,
 };
 
 use super::ac::{AcBuilder, TooManyStates};
@@ -787,6 +787,17 @@ impl<'d> Compiler<'d> {
             let common = |b: usize| (b as u8).is_ascii_alphanumeric() || b == b' ' as usize;
             if (0..256).all(|b| !common(b) || start.next[b] == 0) {
                 ruleset.needs |= NEED_SCAN_SKIP;
+                // Few bytes begin a needle: the scan tests a word for each of them.
+                let first: Vec<u8> = (0..=255u8)
+                    .filter(|&b| start.next[b as usize] != 0)
+                    .collect();
+                if let Some(&f) = first.first()
+                    && first.len() <= ruleset.ac_first.len()
+                {
+                    ruleset.ac_first = [f; 4];
+                    ruleset.ac_first[..first.len()].copy_from_slice(&first);
+                    ruleset.needs |= NEED_SCAN_WORDS;
+                }
             }
         }
         ruleset.states = self

@@ -347,30 +347,44 @@ fn fast_attr(w: &mut Walk, rs: &RuleSet, tag: u32, start: u32, end: u32) -> bool
 pub fn fast_lookups<H: Hashes>(w: &mut Walk, rs: &RuleSet, slot: u8, h: &mut H) {
     let mut k = 0;
     while k < FAST_LOOKUP_STEPS {
+        if k >= fast_lookup_steps(w) as usize {
+            break;
+        }
         fast_lookup(w, rs, k, slot, h);
         k += 1;
     }
 }
 
-/// Lookup steps of a record: each kind of lookup ([`LOOK_ATTR`], [`LOOK_REDACT`],
+/// Lookup steps a record can need: each kind of lookup ([`LOOK_ATTR`], [`LOOK_REDACT`],
 /// [`LOOK_GROUP`]) of each noted attribute.
 pub const FAST_LOOKUP_STEPS: usize = 3 * MAX_FAST_LOOKS;
 const LOOK_ATTR: usize = 0;
 const LOOK_REDACT: usize = 1;
 const LOOK_GROUP: usize = 2;
 
-/// Lookup step `step`: one kind of lookup (`step / MAX_FAST_LOOKS`) of noted attribute
-/// `step % MAX_FAST_LOOKS` (none when fewer were noted). Kinds are independent, so doing all
-/// of one kind before the next sets what the field walk sets, one attribute at a time. The
-/// kernel runs one step a `bpf_loop` iteration: one lookup a callback keeps its paths few.
+/// The lookup steps the record just parsed needs: three for each attribute noted.
+#[inline(always)]
+pub fn fast_lookup_steps(w: &Walk) -> u32 {
+    3 * get(&w.f_n_look)
+}
+
+/// Lookup step `step` of the `n` the record needs ([`fast_lookup_steps`]): one kind of lookup
+/// (`step / n`) of noted attribute `step % n`. Kinds are independent, so doing all of one kind
+/// before the next sets what the field walk sets, one attribute at a time. The kernel runs one
+/// step a `bpf_loop` iteration: one lookup a callback keeps its paths few.
 #[inline(always)]
 pub fn fast_lookup<H: Hashes>(w: &mut Walk, rs: &RuleSet, step: usize, slot: u8, h: &mut H) {
-    let kind = step / MAX_FAST_LOOKS;
-    let k = step % MAX_FAST_LOOKS;
-    if k >= get(&w.f_n_look) as usize {
+    let n = get(&w.f_n_look) as usize;
+    if n == 0 || n > MAX_FAST_LOOKS || step >= 3 * n {
         return;
     }
-    let l = w.f_look[k];
+    let kind = step / n;
+    // Through memory: the verifier does not follow the remainder, so the index is checked
+    // where it is used.
+    let k = launder(&mut w.scratch, (step % n) as u32) as usize;
+    let Some(&l) = w.f_look.get(k) else {
+        return;
+    };
     if kind == LOOK_ATTR && attr_looked_up(rs, l.klen, l.vkind, l.vlen) {
         let (kind, _) = typed_key(l.vkind, l.vlen);
         let key = HashKey {

@@ -845,41 +845,124 @@ pub(super) fn scan_step<S: Source, E: Env>(
 /// and to `ac_state`, adding the bits of the needles found to `body_bits`: one load a byte,
 /// except in the start state, where bytes that cannot begin a needle (`ac_skip`) are passed
 /// over with one bit test each (when the rules' needles make that worth it,
-/// [`NEED_SCAN_SKIP`]).
+/// [`NEED_SCAN_SKIP`]), or 8 at a time when at most four bytes can begin one
+/// ([`NEED_SCAN_WORDS`]).
 #[inline(always)]
 pub fn scan_chunk(w: &mut Walk, rs: &RuleSet, t: &AcTable, n: u32) {
-    const NEXT_MASK: u32 = MAX_AC_STATES * 256 - 1;
-    const STATE_MASK: u32 = MAX_AC_STATES - 1;
     let mut state = w.ac_state;
     let mut bits = w.body_bits;
-    let mut i = 0;
-    if rs.needs & NEED_SCAN_SKIP != 0 {
+    if rs.needs & NEED_SCAN_WORDS != 0 {
+        // Each first byte in every byte of a word, kept in the walk (not on the stack).
+        let f = u32::from_le_bytes(rs.ac_first) as u64;
+        w.scan_first = [
+            (f & 0xff) * LOW_BYTES,
+            (f >> 8 & 0xff) * LOW_BYTES,
+            (f >> 16 & 0xff) * LOW_BYTES,
+            (f >> 24) * LOW_BYTES,
+        ];
+        let mut k = 0;
+        while k < SCAN_CHUNK / 8 {
+            let i = k * 8;
+            if i >= n {
+                break;
+            }
+            // Bytes past `n` in the last word are another chunk's: a word is passed over
+            // only when none of its bytes can begin a needle, and bytes are taken only up to
+            // `n`, so they decide nothing.
+            let v = word(w, k);
+            let hit = has_byte(v, first(w, 0))
+                | has_byte(v, first(w, 1))
+                | has_byte(v, first(w, 2))
+                | has_byte(v, first(w, 3));
+            if (state as u64 | hit) != 0 {
+                let mut j = i;
+                while j < i + 8 {
+                    if j >= n {
+                        break;
+                    }
+                    (state, bits) = scan_byte::<true>(w, rs, t, state, bits, j);
+                    j += 1;
+                }
+            }
+            k += 1;
+        }
+    } else if rs.needs & NEED_SCAN_SKIP != 0 {
+        let mut i = 0;
         while i < SCAN_CHUNK {
             if i >= n {
                 break;
             }
-            let b = w.scan_buf[(i & (SCAN_CHUNK - 1)) as usize] as u32;
-            let stay = (rs.ac_skip[(b >> 6) as usize & 3] >> (b & 63)) as u32 & 1;
-            // One test of a value made of both (not `state == 0 && ...`): the verifier then
-            // never learns that the state is 0 on the way that skips, so both ways merge at
-            // every byte.
-            if state | (stay ^ 1) != 0 {
-                state = (t.next[((state << 8 | b) & NEXT_MASK) as usize] & !AC_OUT) as u32;
-                bits |= t.out[(state & STATE_MASK) as usize];
-            }
+            (state, bits) = scan_byte::<true>(w, rs, t, state, bits, i);
             i += 1;
         }
     } else {
+        let mut i = 0;
         while i < SCAN_CHUNK {
             if i >= n {
                 break;
             }
-            let b = w.scan_buf[(i & (SCAN_CHUNK - 1)) as usize] as u32;
-            state = (t.next[((state << 8 | b) & NEXT_MASK) as usize] & !AC_OUT) as u32;
-            bits |= t.out[(state & STATE_MASK) as usize];
+            (state, bits) = scan_byte::<false>(w, rs, t, state, bits, i);
             i += 1;
         }
     }
     w.ac_state = state;
     w.body_bits = bits;
+}
+
+const LOW_BYTES: u64 = 0x0101_0101_0101_0101;
+
+/// Byte `i` of [`Walk::scan_buf`] through the automaton from `state`: the next state and the
+/// needles found so far. `SKIP` ([`NEED_SCAN_SKIP`]): a byte that cannot begin a needle leaves
+/// the start state without a load of the table.
+#[inline(always)]
+fn scan_byte<const SKIP: bool>(
+    w: &Walk,
+    rs: &RuleSet,
+    t: &AcTable,
+    state: u32,
+    bits: u64,
+    i: u32,
+) -> (u32, u64) {
+    const NEXT_MASK: u32 = MAX_AC_STATES * 256 - 1;
+    const STATE_MASK: u32 = MAX_AC_STATES - 1;
+    let b = w.scan_buf[(i & (SCAN_CHUNK - 1)) as usize] as u32;
+    let stay = if SKIP {
+        (rs.ac_skip[(b >> 6) as usize & 3] >> (b & 63)) as u32 & 1
+    } else {
+        0
+    };
+    // One test of a value made of both (not `state == 0 && ...`): the verifier then never
+    // learns that the state is 0 on the way that skips, so both ways merge at every byte.
+    if state | (stay ^ 1) != 0 {
+        let next = (t.next[((state << 8 | b) & NEXT_MASK) as usize] & !AC_OUT) as u32;
+        (next, bits | t.out[(next & STATE_MASK) as usize])
+    } else {
+        (state, bits)
+    }
+}
+
+/// Word `k` (bytes `8k..8k + 8`) of [`Walk::scan_buf`], in one load.
+#[inline(always)]
+fn word(w: &Walk, k: u32) -> u64 {
+    const _: () = assert!(core::mem::offset_of!(Walk, scan_buf) % 8 == 0);
+    let k = (k & (SCAN_CHUNK / 8 - 1)) as usize;
+    // SAFETY: `k * 8 + 8 <= CHUNK_BYTES`, and the buffer is 8-aligned in the 8-aligned walk
+    // (asserted above).
+    unsafe { core::ptr::read(w.scan_buf.as_ptr().add(k * 8).cast::<u64>()) }
+}
+
+/// [`Walk::scan_first`] `k`, loaded where it is used: kept in registers, the four would be
+/// spilled to a stack the chain of calls to the scan has no room for.
+#[inline(always)]
+fn first(w: &Walk, k: usize) -> u64 {
+    // SAFETY: a plain load of a valid `u64`.
+    unsafe { core::ptr::read_volatile(&w.scan_first[k & 3]) }
+}
+
+/// Nonzero when some byte of `v` equals the byte `p` repeats (exact: a zero byte of `v ^ p`
+/// sets its high bit and no borrow reaches a byte before the first zero one).
+#[inline(always)]
+fn has_byte(v: u64, p: u64) -> u64 {
+    let x = v ^ p;
+    x.wrapping_sub(LOW_BYTES) & !x & (LOW_BYTES << 7)
 }

@@ -33,7 +33,7 @@ use eval::{evaluate, fire_step, group_step};
 use fast::fast_lookup_step;
 pub use fast::{
     FAST_FIELDS, FAST_LOOKUP_STEPS, FAST_RECORD_MAX, FastLook, Hashes, MAX_FAST_LOOKS, fast_lookup,
-    fast_lookups, parse_begin, parse_end, parse_field, parse_record,
+    fast_lookup_steps, fast_lookups, parse_begin, parse_end, parse_field, parse_record,
 };
 pub use fields::scan_chunk;
 use fields::{
@@ -49,10 +49,10 @@ use crate::{
     GV_BOOL, GV_INT, GV_LEVEL, GV_MISSING, GV_OTHER, GV_STRING, GroupNote, MAX_AC_STATES,
     MAX_ATTR_KEY_LEN, MAX_ATTR_VALUE_LEN, MAX_EDITS, MAX_EVENT_LEN, MAX_FIXES, MAX_GROUP_KEYS,
     MAX_GROUP_RULES, MAX_MASKS, MAX_RECORD_BODIES, MAX_RECORD_REDACT_RULES, MAX_RECORD_REDACTS,
-    MAX_RULES, MAX_SERVICE_LEN, NEED_ATTRS, NEED_EVENT, NEED_GROUPS, NEED_SCAN_SKIP, NEED_SERVICE,
-    NEED_STATES, RULE_MASK_BODY, Rule, RuleSet, SEV_OUT_OF_RANGE, STR_ATTR, STR_ATTR_BOOL,
-    STR_ATTR_INT, STR_ENRICH, STR_EVENT, STR_GROUP, STR_REDACT, STR_SERVICE, StrKey, key_len_bit,
-    severity_level,
+    MAX_RULES, MAX_SERVICE_LEN, NEED_ATTRS, NEED_EVENT, NEED_GROUPS, NEED_SCAN_SKIP,
+    NEED_SCAN_WORDS, NEED_SERVICE, NEED_STATES, RULE_MASK_BODY, Rule, RuleSet, SEV_OUT_OF_RANGE,
+    STR_ATTR, STR_ATTR_BOOL, STR_ATTR_INT, STR_ENRICH, STR_EVENT, STR_GROUP, STR_REDACT,
+    STR_SERVICE, StrKey, key_len_bit, severity_level,
     wire::{CHUNK_BYTES, Error, Source, varint},
 };
 
@@ -436,9 +436,10 @@ pub struct Walk {
     pub scan_pos: u32,
     pub scan_end: u32,
     pub ac_state: u32,
-    pub _pad_scan: u32,
     /// The chunk being scanned, copied out of the message at once.
     pub scan_buf: [u8; CHUNK_BYTES],
+    /// [`RuleSet::ac_first`], each byte repeated through a word.
+    pub scan_first: [u64; 4],
     /// 1: records of the usual shape are taken whole ([`fast`]), the default; 0: always field
     /// by field (the host tests compare both ways).
     pub fast: u32,

@@ -473,7 +473,9 @@ fn check_files_applies_compile_limits() {
 
 #[test]
 fn each_rule_names_one_bit_it_needs_and_the_rule_set_the_key_lengths_and_skippable_bytes() {
-    use dt_ebpf_common::{FIRST_ATTRS, FIRST_BODY, FIRST_SERVICE, NEED_SCAN_SKIP, key_len_bit};
+    use dt_ebpf_common::{
+        FIRST_ATTRS, FIRST_BODY, FIRST_SERVICE, NEED_SCAN_SKIP, NEED_SCAN_WORDS, key_len_bit,
+    };
     let text = format!(
         "{}{}{}{}{}remove_attributes = [\"secret.token\"]\n",
         rule_with_match("sev", "count", "severity = \">=ERROR\""),
@@ -512,12 +514,35 @@ fn each_rule_names_one_bit_it_needs_and_the_rule_set_the_key_lengths_and_skippab
     assert_eq!(rs.ac_skip[(b'#' >> 6) as usize] >> (b'#' & 63) & 1, 0);
     assert_eq!(rs.ac_skip[(b'a' >> 6) as usize] >> (b'a' & 63) & 1, 1);
     assert_ne!(rs.needs & NEED_SCAN_SKIP, 0);
+    // One byte can begin a needle: the scan tests 8 bytes at a time for it.
+    assert_ne!(rs.needs & NEED_SCAN_WORDS, 0);
+    assert_eq!(rs.ac_first, [b'#'; 4]);
     let c = compiled(&rule_with_match("w", "count", "body_contains = \"oops\""));
     assert_eq!(
-        c.ruleset.needs & NEED_SCAN_SKIP,
+        c.ruleset.needs & (NEED_SCAN_SKIP | NEED_SCAN_WORDS),
         0,
         "a needle starting with a letter"
     );
+    let needles = |list: &[&str]| {
+        let text: String = list
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                rule_with_match(&format!("n{i}"), "count", &format!("body_contains = {n:?}"))
+            })
+            .collect();
+        compiled(&text).ruleset
+    };
+    let rs = needles(&["[x", "#a", "#b", "{"]);
+    assert_ne!(rs.needs & NEED_SCAN_WORDS, 0);
+    assert_eq!(
+        rs.ac_first,
+        [b'#', b'[', b'{', b'#'],
+        "fewer than four repeat the first"
+    );
+    let rs = needles(&["[x", "#a", "{", "~", "\u{e9}"]);
+    assert_ne!(rs.needs & NEED_SCAN_SKIP, 0);
+    assert_eq!(rs.needs & NEED_SCAN_WORDS, 0, "five bytes begin a needle");
 }
 
 #[test]
