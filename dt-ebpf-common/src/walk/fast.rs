@@ -368,20 +368,20 @@ pub fn fast_lookup_steps(w: &Walk) -> u32 {
     3 * get(&w.f_n_look)
 }
 
-/// Lookup step `step` of the `n` the record needs ([`fast_lookup_steps`]): one kind of lookup
-/// (`step / n`) of noted attribute `step % n`. Kinds are independent, so doing all of one kind
-/// before the next sets what the field walk sets, one attribute at a time. The kernel runs one
-/// step a `bpf_loop` iteration: one lookup a callback keeps its paths few.
+/// Lookup step `step` of the record's ([`fast_lookup_steps`]): one kind of lookup
+/// (`step % 3`) of noted attribute `step / 3`. Kinds are independent (each sets its own
+/// facts), and each kind takes the attributes in order, so this sets what the field walk
+/// sets. The kernel runs one step a `bpf_loop` iteration: one lookup a callback keeps its
+/// paths few.
 #[inline(always)]
 pub fn fast_lookup<H: Hashes>(w: &mut Walk, rs: &RuleSet, step: usize, slot: u8, h: &mut H) {
-    let n = get(&w.f_n_look) as usize;
-    if n == 0 || n > MAX_FAST_LOOKS || step >= 3 * n {
+    let kind = step % 3;
+    // Through memory: the verifier does not follow a division, so the index is checked where
+    // it is used.
+    let k = launder(&mut w.scratch, (step / 3) as u32) as usize;
+    if k >= get(&w.f_n_look) as usize {
         return;
     }
-    let kind = step / n;
-    // Through memory: the verifier does not follow the remainder, so the index is checked
-    // where it is used.
-    let k = launder(&mut w.scratch, (step % n) as u32) as usize;
     let Some(&l) = w.f_look.get(k) else {
         return;
     };

@@ -851,46 +851,37 @@ pub(super) fn scan_step<S: Source, E: Env>(
 pub fn scan_chunk(w: &mut Walk, rs: &RuleSet, t: &AcTable, n: u32) {
     let mut state = w.ac_state;
     let mut bits = w.body_bits;
-    if rs.needs & NEED_SCAN_WORDS != 0 {
-        // Each first byte in every byte of a word, kept in the walk (not on the stack).
-        let f = u32::from_le_bytes(rs.ac_first) as u64;
-        w.scan_first = [
-            (f & 0xff) * LOW_BYTES,
-            (f >> 8 & 0xff) * LOW_BYTES,
-            (f >> 16 & 0xff) * LOW_BYTES,
-            (f >> 24) * LOW_BYTES,
-        ];
-        let mut k = 0;
-        while k < SCAN_CHUNK / 8 {
-            let i = k * 8;
-            if i >= n {
-                break;
-            }
-            // Bytes past `n` in the last word are another chunk's: a word is passed over
-            // only when none of its bytes can begin a needle, and bytes are taken only up to
-            // `n`, so they decide nothing.
-            let v = word(w, k);
-            let hit = has_byte(v, first(w, 0))
-                | has_byte(v, first(w, 1))
-                | has_byte(v, first(w, 2))
-                | has_byte(v, first(w, 3));
-            if (state as u64 | hit) != 0 {
-                let mut j = i;
-                while j < i + 8 {
-                    if j >= n {
-                        break;
-                    }
-                    (state, bits) = scan_byte::<true>(w, rs, t, state, bits, j);
-                    j += 1;
-                }
-            }
-            k += 1;
+    if rs.needs & NEED_SCAN_SKIP != 0 {
+        let words = rs.needs & NEED_SCAN_WORDS != 0;
+        if words {
+            // Each first byte in every byte of a word, kept in the walk (not on the stack).
+            let f = u32::from_le_bytes(rs.ac_first) as u64;
+            w.scan_first = [
+                (f & 0xff) * LOW_BYTES,
+                (f >> 8 & 0xff) * LOW_BYTES,
+                (f >> 16 & 0xff) * LOW_BYTES,
+                (f >> 24) * LOW_BYTES,
+            ];
         }
-    } else if rs.needs & NEED_SCAN_SKIP != 0 {
         let mut i = 0;
         while i < SCAN_CHUNK {
             if i >= n {
                 break;
+            }
+            if words && i & 7 == 0 {
+                // A word none of whose bytes can begin a needle, in the start state, is
+                // passed over whole. Bytes past `n` in the last word are another chunk's:
+                // they can only keep a word from being passed over, and bytes are taken
+                // only up to `n`, so they decide nothing.
+                let v = word(w, i / 8);
+                let hit = has_byte(v, first(w, 0))
+                    | has_byte(v, first(w, 1))
+                    | has_byte(v, first(w, 2))
+                    | has_byte(v, first(w, 3));
+                if (state as u64 | hit) == 0 {
+                    i += 8;
+                    continue;
+                }
             }
             (state, bits) = scan_byte::<true>(w, rs, t, state, bits, i);
             i += 1;
