@@ -95,7 +95,21 @@ pub fn attach_sk_msg(ebpf: &mut Ebpf, socks: &SockHash<MapData, u64>) -> anyhow:
         .program_mut("dt_msg")
         .ok_or_else(|| anyhow!("program dt_msg missing"))?
         .try_into()?;
+    let started = std::time::Instant::now();
     prog.load().context("loading the sk_msg program")?;
+    // What the verifier took: most of the agent's start, and the room left for the program
+    // to grow (the kernel refuses one that takes more than 1M instructions to check).
+    if let Some(n) = prog
+        .info()
+        .ok()
+        .and_then(|i| i.verified_instruction_count())
+    {
+        log::info!(
+            "sk_msg program loaded in {:.1} s: the verifier checked {n} instructions (its \
+             limit is 1000000)",
+            started.elapsed().as_secs_f64()
+        );
+    }
     // On a SockHash that already has a program (adopted pins), this replaces it: sockets
     // that join from now on run the new one.
     let id = prog
