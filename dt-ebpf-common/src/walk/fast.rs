@@ -168,7 +168,36 @@ pub fn parse_field(w: &mut Walk, rs: &RuleSet, len: u32) -> bool {
         set(&mut w.f_bad, 1);
         return false;
     }
+    skip_plain(w, len);
     true
+}
+
+/// After a field, the next one too when it is one the rules never read and encoders write
+/// after another field (timestamps, `flags`, `severity_text`, trace and span ids), of the
+/// usual shape: the kernel calls [`parse_field`] once a field, and a call costs more than
+/// such a field. Anything else is left to the next call, which checks it as always.
+#[inline(always)]
+fn skip_plain(w: &mut Walk, len: u32) {
+    let pos = get(&w.f_pos);
+    if pos + 2 > len {
+        return;
+    }
+    let tag = at(w, pos);
+    let next = if tag == 0x09 || tag == 0x59 {
+        // time_unix_nano, observed_time_unix_nano: fixed64.
+        pos + 9
+    } else if tag == 0x45 {
+        // flags: fixed32.
+        pos + 5
+    } else if (tag == 0x1a || tag == 0x4a || tag == 0x52) && at(w, pos + 1) < 0x80 {
+        // severity_text, trace_id, span_id, with a one-byte length.
+        pos + 2 + at(w, pos + 1)
+    } else {
+        return;
+    };
+    if next <= len {
+        w.f_pos = launder(&mut w.scratch, next);
+    }
 }
 
 /// Whether the whole record was parsed (fields past [`FAST_FIELDS`] were not).
