@@ -172,15 +172,31 @@ pub fn parse_field(w: &mut Walk, rs: &RuleSet, len: u32) -> bool {
     true
 }
 
-/// After a field, the next one too when it is one the rules never read and encoders write
-/// after another field (timestamps, `flags`, `severity_text`, trace and span ids), of the
-/// usual shape: the kernel calls [`parse_field`] once a field, and a call costs more than
-/// such a field. Anything else is left to the next call, which checks it as always.
+/// After a field, up to [`PLAIN_AFTER`] more when they are ones encoders write around the
+/// others, of the usual shape, that set nothing or only the severity: timestamps, `flags`,
+/// `severity_number`, `severity_text`, trace and span ids. The kernel calls [`parse_field`]
+/// once a field, and a call costs more than such a field. Anything else is left to the next
+/// call, which checks it as always.
 #[inline(always)]
 fn skip_plain(w: &mut Walk, len: u32) {
+    let mut k = 0;
+    while k < PLAIN_AFTER {
+        if !plain_field(w, len) {
+            return;
+        }
+        k += 1;
+    }
+}
+
+/// Fields [`skip_plain`] takes after one.
+const PLAIN_AFTER: u32 = 3;
+
+/// Takes the field at the cursor if it is one [`skip_plain`] takes, and fits.
+#[inline(always)]
+fn plain_field(w: &mut Walk, len: u32) -> bool {
     let pos = get(&w.f_pos);
     if pos + 2 > len {
-        return;
+        return false;
     }
     let tag = at(w, pos);
     let next = if tag == 0x09 || tag == 0x59 {
@@ -189,15 +205,22 @@ fn skip_plain(w: &mut Walk, len: u32) {
     } else if tag == 0x45 {
         // flags: fixed32.
         pos + 5
+    } else if tag == 0x10 && at(w, pos + 1) < 0x80 {
+        // severity_number, one byte: as fast_field sets it.
+        let v = at(w, pos + 1);
+        w.f_sev = if v <= 24 { v } else { SEV_OUT_OF_RANGE as u32 };
+        pos + 2
     } else if (tag == 0x1a || tag == 0x4a || tag == 0x52) && at(w, pos + 1) < 0x80 {
         // severity_text, trace_id, span_id, with a one-byte length.
         pos + 2 + at(w, pos + 1)
     } else {
-        return;
+        return false;
     };
-    if next <= len {
-        w.f_pos = launder(&mut w.scratch, next);
+    if next > len {
+        return false;
     }
+    w.f_pos = launder(&mut w.scratch, next);
+    true
 }
 
 /// Whether the whole record was parsed (fields past [`FAST_FIELDS`] were not).
