@@ -4,11 +4,11 @@
 //! It takes what encoders write for a log record: one-byte tags, length prefixes of one or two
 //! bytes, varints of one or two bytes, a body that is one `string_value`, attributes of the
 //! KeyValue fast path's shape ([`super::fields::plain_kv`], ints of one or two bytes) that no
-//! rule looks up. Anything
-//! else (and a record longer than [`FAST_RECORD_MAX`] or with more than [`FAST_FIELDS`]
-//! fields) leaves the walk untouched, and the record is walked field by field: both ways set
-//! the same facts, so what passes and what is edited does not depend on the way taken (the
-//! host tests run both on every request they make).
+//! rule looks up. Anything else (and a record longer than [`FAST_RECORD_MAX`] or with more
+//! fields than [`FAST_FIELDS`] calls of [`parse_field`] take) leaves the walk untouched, and
+//! the record is walked field by field: both ways set the same facts, so what passes and what
+//! is edited does not depend on the way taken (the host tests run both on every request they
+//! make).
 
 use super::fields::{
     WT_I32, WT_I64, WT_LEN, WT_VARINT, attr_looked_up, end_record, group_looked_up,
@@ -20,7 +20,8 @@ use crate::{HashEntry, HashKey, STR_KEY_BYTES, key_len_bit, str_hash_byte, str_h
 
 /// Bytes of the record buffer ([`Walk::rec_buf`]); a power of two.
 pub const FAST_RECORD_MAX: u32 = RECORD_BYTES as u32;
-/// Fields of one record the fast path takes.
+/// Calls of [`parse_field`] for one record: each takes a field, and up to three plain ones
+/// after it (`skip_plain`).
 pub const FAST_FIELDS: u32 = 24;
 
 /// Lookups one record's attributes may need on the fast path (more: the field walk).
