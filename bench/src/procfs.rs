@@ -121,6 +121,10 @@ pub struct ProgStats {
     pub name: String,
     pub run_cnt: u64,
     pub run_time_ns: u64,
+    /// Instructions the verifier processed to load it (0 when the kernel does not say): how
+    /// much of its 1,000,000 budget the program takes.
+    #[serde(default)]
+    pub verified_insns: u64,
 }
 
 /// Name of a BPF program type number (the ones dt uses).
@@ -162,6 +166,7 @@ pub fn bpf_progs(pid: u32) -> Vec<ProgStats> {
             name: String::new(),
             run_cnt: field("run_cnt"),
             run_time_ns: field("run_time_ns"),
+            verified_insns: field("verified_insns"),
         };
         if !out.iter().any(|q| q.id == p.id) {
             out.push(p);

@@ -443,6 +443,19 @@ pub fn markdown(
     if let Some(g) = &m.git {
         s += &format!("- Source: `{g}`.\n");
     }
+    let verified = runs
+        .iter()
+        .flat_map(|r| &r.progs)
+        .filter(|p| p.prog_type == 16)
+        .map(|p| p.verified_insns)
+        .max()
+        .filter(|&n| n > 0);
+    if let Some(n) = verified {
+        s += &format!(
+            "- The sk_msg program: {n} instructions verified, {:.1}% of the kernel's 1,000,000.\n",
+            n as f64 / 10_000.0
+        );
+    }
     s += "- Requests: ";
     s += &w
         .iter()

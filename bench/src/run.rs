@@ -584,6 +584,7 @@ impl Bench {
                     },
                     run_cnt: p1.run_cnt - p0.map_or(0, |p| p.run_cnt),
                     run_time_ns: p1.run_time_ns - p0.map_or(0, |p| p.run_time_ns),
+                    verified_insns: p1.verified_insns,
                 }
             })
             .collect();
