@@ -1175,22 +1175,19 @@ impl Env for KernelEnv {
 
 /// The record fast path's parse ([`walk::parse_record`]) as a global BPF function (exported by
 /// the linker, see build.rs): the verifier checks it once, on its own, instead of inside every
-/// way through the walk's step; one field a `bpf_loop` iteration, so it checks one field's ways
-/// (until they repeat), not each of 24 fields'.
+/// way through the walk's step; one call of [`walk::parse_field`] (a field and the plain ones
+/// after it) a `bpf_loop` iteration, so it checks one call's ways (until they repeat), not each
+/// of 24 calls'.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn dt_fast_record(w: *mut walk::Walk, rs: *const RuleSet, len: u64) -> u64 {
     if w.is_null() || rs.is_null() {
         return 0;
     }
-    let mut c = ParseCtx {
-        w,
-        rs,
-        len: len as u32,
-        _pad: 0,
-    };
+    // The length goes in the walk: a smaller context leaves the call chain's stack in bounds.
+    let mut c = ParseCtx { w, rs };
     // SAFETY: checked non-null; the verifier checks every access against the sizes.
-    walk::parse_begin(unsafe { &mut *w });
+    walk::parse_begin(unsafe { &mut *w }, len as u32);
     unsafe {
         bpf_loop(
             walk::FAST_FIELDS,
@@ -1206,19 +1203,14 @@ pub extern "C" fn dt_fast_record(w: *mut walk::Walk, rs: *const RuleSet, len: u6
 struct ParseCtx {
     w: *mut walk::Walk,
     rs: *const RuleSet,
-    len: u32,
-    _pad: u32,
 }
 
 extern "C" fn parse_cb(_i: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: the context `dt_fast_record` passes, its pointers checked non-null.
     let c = unsafe { &mut *(ctx as *mut ParseCtx) };
     let (w, rs) = unsafe { (&mut *c.w, &*c.rs) };
-    if walk::parse_field(w, rs, c.len) {
-        0
-    } else {
-        1
-    }
+    let len = unsafe { ptr::read_volatile(&w.f_len) };
+    if walk::parse_field(w, rs, len) { 0 } else { 1 }
 }
 
 /// `ATTR_HASHES` as the record fast path's lookups read it.

@@ -134,7 +134,7 @@ pub(super) fn fast_lookup_step<E: Env>(w: &mut Walk, env: &mut E) -> Result<(), 
 /// [`parse_field`] as a `bpf_loop` callback.
 #[inline(always)]
 pub fn parse_record(w: &mut Walk, rs: &RuleSet, len: u32) -> bool {
-    parse_begin(w);
+    parse_begin(w, len);
     let mut n = 0;
     while n < FAST_FIELDS {
         if !parse_field(w, rs, len) {
@@ -145,9 +145,10 @@ pub fn parse_record(w: &mut Walk, rs: &RuleSet, len: u32) -> bool {
     parse_end(w, len)
 }
 
-/// Before the first [`parse_field`].
+/// Before the first [`parse_field`] of a record of `len` bytes.
 #[inline(always)]
-pub fn parse_begin(w: &mut Walk) {
+pub fn parse_begin(w: &mut Walk, len: u32) {
+    set(&mut w.f_len, len);
     set(&mut w.f_pos, 0);
     set(&mut w.f_body, 0);
     set(&mut w.f_n_look, 0);
@@ -169,20 +170,22 @@ pub fn parse_field(w: &mut Walk, rs: &RuleSet, len: u32) -> bool {
         set(&mut w.f_bad, 1);
         return false;
     }
-    skip_plain(w, len);
-    true
+    skip_plain(w, rs, len);
+    // At the record's end, no call more.
+    get(&w.f_pos) < len
 }
 
-/// After a field, up to [`PLAIN_AFTER`] more when they are ones encoders write around the
-/// others, of the usual shape, that set nothing or only the severity: timestamps, `flags`,
-/// `severity_number`, `severity_text`, trace and span ids. The kernel calls [`parse_field`]
-/// once a field, and a call costs more than such a field. Anything else is left to the next
+/// After a field, up to [`PLAIN_AFTER`] more of the usual shape that need no lookup:
+/// timestamps, `flags`, `severity_number` and `severity_text`, trace and span ids, the body,
+/// attributes whose key length no rule names. Each is checked and sets what [`fast_field`]
+/// would set. The kernel makes a call of [`parse_field`] a `bpf_loop` iteration, and a call
+/// costs more than such a field: the usual record takes one. Anything else is left to the next
 /// call, which checks it as always.
 #[inline(always)]
-fn skip_plain(w: &mut Walk, len: u32) {
+fn skip_plain(w: &mut Walk, rs: &RuleSet, len: u32) {
     let mut k = 0;
     while k < PLAIN_AFTER {
-        if !plain_field(w, len) {
+        if !plain_field(w, rs, len) {
             return;
         }
         k += 1;
@@ -190,11 +193,11 @@ fn skip_plain(w: &mut Walk, len: u32) {
 }
 
 /// Fields [`skip_plain`] takes after one.
-const PLAIN_AFTER: u32 = 3;
+const PLAIN_AFTER: u32 = 12;
 
 /// Takes the field at the cursor if it is one [`skip_plain`] takes, and fits.
 #[inline(always)]
-fn plain_field(w: &mut Walk, len: u32) -> bool {
+fn plain_field(w: &mut Walk, rs: &RuleSet, len: u32) -> bool {
     let pos = get(&w.f_pos);
     if pos + 2 > len {
         return false;
@@ -211,9 +214,29 @@ fn plain_field(w: &mut Walk, len: u32) -> bool {
         let v = at(w, pos + 1);
         w.f_sev = if v <= 24 { v } else { SEV_OUT_OF_RANGE as u32 };
         pos + 2
-    } else if (tag == 0x1a || tag == 0x4a || tag == 0x52) && at(w, pos + 1) < 0x80 {
-        // severity_text, trace_id, span_id, with a one-byte length.
-        pos + 2 + at(w, pos + 1)
+    } else if tag == 0x1a || tag == 0x4a || tag == 0x52 || tag == 0x2a || tag == 0x32 {
+        // severity_text, trace_id, span_id, the body, an attribute, with a length of one or
+        // two bytes: the body and the attribute as fast_field takes them, an attribute only
+        // when no rule can look it up.
+        let Some((l, m)) = short_varint(w, pos + 1, len) else {
+            return false;
+        };
+        let start = launder(&mut w.scratch, pos + 1 + m);
+        if l > len - start {
+            return false;
+        }
+        let end = start + l;
+        if tag == 0x2a {
+            if !fast_body(w, start, end) {
+                return false;
+            }
+        } else if tag == 0x32 {
+            match attr_shape(w, start, end) {
+                Some(a) if looked_up_lens(rs) & key_len_bit(a.klen) == 0 => {}
+                _ => return false,
+            }
+        }
+        end
     } else {
         return false;
     };
@@ -317,32 +340,44 @@ fn fast_body(w: &mut Walk, start: u32, end: u32) -> bool {
     true
 }
 
-/// A record attribute of the KeyValue fast path's shape (its field's tag at `tag`, its contents
-/// `start..end`, offsets in the record). The lookups rules need of it are noted, made once the
-/// whole record is parsed ([`fast_lookups`]).
+/// What [`attr_shape`] finds of an attribute: its key's length (the key starts 2 bytes into
+/// the contents), where its AnyValue's contents start, the value's kind, a string's length, a
+/// number.
+#[derive(Copy, Clone)]
+struct AttrShape {
+    klen: u32,
+    any: u32,
+    vkind: u32,
+    slen: u32,
+    num: u64,
+}
+
+/// A KeyValue (contents `start..end` in the record's copy) of the KeyValue fast path's shape:
+/// a key of one-byte length, then a value of one-byte length that is a string of one-byte
+/// length, a bool or an int of one or two bytes, or a double. `None` for anything else.
 #[inline(always)]
-fn fast_attr(w: &mut Walk, rs: &RuleSet, tag: u32, start: u32, end: u32) -> bool {
+fn attr_shape(w: &Walk, start: u32, end: u32) -> Option<AttrShape> {
     if end - start < 6 || end - start > 2 * 127 || at(w, start) != 0x0a {
-        return false;
+        return None;
     }
     let klen = at(w, start + 1);
     if klen >= 0x80 {
-        return false;
+        return None;
     }
     let vtag = start + 2 + klen;
     if vtag + 4 > end || at(w, vtag) != 0x12 {
-        return false;
+        return None;
     }
     let alen = at(w, vtag + 1);
     let any = vtag + 2;
     if !(2..0x80).contains(&alen) || any + alen != end {
-        return false;
+        return None;
     }
     let t = at(w, any);
     let (vkind, slen, num) = if t == 0x0a {
         let slen = at(w, any + 1);
         if slen >= 0x80 || any + 2 + slen != end {
-            return false;
+            return None;
         }
         (V_STRING, slen, 0)
     } else if t == 0x10 || t == 0x18 {
@@ -355,16 +390,40 @@ fn fast_attr(w: &mut Walk, rs: &RuleSet, tag: u32, start: u32, end: u32) -> bool
                     (V_INT, 0, v as u64)
                 }
             }
-            _ => return false,
+            _ => return None,
         }
     } else if t == 0x21 && any + 9 == end {
         (V_OTHER, 0, 0)
     } else {
+        return None;
+    };
+    Some(AttrShape {
+        klen,
+        any,
+        vkind,
+        slen,
+        num,
+    })
+}
+
+/// A record attribute of the KeyValue fast path's shape (its field's tag at `tag`, its contents
+/// `start..end`, offsets in the record). The lookups rules need of it are noted, made once the
+/// whole record is parsed ([`fast_lookups`]).
+#[inline(always)]
+fn fast_attr(w: &mut Walk, rs: &RuleSet, tag: u32, start: u32, end: u32) -> bool {
+    let Some(AttrShape {
+        klen,
+        any,
+        vkind,
+        slen,
+        num,
+    }) = attr_shape(w, start, end)
+    else {
         return false;
     };
     // Only a key of a length the rules name may need a lookup: which ones is decided with
     // the lookups ([`fast_lookup`]), so that parsing has one way less a field.
-    if (rs.attr_key_lens | rs.redact_key_lens | rs.group_key_lens) & key_len_bit(klen) == 0 {
+    if looked_up_lens(rs) & key_len_bit(klen) == 0 {
         return true;
     }
     // SAFETY: plain loads and stores of fields of `w` (through memory, for the verifier).
@@ -385,6 +444,12 @@ fn fast_attr(w: &mut Walk, rs: &RuleSet, tag: u32, start: u32, end: u32) -> bool
     };
     set(&mut w.f_n_look, n as u32 + 1);
     true
+}
+
+/// The key lengths some lookup of a record attribute may need ([`key_len_bit`]).
+#[inline(always)]
+fn looked_up_lens(rs: &RuleSet) -> u64 {
+    rs.attr_key_lens | rs.redact_key_lens | rs.group_key_lens
 }
 
 /// Makes the lookups [`fast_attr`] noted for the record just parsed (for attributes a rule

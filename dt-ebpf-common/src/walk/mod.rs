@@ -459,7 +459,8 @@ pub struct Walk {
     pub f_ev: u32,
     pub f_ev_off: u32,
     pub f_ev_len: u32,
-    pub _pad_ev: u32,
+    /// The length of the record being parsed (set by [`parse_begin`]).
+    pub f_len: u32,
     /// Records taken whole in this walk.
     pub fast_records: u32,
     pub f_look: [FastLook; MAX_FAST_LOOKS],
