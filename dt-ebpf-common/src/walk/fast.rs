@@ -601,21 +601,36 @@ fn value_byte(w: &Walk, k: usize, i: u32) -> u32 {
 #[inline(always)]
 fn hash_pair(w: &Walk, k: usize, kind: u8, pair: bool) -> u64 {
     let l = &w.f_look[k % MAX_FAST_LOOKS];
-    let mut h = str_hash_start(kind, get(&l.klen), vlen_of(w, k, pair));
-    let mut i = 0;
-    while i < MAX_ATTR_KEY_LEN as u32 {
-        if i >= get(&l.klen) {
-            break;
-        }
-        h = str_hash_byte(h, at(w, get(&l.key) + i) as u8);
-        i += 1;
+    let h = str_hash_start(kind, get(&l.klen), vlen_of(w, k, pair));
+    let h = hash_bytes(w, h, get(&l.key), &l.klen, MAX_ATTR_KEY_LEN as u32);
+    let vkind = get(&l.vkind);
+    if !pair {
+        h
+    } else if vkind == V_STRING {
+        hash_bytes(w, h, get(&l.val), &l.vlen, MAX_ATTR_VALUE_LEN as u32)
+    } else if vkind == V_INT {
+        // Its 8 bytes, little-endian.
+        l.num
+            .to_le_bytes()
+            .iter()
+            .fold(h, |h, &b| str_hash_byte(h, b))
+    } else if vkind == V_BOOL {
+        str_hash_byte(h, l.num as u8)
+    } else {
+        h
     }
+}
+
+/// `h` on through the `*len` (at most `max`) bytes of the record's copy at `off`. The length
+/// is read from memory where it is compared, as in [`fast_lookups`].
+#[inline(always)]
+fn hash_bytes(w: &Walk, mut h: u64, off: u32, len: &u32, max: u32) -> u64 {
     let mut i = 0;
-    while i < MAX_ATTR_VALUE_LEN as u32 {
-        if i >= vlen_of(w, k, pair) {
+    while i < max {
+        if i >= get(len) {
             break;
         }
-        h = str_hash_byte(h, value_byte(w, k, i) as u8);
+        h = str_hash_byte(h, at(w, off + i) as u8);
         i += 1;
     }
     h
