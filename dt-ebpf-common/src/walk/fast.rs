@@ -88,7 +88,12 @@ pub(super) fn fast_record<S: Source, E: Env>(
     end: u32,
 ) -> bool {
     let len = end - start;
-    if w.fast == 0 || len > FAST_RECORD_MAX || !s.copy_record(start, len, &mut w.rec_buf) {
+    if w.fast == 0 || len > FAST_RECORD_MAX {
+        return false;
+    }
+    // The copy is valid again once parse_begin sets its length.
+    set(&mut w.f_len, 0);
+    if !s.copy_record(start, len, &mut w.rec_buf) {
         return false;
     }
     w.f_sev = w.sev;

@@ -830,7 +830,15 @@ pub(super) fn scan_step<S: Source, E: Env>(
     let pos = w.scan_pos;
     let left = w.scan_end.saturating_sub(pos);
     let n = if left > SCAN_CHUNK { SCAN_CHUNK } else { left };
-    if !s.copy_chunk(pos, n, &mut w.scan_buf) || !env.scan_chunk(w, n) {
+    // A body in the record copied last (most are: a record taken whole) is copied from there,
+    // not out of the message again.
+    let copied = if in_record_copy(w, pos, n) {
+        chunk_from_record(w, pos);
+        true
+    } else {
+        s.copy_chunk(pos, n, &mut w.scan_buf)
+    };
+    if !copied || !env.scan_chunk(w, n) {
         return Err(Error::Unreadable);
     }
     let pos = pos + n;
@@ -839,6 +847,53 @@ pub(super) fn scan_step<S: Source, E: Env>(
         w.mode = MODE_EVAL;
     }
     Ok(())
+}
+
+/// Whether the `n` bytes of the message at `pos` are in [`Walk::rec_buf`] (the last record
+/// the fast path copied, the message's bytes `f_start..f_start + f_len`).
+#[inline(always)]
+fn in_record_copy(w: &Walk, pos: u32, n: u32) -> bool {
+    let (start, len) = (w.f_start, w.f_len);
+    len != 0 && pos >= start && pos - start <= len && n <= len - (pos - start)
+}
+
+/// Fills [`Walk::scan_buf`] with the bytes of the message from `pos` on, out of the record's
+/// copy, a word at a time: each from the two aligned words of the copy it straddles (bytes past
+/// the copy's end are whatever the buffer holds there; the scan reads the first `n`).
+#[inline(always)]
+fn chunk_from_record(w: &mut Walk, pos: u32) {
+    const _: () = assert!(core::mem::offset_of!(Walk, rec_buf) % 8 == 0);
+    const WORDS: u32 = crate::wire::RECORD_BYTES as u32 / 8;
+    let base = pos - w.f_start;
+    let q = base / 8;
+    let shift = (base % 8) * 8;
+    let mut j = 0;
+    while j < CHUNK_BYTES as u32 / 8 {
+        let lo = rec_word(w, (q + j) % WORDS);
+        let v = if shift == 0 {
+            lo
+        } else {
+            lo >> shift | rec_word(w, (q + j + 1) % WORDS) << (64 - shift)
+        };
+        // SAFETY: `j * 8 + 8 <= CHUNK_BYTES`, and the buffer is 8-aligned in the 8-aligned
+        // walk (asserted at `word`).
+        unsafe {
+            core::ptr::write(
+                w.scan_buf.as_mut_ptr().add(j as usize * 8).cast::<u64>(),
+                u64::from_le(v),
+            )
+        };
+        j += 1;
+    }
+}
+
+/// Word `k` of [`Walk::rec_buf`], its bytes in order from the low end.
+#[inline(always)]
+fn rec_word(w: &Walk, k: u32) -> u64 {
+    let k = (k % (crate::wire::RECORD_BYTES as u32 / 8)) as usize;
+    // SAFETY: `k * 8 + 8 <= RECORD_BYTES`, and the buffer is 8-aligned in the 8-aligned walk
+    // (asserted at `chunk_from_record`).
+    u64::from_le(unsafe { core::ptr::read(w.rec_buf.as_ptr().add(k * 8).cast::<u64>()) })
 }
 
 /// Runs the first `n` bytes of [`Walk::scan_buf`] through the flattened automaton `t`, from

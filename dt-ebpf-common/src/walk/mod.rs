@@ -459,7 +459,8 @@ pub struct Walk {
     pub f_ev: u32,
     pub f_ev_off: u32,
     pub f_ev_len: u32,
-    /// The length of the record being parsed (set by [`parse_begin`]).
+    /// The length of the record being parsed (set by [`parse_begin`]); with `f_start`, the
+    /// bytes of the message [`Walk::rec_buf`] holds (none when 0).
     pub f_len: u32,
     /// Records taken whole in this walk.
     pub fast_records: u32,
@@ -577,6 +578,8 @@ impl Walk {
         set(&mut self.head_removed, 0);
         set(&mut self.steps, 0);
         set(&mut self.fast_records, 0);
+        // No record copied from this request yet.
+        set(&mut self.f_len, 0);
         self.fast = 1;
         let mut i = 0;
         while i < MAX_RULES {
