@@ -880,7 +880,7 @@ fn chunk_from_record(w: &mut Walk, pos: u32) {
         unsafe {
             core::ptr::write(
                 w.scan_buf.as_mut_ptr().add(j as usize * 8).cast::<u64>(),
-                u64::from_le(v),
+                v.to_le(),
             )
         };
         j += 1;
