@@ -20,8 +20,8 @@ use crate::{HashEntry, HashKey, STR_KEY_BYTES, key_len_bit, str_hash_byte, str_h
 
 /// Bytes of the record buffer ([`Walk::rec_buf`]); a power of two.
 pub const FAST_RECORD_MAX: u32 = RECORD_BYTES as u32;
-/// Calls of [`parse_field`] for one record: each takes a field, and up to three plain ones
-/// after it (`skip_plain`).
+/// Calls of [`parse_field`] for one record: each takes a field, and up to [`PLAIN_AFTER`]
+/// plain ones after it (`skip_plain`).
 pub const FAST_FIELDS: u32 = 24;
 
 /// Lookups one record's attributes may need on the fast path (more: the field walk).
