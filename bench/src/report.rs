@@ -219,8 +219,13 @@ pub fn ratios(runs: &[RunResult], sizes: &[usize], rounds: usize) -> Vec<Ratio> 
             rounds,
             size,
             "(d)/(f) CPU per record",
-            "whole-path CPU ns per record sent, kernel drop over userspace proxy drop",
-            Some(("<= 0.20", 0.20, false)),
+            "whole-path CPU ns per record sent, kernel drop over userspace proxy drop (the \
+             target is 0.30 at 100 records a request, 0.20 the moonshot)",
+            Some(if size == 100 {
+                ("<= 0.30", 0.30, false)
+            } else {
+                ("<= 0.20", 0.20, false)
+            }),
             div("d", "f", cpu),
         ));
         out.push(ratio(
@@ -297,7 +302,11 @@ pub fn ratios(runs: &[RunResult], sizes: &[usize], rounds: usize) -> Vec<Ratio> 
             size,
             "(e)/(c) CPU per record",
             "whole-path CPU ns per record, 64 rules over 10",
-            Some(("<= 2", 2.0, false)),
+            Some(if size == 100 {
+                ("<= 1.2", 1.2, false)
+            } else {
+                ("<= 2", 2.0, false)
+            }),
             div("e", "c", cpu),
         ));
         out.push(ratio(
