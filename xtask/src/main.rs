@@ -13,6 +13,7 @@ mod cmd;
 mod fuzz;
 mod image;
 mod run;
+mod runner;
 mod setup;
 mod test;
 
@@ -48,10 +49,13 @@ enum Task {
         )]
         args: Vec<String>,
     },
-    /// Run setup, then every test of the workspace: `cargo test --workspace --all-targets`;
-    /// then, without ARGS, every fuzz target for 10 s (`DT_FUZZ_SECONDS`; 0 skips it).
+    /// Run setup, then every test of the workspace: built by `cargo test --workspace
+    /// --all-targets --no-run`, its test binaries run two at a time (`DT_TEST_JOBS`), each
+    /// one's output printed whole when it ends; then every fuzz target for 10 s
+    /// (`DT_FUZZ_SECONDS`; 0 skips it).
     ///
-    /// ARGS go to `cargo test`; a second `--` among them starts the test-harness arguments,
+    /// With ARGS, `cargo test` itself runs the selection, and no fuzzing follows. ARGS go to
+    /// `cargo test`; a second `--` among them starts the test-harness arguments,
     /// e.g. `cargo xtask test -- -p dt-agent -- rules::`. The harness gets `--test-threads=2`
     /// unless ARGS set it. As root on Linux, DT_REQUIRE_KERNEL_TESTS=1 turns kernel-test skips
     /// into failures.

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result};
 
-use crate::{cmd, setup, workspace_root};
+use crate::{cmd, runner, setup, workspace_root};
 
 /// Workspace members that only build for the BPF target (the agent's build script builds them);
 /// a host `cargo test --workspace` must leave them out.
@@ -29,20 +29,40 @@ pub fn test(args: &[String]) -> Result<()> {
             .map_err(|_| anyhow::anyhow!("DT_FUZZ_SECONDS={s:?} is not a number of seconds"))?,
         Err(_) => FUZZ_SECONDS,
     };
-    let fuzzing = args.is_empty() && seconds > 0;
-    let mut command = test_command(&root, args);
-    if cfg!(target_os = "linux") && cmd::is_root() {
-        // Kernel tests fail instead of skipping when they cannot run, so CI never skips silently.
-        command.env("DT_REQUIRE_KERNEL_TESTS", "1");
-    }
-    if !fuzzing {
+    // Kernel tests fail instead of skipping when they cannot run, so CI never skips silently.
+    let require = cfg!(target_os = "linux") && cmd::is_root();
+    if !args.is_empty() {
+        // A selection: `cargo test` itself, with the selection's arguments.
+        let mut command = test_command(&root, args);
+        if require {
+            command.env("DT_REQUIRE_KERNEL_TESTS", "1");
+        }
         return cmd::run(&mut command);
     }
-    // The tests are built first; then the fuzz targets build while the tests run (much of a
-    // kernel test's time is waiting), instead of after them.
-    cmd::run(&mut test_command(&root, &["--no-run".to_string()]))?;
+    // The whole suite: built first, then its binaries run two at a time (runner.rs).
+    let mut build = test_command(&root, &["--no-run".into(), "--message-format=json".into()]);
+    build.stdout(std::process::Stdio::piped());
+    eprintln!("+ {}", cmd::display(&build));
+    let built = build
+        .output()
+        .context("could not start `cargo test --no-run`")?;
+    if !built.status.success() {
+        anyhow::bail!("building the tests failed ({})", built.status);
+    }
+    let bins = runner::binaries_in(&String::from_utf8_lossy(&built.stdout))?;
+    let envs: &[(&str, &str)] = if require {
+        &[("DT_REQUIRE_KERNEL_TESTS", "1")]
+    } else {
+        &[]
+    };
+    let logs = root.join("target").join("xtask-test");
+    if seconds == 0 {
+        return runner::run_all(bins, &[TEST_THREADS], envs, &logs);
+    }
+    // The fuzz targets build while the tests run (much of a kernel test's time is waiting),
+    // instead of after them.
     let (mut build, log) = crate::fuzz::spawn_build()?;
-    let tested = cmd::run(&mut command);
+    let tested = runner::run_all(bins, &[TEST_THREADS], envs, &logs);
     if tested.is_err() {
         // No fuzzing follows failed tests: the build is stopped, not waited for.
         crate::fuzz::stop_build(&mut build);
