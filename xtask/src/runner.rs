@@ -52,8 +52,9 @@ pub struct TestBinary {
     pub exe: PathBuf,
 }
 
-/// The test binaries in cargo's `--message-format=json` output (one JSON object a line): the
-/// artifacts built with the test profile that have an executable.
+/// The test binaries in cargo's `--message-format=json-render-diagnostics` output (one JSON
+/// object a line; the diagnostics go to stderr as usual): the artifacts built with the test
+/// profile that have an executable.
 pub fn binaries_in(json_lines: &str) -> Result<Vec<TestBinary>> {
     let mut out = Vec::new();
     for line in json_lines.lines().filter(|l| l.starts_with('{')) {

@@ -40,7 +40,13 @@ pub fn test(args: &[String]) -> Result<()> {
         return cmd::run(&mut command);
     }
     // The whole suite: built first, then its binaries run two at a time (runner.rs).
-    let mut build = test_command(&root, &["--no-run".into(), "--message-format=json".into()]);
+    let mut build = test_command(
+        &root,
+        &[
+            "--no-run".into(),
+            "--message-format=json-render-diagnostics".into(),
+        ],
+    );
     build.stdout(std::process::Stdio::piped());
     eprintln!("+ {}", cmd::display(&build));
     let built = build
