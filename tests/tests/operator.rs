@@ -674,12 +674,16 @@ fn operator_directory_edits_and_push_generations() {
     );
     assert_eq!(agent.log().matches("rules directory changed").count(), 2);
 
-    // An invalid edit: reported, and the active set stays.
+    // An invalid edit: reported, and the active set stays. Renamed over the file, as above:
+    // written in place, the file is empty between its truncation and its write, a valid set
+    // the watcher may read when the writer is slow (it was, once, with the suite's binaries
+    // running two at a time).
     let info_before = agent.rules();
-    rules.write(
-        "60-new.toml",
+    let tmp = rules.write(
+        "60-new.toml.tmp",
         "[[rule]]\nname = \"broken\"\naction = \"drop\"\nbogus = 1\n",
     );
+    std::fs::rename(&tmp, &new).unwrap();
     agent.wait_log(
         "the rules directory is invalid; the active rule set stays",
         1,

@@ -164,6 +164,8 @@ struct Ran {
     bin: TestBinary,
     status: Result<ExitStatus>,
     took: Duration,
+    /// User and system CPU of the binary and the processes it waited for (its agents).
+    cpu: Duration,
     output: String,
 }
 
@@ -221,15 +223,18 @@ pub fn run_all(
     }
     drop(tx);
     let mut sum = Tally::default();
+    let mut cpu = Duration::ZERO;
     let mut failed = Vec::new();
     for (i, ran) in rx.iter().enumerate() {
         println!(
-            "     Running {} ({}) [{}/{total}, {:.1} s]",
+            "     Running {} ({}) [{}/{total}, {:.1} s, CPU {:.1} s]",
             ran.bin.label,
             ran.bin.exe.display(),
             i + 1,
-            ran.took.as_secs_f64()
+            ran.took.as_secs_f64(),
+            ran.cpu.as_secs_f64()
         );
+        cpu += ran.cpu;
         print!("{}", ran.output);
         let t = tally(&ran.output);
         sum.passed += t.passed;
@@ -251,8 +256,9 @@ pub fn run_all(
         let _ = w.join();
     }
     println!(
-        "\n{total} test binaries in {:.0} s: {} passed; {} failed; {} ignored",
+        "\n{total} test binaries in {:.0} s (CPU {:.0} s): {} passed; {} failed; {} ignored",
         t0.elapsed().as_secs_f64(),
+        cpu.as_secs_f64(),
         sum.passed,
         sum.failed,
         sum.ignored
@@ -274,6 +280,7 @@ fn run_one(bin: TestBinary, args: &[String], envs: &[(String, String)], logs: &P
         bin.package,
         bin.exe.file_name().unwrap_or_default().to_string_lossy()
     ));
+    let mut cpu = Duration::ZERO;
     let status = (|| {
         let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
@@ -290,16 +297,46 @@ fn run_one(bin: TestBinary, args: &[String], envs: &[(String, String)], logs: &P
         for (k, v) in envs {
             c.env(k, v);
         }
-        c.status()
-            .with_context(|| format!("could not start {}", bin.exe.display()))
+        let child = c
+            .spawn()
+            .with_context(|| format!("could not start {}", bin.exe.display()))?;
+        let (status, used) = wait_with_cpu(child)?;
+        cpu = used;
+        Ok(status)
     })();
     let output = std::fs::read_to_string(&log).unwrap_or_default();
     Ran {
         bin,
         status,
         took: t0.elapsed(),
+        cpu,
         output,
     }
+}
+
+/// Waits for `child`; its exit status and the CPU it and the children it waited for used.
+fn wait_with_cpu(child: std::process::Child) -> Result<(ExitStatus, Duration)> {
+    use std::os::unix::process::ExitStatusExt as _;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: waits for our child, whose handle is not waited for elsewhere.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+        if r == pid {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e).context("waiting for a test binary");
+        }
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    Ok((
+        ExitStatus::from_raw(status),
+        tv(ru.ru_utime) + tv(ru.ru_stime),
+    ))
 }
 
 #[cfg(test)]
