@@ -458,7 +458,17 @@ fn drain_uninstall_now_stops_waiting() {
         1,
         Duration::from_secs(5),
     );
-    let said = std::fs::read_to_string(&out).unwrap_or_default();
+    // The waiting `uninstall` prints it once the agent's answer reaches it, which may be
+    // after the agent logged it.
+    let t0 = Instant::now();
+    let mut said = String::new();
+    while t0.elapsed() < Duration::from_secs(5) {
+        said = std::fs::read_to_string(&out).unwrap_or_default();
+        if said.contains("uninstall --now") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(
         said.contains("uninstall --now"),
         "it says how to stop waiting:\n{said}"

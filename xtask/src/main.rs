@@ -50,7 +50,7 @@ enum Task {
         args: Vec<String>,
     },
     /// Run setup, then every test of the workspace: built by `cargo test --workspace
-    /// --all-targets --no-run`, its test binaries run two at a time (`DT_TEST_JOBS`), each
+    /// --all-targets --no-run`, its test binaries run one at a time (`DT_TEST_JOBS`), each
     /// one's output printed whole when it ends; then every fuzz target for 10 s
     /// (`DT_FUZZ_SECONDS`; 0 skips it).
     ///

@@ -1,11 +1,11 @@
-//! The whole suite's test binaries, two at a time.
+//! The whole suite's test binaries, [`JOBS`] at a time.
 //!
-//! Most of a kernel test's time is the kernel verifying `dt_msg` at each agent start: CPU of one
-//! core, in bursts, between waits for exporters, collectors and timers. `cargo test` runs one
-//! binary after another, so the second core idles through much of each; here `cargo test
-//! --no-run` builds them, and they run [`JOBS`] at a time (each with its own harness threads),
-//! each one's output printed whole when it ends. The tests are written to share the machine:
-//! every agent, port, pin directory, cgroup and network namespace is a test's own.
+//! `cargo test --no-run` builds them; they run [`JOBS`] at a time (each with its own harness
+//! threads), the longest first, each one's output printed whole when it ends with its wall and
+//! CPU time, and every binary runs even when one fails. Most of a kernel test's time is the
+//! kernel verifying `dt_msg` at each agent start, CPU of one core in bursts between waits, so two
+//! at a time (`DT_TEST_JOBS=2`) halve a run of the tests alone. The tests are written to share
+//! the machine: every agent, port, pin directory, cgroup and network namespace is a test's own.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -18,8 +18,11 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::cmd;
 
-/// Test binaries run at once (`DT_TEST_JOBS` overrides): the machines have two cores.
-pub const JOBS: usize = 2;
+/// Test binaries run at once (`DT_TEST_JOBS` overrides). One: in a full `cargo xtask test`
+/// the fuzz targets' build takes the core a second binary would have, so two at a time gained
+/// nothing there, and it made the machine busier than the tests' timings were written for (two
+/// tests raced, once each, in the first runs). `DT_TEST_JOBS=2` halves a run of the tests alone.
+pub const JOBS: usize = 1;
 
 /// Binaries started first, the longest first, so that no long one starts last and runs alone
 /// (the rest follow in cargo's order). Only an order: a name here that no longer exists is

@@ -39,7 +39,7 @@ pub fn test(args: &[String]) -> Result<()> {
         }
         return cmd::run(&mut command);
     }
-    // The whole suite: built first, then its binaries run two at a time (runner.rs).
+    // The whole suite: built first, then its binaries run (runner.rs).
     let mut build = test_command(
         &root,
         &[
