@@ -47,7 +47,11 @@ pub fn test(args: &[String]) -> Result<()> {
             "--message-format=json-render-diagnostics".into(),
         ],
     );
-    build.stdout(std::process::Stdio::piped());
+    // `output` would capture stderr too: cargo's progress and the compiler's diagnostics go to
+    // the terminal, only the JSON messages are read.
+    build
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
     eprintln!("+ {}", cmd::display(&build));
     let built = build
         .output()
